@@ -1,0 +1,70 @@
+"""`syntk` entry point: joins the command groups and turns SyntkError into one error line."""
+
+from __future__ import annotations
+
+import importlib
+from typing import IO, Annotated, Any
+
+import click
+import typer
+import typer.core
+
+from synapse_toolkit import __version__
+from synapse_toolkit.errors import SyntkError
+
+#: Command groups: (name, module under synapse_toolkit.cli, help). Each module exposes `app`.
+COMMAND_GROUPS: list[tuple[str, str, str]] = [
+    ("plugins", "plugins", "List installed plugins and their stages."),
+    ("pipeline", "pipeline", "Validate and run pipelines from TOML configs."),
+    ("config", "config", "Show the pipeline config schema."),
+]
+
+
+class UserError(click.ClickException):
+    """A SyntkError shown as one line `error: <message>` with exit code 1."""
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True, file=file)
+
+
+class _Group(typer.core.TyperGroup):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SyntkError as exc:
+            raise UserError(str(exc)) from exc
+
+
+app = typer.Typer(
+    name="syntk",
+    cls=_Group,
+    help="syntk: connectomics on EM volumes and calcium imaging, one plugin pipeline.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"syntk {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """syntk command line."""
+
+
+for _name, _module, _help in COMMAND_GROUPS:
+    _sub = importlib.import_module(f"synapse_toolkit.cli.{_module}").app
+    app.add_typer(_sub, name=_name, help=_help)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,188 @@
+"""Pipeline configuration: TOML → validated :class:`PipelineConfig`.
+
+A config names the input (a file or a registry dataset), the output directory, run settings and
+a table of **stage instances**, each wired to the artifacts of earlier stages by name
+(``"<stage>.<port>"``)::
+
+    [input]
+    dataset = "demo/cremi"          # or: path = "sample_A.hdf"
+
+    [output]
+    dir = "runs/demo"
+
+    [stages.load]
+    kind = "loader"
+    plugin = "cremi-hdf5"
+
+    [stages.score]
+    kind = "scorer"
+    plugin = "cremi-neurons"
+    inputs = { prediction = "segment.segmentation", truth = "load.neuron_ids" }
+
+Every error is reported with its key path, e.g. ``stages.score.options.border_nm``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from synapse_toolkit.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class InputConfig(_Strict):
+    """Where the data comes from: exactly one of a file path or a registry dataset name."""
+
+    path: Path | None = Field(None, description="An input file (e.g. a CREMI .hdf).")
+    dataset: str | None = Field(None, description="A registry dataset name, e.g. 'cremi/sample_A'.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> InputConfig:
+        if (self.path is None) == (self.dataset is None):
+            raise ValueError("give exactly one of input.path or input.dataset")
+        return self
+
+
+class OutputConfig(_Strict):
+    dir: Path = Field(description="Run directory: artifacts, manifest and exported files go here.")
+
+
+class RunConfig(_Strict):
+    n_threads: int = Field(2, ge=1, description="Threads a stage may use.")
+    block_shape: tuple[int, int, int] = Field(
+        (32, 256, 256), description="Block shape (z, y, x voxels) for streaming stages."
+    )
+
+
+class StageConfig(_Strict):
+    """One stage instance."""
+
+    kind: str = Field(description="Stage kind: loader, aligner, detector, ... or a plugin's kind.")
+    plugin: str = Field(description="Registered plugin name for that kind.")
+    options: dict[str, Any] = Field(default_factory=dict, description="The plugin's options.")
+    inputs: dict[str, str] = Field(
+        default_factory=dict, description="Input port → artifact name '<stage>.<port>'."
+    )
+    enabled: bool = Field(True, description="Set false to skip this stage.")
+
+    @field_validator("inputs")
+    @classmethod
+    def _artifact_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for port, ref in value.items():
+            if ref.count(".") != 1 or not all(ref.split(".")):
+                raise ValueError(f"inputs.{port}: {ref!r} is not '<stage>.<port>'")
+        return value
+
+
+class PipelineConfig(_Strict):
+    """A whole pipeline run."""
+
+    name: str = Field("pipeline", description="A name for the run.")
+    input: InputConfig
+    output: OutputConfig
+    run: RunConfig = Field(default_factory=RunConfig)
+    stages: dict[str, StageConfig] = Field(description="Stage instances by name, in file order.")
+
+    @field_validator("stages")
+    @classmethod
+    def _stage_names(cls, value: dict[str, StageConfig]) -> dict[str, StageConfig]:
+        if not value:
+            raise ValueError("a pipeline needs at least one stage")
+        for name in value:
+            if not name.replace("_", "").replace("-", "").isalnum():
+                raise ValueError(f"stage name {name!r} may hold only letters, digits, '-' and '_'")
+        return value
+
+
+def _key_path(loc: Iterable[Any]) -> str:
+    return ".".join(str(p) for p in loc if p not in ("function-after", "function-before"))
+
+
+def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
+    """The first error as `key.path: message`."""
+    err = exc.errors()[0]
+    path = _key_path((*([prefix] if prefix else []), *err["loc"]))
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif err["type"] == "missing":
+        msg = "required key is missing"
+    return f"{path}: {msg}" if path else msg
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse ``key.path=value``; the value is read as TOML when it parses, else as a string."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected key=value")
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"--set {text!r}: empty key")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return parts, value
+
+
+def apply_overrides(doc: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Apply ``--set`` overrides to a raw config document (in place, returned)."""
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = doc
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {text!r}: {part} is not a table")
+            node = child
+        node[parts[-1]] = value
+        # input.path and input.dataset are alternatives: setting one replaces the other
+        if parts[:1] == ["input"] and len(parts) == 2 and parts[1] in ("path", "dataset"):
+            other = "dataset" if parts[1] == "path" else "path"
+            node.pop(other, None)
+    return doc
+
+
+def load_config_document(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+
+
+def parse_config(doc: Mapping[str, Any], base_dir: Path | None = None) -> PipelineConfig:
+    """Validate a config document; relative paths are resolved against ``base_dir``."""
+    try:
+        cfg = PipelineConfig.model_validate(dict(doc))
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+    if base_dir is not None:
+        if cfg.input.path is not None and not cfg.input.path.is_absolute():
+            cfg.input.path = base_dir / cfg.input.path
+        if not cfg.output.dir.is_absolute():
+            cfg.output.dir = Path.cwd() / cfg.output.dir
+    return cfg
+
+
+def load_config(path: str | Path, overrides: Iterable[str] = ()) -> PipelineConfig:
+    """Read, override and validate a pipeline TOML file.
+
+    ``input.path`` is relative to the config file; ``output.dir`` to the working directory.
+    """
+    p = Path(path)
+    doc = apply_overrides(load_config_document(p), overrides)
+    return parse_config(doc, base_dir=p.resolve().parent)
+
+
+def config_json_schema() -> dict[str, Any]:
+    return PipelineConfig.model_json_schema()

@@ -1,0 +1,262 @@
+"""Stage contracts: what every pipeline stage plugin implements.
+
+A stage plugin is a subclass of one of the kind bases below. It declares
+
+- ``name``: the plugin name used in pipeline TOML (``plugin = "cremi-hdf5"``);
+- ``Options``: a pydantic model (unknown keys are errors) for its ``options`` table;
+- ``inputs`` / ``outputs``: named ports with the artifact type they carry
+  (``"volume"``, ``"labels"``, ``"annotations"``, ``"partners"``, ``"regions"``, ``"clusters"``,
+  ``"scores"``; see :mod:`synapse_toolkit.data`);
+- ``run(inputs) -> outputs``: maps input port names to data objects and returns a dict of output
+  port names to data objects.
+
+The seven kinds and their contracts:
+
+==================  ==========================================  ===================================
+kind                inputs                                      outputs
+==================  ==========================================  ===================================
+loader              none (reads ``context.input_path``/options)  any of raw/neuron_ids/clefts/...
+aligner             volumes to align (+ ``transform`` to invert) aligned volumes + ``transform``
+detector            ``raw`` volume                               probability / affinity volumes
+agglomerator        ``affinities`` (+ optional ``fragments``)    ``segmentation`` labels
+partner-assigner    detector maps + ``segmentation``             ``partners`` (PartnerTable)
+clusterer           ``raw`` + ``partners``                       ``clusters``
+scorer              prediction + truth                           ``scores`` (ScoreRecord)
+==================  ==========================================  ===================================
+
+Stages must not load whole volumes where they can stream: read regions with
+:meth:`~synapse_toolkit.data.Volume.read` and write large outputs through
+:meth:`StageContext.create_volume`, which gives a zarr array in the stage's scratch directory.
+Plugins may add stage kinds of their own (e.g. calcium preprocessing) with
+``registry.add_stage(kind, cls)``.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from synapse_toolkit.data import Volume
+
+#: Artifact types a port can carry.
+ARTIFACT_TYPES = ("volume", "labels", "annotations", "partners", "regions", "clusters", "scores")
+
+#: The seven built-in stage kinds, in pipeline order.
+STAGE_KINDS = (
+    "loader",
+    "aligner",
+    "detector",
+    "agglomerator",
+    "partner-assigner",
+    "clusterer",
+    "scorer",
+)
+
+
+class StageOptions(BaseModel):
+    """Base for a stage's options: unknown keys are rejected, values are validated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class Port:
+    """A named input or output of a stage."""
+
+    type: str
+    doc: str = ""
+    required: bool = True
+
+    def __post_init__(self) -> None:
+        if self.type not in ARTIFACT_TYPES:
+            raise ValueError(f"unknown artifact type {self.type!r}; choose from {ARTIFACT_TYPES}")
+
+
+ProgressFactory = Callable[[str, int | None], "ProgressTask"]
+
+
+class ProgressTask:
+    """A progress handle a stage advances; the runner renders it (rich) or ignores it (quiet)."""
+
+    def __init__(self, on_advance: Callable[[int], None] | None = None) -> None:
+        self._on_advance = on_advance
+
+    def advance(self, n: int = 1) -> None:
+        if self._on_advance is not None:
+            self._on_advance(n)
+
+
+def _no_progress(description: str, total: int | None) -> ProgressTask:
+    return ProgressTask()
+
+
+@dataclass
+class StageContext:
+    """What the runner gives a stage: where to write, how to report, how much to use.
+
+    ``scratch_dir`` is private to this stage run; volumes created with :meth:`create_volume`
+    live there until the runner moves them atomically into the run's artifact directory.
+    """
+
+    stage_name: str
+    scratch_dir: Path
+    input_path: Path | None = None
+    run_dir: Path | None = None
+    n_threads: int = 2
+    block_shape: tuple[int, int, int] = (32, 256, 256)
+    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("syntk"))
+    progress_factory: ProgressFactory = _no_progress
+
+    def progress(self, description: str, total: int | None = None) -> ProgressTask:
+        """Start a progress task (e.g. one tick per block)."""
+        return self.progress_factory(f"{self.stage_name}: {description}", total)
+
+    def track(self, items: Iterable[Any], description: str, total: int | None = None) -> Iterator[Any]:
+        """Iterate ``items`` while advancing a progress task."""
+        if total is None and hasattr(items, "__len__"):
+            total = len(items)  # type: ignore[arg-type]
+        task = self.progress(description, total)
+        for item in items:
+            yield item
+            task.advance()
+
+    def create_volume(
+        self,
+        port: str,
+        shape: tuple[int, ...],
+        dtype: Any,
+        like: Volume | None = None,
+        *,
+        voxel_size_nm: tuple[float, float, float] | None = None,
+        offset_nm: tuple[float, float, float] | None = None,
+        chunks: tuple[int, ...] | None = None,
+        fill_value: Any = 0,
+    ) -> Volume:
+        """A zarr-backed output volume for ``port``, to be filled block by block.
+
+        Placement comes from ``like`` unless ``voxel_size_nm``/``offset_nm`` are given.
+        """
+        import zarr
+
+        if like is None and voxel_size_nm is None:
+            raise ValueError("create_volume needs `like` or `voxel_size_nm`")
+        vs = voxel_size_nm if voxel_size_nm is not None else like.voxel_size_nm  # type: ignore[union-attr]
+        off = offset_nm if offset_nm is not None else (like.offset_nm if like else (0.0, 0.0, 0.0))
+        if chunks is None:
+            spatial = tuple(min(s, b) for s, b in zip(shape[-3:], self.block_shape, strict=True))
+            chunks = (*shape[:-3], *spatial)
+        path = self.scratch_dir / f"{port}.zarr"
+        arr = zarr.create_array(
+            store=str(path), shape=shape, dtype=np.dtype(dtype), chunks=chunks,
+            fill_value=fill_value, overwrite=True,
+        )  # fmt: skip
+        return Volume(arr, vs, off, name=port)
+
+
+class Stage(ABC):
+    """Base class of every stage plugin. Subclass a kind base, not this class directly."""
+
+    kind: ClassVar[str]
+    name: ClassVar[str]
+    version: ClassVar[str] = "0"
+    description: ClassVar[str] = ""
+    inputs: ClassVar[Mapping[str, Port]] = {}
+    outputs: ClassVar[Mapping[str, Port]] = {}
+
+    class Options(StageOptions):
+        pass
+
+    def __init__(self, options: StageOptions, context: StageContext) -> None:
+        self.options = options
+        self.context = context
+
+    @abstractmethod
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        """Compute the output artifacts from the input artifacts."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, empty by default
+        """Release resources (open files) after the run; called once by the runner."""
+
+    @classmethod
+    def contract(cls) -> dict[str, Any]:
+        """A JSON-able description of the stage (for `syntk plugins list` and docs)."""
+        return {
+            "kind": cls.kind,
+            "name": cls.name,
+            "version": cls.version,
+            "description": cls.description,
+            "inputs": {k: {"type": p.type, "required": p.required, "doc": p.doc}
+                       for k, p in cls.inputs.items()},
+            "outputs": {k: {"type": p.type, "doc": p.doc} for k, p in cls.outputs.items()},
+            "options": cls.Options.model_json_schema(),
+        }  # fmt: skip
+
+
+class Loader(Stage):
+    """Reads input data. No inputs; reads ``context.input_path`` unless an option names a file.
+
+    Outputs are whatever the source holds, e.g. ``raw`` (volume), ``neuron_ids`` and ``clefts``
+    (labels), ``annotations``. Large volumes are returned lazily (h5py/zarr-backed), not loaded.
+    """
+
+    kind: ClassVar[str] = "loader"
+
+
+class Aligner(Stage):
+    """Estimates and applies per-section transforms (z, y, x nm frames).
+
+    Inputs: the volumes to align (``raw`` required) — or, in inverse mode, the volumes to map back
+    plus ``transform``. Outputs: aligned volumes under the same port names and ``transform``
+    (a JSON-able record of per-section shifts in nm, stored as ``scores``-typed details).
+    """
+
+    kind: ClassVar[str] = "aligner"
+
+
+class Detector(Stage):
+    """Predicts dense maps from EM: input ``raw`` (volume); outputs float volumes with channels
+    first (e.g. ``affinities`` (3, z, y, x), ``clefts`` (1, z, y, x)), same placement as ``raw``.
+    Must tile: read blocks with context, write blocks into ``context.create_volume``.
+    """
+
+    kind: ClassVar[str] = "detector"
+
+
+class Agglomerator(Stage):
+    """Turns affinities (and optionally ``fragments``) into a ``segmentation`` label volume."""
+
+    kind: ClassVar[str] = "agglomerator"
+
+
+class PartnerAssigner(Stage):
+    """Finds synaptic partners from detector maps and a ``segmentation``; outputs ``partners``
+    (:class:`~synapse_toolkit.data.PartnerTable`) and optionally ``annotations`` (CREMI form)."""
+
+    kind: ClassVar[str] = "partner-assigner"
+
+
+class Clusterer(Stage):
+    """Groups synapses: inputs ``raw`` and ``partners``; output ``clusters``."""
+
+    kind: ClassVar[str] = "clusterer"
+
+
+class Scorer(Stage):
+    """Compares a prediction with ground truth; output ``scores``
+    (:class:`~synapse_toolkit.data.ScoreRecord`)."""
+
+    kind: ClassVar[str] = "scorer"
+
+
+KIND_BASES: dict[str, type[Stage]] = {
+    cls.kind: cls
+    for cls in (Loader, Aligner, Detector, Agglomerator, PartnerAssigner, Clusterer, Scorer)
+}
+
