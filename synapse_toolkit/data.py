@@ -13,6 +13,7 @@ Objects are frozen dataclasses validated on creation; a violation raises
 - :class:`Regions` — calcium-imaging ROIs (neurofinder layout: lists of (row, col) pixels).
 - :class:`ClusterAssignments` — a cluster label per synapse.
 - :class:`ScoreRecord` — named metric values from a scorer.
+- :class:`SectionTransform` — per-section in-plane shifts (nm) from an aligner.
 
 Every type converts to and from plain JSON-able dicts (``to_dict``/``from_dict``), which is how
 the pipeline stores them as artifacts; volumes are stored as zarr arrays.
@@ -506,8 +507,46 @@ class ScoreRecord:
         return cls(d["metric"], d["values"], d.get("details", {}))
 
 
+@dataclass(frozen=True)
+class SectionTransform:
+    """Per-section in-plane translations, the aligner's output.
+
+    ``shifts_nm[z] = (dy, dx)`` is the displacement (nm) applied to section ``z`` to align it:
+    aligned(y, x) = original(y - dy, x - dx). :meth:`inverse` undoes it exactly.
+    """
+
+    shifts_nm: np.ndarray
+
+    def __post_init__(self) -> None:
+        arr = np.asarray(self.shifts_nm, dtype=np.float64)
+        if arr.ndim != 2 or arr.shape[1] != 2:
+            raise DataError(f"transform shifts_nm must have shape (Z, 2) (dy, dx nm), got {arr.shape}")
+        if not np.all(np.isfinite(arr)):
+            raise DataError("transform shifts_nm contains NaN or infinity")
+        object.__setattr__(self, "shifts_nm", arr)
+
+    def inverse(self) -> SectionTransform:
+        return SectionTransform(-self.shifts_nm)
+
+    def apply_to_points(self, points_nm: np.ndarray, offset_z_nm: float, voxel_z_nm: float) -> np.ndarray:
+        """Move world points (N, 3) by the shift of the section they lie in."""
+        pts = np.array(points_nm, dtype=np.float64).reshape(-1, 3)
+        z = np.clip(np.floor((pts[:, 0] - offset_z_nm) / voxel_z_nm).astype(int), 0,
+                    len(self.shifts_nm) - 1)  # fmt: skip
+        pts[:, 1:] += self.shifts_nm[z]
+        return pts
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"shifts_nm": self.shifts_nm.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> SectionTransform:
+        return cls(np.asarray(d["shifts_nm"], dtype=np.float64).reshape(-1, 2))
+
+
 #: Artifact types that are stored as JSON documents (everything but Volume).
 JSON_TYPES: dict[str, type] = {
+    "transform": SectionTransform,
     "annotations": Annotations,
     "partners": PartnerTable,
     "regions": Regions,

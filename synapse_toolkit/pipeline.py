@@ -71,14 +71,14 @@ def resolve_input(config: PipelineConfig) -> Path:
     if config.input.path is not None:
         path = config.input.path
         if not path.exists():
-            raise DataError(f"input.path: file not found: {path}")
+            raise ConfigError(f"input.path: file not found: {path}")
         return path
     from synapse_toolkit.datasets import resolve_dataset  # local: registry is optional at import
 
     try:
         return resolve_dataset(str(config.input.dataset))
     except SyntkError as exc:
-        raise DataError(f"input.dataset: {exc}") from None
+        raise ConfigError(f"input.dataset: {exc}") from None
 
 
 def plan_pipeline(

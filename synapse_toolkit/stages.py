@@ -6,7 +6,7 @@ A stage plugin is a subclass of one of the kind bases below. It declares
 - ``Options``: a pydantic model (unknown keys are errors) for its ``options`` table;
 - ``inputs`` / ``outputs``: named ports with the artifact type they carry
   (``"volume"``, ``"labels"``, ``"annotations"``, ``"partners"``, ``"regions"``, ``"clusters"``,
-  ``"scores"``; see :mod:`synapse_toolkit.data`);
+  ``"scores"``, ``"transform"``; see :mod:`synapse_toolkit.data`);
 - ``run(inputs) -> outputs``: maps input port names to data objects and returns a dict of output
   port names to data objects.
 
@@ -46,7 +46,9 @@ from pydantic import BaseModel, ConfigDict
 from synapse_toolkit.data import Volume
 
 #: Artifact types a port can carry.
-ARTIFACT_TYPES = ("volume", "labels", "annotations", "partners", "regions", "clusters", "scores")
+ARTIFACT_TYPES = (
+    "volume", "labels", "annotations", "partners", "regions", "clusters", "scores", "transform",
+)  # fmt: skip
 
 #: The seven built-in stage kinds, in pipeline order.
 STAGE_KINDS = (
@@ -214,7 +216,7 @@ class Aligner(Stage):
 
     Inputs: the volumes to align (``raw`` required) — or, in inverse mode, the volumes to map back
     plus ``transform``. Outputs: aligned volumes under the same port names and ``transform``
-    (a JSON-able record of per-section shifts in nm, stored as ``scores``-typed details).
+    (:class:`~synapse_toolkit.data.SectionTransform`, per-section shifts in nm).
     """
 
     kind: ClassVar[str] = "aligner"

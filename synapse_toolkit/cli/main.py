@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import importlib
-from typing import IO, Annotated, Any
+from typing import Annotated, Any
 
-import click
 import typer
 import typer.core
 
@@ -20,19 +19,15 @@ COMMAND_GROUPS: list[tuple[str, str, str]] = [
 ]
 
 
-class UserError(click.ClickException):
-    """A SyntkError shown as one line `error: <message>` with exit code 1."""
-
-    def show(self, file: IO[Any] | None = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True, file=file)
-
-
 class _Group(typer.core.TyperGroup):
-    def invoke(self, ctx: click.Context) -> Any:
+    """Root command group: a SyntkError becomes one line `error: <message>` and exit code 1."""
+
+    def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except SyntkError as exc:
-            raise UserError(str(exc)) from exc
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
 
 
 app = typer.Typer(
