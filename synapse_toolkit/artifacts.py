@@ -99,13 +99,17 @@ class ArtifactStore:
             f"stage {stage}: output {port!r} is a {type(value).__name__}, not a syntk data type"
         )
 
-    def _save_volume(self, target_dir: Path, port: str, vol: Volume, scratch: Path) -> dict[str, Any]:
+    def _save_volume(
+        self, target_dir: Path, port: str, vol: Volume, scratch: Path
+    ) -> dict[str, Any]:
         kind = "labels" if vol.is_labels else "volume"
         data = vol.data
         attrs = {"voxel_size_nm": list(vol.voxel_size_nm), "offset_nm": list(vol.offset_nm),
                  "name": vol.name}  # fmt: skip
         final = target_dir / f"{port}.zarr"
-        if isinstance(data, zarr.Array) and _inside(Path(str(data.store).removeprefix("file://")), scratch):
+        if isinstance(data, zarr.Array) and _inside(
+            Path(str(data.store).removeprefix("file://")), scratch
+        ):
             data.attrs.update(attrs)
             atomic_replace_dir(Path(str(data.store).removeprefix("file://")), final)
             return {"type": kind, "path": str(final.relative_to(self.run_dir))}
@@ -116,7 +120,10 @@ class ArtifactStore:
             return {"type": kind, "path": str(path.relative_to(self.run_dir))}
         tmp = scratch / f"{port}.tmp.zarr"
         shape = vol.shape
-        chunks = (*shape[:-3], *(min(s, c) for s, c in zip(shape[-3:], (32, 256, 256), strict=True)))
+        chunks = (
+            *shape[:-3],
+            *(min(s, c) for s, c in zip(shape[-3:], (32, 256, 256), strict=True)),
+        )
         arr = zarr.create_array(store=str(tmp), shape=shape, dtype=vol.dtype, chunks=chunks,
                                 overwrite=True)  # fmt: skip
         block = (max(1, 64 // max(1, shape[-2] // 256 + 1)), shape[-2], shape[-1])

@@ -26,7 +26,8 @@ class Block:
     @property
     def inner(self) -> Slices:
         return tuple(
-            slice(w.start - r.start, w.stop - r.start) for w, r in zip(self.write, self.read, strict=True)
+            slice(w.start - r.start, w.stop - r.start)
+            for w, r in zip(self.write, self.read, strict=True)
         )
 
     @property
@@ -41,7 +42,9 @@ def iter_blocks(
 ) -> Iterator[Block]:
     """Blocks tiling ``shape`` (last block of each axis may be smaller), C order."""
     if len(shape) != len(block_shape):
-        raise ValueError(f"shape {tuple(shape)} and block_shape {tuple(block_shape)} differ in ndim")
+        raise ValueError(
+            f"shape {tuple(shape)} and block_shape {tuple(block_shape)} differ in ndim"
+        )
     ctx = [context] * len(shape) if isinstance(context, int) else list(context)
     starts = [range(0, s, max(1, b)) for s, b in zip(shape, block_shape, strict=True)]
     for idx, origin in enumerate(itertools.product(*starts)):
@@ -49,7 +52,8 @@ def iter_blocks(
             slice(o, min(o + b, s)) for o, b, s in zip(origin, block_shape, shape, strict=True)
         )
         read = tuple(
-            slice(max(0, w.start - c), min(s, w.stop + c)) for w, c, s in zip(write, ctx, shape, strict=True)
+            slice(max(0, w.start - c), min(s, w.stop + c))
+            for w, c, s in zip(write, ctx, shape, strict=True)
         )
         yield Block(index=(idx,), write=write, read=read)
 

@@ -74,7 +74,9 @@ class Volume:
                 f"{label}: expected 3 (z, y, x) or 4 (c, z, y, x) dimensions, "
                 f"got shape {tuple(self.data.shape)}"
             )
-        object.__setattr__(self, "voxel_size_nm", _vec3(self.voxel_size_nm, f"{label} voxel_size_nm"))
+        object.__setattr__(
+            self, "voxel_size_nm", _vec3(self.voxel_size_nm, f"{label} voxel_size_nm")
+        )
         object.__setattr__(self, "offset_nm", _vec3(self.offset_nm, f"{label} offset_nm"))
         if min(self.voxel_size_nm) <= 0:
             raise DataError(f"{label}: voxel_size_nm must be positive, got {self.voxel_size_nm}")
@@ -291,7 +293,9 @@ class PartnerTable:
             raise DataError(f"partners synapse_type has {stype.shape[0]} entries, expected {n}")
         object.__setattr__(self, "pre_nm", pre)
         object.__setattr__(self, "post_nm", post)
-        object.__setattr__(self, "pre_segment", _as_ids(self.pre_segment, "partners pre_segment", n))
+        object.__setattr__(
+            self, "pre_segment", _as_ids(self.pre_segment, "partners pre_segment", n)
+        )
         object.__setattr__(
             self, "post_segment", _as_ids(self.post_segment, "partners post_segment", n)
         )
@@ -410,9 +414,9 @@ class Regions:
                 arr = np.zeros((0, 2), dtype=np.int64)
             if arr.ndim != 2 or arr.shape[1] != 2:
                 raise DataError(f"region {i} must have shape (K, 2) (row, col), got {arr.shape}")
-            if not np.issubdtype(arr.dtype, np.integer):
-                if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
-                    raise DataError(f"region {i} has non-integer pixel coordinates")
+            integral = np.issubdtype(arr.dtype, np.integer)
+            if not integral and (not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr))):
+                raise DataError(f"region {i} has non-integer pixel coordinates")
             regions.append(arr.astype(np.int64))
         object.__setattr__(self, "coordinates", tuple(regions))
 
@@ -433,7 +437,9 @@ class Regions:
         try:
             return cls(tuple(np.asarray(item["coordinates"]) for item in items))
         except (KeyError, TypeError) as exc:
-            raise DataError(f"neurofinder regions need a 'coordinates' list per region: {exc}")
+            raise DataError(
+                f"neurofinder regions need a 'coordinates' list per region: {exc}"
+            ) from None
 
     def to_dict(self) -> dict[str, Any]:
         return {"regions": self.to_neurofinder()}
@@ -455,7 +461,9 @@ class ClusterAssignments:
         ids = _as_ids(self.synapse_ids, "clusters synapse_ids")
         labels = np.asarray(self.labels).reshape(-1)
         if labels.shape[0] != ids.shape[0]:
-            raise DataError(f"clusters labels has {labels.shape[0]} entries, expected {ids.shape[0]}")
+            raise DataError(
+                f"clusters labels has {labels.shape[0]} entries, expected {ids.shape[0]}"
+            )
         if labels.size and not np.issubdtype(labels.dtype, np.integer):
             raise DataError("clusters labels must be integers")
         object.__setattr__(self, "synapse_ids", ids)
@@ -467,7 +475,10 @@ class ClusterAssignments:
             object.__setattr__(self, "embedding", emb)
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"synapse_ids": self.synapse_ids.tolist(), "labels": self.labels.tolist()}
+        d: dict[str, Any] = {
+            "synapse_ids": self.synapse_ids.tolist(),
+            "labels": self.labels.tolist(),
+        }
         if self.embedding is not None:
             d["embedding"] = self.embedding.tolist()
         return d
@@ -496,7 +507,7 @@ class ScoreRecord:
             try:
                 vals[str(key)] = float(value)
             except (TypeError, ValueError):
-                raise DataError(f"score {self.metric}.{key} is not a number: {value!r}")
+                raise DataError(f"score {self.metric}.{key} is not a number: {value!r}") from None
         object.__setattr__(self, "values", vals)
 
     def to_dict(self) -> dict[str, Any]:
@@ -520,7 +531,9 @@ class SectionTransform:
     def __post_init__(self) -> None:
         arr = np.asarray(self.shifts_nm, dtype=np.float64)
         if arr.ndim != 2 or arr.shape[1] != 2:
-            raise DataError(f"transform shifts_nm must have shape (Z, 2) (dy, dx nm), got {arr.shape}")
+            raise DataError(
+                f"transform shifts_nm must have shape (Z, 2) (dy, dx nm), got {arr.shape}"
+            )
         if not np.all(np.isfinite(arr)):
             raise DataError("transform shifts_nm contains NaN or infinity")
         object.__setattr__(self, "shifts_nm", arr)
@@ -528,7 +541,9 @@ class SectionTransform:
     def inverse(self) -> SectionTransform:
         return SectionTransform(-self.shifts_nm)
 
-    def apply_to_points(self, points_nm: np.ndarray, offset_z_nm: float, voxel_z_nm: float) -> np.ndarray:
+    def apply_to_points(
+        self, points_nm: np.ndarray, offset_z_nm: float, voxel_z_nm: float
+    ) -> np.ndarray:
         """Move world points (N, 3) by the shift of the section they lie in."""
         pts = np.array(points_nm, dtype=np.float64).reshape(-1, 3)
         z = np.clip(np.floor((pts[:, 0] - offset_z_nm) / voxel_z_nm).astype(int), 0,

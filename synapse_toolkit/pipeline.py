@@ -110,8 +110,10 @@ def plan_pipeline(
         wires: dict[str, tuple[str, str]] = {}
         for port, ref in sc.inputs.items():
             if port not in registered.cls.inputs:
-                raise ConfigError(f"{key}.inputs.{port}: {sc.plugin} has no input {port!r} "
-                                  f"(inputs: {', '.join(registered.cls.inputs) or 'none'})")  # fmt: skip
+                raise ConfigError(
+                    f"{key}.inputs.{port}: {sc.plugin} has no input {port!r} "
+                    f"(inputs: {', '.join(registered.cls.inputs) or 'none'})"
+                )
             src_stage, src_port = ref.split(".")
             wires[port] = (src_stage, src_port)
         for port, spec in registered.cls.inputs.items():
@@ -130,8 +132,10 @@ def plan_pipeline(
                                   f"stage (stage {src_stage!r} {what})")  # fmt: skip
             out = producer.cls.outputs.get(src_port)
             if out is None:
-                raise ConfigError(f"{key}: stage {src_stage!r} ({producer.cls.name}) has no output "
-                                  f"{src_port!r} (outputs: {', '.join(producer.cls.outputs)})")  # fmt: skip
+                raise ConfigError(
+                    f"{key}: stage {src_stage!r} ({producer.cls.name}) has no output "
+                    f"{src_port!r} (outputs: {', '.join(producer.cls.outputs)})"
+                )
             want = ps.cls.inputs[port].type
             if not _types_compatible(out.type, want):
                 raise ConfigError(f"{key}: '{src_stage}.{src_port}' is {out.type}, "
@@ -279,7 +283,9 @@ def run_pipeline(
                 continue
             if on_stage:
                 on_stage(ps.name, "running")
-            inputs = {p: _artifact(result, s, port, ps.name, p) for p, (s, port) in ps.inputs.items()}
+            inputs = {
+                p: _artifact(result, s, port, ps.name, p) for p, (s, port) in ps.inputs.items()
+            }
             scratch = store.new_scratch(ps.name)
             ctx = StageContext(
                 stage_name=ps.name,
@@ -303,7 +309,9 @@ def run_pipeline(
             records = {}
             for port, value in (outputs or {}).items():
                 if port not in ps.cls.outputs:
-                    raise PluginError(f"stage {ps.name} ({ps.cls.name}) returned undeclared output {port!r}")
+                    raise PluginError(
+                        f"stage {ps.name} ({ps.cls.name}) returned undeclared output {port!r}"
+                    )
                 records[port] = store.save(ps.name, port, value, scratch)
                 result.artifacts[f"{ps.name}.{port}"] = (
                     store.load(records[port]) if records[port]["type"] in _VOLUME_TYPES else value

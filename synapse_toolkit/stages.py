@@ -120,7 +120,9 @@ class StageContext:
         """Start a progress task (e.g. one tick per block)."""
         return self.progress_factory(f"{self.stage_name}: {description}", total)
 
-    def track(self, items: Iterable[Any], description: str, total: int | None = None) -> Iterator[Any]:
+    def track(
+        self, items: Iterable[Any], description: str, total: int | None = None
+    ) -> Iterator[Any]:
         """Iterate ``items`` while advancing a progress task."""
         if total is None and hasattr(items, "__len__"):
             total = len(items)  # type: ignore[arg-type]
@@ -261,4 +263,3 @@ KIND_BASES: dict[str, type[Stage]] = {
     cls.kind: cls
     for cls in (Loader, Aligner, Detector, Agglomerator, PartnerAssigner, Clusterer, Scorer)
 }
-

@@ -60,7 +60,9 @@ class ScaleDetector(Detector):
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         CALLS.append(self.context.stage_name)
         raw: Volume = inputs["raw"]
-        out = self.context.create_volume("prediction", (1, *raw.spatial_shape), np.float32, like=raw)
+        out = self.context.create_volume(
+            "prediction", (1, *raw.spatial_shape), np.float32, like=raw
+        )
         out.data[0] = raw.read().astype(np.float32) * self.options.factor  # type: ignore[attr-defined]
         return {"prediction": out}
 

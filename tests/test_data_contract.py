@@ -37,7 +37,9 @@ def test_volume_coordinates_and_regions() -> None:
     world = vol.voxel_to_world(np.array([[1, 2, 3]]))
     np.testing.assert_allclose(world, [[120, 16, 24]])
     np.testing.assert_allclose(vol.world_to_voxel(world), [[1, 2, 3]])
-    np.testing.assert_array_equal(vol.read((slice(1, 2), slice(0, 1), slice(2, 4))), data[1:2, 0:1, 2:4])
+    np.testing.assert_array_equal(
+        vol.read((slice(1, 2), slice(0, 1), slice(2, 4))), data[1:2, 0:1, 2:4]
+    )
     probs = Volume(np.zeros((3, 2, 3, 4), np.float32), (40, 4, 4))
     assert not probs.is_labels and probs.num_channels == 3
     assert probs.read((slice(0, 1), slice(None), slice(None))).shape == (3, 1, 3, 4)
@@ -81,7 +83,9 @@ def test_partner_table_polyadic_roundtrip() -> None:
 
 
 def test_regions_clusters_scores_transform() -> None:
-    regions = Regions.from_neurofinder([{"coordinates": [[1, 2], [3, 4]]}, {"coordinates": [[0, 0]]}])
+    regions = Regions.from_neurofinder(
+        [{"coordinates": [[1, 2], [3, 4]]}, {"coordinates": [[0, 0]]}]
+    )
     np.testing.assert_allclose(regions.centers(), [[2, 3], [0, 0]])
     assert Regions.from_dict(regions.to_dict()).to_neurofinder() == regions.to_neurofinder()
     with pytest.raises(DataError, match="region 0"):

@@ -85,7 +85,9 @@ def _plan(config_file: Path, plugins, *overrides: str):  # type: ignore[no-untyp
     return plan_pipeline(load_config(config_file, overrides), plugins)
 
 
-def test_two_detectors_and_aligner_inverse_run(config_file: Path, plugins, cremi_file: Path) -> None:  # type: ignore[no-untyped-def]
+def test_two_detectors_and_aligner_inverse_run(
+    config_file: Path, plugins, cremi_file: Path
+) -> None:  # type: ignore[no-untyped-def]
     plan = _plan(config_file, plugins)
     assert [s.name for s in plan.stages] == ["load", "align", "double", "half", "unalign",
                                              "compare", "export"]  # fmt: skip
@@ -127,20 +129,43 @@ def test_resume_skips_unchanged_stages(config_file: Path, plugins) -> None:  # t
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("stages.double.plugin=nope", "stages.double.plugin: no detector plugin 'nope' (available:"),
+        (
+            "stages.double.plugin=nope",
+            "stages.double.plugin: no detector plugin 'nope' (available:",
+        ),
         ("stages.double.options.factr=3", "stages.double.options.factr: unknown key"),
-        ("stages.double.options.factor='x'", "stages.double.options.factor: Input should be a valid number"),
-        ("stages.half.inputs.raw=ghost.prediction", "stages.half.inputs.raw: artifact 'ghost.prediction' is produced by no stage"),
-        ("stages.half.inputs.raw=double.nothing", "stages.half.inputs.raw: stage 'double' (test-scale) has no output 'nothing'"),
-        ("stages.half.inputs.raw=load.annotations", "stages.half.inputs.raw: 'load.annotations' is annotations, but test-scale expects volume"),
+        (
+            "stages.double.options.factor='x'",
+            "stages.double.options.factor: Input should be a valid number",
+        ),
+        (
+            "stages.half.inputs.raw=ghost.prediction",
+            "stages.half.inputs.raw: artifact 'ghost.prediction' is produced by no stage",
+        ),
+        (
+            "stages.half.inputs.raw=double.nothing",
+            "stages.half.inputs.raw: stage 'double' (test-scale) has no output 'nothing'",
+        ),
+        (
+            "stages.half.inputs.raw=load.annotations",
+            "stages.half.inputs.raw: 'load.annotations' is annotations, but test-scale expects",
+        ),
         ("stages.double.kind=detektor", "stages.double.kind: unknown stage kind 'detektor'"),
         ("stages.double.colour=1", "stages.double.colour: unknown key"),
-        ("input.path='/nonexistent/sample.hdf'", "input.path: file not found: /nonexistent/sample.hdf"),
+        (
+            "input.path='/nonexistent/sample.hdf'",
+            "input.path: file not found: /nonexistent/sample.hdf",
+        ),
         ("stages.half.inputs.raw=half.prediction", "dependency cycle"),
-        ("stages.double.inputs.rav=load.raw", "stages.double.inputs.rav: test-scale has no input 'rav'"),
+        (
+            "stages.double.inputs.rav=load.raw",
+            "stages.double.inputs.rav: test-scale has no input 'rav'",
+        ),
     ],
 )
-def test_config_errors_name_the_key(config_file: Path, plugins, override: str, message: str) -> None:  # type: ignore[no-untyped-def]
+def test_config_errors_name_the_key(
+    config_file: Path, plugins, override: str, message: str
+) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ConfigError) as err:
         _plan(config_file, plugins, override)
     assert message in str(err.value)
@@ -155,7 +180,9 @@ def test_missing_required_artifact_is_reported(tmp_path: Path, config_file: Path
     data = make_cremi_data()
     no_raw = write_cremi(tmp_path / "noraw.hdf", CremiData(neuron_ids=data.neuron_ids))
     plan = _plan(config_file, plugins, f"input.path='{no_raw}'")
-    with pytest.raises(DataError, match=r"stage load \(loader cremi-hdf5\): .*noraw.hdf: missing raw"):
+    with pytest.raises(
+        DataError, match=r"stage load \(loader cremi-hdf5\): .*noraw.hdf: missing raw"
+    ):
         run_pipeline(plan, plugins=plugins)
 
 
@@ -170,7 +197,9 @@ def test_overrides_swap_input_source() -> None:
 def test_cli_errors_are_one_line(tmp_path: Path, config_file: Path, plugins, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setattr(pipeline_mod, "get_plugins", lambda: plugins)
     runner = CliRunner()
-    res = runner.invoke(app, ["pipeline", "run", str(config_file), "--set", "stages.double.options.factor=[1]"])
+    res = runner.invoke(
+        app, ["pipeline", "run", str(config_file), "--set", "stages.double.options.factor=[1]"]
+    )
     assert res.exit_code == 1
     assert res.stderr.strip().splitlines() == [
         "error: stages.double.options.factor: Input should be a valid number"
@@ -195,13 +224,16 @@ def test_cli_dry_run_and_json_run(config_file: Path, plugins, monkeypatch) -> No
     assert {s["status"] for s in json.loads(res.stdout)["stages"]} == {"skipped"}
 
 
-def test_example_plugin_runs_in_a_pipeline(tmp_path: Path, cremi_file: Path, example_plugin_on_path) -> None:  # type: ignore[no-untyped-def]
+def test_example_plugin_runs_in_a_pipeline(
+    tmp_path: Path, cremi_file: Path, example_plugin_on_path
+) -> None:  # type: ignore[no-untyped-def]
     cfg = tmp_path / "membrane.toml"
-    cfg.write_text(textwrap.dedent(f"""
+    cfg.write_text(
+        textwrap.dedent(f"""
         [input]
         path = "{cremi_file}"
         [output]
-        dir = "{tmp_path / 'run'}"
+        dir = "{tmp_path / "run"}"
         [run]
         block_shape = [2, 16, 16]
         [stages.load]
@@ -212,13 +244,14 @@ def test_example_plugin_runs_in_a_pipeline(tmp_path: Path, cremi_file: Path, exa
         plugin = "membrane-gradient"
         options = {{ sigma_nm = 6.0 }}
         inputs = {{ raw = "load.raw" }}
-    """))
+    """)
+    )
     res = CliRunner().invoke(app, ["pipeline", "run", str(cfg), "--quiet"])
     assert res.exit_code == 0, res.output
     out = zarr.open_array(str(tmp_path / "run/artifacts/membranes/boundaries.zarr"), mode="r")
     assert out.shape == (1, 6, 40, 50)
     values = np.asarray(out[...])
-    assert 0.0 <= values.min() and values.max() <= 1.0 and values.std() > 0
+    assert values.min() >= 0.0 and values.max() <= 1.0 and values.std() > 0
     # blockwise with context equals a one-block computation
     cfg2 = cfg.read_text().replace("block_shape = [2, 16, 16]", "block_shape = [6, 40, 50]")
     cfg2 = cfg2.replace(str(tmp_path / "run"), str(tmp_path / "run2"))

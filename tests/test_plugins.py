@@ -75,7 +75,9 @@ def test_every_hook_is_documented() -> None:
         assert ":param registry:" in doc
 
 
-def test_example_plugin_listed_and_broken_one_reported(example_plugin_on_path: dict[str, str]) -> None:
+def test_example_plugin_listed_and_broken_one_reported(
+    example_plugin_on_path: dict[str, str],
+) -> None:
     plugins = load_plugins()
     ok = plugins.status("example-membrane")
     bad = plugins.status("example-broken")
@@ -96,7 +98,9 @@ def test_plugins_list_cli_shows_broken_plugin(example_plugin_on_path: dict[str, 
     assert "example-broken" in table.stdout and "failed" in table.stdout
 
 
-def test_autoload_can_be_disabled(example_plugin_on_path: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_autoload_can_be_disabled(
+    example_plugin_on_path: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv(DISABLE_ENV, "1")
     reset_plugins()
     plugins = load_plugins()

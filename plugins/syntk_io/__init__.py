@@ -46,7 +46,9 @@ def _source(options: _PathOptions, input_path: Path | None, stage: str) -> Path:
 def _check_required(found: Mapping[str, Any], required: list[str], path: Path) -> None:
     missing = [r for r in required if r not in found]
     if missing:
-        raise DataError(f"{path}: missing {', '.join(missing)} (found: {', '.join(found) or 'nothing'})")
+        raise DataError(
+            f"{path}: missing {', '.join(missing)} (found: {', '.join(found) or 'nothing'})"
+        )
 
 
 class CremiLoader(Loader):
@@ -58,7 +60,9 @@ class CremiLoader(Loader):
     outputs: ClassVar[Mapping[str, Port]] = {
         **_VOLUME_PORTS,
         "annotations": Port("annotations", "CREMI point annotations", required=False),
-        "partners": Port("partners", "ground-truth partner pairs from the annotations", required=False),
+        "partners": Port(
+            "partners", "ground-truth partner pairs from the annotations", required=False
+        ),
     }
 
     class Options(_PathOptions):
@@ -129,7 +133,10 @@ def _output_file(stage: Stage, filename: str) -> Path:
                         "name inside the run directory")  # fmt: skip
     run_dir = stage.context.run_dir or Path.cwd()
     target = run_dir / filename
-    if stage.context.input_path is not None and target.resolve() == Path(stage.context.input_path).resolve():
+    if (
+        stage.context.input_path is not None
+        and target.resolve() == Path(stage.context.input_path).resolve()
+    ):
         raise DataError(f"{target}: refusing to overwrite the pipeline input")
     return target
 
@@ -157,7 +164,9 @@ class CremiWriter(Stage):
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         opts = self.options
         if "annotations" in inputs and "partners" in inputs:
-            raise DataError(f"stage {self.context.stage_name}: wire annotations or partners, not both")
+            raise DataError(
+                f"stage {self.context.stage_name}: wire annotations or partners, not both"
+            )
         ann: Annotations | None = inputs.get("annotations")
         if "partners" in inputs:
             ann = inputs["partners"].to_annotations(opts.annotation_offset_nm)  # type: ignore[attr-defined]

@@ -64,7 +64,9 @@ def run(
         bool, typer.Option("--resume", help="Skip stages whose inputs and options are unchanged.")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print a JSON summary on stdout.")
+    ] = False,
 ) -> None:
     """Run a pipeline: stages in dependency order, artifacts and manifest in output.dir."""
     cfg = load_config(config, set_ or [])
@@ -72,7 +74,9 @@ def run(
     console = Console(stderr=True, quiet=quiet or as_json)
     if dry_run:
         if as_json:
-            typer.echo(json.dumps({"input": str(plan.input_path), "stages": plan.describe()}, indent=2))
+            typer.echo(
+                json.dumps({"input": str(plan.input_path), "stages": plan.describe()}, indent=2)
+            )
         else:
             _print_plan(plan, Console())
         return
@@ -81,9 +85,13 @@ def run(
         if not (quiet or as_json):
             progress = stack.enter_context(
                 Progress(
-                    TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=console, transient=False,
-                )  # fmt: skip
+                    TextColumn("{task.description}"),
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    TimeElapsedColumn(),
+                    console=console,
+                    transient=False,
+                )
             )
 
         def factory(description: str, total: int | None) -> ProgressTask:

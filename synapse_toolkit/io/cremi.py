@@ -1,7 +1,7 @@
 """Read and write CREMI HDF5 files (format 0.2) as syntk data objects.
 
 Layout (all optional): ``volumes/raw``, ``volumes/labels/neuron_ids``,
-``volumes/labels/clefts`` (attributes ``resolution`` and, when non-zero, ``offset``, both z, y, x nm),
+``volumes/labels/clefts`` (attributes ``resolution`` and, when non-zero, ``offset``; z, y, x nm),
 and ``annotations/{ids,types,locations}`` with ``annotations/presynaptic_site/partners`` and
 ``annotations/comments/{target_ids,comments}``; ``annotations`` carries an ``offset`` attribute and
 its locations are relative to it. Writing is atomic: a temporary file beside the target is renamed
@@ -30,7 +30,7 @@ CLEFTS = "volumes/labels/clefts"
 VOLUME_KEYS = {"raw": RAW, "neuron_ids": NEURON_IDS, "clefts": CLEFTS}
 #: Cleft volumes mark "no cleft" with this id (so id 0 is a real cleft).
 CLEFT_BACKGROUND = np.uint64(0xFFFFFFFFFFFFFFFF)
-#: Neuron-id volumes mark unlabelled voxels with this id; cleft volumes an invalid region with the next.
+#: Neuron ids mark unlabelled voxels with this id; cleft volumes mark an invalid region with the next.
 NEURON_IGNORE = np.uint64(0xFFFFFFFFFFFFFFFF)
 CLEFT_INVALID = np.uint64(0xFFFFFFFFFFFFFFFE)
 
@@ -143,7 +143,9 @@ def _attr(value: Any) -> Any:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _write_volume(f: h5py.File, key: str, vol: Volume, compression: str | None, block_z: int) -> None:
+def _write_volume(
+    f: h5py.File, key: str, vol: Volume, compression: str | None, block_z: int
+) -> None:
     shape = vol.shape
     chunks = tuple(min(s, c) for s, c in zip(shape, (1, 1, 64, 64)[-len(shape) :], strict=True))
     ds = f.create_dataset(key, shape=shape, dtype=vol.dtype, compression=compression, chunks=chunks)
@@ -168,7 +170,9 @@ def _write_annotations(f: h5py.File, ann: Annotations) -> None:
     g.create_dataset("types", data=np.asarray(ann.types, dtype=object),
                      dtype=h5py.string_dtype(), compression="gzip")  # fmt: skip
     g.create_dataset("locations", data=ann.locations_nm.astype(np.float64))
-    g.create_group("presynaptic_site").create_dataset("partners", data=ann.partners.astype(np.uint64))
+    g.create_group("presynaptic_site").create_dataset(
+        "partners", data=ann.partners.astype(np.uint64)
+    )
     if ann.comments:
         c = g.create_group("comments")
         c.create_dataset("target_ids", data=np.asarray(list(ann.comments), dtype=np.uint64))

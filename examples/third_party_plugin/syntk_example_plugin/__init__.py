@@ -39,7 +39,9 @@ class MembraneGradient(Detector):
         opts = self.options
         sigma = [opts.sigma_nm / v for v in raw.voxel_size_nm]  # type: ignore[attr-defined]
         context = [int(np.ceil(4 * s)) for s in sigma]
-        out = self.context.create_volume("boundaries", (1, *raw.spatial_shape), np.float32, like=raw)
+        out = self.context.create_volume(
+            "boundaries", (1, *raw.spatial_shape), np.float32, like=raw
+        )
         block = self.context.block_shape
         task = self.context.progress("membrane blocks", count_blocks(raw.spatial_shape, block))
         for b in iter_blocks(raw.spatial_shape, block, context):
