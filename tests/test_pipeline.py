@@ -259,3 +259,28 @@ def test_example_plugin_runs_in_a_pipeline(
     assert CliRunner().invoke(app, ["pipeline", "run", str(cfg), "--quiet"]).exit_code == 0
     one = zarr.open_array(str(tmp_path / "run2/artifacts/membranes/boundaries.zarr"), mode="r")
     np.testing.assert_allclose(np.asarray(one[...]), values, atol=1e-6)
+
+
+def test_interrupted_run_resumes_from_last_finished_stage(config_file: Path, plugins) -> None:  # type: ignore[no-untyped-def]
+    plan = _plan(config_file, plugins, "stages.half.options.factor=-1.0")
+    original = stage_fixtures.ScaleDetector.run
+
+    def failing(self, inputs):  # type: ignore[no-untyped-def]
+        if self.context.stage_name == "half":
+            raise KeyboardInterrupt  # the user pressed Ctrl-C in the middle of the run
+        return original(self, inputs)
+
+    stage_fixtures.ScaleDetector.run = failing  # type: ignore[method-assign]
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_pipeline(plan, plugins=plugins)
+    finally:
+        stage_fixtures.ScaleDetector.run = original  # type: ignore[method-assign]
+    run = plan.config.output.dir
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert list(manifest["stages"]) == ["load", "align", "double"]
+    assert not list(run.glob(".scratch/*")) and not (run / "artifacts" / "half").exists()
+    stage_fixtures.CALLS.clear()
+    res = run_pipeline(plan, plugins=plugins, resume=True)
+    res.close()
+    assert stage_fixtures.CALLS == ["half", "unalign", "compare"]
