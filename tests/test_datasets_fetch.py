@@ -59,7 +59,7 @@ def test_hash_mismatch_fails_and_leaves_nothing_complete(
     target = cached_file(registry.get("t/sample"))
     assert not target.exists()
     assert _leftovers(data_dir) == []  # no .part, no temporary file
-    with pytest.raises(DataError, match="not in the cache"):
+    with pytest.raises(DataError, match=r"not in the cache"):
         resolve_dataset("t/sample", registry=registry, download=False)
     server.files["sample.hdf"] = PAYLOAD  # fixed upstream: the next fetch succeeds
     assert fetch("t/sample", registry=registry)[0].read_bytes() == PAYLOAD
@@ -67,7 +67,7 @@ def test_hash_mismatch_fails_and_leaves_nothing_complete(
 
 def test_size_mismatch_is_refused_before_download(server: FileServer, data_dir: Path) -> None:
     registry = registry_with(_pinned(server, size=len(PAYLOAD) + 1))
-    with pytest.raises(DataError, match="serves 1024000 bytes but the registry expects 1024001"):
+    with pytest.raises(DataError, match=r"serves 1024000 bytes but the registry expects 1024001"):
         fetch("t/sample", registry=registry)
     assert _leftovers(data_dir) == []
 
@@ -77,12 +77,12 @@ def test_interrupted_download_leaves_nothing_complete_then_resumes(
 ) -> None:
     registry = registry_with(_pinned(server))
     server.cut_next("sample.hdf", after=300_000)
-    with pytest.raises(DataError, match="connection"):
+    with pytest.raises(DataError, match=r"connection"):
         fetch("t/sample", registry=registry, retries=0)
     entry = registry.get("t/sample")
     assert not cached_file(entry).exists()
     assert verify_entry(entry).status == "missing"
-    with pytest.raises(DataError, match="not in the cache"):
+    with pytest.raises(DataError, match=r"not in the cache"):
         resolve_dataset("t/sample", registry=registry, download=False)
     part = cached_file(entry).with_name("sample.hdf.part")
     kept = part.stat().st_size  # what arrived is kept, only under the .part name
@@ -120,10 +120,12 @@ def test_corrupted_cache_is_replaced_online_and_refused_offline(
     (path,) = fetch("t/sample", registry=registry)
     path.write_bytes(b"garbage" + PAYLOAD[7:])  # same size, different bytes, new mtime
     monkeypatch.setenv("SYNTK_OFFLINE", "1")
-    with pytest.raises(DataError, match="does not match its sha256.*syntk datasets fetch t/sample"):
+    with pytest.raises(
+        DataError, match=r"does not match its sha256.*syntk datasets fetch t/sample"
+    ):
         resolve_dataset("t/sample", registry=registry)
     monkeypatch.delenv("SYNTK_OFFLINE")
-    with pytest.warns(UserWarning, match="does not match its sha256; downloading again"):
+    with pytest.warns(UserWarning, match=r"does not match its sha256; downloading again"):
         fetch("t/sample", registry=registry)
     assert path.read_bytes() == PAYLOAD
     assert verify_entry(registry.get("t/sample")).status == "ok"
@@ -198,7 +200,7 @@ def test_unpinned_first_download_warns_records_and_pins(server: FileServer, data
     # later downloads must match the recorded hash
     path.unlink()
     server.files["movie.tif"] = PAYLOAD[::-1]
-    with pytest.raises(DataError, match="sha256 mismatch"):
+    with pytest.raises(DataError, match=r"sha256 mismatch"):
         fetch("t/movie", registry=registry)
     assert not path.exists()
     server.files["movie.tif"] = PAYLOAD
@@ -213,5 +215,5 @@ def test_groups_fetch_every_member(server: FileServer, data_dir: Path) -> None:
     )
     paths = fetch("g", registry=registry)
     assert [p.read_bytes() for p in paths] == [b"a" * 10, b"b" * 20]
-    with pytest.raises(DataError, match="is a group"):
+    with pytest.raises(DataError, match=r"is a group"):
         resolve_dataset("g", registry=registry)

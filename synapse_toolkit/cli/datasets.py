@@ -215,7 +215,9 @@ def fetch(
         TimeRemainingColumn(),
     )
     failures: list[str] = []
-    with Progress(*columns, console=_err, transient=False) as progress:
+    fetched: list[str] = []
+    progress = Progress(*columns, console=_err, redirect_stdout=False, redirect_stderr=False)
+    with progress:
         for entry in entries:
             try:
                 with _show_warnings():
@@ -225,7 +227,9 @@ def fetch(
                 if len(entries) > 1:
                     _err.print(f"[red]failed:[/] {exc}")
                 continue
-            _out.print(f"{entry.name}\t{path}", soft_wrap=True)
+            fetched.append(f"{entry.name}\t{path}")
+    for line in fetched:
+        typer.echo(line)
     if len(failures) == 1 and len(entries) == 1:
         raise DataError(failures[0])
     if failures:
@@ -243,7 +247,7 @@ def path(name: Annotated[str, typer.Argument(help="Dataset or model name.")]) ->
         if not entry.bundled and not is_cached(entry):
             raise DataError(f"{name} is not in the cache; run `syntk datasets fetch {name}`")
         result = fetch_entry(entry)
-    _out.print(str(result), soft_wrap=True)
+    typer.echo(str(result))
 
 
 @app.command()
