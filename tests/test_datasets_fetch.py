@@ -131,6 +131,21 @@ def test_corrupted_cache_is_replaced_online_and_refused_offline(
     assert verify_entry(registry.get("t/sample")).status == "ok"
 
 
+def test_resolve_without_download_never_uses_the_network(
+    server: FileServer, data_dir: Path
+) -> None:
+    registry = registry_with(_pinned(server))
+    with pytest.raises(DataError, match=r"not in the cache .*downloading was not requested"):
+        resolve_dataset("t/sample", registry=registry, download=False)
+    (path,) = fetch("t/sample", registry=registry)
+    path.write_bytes(PAYLOAD[::-1])
+    with pytest.raises(
+        DataError, match=r"does not match its sha256.*syntk datasets fetch t/sample"
+    ):
+        resolve_dataset("t/sample", registry=registry, download=False)
+    assert len(server.requests) == 1
+
+
 def test_verify_detects_tampering(server: FileServer, data_dir: Path) -> None:
     registry = registry_with(_pinned(server))
     (path,) = fetch("t/sample", registry=registry)

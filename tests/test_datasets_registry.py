@@ -30,13 +30,29 @@ REPO = Path(__file__).resolve().parents[1]
 # -- the shipped registry --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def shipped() -> DatasetRegistry:
-    return load_registry(plugins=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the shipped files load without any warning
+        return load_registry(plugins=False)
 
 
 def test_registry_dir_is_the_source_tree_registry() -> None:
     assert registry_dir() == REPO / "registry"
     assert (registry_dir() / "datasets.toml").is_file()
     assert (registry_dir() / "models.toml").is_file()
+
+
+def test_registry_dir_prefers_the_wheel_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import synapse_toolkit
+
+    package = tmp_path / "site-packages" / "synapse_toolkit"
+    (package / "_registry").mkdir(parents=True)
+    monkeypatch.setattr(synapse_toolkit, "__file__", str(package / "__init__.py"))
+    assert registry_dir() == package / "_registry"
+    (package / "_registry").rmdir()
+    with pytest.raises(DataError, match="registry files are missing"):
+        registry_dir()
 
 
 def test_cremi_entries_are_pinned_with_published_hashes(shipped: DatasetRegistry) -> None:
@@ -152,6 +168,13 @@ def test_bad_entries_name_file_and_entry(tmp_path: Path, body: str, message: str
     with pytest.raises(DataError, match=message) as err:
         load_registry(toml_dir=path.parent, plugins=False)
     assert str(path) in str(err.value)
+
+
+def test_group_with_unknown_member_is_trimmed_with_a_warning(tmp_path: Path) -> None:
+    _toml(tmp_path, '[groups."g"]\nmembers = ["g/none"]\n')
+    with pytest.warns(UserWarning, match=r"group 'g' names unknown entries \['g/none'\]"):
+        registry = load_registry(toml_dir=tmp_path / "reg", plugins=False)
+    assert "g" not in [g.name for g in registry.groups()]
 
 
 def test_duplicate_names_and_group_collisions() -> None:

@@ -28,7 +28,6 @@ from synapse_toolkit.datasets import (
     fetch_entry,
     get_registry,
     is_cached,
-    resolve_dataset,
     verify_entry,
 )
 from synapse_toolkit.errors import DataError
@@ -241,13 +240,7 @@ def path(name: Annotated[str, typer.Argument(help="Dataset or model name.")]) ->
     """Print the local path of a fetched entry (never downloads)."""
     registry = get_registry()
     entry = registry.get(name)
-    if entry.kind == "dataset":
-        result = resolve_dataset(name, registry=registry, download=False)
-    else:
-        if not entry.bundled and not is_cached(entry):
-            raise DataError(f"{name} is not in the cache; run `syntk datasets fetch {name}`")
-        result = fetch_entry(entry)
-    typer.echo(str(result))
+    typer.echo(str(fetch_entry(entry, download=False)))
 
 
 @app.command()

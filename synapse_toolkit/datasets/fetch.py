@@ -98,15 +98,25 @@ def fetch_entry(
     *,
     progress: DownloadProgress | None = None,
     retries: int = DEFAULT_RETRIES,
+    download: bool = True,
 ) -> Path:
-    """Make the entry's verified file (and unpacked archive) available; return its path."""
+    """Make the entry's verified file (and unpacked archive) available; return its path.
+
+    With ``download=False`` (or ``SYNTK_OFFLINE=1``) the network is never used: a missing or
+    damaged file is an error naming the ``syntk datasets fetch`` command.
+    """
     if entry.bundled:
         return _verified_bundled(entry)
     file = cached_file(entry)
-    if cache.offline() and not file.is_file():
-        _ensure_file(entry, file, progress=progress, retries=retries)  # raises, touches nothing
+    no_network = _no_network_reason(download)
+    if no_network and not file.is_file():
+        raise DataError(
+            f"{entry.name} is not in the cache ({file}) and {no_network}; "
+            f"run `{fetch_command(entry.name)}`"
+            + (" with network access" if cache.offline() else "")
+        )
     with cache.file_lock(file.with_name(f".{file.name}.lock")):
-        _ensure_file(entry, file, progress=progress, retries=retries)
+        _ensure_file(entry, file, progress=progress, retries=retries, no_network=no_network)
         if entry.archive_format is not None:
             _ensure_extracted(entry, file)
     return _result_path(entry, file)
@@ -123,8 +133,19 @@ def _verified_bundled(entry: Entry) -> Path:
     return file
 
 
+def _no_network_reason(download: bool) -> str | None:
+    if cache.offline():
+        return f"{cache.OFFLINE_ENV} is set, so it cannot be downloaded"
+    return None if download else "downloading was not requested"
+
+
 def _ensure_file(
-    entry: Entry, file: Path, *, progress: DownloadProgress | None, retries: int
+    entry: Entry,
+    file: Path,
+    *,
+    progress: DownloadProgress | None,
+    retries: int,
+    no_network: str | None,
 ) -> None:
     expected = expected_hash(entry)
     if file.is_file():
@@ -133,21 +154,16 @@ def _ensure_file(
             return
         if cache.matches(file, expected, size=entry.size):
             return
-        if cache.offline():
+        if no_network:
             raise DataError(
-                f"{entry.name}: the cached file {file} does not match its sha256 {expected} and "
-                f"SYNTK_OFFLINE is set; run `{fetch_command(entry.name)}` with network access"
+                f"{entry.name}: the cached file {file} does not match its sha256 {expected} "
+                f"({no_network}); run `{fetch_command(entry.name)}` to download it again"
             )
         warnings.warn(
             f"{entry.name}: the cached file {file} does not match its sha256; downloading again",
             stacklevel=3,
         )
         cache.remove_file(file)
-    if cache.offline():
-        raise DataError(
-            f"{entry.name} is not in the cache ({file}) and SYNTK_OFFLINE is set, so it cannot "
-            f"be downloaded; run `{fetch_command(entry.name)}` with network access"
-        )
     _download(entry, file, expected, progress=progress, retries=retries)
 
 
@@ -260,11 +276,7 @@ def resolve_dataset(
     entry = reg.get(name)
     if entry.kind != "dataset":
         raise DataError(f"{name!r} is a model, not a dataset; use model_path({name!r})")
-    if not download and not entry.bundled and not is_cached(entry):
-        raise DataError(
-            f"{name} is not in the cache ({cached_file(entry)}); run `{fetch_command(name)}`"
-        )
-    return fetch_entry(entry)
+    return fetch_entry(entry, download=download)
 
 
 def model_path(name: str, *, registry: DatasetRegistry | None = None) -> Path:

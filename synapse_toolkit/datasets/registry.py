@@ -138,11 +138,12 @@ class DatasetRegistry:
                 self.add(make_entry(table, where=f"registry file {path}", kind=kind))
 
     def check(self) -> None:
-        """Raise if a group names a member that is not registered (or is empty)."""
+        """Drop (with a warning) group members that were never registered."""
         for group in self._groups.values():
             missing = [m for m in group.members if m not in self._entries]
             if missing:
-                raise DataError(f"group {group.name!r} names unknown entries: {missing}")
+                warnings.warn(f"group {group.name!r} names unknown entries {missing}", stacklevel=2)
+                group.members = [m for m in group.members if m in self._entries]
 
     # -- lookup -------------------------------------------------------------------------------
     def entries(self, kind: EntryKind | None = None) -> list[Entry]:
