@@ -232,3 +232,24 @@ def test_groups_fetch_every_member(server: FileServer, data_dir: Path) -> None:
     assert [p.read_bytes() for p in paths] == [b"a" * 10, b"b" * 20]
     with pytest.raises(DataError, match=r"is a group"):
         resolve_dataset("g", registry=registry)
+
+
+def test_pipeline_input_dataset_resolves_through_the_registry(
+    server: FileServer, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    import synapse_toolkit.datasets.fetching as fetch_module
+    from synapse_toolkit.config import InputConfig
+    from synapse_toolkit.errors import ConfigError
+    from synapse_toolkit.pipeline import resolve_input
+
+    registry = registry_with(_pinned(server))
+    monkeypatch.setattr(fetch_module, "get_registry", lambda: registry)
+    config = SimpleNamespace(input=InputConfig(dataset="t/sample"))
+    monkeypatch.setenv("SYNTK_OFFLINE", "1")
+    with pytest.raises(ConfigError, match=r"input.dataset: .*`syntk datasets fetch t/sample`"):
+        resolve_input(config)  # type: ignore[arg-type]
+    monkeypatch.delenv("SYNTK_OFFLINE")
+    path = resolve_input(config)  # type: ignore[arg-type]
+    assert path.read_bytes() == PAYLOAD

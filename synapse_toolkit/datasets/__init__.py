@@ -11,7 +11,7 @@
 from synapse_toolkit.datasets.cache import cache_dir, offline
 from synapse_toolkit.datasets.download import DownloadProgress
 from synapse_toolkit.datasets.entries import Entry, make_entry
-from synapse_toolkit.datasets.fetch import (
+from synapse_toolkit.datasets.fetching import (
     UnpinnedDownloadWarning,
     VerifyResult,
     cached_file,
