@@ -113,9 +113,13 @@ class ResumableDownloader:
             finally:
                 self.progress.finish()
         tries = f"{self.retries + 1} attempt{'s' if self.retries else ''}"
+        kept = (
+            f" (the partial file {self.part_path} is kept; fetching again resumes it)"
+            if self.part_path.exists()
+            else ""
+        )
         raise DataError(
-            f"{self.label}: download from {url} failed after {tries}: {errors[-1]} "
-            f"(the partial file {self.part_path} is kept; fetching again resumes it)"
+            f"{self.label}: download from {url} failed after {tries}: {errors[-1]}{kept}"
         )
 
     def _attempt(self, session: requests.Session, url: str) -> None:

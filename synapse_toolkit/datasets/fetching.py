@@ -194,11 +194,14 @@ def _download(
                     downloader=downloader,
                     progressbar=False,
                 )
-        except ValueError:  # pooch: hash mismatch; it deleted the download
-            failures.append(
-                f"{url}: sha256 mismatch (expected {expected}, got {downloader.sha256}); "
-                "the download was discarded"
-            )
+        except ValueError as exc:  # pooch: hash mismatch; it deleted the download
+            if downloader.sha256 is None:  # not a hash check: some other bad value
+                failures.append(f"{url}: {exc}")
+            else:
+                failures.append(
+                    f"{url}: sha256 mismatch (expected {expected}, got {downloader.sha256}); "
+                    "the download was discarded"
+                )
             continue
         except DataError as exc:
             failures.append(str(exc).removeprefix(f"{entry.name}: "))
