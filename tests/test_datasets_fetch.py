@@ -253,3 +253,20 @@ def test_pipeline_input_dataset_resolves_through_the_registry(
     monkeypatch.delenv("SYNTK_OFFLINE")
     path = resolve_input(config)  # type: ignore[arg-type]
     assert path.read_bytes() == PAYLOAD
+
+
+def test_unreachable_server_is_a_clear_error(data_dir: Path) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    registry = registry_with(
+        {"name": "t/down", "url": f"http://127.0.0.1:{port}/x.hdf", "sha256": sha256(b"x")}
+    )
+    with pytest.raises(
+        DataError, match=r"t/down: .*failed after 2 attempts: cannot connect"
+    ) as err:
+        fetch("t/down", registry=registry, retries=1)
+    assert "partial file" not in str(err.value)
+    assert _leftovers(data_dir) == []
