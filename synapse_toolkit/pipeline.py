@@ -66,8 +66,8 @@ def _types_compatible(produced: str, wanted: str) -> bool:
     return produced == wanted or (produced in _VOLUME_TYPES and wanted in _VOLUME_TYPES)
 
 
-def resolve_input(config: PipelineConfig) -> Path:
-    """The input file of the run; a registry dataset is resolved (and must be fetched)."""
+def resolve_input(config: PipelineConfig, *, download: bool = True) -> Path:
+    """The input file of the run; a registry dataset is resolved (fetched if ``download``)."""
     if config.input.path is not None:
         path = config.input.path
         if not path.exists():
@@ -76,17 +76,22 @@ def resolve_input(config: PipelineConfig) -> Path:
     from synapse_toolkit.datasets import resolve_dataset  # local: registry is optional at import
 
     try:
-        return resolve_dataset(str(config.input.dataset))
+        return resolve_dataset(str(config.input.dataset), download=download)
     except SyntkError as exc:
         raise ConfigError(f"input.dataset: {exc}") from None
 
 
 def plan_pipeline(
-    config: PipelineConfig, plugins: PluginSet | None = None, *, check_input: bool = True
+    config: PipelineConfig,
+    plugins: PluginSet | None = None,
+    *,
+    check_input: bool = True,
+    download: bool = True,
 ) -> Plan:
     """Validate a config against the installed plugins and order its stages.
 
     Raises ConfigError naming the key path (unknown plugin, bad option, unwired input, cycle).
+    With ``download=False`` (validate, dry run) a registry dataset is never fetched.
     """
     plugins = plugins or get_plugins()
     registry = plugins.stages
@@ -142,7 +147,7 @@ def plan_pipeline(
                                   f"but {ps.cls.name} expects {want}")  # fmt: skip
 
     order = _topological(planned)
-    input_path = resolve_input(config) if check_input else Path()
+    input_path = resolve_input(config, download=download) if check_input else Path()
     return Plan(config, [planned[n] for n in order], input_path)
 
 

@@ -38,7 +38,7 @@ def _print_plan(plan: Plan, console: Console) -> None:
 @app.command("validate")
 def validate(config: ConfigArg, set_: SetOpt = None) -> None:
     """Validate a config against the installed plugins without running anything."""
-    plan = plan_pipeline(load_config(config, set_ or []))
+    plan = plan_pipeline(load_config(config, set_ or []), download=False)
     typer.echo(f"{config}: valid ({len(plan.stages)} stages, input {plan.input_path})")
 
 
@@ -70,7 +70,7 @@ def run(
 ) -> None:
     """Run a pipeline: stages in dependency order, artifacts and manifest in output.dir."""
     cfg = load_config(config, set_ or [])
-    plan = plan_pipeline(cfg)
+    plan = plan_pipeline(cfg, download=not dry_run)
     console = Console(stderr=True, quiet=quiet or as_json)
     if dry_run:
         if as_json:

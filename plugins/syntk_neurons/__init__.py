@@ -1,0 +1,34 @@
+"""syntk_neurons: MALA-style neuron segmentation stages.
+
+- ``affinity-unet`` (detector): an exported affinity U-Net run with ONNX Runtime, tiled over
+  volumes of any size (:mod:`synapse_toolkit.inference.tiled`), streamed into zarr.
+- ``waterz`` (agglomerator): watershed fragments + waterz agglomeration at a list of thresholds,
+  one segmentation per threshold, with threshold selection against ground truth when given.
+- ``hdf5-volumes`` (loader): plain HDF5 files with one dataset per volume (e.g. the gala FIB-SEM
+  example data), placed with an explicit voxel size.
+
+Shipped model: ``models/fib_affinities.onnx`` (registry name ``neurons/fib_affinities``), see
+``models/README.md`` for its training data, scores and the command that reproduces it.
+"""
+
+from __future__ import annotations
+
+from synapse_toolkit.hookspecs import hookimpl
+from syntk_neurons.stages import AffinityDetector, Hdf5VolumesLoader, WaterzAgglomerator
+
+__all__ = ["AffinityDetector", "Hdf5VolumesLoader", "WaterzAgglomerator"]
+
+
+@hookimpl
+def syntk_register_stages(registry) -> None:  # type: ignore[no-untyped-def]
+    registry.add_detector(AffinityDetector)
+    registry.add_agglomerator(WaterzAgglomerator)
+    registry.add_loader(Hdf5VolumesLoader)
+
+
+@hookimpl
+def syntk_register_datasets(registry) -> None:  # type: ignore[no-untyped-def]
+    from syntk_neurons.models import registry_entries
+
+    for entry in registry_entries():
+        registry.add(entry)

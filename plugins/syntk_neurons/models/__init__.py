@@ -1,0 +1,58 @@
+"""The ONNX models shipped with syntk_neurons and their registry entries.
+
+Each ``<name>.onnx`` has a ``<name>.sha256`` sidecar (``sha256sum`` format) written at export;
+the registry entry is built from it, so ``synapse_toolkit.datasets.model_path`` re-hashes the
+file before every use.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+MODELS_DIR = Path(__file__).parent
+
+#: registry name -> (file, description, reproduce command)
+SHIPPED: dict[str, tuple[str, str, str]] = {
+    "neurons/fib_affinities": (
+        "fib_affinities.onnx",
+        "3D U-Net (valid convs, 2x(2,2,2) downsampling), raw uint8/255 (1,1,72,72,72) -> 3 "
+        "nearest-neighbour affinities (1,3,32,32,32); trained on the gala FIB-SEM medulla train "
+        "volume (~10 nm isotropic) with BCE + constrained MALIS",
+        "syntk train affinities examples/train/fib_affinities.toml && syntk export onnx "
+        "runs/fib_affinities/best.pt plugins/syntk_neurons/models/fib_affinities.onnx",
+    ),
+}
+
+
+def sidecar_sha256(onnx_file: Path) -> str | None:
+    side = onnx_file.with_suffix(".sha256")
+    if not side.exists():
+        return None
+    return side.read_text().split()[0].strip().lower()
+
+
+def registry_entries() -> list[dict[str, Any]]:
+    """Registry entries for the shipped models that are present (with their sidecar hash)."""
+    out = []
+    for name, (file, description, reproduce) in SHIPPED.items():
+        path = MODELS_DIR / file
+        sha = sidecar_sha256(path)
+        if not path.exists() or sha is None:
+            continue
+        out.append(
+            {
+                "name": name,
+                "kind": "model",
+                "package": "syntk_neurons",
+                "path": f"models/{file}",
+                "sha256": sha,
+                "size": path.stat().st_size,
+                "licence": "BSD-3-Clause",
+                "description": description,
+                "reproduce": reproduce,
+                "voxel_size_nm": (10.0, 10.0, 10.0),
+                "axis_order": "zyx",
+            }
+        )
+    return out

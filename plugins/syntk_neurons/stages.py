@@ -1,0 +1,303 @@
+"""Stage classes of syntk_neurons (detector, agglomerator, loader). No torch here."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import Field
+
+from synapse_toolkit import __version__
+from synapse_toolkit.data import ScoreRecord, Volume
+from synapse_toolkit.errors import DataError, PluginError
+from synapse_toolkit.stages import Agglomerator, Detector, Loader, Port, StageOptions
+
+DEFAULT_MODEL = "neurons/fib_affinities"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def resolve_model(name: str | None, path: Path | None, sha256: str | None) -> Path:
+    """The verified ONNX file: a registry model by name, or a path checked against ``sha256``
+    (or its ``.sha256`` sidecar when no hash is given)."""
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise DataError(f"affinity-unet: model file {path} not found")
+        expected = sha256
+        if expected is None:
+            side = path.with_suffix(".sha256")
+            expected = side.read_text().split()[0] if side.exists() else None
+        if expected is not None and _sha256(path) != expected.lower():
+            raise DataError(f"affinity-unet: {path} does not match its sha256 {expected}")
+        return path
+    from synapse_toolkit.datasets import model_path
+
+    return model_path(name or DEFAULT_MODEL)
+
+
+class AffinityDetector(Detector):
+    """Affinities from raw EM with an exported U-Net (ONNX Runtime, CUDA if it loads).
+
+    Tiles the volume (``overlap`` voxels between output tiles, blended linearly), mirrors the
+    volume at its borders for context, and writes ``affinities`` (C, z, y, x) float32 into zarr
+    block by block; the raw volume is read tile by tile, never whole.
+    """
+
+    name: ClassVar[str] = "affinity-unet"
+    version: ClassVar[str] = __version__
+    description: ClassVar[str] = "MALA affinity U-Net (ONNX), tiled with overlap and blending"
+    inputs: ClassVar[Mapping[str, Port]] = {"raw": Port("volume", "EM intensities (z, y, x)")}
+    outputs: ClassVar[Mapping[str, Port]] = {
+        "affinities": Port("volume", "(C, z, y, x) float32 affinities, channel c = offset c"),
+    }
+
+    class Options(StageOptions):
+        model: str = Field(DEFAULT_MODEL, description="Registry model name.")
+        model_path: Path | None = Field(None, description="An ONNX file instead of `model`.")
+        sha256: str | None = Field(None, description="Expected sha256 of `model_path`.")
+        overlap: tuple[int, int, int] = Field((4, 8, 8), description="Tile overlap (z, y, x).")
+        intensity_scale: float | None = Field(
+            None, description="Multiply raw by this (default: 1/255 for uint8, 1 otherwise)."
+        )
+        pad_mode: Literal["reflect", "symmetric", "edge"] = "reflect"
+        providers: list[str] | None = Field(None, description="ONNX Runtime providers to force.")
+
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        from synapse_toolkit.inference.tiled import TileGrid, predict_tiled
+        from synapse_toolkit.onnx_runtime import (
+            create_session,
+            model_metadata,
+            predictor,
+            uses_cuda,
+        )
+
+        opts: AffinityDetector.Options = self.options  # type: ignore[assignment]
+        raw: Volume = inputs["raw"]
+        if len(raw.shape) != 3:
+            raise DataError(f"affinity-unet: raw must be 3D (z, y, x), got shape {raw.shape}")
+        path = resolve_model(opts.model, opts.model_path, opts.sha256)
+        session = create_session(path, providers=opts.providers, num_threads=self.context.n_threads)
+        meta = model_metadata(session)
+        inp = session.get_inputs()[0]
+        out = session.get_outputs()[0]
+        in_shape = tuple(meta.get("input_shape") or inp.shape[2:])
+        out_shape = tuple(meta.get("output_shape") or out.shape[2:])
+        n_out = int(meta.get("out_channels") or out.shape[1])
+        if not all(isinstance(s, int) for s in (*in_shape, *out_shape)):
+            raise PluginError(f"affinity-unet: {path} has no fixed tile shape (input {inp.shape})")
+        self.context.logger.info(
+            "affinity-unet: %s on %s, tile %s -> %s",
+            path.name,
+            "CUDA" if uses_cuda(session) else "CPU",
+            in_shape,
+            out_shape,
+        )
+        scale = opts.intensity_scale
+        if scale is None:
+            scale = 1.0 / 255.0 if raw.dtype == np.uint8 else 1.0
+
+        def prep(x: np.ndarray) -> np.ndarray:
+            return x.astype(np.float32) * np.float32(scale)
+
+        result = self.context.create_volume(
+            "affinities",
+            (n_out, *raw.spatial_shape),
+            np.float32,
+            like=raw,
+            chunks=(
+                n_out,
+                *[min(s, 2 * o) for s, o in zip(raw.spatial_shape, out_shape, strict=True)],
+            ),
+        )
+        grid = TileGrid(raw.spatial_shape, in_shape, out_shape, opts.overlap)  # type: ignore[arg-type]
+        task = self.context.progress("tiles", len(grid))
+        predict_tiled(
+            predictor(session),
+            raw.data,
+            result.data,
+            in_shape,
+            out_shape,
+            overlap=opts.overlap,
+            preprocess=prep,
+            pad_mode=opts.pad_mode,
+            progress=task.advance,
+        )
+        return {"affinities": result}
+
+
+class WaterzAgglomerator(Agglomerator):
+    """waterz: watershed fragments (from the affinities, or given) merged by a scoring function.
+
+    One segmentation per threshold goes to ``segmentations`` (T, z, y, x); ``segmentation`` is the
+    one chosen: the best against ``truth`` (by ``select_by``) when truth is given, else
+    ``threshold``. With truth, ``scores`` holds VOI/ARAND/CREMI score per threshold.
+    """
+
+    name: ClassVar[str] = "waterz"
+    version: ClassVar[str] = __version__
+    description: ClassVar[str] = "waterz agglomeration (mean/quantile scoring), threshold sweep"
+    inputs: ClassVar[Mapping[str, Port]] = {
+        "affinities": Port("volume", "(>=3, z, y, x) nearest-neighbour affinities"),
+        "fragments": Port("labels", "an over-segmentation to start from", required=False),
+        "truth": Port("labels", "ground truth for threshold selection", required=False),
+    }
+    outputs: ClassVar[Mapping[str, Port]] = {
+        "segmentation": Port("labels", "the selected segmentation (uint64)"),
+        "segmentations": Port("volume", "(T, z, y, x) uint64, one per threshold (ascending)"),
+        "scores": Port("scores", "per-threshold VOI/ARAND/CREMI (only with truth)", required=False),
+    }
+
+    class Options(StageOptions):
+        thresholds: list[float] = Field(
+            default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
+            min_length=1,
+            description="Merge thresholds (scores below are merged).",
+        )
+        scoring: str = Field("quantile50", description="'mean' or 'quantile<q>' (q = 10..95 by 5).")
+        threshold: float | None = Field(
+            None, description="Threshold of `segmentation` without truth (default: the median)."
+        )
+        select_by: Literal["cremi_score", "voi", "arand"] = "cremi_score"
+        ignore_label: int | None = Field(0, description="Truth label left out of scoring.")
+        aff_threshold_low: float = 0.0001
+        aff_threshold_high: float = 0.9999
+        discretize_queue: int = Field(256, description="0 (exact) or 256 bins (faster).")
+
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        from synapse_toolkit.inference.agglomeration import agglomerate, scoring_function
+        from synapse_toolkit.inference.segmetrics import segmentation_scores
+
+        opts: WaterzAgglomerator.Options = self.options  # type: ignore[assignment]
+        scoring_function(opts.scoring)  # validate early
+        affs_vol: Volume = inputs["affinities"]
+        if affs_vol.num_channels is None or affs_vol.num_channels < 3:
+            raise DataError(
+                f"waterz: affinities must be (>=3, z, y, x), got shape {affs_vol.shape}"
+            )
+        affs = np.asarray(affs_vol.data[:3], dtype=np.float32)
+        frag = None
+        if inputs.get("fragments") is not None:
+            frag = np.asarray(inputs["fragments"].read(), dtype=np.uint64)
+        truth = inputs.get("truth")
+        truth_np = None if truth is None else truth.read()
+        if truth_np is not None and truth_np.shape != affs.shape[1:]:
+            raise DataError(f"waterz: truth shape {truth_np.shape} != affinities {affs.shape[1:]}")
+        ths = sorted(opts.thresholds)
+        spatial = affs.shape[1:]
+        segs = self.context.create_volume(
+            "segmentations",
+            (len(ths), *spatial),
+            np.uint64,
+            like=affs_vol,
+            chunks=(
+                1,
+                *[min(s, b) for s, b in zip(spatial, self.context.block_shape, strict=True)],
+            ),
+        )
+        rows: list[dict[str, float]] = []
+        task = self.context.progress("thresholds", len(ths))
+        index = {th: i for i, th in enumerate(ths)}
+
+        def keep(th: float, seg: np.ndarray) -> None:
+            segs.data[index[th]] = seg
+            if truth_np is not None:
+                s = segmentation_scores(seg, truth_np, ignore_label=opts.ignore_label)
+                rows.append({"threshold": th, **s.to_dict()})
+            task.advance()
+
+        agglomerate(
+            affs,
+            ths,
+            fragments=frag,
+            scoring=opts.scoring,
+            aff_threshold_low=opts.aff_threshold_low,
+            aff_threshold_high=opts.aff_threshold_high,
+            discretize_queue=opts.discretize_queue,
+            on_segmentation=keep,
+        )
+        if rows:
+            best = min(rows, key=lambda r: r[opts.select_by])
+            chosen = index[best["threshold"]]
+        else:
+            target = opts.threshold if opts.threshold is not None else ths[len(ths) // 2]
+            chosen = int(np.argmin([abs(t - target) for t in ths]))
+        seg = self.context.create_volume("segmentation", spatial, np.uint64, like=affs_vol)
+        seg.data[...] = segs.data[chosen]
+        out: dict[str, Any] = {"segmentation": seg, "segmentations": segs}
+        if rows:
+            out["scores"] = ScoreRecord(
+                metric="waterz-threshold-sweep",
+                values={f"best_{k}": v for k, v in best.items()},
+                details={"sweep": rows, "scoring": opts.scoring, "select_by": opts.select_by},
+            )
+        return out
+
+
+class _Dataset(StageOptions):
+    path: Path
+    dataset: str = "stack"
+
+
+class Hdf5VolumesLoader(Loader):
+    """Volumes from plain HDF5 files (one dataset each), e.g. the gala FIB-SEM example data.
+
+    ``volumes`` maps an output port (``raw``, ``neuron_ids``, ``boundaries``, ``fragments``) to a
+    file + dataset. With ``zero_is_unlabelled``, label 0 of ``neuron_ids`` becomes
+    0xffffffffffffffff (CREMI's "ignore" label) so scorers skip it.
+    """
+
+    name: ClassVar[str] = "hdf5-volumes"
+    version: ClassVar[str] = __version__
+    description: ClassVar[str] = "plain HDF5 datasets as volumes (explicit voxel size)"
+    outputs: ClassVar[Mapping[str, Port]] = {
+        "raw": Port("volume", "EM intensities", required=False),
+        "neuron_ids": Port("labels", "neuron ground truth", required=False),
+        "boundaries": Port("volume", "a boundary probability map", required=False),
+        "fragments": Port("labels", "an over-segmentation", required=False),
+    }
+
+    class Options(StageOptions):
+        volumes: dict[Literal["raw", "neuron_ids", "boundaries", "fragments"], _Dataset]
+        voxel_size_nm: tuple[float, float, float]
+        offset_nm: tuple[float, float, float] = (0.0, 0.0, 0.0)
+        zero_is_unlabelled: bool = False
+
+    _files: list[Any]
+
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        import h5py
+
+        opts: Hdf5VolumesLoader.Options = self.options  # type: ignore[assignment]
+        self._files = []
+        out: dict[str, Any] = {}
+        for port, spec in opts.volumes.items():
+            if not spec.path.exists():
+                raise DataError(f"hdf5-volumes: {spec.path} not found (volume {port!r})")
+            try:
+                f = h5py.File(spec.path, "r")
+            except OSError as exc:
+                raise DataError(f"hdf5-volumes: {spec.path} is not readable HDF5: {exc}") from exc
+            self._files.append(f)
+            if spec.dataset not in f:
+                raise DataError(f"hdf5-volumes: {spec.path} has no dataset {spec.dataset!r}")
+            data: Any = f[spec.dataset]
+            if port in ("neuron_ids", "fragments"):
+                data = np.asarray(data[...]).astype(np.uint64)
+                if port == "neuron_ids" and opts.zero_is_unlabelled:
+                    data[data == 0] = np.uint64(0xFFFFFFFFFFFFFFFF)
+            out[port] = Volume(data, opts.voxel_size_nm, opts.offset_nm, name=port)
+        return out
+
+    def close(self) -> None:
+        for f in getattr(self, "_files", []):
+            f.close()

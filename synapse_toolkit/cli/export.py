@@ -1,0 +1,36 @@
+"""`syntk export ...`: export trained checkpoints (needs the `train` extra: torch, onnx)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, help="Export trained networks.")
+
+
+@app.command("onnx")
+def onnx(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint (.pt) written by syntk train.")],
+    out: Annotated[Path, typer.Argument(help="Output .onnx file (weights embedded).")],
+    input_shape: Annotated[
+        str | None, typer.Option(help="Input tile shape z,y,x (default: the training shape).")
+    ] = None,
+) -> None:
+    """Export CHECKPOINT to ONNX (opset 20) and check ONNX Runtime against torch (< 1e-4)."""
+    from synapse_toolkit.nn.export import export_checkpoint
+
+    shape = None
+    if input_shape is not None:
+        try:
+            shape = tuple(int(v) for v in input_shape.split(","))
+        except ValueError:
+            shape = ()
+        if len(shape) != 3:
+            from synapse_toolkit.errors import SyntkError
+
+            raise SyntkError(f"--input-shape must be three integers z,y,x, got {input_shape!r}")
+    report = export_checkpoint(checkpoint, out, input_shape=shape)
+    typer.echo(json.dumps(report))

@@ -1,0 +1,1 @@
+"""Inference helpers shared by the detectors (numpy + ONNX Runtime; never torch)."""

@@ -1,0 +1,125 @@
+"""Training-time augmentation of (raw, labels) crops (numpy + scipy; no torch).
+
+:func:`sample_augmented` cuts a crop with a margin from a (padded) volume, warps raw and labels
+together with one coordinate map (elastic deformation + misaligned sections), crops the centre,
+then applies flips, transposes, intensity changes and missing sections. Labels always follow the
+geometry of the raw data exactly (nearest-neighbour sampling), so targets computed afterwards are
+consistent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+Triple = tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Which augmentations to apply and how strongly (``0``/``False`` switches one off)."""
+
+    flip: bool = True
+    #: axes that may be swapped with each other (e.g. ``(1, 2)`` = in-plane y/x; ``(0, 1, 2)``
+    #: for isotropic data)
+    transpose_axes: tuple[int, ...] = (1, 2)
+    intensity_scale: float = 0.1  # raw * U(1-s, 1+s)
+    intensity_shift: float = 0.1  # raw + U(-s, s)
+    gamma: float = 0.0  # raw ** exp(U(-g, g))
+    elastic_spacing: Triple = (10, 10, 10)  # control-point spacing (voxels)
+    elastic_sigma: float = 1.5  # displacement std at control points (voxels)
+    margin: Triple = (4, 8, 8)  # extra voxels read on each side for warping
+    misalign_prob: float = 0.0  # per crop: shift the sections from a random z on (y, x)
+    misalign_max: int = 4  # max shift in voxels
+    missing_prob: float = 0.0  # per section: replace by zeros
+    noise_std: float = 0.0  # additive Gaussian noise
+
+
+def _coordinates(
+    shape: Triple, margin: Triple, cfg: AugmentConfig, rng: np.random.Generator
+) -> np.ndarray:
+    grid = np.stack(
+        np.meshgrid(
+            *[np.arange(s, dtype=np.float32) + m for s, m in zip(shape, margin, strict=True)],
+            indexing="ij",
+        )
+    )
+    if cfg.elastic_sigma > 0:
+        coarse = [
+            max(2, int(np.ceil(s / sp)) + 1)
+            for s, sp in zip(shape, cfg.elastic_spacing, strict=True)
+        ]
+        for axis in range(3):
+            if margin[axis] == 0:
+                continue
+            d = rng.normal(0.0, cfg.elastic_sigma, size=coarse).astype(np.float32)
+            zoom = [s / c for s, c in zip(shape, coarse, strict=True)]
+            up = ndimage.zoom(d, zoom, order=3, mode="nearest", grid_mode=True)
+            up = up[: shape[0], : shape[1], : shape[2]]
+            grid[axis] += np.clip(up, -margin[axis], margin[axis])
+    if cfg.misalign_prob > 0 and rng.random() < cfg.misalign_prob and shape[0] > 1:
+        z0 = int(rng.integers(1, shape[0]))
+        only_one = rng.random() < 0.5  # a single slipped section, or a shifted stack
+        z1 = z0 + 1 if only_one else shape[0]
+        for axis in (1, 2):
+            m = min(cfg.misalign_max, margin[axis])
+            grid[axis, z0:z1] += float(rng.integers(-m, m + 1))
+    for axis in range(3):
+        np.clip(grid[axis], 0, shape[axis] + 2 * margin[axis] - 1, out=grid[axis])
+    return grid
+
+
+def sample_augmented(
+    raw: np.ndarray,
+    labels: np.ndarray,
+    start: Sequence[int],
+    shape: Sequence[int],
+    cfg: AugmentConfig,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Augmented ``(raw float32 in ~[0, 1], labels)`` crops of ``shape`` at ``start``.
+
+    ``raw``/``labels`` must contain ``start - margin`` … ``start + shape + margin`` (pad volumes
+    beforehand). ``raw`` is scaled from uint8 if needed.
+    """
+    shape = tuple(int(s) for s in shape)
+    margin = tuple(int(m) for m in cfg.margin)
+    lo = [int(s) - m for s, m in zip(start, margin, strict=True)]
+    hi = [int(s) + n + m for s, n, m in zip(start, shape, margin, strict=True)]
+    if min(lo) < 0 or any(h > d for h, d in zip(hi, raw.shape, strict=True)):
+        raise ValueError(f"crop {lo}..{hi} (with margin) exceeds volume shape {raw.shape}")
+    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    r = np.asarray(raw[box], dtype=np.float32)
+    if np.asarray(raw[:1, :1, :1]).dtype == np.uint8:
+        r /= 255.0
+    lab = np.asarray(labels[box])
+    coords = _coordinates(shape, margin, cfg, rng)  # type: ignore[arg-type]
+    r = ndimage.map_coordinates(r, coords, order=1, mode="nearest").astype(np.float32)
+    lab = ndimage.map_coordinates(lab, np.rint(coords), order=0, mode="nearest")
+    if cfg.flip:
+        for axis in range(3):
+            if rng.random() < 0.5:
+                r, lab = np.flip(r, axis), np.flip(lab, axis)
+    axes = list(cfg.transpose_axes)
+    if len(axes) > 1:
+        perm = list(range(3))
+        shuffled = list(rng.permutation(axes))
+        for a, b in zip(axes, shuffled, strict=True):
+            perm[a] = int(b)
+        if shape[perm[0]] == shape[0] and shape[perm[1]] == shape[1] and shape[perm[2]] == shape[2]:
+            r, lab = np.transpose(r, perm), np.transpose(lab, perm)
+    if cfg.intensity_scale or cfg.intensity_shift:
+        r = r * rng.uniform(1 - cfg.intensity_scale, 1 + cfg.intensity_scale) + rng.uniform(
+            -cfg.intensity_shift, cfg.intensity_shift
+        )
+    if cfg.gamma:
+        r = np.clip(r, 0, None) ** np.exp(rng.uniform(-cfg.gamma, cfg.gamma))
+    if cfg.noise_std:
+        r = r + rng.normal(0, cfg.noise_std, size=r.shape).astype(np.float32)
+    if cfg.missing_prob:
+        missing = rng.random(r.shape[0]) < cfg.missing_prob
+        r[missing] = 0.0
+    return np.ascontiguousarray(r, dtype=np.float32), np.ascontiguousarray(lab)

@@ -1,0 +1,421 @@
+"""Generic training loop for dense-prediction U-Nets (affinities now; clefts etc. later).
+
+Configured by a TOML file (see ``examples/train/fib_affinities.toml``)::
+
+    [model]      # UNetConfig fields
+    [data]       # volumes = [{raw, raw_dataset, labels, labels_dataset, roi}], validation = [...]
+    [target]     # name = "affinities" (or "module:function"), offsets, long_range
+    [augment]    # AugmentConfig fields
+    [training]   # iterations, time_limit_minutes, lr, loss, input_shape, ...
+
+Random crops (with augmentation) come from several volumes (volumes are mirrored at their borders
+so that crops near the edge see the same kind of context as tiled inference does); a target
+function turns the label crop into ``(target, mask)``; the loss is BCE, MSE, MALIS or a sum; class
+balancing weights positives and negatives equally; checkpoints are written atomically; validation
+predicts whole validation volumes (tiled), agglomerates with waterz and logs VOI/ARAND/CREMI score.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import time
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from synapse_toolkit.affinities import (
+    NEAREST_NEIGHBOURS,
+    affinity_mask,
+    balance_weights,
+    labels_to_affinities,
+    long_range_offsets,
+)
+from synapse_toolkit.errors import ConfigError, DataError
+from synapse_toolkit.nn.augment import AugmentConfig, sample_augmented
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class VolumeSpec(_Strict):
+    raw: str
+    raw_dataset: str = "stack"
+    labels: str | None = None
+    labels_dataset: str = "stack"
+    #: [[z0, z1], [y0, y1], [x0, x1]] voxels to use (default: all)
+    roi: list[list[int]] | None = None
+
+
+class DataSpec(_Strict):
+    volumes: list[VolumeSpec]
+    validation: list[VolumeSpec] = Field(default_factory=list)
+
+
+class TargetSpec(_Strict):
+    #: "affinities" or "package.module:function" taking (labels, config) → (target, mask)
+    name: str = "affinities"
+    long_range: list[int] = Field(default_factory=list)
+
+
+class TrainingSpec(_Strict):
+    iterations: int = 2000
+    time_limit_minutes: float | None = None
+    batch_size: int = 1
+    lr: float = 5e-4
+    loss: Literal["bce", "mse", "malis", "bce+malis", "mse+malis"] = "bce"
+    malis_weight: float = 1.0
+    malis_constrained: bool = True
+    malis_start: int = 0  # iteration from which the MALIS term is added
+    balance: bool = True
+    input_shape: list[int] = Field(default_factory=lambda: [64, 96, 96])
+    seed: int = 0
+    num_threads: int = 2
+    out_dir: str = "runs/train"
+    checkpoint_every: int = 250
+    validate_every: int = 250
+    validation_thresholds: list[float] = Field(
+        default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
+    )
+    validation_scoring: str = "quantile50"
+    log_every: int = 10
+
+
+class TrainConfig(_Strict):
+    model: dict[str, Any] = Field(default_factory=dict)
+    data: DataSpec
+    target: TargetSpec = Field(default_factory=TargetSpec)
+    augment: dict[str, Any] = Field(default_factory=dict)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read and validate a training TOML; relative data paths are resolved against its folder."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: training config not found") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+    try:
+        cfg = TrainConfig.model_validate(raw)
+    except Exception as exc:  # pydantic ValidationError → one message with key paths
+        raise ConfigError(f"{path}: {exc}") from exc
+    return cfg
+
+
+# -- data ---------------------------------------------------------------------------------------
+def _read_dataset(path: str, dataset: str) -> np.ndarray:
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{p}: file not found")
+    if p.suffix in (".h5", ".hdf", ".hdf5") or p.name.endswith(".lzf.h5"):
+        import h5py
+
+        with h5py.File(p, "r") as f:
+            if dataset not in f:
+                raise DataError(f"{p}: no dataset {dataset!r} (has {list(f.keys())})")
+            return np.asarray(f[dataset][...])
+    import zarr
+
+    try:
+        return np.asarray(zarr.open(str(p), mode="r")[dataset][...])
+    except KeyError as exc:
+        raise DataError(f"{p}: no array {dataset!r}") from exc
+
+
+def load_volume(spec: VolumeSpec, need_labels: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    raw = _read_dataset(spec.raw, spec.raw_dataset)
+    labels = _read_dataset(spec.labels, spec.labels_dataset) if spec.labels else None
+    if need_labels and labels is None:
+        raise DataError(f"{spec.raw}: training volume has no labels")
+    if labels is not None and labels.shape != raw.shape:
+        raise DataError(f"{spec.labels}: labels shape {labels.shape} != raw shape {raw.shape}")
+    if spec.roi is not None:
+        box = tuple(slice(a, b) for a, b in spec.roi)
+        raw = raw[box]
+        labels = labels[box] if labels is not None else None
+    return raw, labels
+
+
+TargetFn = Callable[[np.ndarray, TargetSpec], tuple[np.ndarray, np.ndarray]]
+
+
+def affinity_target(labels: np.ndarray, spec: TargetSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Affinities (label 0 = boundary: affinity 0) and the mask of edges inside the crop."""
+    offsets = long_range_offsets(spec.long_range) if spec.long_range else NEAREST_NEIGHBOURS
+    return labels_to_affinities(labels, offsets), affinity_mask(labels.shape, offsets)
+
+
+TARGETS: dict[str, TargetFn] = {"affinities": affinity_target}
+
+
+def resolve_target(name: str) -> TargetFn:
+    if name in TARGETS:
+        return TARGETS[name]
+    if ":" in name:
+        mod, func = name.split(":", 1)
+        try:
+            return getattr(importlib.import_module(mod), func)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(f"target.name: cannot import {name!r}: {exc}") from exc
+    raise ConfigError(
+        f"target.name: unknown target {name!r}; use {sorted(TARGETS)} or module:function"
+    )
+
+
+def _crop_center(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    off = [(s - t) // 2 for s, t in zip(a.shape[-3:], shape, strict=True)]
+    return a[(..., *[slice(o, o + t) for o, t in zip(off, shape, strict=True)])]
+
+
+class CropSampler:
+    """Random augmented crops from several volumes (mirrored at their borders)."""
+
+    def __init__(
+        self,
+        volumes: list[tuple[np.ndarray, np.ndarray]],
+        input_shape,
+        output_shape,
+        augment: AugmentConfig,
+        seed: int,
+    ) -> None:
+        self.input_shape = tuple(int(s) for s in input_shape)
+        self.output_shape = tuple(int(s) for s in output_shape)
+        self.augment = augment
+        self.rng = np.random.default_rng(seed)
+        self.context = [
+            (i - o) // 2 for i, o in zip(self.input_shape, self.output_shape, strict=True)
+        ]
+        self.pad = [c + m + 1 for c, m in zip(self.context, augment.margin, strict=True)]
+        self.volumes = []
+        sizes = []
+        for raw, lab in volumes:
+            pads = [(p, p) for p in self.pad]
+            self.volumes.append(
+                (
+                    np.pad(raw, pads, mode="symmetric"),
+                    np.pad(lab, pads, mode="symmetric"),
+                    raw.shape,
+                )
+            )
+            sizes.append(raw.size)
+        self.probs = np.asarray(sizes, float) / sum(sizes)
+
+    def sample(self) -> tuple[np.ndarray, np.ndarray]:
+        k = int(self.rng.choice(len(self.volumes), p=self.probs))
+        raw, lab, shape = self.volumes[k]
+        start = []
+        for axis in range(3):
+            # output region anywhere that overlaps the real volume
+            lo = -self.output_shape[axis] // 2
+            hi = shape[axis] - self.output_shape[axis] // 2
+            o = int(self.rng.integers(lo, max(lo + 1, hi)))
+            o = int(
+                np.clip(
+                    o,
+                    -self.pad[axis] + self.context[axis] + self.augment.margin[axis],
+                    shape[axis]
+                    + self.pad[axis]
+                    - self.output_shape[axis]
+                    - self.context[axis]
+                    - self.augment.margin[axis],
+                )
+            )
+            start.append(o - self.context[axis] + self.pad[axis])
+        return sample_augmented(raw, lab, start, self.input_shape, self.augment, self.rng)
+
+
+# -- loop ---------------------------------------------------------------------------------------
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    import torch
+
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run training; returns a summary (paths of the last and best checkpoints, metrics)."""
+    import torch
+
+    from synapse_toolkit.nn.malis import malis_loss
+    from synapse_toolkit.nn.unet import UNet3D, UNetConfig
+
+    t_cfg = cfg.training
+    torch.set_num_threads(t_cfg.num_threads)
+    torch.manual_seed(t_cfg.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    offsets = (
+        long_range_offsets(cfg.target.long_range) if cfg.target.long_range else NEAREST_NEIGHBOURS
+    )
+    model_cfg = UNetConfig.from_dict({"out_channels": len(offsets), **cfg.model})
+    net = UNet3D(model_cfg).to(device)
+    input_shape = tuple(t_cfg.input_shape)
+    if not net.is_valid_input_shape(input_shape):
+        raise ConfigError(
+            f"training.input_shape: {list(input_shape)} is not valid for this U-Net; "
+            f"try {list(net.valid_input_shape(input_shape))}"
+        )
+    output_shape = net.output_shape(input_shape)
+    target_fn = resolve_target(cfg.target.name)
+    aug = AugmentConfig(
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.augment.items()}
+    )
+    volumes = [load_volume(v) for v in cfg.data.volumes]
+    validation = [load_volume(v) for v in cfg.data.validation]
+    sampler = CropSampler(volumes, input_shape, output_shape, aug, t_cfg.seed)  # type: ignore[arg-type]
+    out_dir = Path(t_cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    opt = torch.optim.Adam(net.parameters(), lr=t_cfg.lr)
+    metrics_log = (out_dir / "metrics.jsonl").open("a")
+    log(
+        f"model: {net.num_parameters()} parameters, input {input_shape} -> output {output_shape}, "
+        f"device {device}"
+    )
+
+    def checkpoint(it: int, name: str, extra: dict[str, Any]) -> Path:
+        path = out_dir / name
+        _atomic_torch_save(
+            {
+                "model_config": model_cfg.to_dict(),
+                "state_dict": net.state_dict(),
+                "iteration": it,
+                "input_shape": list(input_shape),
+                "output_shape": list(output_shape),
+                "offsets": [list(o) for o in offsets],
+                "train_config": cfg.model_dump(),
+                **extra,
+            },
+            path,
+        )
+        return path
+
+    def validate(it: int) -> dict[str, Any] | None:
+        if not validation:
+            return None
+        from synapse_toolkit.inference.agglomeration import sweep
+        from synapse_toolkit.inference.tiled import predict_tiled
+
+        net.eval()
+        rows_all = []
+        with torch.no_grad():
+
+            def predict(x: np.ndarray) -> np.ndarray:
+                return net(torch.from_numpy(x).to(device)).cpu().numpy()
+
+            for raw, lab in validation:
+                out = np.zeros((len(offsets), *raw.shape), np.float32)
+                predict_tiled(predict, raw, out, input_shape, output_shape, overlap=(4, 8, 8))
+                rows_all.append(
+                    sweep(
+                        out[:3], lab, t_cfg.validation_thresholds, scoring=t_cfg.validation_scoring
+                    )
+                )
+        net.train()
+        # mean over validation volumes, per threshold
+        rows = [
+            {k: float(np.mean([r[i][k] for r in rows_all])) for k in rows_all[0][i]}
+            for i in range(len(rows_all[0]))
+        ]
+        best = min(rows, key=lambda r: r["cremi_score"])
+        return {"iteration": it, "best": best, "sweep": rows}
+
+    start = time.time()
+    best_score = np.inf
+    best_path = None
+    loss_avg = None
+    it = 0
+    val = None
+    for it in range(1, t_cfg.iterations + 1):
+        raws, targets, masks, labels = [], [], [], []
+        for _ in range(t_cfg.batch_size):
+            r, lab = sampler.sample()
+            tgt, msk = target_fn(lab, cfg.target)
+            raws.append(r[None])
+            targets.append(_crop_center(tgt, output_shape))
+            masks.append(_crop_center(msk, output_shape))
+            labels.append(_crop_center(lab, output_shape))
+        x = torch.from_numpy(np.stack(raws)).to(device)
+        y = torch.from_numpy(np.stack(targets)).to(device)
+        m_np = np.stack(masks)
+        if t_cfg.balance:
+            w_np = np.stack(
+                [
+                    np.stack([balance_weights(t[c], mm[c]) for c in range(t.shape[0])])
+                    for t, mm in zip(targets, masks, strict=True)
+                ]
+            )
+        else:
+            w_np = m_np
+        w = torch.from_numpy(w_np.astype(np.float32)).to(device)
+        pred = net(x)
+        loss = torch.zeros((), device=device)
+        if "bce" in t_cfg.loss:
+            loss = loss + (
+                torch.nn.functional.binary_cross_entropy(
+                    pred.clamp(1e-6, 1 - 1e-6), y, reduction="none"
+                )
+                * w
+            ).sum() / w.sum().clamp(min=1)
+        if "mse" in t_cfg.loss:
+            loss = loss + (((pred - y) ** 2) * w).sum() / w.sum().clamp(min=1)
+        if "malis" in t_cfg.loss and it >= t_cfg.malis_start:
+            nn_pred = pred[:, :3]
+            loss = loss + t_cfg.malis_weight * malis_loss(
+                nn_pred,
+                np.stack(labels),
+                NEAREST_NEIGHBOURS,
+                constrained=t_cfg.malis_constrained,
+                mask=None,
+            )
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        lv = float(loss.detach())
+        loss_avg = lv if loss_avg is None else 0.95 * loss_avg + 0.05 * lv
+        elapsed = time.time() - start
+        if it % t_cfg.log_every == 0:
+            log(f"it {it} loss {lv:.4f} avg {loss_avg:.4f} {elapsed:.0f}s")
+            metrics_log.write(json.dumps({"iteration": it, "loss": lv, "time_s": elapsed}) + "\n")
+            metrics_log.flush()
+        out_of_time = (
+            t_cfg.time_limit_minutes is not None and elapsed > 60 * t_cfg.time_limit_minutes
+        )
+        last = it == t_cfg.iterations or out_of_time
+        if it % t_cfg.checkpoint_every == 0 or last:
+            checkpoint(it, "latest.pt", {"loss": loss_avg})
+        if it % t_cfg.validate_every == 0 or last:
+            val = validate(it)
+            if val is not None:
+                b = val["best"]
+                log(
+                    f"validation it {it}: best threshold {b['threshold']} VOI {b['voi']:.3f} "
+                    f"(split {b['voi_split']:.3f} merge {b['voi_merge']:.3f}) "
+                    f"ARAND {b['arand']:.3f} CREMI {b['cremi_score']:.3f}"
+                )
+                metrics_log.write(json.dumps({"validation": val}) + "\n")
+                metrics_log.flush()
+                if b["cremi_score"] < best_score:
+                    best_score = b["cremi_score"]
+                    best_path = checkpoint(it, "best.pt", {"validation": val})
+        if out_of_time:
+            log(f"time limit of {t_cfg.time_limit_minutes} min reached at iteration {it}")
+            break
+    metrics_log.close()
+    if best_path is None:
+        best_path = out_dir / "latest.pt"
+    return {
+        "iterations": it,
+        "latest": str(out_dir / "latest.pt"),
+        "best": str(best_path),
+        "best_cremi_score": None if best_score == np.inf else best_score,
+        "time_s": time.time() - start,
+    }
