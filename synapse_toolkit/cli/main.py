@@ -16,6 +16,8 @@ COMMAND_GROUPS: list[tuple[str, str, str]] = [
     ("plugins", "plugins", "List installed plugins and their stages."),
     ("pipeline", "pipeline", "Validate and run pipelines from TOML configs."),
     ("config", "config", "Show the pipeline config schema."),
+    ("train", "train", "Train detector networks (needs torch)."),
+    ("export", "export", "Export trained networks (ONNX)."),
     ("datasets", "datasets", "List, fetch and verify registry datasets and models."),
 ]
 
