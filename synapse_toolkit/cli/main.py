@@ -19,6 +19,7 @@ COMMAND_GROUPS: list[tuple[str, str, str]] = [
     ("train", "train", "Train detector networks (needs torch)."),
     ("export", "export", "Export trained networks (ONNX)."),
     ("datasets", "datasets", "List, fetch and verify registry datasets and models."),
+    ("phantom", "phantom", "Generate synthetic EM and calcium data with full ground truth."),
 ]
 
 
