@@ -1,0 +1,390 @@
+"""Compiled (numba) counting of label pairs: the engine behind the contingency tables.
+
+Counting a pair of CREMI-size uint64 volumes must run near memory speed even when the
+prediction holds millions of distinct ids (salt-and-pepper noise). A single large hash table
+would pay a cache and TLB miss per new id, so counting is done in three cache-friendly steps:
+
+1. :func:`count_runs` walks the voxels in memory order, counts runs of equal (a, b) pairs in a
+   register and adds each run to a small direct-mapped cache (a table that fits in L2). A run
+   whose slot holds another pair evicts that pair to an append-only buffer.
+2. :func:`compact` aggregates the buffer: entries are scattered into partitions by a hash of
+   ``b`` (a counting sort), then each partition is summed with a small hash table that stays in
+   cache. All entries of one ``b`` land in one partition, so ``b``'s marginal count is available
+   per pair at the same time.
+3. :func:`group_sum` sums counts by key (used for the ``a`` marginals).
+
+Tables are ``(n, 3)`` uint64 arrays of rows ``(a, b, count)``; ``count == 0`` marks an empty
+cache slot, so every uint64 label (including ``2**64 - 1``) is a valid key.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+_M1 = np.uint64(0x9E3779B97F4A7C15)
+_M2 = np.uint64(0xC2B2AE3D27D4EB4F)
+_S = np.uint64(31)
+#: Direct-mapped cache slots (2**12 rows of 24 bytes = 96 KiB: stays in L2).
+CACHE_SLOTS = 1 << 12
+#: Target number of buffer entries per partition during compaction.
+_PART_TARGET = 1 << 14
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _mix1(b: np.uint64) -> np.uint64:
+    h = (b ^ (b >> _S)) * _M1
+    h ^= h >> np.uint64(29)
+    h *= _M2
+    h ^= h >> np.uint64(32)
+    return h
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _mix2(a: np.uint64, b: np.uint64) -> np.uint64:
+    return _mix1(a * _M2 + _mix1(b))
+
+
+@njit(cache=True, nogil=True)
+def _append(buf: np.ndarray, n: np.int64, a: np.uint64, b: np.uint64, c: np.uint64):
+    if n == buf.shape[0]:
+        new = np.empty((buf.shape[0] * 2, 3), dtype=np.uint64)
+        new[:n] = buf[:n]
+        buf = new
+    buf[n, 0] = a
+    buf[n, 1] = b
+    buf[n, 2] = c
+    return buf, n + 1
+
+
+@njit(cache=True, nogil=True)
+def count_runs(
+    a: np.ndarray,
+    b: np.ndarray,
+    ignore: np.ndarray,
+    use_ignore_mask: bool,
+    ignore_a: np.uint64,
+    use_ignore_a: bool,
+    cache: np.ndarray,
+    buf: np.ndarray,
+    n_buf: np.int64,
+):
+    """Count pairs (a[i], b[i]) of two flat arrays into ``cache`` (evicting into ``buf``).
+
+    Voxels flagged in ``ignore`` (uint8, if ``use_ignore_mask``) or with ``a == ignore_a`` (if
+    ``use_ignore_a``) are skipped. Returns (buf, n_buf, n_ignored).
+    """
+    n = a.shape[0]
+    cmask = np.uint64(cache.shape[0] - 1)
+    n_ignored = 0
+    run = np.uint64(0)
+    ra = np.uint64(0)
+    rb = np.uint64(0)
+    for i in range(n + 1):
+        if i < n:
+            if use_ignore_mask and ignore[i] != 0:
+                n_ignored += 1
+                continue
+            va = a[i]
+            if use_ignore_a and va == ignore_a:
+                n_ignored += 1
+                continue
+            vb = b[i]
+            if run != 0 and va == ra and vb == rb:
+                run += np.uint64(1)
+                continue
+        if run != 0:
+            s = np.int64(_mix2(ra, rb) & cmask)
+            if cache[s, 2] == 0:
+                cache[s, 0] = ra
+                cache[s, 1] = rb
+                cache[s, 2] = run
+            elif cache[s, 0] == ra and cache[s, 1] == rb:
+                cache[s, 2] += run
+            else:
+                buf, n_buf = _append(buf, n_buf, cache[s, 0], cache[s, 1], cache[s, 2])
+                cache[s, 0] = ra
+                cache[s, 1] = rb
+                cache[s, 2] = run
+        if i < n:
+            ra = va
+            rb = vb
+            run = np.uint64(1)
+    return buf, n_buf, n_ignored
+
+
+@njit(cache=True, nogil=True)
+def flush_cache(cache: np.ndarray, buf: np.ndarray, n_buf: np.int64):
+    """Move every cache entry to the buffer and clear the cache. Returns (buf, n_buf)."""
+    for s in range(cache.shape[0]):
+        if cache[s, 2] != 0:
+            buf, n_buf = _append(buf, n_buf, cache[s, 0], cache[s, 1], cache[s, 2])
+            cache[s, 2] = 0
+    return buf, n_buf
+
+
+def _compact_impl(buf: np.ndarray, n: np.int64, with_b_marginal: bool):
+    """Sum duplicate (a, b) rows of ``buf[:n]`` in place.
+
+    Returns (n_out, nb): ``buf[:n_out]`` holds distinct pairs with summed counts (grouped by
+    partition, otherwise unordered); ``nb[k]`` is the total count of ``buf[k, 1]`` over all
+    pairs (only if ``with_b_marginal``, else an empty array).
+    """
+    n_parts = 1
+    while n_parts * _PART_TARGET < n:
+        n_parts *= 2
+    shift = np.uint64(64)
+    p = n_parts
+    while p > 1:
+        p //= 2
+        shift -= np.uint64(1)
+    # counting sort of rows by partition = top bits of hash(b)
+    starts = np.zeros(n_parts + 1, dtype=np.int64)
+    part = np.empty(n, dtype=np.int32)
+    for i in range(n):
+        k = 0 if n_parts == 1 else np.int64(_mix1(buf[i, 1]) >> shift)
+        part[i] = k
+        starts[k + 1] += 1
+    for k in range(n_parts):
+        starts[k + 1] += starts[k]
+    fill = starts[:-1].copy()
+    tmp = np.empty((n, 3), dtype=np.uint64)
+    for i in range(n):
+        k = part[i]
+        j = fill[k]
+        tmp[j, 0] = buf[i, 0]
+        tmp[j, 1] = buf[i, 1]
+        tmp[j, 2] = buf[i, 2]
+        fill[k] = j + 1
+    n_out = np.zeros(n_parts, dtype=np.int64)
+    nb_tmp = np.empty(n if with_b_marginal else 0, dtype=np.uint64)
+    for k in prange(n_parts):
+        lo = starts[k]
+        hi = starts[k + 1]
+        if hi == lo:
+            continue
+        size = 16
+        while size < 2 * (hi - lo):
+            size *= 2
+        mask = np.uint64(size - 1)
+        slot_row = np.full(size, -1, dtype=np.int64)
+        out = lo
+        # aggregate in place: the write position never passes the read position
+        for j in range(lo, hi):
+            a = tmp[j, 0]
+            b = tmp[j, 1]
+            c = tmp[j, 2]
+            s = np.int64(_mix2(a, b) & mask)
+            while True:
+                r = slot_row[s]
+                if r < 0:
+                    slot_row[s] = out
+                    tmp[out, 0] = a
+                    tmp[out, 1] = b
+                    tmp[out, 2] = c
+                    out += 1
+                    break
+                if tmp[r, 0] == a and tmp[r, 1] == b:
+                    tmp[r, 2] += c
+                    break
+                s = (s + 1) & np.int64(mask)
+        n_out[k] = out - lo
+        if with_b_marginal:
+            bslot = np.full(size, -1, dtype=np.int64)
+            bkey = np.empty(out - lo, dtype=np.uint64)
+            bsum = np.empty(out - lo, dtype=np.uint64)
+            nbk = 0
+            for r in range(lo, out):
+                b = tmp[r, 1]
+                s = np.int64(_mix1(b) & mask)
+                while True:
+                    q = bslot[s]
+                    if q < 0:
+                        bslot[s] = nbk
+                        bkey[nbk] = b
+                        bsum[nbk] = tmp[r, 2]
+                        nbk += 1
+                        break
+                    if bkey[q] == b:
+                        bsum[q] += tmp[r, 2]
+                        break
+                    s = (s + 1) & np.int64(mask)
+            for r in range(lo, out):
+                b = tmp[r, 1]
+                s = np.int64(_mix1(b) & mask)
+                while bkey[bslot[s]] != b:
+                    s = (s + 1) & np.int64(mask)
+                nb_tmp[r] = bsum[bslot[s]]
+    dest = np.zeros(n_parts + 1, dtype=np.int64)
+    for k in range(n_parts):
+        dest[k + 1] = dest[k] + n_out[k]
+    nb = np.empty(dest[n_parts] if with_b_marginal else 0, dtype=np.uint64)
+    for k in prange(n_parts):
+        lo = starts[k]
+        d = dest[k]
+        for r in range(n_out[k]):
+            buf[d + r, 0] = tmp[lo + r, 0]
+            buf[d + r, 1] = tmp[lo + r, 1]
+            buf[d + r, 2] = tmp[lo + r, 2]
+            if with_b_marginal:
+                nb[d + r] = nb_tmp[lo + r]
+    return dest[n_parts], nb
+
+
+#: Serial compaction (safe to call from several Python threads at once).
+compact = njit(cache=True, nogil=True)(_compact_impl)
+#: Compaction parallel over partitions (numba threads); call from one thread at a time.
+compact_parallel = njit(cache=True, nogil=True, parallel=True)(_compact_impl)
+
+
+@njit(cache=True, nogil=True)
+def group_sum(keys: np.ndarray, counts: np.ndarray):
+    """Distinct ``keys`` (first-seen order), their summed ``counts`` and each key's group index.
+
+    The hash table grows with the number of distinct keys (not with ``len(keys)``), so few
+    distinct keys stay in cache.
+    """
+    n = keys.shape[0]
+    cap = 1024
+    mask = np.uint64(cap - 1)
+    slot_group = np.full(cap, -1, dtype=np.int64)
+    uniq = np.empty(1024, dtype=np.uint64)
+    sums = np.zeros(1024, dtype=np.uint64)
+    inverse = np.empty(n, dtype=np.int64)
+    n_groups = 0
+    for i in range(n):
+        k = keys[i]
+        s = np.int64(_mix1(k) & mask)
+        while True:
+            g = slot_group[s]
+            if g < 0:
+                if n_groups == uniq.shape[0]:
+                    u2 = np.empty(2 * n_groups, dtype=np.uint64)
+                    u2[:n_groups] = uniq
+                    uniq = u2
+                    s2 = np.zeros(2 * n_groups, dtype=np.uint64)
+                    s2[:n_groups] = sums
+                    sums = s2
+                if 2 * (n_groups + 1) > cap:
+                    cap *= 2
+                    mask = np.uint64(cap - 1)
+                    slot_group = np.full(cap, -1, dtype=np.int64)
+                    for q in range(n_groups):
+                        t = np.int64(_mix1(uniq[q]) & mask)
+                        while slot_group[t] >= 0:
+                            t = (t + 1) & np.int64(mask)
+                        slot_group[t] = q
+                    s = np.int64(_mix1(k) & mask)
+                    while slot_group[s] >= 0:
+                        s = (s + 1) & np.int64(mask)
+                slot_group[s] = n_groups
+                uniq[n_groups] = k
+                g = n_groups
+                n_groups += 1
+                break
+            if uniq[g] == k:
+                break
+            s = (s + 1) & np.int64(mask)
+        inverse[i] = g
+        sums[g] += counts[i]
+    return uniq[:n_groups].copy(), sums[:n_groups].copy(), inverse
+
+
+@njit(cache=True, nogil=True)
+def entropy_sum(count: np.ndarray, denom: np.ndarray) -> float:
+    """``sum(count * log2(denom / count))`` (terms >= 0), accumulated in fixed point so that the
+    result does not depend on the order of the rows (blockwise == in-memory, bit for bit)."""
+    scale = 4611686018427387904.0  # 2**62
+    acc_int = np.int64(0)
+    acc_frac = np.int64(0)
+    one = np.int64(4611686018427387904)
+    for i in range(count.shape[0]):
+        if count[i] <= 0 or count[i] == denom[i]:
+            continue
+        c = np.float64(count[i])
+        t = c * math.log2(np.float64(denom[i]) / c)
+        if t <= 0:
+            continue
+        ip = math.floor(t)
+        acc_int += np.int64(ip)
+        acc_frac += np.int64((t - ip) * scale)
+        if acc_frac >= one:
+            acc_frac -= one
+            acc_int += 1
+    return np.float64(acc_int) + np.float64(acc_frac) / scale
+
+
+_LOG2_LUT = np.log2(np.arange(1, 4097, dtype=np.float64))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _log2_count(c: np.uint64, lut: np.ndarray) -> float:
+    if c <= np.uint64(4096):
+        return lut[np.int64(c) - 1]
+    return math.log2(np.float64(c))
+
+
+@njit(cache=True, nogil=True)
+def _fixed_add(acc_int: np.int64, acc_frac: np.int64, t: float):
+    one = np.int64(4611686018427387904)  # 2**62
+    ip = math.floor(t)
+    acc_int += np.int64(ip)
+    acc_frac += np.int64((t - ip) * 4611686018427387904.0)
+    if acc_frac >= one:
+        acc_frac -= one
+        acc_int += 1
+    return acc_int, acc_frac
+
+
+@njit(cache=True, nogil=True)
+def neuron_sums(truth: np.ndarray, pred: np.ndarray, count: np.ndarray, pred_marginal: np.ndarray):
+    """The sums behind VOI and adapted Rand, in one pass over a contingency table.
+
+    Returns (split_bits, merge_bits, sum_truth_sq, sum_pred_sq_nonzero, sum_pair_sq_nonzero,
+    n_pred_zero): ``split_bits = sum n_ij log2(n_j / n_ij)`` (n_j truth sizes),
+    ``merge_bits = sum n_ij log2(n_i / n_ij)`` (n_i prediction sizes); the entropy sums are
+    accumulated in fixed point so they do not depend on row order; the others are exact integers.
+    """
+    lut = _LOG2_LUT
+    uniq, sums, inverse = group_sum(truth, count)
+    log_t = np.empty(uniq.shape[0], dtype=np.float64)
+    for g in range(uniq.shape[0]):
+        log_t[g] = math.log2(np.float64(sums[g]))
+    s_int = np.int64(0)
+    s_frac = np.int64(0)
+    m_int = np.int64(0)
+    m_frac = np.int64(0)
+    sum_a = np.int64(0)
+    sum_b = np.int64(0)
+    sum_ab = np.int64(0)
+    c0 = np.int64(0)
+    for i in range(count.shape[0]):
+        c = count[i]
+        if c == 0:
+            continue
+        g = inverse[i]
+        tm = sums[g]
+        lc = _log2_count(c, lut)
+        cf = np.float64(c)
+        if c != tm:
+            t = cf * (log_t[g] - lc)
+            if t > 0:
+                s_int, s_frac = _fixed_add(s_int, s_frac, t)
+        pm = pred_marginal[i]
+        if c != pm:
+            t = cf * (_log2_count(pm, lut) - lc)
+            if t > 0:
+                m_int, m_frac = _fixed_add(m_int, m_frac, t)
+        ci = np.int64(c)
+        sum_a += ci * np.int64(tm)
+        if pred[i] == 0:
+            c0 += ci
+        else:
+            sum_b += ci * np.int64(pm)
+            sum_ab += ci * ci
+    scale = 4611686018427387904.0
+    split = np.float64(s_int) + np.float64(s_frac) / scale
+    merge = np.float64(m_int) + np.float64(m_frac) / scale
+    return split, merge, sum_a, sum_b, sum_ab, c0

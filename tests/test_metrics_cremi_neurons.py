@@ -1,0 +1,186 @@
+"""CREMI neuron scores equal the reference evaluator; blockwise equals in-memory; edge cases."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import zarr
+
+from synapse_toolkit.data import Volume
+from synapse_toolkit.errors import DataError
+from synapse_toolkit.metrics.contingency import ContingencyCounter, count_arrays, sum_tables
+from synapse_toolkit.metrics.cremi_neurons import (
+    IGNORE_LABEL,
+    border_mask,
+    neuron_contingency,
+    score_neuron_ids,
+    scores_from_contingency,
+)
+
+DATA = Path(__file__).parent / "data" / "cremi-reference"
+RESULTS = json.loads((DATA / "results.json").read_text())["neuron_ids"]
+KEYS = ("voi_split", "voi_merge", "adapted_rand", "adapted_rand_precision",
+        "adapted_rand_recall", "voi_total", "cremi_score")  # fmt: skip
+MODES = {"no_border_mask": None, "border_25nm": 25.0}
+
+
+def _load(name: str) -> dict[str, np.ndarray]:
+    return dict(np.load(DATA / "neuron_ids" / f"{name}.npz"))
+
+
+def _close(got: float, want: float) -> bool:
+    return got == want if want == 0 else abs(got - want) <= 1e-9 * abs(want)
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+@pytest.mark.parametrize("name", sorted(RESULTS))
+def test_reference_values(name: str, mode: str) -> None:
+    d = _load(name)
+    want = RESULTS[name][mode]
+    got = score_neuron_ids(
+        d["truth"], d["test"], border_threshold_nm=MODES[mode],
+        voxel_size_nm=tuple(d["resolution"]),
+    ).as_dict()  # fmt: skip
+    for key in KEYS:
+        assert _close(got[key], want[key]), (key, got[key], want[key])
+    assert got["n_voxels"] == want["n_voxels"]
+    assert got["n_ignored_voxels"] == want["n_ignored_voxels"]
+
+
+@pytest.mark.parametrize("name", sorted(RESULTS))
+def test_border_mask_equals_reference_mask(name: str) -> None:
+    d = _load(name)
+    truth = d["truth"]
+    ref = np.unpackbits(d["ignore_mask_border_25nm"])[: truth.size].reshape(truth.shape)
+    mine = border_mask(truth, 25.0 / d["resolution"][1]) | (truth == np.uint64(IGNORE_LABEL))
+    np.testing.assert_array_equal(mine, ref.astype(bool))
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+@pytest.mark.parametrize("name", ["N04_large_perturbed_voronoi", "N05_gt_ignore_label",
+                                  "N08_salt_pepper_large_ids"])  # fmt: skip
+def test_blockwise_equals_in_memory(name: str, mode: str, tmp_path: Path) -> None:
+    d = _load(name)
+    kw = {"border_threshold_nm": MODES[mode], "voxel_size_nm": tuple(d["resolution"])}
+    whole = score_neuron_ids(d["truth"], d["test"], **kw)
+    blocks = score_neuron_ids(d["truth"], d["test"], block_shape=(3, 37, 41), **kw)
+    assert blocks == whole  # bit for bit
+    # h5py- and zarr-backed volumes stream block by block
+    with h5py.File(tmp_path / "v.h5", "w") as f:
+        f["t"] = d["truth"]
+        f["p"] = d["test"]
+        h5 = score_neuron_ids(f["t"], f["p"], **kw)
+    z = zarr.open_array(str(tmp_path / "p.zarr"), mode="w", shape=d["test"].shape,
+                        chunks=(4, 50, 50), dtype=np.uint64)  # fmt: skip
+    z[...] = d["test"]
+    zr = score_neuron_ids(Volume(d["truth"], tuple(d["resolution"])), z, block_shape=(7, 64, 64),
+                          border_threshold_nm=MODES[mode])  # fmt: skip
+    assert h5 == whole
+    assert zr == whole
+
+
+def test_contingency_tables_add_up() -> None:
+    rng = np.random.default_rng(1)
+    t = rng.integers(0, 50, (20, 30, 30)).astype(np.uint64)
+    p = rng.integers(0, 2**64 - 1, (20, 30, 30), dtype=np.uint64)
+    p[rng.random(p.shape) < 0.7] = 7
+    whole = count_arrays(t, p, n_threads=1)
+    parts = [count_arrays(t[i : i + 5], p[i : i + 5], n_threads=1) for i in range(0, 20, 5)]
+    total = sum_tables(parts)
+    assert total.n_total == t.size
+    for a, b in zip(total.to_dense(), whole.to_dense(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    added = parts[0] + parts[1] + parts[2] + parts[3]
+    np.testing.assert_array_equal(added.to_dense()[2], whole.to_dense()[2])
+    # the dense table equals a plain numpy count
+    _, ti = np.unique(t, return_inverse=True)
+    _, pi = np.unique(p, return_inverse=True)
+    ref = np.zeros((ti.max() + 1, pi.max() + 1), np.int64)
+    np.add.at(ref, (ti.ravel(), pi.ravel()), 1)
+    np.testing.assert_array_equal(whole.to_dense()[2], ref)
+    # pred marginal per row is the size of that prediction id
+    sizes = dict(zip(*np.unique(p, return_counts=True), strict=True))
+    assert all(sizes[q] == m for q, m in zip(whole.pred, whole.pred_marginal, strict=True))
+    assert scores_from_contingency(total) == scores_from_contingency(whole)
+
+
+def test_counter_compacts_large_buffers_correctly() -> None:
+    rng = np.random.default_rng(2)
+    t = rng.integers(0, 3, 300_000).astype(np.uint64)
+    p = rng.integers(0, 40_000, 300_000).astype(np.uint64)
+    c = ContingencyCounter()
+    c.buffer_rows = 1000  # force many compactions
+    for i in range(0, t.size, 7_000):
+        c.update(t[i : i + 7000], p[i : i + 7000])
+    got = c.result()
+    ref = count_arrays(t, p, n_threads=2)
+    for a, b in zip(got.to_dense(), ref.to_dense(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_identical_and_pure_split_merge_are_exact_zero() -> None:
+    t = np.repeat(np.arange(4, dtype=np.uint64), 25).reshape(4, 5, 5)
+    s = score_neuron_ids(t, t * 3 + 1)
+    assert s.voi_split == 0.0 and s.voi_merge == 0.0 and s.adapted_rand == 0.0
+    split = t.copy()
+    split[:, :, 3:] += 100
+    s = score_neuron_ids(t, split)
+    assert s.voi_merge == 0.0 and s.voi_split > 0 and s.adapted_rand_precision == 1.0
+
+
+def test_all_ignored_and_empty_are_nan() -> None:
+    t = np.full((2, 4, 4), IGNORE_LABEL, np.uint64)
+    s = score_neuron_ids(t, np.ones_like(t))
+    assert math.isnan(s.voi_split) and math.isnan(s.adapted_rand) and math.isnan(s.cremi_score)
+    assert s.n_voxels == 32 and s.n_ignored_voxels == 32
+    e = score_neuron_ids(np.zeros((0, 4, 4), np.uint64), np.zeros((0, 4, 4), np.uint64))
+    assert math.isnan(e.voi_merge) and e.n_voxels == 0
+
+
+def test_prediction_all_zero_is_singletons() -> None:
+    t = np.repeat(np.arange(1, 5, dtype=np.uint64), 16).reshape(1, 8, 8)
+    s = score_neuron_ids(t, np.zeros_like(t))
+    n = t.size
+    # sumA = 4 * 16^2, sumB = sumAB = n / n = 1 -> precision 1, recall 1 / 1024
+    assert s.adapted_rand_precision == 1.0
+    assert s.adapted_rand_recall == pytest.approx(1 / 1024)
+    assert s.voi_merge == pytest.approx(2.0)  # H(truth | one segment) = log2(4)
+    assert n == 64
+
+
+def test_single_label_section_reproduces_reference_corner() -> None:
+    from scipy import ndimage
+
+    t = np.ones((2, 12, 12), np.uint64)
+    t[1, :, 6:] = 2  # section 1 has a boundary, section 0 holds one id
+    mask = border_mask(t, 3.0)
+    ref0 = ndimage.distance_transform_edt(np.ones((12, 12), bool)) <= 3.0  # scipy artifact
+    np.testing.assert_array_equal(mask[0], ref0)
+    assert not border_mask(t, 3.0, reference_single_label_sections=False)[0].any()
+    # crops agree with the whole section
+    crop = border_mask(t, 3.0, roi=(slice(0, 2), slice(2, 9), slice(1, 12)))
+    np.testing.assert_array_equal(crop, mask[:, 2:9, 1:12])
+
+
+def test_bad_inputs_raise_clear_errors() -> None:
+    t = np.zeros((2, 4, 4), np.uint64)
+    with pytest.raises(DataError, match="shape"):
+        score_neuron_ids(t, np.zeros((2, 4, 5), np.uint64))
+    with pytest.raises(DataError, match="voxel size"):
+        score_neuron_ids(t, t, border_threshold_nm=25)
+    with pytest.raises(DataError, match="integers"):
+        score_neuron_ids(t, t.astype(np.float32))
+    with pytest.raises(DataError, match="differ"):
+        score_neuron_ids(Volume(t, (40, 4, 4)), Volume(t, (40, 8, 8)))
+
+
+def test_neuron_contingency_counts_ignored_voxels() -> None:
+    t = np.array([[[1, 2, IGNORE_LABEL, 0]]], dtype=np.uint64)
+    table = neuron_contingency(t, np.array([[[5, 5, 5, 5]]], np.uint64))
+    assert table.n_total == 4 and table.n_ignored == 1 and table.n_evaluated == 3
+    assert sorted(table.truth.tolist()) == [0, 1, 2]
