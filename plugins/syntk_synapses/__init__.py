@@ -1,0 +1,340 @@
+"""Built-in synapse plugins: section aligner, cleft / signed-proximity detectors (ONNX, tiled),
+cleft post-processing, and the partner assigners ``emsynconn`` and ``geometric-baseline``.
+
+The library code lives in :mod:`synapse_toolkit.synapses`; these classes only adapt it to the
+stage contracts. Bundled models are in ``models/`` next to this file (see ``models/README.md``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import Field
+
+from synapse_toolkit import __version__
+from synapse_toolkit.data import Annotations, PartnerTable, SectionTransform, Volume
+from synapse_toolkit.errors import DataError
+from synapse_toolkit.hookspecs import hookimpl
+from synapse_toolkit.io.cremi import CLEFT_BACKGROUND
+from synapse_toolkit.stages import (
+    Aligner,
+    Detector,
+    PartnerAssigner,
+    Port,
+    Stage,
+    StageOptions,
+)
+
+MODELS = Path(__file__).parent / "models"
+
+_ALIGN_VOLUMES: dict[str, tuple[str, bool]] = {
+    # port: (artifact type, is labels)
+    "raw": ("volume", False),
+    "neuron_ids": ("labels", True),
+    "clefts": ("labels", True),
+    "segmentation": ("labels", True),
+    "cleft_labels": ("labels", True),
+    "proximity": ("volume", False),
+    "cleft_probability": ("volume", False),
+}
+
+
+def _fill_for(port: str, vol: Volume) -> float | int:
+    if port in ("clefts", "cleft_labels"):
+        return int(CLEFT_BACKGROUND)
+    return 0
+
+
+class SectionTranslation(Aligner):
+    """Per-section translations by phase correlation (robust to missing/defective sections).
+
+    ``mode = "estimate"`` estimates the transform from ``raw`` and applies it to every given
+    volume and to ``annotations``/``partners``; ``mode = "inverse"`` takes a ``transform`` input
+    and maps everything back to the original frame.
+    """
+
+    name: ClassVar[str] = "section-translation"
+    version: ClassVar[str] = __version__
+    description: ClassVar[str] = "per-section translation alignment (phase correlation)"
+    inputs: ClassVar[Mapping[str, Port]] = {
+        **{
+            k: Port(t, f"{k} to align / map back", required=False)
+            for k, (t, _) in _ALIGN_VOLUMES.items()
+        },
+        "annotations": Port("annotations", "point annotations to move", required=False),
+        "partners": Port("partners", "partner table to move", required=False),
+        "transform": Port("transform", "transform to invert (inverse mode)", required=False),
+    }
+    outputs: ClassVar[Mapping[str, Port]] = {
+        **{k: Port(t, f"aligned {k}") for k, (t, _) in _ALIGN_VOLUMES.items()},
+        "annotations": Port("annotations", "moved annotations"),
+        "partners": Port("partners", "moved partners"),
+        "transform": Port("transform", "per-section shifts (nm) that were applied"),
+    }
+
+    class Options(StageOptions):
+        mode: Literal["estimate", "inverse"] = "estimate"
+        sigma_px: float = Field(1.0, ge=0, description="Smoothing before correlation (pixels).")
+        max_shift_px: int = Field(64, gt=0, description="Largest section-to-section shift.")
+        min_quality: float = Field(8.0, gt=0, description="Correlation peak quality threshold.")
+        integer: bool = Field(True, description="Whole-pixel shifts (exact for labels).")
+
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        from synapse_toolkit.synapses.alignment import (
+            estimate_translations,
+            transform_annotations,
+        )
+        from synapse_toolkit.synapses.partners import transform_partners
+
+        o = self.options
+        vols = {k: v for k, v in inputs.items() if k in _ALIGN_VOLUMES and v is not None}
+        if o.mode == "inverse":  # type: ignore[attr-defined]
+            if inputs.get("transform") is None:
+                raise DataError(f"stage {self.context.stage_name}: inverse mode needs `transform`")
+            transform: SectionTransform = inputs["transform"].inverse()
+        else:
+            raw = inputs.get("raw")
+            if raw is None:
+                raise DataError(f"stage {self.context.stage_name}: estimate mode needs `raw`")
+            transform, report = estimate_translations(
+                raw.data, raw.voxel_size_nm, sigma_px=o.sigma_px,  # type: ignore[attr-defined]
+                max_shift_px=o.max_shift_px, min_quality=o.min_quality,  # type: ignore[attr-defined]
+                integer=o.integer,  # type: ignore[attr-defined]
+            )  # fmt: skip
+            if report.skipped:
+                self.context.logger.info("skipped sections (missing/defective): %s", report.skipped)
+        if not vols:
+            raise DataError(f"stage {self.context.stage_name}: no volume to align")
+        ref = next(iter(vols.values()))
+        out: dict[str, Any] = {"transform": transform}
+        for port, vol in vols.items():
+            out[port] = self._apply(port, vol, transform)
+        if inputs.get("annotations") is not None:
+            out["annotations"] = transform_annotations(inputs["annotations"], transform, ref)
+        if inputs.get("partners") is not None:
+            out["partners"] = transform_partners(inputs["partners"], transform, ref)
+        return out
+
+    def _apply(self, port: str, vol: Volume, transform: SectionTransform) -> Volume:
+        from synapse_toolkit.synapses.alignment import apply_transform
+
+        labels = _ALIGN_VOLUMES[port][1]
+        res = self.context.create_volume(port, vol.shape, vol.dtype, like=vol,
+                                         fill_value=_fill_for(port, vol))  # fmt: skip
+        nz = vol.spatial_shape[0]
+        single = np.zeros((1, 2))
+        for z in range(nz):
+            key = (slice(None), slice(z, z + 1)) if len(vol.shape) == 4 else (slice(z, z + 1),)
+            sec = np.asarray(vol.data[key])
+            single[0] = transform.shifts_nm[z]
+            res.data[key] = apply_transform(
+                sec, SectionTransform(single.copy()), vol.voxel_size_nm, labels=labels,
+                fill=_fill_for(port, vol),
+            )  # fmt: skip
+        return res
+
+
+class _OnnxDetector(Detector):
+    """Tiled ONNX inference of a synapse U-Net on ``raw``."""
+
+    default_model: ClassVar[str] = ""
+    output_port: ClassVar[str] = ""
+    inputs: ClassVar[Mapping[str, Port]] = {"raw": Port("volume", "EM intensities (uint8)")}
+
+    class Options(StageOptions):
+        model: Path | None = Field(None, description="ONNX model (default: the bundled one).")
+        overlap: tuple[int, int, int] = Field((2, 8, 8), description="Tile overlap (voxels).")
+
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        from synapse_toolkit.synapses.detection import DenseModel
+
+        raw: Volume = inputs["raw"]
+        path = self.options.model or MODELS / self.default_model  # type: ignore[attr-defined]
+        model = DenseModel(path, n_threads=self.context.n_threads)
+        out = self.context.create_volume(self.output_port, (1, *raw.spatial_shape), np.float32,
+                                         like=raw)  # fmt: skip
+        from synapse_toolkit.inference.tiled import TileGrid
+
+        n = len(TileGrid(raw.spatial_shape, model.input_shape, model.output_shape,  # type: ignore[arg-type]
+                         tuple(self.options.overlap)))  # type: ignore[attr-defined]  # fmt: skip
+        task = self.context.progress("tiles", n)
+        model.predict(raw.data, out.data, tuple(self.options.overlap),  # type: ignore[attr-defined]
+                      progress=task.advance)  # fmt: skip
+        return {self.output_port: out}
+
+
+class CleftDetector(_OnnxDetector):
+    """Synaptic cleft probability (sigmoid U-Net, ONNX)."""
+
+    name: ClassVar[str] = "synapse-clefts"
+    version: ClassVar[str] = __version__
+    description: ClassVar[str] = "cleft probability map, U-Net (ONNX, tiled)"
+    default_model: ClassVar[str] = "clefts.onnx"
+    output_port: ClassVar[str] = "cleft_probability"
+    outputs: ClassVar[Mapping[str, Port]] = {
+        "cleft_probability": Port("volume", "cleft probability (1, z, y, x) in [0, 1]")
+    }
+
+
+class PolarityDetector(_OnnxDetector):
+    """EMSynConn signed proximity (tanh U-Net, ONNX): + near pre, - near post sites."""
+
+    name: ClassVar[str] = "synapse-polarity"
+    version: ClassVar[str] = __version__
+    description: ClassVar[str] = "signed synaptic proximity in [-1, 1], U-Net (ONNX, tiled)"
+    default_model: ClassVar[str] = "polarity.onnx"
+    output_port: ClassVar[str] = "proximity"
+    outputs: ClassVar[Mapping[str, Port]] = {
+        "proximity": Port("volume", "signed proximity (1, z, y, x) in [-1, 1]")
+    }
+
+
+class CleftLabels(Stage):
+    """Cleft probability → CREMI cleft label volume (threshold, cc3d, size filter; background
+    0xffffffffffffffff)."""
+
+    kind: ClassVar[str] = "postprocessor"
+    name: ClassVar[str] = "cleft-labels"
+    version: ClassVar[str] = __version__
+    description: ClassVar[str] = "threshold + connected components of a cleft probability map"
+    inputs: ClassVar[Mapping[str, Port]] = {
+        "cleft_probability": Port("volume", "cleft probability (1, z, y, x) or (z, y, x)")
+    }
+    outputs: ClassVar[Mapping[str, Port]] = {"clefts": Port("labels", "CREMI cleft ids")}
+
+    class Options(StageOptions):
+        threshold: float = Field(0.5, ge=0, le=1, description="Strict threshold.")
+        min_voxels: int = Field(200, ge=0, description="Smallest cleft kept (voxels).")
+
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        from synapse_toolkit.synapses.assigners import cleft_labels
+        from synapse_toolkit.synapses.targets import Grid
+
+        prob: Volume = inputs["cleft_probability"]
+        arr = _spatial(prob)
+        labels = cleft_labels(arr, Grid.of(prob), self.options.threshold,  # type: ignore[attr-defined]
+                              self.options.min_voxels)  # type: ignore[attr-defined]  # fmt: skip
+        out = self.context.create_volume("clefts", labels.shape, np.uint64, like=prob,
+                                         fill_value=int(CLEFT_BACKGROUND))  # fmt: skip
+        out.data[...] = labels
+        return {"clefts": out}
+
+
+def _spatial(vol: Volume) -> np.ndarray:
+    arr = vol.read()
+    return arr[0] if arr.ndim == 4 else arr
+
+
+def _check_grids(stage: str, **vols: Volume) -> None:
+    shapes = {k: v.spatial_shape for k, v in vols.items()}
+    if len(set(shapes.values())) > 1:
+        raise DataError(f"stage {stage}: inputs are on different grids: {shapes}")
+
+
+class EMSynConn(PartnerAssigner):
+    """EMSynConn partners: signed-proximity candidates paired across touching segments, kept or
+    dropped by the pruning CNN (``prune = false`` keeps every candidate)."""
+
+    name: ClassVar[str] = "emsynconn"
+    version: ClassVar[str] = __version__
+    description: ClassVar[str] = "signed-proximity candidates + pruning 3D CNN (EMSynConn)"
+    inputs: ClassVar[Mapping[str, Port]] = {
+        "raw": Port("volume", "EM intensities (needed by the pruning CNN)", required=False),
+        "proximity": Port("volume", "signed proximity (1, z, y, x)"),
+        "segmentation": Port("labels", "neuron segmentation"),
+    }
+    outputs: ClassVar[Mapping[str, Port]] = {
+        "partners": Port("partners", "pre→post pairs"),
+        "annotations": Port("annotations", "the same in CREMI form"),
+    }
+
+    class Options(StageOptions):
+        prune: bool = Field(True, description="Run the pruning CNN on the candidates.")
+        pruner_model: Path | None = Field(None, description="Pruning ONNX (default: bundled).")
+        prune_threshold: float = Field(0.5, ge=0, le=1)
+        threshold: float = Field(0.3, gt=0, lt=1, description="Proximity threshold (±).")
+        min_voxels: int = Field(100, ge=1)
+        max_gap_nm: float = Field(60.0, gt=0)
+        max_centroid_distance_nm: float = Field(400.0, gt=0)
+        dedup_distance_nm: float = Field(400.0, ge=0)
+
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        from synapse_toolkit.synapses.assigners import EMSynConnSettings, assign_emsynconn
+        from synapse_toolkit.synapses.candidates import CandidateSettings
+        from synapse_toolkit.synapses.pruning import PrunerONNX
+        from synapse_toolkit.synapses.targets import Grid
+
+        o = self.options
+        prox: Volume = inputs["proximity"]
+        seg: Volume = inputs["segmentation"]
+        raw: Volume | None = inputs.get("raw")
+        _check_grids(self.context.stage_name, proximity=prox, segmentation=seg)
+        pruner = None
+        if o.prune:  # type: ignore[attr-defined]
+            if raw is None:
+                raise DataError(f"stage {self.context.stage_name}: pruning needs the `raw` input")
+            pruner = PrunerONNX(o.pruner_model or MODELS / "pruner.onnx", self.context.n_threads)  # type: ignore[attr-defined]
+        settings = EMSynConnSettings(
+            candidates=CandidateSettings(
+                threshold=o.threshold, min_voxels=o.min_voxels, max_gap_nm=o.max_gap_nm,  # type: ignore[attr-defined]
+                max_centroid_distance_nm=o.max_centroid_distance_nm,  # type: ignore[attr-defined]
+            ),
+            prune_threshold=o.prune_threshold,  # type: ignore[attr-defined]
+            dedup_distance_nm=o.dedup_distance_nm,  # type: ignore[attr-defined]
+        )  # fmt: skip
+        raw_arr = raw.read() if raw is not None else np.zeros(seg.spatial_shape, np.uint8)
+        table = assign_emsynconn(
+            raw_arr, _spatial(prox), seg.read(), Grid.of(seg), pruner, settings
+        )
+        return _partner_outputs(table, seg)
+
+
+class GeometricBaseline(PartnerAssigner):
+    """No-learning baseline: each cleft's most positive neighbouring segment is pre-synaptic,
+    segments with negative mean polarity near the cleft are post-synaptic."""
+
+    name: ClassVar[str] = "geometric-baseline"
+    version: ClassVar[str] = __version__
+    description: ClassVar[str] = "clefts + polarity overlap with segments (no learning)"
+    inputs: ClassVar[Mapping[str, Port]] = {
+        "clefts": Port("labels", "CREMI cleft labels"),
+        "proximity": Port("volume", "signed proximity (1, z, y, x)"),
+        "segmentation": Port("labels", "neuron segmentation"),
+    }
+    outputs: ClassVar[Mapping[str, Port]] = EMSynConn.outputs
+
+    class Options(StageOptions):
+        neighbourhood_nm: float = Field(80.0, gt=0)
+        min_pre_polarity: float = Field(0.1)
+        max_post_polarity: float = Field(-0.1)
+        min_overlap_voxels: int = Field(20, ge=1)
+
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        from synapse_toolkit.synapses.assigners import BaselineSettings, assign_geometric
+        from synapse_toolkit.synapses.targets import Grid
+
+        cl: Volume = inputs["clefts"]
+        prox: Volume = inputs["proximity"]
+        seg: Volume = inputs["segmentation"]
+        _check_grids(self.context.stage_name, clefts=cl, proximity=prox, segmentation=seg)
+        settings = BaselineSettings(**self.options.model_dump())
+        table = assign_geometric(cl.read(), _spatial(prox), seg.read(), Grid.of(seg), settings)
+        return _partner_outputs(table, seg)
+
+
+def _partner_outputs(table: PartnerTable, seg: Volume) -> dict[str, Any]:
+    ann: Annotations = table.to_annotations(seg.offset_nm)
+    return {"partners": table, "annotations": ann}
+
+
+@hookimpl
+def syntk_register_stages(registry: Any) -> None:
+    registry.add_aligner(SectionTranslation)
+    registry.add_detector(CleftDetector)
+    registry.add_detector(PolarityDetector)
+    registry.add_stage("postprocessor", CleftLabels)
+    registry.add_partner_assigner(EMSynConn)
+    registry.add_partner_assigner(GeometricBaseline)

@@ -1,0 +1,80 @@
+"""`syntk train-synapses clefts|polarity|pruner CONFIG.toml`: train the synapse models.
+
+The command functions are plain functions so that ``syntk train`` can also mount them
+(``app.command("clefts")(clefts)``). torch is imported only inside the commands.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from synapse_toolkit.errors import ConfigError, SyntkError
+
+app = typer.Typer(no_args_is_help=True, help="Train the synapse models (torch).")
+
+ConfigArg = Annotated[Path, typer.Argument(help="Training config TOML.")]
+TimeOpt = Annotated[float | None, typer.Option(help="Override training.time_limit_minutes.")]
+ItOpt = Annotated[int | None, typer.Option(help="Override training.iterations.")]
+
+
+def _need_torch() -> None:
+    try:
+        import torch  # noqa: F401
+    except ImportError as exc:
+        raise SyntkError("training needs torch: pip install 'synapse-toolkit[train]'") from exc
+
+
+def _detector(kind: str, config: Path, time_limit: float | None, iterations: int | None) -> None:
+    from synapse_toolkit.synapses.train_detectors import load_detector_config
+
+    cfg = load_detector_config(config)
+    if cfg.kind != kind:
+        raise ConfigError(f"{config}: kind = {cfg.kind!r}, but this command trains {kind!r}")
+    updates: dict[str, object] = {}
+    if time_limit is not None:
+        updates["time_limit_minutes"] = time_limit
+    if iterations is not None:
+        updates["iterations"] = iterations
+    if updates:
+        cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update=updates)})
+    _need_torch()
+    from synapse_toolkit.synapses.train_detectors import train_detector
+
+    summary = train_detector(cfg, log=typer.echo)
+    typer.echo(json.dumps(summary))
+
+
+@app.command("clefts")
+def clefts(config: ConfigArg, time_limit: TimeOpt = None, iterations: ItOpt = None) -> None:
+    """Train the cleft U-Net (sigmoid, balanced BCE) and export it to ONNX."""
+    _detector("clefts", config, time_limit, iterations)
+
+
+@app.command("polarity")
+def polarity(config: ConfigArg, time_limit: TimeOpt = None, iterations: ItOpt = None) -> None:
+    """Train the signed-proximity U-Net (tanh, balanced MSE) and export it to ONNX."""
+    _detector("polarity", config, time_limit, iterations)
+
+
+@app.command("pruner")
+def pruner(config: ConfigArg, time_limit: TimeOpt = None, iterations: ItOpt = None) -> None:
+    """Train the EMSynConn pruning CNN on labelled candidates and export it to ONNX."""
+    from synapse_toolkit.synapses.train_pruner import load_pruner_config
+
+    cfg = load_pruner_config(config)
+    updates: dict[str, object] = {}
+    if time_limit is not None:
+        updates["time_limit_minutes"] = time_limit
+    if iterations is not None:
+        updates["iterations"] = iterations
+    if updates:
+        cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update=updates)})
+    _need_torch()
+    from synapse_toolkit.synapses.train_pruner import train_pruner
+
+    summary = train_pruner(cfg, log=typer.echo)
+    typer.echo(json.dumps(summary))

@@ -1,0 +1,53 @@
+"""Run the synapse U-Nets (ONNX) over volumes, tile by tile (no torch)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from synapse_toolkit.errors import DataError
+
+
+class DenseModel:
+    """An exported synapse U-Net (cleft probability or signed proximity) with its metadata."""
+
+    def __init__(self, path: str | os.PathLike[str], n_threads: int = 2) -> None:
+        from synapse_toolkit.onnx_runtime import create_session, model_metadata
+
+        self.path = Path(path)
+        if not self.path.exists():
+            raise DataError(f"{self.path}: model file not found")
+        self.session = create_session(self.path, num_threads=n_threads)
+        self.metadata: dict[str, Any] = model_metadata(self.session)
+        try:
+            self.input_shape = tuple(int(v) for v in self.metadata["input_shape"])
+            self.output_shape = tuple(int(v) for v in self.metadata["output_shape"])
+        except KeyError as exc:
+            raise DataError(
+                f"{self.path}: ONNX metadata lacks {exc} (not a syntk model?)"
+            ) from None
+        self.kind = str(self.metadata.get("kind", ""))
+
+    def predict(
+        self,
+        source: Any,
+        out: Any | None = None,
+        overlap: tuple[int, int, int] = (2, 8, 8),
+        progress: Any = None,
+    ) -> Any:
+        """Predict ``source`` ((z, y, x) array-like, uint8 or float in [0, 1]) into ``out``
+        ((C, z, y, x), zero-initialised; a new float32 array if None)."""
+        from synapse_toolkit.inference.tiled import predict_tiled
+        from synapse_toolkit.onnx_runtime import predictor
+
+        shape = tuple(int(s) for s in source.shape[-3:])
+        if out is None:
+            out = np.zeros((int(self.metadata.get("out_channels", 1)), *shape), np.float32)
+        predict_tiled(
+            predictor(self.session), source, out, self.input_shape, self.output_shape,
+            overlap=overlap, progress=progress,
+        )  # fmt: skip
+        return out

@@ -1,0 +1,148 @@
+"""The one partner representation: every assigner emits a :class:`PartnerTable`.
+
+This module is the single place where partner tables are
+
+- completed with segment ids (:func:`lookup_segments`, CREMI's nm → voxel rounding),
+- de-duplicated (:func:`deduplicate`: one row per (pre segment, post segment) and place),
+- moved between frames (:func:`transform_partners`, e.g. back through an aligner's inverse),
+- written to / read from CREMI files (:func:`write_partners_cremi`, :func:`read_partners_cremi`;
+  ``PartnerTable.to_annotations`` + :func:`synapse_toolkit.io.cremi.write_cremi`),
+- scored (:func:`evaluate_partners`, the CREMI synaptic-partner F-score of
+  :mod:`synapse_toolkit.metrics.cremi_partners`).
+
+EMSynConn, the geometric baseline and later heads (Synful) all go through these functions.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from synapse_toolkit.data import Annotations, PartnerTable, ScoreRecord, SectionTransform, Volume
+from synapse_toolkit.errors import DataError
+from synapse_toolkit.io.cremi import CremiData, read_cremi, write_cremi
+from synapse_toolkit.synapses.alignment import transform_points
+from synapse_toolkit.synapses.targets import Grid
+
+
+def segment_ids_at(segmentation: Volume, points_nm: np.ndarray) -> np.ndarray:
+    """Segment ids under world points (CREMI rounding); 0 outside the volume."""
+    grid = Grid.of(segmentation)
+    idx = grid.nearest_voxel(points_nm)
+    out = np.zeros(len(idx), np.uint64)
+    inside = np.all((idx >= 0) & (idx < np.asarray(grid.shape)), axis=1)
+    for k in np.flatnonzero(inside):
+        z, y, x = (int(v) for v in idx[k])
+        out[k] = np.asarray(segmentation.read((slice(z, z + 1), slice(y, y + 1), slice(x, x + 1))))[
+            0, 0, 0
+        ]
+    return out
+
+
+def lookup_segments(table: PartnerTable, segmentation: Volume) -> PartnerTable:
+    """The table with ``pre_segment``/``post_segment`` read from ``segmentation``."""
+    return PartnerTable(
+        table.pre_nm, table.post_nm,
+        segment_ids_at(segmentation, table.pre_nm), segment_ids_at(segmentation, table.post_nm),
+        table.score, table.synapse_id, table.synapse_type,
+    )  # fmt: skip
+
+
+def deduplicate(table: PartnerTable, distance_nm: float = 400.0) -> PartnerTable:
+    """Drop rows that repeat a higher-scoring row's (pre segment, post segment) nearby.
+
+    Two rows are duplicates when their segment pairs are equal (and known, non-zero) and both
+    their pre and post locations lie within ``distance_nm``; the higher score is kept.
+    """
+    if len(table) == 0:
+        return table
+    order = np.argsort(-table.score, kind="stable")
+    keep = np.zeros(len(table), bool)
+    kept: list[int] = []
+    for i in order:
+        dup = False
+        for j in kept:
+            if (
+                table.pre_segment[i] != 0
+                and table.pre_segment[i] == table.pre_segment[j]
+                and table.post_segment[i] == table.post_segment[j]
+                and np.linalg.norm(table.pre_nm[i] - table.pre_nm[j]) <= distance_nm
+                and np.linalg.norm(table.post_nm[i] - table.post_nm[j]) <= distance_nm
+            ):
+                dup = True
+                break
+        if not dup:
+            keep[i] = True
+            kept.append(int(i))
+    return table.select(keep)
+
+
+def transform_partners(
+    table: PartnerTable, transform: SectionTransform, volume: Volume
+) -> PartnerTable:
+    """Move pre and post locations by the per-section shifts (sections of ``volume``)."""
+    return PartnerTable(
+        transform_points(table.pre_nm, transform, volume),
+        transform_points(table.post_nm, transform, volume),
+        table.pre_segment, table.post_segment, table.score, table.synapse_id, table.synapse_type,
+    )  # fmt: skip
+
+
+def partners_to_annotations(
+    table: PartnerTable, offset_nm: tuple[float, float, float] = (0.0, 0.0, 0.0)
+) -> Annotations:
+    """CREMI annotations (ids, types, locations relative to ``offset_nm``, partners)."""
+    return table.to_annotations(offset_nm)
+
+
+def write_partners_cremi(
+    path: str | os.PathLike[str],
+    table: PartnerTable,
+    *,
+    offset_nm: tuple[float, float, float] = (0.0, 0.0, 0.0),
+    neuron_ids: Volume | None = None,
+    clefts: Volume | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write the partners as a CREMI file (annotations; optionally the segmentation and clefts)."""
+    data = CremiData(
+        neuron_ids=neuron_ids, clefts=clefts, annotations=partners_to_annotations(table, offset_nm)
+    )
+    return write_cremi(path, data, overwrite=overwrite)
+
+
+def read_partners_cremi(
+    path: str | os.PathLike[str], segmentation: Volume | None = None
+) -> PartnerTable:
+    """Partner table from a CREMI file's annotations (segment ids from ``segmentation``, else
+    from the file's own neuron_ids, else 0)."""
+    data = read_cremi(path)
+    if data.annotations is None:
+        raise DataError(f"{path}: no annotations to read partners from")
+    table = PartnerTable.from_annotations(data.annotations)
+    seg = segmentation if segmentation is not None else data.neuron_ids
+    return lookup_segments(table, seg) if seg is not None and len(table) else table
+
+
+def evaluate_partners(
+    prediction: PartnerTable | Annotations,
+    truth: Annotations,
+    truth_neuron_ids: Volume,
+    matching_threshold_nm: float = 400.0,
+) -> ScoreRecord:
+    """CREMI synaptic-partner F-score of ``prediction`` against ``truth``.
+
+    Delegates to :func:`synapse_toolkit.metrics.cremi_partners.score_partners` (the exact
+    reimplementation of the CREMI evaluation). Values: fscore, precision, recall, tp, fp, fn.
+    """
+    from synapse_toolkit.metrics.cremi_partners import score_partners
+
+    pred = (
+        prediction.to_annotations(truth.offset_nm)
+        if isinstance(prediction, PartnerTable)
+        else prediction
+    )
+    scores = score_partners(pred, truth, truth_neuron_ids, matching_threshold=matching_threshold_nm)
+    return ScoreRecord("cremi-partners", scores.as_dict(), {"matches": scores.matches})

@@ -1,0 +1,277 @@
+"""Train the cleft and signed-proximity (polarity) U-Nets on CREMI files or phantom volumes.
+
+Imports torch: never import this module from the CLI start-up path or from inference code.
+
+Config (TOML)::
+
+    [data]
+    files = ["a.h5"]            # CREMI files (raw + neuron_ids + annotations [+ clefts])
+    phantom_seeds = [1, 2, 3]   # and/or phantom volumes at the frozen defaults, generated once
+    phantom_cache = "runs/phantom-cache"
+    [model]                     # synapse_toolkit.nn.unet.UNetConfig fields
+    [targets]                   # synapse_toolkit.synapses.targets.TargetSettings fields
+    [augment]                   # synapse_toolkit.nn.augment.AugmentConfig fields
+    [training]                  # iterations, time_limit_minutes, lr, input_shape, ...
+
+``kind = "clefts"`` trains a sigmoid U-Net with class-balanced BCE on the cleft mask;
+``kind = "polarity"`` a tanh U-Net with class-balanced (signal vs. zero) MSE on the signed
+proximity. Crops are centred on a synapse with probability ``synapse_fraction`` (synapses are
+sparse), otherwise anywhere. At the end the model is exported to ONNX (self-contained, checked
+against torch) with its metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from synapse_toolkit.errors import ConfigError, DataError
+from synapse_toolkit.io.cremi import CremiData, read_cremi
+from synapse_toolkit.synapses.targets import TargetSettings, targets_from_cremi
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataSection(_Strict):
+    files: list[str] = Field(default_factory=list)
+    phantom_seeds: list[int] = Field(default_factory=list)
+    phantom_cache: str = "runs/phantom-cache"
+
+
+class TrainingSection(_Strict):
+    iterations: int = 3000
+    time_limit_minutes: float | None = 25.0
+    batch_size: int = 1
+    lr: float = 1e-3
+    input_shape: list[int] = Field(default_factory=lambda: [28, 112, 112])
+    synapse_fraction: float = 0.7
+    seed: int = 0
+    num_threads: int = 2
+    log_every: int = 20
+    out_dir: str = "runs/train-synapses"
+    onnx: str | None = None  # where to export (default: <out_dir>/model.onnx)
+
+
+class DetectorTrainConfig(_Strict):
+    kind: Literal["clefts", "polarity"]
+    data: DataSection
+    model: dict[str, Any] = Field(default_factory=dict)
+    targets: dict[str, Any] = Field(default_factory=dict)
+    augment: dict[str, Any] = Field(default_factory=dict)
+    training: TrainingSection = Field(default_factory=TrainingSection)
+
+
+def load_detector_config(path: str | Path) -> DetectorTrainConfig:
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: training config not found") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+    try:
+        return DetectorTrainConfig.model_validate(raw)
+    except Exception as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
+def phantom_file(seed: int, cache: str | Path) -> Path:
+    """A phantom EM volume at the frozen defaults for ``seed`` (generated once, then cached)."""
+    from synapse_toolkit.phantom.em import EMPhantom
+    from synapse_toolkit.phantom.store import write_phantom
+
+    cache = Path(cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    path = cache / f"em-seed{seed}.h5"
+    if not path.exists():
+        write_phantom(EMPhantom(seed=seed), path)
+    return path
+
+
+def training_files(data: DataSection) -> list[Path]:
+    files = [Path(f) for f in data.files]
+    files += [phantom_file(s, data.phantom_cache) for s in data.phantom_seeds]
+    if not files:
+        raise ConfigError("data: give `files` or `phantom_seeds`")
+    return files
+
+
+def _volume_target(
+    kind: str, data: CremiData, tsettings: TargetSettings
+) -> tuple[np.ndarray, np.ndarray]:
+    """(target, mask) volumes for one training file."""
+    t = targets_from_cremi(data, tsettings)
+    if kind == "polarity":
+        return t["proximity"], np.ones_like(t["proximity"], dtype=bool)
+    if "cleft_mask" not in t:
+        raise DataError("cleft training needs files with volumes/labels/clefts")
+    return t["cleft_mask"].astype(np.float32), t["cleft_valid"]
+
+
+def _synapse_centres(data: CremiData, shape: tuple[int, ...]) -> np.ndarray:
+    from synapse_toolkit.synapses.targets import Grid
+
+    assert data.raw is not None and data.annotations is not None
+    grid = Grid.of(data.raw)
+    idx = grid.nearest_voxel(data.annotations.world_locations())
+    inside = np.all((idx >= 0) & (idx < np.asarray(shape)), axis=1)
+    return idx[inside]
+
+
+class SynapseCropSampler:
+    """Augmented crops (raw, target, mask) of ``input_shape``; target/mask cropped to output."""
+
+    def __init__(self, volumes, input_shape, output_shape, augment, synapse_fraction, seed) -> None:  # type: ignore[no-untyped-def]
+        self.input_shape = tuple(int(s) for s in input_shape)
+        self.output_shape = tuple(int(s) for s in output_shape)
+        self.augment = augment
+        self.frac = synapse_fraction
+        self.rng = np.random.default_rng(seed)
+        shapes = zip(self.input_shape, self.output_shape, augment.margin, strict=True)
+        self.pad = [i + o // 3 + m + 1 for i, o, m in shapes]
+        self.vols = []
+        for raw, target, mask, centres in volumes:
+            pads = [(p, p) for p in self.pad]
+            packed = np.stack([target.astype(np.float32), mask.astype(np.float32)])
+            self.vols.append((
+                np.pad(raw, pads, mode="symmetric"),
+                np.pad(packed, [(0, 0), *pads], mode="symmetric"),
+                raw.shape, centres,
+            ))  # fmt: skip
+
+    def sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        from synapse_toolkit.nn.augment import sample_augmented
+
+        raw, packed, shape, centres = self.vols[int(self.rng.integers(len(self.vols)))]
+        if len(centres) and self.rng.random() < self.frac:
+            c = centres[int(self.rng.integers(len(centres)))]
+            c = c + self.rng.integers(-np.asarray(self.output_shape) // 3,
+                                      np.asarray(self.output_shape) // 3 + 1)  # fmt: skip
+        else:
+            c = np.asarray([self.rng.integers(0, s) for s in shape])
+        start = [
+            int(ci) - i // 2 + p for ci, i, p in zip(c, self.input_shape, self.pad, strict=True)
+        ]
+        # target and mask travel together: encode as one label array target + 4 * mask
+        lab = packed[0] + 4.0 * packed[1]
+        r, lab_c = sample_augmented(raw, lab, start, self.input_shape, self.augment, self.rng)
+        off = [(i - o) // 2 for i, o in zip(self.input_shape, self.output_shape, strict=True)]
+        lab_c = lab_c[tuple(slice(o, o + n) for o, n in zip(off, self.output_shape, strict=True))]
+        mask = lab_c > 2.0
+        target = np.where(mask, lab_c - 4.0, lab_c)
+        return r, target.astype(np.float32), mask
+
+
+def _balanced_weights(target: np.ndarray, mask: np.ndarray, kind: str) -> np.ndarray:
+    signal = np.abs(target) > (0.5 if kind == "clefts" else 0.0)
+    n = max(int(mask.sum()), 1)
+    frac = float(np.clip((signal & mask).sum() / n, 0.02, 0.98))
+    w = np.where(signal, 0.5 / frac, 0.5 / (1 - frac)).astype(np.float32)
+    return w * mask
+
+
+def train_detector(cfg: DetectorTrainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train, export to ONNX, return a summary (paths, sha256, loss, time)."""
+    import torch
+
+    from synapse_toolkit.nn.augment import AugmentConfig
+    from synapse_toolkit.nn.export import export_model
+    from synapse_toolkit.nn.unet import UNet3D, UNetConfig
+
+    t = cfg.training
+    torch.set_num_threads(t.num_threads)
+    torch.manual_seed(t.seed)
+    act = "sigmoid" if cfg.kind == "clefts" else "tanh"
+    model_cfg = UNetConfig.from_dict({
+        "in_channels": 1, "out_channels": 1, "num_fmaps": 8, "fmap_inc_factor": 3,
+        "downsample_factors": [[1, 3, 3], [1, 3, 3]], "output_activation": act, **cfg.model,
+    })  # fmt: skip
+    net = UNet3D(model_cfg)
+    input_shape = tuple(t.input_shape)
+    if not net.is_valid_input_shape(input_shape):
+        raise ConfigError(f"training.input_shape {list(input_shape)} is not valid; "
+                          f"try {list(net.valid_input_shape(input_shape))}")  # fmt: skip
+    output_shape = net.output_shape(input_shape)
+    tsettings = TargetSettings(**cfg.targets)
+    aug = AugmentConfig(
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.augment.items()}
+    )
+    volumes = []
+    files = training_files(cfg.data)
+    for f in files:
+        data = read_cremi(f)
+        if data.raw is None:
+            raise DataError(f"{f}: no volumes/raw")
+        target, mask = _volume_target(cfg.kind, data, tsettings)
+        volumes.append((data.raw.read(), target, mask, _synapse_centres(data, target.shape)))
+    sampler = SynapseCropSampler(
+        volumes, input_shape, output_shape, aug, t.synapse_fraction, t.seed
+    )
+    out_dir = Path(t.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    opt = torch.optim.Adam(net.parameters(), lr=t.lr)
+    log(f"{cfg.kind}: {net.num_parameters()} parameters, input {input_shape} -> {output_shape}, "
+        f"{len(files)} volumes")  # fmt: skip
+    metrics = (out_dir / "metrics.jsonl").open("w")
+    start = time.time()
+    avg = None
+    it = 0
+    for it in range(1, t.iterations + 1):
+        xs, ys, ws = [], [], []
+        for _ in range(t.batch_size):
+            r, y, m = sampler.sample()
+            xs.append(r[None])
+            ys.append(y[None])
+            ws.append(_balanced_weights(y, m, cfg.kind)[None])
+        x = torch.from_numpy(np.stack(xs))
+        y_t = torch.from_numpy(np.stack(ys))
+        w = torch.from_numpy(np.stack(ws))
+        pred = net(x)
+        if cfg.kind == "clefts":
+            per = torch.nn.functional.binary_cross_entropy(pred.clamp(1e-6, 1 - 1e-6), y_t,
+                                                           reduction="none")  # fmt: skip
+        else:
+            per = (pred - y_t) ** 2
+        loss = (per * w).sum() / w.sum().clamp(min=1)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        lv = float(loss.detach())
+        avg = lv if avg is None else 0.95 * avg + 0.05 * lv
+        elapsed = time.time() - start
+        if it % t.log_every == 0:
+            log(f"it {it} loss {lv:.4f} avg {avg:.4f} {elapsed:.0f}s")
+            metrics.write(
+                json.dumps({"iteration": it, "loss": lv, "avg": avg, "time_s": elapsed}) + "\n"
+            )
+            metrics.flush()
+        if t.time_limit_minutes is not None and elapsed > 60 * t.time_limit_minutes:
+            log(f"time limit {t.time_limit_minutes} min reached at iteration {it}")
+            break
+    metrics.close()
+    ckpt = out_dir / "final.pt"
+    tmp = ckpt.with_suffix(".pt.tmp")
+    torch.save({"model_config": model_cfg.to_dict(), "state_dict": net.state_dict(),
+                "iteration": it, "input_shape": list(input_shape),
+                "output_shape": list(output_shape), "kind": cfg.kind}, tmp)  # fmt: skip
+    os.replace(tmp, ckpt)
+    onnx_path = Path(t.onnx) if t.onnx else out_dir / "model.onnx"
+    target_doc = "signed proximity in [-1, 1]" if cfg.kind == "polarity" else "cleft probability"
+    meta = {"kind": cfg.kind, "target": target_doc, "iteration": it,
+            "model_config": model_cfg.to_dict(), "target_settings": tsettings.__dict__}  # fmt: skip
+    info = export_model(net, input_shape, onnx_path, metadata=meta)
+    summary = {"kind": cfg.kind, "iterations": it, "loss_avg": avg, "time_s": time.time() - start,
+               "checkpoint": str(ckpt), **info}  # fmt: skip
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    log(json.dumps(summary))
+    return summary

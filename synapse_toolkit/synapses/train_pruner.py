@@ -1,0 +1,245 @@
+"""Train the EMSynConn pruning CNN on candidates labelled by matching to the ground truth.
+
+Imports torch. Candidates come from the *predicted* signed proximity (the trained polarity U-Net,
+ONNX) and the ground-truth segmentation of each training volume, so the CNN learns to reject the
+candidates the detector really produces. A candidate is positive when a ground-truth pair matches
+it the CREMI way (same segment labels, both sites within 400 nm).
+
+Config (TOML)::
+
+    [data]
+    files = [...]; phantom_seeds = [...]; phantom_cache = "runs/phantom-cache"
+    validation_seeds = [...]        # phantom volumes held out for validation
+    polarity_model = "plugins/syntk_synapses/models/polarity.onnx"
+    [candidates]                    # CandidateSettings fields
+    [patch]                         # shape = [8, 48, 48], downsample = 2
+    [training]                      # iterations, batch_size, lr, time_limit_minutes, onnx, ...
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from synapse_toolkit.errors import ConfigError, DataError
+from synapse_toolkit.io.cremi import read_cremi
+from synapse_toolkit.synapses.candidates import CandidateSettings, find_candidates
+from synapse_toolkit.synapses.detection import DenseModel
+from synapse_toolkit.synapses.pruning import PatchSettings, candidate_patches, label_candidates
+from synapse_toolkit.synapses.targets import Grid
+from synapse_toolkit.synapses.train_detectors import phantom_file
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PrunerData(_Strict):
+    files: list[str] = Field(default_factory=list)
+    phantom_seeds: list[int] = Field(default_factory=list)
+    validation_seeds: list[int] = Field(default_factory=list)
+    phantom_cache: str = "runs/phantom-cache"
+    polarity_model: str = "plugins/syntk_synapses/models/polarity.onnx"
+    cache_dir: str = "runs/pruner-cache"
+
+
+class PrunerTraining(_Strict):
+    iterations: int = 1500
+    time_limit_minutes: float | None = 15.0
+    batch_size: int = 16
+    lr: float = 1e-3
+    num_fmaps: int = 16
+    seed: int = 0
+    num_threads: int = 2
+    log_every: int = 50
+    validate_every: int = 100
+    out_dir: str = "runs/train-pruner"
+    onnx: str | None = None
+
+
+class PrunerTrainConfig(_Strict):
+    data: PrunerData
+    candidates: dict[str, Any] = Field(default_factory=dict)
+    patch: dict[str, Any] = Field(default_factory=dict)
+    training: PrunerTraining = Field(default_factory=PrunerTraining)
+
+
+def load_pruner_config(path: str | Path) -> PrunerTrainConfig:
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: training config not found") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+    try:
+        return PrunerTrainConfig.model_validate(raw)
+    except Exception as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
+def volume_candidates(
+    path: Path,
+    model: DenseModel,
+    cs: CandidateSettings,
+    ps: PatchSettings,
+    cache_dir: Path | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(patches, labels) of the candidates of one CREMI file (cached by file, model, settings)."""
+    key = hashlib.sha256(
+        json.dumps([str(path), model.path.stat().st_size, model.path.stat().st_mtime,
+                    cs.__dict__, ps.__dict__], default=str).encode()
+    ).hexdigest()[:16]  # fmt: skip
+    cached = cache_dir / f"{path.stem}-{key}.npz" if cache_dir else None
+    if cached is not None and cached.exists():
+        z = np.load(cached)
+        return z["patches"], z["labels"]
+    data = read_cremi(path)
+    if data.raw is None or data.neuron_ids is None or data.annotations is None:
+        raise DataError(f"{path}: pruner training needs raw, neuron_ids and annotations")
+    raw = data.raw.read()
+    seg = data.neuron_ids.read()
+    grid = Grid.of(data.raw)
+    prox = model.predict(raw)[0]
+    cands = find_candidates(prox, seg, grid, cs)
+    labels = label_candidates(cands, data.annotations, seg, grid)
+    patches = candidate_patches(cands, raw, prox, seg, ps)
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(".tmp.npz")
+        np.savez_compressed(tmp, patches=patches, labels=labels)
+        os.replace(tmp, cached)
+    return patches, labels
+
+
+def _augment(batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    out = []
+    for p in batch:
+        for axis in (1, 2, 3):
+            if rng.random() < 0.5:
+                p = np.flip(p, axis)
+        if rng.random() < 0.5:
+            p = np.swapaxes(p, 2, 3)
+        out.append(np.ascontiguousarray(p))
+    return np.stack(out)
+
+
+def _collect(
+    files: list[Path], model: DenseModel, cs, ps, cache: Path
+) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[no-untyped-def]
+    ps_list, ls_list = [], []
+    for f in files:
+        p, lab = volume_candidates(f, model, cs, ps, cache)
+        ps_list.append(p)
+        ls_list.append(lab)
+    shape = (0, 4, *ps.shape)
+    patches = np.concatenate(ps_list) if ps_list else np.zeros(shape, np.float32)
+    labels = np.concatenate(ls_list) if ls_list else np.zeros(0, bool)
+    return patches, labels
+
+
+def train_pruner(cfg: PrunerTrainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Collect labelled candidates, train the CNN with balanced batches, export the best
+    (validation balanced accuracy) network to ONNX."""
+    import torch
+
+    from synapse_toolkit.nn.export import export_model
+    from synapse_toolkit.nn.pruner import PrunerCNN, PrunerConfig
+
+    t = cfg.training
+    torch.set_num_threads(t.num_threads)
+    torch.manual_seed(t.seed)
+    rng = np.random.default_rng(t.seed)
+    cs = CandidateSettings(**cfg.candidates)
+    ps = PatchSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.patch.items()})
+    model = DenseModel(cfg.data.polarity_model, n_threads=t.num_threads)
+    cache = Path(cfg.data.cache_dir)
+    train_files = [Path(f) for f in cfg.data.files]
+    train_files += [phantom_file(s, cfg.data.phantom_cache) for s in cfg.data.phantom_seeds]
+    val_files = [phantom_file(s, cfg.data.phantom_cache) for s in cfg.data.validation_seeds]
+    if not train_files:
+        raise ConfigError("data: give `files` or `phantom_seeds`")
+    start = time.time()
+    x_tr, y_tr = _collect(train_files, model, cs, ps, cache)
+    x_va, y_va = _collect(val_files, model, cs, ps, cache)
+    took = time.time() - start
+    log(f"candidates: train {len(y_tr)} ({int(y_tr.sum())} positive), "
+        f"validation {len(y_va)} ({int(y_va.sum())} positive), {took:.0f}s")  # fmt: skip
+    pos, neg = np.flatnonzero(y_tr), np.flatnonzero(~y_tr)
+    if len(pos) == 0 or len(neg) == 0:
+        raise DataError("pruner training needs both positive and negative candidates")
+    net = PrunerCNN(PrunerConfig(num_fmaps=t.num_fmaps))
+    opt = torch.optim.Adam(net.parameters(), lr=t.lr, weight_decay=1e-4)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    out_dir = Path(t.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics = (out_dir / "metrics.jsonl").open("w")
+
+    def evaluate() -> dict[str, float]:
+        if len(y_va) == 0:
+            return {}
+        net.eval()
+        with torch.no_grad():
+            logits = net(torch.from_numpy(x_va)).numpy().reshape(-1)
+        net.train()
+        pred = logits > 0
+        tp = float((pred & y_va).sum())
+        tpr = tp / max(1, y_va.sum())
+        tnr = float((~pred & ~y_va).sum()) / max(1, (~y_va).sum())
+        return {"balanced_accuracy": (tpr + tnr) / 2, "recall": tpr, "specificity": tnr,
+                "precision": tp / max(1.0, float(pred.sum()))}  # fmt: skip
+
+    best = -1.0
+    best_state = None
+    it = 0
+    start = time.time()
+    half = t.batch_size // 2
+    for it in range(1, t.iterations + 1):
+        idx = np.concatenate([rng.choice(pos, half), rng.choice(neg, t.batch_size - half)])
+        x = torch.from_numpy(_augment(x_tr[idx], rng))
+        y = torch.from_numpy(y_tr[idx].astype(np.float32))[:, None]
+        loss = loss_fn(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        elapsed = time.time() - start
+        if it % t.log_every == 0:
+            log(f"it {it} loss {float(loss):.4f} {elapsed:.0f}s")
+        out_of_time = t.time_limit_minutes is not None and elapsed > 60 * t.time_limit_minutes
+        if it % t.validate_every == 0 or it == t.iterations or out_of_time:
+            val = evaluate()
+            score = val.get("balanced_accuracy", -float(loss))
+            metrics.write(json.dumps({"iteration": it, "loss": float(loss), **val}) + "\n")
+            metrics.flush()
+            log(f"validation it {it}: {json.dumps(val)}")
+            if score >= best:
+                best = score
+                best_state = {k: v.clone() for k, v in net.state_dict().items()}
+        if out_of_time:
+            log(f"time limit reached at iteration {it}")
+            break
+    metrics.close()
+    if best_state is not None:
+        net.load_state_dict(best_state)
+    net.eval()
+    ckpt = out_dir / "best.pt"
+    torch.save({"config": net.config.to_dict(), "state_dict": net.state_dict()}, ckpt)
+    onnx_path = Path(t.onnx) if t.onnx else out_dir / "pruner.onnx"
+    meta = {"kind": "pruner", "downsample": ps.downsample, "channels": "em,proximity,pre,post",
+            "candidate_settings": cs.__dict__, "config": net.config.to_dict()}  # fmt: skip
+    info = export_model(net, ps.shape, onnx_path, metadata=meta)
+    summary = {"iterations": it, "best_validation_balanced_accuracy": best,
+               "n_train": int(len(y_tr)), "n_train_positive": int(y_tr.sum()),
+               "n_validation": int(len(y_va)), "time_s": time.time() - start, **info}  # fmt: skip
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    log(json.dumps(summary))
+    return summary
