@@ -55,11 +55,17 @@ def em(
     ph = EMPhantom(params)
     write_phantom(ph, out, overwrite=overwrite, block_shape=block)
     n_posts = sum(len(s.contacts) for s in ph.synapses)
+    if len(ph.synapses) < params.synapse_count():
+        typer.echo(
+            f"note: placed {len(ph.synapses)} of {params.synapse_count()} requested synapses "
+            f"(no more contacts at least {params.min_synapse_distance_nm:g} nm apart)",
+            err=True,
+        )
     typer.echo(
         f"wrote {out}: {shape[0]}x{shape[1]}x{shape[2]} voxels at {voxel_size} nm, "
-        f"{ph.field.n_neurons} neurons, {len(ph.synapses)} synapses ({n_posts} partner pairs, "
-        f"{types} types), {len(ph.defects)} defective sections, seed {seed} "
-        f"[{time.perf_counter() - t0:.1f} s]"
+        f"{ph.field.n_neurons} neurons grown, {len(ph.synapses)} synapses "
+        f"({n_posts} partner pairs, {types} types), {len(ph.defects)} defective sections, "
+        f"seed {seed} [{time.perf_counter() - t0:.1f} s]"
     )
 
 
