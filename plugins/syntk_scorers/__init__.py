@@ -1,0 +1,231 @@
+"""Built-in scorer stages: CREMI neurons, clefts and partners, synapse overlap, neurofinder and
+clustering. Each takes a ``prediction`` and a ``truth`` port and emits ``scores``
+(a :class:`~synapse_toolkit.data.ScoreRecord`); the metrics are library functions in
+:mod:`synapse_toolkit.metrics`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import Field
+
+from synapse_toolkit import __version__
+from synapse_toolkit.data import (
+    Annotations,
+    ClusterAssignments,
+    PartnerTable,
+    Regions,
+    ScoreRecord,
+    Volume,
+)
+from synapse_toolkit.errors import DataError
+from synapse_toolkit.hookspecs import hookimpl
+from synapse_toolkit.metrics.clustering import score_clustering
+from synapse_toolkit.metrics.cremi_clefts import score_clefts
+from synapse_toolkit.metrics.cremi_neurons import score_neuron_ids
+from synapse_toolkit.metrics.cremi_partners import score_partners
+from synapse_toolkit.metrics.neurofinder import score_neurofinder
+from synapse_toolkit.metrics.overlap import score_overlap
+from synapse_toolkit.stages import Port, Scorer, StageOptions
+
+_SCORES = {"scores": Port("scores", "metric values (ScoreRecord)")}
+
+
+def _labels(stage: Scorer, inputs: Mapping[str, Any], port: str) -> Volume:
+    vol = inputs.get(port)
+    if not isinstance(vol, Volume) or not vol.is_labels:
+        raise DataError(
+            f"stage {stage.context.stage_name}: input {port!r} must be a 3D label volume"
+        )
+    return vol
+
+
+def _block_shape(stage: Scorer, vol: Volume) -> tuple[int, int, int] | None:
+    if isinstance(vol.data, np.ndarray):
+        return None  # in memory: counted directly
+    z = stage.context.block_shape[0]
+    return (z, vol.spatial_shape[1], vol.spatial_shape[2])
+
+
+class CremiNeuronScorer(Scorer):
+    """VOI split/merge, adapted Rand and CREMI score of a neuron segmentation."""
+
+    name: ClassVar[str] = "cremi-neurons"
+    version: ClassVar[str] = __version__
+    description: ClassVar[str] = "CREMI neuron ids: VOI (bits), adapted Rand, CREMI score"
+    inputs: ClassVar[Mapping[str, Port]] = {
+        "prediction": Port("labels", "predicted segmentation"),
+        "truth": Port("labels", "ground-truth neuron ids (2**64-1 = ignore)"),
+    }
+    outputs: ClassVar[Mapping[str, Port]] = _SCORES
+
+    class Options(StageOptions):
+        border_threshold_nm: float | None = Field(
+            None, ge=0, description="Ignore truth boundaries within this distance (nm; CREMI: 25)."
+        )
+
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        truth, pred = _labels(self, inputs, "truth"), _labels(self, inputs, "prediction")
+        s = score_neuron_ids(
+            truth, pred, border_threshold_nm=self.options.border_threshold_nm,  # type: ignore[attr-defined]
+            block_shape=_block_shape(self, truth), n_threads=self.context.n_threads,
+        )  # fmt: skip
+        return {"scores": ScoreRecord(self.name, s.as_dict(), dict(self.options.model_dump()))}
+
+
+class CremiCleftScorer(Scorer):
+    """False positives/negatives and distance statistics of a cleft detection."""
+
+    name: ClassVar[str] = "cremi-clefts"
+    version: ClassVar[str] = __version__
+    description: ClassVar[str] = "CREMI clefts: FP/FN counts, distance stats, cleft score"
+    inputs: ClassVar[Mapping[str, Port]] = {
+        "prediction": Port("labels", "predicted clefts (2**64-1 = background)"),
+        "truth": Port("labels", "ground-truth clefts (2**64-2 = invalid region)"),
+    }
+    outputs: ClassVar[Mapping[str, Port]] = _SCORES
+
+    class Options(StageOptions):
+        threshold_nm: float = Field(200.0, ge=0, description="FP/FN distance threshold (nm).")
+        reference_artifacts: bool = Field(
+            False, description="Reproduce cremi_python's numbers when one volume has no cleft."
+        )
+
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        truth, pred = _labels(self, inputs, "truth"), _labels(self, inputs, "prediction")
+        opts = self.options
+        s = score_clefts(
+            truth, pred, threshold_nm=opts.threshold_nm,  # type: ignore[attr-defined]
+            reference_artifacts=opts.reference_artifacts,  # type: ignore[attr-defined]
+        )  # fmt: skip
+        return {"scores": ScoreRecord(self.name, s.as_dict(), dict(opts.model_dump()))}
+
+
+class CremiPartnerScorer(Scorer):
+    """F-score of synaptic partner pairs (CREMI minimum-cost matching)."""
+
+    name: ClassVar[str] = "cremi-partners"
+    version: ClassVar[str] = __version__
+    description: ClassVar[str] = "CREMI synaptic partners: F-score, precision, recall, FP, FN"
+    inputs: ClassVar[Mapping[str, Port]] = {
+        "prediction": Port("partners", "predicted pairs (PartnerTable or Annotations)"),
+        "truth": Port("annotations", "ground-truth CREMI annotations"),
+        "truth_neuron_ids": Port("labels", "ground-truth neuron ids for the label check"),
+    }
+    outputs: ClassVar[Mapping[str, Port]] = _SCORES
+
+    class Options(StageOptions):
+        matching_threshold_nm: float = Field(400.0, gt=0, description="Matching distance (nm).")
+        rounding: Literal["half_away", "half_even"] = Field(
+            "half_away", description="nm->voxel rounding: challenge server (Python 2) or Python 3."
+        )
+
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        pred = inputs.get("prediction")
+        if isinstance(pred, PartnerTable):
+            pred = pred.to_annotations()
+        truth = inputs.get("truth")
+        if isinstance(truth, PartnerTable):
+            truth = truth.to_annotations()
+        if not isinstance(pred, Annotations) or not isinstance(truth, Annotations):
+            raise DataError(f"stage {self.context.stage_name}: prediction and truth must be "
+                            "partner tables or CREMI annotations")  # fmt: skip
+        seg = _labels(self, inputs, "truth_neuron_ids")
+        opts = self.options
+        s = score_partners(
+            pred, truth, seg, matching_threshold=opts.matching_threshold_nm,  # type: ignore[attr-defined]
+            rounding=opts.rounding,  # type: ignore[attr-defined]
+        )  # fmt: skip
+        details = {**opts.model_dump(), "matches": [list(m) for m in s.matches]}
+        return {"scores": ScoreRecord(self.name, s.as_dict(), details)}
+
+
+class SynapseOverlapScorer(Scorer):
+    """Synapse detection by voxel overlap (best match each way)."""
+
+    name: ClassVar[str] = "synapse-overlap"
+    version: ClassVar[str] = __version__
+    description: ClassVar[str] = "synapse detection by overlap: precision, recall, F1"
+    inputs: ClassVar[Mapping[str, Port]] = {
+        "prediction": Port("labels", "detected synapse labels"),
+        "truth": Port("labels", "ground-truth synapse labels"),
+    }
+    outputs: ClassVar[Mapping[str, Port]] = _SCORES
+
+    class Options(StageOptions):
+        threshold: float = Field(0.5, ge=0, le=1, description="Minimum overlap measure of a match.")
+        measure: Literal["iou", "coverage"] = Field("iou", description="Overlap measure.")
+        background: int = Field(0, ge=0, description="Background id (CREMI clefts: 2**64-1).")
+
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        truth, pred = _labels(self, inputs, "truth"), _labels(self, inputs, "prediction")
+        opts = self.options
+        s = score_overlap(
+            truth, pred, threshold=opts.threshold, measure=opts.measure,  # type: ignore[attr-defined]
+            background=opts.background, block_shape=_block_shape(self, truth),  # type: ignore[attr-defined]
+            n_threads=self.context.n_threads,
+        )  # fmt: skip
+        return {"scores": ScoreRecord(self.name, s.as_dict(), dict(opts.model_dump()))}
+
+
+class NeurofinderScorer(Scorer):
+    """neurofinder ROI scores (greedy centre matching)."""
+
+    name: ClassVar[str] = "neurofinder"
+    version: ClassVar[str] = __version__
+    description: ClassVar[str] = "neurofinder: recall, precision, combined, inclusion, exclusion"
+    inputs: ClassVar[Mapping[str, Port]] = {
+        "prediction": Port("regions", "detected ROIs"),
+        "truth": Port("regions", "ground-truth ROIs"),
+    }
+    outputs: ClassVar[Mapping[str, Port]] = _SCORES
+
+    class Options(StageOptions):
+        threshold_px: float = Field(5.0, gt=0, description="Centre distance must be below this.")
+
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        truth, pred = inputs.get("truth"), inputs.get("prediction")
+        if not isinstance(truth, Regions) or not isinstance(pred, Regions):
+            raise DataError(
+                f"stage {self.context.stage_name}: truth and prediction must be regions"
+            )
+        s = score_neurofinder(truth, pred, self.options.threshold_px)  # type: ignore[attr-defined]
+        return {"scores": ScoreRecord(self.name, s.as_dict(), dict(self.options.model_dump()))}
+
+
+class ClusteringScorer(Scorer):
+    """Clustering of synapses against known types, joined on synapse ids."""
+
+    name: ClassVar[str] = "clustering"
+    version: ClassVar[str] = __version__
+    description: ClassVar[str] = "clustering: ARI, NMI, AMI, homogeneity, completeness, accuracy"
+    inputs: ClassVar[Mapping[str, Port]] = {
+        "prediction": Port("clusters", "cluster label per synapse"),
+        "truth": Port("clusters", "known type per synapse"),
+    }
+    outputs: ClassVar[Mapping[str, Port]] = _SCORES
+
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        truth, pred = inputs.get("truth"), inputs.get("prediction")
+        if not isinstance(truth, ClusterAssignments) or not isinstance(pred, ClusterAssignments):
+            raise DataError(
+                f"stage {self.context.stage_name}: truth and prediction must be clusters"
+            )
+        common, ti, pi = np.intersect1d(truth.synapse_ids, pred.synapse_ids, return_indices=True)
+        s = score_clustering(truth.labels[ti], pred.labels[pi])
+        details = {"n_truth": len(truth.labels), "n_prediction": len(pred.labels),
+                   "n_common": int(common.size)}  # fmt: skip
+        return {"scores": ScoreRecord(self.name, s.as_dict(), details)}
+
+
+SCORERS = (CremiNeuronScorer, CremiCleftScorer, CremiPartnerScorer, SynapseOverlapScorer,
+           NeurofinderScorer, ClusteringScorer)  # fmt: skip
+
+
+@hookimpl
+def syntk_register_stages(registry: Any) -> None:
+    for cls in SCORERS:
+        registry.add_scorer(cls)
