@@ -90,3 +90,54 @@ def test_shape_mismatch_is_an_error() -> None:
         predict_tiled(
             _valid_box_filter(0), np.zeros((4, 4, 4)), np.zeros((1, 4, 4, 5)), (4, 4, 4), (4, 4, 4)
         )
+
+
+def _tiny_onnx(path, in_shape=(6, 10, 10)) -> np.ndarray:
+    """A valid 3x3x3 conv (3 output channels) + sigmoid, written with onnx.helper (no torch)."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(5).normal(0, 0.3, (3, 1, 3, 3, 3)).astype(np.float32)
+    out_shape = tuple(s - 2 for s in in_shape)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["raw", "w"], ["c"]), helper.make_node("Sigmoid", ["c"], ["y"])],
+        "tiny",
+        [helper.make_tensor_value_info("raw", TensorProto.FLOAT, [1, 1, *in_shape])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, *out_shape])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = 10
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "out_channels", "3"
+    onnx.save(model, str(path))
+    return w
+
+
+def test_affinity_detector_stage_streams_and_checks_sha(tmp_path) -> None:
+    from scipy.ndimage import correlate
+    from syntk_neurons.stages import AffinityDetector
+
+    from synapse_toolkit.data import Volume
+    from synapse_toolkit.errors import DataError
+    from synapse_toolkit.nn.export import sha256_of
+    from synapse_toolkit.stages import StageContext
+
+    model = tmp_path / "tiny.onnx"
+    w = _tiny_onnx(model)
+    model.with_suffix(".sha256").write_text(f"{sha256_of(model)}  tiny.onnx\n")
+    raw = (np.random.default_rng(2).random((9, 23, 17)) * 255).astype(np.uint8)
+    ctx = StageContext("detect", tmp_path, block_shape=(4, 8, 8))
+    stage = AffinityDetector(AffinityDetector.Options(model_path=model, overlap=(1, 2, 2)), ctx)
+    out = stage.run({"raw": Volume(raw, (10, 4, 4), (5, 0, 0))})["affinities"]
+    assert out.shape == (3, *raw.shape) and out.offset_nm == (5, 0, 0)
+    padded = np.pad(raw / 255.0, 1, mode="reflect")
+    ref = np.stack(
+        [correlate(padded, w[c, 0], mode="constant")[1:-1, 1:-1, 1:-1] for c in range(3)]
+    )
+    np.testing.assert_allclose(out.read(), 1 / (1 + np.exp(-ref)), atol=1e-5)
+    model.with_suffix(".sha256").write_text("0" * 64 + "  tiny.onnx\n")
+    with pytest.raises(DataError, match="does not match its sha256"):
+        AffinityDetector(AffinityDetector.Options(model_path=model), ctx).run(
+            {"raw": Volume(raw, (1, 1, 1))}
+        )

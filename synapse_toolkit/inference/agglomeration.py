@@ -40,13 +40,14 @@ def scoring_function(name: str) -> str:
 
 @contextlib.contextmanager
 def stdout_to_devnull() -> Iterator[None]:
-    """Redirect file descriptor 1 (C-level stdout) to /dev/null for the duration."""
+    """Send C-level (file descriptor 1) and Python-level stdout to /dev/null meanwhile."""
     sys.stdout.flush()
     saved = os.dup(1)
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, 1)
-        yield
+        with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):  # Python prints
+            yield
     finally:
         sys.stdout.flush()
         os.dup2(saved, 1)

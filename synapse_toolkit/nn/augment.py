@@ -96,9 +96,13 @@ def sample_augmented(
     if np.asarray(raw[:1, :1, :1]).dtype == np.uint8:
         r /= 255.0
     lab = np.asarray(labels[box])
-    coords = _coordinates(shape, margin, cfg, rng)  # type: ignore[arg-type]
-    r = ndimage.map_coordinates(r, coords, order=1, mode="nearest").astype(np.float32)
-    lab = ndimage.map_coordinates(lab, np.rint(coords), order=0, mode="nearest")
+    if cfg.elastic_sigma > 0 or cfg.misalign_prob > 0:
+        coords = _coordinates(shape, margin, cfg, rng)  # type: ignore[arg-type]
+        r = ndimage.map_coordinates(r, coords, order=1, mode="nearest").astype(np.float32)
+        lab = ndimage.map_coordinates(lab, np.rint(coords), order=0, mode="nearest")
+    else:  # no warp: plain centre crop
+        inner = tuple(slice(m, m + n) for m, n in zip(margin, shape, strict=True))
+        r, lab = r[inner], lab[inner]
     if cfg.flip:
         for axis in range(3):
             if rng.random() < 0.5:

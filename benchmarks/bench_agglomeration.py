@@ -1,0 +1,89 @@
+"""Agglomeration overhead: the `waterz` stage plugin vs raw `waterz.agglomerate`.
+
+Both produce one segmentation per threshold from the same affinities: raw waterz (each yielded
+array copied, since waterz reuses it) vs the plugin stage (affinities read from a zarr volume,
+every segmentation written to a zarr artifact, plus the selected one). Target: <= 1.1x.
+Affinities: the gala FIB-SEM test volume's boundary map (1 - p1) tiled to the requested size, so
+fragment statistics stay realistic.
+
+    python benchmarks/bench_agglomeration.py [--repeat-x 1 2 4] [--thresholds 0.3 0.5 0.7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import zarr
+from syntk_neurons.stages import WaterzAgglomerator
+
+from synapse_toolkit.data import Volume
+from synapse_toolkit.inference.agglomeration import scoring_function, stdout_to_devnull
+from synapse_toolkit.stages import StageContext
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared/data/em/gala-fib-medulla/test-p1.lzf.h5"
+
+
+def raw_waterz(affs: np.ndarray, thresholds: list[float], scoring: str) -> list[np.ndarray]:
+    import waterz
+
+    out = []
+    with stdout_to_devnull():
+        for seg in waterz.agglomerate(
+            affs, thresholds, scoring_function=scoring_function(scoring), discretize_queue=256
+        ):
+            out.append(seg.copy())
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeat-x", type=int, nargs="+", default=[1, 2, 4])
+    ap.add_argument("--thresholds", type=float, nargs="+", default=[0.3, 0.5, 0.7])
+    ap.add_argument("--scoring", default="quantile50")
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    with h5py.File(DATA) as f:
+        p1 = np.asarray(f["stack"][...], dtype=np.float32)
+    print(f"waterz {args.scoring}, thresholds {args.thresholds}; best of {args.rounds} rounds")
+    for rep in args.repeat_x:
+        values = np.concatenate([p1 if i % 2 == 0 else p1[:, :, ::-1] for i in range(rep)], axis=2)
+        affs = np.ascontiguousarray(np.stack([1.0 - values] * 3), dtype=np.float32)
+        t_raw, t_plugin = [], []
+        with tempfile.TemporaryDirectory() as tmp:
+            zaffs = zarr.create_array(
+                store=f"{tmp}/affs.zarr",
+                shape=affs.shape,
+                dtype="float32",
+                chunks=(3, 25, 100, 200),
+            )
+            zaffs[...] = affs
+            for r in range(args.rounds):
+                t = time.perf_counter()
+                segs = raw_waterz(affs, args.thresholds, args.scoring)
+                t_raw.append(time.perf_counter() - t)
+                del segs
+                scratch = Path(tmp) / f"s{r}"
+                scratch.mkdir()
+                stage = WaterzAgglomerator(
+                    WaterzAgglomerator.Options(thresholds=args.thresholds, scoring=args.scoring),
+                    StageContext("agglomerate", scratch),
+                )
+                t = time.perf_counter()
+                stage.run({"affinities": Volume(zaffs, (10.0, 10.0, 10.0))})
+                t_plugin.append(time.perf_counter() - t)
+        a, b = min(t_raw), min(t_plugin)
+        mvox = values.size / 1e6
+        print(
+            f"  {values.shape!s:16s} {mvox:5.1f} Mvox: raw waterz {a:6.2f} s "
+            f"({mvox / a:5.2f} Mvox/s), plugin {b:6.2f} s, overhead {b / a:.3f}x (target <= 1.1x)"
+        )
+
+
+if __name__ == "__main__":
+    main()

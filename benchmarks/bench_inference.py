@@ -1,0 +1,154 @@
+"""Inference benchmarks for the affinity U-Net.
+
+1. Throughput: ONNX Runtime vs torch eager on the same U-Net and tile (output voxels/s, ratio;
+   target >= 1.2x on CPU), both with the same number of threads.
+2. Tiled inference peak memory vs volume size: each size runs in a fresh subprocess that writes a
+   zarr input volume slab by slab, predicts it tile by tile into a zarr output, and reports its
+   peak RSS; the peak should stay flat while the volume grows.
+
+    python benchmarks/bench_inference.py [--threads 2] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = {"num_fmaps": 12, "fmap_inc_factor": 3, "downsample_factors": ((2, 2, 2), (2, 2, 2))}
+TILE = (72, 72, 72)
+
+
+def throughput(threads: int, repeats: int) -> dict:
+    import torch
+
+    from synapse_toolkit.nn.export import export_model
+    from synapse_toolkit.nn.unet import UNet3D, UNetConfig
+    from synapse_toolkit.onnx_runtime import create_session
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    net = UNet3D(UNetConfig(**SHIPPED)).eval()
+    x = np.random.default_rng(0).random((1, 1, *TILE), dtype=np.float32)
+    out_vox = int(np.prod(net.output_shape(TILE)))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "unet.onnx"
+        export_model(net, TILE, path)
+        session = create_session(path, providers=["CPUExecutionProvider"], num_threads=threads)
+        name = session.get_inputs()[0].name
+        xt = torch.from_numpy(x)
+
+        def run_torch() -> None:
+            with torch.inference_mode():
+                net(xt)
+
+        def run_ort() -> None:
+            session.run(None, {name: x})
+
+        times = {}
+        for label, fn in [("torch", run_torch), ("onnxruntime", run_ort)]:
+            fn()  # warm-up
+            ts = []
+            for _ in range(repeats):
+                t = time.perf_counter()
+                fn()
+                ts.append(time.perf_counter() - t)
+            times[label] = float(np.median(ts))
+    # interleave a second round to reduce the effect of other load on the shared machine
+    return {
+        "tile": list(TILE),
+        "output_voxels": out_vox,
+        "threads": threads,
+        "torch_vox_per_s": out_vox / times["torch"],
+        "ort_vox_per_s": out_vox / times["onnxruntime"],
+        "ratio_ort_over_torch": times["torch"] / times["onnxruntime"],
+    }
+
+
+CHILD = r"""
+import json, resource, sys, time
+import numpy as np, zarr
+from synapse_toolkit.inference.tiled import predict_tiled
+from synapse_toolkit.onnx_runtime import create_session, model_metadata, predictor
+shape = tuple(json.loads(sys.argv[1])); model = sys.argv[2]; tmp = sys.argv[3]
+src = zarr.create_array(store=tmp + "/in.zarr", shape=shape, dtype="uint8", chunks=(16, 128, 128))
+rng = np.random.default_rng(0)
+for z in range(0, shape[0], 16):  # written slab by slab: never the whole volume in memory
+    src[z:z + 16] = rng.integers(0, 255, size=(min(16, shape[0] - z), *shape[1:]), dtype=np.uint8)
+out = zarr.create_array(store=tmp + "/out.zarr", shape=(3, *shape), dtype="float32",
+                        chunks=(3, 16, 128, 128), fill_value=0)
+s = create_session(model, num_threads=2); m = model_metadata(s)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t = time.perf_counter()
+predict_tiled(predictor(s), src, out, m["input_shape"], m["output_shape"], overlap=(4, 8, 8))
+dt = time.perf_counter() - t
+print(json.dumps({"shape": list(shape), "mvox": float(np.prod(shape)) / 1e6, "seconds": dt,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "rss_before_inference_mb": before / 1024,
+                  "output_mb_if_in_memory": 3 * 4 * float(np.prod(shape)) / 2**20}))
+"""
+
+
+def memory_scaling(sizes: list[tuple[int, int, int]]) -> list[dict]:
+    """Peak RSS of tiled inference with a small U-Net (the tiler's memory, not the model's)."""
+    import torch
+
+    from synapse_toolkit.nn.export import export_model
+    from synapse_toolkit.nn.unet import UNet3D, UNetConfig
+
+    torch.manual_seed(0)
+    net = UNet3D(UNetConfig(num_fmaps=4, fmap_inc_factor=2, downsample_factors=((2, 2, 2),)))
+    tile = net.valid_input_shape((40, 88, 88))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        model = Path(tmp) / "small.onnx"
+        export_model(net.eval(), tile, model)
+        for shape in sizes:
+            with tempfile.TemporaryDirectory(dir=tmp) as work:
+                res = subprocess.run(
+                    [sys.executable, "-c", CHILD, json.dumps(list(shape)), str(model), work],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                    cwd=ROOT,
+                )
+                rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--skip-memory", action="store_true")
+    args = ap.parse_args()
+    t = throughput(args.threads, args.repeats)
+    print(
+        f"U-Net {SHIPPED}, tile {t['tile']} -> {t['output_voxels']} output voxels, "
+        f"{t['threads']} threads"
+    )
+    print(f"  torch eager : {t['torch_vox_per_s'] / 1e6:.4f} Mvox/s")
+    print(f"  onnxruntime : {t['ort_vox_per_s'] / 1e6:.4f} Mvox/s")
+    print(f"  ratio ORT/torch: {t['ratio_ort_over_torch']:.2f}x (target >= 1.2x)")
+    if not args.skip_memory:
+        rows = memory_scaling([(32, 128, 128), (64, 256, 256), (128, 256, 512)])
+        print("tiled inference (small U-Net, zarr in/out), peak RSS vs volume size:")
+        for r in rows:
+            print(
+                f"  {tuple(r['shape'])!s:18s} {r['mvox']:7.2f} Mvox  {r['seconds']:6.1f} s  "
+                f"peak RSS {r['peak_rss_mb']:7.1f} MB  (output alone would be "
+                f"{r['output_mb_if_in_memory']:.0f} MB in memory)"
+            )
+    print(f"(this process peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10} MB)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""Held-out evaluation of the shipped FIB affinity model on the gala FIB-SEM *test* volume.
+
+Compares, with the same waterz agglomeration (same scoring functions, same threshold grid, best
+threshold per method), three affinity sources:
+
+- ``model``: the shipped ONNX U-Net (tiled ONNX Runtime inference over the whole test volume);
+- ``raw``: raw intensity as affinity. Membranes are *dark* in this data, so the inverted raw
+  intensity is the boundary map and ``1 - inverted = raw / 255`` is its affinity;
+- ``p1``: the boundary probability map shipped with the data, ``1 - p1`` as affinity.
+
+For the two baselines, per-voxel values go into all three channels (``voxel``) and, as a second
+variant, each edge gets the minimum over its two voxels (``edge-min``); the better variant is
+reported, so the baselines are given their best shot. Metrics: VOI split/merge (bits), adapted
+Rand error and CREMI score = sqrt(VOI * ARAND); truth label 0 (boundary) is ignored, no border
+mask. Uses ``synapse_toolkit.metrics`` (CREMI scorer) when present, else the local helper.
+
+    python benchmarks/eval_fib.py [--model plugins/syntk_neurons/models/fib_affinities.onnx]
+                                  [--data ../shared/data/em/gala-fib-medulla] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from synapse_toolkit.affinities import NEAREST_NEIGHBOURS
+from synapse_toolkit.inference.agglomeration import agglomerate
+from synapse_toolkit.inference.tiled import predict_tiled
+from synapse_toolkit.onnx_runtime import create_session, model_metadata, predictor
+
+ROOT = Path(__file__).resolve().parents[1]
+THRESHOLDS = [round(t, 3) for t in np.arange(0.05, 1.0, 0.05)]
+SCORINGS = ["mean", "quantile50", "quantile75"]
+IGNORE = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def scorer():
+    """(name, function(seg, truth_uint64_with_ignore) -> dict)."""
+    try:
+        from synapse_toolkit.metrics.cremi_neurons import score_neuron_ids
+
+        def score(seg: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+            s = score_neuron_ids(truth, seg)
+            return {
+                "voi_split": s.voi_split,
+                "voi_merge": s.voi_merge,
+                "voi": s.voi_split + s.voi_merge,
+                "arand": s.adapted_rand,
+                "cremi_score": s.cremi_score,
+            }
+
+        return "synapse_toolkit.metrics.cremi_neurons", score
+    except (ImportError, AttributeError):
+        from synapse_toolkit.inference.segmetrics import segmentation_scores
+
+        return "local helper (synapse_toolkit.inference.segmetrics)", (
+            lambda seg, truth: segmentation_scores(seg, truth, ignore_label=None).to_dict()
+        )
+
+
+def edge_min(values: np.ndarray) -> np.ndarray:
+    """Affinity of edge (v, v+o) = min(value(v), value(v+o)); 0 where v+o is outside."""
+    out = np.zeros((3, *values.shape), np.float32)
+    for c, off in enumerate(NEAREST_NEIGHBOURS):
+        a = tuple(slice(-o, None) if o < 0 else slice(None) for o in off)
+        b = tuple(slice(None, o) if o < 0 else slice(None) for o in off)
+        out[(c, *a)] = np.minimum(values[a], values[b])
+    return out
+
+
+def model_affinities(model: Path, raw: np.ndarray, threads: int) -> tuple[np.ndarray, float]:
+    session = create_session(model, num_threads=threads)
+    meta = model_metadata(session)
+    out = np.zeros((int(meta["out_channels"]), *raw.shape), np.float32)
+    t = time.perf_counter()
+    predict_tiled(
+        predictor(session), raw, out, meta["input_shape"], meta["output_shape"], overlap=(4, 8, 8)
+    )
+    return out[:3], time.perf_counter() - t
+
+
+def evaluate(affs: np.ndarray, truth: np.ndarray, score) -> dict:
+    rows = []
+    for scoring in SCORINGS:
+
+        def keep(th: float, seg: np.ndarray, scoring=scoring) -> None:
+            rows.append({"scoring": scoring, "threshold": th, **score(seg, truth)})
+
+        agglomerate(affs, THRESHOLDS, scoring=scoring, on_segmentation=keep)
+    best = min(rows, key=lambda r: r["cremi_score"])
+    best_voi = min(rows, key=lambda r: r["voi"])
+    return {"best_by_cremi": best, "best_by_voi": best_voi, "sweep": rows}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--model", type=Path, default=ROOT / "plugins/syntk_neurons/models/fib_affinities.onnx"
+    )
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/em/gala-fib-medulla")
+    ap.add_argument("--split", default="test", help="never 'train' for the reported numbers")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", type=Path, help="write all results here")
+    args = ap.parse_args(argv)
+
+    def read(name: str) -> np.ndarray:
+        with h5py.File(args.data / f"{args.split}-{name}", "r") as f:
+            return np.asarray(f["stack"][...])
+
+    raw, gt, p1 = read("image.h5"), read("gt.lzf.h5"), read("p1.lzf.h5")
+    truth = gt.astype(np.uint64)
+    truth[gt == 0] = IGNORE  # boundary voxels are not scored
+    metric_name, score = scorer()
+    affs, seconds = model_affinities(args.model, raw, args.threads)
+    raw01 = (raw.astype(np.float32) - raw.min()) / max(1.0, float(raw.max() - raw.min()))
+    results = {
+        "metrics": metric_name,
+        "volume": f"{args.split} {raw.shape}",
+        "model": str(args.model),
+        "inference_s": seconds,
+        "methods": {},
+    }
+    results["methods"]["model"] = evaluate(affs, truth, score)
+    for name, values in [("raw", raw01), ("p1", 1.0 - p1.astype(np.float32))]:
+        variants = {
+            "voxel": evaluate(np.stack([values] * 3).astype(np.float32), truth, score),
+            "edge-min": evaluate(edge_min(values), truth, score),
+        }
+        best_variant = min(variants, key=lambda k: variants[k]["best_by_cremi"]["cremi_score"])
+        results["methods"][name] = {
+            **variants[best_variant],
+            "variant": best_variant,
+            "other_variants": {
+                k: v["best_by_cremi"] for k, v in variants.items() if k != best_variant
+            },
+        }
+    print(f"gala FIB-SEM {args.split} volume {raw.shape}, metrics: {metric_name}")
+    print(f"model inference: {seconds:.1f} s ({raw.size / seconds / 1e6:.3f} Mvox/s)")
+    print(
+        f"{'method':8s} {'scoring':11s} {'thr':>5s} {'VOI split':>9s} {'VOI merge':>9s} "
+        f"{'VOI':>6s} {'ARAND':>6s} {'CREMI':>6s}   best VOI"
+    )
+    for name, res in results["methods"].items():
+        b, bv = res["best_by_cremi"], res["best_by_voi"]
+        print(
+            f"{name:8s} {b['scoring']:11s} {b['threshold']:5.2f} {b['voi_split']:9.3f} "
+            f"{b['voi_merge']:9.3f} {b['voi']:6.3f} {b['arand']:6.3f} {b['cremi_score']:6.3f}"
+            f"   {bv['voi']:.3f} ({bv['scoring']} @ {bv['threshold']:.2f})"
+        )
+    m = results["methods"]
+    wins = all(
+        m["model"][k][key] < m[base][k][key]
+        for base in ("raw", "p1")
+        for k, key in (("best_by_voi", "voi"), ("best_by_cremi", "cremi_score"))
+    )
+    print("model beats both baselines on VOI and CREMI score:", wins)
+    results["model_beats_baselines"] = wins
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    return 0 if wins else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
