@@ -1,7 +1,8 @@
 """Built-in scorer stages: CREMI neurons, clefts and partners, synapse overlap, neurofinder and
 clustering. Each takes a ``prediction`` and a ``truth`` port and emits ``scores``
 (a :class:`~synapse_toolkit.data.ScoreRecord`); the metrics are library functions in
-:mod:`synapse_toolkit.metrics`.
+:mod:`synapse_toolkit.metrics`, imported when a stage runs (plugin discovery stays light: the
+neuron counting kernels need numba).
 """
 
 from __future__ import annotations
@@ -23,12 +24,6 @@ from synapse_toolkit.data import (
 )
 from synapse_toolkit.errors import DataError
 from synapse_toolkit.hookspecs import hookimpl
-from synapse_toolkit.metrics.clustering import score_clustering
-from synapse_toolkit.metrics.cremi_clefts import score_clefts
-from synapse_toolkit.metrics.cremi_neurons import score_neuron_ids
-from synapse_toolkit.metrics.cremi_partners import score_partners
-from synapse_toolkit.metrics.neurofinder import score_neurofinder
-from synapse_toolkit.metrics.overlap import score_overlap
 from synapse_toolkit.stages import Port, Scorer, StageOptions
 
 _SCORES = {"scores": Port("scores", "metric values (ScoreRecord)")}
@@ -69,6 +64,8 @@ class CremiNeuronScorer(Scorer):
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         truth, pred = _labels(self, inputs, "truth"), _labels(self, inputs, "prediction")
+        from synapse_toolkit.metrics.cremi_neurons import score_neuron_ids
+
         s = score_neuron_ids(
             truth, pred, border_threshold_nm=self.options.border_threshold_nm,  # type: ignore[attr-defined]
             block_shape=_block_shape(self, truth), n_threads=self.context.n_threads,
@@ -97,6 +94,8 @@ class CremiCleftScorer(Scorer):
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         truth, pred = _labels(self, inputs, "truth"), _labels(self, inputs, "prediction")
         opts = self.options
+        from synapse_toolkit.metrics.cremi_clefts import score_clefts
+
         s = score_clefts(
             truth, pred, threshold_nm=opts.threshold_nm,  # type: ignore[attr-defined]
             reference_artifacts=opts.reference_artifacts,  # type: ignore[attr-defined]
@@ -135,6 +134,8 @@ class CremiPartnerScorer(Scorer):
                             "partner tables or CREMI annotations")  # fmt: skip
         seg = _labels(self, inputs, "truth_neuron_ids")
         opts = self.options
+        from synapse_toolkit.metrics.cremi_partners import score_partners
+
         s = score_partners(
             pred, truth, seg, matching_threshold=opts.matching_threshold_nm,  # type: ignore[attr-defined]
             rounding=opts.rounding,  # type: ignore[attr-defined]
@@ -163,6 +164,8 @@ class SynapseOverlapScorer(Scorer):
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         truth, pred = _labels(self, inputs, "truth"), _labels(self, inputs, "prediction")
         opts = self.options
+        from synapse_toolkit.metrics.overlap import score_overlap
+
         s = score_overlap(
             truth, pred, threshold=opts.threshold, measure=opts.measure,  # type: ignore[attr-defined]
             background=opts.background, block_shape=_block_shape(self, truth),  # type: ignore[attr-defined]
@@ -192,6 +195,8 @@ class NeurofinderScorer(Scorer):
             raise DataError(
                 f"stage {self.context.stage_name}: truth and prediction must be regions"
             )
+        from synapse_toolkit.metrics.neurofinder import score_neurofinder
+
         s = score_neurofinder(truth, pred, self.options.threshold_px)  # type: ignore[attr-defined]
         return {"scores": ScoreRecord(self.name, s.as_dict(), dict(self.options.model_dump()))}
 
@@ -215,6 +220,8 @@ class ClusteringScorer(Scorer):
                 f"stage {self.context.stage_name}: truth and prediction must be clusters"
             )
         common, ti, pi = np.intersect1d(truth.synapse_ids, pred.synapse_ids, return_indices=True)
+        from synapse_toolkit.metrics.clustering import score_clustering
+
         s = score_clustering(truth.labels[ti], pred.labels[pi])
         details = {"n_truth": len(truth.labels), "n_prediction": len(pred.labels),
                    "n_common": int(common.size)}  # fmt: skip

@@ -78,6 +78,7 @@ def count_runs(
     """
     n = a.shape[0]
     cmask = np.uint64(cache.shape[0] - 1)
+    cshift = np.uint64(40)
     n_ignored = 0
     run = np.uint64(0)
     ra = np.uint64(0)
@@ -96,7 +97,7 @@ def count_runs(
                 run += np.uint64(1)
                 continue
         if run != 0:
-            s = np.int64(_mix2(ra, rb) & cmask)
+            s = np.int64(((ra * _M1 + rb * _M2) >> cshift) & cmask)
             if cache[s, 2] == 0:
                 cache[s, 0] = ra
                 cache[s, 1] = rb
@@ -169,54 +170,55 @@ def _compact_impl(buf: np.ndarray, n: np.int64, with_b_marginal: bool):
         while size < 2 * (hi - lo):
             size *= 2
         mask = np.uint64(size - 1)
-        slot_row = np.full(size, -1, dtype=np.int64)
+        pair_slot = np.full(size, -1, dtype=np.int32)  # slot -> row offset from lo
+        b_slot = np.full(size if with_b_marginal else 1, -1, dtype=np.int32)
+        bkey = np.empty(hi - lo if with_b_marginal else 1, dtype=np.uint64)
+        bsum = np.empty(hi - lo if with_b_marginal else 1, dtype=np.uint64)
+        group = np.empty(hi - lo if with_b_marginal else 1, dtype=np.int32)
+        n_b = 0
         out = lo
         # aggregate in place: the write position never passes the read position
         for j in range(lo, hi):
             a = tmp[j, 0]
             b = tmp[j, 1]
             c = tmp[j, 2]
+            g = 0
+            if with_b_marginal:
+                s = np.int64(_mix1(b) & mask)
+                while True:
+                    q = b_slot[s]
+                    if q < 0:
+                        b_slot[s] = n_b
+                        bkey[n_b] = b
+                        bsum[n_b] = c
+                        g = n_b
+                        n_b += 1
+                        break
+                    if bkey[q] == b:
+                        bsum[q] += c
+                        g = q
+                        break
+                    s = (s + 1) & np.int64(mask)
             s = np.int64(_mix2(a, b) & mask)
             while True:
-                r = slot_row[s]
+                r = pair_slot[s]
                 if r < 0:
-                    slot_row[s] = out
+                    pair_slot[s] = out - lo
                     tmp[out, 0] = a
                     tmp[out, 1] = b
                     tmp[out, 2] = c
+                    if with_b_marginal:
+                        group[out - lo] = g
                     out += 1
                     break
-                if tmp[r, 0] == a and tmp[r, 1] == b:
-                    tmp[r, 2] += c
+                if tmp[lo + r, 0] == a and tmp[lo + r, 1] == b:
+                    tmp[lo + r, 2] += c
                     break
                 s = (s + 1) & np.int64(mask)
         n_out[k] = out - lo
         if with_b_marginal:
-            bslot = np.full(size, -1, dtype=np.int64)
-            bkey = np.empty(out - lo, dtype=np.uint64)
-            bsum = np.empty(out - lo, dtype=np.uint64)
-            nbk = 0
             for r in range(lo, out):
-                b = tmp[r, 1]
-                s = np.int64(_mix1(b) & mask)
-                while True:
-                    q = bslot[s]
-                    if q < 0:
-                        bslot[s] = nbk
-                        bkey[nbk] = b
-                        bsum[nbk] = tmp[r, 2]
-                        nbk += 1
-                        break
-                    if bkey[q] == b:
-                        bsum[q] += tmp[r, 2]
-                        break
-                    s = (s + 1) & np.int64(mask)
-            for r in range(lo, out):
-                b = tmp[r, 1]
-                s = np.int64(_mix1(b) & mask)
-                while bkey[bslot[s]] != b:
-                    s = (s + 1) & np.int64(mask)
-                nb_tmp[r] = bsum[bslot[s]]
+                nb_tmp[r] = bsum[group[r - lo]]
     dest = np.zeros(n_parts + 1, dtype=np.int64)
     for k in range(n_parts):
         dest[k + 1] = dest[k] + n_out[k]

@@ -139,7 +139,7 @@ def score_partners(
     *,
     matching_threshold: float = 400.0,
     rounding: Rounding = "half_away",
-    dense_limit: int = 1000,
+    dense_limit: int = 2000,
 ) -> PartnerScores:
     """CREMI synaptic-partner scores of ``pred`` against ``truth`` (see the module docstring)."""
     if not isinstance(truth_neuron_ids, Volume):
