@@ -341,19 +341,38 @@ def _fixed_add(acc_int: np.int64, acc_frac: np.int64, t: float):
 
 
 @njit(cache=True, nogil=True)
-def neuron_sums(truth: np.ndarray, pred: np.ndarray, count: np.ndarray, pred_marginal: np.ndarray):
-    """The sums behind VOI and adapted Rand, in one pass over a contingency table.
+def key_sums(rows: np.ndarray, col: np.int64):
+    """Distinct keys of column ``col`` of ``rows`` and their summed counts (column 2)."""
+    uniq, sums, _ = group_sum(rows[:, col].copy(), rows[:, 2].copy())
+    return uniq, sums
 
-    Returns (split_bits, merge_bits, sum_truth_sq, sum_pred_sq_nonzero, sum_pair_sq_nonzero,
-    n_pred_zero): ``split_bits = sum n_ij log2(n_j / n_ij)`` (n_j truth sizes),
-    ``merge_bits = sum n_ij log2(n_i / n_ij)`` (n_i prediction sizes); the entropy sums are
-    accumulated in fixed point so they do not depend on row order; the others are exact integers.
+
+@njit(cache=True, nogil=True)
+def neuron_sums(
+    rows: np.ndarray, pred_marginal: np.ndarray, t_keys: np.ndarray, t_sums: np.ndarray
+):
+    """The sums behind VOI and adapted Rand over contingency ``rows`` (truth, pred, count).
+
+    ``t_keys``/``t_sums`` are the truth ids and their total counts. Returns the fixed-point
+    entropy accumulators (split_int, split_frac, merge_int, merge_frac; value = int + frac/2**62)
+    of ``split = sum n_ij log2(n_j / n_ij)`` and ``merge = sum n_ij log2(n_i / n_ij)`` (n_j truth
+    sizes, n_i prediction sizes) and the exact integers (sum_truth_sq, sum_pred_sq_nonzero,
+    sum_pair_sq_nonzero, n_pred_zero). Chunks of rows can be summed separately and combined.
     """
     lut = _LOG2_LUT
-    uniq, sums, inverse = group_sum(truth, count)
-    log_t = np.empty(uniq.shape[0], dtype=np.float64)
-    for g in range(uniq.shape[0]):
-        log_t[g] = math.log2(np.float64(sums[g]))
+    cap = 16
+    while cap < 2 * t_keys.shape[0]:
+        cap *= 2
+    mask = np.uint64(cap - 1)
+    slot = np.full(cap, -1, dtype=np.int64)
+    for g in range(t_keys.shape[0]):
+        s = np.int64(_mix1(t_keys[g]) & mask)
+        while slot[s] >= 0:
+            s = (s + 1) & np.int64(mask)
+        slot[s] = g
+    log_t = np.empty(t_keys.shape[0], dtype=np.float64)
+    for g in range(t_keys.shape[0]):
+        log_t[g] = math.log2(np.float64(t_sums[g]))
     s_int = np.int64(0)
     s_frac = np.int64(0)
     m_int = np.int64(0)
@@ -362,31 +381,32 @@ def neuron_sums(truth: np.ndarray, pred: np.ndarray, count: np.ndarray, pred_mar
     sum_b = np.int64(0)
     sum_ab = np.int64(0)
     c0 = np.int64(0)
-    for i in range(count.shape[0]):
-        c = count[i]
+    for i in range(rows.shape[0]):
+        c = rows[i, 2]
         if c == 0:
             continue
-        g = inverse[i]
-        tm = sums[g]
+        t = rows[i, 0]
+        s = np.int64(_mix1(t) & mask)
+        while t_keys[slot[s]] != t:
+            s = (s + 1) & np.int64(mask)
+        g = slot[s]
+        tm = t_sums[g]
         lc = _log2_count(c, lut)
         cf = np.float64(c)
         if c != tm:
-            t = cf * (log_t[g] - lc)
-            if t > 0:
-                s_int, s_frac = _fixed_add(s_int, s_frac, t)
+            v = cf * (log_t[g] - lc)
+            if v > 0:
+                s_int, s_frac = _fixed_add(s_int, s_frac, v)
         pm = pred_marginal[i]
         if c != pm:
-            t = cf * (_log2_count(pm, lut) - lc)
-            if t > 0:
-                m_int, m_frac = _fixed_add(m_int, m_frac, t)
+            v = cf * (_log2_count(pm, lut) - lc)
+            if v > 0:
+                m_int, m_frac = _fixed_add(m_int, m_frac, v)
         ci = np.int64(c)
         sum_a += ci * np.int64(tm)
-        if pred[i] == 0:
+        if rows[i, 1] == 0:
             c0 += ci
         else:
             sum_b += ci * np.int64(pm)
             sum_ab += ci * ci
-    scale = 4611686018427387904.0
-    split = np.float64(s_int) + np.float64(s_frac) / scale
-    merge = np.float64(m_int) + np.float64(m_frac) / scale
-    return split, merge, sum_a, sum_b, sum_ab, c0
+    return s_int, s_frac, m_int, m_frac, sum_a, sum_b, sum_ab, c0

@@ -35,29 +35,48 @@ def _as_u64_flat(arr: np.ndarray) -> np.ndarray:
 class Contingency:
     """Distinct (truth, pred) label pairs with voxel counts over the evaluated voxels.
 
-    ``n_total`` counts every voxel seen (evaluated + ignored); ``n_ignored`` those left out
-    (truth ignore label, border mask). ``pred_marginal`` (optional, same length as ``count``)
-    is the total count of each row's prediction id, filled in by the counter.
+    ``rows`` is an (n, 3) uint64 array of (truth id, prediction id, count); ``truth``, ``pred``
+    and ``count`` are views of its columns. ``n_total`` counts every voxel seen (evaluated +
+    ignored); ``n_ignored`` those left out (truth ignore label, border mask). ``pred_marginal``
+    (optional, length n) is the total count of each row's prediction id, filled in by the
+    counter.
     """
 
-    truth: np.ndarray
-    pred: np.ndarray
-    count: np.ndarray
+    rows: np.ndarray
     n_total: int
     n_ignored: int
     pred_marginal: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def from_arrays(
+        cls, truth: np.ndarray, pred: np.ndarray, count: np.ndarray, n_total: int, n_ignored: int
+    ) -> Contingency:
+        rows = np.empty((len(count), 3), dtype=np.uint64)
+        rows[:, 0], rows[:, 1], rows[:, 2] = truth, pred, count
+        return cls(rows, int(n_total), int(n_ignored))
+
+    @property
+    def truth(self) -> np.ndarray:
+        return self.rows[:, 0]
+
+    @property
+    def pred(self) -> np.ndarray:
+        return self.rows[:, 1]
+
+    @property
+    def count(self) -> np.ndarray:
+        return self.rows[:, 2].view(np.int64)
 
     @property
     def n_evaluated(self) -> int:
         return self.n_total - self.n_ignored
 
     def __len__(self) -> int:
-        return int(self.count.shape[0])
+        return int(self.rows.shape[0])
 
     @classmethod
     def empty(cls) -> Contingency:
-        e = np.zeros(0, np.uint64)
-        return cls(e, e, np.zeros(0, np.int64), 0, 0, np.zeros(0, np.int64))
+        return cls(np.zeros((0, 3), np.uint64), 0, 0, np.zeros(0, np.uint64))
 
     def __add__(self, other: Contingency) -> Contingency:
         counter = ContingencyCounter()
@@ -99,8 +118,17 @@ class ContingencyCounter:
         self._buf = np.empty((1 << 16, 3), dtype=np.uint64)
         self._n_buf = 0
         self._compacted = 0  # buffer size right after the last compaction
+        self._shared = False
         self.n_total = 0
         self.n_ignored = 0
+
+    def reserve(self, rows: int) -> None:
+        """Reserve buffer rows (virtual memory: pages are only used when written)."""
+        if rows > self._buf.shape[0]:
+            self._own_buffer()
+            new = np.empty((rows, 3), dtype=np.uint64)
+            new[: self._n_buf] = self._buf[: self._n_buf]
+            self._buf = new
 
     def update(
         self, truth: np.ndarray, pred: np.ndarray, ignore_mask: np.ndarray | None = None
@@ -125,6 +153,7 @@ class ContingencyCounter:
             mf = _EMPTY_U8
         use_a = self.ignore_truth is not None
         ign = np.uint64(self.ignore_truth if use_a else 0)
+        self._own_buffer()
         self._buf, self._n_buf, n_ign = hc.count_runs(
             tf, pf, mf, ignore_mask is not None, ign, use_a, self._cache, self._buf, self._n_buf
         )
@@ -140,16 +169,14 @@ class ContingencyCounter:
 
     def add_table(self, table: Contingency, compact: bool = True) -> None:
         """Add an existing contingency table (e.g. of another block)."""
+        self._own_buffer()
         n = len(table)
         need = self._n_buf + n
         if need > self._buf.shape[0]:
             new = np.empty((max(need, 2 * self._buf.shape[0]), 3), dtype=np.uint64)
             new[: self._n_buf] = self._buf[: self._n_buf]
             self._buf = new
-        rows = self._buf[self._n_buf : need]
-        rows[:, 0] = table.truth
-        rows[:, 1] = table.pred
-        rows[:, 2] = table.count
+        self._buf[self._n_buf : need] = table.rows
         self._n_buf = need
         self.n_total += table.n_total
         self.n_ignored += table.n_ignored
@@ -160,17 +187,11 @@ class ContingencyCounter:
         """Add everything ``other`` counted."""
         other._flush()
         self.add_table(
-            Contingency(
-                other._buf[: other._n_buf, 0],
-                other._buf[: other._n_buf, 1],
-                other._buf[: other._n_buf, 2],
-                other.n_total,
-                other.n_ignored,
-            ),
-            compact=False,
+            Contingency(other._buf[: other._n_buf], other.n_total, other.n_ignored), compact=False
         )
 
     def _flush(self) -> None:
+        self._own_buffer()
         self._buf, self._n_buf = hc.flush_cache(self._cache, self._buf, self._n_buf)
 
     def result(self) -> Contingency:
@@ -179,15 +200,13 @@ class ContingencyCounter:
         n, nb = hc.compact_parallel(self._buf, self._n_buf, True)
         self._n_buf = n
         self._compacted = n
-        rows = self._buf[:n]
-        return Contingency(
-            truth=rows[:, 0].copy(),
-            pred=rows[:, 1].copy(),
-            count=rows[:, 2].astype(np.int64),
-            n_total=self.n_total,
-            n_ignored=self.n_ignored,
-            pred_marginal=nb.astype(np.int64),
-        )
+        self._shared = True  # the table views the buffer: copy it before counting on
+        return Contingency(self._buf[:n], self.n_total, self.n_ignored, nb)
+
+    def _own_buffer(self) -> None:
+        if self._shared:
+            self._buf = self._buf.copy()
+            self._shared = False
 
 
 def count_arrays(
@@ -213,6 +232,8 @@ def count_arrays(
 
     def work(k: int) -> None:
         sl = slice(int(bounds[k]), int(bounds[k + 1]))
+        # runs (and so buffered rows) rarely exceed 1/8 of the voxels; the buffer grows if needed
+        counters[k].reserve(min((sl.stop - sl.start) // 8, ContingencyCounter.buffer_rows) + 1024)
         counters[k].update(tf[sl], pf[sl], None if mf is None else mf[sl])
 
     if n_threads == 1:

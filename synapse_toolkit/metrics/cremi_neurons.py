@@ -29,6 +29,7 @@ scoring equals in-memory scoring exactly.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -37,7 +38,7 @@ import numpy as np
 
 from synapse_toolkit.blockwise import iter_blocks
 from synapse_toolkit.errors import DataError
-from synapse_toolkit.metrics._hashcount import neuron_sums
+from synapse_toolkit.metrics._hashcount import key_sums, neuron_sums
 from synapse_toolkit.metrics._volumes import check_labels, resolve_voxel_size, unwrap
 from synapse_toolkit.metrics.contingency import Contingency, ContingencyCounter, count_arrays
 
@@ -72,19 +73,45 @@ class NeuronScores:
         return d
 
 
-def scores_from_contingency(table: Contingency) -> NeuronScores:
+def _sums(table: Contingency, n_threads: int) -> tuple[float, float, int, int, int, int]:
+    """Entropy (bits) and adapted-Rand sums of a table, over ``n_threads`` row chunks."""
+    rows = np.ascontiguousarray(table.rows)
+    pm = np.ascontiguousarray(table.pred_marginal, dtype=np.uint64)
+    k = max(1, min(int(n_threads), rows.shape[0] // (1 << 18) + 1))
+    bounds = np.linspace(0, rows.shape[0], k + 1).astype(np.int64)
+    chunks = [(rows[bounds[i] : bounds[i + 1]], pm[bounds[i] : bounds[i + 1]]) for i in range(k)]
+    if k == 1:
+        t_keys, t_sums = key_sums(rows, 0)
+        parts = [neuron_sums(rows, pm, t_keys, t_sums)]
+    else:
+        with ThreadPoolExecutor(k) as pool:
+            keys = list(pool.map(lambda c: key_sums(c[0], 0), chunks))
+            merged = Contingency.from_arrays(
+                np.concatenate([u for u, _ in keys]), np.zeros(sum(len(u) for u, _ in keys)),
+                np.concatenate([s for _, s in keys]), 0, 0,
+            )  # fmt: skip
+            t_keys, t_sums = key_sums(merged.rows, 0)
+            parts = list(pool.map(lambda c: neuron_sums(c[0], c[1], t_keys, t_sums), chunks))
+    # combine the fixed-point accumulators exactly (Python integers)
+    one = 1 << 62
+    split = sum(int(p[0]) * one + int(p[1]) for p in parts)
+    merge = sum(int(p[2]) * one + int(p[3]) for p in parts)
+    ints = [sum(int(p[j]) for p in parts) for j in range(4, 8)]
+    return (
+        float(split // one) + float(split % one) / one,
+        float(merge // one) + float(merge % one) / one,
+        *ints,
+    )  # type: ignore[return-value]
+
+
+def scores_from_contingency(table: Contingency, n_threads: int = 2) -> NeuronScores:
     """VOI and adapted Rand from a contingency table (see the module docstring)."""
     nan = float("nan")
     n_eval = table.n_evaluated
     if n_eval <= 0 or len(table) == 0:
         return NeuronScores(nan, nan, nan, nan, nan, table.n_total, table.n_ignored)
     t = table.with_pred_marginal()
-    split_bits, merge_bits, sum_a, sum_b, sum_ab, c0 = neuron_sums(
-        np.ascontiguousarray(t.truth, np.uint64),
-        np.ascontiguousarray(t.pred, np.uint64),
-        np.ascontiguousarray(t.count, np.uint64),
-        np.ascontiguousarray(t.pred_marginal, np.uint64),
-    )
+    split_bits, merge_bits, sum_a, sum_b, sum_ab, c0 = _sums(t, n_threads)
     n = float(n_eval)
     voi_split = split_bits / n
     voi_merge = merge_bits / n
@@ -250,4 +277,4 @@ def score_neuron_ids(
         block_shape=block_shape, n_threads=n_threads,
         reference_single_label_sections=reference_single_label_sections,
     )  # fmt: skip
-    return scores_from_contingency(table)
+    return scores_from_contingency(table, n_threads)
