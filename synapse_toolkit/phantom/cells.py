@@ -20,9 +20,9 @@ from synapse_toolkit.phantom.params import EMPhantomParams
 
 _CELL_NM = 40.0  # occupancy grid spacing
 _STEP_NM = 40.0  # neurite growth step
-_CORE_GAP_NM = 35.0  # core ring sits this far inside the neurite surface
-_SAMPLE_NM = 22.0  # spacing of core points along the axis
-_RING_SPACING_NM = 32.0  # spacing of core points around the ring
+_CORE_GAP_NM = 55.0  # core ring sits this far inside the neurite surface
+_SAMPLE_NM = 30.0  # spacing of core points along the axis
+_RING_SPACING_NM = 45.0  # spacing of core points around the ring
 _QUERY_CHUNK = 1 << 20
 
 #: Seed streams (so adding a feature never changes another feature's random numbers).
@@ -203,19 +203,18 @@ def _core_points(neurite: Neurite, rng: np.random.Generator) -> np.ndarray:
     u /= np.linalg.norm(u, axis=1, keepdims=True)
     v = np.cross(tangent, u)
     core = r - _CORE_GAP_NM
-    out = [axis]
-    ringed = core > 12.0
-    if ringed.any():
-        n_ring = max(6, int(np.ceil(2 * np.pi * core[ringed].max() / _RING_SPACING_NM)))
-        phase = np.full((int(ringed.sum()), 1), rng.uniform(0, 2 * np.pi))
-        ang = phase + np.linspace(0, 2 * np.pi, n_ring, endpoint=False)[None, :]
-        c = core[ringed][:, None, None]
-        ring = axis[ringed][:, None, :] + c * (
-            np.cos(ang)[..., None] * u[ringed][:, None, :]
-            + np.sin(ang)[..., None] * v[ringed][:, None, :]
-        )
-        out.append(ring.reshape(-1, 3))
-    return np.concatenate(out)
+    ringed = np.flatnonzero(core > 12.0)
+    if not len(ringed):
+        return axis
+    # one ring per ringed sample, ~_RING_SPACING_NM between its points
+    n_ring = np.maximum(6, np.ceil(2 * np.pi * core[ringed] / _RING_SPACING_NM)).astype(np.int64)
+    owner = np.repeat(ringed, n_ring)
+    start = np.repeat(np.cumsum(n_ring) - n_ring, n_ring)
+    k = np.arange(len(owner)) - start
+    ang = rng.uniform(0, 2 * np.pi) + 2 * np.pi * k / np.repeat(n_ring, n_ring)
+    c = core[owner][:, None]
+    ring = axis[owner] + c * (np.cos(ang)[:, None] * u[owner] + np.sin(ang)[:, None] * v[owner])
+    return np.concatenate([axis, ring])
 
 
 class NeuronField:
@@ -229,17 +228,24 @@ class NeuronField:
         self.n_neurons = max((n.neuron for n in self.neurites), default=0)
         rng = rng_for(params.seed, STREAM_GROWTH, 1)
         clouds = [_core_points(n, rng) for n in self.neurites]
-        self.points = np.concatenate(clouds) if clouds else np.zeros((1, 3))
+        sizes = [len(c) for c in clouds]
         owners = [
-            np.full(len(c), n.neuron, np.uint64) for c, n in zip(clouds, self.neurites, strict=True)
+            np.full(k, n.neuron, np.uint32) for k, n in zip(sizes, self.neurites, strict=True)
         ]
-        self.point_label = np.concatenate(owners) if owners else np.ones(1, np.uint64)
-        self.tree = cKDTree(self.points, balanced_tree=False, compact_nodes=False)
+        self.point_label = np.concatenate(owners) if owners else np.ones(1, np.uint32)
+        points = np.concatenate(clouds) if clouds else np.zeros((1, 3))
+        del clouds, owners
+        self.tree = cKDTree(points, balanced_tree=False, compact_nodes=False, copy_data=False)
         wrng = rng_for(params.seed, STREAM_WARP)
         amp = params.warp_amplitude_nm
         self._warps = [(amp, SineField(wrng, 5, (600.0, 1500.0))) for _ in range(3)] + [
             (amp * 0.2, SineField(wrng, 5, (150.0, 300.0))) for _ in range(3)
         ]
+
+    @property
+    def points(self) -> np.ndarray:
+        """Core points (n, 3) nm; ``point_label`` holds their neuron ids."""
+        return self.tree.data
 
     def warp(self, pts: np.ndarray) -> np.ndarray:
         """Warped positions (N, 3) nm at which the nearest core point is looked up."""
@@ -256,7 +262,7 @@ class NeuronField:
         for a in range(0, len(pts), _QUERY_CHUNK):
             chunk = pts[a : a + _QUERY_CHUNK]
             _, idx = self.tree.query(self.warp(chunk), k=1)
-            out[a : a + len(chunk)] = self.point_label[idx]
+            out[a : a + len(chunk)] = self.point_label[idx]  # uint32 -> uint64
         return out
 
     def label_window(self, window: tuple[slice, slice, slice]) -> np.ndarray:

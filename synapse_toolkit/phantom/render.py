@@ -134,14 +134,22 @@ def _contact_geometry(
     labels: np.ndarray, sl: tuple[slice, ...], window: tuple[slice, ...], inner: int, outer: int,
     centre: np.ndarray, vs: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:  # fmt: skip
-    """Signed distance (nm, <0 in ``inner``, >0 in ``outer``) to the inner/outer interface and
-    the distance to ``centre`` for the voxels of ``sl``."""
+    """In-plane signed distance (nm, <0 in ``inner``, >0 in ``outer``) to the inner/outer
+    interface in each section (as a cleft is seen and annotated section by section) and the 3D
+    distance to ``centre`` for the voxels of ``sl``."""
     sub = labels[_local(sl, window)]
     a, b = sub == inner, sub == outer
     if not a.any() or not b.any():
         return None
-    d_to_b = edt.edt(np.ascontiguousarray(~b), anisotropy=tuple(vs), black_border=False)
-    d_to_a = edt.edt(np.ascontiguousarray(~a), anisotropy=tuple(vs), black_border=False)
+    far = np.float32(1e6)
+    d_to_b = np.full(sub.shape, far, np.float32)
+    d_to_a = np.full(sub.shape, far, np.float32)
+    for z in range(sub.shape[0]):
+        if a[z].any() and b[z].any():
+            d_to_b[z] = edt.edt(np.ascontiguousarray(~b[z]), anisotropy=(vs[1], vs[2]),
+                                black_border=False)  # fmt: skip
+            d_to_a[z] = edt.edt(np.ascontiguousarray(~a[z]), anisotropy=(vs[1], vs[2]),
+                                black_border=False)  # fmt: skip
     half = 0.5 * vs[2]
     s = np.full(sub.shape, np.nan, np.float32)
     s[a] = -(d_to_b[a] - half)
@@ -181,8 +189,8 @@ def _synapse_layers(
                     radius *= 0.75
             else:
                 radius, width, psd = decoy.radius_nm, 0.0, decoy.thickness_nm  # type: ignore[union-attr]
-            reach = radius + width + psd + 40.0
-            half = np.array([radius + vs[0], reach, reach])
+            reach = radius + 10.0 + width + psd + 12.0  # patch + the band the edt must see
+            half = np.array([radius + 10.0, reach, reach])
             sl = _intersect(_box_around(c.boundary_nm, half, vs), window)
             if sl is None:
                 continue
@@ -199,6 +207,7 @@ def _synapse_layers(
                     np.exp(-(((s0 + hw) / 3.2) ** 2)), np.exp(-(((s0 - hw) / 3.2) ** 2))
                 )
                 psd_a = 0.85 * expit((s0 - hw) / 2.0) * expit(-(s0 - hw - psd) / 3.0)
+                psd_a *= s0 < hw + psd + 20.0  # exact zero beyond: block-independent
                 tbar = 0.55 * np.exp(-(((s0 + hw + 14.0) / 8.0) ** 2)) * (rho < 0.45 * radius)
                 dark = np.maximum(np.maximum(membranes, psd_a), tbar)
                 cleft_a = 0.6 * (np.abs(s0) < hw)
@@ -252,32 +261,35 @@ def _vesicles(
                 r_eff.append(np.sqrt(rad[i] ** 2 - dz**2))
     if not pairs_v:
         return
-    pv, pz, re = np.asarray(pairs_v), np.asarray(pairs_z), np.asarray(r_eff)
-    h = int(np.ceil(re.max() / vs[1])) + 2
+    pv_all, pz_all, re_all = np.asarray(pairs_v), np.asarray(pairs_z), np.asarray(r_eff)
+    h = int(np.ceil(re_all.max() / vs[1])) + 2
     off = np.arange(-h, h + 1)
-    cy = np.round(ves.centres[pv, 1] / vs[1]).astype(int)
-    cx = np.round(ves.centres[pv, 2] / vs[2]).astype(int)
-    yy = cy[:, None, None] + off[None, :, None]
-    xx = cx[:, None, None] + off[None, None, :]
-    rho = np.sqrt((yy * vs[1] - ves.centres[pv, 1][:, None, None]) ** 2
-                  + (xx * vs[2] - ves.centres[pv, 2][:, None, None]) ** 2)  # fmt: skip
-    r = re[:, None, None]
-    ring = 0.85 * np.exp(-(((rho - (r - 2.5)) / 2.6) ** 2))
-    lumen = 0.35 * (rho < r - 3.0)
-    core = np.where(ves.dense_core[pv][:, None, None], 0.9 * expit(-(rho - 0.62 * r) / 2.0), 0.0)
-    zz = np.broadcast_to((pz - window[0].start)[:, None, None], rho.shape)
-    ly = np.broadcast_to(yy - window[1].start, rho.shape)
-    lx = np.broadcast_to(xx - window[2].start, rho.shape)
-    ok = (ly >= 0) & (ly < labels.shape[1]) & (lx >= 0) & (lx < labels.shape[2])
-    zz, ly, lx = zz[ok], ly[ok], lx[ok]
-    owner = np.broadcast_to(ves.neuron[pv][:, None, None], rho.shape)[ok]
-    own = labels[zz, ly, lx] == owner
-    flat = np.ravel_multi_index((zz[own], ly[own], lx[own]), labels.shape)
-    layers = []
-    for layer in (lumen, core, ring):
-        acc = np.zeros(labels.size, np.float32)
-        np.maximum.at(acc, flat, layer[ok][own].astype(np.float32))
-        layers.append(acc.reshape(labels.shape))
+    layers = [np.zeros(labels.size, np.float32) for _ in range(3)]
+    for a in range(0, len(pv_all), 512):  # chunks bound the memory of the patch arrays
+        pv, pz, re = pv_all[a : a + 512], pz_all[a : a + 512], re_all[a : a + 512]
+        cy = np.round(ves.centres[pv, 1] / vs[1]).astype(int)
+        cx = np.round(ves.centres[pv, 2] / vs[2]).astype(int)
+        yy = cy[:, None, None] + off[None, :, None]
+        xx = cx[:, None, None] + off[None, None, :]
+        rho = np.sqrt((yy * vs[1] - ves.centres[pv, 1][:, None, None]) ** 2
+                      + (xx * vs[2] - ves.centres[pv, 2][:, None, None]) ** 2)  # fmt: skip
+        r = re[:, None, None]
+        # hard cut-offs keep every value independent of the patch size
+        ring = np.where(rho < r + 5.0, 0.85 * np.exp(-(((rho - (r - 2.5)) / 2.6) ** 2)), 0.0)
+        lumen = 0.35 * (rho < r - 3.0)
+        dcv = ves.dense_core[pv][:, None, None] & (rho < r)
+        core = np.where(dcv, 0.9 * expit(-(rho - 0.62 * r) / 2.0), 0.0)
+        zz = np.broadcast_to((pz - window[0].start)[:, None, None], rho.shape)
+        ly = np.broadcast_to(yy - window[1].start, rho.shape)
+        lx = np.broadcast_to(xx - window[2].start, rho.shape)
+        ok = (ly >= 0) & (ly < labels.shape[1]) & (lx >= 0) & (lx < labels.shape[2])
+        zz, ly, lx = zz[ok], ly[ok], lx[ok]
+        owner = np.broadcast_to(ves.neuron[pv][:, None, None], rho.shape)[ok]
+        own = labels[zz, ly, lx] == owner
+        flat = np.ravel_multi_index((zz[own], ly[own], lx[own]), labels.shape)
+        for acc, layer in zip(layers, (lumen, core, ring), strict=True):
+            np.maximum.at(acc, flat, layer[ok][own].astype(np.float32))
+    layers = [acc.reshape(labels.shape) for acc in layers]
     a_lumen, a_core, a_ring = layers
     intensity *= 1 - a_lumen
     intensity += 0.86 * a_lumen
