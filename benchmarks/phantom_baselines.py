@@ -21,68 +21,35 @@ from typing import Any
 import cc3d
 import numpy as np
 from scipy import ndimage
-from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
-from sklearn.metrics import adjusted_rand_score
 
-from synapse_toolkit.data import Annotations
+from synapse_toolkit.data import Annotations, Volume
+from synapse_toolkit.metrics.clustering import score_clustering
 from synapse_toolkit.metrics.cremi_neurons import score_neuron_ids
+from synapse_toolkit.metrics.cremi_partners import score_partners
 
-PARTNER_THRESHOLD_NM = 400.0
 
-
-# -- metrics ---------------------------------------------------------------------------------------
+# -- metrics (synapse_toolkit.metrics) ------------------------------------------------------------
 def partner_fscore(
     pred: list[tuple[np.ndarray, np.ndarray]], truth: Annotations, neuron_ids: np.ndarray,
     voxel_size: np.ndarray,
 ) -> dict[str, float]:  # fmt: skip
-    """CREMI synaptic-partner F (reference semantics: label check in the truth segmentation,
-    cost (d_pre + d_post) / 2 when both <= 400 nm, min-cost assignment). Uses the metrics
-    package's implementation when available."""
-    try:  # the metrics engineer's exact implementation
-        from synapse_toolkit.metrics import cremi_partners  # type: ignore[attr-defined]
-
-        return cremi_partners.phantom_baseline_fscore(pred, truth, neuron_ids, voxel_size)  # type: ignore[no-any-return]
-    except (ImportError, AttributeError):
-        pass
-    world = truth.world_locations()
-    index = {int(i): k for k, i in enumerate(truth.ids)}
-    gt = [(world[index[int(a)]], world[index[int(b)]]) for a, b in truth.partners]
-
-    def label(p: np.ndarray) -> int:
-        v = np.floor(p / voxel_size + 0.5).astype(int)
-        v = np.clip(v, 0, np.asarray(neuron_ids.shape) - 1)
-        return int(neuron_ids[tuple(v)])
-
-    n_pred, n_gt = len(pred), len(gt)
-    if n_pred == 0 or n_gt == 0:
-        return {"fscore": 0.0, "precision": 0.0, "recall": 0.0, "tp": 0.0,
-                "fp": float(n_pred), "fn": float(n_gt)}  # fmt: skip
-    n = max(n_pred, n_gt)
-    cost = np.full((n, n), 2 * PARTNER_THRESHOLD_NM)
-    gt_labels = [(label(a), label(b)) for a, b in gt]
-    for i, (pa, pb) in enumerate(pred):
-        lp = (label(pa), label(pb))
-        for j, (ga, gb) in enumerate(gt):
-            da, db = np.linalg.norm(pa - ga), np.linalg.norm(pb - gb)
-            if da <= PARTNER_THRESHOLD_NM and db <= PARTNER_THRESHOLD_NM and lp == gt_labels[j]:
-                cost[i, j] = (da + db) / 2
-    rows, cols = linear_sum_assignment(cost)
-    tp = int(np.sum(cost[rows, cols] <= PARTNER_THRESHOLD_NM))
-    precision, recall = tp / n_pred, tp / n_gt
-    f = 2 * precision * recall / (precision + recall) if tp else 0.0
-    return {"fscore": f, "precision": precision, "recall": recall, "tp": float(tp),
-            "fp": float(n_pred - tp), "fn": float(n_gt - tp)}  # fmt: skip
+    """CREMI synaptic-partner scores of predicted (pre, post) world points against ``truth``."""
+    n = len(pred)
+    locs = np.asarray([p for pair in pred for p in pair], np.float64).reshape(-1, 3)
+    ann = Annotations(
+        ids=np.arange(2 * n, dtype=np.uint64),
+        types=tuple([Annotations.PRE, Annotations.POST] * n),
+        locations_nm=locs,
+        partners=np.arange(2 * n, dtype=np.uint64).reshape(-1, 2),
+    )
+    s = score_partners(ann, truth, Volume(neuron_ids, tuple(voxel_size)))
+    return {k: float(v) for k, v in s.as_dict().items()}
 
 
 def adjusted_rand(truth: np.ndarray, pred: np.ndarray) -> float:
-    try:
-        from synapse_toolkit.metrics import clustering  # type: ignore[attr-defined]
-
-        return float(clustering.adjusted_rand_index(truth, pred))
-    except (ImportError, AttributeError):
-        return float(adjusted_rand_score(truth, pred))
+    return score_clustering(truth, pred).ari
 
 
 # -- baselines -------------------------------------------------------------------------------------
