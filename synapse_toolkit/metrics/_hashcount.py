@@ -48,6 +48,13 @@ def _mix2(a: np.uint64, b: np.uint64) -> np.uint64:
 
 
 @njit(cache=True, nogil=True)
+def _grown(buf: np.ndarray, n: np.int64) -> np.ndarray:
+    new = np.empty((buf.shape[0] * 2, 3), dtype=np.uint64)
+    new[:n] = buf[:n]
+    return new
+
+
+@njit(cache=True, nogil=True)
 def _append(buf: np.ndarray, n: np.int64, a: np.uint64, b: np.uint64, c: np.uint64):
     if n == buf.shape[0]:
         new = np.empty((buf.shape[0] * 2, 3), dtype=np.uint64)
@@ -105,7 +112,12 @@ def count_runs(
             elif cache[s, 0] == ra and cache[s, 1] == rb:
                 cache[s, 2] += run
             else:
-                buf, n_buf = _append(buf, n_buf, cache[s, 0], cache[s, 1], cache[s, 2])
+                if n_buf == buf.shape[0]:
+                    buf = _grown(buf, n_buf)
+                buf[n_buf, 0] = cache[s, 0]
+                buf[n_buf, 1] = cache[s, 1]
+                buf[n_buf, 2] = cache[s, 2]
+                n_buf += 1
                 cache[s, 0] = ra
                 cache[s, 1] = rb
                 cache[s, 2] = run

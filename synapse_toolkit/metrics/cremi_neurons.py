@@ -135,12 +135,21 @@ def scores_from_contingency(table: Contingency, n_threads: int = 2) -> NeuronSco
 # -- border mask ---------------------------------------------------------------------------------
 
 
+def _max_squared(max_dist: float) -> int:
+    """Largest integer k with float64 sqrt(k) <= max_dist (the reference compares sqrt(k))."""
+    k = int(math.floor(max_dist * max_dist)) + 2
+    while k >= 0 and math.sqrt(k) > max_dist:
+        k -= 1
+    return k
+
+
 def border_mask_2d(
     section: np.ndarray,
     max_dist_px: float,
     origin: tuple[int, int] = (0, 0),
     section_is_single_label: bool | None = None,
     reference_single_label_sections: bool = True,
+    n_threads: int = 1,
 ) -> np.ndarray:
     """Pixels of one z-section within ``max_dist_px`` of a truth label boundary (True = ignore).
 
@@ -165,8 +174,8 @@ def border_mask_2d(
         yy = np.arange(origin[0], origin[0] + img.shape[0], dtype=np.float64)[:, None] + 1.0
         xx = np.arange(origin[1], origin[1] + img.shape[1], dtype=np.float64)[None, :]
         return np.sqrt(yy * yy + xx * xx) <= max_dist
-    sq = edt_lib.edtsq(interior.astype(np.uint8), black_border=False)
-    return np.sqrt(sq.astype(np.float64)) <= max_dist
+    sq = edt_lib.edtsq(interior.view(np.uint8), black_border=False, parallel=n_threads)
+    return sq <= np.float32(_max_squared(max_dist))
 
 
 def border_mask(
@@ -174,6 +183,7 @@ def border_mask(
     max_dist_px: float,
     roi: tuple[slice, slice, slice] | None = None,
     reference_single_label_sections: bool = True,
+    n_threads: int = 1,
 ) -> np.ndarray:
     """Border ignore mask (z, y, x) of ``truth`` inside ``roi``, reading only what it needs
     (the roi plus a margin of ``floor(max_dist_px) + 2`` pixels in y and x)."""
@@ -196,7 +206,7 @@ def border_mask(
             single = bool(full.min() == full.max())
         mask = border_mask_2d(
             sec, max_dist_px, origin=(ys.start, xs.start), section_is_single_label=single,
-            reference_single_label_sections=reference_single_label_sections,
+            reference_single_label_sections=reference_single_label_sections, n_threads=n_threads,
         )  # fmt: skip
         out[k] = mask[inner]
     return out
@@ -245,7 +255,7 @@ def neuron_contingency(
     if in_memory and block_shape is None:
         mask = None
         if max_dist is not None:
-            mask = border_mask(t_arr, max_dist, None, reference_single_label_sections)
+            mask = border_mask(t_arr, max_dist, None, reference_single_label_sections, n_threads)
         return count_arrays(t_arr, p_arr, mask, ignore_truth=IGNORE_LABEL, n_threads=n_threads)
 
     bs = block_shape or (16, shape[1], shape[2])
@@ -256,7 +266,7 @@ def neuron_contingency(
         pb = np.asarray(p_arr[roi])
         mask = None
         if max_dist is not None:
-            mask = border_mask(t_arr, max_dist, roi, reference_single_label_sections)
+            mask = border_mask(t_arr, max_dist, roi, reference_single_label_sections, n_threads)
         counter.update(tb, pb, mask)
     return counter.result()
 
