@@ -14,6 +14,7 @@ of the process RSS, sampled every millisecond) beside a naive numpy baseline
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import threading
 import time
@@ -40,8 +41,8 @@ def _rss() -> int:
         return int(f.read().split()[1]) * _PAGE
 
 
-def measure(fn: Callable[[], Any]) -> tuple[Any, float, int]:
-    """(result, seconds, peak RSS increase in bytes) of ``fn()``."""
+def measure(fn: Callable[[], Any]) -> tuple[Any, float, int, float]:
+    """(result, wall seconds, peak RSS increase in bytes, process CPU seconds) of ``fn()``."""
     base = _rss()
     peak = [base]
     done = threading.Event()
@@ -53,13 +54,15 @@ def measure(fn: Callable[[], Any]) -> tuple[Any, float, int]:
 
     th = threading.Thread(target=sample, daemon=True)
     th.start()
+    c0 = time.process_time()
     t0 = time.perf_counter()
     result = fn()
     dt = time.perf_counter() - t0
+    cpu = time.process_time() - c0
     done.set()
     th.join()
     peak[0] = max(peak[0], _rss())
-    return result, dt, peak[0] - base
+    return result, dt, peak[0] - base, cpu
 
 
 def naive_scores(truth: np.ndarray, pred: np.ndarray) -> NeuronScores:
@@ -115,32 +118,41 @@ def main() -> None:
     score_neuron_ids(truth[:2, :64, :64], pred[:2, :64, :64])  # compile numba kernels (cached)
     best = None
     for _ in range(args.repeats):
-        res, dt, mem = measure(lambda: score_neuron_ids(truth, pred, n_threads=args.threads))
+        res, dt, mem, cpu = measure(lambda: score_neuron_ids(truth, pred, n_threads=args.threads))
         if best is None or dt < best[1]:
-            best = (res, dt, mem)
+            best = (res, dt, mem, cpu)
     assert best is not None
-    res, dt, mem = best
+    res, dt, mem, cpu = best
     mvox = truth.size / 1e6
-    print(f"syntk   : {dt:7.2f} s  ({mvox / dt:7.1f} Mvox/s)  peak +{mem / 1e9:.2f} GB "
-          f"({mem / nbytes:.2f}x the two inputs)  [best of {args.repeats}]")  # fmt: skip
+    print(f"load average before timing: {os.getloadavg()[0]:.1f} (2 cores shared => wall > CPU/2)")
+    print(
+        f"syntk   : {dt:7.2f} s  ({mvox / dt:7.1f} Mvox/s)  CPU {cpu:.2f} s  peak "
+        f"+{mem / 1e9:.2f} GB ({mem / nbytes:.2f}x the two inputs)  [best of {args.repeats}]"
+    )
     print(f"          split={res.voi_split:.6f} merge={res.voi_merge:.6f} "
           f"arand={res.adapted_rand:.6f} cremi={res.cremi_score:.6f}")  # fmt: skip
     if args.border_nm:
-        _, dtb, memb = measure(
+        _, dtb, memb, cpub = measure(
             lambda: score_neuron_ids(truth, pred, border_threshold_nm=args.border_nm,
                                      voxel_size_nm=(40.0, 4.0, 4.0), n_threads=args.threads)
         )  # fmt: skip
-        print(f"syntk + {args.border_nm:g} nm border mask: {dtb:.2f} s, peak +{memb / 1e9:.2f} GB")
+        print(
+            f"syntk + {args.border_nm:g} nm border mask: {dtb:.2f} s (CPU {cpub:.2f} s), "
+            f"peak +{memb / 1e9:.2f} GB"
+        )
 
     if args.no_baseline:
         return
     k = args.baseline_sections or shape[0]
     tb, pb = truth[:k], pred[:k]
-    base, dtb, memb = measure(lambda: naive_scores(tb, pb))
+    base, dtb, memb, cpub = measure(lambda: naive_scores(tb, pb))
     scale = shape[0] / k
     label = "" if k == shape[0] else f" (on {k} sections, time x{scale:g})"
-    print(f"baseline: {dtb * scale:7.2f} s  peak +{memb * scale / 1e9:.2f} GB{label}")
-    print(f"speed-up: {dtb * scale / dt:.1f}x")
+    print(
+        f"baseline: {dtb * scale:7.2f} s  CPU {cpub * scale:.2f} s  "
+        f"peak +{memb * scale / 1e9:.2f} GB{label}"
+    )
+    print(f"speed-up: {dtb * scale / dt:.1f}x wall, {cpub / cpu * scale:.1f}x CPU")
     if k == shape[0]:
         for key in ("voi_split", "voi_merge", "adapted_rand"):
             a, b = getattr(res, key), getattr(base, key)
