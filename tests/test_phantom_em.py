@@ -17,6 +17,7 @@ from synapse_toolkit.data import Annotations
 from synapse_toolkit.errors import SyntkError
 from synapse_toolkit.io.cremi import CLEFT_BACKGROUND, read_cremi
 from synapse_toolkit.metrics.cremi_neurons import score_neuron_ids
+from synapse_toolkit.phantom import store
 from synapse_toolkit.phantom.em import EMPhantom
 from synapse_toolkit.phantom.params import (
     PHANTOM_DEFAULTS_VERSION,
@@ -227,13 +228,16 @@ def test_defects_are_recorded_and_rendered(tmp_path: Path) -> None:
     np.testing.assert_array_equal(truth.shifts_px, np.zeros((16, 2)))
 
 
-def test_zarr_and_hdf5_outputs_agree(tmp_path: Path) -> None:
+def test_zarr_and_hdf5_outputs_agree(tmp_path: Path, monkeypatch) -> None:
     ph = EMPhantom(P(shape=(6, 80, 120), seed=3, n_synapses=3, misalign=True))
     z = write_phantom(ph, tmp_path / "p.zarr", block_shape=(4, 64, 64))
     h = write_phantom(ph, tmp_path / "p.h5")
-    dz, dh = read_phantom(z), read_phantom(h)
+    monkeypatch.setattr(store, "IN_MEMORY_LIMIT", 1000)  # stream the HDF5 through blocks
+    hs = write_phantom(ph, tmp_path / "s.h5", block_shape=(4, 64, 64))
+    dz, dh, ds = read_phantom(z), read_phantom(h), read_phantom(hs)
     for k in ("raw", "neuron_ids", "clefts"):
         np.testing.assert_array_equal(getattr(dz, k).data, getattr(dh, k).data)
+        np.testing.assert_array_equal(getattr(ds, k).data, getattr(dh, k).data)
         assert getattr(dz, k).voxel_size_nm == (40.0, 4.0, 4.0)
     assert dz.annotations.to_dict() == dh.annotations.to_dict()
     tz, th = read_phantom_truth(z), read_phantom_truth(h)
