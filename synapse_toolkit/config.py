@@ -27,7 +27,7 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -72,6 +72,11 @@ class StageConfig(_Strict):
         default_factory=dict, description="Input port → artifact name '<stage>.<port>'."
     )
     enabled: bool = Field(True, description="Set false to skip this stage.")
+    on_missing_input: Literal["error", "skip"] = Field(
+        "error",
+        description="'skip': leave the stage out when an upstream stage produced no data for one "
+        "of its inputs (e.g. a scorer on an input without ground truth).",
+    )
 
     @field_validator("inputs")
     @classmethod

@@ -36,6 +36,7 @@ class PlannedStage:
     registered: RegisteredStage
     options: StageOptions
     inputs: dict[str, tuple[str, str]]  # port -> (producer stage, producer port)
+    skip_if_missing: bool = False
 
     @property
     def cls(self) -> type[Stage]:
@@ -125,7 +126,9 @@ def plan_pipeline(
             if spec.required and port not in wires:
                 raise ConfigError(f"{key}.inputs.{port}: required input is not wired "
                                   f"(give '<stage>.<port>')")  # fmt: skip
-        planned[name] = PlannedStage(name, registered, options, wires)
+        planned[name] = PlannedStage(
+            name, registered, options, wires, skip_if_missing=sc.on_missing_input == "skip"
+        )
 
     for name, ps in planned.items():
         for port, (src_stage, src_port) in ps.inputs.items():
@@ -191,7 +194,7 @@ def _fingerprint(ps: PlannedStage, upstream: dict[str, str], input_hash: str) ->
 @dataclass
 class StageResult:
     name: str
-    status: str  # "ran" | "skipped"
+    status: str  # "ran" | "skipped" (resumed) | "skipped: no <artifact>" (on_missing_input)
     seconds: float
     outputs: dict[str, dict[str, Any]]
 
@@ -285,6 +288,16 @@ def run_pipeline(
                 result.stages.append(StageResult(ps.name, "skipped", 0.0, prev["outputs"]))
                 if on_stage:
                     on_stage(ps.name, "skipped")
+                continue
+            missing = [
+                f"{s}.{port}"
+                for s, port in ps.inputs.values()
+                if f"{s}.{port}" not in result.artifacts
+            ]
+            if missing and ps.skip_if_missing:
+                result.stages.append(StageResult(ps.name, f"skipped: no {missing[0]}", 0.0, {}))
+                if on_stage:
+                    on_stage(ps.name, f"skipped (no {missing[0]})")
                 continue
             if on_stage:
                 on_stage(ps.name, "running")

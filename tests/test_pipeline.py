@@ -284,3 +284,20 @@ def test_interrupted_run_resumes_from_last_finished_stage(config_file: Path, plu
     res = run_pipeline(plan, plugins=plugins, resume=True)
     res.close()
     assert stage_fixtures.CALLS == ["half", "unalign", "compare"]
+
+
+def test_stage_without_its_input_can_be_skipped(tmp_path: Path, config_file: Path, plugins) -> None:  # type: ignore[no-untyped-def]
+    from synapse_toolkit.io.cremi import CremiData, write_cremi
+
+    from .conftest import make_cremi_data
+
+    raw_only = write_cremi(tmp_path / "raw_only.hdf", CremiData(raw=make_cremi_data().raw))
+    overrides = [f"input.path='{raw_only}'", "stages.export.on_missing_input='skip'"]
+    res = run_pipeline(_plan(config_file, plugins, *overrides), plugins=plugins)
+    res.close()
+    status = {s.name: s.status for s in res.stages}
+    assert status["export"] == "skipped: no load.neuron_ids" and status["compare"] == "ran"
+    with pytest.raises(
+        DataError, match="stages.export.inputs.neuron_ids: stage 'load' produced no"
+    ):
+        run_pipeline(_plan(config_file, plugins, overrides[0]), plugins=plugins)
