@@ -11,7 +11,8 @@ would pay a cache and TLB miss per new id, so counting is done in three cache-fr
    ``b`` (a counting sort), then each partition is summed with a small hash table that stays in
    cache. All entries of one ``b`` land in one partition, so ``b``'s marginal count is available
    per pair at the same time.
-3. :func:`group_sum` sums counts by key (used for the ``a`` marginals).
+3. :func:`group_sum` sums counts by key (used for the ``a`` marginals) and
+   :func:`neuron_sums` accumulates the VOI / adapted-Rand sums in one pass.
 
 Tables are ``(n, 3)`` uint64 arrays of rows ``(a, b, count)``; ``count == 0`` marks an empty
 cache slot, so every uint64 label (including ``2**64 - 1``) is a valid key.
@@ -153,24 +154,37 @@ def _compact_impl(buf: np.ndarray, n: np.int64, with_b_marginal: bool):
     while p > 1:
         p //= 2
         shift -= np.uint64(1)
-    # counting sort of rows by partition = top bits of hash(b)
-    starts = np.zeros(n_parts + 1, dtype=np.int64)
+    # counting sort of rows by partition = top bits of hash(b), in row chunks (parallel)
+    n_chunks = 4 if n > (1 << 20) else 1
+    cb = np.empty(n_chunks + 1, dtype=np.int64)
+    for c in range(n_chunks + 1):
+        cb[c] = (n * c) // n_chunks
+    hist = np.zeros((n_chunks, n_parts), dtype=np.int64)
     part = np.empty(n, dtype=np.int32)
-    for i in range(n):
-        k = 0 if n_parts == 1 else np.int64(_mix1(buf[i, 1]) >> shift)
-        part[i] = k
-        starts[k + 1] += 1
+    for c in prange(n_chunks):
+        for i in range(cb[c], cb[c + 1]):
+            k = 0 if n_parts == 1 else np.int64(_mix1(buf[i, 1]) >> shift)
+            part[i] = k
+            hist[c, k] += 1
+    starts = np.zeros(n_parts + 1, dtype=np.int64)
+    offs = np.empty((n_chunks, n_parts), dtype=np.int64)
+    run = 0
     for k in range(n_parts):
-        starts[k + 1] += starts[k]
-    fill = starts[:-1].copy()
+        starts[k] = run
+        for c in range(n_chunks):
+            offs[c, k] = run
+            run += hist[c, k]
+    starts[n_parts] = run
     tmp = np.empty((n, 3), dtype=np.uint64)
-    for i in range(n):
-        k = part[i]
-        j = fill[k]
-        tmp[j, 0] = buf[i, 0]
-        tmp[j, 1] = buf[i, 1]
-        tmp[j, 2] = buf[i, 2]
-        fill[k] = j + 1
+    for c in prange(n_chunks):
+        fill = offs[c].copy()
+        for i in range(cb[c], cb[c + 1]):
+            k = part[i]
+            j = fill[k]
+            tmp[j, 0] = buf[i, 0]
+            tmp[j, 1] = buf[i, 1]
+            tmp[j, 2] = buf[i, 2]
+            fill[k] = j + 1
     n_out = np.zeros(n_parts, dtype=np.int64)
     nb_tmp = np.empty(n if with_b_marginal else 0, dtype=np.uint64)
     for k in prange(n_parts):
@@ -304,30 +318,6 @@ def group_sum(keys: np.ndarray, counts: np.ndarray):
         inverse[i] = g
         sums[g] += counts[i]
     return uniq[:n_groups].copy(), sums[:n_groups].copy(), inverse
-
-
-@njit(cache=True, nogil=True)
-def entropy_sum(count: np.ndarray, denom: np.ndarray) -> float:
-    """``sum(count * log2(denom / count))`` (terms >= 0), accumulated in fixed point so that the
-    result does not depend on the order of the rows (blockwise == in-memory, bit for bit)."""
-    scale = 4611686018427387904.0  # 2**62
-    acc_int = np.int64(0)
-    acc_frac = np.int64(0)
-    one = np.int64(4611686018427387904)
-    for i in range(count.shape[0]):
-        if count[i] <= 0 or count[i] == denom[i]:
-            continue
-        c = np.float64(count[i])
-        t = c * math.log2(np.float64(denom[i]) / c)
-        if t <= 0:
-            continue
-        ip = math.floor(t)
-        acc_int += np.int64(ip)
-        acc_frac += np.int64((t - ip) * scale)
-        if acc_frac >= one:
-            acc_frac -= one
-            acc_int += 1
-    return np.float64(acc_int) + np.float64(acc_frac) / scale
 
 
 _LOG2_LUT = np.log2(np.arange(1, 4097, dtype=np.float64))
