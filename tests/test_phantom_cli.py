@@ -17,16 +17,18 @@ runner = CliRunner()
 
 def test_em_hdf5(tmp_path: Path) -> None:
     out = tmp_path / "p.h5"
-    args = ["phantom", "em", str(out), "--shape", "8", "128", "128", "--seed", "3",
+    args = ["phantom", "em", str(out), "--shape", "6", "96", "96", "--seed", "3",
             "--synapses", "2", "--types", "2"]  # fmt: skip
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "2 synapses" in result.output and "seed 3" in result.output
+    assert "seed 3" in result.output
     data = read_cremi(out)
-    assert data.raw.shape == (8, 128, 128) and data.raw.dtype == np.uint8
+    assert data.raw.shape == (6, 96, 96) and data.raw.dtype == np.uint8
     assert data.raw.voxel_size_nm == (40.0, 4.0, 4.0)
-    assert len(data.annotations.partners) >= 2
+    assert len(data.annotations.partners) >= 1
     truth = read_phantom_truth(out)
+    n = len(truth.synapses["type"])
+    assert f"{n} synapses" in result.output and n >= 1
     assert set(truth.synapses["type"].tolist()) <= {0, 1}
     # same command, same bytes
     again = tmp_path / "q.h5"

@@ -8,7 +8,7 @@ are versioned: bump :data:`PHANTOM_DEFAULTS_VERSION` (and the numbers pinned in
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from synapse_toolkit.errors import SyntkError
@@ -97,7 +97,6 @@ class EMPhantomParams:
     defective_section_probability: float = 0.06
     # -- bookkeeping --------------------------------------------------------------------------
     defaults_version: int = PHANTOM_DEFAULTS_VERSION
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         if len(self.shape) != 3 or min(self.shape) < 1:
@@ -136,9 +135,7 @@ class EMPhantomParams:
         return round(self.synapse_density_per_um3 * self.volume_um3)
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d.pop("extra")
-        return d
+        return dataclasses.asdict(self)
 
     def replace(self, **changes: Any) -> EMPhantomParams:
         return dataclasses.replace(self, **changes)
