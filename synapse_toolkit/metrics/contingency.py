@@ -9,6 +9,7 @@ up (``a + b``), so a volume scored block by block gives exactly the table of the
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ import numpy as np
 from synapse_toolkit.metrics import _hashcount as hc
 
 _EMPTY_U8 = np.zeros(1, dtype=np.uint8)
+_PARALLEL_LOCK = threading.Lock()
 
 
 def _as_u64_flat(arr: np.ndarray) -> np.ndarray:
@@ -197,7 +199,8 @@ class ContingencyCounter:
     def result(self) -> Contingency:
         """The table counted so far (with ``pred_marginal``)."""
         self._flush()
-        n, nb = hc.compact_parallel(self._buf, self._n_buf, True)
+        with _PARALLEL_LOCK:  # numba's parallel layers need not allow concurrent launches
+            n, nb = hc.compact_parallel(self._buf, self._n_buf, True)
         self._n_buf = n
         self._compacted = n
         self._shared = True  # the table views the buffer: copy it before counting on
@@ -205,7 +208,9 @@ class ContingencyCounter:
 
     def _own_buffer(self) -> None:
         if self._shared:
-            self._buf = self._buf.copy()
+            new = np.empty_like(self._buf)  # same capacity, pages untouched beyond the rows
+            new[: self._n_buf] = self._buf[: self._n_buf]
+            self._buf = new
             self._shared = False
 
 
