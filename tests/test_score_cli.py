@@ -172,3 +172,19 @@ def test_scorer_stage_rejects_wrong_inputs(tmp_path: Path) -> None:
         _stage("cremi-neurons", tmp_path).run({"truth": None, "prediction": None})
     with pytest.raises(DataError, match="regions"):
         _stage("neurofinder", tmp_path).run({"truth": 1, "prediction": 2})
+
+
+def test_batch_input_errors(tmp_path: Path) -> None:
+    m = tmp_path / "m.csv"
+    m.write_text(f"truth,pred\n{N02[0]},{N02[1]}\n")
+    res = runner.invoke(app, ["score", "batch", "--manifest", str(m)])
+    assert res.exit_code == 1 and "metric" in res.stderr
+    res = runner.invoke(app, ["score", "batch", "--manifest", str(m), "--metric", "nope"])
+    assert res.exit_code == 1 and "unknown metric" in res.stderr
+    m.write_text("a,b\n1,2\n")
+    res = runner.invoke(app, ["score", "batch", "--manifest", str(m)])
+    assert res.exit_code == 1 and "truth,pred" in res.stderr
+    res = runner.invoke(app, ["score", "batch"])
+    assert res.exit_code == 1 and "--manifest" in res.stderr
+    res = runner.invoke(app, ["score", "cremi-partners", *map(str, P07), "--rounding", "up"])
+    assert res.exit_code == 1 and "--rounding" in res.stderr
