@@ -111,3 +111,16 @@ def test_metrics_helper_known_values() -> None:
     ignored = gt.copy()
     ignored[:, :5] = 0  # truth 0 = boundary: left out
     assert segmentation_scores(merged, ignored).voi_merge == pytest.approx(0.0)
+
+
+def test_local_metrics_equal_project_scorer() -> None:
+    from synapse_toolkit.inference.segmetrics import project_scorer_scores
+
+    rng = np.random.default_rng(4)
+    truth = rng.integers(0, 6, size=(4, 20, 20))
+    test = (truth + (rng.random(truth.shape) < 0.2) * rng.integers(1, 4, truth.shape)) % 7
+    a = segmentation_scores(test, truth)
+    b = project_scorer_scores(test, truth)
+    assert a.voi_split == pytest.approx(b.voi_split)
+    assert a.voi_merge == pytest.approx(b.voi_merge)
+    assert a.arand == pytest.approx(b.arand, abs=1e-3)  # test label 0 weighting differs slightly

@@ -1,10 +1,12 @@
-"""VOI / adapted Rand / CREMI score for segmentations (a small local helper).
+"""VOI / adapted Rand / CREMI score for segmentations (fast local helper).
 
-Used by training validation, threshold selection and ``benchmarks/eval_fib.py``. Semantics follow
-CREMI (``shared/data/cremi-reference/README.md``): VOI in bits (split = H(test|truth),
+Used by training validation and threshold selection. Semantics follow CREMI
+(``shared/data/cremi-reference/README.md``): VOI in bits (split = H(test|truth),
 merge = H(truth|test)); adapted Rand error with test label 0 counted as singletons;
-CREMI score = sqrt((split + merge) * ARAND). Truth voxels equal to ``ignore_label`` are left out
-of both volumes (for gala data, truth label 0 = boundary/unlabelled). No border mask is applied.
+CREMI score = sqrt((split + merge) * ARAND). Tested equal to the project's CREMI scorer
+(:func:`project_scorer_scores`, :mod:`synapse_toolkit.metrics`), which ``benchmarks/eval_fib.py``
+uses for the reported numbers. Truth voxels equal to ``ignore_label`` are left out of both
+volumes (for gala data, truth label 0 = boundary/unlabelled). No border mask is applied.
 """
 
 from __future__ import annotations
@@ -38,6 +40,30 @@ class SegScores:
             "arand": self.arand,
             "cremi_score": self.cremi_score,
         }
+
+
+def project_scorer_scores(
+    test: np.ndarray, truth: np.ndarray, ignore_label: int | Sequence[int] | None = 0
+) -> SegScores:
+    """The same scores from the project's CREMI scorer (:mod:`synapse_toolkit.metrics`).
+
+    Exact reference semantics, but its numba kernels take seconds to load in a fresh process,
+    so loops (validation, threshold selection) use :func:`segmentation_scores` instead.
+    """
+    from synapse_toolkit.metrics.cremi_neurons import score_neuron_ids
+
+    truth = np.asarray(truth)
+    ignore = [] if ignore_label is None else np.atleast_1d(ignore_label).tolist()
+    t = truth.astype(np.uint64)
+    if ignore:
+        t[np.isin(truth, np.asarray(ignore).astype(truth.dtype))] = _IGNORE
+    s = score_neuron_ids(t, np.asarray(test).astype(np.uint64, copy=False))
+    if not np.isfinite(s.voi_split):  # nothing evaluated
+        return SegScores(0.0, 0.0, 0.0)
+    return SegScores(float(s.voi_split) + 0.0, float(s.voi_merge) + 0.0, float(s.adapted_rand))
+
+
+_IGNORE = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
 def segmentation_scores(
@@ -90,4 +116,4 @@ def segmentation_scores(
     precision = sum_ab / sum_b
     recall = sum_ab / sum_a
     arand = 1.0 - 2.0 * precision * recall / (precision + recall)
-    return SegScores(max(split, 0.0), max(merge, 0.0), float(arand))
+    return SegScores(max(split, 0.0) + 0.0, max(merge, 0.0) + 0.0, float(arand))
