@@ -124,3 +124,18 @@ def test_local_metrics_equal_project_scorer() -> None:
     assert a.voi_split == pytest.approx(b.voi_split)
     assert a.voi_merge == pytest.approx(b.voi_merge)
     assert a.arand == pytest.approx(b.arand, abs=1e-3)  # test label 0 weighting differs slightly
+
+
+def test_plugin_registers_its_stages_and_model() -> None:
+    import syntk_neurons
+    from synapse_toolkit.plugin_manager import load_plugins
+
+    plugins = load_plugins(extra_modules={"neurons-under-test": syntk_neurons})
+    reg = plugins.stages
+    assert reg.get("agglomerator", "waterz").cls is WaterzAgglomerator
+    assert reg.get("detector", "affinity-unet").cls.__name__ == "AffinityDetector"
+    assert reg.get("loader", "hdf5-volumes").cls.__name__ == "Hdf5VolumesLoader"
+    from syntk_neurons.models import registry_entries
+
+    for entry in registry_entries():  # shipped models are pinned by their sidecar hash
+        assert len(entry["sha256"]) == 64 and entry["kind"] == "model"
