@@ -128,6 +128,7 @@ def test_local_metrics_equal_project_scorer() -> None:
 
 def test_plugin_registers_its_stages_and_model() -> None:
     import syntk_neurons
+
     from synapse_toolkit.plugin_manager import load_plugins
 
     plugins = load_plugins(extra_modules={"neurons-under-test": syntk_neurons})
