@@ -99,3 +99,12 @@ def test_bad_parameters_raise() -> None:
         CalciumPhantomParams(shape=(4, 4))
     with pytest.raises(SyntkError, match="cell count"):
         CalciumPhantomParams(n_cells=-1)
+
+
+def test_ground_truth_against_itself_is_perfect(movie, tmp_path: Path) -> None:
+    from synapse_toolkit.metrics.neurofinder import load_regions, score_neurofinder
+
+    out = write_calcium(movie, tmp_path / "nf")
+    regions = load_regions(out / "regions" / "regions.json")
+    s = score_neurofinder(regions, movie.regions)
+    assert (s.recall, s.precision, s.combined, s.inclusion, s.exclusion) == (1, 1, 1, 1, 1)
