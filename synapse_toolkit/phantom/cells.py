@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.spatial import cKDTree
 
+from synapse_toolkit.phantom.nearest import GridIndex
 from synapse_toolkit.phantom.noise import SineField, rng_for
 from synapse_toolkit.phantom.params import EMPhantomParams
 
@@ -24,6 +24,7 @@ _CORE_GAP_NM = 55.0  # core ring sits this far inside the neurite surface
 _SAMPLE_NM = 30.0  # spacing of core points along the axis
 _RING_SPACING_NM = 45.0  # spacing of core points around the ring
 _QUERY_CHUNK = 1 << 20
+_GRID_NM = 60.0  # cell of the nearest-core-point index
 
 #: Seed streams (so adding a feature never changes another feature's random numbers).
 STREAM_GROWTH = 1
@@ -235,7 +236,9 @@ class NeuronField:
         self.point_label = np.concatenate(owners) if owners else np.ones(1, np.uint32)
         points = np.concatenate(clouds) if clouds else np.zeros((1, 3))
         del clouds, owners
-        self.tree = cKDTree(points, balanced_tree=False, compact_nodes=False, copy_data=False)
+        self.index = GridIndex(points, _GRID_NM)
+        del points
+        self.point_label = self.point_label[self.index.order]  # in the index's sorted order
         wrng = rng_for(params.seed, STREAM_WARP)
         amp = params.warp_amplitude_nm
         self._warps = [(amp, SineField(wrng, 5, (600.0, 1500.0))) for _ in range(3)] + [
@@ -245,7 +248,7 @@ class NeuronField:
     @property
     def points(self) -> np.ndarray:
         """Core points (n, 3) nm; ``point_label`` holds their neuron ids."""
-        return self.tree.data
+        return self.index.points
 
     def warp(self, pts: np.ndarray) -> np.ndarray:
         """Warped positions (N, 3) nm at which the nearest core point is looked up."""
@@ -261,7 +264,7 @@ class NeuronField:
         out = np.empty(len(pts), np.uint64)
         for a in range(0, len(pts), _QUERY_CHUNK):
             chunk = pts[a : a + _QUERY_CHUNK]
-            _, idx = self.tree.query(self.warp(chunk), k=1)
+            idx = self.index.nearest_sorted(self.warp(chunk))
             out[a : a + len(chunk)] = self.point_label[idx]  # uint32 -> uint64
         return out
 
@@ -280,6 +283,6 @@ class NeuronField:
             pts = np.stack([zz.ravel(), yy.ravel(), xx.ravel()], axis=1)
             for i, (amp, field) in enumerate(self._warps):
                 pts[:, i % 3] += amp * field.grid(z, y, x).ravel()
-            _, idx = self.tree.query(pts, k=1)
+            idx = self.index.nearest_sorted(pts)
             out[z0 : z0 + len(zs)] = self.point_label[idx].reshape(len(zs), shape[1], shape[2])
         return out
