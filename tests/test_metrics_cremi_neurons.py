@@ -184,3 +184,11 @@ def test_neuron_contingency_counts_ignored_voxels() -> None:
     table = neuron_contingency(t, np.array([[[5, 5, 5, 5]]], np.uint64))
     assert table.n_total == 4 and table.n_ignored == 1 and table.n_evaluated == 3
     assert sorted(table.truth.tolist()) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("name", ["N07_test_label_zero", "N08_salt_pepper_large_ids"])
+def test_table_path_equals_fused_path(name: str) -> None:
+    d = _load(name)
+    kw = {"border_threshold_nm": 25.0, "voxel_size_nm": tuple(d["resolution"])}
+    table = neuron_contingency(d["truth"], d["test"], **kw)
+    assert scores_from_contingency(table) == score_neuron_ids(d["truth"], d["test"], **kw)

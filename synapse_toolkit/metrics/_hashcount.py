@@ -139,12 +139,12 @@ def flush_cache(cache: np.ndarray, buf: np.ndarray, n_buf: np.int64):
     return buf, n_buf
 
 
-def _compact_impl(buf: np.ndarray, n: np.int64, with_b_marginal: bool):
-    """Sum duplicate (a, b) rows of ``buf[:n]`` in place.
+@njit(cache=True, nogil=True, parallel=True)
+def _partition(buf: np.ndarray, n: np.int64):
+    """Counting sort of ``buf[:n]`` rows into partitions by the top bits of hash(b).
 
-    Returns (n_out, nb): ``buf[:n_out]`` holds distinct pairs with summed counts (grouped by
-    partition, otherwise unordered); ``nb[k]`` is the total count of ``buf[k, 1]`` over all
-    pairs (only if ``with_b_marginal``, else an empty array).
+    Returns (tmp, starts): the rows of partition k are ``tmp[starts[k]:starts[k + 1]]``.
+    Partitions hold about ``_PART_TARGET`` rows, so each one is aggregated in cache.
     """
     n_parts = 1
     while n_parts * _PART_TARGET < n:
@@ -154,7 +154,6 @@ def _compact_impl(buf: np.ndarray, n: np.int64, with_b_marginal: bool):
     while p > 1:
         p //= 2
         shift -= np.uint64(1)
-    # counting sort of rows by partition = top bits of hash(b), in row chunks (parallel)
     n_chunks = 4 if n > (1 << 20) else 1
     cb = np.empty(n_chunks + 1, dtype=np.int64)
     for c in range(n_chunks + 1):
@@ -185,6 +184,75 @@ def _compact_impl(buf: np.ndarray, n: np.int64, with_b_marginal: bool):
             tmp[j, 1] = buf[i, 1]
             tmp[j, 2] = buf[i, 2]
             fill[k] = j + 1
+    return tmp, starts
+
+
+@njit(cache=True, nogil=True)
+def _aggregate(tmp: np.ndarray, lo: np.int64, hi: np.int64):
+    """Sum duplicate (a, b) rows of ``tmp[lo:hi]`` in place (all rows of one b lie in this
+    range). Returns (out, group, bsum): distinct pairs are ``tmp[lo:out]``; row r's b has total
+    count ``bsum[group[r - lo]]``."""
+    size = 16
+    while size < 2 * (hi - lo):
+        size *= 2
+    mask = np.uint64(size - 1)
+    pair_slot = np.full(size, -1, dtype=np.int32)  # slot -> row offset from lo
+    b_slot = np.full(size, -1, dtype=np.int32)
+    bkey = np.empty(hi - lo, dtype=np.uint64)
+    bsum = np.empty(hi - lo, dtype=np.uint64)
+    group = np.empty(hi - lo, dtype=np.int32)
+    n_b = 0
+    out = lo
+    # the write position never passes the read position
+    for j in range(lo, hi):
+        a = tmp[j, 0]
+        b = tmp[j, 1]
+        c = tmp[j, 2]
+        g = 0
+        s = np.int64(_mix1(b) & mask)
+        while True:
+            q = b_slot[s]
+            if q < 0:
+                b_slot[s] = n_b
+                bkey[n_b] = b
+                bsum[n_b] = c
+                g = n_b
+                n_b += 1
+                break
+            if bkey[q] == b:
+                bsum[q] += c
+                g = q
+                break
+            s = (s + 1) & np.int64(mask)
+        s = np.int64(_mix2(a, b) & mask)
+        while True:
+            r = pair_slot[s]
+            if r < 0:
+                pair_slot[s] = out - lo
+                tmp[out, 0] = a
+                tmp[out, 1] = b
+                tmp[out, 2] = c
+                group[out - lo] = g
+                out += 1
+                break
+            if tmp[lo + r, 0] == a and tmp[lo + r, 1] == b:
+                tmp[lo + r, 2] += c
+                break
+            s = (s + 1) & np.int64(mask)
+    return out, group, bsum
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def compact(buf: np.ndarray, n: np.int64, with_b_marginal: bool):
+    """Sum duplicate (a, b) rows of ``buf[:n]`` in place (parallel over partitions).
+
+    Returns (n_out, nb): ``buf[:n_out]`` holds distinct pairs with summed counts (grouped by
+    partition, otherwise unordered); ``nb[k]`` is the total count of ``buf[k, 1]`` over all
+    pairs (only if ``with_b_marginal``, else an empty array). Launches numba threads: callers
+    must not run two of these at once (see ``contingency._PARALLEL_LOCK``).
+    """
+    tmp, starts = _partition(buf, n)
+    n_parts = starts.shape[0] - 1
     n_out = np.zeros(n_parts, dtype=np.int64)
     nb_tmp = np.empty(n if with_b_marginal else 0, dtype=np.uint64)
     for k in prange(n_parts):
@@ -192,55 +260,7 @@ def _compact_impl(buf: np.ndarray, n: np.int64, with_b_marginal: bool):
         hi = starts[k + 1]
         if hi == lo:
             continue
-        size = 16
-        while size < 2 * (hi - lo):
-            size *= 2
-        mask = np.uint64(size - 1)
-        pair_slot = np.full(size, -1, dtype=np.int32)  # slot -> row offset from lo
-        b_slot = np.full(size if with_b_marginal else 1, -1, dtype=np.int32)
-        bkey = np.empty(hi - lo if with_b_marginal else 1, dtype=np.uint64)
-        bsum = np.empty(hi - lo if with_b_marginal else 1, dtype=np.uint64)
-        group = np.empty(hi - lo if with_b_marginal else 1, dtype=np.int32)
-        n_b = 0
-        out = lo
-        # aggregate in place: the write position never passes the read position
-        for j in range(lo, hi):
-            a = tmp[j, 0]
-            b = tmp[j, 1]
-            c = tmp[j, 2]
-            g = 0
-            if with_b_marginal:
-                s = np.int64(_mix1(b) & mask)
-                while True:
-                    q = b_slot[s]
-                    if q < 0:
-                        b_slot[s] = n_b
-                        bkey[n_b] = b
-                        bsum[n_b] = c
-                        g = n_b
-                        n_b += 1
-                        break
-                    if bkey[q] == b:
-                        bsum[q] += c
-                        g = q
-                        break
-                    s = (s + 1) & np.int64(mask)
-            s = np.int64(_mix2(a, b) & mask)
-            while True:
-                r = pair_slot[s]
-                if r < 0:
-                    pair_slot[s] = out - lo
-                    tmp[out, 0] = a
-                    tmp[out, 1] = b
-                    tmp[out, 2] = c
-                    if with_b_marginal:
-                        group[out - lo] = g
-                    out += 1
-                    break
-                if tmp[lo + r, 0] == a and tmp[lo + r, 1] == b:
-                    tmp[lo + r, 2] += c
-                    break
-                s = (s + 1) & np.int64(mask)
+        out, group, bsum = _aggregate(tmp, lo, hi)
         n_out[k] = out - lo
         if with_b_marginal:
             for r in range(lo, out):
@@ -259,12 +279,6 @@ def _compact_impl(buf: np.ndarray, n: np.int64, with_b_marginal: bool):
             if with_b_marginal:
                 nb[d + r] = nb_tmp[lo + r]
     return dest[n_parts], nb
-
-
-#: Serial compaction (safe to call from several Python threads at once).
-compact = njit(cache=True, nogil=True)(_compact_impl)
-#: Compaction parallel over partitions (numba threads); call from one thread at a time.
-compact_parallel = njit(cache=True, nogil=True, parallel=True)(_compact_impl)
 
 
 @njit(cache=True, nogil=True)
@@ -412,3 +426,77 @@ def neuron_sums(
             sum_b += ci * np.int64(pm)
             sum_ab += ci * ci
     return s_int, s_frac, m_int, m_frac, sum_a, sum_b, sum_ab, c0
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def neuron_sums_from_buffer(buf: np.ndarray, n: np.int64, t_keys: np.ndarray, t_sums: np.ndarray):
+    """:func:`neuron_sums` over the *unaggregated* rows ``buf[:n]`` (partitioned and summed on
+    the fly, without building the table). Returns an (n_partitions, 8) int64 array of partial
+    accumulators in the order of :func:`neuron_sums`' results, to be added exactly.
+    Launches numba threads (see :func:`compact`)."""
+    lut = _LOG2_LUT
+    cap = 16
+    while cap < 2 * t_keys.shape[0]:
+        cap *= 2
+    tmask = np.uint64(cap - 1)
+    tslot = np.full(cap, -1, dtype=np.int64)
+    for g in range(t_keys.shape[0]):
+        s = np.int64(_mix1(t_keys[g]) & tmask)
+        while tslot[s] >= 0:
+            s = (s + 1) & np.int64(tmask)
+        tslot[s] = g
+    log_t = np.empty(t_keys.shape[0], dtype=np.float64)
+    for g in range(t_keys.shape[0]):
+        log_t[g] = math.log2(np.float64(t_sums[g]))
+    tmp, starts = _partition(buf, n)
+    n_parts = starts.shape[0] - 1
+    acc = np.zeros((n_parts, 8), dtype=np.int64)
+    for k in prange(n_parts):
+        lo = starts[k]
+        hi = starts[k + 1]
+        if hi == lo:
+            continue
+        out, group, bsum = _aggregate(tmp, lo, hi)
+        s_int = np.int64(0)
+        s_frac = np.int64(0)
+        m_int = np.int64(0)
+        m_frac = np.int64(0)
+        sum_a = np.int64(0)
+        sum_b = np.int64(0)
+        sum_ab = np.int64(0)
+        c0 = np.int64(0)
+        for r in range(lo, out):
+            c = tmp[r, 2]
+            t = tmp[r, 0]
+            s = np.int64(_mix1(t) & tmask)
+            while t_keys[tslot[s]] != t:
+                s = (s + 1) & np.int64(tmask)
+            g = tslot[s]
+            tm = t_sums[g]
+            lc = _log2_count(c, lut)
+            cf = np.float64(c)
+            if c != tm:
+                v = cf * (log_t[g] - lc)
+                if v > 0:
+                    s_int, s_frac = _fixed_add(s_int, s_frac, v)
+            pm = bsum[group[r - lo]]
+            if c != pm:
+                v = cf * (_log2_count(pm, lut) - lc)
+                if v > 0:
+                    m_int, m_frac = _fixed_add(m_int, m_frac, v)
+            ci = np.int64(c)
+            sum_a += ci * np.int64(tm)
+            if tmp[r, 1] == 0:
+                c0 += ci
+            else:
+                sum_b += ci * np.int64(pm)
+                sum_ab += ci * ci
+        acc[k, 0] = s_int
+        acc[k, 1] = s_frac
+        acc[k, 2] = m_int
+        acc[k, 3] = m_frac
+        acc[k, 4] = sum_a
+        acc[k, 5] = sum_b
+        acc[k, 6] = sum_ab
+        acc[k, 7] = c0
+    return acc

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -166,7 +167,8 @@ class ContingencyCounter:
     def _maybe_compact(self) -> None:
         # keep the buffer bounded: compact once it doubled since the last compaction
         if self._n_buf > max(self.buffer_rows, 2 * self._compacted):
-            self._n_buf, _ = hc.compact(self._buf, self._n_buf, False)
+            with _PARALLEL_LOCK:  # numba's parallel layers need not allow concurrent launches
+                self._n_buf, _ = hc.compact(self._buf, self._n_buf, False)
             self._compacted = self._n_buf
 
     def add_table(self, table: Contingency, compact: bool = True) -> None:
@@ -200,11 +202,23 @@ class ContingencyCounter:
         """The table counted so far (with ``pred_marginal``)."""
         self._flush()
         with _PARALLEL_LOCK:  # numba's parallel layers need not allow concurrent launches
-            n, nb = hc.compact_parallel(self._buf, self._n_buf, True)
+            n, nb = hc.compact(self._buf, self._n_buf, True)
         self._n_buf = n
         self._compacted = n
         self._shared = True  # the table views the buffer: copy it before counting on
         return Contingency(self._buf[:n], self.n_total, self.n_ignored, nb)
+
+    def truth_sums(self, n_threads: int = 2) -> tuple[np.ndarray, np.ndarray]:
+        """Distinct truth ids counted so far and their voxel counts."""
+        self._flush()
+        return key_sums(self._buf[: self._n_buf], n_threads)
+
+    def neuron_sums(self, n_threads: int = 2) -> NeuronSums:
+        """The VOI / adapted-Rand sums of everything counted, without building the table."""
+        t_keys, t_sums = self.truth_sums(n_threads)
+        with _PARALLEL_LOCK:
+            acc = hc.neuron_sums_from_buffer(self._buf, self._n_buf, t_keys, t_sums)
+        return NeuronSums.combine(acc.tolist(), self.n_total, self.n_ignored)
 
     def _own_buffer(self) -> None:
         if self._shared:
@@ -214,6 +228,75 @@ class ContingencyCounter:
             self._shared = False
 
 
+def key_sums(rows: np.ndarray, n_threads: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct ids of column 0 of (n, 3) ``rows`` and their summed counts (column 2)."""
+    rows = np.ascontiguousarray(rows)
+    k = max(1, min(int(n_threads), rows.shape[0] // (1 << 18) + 1))
+    if k == 1:
+        return hc.key_sums(rows, 0)
+    bounds = np.linspace(0, rows.shape[0], k + 1).astype(np.int64)
+    with ThreadPoolExecutor(k) as pool:
+        parts = list(pool.map(lambda i: hc.key_sums(rows[bounds[i] : bounds[i + 1]], 0), range(k)))
+    merged = np.zeros((sum(len(u) for u, _ in parts), 3), np.uint64)
+    merged[:, 0] = np.concatenate([u for u, _ in parts])
+    merged[:, 2] = np.concatenate([c for _, c in parts])
+    return hc.key_sums(merged, 0)
+
+
+@dataclass(frozen=True)
+class NeuronSums:
+    """Order-independent sums behind VOI and adapted Rand (see :func:`hc.neuron_sums`).
+
+    ``split_bits = sum n_ij log2(n_j / n_ij)``, ``merge_bits = sum n_ij log2(n_i / n_ij)``
+    (n_j truth sizes, n_i prediction sizes); ``sum_truth_sq = sum n_j^2``,
+    ``sum_pred_sq`` and ``sum_pair_sq`` over prediction ids != 0, ``n_pred_zero`` evaluated
+    voxels with prediction 0.
+    """
+
+    split_bits: float
+    merge_bits: float
+    sum_truth_sq: int
+    sum_pred_sq: int
+    sum_pair_sq: int
+    n_pred_zero: int
+    n_total: int
+    n_ignored: int
+
+    @classmethod
+    def combine(cls, parts: Sequence[Sequence[int]], n_total: int, n_ignored: int) -> NeuronSums:
+        """Add partial accumulators exactly (fixed point: value = int + frac / 2**62)."""
+        one = 1 << 62
+        split = sum(int(p[0]) * one + int(p[1]) for p in parts)
+        merge = sum(int(p[2]) * one + int(p[3]) for p in parts)
+        ints = [sum(int(p[j]) for p in parts) for j in range(4, 8)]
+        return cls(
+            float(split // one) + float(split % one) / one,
+            float(merge // one) + float(merge % one) / one,
+            ints[0], ints[1], ints[2], ints[3], int(n_total), int(n_ignored),
+        )  # fmt: skip
+
+
+def table_neuron_sums(table: Contingency, n_threads: int = 2) -> NeuronSums:
+    """:class:`NeuronSums` of an aggregated table (rows summed in ``n_threads`` chunks)."""
+    t = table.with_pred_marginal()
+    rows = np.ascontiguousarray(t.rows)
+    pm = np.ascontiguousarray(t.pred_marginal, dtype=np.uint64)
+    t_keys, t_sums = key_sums(rows, n_threads)
+    k = max(1, min(int(n_threads), rows.shape[0] // (1 << 18) + 1))
+    bounds = np.linspace(0, rows.shape[0], k + 1).astype(np.int64)
+
+    def part(i: int) -> tuple[int, ...]:
+        sl = slice(int(bounds[i]), int(bounds[i + 1]))
+        return hc.neuron_sums(rows[sl], pm[sl], t_keys, t_sums)
+
+    if k == 1:
+        parts = [part(0)]
+    else:
+        with ThreadPoolExecutor(k) as pool:
+            parts = list(pool.map(part, range(k)))
+    return NeuronSums.combine(parts, table.n_total, table.n_ignored)
+
+
 def count_arrays(
     truth: np.ndarray,
     pred: np.ndarray,
@@ -221,8 +304,10 @@ def count_arrays(
     *,
     ignore_truth: int | None = 0xFFFFFFFFFFFFFFFF,
     n_threads: int = 2,
-) -> Contingency:
-    """Contingency table of two in-memory arrays, counted with ``n_threads`` threads."""
+    as_counter: bool = False,
+) -> Any:
+    """Contingency table of two in-memory arrays, counted with ``n_threads`` threads (or the
+    :class:`ContingencyCounter` holding the counts, if ``as_counter``)."""
     t = np.asarray(truth)
     p = np.asarray(pred)
     if t.shape != p.shape:
@@ -249,7 +334,7 @@ def count_arrays(
     total = counters[0]
     for c in counters[1:]:
         total.merge(c)
-    return total.result()
+    return total if as_counter else total.result()
 
 
 def sum_tables(tables: Sequence[Contingency]) -> Contingency:

@@ -29,7 +29,6 @@ scoring equals in-memory scoring exactly.
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -38,9 +37,14 @@ import numpy as np
 
 from synapse_toolkit.blockwise import iter_blocks
 from synapse_toolkit.errors import DataError
-from synapse_toolkit.metrics._hashcount import key_sums, neuron_sums
 from synapse_toolkit.metrics._volumes import check_labels, resolve_voxel_size, unwrap
-from synapse_toolkit.metrics.contingency import Contingency, ContingencyCounter, count_arrays
+from synapse_toolkit.metrics.contingency import (
+    Contingency,
+    ContingencyCounter,
+    NeuronSums,
+    count_arrays,
+    table_neuron_sums,
+)
 
 #: Truth id ignored by the evaluation (unlabelled voxels).
 IGNORE_LABEL = 0xFFFFFFFFFFFFFFFF
@@ -73,63 +77,35 @@ class NeuronScores:
         return d
 
 
-def _sums(table: Contingency, n_threads: int) -> tuple[float, float, int, int, int, int]:
-    """Entropy (bits) and adapted-Rand sums of a table, over ``n_threads`` row chunks."""
-    rows = np.ascontiguousarray(table.rows)
-    pm = np.ascontiguousarray(table.pred_marginal, dtype=np.uint64)
-    k = max(1, min(int(n_threads), rows.shape[0] // (1 << 18) + 1))
-    bounds = np.linspace(0, rows.shape[0], k + 1).astype(np.int64)
-    chunks = [(rows[bounds[i] : bounds[i + 1]], pm[bounds[i] : bounds[i + 1]]) for i in range(k)]
-    if k == 1:
-        t_keys, t_sums = key_sums(rows, 0)
-        parts = [neuron_sums(rows, pm, t_keys, t_sums)]
-    else:
-        with ThreadPoolExecutor(k) as pool:
-            keys = list(pool.map(lambda c: key_sums(c[0], 0), chunks))
-            merged = Contingency.from_arrays(
-                np.concatenate([u for u, _ in keys]), np.zeros(sum(len(u) for u, _ in keys)),
-                np.concatenate([s for _, s in keys]), 0, 0,
-            )  # fmt: skip
-            t_keys, t_sums = key_sums(merged.rows, 0)
-            parts = list(pool.map(lambda c: neuron_sums(c[0], c[1], t_keys, t_sums), chunks))
-    # combine the fixed-point accumulators exactly (Python integers)
-    one = 1 << 62
-    split = sum(int(p[0]) * one + int(p[1]) for p in parts)
-    merge = sum(int(p[2]) * one + int(p[3]) for p in parts)
-    ints = [sum(int(p[j]) for p in parts) for j in range(4, 8)]
-    return (
-        float(split // one) + float(split % one) / one,
-        float(merge // one) + float(merge % one) / one,
-        *ints,
-    )  # type: ignore[return-value]
+def scores_from_sums(sums: NeuronSums) -> NeuronScores:
+    """VOI and adapted Rand from the order-independent sums (see the module docstring)."""
+    nan = float("nan")
+    n_eval = sums.n_total - sums.n_ignored
+    if n_eval <= 0:
+        return NeuronScores(nan, nan, nan, nan, nan, sums.n_total, sums.n_ignored)
+    n = float(n_eval)
+    c_over_n = float(sums.n_pred_zero) / float(sums.n_total)
+    sum_b = float(sums.sum_pred_sq) + c_over_n
+    sum_ab = float(sums.sum_pair_sq) + c_over_n
+    precision = sum_ab / sum_b
+    recall = sum_ab / float(sums.sum_truth_sq)
+    fscore = 2.0 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    return NeuronScores(
+        voi_split=sums.split_bits / n,
+        voi_merge=sums.merge_bits / n,
+        adapted_rand=1.0 - fscore,
+        adapted_rand_precision=precision,
+        adapted_rand_recall=recall,
+        n_voxels=sums.n_total,
+        n_ignored_voxels=sums.n_ignored,
+    )
 
 
 def scores_from_contingency(table: Contingency, n_threads: int = 2) -> NeuronScores:
     """VOI and adapted Rand from a contingency table (see the module docstring)."""
-    nan = float("nan")
-    n_eval = table.n_evaluated
-    if n_eval <= 0 or len(table) == 0:
-        return NeuronScores(nan, nan, nan, nan, nan, table.n_total, table.n_ignored)
-    t = table.with_pred_marginal()
-    split_bits, merge_bits, sum_a, sum_b, sum_ab, c0 = _sums(t, n_threads)
-    n = float(n_eval)
-    voi_split = split_bits / n
-    voi_merge = merge_bits / n
-    c_over_n = float(c0) / float(table.n_total)
-    sum_b_f = float(sum_b) + c_over_n
-    sum_ab_f = float(sum_ab) + c_over_n
-    precision = sum_ab_f / sum_b_f
-    recall = sum_ab_f / float(sum_a)
-    fscore = 2.0 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
-    return NeuronScores(
-        voi_split=voi_split,
-        voi_merge=voi_merge,
-        adapted_rand=1.0 - fscore,
-        adapted_rand_precision=precision,
-        adapted_rand_recall=recall,
-        n_voxels=table.n_total,
-        n_ignored_voxels=table.n_ignored,
-    )
+    if table.n_evaluated <= 0 or len(table) == 0:
+        return scores_from_sums(NeuronSums(0.0, 0.0, 0, 0, 0, 0, table.n_total, table.n_ignored))
+    return scores_from_sums(table_neuron_sums(table, n_threads))
 
 
 # -- border mask ---------------------------------------------------------------------------------
@@ -215,7 +191,7 @@ def border_mask(
 # -- scoring -------------------------------------------------------------------------------------
 
 
-def neuron_contingency(
+def _neuron_counter(
     truth: Any,
     pred: Any,
     *,
@@ -224,8 +200,8 @@ def neuron_contingency(
     block_shape: tuple[int, int, int] | None = None,
     n_threads: int = 2,
     reference_single_label_sections: bool = True,
-) -> Contingency:
-    """The (truth, pred) contingency table with the CREMI ignore rules applied.
+) -> ContingencyCounter:
+    """The counter of the (truth, pred) contingency table with the CREMI ignore rules applied.
 
     ``truth``/``pred``: numpy arrays, h5py/zarr datasets or :class:`~synapse_toolkit.data.Volume`.
     In-memory arrays without ``block_shape`` are counted directly (multi-threaded); otherwise the
@@ -256,7 +232,9 @@ def neuron_contingency(
         mask = None
         if max_dist is not None:
             mask = border_mask(t_arr, max_dist, None, reference_single_label_sections, n_threads)
-        return count_arrays(t_arr, p_arr, mask, ignore_truth=IGNORE_LABEL, n_threads=n_threads)
+        return count_arrays(
+            t_arr, p_arr, mask, ignore_truth=IGNORE_LABEL, n_threads=n_threads, as_counter=True
+        )
 
     bs = block_shape or (16, shape[1], shape[2])
     counter = ContingencyCounter(IGNORE_LABEL)
@@ -268,7 +246,30 @@ def neuron_contingency(
         if max_dist is not None:
             mask = border_mask(t_arr, max_dist, roi, reference_single_label_sections, n_threads)
         counter.update(tb, pb, mask)
-    return counter.result()
+    return counter
+
+
+def neuron_contingency(
+    truth: Any,
+    pred: Any,
+    *,
+    border_threshold_nm: float | None = None,
+    voxel_size_nm: tuple[float, float, float] | None = None,
+    block_shape: tuple[int, int, int] | None = None,
+    n_threads: int = 2,
+    reference_single_label_sections: bool = True,
+) -> Contingency:
+    """The (truth, pred) contingency table with the CREMI ignore rules applied.
+
+    ``truth``/``pred``: numpy arrays, h5py/zarr datasets or :class:`~synapse_toolkit.data.Volume`.
+    In-memory arrays without ``block_shape`` are counted directly (multi-threaded); otherwise the
+    volumes are read block by block (``block_shape`` default: 16 full sections).
+    """
+    return _neuron_counter(
+        truth, pred, border_threshold_nm=border_threshold_nm, voxel_size_nm=voxel_size_nm,
+        block_shape=block_shape, n_threads=n_threads,
+        reference_single_label_sections=reference_single_label_sections,
+    ).result()  # fmt: skip
 
 
 def score_neuron_ids(
@@ -282,9 +283,13 @@ def score_neuron_ids(
     reference_single_label_sections: bool = True,
 ) -> NeuronScores:
     """CREMI neuron scores of ``pred`` against ``truth`` (see the module docstring)."""
-    table = neuron_contingency(
+    counter = _neuron_counter(
         truth, pred, border_threshold_nm=border_threshold_nm, voxel_size_nm=voxel_size_nm,
         block_shape=block_shape, n_threads=n_threads,
         reference_single_label_sections=reference_single_label_sections,
     )  # fmt: skip
-    return scores_from_contingency(table, n_threads)
+    if counter.n_total - counter.n_ignored <= 0:
+        return scores_from_sums(
+            NeuronSums(0.0, 0.0, 0, 0, 0, 0, counter.n_total, counter.n_ignored)
+        )
+    return scores_from_sums(counter.neuron_sums(n_threads))
