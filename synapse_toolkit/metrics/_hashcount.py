@@ -7,15 +7,18 @@ would pay a cache and TLB miss per new id, so counting is done in three cache-fr
 1. :func:`count_runs` walks the voxels in memory order, counts runs of equal (a, b) pairs in a
    register and adds each run to a small direct-mapped cache (a table that fits in L2). A run
    whose slot holds another pair evicts that pair to an append-only buffer.
-2. :func:`compact` aggregates the buffer: entries are scattered into partitions by a hash of
-   ``b`` (a counting sort), then each partition is summed with a small hash table that stays in
-   cache. All entries of one ``b`` land in one partition, so ``b``'s marginal count is available
-   per pair at the same time.
+2. Compaction aggregates the buffer: entries are scattered into partitions by a hash of ``b``
+   (a counting sort: :func:`partition_hist`, :func:`partition_scatter`), then each partition is
+   summed with a small hash table that stays in cache (:func:`aggregate_parts`). All entries of
+   one ``b`` land in one partition, so ``b``'s marginal count is available per pair at the same
+   time (and :func:`sums_parts` computes the neuron sums right there).
 3. :func:`group_sum` sums counts by key (used for the ``a`` marginals) and
    :func:`neuron_sums` accumulates the VOI / adapted-Rand sums in one pass.
 
 Tables are ``(n, 3)`` uint64 arrays of rows ``(a, b, count)``; ``count == 0`` marks an empty
-cache slot, so every uint64 label (including ``2**64 - 1``) is a valid key.
+cache slot, so every uint64 label (including ``2**64 - 1``) is a valid key. All kernels are
+serial and release the GIL; :mod:`~synapse_toolkit.metrics.contingency` runs them on row or
+partition ranges in Python threads (no numba threading layer, no busy-waiting threads).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 _M1 = np.uint64(0x9E3779B97F4A7C15)
 _M2 = np.uint64(0xC2B2AE3D27D4EB4F)
@@ -139,52 +142,38 @@ def flush_cache(cache: np.ndarray, buf: np.ndarray, n_buf: np.int64):
     return buf, n_buf
 
 
-@njit(cache=True, nogil=True, parallel=True)
-def _partition(buf: np.ndarray, n: np.int64):
-    """Counting sort of ``buf[:n]`` rows into partitions by the top bits of hash(b).
-
-    Returns (tmp, starts): the rows of partition k are ``tmp[starts[k]:starts[k + 1]]``.
-    Partitions hold about ``_PART_TARGET`` rows, so each one is aggregated in cache.
-    """
+def n_partitions(n: int) -> tuple[int, int]:
+    """(number of partitions, hash shift) for ``n`` buffered rows (~``_PART_TARGET`` rows each)."""
     n_parts = 1
     while n_parts * _PART_TARGET < n:
         n_parts *= 2
-    shift = np.uint64(64)
-    p = n_parts
-    while p > 1:
-        p //= 2
-        shift -= np.uint64(1)
-    n_chunks = 4 if n > (1 << 20) else 1
-    cb = np.empty(n_chunks + 1, dtype=np.int64)
-    for c in range(n_chunks + 1):
-        cb[c] = (n * c) // n_chunks
-    hist = np.zeros((n_chunks, n_parts), dtype=np.int64)
-    part = np.empty(n, dtype=np.int32)
-    for c in prange(n_chunks):
-        for i in range(cb[c], cb[c + 1]):
-            k = 0 if n_parts == 1 else np.int64(_mix1(buf[i, 1]) >> shift)
-            part[i] = k
-            hist[c, k] += 1
-    starts = np.zeros(n_parts + 1, dtype=np.int64)
-    offs = np.empty((n_chunks, n_parts), dtype=np.int64)
-    run = 0
-    for k in range(n_parts):
-        starts[k] = run
-        for c in range(n_chunks):
-            offs[c, k] = run
-            run += hist[c, k]
-    starts[n_parts] = run
-    tmp = np.empty((n, 3), dtype=np.uint64)
-    for c in prange(n_chunks):
-        fill = offs[c].copy()
-        for i in range(cb[c], cb[c + 1]):
-            k = part[i]
-            j = fill[k]
-            tmp[j, 0] = buf[i, 0]
-            tmp[j, 1] = buf[i, 1]
-            tmp[j, 2] = buf[i, 2]
-            fill[k] = j + 1
-    return tmp, starts
+    return n_parts, 64 - (n_parts.bit_length() - 1)
+
+
+@njit(cache=True, nogil=True)
+def partition_hist(buf: np.ndarray, lo: np.int64, hi: np.int64, n_parts: np.int64,
+                   shift: np.uint64, part: np.ndarray) -> np.ndarray:  # fmt: skip
+    """Partition (top bits of hash(b)) of rows ``buf[lo:hi]`` into ``part``; their histogram."""
+    hist = np.zeros(n_parts, dtype=np.int64)
+    for i in range(lo, hi):
+        k = 0 if n_parts == 1 else np.int64(_mix1(buf[i, 1]) >> shift)
+        part[i] = k
+        hist[k] += 1
+    return hist
+
+
+@njit(cache=True, nogil=True)
+def partition_scatter(buf: np.ndarray, lo: np.int64, hi: np.int64, part: np.ndarray,
+                      offsets: np.ndarray, tmp: np.ndarray) -> None:  # fmt: skip
+    """Copy rows ``buf[lo:hi]`` to ``tmp`` at their partition's next position (``offsets``)."""
+    fill = offsets.copy()
+    for i in range(lo, hi):
+        k = part[i]
+        j = fill[k]
+        tmp[j, 0] = buf[i, 0]
+        tmp[j, 1] = buf[i, 1]
+        tmp[j, 2] = buf[i, 2]
+        fill[k] = j + 1
 
 
 @njit(cache=True, nogil=True)
@@ -242,20 +231,14 @@ def _aggregate(tmp: np.ndarray, lo: np.int64, hi: np.int64):
     return out, group, bsum
 
 
-@njit(cache=True, nogil=True, parallel=True)
-def compact(buf: np.ndarray, n: np.int64, with_b_marginal: bool):
-    """Sum duplicate (a, b) rows of ``buf[:n]`` in place (parallel over partitions).
-
-    Returns (n_out, nb): ``buf[:n_out]`` holds distinct pairs with summed counts (grouped by
-    partition, otherwise unordered); ``nb[k]`` is the total count of ``buf[k, 1]`` over all
-    pairs (only if ``with_b_marginal``, else an empty array). Launches numba threads: callers
-    must not run two of these at once (see ``contingency._PARALLEL_LOCK``).
-    """
-    tmp, starts = _partition(buf, n)
-    n_parts = starts.shape[0] - 1
-    n_out = np.zeros(n_parts, dtype=np.int64)
-    nb_tmp = np.empty(n if with_b_marginal else 0, dtype=np.uint64)
-    for k in prange(n_parts):
+@njit(cache=True, nogil=True)
+def aggregate_parts(
+    tmp: np.ndarray, starts: np.ndarray, k0: np.int64, k1: np.int64,
+    n_out: np.ndarray, nb_tmp: np.ndarray, with_b_marginal: bool,
+) -> None:  # fmt: skip
+    """Aggregate partitions ``k0..k1-1`` of ``tmp`` in place; ``n_out[k]`` distinct rows each,
+    ``nb_tmp[r]`` the b marginal of row r (if ``with_b_marginal``)."""
+    for k in range(k0, k1):
         lo = starts[k]
         hi = starts[k + 1]
         if hi == lo:
@@ -265,11 +248,14 @@ def compact(buf: np.ndarray, n: np.int64, with_b_marginal: bool):
         if with_b_marginal:
             for r in range(lo, out):
                 nb_tmp[r] = bsum[group[r - lo]]
-    dest = np.zeros(n_parts + 1, dtype=np.int64)
-    for k in range(n_parts):
-        dest[k + 1] = dest[k] + n_out[k]
-    nb = np.empty(dest[n_parts] if with_b_marginal else 0, dtype=np.uint64)
-    for k in prange(n_parts):
+
+
+@njit(cache=True, nogil=True)
+def gather_parts(buf: np.ndarray, tmp: np.ndarray, starts: np.ndarray, dest: np.ndarray,
+                 n_out: np.ndarray, k0: np.int64, k1: np.int64, nb_tmp: np.ndarray,
+                 nb: np.ndarray, with_b_marginal: bool) -> None:  # fmt: skip
+    """Copy the aggregated rows of partitions ``k0..k1-1`` to ``buf[dest[k]:]``."""
+    for k in range(k0, k1):
         lo = starts[k]
         d = dest[k]
         for r in range(n_out[k]):
@@ -278,7 +264,6 @@ def compact(buf: np.ndarray, n: np.int64, with_b_marginal: bool):
             buf[d + r, 2] = tmp[lo + r, 2]
             if with_b_marginal:
                 nb[d + r] = nb_tmp[lo + r]
-    return dest[n_parts], nb
 
 
 @njit(cache=True, nogil=True)
@@ -428,13 +413,9 @@ def neuron_sums(
     return s_int, s_frac, m_int, m_frac, sum_a, sum_b, sum_ab, c0
 
 
-@njit(cache=True, nogil=True, parallel=True)
-def neuron_sums_from_buffer(buf: np.ndarray, n: np.int64, t_keys: np.ndarray, t_sums: np.ndarray):
-    """:func:`neuron_sums` over the *unaggregated* rows ``buf[:n]`` (partitioned and summed on
-    the fly, without building the table). Returns an (n_partitions, 8) int64 array of partial
-    accumulators in the order of :func:`neuron_sums`' results, to be added exactly.
-    Launches numba threads (see :func:`compact`)."""
-    lut = _LOG2_LUT
+@njit(cache=True, nogil=True)
+def truth_table(t_keys: np.ndarray, t_sums: np.ndarray):
+    """(slot table, log2 of sizes) for looking truth ids up in :func:`sums_parts`."""
     cap = 16
     while cap < 2 * t_keys.shape[0]:
         cap *= 2
@@ -448,23 +429,32 @@ def neuron_sums_from_buffer(buf: np.ndarray, n: np.int64, t_keys: np.ndarray, t_
     log_t = np.empty(t_keys.shape[0], dtype=np.float64)
     for g in range(t_keys.shape[0]):
         log_t[g] = math.log2(np.float64(t_sums[g]))
-    tmp, starts = _partition(buf, n)
-    n_parts = starts.shape[0] - 1
-    acc = np.zeros((n_parts, 8), dtype=np.int64)
-    for k in prange(n_parts):
+    return tslot, log_t
+
+
+@njit(cache=True, nogil=True)
+def sums_parts(
+    tmp: np.ndarray, starts: np.ndarray, k0: np.int64, k1: np.int64,
+    t_keys: np.ndarray, t_sums: np.ndarray, tslot: np.ndarray, log_t: np.ndarray,
+):  # fmt: skip
+    """:func:`neuron_sums` over partitions ``k0..k1-1`` of *unaggregated* partitioned rows
+    (aggregated here, in place). Returns the 8 accumulators of :func:`neuron_sums`."""
+    lut = _LOG2_LUT
+    tmask = np.uint64(tslot.shape[0] - 1)
+    s_int = np.int64(0)
+    s_frac = np.int64(0)
+    m_int = np.int64(0)
+    m_frac = np.int64(0)
+    sum_a = np.int64(0)
+    sum_b = np.int64(0)
+    sum_ab = np.int64(0)
+    c0 = np.int64(0)
+    for k in range(k0, k1):
         lo = starts[k]
         hi = starts[k + 1]
         if hi == lo:
             continue
         out, group, bsum = _aggregate(tmp, lo, hi)
-        s_int = np.int64(0)
-        s_frac = np.int64(0)
-        m_int = np.int64(0)
-        m_frac = np.int64(0)
-        sum_a = np.int64(0)
-        sum_b = np.int64(0)
-        sum_ab = np.int64(0)
-        c0 = np.int64(0)
         for r in range(lo, out):
             c = tmp[r, 2]
             t = tmp[r, 0]
@@ -491,12 +481,4 @@ def neuron_sums_from_buffer(buf: np.ndarray, n: np.int64, t_keys: np.ndarray, t_
             else:
                 sum_b += ci * np.int64(pm)
                 sum_ab += ci * ci
-        acc[k, 0] = s_int
-        acc[k, 1] = s_frac
-        acc[k, 2] = m_int
-        acc[k, 3] = m_frac
-        acc[k, 4] = sum_a
-        acc[k, 5] = sum_b
-        acc[k, 6] = sum_ab
-        acc[k, 7] = c0
-    return acc
+    return s_int, s_frac, m_int, m_frac, sum_a, sum_b, sum_ab, c0

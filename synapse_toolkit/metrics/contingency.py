@@ -9,7 +9,6 @@ up (``a + b``), so a volume scored block by block gives exactly the table of the
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,7 +19,66 @@ import numpy as np
 from synapse_toolkit.metrics import _hashcount as hc
 
 _EMPTY_U8 = np.zeros(1, dtype=np.uint8)
-_PARALLEL_LOCK = threading.Lock()
+
+
+def _map(fn: Any, items: Sequence[Any]) -> list[Any]:
+    """``fn`` over ``items`` in threads (the kernels release the GIL)."""
+    if len(items) <= 1:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(len(items)) as pool:
+        return list(pool.map(fn, items))
+
+
+def _chunks(n: int, k: int) -> list[tuple[int, int]]:
+    b = np.linspace(0, n, k + 1).astype(np.int64)
+    return [(int(b[i]), int(b[i + 1])) for i in range(k)]
+
+
+def _partition(buf: np.ndarray, n: int, n_threads: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``buf[:n]`` sorted into hash(b) partitions: (tmp rows, partition starts)."""
+    n_parts, shift = hc.n_partitions(n)
+    k = max(1, min(int(n_threads), n // (1 << 20) + 1))
+    chunks = _chunks(n, k)
+    part = np.empty(n, dtype=np.int32)
+    sh = np.uint64(shift)
+    hists = np.stack(_map(lambda c: hc.partition_hist(buf, c[0], c[1], n_parts, sh, part), chunks))
+    starts = np.zeros(n_parts + 1, dtype=np.int64)
+    np.cumsum(hists.sum(axis=0), out=starts[1:])
+    offsets = starts[:-1][None, :] + (np.cumsum(hists, axis=0) - hists)
+    tmp = np.empty((n, 3), dtype=np.uint64)
+    _map(lambda i: hc.partition_scatter(buf, chunks[i][0], chunks[i][1], part, offsets[i], tmp),
+         list(range(k)))  # fmt: skip
+    return tmp, starts
+
+
+def _part_ranges(starts: np.ndarray, n_threads: int) -> list[tuple[int, int]]:
+    """Partition index ranges holding about equal numbers of rows, one per thread."""
+    n_parts = starts.shape[0] - 1
+    k = max(1, min(int(n_threads), int(starts[-1]) // (1 << 18) + 1, n_parts))
+    cuts = np.searchsorted(starts, np.linspace(0, starts[-1], k + 1)[1:-1])
+    edges = [0, *sorted(set(int(c) for c in cuts)), n_parts]
+    return [(edges[i], edges[i + 1]) for i in range(len(edges) - 1) if edges[i + 1] > edges[i]]
+
+
+def compact(buf: np.ndarray, n: int, with_b_marginal: bool, n_threads: int = 2):
+    """Sum duplicate (a, b) rows of ``buf[:n]`` in place, in ``n_threads`` threads.
+
+    Returns (n_out, nb): ``buf[:n_out]`` holds distinct pairs; ``nb[k]`` is the total count of
+    ``buf[k, 1]`` over all pairs (if ``with_b_marginal``, else empty).
+    """
+    tmp, starts = _partition(buf, n, n_threads)
+    n_parts = starts.shape[0] - 1
+    n_out = np.zeros(n_parts, dtype=np.int64)
+    nb_tmp = np.empty(n if with_b_marginal else 0, dtype=np.uint64)
+    ranges = _part_ranges(starts, n_threads)
+    _map(lambda r: hc.aggregate_parts(tmp, starts, r[0], r[1], n_out, nb_tmp, with_b_marginal),
+         ranges)  # fmt: skip
+    dest = np.zeros(n_parts + 1, dtype=np.int64)
+    np.cumsum(n_out, out=dest[1:])
+    nb = np.empty(int(dest[-1]) if with_b_marginal else 0, dtype=np.uint64)
+    _map(lambda r: hc.gather_parts(buf, tmp, starts, dest, n_out, r[0], r[1], nb_tmp, nb,
+                                   with_b_marginal), ranges)  # fmt: skip
+    return int(dest[-1]), nb
 
 
 def _as_u64_flat(arr: np.ndarray) -> np.ndarray:
@@ -108,15 +166,16 @@ class ContingencyCounter:
     """Accumulates the contingency table of (truth, pred) blocks.
 
     ``ignore_truth`` (default ``2**64 - 1``, the CREMI ignore id) and an optional boolean
-    ``ignore_mask`` per block exclude voxels. Not thread-safe: use one counter per thread and
-    :meth:`merge` them.
+    ``ignore_mask`` per block exclude voxels. ``n_threads`` threads compact the buffer. Not
+    thread-safe: use one counter per thread and :meth:`merge` them.
     """
 
     #: Buffered rows (24 bytes each) before the buffer is compacted.
     buffer_rows = 1 << 24
 
-    def __init__(self, ignore_truth: int | None = 0xFFFFFFFFFFFFFFFF) -> None:
+    def __init__(self, ignore_truth: int | None = 0xFFFFFFFFFFFFFFFF, n_threads: int = 2) -> None:
         self.ignore_truth = ignore_truth
+        self.n_threads = n_threads
         self._cache = np.zeros((hc.CACHE_SLOTS, 3), dtype=np.uint64)
         self._buf = np.empty((1 << 16, 3), dtype=np.uint64)
         self._n_buf = 0
@@ -167,8 +226,7 @@ class ContingencyCounter:
     def _maybe_compact(self) -> None:
         # keep the buffer bounded: compact once it doubled since the last compaction
         if self._n_buf > max(self.buffer_rows, 2 * self._compacted):
-            with _PARALLEL_LOCK:  # numba's parallel layers need not allow concurrent launches
-                self._n_buf, _ = hc.compact(self._buf, self._n_buf, False)
+            self._n_buf, _ = compact(self._buf, self._n_buf, False, self.n_threads)
             self._compacted = self._n_buf
 
     def add_table(self, table: Contingency, compact: bool = True) -> None:
@@ -201,8 +259,7 @@ class ContingencyCounter:
     def result(self) -> Contingency:
         """The table counted so far (with ``pred_marginal``)."""
         self._flush()
-        with _PARALLEL_LOCK:  # numba's parallel layers need not allow concurrent launches
-            n, nb = hc.compact(self._buf, self._n_buf, True)
+        n, nb = compact(self._buf, self._n_buf, True, self.n_threads)
         self._n_buf = n
         self._compacted = n
         self._shared = True  # the table views the buffer: copy it before counting on
@@ -216,9 +273,13 @@ class ContingencyCounter:
     def neuron_sums(self, n_threads: int = 2) -> NeuronSums:
         """The VOI / adapted-Rand sums of everything counted, without building the table."""
         t_keys, t_sums = self.truth_sums(n_threads)
-        with _PARALLEL_LOCK:
-            acc = hc.neuron_sums_from_buffer(self._buf, self._n_buf, t_keys, t_sums)
-        return NeuronSums.combine(acc.tolist(), self.n_total, self.n_ignored)
+        tslot, log_t = hc.truth_table(t_keys, t_sums)
+        tmp, starts = _partition(self._buf, self._n_buf, n_threads)
+        parts = _map(
+            lambda r: hc.sums_parts(tmp, starts, r[0], r[1], t_keys, t_sums, tslot, log_t),
+            _part_ranges(starts, n_threads),
+        )  # fmt: skip
+        return NeuronSums.combine(parts, self.n_total, self.n_ignored)
 
     def _own_buffer(self) -> None:
         if self._shared:
@@ -318,7 +379,7 @@ def count_arrays(
     n = tf.shape[0]
     n_threads = max(1, min(int(n_threads), n // (1 << 20) + 1))
     bounds = np.linspace(0, n, n_threads + 1).astype(np.int64)
-    counters = [ContingencyCounter(ignore_truth) for _ in range(n_threads)]
+    counters = [ContingencyCounter(ignore_truth, n_threads) for _ in range(n_threads)]
 
     def work(k: int) -> None:
         sl = slice(int(bounds[k]), int(bounds[k + 1]))

@@ -237,7 +237,7 @@ def _neuron_counter(
         )
 
     bs = block_shape or (16, shape[1], shape[2])
-    counter = ContingencyCounter(IGNORE_LABEL)
+    counter = ContingencyCounter(IGNORE_LABEL, n_threads)
     for block in iter_blocks(shape, bs):
         roi = block.write
         tb = np.asarray(t_arr[roi])

@@ -72,7 +72,7 @@ def overlap_contingency(
     if isinstance(t_arr, np.ndarray) and isinstance(p_arr, np.ndarray) and block_shape is None:
         return count_arrays(t_arr, p_arr, ignore_truth=None, n_threads=n_threads)
     bs = block_shape or (16, *shape[1:])
-    counter = ContingencyCounter(ignore_truth=None)
+    counter = ContingencyCounter(ignore_truth=None, n_threads=n_threads)
     for block in iter_blocks(shape, bs):
         counter.update(np.asarray(t_arr[block.write]), np.asarray(p_arr[block.write]))
     return counter.result()
