@@ -35,17 +35,20 @@ class DenseModel:
         self,
         source: Any,
         out: Any | None = None,
-        overlap: tuple[int, int, int] = (2, 8, 8),
+        overlap: tuple[int, int, int] | None = None,
         progress: Any = None,
     ) -> Any:
         """Predict ``source`` ((z, y, x) array-like, uint8 or float in [0, 1]) into ``out``
-        ((C, z, y, x), zero-initialised; a new float32 array if None)."""
+        ((C, z, y, x), zero-initialised; a new float32 array if None). ``overlap`` defaults to
+        the model's metadata (larger for ``same``-padded models, whose tile borders are weak)."""
         from synapse_toolkit.inference.tiled import predict_tiled
         from synapse_toolkit.onnx_runtime import predictor
 
         shape = tuple(int(s) for s in source.shape[-3:])
         if out is None:
             out = np.zeros((int(self.metadata.get("out_channels", 1)), *shape), np.float32)
+        if overlap is None:
+            overlap = tuple(int(v) for v in self.metadata.get("overlap", (2, 8, 8)))  # type: ignore[assignment]
         predict_tiled(
             predictor(self.session), source, out, self.input_shape, self.output_shape,
             overlap=overlap, progress=progress,

@@ -60,6 +60,7 @@ class TrainingSection(_Strict):
     log_every: int = 20
     out_dir: str = "runs/train-synapses"
     onnx: str | None = None  # where to export (default: <out_dir>/model.onnx)
+    init_checkpoint: str | None = None  # continue from this checkpoint (same architecture)
 
 
 class DetectorTrainConfig(_Strict):
@@ -186,22 +187,29 @@ def train_detector(cfg: DetectorTrainConfig, log: Callable[[str], None] = print)
 
     from synapse_toolkit.nn.augment import AugmentConfig
     from synapse_toolkit.nn.export import export_model
+    from synapse_toolkit.nn.synapse_unet import ScaledUNet
     from synapse_toolkit.nn.unet import UNet3D, UNetConfig
 
     t = cfg.training
     torch.set_num_threads(t.num_threads)
     torch.manual_seed(t.seed)
     act = "sigmoid" if cfg.kind == "clefts" else "tanh"
+    model_dict = dict(cfg.model)
+    scale = int(model_dict.pop("scale", 1))
     model_cfg = UNetConfig.from_dict({
         "in_channels": 1, "out_channels": 1, "num_fmaps": 8, "fmap_inc_factor": 3,
-        "downsample_factors": [[1, 3, 3], [1, 3, 3]], "output_activation": act, **cfg.model,
+        "downsample_factors": [[1, 3, 3], [1, 3, 3]], "output_activation": act, **model_dict,
     })  # fmt: skip
-    net = UNet3D(model_cfg)
+    net = UNet3D(model_cfg) if scale == 1 else ScaledUNet(model_cfg, scale)
     input_shape = tuple(t.input_shape)
     if not net.is_valid_input_shape(input_shape):
         raise ConfigError(f"training.input_shape {list(input_shape)} is not valid; "
                           f"try {list(net.valid_input_shape(input_shape))}")  # fmt: skip
     output_shape = net.output_shape(input_shape)
+    if t.init_checkpoint:
+        state = torch.load(t.init_checkpoint, map_location="cpu", weights_only=False)
+        net.load_state_dict(state["state_dict"])
+        log(f"initialised from {t.init_checkpoint} (iteration {state.get('iteration')})")
     tsettings = TargetSettings(**cfg.targets)
     aug = AugmentConfig(
         **{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.augment.items()}
@@ -261,14 +269,17 @@ def train_detector(cfg: DetectorTrainConfig, log: Callable[[str], None] = print)
     metrics.close()
     ckpt = out_dir / "final.pt"
     tmp = ckpt.with_suffix(".pt.tmp")
-    torch.save({"model_config": model_cfg.to_dict(), "state_dict": net.state_dict(),
-                "iteration": it, "input_shape": list(input_shape),
-                "output_shape": list(output_shape), "kind": cfg.kind}, tmp)  # fmt: skip
+    state = {"model_config": model_cfg.to_dict(), "state_dict": net.state_dict(),
+             "iteration": it, "input_shape": list(input_shape),
+             "output_shape": list(output_shape), "kind": cfg.kind, "scale": scale}  # fmt: skip
+    torch.save(state, tmp)
     os.replace(tmp, ckpt)
     onnx_path = Path(t.onnx) if t.onnx else out_dir / "model.onnx"
     target_doc = "signed proximity in [-1, 1]" if cfg.kind == "polarity" else "cleft probability"
-    meta = {"kind": cfg.kind, "target": target_doc, "iteration": it,
-            "model_config": model_cfg.to_dict(), "target_settings": tsettings.__dict__}  # fmt: skip
+    overlap = [2, 8, 8] if model_cfg.padding == "valid" else [4, 32, 32]
+    meta = {"kind": cfg.kind, "target": target_doc, "iteration": it, "scale": scale,
+            "overlap": overlap, "model_config": model_cfg.to_dict(),
+            "target_settings": tsettings.__dict__}  # fmt: skip
     info = export_model(net, input_shape, onnx_path, metadata=meta)
     summary = {"kind": cfg.kind, "iterations": it, "loss_avg": avg, "time_s": time.time() - start,
                "checkpoint": str(ckpt), **info}  # fmt: skip

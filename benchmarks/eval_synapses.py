@@ -1,0 +1,212 @@
+"""Synaptic-partner evaluation on phantom volumes never used in training.
+
+For each phantom seed (frozen default settings): predict the signed proximity and cleft
+probability with the bundled ONNX models, then score, with the CREMI partner F-score,
+
+- ``emsynconn`` with the pruning CNN, ``emsynconn`` without pruning, ``geometric-baseline``,
+- each with the ground-truth segmentation and (if ``--neuron-model`` is given) a predicted one
+  (affinity U-Net + waterz, the neurons engineer's stages),
+- plus an oracle row (emsynconn, no pruning, on the *ground-truth* signed proximity) that bounds
+  what the candidate stage can reach.
+
+TP/FP/FN are summed over all volumes (micro F-score). The CREMI cleft score (mean of the average
+FP and FN distances, nm; lower is better) of the cleft detector + ``cleft-labels`` is reported
+too, and the aligner's error against the recorded shifts of misaligned phantoms.
+
+Usage::
+
+    python benchmarks/eval_synapses.py --seeds 3001 3002 3003 3004 [--neuron-model M.onnx]
+
+Training used seeds 1001-1012 (U-Nets), 1101-1110 and 1201-1202 (pruner); keep evaluation seeds
+disjoint from these.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from synapse_toolkit.data import Volume
+from synapse_toolkit.io.cremi import read_cremi
+from synapse_toolkit.metrics.cremi_clefts import score_clefts
+from synapse_toolkit.synapses.assigners import (
+    EMSynConnSettings,
+    assign_emsynconn,
+    assign_geometric,
+    cleft_labels,
+)
+from synapse_toolkit.synapses.detection import DenseModel
+from synapse_toolkit.synapses.partners import evaluate_partners
+from synapse_toolkit.synapses.pruning import PrunerONNX
+from synapse_toolkit.synapses.targets import Grid, TargetSettings, targets_from_cremi
+from synapse_toolkit.synapses.train_detectors import phantom_file
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "plugins" / "syntk_synapses" / "models"
+TRAINING_SEEDS = set(range(1001, 1013)) | set(range(1101, 1111)) | {1201, 1202}
+
+
+def predicted_segmentation(raw: Volume, model: Path, threshold: float) -> np.ndarray:
+    """Affinity U-Net + waterz through the neurons plugin's stages."""
+    from syntk_neurons.stages import AffinityDetector, WaterzAgglomerator
+
+    from synapse_toolkit.stages import StageContext
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx = StageContext("affinities", Path(tmp) / "a")
+        ctx.scratch_dir.mkdir()
+        det = AffinityDetector(AffinityDetector.Options(model_path=model), ctx)
+        affs = det.run({"raw": raw})["affinities"]
+        ctx2 = StageContext("waterz", Path(tmp) / "w")
+        ctx2.scratch_dir.mkdir()
+        opts = WaterzAgglomerator.Options(thresholds=[threshold], threshold=threshold)
+        seg = WaterzAgglomerator(opts, ctx2).run({"affinities": affs})["segmentation"]
+        return np.asarray(seg.read())
+
+
+def _acc(acc: dict[str, dict[str, float]], key: str, values: dict[str, float]) -> None:
+    row = acc.setdefault(key, {"tp": 0.0, "fp": 0.0, "fn": 0.0, "f_per_volume": []})  # type: ignore[dict-item]
+    for k in ("tp", "fp", "fn"):
+        row[k] += values[k]
+    row["f_per_volume"].append(values["fscore"])  # type: ignore[union-attr]
+
+
+def _f(row: dict[str, Any]) -> tuple[float, float, float]:
+    tp, fp, fn = row["tp"], row["fp"], row["fn"]
+    p = tp / (tp + fp) if tp + fp else 0.0
+    r = tp / (tp + fn) if tp + fn else 0.0
+    return (2 * p * r / (p + r) if p + r else 0.0), p, r
+
+
+def aligner_errors(seeds: list[int]) -> list[dict[str, Any]]:
+    from synapse_toolkit.phantom.em import EMPhantom
+    from synapse_toolkit.synapses.alignment import estimate_translations
+
+    rows = []
+    for seed in seeds:
+        ph = EMPhantom(seed=seed, misalign=True, defects=True)
+        raw = ph.generate().raw
+        t, rep = estimate_translations(raw.read(), raw.voxel_size_nm)
+        est = -t.shifts_nm / np.asarray(raw.voxel_size_nm[1:])
+        true = ph.shifts.astype(float)
+        good = [z for z in range(len(true)) if z not in rep.skipped]
+        err = est - true
+        err -= np.round(np.median(err[good], axis=0))
+        per = np.abs(err).max(axis=1)
+        defects = {int(k): v for k, v in ph.defects.items()}
+        rows.append({"seed": seed, "max_err_px": float(per.max()),
+                     "mean_err_px": float(per.mean()),
+                     "sections_within_1px": float((per <= 1).mean()),
+                     "skipped": list(rep.skipped), "defects": defects})  # fmt: skip
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[3001, 3002, 3003, 3004])
+    ap.add_argument("--cache", default=str(ROOT / "runs" / "phantom-cache"))
+    ap.add_argument("--polarity", default=str(MODELS / "polarity.onnx"))
+    ap.add_argument("--clefts", default=str(MODELS / "clefts.onnx"))
+    ap.add_argument("--pruner", default=str(MODELS / "pruner.onnx"))
+    ap.add_argument(
+        "--neuron-model", default=None, help="affinity ONNX for a predicted segmentation"
+    )
+    ap.add_argument("--waterz-threshold", type=float, default=0.5)
+    ap.add_argument("--cleft-threshold", type=float, default=0.5)
+    ap.add_argument("--cleft-min-voxels", type=int, default=200)
+    ap.add_argument("--align-seeds", type=int, nargs="*", default=[3001, 3002, 3003])
+    ap.add_argument("--json", default=None, help="also write the results here")
+    args = ap.parse_args()
+    bad = TRAINING_SEEDS & set(args.seeds)
+    if bad:
+        raise SystemExit(f"seeds {sorted(bad)} were used in training")
+    t0 = time.time()
+    pol = DenseModel(args.polarity)
+    clf = DenseModel(args.clefts) if Path(args.clefts).exists() else None
+    pruner = PrunerONNX(args.pruner) if Path(args.pruner).exists() else None
+    acc: dict[str, dict[str, Any]] = {}
+    cleft_scores = []
+    settings = EMSynConnSettings()
+    for seed in args.seeds:
+        data = read_cremi(phantom_file(seed, args.cache))
+        raw = data.raw.read()
+        grid = Grid.of(data.raw)
+        gt_seg = data.neuron_ids.read()
+        truth = data.annotations
+        prox = pol.predict(raw)[0]
+        segs = {"GT seg": gt_seg}
+        if args.neuron_model:
+            segs["predicted seg"] = predicted_segmentation(data.raw, Path(args.neuron_model),
+                                                           args.waterz_threshold)  # fmt: skip
+        clefts_pred = None
+        if clf is not None:
+            cprob = clf.predict(raw)[0]
+            clefts_pred = cleft_labels(cprob, grid, args.cleft_threshold, args.cleft_min_voxels)
+            cs = score_clefts(data.clefts.read(), clefts_pred, voxel_size_nm=grid.voxel_size_nm)
+            cleft_scores.append(cs.as_dict())
+        for seg_name, seg in segs.items():
+            tables = {
+                "emsynconn (no pruning)": assign_emsynconn(raw, prox, seg, grid, None, settings)
+            }
+            if pruner is not None:
+                tables["emsynconn + pruning CNN"] = assign_emsynconn(
+                    raw, prox, seg, grid, pruner, settings
+                )
+            if clefts_pred is not None:
+                tables["geometric baseline"] = assign_geometric(clefts_pred, prox, seg, grid)
+            for name, table in tables.items():
+                score = evaluate_partners(table, truth, data.neuron_ids)
+                _acc(acc, f"{name} | {seg_name}", score.values)
+        oracle = targets_from_cremi(data, TargetSettings())["proximity"]
+        table = assign_emsynconn(raw, oracle, gt_seg, grid, None, settings)
+        _acc(acc, "oracle: emsynconn on GT proximity | GT seg",
+             evaluate_partners(table, truth, data.neuron_ids).values)  # fmt: skip
+        print(f"seed {seed} done ({time.time() - t0:.0f}s)", flush=True)
+    print()
+    print(f"CREMI partner F-score on phantom seeds {args.seeds} (micro over volumes)")
+    cols = "".join(f"{c:>6s}" for c in ("F", "P", "R", "TP", "FP", "FN"))
+    print(f"{'method | segmentation':58s}{cols}")
+    results = {}
+    for key in sorted(acc):
+        row = acc[key]
+        f, p, r = _f(row)
+        counts = {k: row[k] for k in ("tp", "fp", "fn")}
+        results[key] = {"fscore": f, "precision": p, "recall": r, **counts,
+                        "f_per_volume": row["f_per_volume"]}  # fmt: skip
+        nums = "".join(f"{v:6.3f}" for v in (f, p, r)) + "".join(
+            f"{v:6.0f}" for v in counts.values()
+        )
+        print(f"{key:58s}{nums}")
+    if cleft_scores:
+        cs_mean = float(np.mean([c["cremi_score"] for c in cleft_scores]))
+        vf = float(np.mean([c["voxel_fscore"] for c in cleft_scores]))
+        fp = int(np.sum([c["false_positives"] for c in cleft_scores]))
+        fn = int(np.sum([c["false_negatives"] for c in cleft_scores]))
+        print(
+            f"\nCREMI cleft score (mean of avg FP/FN distance, nm; lower is better): {cs_mean:.1f}"
+            f"  [FP voxels > 200 nm: {fp}, FN voxels > 200 nm: {fn}, voxel F: {vf:.3f}]"
+        )
+        results["cleft"] = {"cremi_score_mean": cs_mean, "per_volume": cleft_scores}
+    if args.align_seeds:
+        al = aligner_errors(args.align_seeds)
+        print("\naligner error vs recorded shifts (misaligned + defective phantoms, px):")
+        for row in al:
+            print(
+                f"  seed {row['seed']}: max {row['max_err_px']:.0f}, "
+                f"mean {row['mean_err_px']:.2f}, within 1 px {row['sections_within_1px']:.2f}, "
+                f"skipped {row['skipped']}"
+            )
+        results["aligner"] = al
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, default=float))
+    print(f"\ntotal {time.time() - t0:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
