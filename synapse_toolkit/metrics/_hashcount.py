@@ -343,9 +343,56 @@ def _fixed_add(acc_int: np.int64, acc_frac: np.int64, t: float):
 
 @njit(cache=True, nogil=True)
 def key_sums(rows: np.ndarray, col: np.int64):
-    """Distinct keys of column ``col`` of ``rows`` and their summed counts (column 2)."""
-    uniq, sums, _ = group_sum(rows[:, col].copy(), rows[:, 2].copy())
-    return uniq, sums
+    """Distinct keys of column ``col`` of ``rows`` and their summed counts (column 2); the
+    table grows with the number of distinct keys, so few keys stay in cache."""
+    cap = 1024
+    mask = np.uint64(cap - 1)
+    slot = np.full(cap, -1, dtype=np.int64)
+    uniq = np.empty(512, dtype=np.uint64)
+    sums = np.zeros(512, dtype=np.uint64)
+    n_groups = 0
+    last_key = np.uint64(0)
+    last_group = -1
+    for i in range(rows.shape[0]):
+        k = rows[i, col]
+        if last_group >= 0 and k == last_key:
+            sums[last_group] += rows[i, 2]
+            continue
+        s = np.int64(_mix1(k) & mask)
+        while True:
+            g = slot[s]
+            if g < 0:
+                if n_groups == uniq.shape[0]:
+                    u2 = np.empty(2 * n_groups, dtype=np.uint64)
+                    u2[:n_groups] = uniq
+                    uniq = u2
+                    s2 = np.zeros(2 * n_groups, dtype=np.uint64)
+                    s2[:n_groups] = sums
+                    sums = s2
+                if 2 * (n_groups + 1) > cap:
+                    cap *= 2
+                    mask = np.uint64(cap - 1)
+                    slot = np.full(cap, -1, dtype=np.int64)
+                    for q in range(n_groups):
+                        t = np.int64(_mix1(uniq[q]) & mask)
+                        while slot[t] >= 0:
+                            t = (t + 1) & np.int64(mask)
+                        slot[t] = q
+                    s = np.int64(_mix1(k) & mask)
+                    while slot[s] >= 0:
+                        s = (s + 1) & np.int64(mask)
+                slot[s] = n_groups
+                uniq[n_groups] = k
+                g = n_groups
+                n_groups += 1
+                break
+            if uniq[g] == k:
+                break
+            s = (s + 1) & np.int64(mask)
+        sums[g] += rows[i, 2]
+        last_key = k
+        last_group = g
+    return uniq[:n_groups].copy(), sums[:n_groups].copy()
 
 
 @njit(cache=True, nogil=True)
