@@ -192,3 +192,50 @@ def test_table_path_equals_fused_path(name: str) -> None:
     kw = {"border_threshold_nm": 25.0, "voxel_size_nm": tuple(d["resolution"])}
     table = neuron_contingency(d["truth"], d["test"], **kw)
     assert scores_from_contingency(table) == score_neuron_ids(d["truth"], d["test"], **kw)
+
+
+def _reference_formulas(truth: np.ndarray, test: np.ndarray, ignored: np.ndarray) -> tuple:
+    """The reference definitions written out with scipy.sparse (independent of syntk's kernels):
+    VOI on the contingency of evaluated voxels; adapted Rand with test label 0 as singletons."""
+    from scipy import sparse
+
+    keep = ~ignored.ravel()
+    t = truth.ravel()[keep]
+    s = test.ravel()[keep]
+    _, ti = np.unique(t, return_inverse=True)
+    su, si = np.unique(s, return_inverse=True)
+    p = sparse.coo_matrix((np.ones(t.size), (si, ti))).tocsr().toarray() / t.size
+    px, py = p.sum(axis=1), p.sum(axis=0)
+    nz = p > 0
+    split = -np.sum(p[nz] * np.log2((p / py[None, :])[nz]))
+    merge = -np.sum(p[nz] * np.log2((p / px[:, None])[nz]))
+    counts = p * t.size
+    zero_row = su == 0
+    c = counts[zero_row].sum()
+    n = truth.size
+    sum_a = np.sum(counts.sum(axis=0) ** 2)
+    sum_b = np.sum(counts[~zero_row].sum(axis=1) ** 2) + c / n
+    sum_ab = np.sum(counts[~zero_row] ** 2) + c / n
+    prec, rec = sum_ab / sum_b, sum_ab / sum_a
+    return split, merge, 1 - 2 * prec * rec / (prec + rec), prec, rec
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_volumes_match_reference_formulas(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    shape = (4, 23, 31)
+    truth = rng.integers(0, 6, shape).astype(np.uint64)
+    truth = np.repeat(np.repeat(truth[:, ::4, ::4], 4, axis=1), 4, axis=2)[:, :23, :31].copy()
+    test = np.where(rng.random(shape) < 0.8, truth * 7, rng.integers(0, 4, shape)).astype(np.uint64)
+    truth[rng.random(shape) < 0.05] = IGNORE_LABEL
+    if seed % 2:
+        truth[0] = 3  # a single-label section (reference corner artifact)
+    for bt in (None, 8.0):
+        ignored = truth == np.uint64(IGNORE_LABEL)
+        if bt:
+            ignored |= border_mask(truth, bt / 4.0)
+        want = _reference_formulas(truth, test, ignored)
+        got = score_neuron_ids(truth, test, border_threshold_nm=bt, voxel_size_nm=(40, 4, 4))
+        vals = (got.voi_split, got.voi_merge, got.adapted_rand, got.adapted_rand_precision,
+                got.adapted_rand_recall)  # fmt: skip
+        np.testing.assert_allclose(vals, want, rtol=1e-9, atol=1e-12)
