@@ -94,6 +94,29 @@ class Decoy:
     thickness_nm: float
 
 
+class _PointSet:
+    """Points with a cell hash, to ask "is any point closer than ``radius``?" in O(1)."""
+
+    def __init__(self, radius: float) -> None:
+        self.radius = float(radius)
+        self.cells: dict[tuple[int, int, int], list[np.ndarray]] = {}
+
+    def _key(self, p: np.ndarray) -> tuple[int, int, int]:
+        k = np.floor(p / self.radius).astype(int)
+        return (int(k[0]), int(k[1]), int(k[2]))
+
+    def add(self, p: np.ndarray) -> None:
+        self.cells.setdefault(self._key(p), []).append(p)
+
+    def any_closer(self, p: np.ndarray) -> bool:
+        kz, ky, kx = self._key(p)
+        near = [q for dz in (-1, 0, 1) for dy in (-1, 0, 1) for dx in (-1, 0, 1)
+                for q in self.cells.get((kz + dz, ky + dy, kx + dx), ())]  # fmt: skip
+        return bool(near) and bool(
+            np.min(np.linalg.norm(np.asarray(near) - p, axis=1)) < self.radius
+        )
+
+
 def _snap(points: np.ndarray, voxel_size: np.ndarray) -> np.ndarray:
     return np.round(points / voxel_size) * voxel_size
 
@@ -209,7 +232,7 @@ def place_synapses(params: EMPhantomParams, field_: NeuronField) -> list[Synapse
     types = params.types
     top = (np.asarray(params.shape) - 1) * vs
     synapses: list[Synapse] = []
-    taken: list[np.ndarray] = []
+    taken = _PointSet(params.min_synapse_distance_nm)
     for _attempt in range(30):
         m = max(64, 6 * (target - len(synapses)))
         starts = _interior(params, rng, m)
@@ -222,9 +245,7 @@ def place_synapses(params: EMPhantomParams, field_: NeuronField) -> list[Synapse
                 break
             if not ok or np.any(c.boundary_nm < 0) or np.any(c.boundary_nm > top):
                 continue
-            if taken and np.min(np.linalg.norm(np.asarray(taken) - c.boundary_nm, axis=1)) < (
-                params.min_synapse_distance_nm
-            ):
+            if taken.any_closer(c.boundary_nm):
                 continue
             pre = _site(field_, c.boundary_nm, c.normal, -1.0, c.inner, vs)
             post = _site(field_, c.boundary_nm, c.normal, 1.0, c.outer, vs)
@@ -269,7 +290,7 @@ def place_synapses(params: EMPhantomParams, field_: NeuronField) -> list[Synapse
             )  # fmt: skip
             syn.vesicles = _drop_overlaps(clear, dcv)
             synapses.append(syn)
-            taken.append(c.boundary_nm)
+            taken.add(c.boundary_nm)
         if len(synapses) >= target:
             break
     return synapses
@@ -320,7 +341,10 @@ def place_decoys(
     vol = params.volume_um3
     n_adh = int(rng.poisson(params.adherens_per_um3 * vol))
     n_ves = int(rng.poisson(params.distractor_vesicle_clusters_per_um3 * vol))
-    syn_pts = [c.boundary_nm for s in synapses for c in s.contacts]
+    syn_pts = _PointSet(200.0)
+    for s in synapses:
+        for c in s.contacts:
+            syn_pts.add(c.boundary_nm)
     decoys: list[Decoy] = []
     if n_adh:
         starts = _interior(params, rng, 4 * n_adh + 8)
@@ -331,10 +355,7 @@ def place_decoys(
                 break
             if not ok:
                 continue
-            if (
-                syn_pts
-                and np.min(np.linalg.norm(np.asarray(syn_pts) - c.boundary_nm, axis=1)) < 200
-            ):
+            if syn_pts.any_closer(c.boundary_nm):
                 continue
             decoys.append(Decoy(c, float(rng.uniform(60, 140)), float(rng.uniform(10, 18))))
     clusters: list[Vesicles] = []
