@@ -334,3 +334,16 @@ def test_naive_baselines_fail_at_the_defaults() -> None:
     assert cremi == pytest.approx(1.9574, abs=2e-3)
     assert f == pytest.approx(0.1778, abs=2e-3)
     assert ari == pytest.approx(-0.0527, abs=2e-3)
+
+
+def test_grid_index_is_an_exact_nearest_neighbour_search() -> None:
+    from scipy.spatial import cKDTree
+
+    from synapse_toolkit.phantom.nearest import GridIndex
+
+    rng = np.random.default_rng(0)
+    pts = np.concatenate([rng.uniform(0, 1000, (3000, 3)), rng.normal(500, 30, (2000, 3))])
+    queries = rng.uniform(-600, 1600, (4000, 3))  # many outside the indexed box
+    got = GridIndex(pts, 60.0).nearest(queries)
+    dist, _ = cKDTree(pts).query(queries)
+    np.testing.assert_allclose(np.linalg.norm(pts[got] - queries, axis=1), dist, rtol=0, atol=1e-9)
