@@ -239,3 +239,22 @@ def test_random_volumes_match_reference_formulas(seed: int) -> None:
         vals = (got.voi_split, got.voi_merge, got.adapted_rand, got.adapted_rand_precision,
                 got.adapted_rand_recall)  # fmt: skip
         np.testing.assert_allclose(vals, want, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("max_dist", [0.0, 0.5, 1.0, 1.5, 2.0, 3.7, 6.25])
+def test_border_mask_equals_scipy_edt_rule(max_dist: float) -> None:
+    from scipy import ndimage
+
+    rng = np.random.default_rng(int(max_dist * 10))
+    t = rng.integers(0, 4, (3, 9, 11)).astype(np.uint64)
+    t = np.repeat(np.repeat(t, 4, axis=1), 3, axis=2)[:, :29, :31].copy()
+    mask = border_mask(t, max_dist)
+    for z in range(t.shape[0]):
+        img = t[z]
+        p = np.pad(img, 1, mode="edge")
+        interior = ((img == p[:-2, 1:-1]) & (img == p[2:, 1:-1]) & (img == p[1:-1, :-2])
+                    & (img == p[1:-1, 2:]))  # fmt: skip
+        ref = ndimage.distance_transform_edt(interior) <= max_dist
+        np.testing.assert_array_equal(mask[z], ref)
+    crop = border_mask(t, max_dist, roi=(slice(1, 3), slice(5, 20), slice(3, 30)))
+    np.testing.assert_array_equal(crop, mask[1:3, 5:20, 3:30])

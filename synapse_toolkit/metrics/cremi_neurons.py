@@ -32,14 +32,15 @@ partitioned aggregation; see ``benchmarks/bench_cremi_neurons.py``.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import edt as edt_lib
 import numpy as np
 
 from synapse_toolkit.blockwise import iter_blocks
 from synapse_toolkit.errors import DataError
+from synapse_toolkit.metrics._bordermask import border_section, border_sections
 from synapse_toolkit.metrics._volumes import check_labels, resolve_voxel_size, unwrap
 from synapse_toolkit.metrics.contingency import (
     Contingency,
@@ -128,7 +129,6 @@ def border_mask_2d(
     origin: tuple[int, int] = (0, 0),
     section_is_single_label: bool | None = None,
     reference_single_label_sections: bool = True,
-    n_threads: int = 1,
 ) -> np.ndarray:
     """Pixels of one z-section within ``max_dist_px`` of a truth label boundary (True = ignore).
 
@@ -138,23 +138,28 @@ def border_mask_2d(
     holds one id, for the reference's single-label behaviour (see the module docstring).
     """
     max_dist = max(float(max_dist_px), 0.0)
-    img = np.asarray(section)
-    padded = np.pad(img, 1, mode="edge")
-    interior = (
-        (img == padded[:-2, 1:-1])
-        & (img == padded[2:, 1:-1])
-        & (img == padded[1:-1, :-2])
-        & (img == padded[1:-1, 2:])
-    )
-    if interior.all():
-        single = section_is_single_label if section_is_single_label is not None else True
-        if not (single and reference_single_label_sections):
-            return np.zeros(img.shape, dtype=bool)
-        yy = np.arange(origin[0], origin[0] + img.shape[0], dtype=np.float64)[:, None] + 1.0
-        xx = np.arange(origin[1], origin[1] + img.shape[1], dtype=np.float64)[None, :]
-        return np.sqrt(yy * yy + xx * xx) <= max_dist
-    sq = edt_lib.edtsq(interior.view(np.uint8), black_border=False, parallel=n_threads)
-    return sq <= np.float32(_max_squared(max_dist))
+    img = np.ascontiguousarray(section)
+    if img.dtype.kind not in "ui":
+        raise DataError(f"border mask needs integer labels, got dtype {img.dtype}")
+    out = np.empty(img.shape, dtype=bool)
+    n_border = border_section(img, int(math.floor(max_dist)), _max_squared(max_dist), out)
+    if n_border == 0:
+        return _single_label_mask(img.shape, origin, max_dist, section_is_single_label,
+                                  reference_single_label_sections)  # fmt: skip
+    return out
+
+
+def _single_label_mask(
+    shape: tuple[int, ...], origin: tuple[int, int], max_dist: float,
+    single: bool | None, reference_single_label_sections: bool,
+) -> np.ndarray:  # fmt: skip
+    """Mask of a (crop of a) section without boundary: empty, or the reference's corner when
+    the whole section holds one id (scipy's EDT of an all-True image: distance to (-1, 0))."""
+    if not ((single is None or single) and reference_single_label_sections):
+        return np.zeros(shape, dtype=bool)
+    yy = np.arange(origin[0], origin[0] + shape[0], dtype=np.float64)[:, None] + 1.0
+    xx = np.arange(origin[1], origin[1] + shape[1], dtype=np.float64)[None, :]
+    return np.sqrt(yy * yy + xx * xx) <= max_dist
 
 
 def border_mask(
@@ -162,7 +167,6 @@ def border_mask(
     max_dist_px: float,
     roi: tuple[slice, slice, slice] | None = None,
     reference_single_label_sections: bool = True,
-    n_threads: int = 1,
 ) -> np.ndarray:
     """Border ignore mask (z, y, x) of ``truth`` inside ``roi``, reading only what it needs
     (the roi plus a margin of ``floor(max_dist_px) + 2`` pixels in y and x)."""
@@ -185,9 +189,32 @@ def border_mask(
             single = bool(full.min() == full.max())
         mask = border_mask_2d(
             sec, max_dist_px, origin=(ys.start, xs.start), section_is_single_label=single,
-            reference_single_label_sections=reference_single_label_sections, n_threads=n_threads,
+            reference_single_label_sections=reference_single_label_sections,
         )  # fmt: skip
         out[k] = mask[inner]
+    return out
+
+
+def _border_mask_threaded(
+    truth: np.ndarray, max_dist: float, reference_single_label_sections: bool, n_threads: int
+) -> np.ndarray:
+    """Border mask of a whole in-memory volume, sections split over ``n_threads`` threads."""
+    vol = np.ascontiguousarray(truth)
+    out = np.empty(vol.shape, dtype=bool)
+    r, k_max = int(math.floor(max_dist)), _max_squared(max_dist)
+    nz = vol.shape[0]
+    k = max(1, min(int(n_threads), nz))
+    bounds = np.linspace(0, nz, k + 1).astype(np.int64)
+    ranges = [(int(bounds[i]), int(bounds[i + 1])) for i in range(k)]
+    if k == 1:
+        counts = [border_sections(vol, 0, nz, r, k_max, out)]
+    else:
+        with ThreadPoolExecutor(k) as pool:
+            counts = list(pool.map(lambda z: border_sections(vol, z[0], z[1], r, k_max, out),
+                                   ranges))  # fmt: skip
+    for z in np.flatnonzero(np.concatenate(counts) == 0) if nz else []:
+        out[z] = _single_label_mask(vol.shape[1:], (0, 0), max_dist, True,
+                                    reference_single_label_sections)  # fmt: skip
     return out
 
 
@@ -234,7 +261,8 @@ def _neuron_counter(
     if in_memory and block_shape is None:
         mask = None
         if max_dist is not None:
-            mask = border_mask(t_arr, max_dist, None, reference_single_label_sections, n_threads)
+            mask = _border_mask_threaded(t_arr, max_dist, reference_single_label_sections,
+                                         n_threads)  # fmt: skip
         return count_arrays(
             t_arr, p_arr, mask, ignore_truth=IGNORE_LABEL, n_threads=n_threads, as_counter=True
         )
@@ -247,7 +275,7 @@ def _neuron_counter(
         pb = np.asarray(p_arr[roi])
         mask = None
         if max_dist is not None:
-            mask = border_mask(t_arr, max_dist, roi, reference_single_label_sections, n_threads)
+            mask = border_mask(t_arr, max_dist, roi, reference_single_label_sections)
         counter.update(tb, pb, mask)
     return counter
 
