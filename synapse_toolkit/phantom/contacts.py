@@ -35,10 +35,16 @@ def random_directions(rng: np.random.Generator, n: int, max_z: float = 0.3) -> n
 def march(
     field: NeuronField, starts: np.ndarray, directions: np.ndarray, max_nm: float = _MARCH_MAX_NM
 ) -> list[Contact | None]:
-    """From each start, walk along its direction to the first label change (vectorised)."""
+    """From each start, walk along its direction to the first label change (vectorised, in
+    chunks of 8192 starts to bound memory)."""
     n = len(starts)
     if n == 0:
         return []
+    if n > 8192:
+        out_all: list[Contact | None] = []
+        for a in range(0, n, 8192):
+            out_all += march(field, starts[a : a + 8192], directions[a : a + 8192], max_nm)
+        return out_all
     t = np.arange(_MARCH_STEP_NM, max_nm + 1e-9, _MARCH_STEP_NM)
     inner = field.label_at(starts)
     pts = starts[:, None, :] + t[None, :, None] * directions[:, None, :]
