@@ -163,6 +163,65 @@ def partition_hist(buf: np.ndarray, lo: np.int64, hi: np.int64, n_parts: np.int6
 
 
 @njit(cache=True, nogil=True)
+def partition_hist_truth(buf: np.ndarray, lo: np.int64, hi: np.int64, n_parts: np.int64,
+                         shift: np.uint64, part: np.ndarray):  # fmt: skip
+    """:func:`partition_hist` and, in the same pass over the rows, the summed counts of each
+    truth id (column 0). Returns (hist, truth ids, their summed counts)."""
+    hist = np.zeros(n_parts, dtype=np.int64)
+    cap = 1024
+    mask = np.uint64(cap - 1)
+    slot = np.full(cap, -1, dtype=np.int64)
+    uniq = np.empty(512, dtype=np.uint64)
+    sums = np.zeros(512, dtype=np.uint64)
+    n_groups = 0
+    last_key = np.uint64(0)
+    last_group = -1
+    for i in range(lo, hi):
+        k = 0 if n_parts == 1 else np.int64(_mix1(buf[i, 1]) >> shift)
+        part[i] = k
+        hist[k] += 1
+        t = buf[i, 0]
+        if last_group >= 0 and t == last_key:
+            sums[last_group] += buf[i, 2]
+            continue
+        s = np.int64(_mix1(t) & mask)
+        while True:
+            g = slot[s]
+            if g < 0:
+                if n_groups == uniq.shape[0]:
+                    u2 = np.empty(2 * n_groups, dtype=np.uint64)
+                    u2[:n_groups] = uniq
+                    uniq = u2
+                    s2 = np.zeros(2 * n_groups, dtype=np.uint64)
+                    s2[:n_groups] = sums
+                    sums = s2
+                if 2 * (n_groups + 1) > cap:
+                    cap *= 2
+                    mask = np.uint64(cap - 1)
+                    slot = np.full(cap, -1, dtype=np.int64)
+                    for q in range(n_groups):
+                        u = np.int64(_mix1(uniq[q]) & mask)
+                        while slot[u] >= 0:
+                            u = (u + 1) & np.int64(mask)
+                        slot[u] = q
+                    s = np.int64(_mix1(t) & mask)
+                    while slot[s] >= 0:
+                        s = (s + 1) & np.int64(mask)
+                slot[s] = n_groups
+                uniq[n_groups] = t
+                g = n_groups
+                n_groups += 1
+                break
+            if uniq[g] == t:
+                break
+            s = (s + 1) & np.int64(mask)
+        sums[g] += buf[i, 2]
+        last_key = t
+        last_group = g
+    return hist, uniq[:n_groups].copy(), sums[:n_groups].copy()
+
+
+@njit(cache=True, nogil=True)
 def partition_scatter(buf: np.ndarray, lo: np.int64, hi: np.int64, part: np.ndarray,
                       offsets: np.ndarray, tmp: np.ndarray) -> None:  # fmt: skip
     """Copy rows ``buf[lo:hi]`` to ``tmp`` at their partition's next position (``offsets``)."""

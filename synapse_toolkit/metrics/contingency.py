@@ -34,21 +34,35 @@ def _chunks(n: int, k: int) -> list[tuple[int, int]]:
     return [(int(b[i]), int(b[i + 1])) for i in range(k)]
 
 
-def _partition(buf: np.ndarray, n: int, n_threads: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rows ``buf[:n]`` sorted into hash(b) partitions: (tmp rows, partition starts)."""
+def _partition(
+    buf: np.ndarray, n: int, n_threads: int, with_truth: bool = False
+) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+    """Rows ``buf[:n]`` sorted into hash(b) partitions: (tmp rows, partition starts, and with
+    ``with_truth`` the truth ids with their total counts, gathered in the same pass)."""
     n_parts, shift = hc.n_partitions(n)
     k = max(1, min(int(n_threads), n // (1 << 20) + 1))
     chunks = _chunks(n, k)
     part = np.empty(n, dtype=np.int32)
     sh = np.uint64(shift)
-    hists = np.stack(_map(lambda c: hc.partition_hist(buf, c[0], c[1], n_parts, sh, part), chunks))
+    truth = None
+    if with_truth:
+        res = _map(lambda c: hc.partition_hist_truth(buf, c[0], c[1], n_parts, sh, part), chunks)
+        hists = np.stack([r[0] for r in res])
+        merged = np.zeros((sum(len(r[1]) for r in res), 3), np.uint64)
+        merged[:, 0] = np.concatenate([r[1] for r in res])
+        merged[:, 2] = np.concatenate([r[2] for r in res])
+        truth = hc.key_sums(merged, 0)
+    else:
+        hists = np.stack(
+            _map(lambda c: hc.partition_hist(buf, c[0], c[1], n_parts, sh, part), chunks)
+        )
     starts = np.zeros(n_parts + 1, dtype=np.int64)
     np.cumsum(hists.sum(axis=0), out=starts[1:])
     offsets = starts[:-1][None, :] + (np.cumsum(hists, axis=0) - hists)
     tmp = np.empty((n, 3), dtype=np.uint64)
     _map(lambda i: hc.partition_scatter(buf, chunks[i][0], chunks[i][1], part, offsets[i], tmp),
          list(range(k)))  # fmt: skip
-    return tmp, starts
+    return tmp, starts, truth
 
 
 def _part_ranges(starts: np.ndarray, n_threads: int) -> list[tuple[int, int]]:
@@ -66,7 +80,7 @@ def compact(buf: np.ndarray, n: int, with_b_marginal: bool, n_threads: int = 2):
     Returns (n_out, nb): ``buf[:n_out]`` holds distinct pairs; ``nb[k]`` is the total count of
     ``buf[k, 1]`` over all pairs (if ``with_b_marginal``, else empty).
     """
-    tmp, starts = _partition(buf, n, n_threads)
+    tmp, starts, _ = _partition(buf, n, n_threads)
     n_parts = starts.shape[0] - 1
     n_out = np.zeros(n_parts, dtype=np.int64)
     nb_tmp = np.empty(n if with_b_marginal else 0, dtype=np.uint64)
@@ -272,9 +286,11 @@ class ContingencyCounter:
 
     def neuron_sums(self, n_threads: int = 2) -> NeuronSums:
         """The VOI / adapted-Rand sums of everything counted, without building the table."""
-        t_keys, t_sums = self.truth_sums(n_threads)
+        self._flush()
+        tmp, starts, truth = _partition(self._buf, self._n_buf, n_threads, with_truth=True)
+        assert truth is not None
+        t_keys, t_sums = truth
         tslot, log_t = hc.truth_table(t_keys, t_sums)
-        tmp, starts = _partition(self._buf, self._n_buf, n_threads)
         parts = _map(
             lambda r: hc.sums_parts(tmp, starts, r[0], r[1], t_keys, t_sums, tslot, log_t),
             _part_ranges(starts, n_threads),
