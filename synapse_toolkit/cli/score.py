@@ -112,7 +112,8 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         if math.isnan(v) or math.isinf(v):
             return str(v)
-        return f"{v:.6g}"
+        text = f"{v:.6g}"
+        return text if any(c in text for c in ".e") else text + ".0"  # floats look like floats
     return str(v)
 
 
