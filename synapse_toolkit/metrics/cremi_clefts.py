@@ -14,8 +14,9 @@ Semantics of the CREMI reference evaluator (cremi_python ``Clefts``):
   (FN) cleft voxels. Cleft score = (mean FP distance + mean FN distance) / 2.
 
 How it is computed: the volumes are read block by block and only the coordinates of cleft
-voxels are kept; nearest distances come from a k-d tree (scipy ``cKDTree``) over the other
-volume's cleft voxels and are then recomputed exactly as above. No volume-sized distance
+voxels are kept; a voxel that is a cleft voxel of both volumes has distance 0, the others' nearest
+distances come from a k-d tree (scipy ``cKDTree``) over the other volume's cleft voxels and are
+then recomputed exactly as above. No volume-sized distance
 transform is built, so memory is O(cleft voxels) and *every* statistic (counts at any
 threshold, mean, std, max, median) is exact blockwise, equal to the in-memory reference.
 
@@ -190,13 +191,27 @@ def _edt_distance(delta: np.ndarray, res: np.ndarray) -> np.ndarray:
     return np.sqrt((d[:, 0] + d[:, 1]) + d[:, 2])
 
 
-def nearest_distances(src: np.ndarray, dst: np.ndarray, res: np.ndarray) -> np.ndarray:
-    """Distance (nm) from each voxel in ``src`` to the nearest voxel in ``dst`` (non-empty)."""
+def nearest_distances(
+    src: np.ndarray, dst: np.ndarray, res: np.ndarray, shape: tuple[int, int, int] | None = None
+) -> np.ndarray:
+    """Distance (nm) from each voxel in ``src`` to the nearest voxel in ``dst`` (non-empty).
+
+    With ``shape``, voxels of ``src`` that are also in ``dst`` get 0 without a tree query."""
+    out = np.zeros(src.shape[0], np.float64)
     if src.shape[0] == 0:
-        return np.zeros(0, np.float64)
-    tree = cKDTree(dst.astype(np.float64) * res)
-    _, idx = tree.query(src.astype(np.float64) * res, k=1, workers=-1)
-    return _edt_distance(dst[idx] - src, res)
+        return out
+    todo = np.ones(src.shape[0], dtype=bool)
+    if shape is not None:
+        d_idx = np.sort(np.ravel_multi_index(dst.T, shape))
+        s_idx = np.ravel_multi_index(src.T, shape)
+        pos = np.minimum(np.searchsorted(d_idx, s_idx), d_idx.size - 1)
+        todo = d_idx[pos] != s_idx
+    if todo.any():
+        tree = cKDTree(dst.astype(np.float64) * res)
+        q = src[todo]
+        _, idx = tree.query(q.astype(np.float64) * res, k=1, workers=-1)
+        out[todo] = _edt_distance(dst[idx] - q, res)
+    return out
 
 
 def _to_empty(src: np.ndarray, res: np.ndarray, reference_artifacts: bool) -> np.ndarray:
@@ -224,13 +239,13 @@ def score_clefts(
     if vs is None:
         raise DataError("cleft scoring needs the voxel size (voxel_size_nm, z, y, x nm)")
     res = np.asarray(vs, dtype=np.float64)
-    t_pts, p_pts, _ = cleft_voxels(t_arr, p_arr, block_shape)
+    t_pts, p_pts, shape = cleft_voxels(t_arr, p_arr, block_shape)
     if t_pts.shape[0] == 0:
         fp = _to_empty(p_pts, res, reference_artifacts)
     else:
-        fp = nearest_distances(p_pts, t_pts, res)
+        fp = nearest_distances(p_pts, t_pts, res, shape)
     if p_pts.shape[0] == 0:
         fn = _to_empty(t_pts, res, reference_artifacts)
     else:
-        fn = nearest_distances(t_pts, p_pts, res)
+        fn = nearest_distances(t_pts, p_pts, res, shape)
     return CleftScores(float(threshold_nm), fp, fn)
