@@ -69,3 +69,27 @@ class ScaledUNet(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+class SignedDifference(nn.Module):
+    """Signed proximity from a two-channel sigmoid network: ``p_pre - p_post`` in [-1, 1].
+
+    Training supervises the two channels with class-balanced BCE on the positive and negative
+    parts of the signed-proximity target (stronger gradients than MSE on a tanh output); the
+    exported model returns the single signed channel.
+    """
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    @property
+    def config(self) -> UNetConfig:
+        return self.net.config  # type: ignore[no-any-return]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.net(x)
+        return y[:, 0:1] - y[:, 1:2]
+
+    def is_valid_input_shape(self, shape: Sequence[int]) -> bool:
+        return bool(self.net.is_valid_input_shape(shape))  # type: ignore[operator]

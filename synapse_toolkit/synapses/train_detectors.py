@@ -61,6 +61,9 @@ class TrainingSection(_Strict):
     out_dir: str = "runs/train-synapses"
     onnx: str | None = None  # where to export (default: <out_dir>/model.onnx)
     init_checkpoint: str | None = None  # continue from this checkpoint (same architecture)
+    #: polarity only: "mse" (tanh output) or "bce-split" (two sigmoid channels for the positive
+    #: and negative parts of the target; exported as their difference)
+    loss: Literal["mse", "bce-split"] = "mse"
 
 
 class DetectorTrainConfig(_Strict):
@@ -193,8 +196,11 @@ def train_detector(cfg: DetectorTrainConfig, log: Callable[[str], None] = print)
     t = cfg.training
     torch.set_num_threads(t.num_threads)
     torch.manual_seed(t.seed)
-    act = "sigmoid" if cfg.kind == "clefts" else "tanh"
+    split = cfg.kind == "polarity" and t.loss == "bce-split"
+    act = "sigmoid" if cfg.kind == "clefts" or split else "tanh"
     model_dict = dict(cfg.model)
+    if split:
+        model_dict["out_channels"] = 2
     scale = int(model_dict.pop("scale", 1))
     model_cfg = UNetConfig.from_dict({
         "in_channels": 1, "out_channels": 1, "num_fmaps": 8, "fmap_inc_factor": 3,
@@ -245,12 +251,23 @@ def train_detector(cfg: DetectorTrainConfig, log: Callable[[str], None] = print)
         y_t = torch.from_numpy(np.stack(ys))
         w = torch.from_numpy(np.stack(ws))
         pred = net(x)
-        if cfg.kind == "clefts":
-            per = torch.nn.functional.binary_cross_entropy(pred.clamp(1e-6, 1 - 1e-6), y_t,
+        if split:
+            parts = torch.cat([y_t.clamp(min=0), (-y_t).clamp(min=0)], dim=1)
+            w2 = torch.from_numpy(np.stack([np.stack([
+                _balanced_weights(p, m_, "polarity") for p, m_ in
+                ((np.clip(y[0], 0, None), wi[0] > 0), (np.clip(-y[0], 0, None), wi[0] > 0))])
+                for y, wi in zip(ys, ws, strict=True)]))  # fmt: skip
+            per = torch.nn.functional.binary_cross_entropy(pred.clamp(1e-6, 1 - 1e-6), parts,
                                                            reduction="none")  # fmt: skip
+            loss = (per * w2).sum() / w2.sum().clamp(min=1)
         else:
-            per = (pred - y_t) ** 2
-        loss = (per * w).sum() / w.sum().clamp(min=1)
+            if cfg.kind == "clefts":
+                per = torch.nn.functional.binary_cross_entropy(
+                    pred.clamp(1e-6, 1 - 1e-6), y_t, reduction="none"
+                )
+            else:
+                per = (pred - y_t) ** 2
+            loss = (per * w).sum() / w.sum().clamp(min=1)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -280,7 +297,10 @@ def train_detector(cfg: DetectorTrainConfig, log: Callable[[str], None] = print)
     meta = {"kind": cfg.kind, "target": target_doc, "iteration": it, "scale": scale,
             "overlap": overlap, "model_config": model_cfg.to_dict(),
             "target_settings": tsettings.__dict__}  # fmt: skip
-    info = export_model(net, input_shape, onnx_path, metadata=meta)
+    from synapse_toolkit.nn.synapse_unet import SignedDifference
+
+    export_net = SignedDifference(net) if split else net
+    info = export_model(export_net, input_shape, onnx_path, metadata=meta)
     summary = {"kind": cfg.kind, "iterations": it, "loss_avg": avg, "time_s": time.time() - start,
                "checkpoint": str(ckpt), **info}  # fmt: skip
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
