@@ -6,7 +6,6 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import pytest
 
 from synapse_toolkit.data import PartnerTable, SectionTransform, Volume
 from synapse_toolkit.io.cremi import read_cremi
@@ -91,15 +90,19 @@ def test_transform_partners_forward_and_back() -> None:
 
 
 def test_score_cli_reads_the_written_partners(tmp_path: Path) -> None:
+    import json
+
     from typer.testing import CliRunner
 
     from synapse_toolkit.cli.main import app
 
-    names = [c.name for c in app.registered_groups]
-    if "score" not in names:
-        pytest.skip("`syntk score` is not registered yet (metrics engineer)")
     table, _seg = _truth_table()
     pred = write_partners_cremi(tmp_path / "pred.hdf", table)
-    result = CliRunner().invoke(app, ["score", "cremi-partners", str(pred), str(P07)])
+    runner = CliRunner()
+    result = runner.invoke(app, ["score", "cremi-partners", str(P07), str(pred), "--json"])
     assert result.exit_code == 0, result.output
-    assert "1.0" in result.output
+    assert json.loads(result.output)["values"]["fscore"] == 1.0
+    # one pair dropped: recall 9/10
+    part = write_partners_cremi(tmp_path / "part.hdf", table.select(np.arange(10) != 4))
+    result = runner.invoke(app, ["score", "cremi-partners", str(P07), str(part), "--json"])
+    assert json.loads(result.output)["values"]["recall"] == 0.9
