@@ -31,7 +31,7 @@ import numpy as np
 
 from synapse_toolkit.affinities import NEAREST_NEIGHBOURS
 from synapse_toolkit.inference.agglomeration import agglomerate
-from synapse_toolkit.inference.tiled import predict_tiled
+from synapse_toolkit.inference.tiled import flip_tta, predict_tiled
 from synapse_toolkit.onnx_runtime import create_session, model_metadata, predictor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,14 +74,17 @@ def edge_min(values: np.ndarray) -> np.ndarray:
     return out
 
 
-def model_affinities(model: Path, raw: np.ndarray, threads: int) -> tuple[np.ndarray, float]:
+def model_affinities(
+    model: Path, raw: np.ndarray, threads: int, tta: bool = False
+) -> tuple[np.ndarray, float]:
     session = create_session(model, num_threads=threads)
     meta = model_metadata(session)
     out = np.zeros((int(meta["out_channels"]), *raw.shape), np.float32)
+    predict = predictor(session)
+    if tta:
+        predict = flip_tta(predict, meta.get("offsets"))
     t = time.perf_counter()
-    predict_tiled(
-        predictor(session), raw, out, meta["input_shape"], meta["output_shape"], overlap=(4, 8, 8)
-    )
+    predict_tiled(predict, raw, out, meta["input_shape"], meta["output_shape"], overlap=(4, 8, 8))
     return out[:3], time.perf_counter() - t
 
 
@@ -107,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split", default="test", help="never 'train' for the reported numbers")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, help="write all results here")
+    ap.add_argument("--model-only", action="store_true", help="skip the baselines")
+    ap.add_argument("--tta", action="store_true", help="average the model over 8 mirrorings")
+    ap.add_argument("--save-affs", type=Path, help="save the model affinities (.npy)")
     args = ap.parse_args(argv)
 
     def read(name: str) -> np.ndarray:
@@ -117,17 +123,21 @@ def main(argv: list[str] | None = None) -> int:
     truth = gt.astype(np.uint64)
     truth[gt == 0] = IGNORE  # boundary voxels are not scored
     metric_name, score = scorer()
-    affs, seconds = model_affinities(args.model, raw, args.threads)
+    affs, seconds = model_affinities(args.model, raw, args.threads, args.tta)
+    if args.save_affs:
+        np.save(args.save_affs, affs)
     raw01 = (raw.astype(np.float32) - raw.min()) / max(1.0, float(raw.max() - raw.min()))
     results = {
         "metrics": metric_name,
         "volume": f"{args.split} {raw.shape}",
         "model": str(args.model),
+        "tta": args.tta,
         "inference_s": seconds,
         "methods": {},
     }
     results["methods"]["model"] = evaluate(affs, truth, score)
-    for name, values in [("raw", raw01), ("p1", 1.0 - p1.astype(np.float32))]:
+    baselines = [] if args.model_only else [("raw", raw01), ("p1", 1.0 - p1.astype(np.float32))]
+    for name, values in baselines:
         variants = {
             "voxel": evaluate(np.stack([values] * 3).astype(np.float32), truth, score),
             "edge-min": evaluate(edge_min(values), truth, score),
@@ -154,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
             f"   {bv['voi']:.3f} ({bv['scoring']} @ {bv['threshold']:.2f})"
         )
     m = results["methods"]
+    if args.model_only:
+        return 0
     wins = all(
         m["model"][k][key] < m[base][k][key]
         for base in ("raw", "p1")

@@ -47,6 +47,10 @@ def create_session(
         wanted = [_CUDA, _CPU] if _CUDA in ort.get_available_providers() else [_CPU]
     else:
         wanted = list(providers)
+    probing_cuda = _CUDA in wanted
+    if probing_cuda:  # a CUDA provider that cannot load logs an ERROR line: silence it too
+        ort.set_default_logger_severity(4)
+        opts.log_severity_level = 4
     try:
         session = ort.InferenceSession(src, sess_options=opts, providers=wanted)
     except Exception as exc:
@@ -57,6 +61,9 @@ def create_session(
                 f"{model if not isinstance(model, bytes) else '<bytes>'}: "
                 f"cannot load ONNX model: {exc}"
             ) from exc
+    finally:
+        if probing_cuda:
+            ort.set_default_logger_severity(3)
     return session
 
 

@@ -141,3 +141,20 @@ def test_affinity_detector_stage_streams_and_checks_sha(tmp_path) -> None:
         AffinityDetector(AffinityDetector.Options(model_path=model), ctx).run(
             {"raw": Volume(raw, (1, 1, 1))}
         )
+
+
+def test_flip_tta_is_exact_for_an_equivariant_affinity_model() -> None:
+    """A model computing true affinities of a thresholded input is mirror-equivariant, so TTA
+    (with the channel shift for mirrored axes) must return exactly the plain prediction."""
+    from synapse_toolkit.affinities import NEAREST_NEIGHBOURS, labels_to_affinities
+    from synapse_toolkit.inference.tiled import flip_tta
+
+    def model(x: np.ndarray) -> np.ndarray:
+        lab = (x[0, 0] > 0.5).astype(np.int64) + 1
+        return labels_to_affinities(lab, background_is_boundary=False)[None]
+
+    x = (np.random.default_rng(0).random((1, 1, 5, 6, 7)) > 0.5).astype(np.float32)
+    plain = model(x)
+    np.testing.assert_allclose(flip_tta(model, NEAREST_NEIGHBOURS)(x), plain, atol=1e-6)
+    # without the shift the mirrored variants disagree
+    assert not np.allclose(flip_tta(model, None)(x), plain)

@@ -71,9 +71,11 @@ class AffinityDetector(Detector):
         )
         pad_mode: Literal["reflect", "symmetric", "edge"] = "reflect"
         providers: list[str] | None = Field(None, description="ONNX Runtime providers to force.")
+        tta: bool = Field(False, description="Average over the 8 mirrorings (8x slower).")
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        from synapse_toolkit.inference.tiled import TileGrid, predict_tiled
+        from synapse_toolkit.affinities import NEAREST_NEIGHBOURS
+        from synapse_toolkit.inference.tiled import TileGrid, flip_tta, predict_tiled
         from synapse_toolkit.onnx_runtime import (
             create_session,
             model_metadata,
@@ -121,8 +123,11 @@ class AffinityDetector(Detector):
         )
         grid = TileGrid(raw.spatial_shape, in_shape, out_shape, opts.overlap)  # type: ignore[arg-type]
         task = self.context.progress("tiles", len(grid))
+        predict = predictor(session)
+        if opts.tta:
+            predict = flip_tta(predict, meta.get("offsets") or NEAREST_NEIGHBOURS[:n_out])
         predict_tiled(
-            predictor(session),
+            predict,
             raw.data,
             result.data,
             in_shape,

@@ -171,3 +171,64 @@ def _default_preprocess(x: np.ndarray) -> np.ndarray:
     if x.dtype == np.uint8:
         return x.astype(np.float32) / 255.0
     return x.astype(np.float32)
+
+
+def flip_tta(
+    predict: PredictFn,
+    offsets: Sequence[Sequence[int]] | None = None,
+    axes: Sequence[int] = (0, 1, 2),
+) -> PredictFn:
+    """Test-time augmentation: average ``predict`` over all mirrorings along ``axes``.
+
+    For affinity outputs (``offsets`` given, one per output channel), mirroring axis ``a`` turns
+    the edge ``(v, v + o)`` into ``(v, v - o)``, so a channel with offset component ``o_a != 0``
+    is shifted back by ``|o_a|`` voxels after un-mirroring; the voxels that shift leaves without
+    a value are averaged over the remaining variants only. Channels of other outputs (e.g. a
+    boundary map, ``offsets=None``) are just un-mirrored.
+    """
+    import itertools as _it
+
+    combos = [c for r in range(len(axes) + 1) for c in _it.combinations(axes, r)]
+
+    def predict_tta(x: np.ndarray) -> np.ndarray:
+        total = None
+        count = None
+        for flip in combos:
+            spatial = tuple(2 + a for a in flip)
+            xin = np.ascontiguousarray(np.flip(x, spatial)) if flip else x
+            y = np.flip(np.asarray(predict(xin)), spatial) if flip else np.asarray(predict(xin))
+            y = y.astype(np.float64)
+            valid = np.ones(y.shape, dtype=bool)
+            if offsets is not None and flip:
+                for c, off in enumerate(offsets):
+                    for a in flip:
+                        d = abs(int(off[a]))
+                        if d == 0:
+                            continue
+                        ax = 2 + a
+                        n = y.shape[ax]
+                        src = [slice(None)] * y.ndim
+                        dst = [slice(None)] * y.ndim
+                        src[0], dst[0] = slice(None), slice(None)
+                        src[1] = dst[1] = slice(c, c + 1)
+                        src[ax] = slice(0, n - d)
+                        dst[ax] = slice(d, n)
+                        shifted = np.zeros_like(y[:, c : c + 1])
+                        ok = np.zeros_like(valid[:, c : c + 1])
+                        local = [slice(None)] * y.ndim
+                        local[ax] = slice(d, n)
+                        local_src = [slice(None)] * y.ndim
+                        local_src[ax] = slice(0, n - d)
+                        shifted[tuple(local)] = y[:, c : c + 1][tuple(local_src)]
+                        ok[tuple(local)] = valid[:, c : c + 1][tuple(local_src)]
+                        y[:, c : c + 1] = shifted
+                        valid[:, c : c + 1] = ok
+            if total is None:
+                total = np.where(valid, y, 0.0)
+                count = valid.astype(np.float64)
+            else:
+                total += np.where(valid, y, 0.0)
+                count += valid
+        return (total / np.maximum(count, 1)).astype(np.float32)
+
+    return predict_tta
