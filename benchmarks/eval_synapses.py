@@ -6,8 +6,10 @@ probability with the bundled ONNX models, then score, with the CREMI partner F-s
 - ``emsynconn`` with the pruning CNN, ``emsynconn`` without pruning, ``geometric-baseline``,
 - each with the ground-truth segmentation and (if ``--neuron-model`` is given) a predicted one
   (affinity U-Net + waterz, the neurons engineer's stages),
-- plus an oracle row (emsynconn, no pruning, on the *ground-truth* signed proximity) that bounds
-  what the candidate stage can reach.
+- each with the U-Net signed proximity and with a *noisy-truth* proximity (ground truth plus
+  smooth noise, std ``--noise-std``; the stand-in the pruner was trained on, new noise per volume),
+- plus an oracle row (emsynconn, no pruning, on the exact ground-truth signed proximity) that
+  bounds what the candidate stage can reach.
 
 TP/FP/FN are summed over all volumes (micro F-score). The CREMI cleft score (mean of the average
 FP and FN distances, nm; lower is better) of the cleft detector + ``cleft-labels`` is reported
@@ -46,6 +48,7 @@ from synapse_toolkit.synapses.partners import evaluate_partners
 from synapse_toolkit.synapses.pruning import PrunerONNX
 from synapse_toolkit.synapses.targets import Grid, TargetSettings, targets_from_cremi
 from synapse_toolkit.synapses.train_detectors import phantom_file
+from synapse_toolkit.synapses.train_pruner import noisy_truth_proximity
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "plugins" / "syntk_synapses" / "models"
@@ -68,6 +71,10 @@ def predicted_segmentation(raw: Volume, model: Path, threshold: float) -> np.nda
         opts = WaterzAgglomerator.Options(thresholds=[threshold], threshold=threshold)
         seg = WaterzAgglomerator(opts, ctx2).run({"affinities": affs})["segmentation"]
         return np.asarray(seg.read())
+
+
+def _noise_seed(seed: int) -> int:
+    return 7919 * seed + 17
 
 
 def _acc(acc: dict[str, dict[str, float]], key: str, values: dict[str, float]) -> None:
@@ -118,6 +125,7 @@ def main() -> None:
         "--neuron-model", default=None, help="affinity ONNX for a predicted segmentation"
     )
     ap.add_argument("--waterz-threshold", type=float, default=0.5)
+    ap.add_argument("--noise-std", type=float, default=0.2, help="noisy-truth proximity rows")
     ap.add_argument("--cleft-threshold", type=float, default=0.5)
     ap.add_argument("--cleft-min-voxels", type=int, default=200)
     ap.add_argument("--align-seeds", type=int, nargs="*", default=[3001, 3002, 3003])
@@ -150,19 +158,21 @@ def main() -> None:
             clefts_pred = cleft_labels(cprob, grid, args.cleft_threshold, args.cleft_min_voxels)
             cs = score_clefts(data.clefts.read(), clefts_pred, voxel_size_nm=grid.voxel_size_nm)
             cleft_scores.append(cs.as_dict())
+        noisy = noisy_truth_proximity(data, args.noise_std, _noise_seed(seed))
         for seg_name, seg in segs.items():
-            tables = {
-                "emsynconn (no pruning)": assign_emsynconn(raw, prox, seg, grid, None, settings)
-            }
-            if pruner is not None:
-                tables["emsynconn + pruning CNN"] = assign_emsynconn(
-                    raw, prox, seg, grid, pruner, settings
-                )
-            if clefts_pred is not None:
-                tables["geometric baseline"] = assign_geometric(clefts_pred, prox, seg, grid)
-            for name, table in tables.items():
-                score = evaluate_partners(table, truth, data.neuron_ids)
-                _acc(acc, f"{name} | {seg_name}", score.values)
+            for prox_name, pmap in (("U-Net proximity", prox), ("noisy-truth proximity", noisy)):
+                tables = {
+                    "emsynconn (no pruning)": assign_emsynconn(raw, pmap, seg, grid, None, settings)
+                }
+                if pruner is not None:
+                    tables["emsynconn + pruning CNN"] = assign_emsynconn(
+                        raw, pmap, seg, grid, pruner, settings
+                    )
+                if clefts_pred is not None:
+                    tables["geometric baseline"] = assign_geometric(clefts_pred, pmap, seg, grid)
+                for name, table in tables.items():
+                    score = evaluate_partners(table, truth, data.neuron_ids)
+                    _acc(acc, f"{name} | {prox_name}, {seg_name}", score.values)
         oracle = targets_from_cremi(data, TargetSettings())["proximity"]
         table = assign_emsynconn(raw, oracle, gt_seg, grid, None, settings)
         _acc(acc, "oracle: emsynconn on GT proximity | GT seg",

@@ -25,7 +25,7 @@ import time
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -49,6 +49,10 @@ class PrunerData(_Strict):
     validation_seeds: list[int] = Field(default_factory=list)
     phantom_cache: str = "runs/phantom-cache"
     polarity_model: str = "plugins/syntk_synapses/models/polarity.onnx"
+    #: "model": candidates from the polarity U-Net; "noisy-truth": from the ground-truth signed
+    #: proximity plus smooth noise of std ``noise_std`` (spurious and distorted components)
+    proximity_source: Literal["model", "noisy-truth"] = "model"
+    noise_std: float = 0.3
     cache_dir: str = "runs/pruner-cache"
 
 
@@ -87,18 +91,35 @@ def load_pruner_config(path: str | Path) -> PrunerTrainConfig:
         raise ConfigError(f"{path}: {exc}") from exc
 
 
+def noisy_truth_proximity(data: Any, noise_std: float, seed: int) -> np.ndarray:
+    """Ground-truth signed proximity plus smooth Gaussian noise (std ``noise_std``, correlation
+    ~1 section x 32 nm), clipped to [-1, 1]: a stand-in for an imperfect polarity detector."""
+    from scipy import ndimage
+
+    from synapse_toolkit.synapses.targets import TargetSettings, targets_from_cremi
+
+    gt = targets_from_cremi(data, TargetSettings())["proximity"]
+    rng = np.random.default_rng(seed)
+    noise = ndimage.gaussian_filter(rng.normal(size=gt.shape), (1.0, 8.0, 8.0))
+    noise *= noise_std / (noise.std() + 1e-12)
+    return np.clip(gt + noise, -1.0, 1.0).astype(np.float32)
+
+
 def volume_candidates(
     path: Path,
-    model: DenseModel,
+    model: DenseModel | None,
     cs: CandidateSettings,
     ps: PatchSettings,
     cache_dir: Path | None = None,
+    noise_std: float = 0.3,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(patches, labels) of the candidates of one CREMI file (cached by file, model, settings)."""
+    """(patches, labels) of the candidates of one CREMI file (cached by file, model, settings).
+
+    Without ``model`` the proximity is :func:`noisy_truth_proximity`."""
+    model_key = [model.path.stat().st_size, model.path.stat().st_mtime] if model else noise_std
     key = hashlib.sha256(
-        json.dumps([str(path), model.path.stat().st_size, model.path.stat().st_mtime,
-                    cs.__dict__, ps.__dict__], default=str).encode()
-    ).hexdigest()[:16]  # fmt: skip
+        json.dumps([str(path), model_key, cs.__dict__, ps.__dict__], default=str).encode()
+    ).hexdigest()[:16]
     cached = cache_dir / f"{path.stem}-{key}.npz" if cache_dir else None
     if cached is not None and cached.exists():
         z = np.load(cached)
@@ -109,7 +130,11 @@ def volume_candidates(
     raw = data.raw.read()
     seg = data.neuron_ids.read()
     grid = Grid.of(data.raw)
-    prox = model.predict(raw)[0]
+    if model is not None:
+        prox = model.predict(raw)[0]
+    else:
+        seed = int(hashlib.sha256(path.name.encode()).hexdigest()[:8], 16)
+        prox = noisy_truth_proximity(data, noise_std, seed)
     cands = find_candidates(prox, seg, grid, cs)
     labels = label_candidates(cands, data.annotations, seg, grid)
     patches = candidate_patches(cands, raw, prox, seg, ps)
@@ -134,11 +159,16 @@ def _augment(batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def _collect(
-    files: list[Path], model: DenseModel, cs, ps, cache: Path
-) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[no-untyped-def]
+    files: list[Path],
+    model: DenseModel | None,
+    cs: CandidateSettings,
+    ps: PatchSettings,
+    cache: Path,
+    noise_std: float,
+) -> tuple[np.ndarray, np.ndarray]:
     ps_list, ls_list = [], []
     for f in files:
-        p, lab = volume_candidates(f, model, cs, ps, cache)
+        p, lab = volume_candidates(f, model, cs, ps, cache, noise_std)
         ps_list.append(p)
         ls_list.append(lab)
     shape = (0, 4, *ps.shape)
@@ -161,7 +191,11 @@ def train_pruner(cfg: PrunerTrainConfig, log: Callable[[str], None] = print) -> 
     rng = np.random.default_rng(t.seed)
     cs = CandidateSettings(**cfg.candidates)
     ps = PatchSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.patch.items()})
-    model = DenseModel(cfg.data.polarity_model, n_threads=t.num_threads)
+    model = (
+        DenseModel(cfg.data.polarity_model, n_threads=t.num_threads)
+        if cfg.data.proximity_source == "model"
+        else None
+    )
     cache = Path(cfg.data.cache_dir)
     train_files = [Path(f) for f in cfg.data.files]
     train_files += [phantom_file(s, cfg.data.phantom_cache) for s in cfg.data.phantom_seeds]
@@ -169,8 +203,8 @@ def train_pruner(cfg: PrunerTrainConfig, log: Callable[[str], None] = print) -> 
     if not train_files:
         raise ConfigError("data: give `files` or `phantom_seeds`")
     start = time.time()
-    x_tr, y_tr = _collect(train_files, model, cs, ps, cache)
-    x_va, y_va = _collect(val_files, model, cs, ps, cache)
+    x_tr, y_tr = _collect(train_files, model, cs, ps, cache, cfg.data.noise_std)
+    x_va, y_va = _collect(val_files, model, cs, ps, cache, cfg.data.noise_std)
     took = time.time() - start
     log(f"candidates: train {len(y_tr)} ({int(y_tr.sum())} positive), "
         f"validation {len(y_va)} ({int(y_va.sum())} positive), {took:.0f}s")  # fmt: skip
@@ -235,6 +269,7 @@ def train_pruner(cfg: PrunerTrainConfig, log: Callable[[str], None] = print) -> 
     torch.save({"config": net.config.to_dict(), "state_dict": net.state_dict()}, ckpt)
     onnx_path = Path(t.onnx) if t.onnx else out_dir / "pruner.onnx"
     meta = {"kind": "pruner", "downsample": ps.downsample, "channels": "em,proximity,pre,post",
+            "proximity_source": cfg.data.proximity_source, "noise_std": cfg.data.noise_std,
             "candidate_settings": cs.__dict__, "config": net.config.to_dict()}  # fmt: skip
     info = export_model(net, ps.shape, onnx_path, metadata=meta)
     summary = {"iterations": it, "best_validation_balanced_accuracy": best,
