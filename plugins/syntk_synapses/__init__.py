@@ -79,7 +79,10 @@ class SectionTranslation(Aligner):
         mode: Literal["estimate", "inverse"] = "estimate"
         sigma_px: float = Field(1.0, ge=0, description="Smoothing before correlation (pixels).")
         max_shift_px: int = Field(64, gt=0, description="Largest section-to-section shift.")
-        min_quality: float = Field(8.0, gt=0, description="Correlation peak quality threshold.")
+        min_quality: float = Field(3.0, gt=0, description="Absolute peak quality floor.")
+        min_relative_quality: float = Field(
+            0.6, ge=0, description="Defective if below this x the median pair quality."
+        )
         integer: bool = Field(True, description="Whole-pixel shifts (exact for labels).")
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
@@ -102,6 +105,7 @@ class SectionTranslation(Aligner):
             transform, report = estimate_translations(
                 raw.data, raw.voxel_size_nm, sigma_px=o.sigma_px,  # type: ignore[attr-defined]
                 max_shift_px=o.max_shift_px, min_quality=o.min_quality,  # type: ignore[attr-defined]
+                min_relative_quality=o.min_relative_quality,  # type: ignore[attr-defined]
                 integer=o.integer,  # type: ignore[attr-defined]
             )  # fmt: skip
             if report.skipped:

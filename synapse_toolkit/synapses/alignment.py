@@ -63,7 +63,8 @@ def phase_correlation(
     a = _prepare(reference, sigma_px)
     b = _prepare(moving, sigma_px)
     cross = fft.rfft2(b) * np.conj(fft.rfft2(a))
-    cross /= np.maximum(np.abs(cross), 1e-9)
+    # partial whitening (|F|^0.5): full phase correlation over-weights pixel noise
+    cross /= np.maximum(np.sqrt(np.abs(cross)), 1e-9)
     corr = fft.irfft2(cross, s=a.shape)
     ny, nx = corr.shape
     if max_shift_px is not None:
@@ -111,18 +112,21 @@ def estimate_translations(
     *,
     sigma_px: float = 1.0,
     max_shift_px: int | None = 64,
-    min_quality: float = 8.0,
+    min_quality: float = 3.0,
+    min_relative_quality: float = 0.6,
     min_std: float = 1.0,
     integer: bool = True,
     n_references: int = 3,
 ) -> tuple[SectionTransform, AlignmentReport]:
     """Estimate per-section shifts (nm) that align ``raw`` (z, y, x) section by section.
 
-    ``min_std`` (intensity units) marks blank sections, ``min_quality`` indistinct correlation
-    peaks; both are skipped. ``integer`` rounds every section-to-section shift to whole pixels
-    before accumulating (no drift from sub-pixel bias; exact slicing for labels). Each section
-    is registered to up to ``n_references`` previous good sections and the median of the implied
-    positions is taken, which damps the random-walk drift of chained pairwise registration.
+    ``min_std`` (intensity units) marks blank sections; a section whose best neighbour match has a
+    peak quality below ``min_quality`` or below ``min_relative_quality`` x the median quality of
+    all neighbouring pairs is defective; both are skipped. ``integer`` rounds every
+    section-to-section shift to whole pixels before accumulating (no drift from sub-pixel bias;
+    exact slicing for labels). Each section is registered to up to ``n_references`` previous good
+    sections and the median of the implied positions is taken, which damps the random-walk drift
+    of chained pairwise registration.
     """
     data = raw if hasattr(raw, "shape") and hasattr(raw, "__getitem__") else np.asarray(raw)
     if len(data.shape) != 3:
@@ -143,7 +147,13 @@ def estimate_translations(
         left = pair_q[z - 1] if z > 0 else 0.0
         right = pair_q[z] if z < nz - 1 else 0.0
         quality[z] = max(left, right) if nz > 1 else np.inf
-    skipped = [z for z in range(nz) if blank[z] or quality[z] < min_quality]
+    valid_q = pair_q[pair_q > 0]
+    threshold = (
+        max(min_quality, min_relative_quality * float(np.median(valid_q)))
+        if valid_q.size
+        else min_quality
+    )
+    skipped = [z for z in range(nz) if blank[z] or quality[z] < threshold]
     # pass 2: chain the good sections; each against up to n_references previous good ones
     cum = np.zeros((nz, 2))
     refs: list[int] = []
@@ -160,7 +170,7 @@ def estimate_translations(
                 rel, q = pair_d[r], pair_q[r]
             else:
                 rel, q = phase_correlation(sections[r], sections[z], sigma_px, max_shift_px)
-            if q >= min_quality or k == 0:
+            if q >= threshold or k == 0:
                 estimates.append(cum[r] + (np.round(rel) if integer else rel))
         est = np.median(np.asarray(estimates), axis=0)
         cum[z] = np.round(est) if integer else est
