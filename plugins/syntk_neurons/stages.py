@@ -213,11 +213,20 @@ class WaterzAgglomerator(Agglomerator):
         task = self.context.progress("thresholds", len(ths))
         index = {th: i for i, th in enumerate(ths)}
 
+        target = opts.threshold if opts.threshold is not None else ths[len(ths) // 2]
+        wanted = int(np.argmin([abs(t - target) for t in ths]))
+        chosen: dict[str, Any] = {}  # the selected segmentation, kept in memory (no read-back)
+
         def keep(th: float, seg: np.ndarray) -> None:
             segs.data[index[th]] = seg
             if truth_np is not None:
                 s = segmentation_scores(seg, truth_np, ignore_label=opts.ignore_label)
-                rows.append({"threshold": th, **s.to_dict()})
+                row = {"threshold": th, **s.to_dict()}
+                rows.append(row)
+                if "row" not in chosen or row[opts.select_by] < chosen["row"][opts.select_by]:
+                    chosen.update(row=row, seg=seg.copy())
+            elif index[th] == wanted:
+                chosen["seg"] = seg.copy()
             task.advance()
 
         agglomerate(
@@ -230,16 +239,11 @@ class WaterzAgglomerator(Agglomerator):
             discretize_queue=opts.discretize_queue,
             on_segmentation=keep,
         )
-        if rows:
-            best = min(rows, key=lambda r: r[opts.select_by])
-            chosen = index[best["threshold"]]
-        else:
-            target = opts.threshold if opts.threshold is not None else ths[len(ths) // 2]
-            chosen = int(np.argmin([abs(t - target) for t in ths]))
         seg = self.context.create_volume("segmentation", spatial, np.uint64, like=affs_vol)
-        seg.data[...] = segs.data[chosen]
+        seg.data[...] = chosen["seg"]
         out: dict[str, Any] = {"segmentation": seg, "segmentations": segs}
         if rows:
+            best = chosen["row"]
             out["scores"] = ScoreRecord(
                 metric="waterz-threshold-sweep",
                 values={f"best_{k}": v for k, v in best.items()},
