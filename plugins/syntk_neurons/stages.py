@@ -261,7 +261,8 @@ class Hdf5VolumesLoader(Loader):
     """Volumes from plain HDF5 files (one dataset each), e.g. the gala FIB-SEM example data.
 
     ``volumes`` maps an output port (``raw``, ``neuron_ids``, ``boundaries``, ``fragments``) to a
-    file + dataset. With ``zero_is_unlabelled``, label 0 of ``neuron_ids`` becomes
+    file + dataset; relative paths are resolved against the directory of the pipeline's input
+    file. With ``zero_is_unlabelled``, label 0 of ``neuron_ids`` becomes
     0xffffffffffffffff (CREMI's "ignore" label) so scorers skip it.
     """
 
@@ -289,7 +290,9 @@ class Hdf5VolumesLoader(Loader):
         opts: Hdf5VolumesLoader.Options = self.options  # type: ignore[assignment]
         self._files = []
         out: dict[str, Any] = {}
+        base = self.context.input_path.parent if self.context.input_path else Path.cwd()
         for port, spec in opts.volumes.items():
+            spec = spec.model_copy(update={"path": base / spec.path})  # absolute paths stay
             if not spec.path.exists():
                 raise DataError(f"hdf5-volumes: {spec.path} not found (volume {port!r})")
             try:
