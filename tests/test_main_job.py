@@ -1,0 +1,31 @@
+"""The README's main job runs end to end offline on the bundled demo with the shipped models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from synapse_toolkit.cli.main import app
+from synapse_toolkit.io.cremi import read_cremi
+
+from .conftest import REPO
+
+
+def test_main_job_runs_on_the_demo(tmp_path: Path) -> None:
+    res = CliRunner().invoke(
+        app,
+        ["pipeline", "run", str(REPO / "examples" / "cremi.toml"), "--json",
+         "--set", f"output.dir='{tmp_path / 'run'}'"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert {s["status"] for s in summary["stages"]} == {"ran"}
+    scores = summary["scores"]
+    neurons = scores["score_neurons.scores"]["values"]
+    assert neurons["n_voxels"] > 0 and neurons["cremi_score"] >= 0
+    assert "fscore" in scores["score_partners.scores"]["values"]
+    written = read_cremi(tmp_path / "run" / "prediction.hdf")
+    assert written.neuron_ids is not None and written.clefts is not None
+    assert written.neuron_ids.spatial_shape == (20, 256, 256)
