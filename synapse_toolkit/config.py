@@ -27,11 +27,13 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from synapse_toolkit.errors import ConfigError
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class _Strict(BaseModel):
@@ -187,6 +189,21 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> PipelineConf
     p = Path(path)
     doc = apply_overrides(load_config_document(p), overrides)
     return parse_config(doc, base_dir=p.resolve().parent)
+
+
+def load_training_config(path: str | Path, model: type[M]) -> M:
+    """Read a training TOML and validate it as ``model``; errors name the file."""
+    p = Path(path)
+    try:
+        raw = tomllib.loads(p.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{p}: training config not found") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: invalid TOML: {exc}") from exc
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:  # one message with key paths
+        raise ConfigError(f"{p}: {exc}") from exc
 
 
 def config_json_schema() -> dict[str, Any]:

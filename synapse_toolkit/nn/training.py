@@ -21,7 +21,6 @@ import importlib
 import json
 import os
 import time
-import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -36,6 +35,7 @@ from synapse_toolkit.affinities import (
     labels_to_affinities,
     long_range_offsets,
 )
+from synapse_toolkit.config import load_training_config
 from synapse_toolkit.errors import ConfigError, DataError
 from synapse_toolkit.nn.augment import AugmentConfig, sample_augmented
 
@@ -99,19 +99,8 @@ class TrainConfig(_Strict):
 
 
 def load_config(path: str | Path) -> TrainConfig:
-    """Read and validate a training TOML; relative data paths are resolved against its folder."""
-    path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{path}: training config not found") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
-    try:
-        cfg = TrainConfig.model_validate(raw)
-    except Exception as exc:  # pydantic ValidationError → one message with key paths
-        raise ConfigError(f"{path}: {exc}") from exc
-    return cfg
+    """Read and validate an affinity training TOML."""
+    return load_training_config(path, TrainConfig)
 
 
 # -- data ---------------------------------------------------------------------------------------

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -33,6 +32,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from synapse_toolkit.config import load_training_config
 from synapse_toolkit.errors import ConfigError, DataError
 from synapse_toolkit.io.cremi import CremiData, read_cremi
 from synapse_toolkit.synapses.targets import TargetSettings, targets_from_cremi
@@ -76,17 +76,7 @@ class DetectorTrainConfig(_Strict):
 
 
 def load_detector_config(path: str | Path) -> DetectorTrainConfig:
-    path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{path}: training config not found") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
-    try:
-        return DetectorTrainConfig.model_validate(raw)
-    except Exception as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
+    return load_training_config(path, DetectorTrainConfig)
 
 
 def phantom_file(seed: int, cache: str | Path) -> Path:

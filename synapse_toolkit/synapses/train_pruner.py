@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import time
-import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -30,6 +29,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from synapse_toolkit.config import load_training_config
 from synapse_toolkit.errors import ConfigError, DataError
 from synapse_toolkit.io.cremi import read_cremi
 from synapse_toolkit.synapses.candidates import CandidateSettings, find_candidates
@@ -78,17 +78,7 @@ class PrunerTrainConfig(_Strict):
 
 
 def load_pruner_config(path: str | Path) -> PrunerTrainConfig:
-    path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{path}: training config not found") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
-    try:
-        return PrunerTrainConfig.model_validate(raw)
-    except Exception as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
+    return load_training_config(path, PrunerTrainConfig)
 
 
 def noisy_truth_proximity(data: Any, noise_std: float, seed: int) -> np.ndarray:
