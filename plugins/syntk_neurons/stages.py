@@ -180,7 +180,6 @@ class WaterzAgglomerator(Agglomerator):
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         from synapse_toolkit.inference.agglomeration import agglomerate, scoring_function
-        from synapse_toolkit.inference.segmetrics import segmentation_scores
 
         opts: WaterzAgglomerator.Options = self.options  # type: ignore[assignment]
         scoring_function(opts.scoring)  # validate early
@@ -215,7 +214,10 @@ class WaterzAgglomerator(Agglomerator):
 
         target = opts.threshold if opts.threshold is not None else ths[len(ths) // 2]
         wanted = int(np.argmin([abs(t - target) for t in ths]))
-        chosen: dict[str, Any] = {}  # the selected segmentation, kept in memory (no read-back)
+        seg_out = self.context.create_volume("segmentation", spatial, np.uint64, like=affs_vol)
+        chosen: dict[str, Any] = {}  # with truth: the best segmentation so far (no read-back)
+        if truth_np is not None:  # the metrics pull in numba: import only when scoring
+            from synapse_toolkit.inference.segmetrics import segmentation_scores
 
         def keep(th: float, seg: np.ndarray) -> None:
             segs.data[index[th]] = seg
@@ -225,8 +227,8 @@ class WaterzAgglomerator(Agglomerator):
                 rows.append(row)
                 if "row" not in chosen or row[opts.select_by] < chosen["row"][opts.select_by]:
                     chosen.update(row=row, seg=seg.copy())
-            elif index[th] == wanted:
-                chosen["seg"] = seg.copy()
+            elif index[th] == wanted:  # written straight from waterz's buffer, no copy
+                seg_out.data[...] = seg
             task.advance()
 
         agglomerate(
@@ -239,9 +241,9 @@ class WaterzAgglomerator(Agglomerator):
             discretize_queue=opts.discretize_queue,
             on_segmentation=keep,
         )
-        seg = self.context.create_volume("segmentation", spatial, np.uint64, like=affs_vol)
-        seg.data[...] = chosen["seg"]
-        out: dict[str, Any] = {"segmentation": seg, "segmentations": segs}
+        if "seg" in chosen:
+            seg_out.data[...] = chosen["seg"]
+        out: dict[str, Any] = {"segmentation": seg_out, "segmentations": segs}
         if rows:
             best = chosen["row"]
             out["scores"] = ScoreRecord(

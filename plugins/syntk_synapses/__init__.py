@@ -84,6 +84,9 @@ class SectionTranslation(Aligner):
             0.6, ge=0, description="Defective if below this x the median pair quality."
         )
         integer: bool = Field(True, description="Whole-pixel shifts (exact for labels).")
+        n_references: int = Field(
+            1, ge=1, description="Previous good sections each section is registered to (median)."
+        )
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         from synapse_toolkit.synapses.alignment import (
@@ -107,6 +110,7 @@ class SectionTranslation(Aligner):
                 max_shift_px=o.max_shift_px, min_quality=o.min_quality,  # type: ignore[attr-defined]
                 min_relative_quality=o.min_relative_quality,  # type: ignore[attr-defined]
                 integer=o.integer,  # type: ignore[attr-defined]
+                n_references=o.n_references,  # type: ignore[attr-defined]
             )  # fmt: skip
             if report.skipped:
                 self.context.logger.info("skipped sections (missing/defective): %s", report.skipped)

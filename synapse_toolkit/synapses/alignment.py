@@ -2,8 +2,8 @@
 
 First, sections that are blank (missing) or whose phase correlation with *both* neighbours has
 no distinct peak (defective: noise, folds, stains) are marked bad. Then each good section is
-registered to up to three previous good sections by phase correlation (windowed, lightly
-smoothed, sub-pixel peak by parabola fit) and the median of the implied positions is taken;
+registered to the previous good section (optionally to several, taking the median of the implied
+positions) by phase correlation (windowed, lightly smoothed, sub-pixel peak by parabola fit);
 shifts accumulate along z and the median shift is removed, so the aligned volume stays centred.
 Bad sections take the shift of the previous good section and never serve as reference.
 
@@ -116,7 +116,7 @@ def estimate_translations(
     min_relative_quality: float = 0.6,
     min_std: float = 1.0,
     integer: bool = True,
-    n_references: int = 3,
+    n_references: int = 1,
 ) -> tuple[SectionTransform, AlignmentReport]:
     """Estimate per-section shifts (nm) that align ``raw`` (z, y, x) section by section.
 
@@ -125,8 +125,10 @@ def estimate_translations(
     all neighbouring pairs is defective; both are skipped. ``integer`` rounds every
     section-to-section shift to whole pixels before accumulating (no drift from sub-pixel bias;
     exact slicing for labels). Each section is registered to up to ``n_references`` previous good
-    sections and the median of the implied positions is taken, which damps the random-walk drift
-    of chained pairwise registration.
+    sections and the median of the implied positions is taken. The default, 1 (a pure chain of
+    neighbour registrations), removes added misalignment most exactly on the phantoms
+    (``benchmarks/eval_synapses.py``); more references damp drift on volumes whose content
+    moves little between sections.
     """
     data = raw if hasattr(raw, "shape") and hasattr(raw, "__getitem__") else np.asarray(raw)
     if len(data.shape) != 3:

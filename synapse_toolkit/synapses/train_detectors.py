@@ -58,6 +58,7 @@ class TrainingSection(_Strict):
     seed: int = 0
     num_threads: int = 2
     log_every: int = 20
+    checkpoint_every: int = 500  # also write <out_dir>/latest.pt this often (0 = only at the end)
     out_dir: str = "runs/train-synapses"
     onnx: str | None = None  # where to export (default: <out_dir>/model.onnx)
     init_checkpoint: str | None = None  # continue from this checkpoint (same architecture)
@@ -174,6 +175,41 @@ def _balanced_weights(target: np.ndarray, mask: np.ndarray, kind: str) -> np.nda
     return w * mask
 
 
+def _split_weights(target: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(2, ...) loss weights for the pre (target > 0) and post (target < 0) channels.
+
+    Per channel, its own side, the *other* side and the background each carry a third of the
+    weight. With plain positive/negative balancing the other side is a few percent of the
+    negatives, so predicting "near a synapse" on both channels is almost free and the net never
+    learns which side is which.
+    """
+    sides = (target > 0, target < 0)
+    out = []
+    for own, other in (sides, sides[::-1]):
+        w = np.zeros(target.shape, np.float32)
+        background = ~(own | other)
+        for part in (own, other, background):
+            n = int((part & mask).sum())
+            if n:
+                w[part] = 1.0 / (3.0 * n)
+        out.append(w * mask * mask.sum())
+    return np.stack(out)
+
+
+def _save_checkpoint(  # type: ignore[no-untyped-def]
+    path: Path, net, model_cfg, it, input_shape, output_shape, kind, scale
+) -> None:
+    """Write a training checkpoint atomically."""
+    import torch
+
+    state = {"model_config": model_cfg.to_dict(), "state_dict": net.state_dict(),
+             "iteration": it, "input_shape": list(input_shape),
+             "output_shape": list(output_shape), "kind": kind, "scale": scale}  # fmt: skip
+    tmp = path.with_suffix(".pt.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
 def train_detector(cfg: DetectorTrainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train, export to ONNX, return a summary (paths, sha256, loss, time)."""
     import torch
@@ -243,10 +279,9 @@ def train_detector(cfg: DetectorTrainConfig, log: Callable[[str], None] = print)
         pred = net(x)
         if split:
             parts = torch.cat([y_t.clamp(min=0), (-y_t).clamp(min=0)], dim=1)
-            w2 = torch.from_numpy(np.stack([np.stack([
-                _balanced_weights(p, m_, "polarity") for p, m_ in
-                ((np.clip(y[0], 0, None), wi[0] > 0), (np.clip(-y[0], 0, None), wi[0] > 0))])
-                for y, wi in zip(ys, ws, strict=True)]))  # fmt: skip
+            w2 = torch.from_numpy(np.stack([
+                _split_weights(y[0], wi[0] > 0) for y, wi in zip(ys, ws, strict=True)
+            ]))  # fmt: skip
             per = torch.nn.functional.binary_cross_entropy(pred.clamp(1e-6, 1 - 1e-6), parts,
                                                            reduction="none")  # fmt: skip
             loss = (per * w2).sum() / w2.sum().clamp(min=1)
@@ -270,17 +305,15 @@ def train_detector(cfg: DetectorTrainConfig, log: Callable[[str], None] = print)
                 json.dumps({"iteration": it, "loss": lv, "avg": avg, "time_s": elapsed}) + "\n"
             )
             metrics.flush()
+        if t.checkpoint_every and it % t.checkpoint_every == 0:
+            _save_checkpoint(out_dir / "latest.pt", net, model_cfg, it, input_shape, output_shape,
+                             cfg.kind, scale)  # fmt: skip
         if t.time_limit_minutes is not None and elapsed > 60 * t.time_limit_minutes:
             log(f"time limit {t.time_limit_minutes} min reached at iteration {it}")
             break
     metrics.close()
     ckpt = out_dir / "final.pt"
-    tmp = ckpt.with_suffix(".pt.tmp")
-    state = {"model_config": model_cfg.to_dict(), "state_dict": net.state_dict(),
-             "iteration": it, "input_shape": list(input_shape),
-             "output_shape": list(output_shape), "kind": cfg.kind, "scale": scale}  # fmt: skip
-    torch.save(state, tmp)
-    os.replace(tmp, ckpt)
+    _save_checkpoint(ckpt, net, model_cfg, it, input_shape, output_shape, cfg.kind, scale)
     onnx_path = Path(t.onnx) if t.onnx else out_dir / "model.onnx"
     target_doc = "signed proximity in [-1, 1]" if cfg.kind == "polarity" else "cleft probability"
     overlap = [2, 8, 8] if model_cfg.padding == "valid" else [4, 32, 32]

@@ -27,9 +27,10 @@ SHIPPED: dict[str, tuple[str, str, str]] = {
         "3D U-Net (same convs, 2x(1,3,3) downsampling), raw uint8/255 (1,1,16,144,144) -> 3 "
         "nearest-neighbour affinities; trained on phantom volumes (defaults v1, 40x4x4 nm, seeds "
         "2001-2003, validation 2004) with BCE + constrained MALIS, 810 iterations / 40 CPU-min",
-        "for s in 2001 2002 2003 2004; do syntk phantom em /work/phantom_train/seed$s.h5 --shape "
-        "32 320 320 --seed $s; done && syntk train affinities examples/train/phantom_affinities.toml"
-        " && syntk export onnx runs/phantom_affinities/best.pt "
+        "for s in 2001 2002 2003 2004; do syntk phantom em runs/phantom-train/seed$s.h5 "
+        "--shape 32 320 320 --seed $s; done && "
+        "syntk train affinities examples/train/phantom_affinities.toml && "
+        "syntk export onnx runs/phantom_affinities/best.pt "
         "plugins/syntk_neurons/models/phantom_affinities.onnx",
     ),
 }
