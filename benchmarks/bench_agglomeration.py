@@ -6,7 +6,7 @@ every segmentation written to a zarr artifact, plus the selected one). Target: <
 Affinities: the gala FIB-SEM test volume's boundary map (1 - p1) tiled to the requested size, so
 fragment statistics stay realistic.
 
-    python benchmarks/bench_agglomeration.py [--repeat-x 1 2 4] [--thresholds 0.3 0.5 0.7]
+    python benchmarks/bench_agglomeration.py [--repeat-x 1 2 4 8] [--thresholds 0.3 0.5 0.7]
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def raw_waterz(affs: np.ndarray, thresholds: list[float], scoring: str) -> list[
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--repeat-x", type=int, nargs="+", default=[1, 2, 4])
+    ap.add_argument("--repeat-x", type=int, nargs="+", default=[1, 2, 4, 8])
     ap.add_argument("--thresholds", type=float, nargs="+", default=[0.3, 0.5, 0.7])
     ap.add_argument("--scoring", default="quantile50")
     ap.add_argument("--rounds", type=int, default=3)

@@ -32,15 +32,22 @@ def test_split_weights_give_each_side_and_background_a_third() -> None:
     assert not w[:, 3].any()  # masked voxels carry no weight
 
 
-@pytest.mark.parametrize(("kind", "loss"), [("polarity", "bce-split"), ("clefts", "mse")])
-def test_detector_trains_and_exports(tmp_path: Path, kind: str, loss: str) -> None:
+@pytest.mark.parametrize(
+    ("kind", "loss", "pool"),
+    [
+        ("polarity", "bce-split", "space-to-depth"),
+        ("polarity", "bce-side", "space-to-depth"),
+        ("clefts", "mse", "avg"),
+    ],
+)
+def test_detector_trains_and_exports(tmp_path: Path, kind: str, loss: str, pool: str) -> None:
     import onnxruntime as ort
 
     path = write_cremi(tmp_path / "s.hdf", make_cremi_data(shape=(8, 64, 64)))
     cfg = DetectorTrainConfig.model_validate({
         "kind": kind,
         "data": {"files": [str(path)]},
-        "model": {"scale": 2, "padding": "same", "num_fmaps": 2,
+        "model": {"scale": 2, "pool": pool, "init": "kaiming", "padding": "same", "num_fmaps": 2,
                   "downsample_factors": [[1, 2, 2]]},
         "augment": {"elastic_sigma": 0.0, "margin": [0, 0, 0]},
         "training": {"iterations": 4, "input_shape": [4, 32, 32], "num_threads": 1,

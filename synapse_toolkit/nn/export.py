@@ -45,7 +45,7 @@ def export_model(
 
     out_path = Path(out_path)
     net = net.eval().cpu()
-    cin = net.config.in_channels
+    cin = int(getattr(net, "input_channels", net.config.in_channels))
     shape = tuple(int(s) for s in input_shape)
     if hasattr(net, "is_valid_input_shape") and not net.is_valid_input_shape(shape):
         raise SyntkError(

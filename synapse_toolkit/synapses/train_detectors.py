@@ -62,9 +62,10 @@ class TrainingSection(_Strict):
     out_dir: str = "runs/train-synapses"
     onnx: str | None = None  # where to export (default: <out_dir>/model.onnx)
     init_checkpoint: str | None = None  # continue from this checkpoint (same architecture)
-    #: polarity only: "mse" (tanh output) or "bce-split" (two sigmoid channels for the positive
-    #: and negative parts of the target; exported as their difference)
-    loss: Literal["mse", "bce-split"] = "mse"
+    #: polarity only: "mse" (tanh output), "bce-split" (two sigmoid channels for the positive
+    #: and negative parts of the target; exported as their difference) or "bce-side" (unsigned
+    #: proximity + pre-side probability; exported as proximity x (2 p - 1))
+    loss: Literal["mse", "bce-split", "bce-side"] = "mse"
 
 
 class DetectorTrainConfig(_Strict):
@@ -196,15 +197,37 @@ def _split_weights(target: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.stack(out)
 
 
+def _side_loss(pred, target, mask):  # type: ignore[no-untyped-def]
+    """``bce-side`` loss: balanced BCE of channel 0 on |target| (near any synaptic site) plus
+    balanced BCE of channel 1 on ``target > 0`` (pre-synaptic side) where |target| > 0."""
+    import torch
+    from torch.nn.functional import binary_cross_entropy
+
+    pred = pred.clamp(1e-6, 1 - 1e-6)
+    valid = (mask > 0).float()
+    near_t = target.abs()
+    near = (near_t > 0).float() * valid
+    frac = (near.sum() / valid.sum().clamp(min=1)).clamp(0.02, 0.98)
+    w_near = (near * 0.5 / frac + (1 - near) * valid * 0.5 / (1 - frac)) / valid.sum().clamp(min=1)
+    loss_near = (binary_cross_entropy(pred[:, 0:1], near_t, reduction="none") * w_near).sum()
+    pre = (target > 0).float()
+    n_pre = (near * pre).sum().clamp(min=1)
+    n_post = (near * (1 - pre)).sum().clamp(min=1)
+    w_side = near * (pre * 0.5 / n_pre + (1 - pre) * 0.5 / n_post)
+    loss_side = (binary_cross_entropy(pred[:, 1:2], pre, reduction="none") * w_side).sum()
+    return loss_near + torch.where(near.sum() > 0, loss_side, torch.zeros_like(loss_side))
+
+
 def _save_checkpoint(  # type: ignore[no-untyped-def]
-    path: Path, net, model_cfg, it, input_shape, output_shape, kind, scale
+    path: Path, net, model_cfg, it, input_shape, output_shape, kind, scale, pool="avg"
 ) -> None:
     """Write a training checkpoint atomically."""
     import torch
 
     state = {"model_config": model_cfg.to_dict(), "state_dict": net.state_dict(),
              "iteration": it, "input_shape": list(input_shape),
-             "output_shape": list(output_shape), "kind": kind, "scale": scale}  # fmt: skip
+             "output_shape": list(output_shape), "kind": kind, "scale": scale,
+             "pool": pool}  # fmt: skip
     tmp = path.with_suffix(".pt.tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
@@ -216,23 +239,32 @@ def train_detector(cfg: DetectorTrainConfig, log: Callable[[str], None] = print)
 
     from synapse_toolkit.nn.augment import AugmentConfig
     from synapse_toolkit.nn.export import export_model
-    from synapse_toolkit.nn.synapse_unet import ScaledUNet
+    from synapse_toolkit.nn.synapse_unet import ScaledUNet, kaiming_init
     from synapse_toolkit.nn.unet import UNet3D, UNetConfig
 
     t = cfg.training
     torch.set_num_threads(t.num_threads)
     torch.manual_seed(t.seed)
     split = cfg.kind == "polarity" and t.loss == "bce-split"
-    act = "sigmoid" if cfg.kind == "clefts" or split else "tanh"
+    side = cfg.kind == "polarity" and t.loss == "bce-side"
+    act = "sigmoid" if cfg.kind == "clefts" or split or side else "tanh"
     model_dict = dict(cfg.model)
-    if split:
+    if split or side:
         model_dict["out_channels"] = 2
+    init = str(model_dict.pop("init", "default"))
     scale = int(model_dict.pop("scale", 1))
+    pool = str(model_dict.pop("pool", "avg"))
+    if pool == "space-to-depth":
+        model_dict["in_channels"] = scale * scale
     model_cfg = UNetConfig.from_dict({
         "in_channels": 1, "out_channels": 1, "num_fmaps": 8, "fmap_inc_factor": 3,
         "downsample_factors": [[1, 3, 3], [1, 3, 3]], "output_activation": act, **model_dict,
     })  # fmt: skip
-    net = UNet3D(model_cfg) if scale == 1 else ScaledUNet(model_cfg, scale)
+    net = UNet3D(model_cfg) if scale == 1 else ScaledUNet(model_cfg, scale, pool)
+    if init == "kaiming":
+        kaiming_init(net)
+    elif init != "default":
+        raise ConfigError(f"model.init: unknown {init!r} (use 'default' or 'kaiming')")
     input_shape = tuple(t.input_shape)
     if not net.is_valid_input_shape(input_shape):
         raise ConfigError(f"training.input_shape {list(input_shape)} is not valid; "
@@ -277,7 +309,9 @@ def train_detector(cfg: DetectorTrainConfig, log: Callable[[str], None] = print)
         y_t = torch.from_numpy(np.stack(ys))
         w = torch.from_numpy(np.stack(ws))
         pred = net(x)
-        if split:
+        if side:
+            loss = _side_loss(pred, y_t, w)
+        elif split:
             parts = torch.cat([y_t.clamp(min=0), (-y_t).clamp(min=0)], dim=1)
             w2 = torch.from_numpy(np.stack([
                 _split_weights(y[0], wi[0] > 0) for y, wi in zip(ys, ws, strict=True)
@@ -307,22 +341,22 @@ def train_detector(cfg: DetectorTrainConfig, log: Callable[[str], None] = print)
             metrics.flush()
         if t.checkpoint_every and it % t.checkpoint_every == 0:
             _save_checkpoint(out_dir / "latest.pt", net, model_cfg, it, input_shape, output_shape,
-                             cfg.kind, scale)  # fmt: skip
+                             cfg.kind, scale, pool)  # fmt: skip
         if t.time_limit_minutes is not None and elapsed > 60 * t.time_limit_minutes:
             log(f"time limit {t.time_limit_minutes} min reached at iteration {it}")
             break
     metrics.close()
     ckpt = out_dir / "final.pt"
-    _save_checkpoint(ckpt, net, model_cfg, it, input_shape, output_shape, cfg.kind, scale)
+    _save_checkpoint(ckpt, net, model_cfg, it, input_shape, output_shape, cfg.kind, scale, pool)
     onnx_path = Path(t.onnx) if t.onnx else out_dir / "model.onnx"
     target_doc = "signed proximity in [-1, 1]" if cfg.kind == "polarity" else "cleft probability"
     overlap = [2, 8, 8] if model_cfg.padding == "valid" else [4, 32, 32]
-    meta = {"kind": cfg.kind, "target": target_doc, "iteration": it, "scale": scale,
+    meta = {"kind": cfg.kind, "target": target_doc, "iteration": it, "scale": scale, "pool": pool,
             "overlap": overlap, "model_config": model_cfg.to_dict(),
             "target_settings": tsettings.__dict__}  # fmt: skip
-    from synapse_toolkit.nn.synapse_unet import SignedDifference
+    from synapse_toolkit.nn.synapse_unet import SignedDifference, VicinityTimesSide
 
-    export_net = SignedDifference(net) if split else net
+    export_net = SignedDifference(net) if split else VicinityTimesSide(net) if side else net
     info = export_model(export_net, input_shape, onnx_path, metadata=meta)
     summary = {"kind": cfg.kind, "iterations": it, "loss_avg": avg, "time_s": time.time() - start,
                "checkpoint": str(ckpt), **info}  # fmt: skip
