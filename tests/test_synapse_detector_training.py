@@ -64,3 +64,23 @@ def test_detector_trains_and_exports(tmp_path: Path, kind: str, loss: str, pool:
     assert y.shape == (1, 1, 4, 32, 32)
     low = -1.0 if kind == "polarity" else 0.0
     assert y.min() >= low - 1e-6 and y.max() <= 1.0 + 1e-6
+
+
+def test_side_loss_rewards_the_right_side_only_near_sites() -> None:
+    from synapse_toolkit.synapses.train_detectors import _side_loss
+
+    target = torch.zeros(1, 1, 2, 8, 8)
+    target[..., :2, :] = 0.6  # pre side
+    target[..., 2:4, :] = -0.6  # post side
+    mask = torch.ones_like(target)
+
+    def loss(near: float, pre_side: float, post_side: float, far_side: float) -> float:
+        side = torch.full_like(target, far_side)
+        side[..., :2, :], side[..., 2:4, :] = pre_side, post_side
+        vic = torch.where(target != 0, torch.tensor(near), torch.tensor(0.05))
+        return float(_side_loss(torch.cat([vic, side], dim=1), target, mask))
+
+    right, wrong = loss(0.6, 0.9, 0.1, 0.5), loss(0.6, 0.1, 0.9, 0.5)
+    assert right < wrong
+    # the side channel is not trained away from the sites
+    assert loss(0.6, 0.9, 0.1, 0.01) == pytest.approx(loss(0.6, 0.9, 0.1, 0.99))

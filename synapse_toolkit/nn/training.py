@@ -239,7 +239,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
     import torch
 
     from synapse_toolkit.nn.malis import malis_loss
-    from synapse_toolkit.nn.unet import UNet3D, UNetConfig
+    from synapse_toolkit.nn.unet import UNet3D, UNetConfig, kaiming_init
 
     t_cfg = cfg.training
     torch.set_num_threads(t_cfg.num_threads)
@@ -248,8 +248,14 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
     offsets = (
         long_range_offsets(cfg.target.long_range) if cfg.target.long_range else NEAREST_NEIGHBOURS
     )
-    model_cfg = UNetConfig.from_dict({"out_channels": len(offsets), **cfg.model})
+    model_dict = dict(cfg.model)
+    init = str(model_dict.pop("init", "default"))  # "kaiming": He-normal convolutions
+    model_cfg = UNetConfig.from_dict({"out_channels": len(offsets), **model_dict})
     net = UNet3D(model_cfg).to(device)
+    if init == "kaiming":
+        kaiming_init(net)
+    elif init != "default":
+        raise ConfigError(f"model.init: unknown {init!r} (use 'default' or 'kaiming')")
     input_shape = tuple(t_cfg.input_shape)
     if not net.is_valid_input_shape(input_shape):
         raise ConfigError(

@@ -239,8 +239,8 @@ def train_detector(cfg: DetectorTrainConfig, log: Callable[[str], None] = print)
 
     from synapse_toolkit.nn.augment import AugmentConfig
     from synapse_toolkit.nn.export import export_model
-    from synapse_toolkit.nn.synapse_unet import ScaledUNet, kaiming_init
-    from synapse_toolkit.nn.unet import UNet3D, UNetConfig
+    from synapse_toolkit.nn.synapse_unet import ScaledUNet
+    from synapse_toolkit.nn.unet import UNet3D, UNetConfig, kaiming_init
 
     t = cfg.training
     torch.set_num_threads(t.num_threads)
