@@ -110,13 +110,8 @@ class ScaledUNet(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-class SignedDifference(nn.Module):
-    """Signed proximity from a two-channel sigmoid network: ``p_pre - p_post`` in [-1, 1].
-
-    Training supervises the two channels with class-balanced BCE on the positive and negative
-    parts of the signed-proximity target (stronger gradients than MSE on a tanh output); the
-    exported model returns the single signed channel.
-    """
+class _SignedHead(nn.Module):
+    """Wraps a two-channel sigmoid network; subclasses combine the channels into one signed map."""
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
@@ -130,15 +125,23 @@ class SignedDifference(nn.Module):
     def input_channels(self) -> int:
         return int(getattr(self.net, "input_channels", self.config.in_channels))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.net(x)
-        return y[:, 0:1] - y[:, 1:2]
-
     def is_valid_input_shape(self, shape: Sequence[int]) -> bool:
         return bool(self.net.is_valid_input_shape(shape))  # type: ignore[operator]
 
 
-class VicinityTimesSide(nn.Module):
+class SignedDifference(_SignedHead):
+    """Signed proximity from a two-channel sigmoid network: ``p_pre - p_post`` in [-1, 1].
+
+    Training supervises the two channels with class-balanced BCE on the positive and negative
+    parts of the signed-proximity target; the exported model returns the single signed channel.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.net(x)
+        return y[:, 0:1] - y[:, 1:2]
+
+
+class VicinityTimesSide(_SignedHead):
     """Signed proximity from a (vicinity, side) sigmoid network: ``v * (2 * p_pre_side - 1)``.
 
     Channel 0 learns the unsigned proximity to any synaptic site; channel 1, trained only where
@@ -147,21 +150,6 @@ class VicinityTimesSide(nn.Module):
     the network cannot settle in the symmetric state where both sides look alike.
     """
 
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    @property
-    def config(self) -> UNetConfig:
-        return self.net.config  # type: ignore[no-any-return]
-
-    @property
-    def input_channels(self) -> int:
-        return int(getattr(self.net, "input_channels", self.config.in_channels))
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.net(x)
         return y[:, 0:1] * (2.0 * y[:, 1:2] - 1.0)
-
-    def is_valid_input_shape(self, shape: Sequence[int]) -> bool:
-        return bool(self.net.is_valid_input_shape(shape))  # type: ignore[operator]

@@ -50,8 +50,9 @@ class PrunerData(_Strict):
     phantom_cache: str = "runs/phantom-cache"
     polarity_model: str = "plugins/syntk_synapses/models/polarity.onnx"
     #: "model": candidates from the polarity U-Net; "noisy-truth": from the ground-truth signed
-    #: proximity plus smooth noise of std ``noise_std`` (spurious and distorted components)
-    proximity_source: Literal["model", "noisy-truth"] = "model"
+    #: proximity plus smooth noise of std ``noise_std`` (spurious and distorted components);
+    #: "both": the union (validation always uses the model's candidates when it is used)
+    proximity_source: Literal["model", "noisy-truth", "both"] = "model"
     noise_std: float = 0.3
     cache_dir: str = "runs/pruner-cache"
 
@@ -183,7 +184,7 @@ def train_pruner(cfg: PrunerTrainConfig, log: Callable[[str], None] = print) -> 
     ps = PatchSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.patch.items()})
     model = (
         DenseModel(cfg.data.polarity_model, n_threads=t.num_threads)
-        if cfg.data.proximity_source == "model"
+        if cfg.data.proximity_source in ("model", "both")
         else None
     )
     cache = Path(cfg.data.cache_dir)
@@ -194,6 +195,9 @@ def train_pruner(cfg: PrunerTrainConfig, log: Callable[[str], None] = print) -> 
         raise ConfigError("data: give `files` or `phantom_seeds`")
     start = time.time()
     x_tr, y_tr = _collect(train_files, model, cs, ps, cache, cfg.data.noise_std)
+    if cfg.data.proximity_source == "both":
+        x_nt, y_nt = _collect(train_files, None, cs, ps, cache, cfg.data.noise_std)
+        x_tr, y_tr = np.concatenate([x_tr, x_nt]), np.concatenate([y_tr, y_nt])
     x_va, y_va = _collect(val_files, model, cs, ps, cache, cfg.data.noise_std)
     took = time.time() - start
     log(f"candidates: train {len(y_tr)} ({int(y_tr.sum())} positive), "
