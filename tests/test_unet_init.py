@@ -27,3 +27,13 @@ def test_kaiming_init_keeps_bottom_activations() -> None:
     default, he = _bottom_std(False), _bottom_std(True)
     assert he > 10 * default
     assert 0.05 < he < 20
+
+
+def test_unknown_init_is_a_config_error() -> None:
+    from synapse_toolkit.errors import ConfigError
+    from synapse_toolkit.nn.unet import apply_init
+
+    net = UNet3D(UNetConfig(in_channels=1, out_channels=1, num_fmaps=2,
+                            downsample_factors=((1, 2, 2),), padding="same"))  # fmt: skip
+    with pytest.raises(ConfigError, match="model.init"):
+        apply_init(net, "xavier")

@@ -239,7 +239,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
     import torch
 
     from synapse_toolkit.nn.malis import malis_loss
-    from synapse_toolkit.nn.unet import UNet3D, UNetConfig, kaiming_init
+    from synapse_toolkit.nn.unet import UNet3D, UNetConfig, apply_init
 
     t_cfg = cfg.training
     torch.set_num_threads(t_cfg.num_threads)
@@ -252,10 +252,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
     init = str(model_dict.pop("init", "default"))  # "kaiming": He-normal convolutions
     model_cfg = UNetConfig.from_dict({"out_channels": len(offsets), **model_dict})
     net = UNet3D(model_cfg).to(device)
-    if init == "kaiming":
-        kaiming_init(net)
-    elif init != "default":
-        raise ConfigError(f"model.init: unknown {init!r} (use 'default' or 'kaiming')")
+    apply_init(net, init)
     input_shape = tuple(t_cfg.input_shape)
     if not net.is_valid_input_shape(input_shape):
         raise ConfigError(

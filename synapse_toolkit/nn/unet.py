@@ -242,3 +242,13 @@ def kaiming_init(net: nn.Module) -> None:
             nn.init.kaiming_normal_(mod.weight, nonlinearity="relu")
             if mod.bias is not None:
                 nn.init.zeros_(mod.bias)
+
+
+def apply_init(net: nn.Module, init: str) -> None:
+    """The ``model.init`` option of the trainers: ``"default"`` (PyTorch's) or ``"kaiming"``."""
+    if init == "kaiming":
+        kaiming_init(net)
+    elif init != "default":
+        from synapse_toolkit.errors import ConfigError
+
+        raise ConfigError(f"model.init: unknown {init!r} (use 'default' or 'kaiming')")

@@ -240,7 +240,7 @@ def train_detector(cfg: DetectorTrainConfig, log: Callable[[str], None] = print)
     from synapse_toolkit.nn.augment import AugmentConfig
     from synapse_toolkit.nn.export import export_model
     from synapse_toolkit.nn.synapse_unet import ScaledUNet
-    from synapse_toolkit.nn.unet import UNet3D, UNetConfig, kaiming_init
+    from synapse_toolkit.nn.unet import UNet3D, UNetConfig, apply_init
 
     t = cfg.training
     torch.set_num_threads(t.num_threads)
@@ -261,10 +261,7 @@ def train_detector(cfg: DetectorTrainConfig, log: Callable[[str], None] = print)
         "downsample_factors": [[1, 3, 3], [1, 3, 3]], "output_activation": act, **model_dict,
     })  # fmt: skip
     net = UNet3D(model_cfg) if scale == 1 else ScaledUNet(model_cfg, scale, pool)
-    if init == "kaiming":
-        kaiming_init(net)
-    elif init != "default":
-        raise ConfigError(f"model.init: unknown {init!r} (use 'default' or 'kaiming')")
+    apply_init(net, init)
     input_shape = tuple(t.input_shape)
     if not net.is_valid_input_shape(input_shape):
         raise ConfigError(f"training.input_shape {list(input_shape)} is not valid; "
