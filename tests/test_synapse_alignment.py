@@ -99,3 +99,18 @@ def test_transform_must_match_volume() -> None:
         apply_transform(np.zeros((3, 8, 8)), SectionTransform(np.zeros((2, 2))), VS)
     with pytest.raises(DataError, match="z, y, x"):
         estimate_translations(np.zeros((8, 8)), VS)
+
+
+def test_patch_vote_follows_the_majority_not_one_bright_moving_structure() -> None:
+    """Most of the section moves by (4, -6); one high-contrast quarter moves by (-10, 9) (an
+    oblique neurite). Whole-section correlation follows the bright quarter; the patch vote
+    follows the majority."""
+    raw, _ = _stack(1, 256)
+    ref = raw[0].astype(np.float32)
+    ref[:128, :128] = (ref[:128, :128] - 128) * 6 + 128  # the high-contrast structure
+    moved = np.roll(ref, (4, -6), axis=(0, 1))
+    moved[:128, :128] = np.roll(ref, (-10, 9), axis=(0, 1))[:128, :128]
+    whole, _ = phase_correlation(ref, moved, max_shift_px=40)
+    voted, _ = phase_correlation(ref, moved, max_shift_px=40, patch_px=64, patch_step_px=32)
+    np.testing.assert_allclose(voted, [4, -6], atol=0.5)
+    assert np.abs(whole - [4, -6]).max() > 2

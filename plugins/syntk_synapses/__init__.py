@@ -87,6 +87,10 @@ class SectionTranslation(Aligner):
         n_references: int = Field(
             1, ge=1, description="Previous good sections each section is registered to (median)."
         )
+        patch_px: int | None = Field(
+            96, gt=8, description="Patch side of the voting correlation; none = whole sections."
+        )
+        patch_step_px: int = Field(32, gt=0, description="Stride between voting patches.")
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         from synapse_toolkit.synapses.alignment import (
@@ -111,6 +115,7 @@ class SectionTranslation(Aligner):
                 min_relative_quality=o.min_relative_quality,  # type: ignore[attr-defined]
                 integer=o.integer,  # type: ignore[attr-defined]
                 n_references=o.n_references,  # type: ignore[attr-defined]
+                patch_px=o.patch_px, patch_step_px=o.patch_step_px,  # type: ignore[attr-defined]
             )  # fmt: skip
             if report.skipped:
                 self.context.logger.info("skipped sections (missing/defective): %s", report.skipped)

@@ -46,7 +46,27 @@ def _prepare(section: np.ndarray, sigma_px: float) -> np.ndarray:
 
 def _parabola(cm: float, c0: float, cp: float) -> float:
     denom = cm - 2 * c0 + cp
-    return 0.0 if denom == 0 else float(np.clip(0.5 * (cm - cp) / denom, -0.5, 0.5))
+    if denom == 0 or not np.isfinite(denom):
+        return 0.0
+    return float(np.clip(0.5 * (cm - cp) / denom, -0.5, 0.5))
+
+
+def _correlation_surface(reference: np.ndarray, moving: np.ndarray, sigma_px: float) -> np.ndarray:
+    """Partially whitened cross-correlation surface (|F|^0.5: full phase correlation
+    over-weights pixel noise), standardised to zero mean and unit variance."""
+    a = _prepare(reference, sigma_px)
+    b = _prepare(moving, sigma_px)
+    cross = fft.rfft2(b) * np.conj(fft.rfft2(a))
+    cross /= np.maximum(np.sqrt(np.abs(cross)), 1e-9)
+    corr = fft.irfft2(cross, s=a.shape)
+    return (corr - corr.mean()) / (corr.std() + 1e-12)
+
+
+def _patch_origins(size: int, patch: int, step: int) -> list[int]:
+    starts = list(range(0, size - patch + 1, step))
+    if starts[-1] != size - patch:
+        starts.append(size - patch)
+    return starts
 
 
 def phase_correlation(
@@ -54,18 +74,33 @@ def phase_correlation(
     moving: np.ndarray,
     sigma_px: float = 1.0,
     max_shift_px: int | None = None,
+    patch_px: int | None = None,
+    patch_step_px: int | None = None,
 ) -> tuple[np.ndarray, float]:
     """Displacement (dy, dx) px of ``moving`` relative to ``reference`` and a peak quality.
 
     ``moving(y, x) ≈ reference(y - dy, x - dx)``. Quality is the peak height over the standard
     deviation of the correlation surface (large = distinct peak).
+
+    With ``patch_px``, the sections are cut into overlapping square patches (every
+    ``patch_step_px``, default half a patch) and the standardised correlation surfaces of all
+    patch pairs are summed before the peak is taken: a vote for the displacement most of the
+    section agrees on, so a few structures that move between sections (oblique neurites) do not
+    carry the estimate the way they can carry one whole-section correlation. Displacements are
+    then limited to less than half a patch.
     """
-    a = _prepare(reference, sigma_px)
-    b = _prepare(moving, sigma_px)
-    cross = fft.rfft2(b) * np.conj(fft.rfft2(a))
-    # partial whitening (|F|^0.5): full phase correlation over-weights pixel noise
-    cross /= np.maximum(np.sqrt(np.abs(cross)), 1e-9)
-    corr = fft.irfft2(cross, s=a.shape)
+    ny_full, nx_full = reference.shape
+    if patch_px is not None and min(ny_full, nx_full) > patch_px:
+        step = patch_step_px or max(patch_px // 2, 1)
+        corr = np.zeros((patch_px, patch_px))
+        for y in _patch_origins(ny_full, patch_px, step):
+            for x in _patch_origins(nx_full, patch_px, step):
+                win = (slice(y, y + patch_px), slice(x, x + patch_px))
+                corr += _correlation_surface(reference[win], moving[win], sigma_px)
+        limit = patch_px // 2 - 1
+        max_shift_px = limit if max_shift_px is None else min(max_shift_px, limit)
+    else:
+        corr = _correlation_surface(reference, moving, sigma_px)
     ny, nx = corr.shape
     if max_shift_px is not None:
         yy = np.minimum(np.arange(ny), ny - np.arange(ny))
@@ -76,7 +111,7 @@ def phase_correlation(
     py, px = np.unravel_index(int(np.argmax(corr)), corr.shape)
     peak = corr[py, px]
     finite = corr[np.isfinite(corr)]
-    quality = float(peak / (finite.std() + 1e-12))
+    quality = float((peak - finite.mean()) / (finite.std() + 1e-12))
     sy = _parabola(corr[(py - 1) % ny, px], peak, corr[(py + 1) % ny, px])
     sx = _parabola(corr[py, (px - 1) % nx], peak, corr[py, (px + 1) % nx])
     sy = np.nan_to_num(sy, posinf=0.0, neginf=0.0)
@@ -117,6 +152,8 @@ def estimate_translations(
     min_std: float = 1.0,
     integer: bool = True,
     n_references: int = 1,
+    patch_px: int | None = 96,
+    patch_step_px: int | None = 32,
 ) -> tuple[SectionTransform, AlignmentReport]:
     """Estimate per-section shifts (nm) that align ``raw`` (z, y, x) section by section.
 
@@ -128,8 +165,11 @@ def estimate_translations(
     sections and the median of the implied positions is taken. The default, 1 (a pure chain of
     neighbour registrations), removes added misalignment most exactly on the phantoms
     (``benchmarks/eval_synapses.py``); more references damp drift on volumes whose content
-    moves little between sections.
+    moves little between sections. ``patch_px``/``patch_step_px`` make every registration a vote
+    of overlapping patches (see :func:`phase_correlation`; ``None`` correlates whole sections);
+    shifts are then limited to ``min(max_shift_px, patch_px // 2 - 1)`` per section pair.
     """
+    corr_kw = {"patch_px": patch_px, "patch_step_px": patch_step_px}
     data = raw if hasattr(raw, "shape") and hasattr(raw, "__getitem__") else np.asarray(raw)
     if len(data.shape) != 3:
         raise DataError(f"alignment needs a (z, y, x) volume, got shape {tuple(data.shape)}")
@@ -142,7 +182,7 @@ def estimate_translations(
     for z in range(nz - 1):
         if not (blank[z] or blank[z + 1]):
             pair_d[z], pair_q[z] = phase_correlation(
-                sections[z], sections[z + 1], sigma_px, max_shift_px
+                sections[z], sections[z + 1], sigma_px, max_shift_px, **corr_kw
             )
     quality = np.zeros(nz)
     for z in range(nz):
@@ -171,7 +211,9 @@ def estimate_translations(
             if r == z - 1:
                 rel, q = pair_d[r], pair_q[r]
             else:
-                rel, q = phase_correlation(sections[r], sections[z], sigma_px, max_shift_px)
+                rel, q = phase_correlation(
+                    sections[r], sections[z], sigma_px, max_shift_px, **corr_kw
+                )
             if q >= threshold or k == 0:
                 estimates.append(cum[r] + (np.round(rel) if integer else rel))
         est = np.median(np.asarray(estimates), axis=0)
