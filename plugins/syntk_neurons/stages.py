@@ -11,6 +11,7 @@ import numpy as np
 from pydantic import Field
 
 from synapse_toolkit import __version__
+from synapse_toolkit.background_writes import BackgroundWriter
 from synapse_toolkit.data import ScoreRecord, Volume
 from synapse_toolkit.errors import DataError, PluginError
 from synapse_toolkit.stages import Agglomerator, Detector, Loader, Port, StageOptions
@@ -219,28 +220,35 @@ class WaterzAgglomerator(Agglomerator):
         if truth_np is not None:  # the metrics pull in numba: import only when scoring
             from synapse_toolkit.inference.segmetrics import segmentation_scores
 
+        def write(i: int, seg: np.ndarray, also_selected: bool) -> None:
+            segs.data[i] = seg
+            if also_selected:
+                seg_out.data[...] = seg
+
         def keep(th: float, seg: np.ndarray) -> None:
-            segs.data[index[th]] = seg
+            own = seg.copy()  # waterz reuses its buffer; the writer thread owns this copy
+            selected = truth_np is None and index[th] == wanted
+            writer.submit(write, index[th], own, selected)
             if truth_np is not None:
-                s = segmentation_scores(seg, truth_np, ignore_label=opts.ignore_label)
+                s = segmentation_scores(own, truth_np, ignore_label=opts.ignore_label)
                 row = {"threshold": th, **s.to_dict()}
                 rows.append(row)
                 if "row" not in chosen or row[opts.select_by] < chosen["row"][opts.select_by]:
-                    chosen.update(row=row, seg=seg.copy())
-            elif index[th] == wanted:  # written straight from waterz's buffer, no copy
-                seg_out.data[...] = seg
+                    chosen.update(row=row, seg=own)
             task.advance()
 
-        agglomerate(
-            affs,
-            ths,
-            fragments=frag,
-            scoring=opts.scoring,
-            aff_threshold_low=opts.aff_threshold_low,
-            aff_threshold_high=opts.aff_threshold_high,
-            discretize_queue=opts.discretize_queue,
-            on_segmentation=keep,
-        )
+        # segmentations are written while waterz computes the next threshold
+        with BackgroundWriter(max_pending=2) as writer:
+            agglomerate(
+                affs,
+                ths,
+                fragments=frag,
+                scoring=opts.scoring,
+                aff_threshold_low=opts.aff_threshold_low,
+                aff_threshold_high=opts.aff_threshold_high,
+                discretize_queue=opts.discretize_queue,
+                on_segmentation=keep,
+            )
         if "seg" in chosen:
             seg_out.data[...] = chosen["seg"]
         out: dict[str, Any] = {"segmentation": seg_out, "segmentations": segs}

@@ -1,0 +1,118 @@
+"""Tune the EMSynConn candidate and pruning settings on phantom *tuning* seeds.
+
+Tuning seeds (default 1203-1208) are disjoint from the training seeds (1001-1012 U-Nets,
+1101-1110 and 1201-1202 pruner) and from the evaluation seeds of ``eval_synapses.py`` (3001+),
+so the settings chosen here can be reported on the evaluation seeds without selection bias.
+
+For every combination of proximity threshold, minimum component size and maximum gap it builds
+the candidates once with the U-Net proximity and the ground-truth segmentation, scores them with
+the pruning CNN once, then sweeps the pruning threshold. It also reports the recall of the
+candidates themselves (no pruning), i.e. how many true partners the candidate stage can reach.
+
+Usage::
+
+    python benchmarks/tune_candidates.py [--seeds 1203 1204 ...] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from synapse_toolkit.io.cremi import read_cremi
+from synapse_toolkit.synapses.candidates import CandidateSettings, find_candidates
+from synapse_toolkit.synapses.detection import DenseModel
+from synapse_toolkit.synapses.partners import deduplicate, evaluate_partners
+from synapse_toolkit.synapses.pruning import PrunerONNX, candidate_patches
+from synapse_toolkit.synapses.targets import Grid
+from synapse_toolkit.synapses.train_detectors import phantom_file
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "plugins" / "syntk_synapses" / "models"
+FORBIDDEN = set(range(1001, 1013)) | set(range(1101, 1111)) | {1201, 1202} | set(range(3001, 3100))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=list(range(1203, 1209)))
+    ap.add_argument("--cache", default=str(ROOT / "runs" / "phantom-cache"))
+    ap.add_argument("--polarity", default=str(MODELS / "polarity.onnx"))
+    ap.add_argument("--pruner", default=str(MODELS / "pruner.onnx"))
+    ap.add_argument("--thresholds", type=float, nargs="+", default=[0.2, 0.3, 0.4])
+    ap.add_argument("--min-voxels", type=int, nargs="+", default=[25, 50, 100])
+    ap.add_argument("--max-gaps", type=float, nargs="+", default=[60.0, 100.0])
+    ap.add_argument("--prune-thresholds", type=float, nargs="+",
+                    default=[0.2, 0.3, 0.4, 0.5, 0.6, 0.7])  # fmt: skip
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    bad = FORBIDDEN & set(args.seeds)
+    if bad:
+        raise SystemExit(f"seeds {sorted(bad)} are training or evaluation seeds")
+    t0 = time.time()
+    pol = DenseModel(args.polarity)
+    pruner = PrunerONNX(args.pruner)
+    volumes = []
+    for seed in args.seeds:
+        data = read_cremi(phantom_file(seed, args.cache))
+        raw = data.raw.read()
+        volumes.append((data, raw, pol.predict(raw)[0]))
+    print(f"proximity predicted for {len(volumes)} volumes ({time.time() - t0:.0f}s)", flush=True)
+    counts: dict[tuple, np.ndarray] = {}
+    for thr, mv, gap in itertools.product(args.thresholds, args.min_voxels, args.max_gaps):
+        cs = CandidateSettings(threshold=thr, min_voxels=mv, max_gap_nm=gap)
+        for data, raw, prox in volumes:
+            seg = data.neuron_ids.read()
+            grid = Grid.of(data.raw)
+            cands = find_candidates(prox, seg, grid, cs)
+            if len(cands) == 0:
+                tables = {None: None, **{pt: None for pt in args.prune_thresholds}}
+            else:
+                patches = candidate_patches(cands, raw, prox, seg, pruner.patch_settings)
+                scores = pruner.scores(patches)
+                table = cands.to_table(scores)
+                tables = {None: deduplicate(cands.to_table())}
+                for pt in args.prune_thresholds:
+                    tables[pt] = deduplicate(table.select(scores > pt))
+            for pt, tab in tables.items():
+                key = (thr, mv, gap, pt)
+                if tab is None:
+                    n_true = len(data.annotations.partners)
+                    v = {"tp": 0, "fp": 0, "fn": n_true}
+                else:
+                    v = evaluate_partners(tab, data.annotations, data.neuron_ids).values
+                counts[key] = counts.get(key, np.zeros(3)) + np.array([v["tp"], v["fp"], v["fn"]])
+        print(f"threshold {thr} min_voxels {mv} max_gap {gap} ({time.time() - t0:.0f}s)",
+              flush=True)  # fmt: skip
+    rows = []
+    for key, (tp, fp, fn) in counts.items():
+        p = tp / (tp + fp) if tp + fp else 0.0
+        r = tp / (tp + fn) if tp + fn else 0.0
+        f = 2 * p * r / (p + r) if p + r else 0.0
+        rows.append({"threshold": key[0], "min_voxels": key[1], "max_gap_nm": key[2],
+                     "prune_threshold": key[3], "fscore": f, "precision": p, "recall": r,
+                     "tp": tp, "fp": fp, "fn": fn})  # fmt: skip
+    rows.sort(key=lambda r: -r["fscore"])
+    print(f"\nCREMI partner F on tuning seeds {args.seeds} (GT segmentation, U-Net proximity)")
+    print("thr  min_vox gap  prune   F     P     R")
+    for r in rows[:15]:
+        pt = "none" if r["prune_threshold"] is None else f"{r['prune_threshold']:.1f}"
+        print(f"{r['threshold']:.2f} {r['min_voxels']:6d} {r['max_gap_nm']:5.0f} {pt:>5s} "
+              f"{r['fscore']:.3f} {r['precision']:.3f} {r['recall']:.3f}")  # fmt: skip
+    default = [r for r in rows if (r["threshold"], r["min_voxels"], r["max_gap_nm"],
+                                   r["prune_threshold"]) == (0.3, 100, 60.0, 0.5)]  # fmt: skip
+    if default:
+        d = default[0]
+        print(f"defaults (0.3, 100, 60, 0.5): F {d['fscore']:.3f} P {d['precision']:.3f} "
+              f"R {d['recall']:.3f}")  # fmt: skip
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(rows, indent=2, default=float))
+
+
+if __name__ == "__main__":
+    main()
