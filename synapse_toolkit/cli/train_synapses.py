@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -28,19 +28,25 @@ def _need_torch() -> None:
         raise SyntkError("training needs torch: pip install 'synapse-toolkit[train]'") from exc
 
 
+def _with_overrides(cfg: Any, time_limit: float | None, iterations: int | None) -> Any:
+    """The config with ``training.time_limit_minutes`` / ``training.iterations`` replaced."""
+    updates: dict[str, object] = {}
+    if time_limit is not None:
+        updates["time_limit_minutes"] = time_limit
+    if iterations is not None:
+        updates["iterations"] = iterations
+    if not updates:
+        return cfg
+    return cfg.model_copy(update={"training": cfg.training.model_copy(update=updates)})
+
+
 def _detector(kind: str, config: Path, time_limit: float | None, iterations: int | None) -> None:
     from synapse_toolkit.synapses.train_detectors import load_detector_config
 
     cfg = load_detector_config(config)
     if cfg.kind != kind:
         raise ConfigError(f"{config}: kind = {cfg.kind!r}, but this command trains {kind!r}")
-    updates: dict[str, object] = {}
-    if time_limit is not None:
-        updates["time_limit_minutes"] = time_limit
-    if iterations is not None:
-        updates["iterations"] = iterations
-    if updates:
-        cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update=updates)})
+    cfg = _with_overrides(cfg, time_limit, iterations)
     _need_torch()
     from synapse_toolkit.synapses.train_detectors import train_detector
 
@@ -65,14 +71,7 @@ def pruner(config: ConfigArg, time_limit: TimeOpt = None, iterations: ItOpt = No
     """Train the EMSynConn pruning CNN on labelled candidates and export it to ONNX."""
     from synapse_toolkit.synapses.train_pruner import load_pruner_config
 
-    cfg = load_pruner_config(config)
-    updates: dict[str, object] = {}
-    if time_limit is not None:
-        updates["time_limit_minutes"] = time_limit
-    if iterations is not None:
-        updates["iterations"] = iterations
-    if updates:
-        cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update=updates)})
+    cfg = _with_overrides(load_pruner_config(config), time_limit, iterations)
     _need_torch()
     from synapse_toolkit.synapses.train_pruner import train_pruner
 

@@ -150,6 +150,42 @@ def n_partitions(n: int) -> tuple[int, int]:
     return n_parts, 64 - (n_parts.bit_length() - 1)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _find_or_add(key: np.uint64, slot: np.ndarray, uniq: np.ndarray, sums: np.ndarray,
+                 n_groups: np.int64):  # fmt: skip
+    """Group index of ``key`` in a growable open-addressing table (``slot``: group per slot,
+    -1 = free, size a power of two, at most half full), adding ``key`` as a new group if absent.
+    Returns (group, slot, uniq, sums, n_groups): the arrays are replaced when they grow."""
+    mask = np.uint64(slot.shape[0] - 1)
+    s = np.int64(_mix1(key) & mask)
+    while slot[s] >= 0:
+        g = slot[s]
+        if uniq[g] == key:
+            return g, slot, uniq, sums, n_groups
+        s = (s + 1) & np.int64(mask)
+    if n_groups == uniq.shape[0]:
+        u2 = np.empty(2 * n_groups, dtype=np.uint64)
+        u2[:n_groups] = uniq
+        uniq = u2
+        s2 = np.zeros(2 * n_groups, dtype=np.uint64)
+        s2[:n_groups] = sums
+        sums = s2
+    if 2 * (n_groups + 1) > slot.shape[0]:
+        mask = np.uint64(2 * slot.shape[0] - 1)
+        slot = np.full(2 * slot.shape[0], -1, dtype=np.int64)
+        for q in range(n_groups):
+            t = np.int64(_mix1(uniq[q]) & mask)
+            while slot[t] >= 0:
+                t = (t + 1) & np.int64(mask)
+            slot[t] = q
+        s = np.int64(_mix1(key) & mask)
+        while slot[s] >= 0:
+            s = (s + 1) & np.int64(mask)
+    slot[s] = n_groups
+    uniq[n_groups] = key
+    return n_groups, slot, uniq, sums, n_groups + 1
+
+
 @njit(cache=True, nogil=True)
 def partition_hist(buf: np.ndarray, lo: np.int64, hi: np.int64, n_parts: np.int64,
                    shift: np.uint64, part: np.ndarray) -> np.ndarray:  # fmt: skip
@@ -168,9 +204,7 @@ def partition_hist_truth(buf: np.ndarray, lo: np.int64, hi: np.int64, n_parts: n
     """:func:`partition_hist` and, in the same pass over the rows, the summed counts of each
     truth id (column 0). Returns (hist, truth ids, their summed counts)."""
     hist = np.zeros(n_parts, dtype=np.int64)
-    cap = 1024
-    mask = np.uint64(cap - 1)
-    slot = np.full(cap, -1, dtype=np.int64)
+    slot = np.full(1024, -1, dtype=np.int64)
     uniq = np.empty(512, dtype=np.uint64)
     sums = np.zeros(512, dtype=np.uint64)
     n_groups = 0
@@ -184,37 +218,7 @@ def partition_hist_truth(buf: np.ndarray, lo: np.int64, hi: np.int64, n_parts: n
         if last_group >= 0 and t == last_key:
             sums[last_group] += buf[i, 2]
             continue
-        s = np.int64(_mix1(t) & mask)
-        while True:
-            g = slot[s]
-            if g < 0:
-                if n_groups == uniq.shape[0]:
-                    u2 = np.empty(2 * n_groups, dtype=np.uint64)
-                    u2[:n_groups] = uniq
-                    uniq = u2
-                    s2 = np.zeros(2 * n_groups, dtype=np.uint64)
-                    s2[:n_groups] = sums
-                    sums = s2
-                if 2 * (n_groups + 1) > cap:
-                    cap *= 2
-                    mask = np.uint64(cap - 1)
-                    slot = np.full(cap, -1, dtype=np.int64)
-                    for q in range(n_groups):
-                        u = np.int64(_mix1(uniq[q]) & mask)
-                        while slot[u] >= 0:
-                            u = (u + 1) & np.int64(mask)
-                        slot[u] = q
-                    s = np.int64(_mix1(t) & mask)
-                    while slot[s] >= 0:
-                        s = (s + 1) & np.int64(mask)
-                slot[s] = n_groups
-                uniq[n_groups] = t
-                g = n_groups
-                n_groups += 1
-                break
-            if uniq[g] == t:
-                break
-            s = (s + 1) & np.int64(mask)
+        g, slot, uniq, sums, n_groups = _find_or_add(t, slot, uniq, sums, n_groups)
         sums[g] += buf[i, 2]
         last_key = t
         last_group = g
@@ -333,46 +337,14 @@ def group_sum(keys: np.ndarray, counts: np.ndarray):
     distinct keys stay in cache.
     """
     n = keys.shape[0]
-    cap = 1024
-    mask = np.uint64(cap - 1)
-    slot_group = np.full(cap, -1, dtype=np.int64)
+    slot_group = np.full(1024, -1, dtype=np.int64)
     uniq = np.empty(1024, dtype=np.uint64)
     sums = np.zeros(1024, dtype=np.uint64)
     inverse = np.empty(n, dtype=np.int64)
     n_groups = 0
     for i in range(n):
         k = keys[i]
-        s = np.int64(_mix1(k) & mask)
-        while True:
-            g = slot_group[s]
-            if g < 0:
-                if n_groups == uniq.shape[0]:
-                    u2 = np.empty(2 * n_groups, dtype=np.uint64)
-                    u2[:n_groups] = uniq
-                    uniq = u2
-                    s2 = np.zeros(2 * n_groups, dtype=np.uint64)
-                    s2[:n_groups] = sums
-                    sums = s2
-                if 2 * (n_groups + 1) > cap:
-                    cap *= 2
-                    mask = np.uint64(cap - 1)
-                    slot_group = np.full(cap, -1, dtype=np.int64)
-                    for q in range(n_groups):
-                        t = np.int64(_mix1(uniq[q]) & mask)
-                        while slot_group[t] >= 0:
-                            t = (t + 1) & np.int64(mask)
-                        slot_group[t] = q
-                    s = np.int64(_mix1(k) & mask)
-                    while slot_group[s] >= 0:
-                        s = (s + 1) & np.int64(mask)
-                slot_group[s] = n_groups
-                uniq[n_groups] = k
-                g = n_groups
-                n_groups += 1
-                break
-            if uniq[g] == k:
-                break
-            s = (s + 1) & np.int64(mask)
+        g, slot_group, uniq, sums, n_groups = _find_or_add(k, slot_group, uniq, sums, n_groups)
         inverse[i] = g
         sums[g] += counts[i]
     return uniq[:n_groups].copy(), sums[:n_groups].copy(), inverse
@@ -404,9 +376,7 @@ def _fixed_add(acc_int: np.int64, acc_frac: np.int64, t: float):
 def key_sums(rows: np.ndarray, col: np.int64):
     """Distinct keys of column ``col`` of ``rows`` and their summed counts (column 2); the
     table grows with the number of distinct keys, so few keys stay in cache."""
-    cap = 1024
-    mask = np.uint64(cap - 1)
-    slot = np.full(cap, -1, dtype=np.int64)
+    slot = np.full(1024, -1, dtype=np.int64)
     uniq = np.empty(512, dtype=np.uint64)
     sums = np.zeros(512, dtype=np.uint64)
     n_groups = 0
@@ -417,37 +387,7 @@ def key_sums(rows: np.ndarray, col: np.int64):
         if last_group >= 0 and k == last_key:
             sums[last_group] += rows[i, 2]
             continue
-        s = np.int64(_mix1(k) & mask)
-        while True:
-            g = slot[s]
-            if g < 0:
-                if n_groups == uniq.shape[0]:
-                    u2 = np.empty(2 * n_groups, dtype=np.uint64)
-                    u2[:n_groups] = uniq
-                    uniq = u2
-                    s2 = np.zeros(2 * n_groups, dtype=np.uint64)
-                    s2[:n_groups] = sums
-                    sums = s2
-                if 2 * (n_groups + 1) > cap:
-                    cap *= 2
-                    mask = np.uint64(cap - 1)
-                    slot = np.full(cap, -1, dtype=np.int64)
-                    for q in range(n_groups):
-                        t = np.int64(_mix1(uniq[q]) & mask)
-                        while slot[t] >= 0:
-                            t = (t + 1) & np.int64(mask)
-                        slot[t] = q
-                    s = np.int64(_mix1(k) & mask)
-                    while slot[s] >= 0:
-                        s = (s + 1) & np.int64(mask)
-                slot[s] = n_groups
-                uniq[n_groups] = k
-                g = n_groups
-                n_groups += 1
-                break
-            if uniq[g] == k:
-                break
-            s = (s + 1) & np.int64(mask)
+        g, slot, uniq, sums, n_groups = _find_or_add(k, slot, uniq, sums, n_groups)
         sums[g] += rows[i, 2]
         last_key = k
         last_group = g
