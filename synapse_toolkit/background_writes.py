@@ -1,9 +1,10 @@
-"""Writes that run beside the computation: a single writer thread with a bounded queue.
+"""Writes that run beside the computation: writer threads with a bounded queue.
 
 Chunked stores (zarr, HDF5 via h5py) compress in C with the GIL released, so writing one result
 while the next is computed hides most of the write time on a multi-core machine. At most
 ``max_pending`` arrays wait (each is owned by the writer, so callers must pass arrays they will
-not modify, e.g. copies of a reused buffer).
+not modify, e.g. copies of a reused buffer). With more than one worker, writes may finish out
+of order: give them distinct destinations (different arrays or chunks).
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ class BackgroundWriter:
     write and re-raises the first error (also when the block itself raised, writes still finish
     so nothing is left half-written by a dangling thread)."""
 
-    def __init__(self, max_pending: int = 2) -> None:
-        if max_pending < 1:
-            raise ValueError("max_pending must be >= 1")
+    def __init__(self, max_pending: int = 2, workers: int = 1) -> None:
+        if max_pending < 1 or workers < 1:
+            raise ValueError("max_pending and workers must be >= 1")
         self.max_pending = max_pending
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="syntk-writer")
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="syntk-writer")
         self._pending: deque[Future[Any]] = deque()
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> None:

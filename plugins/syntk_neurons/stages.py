@@ -220,15 +220,17 @@ class WaterzAgglomerator(Agglomerator):
         if truth_np is not None:  # the metrics pull in numba: import only when scoring
             from synapse_toolkit.inference.segmetrics import segmentation_scores
 
-        def write(i: int, seg: np.ndarray, also_selected: bool) -> None:
+        def write(i: int, seg: np.ndarray) -> None:
             segs.data[i] = seg
-            if also_selected:
-                seg_out.data[...] = seg
+
+        def write_selected(seg: np.ndarray) -> None:
+            seg_out.data[...] = seg
 
         def keep(th: float, seg: np.ndarray) -> None:
-            own = seg.copy()  # waterz reuses its buffer; the writer thread owns this copy
-            selected = truth_np is None and index[th] == wanted
-            writer.submit(write, index[th], own, selected)
+            own = seg.copy()  # waterz reuses its buffer; the writer threads own this copy
+            writer.submit(write, index[th], own)
+            if truth_np is None and index[th] == wanted:
+                writer.submit(write_selected, own)
             if truth_np is not None:
                 s = segmentation_scores(own, truth_np, ignore_label=opts.ignore_label)
                 row = {"threshold": th, **s.to_dict()}
@@ -237,8 +239,9 @@ class WaterzAgglomerator(Agglomerator):
                     chosen.update(row=row, seg=own)
             task.advance()
 
-        # segmentations are written while waterz computes the next threshold
-        with BackgroundWriter(max_pending=2) as writer:
+        # segmentations are written while waterz computes the next threshold (distinct arrays /
+        # chunks, so two writer threads may run at once)
+        with BackgroundWriter(max_pending=3, workers=2) as writer:
             agglomerate(
                 affs,
                 ths,
