@@ -19,8 +19,8 @@ Usage::
 
     python benchmarks/eval_synapses.py --seeds 3001 3002 3003 3004 [--neuron-model M.onnx]
 
-Training used seeds 1001-1012 (U-Nets), 1101-1110 and 1201-1202 (pruner); keep evaluation seeds
-disjoint from these.
+Training used seeds 1001-1012 (U-Nets), 1101-1130 (pruner) and 1201-1208 (pruner checkpoint
+selection; 1203-1208 also tuned the candidate settings); keep evaluation seeds disjoint from these.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from synapse_toolkit.synapses.assigners import (
     assign_geometric,
     cleft_labels,
 )
+from synapse_toolkit.synapses.candidates import CandidateSettings
 from synapse_toolkit.synapses.detection import DenseModel
 from synapse_toolkit.synapses.partners import evaluate_partners
 from synapse_toolkit.synapses.pruning import PrunerONNX
@@ -52,7 +53,7 @@ from synapse_toolkit.synapses.train_pruner import noisy_truth_proximity
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "plugins" / "syntk_synapses" / "models"
-TRAINING_SEEDS = set(range(1001, 1013)) | set(range(1101, 1111)) | {1201, 1202}
+TRAINING_SEEDS = set(range(1001, 1013)) | set(range(1101, 1131)) | set(range(1201, 1209))
 
 
 def predicted_segmentation(raw: Volume, model: Path, threshold: float) -> np.ndarray:
@@ -171,6 +172,8 @@ def main() -> None:
     acc: dict[str, dict[str, Any]] = {}
     cleft_scores = []
     settings = EMSynConnSettings()
+    # the best candidate settings *without* pruning on the development seeds (tune_candidates.py)
+    no_prune_settings = EMSynConnSettings(CandidateSettings(threshold=0.4, min_voxels=25))
     for seed in args.seeds:
         data = read_cremi(phantom_file(seed, args.cache))
         raw = data.raw.read()
@@ -192,7 +195,12 @@ def main() -> None:
         for seg_name, seg in segs.items():
             for prox_name, pmap in (("U-Net proximity", prox), ("noisy-truth proximity", noisy)):
                 tables = {
-                    "emsynconn (no pruning)": assign_emsynconn(raw, pmap, seg, grid, None, settings)
+                    "emsynconn (no pruning)": assign_emsynconn(
+                        raw, pmap, seg, grid, None, settings
+                    ),
+                    "emsynconn (no pruning, tuned: thr 0.4, >= 25 vox)": assign_emsynconn(
+                        raw, pmap, seg, grid, None, no_prune_settings
+                    ),
                 }
                 if pruner is not None:
                     tables["emsynconn + pruning CNN"] = assign_emsynconn(

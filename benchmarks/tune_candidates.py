@@ -1,8 +1,9 @@
 """Tune the EMSynConn candidate and pruning settings on phantom *tuning* seeds.
 
-Tuning seeds (default 1203-1208) are disjoint from the training seeds (1001-1012 U-Nets,
-1101-1110 and 1201-1202 pruner) and from the evaluation seeds of ``eval_synapses.py`` (3001+),
-so the settings chosen here can be reported on the evaluation seeds without selection bias.
+Tuning seeds (default 1203-1208) are development seeds: disjoint from the seeds the networks
+are trained on (1001-1012 U-Nets, 1101-1130 pruner) and from the evaluation seeds of
+``eval_synapses.py`` (3001+), so the settings chosen here can be reported on the evaluation
+seeds without selection bias. (1201-1208 also select the pruner's checkpoint.)
 
 For every combination of proximity threshold, minimum component size and maximum gap it builds
 the candidates once with the U-Net proximity and the ground-truth segmentation, scores them with
@@ -31,10 +32,11 @@ from synapse_toolkit.synapses.partners import deduplicate, evaluate_partners
 from synapse_toolkit.synapses.pruning import PrunerONNX, candidate_patches
 from synapse_toolkit.synapses.targets import Grid
 from synapse_toolkit.synapses.train_detectors import phantom_file
+from synapse_toolkit.synapses.train_pruner import SegmentationSource, predicted_segmentation
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "plugins" / "syntk_synapses" / "models"
-FORBIDDEN = set(range(1001, 1013)) | set(range(1101, 1111)) | {1201, 1202} | set(range(3001, 3100))
+FORBIDDEN = set(range(1001, 1013)) | set(range(1101, 1131)) | {1201, 1202} | set(range(3001, 3100))
 
 
 def main() -> None:
@@ -48,6 +50,9 @@ def main() -> None:
     ap.add_argument("--max-gaps", type=float, nargs="+", default=[60.0, 100.0])
     ap.add_argument("--prune-thresholds", type=float, nargs="+",
                     default=[0.2, 0.3, 0.4, 0.5, 0.6, 0.7])  # fmt: skip
+    ap.add_argument("--neuron-model", default=None,
+                    help="candidates on this affinity model + waterz (quantile75 at 0.5) "
+                    "instead of the ground-truth segmentation")  # fmt: skip
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     bad = FORBIDDEN & set(args.seeds)
@@ -60,13 +65,15 @@ def main() -> None:
     for seed in args.seeds:
         data = read_cremi(phantom_file(seed, args.cache))
         raw = data.raw.read()
-        volumes.append((data, raw, pol.predict(raw)[0]))
+        seg = data.neuron_ids.read()
+        if args.neuron_model:
+            seg = predicted_segmentation(raw, SegmentationSource(args.neuron_model))
+        volumes.append((data, raw, pol.predict(raw)[0], seg))
     print(f"proximity predicted for {len(volumes)} volumes ({time.time() - t0:.0f}s)", flush=True)
     counts: dict[tuple, np.ndarray] = {}
     for thr, mv, gap in itertools.product(args.thresholds, args.min_voxels, args.max_gaps):
         cs = CandidateSettings(threshold=thr, min_voxels=mv, max_gap_nm=gap)
-        for data, raw, prox in volumes:
-            seg = data.neuron_ids.read()
+        for data, raw, prox, seg in volumes:
             grid = Grid.of(data.raw)
             cands = find_candidates(prox, seg, grid, cs)
             if len(cands) == 0:
@@ -97,10 +104,12 @@ def main() -> None:
                      "prune_threshold": key[3], "fscore": f, "precision": p, "recall": r,
                      "tp": tp, "fp": fp, "fn": fn})  # fmt: skip
     rows.sort(key=lambda r: -r["fscore"])
-    print(f"\nCREMI partner F on tuning seeds {args.seeds} (GT segmentation, U-Net proximity)")
+    seg_name = "predicted" if args.neuron_model else "GT"
+    print(f"\nCREMI partner F on tuning seeds {args.seeds} ({seg_name} segmentation, U-Net "
+          "proximity)")  # fmt: skip
     print("thr  min_vox gap  prune   F     P     R")
     for r in rows[:15]:
-        pt = "none" if r["prune_threshold"] is None else f"{r['prune_threshold']:.1f}"
+        pt = "none" if r["prune_threshold"] is None else f"{r['prune_threshold']:.2f}"
         print(f"{r['threshold']:.2f} {r['min_voxels']:6d} {r['max_gap_nm']:5.0f} {pt:>5s} "
               f"{r['fscore']:.3f} {r['precision']:.3f} {r['recall']:.3f}")  # fmt: skip
     default = [r for r in rows if (r["threshold"], r["min_voxels"], r["max_gap_nm"],

@@ -268,8 +268,10 @@ class EMSynConn(PartnerAssigner):
         prune: bool = Field(True, description="Run the pruning CNN on the candidates.")
         pruner_model: Path | None = Field(None, description="Pruning ONNX (default: bundled).")
         prune_threshold: float = Field(0.5, ge=0, le=1)
-        threshold: float = Field(0.3, gt=0, lt=1, description="Proximity threshold (±).")
-        min_voxels: int = Field(100, ge=1)
+        threshold: float = Field(
+            0.2, gt=0, lt=1, description="Proximity threshold (±); 0.4 suits prune = false."
+        )
+        min_voxels: int = Field(50, ge=1)
         max_gap_nm: float = Field(60.0, gt=0)
         max_centroid_distance_nm: float = Field(400.0, gt=0)
         dedup_distance_nm: float = Field(400.0, ge=0)

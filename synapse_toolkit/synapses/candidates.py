@@ -28,10 +28,13 @@ from synapse_toolkit.synapses.targets import Grid
 
 @dataclass(frozen=True)
 class CandidateSettings:
-    """Parameters of candidate generation (distances in nm)."""
+    """Parameters of candidate generation (distances in nm). The defaults are the ones the
+    shipped pruning CNN was trained with and that ``benchmarks/tune_candidates.py`` chose on the
+    development seeds: a low threshold reaches more true partners and the CNN removes the extra
+    false candidates (without pruning, a threshold of 0.4 is more precise)."""
 
-    threshold: float = 0.3
-    min_voxels: int = 100
+    threshold: float = 0.2
+    min_voxels: int = 50
     max_gap_nm: float = 60.0
     max_centroid_distance_nm: float = 400.0
     contact_tolerance_nm: float = 24.0

@@ -23,6 +23,7 @@ import json
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -54,6 +55,14 @@ class PrunerData(_Strict):
     #: "both": the union (validation always uses the model's candidates when it is used)
     proximity_source: Literal["model", "noisy-truth", "both"] = "model"
     noise_std: float = 0.3
+    #: "truth": candidates on the ground-truth segmentation; "predicted": on the segmentation of
+    #: ``neuron_model`` + waterz (``waterz_scoring`` at ``waterz_threshold``), so the CNN sees
+    #: the split and merged segment masks a pipeline really gives it; "both": the union.
+    #: Labels always come from matching to the truth the CREMI way.
+    segmentation_source: Literal["truth", "predicted", "both"] = "truth"
+    neuron_model: str | None = None
+    waterz_threshold: float = 0.5
+    waterz_scoring: str = "quantile75"
     cache_dir: str = "runs/pruner-cache"
 
 
@@ -96,6 +105,32 @@ def noisy_truth_proximity(data: Any, noise_std: float, seed: int) -> np.ndarray:
     return np.clip(gt + noise, -1.0, 1.0).astype(np.float32)
 
 
+@dataclass(frozen=True)
+class SegmentationSource:
+    """Where candidate segment ids come from: the truth (``model`` None) or an affinity model
+    + waterz at one threshold."""
+
+    model: str | None = None
+    threshold: float = 0.5
+    scoring: str = "quantile75"
+
+    def key(self) -> Any:
+        if self.model is None:
+            return "truth"
+        st = Path(self.model).stat()
+        return [st.st_size, st.st_mtime, self.threshold, self.scoring]
+
+
+def predicted_segmentation(raw: np.ndarray, source: SegmentationSource) -> np.ndarray:
+    """Neuron segmentation of ``raw`` by the affinity model (ONNX, tiled with the
+    ``affinity-unet`` stage's default overlap) and waterz at one threshold."""
+    from synapse_toolkit.inference.agglomeration import agglomerate
+
+    assert source.model is not None
+    affs = DenseModel(source.model).predict(raw, overlap=(4, 8, 8))
+    return agglomerate(affs, [source.threshold], scoring=source.scoring)[0]
+
+
 def volume_candidates(
     path: Path,
     model: DenseModel | None,
@@ -103,14 +138,18 @@ def volume_candidates(
     ps: PatchSettings,
     cache_dir: Path | None = None,
     noise_std: float = 0.3,
+    segmentation: SegmentationSource | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(patches, labels) of the candidates of one CREMI file (cached by file, model, settings).
 
-    Without ``model`` the proximity is :func:`noisy_truth_proximity`."""
+    Without ``model`` the proximity is :func:`noisy_truth_proximity`; candidates use the
+    ``segmentation`` source (default: the truth), labels always the truth."""
+    seg_source = segmentation or SegmentationSource()
     model_key = [model.path.stat().st_size, model.path.stat().st_mtime] if model else noise_std
-    key = hashlib.sha256(
-        json.dumps([str(path), model_key, cs.__dict__, ps.__dict__], default=str).encode()
-    ).hexdigest()[:16]
+    parts = [str(path), model_key, cs.__dict__, ps.__dict__]
+    if seg_source.model is not None:  # (keeps the cache keys of truth-only runs unchanged)
+        parts.append(seg_source.key())
+    key = hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
     cached = cache_dir / f"{path.stem}-{key}.npz" if cache_dir else None
     if cached is not None and cached.exists():
         z = np.load(cached)
@@ -119,7 +158,8 @@ def volume_candidates(
     if data.raw is None or data.neuron_ids is None or data.annotations is None:
         raise DataError(f"{path}: pruner training needs raw, neuron_ids and annotations")
     raw = data.raw.read()
-    seg = data.neuron_ids.read()
+    truth_seg = data.neuron_ids.read()
+    seg = truth_seg if seg_source.model is None else predicted_segmentation(raw, seg_source)
     grid = Grid.of(data.raw)
     if model is not None:
         prox = model.predict(raw)[0]
@@ -127,7 +167,7 @@ def volume_candidates(
         seed = int(hashlib.sha256(path.name.encode()).hexdigest()[:8], 16)
         prox = noisy_truth_proximity(data, noise_std, seed)
     cands = find_candidates(prox, seg, grid, cs)
-    labels = label_candidates(cands, data.annotations, seg, grid)
+    labels = label_candidates(cands, data.annotations, truth_seg, grid)
     patches = candidate_patches(cands, raw, prox, seg, ps)
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
@@ -156,10 +196,11 @@ def _collect(
     ps: PatchSettings,
     cache: Path,
     noise_std: float,
+    segmentation: SegmentationSource | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     ps_list, ls_list = [], []
     for f in files:
-        p, lab = volume_candidates(f, model, cs, ps, cache, noise_std)
+        p, lab = volume_candidates(f, model, cs, ps, cache, noise_std, segmentation)
         ps_list.append(p)
         ls_list.append(lab)
     shape = (0, 4, *ps.shape)
@@ -194,11 +235,31 @@ def train_pruner(cfg: PrunerTrainConfig, log: Callable[[str], None] = print) -> 
     if not train_files:
         raise ConfigError("data: give `files` or `phantom_seeds`")
     start = time.time()
-    x_tr, y_tr = _collect(train_files, model, cs, ps, cache, cfg.data.noise_std)
-    if cfg.data.proximity_source == "both":
-        x_nt, y_nt = _collect(train_files, None, cs, ps, cache, cfg.data.noise_std)
-        x_tr, y_tr = np.concatenate([x_tr, x_nt]), np.concatenate([y_tr, y_nt])
-    x_va, y_va = _collect(val_files, model, cs, ps, cache, cfg.data.noise_std)
+    d = cfg.data
+    if d.segmentation_source != "truth" and not d.neuron_model:
+        raise ConfigError("data: segmentation_source = predicted/both needs `neuron_model`")
+    seg_sources = []
+    if d.segmentation_source in ("truth", "both"):
+        seg_sources.append(SegmentationSource())
+    if d.segmentation_source in ("predicted", "both"):
+        seg_sources.append(SegmentationSource(d.neuron_model, d.waterz_threshold, d.waterz_scoring))
+    prox_sources: list[DenseModel | None] = []
+    if d.proximity_source in ("model", "both"):
+        prox_sources.append(model)
+    if d.proximity_source in ("noisy-truth", "both"):
+        prox_sources.append(None)
+    # every proximity source on the truth segmentation; on a predicted segmentation only the
+    # pipeline's own proximity (noisy truth x split segments would flood the set with negatives)
+    combos = [(pm, sg) for sg in seg_sources if sg.model is None for pm in prox_sources]
+    combos += [(model, sg) for sg in seg_sources if sg.model is not None]
+    parts = [_collect(train_files, pm, cs, ps, cache, d.noise_std, sg) for pm, sg in combos]
+    # float16 halves the memory of tens of thousands of patches; batches go back to float32
+    x_tr = np.concatenate([p.astype(np.float16) for p, _ in parts])
+    y_tr = np.concatenate([lab for _, lab in parts])
+    # validation: the proximity the pipeline uses, on every segmentation source
+    val_parts = [_collect(val_files, model, cs, ps, cache, d.noise_std, sg) for sg in seg_sources]
+    x_va = np.concatenate([p for p, _ in val_parts])
+    y_va = np.concatenate([lab for _, lab in val_parts])
     took = time.time() - start
     log(f"candidates: train {len(y_tr)} ({int(y_tr.sum())} positive), "
         f"validation {len(y_va)} ({int(y_va.sum())} positive), {took:.0f}s")  # fmt: skip
@@ -233,7 +294,7 @@ def train_pruner(cfg: PrunerTrainConfig, log: Callable[[str], None] = print) -> 
     half = t.batch_size // 2
     for it in range(1, t.iterations + 1):
         idx = np.concatenate([rng.choice(pos, half), rng.choice(neg, t.batch_size - half)])
-        x = torch.from_numpy(_augment(x_tr[idx], rng))
+        x = torch.from_numpy(_augment(x_tr[idx], rng).astype(np.float32))
         y = torch.from_numpy(y_tr[idx].astype(np.float32))[:, None]
         loss = loss_fn(net(x), y)
         opt.zero_grad()
@@ -264,6 +325,7 @@ def train_pruner(cfg: PrunerTrainConfig, log: Callable[[str], None] = print) -> 
     onnx_path = Path(t.onnx) if t.onnx else out_dir / "pruner.onnx"
     meta = {"kind": "pruner", "downsample": ps.downsample, "channels": "em,proximity,pre,post",
             "proximity_source": cfg.data.proximity_source, "noise_std": cfg.data.noise_std,
+            "segmentation_source": cfg.data.segmentation_source,
             "candidate_settings": cs.__dict__, "config": net.config.to_dict()}  # fmt: skip
     info = export_model(net, ps.shape, onnx_path, metadata=meta)
     summary = {"iterations": it, "best_validation_balanced_accuracy": best,

@@ -1,0 +1,61 @@
+"""Choose the cleft post-processing (threshold, minimum size) on development phantom seeds.
+
+Development seeds (default 1203-1208) are disjoint from the cleft U-Net's training seeds
+(1001-1012) and from the evaluation seeds of ``eval_synapses.py`` (3001+). For each setting it
+reports the mean CREMI cleft score (mean of the average false-positive and false-negative
+distances, nm; lower is better) of ``cleft-labels`` on the model's probability map.
+
+    python benchmarks/tune_clefts.py [--clefts M.onnx] [--seeds ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from pathlib import Path
+
+import numpy as np
+
+from synapse_toolkit.io.cremi import read_cremi
+from synapse_toolkit.metrics.cremi_clefts import score_clefts
+from synapse_toolkit.synapses.assigners import cleft_labels
+from synapse_toolkit.synapses.detection import DenseModel
+from synapse_toolkit.synapses.targets import Grid
+from synapse_toolkit.synapses.train_detectors import phantom_file
+
+ROOT = Path(__file__).resolve().parents[1]
+FORBIDDEN = set(range(1001, 1013)) | set(range(3001, 3100))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=list(range(1203, 1209)))
+    ap.add_argument("--cache", default=str(ROOT / "runs" / "phantom-cache"))
+    ap.add_argument("--clefts", default=str(ROOT / "plugins/syntk_synapses/models/clefts.onnx"))
+    ap.add_argument("--thresholds", type=float, nargs="+", default=[0.5, 0.6, 0.7, 0.8, 0.9])
+    ap.add_argument("--min-voxels", type=int, nargs="+", default=[200, 500, 1000])
+    args = ap.parse_args()
+    if FORBIDDEN & set(args.seeds):
+        raise SystemExit(f"seeds {sorted(FORBIDDEN & set(args.seeds))} are training/evaluation")
+    model = DenseModel(args.clefts)
+    volumes = []
+    for seed in args.seeds:
+        data = read_cremi(phantom_file(seed, args.cache))
+        volumes.append((data, model.predict(data.raw.read())[0]))
+    print(f"{Path(args.clefts).name} on seeds {args.seeds}: mean CREMI cleft score (nm)")
+    rows = []
+    for th, mv in itertools.product(args.thresholds, args.min_voxels):
+        scores = []
+        for data, prob in volumes:
+            grid = Grid.of(data.raw)
+            pred = cleft_labels(prob, grid, th, mv)
+            s = score_clefts(data.clefts.read(), pred, voxel_size_nm=grid.voxel_size_nm)
+            scores.append(s.as_dict()["cremi_score"])
+        rows.append((float(np.mean(scores)), th, mv))
+        print(f"  threshold {th:.2f}, >= {mv:5d} voxels: {np.mean(scores):7.1f}")
+    best = min(rows)
+    print(f"best: threshold {best[1]}, min voxels {best[2]} -> {best[0]:.1f} nm")
+
+
+if __name__ == "__main__":
+    main()
