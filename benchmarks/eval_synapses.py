@@ -157,7 +157,7 @@ def main() -> None:
     )
     ap.add_argument("--waterz-threshold", type=float, default=0.5)
     ap.add_argument("--noise-std", type=float, default=0.2, help="noisy-truth proximity rows")
-    ap.add_argument("--cleft-threshold", type=float, default=0.5)
+    ap.add_argument("--cleft-threshold", type=float, default=0.9)
     ap.add_argument("--cleft-min-voxels", type=int, default=200)
     ap.add_argument("--align-seeds", type=int, nargs="*", default=[3001, 3002, 3003])
     ap.add_argument("--json", default=None, help="also write the results here")

@@ -219,7 +219,9 @@ class CleftLabels(Stage):
     outputs: ClassVar[Mapping[str, Port]] = {"clefts": Port("labels", "CREMI cleft ids")}
 
     class Options(StageOptions):
-        threshold: float = Field(0.5, ge=0, le=1, description="Strict threshold.")
+        threshold: float = Field(
+            0.9, ge=0, le=1, description="Strict threshold (0.9 suits the bundled model)."
+        )
         min_voxels: int = Field(200, ge=0, description="Smallest cleft kept (voxels).")
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
