@@ -103,7 +103,7 @@ def test_emsynconn_and_baseline_stages(tmp_path: Path) -> None:
             {"proximity": prox_v, "segmentation": seg_v}
         )
     prob = np.zeros((1, *seg.shape), np.float32)
-    prob[0, 3:6, 40:56, 47:49] = 0.9
+    prob[0, 3:6, 40:56, 47:49] = 0.95  # above the default (strict) threshold 0.9
     cl = _stage("postprocessor", "cleft-labels", tmp_path, min_voxels=10).run(
         {"cleft_probability": Volume(prob, VS)}
     )["clefts"]

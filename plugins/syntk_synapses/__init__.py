@@ -271,7 +271,7 @@ class EMSynConn(PartnerAssigner):
         pruner_model: Path | None = Field(None, description="Pruning ONNX (default: bundled).")
         prune_threshold: float = Field(0.5, ge=0, le=1)
         threshold: float = Field(
-            0.2, gt=0, lt=1, description="Proximity threshold (±); 0.4 suits prune = false."
+            0.3, gt=0, lt=1, description="Proximity threshold (±); 0.4 suits prune = false."
         )
         min_voxels: int = Field(50, ge=1)
         max_gap_nm: float = Field(60.0, gt=0)
