@@ -71,3 +71,30 @@ def test_pruner_config_errors(tmp_path: Path) -> None:
         load_pruner_config(bad)
     with pytest.raises(ConfigError, match="not found"):
         load_pruner_config(tmp_path / "missing.toml")
+
+
+def test_candidates_on_a_predicted_segmentation_are_labelled_by_the_truth(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A "predicted" segmentation that is the truth with permuted ids gives the same candidates,
+    patches and labels as the truth: segment ids pair the candidates, the truth labels them
+    (labelling with the predicted ids would match nothing)."""
+    from synapse_toolkit.io.cremi import read_cremi
+    from synapse_toolkit.synapses import train_pruner
+    from synapse_toolkit.synapses.candidates import CandidateSettings
+    from synapse_toolkit.synapses.pruning import PatchSettings
+
+    demo = Path(train_pruner.__file__).parents[1] / "demo" / "cremi_demo.hdf"
+    truth = read_cremi(demo).neuron_ids.read()
+    ids = np.unique(truth)
+    new_ids = np.random.default_rng(0).permutation(ids + 1000).astype(np.uint64)
+    new_ids[ids == 0] = 0  # background stays background
+    permuted = new_ids[np.searchsorted(ids, truth)]
+    monkeypatch.setattr(train_pruner, "predicted_segmentation", lambda raw, source: permuted)
+    cs, ps = CandidateSettings(), PatchSettings(shape=(4, 16, 16), downsample=2)
+    x_t, y_t = train_pruner.volume_candidates(demo, None, cs, ps, None, 0.2)
+    source = train_pruner.SegmentationSource(model=str(demo))  # any existing file for the key
+    x_p, y_p = train_pruner.volume_candidates(demo, None, cs, ps, None, 0.2, source)
+    assert y_t.sum() > 0
+    np.testing.assert_array_equal(y_p, y_t)
+    np.testing.assert_array_equal(x_p, x_t)
