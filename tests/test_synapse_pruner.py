@@ -76,25 +76,30 @@ def test_pruner_config_errors(tmp_path: Path) -> None:
 def test_candidates_on_a_predicted_segmentation_are_labelled_by_the_truth(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A "predicted" segmentation that is the truth with permuted ids gives the same candidates,
-    patches and labels as the truth: segment ids pair the candidates, the truth labels them
-    (labelling with the predicted ids would match nothing)."""
+    """Candidates come from the predicted segmentation (here: every neuron split by section
+    parity), labels from the truth: they equal labelling those same candidates with the truth
+    and differ from labelling them with the predicted ids."""
+    import hashlib
+
     from synapse_toolkit.io.cremi import read_cremi
     from synapse_toolkit.synapses import train_pruner
-    from synapse_toolkit.synapses.candidates import CandidateSettings
-    from synapse_toolkit.synapses.pruning import PatchSettings
+    from synapse_toolkit.synapses.candidates import CandidateSettings, find_candidates
+    from synapse_toolkit.synapses.pruning import PatchSettings, label_candidates
+    from synapse_toolkit.synapses.targets import Grid
 
     demo = Path(train_pruner.__file__).parents[1] / "demo" / "cremi_demo.hdf"
-    truth = read_cremi(demo).neuron_ids.read()
-    ids = np.unique(truth)
-    new_ids = np.random.default_rng(0).permutation(ids + 1000).astype(np.uint64)
-    new_ids[ids == 0] = 0  # background stays background
-    permuted = new_ids[np.searchsorted(ids, truth)]
-    monkeypatch.setattr(train_pruner, "predicted_segmentation", lambda raw, source: permuted)
+    data = read_cremi(demo)
+    truth = data.neuron_ids.read()
+    z = np.arange(truth.shape[0], dtype=np.uint64)[:, None, None]
+    split = np.where(truth > 0, truth * np.uint64(2) + z % np.uint64(2), 0).astype(np.uint64)
+    monkeypatch.setattr(train_pruner, "predicted_segmentation", lambda raw, source: split)
     cs, ps = CandidateSettings(), PatchSettings(shape=(4, 16, 16), downsample=2)
-    x_t, y_t = train_pruner.volume_candidates(demo, None, cs, ps, None, 0.2)
     source = train_pruner.SegmentationSource(model=str(demo))  # any existing file for the key
-    x_p, y_p = train_pruner.volume_candidates(demo, None, cs, ps, None, 0.2, source)
-    assert y_t.sum() > 0
-    np.testing.assert_array_equal(y_p, y_t)
-    np.testing.assert_array_equal(x_p, x_t)
+    _, y = train_pruner.volume_candidates(demo, None, cs, ps, None, 0.2, source)
+    seed = int(hashlib.sha256(demo.name.encode()).hexdigest()[:8], 16)
+    prox = train_pruner.noisy_truth_proximity(data, 0.2, seed)
+    cands = find_candidates(prox, split, Grid.of(data.raw), cs)
+    by_truth = label_candidates(cands, data.annotations, truth, Grid.of(data.raw))
+    by_split = label_candidates(cands, data.annotations, split, Grid.of(data.raw))
+    assert y.sum() > 0 and not np.array_equal(by_truth, by_split)
+    np.testing.assert_array_equal(y, by_truth)
