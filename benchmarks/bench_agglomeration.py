@@ -8,9 +8,10 @@ read the affinities from zarr, run waterz, write each segmentation to zarr as it
 
 Measured 2026-11-29 on 2 idle cores (waterz 10-11 Mvox/s on this boundary map): overhead
 1.40/1.59/1.45/1.46x at 1/2/4/8 Mvox vs in-memory waterz, 1.05/1.12/1.08/1.02x vs the script.
-The gap to in-memory waterz is the artifact I/O: reading the 96 MB affinity artifact alone takes
-0.25 s at 8 Mvox (32% of waterz's 0.78 s); the segmentation writes run on two writer threads
-beside waterz and mostly hide.
+The gap to in-memory waterz is the artifact I/O. A profile of the stage at 8 Mvox (warm cache):
+waterz 0.78 s, copies of waterz's reused buffer 0.10 s, waiting on the segmentation writes
+0.25 s, reading the 96 MB affinity artifact 0.03 s. The writes run on two writer threads but do
+not overlap waterz well, apparently because waterz holds the GIL.
 Affinities: the gala FIB-SEM test volume's boundary map (1 - p1) tiled to the requested size, so
 fragment statistics stay realistic.
 

@@ -27,14 +27,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from synapse_toolkit.data import Volume
 from synapse_toolkit.io.cremi import read_cremi
 from synapse_toolkit.metrics.cremi_clefts import score_clefts
 from synapse_toolkit.synapses.assigners import (
@@ -49,29 +47,15 @@ from synapse_toolkit.synapses.partners import evaluate_partners
 from synapse_toolkit.synapses.pruning import PrunerONNX
 from synapse_toolkit.synapses.targets import Grid, TargetSettings, targets_from_cremi
 from synapse_toolkit.synapses.train_detectors import phantom_file
-from synapse_toolkit.synapses.train_pruner import noisy_truth_proximity
+from synapse_toolkit.synapses.train_pruner import (
+    SegmentationSource,
+    noisy_truth_proximity,
+    predicted_segmentation,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "plugins" / "syntk_synapses" / "models"
 TRAINING_SEEDS = set(range(1001, 1013)) | set(range(1101, 1131)) | set(range(1201, 1209))
-
-
-def predicted_segmentation(raw: Volume, model: Path, threshold: float) -> np.ndarray:
-    """Affinity U-Net + waterz through the neurons plugin's stages."""
-    from syntk_neurons.stages import AffinityDetector, WaterzAgglomerator
-
-    from synapse_toolkit.stages import StageContext
-
-    with tempfile.TemporaryDirectory() as tmp:
-        ctx = StageContext("affinities", Path(tmp) / "a")
-        ctx.scratch_dir.mkdir()
-        det = AffinityDetector(AffinityDetector.Options(model_path=model), ctx)
-        affs = det.run({"raw": raw})["affinities"]
-        ctx2 = StageContext("waterz", Path(tmp) / "w")
-        ctx2.scratch_dir.mkdir()
-        opts = WaterzAgglomerator.Options(thresholds=[threshold], threshold=threshold)
-        seg = WaterzAgglomerator(opts, ctx2).run({"affinities": affs})["segmentation"]
-        return np.asarray(seg.read())
 
 
 def _noise_seed(seed: int) -> int:
@@ -180,6 +164,7 @@ def main() -> None:
         "--neuron-model", default=None, help="affinity ONNX for a predicted segmentation"
     )
     ap.add_argument("--waterz-threshold", type=float, default=0.5)
+    ap.add_argument("--waterz-scoring", default="quantile75", help="as in examples/cremi.toml")
     ap.add_argument("--noise-std", type=float, default=0.2, help="noisy-truth proximity rows")
     ap.add_argument("--cleft-threshold", type=float, default=0.9)
     ap.add_argument("--cleft-min-voxels", type=int, default=200)
@@ -207,8 +192,9 @@ def main() -> None:
         prox = pol.predict(raw)[0]
         segs = {"GT seg": gt_seg}
         if args.neuron_model:
-            segs["predicted seg"] = predicted_segmentation(data.raw, Path(args.neuron_model),
-                                                           args.waterz_threshold)  # fmt: skip
+            source = SegmentationSource(args.neuron_model, args.waterz_threshold,
+                                        args.waterz_scoring)  # fmt: skip
+            segs["predicted seg"] = predicted_segmentation(raw, source)
         clefts_pred = None
         if clf is not None:
             cprob = clf.predict(raw)[0]

@@ -1,7 +1,9 @@
 """Writes that run beside the computation: writer threads with a bounded queue.
 
-Chunked stores (zarr, HDF5 via h5py) compress in C with the GIL released, so writing one result
-while the next is computed hides most of the write time on a multi-core machine. At most
+Writing one result while the next is computed overlaps the two as far as the computation lets
+Python threads run: a C extension that releases the GIL lets the writes proceed beside it; one
+that holds the GIL (as waterz appears to, see ``benchmarks/bench_agglomeration.py``) leaves the
+writes mostly to the gaps between its calls. At most
 ``max_pending`` arrays wait (each is owned by the writer, so callers must pass arrays they will
 not modify, e.g. copies of a reused buffer). With more than one worker, writes may finish out
 of order: give them distinct destinations (different arrays or chunks).
