@@ -66,6 +66,43 @@ def script_waterz(zaffs: zarr.Array, out_dir: Path, thresholds: list[float], sco
             segs[i] = seg
 
 
+def gil_probe(affs: np.ndarray, thresholds: list[float], scoring: str) -> dict[str, float]:
+    """How much a Python thread can run while waterz agglomerates, and when waterz yields.
+
+    A thread counts loop turns; its rate during ``waterz.agglomerate`` over its idle rate is the
+    share of time waterz lets other Python code (e.g. zarr's write machinery) run.
+    """
+    import threading
+
+    import waterz
+
+    turns, stop = [0], threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            turns[0] += 1
+            time.sleep(0)
+
+    thread = threading.Thread(target=spin, daemon=True)
+    thread.start()
+    time.sleep(0.2)
+    t, idle = time.perf_counter(), turns[0]
+    time.sleep(0.2)
+    idle_rate = (turns[0] - idle) / (time.perf_counter() - t)
+    yields = []
+    start_turns, t = turns[0], time.perf_counter()
+    with stdout_to_devnull():
+        for _ in waterz.agglomerate(
+            affs, thresholds, scoring_function=scoring_function(scoring), discretize_queue=256
+        ):
+            yields.append(time.perf_counter() - t)
+    busy_rate = (turns[0] - start_turns) / yields[-1]
+    stop.set()
+    thread.join()
+    return {"first_yield_s": yields[0], "last_yield_s": yields[-1],
+            "python_share": busy_rate / idle_rate}  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat-x", type=int, nargs="+", default=[1, 2, 4, 8])
@@ -107,12 +144,18 @@ def main() -> None:
                 t = time.perf_counter()
                 script_waterz(zaffs, script_dir, args.thresholds, args.scoring)
                 t_script.append(time.perf_counter() - t)
+            probe = gil_probe(affs, args.thresholds, args.scoring)
         a, b, c = min(t_raw), min(t_plugin), min(t_script)
         mvox = values.size / 1e6
         print(
             f"  {values.shape!s:16s} {mvox:5.1f} Mvox: raw waterz {a:6.2f} s "
             f"({mvox / a:5.2f} Mvox/s), plugin {b:6.2f} s, overhead {b / a:.3f}x (target <= 1.1x); "
             f"script with zarr I/O {c:6.2f} s (plugin/script {b / c:.3f}x)"
+        )
+        print(
+            f"  {'':16s} waterz yields at {probe['first_yield_s']:.2f}-"
+            f"{probe['last_yield_s']:.2f} s; a Python thread runs at "
+            f"{100 * probe['python_share']:.1f}% of its idle rate meanwhile"
         )
 
 

@@ -5,7 +5,7 @@ through the `affinity-unet` stage) + `waterz` over a threshold sweep, scored aga
 truth with VOI / adapted Rand / CREMI score (best threshold per volume, and the threshold that is
 best on average). Compare models by passing several ``--models``.
 
-    python benchmarks/eval_phantom_neurons.py --seeds 3001 3002 3003 --models A.onnx B.onnx
+    python benchmarks/eval_phantom_neurons.py --seeds 3001 3002 3003 --models A.onnx B.onnx [--tta]
 """
 
 from __future__ import annotations
@@ -27,12 +27,14 @@ TRAINING_SEEDS = {2001, 2002, 2003, 2004}
 SHIPPED = ROOT / "plugins" / "syntk_neurons" / "models" / "phantom_affinities.onnx"
 
 
-def sweep(model: Path, seed: int, cache: str, thresholds: list[float], scoring: str) -> list[dict]:
+def sweep(
+    model: Path, seed: int, cache: str, thresholds: list[float], scoring: str, tta: bool = False
+) -> list[dict]:
     data = read_cremi(phantom_file(seed, cache))
     with tempfile.TemporaryDirectory() as tmp:
         ctx = StageContext("affinities", Path(tmp) / "a")
         ctx.scratch_dir.mkdir()
-        affs = AffinityDetector(AffinityDetector.Options(model_path=model), ctx).run(
+        affs = AffinityDetector(AffinityDetector.Options(model_path=model, tta=tta), ctx).run(
             {"raw": data.raw}
         )["affinities"]
         ctx2 = StageContext("waterz", Path(tmp) / "w")
@@ -50,13 +52,14 @@ def main() -> None:
     ap.add_argument("--scoring", default="quantile75")
     ap.add_argument("--thresholds", type=float, nargs="+",
                     default=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])  # fmt: skip
+    ap.add_argument("--tta", action="store_true", help="average the 8 mirrorings")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     if TRAINING_SEEDS & set(args.seeds):
         raise SystemExit(f"seeds {sorted(TRAINING_SEEDS & set(args.seeds))} were used in training")
     results = {}
     for model in args.models:
-        per_seed = {s: sweep(Path(model), s, args.cache, args.thresholds, args.scoring)
+        per_seed = {s: sweep(Path(model), s, args.cache, args.thresholds, args.scoring, args.tta)
                     for s in args.seeds}  # fmt: skip
         best = [min(rows, key=lambda r: r["cremi_score"]) for rows in per_seed.values()]
         mean_by_th = {
