@@ -191,6 +191,8 @@ def main() -> None:
     ap.add_argument(
         "--neuron-model", default=None, help="affinity ONNX for a predicted segmentation"
     )
+    ap.add_argument("--neuron-tta", action="store_true",
+                    help="predicted segmentation from 8-mirroring TTA affinities")  # fmt: skip
     ap.add_argument("--waterz-threshold", type=float, default=0.5)
     ap.add_argument("--waterz-scoring", default="quantile75", help="as in examples/cremi.toml")
     ap.add_argument("--noise-std", type=float, default=0.2, help="noisy-truth proximity rows")
@@ -221,7 +223,7 @@ def main() -> None:
         segs = {"GT seg": gt_seg}
         if args.neuron_model:
             source = SegmentationSource(args.neuron_model, args.waterz_threshold,
-                                        args.waterz_scoring)  # fmt: skip
+                                        args.waterz_scoring, args.neuron_tta)  # fmt: skip
             segs["predicted seg"] = predicted_segmentation(raw, source)
         clefts_pred = None
         if clf is not None:

@@ -53,6 +53,7 @@ def main() -> None:
     ap.add_argument("--neuron-model", default=None,
                     help="candidates on this affinity model + waterz (quantile75 at 0.5) "
                     "instead of the ground-truth segmentation")  # fmt: skip
+    ap.add_argument("--neuron-tta", action="store_true", help="with 8-mirroring TTA affinities")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     bad = FORBIDDEN & set(args.seeds)
@@ -67,7 +68,8 @@ def main() -> None:
         raw = data.raw.read()
         seg = data.neuron_ids.read()
         if args.neuron_model:
-            seg = predicted_segmentation(raw, SegmentationSource(args.neuron_model))
+            source = SegmentationSource(args.neuron_model, tta=args.neuron_tta)
+            seg = predicted_segmentation(raw, source)
         volumes.append((data, raw, pol.predict(raw)[0], seg))
     print(f"proximity predicted for {len(volumes)} volumes ({time.time() - t0:.0f}s)", flush=True)
     counts: dict[tuple, np.ndarray] = {}
@@ -112,11 +114,13 @@ def main() -> None:
         pt = "none" if r["prune_threshold"] is None else f"{r['prune_threshold']:.2f}"
         print(f"{r['threshold']:.2f} {r['min_voxels']:6d} {r['max_gap_nm']:5.0f} {pt:>5s} "
               f"{r['fscore']:.3f} {r['precision']:.3f} {r['recall']:.3f}")  # fmt: skip
+    cs0 = CandidateSettings()
+    defaults = (cs0.threshold, cs0.min_voxels, cs0.max_gap_nm, 0.5)
     default = [r for r in rows if (r["threshold"], r["min_voxels"], r["max_gap_nm"],
-                                   r["prune_threshold"]) == (0.3, 100, 60.0, 0.5)]  # fmt: skip
+                                   r["prune_threshold"]) == defaults]  # fmt: skip
     if default:
         d = default[0]
-        print(f"defaults (0.3, 100, 60, 0.5): F {d['fscore']:.3f} P {d['precision']:.3f} "
+        print(f"defaults {defaults}: F {d['fscore']:.3f} P {d['precision']:.3f} "
               f"R {d['recall']:.3f}")  # fmt: skip
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -158,3 +158,35 @@ def test_flip_tta_is_exact_for_an_equivariant_affinity_model() -> None:
     np.testing.assert_allclose(flip_tta(model, NEAREST_NEIGHBOURS)(x), plain, atol=1e-6)
     # without the shift the mirrored variants disagree
     assert not np.allclose(flip_tta(model, None)(x), plain)
+
+
+def test_dense_model_tta_matches_the_affinity_stage_with_tta(tmp_path) -> None:
+    """The library's TTA path (used for predicted segmentations in pruner training and the
+    benchmarks) gives the same affinities as the `affinity-unet` stage with ``tta = true``, and
+    TTA really changes the prediction of a model that is not mirror-equivariant."""
+    import onnx
+    from syntk_neurons.stages import AffinityDetector
+
+    from synapse_toolkit.affinities import NEAREST_NEIGHBOURS
+    from synapse_toolkit.data import Volume
+    from synapse_toolkit.nn.export import sha256_of
+    from synapse_toolkit.stages import StageContext
+    from synapse_toolkit.synapses.detection import DenseModel
+
+    model = tmp_path / "tiny.onnx"
+    _tiny_onnx(model)
+    proto = onnx.load(str(model))
+    for key, value in (("input_shape", "[6, 10, 10]"), ("output_shape", "[4, 8, 8]")):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(model))
+    model.with_suffix(".sha256").write_text(f"{sha256_of(model)}  tiny.onnx\n")
+    raw = (np.random.default_rng(3).random((9, 23, 17)) * 255).astype(np.uint8)
+    ctx = StageContext("detect", tmp_path, block_shape=(4, 8, 8))
+    opts = AffinityDetector.Options(model_path=model, overlap=(1, 2, 2), tta=True)
+    staged = AffinityDetector(opts, ctx).run({"raw": Volume(raw, (10, 4, 4))})["affinities"]
+    dense = DenseModel(model)
+    tta = dense.predict(raw, overlap=(1, 2, 2), tta_offsets=NEAREST_NEIGHBOURS)
+    np.testing.assert_allclose(tta, staged.read(), atol=1e-5)
+    plain = dense.predict(raw, overlap=(1, 2, 2))
+    assert np.abs(plain - tta).max() > 1e-3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +38,14 @@ class DenseModel:
         out: Any | None = None,
         overlap: tuple[int, int, int] | None = None,
         progress: Any = None,
+        tta_offsets: Sequence[Sequence[int]] | None = None,
     ) -> Any:
         """Predict ``source`` ((z, y, x) array-like, uint8 or float in [0, 1]) into ``out``
         ((C, z, y, x), zero-initialised; a new float32 array if None). ``overlap`` defaults to
-        the model's metadata (larger for ``same``-padded models, whose tile borders are weak)."""
-        from synapse_toolkit.inference.tiled import predict_tiled
+        the model's metadata (larger for ``same``-padded models, whose tile borders are weak).
+        ``tta_offsets`` (one affinity offset per output channel) averages the 8 mirrorings
+        (:func:`~synapse_toolkit.inference.tiled.flip_tta`)."""
+        from synapse_toolkit.inference.tiled import flip_tta, predict_tiled
         from synapse_toolkit.onnx_runtime import predictor
 
         shape = tuple(int(s) for s in source.shape[-3:])
@@ -49,8 +53,11 @@ class DenseModel:
             out = np.zeros((int(self.metadata.get("out_channels", 1)), *shape), np.float32)
         if overlap is None:
             overlap = tuple(int(v) for v in self.metadata.get("overlap", (2, 8, 8)))  # type: ignore[assignment]
+        predict = predictor(self.session)
+        if tta_offsets is not None:
+            predict = flip_tta(predict, tta_offsets)
         predict_tiled(
-            predictor(self.session), source, out, self.input_shape, self.output_shape,
+            predict, source, out, self.input_shape, self.output_shape,
             overlap=overlap, progress=progress,
         )  # fmt: skip
         return out

@@ -113,21 +113,27 @@ class SegmentationSource:
     model: str | None = None
     threshold: float = 0.5
     scoring: str = "quantile75"
+    tta: bool = False  # average the affinities over the 8 mirrorings
 
     def key(self) -> Any:
         if self.model is None:
             return "truth"
         st = Path(self.model).stat()
-        return [st.st_size, st.st_mtime, self.threshold, self.scoring]
+        key: list[Any] = [st.st_size, st.st_mtime, self.threshold, self.scoring]
+        return [*key, "tta"] if self.tta else key  # (keeps earlier cache keys valid)
 
 
 def predicted_segmentation(raw: np.ndarray, source: SegmentationSource) -> np.ndarray:
     """Neuron segmentation of ``raw`` by the affinity model (ONNX, tiled with the
-    ``affinity-unet`` stage's default overlap) and waterz at one threshold."""
+    ``affinity-unet`` stage's default overlap, optionally with its 8-mirroring TTA) and waterz at
+    one threshold."""
+    from synapse_toolkit.affinities import NEAREST_NEIGHBOURS
     from synapse_toolkit.inference.agglomeration import agglomerate
 
     assert source.model is not None
-    affs = DenseModel(source.model).predict(raw, overlap=(4, 8, 8))
+    model = DenseModel(source.model)
+    offsets = model.metadata.get("offsets") or NEAREST_NEIGHBOURS[:3]
+    affs = model.predict(raw, overlap=(4, 8, 8), tta_offsets=offsets if source.tta else None)
     return agglomerate(affs, [source.threshold], scoring=source.scoring)[0]
 
 
