@@ -24,8 +24,11 @@ def test_main_job_runs_on_the_demo(tmp_path: Path) -> None:
     assert {s["status"] for s in summary["stages"]} == {"ran"}
     scores = summary["scores"]
     neurons = scores["score_neurons.scores"]["values"]
-    assert neurons["n_voxels"] > 0 and neurons["cremi_score"] >= 0
-    assert "fscore" in scores["score_partners.scores"]["values"]
+    # quality guards of the shipped models on the demo (measured 2026-11-29: neuron CREMI 0.70,
+    # cleft 15.1 nm, partner F 0.61); a broken model, option or stage wiring falls far outside
+    assert neurons["n_voxels"] > 0 and 0 < neurons["cremi_score"] < 0.9
+    assert scores["score_clefts.scores"]["values"]["cremi_score"] < 30.0
+    assert scores["score_partners.scores"]["values"]["fscore"] >= 0.5
     written = read_cremi(tmp_path / "run" / "prediction.hdf")
     assert written.neuron_ids is not None and written.clefts is not None
     assert written.neuron_ids.spatial_shape == (20, 256, 256)
