@@ -16,9 +16,13 @@ from synapse_toolkit.nn.unet import UNet3D, UNetConfig  # noqa: E402
 from synapse_toolkit.onnx_runtime import create_session, model_metadata, predictor, uses_cuda  # noqa: E402
 
 
-def _tiny_trained_net() -> UNet3D:
+def _tiny_trained_net(activation: str = "relu") -> UNet3D:
     torch.manual_seed(0)
-    net = UNet3D(UNetConfig(num_fmaps=3, fmap_inc_factor=2, downsample_factors=((1, 2, 2),)))
+    net = UNet3D(
+        UNetConfig(
+            num_fmaps=3, fmap_inc_factor=2, downsample_factors=((1, 2, 2),), activation=activation
+        )
+    )
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
     x = torch.rand(1, 1, 14, 20, 20)
     y = (torch.rand(1, 3, *net.output_shape((14, 20, 20))) > 0.5).float()
@@ -30,8 +34,9 @@ def _tiny_trained_net() -> UNet3D:
     return net.eval()
 
 
-def test_export_matches_torch(tmp_path) -> None:
-    net = _tiny_trained_net()
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu"])
+def test_export_matches_torch(tmp_path, activation: str) -> None:
+    net = _tiny_trained_net(activation)
     out = tmp_path / "m.onnx"
     report = export_model(net, (14, 20, 20), out, metadata={"offsets": [[-1, 0, 0]]})
     assert report["max_abs_diff"] < 1e-4 and report["opset"] == 20

@@ -72,3 +72,17 @@ def test_valid_unet_is_translation_equivariant() -> None:
 def test_config_round_trip() -> None:
     cfg = UNetConfig(num_fmaps=4, downsample_factors=((1, 3, 3),), padding="same")
     assert UNetConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_leaky_activation_is_configurable_and_kept_in_the_config() -> None:
+    """``activation = "leaky_relu"`` puts LeakyReLU in every conv pass, survives the config round
+    trip (checkpoints, ONNX metadata); older configs without the key stay plain ReLU; a typo is
+    an error naming the choices."""
+    cfg = UNetConfig(num_fmaps=2, downsample_factors=((1, 2, 2),), activation="leaky_relu")
+    assert UNetConfig.from_dict(cfg.to_dict()) == cfg
+    mods = [type(m).__name__ for m in UNet3D(cfg).modules()]
+    assert "LeakyReLU" in mods and "ReLU" not in mods
+    old = {k: v for k, v in cfg.to_dict().items() if k != "activation"}
+    assert UNetConfig.from_dict(old).activation == "relu"
+    with pytest.raises(ValueError, match="leaky_relu"):
+        UNetConfig(activation="gelu")

@@ -35,11 +35,18 @@ class UNetConfig:
     num_convs: int = 2
     padding: str = "valid"
     output_activation: str = "sigmoid"
+    #: hidden activation: "relu" (MALA) or "leaky_relu" (slope 0.01), which cannot die: with
+    #: plain ReLU, regions where every last-level feature is 0 all get sigmoid(head bias)
+    activation: str = "relu"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.padding not in ("valid", "same"):
             raise ValueError(f"padding must be 'valid' or 'same', got {self.padding!r}")
+        if self.activation not in HIDDEN_ACTIVATIONS:
+            raise ValueError(
+                f"activation must be one of {sorted(HIDDEN_ACTIVATIONS)}, got {self.activation!r}"
+            )
         if self.output_activation not in ACTIVATIONS:
             raise ValueError(
                 f"output_activation must be one of {sorted(ACTIVATIONS)}, "
@@ -73,17 +80,27 @@ class UNetConfig:
 
 
 ACTIVATIONS = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "relu": nn.ReLU, "none": nn.Identity}
+HIDDEN_ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU}
 
 
 class ConvPass(nn.Module):
-    """``num_convs`` × (Conv3d + ReLU)."""
+    """``num_convs`` × (Conv3d + ReLU or leaky ReLU)."""
 
-    def __init__(self, cin: int, cout: int, kernel: Triple, num_convs: int, padding: str) -> None:
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        kernel: Triple,
+        num_convs: int,
+        padding: str,
+        activation: str = "relu",
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         pad = tuple(k // 2 for k in kernel) if padding == "same" else 0
+        act = HIDDEN_ACTIVATIONS[activation]
         for i in range(num_convs):
-            layers += [nn.Conv3d(cin if i == 0 else cout, cout, kernel, padding=pad), nn.ReLU()]
+            layers += [nn.Conv3d(cin if i == 0 else cout, cout, kernel, padding=pad), act()]
         self.layers = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -114,13 +131,15 @@ class UNet3D(nn.Module):
         for level in range(n_down):
             cin = cfg.in_channels if level == 0 else fmaps[level - 1]
             self.down.append(
-                ConvPass(cin, fmaps[level], cfg.kernel_size, cfg.num_convs, cfg.padding)
+                ConvPass(
+                    cin, fmaps[level], cfg.kernel_size, cfg.num_convs, cfg.padding, cfg.activation
+                )
             )
             f = cfg.downsample_factors[level]
             self.pools.append(nn.MaxPool3d(f, stride=f))
         bottom_in = cfg.in_channels if n_down == 0 else fmaps[n_down - 1]
         self.bottom = ConvPass(
-            bottom_in, fmaps[n_down], cfg.kernel_size, cfg.num_convs, cfg.padding
+            bottom_in, fmaps[n_down], cfg.kernel_size, cfg.num_convs, cfg.padding, cfg.activation
         )
         self.ups = nn.ModuleList()
         self.up_convs = nn.ModuleList()
@@ -129,7 +148,12 @@ class UNet3D(nn.Module):
             self.ups.append(nn.ConvTranspose3d(fmaps[level + 1], fmaps[level], f, stride=f))
             self.up_convs.append(
                 ConvPass(
-                    2 * fmaps[level], fmaps[level], cfg.kernel_size, cfg.num_convs, cfg.padding
+                    2 * fmaps[level],
+                    fmaps[level],
+                    cfg.kernel_size,
+                    cfg.num_convs,
+                    cfg.padding,
+                    cfg.activation,
                 )
             )
         self.head = nn.Conv3d(fmaps[0], cfg.out_channels, 1)
