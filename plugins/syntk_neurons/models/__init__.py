@@ -12,8 +12,8 @@ from typing import Any
 
 MODELS_DIR = Path(__file__).parent
 
-#: registry name -> (file, description, reproduce command)
-SHIPPED: dict[str, tuple[str, str, str]] = {
+#: registry name -> (file, description, reproduce command, voxel size (z, y, x) nm trained on)
+SHIPPED: dict[str, tuple[str, str, str, tuple[float, float, float]]] = {
     "neurons/fib_affinities": (
         "fib_affinities.onnx",
         "3D U-Net (valid convs, 2x(2,2,2) downsampling), raw uint8/255 (1,1,72,72,72) -> 3 "
@@ -21,6 +21,7 @@ SHIPPED: dict[str, tuple[str, str, str]] = {
         "volume (~10 nm isotropic) with BCE + constrained MALIS",
         "syntk train affinities examples/train/fib_affinities.toml && syntk export onnx "
         "runs/fib_affinities/best.pt plugins/syntk_neurons/models/fib_affinities.onnx",
+        (10.0, 10.0, 10.0),
     ),
     "neurons/phantom_affinities": (
         "phantom_affinities.onnx",
@@ -33,6 +34,7 @@ SHIPPED: dict[str, tuple[str, str, str]] = {
         "syntk train affinities examples/train/phantom_affinities.toml --iterations 1581 "
         "--time-limit 100000 && syntk export onnx runs/phantom_affinities_v2/best.pt "
         "plugins/syntk_neurons/models/phantom_affinities.onnx",
+        (40.0, 4.0, 4.0),
     ),
 }
 
@@ -47,7 +49,7 @@ def sidecar_sha256(onnx_file: Path) -> str | None:
 def registry_entries() -> list[dict[str, Any]]:
     """Registry entries for the shipped models that are present (with their sidecar hash)."""
     out = []
-    for name, (file, description, reproduce) in SHIPPED.items():
+    for name, (file, description, reproduce, voxel_size_nm) in SHIPPED.items():
         path = MODELS_DIR / file
         sha = sidecar_sha256(path)
         if not path.exists() or sha is None:
@@ -63,7 +65,7 @@ def registry_entries() -> list[dict[str, Any]]:
                 "licence": "BSD-3-Clause",
                 "description": description,
                 "reproduce": reproduce,
-                "voxel_size_nm": (10.0, 10.0, 10.0),
+                "voxel_size_nm": voxel_size_nm,
                 "axis_order": "zyx",
             }
         )
