@@ -27,14 +27,15 @@ SHIPPED: dict[str, tuple[str, str, str, tuple[float, float, float]]] = {
     ),
     "neurons/phantom_affinities": (
         "phantom_affinities.onnx",
-        "3D U-Net (same convs, 2x(1,3,3) downsampling), raw uint8/255 (1,1,16,144,144) -> 3 "
-        "nearest-neighbour affinities; trained on phantom volumes (defaults v1, 40x4x4 nm, seeds "
-        "2001-2003, validation 2004) with BCE + constrained MALIS, He init, 1581 iterations / "
-        "44 wall-min (53 CPU-min)",
+        "3D U-Net (same convs, 2x(1,3,3) downsampling, leaky ReLU), raw uint8/255 "
+        "(1,1,16,144,144) -> 3 nearest-neighbour affinities; trained on phantom volumes "
+        "(defaults v1, 40x4x4 nm, seeds 2001-2003, validation 2004) with BCE + constrained "
+        "MALIS, He init; iteration 2400 of a 2966-iteration / 44 wall-min run, picked on "
+        "validation",
         "for s in 2001 2002 2003 2004; do syntk phantom em runs/phantom-train/seed$s.h5 "
         "--shape 32 320 320 --seed $s; done && "
-        "syntk train affinities examples/train/phantom_affinities.toml --iterations 1581 "
-        "--time-limit 100000 && syntk export onnx runs/phantom_affinities_v2/best.pt "
+        "syntk train affinities examples/train/phantom_affinities.toml --iterations 2400 "
+        "--time-limit 100000 && syntk export onnx runs/phantom_affinities_v3/best.pt "
         "plugins/syntk_neurons/models/phantom_affinities.onnx",
         (40.0, 4.0, 4.0),
     ),
