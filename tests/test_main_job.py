@@ -24,9 +24,9 @@ def test_main_job_runs_on_the_demo(tmp_path: Path) -> None:
     assert {s["status"] for s in summary["stages"]} == {"ran"}
     scores = summary["scores"]
     neurons = scores["score_neurons.scores"]["values"]
-    # quality guards of the shipped models on the demo (measured 2026-11-29: neuron CREMI 0.70,
-    # cleft 15.1 nm, partner F 0.61); a broken model, option or stage wiring falls far outside
-    assert neurons["n_voxels"] > 0 and 0 < neurons["cremi_score"] < 0.9
+    # quality guards of the shipped models on the demo (measured 2026-11-29: neuron CREMI 0.49,
+    # cleft 15.1 nm, partner F 0.65); a broken model, option or stage wiring falls far outside
+    assert neurons["n_voxels"] > 0 and 0 < neurons["cremi_score"] < 0.75
     assert scores["score_clefts.scores"]["values"]["cremi_score"] < 30.0
     assert scores["score_partners.scores"]["values"]["fscore"] >= 0.5
     written = read_cremi(tmp_path / "run" / "prediction.hdf")
