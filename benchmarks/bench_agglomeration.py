@@ -6,12 +6,14 @@ every segmentation written to a zarr artifact, plus the selected one). Target: <
 For context, a "script" column does what a hand-written lab script does with the same store:
 read the affinities from zarr, run waterz, write each segmentation to zarr as it comes.
 
-Measured 2026-11-29 on 2 idle cores (waterz 10-11 Mvox/s on this boundary map): overhead
-1.40/1.59/1.45/1.46x at 1/2/4/8 Mvox vs in-memory waterz, 1.05/1.12/1.08/1.02x vs the script.
-The gap to in-memory waterz is the artifact I/O. A profile of the stage at 8 Mvox (warm cache):
-waterz 0.78 s, copies of waterz's reused buffer 0.10 s, waiting on the segmentation writes
-0.25 s, reading the 96 MB affinity artifact 0.03 s. The writes run on two writer threads but do
-not overlap waterz well, apparently because waterz holds the GIL.
+Measured 2026-11-29 (second session) on 2 idle cores: overhead 1.64/1.42/1.45/1.14-1.26/1.28/1.11x
+at 1/2/4/8/16/32 Mvox vs in-memory waterz (8 Mvox measured twice: run-to-run spread is large);
+0.82-1.12x vs the script. The gap to in-memory waterz is the artifact I/O: reading the affinities
+and writing T + 1 uint64 volumes (each zstd-encoded). It cannot hide behind waterz: the GIL probe
+shows waterz yields all thresholds' segmentations at the end of its run (first and last yield
+0.01-0.06 s apart), and while it runs a Python thread gets 0.0-0.4% of its idle rate (waterz holds the GIL), so
+writer threads (or any Python-side work) cannot overlap it. Only the writes themselves run on
+two threads after waterz returns.
 Affinities: the gala FIB-SEM test volume's boundary map (1 - p1) tiled to the requested size, so
 fragment statistics stay realistic.
 

@@ -2,7 +2,7 @@
 
 Writing one result while the next is computed overlaps the two as far as the computation lets
 Python threads run: a C extension that releases the GIL lets the writes proceed beside it; one
-that holds the GIL (as waterz appears to, see ``benchmarks/bench_agglomeration.py``) leaves the
+that holds the GIL (as waterz does, measured in ``benchmarks/bench_agglomeration.py``) leaves the
 writes mostly to the gaps between its calls. At most
 ``max_pending`` arrays wait (each is owned by the writer, so callers must pass arrays they will
 not modify, e.g. copies of a reused buffer). With more than one worker, writes may finish out

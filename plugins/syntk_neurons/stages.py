@@ -239,8 +239,9 @@ class WaterzAgglomerator(Agglomerator):
                     chosen.update(row=row, seg=own)
             task.advance()
 
-        # segmentations are written while waterz computes the next threshold (distinct arrays /
-        # chunks, so two writer threads may run at once)
+        # segmentations are written by two writer threads (distinct chunks, so they may run at
+        # once); waterz holds the GIL and yields every threshold at the end of its run, so the
+        # writes overlap each other and the scoring, hardly waterz itself
         with BackgroundWriter(max_pending=3, workers=2) as writer:
             agglomerate(
                 affs,
