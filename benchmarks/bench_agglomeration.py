@@ -11,9 +11,9 @@ at 1/2/4/8/16/32 Mvox vs in-memory waterz (8 Mvox measured twice: run-to-run spr
 0.82-1.12x vs the script. The gap to in-memory waterz is the artifact I/O: reading the affinities
 and writing T + 1 uint64 volumes (each zstd-encoded). It cannot hide behind waterz: the GIL probe
 shows waterz yields all thresholds' segmentations at the end of its run (first and last yield
-0.01-0.06 s apart), and while it runs a Python thread gets 0.0-0.4% of its idle rate (waterz holds the GIL), so
-writer threads (or any Python-side work) cannot overlap it. Only the writes themselves run on
-two threads after waterz returns.
+0.01-0.06 s apart), and while it runs a Python thread gets 0.0-0.4% of its idle rate (waterz
+holds the GIL), so writer threads (or any Python-side work) cannot overlap it. Only the writes
+themselves run on two threads after waterz returns.
 Affinities: the gala FIB-SEM test volume's boundary map (1 - p1) tiled to the requested size, so
 fragment statistics stay realistic.
 
