@@ -35,8 +35,8 @@ class UNetConfig:
     num_convs: int = 2
     padding: str = "valid"
     output_activation: str = "sigmoid"
-    #: hidden activation: "relu" (MALA) or "leaky_relu" (slope 0.01), which cannot die: with
-    #: plain ReLU, regions where every last-level feature is 0 all get sigmoid(head bias)
+    #: hidden activation: "relu" (MALA) or "leaky_relu" (slope 0.01: inactive units keep a
+    #: gradient; see plugins/syntk_neurons/models/README.md for what it did and did not change)
     activation: str = "relu"
     extra: dict[str, Any] = field(default_factory=dict)
 
