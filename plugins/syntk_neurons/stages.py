@@ -181,6 +181,7 @@ class WaterzAgglomerator(Agglomerator):
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         from synapse_toolkit.inference.agglomeration import agglomerate, scoring_function
+        from synapse_toolkit.io.zarr_io import copy_slab
 
         opts: WaterzAgglomerator.Options = self.options  # type: ignore[assignment]
         scoring_function(opts.scoring)  # validate early
@@ -208,35 +209,32 @@ class WaterzAgglomerator(Agglomerator):
                 1,
                 *[min(s, b) for s, b in zip(spatial, self.context.block_shape, strict=True)],
             ),
+            dense=True,
         )
         rows: list[dict[str, float]] = []
         task = self.context.progress("thresholds", len(ths))
         index = {th: i for i, th in enumerate(ths)}
 
         target = opts.threshold if opts.threshold is not None else ths[len(ths) // 2]
-        wanted = int(np.argmin([abs(t - target) for t in ths]))
-        seg_out = self.context.create_volume("segmentation", spatial, np.uint64, like=affs_vol)
-        chosen: dict[str, Any] = {}  # with truth: the best segmentation so far (no read-back)
+        selected = {"index": int(np.argmin([abs(t - target) for t in ths]))}  # without truth
+        best: dict[str, float] = {}
         if truth_np is not None:  # the metrics pull in numba: import only when scoring
             from synapse_toolkit.inference.segmetrics import segmentation_scores
 
         def write(i: int, seg: np.ndarray) -> None:
             segs.data[i] = seg
 
-        def write_selected(seg: np.ndarray) -> None:
-            seg_out.data[...] = seg
-
         def keep(th: float, seg: np.ndarray) -> None:
             own = seg.copy()  # waterz reuses its buffer; the writer threads own this copy
             writer.submit(write, index[th], own)
-            if truth_np is None and index[th] == wanted:
-                writer.submit(write_selected, own)
             if truth_np is not None:
                 s = segmentation_scores(own, truth_np, ignore_label=opts.ignore_label)
                 row = {"threshold": th, **s.to_dict()}
                 rows.append(row)
-                if "row" not in chosen or row[opts.select_by] < chosen["row"][opts.select_by]:
-                    chosen.update(row=row, seg=own)
+                if not best or row[opts.select_by] < best[opts.select_by]:
+                    best.clear()
+                    best.update(row)
+                    selected["index"] = index[th]
             task.advance()
 
         # segmentations are written by two writer threads (distinct chunks, so they may run at
@@ -253,11 +251,13 @@ class WaterzAgglomerator(Agglomerator):
                 discretize_queue=opts.discretize_queue,
                 on_segmentation=keep,
             )
-        if "seg" in chosen:
-            seg_out.data[...] = chosen["seg"]
+        seg_out = self.context.create_volume(
+            "segmentation", spatial, np.uint64, like=affs_vol, chunks=segs.data.chunks[1:],
+            dense=True,
+        )  # fmt: skip
+        copy_slab(segs.data, selected["index"], seg_out.data)  # encoded chunks, not re-encoded
         out: dict[str, Any] = {"segmentation": seg_out, "segmentations": segs}
         if rows:
-            best = chosen["row"]
             out["scores"] = ScoreRecord(
                 metric="waterz-threshold-sweep",
                 values={f"best_{k}": v for k, v in best.items()},

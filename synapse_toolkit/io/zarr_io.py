@@ -6,6 +6,7 @@ Arrays open lazily, so stages read them block by block.
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 from pathlib import Path
@@ -17,6 +18,42 @@ from synapse_toolkit.blockwise import iter_blocks
 from synapse_toolkit.data import Volume
 from synapse_toolkit.errors import DataError
 from synapse_toolkit.io.cremi import VOLUME_KEYS
+
+
+def copy_slab(src: zarr.Array, index: int, dst: zarr.Array) -> None:
+    """``dst[...] = src[index]``, copying the encoded chunks when the layouts allow it.
+
+    When both arrays live in local stores and ``src`` is chunked ``(1, *dst.chunks)`` with the
+    same dtype, fill value and codecs, a chunk of ``src[index]`` and the matching chunk of ``dst``
+    encode to the same bytes (zarr v3 stores a chunk's elements in C order through the codec
+    chain), so the files are copied instead of decoding and re-encoding the slab. Otherwise the
+    slab is read and written through zarr.
+    """
+    from zarr.storage import LocalStore
+
+    same_layout = (
+        isinstance(src.store, LocalStore)
+        and isinstance(dst.store, LocalStore)
+        and src.shape[1:] == dst.shape
+        and src.chunks == (1, *dst.chunks)
+        and src.dtype == dst.dtype
+        and src.metadata.fill_value == dst.metadata.fill_value
+        and src.metadata.codecs == dst.metadata.codecs
+    )
+    if not same_layout:
+        dst[...] = src[index]
+        return
+    src_root = Path(src.store.root) / src.path
+    dst_root = Path(dst.store.root) / dst.path
+    grid = [range(-(-s // c)) for s, c in zip(dst.shape, dst.chunks, strict=True)]
+    for coords in itertools.product(*grid):
+        src_file = src_root / src.metadata.chunk_key_encoding.encode_chunk_key((index, *coords))
+        dst_file = dst_root / dst.metadata.chunk_key_encoding.encode_chunk_key(coords)
+        if src_file.exists():  # a missing chunk is all fill value in both arrays
+            dst_file.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src_file, dst_file)
+        else:
+            dst_file.unlink(missing_ok=True)
 
 
 def open_zarr_volume(path: str | os.PathLike[str], key: str) -> Volume:
