@@ -1,19 +1,22 @@
 """Agglomeration overhead: the `waterz` stage plugin vs raw `waterz.agglomerate`.
 
 Both produce one segmentation per threshold from the same affinities: raw waterz (each yielded
-array copied, since waterz reuses it) vs the plugin stage (affinities read from a zarr volume,
-every segmentation written to a zarr artifact, plus the selected one). Target: <= 1.1x.
+array copied, since waterz reuses it; a "bare" column drops them instead) vs the plugin stage
+(affinities read from a zarr volume, every segmentation written to a zarr artifact as waterz yields
+it, the selected one copied from the sweep's encoded chunks). Target: <= 1.1x.
 For context, a "script" column does what a hand-written lab script does with the same store:
 read the affinities from zarr, run waterz, write each segmentation to zarr as it comes.
 
-Measured 2026-11-29 (second session) on 2 idle cores: overhead 1.64/1.42/1.45/1.14-1.26/1.28/1.11x
-at 1/2/4/8/16/32 Mvox vs in-memory waterz (8 Mvox measured twice: run-to-run spread is large);
-0.82-1.12x vs the script. The gap to in-memory waterz is the artifact I/O: reading the affinities
-and writing T + 1 uint64 volumes (each zstd-encoded). It cannot hide behind waterz: the GIL probe
-shows waterz yields all thresholds' segmentations at the end of its run (first and last yield
-0.01-0.06 s apart), and while it runs a Python thread gets 0.0-0.4% of its idle rate (waterz
-holds the GIL), so writer threads (or any Python-side work) cannot overlap it. Only the writes
-themselves run on two threads after waterz returns.
+Measured 2026-11-30 on 2 idle cores, best of 5 rounds, 1/2/4/8/16/32 Mvox:
+overhead 1.27/1.22/1.14/1.17/1.17/0.83x vs raw waterz (median per round 1.20/1.23/1.17/1.16/1.17/
+0.86x), 1.22/1.20/1.18/1.19/1.18/1.22x vs bare waterz, 0.67-0.97x vs the script.
+(2026-11-29, before writing synchronously without copies, skipping zarr's empty-chunk test and
+copying the selected segmentation's chunks: 1.64/1.42/1.45/1.14-1.26/1.28/1.11x.)
+What is left is the artifact I/O, ~20% of waterz's time at every size: decoding the float32
+affinities (~6%) and encoding T uint64 segmentations (~14%; zarr writes them at the speed of a
+bare numcodecs Zstd loop). It cannot hide behind waterz: the GIL probe shows waterz yields all
+thresholds' segmentations at the end of its run (first and last yield 0.01-0.06 s apart), and
+while it runs a Python thread gets 0.0-0.5% of its idle rate (waterz holds the GIL).
 Affinities: the gala FIB-SEM test volume's boundary map (1 - p1) tiled to the requested size, so
 fragment statistics stay realistic.
 
@@ -40,7 +43,11 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared/data/em/gala-fib-medulla/test-p1.lzf.h5"
 
 
-def raw_waterz(affs: np.ndarray, thresholds: list[float], scoring: str) -> list[np.ndarray]:
+def raw_waterz(
+    affs: np.ndarray, thresholds: list[float], scoring: str, keep: bool = True
+) -> list[np.ndarray]:
+    """Every threshold's segmentation, copied (waterz reuses its buffer); ``keep=False`` drops
+    them instead: waterz's bare compute time."""
     import waterz
 
     out = []
@@ -48,7 +55,8 @@ def raw_waterz(affs: np.ndarray, thresholds: list[float], scoring: str) -> list[
         for seg in waterz.agglomerate(
             affs, thresholds, scoring_function=scoring_function(scoring), discretize_queue=256
         ):
-            out.append(seg.copy())
+            if keep:
+                out.append(seg.copy())
     return out
 
 
@@ -118,7 +126,7 @@ def main() -> None:
     for rep in args.repeat_x:
         values = np.concatenate([p1 if i % 2 == 0 else p1[:, :, ::-1] for i in range(rep)], axis=2)
         affs = np.ascontiguousarray(np.stack([1.0 - values] * 3), dtype=np.float32)
-        t_raw, t_plugin, t_script = [], [], []
+        t_raw, t_bare, t_plugin, t_script = [], [], [], []
         with tempfile.TemporaryDirectory() as tmp:
             zaffs = zarr.create_array(
                 store=f"{tmp}/affs.zarr",
@@ -132,6 +140,9 @@ def main() -> None:
                 segs = raw_waterz(affs, args.thresholds, args.scoring)
                 t_raw.append(time.perf_counter() - t)
                 del segs
+                t = time.perf_counter()
+                raw_waterz(affs, args.thresholds, args.scoring, keep=False)
+                t_bare.append(time.perf_counter() - t)
                 scratch = Path(tmp) / f"s{r}"
                 scratch.mkdir()
                 stage = WaterzAgglomerator(
@@ -147,11 +158,14 @@ def main() -> None:
                 script_waterz(zaffs, script_dir, args.thresholds, args.scoring)
                 t_script.append(time.perf_counter() - t)
             probe = gil_probe(affs, args.thresholds, args.scoring)
-        a, b, c = min(t_raw), min(t_plugin), min(t_script)
+        a, a0, b, c = min(t_raw), min(t_bare), min(t_plugin), min(t_script)
+        per_round = np.median(np.divide(t_plugin, t_raw))
         mvox = values.size / 1e6
         print(
             f"  {values.shape!s:16s} {mvox:5.1f} Mvox: raw waterz {a:6.2f} s "
-            f"({mvox / a:5.2f} Mvox/s), plugin {b:6.2f} s, overhead {b / a:.3f}x (target <= 1.1x); "
+            f"({mvox / a:5.2f} Mvox/s), plugin {b:6.2f} s, overhead {b / a:.3f}x "
+            f"(median per round {per_round:.3f}x; target <= 1.1x); "
+            f"vs bare waterz ({a0:6.2f} s, results dropped) {b / a0:.3f}x; "
             f"script with zarr I/O {c:6.2f} s (plugin/script {b / c:.3f}x)"
         )
         print(

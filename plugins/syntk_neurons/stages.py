@@ -11,7 +11,6 @@ import numpy as np
 from pydantic import Field
 
 from synapse_toolkit import __version__
-from synapse_toolkit.background_writes import BackgroundWriter
 from synapse_toolkit.data import ScoreRecord, Volume
 from synapse_toolkit.errors import DataError, PluginError
 from synapse_toolkit.stages import Agglomerator, Detector, Loader, Port, StageOptions
@@ -221,14 +220,13 @@ class WaterzAgglomerator(Agglomerator):
         if truth_np is not None:  # the metrics pull in numba: import only when scoring
             from synapse_toolkit.inference.segmetrics import segmentation_scores
 
-        def write(i: int, seg: np.ndarray) -> None:
-            segs.data[i] = seg
-
         def keep(th: float, seg: np.ndarray) -> None:
-            own = seg.copy()  # waterz reuses its buffer; the writer threads own this copy
-            writer.submit(write, index[th], own)
+            # written and scored before waterz resumes, since it reuses this buffer. Writing in
+            # the background would need a copy per threshold and overlap nothing: waterz holds
+            # the GIL and yields every threshold at the end of its run.
+            segs.data[index[th]] = seg
             if truth_np is not None:
-                s = segmentation_scores(own, truth_np, ignore_label=opts.ignore_label)
+                s = segmentation_scores(seg, truth_np, ignore_label=opts.ignore_label)
                 row = {"threshold": th, **s.to_dict()}
                 rows.append(row)
                 if not best or row[opts.select_by] < best[opts.select_by]:
@@ -237,20 +235,16 @@ class WaterzAgglomerator(Agglomerator):
                     selected["index"] = index[th]
             task.advance()
 
-        # segmentations are written by two writer threads (distinct chunks, so they may run at
-        # once); waterz holds the GIL and yields every threshold at the end of its run, so the
-        # writes overlap each other and the scoring, hardly waterz itself
-        with BackgroundWriter(max_pending=3, workers=2) as writer:
-            agglomerate(
-                affs,
-                ths,
-                fragments=frag,
-                scoring=opts.scoring,
-                aff_threshold_low=opts.aff_threshold_low,
-                aff_threshold_high=opts.aff_threshold_high,
-                discretize_queue=opts.discretize_queue,
-                on_segmentation=keep,
-            )
+        agglomerate(
+            affs,
+            ths,
+            fragments=frag,
+            scoring=opts.scoring,
+            aff_threshold_low=opts.aff_threshold_low,
+            aff_threshold_high=opts.aff_threshold_high,
+            discretize_queue=opts.discretize_queue,
+            on_segmentation=keep,
+        )
         seg_out = self.context.create_volume(
             "segmentation", spatial, np.uint64, like=affs_vol, chunks=segs.data.chunks[1:],
             dense=True,
