@@ -11,6 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxscript")
 
+from synapse_toolkit.errors import SyntkError  # noqa: E402
 from synapse_toolkit.nn.export import export_checkpoint, export_model  # noqa: E402
 from synapse_toolkit.nn.unet import UNet3D, UNetConfig  # noqa: E402
 from synapse_toolkit.onnx_runtime import create_session, model_metadata, predictor, uses_cuda  # noqa: E402
@@ -75,9 +76,41 @@ def test_cli_exports_a_checkpoint(tmp_path) -> None:
     assert bad.exit_code == 1 and "checkpoint not found" in bad.stderr
 
 
-def test_invalid_tile_shape_and_missing_model(tmp_path) -> None:
-    from synapse_toolkit.errors import SyntkError
+def test_export_stores_the_training_volumes_intensity_reference(tmp_path, monkeypatch) -> None:
+    """The checkpoint's training config names the training volumes (paths from the working
+    directory, as in training); their ROI's grey-value quantiles go into the ONNX metadata."""
+    import h5py
 
+    from synapse_toolkit.inference.intensity import LEVELS
+
+    monkeypatch.chdir(tmp_path)
+    raw = np.random.default_rng(4).integers(30, 220, (8, 16, 16)).astype(np.uint8)
+    raw[:, :, 8:] //= 2  # outside the ROI: darker, must not count
+    with h5py.File("train.h5", "w") as f:
+        f["raw"] = raw
+    net = _tiny_trained_net()
+    volume = {"raw": "train.h5", "raw_dataset": "raw", "roi": [[0, 8], [0, 16], [0, 8]]}
+    ckpt = {
+        "model_config": net.config.to_dict(),
+        "state_dict": net.state_dict(),
+        "input_shape": [14, 20, 20],
+        "train_config": {"data": {"volumes": [volume]}},
+    }
+    torch.save(ckpt, "c.pt")
+    export_checkpoint("c.pt", "m.onnx")
+    ref = model_metadata(create_session(tmp_path / "m.onnx"))["intensity_reference"]
+    expected = np.quantile(raw[:, :, :8].astype(np.float64), LEVELS)
+    np.testing.assert_allclose(ref["quantiles"], expected, atol=1e-6)
+    assert ref["scale"] == pytest.approx(1 / 255) and ref["volumes"] == ["train.h5"]
+    export_checkpoint("c.pt", "plain.onnx", intensity_reference=False)
+    assert "intensity_reference" not in model_metadata(create_session(tmp_path / "plain.onnx"))
+    volume["raw"] = "moved.h5"
+    torch.save(ckpt, "c.pt")
+    with pytest.raises(SyntkError, match="moved.h5: file not found"):
+        export_checkpoint("c.pt", "m2.onnx")
+
+
+def test_invalid_tile_shape_and_missing_model(tmp_path) -> None:
     net = _tiny_trained_net()
     with pytest.raises(SyntkError, match="not valid"):
         export_model(net, (15, 21, 21), tmp_path / "x.onnx")

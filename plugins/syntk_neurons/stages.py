@@ -66,8 +66,15 @@ class AffinityDetector(Detector):
         model_path: Path | None = Field(None, description="An ONNX file instead of `model`.")
         sha256: str | None = Field(None, description="Expected sha256 of `model_path`.")
         overlap: tuple[int, int, int] = Field((4, 8, 8), description="Tile overlap (z, y, x).")
+        match_intensity: bool = Field(
+            True,
+            description="Match raw grey values to the model's training data (quantile map) when "
+            "the model carries an intensity reference: undoes contrast/brightness/gamma changes.",
+        )
         intensity_scale: float | None = Field(
-            None, description="Multiply raw by this (default: 1/255 for uint8, 1 otherwise)."
+            None,
+            description="Without intensity matching: multiply raw by this "
+            "(default: 1/255 for uint8, 1 otherwise).",
         )
         pad_mode: Literal["reflect", "symmetric", "edge"] = "reflect"
         providers: list[str] | None = Field(None, description="ONNX Runtime providers to force.")
@@ -75,6 +82,7 @@ class AffinityDetector(Detector):
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         from synapse_toolkit.affinities import NEAREST_NEIGHBOURS
+        from synapse_toolkit.inference.intensity import model_preprocess
         from synapse_toolkit.inference.tiled import TileGrid, flip_tta, predict_tiled
         from synapse_toolkit.onnx_runtime import (
             create_session,
@@ -104,12 +112,12 @@ class AffinityDetector(Detector):
             in_shape,
             out_shape,
         )
-        scale = opts.intensity_scale
-        if scale is None:
-            scale = 1.0 / 255.0 if raw.dtype == np.uint8 else 1.0
-
-        def prep(x: np.ndarray) -> np.ndarray:
-            return x.astype(np.float32) * np.float32(scale)
+        prep = model_preprocess(
+            meta,
+            raw.data,
+            intensity_scale=opts.intensity_scale,
+            match_intensity=opts.match_intensity,
+        )
 
         result = self.context.create_volume(
             "affinities",

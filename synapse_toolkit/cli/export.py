@@ -18,6 +18,13 @@ def onnx(
     input_shape: Annotated[
         str | None, typer.Option(help="Input tile shape z,y,x (default: the training shape).")
     ] = None,
+    intensity_reference: Annotated[
+        bool,
+        typer.Option(
+            help="Store the training volumes' grey-value quantiles, so inference matches "
+            "other volumes' intensities to them (reads the training files)."
+        ),
+    ] = True,
 ) -> None:
     """Export CHECKPOINT to ONNX (opset 20) and check ONNX Runtime against torch (< 1e-4)."""
     from synapse_toolkit.nn.export import export_checkpoint
@@ -32,5 +39,7 @@ def onnx(
             from synapse_toolkit.errors import SyntkError
 
             raise SyntkError(f"--input-shape must be three integers z,y,x, got {input_shape!r}")
-    report = export_checkpoint(checkpoint, out, input_shape=shape)
+    report = export_checkpoint(
+        checkpoint, out, input_shape=shape, intensity_reference=intensity_reference
+    )
     typer.echo(json.dumps(report))

@@ -121,10 +121,39 @@ def load_checkpoint(path: str | Path) -> tuple[Any, dict[str, Any]]:
     return net.eval(), ckpt
 
 
+def training_intensity_reference(train_config: dict[str, Any]) -> dict[str, Any] | None:
+    """Grey-value quantiles of the training volumes (their ROIs) and the input scale they got.
+
+    ``None`` when the config lists no volumes. Paths resolve as in training (from the working
+    directory); a missing file is an error naming it.
+    """
+    from synapse_toolkit.inference.intensity import quantiles
+    from synapse_toolkit.nn.training import VolumeSpec, load_volume
+
+    specs = [VolumeSpec(**v) for v in train_config.get("data", {}).get("volumes", [])]
+    if not specs:
+        return None
+    raws = [load_volume(spec, need_labels=False)[0] for spec in specs]
+    uint8 = all(r.dtype == np.uint8 for r in raws)
+    return {
+        "quantiles": [round(float(q), 6) for q in quantiles(raws)],
+        "scale": 1.0 / 255.0 if uint8 else 1.0,  # as synapse_toolkit.nn.augment scales crops
+        "volumes": [spec.raw for spec in specs],
+    }
+
+
 def export_checkpoint(
-    checkpoint: str | Path, out_path: str | Path, input_shape: Sequence[int] | None = None
+    checkpoint: str | Path,
+    out_path: str | Path,
+    input_shape: Sequence[int] | None = None,
+    intensity_reference: bool = True,
 ) -> dict[str, Any]:
-    """Export a training checkpoint; the tile shape defaults to the training input shape."""
+    """Export a training checkpoint; the tile shape defaults to the training input shape.
+
+    With ``intensity_reference``, the training volumes' grey-value quantiles go into the
+    metadata, so inference can match other volumes' intensities to them
+    (:mod:`synapse_toolkit.inference.intensity`).
+    """
     net, ckpt = load_checkpoint(checkpoint)
     shape = input_shape or ckpt.get("input_shape")
     if shape is None:
@@ -134,4 +163,8 @@ def export_checkpoint(
         "iteration": ckpt.get("iteration"),
         "model_config": ckpt["model_config"],
     }
+    if intensity_reference and ckpt.get("train_config"):
+        reference = training_intensity_reference(ckpt["train_config"])
+        if reference is not None:
+            meta["intensity_reference"] = reference
     return export_model(net, shape, out_path, metadata=meta)

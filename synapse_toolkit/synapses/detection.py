@@ -40,11 +40,13 @@ class DenseModel:
         progress: Any = None,
         tta_offsets: Sequence[Sequence[int]] | None = None,
     ) -> Any:
-        """Predict ``source`` ((z, y, x) array-like, uint8 or float in [0, 1]) into ``out``
+        """Predict ``source`` ((z, y, x) array-like, uint8 or float in [0, 1]; matched to the
+        model's intensity reference when it has one) into ``out``
         ((C, z, y, x), zero-initialised; a new float32 array if None). ``overlap`` defaults to
         the model's metadata (larger for ``same``-padded models, whose tile borders are weak).
         ``tta_offsets`` (one affinity offset per output channel) averages the 8 mirrorings
         (:func:`~synapse_toolkit.inference.tiled.flip_tta`)."""
+        from synapse_toolkit.inference.intensity import model_preprocess
         from synapse_toolkit.inference.tiled import flip_tta, predict_tiled
         from synapse_toolkit.onnx_runtime import predictor
 
@@ -58,6 +60,6 @@ class DenseModel:
             predict = flip_tta(predict, tta_offsets)
         predict_tiled(
             predict, source, out, self.input_shape, self.output_shape,
-            overlap=overlap, progress=progress,
+            overlap=overlap, progress=progress, preprocess=model_preprocess(self.metadata, source),
         )  # fmt: skip
         return out

@@ -1,0 +1,118 @@
+"""Intensity matching: exact quantiles, monotone grey-value changes undone, and the affinity
+stage giving the same prediction for the same tissue under another contrast."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from synapse_toolkit.inference import intensity
+from synapse_toolkit.inference.intensity import LEVELS, match, model_preprocess, quantiles
+
+
+def _tissue(seed: int = 0, shape=(6, 24, 28)) -> np.ndarray:
+    """Smooth uint8 'EM-like' grey values spanning most of the range."""
+    x = ndimage.gaussian_filter(np.random.default_rng(seed).random(shape), 1.5)
+    x = (x - x.min()) / (x.max() - x.min())
+    return np.round(20 + 220 * x).astype(np.uint8)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.float32])
+def test_quantiles_equal_numpy(dtype) -> None:
+    x = (_tissue().astype(np.float64) * 37 - 3000).astype(dtype)
+    ref = np.quantile(x.astype(np.float64), LEVELS)
+    np.testing.assert_allclose(quantiles([x]), ref, rtol=0, atol=1e-6 * max(1, abs(ref).max()))
+    pooled = quantiles([x[:3], x[3:]])  # several volumes pool their voxels
+    np.testing.assert_allclose(pooled, ref, atol=1e-6 * max(1, abs(ref).max()))
+
+
+def test_large_float_volumes_are_sampled_by_planes(monkeypatch) -> None:
+    x = np.random.default_rng(1).normal(size=(40, 30, 30)).astype(np.float32)
+    monkeypatch.setattr(intensity, "MAX_SAMPLE_VOXELS", 10 * 30 * 30)
+    sampled = quantiles([x])
+    np.testing.assert_allclose(sampled, np.quantile(x[::4], LEVELS), atol=1e-6)
+    assert np.abs(sampled[16:-16] - np.quantile(x, LEVELS[16:-16])).max() < 0.1
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda r: np.clip(128 + (r - 128) * 0.5, 0, 255).astype(np.uint8),  # low contrast
+        lambda r: (255 * (r / 255) ** 1.6).astype(np.float32),  # gamma, float
+        lambda r: (r * 200.0 + 1000).astype(np.uint16),  # 16-bit detector counts
+    ],
+)
+def test_matching_undoes_monotone_grey_value_changes(change) -> None:
+    reference = _tissue(0)
+    other = _tissue(1)  # the same kind of tissue, another volume
+    ref_q = quantiles([reference])
+    changed = change(other.astype(np.float64))
+    restored = match(changed, quantiles([changed]), ref_q)
+    direct = match(other, quantiles([other]), ref_q)  # what the unchanged volume maps to
+    assert np.abs(restored - direct).mean() < 1.0  # grey levels (quantisation only)
+    assert np.abs(changed.astype(np.float64) - direct).mean() > 10  # without matching: far off
+
+
+def test_constant_volume_and_identity() -> None:
+    x = _tissue(2)
+    np.testing.assert_allclose(match(x, quantiles([x]), quantiles([x])), x, atol=0.5)
+    flat = np.full((2, 3, 4), 7, np.uint8)
+    assert np.unique(match(flat, quantiles([flat]), quantiles([x]))).size == 1
+
+
+def test_preprocess_without_reference_keeps_the_old_scaling() -> None:
+    u8 = _tissue(3)
+    np.testing.assert_allclose(model_preprocess({}, u8)(u8), u8 / 255.0, rtol=1e-6)
+    f = u8.astype(np.float32) / 255
+    np.testing.assert_allclose(model_preprocess({}, f)(f), f)
+    np.testing.assert_allclose(model_preprocess({}, u8, intensity_scale=0.5)(u8), u8 * 0.5)
+    ref = {"intensity_reference": {"quantiles": list(quantiles([u8])), "scale": 1 / 255}}
+    plain = model_preprocess(ref, u8, match_intensity=False)(u8)
+    np.testing.assert_allclose(plain, u8 / 255.0, rtol=1e-6)
+
+
+def test_affinity_stage_sees_the_same_tissue_under_another_contrast(tmp_path) -> None:
+    onnx = pytest.importorskip("onnx")
+    from syntk_neurons.stages import AffinityDetector
+
+    from synapse_toolkit.data import Volume
+    from synapse_toolkit.nn.export import sha256_of
+    from synapse_toolkit.stages import StageContext
+    from tests.test_tiled_inference import _tiny_onnx
+
+    model = tmp_path / "tiny.onnx"
+    _tiny_onnx(model)
+    training = _tissue(0)
+    proto = onnx.load(str(model))
+    entry = proto.metadata_props.add()
+    entry.key = "intensity_reference"
+    entry.value = json.dumps({"quantiles": quantiles([training]).tolist(), "scale": 1 / 255})
+    onnx.save(proto, str(model))
+    model.with_suffix(".sha256").write_text(f"{sha256_of(model)}  tiny.onnx\n")
+    raw = _tissue(1, (9, 23, 17))
+    dim = (np.float64(raw) * 0.4 + 30).astype(np.uint8)  # another acquisition's contrast
+
+    def affinities(volume: np.ndarray, name: str, match_intensity: bool = True) -> np.ndarray:
+        opts = AffinityDetector.Options(
+            model_path=model, overlap=(1, 2, 2), match_intensity=match_intensity
+        )
+        stage = AffinityDetector(opts, StageContext(name, tmp_path / name, block_shape=(4, 8, 8)))
+        return stage.run({"raw": Volume(volume, (10, 4, 4))})["affinities"].read()
+
+    original, dimmed = affinities(raw, "a"), affinities(dim, "b")
+    unmatched = affinities(dim, "c", match_intensity=False)
+    assert np.abs(dimmed - original).mean() < 0.01
+    assert np.abs(unmatched - original).mean() > 5 * np.abs(dimmed - original).mean()
+
+
+def test_a_grey_value_spanning_many_levels_maps_to_their_mean() -> None:
+    """Half the voxels dark, half bright, matched onto a uniform reference: each grey value
+    takes the mean of the reference quantiles it spans (0.25 and 0.75), so the mean is kept."""
+    two = np.zeros((4, 10, 10), np.uint8)
+    two[2:] = 255
+    uniform = np.linspace(0, 1, 4001).astype(np.float32).reshape(1, 1, -1)
+    out = match(two, quantiles([two]), quantiles([uniform]))
+    np.testing.assert_allclose(np.unique(out), [0.25, 0.75], atol=0.01)
