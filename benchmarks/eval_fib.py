@@ -40,6 +40,7 @@ import numpy as np
 from synapse_toolkit.affinities import NEAREST_NEIGHBOURS
 from synapse_toolkit.inference.agglomeration import agglomerate
 from synapse_toolkit.inference.intensity import model_preprocess
+from synapse_toolkit.inference.resample import resample_into, resampled_shape
 from synapse_toolkit.inference.tiled import flip_tta, predict_tiled
 from synapse_toolkit.onnx_runtime import create_session, model_metadata, predictor
 
@@ -47,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 THRESHOLDS = [round(t, 3) for t in np.arange(0.05, 1.0, 0.05)]
 SCORINGS = ["mean", "quantile50", "quantile75"]
 IGNORE = np.uint64(0xFFFFFFFFFFFFFFFF)
+MODEL_VOXEL_SIZE_NM = (10.0, 10.0, 10.0)  # the gala training volume's
 
 
 def scorer():
@@ -84,20 +86,35 @@ def edge_min(values: np.ndarray) -> np.ndarray:
 
 
 def model_affinities(
-    model: Path, raw: np.ndarray, threads: int, tta: bool = False, match_intensity: bool = True
+    model: Path,
+    raw: np.ndarray,
+    threads: int,
+    tta: bool = False,
+    match_intensity: bool = True,
+    voxel_size_nm: tuple[float, float, float] = MODEL_VOXEL_SIZE_NM,
 ) -> tuple[np.ndarray, float]:
+    """The model's affinities for ``raw`` (matched as the stage does); raw at another voxel
+    size is resampled to the model's and the affinities back, as the stage does."""
     session = create_session(model, num_threads=threads)
     meta = model_metadata(session)
-    out = np.zeros((int(meta["out_channels"]), *raw.shape), np.float32)
     predict = predictor(session)
     if tta:
         predict = flip_tta(predict, meta.get("offsets"))
     t = time.perf_counter()
     prep = model_preprocess(meta, raw, match_intensity=match_intensity)
+    source = raw
+    if not np.allclose(voxel_size_nm, MODEL_VOXEL_SIZE_NM, rtol=0.05):
+        source = np.zeros(resampled_shape(raw.shape, voxel_size_nm, MODEL_VOXEL_SIZE_NM), "f4")
+        resample_into(raw, source)
+    out = np.zeros((int(meta["out_channels"]), *source.shape), np.float32)
     predict_tiled(
-        predict, raw, out, meta["input_shape"], meta["output_shape"], overlap=(4, 8, 8),
+        predict, source, out, meta["input_shape"], meta["output_shape"], overlap=(4, 8, 8),
         preprocess=prep,
     )  # fmt: skip
+    if source is not raw:
+        back = np.zeros((out.shape[0], *raw.shape), np.float32)
+        resample_into(out, back)
+        out = back
     return out[:3], time.perf_counter() - t
 
 
@@ -138,7 +155,8 @@ def truth_with_ignore(gt: np.ndarray, ignore: int | None = 0) -> np.ndarray:
 
 
 def perturbations(raw: np.ndarray, gt: np.ndarray) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """The same volume as another acquisition might look: grey-value changes, blur, noise."""
+    """The same volume as another acquisition might look: grey-value changes, blur, noise,
+    and finer / coarser voxels (8 and 12.5 nm; the model's input is resampled to 10 nm)."""
     from scipy import ndimage
 
     r = raw.astype(np.float32)
@@ -158,6 +176,8 @@ def perturbations(raw: np.ndarray, gt: np.ndarray) -> list[tuple[str, np.ndarray
         ("uint16, x200 + 1000", (r * 200 + 1000).astype(np.uint16), gt),
         ("noise sd 10", u8(r + noise), gt),
         ("blur sigma 1", u8(ndimage.gaussian_filter(r, 1)), gt),
+        ("8 nm voxels", u8(ndimage.zoom(r, 1.25, order=1)), ndimage.zoom(gt, 1.25, order=0)),
+        ("12.5 nm voxels", u8(ndimage.zoom(r, 0.8, order=1)), ndimage.zoom(gt, 0.8, order=0)),
     ]
 
 
@@ -168,13 +188,23 @@ def robustness(args: argparse.Namespace, raw: np.ndarray, gt: np.ndarray, score)
     out = {}
     for name, r, g in perturbations(raw, gt):
         truth = truth_with_ignore(g)
+        vs = tuple(v * raw.shape[0] / r.shape[0] for v in args.voxel_size)
         row = {}
         for label, match in (("matched", True), ("unmatched", False)):
-            affs, _ = model_affinities(args.model, r, args.threads, args.tta, match)
+            affs, _ = model_affinities(args.model, r, args.threads, args.tta, match, vs)
             row[label] = evaluate(affs, truth, score)["best_by_cremi"]["cremi_score"]
+        if vs != tuple(args.voxel_size):  # the same, without resampling to the model's size
+            affs, _ = model_affinities(args.model, r, args.threads, args.tta)
+            row["matched, not resampled"] = evaluate(affs, truth, score)["best_by_cremi"][
+                "cremi_score"
+            ]
         r01 = (r.astype(np.float32) - r.min()) / max(1.0, float(r.max()) - float(r.min()))
         row["raw"] = evaluate(edge_min(r01), truth, score)["best_by_cremi"]["cremi_score"]
-        print(f"{name:22s} {row['matched']:8.3f} {row['unmatched']:9.3f} {row['raw']:7.3f}")
+        extra = row.get("matched, not resampled")
+        print(
+            f"{name:22s} {row['matched']:8.3f} {row['unmatched']:9.3f} {row['raw']:7.3f}"
+            + ("" if extra is None else f"   (matched, not resampled: {extra:.3f})")
+        )
         out[name] = row
     return out
 
@@ -190,6 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--truth", help="its neuron labels (same forms as --raw)")
     ap.add_argument("--boundary", help="its boundary probability map, if any (baseline b)")
     ap.add_argument("--ignore-label", type=int, default=0, help="truth label left unscored")
+    ap.add_argument(
+        "--voxel-size", type=float, nargs=3, default=MODEL_VOXEL_SIZE_NM, metavar=("Z", "Y", "X"),
+        help="the volume's voxel size in nm (other than 10 nm: resampled for the model)",
+    )  # fmt: skip
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, help="write all results here")
     ap.add_argument("--model-only", action="store_true", help="skip the baselines")
@@ -222,7 +256,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             args.json.write_text(json.dumps(report, indent=1))
         return 0
-    affs, seconds = model_affinities(args.model, raw, args.threads, args.tta, not args.no_match)
+    affs, seconds = model_affinities(
+        args.model, raw, args.threads, args.tta, not args.no_match, tuple(args.voxel_size)
+    )
     if args.save_affs:
         np.save(args.save_affs, affs)
     raw01 = (raw.astype(np.float32) - raw.min()) / max(1.0, float(raw.max()) - float(raw.min()))

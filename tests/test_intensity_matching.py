@@ -29,11 +29,13 @@ def test_quantiles_equal_numpy(dtype) -> None:
     np.testing.assert_allclose(pooled, ref, atol=1e-6 * max(1, abs(ref).max()))
 
 
-def test_large_float_volumes_are_sampled_by_planes(monkeypatch) -> None:
+def test_large_float_volumes_are_sampled_by_blocks(monkeypatch) -> None:
     x = np.random.default_rng(1).normal(size=(40, 30, 30)).astype(np.float32)
+    monkeypatch.setattr(intensity, "BLOCK", (5, 30, 30))
     monkeypatch.setattr(intensity, "MAX_SAMPLE_VOXELS", 10 * 30 * 30)
     sampled = quantiles([x])
-    np.testing.assert_allclose(sampled, np.quantile(x[::4], LEVELS), atol=1e-6)
+    every_fourth_block = np.concatenate([x[z : z + 5] for z in range(0, 40, 20)])
+    np.testing.assert_allclose(sampled, np.quantile(every_fourth_block, LEVELS), atol=1e-6)
     assert np.abs(sampled[16:-16] - np.quantile(x, LEVELS[16:-16])).max() < 0.1
 
 

@@ -190,3 +190,43 @@ def test_dense_model_tta_matches_the_affinity_stage_with_tta(tmp_path) -> None:
     np.testing.assert_allclose(tta, staged.read(), atol=1e-5)
     plain = dense.predict(raw, overlap=(1, 2, 2))
     assert np.abs(plain - tta).max() > 1e-3
+
+
+def test_affinity_stage_resamples_to_the_models_voxel_size(tmp_path) -> None:
+    """Raw at 10x4x4 nm under a model trained at 20x8x8 nm: the stage predicts on raw resampled
+    to 20x8x8 and resamples the affinities back to raw's grid."""
+    from scipy.ndimage import correlate
+    from syntk_neurons.stages import AffinityDetector
+
+    from synapse_toolkit.data import Volume
+    from synapse_toolkit.inference.resample import resample_into
+    from synapse_toolkit.nn.export import sha256_of
+    from synapse_toolkit.stages import StageContext
+
+    model = tmp_path / "tiny.onnx"
+    w = _tiny_onnx(model)
+    model.with_suffix(".sha256").write_text(f"{sha256_of(model)}  tiny.onnx\n")
+    raw = (np.random.default_rng(6).random((12, 30, 22)) * 255).astype(np.uint8)
+
+    def run(name: str, **options) -> np.ndarray:
+        opts = AffinityDetector.Options(model_path=model, overlap=(1, 2, 2), **options)
+        ctx = StageContext(name, tmp_path / name, block_shape=(4, 8, 8))
+        out = AffinityDetector(opts, ctx).run({"raw": Volume(raw, (10, 4, 4))})["affinities"]
+        assert out.shape == (3, *raw.shape) and out.voxel_size_nm == (10, 4, 4)
+        return out.read()
+
+    coarse = np.zeros((6, 15, 11), np.float32)
+    resample_into(raw, coarse)
+    padded = np.pad(coarse / 255.0, 1, mode="reflect")
+    conv = np.stack(
+        [correlate(padded, w[c, 0], mode="constant")[1:-1, 1:-1, 1:-1] for c in range(3)]
+    )
+    expected = np.zeros((3, *raw.shape), np.float32)
+    resample_into((1 / (1 + np.exp(-conv))).astype(np.float32), expected)
+    resampled = run("resampled", model_voxel_size_nm=(20, 8, 8))
+    np.testing.assert_allclose(resampled, expected, atol=1e-5)
+    same_size = run("same", model_voxel_size_nm=(10.3, 4, 4))  # within 5%: no resampling
+    np.testing.assert_allclose(
+        run("off", model_voxel_size_nm=(20, 8, 8), resample=False), same_size
+    )
+    assert np.abs(resampled - same_size).mean() > 0.01

@@ -50,7 +50,9 @@ class AffinityDetector(Detector):
 
     Tiles the volume (``overlap`` voxels between output tiles, blended linearly), mirrors the
     volume at its borders for context, and writes ``affinities`` (C, z, y, x) float32 into zarr
-    block by block; the raw volume is read tile by tile, never whole.
+    block by block; the raw volume is read tile by tile, never whole. Raw grey values are matched
+    to the model's training data when the model carries an intensity reference, and raw at
+    another voxel size than the model's is resampled to it (and the affinities back).
     """
 
     name: ClassVar[str] = "affinity-unet"
@@ -79,10 +81,34 @@ class AffinityDetector(Detector):
         pad_mode: Literal["reflect", "symmetric", "edge"] = "reflect"
         providers: list[str] | None = Field(None, description="ONNX Runtime providers to force.")
         tta: bool = Field(False, description="Average over the 8 mirrorings (8x slower).")
+        resample: bool = Field(
+            True,
+            description="When raw's voxel size differs from the model's by more than 5%, "
+            "resample raw to the model's voxel size and the affinities back (linear).",
+        )
+        model_voxel_size_nm: tuple[float, float, float] | None = Field(
+            None,
+            description="Voxel size (z, y, x nm) the model was trained at (default: the "
+            "model's metadata, else its registry entry).",
+        )
+
+    def _model_voxel_size(self, meta: Mapping[str, Any]) -> tuple[float, ...] | None:
+        opts: AffinityDetector.Options = self.options  # type: ignore[assignment]
+        if opts.model_voxel_size_nm is not None:
+            return tuple(opts.model_voxel_size_nm)
+        if meta.get("voxel_size_nm"):
+            return tuple(float(v) for v in meta["voxel_size_nm"])
+        if opts.model_path is None:
+            from synapse_toolkit.datasets import get_registry
+
+            entry = get_registry().get(opts.model)
+            return None if entry.voxel_size_nm is None else tuple(entry.voxel_size_nm)
+        return None
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         from synapse_toolkit.affinities import NEAREST_NEIGHBOURS
         from synapse_toolkit.inference.intensity import model_preprocess
+        from synapse_toolkit.inference.resample import resample_into, resampled_shape
         from synapse_toolkit.inference.tiled import TileGrid, flip_tta, predict_tiled
         from synapse_toolkit.onnx_runtime import (
             create_session,
@@ -129,15 +155,32 @@ class AffinityDetector(Detector):
                 *[min(s, 2 * o) for s, o in zip(raw.spatial_shape, out_shape, strict=True)],
             ),
         )
-        grid = TileGrid(raw.spatial_shape, in_shape, out_shape, opts.overlap)  # type: ignore[arg-type]
+        source, target = raw.data, result.data
+        model_vs = self._model_voxel_size(meta) if opts.resample else None
+        if model_vs is not None and not np.allclose(raw.voxel_size_nm, model_vs, rtol=0.05):
+            grid_shape = resampled_shape(raw.spatial_shape, raw.voxel_size_nm, model_vs)
+            self.context.logger.info(
+                "affinity-unet: raw at %s nm resampled to the model's %s nm (%s -> %s voxels)",
+                raw.voxel_size_nm, model_vs, raw.spatial_shape, grid_shape,
+            )  # fmt: skip
+            source = self.context.create_volume(
+                "raw_at_model_voxel_size", grid_shape, np.float32, voxel_size_nm=model_vs,
+                dense=True,
+            ).data  # fmt: skip
+            resample_into(raw.data, source)
+            target = self.context.create_volume(
+                "affinities_at_model_voxel_size", (n_out, *grid_shape), np.float32,
+                voxel_size_nm=model_vs, dense=True,
+            ).data  # fmt: skip
+        grid = TileGrid(source.shape[-3:], in_shape, out_shape, opts.overlap)  # type: ignore[arg-type]
         task = self.context.progress("tiles", len(grid))
         predict = predictor(session)
         if opts.tta:
             predict = flip_tta(predict, meta.get("offsets") or NEAREST_NEIGHBOURS[:n_out])
         predict_tiled(
             predict,
-            raw.data,
-            result.data,
+            source,
+            target,
             in_shape,
             out_shape,
             overlap=opts.overlap,
@@ -145,6 +188,8 @@ class AffinityDetector(Detector):
             pad_mode=opts.pad_mode,
             progress=task.advance,
         )
+        if target is not result.data:
+            resample_into(target, result.data)
         return {"affinities": result}
 
 

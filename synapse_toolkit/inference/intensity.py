@@ -18,12 +18,16 @@ from typing import Any
 
 import numpy as np
 
+from synapse_toolkit.blockwise import iter_blocks
+
 #: Quantile levels stored for a reference and measured on a volume (0, 1/256, ..., 1).
 LEVELS = np.linspace(0.0, 1.0, 257)
 #: Exact counting covers int16 .. uint16: bin i holds grey value i + _OFFSET.
 _OFFSET = -(1 << 15)
 _BINS = (1 << 16) - _OFFSET
-#: Volumes with more voxels than this are subsampled (every k-th plane) to measure quantiles.
+#: Volumes are read in blocks of this shape (z, y, x).
+BLOCK = (64, 256, 256)
+#: Float volumes with more voxels than this are subsampled (every k-th block).
 MAX_SAMPLE_VOXELS = 1 << 25
 
 PreprocessFn = Callable[[np.ndarray], np.ndarray]
@@ -32,33 +36,33 @@ PreprocessFn = Callable[[np.ndarray], np.ndarray]
 def quantiles(volumes: Iterable[Any]) -> np.ndarray:
     """Pooled quantiles at :data:`LEVELS` of one or more (z, y, x) arrays (numpy, zarr, h5py).
 
-    Integer volumes of at most 16 bits are counted exactly, plane by plane; other dtypes are
-    sampled: whole z planes at a stride that keeps at most :data:`MAX_SAMPLE_VOXELS` voxels.
-    Quantiles interpolate linearly between ranks, as ``np.quantile`` does.
+    Volumes are read in blocks of :data:`BLOCK` (each stored chunk is decoded about once).
+    Integer volumes of at most 16 bits are counted exactly; other dtypes are sampled: every k-th
+    block, with k chosen to keep at most :data:`MAX_SAMPLE_VOXELS` voxels. Quantiles interpolate
+    linearly between ranks, as ``np.quantile`` does.
     """
-    vols = list(volumes)
-    counts: np.ndarray | None = None
+    counts = np.zeros(_BINS, np.int64)
     samples: list[np.ndarray] = []
-    for vol in vols:
+    for vol in volumes:
         dtype = np.dtype(vol.dtype)
         exact = np.issubdtype(dtype, np.integer) and dtype.itemsize <= 2
-        stride = 1 if exact else max(1, int(np.ceil(np.prod(vol.shape) / MAX_SAMPLE_VOXELS)))
-        for z in range(0, vol.shape[0], stride):
-            plane = np.asarray(vol[z])
+        shape = tuple(int(n) for n in vol.shape)
+        step = tuple(min(n, b) for n, b in zip(shape, BLOCK, strict=True))
+        blocks = list(iter_blocks(shape, step))
+        stride = 1 if exact else max(1, int(np.ceil(np.prod(shape) / MAX_SAMPLE_VOXELS)))
+        for b in blocks[::stride]:
+            values = np.asarray(vol[b.write])
             if exact:
-                c = np.bincount((plane.astype(np.int64) - _OFFSET).ravel(), minlength=_BINS)
-                counts = c if counts is None else counts + c
+                counts += np.bincount((values.astype(np.int64) - _OFFSET).ravel(), minlength=_BINS)
             else:
-                samples.append(plane.astype(np.float64).ravel())
-    if counts is not None and samples:  # mixed dtypes: expand the histogram into samples
-        values = np.arange(counts.size) + _OFFSET
-        samples.append(np.repeat(values, counts).astype(np.float64))
-        counts = None
-    if counts is not None:
-        return _histogram_quantiles(counts)
-    if not samples:
+                samples.append(values.astype(np.float64).ravel())
+    if samples and counts.any():  # mixed dtypes: expand the histogram into samples
+        samples.append(np.repeat(np.arange(_BINS, dtype=np.float64) + _OFFSET, counts))
+    if samples:
+        return np.quantile(np.concatenate(samples), LEVELS)
+    if not counts.any():
         raise ValueError("quantiles of no data")
-    return np.quantile(np.concatenate(samples), LEVELS)
+    return _histogram_quantiles(counts)
 
 
 def _histogram_quantiles(counts: np.ndarray) -> np.ndarray:

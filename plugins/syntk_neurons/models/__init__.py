@@ -16,7 +16,8 @@ MODELS_DIR = Path(__file__).parent
 SHIPPED: dict[str, tuple[str, str, str, tuple[float, float, float]]] = {
     "neurons/fib_affinities": (
         "fib_affinities.onnx",
-        "3D U-Net (valid convs, 2x(2,2,2) downsampling), raw uint8/255 (1,1,72,72,72) -> 3 "
+        "3D U-Net (valid convs, 2x(2,2,2) downsampling), raw matched to the training volume's "
+        "grey-value quantiles (stored in the model), /255 (1,1,72,72,72) -> 3 "
         "nearest-neighbour affinities (1,3,32,32,32); trained on the gala FIB-SEM medulla train "
         "volume (~10 nm isotropic) with BCE + constrained MALIS, He init; iteration 2000 of a "
         "6001-iteration / 44 wall-min run, picked on the validation crop",
