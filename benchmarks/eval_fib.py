@@ -40,7 +40,12 @@ import numpy as np
 from synapse_toolkit.affinities import NEAREST_NEIGHBOURS
 from synapse_toolkit.inference.agglomeration import agglomerate
 from synapse_toolkit.inference.intensity import model_preprocess
-from synapse_toolkit.inference.resample import resample_into, resampled_shape
+from synapse_toolkit.inference.resample import (
+    ResamplePolicy,
+    model_grid_voxel_size,
+    resample_into,
+    resampled_shape,
+)
 from synapse_toolkit.inference.tiled import flip_tta, predict_tiled
 from synapse_toolkit.onnx_runtime import create_session, model_metadata, predictor
 
@@ -92,6 +97,7 @@ def model_affinities(
     tta: bool = False,
     match_intensity: bool = True,
     voxel_size_nm: tuple[float, float, float] = MODEL_VOXEL_SIZE_NM,
+    resample: ResamplePolicy = "finer",
 ) -> tuple[np.ndarray, float]:
     """The model's affinities for ``raw`` (matched as the stage does); raw at another voxel
     size is resampled to the model's and the affinities back, as the stage does."""
@@ -103,8 +109,9 @@ def model_affinities(
     t = time.perf_counter()
     prep = model_preprocess(meta, raw, match_intensity=match_intensity)
     source = raw
-    if not np.allclose(voxel_size_nm, MODEL_VOXEL_SIZE_NM, rtol=0.05):
-        source = np.zeros(resampled_shape(raw.shape, voxel_size_nm, MODEL_VOXEL_SIZE_NM), "f4")
+    grid = model_grid_voxel_size(voxel_size_nm, MODEL_VOXEL_SIZE_NM, resample)
+    if grid is not None:
+        source = np.zeros(resampled_shape(raw.shape, voxel_size_nm, grid), np.float32)
         resample_into(raw, source)
     out = np.zeros((int(meta["out_channels"]), *source.shape), np.float32)
     predict_tiled(
@@ -193,17 +200,18 @@ def robustness(args: argparse.Namespace, raw: np.ndarray, gt: np.ndarray, score)
         for label, match in (("matched", True), ("unmatched", False)):
             affs, _ = model_affinities(args.model, r, args.threads, args.tta, match, vs)
             row[label] = evaluate(affs, truth, score)["best_by_cremi"]["cremi_score"]
-        if vs != tuple(args.voxel_size):  # the same, without resampling to the model's size
-            affs, _ = model_affinities(args.model, r, args.threads, args.tta)
-            row["matched, not resampled"] = evaluate(affs, truth, score)["best_by_cremi"][
+        if vs != tuple(args.voxel_size):  # the other resampling choice
+            other = "never" if vs[0] < MODEL_VOXEL_SIZE_NM[0] else "always"
+            affs, _ = model_affinities(args.model, r, args.threads, args.tta, True, vs, other)
+            row[f"matched, resample={other}"] = evaluate(affs, truth, score)["best_by_cremi"][
                 "cremi_score"
             ]
         r01 = (r.astype(np.float32) - r.min()) / max(1.0, float(r.max()) - float(r.min()))
         row["raw"] = evaluate(edge_min(r01), truth, score)["best_by_cremi"]["cremi_score"]
-        extra = row.get("matched, not resampled")
+        extra = [f"{k}: {v:.3f}" for k, v in row.items() if k.startswith("matched, ")]
         print(
             f"{name:22s} {row['matched']:8.3f} {row['unmatched']:9.3f} {row['raw']:7.3f}"
-            + ("" if extra is None else f"   (matched, not resampled: {extra:.3f})")
+            + (f"   ({extra[0]})" if extra else "")
         )
         out[name] = row
     return out

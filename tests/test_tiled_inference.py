@@ -227,6 +227,10 @@ def test_affinity_stage_resamples_to_the_models_voxel_size(tmp_path) -> None:
     np.testing.assert_allclose(resampled, expected, atol=1e-5)
     same_size = run("same", model_voxel_size_nm=(10.3, 4, 4))  # within 5%: no resampling
     np.testing.assert_allclose(
-        run("off", model_voxel_size_nm=(20, 8, 8), resample=False), same_size
+        run("off", model_voxel_size_nm=(20, 8, 8), resample="never"), same_size
     )
     assert np.abs(resampled - same_size).mean() > 0.01
+    # a coarser model: "finer" (the default) does not interpolate raw up, "always" does
+    np.testing.assert_allclose(run("coarse", model_voxel_size_nm=(5, 2, 2)), same_size)
+    up = run("up", model_voxel_size_nm=(5, 2, 2), resample="always")
+    assert np.abs(up - same_size).mean() > 0.01

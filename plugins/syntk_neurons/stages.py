@@ -81,10 +81,11 @@ class AffinityDetector(Detector):
         pad_mode: Literal["reflect", "symmetric", "edge"] = "reflect"
         providers: list[str] | None = Field(None, description="ONNX Runtime providers to force.")
         tta: bool = Field(False, description="Average over the 8 mirrorings (8x slower).")
-        resample: bool = Field(
-            True,
-            description="When raw's voxel size differs from the model's by more than 5%, "
-            "resample raw to the model's voxel size and the affinities back (linear).",
+        resample: Literal["finer", "always", "never"] = Field(
+            "finer",
+            description="Run the model at its own voxel size: 'finer' coarsens the axes where "
+            "raw is finer than the model (by > 5%), 'always' resamples every differing axis, "
+            "'never' keeps raw's grid. Affinities are resampled back to raw's grid (linear).",
         )
         model_voxel_size_nm: tuple[float, float, float] | None = Field(
             None,
@@ -108,7 +109,11 @@ class AffinityDetector(Detector):
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         from synapse_toolkit.affinities import NEAREST_NEIGHBOURS
         from synapse_toolkit.inference.intensity import model_preprocess
-        from synapse_toolkit.inference.resample import resample_into, resampled_shape
+        from synapse_toolkit.inference.resample import (
+            model_grid_voxel_size,
+            resample_into,
+            resampled_shape,
+        )
         from synapse_toolkit.inference.tiled import TileGrid, flip_tta, predict_tiled
         from synapse_toolkit.onnx_runtime import (
             create_session,
@@ -156,21 +161,23 @@ class AffinityDetector(Detector):
             ),
         )
         source, target = raw.data, result.data
-        model_vs = self._model_voxel_size(meta) if opts.resample else None
-        if model_vs is not None and not np.allclose(raw.voxel_size_nm, model_vs, rtol=0.05):
-            grid_shape = resampled_shape(raw.spatial_shape, raw.voxel_size_nm, model_vs)
+        model_vs = self._model_voxel_size(meta) if opts.resample != "never" else None
+        grid_vs = model_grid_voxel_size(raw.voxel_size_nm, model_vs, opts.resample)
+        if grid_vs is not None:
+            grid_shape = resampled_shape(raw.spatial_shape, raw.voxel_size_nm, grid_vs)
             self.context.logger.info(
-                "affinity-unet: raw at %s nm resampled to the model's %s nm (%s -> %s voxels)",
-                raw.voxel_size_nm, model_vs, raw.spatial_shape, grid_shape,
+                "affinity-unet: raw at %s nm resampled to %s nm for a model trained at %s nm "
+                "(%s -> %s voxels)", raw.voxel_size_nm, grid_vs, model_vs, raw.spatial_shape,
+                grid_shape,
             )  # fmt: skip
             source = self.context.create_volume(
-                "raw_at_model_voxel_size", grid_shape, np.float32, voxel_size_nm=model_vs,
+                "raw_at_model_voxel_size", grid_shape, np.float32, voxel_size_nm=grid_vs,
                 dense=True,
             ).data  # fmt: skip
             resample_into(raw.data, source)
             target = self.context.create_volume(
                 "affinities_at_model_voxel_size", (n_out, *grid_shape), np.float32,
-                voxel_size_nm=model_vs, dense=True,
+                voxel_size_nm=grid_vs, dense=True,
             ).data  # fmt: skip
         grid = TileGrid(source.shape[-3:], in_shape, out_shape, opts.overlap)  # type: ignore[arg-type]
         task = self.context.progress("tiles", len(grid))
