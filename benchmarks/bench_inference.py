@@ -2,9 +2,11 @@
 
 1. Throughput: ONNX Runtime vs torch eager on the same U-Net and tile (output voxels/s, ratio;
    target >= 1.2x on CPU), both with the same number of threads.
-2. Tiled inference peak memory vs volume size: each size runs in a fresh subprocess that writes a
-   zarr input volume slab by slab, predicts it tile by tile into a zarr output, and reports its
-   peak RSS; the peak should stay flat while the volume grows.
+2. Peak memory of the `affinity-unet` stage vs volume size: each size runs in a fresh subprocess
+   that writes a zarr input volume slab by slab, runs the stage (tile by tile into a zarr
+   output), and reports its peak RSS; the peak should stay flat while the volume grows. Twice:
+   "plain", and "adapt" (grey values matched to the model's reference and raw at 8 nm resampled
+   to the model's 10 nm and the affinities back, all block by block).
 
     python benchmarks/bench_inference.py [--threads 2] [--repeats 5]
 """
@@ -74,33 +76,42 @@ def throughput(threads: int, repeats: int) -> dict:
 
 CHILD = r"""
 import json, sys, time
+from pathlib import Path
 import numpy as np, zarr
-from synapse_toolkit.inference.tiled import predict_tiled
-from synapse_toolkit.onnx_runtime import create_session, model_metadata, predictor
-shape = tuple(json.loads(sys.argv[1])); model = sys.argv[2]; tmp = sys.argv[3]
+from syntk_neurons.stages import AffinityDetector
+from synapse_toolkit.data import Volume
+from synapse_toolkit.stages import StageContext
+shape = tuple(json.loads(sys.argv[1])); model = sys.argv[2]; tmp = sys.argv[3]; mode = sys.argv[4]
 src = zarr.create_array(store=tmp + "/in.zarr", shape=shape, dtype="uint8", chunks=(16, 128, 128))
 rng = np.random.default_rng(0)
 for z in range(0, shape[0], 16):  # written slab by slab: never the whole volume in memory
     src[z:z + 16] = rng.integers(0, 255, size=(min(16, shape[0] - z), *shape[1:]), dtype=np.uint8)
-out = zarr.create_array(store=tmp + "/out.zarr", shape=(3, *shape), dtype="float32",
-                        chunks=(3, 16, 128, 128), fill_value=0)
-s = create_session(model, num_threads=2); m = model_metadata(s)
 def hwm_mb():  # peak RSS of this process image (ru_maxrss would include the parent's, on Linux)
     for line in open("/proc/self/status"):
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
+# "plain": raw at the model's voxel size, no intensity reference used; "adapt": grey values
+# matched to the model's reference and raw at 8 nm resampled to the model's 10 nm and back
+options = {"model_path": model, "model_voxel_size_nm": (10.0, 10.0, 10.0),
+           "match_intensity": mode == "adapt"}
+voxel_size = (8.0, 8.0, 8.0) if mode == "adapt" else (10.0, 10.0, 10.0)
+scratch = Path(tmp) / "scratch"
+scratch.mkdir()
+stage = AffinityDetector(AffinityDetector.Options(**options), StageContext("detect", scratch))
 before = hwm_mb()
 t = time.perf_counter()
-predict_tiled(predictor(s), src, out, m["input_shape"], m["output_shape"], overlap=(4, 8, 8))
+stage.run({"raw": Volume(src, voxel_size)})
 dt = time.perf_counter() - t
 print(json.dumps({"shape": list(shape), "mvox": float(np.prod(shape)) / 1e6, "seconds": dt,
-                  "peak_rss_mb": hwm_mb(), "rss_before_inference_mb": before,
+                  "peak_rss_mb": hwm_mb(), "rss_before_inference_mb": before, "mode": mode,
                   "output_mb_if_in_memory": 3 * 4 * float(np.prod(shape)) / 2**20}))
 """
 
 
-def memory_scaling(sizes: list[tuple[int, int, int]]) -> list[dict]:
-    """Peak RSS of tiled inference with a small U-Net (the tiler's memory, not the model's)."""
+def memory_scaling(sizes: list[tuple[int, int, int]], mode: str) -> list[dict]:
+    """Peak RSS of the `affinity-unet` stage with a small U-Net (the stage's memory, not the
+    model's): ``mode`` "plain" (raw straight into the tiler) or "adapt" (intensity matching and
+    resampling from 8 to 10 nm, both block by block)."""
     import torch
 
     from synapse_toolkit.nn.export import export_model
@@ -112,11 +123,12 @@ def memory_scaling(sizes: list[tuple[int, int, int]]) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(tmp) / "small.onnx"
-        export_model(net.eval(), tile, model)
+        reference = {"quantiles": np.linspace(0, 255, 257).tolist(), "scale": 1 / 255}
+        export_model(net.eval(), tile, model, metadata={"intensity_reference": reference})
         for shape in sizes:
             with tempfile.TemporaryDirectory(dir=tmp) as work:
                 res = subprocess.run(
-                    [sys.executable, "-c", CHILD, json.dumps(list(shape)), str(model), work],
+                    [sys.executable, "-c", CHILD, json.dumps(list(shape)), str(model), work, mode],
                     capture_output=True,
                     text=True,
                     check=True,
@@ -146,14 +158,15 @@ def main() -> None:
     if not args.skip_throughput:
         report_throughput(throughput(args.threads, args.repeats))
     if not args.skip_memory:
-        rows = memory_scaling([(32, 128, 128), (64, 256, 256), (128, 256, 512)])
-        print("tiled inference (small U-Net, zarr in/out), peak RSS (VmHWM) vs volume size:")
-        for r in rows:
-            print(
-                f"  {tuple(r['shape'])!s:18s} {r['mvox']:7.2f} Mvox  {r['seconds']:6.1f} s  "
-                f"peak RSS {r['peak_rss_mb']:7.1f} MB  (output alone would be "
-                f"{r['output_mb_if_in_memory']:.0f} MB in memory)"
-            )
+        for mode in ("plain", "adapt"):
+            rows = memory_scaling([(32, 128, 128), (64, 256, 256), (128, 256, 512)], mode)
+            print(f"affinity-unet stage ({mode}; small U-Net, zarr in/out), peak RSS vs size:")
+            for r in rows:
+                print(
+                    f"  {tuple(r['shape'])!s:18s} {r['mvox']:7.2f} Mvox  {r['seconds']:6.1f} s  "
+                    f"peak RSS {r['peak_rss_mb']:7.1f} MB  (output alone would be "
+                    f"{r['output_mb_if_in_memory']:.0f} MB in memory)"
+                )
 
 
 if __name__ == "__main__":
