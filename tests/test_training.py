@@ -67,6 +67,18 @@ def test_missing_sections_and_intensity() -> None:
         )
 
 
+def test_blur_softens_raw_and_leaves_labels() -> None:
+    raw, lab = _volume()
+    plain_cfg = AugmentConfig(elastic_sigma=0, margin=(0, 0, 0), flip=False, transpose_axes=(),
+                              intensity_scale=0, intensity_shift=0)  # fmt: skip
+    blur_cfg = AugmentConfig(**{**plain_cfg.__dict__, "blur_prob": 1.0, "blur_sigma": 2.0})
+    r0, l0 = sample_augmented(raw, lab, (0, 0, 0), (6, 12, 12), plain_cfg, np.random.default_rng(2))
+    r1, l1 = sample_augmented(raw, lab, (0, 0, 0), (6, 12, 12), blur_cfg, np.random.default_rng(2))
+    np.testing.assert_array_equal(l0, l1)
+    assert np.abs(np.diff(r1, axis=2)).mean() < 0.8 * np.abs(np.diff(r0, axis=2)).mean()
+    assert r1.mean() == pytest.approx(r0.mean(), abs=0.02)  # blur moves no intensity around
+
+
 def _config(tmp_path, loss="bce+malis") -> object:
     h5py = pytest.importorskip("h5py")
     raw, lab = _volume()

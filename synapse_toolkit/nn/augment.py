@@ -36,6 +36,8 @@ class AugmentConfig:
     misalign_max: int = 4  # max shift in voxels
     missing_prob: float = 0.0  # per section: replace by zeros
     noise_std: float = 0.0  # additive Gaussian noise
+    blur_prob: float = 0.0  # per crop: Gaussian blur (defocus) ...
+    blur_sigma: float = 1.0  # ... with sigma ~ U(0, blur_sigma) voxels on every axis
 
 
 def _coordinates(
@@ -115,6 +117,8 @@ def sample_augmented(
             perm[a] = int(b)
         if shape[perm[0]] == shape[0] and shape[perm[1]] == shape[1] and shape[perm[2]] == shape[2]:
             r, lab = np.transpose(r, perm), np.transpose(lab, perm)
+    if cfg.blur_prob and rng.random() < cfg.blur_prob:
+        r = ndimage.gaussian_filter(r, rng.uniform(0, cfg.blur_sigma), mode="reflect")
     if cfg.intensity_scale or cfg.intensity_shift:
         r = r * rng.uniform(1 - cfg.intensity_scale, 1 + cfg.intensity_scale) + rng.uniform(
             -cfg.intensity_shift, cfg.intensity_shift
