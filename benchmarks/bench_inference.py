@@ -13,8 +13,10 @@
 Measured 2026-11-30 on 2 idle cores: torch eager 0.367 Mvox/s, ONNX Runtime 0.796 Mvox/s
 (2.17x). Peak RSS of the stage at 0.5 / 4.2 / 16.8 Mvox: plain 154 / 366 / 383 MB; adapt
 161 / 390 / 444 MB, and 467 MB at 33.5 Mvox (the output alone would be 6 / 48 / 192 / 384 MB).
-Beyond one block the peak grows by ~1-4 MB per Mvox (allocator and zarr bookkeeping), a
-fraction of the output's 12 MB per Mvox; nothing scales with the volume.
+Beyond one block the peak still creeps up, by less each time the volume grows: plain +17 MB
+for 4x the volume; adapt +54 MB for 4x, then +23 MB for 2x. That is 1-4 MB per Mvox, against
+the 12 MB per Mvox the output alone would take. Not traced; allocator fragmentation is the
+likely cause.
 """
 
 from __future__ import annotations
