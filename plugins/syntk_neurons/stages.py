@@ -106,14 +106,43 @@ class AffinityDetector(Detector):
             return None if entry.voxel_size_nm is None else tuple(entry.voxel_size_nm)
         return None
 
-    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        from synapse_toolkit.affinities import NEAREST_NEIGHBOURS
-        from synapse_toolkit.inference.intensity import model_preprocess
+    def _model_grid(
+        self, raw: Volume, meta: Mapping[str, Any], n_out: int, result: Volume
+    ) -> tuple[Any, Any]:
+        """The arrays the tiler reads and writes: ``raw`` and ``result`` themselves, or scratch
+        volumes at the model's voxel size (raw resampled into the first here; the caller
+        resamples the second back into ``result``)."""
         from synapse_toolkit.inference.resample import (
             model_grid_voxel_size,
             resample_into,
             resampled_shape,
         )
+
+        opts: AffinityDetector.Options = self.options  # type: ignore[assignment]
+        model_vs = self._model_voxel_size(meta) if opts.resample != "never" else None
+        grid_vs = model_grid_voxel_size(raw.voxel_size_nm, model_vs, opts.resample)
+        if grid_vs is None:
+            return raw.data, result.data
+        grid_shape = resampled_shape(raw.spatial_shape, raw.voxel_size_nm, grid_vs)
+        self.context.logger.info(
+            "affinity-unet: raw at %s nm resampled to %s nm for a model trained at %s nm "
+            "(%s -> %s voxels)", raw.voxel_size_nm, grid_vs, model_vs, raw.spatial_shape,
+            grid_shape,
+        )  # fmt: skip
+        source = self.context.create_volume(
+            "raw_at_model_voxel_size", grid_shape, np.float32, voxel_size_nm=grid_vs, dense=True
+        ).data
+        resample_into(raw.data, source)
+        target = self.context.create_volume(
+            "affinities_at_model_voxel_size", (n_out, *grid_shape), np.float32,
+            voxel_size_nm=grid_vs, dense=True,
+        ).data  # fmt: skip
+        return source, target
+
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        from synapse_toolkit.affinities import NEAREST_NEIGHBOURS
+        from synapse_toolkit.inference.intensity import model_preprocess
+        from synapse_toolkit.inference.resample import resample_into
         from synapse_toolkit.inference.tiled import TileGrid, flip_tta, predict_tiled
         from synapse_toolkit.onnx_runtime import (
             create_session,
@@ -160,25 +189,7 @@ class AffinityDetector(Detector):
                 *[min(s, 2 * o) for s, o in zip(raw.spatial_shape, out_shape, strict=True)],
             ),
         )
-        source, target = raw.data, result.data
-        model_vs = self._model_voxel_size(meta) if opts.resample != "never" else None
-        grid_vs = model_grid_voxel_size(raw.voxel_size_nm, model_vs, opts.resample)
-        if grid_vs is not None:
-            grid_shape = resampled_shape(raw.spatial_shape, raw.voxel_size_nm, grid_vs)
-            self.context.logger.info(
-                "affinity-unet: raw at %s nm resampled to %s nm for a model trained at %s nm "
-                "(%s -> %s voxels)", raw.voxel_size_nm, grid_vs, model_vs, raw.spatial_shape,
-                grid_shape,
-            )  # fmt: skip
-            source = self.context.create_volume(
-                "raw_at_model_voxel_size", grid_shape, np.float32, voxel_size_nm=grid_vs,
-                dense=True,
-            ).data  # fmt: skip
-            resample_into(raw.data, source)
-            target = self.context.create_volume(
-                "affinities_at_model_voxel_size", (n_out, *grid_shape), np.float32,
-                voxel_size_nm=grid_vs, dense=True,
-            ).data  # fmt: skip
+        source, target = self._model_grid(raw, meta, n_out, result)
         grid = TileGrid(source.shape[-3:], in_shape, out_shape, opts.overlap)  # type: ignore[arg-type]
         task = self.context.progress("tiles", len(grid))
         predict = predictor(session)
