@@ -97,7 +97,7 @@ def model_affinities(
     tta: bool = False,
     match_intensity: bool = True,
     voxel_size_nm: tuple[float, float, float] = MODEL_VOXEL_SIZE_NM,
-    resample: ResamplePolicy = "finer",
+    resample: ResamplePolicy = "always",
 ) -> tuple[np.ndarray, float]:
     """The model's affinities for ``raw`` (matched as the stage does); raw at another voxel
     size is resampled to the model's and the affinities back, as the stage does."""
@@ -201,7 +201,7 @@ def robustness(args: argparse.Namespace, raw: np.ndarray, gt: np.ndarray, score)
             affs, _ = model_affinities(args.model, r, args.threads, args.tta, match, vs)
             row[label] = evaluate(affs, truth, score)["best_by_cremi"]["cremi_score"]
         if vs != tuple(args.voxel_size):  # the other resampling choice
-            other = "never" if vs[0] < MODEL_VOXEL_SIZE_NM[0] else "always"
+            other = "never"
             affs, _ = model_affinities(args.model, r, args.threads, args.tta, True, vs, other)
             row[f"matched, resample={other}"] = evaluate(affs, truth, score)["best_by_cremi"][
                 "cremi_score"

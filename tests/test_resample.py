@@ -22,10 +22,10 @@ def _ramp(shape, coef=(3.0, -2.0, 0.5), offset=7.0) -> np.ndarray:
 def test_which_grid_a_model_runs_on() -> None:
     model = (10.0, 10.0, 10.0)
     assert model_grid_voxel_size((10.3, 9.8, 10), model) is None  # within 5%
-    assert model_grid_voxel_size((8, 8, 8), model) == model  # finer: coarsened
-    assert model_grid_voxel_size((12.5, 12.5, 12.5), model) is None  # coarser: kept
-    assert model_grid_voxel_size((40, 8, 8), model) == (40, 10, 10)  # only the finer axes
-    assert model_grid_voxel_size((12.5, 8, 8), model, "always") == model
+    assert model_grid_voxel_size((8, 8, 8), model) == model  # default "always"
+    assert model_grid_voxel_size((12.5, 12.5, 12.5), model) == model
+    assert model_grid_voxel_size((12.5, 12.5, 12.5), model, "finer") is None  # coarser: kept
+    assert model_grid_voxel_size((40, 8, 8), model, "finer") == (40, 10, 10)  # finer axes only
     assert model_grid_voxel_size((8, 8, 8), model, "never") is None
     assert model_grid_voxel_size((8, 8, 8), None) is None  # unknown model voxel size
 

@@ -230,7 +230,9 @@ def test_affinity_stage_resamples_to_the_models_voxel_size(tmp_path) -> None:
         run("off", model_voxel_size_nm=(20, 8, 8), resample="never"), same_size
     )
     assert np.abs(resampled - same_size).mean() > 0.01
-    # a coarser model: "finer" (the default) does not interpolate raw up, "always" does
-    np.testing.assert_allclose(run("coarse", model_voxel_size_nm=(5, 2, 2)), same_size)
-    up = run("up", model_voxel_size_nm=(5, 2, 2), resample="always")
+    # a finer model: "finer" does not interpolate raw up, "always" (the default) does
+    np.testing.assert_allclose(
+        run("coarse", model_voxel_size_nm=(5, 2, 2), resample="finer"), same_size
+    )
+    up = run("up", model_voxel_size_nm=(5, 2, 2))
     assert np.abs(up - same_size).mean() > 0.01

@@ -81,10 +81,10 @@ class AffinityDetector(Detector):
         pad_mode: Literal["reflect", "symmetric", "edge"] = "reflect"
         providers: list[str] | None = Field(None, description="ONNX Runtime providers to force.")
         tta: bool = Field(False, description="Average over the 8 mirrorings (8x slower).")
-        resample: Literal["finer", "always", "never"] = Field(
-            "finer",
-            description="Run the model at its own voxel size: 'finer' coarsens the axes where "
-            "raw is finer than the model (by > 5%), 'always' resamples every differing axis, "
+        resample: Literal["always", "finer", "never"] = Field(
+            "always",
+            description="Run the model at its own voxel size: 'always' resamples every axis "
+            "that differs by > 5%, 'finer' only the axes where raw is finer than the model, "
             "'never' keeps raw's grid. Affinities are resampled back to raw's grid (linear).",
         )
         model_voxel_size_nm: tuple[float, float, float] | None = Field(
