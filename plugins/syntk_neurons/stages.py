@@ -188,6 +188,7 @@ class AffinityDetector(Detector):
                 n_out,
                 *[min(s, 2 * o) for s, o in zip(raw.spatial_shape, out_shape, strict=True)],
             ),
+            dense=True,  # affinities are never all zero: skip zarr's empty-chunk test
         )
         source, target = self._model_grid(raw, meta, n_out, result)
         grid = TileGrid(source.shape[-3:], in_shape, out_shape, opts.overlap)  # type: ignore[arg-type]
