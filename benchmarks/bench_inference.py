@@ -15,8 +15,10 @@ Measured 2026-11-30 on 2 idle cores: torch eager 0.367 Mvox/s, ONNX Runtime 0.79
 161 / 390 / 444 MB, and 467 MB at 33.5 Mvox (the output alone would be 6 / 48 / 192 / 384 MB).
 Beyond one block the peak still creeps up, by less each time the volume grows: plain +17 MB
 for 4x the volume; adapt +54 MB for 4x, then +23 MB for 2x. That is 1-4 MB per Mvox, against
-the 12 MB per Mvox the output alone would take. Not traced; allocator fragmentation is the
-likely cause.
+the 12 MB per Mvox the output alone would take. With MALLOC_ARENA_MAX=2 (fewer glibc malloc
+arenas for zarr's worker threads) adapt peaks at 347 / 381 MB at 4.2 / 16.8 Mvox (405 / 462 MB
+without, same session): part of the creep is arena fragmentation; the rest (+34 MB for 4x) is
+not traced.
 """
 
 from __future__ import annotations
