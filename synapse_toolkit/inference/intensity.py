@@ -27,7 +27,7 @@ _OFFSET = -(1 << 15)
 _BINS = (1 << 16) - _OFFSET
 #: Volumes are read in blocks of this shape (z, y, x).
 BLOCK = (64, 256, 256)
-#: Float volumes with more voxels than this are subsampled (every k-th block).
+#: Volumes with more voxels than this are subsampled (every k-th block).
 MAX_SAMPLE_VOXELS = 1 << 25
 
 PreprocessFn = Callable[[np.ndarray], np.ndarray]
@@ -36,10 +36,11 @@ PreprocessFn = Callable[[np.ndarray], np.ndarray]
 def quantiles(volumes: Iterable[Any]) -> np.ndarray:
     """Pooled quantiles at :data:`LEVELS` of one or more (z, y, x) arrays (numpy, zarr, h5py).
 
-    Volumes are read in blocks of :data:`BLOCK` (each stored chunk is decoded about once).
-    Integer volumes of at most 16 bits are counted exactly; other dtypes are sampled: every k-th
-    block, with k chosen to keep at most :data:`MAX_SAMPLE_VOXELS` voxels. Quantiles interpolate
-    linearly between ranks, as ``np.quantile`` does.
+    Volumes are read in blocks of :data:`BLOCK` (each stored chunk is decoded about once); a
+    volume larger than :data:`MAX_SAMPLE_VOXELS` is sampled, every k-th block, so measuring costs
+    at most that many voxels per volume. Integer volumes of at most 16 bits are counted in a
+    histogram, other dtypes kept as samples. Quantiles interpolate linearly between ranks, as
+    ``np.quantile`` does (exactly equal to it when nothing is sampled).
     """
     counts = np.zeros(_BINS, np.int64)
     samples: list[np.ndarray] = []
@@ -49,7 +50,7 @@ def quantiles(volumes: Iterable[Any]) -> np.ndarray:
         shape = tuple(int(n) for n in vol.shape)
         step = tuple(min(n, b) for n, b in zip(shape, BLOCK, strict=True))
         blocks = list(iter_blocks(shape, step))
-        stride = 1 if exact else max(1, int(np.ceil(np.prod(shape) / MAX_SAMPLE_VOXELS)))
+        stride = max(1, int(np.ceil(np.prod(shape) / MAX_SAMPLE_VOXELS)))
         for b in blocks[::stride]:
             values = np.asarray(vol[b.write])
             if exact:
