@@ -4,7 +4,7 @@ A model trained on one EM volume sees another acquisition's contrast, brightness
 different input. Matching the new volume's quantiles to the training data's quantiles (a
 monotone, piecewise-linear map) undoes any monotone change of the grey values. On the gala FIB
 test volume (``benchmarks/eval_fib.py --robustness``) the shipped model's CREMI score went from
-0.46-0.67 under contrast x0.5, brightness -40 or gamma 1.6 to 0.15-0.16, its unchanged score.
+0.45-0.66 under contrast x0.5, brightness -40 or gamma 1.6 to 0.14-0.15, its unchanged score.
 
 The reference is stored in the ONNX model's metadata (``intensity_reference``: ``quantiles`` in
 the training data's raw units and the ``scale`` the network input was multiplied by), written by
