@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -39,15 +40,6 @@ import numpy as np
 
 from synapse_toolkit.affinities import NEAREST_NEIGHBOURS
 from synapse_toolkit.inference.agglomeration import agglomerate
-from synapse_toolkit.inference.intensity import model_preprocess
-from synapse_toolkit.inference.resample import (
-    ResamplePolicy,
-    model_grid_voxel_size,
-    resample_into,
-    resampled_shape,
-)
-from synapse_toolkit.inference.tiled import flip_tta, predict_tiled
-from synapse_toolkit.onnx_runtime import create_session, model_metadata, predictor
 
 ROOT = Path(__file__).resolve().parents[1]
 THRESHOLDS = [round(t, 3) for t in np.arange(0.05, 1.0, 0.05)]
@@ -97,32 +89,25 @@ def model_affinities(
     tta: bool = False,
     match_intensity: bool = True,
     voxel_size_nm: tuple[float, float, float] = MODEL_VOXEL_SIZE_NM,
-    resample: ResamplePolicy = "always",
+    resample: str = "always",
 ) -> tuple[np.ndarray, float]:
-    """The model's affinities for ``raw`` (matched as the stage does); raw at another voxel
-    size is resampled to the model's and the affinities back, as the stage does."""
-    session = create_session(model, num_threads=threads)
-    meta = model_metadata(session)
-    predict = predictor(session)
-    if tta:
-        predict = flip_tta(predict, meta.get("offsets"))
-    t = time.perf_counter()
-    prep = model_preprocess(meta, raw, match_intensity=match_intensity)
-    source = raw
-    grid = model_grid_voxel_size(voxel_size_nm, MODEL_VOXEL_SIZE_NM, resample)
-    if grid is not None:
-        source = np.zeros(resampled_shape(raw.shape, voxel_size_nm, grid), np.float32)
-        resample_into(raw, source)
-    out = np.zeros((int(meta["out_channels"]), *source.shape), np.float32)
-    predict_tiled(
-        predict, source, out, meta["input_shape"], meta["output_shape"], overlap=(4, 8, 8),
-        preprocess=prep,
+    """The model's affinities for ``raw``, computed by the `affinity-unet` stage itself (intensity
+    matching, resampling to the model's voxel size and back, tiling, optional TTA)."""
+    from syntk_neurons.stages import AffinityDetector
+
+    from synapse_toolkit.data import Volume
+    from synapse_toolkit.stages import StageContext
+
+    opts = AffinityDetector.Options(
+        model_path=model, tta=tta, match_intensity=match_intensity, resample=resample,
+        model_voxel_size_nm=MODEL_VOXEL_SIZE_NM,
     )  # fmt: skip
-    if source is not raw:
-        back = np.zeros((out.shape[0], *raw.shape), np.float32)
-        resample_into(out, back)
-        out = back
-    return out[:3], time.perf_counter() - t
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx = StageContext("affinities", Path(tmp), n_threads=threads)
+        t = time.perf_counter()
+        affs = AffinityDetector(opts, ctx).run({"raw": Volume(raw, voxel_size_nm)})["affinities"]
+        out = affs.read()[:3]
+        return out, time.perf_counter() - t
 
 
 def evaluate(affs: np.ndarray, truth: np.ndarray, score) -> dict:
