@@ -287,8 +287,7 @@ class WaterzAgglomerator(Agglomerator):
         index = {th: i for i, th in enumerate(ths)}
 
         target = opts.threshold if opts.threshold is not None else ths[len(ths) // 2]
-        selected = {"index": int(np.argmin([abs(t - target) for t in ths]))}  # without truth
-        best: dict[str, float] = {}
+        best: dict[str, float] = {}  # with truth: the best row so far
         if truth_np is not None:  # the metrics pull in numba: import only when scoring
             from synapse_toolkit.inference.segmetrics import segmentation_scores
 
@@ -304,7 +303,6 @@ class WaterzAgglomerator(Agglomerator):
                 if not best or row[opts.select_by] < best[opts.select_by]:
                     best.clear()
                     best.update(row)
-                    selected["index"] = index[th]
             task.advance()
 
         agglomerate(
@@ -321,7 +319,8 @@ class WaterzAgglomerator(Agglomerator):
             "segmentation", spatial, np.uint64, like=affs_vol, chunks=segs.data.chunks[1:],
             dense=True,
         )  # fmt: skip
-        copy_slab(segs.data, selected["index"], seg_out.data)  # encoded chunks, not re-encoded
+        chosen = best["threshold"] if best else min(ths, key=lambda t: abs(t - target))
+        copy_slab(segs.data, index[chosen], seg_out.data)  # encoded chunks, not re-encoded
         out: dict[str, Any] = {"segmentation": seg_out, "segmentations": segs}
         if rows:
             out["scores"] = ScoreRecord(
