@@ -1,8 +1,11 @@
 """Plugin discovery: every plugin, built-in or third-party, comes from the ``syntk`` entry points.
 
-Entry points are loaded one by one; a plugin that fails to import or to register is recorded
-with its name, distribution and error and does not stop the others (see :func:`load_plugins`).
-``SYNTK_DISABLE_PLUGIN_AUTOLOAD=1`` loads only the plugins shipped with syntk itself.
+Entry points are loaded one by one, syntk's own first; a plugin that fails to import or to
+register (any exception, ``SystemExit`` included) is recorded with its name, distribution and
+error, leaves nothing registered and does not stop the others (see :func:`load_plugins`). A stage
+name already taken by an earlier plugin is refused for the later one (status ``conflict``, both
+plugins named); a built-in is never displaced. ``SYNTK_DISABLE_PLUGIN_AUTOLOAD`` set to a true
+value (1, true, yes, on; any case) loads only the plugins shipped with syntk itself.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ class PluginStatus:
     distribution: str
     version: str
     module: str
-    status: str = "ok"  # "ok" | "failed" | "disabled"
+    status: str = "ok"  # "ok" | "failed" | "disabled" | "conflict"
     error: str = ""
     stages: list[str] = field(default_factory=list)
     hooks: list[str] = field(default_factory=list)
@@ -62,24 +65,59 @@ def _dist_of(ep: md.EntryPoint) -> tuple[str, str]:
     return (dist.metadata["Name"] or "unknown", dist.version or "")
 
 
+TRUTHY = ("1", "true", "yes", "on")
+
+
 def _entry_points() -> list[md.EntryPoint]:
+    """syntk's own entry points first, then third-party ones, each group by name."""
     eps = md.entry_points(group=ENTRY_POINT_GROUP)
     seen: dict[str, md.EntryPoint] = {}
     for ep in eps:
         seen.setdefault(ep.name, ep)
-    return sorted(seen.values(), key=lambda e: e.name)
+    return sorted(seen.values(), key=lambda e: (_dist_of(e)[0] != BUILTIN_DISTRIBUTION, e.name))
+
+
+def autoload_disabled() -> bool:
+    """Whether the environment asks to skip third-party plugins."""
+    return os.environ.get(DISABLE_ENV, "").strip().lower() in TRUTHY
 
 
 def _register_one(
-    pm: pluggy.PluginManager, registry: StageRegistry, status: PluginStatus, module: ModuleType
+    pm: pluggy.PluginManager,
+    registry: StageRegistry,
+    status: PluginStatus,
+    load: Any,
+    owners: dict[str, str],
 ) -> None:
-    pm.register(module, name=status.name)
-    status.hooks = sorted(h.name for h in pm.get_hookcallers(module) or [])
-    registry.current_plugin = status.name
-    impl = getattr(module, "syntk_register_stages", None)
-    if impl is not None:
-        impl(registry=registry)
+    """Import and register one plugin; on any failure nothing of it stays registered."""
+    registry.begin(status.name)
+    try:
+        module = load()
+        pm.register(module, name=status.name)
+        status.hooks = sorted(h.name for h in pm.get_hookcallers(module) or [])
+        impl = getattr(module, "syntk_register_stages", None)
+        if impl is not None:
+            impl(registry=registry)
+    except KeyboardInterrupt:
+        registry.rollback()
+        _unregister(pm, status.name)
+        raise
+    except BaseException as exc:  # SystemExit and friends from a plugin are contained too
+        registry.rollback()
+        _unregister(pm, status.name)
+        status.status = "failed"
+        status.error = _describe(exc)
+        return
+    registry.commit()
     status.stages = [f"{r.kind}:{r.name}" for r in registry.by_plugin(status.name)]
+    clashes = [c for c in registry.conflicts if c[2] == status.name]
+    if clashes:
+        status.status = "conflict"
+        status.error = "; ".join(
+            f"{kind} {name!r} not registered: already provided by plugin {holder} "
+            f"({owners.get(holder, '?')}); this one is from {status.distribution}"
+            for kind, name, _, holder in clashes
+        )
 
 
 def load_plugins(extra_modules: dict[str, ModuleType] | None = None) -> PluginSet:
@@ -92,31 +130,23 @@ def load_plugins(extra_modules: dict[str, ModuleType] | None = None) -> PluginSe
     pm.add_hookspecs(hookspecs)
     registry = StageRegistry()
     statuses: list[PluginStatus] = []
-    autoload = os.environ.get(DISABLE_ENV, "").strip() not in ("1", "true", "yes")
+    owners: dict[str, str] = {}
+    disabled = autoload_disabled()
     for ep in _entry_points():
         dist, version = _dist_of(ep)
         status = PluginStatus(ep.name, dist, version, ep.value)
         statuses.append(status)
-        if not autoload and dist != BUILTIN_DISTRIBUTION:
+        owners[ep.name] = dist
+        if disabled and dist != BUILTIN_DISTRIBUTION:
             status.status = "disabled"
             status.error = f"{DISABLE_ENV} is set"
             continue
-        try:
-            module = ep.load()
-            _register_one(pm, registry, status, module)
-        except Exception as exc:  # one broken plugin must not stop the others
-            status.status = "failed"
-            status.error = _describe(exc)
-            _unregister(pm, status.name)
+        _register_one(pm, registry, status, ep.load, owners)
     for name, module in (extra_modules or {}).items():
         status = PluginStatus(name, "<in-process>", "", module.__name__)
         statuses.append(status)
-        try:
-            _register_one(pm, registry, status, module)
-        except Exception as exc:
-            status.status = "failed"
-            status.error = _describe(exc)
-            _unregister(pm, name)
+        owners[name] = status.distribution
+        _register_one(pm, registry, status, lambda m=module: m, owners)
     return PluginSet(pm, registry, statuses)
 
 

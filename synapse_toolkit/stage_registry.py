@@ -24,12 +24,43 @@ class RegisteredStage:
         return self.cls.name
 
 
+class StageConflict(PluginError):
+    """A plugin registered a (kind, name) that an earlier plugin already holds."""
+
+
 class StageRegistry:
-    """Stage classes by (kind, name). One ``add_*`` per built-in kind, ``add_stage`` for others."""
+    """Stage classes by (kind, name). One ``add_*`` per built-in kind, ``add_stage`` for others.
+
+    Registration is transactional per plugin: :meth:`begin` opens a pending set, :meth:`commit`
+    publishes it, :meth:`rollback` drops it, so a plugin that fails half-way leaves nothing
+    registered. A name already held by an earlier plugin is not replaced: the later stage is
+    recorded in :attr:`conflicts` and the rest of its plugin still registers.
+    """
 
     def __init__(self) -> None:
         self._stages: dict[tuple[str, str], RegisteredStage] = {}
+        self._pending: dict[tuple[str, str], RegisteredStage] | None = None
         self.current_plugin = "<unknown>"
+        #: (kind, name, later plugin, holding plugin) for every refused duplicate
+        self.conflicts: list[tuple[str, str, str, str]] = []
+
+    # -- transactions -------------------------------------------------------------------------
+    def begin(self, plugin: str) -> None:
+        """Start registering the stages of ``plugin``."""
+        self.current_plugin = plugin
+        self._pending = {}
+
+    def commit(self) -> list[RegisteredStage]:
+        """Publish the pending stages; returns them."""
+        pending = self._pending or {}
+        self._stages.update(pending)
+        self._pending = None
+        return list(pending.values())
+
+    def rollback(self) -> None:
+        """Drop the pending stages and any conflicts they recorded."""
+        self.conflicts = [c for c in self.conflicts if c[2] != self.current_plugin]
+        self._pending = None
 
     # -- registration -------------------------------------------------------------------------
     def add_stage(self, kind: str, cls: type[Stage]) -> None:
@@ -50,11 +81,20 @@ class StageRegistry:
         cls.kind = kind
         key = (kind, name)
         if key in self._stages:
-            other = self._stages[key].plugin
+            holder = self._stages[key].plugin
+            if self._pending is None:
+                raise StageConflict(f"plugin {self.current_plugin}: {kind} {name!r} is already "
+                                    f"registered by {holder}")  # fmt: skip
+            self.conflicts.append((kind, name, self.current_plugin, holder))
+            return
+        if self._pending is None:
+            self._stages[key] = RegisteredStage(cls, self.current_plugin)
+            return
+        if key in self._pending:
             raise PluginError(
-                f"plugin {self.current_plugin}: {kind} {name!r} is already registered by {other}"
+                f"plugin {self.current_plugin}: {kind} {name!r} is registered twice by this plugin"
             )
-        self._stages[key] = RegisteredStage(cls, self.current_plugin)
+        self._pending[key] = RegisteredStage(cls, self.current_plugin)
 
     def add_loader(self, cls: type[Stage]) -> None:
         self.add_stage("loader", cls)
