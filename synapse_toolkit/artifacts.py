@@ -7,6 +7,7 @@ Layout of a run directory::
     <run>/artifacts/<stage>/<port>.json   tables, annotations, regions, clusters, scores
     <run>/artifacts/<stage>/<port>.ref.json  a volume read in place from an input file (no copy)
     <run>/.scratch/                       stage scratch space, moved into place when complete
+    <run>/<file>                          files a writer stage wrote (declared as ``file`` outputs)
 
 Everything lands by rename from a temporary name, so an interrupted run never leaves a file that
 looks complete.
@@ -19,6 +20,7 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,21 +29,11 @@ import numpy as np
 import zarr
 
 from synapse_toolkit.blockwise import iter_blocks
-from synapse_toolkit.data import JSON_TYPES, Volume
+from synapse_toolkit.data import JSON_TYPES, Volume, WrittenFile
 from synapse_toolkit.errors import DataError
+from synapse_toolkit.fsio import atomic_write_text, dumps, sha256_file
 
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+__all__ = ["ArtifactStore", "atomic_replace_dir", "atomic_write_text"]
 
 
 def atomic_replace_dir(src: Path, dst: Path) -> None:
@@ -88,13 +80,23 @@ class ArtifactStore:
         target_dir = self.artifact_dir / stage
         target_dir.mkdir(parents=True, exist_ok=True)
         if isinstance(value, Volume):
-            return self._save_volume(target_dir, port, value, scratch)
+            return self._stamped(self._save_volume(target_dir, port, value, scratch))
+        if isinstance(value, WrittenFile):
+            path = Path(value.path)
+            path = path if path.is_absolute() else self.run_dir / path
+            if not path.exists() or not _inside(path, self.run_dir):
+                raise DataError(f"stage {stage}: output {port!r} names {path}, which is not a "
+                                "file in the run directory")  # fmt: skip
+            rel = str(path.resolve().relative_to(self.run_dir.resolve()))
+            return self._stamped({"type": "file", "path": rel})
         for type_name, cls in JSON_TYPES.items():
             if isinstance(value, cls):
                 path = target_dir / f"{port}.json"
                 doc = {"type": type_name, "data": value.to_dict()}
-                atomic_write_text(path, json.dumps(doc))
-                return {"type": type_name, "path": str(path.relative_to(self.run_dir))}
+                atomic_write_text(path, dumps(doc))
+                return self._stamped(
+                    {"type": type_name, "path": str(path.relative_to(self.run_dir))}
+                )
         raise DataError(
             f"stage {stage}: output {port!r} is a {type(value).__name__}, not a syntk data type"
         )
@@ -134,15 +136,57 @@ class ArtifactStore:
         atomic_replace_dir(tmp, final)
         return {"type": kind, "path": str(final.relative_to(self.run_dir))}
 
+    # -- integrity ------------------------------------------------------------------------------
+    def _stamped(self, record: dict[str, Any]) -> dict[str, Any]:
+        """``record`` with a cheap integrity stamp: size, mtime and a digest."""
+        return {**record, **self._stamp(self.run_dir / record["path"])}
+
+    def _stamp(self, path: Path) -> dict[str, Any]:
+        if path.is_dir():  # a zarr store: names and sizes of its files
+            listing = sorted((str(f.relative_to(path)), f.stat().st_size) for f in _files(path))
+            digest = sha256_text(json.dumps(listing))
+            return {"size": sum(n for _, n in listing), "digest": digest}
+        st = path.stat()
+        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "digest": sha256_file(path)}
+
+    def problem(self, record: dict[str, Any]) -> str | None:
+        """Why a recorded artifact can no longer be trusted (gone, changed, its source moved),
+        or None if it is intact. Files are re-hashed only when their size or mtime changed."""
+        path = self.run_dir / record["path"]
+        if not path.exists():
+            return f"{record['path']} is missing"
+        if path.name.endswith(".ref.json"):
+            try:
+                src = Path(json.loads(path.read_text())["file"])
+            except (OSError, ValueError, KeyError):
+                return f"{record['path']} is unreadable"
+            if not src.exists():
+                return f"{src} (read in place by {record['path']}) is gone"
+        if "digest" not in record:
+            return None
+        if path.is_file():
+            st = path.stat()
+            if st.st_size != record.get("size"):
+                return f"{record['path']} changed size"
+            if st.st_mtime_ns == record.get("mtime_ns"):
+                return None
+        if self._stamp(path)["digest"] != record["digest"]:
+            return f"{record['path']} changed since it was written"
+        return None
+
     # -- reading --------------------------------------------------------------------------------
     def load(self, record: dict[str, Any]) -> Any:
         """Open a stored artifact (volumes lazily)."""
         path = self.run_dir / record["path"]
         if not path.exists():
             raise DataError(f"{path}: artifact missing")
+        if record["type"] == "file":
+            return WrittenFile(str(path))
         if record["type"] in ("volume", "labels"):
             if path.name.endswith(".ref.json"):
                 ref = json.loads(path.read_text())
+                if not Path(ref["file"]).exists():
+                    raise DataError(f"{ref['file']}: input file is gone (read by {path})")
                 f = h5py.File(ref["file"], "r")
                 self._open_files.append(f)
                 return Volume(f[ref["key"]], ref["voxel_size_nm"], ref["offset_nm"], ref["name"])
@@ -153,9 +197,21 @@ class ArtifactStore:
         return JSON_TYPES[doc["type"]].from_dict(doc["data"])
 
     def exists(self, record: dict[str, Any]) -> bool:
-        return (self.run_dir / record["path"]).exists()
+        return self.problem(record) is None
 
     def close(self) -> None:
         for f in self._open_files:
             f.close()
         self._open_files.clear()
+
+
+def _files(root: Path) -> Iterator[Path]:
+    for dirpath, _, names in os.walk(root):
+        for n in names:
+            yield Path(dirpath) / n
+
+
+def sha256_text(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()

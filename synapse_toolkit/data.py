@@ -560,6 +560,22 @@ class SectionTransform:
 
 
 #: Artifact types that are stored as JSON documents (everything but Volume).
+@dataclass(frozen=True)
+class WrittenFile:
+    """A file a writer stage produced (e.g. ``prediction.hdf`` in the run directory).
+
+    Writers return one per file they write, so the run manifest lists it with its size and
+    sha256, a fresh run removes the previous run's files, and ``--resume`` reruns the writer
+    when the file is gone or changed.
+    """
+
+    path: str
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise DataError("a written file needs a path")
+
+
 JSON_TYPES: dict[str, type] = {
     "transform": SectionTransform,
     "annotations": Annotations,

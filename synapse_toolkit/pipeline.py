@@ -17,9 +17,16 @@ from typing import Any
 from pydantic import ValidationError
 
 from synapse_toolkit import __version__
-from synapse_toolkit.artifacts import ArtifactStore, atomic_write_text
+from synapse_toolkit.artifacts import ArtifactStore, atomic_replace_dir
 from synapse_toolkit.config import PipelineConfig, format_validation_error
 from synapse_toolkit.errors import ConfigError, DataError, PluginError, SyntkError
+from synapse_toolkit.fsio import (
+    RunLock,
+    atomic_write_text,
+    dumps,
+    remove_stale_temporaries,
+    sha256_file,
+)
 from synapse_toolkit.plugin_manager import PluginSet, get_plugins
 from synapse_toolkit.stage_registry import RegisteredStage
 from synapse_toolkit.stages import ProgressFactory, Stage, StageContext, StageOptions
@@ -171,12 +178,13 @@ def _topological(planned: dict[str, PlannedStage]) -> list[str]:
 
 
 # -- running ------------------------------------------------------------------------------------
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def _file_options(options: StageOptions) -> dict[str, str]:
+    """sha256 of every option that names an existing file (models), so a changed file reruns."""
+    out = {}
+    for key, value in options:
+        if isinstance(value, Path) and value.is_file():
+            out[key] = sha256_file(value)
+    return out
 
 
 def _fingerprint(ps: PlannedStage, upstream: dict[str, str], input_hash: str) -> str:
@@ -187,6 +195,7 @@ def _fingerprint(ps: PlannedStage, upstream: dict[str, str], input_hash: str) ->
         "options": ps.options.model_dump(mode="json"),
         "inputs": {p: f"{upstream[s]}:{port}" for p, (s, port) in sorted(ps.inputs.items())},
         "input_file": input_hash if not ps.inputs else "",
+        "files": _file_options(ps.options),
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
@@ -251,23 +260,88 @@ def run_pipeline(
     plugins = plugins or get_plugins()
     cfg = plan.config
     run_dir = cfg.output.dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if plan.input_path != Path() and _is_within(plan.input_path, run_dir / "artifacts"):
+    check_output_dir(plan)
+    lock = RunLock(run_dir).acquire()
+    try:
+        if lock.took_over and on_stage:
+            on_stage("lock", f"took over the stale lock of pid {lock.took_over.get('pid', '?')}")
+        return _run_locked(plan, resume=resume, plugins=plugins,
+                           progress_factory=progress_factory, on_stage=on_stage)  # fmt: skip
+    finally:
+        lock.release()
+
+
+def check_output_dir(plan: Plan) -> None:
+    """Refuse an output directory that is a file, is the input, or holds the input."""
+    run_dir = plan.config.output.dir
+    if run_dir.exists() and not run_dir.is_dir():
+        raise DataError(f"output.dir: {run_dir} is a file, not a directory")
+    if plan.input_path != Path() and (
+        _is_within(plan.input_path, run_dir / "artifacts")
+        or plan.input_path.resolve() == run_dir.resolve()
+    ):
         raise DataError(f"output.dir: {run_dir} contains the input file {plan.input_path}; "
                         "choose another output directory")  # fmt: skip
+    for ps in plan.stages:
+        filename = getattr(ps.options, "filename", None)
+        if (
+            ps.cls.kind == "writer"
+            and isinstance(filename, str)
+            and plan.input_path != Path()
+            and (run_dir / filename).resolve() == plan.input_path.resolve()
+        ):
+            raise DataError(f"stages.{ps.name}.options.filename: {run_dir / filename} is the "
+                            "pipeline input; refusing to overwrite it")  # fmt: skip
+
+
+def _clear_previous_run(run_dir: Path, store: ArtifactStore, previous: dict[str, Any]) -> None:
+    """Remove what an earlier run left (artifacts, the files its writers wrote), after the new
+    manifest already marks the directory as an unfinished run."""
+    for stage in previous.get("stages", {}).values():
+        for rec in stage.get("outputs", {}).values():
+            if rec.get("type") == "file":
+                target = run_dir / rec["path"]
+                if _is_within(target, run_dir) and target.is_dir():
+                    shutil.rmtree(target)
+                elif _is_within(target, run_dir) and target.exists():
+                    target.unlink()
+    if store.artifact_dir.exists():
+        trash = run_dir / f".artifacts.old-{time.time_ns()}"
+        atomic_replace_dir(store.artifact_dir, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+    for old in run_dir.glob(".artifacts.old-*"):
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _run_locked(
+    plan: Plan,
+    *,
+    resume: bool,
+    plugins: PluginSet,
+    progress_factory: ProgressFactory | None,
+    on_stage: Callable[[str, str], None] | None,
+) -> RunResult:
+    cfg = plan.config
+    run_dir = cfg.output.dir
     store = ArtifactStore(run_dir)
-    old = _read_manifest(run_dir) if resume else {}
-    old_stages = old.get("stages", {})
-    input_hash = file_sha256(plan.input_path) if plan.input_path.is_file() else ""
+    store.clear_scratch()
+    remove_stale_temporaries(run_dir)
+    previous = _read_manifest(run_dir)
+    old_stages = previous.get("stages", {}) if resume else {}
+    input_hash = sha256_file(plan.input_path) if plan.input_path.is_file() else ""
     manifest: dict[str, Any] = {
         "syntk_version": __version__,
         "python": platform.python_version(),
+        "status": "running",
         "config": cfg.model_dump(mode="json"),
         "input": {"path": str(plan.input_path), "sha256": input_hash},
         "plugins": _plugin_versions(plan, plugins),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "stages": {},
     }
+    atomic_write_text(run_dir / MANIFEST, dumps(manifest, indent=2))
+    if not resume:
+        _clear_previous_run(run_dir, store, previous)
     result = RunResult(run_dir)
     fingerprints: dict[str, str] = {}
     live: list[Stage] = []
@@ -276,12 +350,14 @@ def run_pipeline(
             fp = _fingerprint(ps, fingerprints, input_hash)
             fingerprints[ps.name] = fp
             prev = old_stages.get(ps.name)
-            if (
-                resume
-                and prev
-                and prev.get("fingerprint") == fp
-                and all(store.exists(r) for r in prev["outputs"].values())
-            ):
+            problems = (
+                [p for r in prev["outputs"].values() if (p := store.problem(r))]
+                if prev and prev.get("fingerprint") == fp
+                else ["changed"]
+            )
+            if problems and prev and prev.get("fingerprint") == fp and on_stage:
+                on_stage(ps.name, f"rerunning: {problems[0]}")
+            if resume and prev and not problems:
                 for port, rec in prev["outputs"].items():
                     result.artifacts[f"{ps.name}.{port}"] = store.load(rec)
                 manifest["stages"][ps.name] = prev
@@ -324,7 +400,7 @@ def run_pipeline(
             except Exception as exc:
                 raise PluginError(f"stage {ps.name} ({ps.cls.kind} {ps.cls.name}) failed: "
                                   f"{type(exc).__name__}: {exc}") from exc  # fmt: skip
-            records = {}
+            records: dict[str, dict[str, Any]] = {}
             for port, value in (outputs or {}).items():
                 if port not in ps.cls.outputs:
                     raise PluginError(
@@ -343,14 +419,16 @@ def run_pipeline(
                 "fingerprint": fp,
                 "seconds": round(seconds, 3),
                 "outputs": records,
+                **({"notes": ctx.notes} if ctx.notes else {}),
             }
             manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-            atomic_write_text(run_dir / MANIFEST, json.dumps(manifest, indent=2))
+            atomic_write_text(run_dir / MANIFEST, dumps(manifest, indent=2))
             result.stages.append(StageResult(ps.name, "ran", seconds, records))
             if on_stage:
                 on_stage(ps.name, "done")
         manifest["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        atomic_write_text(run_dir / MANIFEST, json.dumps(manifest, indent=2))
+        manifest["status"] = "complete"
+        atomic_write_text(run_dir / MANIFEST, dumps(manifest, indent=2))
     finally:
         for stage in live:
             stage.close()

@@ -48,6 +48,7 @@ from synapse_toolkit.data import Volume
 #: Artifact types a port can carry.
 ARTIFACT_TYPES = (
     "volume", "labels", "annotations", "partners", "regions", "clusters", "scores", "transform",
+    "file",
 )  # fmt: skip
 
 #: The seven built-in stage kinds, in pipeline order.
@@ -115,6 +116,12 @@ class StageContext:
     block_shape: tuple[int, int, int] = (32, 256, 256)
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("syntk"))
     progress_factory: ProgressFactory = _no_progress
+    #: facts the stage reports for the run manifest (e.g. the sha256 of the model it used)
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def record(self, key: str, value: Any) -> None:
+        """Record a JSON-able fact about this stage run in the manifest (under ``notes``)."""
+        self.notes[key] = value
 
     def progress(self, description: str, total: int | None = None) -> ProgressTask:
         """Start a progress task (e.g. one tick per block)."""

@@ -14,7 +14,7 @@ import h5py
 from pydantic import Field
 
 from synapse_toolkit import __version__
-from synapse_toolkit.data import Annotations, PartnerTable, Volume
+from synapse_toolkit.data import Annotations, PartnerTable, Volume, WrittenFile
 from synapse_toolkit.errors import DataError
 from synapse_toolkit.hookspecs import hookimpl
 from synapse_toolkit.io.cremi import CremiData, open_cremi_lazy, open_hdf5_file, write_cremi
@@ -153,7 +153,7 @@ class CremiWriter(Stage):
         "annotations": Port("annotations", "annotations to write", required=False),
         "partners": Port("partners", "partners, written as CREMI annotations", required=False),
     }
-    outputs: ClassVar[Mapping[str, Port]] = {}
+    outputs: ClassVar[Mapping[str, Port]] = {"file": Port("file", "the CREMI file written")}
 
     class Options(StageOptions):
         filename: str = Field("prediction.hdf", description="File name inside the run directory.")
@@ -174,8 +174,9 @@ class CremiWriter(Stage):
             raw=inputs.get("raw"), neuron_ids=inputs.get("neuron_ids"), clefts=inputs.get("clefts"),
             annotations=ann,
         )  # fmt: skip
-        write_cremi(_output_file(self, opts.filename), data, overwrite=True)  # type: ignore[attr-defined]
-        return {}
+        target = _output_file(self, opts.filename)  # type: ignore[attr-defined]
+        write_cremi(target, data, overwrite=True)
+        return {"file": WrittenFile(str(target))}
 
 
 class ZarrWriter(Stage):
@@ -186,7 +187,7 @@ class ZarrWriter(Stage):
     version: ClassVar[str] = __version__
     description: ClassVar[str] = "write volumes to a zarr store (block by block, atomic per array)"
     inputs: ClassVar[Mapping[str, Port]] = dict(_VOLUME_PORTS)
-    outputs: ClassVar[Mapping[str, Port]] = {}
+    outputs: ClassVar[Mapping[str, Port]] = {"file": Port("file", "the zarr store written")}
 
     class Options(StageOptions):
         filename: str = Field("prediction.zarr", description="Store name inside the run directory.")
@@ -198,7 +199,7 @@ class ZarrWriter(Stage):
         for port, vol in inputs.items():
             assert isinstance(vol, Volume)
             write_zarr_volume(target, VOLUME_KEYS[port], vol, overwrite=True)
-        return {}
+        return {"file": WrittenFile(str(target))}
 
 
 @hookimpl

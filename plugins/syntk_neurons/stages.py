@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -13,36 +12,10 @@ from pydantic import Field
 from synapse_toolkit import __version__
 from synapse_toolkit.data import ScoreRecord, Volume
 from synapse_toolkit.errors import DataError, PluginError
+from synapse_toolkit.models import resolve_model
 from synapse_toolkit.stages import Agglomerator, Detector, Loader, Port, StageOptions
 
 DEFAULT_MODEL = "neurons/fib_affinities"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def resolve_model(name: str | None, path: Path | None, sha256: str | None) -> Path:
-    """The verified ONNX file: a registry model by name, or a path checked against ``sha256``
-    (or its ``.sha256`` sidecar when no hash is given)."""
-    if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise DataError(f"affinity-unet: model file {path} not found")
-        expected = sha256
-        if expected is None:
-            side = path.with_suffix(".sha256")
-            expected = side.read_text().split()[0] if side.exists() else None
-        if expected is not None and _sha256(path) != expected.lower():
-            raise DataError(f"affinity-unet: {path} does not match its sha256 {expected}")
-        return path
-    from synapse_toolkit.datasets import model_path
-
-    return model_path(name or DEFAULT_MODEL)
 
 
 class AffinityDetector(Detector):
@@ -155,7 +128,13 @@ class AffinityDetector(Detector):
         raw: Volume = inputs["raw"]
         if len(raw.shape) != 3:
             raise DataError(f"affinity-unet: raw must be 3D (z, y, x), got shape {raw.shape}")
-        path = resolve_model(opts.model, opts.model_path, opts.sha256)
+        model = resolve_model(
+            "affinity-unet", name=opts.model, path=opts.model_path, sha256=opts.sha256,
+            logger=self.context.logger,
+        )  # fmt: skip
+        self.context.record("model", {"path": str(model.path), "sha256": model.sha256,
+                                      "pinned_by": model.pinned_by})  # fmt: skip
+        path = model.path
         session = create_session(path, providers=opts.providers, num_threads=self.context.n_threads)
         meta = model_metadata(session)
         inp = session.get_inputs()[0]

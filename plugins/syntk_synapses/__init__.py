@@ -153,19 +153,21 @@ class SectionTranslation(Aligner):
 class _OnnxDetector(Detector):
     """Tiled ONNX inference of a synapse U-Net on ``raw``."""
 
-    default_model: ClassVar[str] = ""
     output_port: ClassVar[str] = ""
     inputs: ClassVar[Mapping[str, Port]] = {"raw": Port("volume", "EM intensities (uint8)")}
 
     class Options(StageOptions):
-        model: Path | None = Field(None, description="ONNX model (default: the bundled one).")
+        model: str = Field("", description="Registry model name (default: the bundled one).")
+        model_path: Path | None = Field(None, description="An ONNX file instead of `model`.")
+        sha256: str | None = Field(None, description="Expected sha256 of `model_path`.")
         overlap: tuple[int, int, int] = Field((2, 8, 8), description="Tile overlap (voxels).")
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         from synapse_toolkit.synapses.detection import DenseModel
 
         raw: Volume = inputs["raw"]
-        path = self.options.model or MODELS / self.default_model  # type: ignore[attr-defined]
+        o = self.options
+        path = _resolved_model(self, o.model, o.model_path, o.sha256)  # type: ignore[attr-defined]
         model = DenseModel(path, n_threads=self.context.n_threads)
         out = self.context.create_volume(self.output_port, (1, *raw.spatial_shape), np.float32,
                                          like=raw)  # fmt: skip
@@ -179,13 +181,32 @@ class _OnnxDetector(Detector):
         return {self.output_port: out}
 
 
+def _resolved_model(stage: Stage, name: str, path: Path | None, sha256: str | None) -> Path:
+    """The stage's verified ONNX file (registry name, or a checked path), noted in the manifest."""
+    from synapse_toolkit.models import resolve_model
+
+    chosen = name or DEFAULT_MODELS[stage.name]
+    model = resolve_model(f"stage {stage.context.stage_name}", name=chosen, path=path,
+                          sha256=sha256, logger=stage.context.logger)  # fmt: skip
+    stage.context.record("model", {"path": str(model.path), "sha256": model.sha256,
+                                   "pinned_by": model.pinned_by})  # fmt: skip
+    return model.path
+
+
+#: registry names of the bundled models, by stage plugin name
+DEFAULT_MODELS = {
+    "synapse-clefts": "synapses/clefts",
+    "synapse-polarity": "synapses/polarity",
+    "emsynconn": "synapses/pruner",
+}
+
+
 class CleftDetector(_OnnxDetector):
     """Synaptic cleft probability (sigmoid U-Net, ONNX)."""
 
     name: ClassVar[str] = "synapse-clefts"
     version: ClassVar[str] = __version__
     description: ClassVar[str] = "cleft probability map, U-Net (ONNX, tiled)"
-    default_model: ClassVar[str] = "clefts.onnx"
     output_port: ClassVar[str] = "cleft_probability"
     outputs: ClassVar[Mapping[str, Port]] = {
         "cleft_probability": Port("volume", "cleft probability (1, z, y, x) in [0, 1]")
@@ -198,7 +219,6 @@ class PolarityDetector(_OnnxDetector):
     name: ClassVar[str] = "synapse-polarity"
     version: ClassVar[str] = __version__
     description: ClassVar[str] = "signed synaptic proximity in [-1, 1], U-Net (ONNX, tiled)"
-    default_model: ClassVar[str] = "polarity.onnx"
     output_port: ClassVar[str] = "proximity"
     outputs: ClassVar[Mapping[str, Port]] = {
         "proximity": Port("volume", "signed proximity (1, z, y, x) in [-1, 1]")
@@ -268,7 +288,10 @@ class EMSynConn(PartnerAssigner):
 
     class Options(StageOptions):
         prune: bool = Field(True, description="Run the pruning CNN on the candidates.")
-        pruner_model: Path | None = Field(None, description="Pruning ONNX (default: bundled).")
+        pruner_model: str = Field("", description="Registry name of the pruning CNN "
+                                  "(default: the bundled one).")  # fmt: skip
+        pruner_model_path: Path | None = Field(None, description="A pruning ONNX file instead.")
+        pruner_sha256: str | None = Field(None, description="Expected sha256 of the file.")
         prune_threshold: float = Field(0.5, ge=0, le=1)
         threshold: float = Field(
             0.3, gt=0, lt=1, description="Proximity threshold (±); 0.4 suits prune = false."
@@ -293,7 +316,8 @@ class EMSynConn(PartnerAssigner):
         if o.prune:  # type: ignore[attr-defined]
             if raw is None:
                 raise DataError(f"stage {self.context.stage_name}: pruning needs the `raw` input")
-            pruner = PrunerONNX(o.pruner_model or MODELS / "pruner.onnx", self.context.n_threads)  # type: ignore[attr-defined]
+            path = _resolved_model(self, o.pruner_model, o.pruner_model_path, o.pruner_sha256)  # type: ignore[attr-defined]
+            pruner = PrunerONNX(path, self.context.n_threads)
         settings = EMSynConnSettings(
             candidates=CandidateSettings(
                 threshold=o.threshold, min_voxels=o.min_voxels, max_gap_nm=o.max_gap_nm,  # type: ignore[attr-defined]

@@ -11,8 +11,6 @@ import glob as globlib
 import io
 import json
 import math
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,6 +18,7 @@ from typing import Annotated, Any
 import typer
 
 from synapse_toolkit.errors import DataError, SyntkError
+from synapse_toolkit.fsio import atomic_write_text, check_destination
 
 app = typer.Typer(no_args_is_help=True, help="Score predictions against ground truth.")
 
@@ -137,18 +136,6 @@ def _print_scores(metric: str, values: dict[str, Any], as_json: bool) -> None:
     for k, v in values.items():
         table.add_row(k, _fmt(v))
     Console().print(table)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # -- single-pair commands ------------------------------------------------------------------------
@@ -293,6 +280,9 @@ def batch(
     threshold: Annotated[float | None, typer.Option("--threshold")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write results as JSON.")] = None,
     csv_out: Annotated[Path | None, typer.Option("--csv", help="Write results as CSV.")] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing --json/--csv file.")
+    ] = False,
     threads: ThreadsOpt = 2,
 ) -> None:
     """Score many pairs (a CSV manifest or two globs paired in sorted order).
@@ -314,6 +304,11 @@ def batch(
         pairs = _pairs_from_globs(truth_glob, pred_glob, metric)
     else:
         raise SyntkError("give --manifest CSV, or --truth-glob and --pred-glob")
+    inputs = tuple(Path(p[k]) for p in pairs for k in ("truth", "pred"))
+    inputs += (manifest,) if manifest is not None else ()
+    for dest, flag in ((json_out, "--json"), (csv_out, "--csv")):
+        if dest is not None:
+            check_destination(dest, inputs=inputs, overwrite=overwrite, what=f"{flag} results")
     opts: dict[str, Any] = {"border_nm": border_nm, "threads": threads}
     if threshold_nm is not None:
         opts["threshold_nm"] = threshold_nm
@@ -355,7 +350,7 @@ def batch(
     if json_out is not None:
         safe = [{**r, "values": {k: _json_safe(v) for k, v in r.get("values", {}).items()}}
                 for r in results]  # fmt: skip
-        _write_atomic(json_out, json.dumps(safe, indent=1))
+        atomic_write_text(json_out, json.dumps(safe, indent=1))
     if csv_out is not None:
         buf = io.StringIO()
         w = csv.writer(buf)
@@ -364,7 +359,7 @@ def batch(
             vals = r.get("values", {})
             w.writerow([r["name"], r["metric"], r["truth"], r["pred"], r["status"],
                         r.get("error", ""), *(vals.get(k, "") for k in keys)])  # fmt: skip
-        _write_atomic(csv_out, buf.getvalue())
+        atomic_write_text(csv_out, buf.getvalue())
     failed = sum(r["status"] != "ok" for r in results)
     if failed:
         console.print(f"{failed} of {len(results)} pairs failed")

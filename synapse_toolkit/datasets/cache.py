@@ -15,7 +15,6 @@ datasets verify`` always re-hashes.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import tempfile
@@ -26,10 +25,11 @@ from typing import Any
 
 import pooch
 
+from synapse_toolkit.fsio import sha256_file as file_sha256
+
 DATA_DIR_ENV = "SYNTK_DATA_DIR"
 OFFLINE_ENV = "SYNTK_OFFLINE"
 LOCK_FILENAME = "unpinned.lock.json"
-_CHUNK = 1 << 20
 
 
 def cache_dir() -> Path:
@@ -46,15 +46,6 @@ def offline() -> bool:
 def entry_dir(name: str, root: Path | None = None) -> Path:
     """The cache folder of one entry (its name's ``/`` parts become sub-folders)."""
     return (cache_dir() if root is None else root).joinpath(*name.split("/"))
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

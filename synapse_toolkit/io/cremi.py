@@ -23,6 +23,7 @@ import numpy as np
 
 from synapse_toolkit.data import Annotations, Volume
 from synapse_toolkit.errors import DataError
+from synapse_toolkit.fsio import file_mode
 
 RAW = "volumes/raw"
 NEURON_IDS = "volumes/labels/neuron_ids"
@@ -198,6 +199,7 @@ def write_cremi(
         raise DataError(f"{target}: already exists (refusing to overwrite)")
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.fchmod(fd, file_mode())
     os.close(fd)
     tmp = Path(tmp_name)
     try:

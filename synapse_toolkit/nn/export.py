@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -13,17 +12,10 @@ from typing import Any
 import numpy as np
 
 from synapse_toolkit.errors import SyntkError
+from synapse_toolkit.fsio import sha256_file as sha256_of
 
 OPSET = 20
 TOLERANCE = 1e-4
-
-
-def sha256_of(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def export_model(
@@ -105,15 +97,13 @@ def export_model(
 
 def load_checkpoint(path: str | Path) -> tuple[Any, dict[str, Any]]:
     """The U-Net and the checkpoint dict written by :mod:`synapse_toolkit.nn.training`."""
-    import torch
 
+    from synapse_toolkit.nn.checkpoint import load_state
     from synapse_toolkit.nn.unet import UNet3D, UNetConfig
 
     path = Path(path)
-    if not path.exists():
-        raise SyntkError(f"{path}: checkpoint not found")
+    ckpt = load_state(path)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
         net = UNet3D(UNetConfig.from_dict(ckpt["model_config"]))
         net.load_state_dict(ckpt["state_dict"])
     except (KeyError, RuntimeError, OSError, ValueError) as exc:

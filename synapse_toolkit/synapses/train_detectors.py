@@ -268,7 +268,9 @@ def train_detector(cfg: DetectorTrainConfig, log: Callable[[str], None] = print)
                           f"try {list(net.valid_input_shape(input_shape))}")  # fmt: skip
     output_shape = net.output_shape(input_shape)
     if t.init_checkpoint:
-        state = torch.load(t.init_checkpoint, map_location="cpu", weights_only=False)
+        from synapse_toolkit.nn.checkpoint import load_state
+
+        state = load_state(t.init_checkpoint)
         net.load_state_dict(state["state_dict"])
         log(f"initialised from {t.init_checkpoint} (iteration {state.get('iteration')})")
     tsettings = TargetSettings(**cfg.targets)
