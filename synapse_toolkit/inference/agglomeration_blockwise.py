@@ -1,0 +1,573 @@
+"""Blockwise waterz agglomeration with bounded memory (daisy/lsd practice).
+
+Four phases; the first, second and fourth run block by block (:mod:`synapse_toolkit.blocktasks`),
+each block with a done marker holding its input fingerprint, so a killed run resumes block by
+block and gives byte-identical output:
+
+1. ``fragments``: waterz's own watershed (the one the in-memory ``waterz`` stage uses, with the
+   same ``aff_threshold_low/high``) on the block's read ROI (write ROI + ``context``), cropped to
+   the write ROI, numbered ``block_id * voxels_per_block + 1, 2, ...`` in id order: globally unique
+   whatever order blocks run in. Skipped when fragments are given.
+2. ``edges``: the region-adjacency edges of the fragments whose voxel pairs lie in the block,
+   including the pairs across its lower faces (each face belongs to exactly one block), with their
+   mergeable statistics: the maximum affinity bin (waterz's quantile histograms start from it) and
+   the affinity sum and count (mean scoring). Edges of the same pair from several blocks (given
+   fragments that span blocks) are merged: max of bins, sums of sums and counts.
+3. ``agglomerate``: one global hierarchical merge of the fragment graph per threshold
+   (:func:`synapse_toolkit.inference.regiongraph.merge_regions`, waterz's semantics: priority
+   queue, merged regions re-scored from merged histograms). Holds the graph only, no voxels.
+4. ``relabel``: every block's fragments mapped to their region (its smallest fragment id, as
+   waterz) at each threshold, written to the output (T, z, y, x).
+
+With given fragments and quantile scoring the output equals in-memory waterz on the same fragments
+bit for bit. With per-block fragments it differs where fragments are cut at block faces (the
+parts are re-joined by their face edge, but their histograms then merge in another order).
+
+Memory per block: the read ROI's affinities (float32) and waterz's watershed of it; the global
+step: the fragment graph (about 40 bytes per edge plus dense histograms for large edges).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import json
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from synapse_toolkit.blocktasks import (
+    BlockTask,
+    DoneMarkers,
+    Fingerprint,
+    atomic_write_bytes,
+    make_tasks,
+    run_blocks,
+)
+from synapse_toolkit.errors import DataError, SyntkError
+from synapse_toolkit.inference.agglomeration import stdout_to_devnull
+from synapse_toolkit.inference.regiongraph import affinity_bins, merge_regions, parse_scoring
+
+#: bump when a phase's output for the same input changes (invalidates done markers)
+FORMAT_VERSION = 1
+_WATERZ_LOCK = threading.Lock()  # stdout redirection is per process: one waterz call at a time
+
+
+# --------------------------------------------------------------------------------------------
+# arrays that workers can open
+
+
+@dataclass(frozen=True)
+class ArrayRef:
+    """An array a worker can open: a local zarr array by path (picklable), or an object."""
+
+    zarr_root: str | None = None
+    zarr_path: str = ""
+    obj: Any = None
+
+    def open(self, mode: str = "r") -> Any:
+        if self.zarr_root is None:
+            return self.obj
+        return _open_zarr(self.zarr_root, self.zarr_path, mode)
+
+    def picklable(self) -> bool:
+        return self.zarr_root is not None
+
+
+@functools.lru_cache(maxsize=16)
+def _open_zarr(root: str, path: str, mode: str) -> Any:
+    import zarr
+
+    return zarr.open_array(store=root, path=path or None, mode=mode)
+
+
+def array_ref(arr: Any) -> ArrayRef:
+    """A zarr array on a local store becomes a path reference; anything else stays an object."""
+    try:
+        import zarr
+        from zarr.storage import LocalStore
+
+        if isinstance(arr, zarr.Array) and isinstance(arr.store, LocalStore):
+            return ArrayRef(zarr_root=str(arr.store.root), zarr_path=arr.path)
+    except ImportError:  # pragma: no cover - zarr is a dependency
+        pass
+    return ArrayRef(obj=arr)
+
+
+# --------------------------------------------------------------------------------------------
+# configuration shared by the phases (plain data, picklable)
+
+
+@dataclass(frozen=True)
+class _Job:
+    affinities: ArrayRef
+    fragments: ArrayRef  # given, or the work dir's fragments.zarr
+    own_fragments: bool
+    shape: tuple[int, int, int]
+    block_shape: tuple[int, int, int]
+    context: tuple[int, int, int]
+    aff_threshold_low: float
+    aff_threshold_high: float
+    work_dir: str
+
+    @property
+    def block_voxels(self) -> int:
+        return int(np.prod(self.block_shape))
+
+    def markers(self, phase: str) -> DoneMarkers:
+        return DoneMarkers(Path(self.work_dir) / "done" / phase)
+
+    def config(self, phase: str) -> list[Any]:
+        base: list[Any] = [FORMAT_VERSION, phase, self.shape, self.block_shape]
+        if phase == "fragments":
+            base += [self.context, self.aff_threshold_low, self.aff_threshold_high]
+        return base
+
+
+def _read_affs(job: _Job, roi: tuple[slice, ...]) -> np.ndarray:
+    a = job.affinities.open()
+    return np.ascontiguousarray(np.asarray(a[(slice(0, 3), *roi)]), dtype=np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# phase 1: fragments
+
+
+def waterz_fragments(
+    affs: np.ndarray, aff_threshold_low: float = 0.0001, aff_threshold_high: float = 0.9999
+) -> np.ndarray:
+    """waterz's watershed fragments of ``(3, z, y, x)`` float32 affinities (uint64, 0 = none).
+
+    The segmentation waterz yields at threshold 0 is its watershed unchanged: every edge score is
+    ``>= 0``, so nothing merges."""
+    import waterz
+
+    from synapse_toolkit.inference.agglomeration import scoring_function
+
+    with _WATERZ_LOCK, stdout_to_devnull():
+        gen = waterz.agglomerate(
+            np.ascontiguousarray(affs[:3], dtype=np.float32),
+            [0.0],
+            aff_threshold_low=aff_threshold_low,
+            aff_threshold_high=aff_threshold_high,
+            scoring_function=scoring_function("mean"),
+            discretize_queue=256,
+        )
+        seg = np.array(next(iter(gen)), dtype=np.uint64, copy=True)
+    return seg
+
+
+def _fragments_fingerprint(job: _Job, task: BlockTask, affs: np.ndarray) -> str:
+    return Fingerprint(*job.config("fragments"), task.read_roi).add_array(affs).hexdigest()
+
+
+def _fragments_check(job: _Job, task: BlockTask) -> dict[str, Any] | None:
+    m = job.markers("fragments")
+    if m.read(task) is None:
+        return None
+    return m.is_done(task, _fragments_fingerprint(job, task, _read_affs(job, task.read)))
+
+
+def _fragments_block(job: _Job, task: BlockTask) -> dict[str, Any]:
+    affs = _read_affs(job, task.read)
+    fp = _fragments_fingerprint(job, task, affs)
+    seg = waterz_fragments(affs, job.aff_threshold_low, job.aff_threshold_high)[task.inner]
+    ids, inv = np.unique(seg, return_inverse=True)
+    local = inv.reshape(seg.shape).astype(np.uint64)
+    if ids.size == 0 or ids[0] != 0:
+        local += np.uint64(1)
+    offset = np.uint64(task.block_id) * np.uint64(job.block_voxels)
+    out = np.where(local > 0, local + offset, np.uint64(0))
+    job.fragments.open("r+")[task.write] = out
+    info = {"n_fragments": int(ids.size - (1 if ids.size and ids[0] == 0 else 0))}
+    job.markers("fragments").mark(task, fp, info)
+    return info
+
+
+# --------------------------------------------------------------------------------------------
+# phase 2: edges
+
+
+def _lower_extended(task: BlockTask) -> tuple[tuple[slice, ...], tuple[int, ...]]:
+    """The write ROI grown by one voxel on each lower side inside the volume, and the pads."""
+    pads = tuple(1 if a > 0 else 0 for a, _ in task.write_roi)
+    return tuple(slice(a - p, b) for (a, b), p in zip(task.write_roi, pads, strict=True)), pads
+
+
+def block_edges(
+    frag_ext: np.ndarray, affs: np.ndarray, pads: Sequence[int]
+) -> dict[str, np.ndarray]:
+    """Edges between fragments from the voxel pairs of one block.
+
+    ``frag_ext``: fragments of the write ROI grown by ``pads[d]`` (0 or 1) voxels on the lower
+    side of axis d; ``affs``: (3, z, y, x) affinities of the write ROI, channel d linking a voxel
+    and its lower neighbour along d (waterz's convention). Pairs with fragment 0 are left out, as
+    waterz does. Returns u < v (uint64, sorted by (u, v)), ``max_bin`` (uint8), ``aff_sum``
+    (float64) and ``aff_count`` (int64) per pair.
+    """
+    us, vs, aa = [], [], []
+    for d in range(3):
+        here = []
+        lower = []
+        aff_sl = []
+        for k in range(3):
+            if k == d:
+                here.append(slice(1, None))
+                lower.append(slice(0, -1))
+                aff_sl.append(slice(1 - pads[d], None))
+            else:
+                here.append(slice(pads[k], None))
+                lower.append(slice(pads[k], None))
+                aff_sl.append(slice(None))
+        h = frag_ext[tuple(here)]
+        lo = frag_ext[tuple(lower)]
+        a = affs[d][tuple(aff_sl)]
+        m = (h != lo) & (h != 0) & (lo != 0)
+        h, lo, a = h[m], lo[m], a[m]
+        us.append(np.minimum(h, lo))
+        vs.append(np.maximum(h, lo))
+        aa.append(a.astype(np.float32, copy=False))
+    u = np.concatenate(us).astype(np.uint64)
+    v = np.concatenate(vs).astype(np.uint64)
+    a = np.concatenate(aa)
+    return _reduce_pairs(u, v, affinity_bins(a), a.astype(np.float64), np.ones(a.size, np.int64))
+
+
+def _reduce_pairs(
+    u: np.ndarray, v: np.ndarray, bins: np.ndarray, sums: np.ndarray, counts: np.ndarray
+) -> dict[str, np.ndarray]:
+    """One row per (u, v) pair, sorted: max of bins, sums of sums and counts."""
+    if u.size == 0:
+        return {
+            "u": np.zeros(0, np.uint64), "v": np.zeros(0, np.uint64),
+            "max_bin": np.zeros(0, np.uint8), "aff_sum": np.zeros(0, np.float64),
+            "aff_count": np.zeros(0, np.int64),
+        }  # fmt: skip
+    order = np.lexsort((v, u))
+    u, v, bins, sums, counts = u[order], v[order], bins[order], sums[order], counts[order]
+    start = np.flatnonzero(np.r_[True, (u[1:] != u[:-1]) | (v[1:] != v[:-1])])
+    return {
+        "u": u[start],
+        "v": v[start],
+        "max_bin": np.maximum.reduceat(bins, start).astype(np.uint8),
+        "aff_sum": np.add.reduceat(sums, start),
+        "aff_count": np.add.reduceat(counts, start),
+    }
+
+
+def _edges_inputs(
+    job: _Job, task: BlockTask
+) -> tuple[np.ndarray, np.ndarray, tuple[int, ...], str]:
+    ext, pads = _lower_extended(task)
+    frag = np.asarray(job.fragments.open()[ext]).astype(np.uint64, copy=False)
+    affs = _read_affs(job, task.write)
+    fp = (
+        Fingerprint(*job.config("edges"), task.write_roi)
+        .add_array(frag)
+        .add_array(affs)
+        .hexdigest()
+    )
+    return frag, affs, pads, fp
+
+
+def _edges_path(job: _Job, task: BlockTask) -> Path:
+    return Path(job.work_dir) / "edges" / f"{task.block_id}.npz"
+
+
+def _edges_check(job: _Job, task: BlockTask) -> dict[str, Any] | None:
+    m = job.markers("edges")
+    if m.read(task) is None or not _edges_path(job, task).exists():
+        return None
+    return m.is_done(task, _edges_inputs(job, task)[3])
+
+
+def _edges_block(job: _Job, task: BlockTask) -> dict[str, Any]:
+    frag, affs, pads, fp = _edges_inputs(job, task)
+    edges = block_edges(frag, affs, pads)
+    buf = io.BytesIO()
+    np.savez(buf, **edges)
+    atomic_write_bytes(_edges_path(job, task), buf.getvalue())
+    info = {"n_edges": int(edges["u"].size), "fingerprint": fp}
+    job.markers("edges").mark(task, fp, info)
+    return info
+
+
+# --------------------------------------------------------------------------------------------
+# phase 3: global agglomeration
+
+
+def agglomerate_graph(
+    edges: dict[str, np.ndarray],
+    thresholds: Sequence[float],
+    *,
+    scoring: str = "quantile50",
+    discretize_queue: int = 256,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(node_ids, labels)``: the sorted fragment ids of the graph and, per threshold, the label
+    (smallest fragment id of its region) of each: ``(T, n_nodes)`` uint64."""
+    u, v = edges["u"], edges["v"]
+    nodes = np.unique(np.concatenate([u, v]))
+    ui = np.searchsorted(nodes, u)
+    vi = np.searchsorted(nodes, v)
+    roots = merge_regions(
+        int(nodes.size), ui, vi, thresholds, scoring=scoring, max_bin=edges["max_bin"],
+        aff_sum=edges["aff_sum"], aff_count=edges["aff_count"], discretize_queue=discretize_queue,
+    )  # fmt: skip
+    return nodes, nodes[roots]
+
+
+def _load_edges(job: _Job, tasks: Sequence[BlockTask]) -> dict[str, np.ndarray]:
+    parts: dict[str, list[np.ndarray]] = {
+        k: [] for k in ("u", "v", "max_bin", "aff_sum", "aff_count")
+    }
+    for task in tasks:
+        with np.load(_edges_path(job, task)) as z:
+            for k in parts:
+                parts[k].append(z[k])
+    cat = {k: np.concatenate(p) for k, p in parts.items()}
+    if job.own_fragments:  # each pair comes from exactly one block, already sorted per block
+        order = np.lexsort((cat["v"], cat["u"]))
+        return {k: a[order] for k, a in cat.items()}
+    return _reduce_pairs(cat["u"], cat["v"], cat["max_bin"], cat["aff_sum"], cat["aff_count"])
+
+
+# --------------------------------------------------------------------------------------------
+# phase 4: relabel
+
+
+@functools.lru_cache(maxsize=2)
+def _load_labels(path: str, fingerprint: str) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(path) as z:
+        return z["nodes"], z["labels"]
+
+
+def _relabel_inputs(
+    job: _Job, task: BlockTask, graph_path: str, graph_fp: str, token: str
+) -> tuple[np.ndarray, str]:
+    frag = np.asarray(job.fragments.open()[task.write]).astype(np.uint64, copy=False)
+    fp = Fingerprint(*job.config("relabel"), task.write_roi, graph_fp, token).add_array(frag)
+    return frag, fp.hexdigest()
+
+
+def relabel(frag: np.ndarray, nodes: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``(T, *frag.shape)``: each fragment's label per threshold (ids outside the graph stay)."""
+    ids, inv = np.unique(frag, return_inverse=True)
+    idx = np.searchsorted(nodes, ids)
+    idx_c = np.minimum(idx, max(nodes.size - 1, 0))
+    found = (nodes[idx_c] == ids) if nodes.size else np.zeros(ids.size, bool)
+    out = np.empty((labels.shape[0], *frag.shape), np.uint64)
+    for t in range(labels.shape[0]):
+        lab = np.where(found, labels[t][idx_c] if nodes.size else ids, ids)
+        out[t] = lab[inv.reshape(frag.shape)]
+    return out
+
+
+def _relabel_check(
+    job: _Job, out: ArrayRef, graph_path: str, graph_fp: str, token: str, task: BlockTask
+) -> dict[str, Any] | None:
+    m = job.markers("relabel")
+    if not token or m.read(task) is None:
+        return None
+    return m.is_done(task, _relabel_inputs(job, task, graph_path, graph_fp, token)[1])
+
+
+def _relabel_block(
+    job: _Job, out: ArrayRef, graph_path: str, graph_fp: str, token: str, task: BlockTask
+) -> dict[str, Any]:
+    frag, fp = _relabel_inputs(job, task, graph_path, graph_fp, token)
+    nodes, labels = _load_labels(graph_path, graph_fp)
+    out.open("r+")[(slice(None), *task.write)] = relabel(frag, nodes, labels)
+    if token:
+        job.markers("relabel").mark(task, fp)
+    return {}
+
+
+# --------------------------------------------------------------------------------------------
+# driver
+
+
+@dataclass
+class BlockwiseResult:
+    """Counts and timings of a blockwise agglomeration run."""
+
+    n_blocks: int
+    n_fragments: int
+    n_edges: int
+    seconds: dict[str, float] = field(default_factory=dict)
+    skipped_blocks: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "n_blocks": self.n_blocks, "n_fragments": self.n_fragments, "n_edges": self.n_edges,
+            "seconds": self.seconds, "skipped_blocks": self.skipped_blocks,
+        }  # fmt: skip
+
+
+def _output_token(out: Any) -> str:
+    """A token naming this output array's life: kept in its zarr attributes, so markers of a
+    deleted and recreated output do not count. In-memory outputs have none (never skipped)."""
+    attrs = getattr(out, "attrs", None)
+    if attrs is None:
+        return ""
+    token = attrs.get("syntk_blockwise_token")
+    if not token:
+        token = hashlib.blake2b(f"{time.time_ns()}{id(out)}".encode(), digest_size=8).hexdigest()
+        attrs["syntk_blockwise_token"] = token
+    return str(token)
+
+
+def agglomerate_blockwise(
+    affinities: Any,
+    out: Any,
+    thresholds: Sequence[float],
+    work_dir: Path | str,
+    *,
+    fragments: Any = None,
+    scoring: str = "quantile50",
+    aff_threshold_low: float = 0.0001,
+    aff_threshold_high: float = 0.9999,
+    discretize_queue: int = 256,
+    block_shape: Sequence[int] = (32, 256, 256),
+    context: Sequence[int] = (4, 32, 32),
+    voxel_size_nm: Sequence[float] = (1.0, 1.0, 1.0),
+    offset_nm: Sequence[float] = (0.0, 0.0, 0.0),
+    n_workers: int = 1,
+    executor: Literal["threads", "processes"] = "threads",
+    max_retries: int = 2,
+    progress: Callable[[str, int], Callable[[], None]] | None = None,
+    logger: Any = None,
+) -> BlockwiseResult:
+    """Agglomerate ``affinities`` (>=3, z, y, x) block by block into ``out`` (T, z, y, x) uint64,
+    one segmentation per threshold (ascending).
+
+    ``work_dir`` keeps fragments (``fragments.zarr``, unless ``fragments`` are given), block edges,
+    the global merge result and the done markers; a rerun with the same inputs skips every
+    finished block. ``out`` should be chunked so no chunk spans two blocks (the relabel blocks
+    write in parallel). ``progress(phase, n_blocks)`` returns a callable ticked once per block.
+    With ``executor="processes"`` the arrays must be zarr arrays on local disk (workers reopen
+    them by path); other arrays fall back to threads.
+    """
+    import zarr
+
+    ths = sorted(float(t) for t in thresholds)
+    if not ths:
+        raise SyntkError("blockwise agglomeration: give at least one threshold")
+    parse_scoring(scoring)
+    if len(affinities.shape) != 4 or affinities.shape[0] < 3:
+        raise DataError(
+            f"blockwise agglomeration: affinities must be (>=3, z, y, x), got {affinities.shape}"
+        )
+    shape = tuple(int(s) for s in affinities.shape[1:])
+    if tuple(out.shape) != (len(ths), *shape):
+        raise DataError(f"blockwise agglomeration: out shape {tuple(out.shape)} != "
+                        f"{(len(ths), *shape)} (thresholds, z, y, x)")  # fmt: skip
+    if fragments is not None and tuple(fragments.shape) != shape:
+        raise DataError(f"blockwise agglomeration: fragments shape {tuple(fragments.shape)} "
+                        f"!= affinities spatial {shape}")  # fmt: skip
+    bs = tuple(int(b) for b in block_shape)
+    ctx = tuple(int(c) for c in context)
+    if len(bs) != 3 or min(bs) < 1 or len(ctx) != 3 or min(ctx) < 0:
+        raise SyntkError(f"blockwise agglomeration: bad block_shape {bs} or context {ctx}")
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    own = fragments is None
+    if own:
+        fpath = work / "fragments.zarr"
+        try:
+            farr = zarr.open_array(store=str(fpath), mode="r+")
+            if tuple(farr.shape) != shape or tuple(farr.chunks) != bs:
+                raise ValueError("other layout")
+        except Exception:
+            farr = zarr.create_array(
+                store=str(fpath), shape=shape, dtype=np.uint64, chunks=bs, fill_value=0,
+                overwrite=True, config={"write_empty_chunks": True},
+            )  # fmt: skip
+        fragments = farr
+    refs = {"a": array_ref(affinities), "f": array_ref(fragments), "o": array_ref(out)}
+    if executor == "processes" and not all(r.picklable() for r in refs.values()):
+        if logger is not None:
+            logger.info("blockwise agglomeration: arrays not on local zarr stores, using threads")
+        executor = "threads"
+    job = _Job(
+        affinities=refs["a"], fragments=refs["f"], own_fragments=own, shape=shape,  # type: ignore[arg-type]
+        block_shape=bs, context=ctx, aff_threshold_low=float(aff_threshold_low),
+        aff_threshold_high=float(aff_threshold_high), work_dir=str(work),
+    )  # fmt: skip
+    tasks = make_tasks(shape, bs, ctx, voxel_size_nm=voxel_size_nm, offset_nm=offset_nm)
+    result = BlockwiseResult(n_blocks=len(tasks), n_fragments=0, n_edges=0)
+    common = {"n_workers": n_workers, "executor": executor, "max_retries": max_retries}
+
+    def phase(name: str, process: Any, check: Any) -> dict[int, dict[str, Any]]:
+        t0 = time.perf_counter()
+        tick = progress(name, len(tasks)) if progress else None
+        rep = run_blocks(
+            tasks, process, check=check, name=f"blockwise agglomeration ({name})",
+            on_block=(lambda t, s: tick()) if tick else None, **common,  # type: ignore[arg-type]
+        )  # fmt: skip
+        result.seconds[name] = round(time.perf_counter() - t0, 3)
+        result.skipped_blocks[name] = len(rep.skipped)
+        return rep.info
+
+    if own:
+        info = phase(
+            "fragments",
+            functools.partial(_fragments_block, job),
+            functools.partial(_fragments_check, job),
+        )
+        result.n_fragments = sum(int(i.get("n_fragments", 0)) for i in info.values())
+    info = phase(
+        "edges", functools.partial(_edges_block, job), functools.partial(_edges_check, job)
+    )
+    edge_fps = [info[t.block_id]["fingerprint"] for t in tasks]
+
+    # global step, cached by the fingerprint of every block's edges and the merge options
+    t0 = time.perf_counter()
+    graph_fp = Fingerprint(FORMAT_VERSION, "agglomerate", edge_fps, scoring, ths,
+                           discretize_queue).hexdigest()  # fmt: skip
+    graph_path = work / "agglomeration.npz"
+    meta_path = work / "agglomeration.json"
+    cached = False
+    if graph_path.exists() and meta_path.exists():
+        try:
+            meta = json.loads(meta_path.read_text())
+            cached = meta.get("fingerprint") == graph_fp
+        except json.JSONDecodeError:
+            cached = False
+    if cached:
+        result.n_edges = int(meta.get("n_edges", 0))
+        if not own:
+            result.n_fragments = int(meta.get("n_nodes", 0))
+    else:
+        edges = _load_edges(job, tasks)
+        nodes, labels = agglomerate_graph(
+            edges, ths, scoring=scoring, discretize_queue=discretize_queue
+        )
+        result.n_edges = int(edges["u"].size)
+        del edges
+        buf = io.BytesIO()
+        np.savez(buf, nodes=nodes, labels=labels)
+        atomic_write_bytes(graph_path, buf.getvalue())
+        atomic_write_bytes(meta_path, json.dumps({
+            "fingerprint": graph_fp, "n_edges": result.n_edges, "n_nodes": int(nodes.size),
+            "scoring": scoring, "thresholds": ths,
+        }).encode())  # fmt: skip
+        if not own:
+            result.n_fragments = int(nodes.size)
+        del nodes, labels
+    result.seconds["agglomerate"] = round(time.perf_counter() - t0, 3)
+    result.skipped_blocks["agglomerate"] = int(cached)
+
+    token = _output_token(out)
+    args = (job, refs["o"], str(graph_path), graph_fp, token)
+    phase(
+        "relabel",
+        functools.partial(_relabel_block, *args),
+        functools.partial(_relabel_check, *args),
+    )
+    return result
