@@ -1,0 +1,292 @@
+"""Stage classes of syntk_calcium (loader, detector, ROI extractors, overlay writer). No torch.
+
+Summary images travel between stages as volumes ``(C, 1, H, W)`` float32 (channels first, z = 1);
+``pixel_size_nm`` places them (nominal: neurofinder does not state a pixel size).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import Field
+
+from synapse_toolkit import __version__
+from synapse_toolkit.artifacts import atomic_write_text
+from synapse_toolkit.data import Regions, Volume
+from synapse_toolkit.errors import DataError
+from synapse_toolkit.stages import Detector, Loader, Port, Stage, StageOptions
+from syntk_calcium.io import PROJECTIONS, open_source, summary_images
+from syntk_calcium.preprocess import clip_standardise
+
+DEFAULT_MODEL = "calcium/neurofinder_cnn"
+#: Region extraction defaults: the thresholds chosen on validation data for the shipped model
+#: (``models/README.md``); other models carry theirs in their ONNX metadata.
+REGION_DEFAULTS = {"threshold": 0.5, "core_threshold": 0.5, "min_size": 20}
+
+
+def _resolve_model(stage: str, name: str, path: Path | None, sha256: str | None) -> Path:
+    """A registry model by name (verified by the registry), or a file checked against ``sha256``
+    or its ``.sha256`` sidecar."""
+    if path is None:
+        from synapse_toolkit.datasets import model_path
+
+        return model_path(name)
+    from synapse_toolkit.nn.export import sha256_of
+
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"stage {stage}: model file {p} not found")
+    side = p.with_suffix(".sha256")
+    expected = sha256 or (side.read_text().split()[0] if side.exists() else None)
+    if expected is not None and sha256_of(p) != expected.lower():
+        raise DataError(f"stage {stage}: {p} does not match its sha256 {expected}")
+    return p
+
+
+def _run_file(stage: Stage, filename: str) -> Path:
+    """``filename`` inside the run directory (a plain name; never the pipeline input)."""
+    if Path(filename).is_absolute() or ".." in Path(filename).parts:
+        raise DataError(f"stage {stage.context.stage_name}: options.filename must be a plain "
+                        "name inside the run directory")  # fmt: skip
+    target = (stage.context.run_dir or Path.cwd()) / filename
+    inp = stage.context.input_path
+    if inp is not None and target.resolve() == Path(inp).resolve():
+        raise DataError(f"{target}: refusing to overwrite the pipeline input")
+    return target
+
+
+def _summary_volume(data: np.ndarray, pixel_size_nm: float, name: str) -> Volume:
+    return Volume(
+        np.ascontiguousarray(data[:, None], dtype=np.float32),
+        (pixel_size_nm, pixel_size_nm, pixel_size_nm),
+        name=name,
+    )
+
+
+def _image(vol: Any, stage: str, port: str, channel: int = 0) -> np.ndarray:
+    if not isinstance(vol, Volume) or vol.num_channels is None or vol.spatial_shape[0] != 1:
+        shape = vol.shape if isinstance(vol, Volume) else type(vol).__name__
+        raise DataError(f"stage {stage}: {port} must be a (C, 1, H, W) summary volume, got {shape}")
+    if channel >= vol.shape[0]:
+        raise DataError(f"stage {stage}: {port} has {vol.shape[0]} channels, no channel {channel}")
+    return np.asarray(vol.data[channel, 0], dtype=np.float32)
+
+
+class CalciumLoader(Loader):
+    """A calcium movie or summary image, projected frame by frame (never loaded whole).
+
+    Input (``context.input_path`` or ``options.path``): a neurofinder folder
+    (``images/*.tiff``, ``regions/regions.json``), a multi-frame TIFF, a ``.npy`` movie, or a 2D
+    ``.npy``/``.tif`` summary image. Outputs ``summary`` (C, 1, H, W) float32 with the requested
+    projections as channels, and ``truth`` regions when the source has them (or ``regions``
+    names a file).
+    """
+
+    name: ClassVar[str] = "calcium"
+    version: ClassVar[str] = __version__
+    description: ClassVar[str] = "calcium movie / summary image, streaming projections"
+    outputs: ClassVar[Mapping[str, Port]] = {
+        "summary": Port("volume", "(C, 1, H, W) float32 projections (mean first)"),
+        "truth": Port("regions", "ground-truth ROIs, when known", required=False),
+    }
+
+    class Options(StageOptions):
+        path: str | None = Field(None, description="Input path; default: the pipeline input.")
+        regions: str | None = Field(
+            None, description="Truth regions JSON (default: regions/regions.json of a folder)."
+        )
+        projections: list[Literal["mean", "std", "max"]] = Field(
+            default_factory=lambda: ["mean"], description=f"Channels, from {PROJECTIONS}."
+        )
+        max_frames: int | None = Field(None, gt=0, description="Use only the first frames.")
+        chunk_frames: int = Field(16, gt=0, description="Frames read per step.")
+        pixel_size_nm: float = Field(1000.0, gt=0, description="Nominal pixel size (nm).")
+
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        opts: CalciumLoader.Options = self.options  # type: ignore[assignment]
+        source = opts.path or self.context.input_path
+        if source is None:
+            raise DataError(f"stage {self.context.stage_name}: no input (set options.path)")
+        src = open_source(source, opts.regions)
+        self.context.logger.info(
+            "calcium: %s %s, %d frames of %s px", src.kind, src.path, src.n_frames, src.shape
+        )
+        img = summary_images(src, opts.projections, chunk=opts.chunk_frames,
+                             max_frames=opts.max_frames)  # fmt: skip
+        out: dict[str, Any] = {"summary": _summary_volume(img, opts.pixel_size_nm, "summary")}
+        truth = src.truth()
+        if truth is not None:
+            out["truth"] = truth
+        return out
+
+
+class NeurofinderCnnDetector(Detector):
+    """ROI probabilities from a summary image with the exported CNN (ONNX Runtime).
+
+    Preprocessing as the seed: the mean image clipped at mean + 3 SD and standardised (over the
+    whole image); then the fully convolutional model runs tile by tile
+    (:func:`~synapse_toolkit.inference.tiled.predict_tiled`, mirrored borders), so any image size
+    works. Output ``probability`` (2, 1, H, W): ROI mask and ROI core probabilities.
+    """
+
+    name: ClassVar[str] = "neurofinder-cnn"
+    version: ClassVar[str] = __version__
+    description: ClassVar[str] = "neurofinder CNN (ONNX): ROI mask + core probabilities"
+    inputs: ClassVar[Mapping[str, Port]] = {
+        "raw": Port("volume", "summary image (C, 1, H, W); channel 0 = mean projection"),
+    }
+    outputs: ClassVar[Mapping[str, Port]] = {
+        "probability": Port("volume", "(2, 1, H, W) float32: ROI mask, ROI core"),
+    }
+
+    class Options(StageOptions):
+        model: str = Field(DEFAULT_MODEL, description="Registry model name.")
+        model_path: Path | None = Field(None, description="An ONNX file instead of `model`.")
+        sha256: str | None = Field(None, description="Expected sha256 of `model_path`.")
+        clip_sd: float = Field(3.0, gt=0, description="Clip above mean + clip_sd x SD.")
+        overlap: int = Field(32, ge=0, description="Tile overlap (px).")
+        providers: list[str] | None = Field(None, description="ONNX Runtime providers to force.")
+
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        from synapse_toolkit.inference.tiled import predict_tiled
+        from synapse_toolkit.onnx_runtime import create_session, model_metadata, predictor
+
+        opts: NeurofinderCnnDetector.Options = self.options  # type: ignore[assignment]
+        raw: Volume = inputs["raw"]
+        image = clip_standardise(_image(raw, self.context.stage_name, "raw"), opts.clip_sd)
+        path = _resolve_model(self.context.stage_name, opts.model, opts.model_path, opts.sha256)
+        session = create_session(path, providers=opts.providers,
+                                 num_threads=self.context.n_threads)  # fmt: skip
+        meta = model_metadata(session)
+        in_shape = tuple(int(s) for s in meta["input_shape"])
+        out_shape = tuple(int(s) for s in meta["output_shape"])
+        prob = np.zeros((int(meta["out_channels"]), 1, *image.shape), np.float32)
+        predict = predictor(session)
+        predict_tiled(
+            lambda x: 1.0 / (1.0 + np.exp(-predict(x))), image[None], prob, in_shape, out_shape,
+            overlap=(0, opts.overlap, opts.overlap), preprocess=lambda x: x.astype(np.float32),
+        )  # fmt: skip
+        out = self.context.create_volume("probability", prob.shape, np.float32, like=raw)
+        out.data[...] = prob
+        return {"probability": out}
+
+
+class RoiExtractor(Stage):
+    """Base of the stages that turn maps or images into ``regions``."""
+
+    kind: ClassVar[str] = "roi-extractor"
+
+    def _write_json(self, regions: Regions, filename: str | None) -> None:
+        if not filename:
+            return
+        atomic_write_text(_run_file(self, filename), json.dumps(regions.to_neurofinder()))
+
+
+class ThresholdRegions(RoiExtractor):
+    """Threshold, seeded watershed (split touching cells), size filter → neurofinder ROIs.
+
+    Writes the regions as neurofinder JSON (``filename``) into the run directory too.
+    """
+
+    name: ClassVar[str] = "threshold-regions"
+    version: ClassVar[str] = __version__
+    description: ClassVar[str] = "probability map -> connected, split, size-filtered ROIs"
+    inputs: ClassVar[Mapping[str, Port]] = {
+        "probability": Port("volume", "(C, 1, H, W): channel 0 ROI mask, channel 1 ROI core"),
+    }
+    outputs: ClassVar[Mapping[str, Port]] = {"regions": Port("regions", "neurofinder ROIs")}
+
+    class Options(StageOptions):
+        threshold: float = Field(REGION_DEFAULTS["threshold"], gt=0, lt=1)
+        core_threshold: float = Field(REGION_DEFAULTS["core_threshold"], gt=0, lt=1)
+        min_size: int = Field(int(REGION_DEFAULTS["min_size"]), ge=1, description="px")
+        max_size: int = Field(1000, ge=1, description="px")
+        use_core: bool = Field(True, description="Split with the core channel when present.")
+        keep_unseeded: bool = Field(True, description="Keep ROI blobs without a core seed.")
+        filename: str | None = Field("regions.json", description="JSON in the run directory.")
+
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        from syntk_calcium.regions import extract_regions
+
+        opts: ThresholdRegions.Options = self.options  # type: ignore[assignment]
+        vol = inputs["probability"]
+        mask = _image(vol, self.context.stage_name, "probability", 0)
+        core = None
+        if opts.use_core and vol.shape[0] > 1:
+            core = _image(vol, self.context.stage_name, "probability", 1)
+        regions = extract_regions(
+            mask, core, threshold=opts.threshold, core_threshold=opts.core_threshold,
+            min_size=opts.min_size, max_size=opts.max_size, keep_unseeded=opts.keep_unseeded,
+        )  # fmt: skip
+        self._write_json(regions, opts.filename)
+        return {"regions": regions}
+
+
+class LocalMaximaRegions(RoiExtractor):
+    """The classical bar: local maxima of a difference of Gaussians of the standardised mean
+    image, a disc around each."""
+
+    name: ClassVar[str] = "local-maxima"
+    version: ClassVar[str] = __version__
+    description: ClassVar[str] = "classical baseline: DoG local maxima on the mean image"
+    inputs: ClassVar[Mapping[str, Port]] = {
+        "raw": Port("volume", "summary image (C, 1, H, W); channel 0 = mean projection"),
+    }
+    outputs: ClassVar[Mapping[str, Port]] = {"regions": Port("regions", "disc ROIs")}
+
+    class Options(StageOptions):
+        sigma: float = Field(1.5, gt=0, description="Smoothing (px).")
+        background_sigma: float = Field(8.0, gt=0, description="Background scale (px).")
+        threshold: float = Field(0.5, description="DoG threshold (standardised units).")
+        min_distance: int = Field(4, ge=1, description="px between maxima.")
+        radius: float = Field(4.0, gt=0, description="Disc radius (px).")
+        clip_sd: float = Field(3.0, gt=0)
+        filename: str | None = Field(None, description="JSON in the run directory.")
+
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        from syntk_calcium.regions import local_maxima_regions
+
+        opts: LocalMaximaRegions.Options = self.options  # type: ignore[assignment]
+        img = clip_standardise(_image(inputs["raw"], self.context.stage_name, "raw"), opts.clip_sd)
+        regions = local_maxima_regions(
+            img, sigma=opts.sigma, background_sigma=opts.background_sigma,
+            threshold=opts.threshold, min_distance=opts.min_distance, radius=opts.radius,
+        )  # fmt: skip
+        self._write_json(regions, opts.filename)
+        return {"regions": regions}
+
+
+class RoiOverlayWriter(Stage):
+    """A PNG of the ROIs outlined on the mean image: found (green), missed (red, truth not
+    matched) and false (yellow, predictions not matched); all predictions in green without
+    truth."""
+
+    kind: ClassVar[str] = "writer"
+    name: ClassVar[str] = "roi-overlay"
+    version: ClassVar[str] = __version__
+    description: ClassVar[str] = "PNG of ROI outlines on the mean image"
+    inputs: ClassVar[Mapping[str, Port]] = {
+        "raw": Port("volume", "summary image (C, 1, H, W)"),
+        "prediction": Port("regions", "detected ROIs"),
+        "truth": Port("regions", "ground-truth ROIs", required=False),
+    }
+    outputs: ClassVar[Mapping[str, Port]] = {}
+
+    class Options(StageOptions):
+        filename: str = Field("rois.png", description="PNG in the run directory.")
+        threshold_px: float = Field(5.0, gt=0, description="Matching distance (as the scorer).")
+        scale: int = Field(2, ge=1, le=8, description="Pixel magnification.")
+
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        from syntk_calcium.overlay import overlay_png
+
+        opts: RoiOverlayWriter.Options = self.options  # type: ignore[assignment]
+        img = _image(inputs["raw"], self.context.stage_name, "raw")
+        target = _run_file(self, opts.filename)
+        overlay_png(target, img, inputs["prediction"], inputs.get("truth"),
+                    threshold_px=opts.threshold_px, scale=opts.scale)  # fmt: skip
+        return {}

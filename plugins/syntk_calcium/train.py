@@ -1,0 +1,288 @@
+"""Train the neurofinder ROI detector and export it to ONNX (needs torch: ``.[train]``).
+
+Data (the real field of view is split so that no truth of the held-out part is ever used):
+
+- real: the full-view mean image of the neurofinder crop folder with its left-half regions
+  (regions lying entirely in columns < 256). Training rows ``[0, 200)``, validation rows
+  ``[200, 256)``, **held out** rows ``[256, 512)`` (never read here); columns ``[0, 240)`` are
+  scored / trained (cells crossing column 256 have no truth, so the last 16 columns are masked);
+- phantom: calcium phantom movies (``synapse_toolkit.phantom.calcium``), mean projections of
+  192x192 movies with 90 cells and 150-600 frames; training seeds 5001-5012, validation 5101-5103.
+
+Every image gets the seed's preprocessing (:func:`~syntk_calcium.preprocess.clip_standardise` of
+the whole image). Batches are half real tiles, half phantom tiles, with random flips and
+90-degree rotations, a random gain/offset and added noise; loss: class-balanced BCE on the ROI
+mask and the ROI core. Every ``--eval-every`` iterations the region thresholds are searched on the
+validation images; the checkpoint and thresholds with the best validation combined score (mean of
+the real and the phantom validation scores) are kept and exported.
+
+    python -m syntk_calcium.train --out runs/neurofinder-cnn \
+        --export plugins/syntk_calcium/models/neurofinder_cnn.onnx
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from synapse_toolkit.data import Regions
+from synapse_toolkit.metrics.neurofinder import score_neurofinder
+from syntk_calcium.preprocess import clip_standardise, region_masks
+from syntk_calcium.regions import extract_regions, regions_in_window
+
+DATA = Path("/work/shared/data/calcium/neurofinder-crop")
+CONTEXT = 20
+TILE_IN = 132
+TRAIN_ROWS, VAL_ROWS, TEST_ROWS = (0, 200), (200, 256), (256, 512)
+LABELLED_COLS = (0, 240)
+PHANTOM_TRAIN = tuple(range(5001, 5013))
+PHANTOM_VAL = (5101, 5102, 5103)
+GRID = {
+    "threshold": (0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
+    "core_threshold": (0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
+    "min_size": (10, 20, 30, 40),
+}
+
+
+def phantom_mean(seed: int, cache: Path) -> tuple[np.ndarray, Regions]:
+    """Mean projection (192x192) and regions of phantom ``seed`` (cached as .npz/.json)."""
+    from synapse_toolkit.phantom.calcium import generate_calcium
+
+    f = cache / f"phantom_{seed}.npz"
+    if f.exists():
+        d = np.load(f)
+        return d["mean"], Regions.from_neurofinder(json.loads(str(d["regions"])))
+    frames = int(np.random.default_rng(seed).choice([150, 300, 600]))
+    ph = generate_calcium(seed=seed, shape=(192, 192), n_cells=90, frames=frames)
+    mean = ph.movie.astype(np.float64).mean(axis=0).astype(np.float32)
+    cache.mkdir(parents=True, exist_ok=True)
+    np.savez(f, mean=mean, regions=json.dumps(ph.regions.to_neurofinder()))
+    return mean, ph.regions
+
+
+def real_data(data_dir: Path) -> tuple[np.ndarray, Regions]:
+    from syntk_calcium.io import load_regions_file
+
+    mean = np.load(data_dir / "mean_fullfov_512x512_float32.npy")
+    return mean, load_regions_file(data_dir / "regions_fullfov_left_half.json")
+
+
+class Sample:
+    """A preprocessed image, its targets and its loss mask, padded by the network context."""
+
+    def __init__(self, image: np.ndarray, regions: Regions, loss_mask: np.ndarray) -> None:
+        x = clip_standardise(image)
+        mask, core = region_masks(regions, x.shape)
+        pad = ((CONTEXT, CONTEXT), (CONTEXT, CONTEXT))
+        self.x = np.pad(x, pad, mode="reflect")
+        self.y = np.stack([np.pad(mask, pad), np.pad(core, pad)]).astype(np.float32)
+        self.m = np.pad(loss_mask.astype(np.float32), pad)
+
+    def crop(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        h, w = self.x.shape
+        y0 = int(rng.integers(0, h - TILE_IN + 1))
+        x0 = int(rng.integers(0, w - TILE_IN + 1))
+        o = TILE_IN - 2 * CONTEXT
+        xs = self.x[y0 : y0 + TILE_IN, x0 : x0 + TILE_IN]
+        ys = self.y[:, y0 + CONTEXT : y0 + CONTEXT + o, x0 + CONTEXT : x0 + CONTEXT + o]
+        ms = self.m[y0 + CONTEXT : y0 + CONTEXT + o, x0 + CONTEXT : x0 + CONTEXT + o]
+        return xs, ys, ms
+
+
+def augment(
+    x: np.ndarray, y: np.ndarray, m: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    k = int(rng.integers(4))
+    x, y, m = np.rot90(x, k), np.rot90(y, k, axes=(1, 2)), np.rot90(m, k)
+    if rng.random() < 0.5:
+        x, y, m = x[:, ::-1], y[:, :, ::-1], m[:, ::-1]
+    x = x * rng.uniform(0.8, 1.25) + rng.normal(0, 0.15)
+    x = x + rng.normal(0, rng.uniform(0, 0.25), x.shape)
+    return (np.ascontiguousarray(x, np.float32), np.ascontiguousarray(y),
+            np.ascontiguousarray(m))  # fmt: skip
+
+
+def predict_full(net: Any, image: np.ndarray) -> np.ndarray:
+    """Torch prediction (2, H, W) probabilities of a whole preprocessed image (reflect-padded by
+    the context, and to a multiple of 4)."""
+    import torch
+
+    h, w = image.shape
+    ph, pw = (-(h + 2 * CONTEXT)) % 4, (-(w + 2 * CONTEXT)) % 4
+    x = np.pad(image, ((CONTEXT, CONTEXT + ph), (CONTEXT, CONTEXT + pw)), mode="reflect")
+    with torch.no_grad():
+        out = torch.sigmoid(net(torch.from_numpy(x[None, None, None].copy())))[0, :, 0].numpy()
+    return out[:, :h, :w]
+
+
+def _val_sets(data_dir: Path, cache: Path) -> list[tuple[str, np.ndarray, Regions, tuple, tuple]]:
+    """(name, preprocessed image, truth, rows, cols) for validation scoring."""
+    mean, regions = real_data(data_dir)
+    out = [("real", clip_standardise(mean), regions, VAL_ROWS, LABELLED_COLS)]
+    for s in PHANTOM_VAL:
+        m, r = phantom_mean(s, cache)
+        out.append((f"phantom{s}", clip_standardise(m), r, (0, m.shape[0]), (0, m.shape[1])))
+    return out
+
+
+def search_thresholds(
+    maps: list[np.ndarray], val: list[tuple], grid: dict[str, tuple] = GRID
+) -> tuple[dict[str, Any], float, dict[str, float]]:
+    """Best region parameters by mean(real combined, mean phantom combined) on validation."""
+    best: tuple[float, dict[str, Any], dict[str, float]] = (-1.0, {}, {})
+    keys = list(grid)
+    for values in itertools.product(*(grid[k] for k in keys)):
+        params = dict(zip(keys, values, strict=True))
+        per: dict[str, float] = {}
+        for prob, (name, _img, truth, rows, cols) in zip(maps, val, strict=True):
+            pred = extract_regions(prob[0], prob[1], **params)
+            s = score_neurofinder(
+                regions_in_window(truth, rows, cols), regions_in_window(pred, rows, cols)
+            )
+            per[name] = s.combined
+        phantom = float(np.mean([v for k, v in per.items() if k != "real"]))
+        score = 0.5 * (per["real"] + phantom)
+        if score > best[0]:
+            best = (score, params, {"real": per["real"], "phantom": phantom})
+    return best[1], best[0], best[2]
+
+
+def train(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from syntk_calcium.net import RoiNet
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = out / "phantoms"
+    log = open(out / "train.log", "a", buffering=1)  # noqa: SIM115
+
+    def say(msg: str) -> None:
+        print(msg, flush=True)
+        log.write(msg + "\n")
+
+    t0 = time.time()
+    mean, regions = real_data(Path(args.data))
+    # the left half's training rows only: validation / held-out truth and the right half's pixels
+    # never reach the network during training
+    train_part = mean[: TRAIN_ROWS[1], :256]
+    lm = np.zeros(train_part.shape, bool)
+    lm[:, LABELLED_COLS[0] : LABELLED_COLS[1]] = True
+    train_regions = regions_in_window(regions, TRAIN_ROWS, (0, 256))
+    # the preprocessing statistics come from the whole image, as at inference
+    full = clip_standardise(mean)
+    real = Sample(train_part, train_regions, lm)
+    real.x = np.pad(full[: TRAIN_ROWS[1], :256], CONTEXT, mode="reflect")
+    phantoms = []
+    for s in PHANTOM_TRAIN:
+        m, r = phantom_mean(s, cache)
+        phantoms.append(Sample(m, r, np.ones(m.shape, bool)))
+    val = _val_sets(Path(args.data), cache)
+    say(
+        f"data ready in {time.time() - t0:.0f} s: real train {train_part.shape} "
+        f"({len(train_regions)} ROIs), {len(phantoms)} phantoms, {len(val)} validation sets"
+    )
+    ys = np.concatenate([(s.y * s.m[None]).reshape(2, -1) for s in [real, *phantoms]], axis=1)
+    ms = np.concatenate([s.m.reshape(-1) for s in [real, *phantoms]])
+    pos_frac = ys.sum(axis=1) / ms.sum()
+    pos_weight = torch.tensor(np.minimum((1 - pos_frac) / pos_frac, 20.0), dtype=torch.float32)
+    say(f"positive fractions {pos_frac.round(4).tolist()}, pos_weight {pos_weight.tolist()}")
+
+    net = RoiNet(in_channels=1, width=args.width)
+    opt = torch.optim.Adam(net.parameters(), lr=args.lr)
+    best: dict[str, Any] = {"score": -1.0}
+    it = 0
+    for it in range(1, args.iterations + 1):
+        xb, yb, mb = [], [], []
+        for b in range(args.batch):
+            src = real if b % 2 == 0 else phantoms[int(rng.integers(len(phantoms)))]
+            x, y, m = augment(*src.crop(rng), rng)
+            xb.append(x)
+            yb.append(y)
+            mb.append(m)
+        x = torch.from_numpy(np.stack(xb)[:, None, None])
+        y = torch.from_numpy(np.stack(yb))
+        m = torch.from_numpy(np.stack(mb))[:, None]
+        net.train()
+        logits = net(x)[:, :, 0]
+        loss_map = torch.nn.functional.binary_cross_entropy_with_logits(
+            logits, y, pos_weight=pos_weight[None, :, None, None], reduction="none"
+        )
+        loss = (loss_map * m).sum() / (m.sum() * 2 + 1e-6)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if it % 50 == 0:
+            say(f"it {it} loss {loss.item():.4f} elapsed {time.time() - t0:.0f} s")
+        done = it == args.iterations or time.time() - t0 > args.time_limit
+        if it % args.eval_every == 0 or done:
+            net.eval()
+            maps = [predict_full(net, img) for _n, img, *_ in val]
+            params, score, parts = search_thresholds(maps, val)
+            say(f"it {it} validation combined {score:.3f} (real {parts['real']:.3f}, "
+                f"phantom {parts['phantom']:.3f}) at {params}")  # fmt: skip
+            if score > best["score"]:
+                best = {"score": score, "iteration": it, "params": params, "parts": parts}
+                torch.save(
+                    {"state_dict": net.state_dict(), "config": net.hparams, "iteration": it,
+                     "region_params": params, "validation": {"combined": score, **parts}},
+                    out / "best.pt",
+                )  # fmt: skip
+                say(f"  new best at iteration {it}")
+        if done:
+            break
+    say(f"finished at iteration {it} after {time.time() - t0:.0f} s; best {best}")
+    log.close()
+    return best
+
+
+def export(checkpoint: Path, onnx_path: Path, tile: int = 256) -> dict[str, Any]:
+    """Export ``best.pt`` as ONNX (tile (1, 1, 1, tile, tile) -> (1, 2, 1, tile-40, tile-40))."""
+    import torch
+
+    from synapse_toolkit.nn.export import export_model
+    from syntk_calcium.net import RoiNet
+
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    net = RoiNet(**ckpt["config"])
+    net.load_state_dict(ckpt["state_dict"])
+    meta = {"context_px": CONTEXT, "iteration": int(ckpt["iteration"]),
+            "region_params": ckpt["region_params"], "outputs": ["roi_mask", "roi_core"],
+            "preprocessing": "clip at mean + 3 SD, standardise (whole image)",
+            "validation": ckpt["validation"]}  # fmt: skip
+    info = export_model(net, (1, tile, tile), onnx_path, metadata=meta)
+    onnx_path.with_suffix(".sha256").write_text(f"{info['sha256']}  {onnx_path.name}\n")
+    return info
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", default=str(DATA), help="the neurofinder-crop folder")
+    ap.add_argument("--out", default="runs/neurofinder-cnn")
+    ap.add_argument("--iterations", type=int, default=3000)
+    ap.add_argument("--time-limit", type=float, default=2400.0, help="seconds")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--eval-every", type=int, default=250)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--export", default=None, help="write the best checkpoint as this ONNX file")
+    args = ap.parse_args(argv)
+    train(args)
+    if args.export:
+        info = export(Path(args.out) / "best.pt", Path(args.export))
+        print(json.dumps({k: info[k] for k in ("path", "sha256", "bytes", "max_abs_diff")}))
+
+
+if __name__ == "__main__":
+    main()
