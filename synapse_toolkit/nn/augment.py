@@ -38,6 +38,9 @@ class AugmentConfig:
     noise_std: float = 0.0  # additive Gaussian noise
     blur_prob: float = 0.0  # per crop: Gaussian blur (defocus) ...
     blur_sigma: float = 1.0  # ... with sigma ~ U(0, blur_sigma) voxels on every axis
+    blur_in_plane: bool = False  # ... or on y and x only (serial sections: each one blurred)
+    #: per section: raw * U(1-s, 1+s) + U(-s, s) on its own (sections differ in brightness)
+    section_intensity: float = 0.0
 
 
 def _coordinates(
@@ -118,11 +121,19 @@ def sample_augmented(
         if shape[perm[0]] == shape[0] and shape[perm[1]] == shape[1] and shape[perm[2]] == shape[2]:
             r, lab = np.transpose(r, perm), np.transpose(lab, perm)
     if cfg.blur_prob and rng.random() < cfg.blur_prob:
-        r = ndimage.gaussian_filter(r, rng.uniform(0, cfg.blur_sigma), mode="reflect")
+        sigma = rng.uniform(0, cfg.blur_sigma)
+        r = ndimage.gaussian_filter(
+            r, (0.0, sigma, sigma) if cfg.blur_in_plane else sigma, mode="reflect"
+        )
     if cfg.intensity_scale or cfg.intensity_shift:
         r = r * rng.uniform(1 - cfg.intensity_scale, 1 + cfg.intensity_scale) + rng.uniform(
             -cfg.intensity_shift, cfg.intensity_shift
         )
+    if cfg.section_intensity:
+        s = cfg.section_intensity
+        n = r.shape[0]
+        scale = rng.uniform(1 - s, 1 + s, size=n).astype(np.float32)
+        r = r * scale[:, None, None] + rng.uniform(-s, s, size=n).astype(np.float32)[:, None, None]
     if cfg.gamma:
         r = np.clip(r, 0, None) ** np.exp(rng.uniform(-cfg.gamma, cfg.gamma))
     if cfg.noise_std:

@@ -87,6 +87,10 @@ class TrainingSpec(_Strict):
         default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
     )
     validation_scoring: str = "quantile50"
+    #: "volume": VOI/ARAND of the 3D segmentation; "sections": mean over z-sections of the 2D
+    #: scores (segmentation split into 2D pieces, truth = 2D components of the labelled cells;
+    #: :mod:`synapse_toolkit.metrics.sections`), for serial-section data scored in 2D
+    validation_metric: Literal["volume", "sections"] = "volume"
     log_every: int = 10
 
 
@@ -96,6 +100,9 @@ class TrainConfig(_Strict):
     target: TargetSpec = Field(default_factory=TargetSpec)
     augment: dict[str, Any] = Field(default_factory=dict)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
+    #: what the model is for, copied into the exported model's metadata: e.g. modality
+    #: ("ssTEM", "FIB-SEM", "phantom"), voxel_size_nm (z, y, x), training_data ("real"/"synthetic")
+    domain: dict[str, Any] = Field(default_factory=dict)
 
 
 def load_config(path: str | Path) -> TrainConfig:
@@ -225,6 +232,26 @@ class CropSampler:
         return sample_augmented(raw, lab, start, self.input_shape, self.augment, self.rng)
 
 
+def section_sweep(
+    affinities: np.ndarray, labels: np.ndarray, t_cfg: TrainingSpec
+) -> list[dict[str, float]]:
+    """Per threshold, the mean 2D section scores of the waterz segmentation (cells: labels != 0)."""
+    from synapse_toolkit.inference.agglomeration import agglomerate
+    from synapse_toolkit.metrics.sections import score_sections
+
+    rows: list[dict[str, float]] = []
+
+    def score(th: float, seg: np.ndarray) -> None:
+        s = score_sections(seg, labels)
+        rows.append({"threshold": th, **{k: v for k, v in s.items() if k != "sections"}})
+
+    agglomerate(
+        affinities, t_cfg.validation_thresholds, scoring=t_cfg.validation_scoring,
+        on_segmentation=score,
+    )  # fmt: skip
+    return rows
+
+
 # -- loop ---------------------------------------------------------------------------------------
 def _atomic_torch_save(obj: Any, path: Path) -> None:
     import torch
@@ -309,6 +336,9 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
             for raw, lab in validation:
                 out = np.zeros((len(offsets), *raw.shape), np.float32)
                 predict_tiled(predict, raw, out, input_shape, output_shape, overlap=(4, 8, 8))
+                if t_cfg.validation_metric == "sections":
+                    rows_all.append(section_sweep(out[:3], lab, t_cfg))
+                    continue
                 rows_all.append(
                     sweep(
                         out[:3], lab, t_cfg.validation_thresholds, scoring=t_cfg.validation_scoring

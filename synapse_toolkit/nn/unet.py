@@ -32,6 +32,9 @@ class UNetConfig:
     fmap_inc_factor: int = 3
     downsample_factors: tuple[Triple, ...] = ((1, 3, 3), (1, 3, 3), (1, 3, 3))
     kernel_size: Triple = (3, 3, 3)
+    #: per-level kernels (level 0 = full resolution … bottom), e.g. ``(1, 3, 3)`` at the fine
+    #: levels of an anisotropic net; ``None``: ``kernel_size`` everywhere
+    level_kernel_sizes: tuple[Triple, ...] | None = None
     num_convs: int = 2
     padding: str = "valid"
     output_activation: str = "sigmoid"
@@ -58,16 +61,37 @@ class UNetConfig:
             tuple(tuple(int(v) for v in f) for f in self.downsample_factors),
         )
         object.__setattr__(self, "kernel_size", tuple(int(v) for v in self.kernel_size))
+        if self.level_kernel_sizes is not None:
+            ks = tuple(tuple(int(v) for v in k) for k in self.level_kernel_sizes)
+            if len(ks) != len(self.downsample_factors) + 1 or any(len(k) != 3 for k in ks):
+                raise ValueError(
+                    f"level_kernel_sizes needs {len(self.downsample_factors) + 1} triples "
+                    f"(one per level), got {self.level_kernel_sizes}"
+                )
+            if any(v % 2 == 0 for k in ks for v in k):
+                raise ValueError(f"level_kernel_sizes must be odd, got {ks}")
+            object.__setattr__(self, "level_kernel_sizes", ks)
         for f in self.downsample_factors:
             if len(f) != 3 or min(f) < 1:
                 raise ValueError(f"downsample factors must be 3 positive ints, got {f}")
         if any(k % 2 == 0 for k in self.kernel_size):
             raise ValueError(f"kernel_size must be odd, got {self.kernel_size}")
 
+    def kernel(self, level: int) -> Triple:
+        """The convolution kernel of ``level`` (0 = full resolution)."""
+        if self.level_kernel_sizes is None:
+            return self.kernel_size
+        k = self.level_kernel_sizes[level]
+        return (k[0], k[1], k[2])
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["downsample_factors"] = [list(f) for f in self.downsample_factors]
         d["kernel_size"] = list(self.kernel_size)
+        if self.level_kernel_sizes is None:
+            del d["level_kernel_sizes"]  # checkpoints of nets without it stay as they were
+        else:
+            d["level_kernel_sizes"] = [list(k) for k in self.level_kernel_sizes]
         return d
 
     @classmethod
@@ -76,6 +100,8 @@ class UNetConfig:
         d["downsample_factors"] = tuple(tuple(f) for f in d.get("downsample_factors", ()))
         if "kernel_size" in d:
             d["kernel_size"] = tuple(d["kernel_size"])
+        if d.get("level_kernel_sizes") is not None:
+            d["level_kernel_sizes"] = tuple(tuple(k) for k in d["level_kernel_sizes"])
         return cls(**d)
 
 
@@ -132,14 +158,14 @@ class UNet3D(nn.Module):
             cin = cfg.in_channels if level == 0 else fmaps[level - 1]
             self.down.append(
                 ConvPass(
-                    cin, fmaps[level], cfg.kernel_size, cfg.num_convs, cfg.padding, cfg.activation
+                    cin, fmaps[level], cfg.kernel(level), cfg.num_convs, cfg.padding, cfg.activation
                 )
             )
             f = cfg.downsample_factors[level]
             self.pools.append(nn.MaxPool3d(f, stride=f))
         bottom_in = cfg.in_channels if n_down == 0 else fmaps[n_down - 1]
         self.bottom = ConvPass(
-            bottom_in, fmaps[n_down], cfg.kernel_size, cfg.num_convs, cfg.padding, cfg.activation
+            bottom_in, fmaps[n_down], cfg.kernel(n_down), cfg.num_convs, cfg.padding, cfg.activation
         )
         self.ups = nn.ModuleList()
         self.up_convs = nn.ModuleList()
@@ -150,7 +176,7 @@ class UNet3D(nn.Module):
                 ConvPass(
                     2 * fmaps[level],
                     fmaps[level],
-                    cfg.kernel_size,
+                    cfg.kernel(level),
                     cfg.num_convs,
                     cfg.padding,
                     cfg.activation,
@@ -182,16 +208,18 @@ class UNet3D(nn.Module):
                 ok &= all(s % fi == 0 for s, fi in zip(shape, f, strict=True))
                 shape = [s // fi for s, fi in zip(shape, f, strict=True)]
             return (int(input_shape[0]), int(input_shape[1]), int(input_shape[2])), ok
-        shrink = [cfg.num_convs * (k - 1) for k in cfg.kernel_size]
+        n_down = len(cfg.downsample_factors)
+        shrinks = [[cfg.num_convs * (k - 1) for k in cfg.kernel(lv)] for lv in range(n_down + 1)]
         shape = [int(s) for s in input_shape]
         ok = True
-        for f in cfg.downsample_factors:
+        for f, shrink in zip(cfg.downsample_factors, shrinks, strict=False):
             shape = [s - r for s, r in zip(shape, shrink, strict=True)]
             ok &= all(s > 0 and s % fi == 0 for s, fi in zip(shape, f, strict=True))
             shape = [s // fi for s, fi in zip(shape, f, strict=True)]
-        shape = [s - r for s, r in zip(shape, shrink, strict=True)]
+        shape = [s - r for s, r in zip(shape, shrinks[n_down], strict=True)]
         ok &= all(s > 0 for s in shape)
-        for f in reversed(cfg.downsample_factors):
+        for lv in reversed(range(n_down)):
+            f, shrink = cfg.downsample_factors[lv], shrinks[lv]
             shape = [s * fi - r for s, fi, r in zip(shape, f, shrink, strict=True)]
         ok &= all(s > 0 for s in shape)
         return (shape[0], shape[1], shape[2]), ok
@@ -231,18 +259,19 @@ class UNet3D(nn.Module):
             for f in cfg.downsample_factors:
                 prod *= f[axis]
             return size % prod == 0
-        r = cfg.num_convs * (cfg.kernel_size[axis] - 1)
+        n_down = len(cfg.downsample_factors)
+        r = [cfg.num_convs * (cfg.kernel(lv)[axis] - 1) for lv in range(n_down + 1)]
         s = size
-        for f in cfg.downsample_factors:
-            s -= r
+        for lv, f in enumerate(cfg.downsample_factors):
+            s -= r[lv]
             if s <= 0 or s % f[axis]:
                 return False
             s //= f[axis]
-        s -= r
+        s -= r[n_down]
         if s <= 0:
             return False
-        for f in reversed(cfg.downsample_factors):
-            s = s * f[axis] - r
+        for lv in reversed(range(n_down)):
+            s = s * cfg.downsample_factors[lv][axis] - r[lv]
         return s > 0
 
     def context(self, input_shape: Sequence[int]) -> Triple:
