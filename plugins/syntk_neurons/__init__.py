@@ -4,6 +4,8 @@
   volumes of any size (:mod:`synapse_toolkit.inference.tiled`), streamed into zarr.
 - ``waterz`` (agglomerator): watershed fragments + waterz agglomeration at a list of thresholds,
   one segmentation per threshold, with threshold selection against ground truth when given.
+- ``blockwise-waterz`` (agglomerator): the same, block by block with bounded memory and per-block
+  resume (:mod:`syntk_neurons.blockwise_stage`).
 - ``hdf5-volumes`` (loader): plain HDF5 files with one dataset per volume (e.g. the gala FIB-SEM
   example data), placed with an explicit voxel size.
 
@@ -14,15 +16,22 @@ Shipped model: ``models/fib_affinities.onnx`` (registry name ``neurons/fib_affin
 from __future__ import annotations
 
 from synapse_toolkit.hookspecs import hookimpl
+from syntk_neurons.blockwise_stage import BlockwiseWaterzAgglomerator
 from syntk_neurons.stages import AffinityDetector, Hdf5VolumesLoader, WaterzAgglomerator
 
-__all__ = ["AffinityDetector", "Hdf5VolumesLoader", "WaterzAgglomerator"]
+__all__ = [
+    "AffinityDetector",
+    "BlockwiseWaterzAgglomerator",
+    "Hdf5VolumesLoader",
+    "WaterzAgglomerator",
+]
 
 
 @hookimpl
 def syntk_register_stages(registry) -> None:  # type: ignore[no-untyped-def]
     registry.add_detector(AffinityDetector)
     registry.add_agglomerator(WaterzAgglomerator)
+    registry.add_agglomerator(BlockwiseWaterzAgglomerator)
     registry.add_loader(Hdf5VolumesLoader)
 
 
