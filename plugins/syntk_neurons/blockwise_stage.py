@@ -1,0 +1,176 @@
+"""``blockwise-waterz``: the ``waterz`` agglomerator with bounded memory, block by block.
+
+Same ports and threshold options as ``waterz``; the work runs in
+:mod:`synapse_toolkit.inference.agglomeration_blockwise` (per-block fragments and edges, one global
+merge of the fragment graph, blockwise relabel). Scoring against truth is blockwise too (the
+project's CREMI scorer streaming blocks, no border mask, ``ignore_label`` left out), so no stage
+step holds a whole volume.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import Field
+
+from synapse_toolkit import __version__
+from synapse_toolkit.data import ScoreRecord, Volume
+from synapse_toolkit.errors import DataError
+from synapse_toolkit.stages import Agglomerator, Port
+from syntk_neurons.stages import WaterzAgglomerator
+
+_IGNORE = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+class _Slab:
+    """A 3D read-only view ``arr[index]`` of a 4D array, read region by region."""
+
+    def __init__(self, arr: Any, index: int) -> None:
+        self.arr, self.index = arr, index
+        self.shape = tuple(arr.shape[1:])
+        self.dtype = np.dtype(arr.dtype)
+        self.ndim = 3
+
+    def __getitem__(self, roi: Any) -> np.ndarray:
+        return np.asarray(self.arr[(self.index, *roi)])
+
+
+class _Ignoring:
+    """Truth read region by region, ``ignore_label`` turned into CREMI's ignore label."""
+
+    def __init__(self, arr: Any, ignore_label: int | None) -> None:
+        self.arr, self.ignore = arr, ignore_label
+        self.shape = tuple(arr.shape)
+        self.dtype = np.dtype(np.uint64)
+        self.ndim = 3
+
+    def __getitem__(self, roi: Any) -> np.ndarray:
+        raw = np.asarray(self.arr[roi])
+        t = raw.astype(np.uint64)
+        if self.ignore is not None:
+            t[raw == self.ignore] = _IGNORE
+        return t
+
+
+class BlockwiseWaterzAgglomerator(Agglomerator):
+    """waterz agglomeration block by block: per-block watershed fragments with global ids, region
+    edges with mergeable statistics (also across block faces), one global hierarchical merge of
+    the fragment graph per threshold (waterz's scoring and queue semantics), blockwise relabel.
+
+    Memory is bounded by the block (read ROI = block + ``context``) plus the fragment graph.
+    Blocks record completion with an input fingerprint under ``work_dir`` (default:
+    ``<run dir>/blockwise/<stage>``), so a rerun after a kill skips finished blocks.
+    """
+
+    name: ClassVar[str] = "blockwise-waterz"
+    version: ClassVar[str] = __version__
+    description: ClassVar[str] = "waterz agglomeration block by block (bounded memory, resumable)"
+    inputs: ClassVar[Mapping[str, Port]] = WaterzAgglomerator.inputs
+    outputs: ClassVar[Mapping[str, Port]] = WaterzAgglomerator.outputs
+
+    class Options(WaterzAgglomerator.Options):
+        block_shape: tuple[int, int, int] | None = Field(
+            None, description="Block shape (z, y, x voxels); default: the run's block_shape."
+        )
+        context: tuple[int, int, int] = Field(
+            (4, 32, 32), description="Voxels read around each block for its watershed (z, y, x)."
+        )
+        n_workers: int = Field(1, ge=1, description="Blocks processed at once.")
+        executor: Literal["processes", "threads"] = Field(
+            "processes",
+            description="Worker kind: waterz holds the GIL, so threads do not run it in parallel.",
+        )
+        max_retries: int = Field(2, ge=0, description="Retries of a failing block.")
+        work_dir: Path | None = Field(
+            None, description="Fragments, edges and done markers (default under the run dir)."
+        )
+        keep_work: bool = Field(False, description="Keep work_dir after success.")
+
+    def _work_dir(self) -> Path:
+        opts: BlockwiseWaterzAgglomerator.Options = self.options  # type: ignore[assignment]
+        if opts.work_dir is not None:
+            return Path(opts.work_dir)
+        base = self.context.run_dir or self.context.scratch_dir
+        return Path(base) / "blockwise" / self.context.stage_name
+
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        from synapse_toolkit.inference.agglomeration import scoring_function
+        from synapse_toolkit.inference.agglomeration_blockwise import agglomerate_blockwise
+        from synapse_toolkit.io.zarr_io import copy_slab
+
+        opts: BlockwiseWaterzAgglomerator.Options = self.options  # type: ignore[assignment]
+        scoring_function(opts.scoring)  # validate early
+        affs_vol: Volume = inputs["affinities"]
+        if affs_vol.num_channels is None or affs_vol.num_channels < 3:
+            raise DataError(
+                f"{self.name}: affinities must be (>=3, z, y, x), got shape {affs_vol.shape}"
+            )
+        spatial = affs_vol.spatial_shape
+        frag = inputs.get("fragments")
+        truth = inputs.get("truth")
+        for port, vol in (("fragments", frag), ("truth", truth)):
+            if vol is not None and tuple(vol.shape) != tuple(spatial):
+                raise DataError(f"{self.name}: {port} shape {vol.shape} != affinities {spatial}")
+        ths = sorted(opts.thresholds)
+        bs = tuple(opts.block_shape or self.context.block_shape)
+        chunks = tuple(min(s, b) for s, b in zip(spatial, bs, strict=True))
+        segs = self.context.create_volume(
+            "segmentations", (len(ths), *spatial), np.uint64, like=affs_vol,
+            chunks=(1, *chunks), dense=True,
+        )  # fmt: skip
+        work = self._work_dir()
+        tasks: dict[str, Any] = {}
+
+        def progress(phase: str, n: int) -> Any:
+            tasks[phase] = self.context.progress(f"blocks ({phase})", n)
+            return tasks[phase].advance
+
+        res = agglomerate_blockwise(
+            affs_vol.data, segs.data, ths, work,
+            fragments=None if frag is None else frag.data, scoring=opts.scoring,
+            aff_threshold_low=opts.aff_threshold_low, aff_threshold_high=opts.aff_threshold_high,
+            discretize_queue=opts.discretize_queue, block_shape=bs, context=opts.context,
+            voxel_size_nm=affs_vol.voxel_size_nm, offset_nm=affs_vol.offset_nm,
+            n_workers=opts.n_workers, executor=opts.executor, max_retries=opts.max_retries,
+            progress=progress, logger=self.context.logger,
+        )  # fmt: skip
+        self.context.record("blockwise", res.to_dict())
+
+        rows: list[dict[str, float]] = []
+        best: dict[str, float] = {}
+        if truth is not None:
+            from synapse_toolkit.metrics.cremi_neurons import score_neuron_ids
+
+            t_arr = _Ignoring(truth.data, opts.ignore_label)
+            for i, th in enumerate(ths):
+                s = score_neuron_ids(
+                    t_arr, _Slab(segs.data, i), block_shape=bs, n_threads=self.context.n_threads
+                )
+                row = {
+                    "threshold": th, "voi_split": s.voi_split, "voi_merge": s.voi_merge,
+                    "voi": s.voi_total, "arand": s.adapted_rand, "cremi_score": s.cremi_score,
+                }  # fmt: skip
+                rows.append(row)
+                if not best or row[opts.select_by] < best[opts.select_by]:
+                    best = row
+        target = opts.threshold if opts.threshold is not None else ths[len(ths) // 2]
+        chosen = best["threshold"] if best else min(ths, key=lambda t: abs(t - target))
+        seg_out = self.context.create_volume(
+            "segmentation", spatial, np.uint64, like=affs_vol, chunks=segs.data.chunks[1:],
+            dense=True,
+        )  # fmt: skip
+        copy_slab(segs.data, ths.index(chosen), seg_out.data)
+        if not opts.keep_work:
+            shutil.rmtree(work, ignore_errors=True)
+        out: dict[str, Any] = {"segmentation": seg_out, "segmentations": segs}
+        if rows:
+            out["scores"] = ScoreRecord(
+                metric="waterz-threshold-sweep",
+                values={f"best_{k}": v for k, v in best.items()},
+                details={"sweep": rows, "scoring": opts.scoring, "select_by": opts.select_by},
+            )
+        return out
