@@ -105,8 +105,9 @@ def load_regions_file(path: str | os.PathLike[str]) -> Regions:
 def open_source(path: str | os.PathLike[str], regions: str | None = None) -> CalciumSource:
     """Open a neurofinder folder, a TIFF or .npy movie, or a 2D summary image (header only).
 
-    ``regions`` names a truth JSON file explicitly (default: ``regions/regions.json`` inside a
-    neurofinder folder).
+    ``regions`` names a truth JSON file explicitly (relative paths: from the working directory,
+    else beside the input); by default truth is ``regions/regions.json`` inside a neurofinder
+    folder, or ``<stem>.regions.json`` beside a movie or summary file.
     """
     p = Path(path)
     if not p.exists():
@@ -162,6 +163,9 @@ def open_source(path: str | os.PathLike[str], regions: str | None = None) -> Cal
         raise DataError(
             f"{p}: not a neurofinder folder, a .tif/.tiff movie or a .npy movie/summary image"
         )
+    beside = p.with_name(f"{p.stem}.regions.json")
+    if src.regions_path is None and p.is_file() and beside.exists():
+        src.regions_path = beside
     if regions is not None:
         rp = Path(regions)
         if not rp.is_absolute() and not rp.exists():

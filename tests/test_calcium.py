@@ -1,0 +1,232 @@
+"""syntk_calcium: loader (streaming projections), preprocessing numbers, region extraction, the
+local-maxima baseline, the ROI overlay PNG, and the neurofinder example end to end on a phantom."""
+
+from __future__ import annotations
+
+import json
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from typer.testing import CliRunner
+
+from synapse_toolkit.cli.main import app
+from synapse_toolkit.data import Regions
+from synapse_toolkit.errors import DataError
+from synapse_toolkit.metrics.neurofinder import load_regions, score_neurofinder
+from synapse_toolkit.phantom.calcium import generate_calcium, write_calcium
+from syntk_calcium.io import open_source, summary_images
+from syntk_calcium.overlay import overlay_rgb, png_bytes
+from syntk_calcium.preprocess import clip_standardise, region_masks
+from syntk_calcium.regions import (
+    disc_regions,
+    extract_regions,
+    labels_to_regions,
+    local_maxima_regions,
+    regions_in_window,
+)
+
+from .conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def movie() -> np.ndarray:
+    rng = np.random.default_rng(3)
+    return rng.integers(0, 4000, (37, 19, 23)).astype(np.uint16)
+
+
+def _expected(movie: np.ndarray) -> np.ndarray:
+    m = movie.astype(np.float64)
+    return np.stack([m.mean(0), m.std(0), m.max(0)]).astype(np.float32)
+
+
+@pytest.mark.parametrize("kind", ["tiff", "npy", "neurofinder"])
+def test_loader_streams_projections(tmp_path: Path, movie: np.ndarray, kind: str) -> None:
+    if kind == "tiff":
+        path = tmp_path / "movie.tif"
+        tifffile.imwrite(path, movie, compression="zlib")
+    elif kind == "npy":
+        path = tmp_path / "movie.npy"
+        np.save(path, movie)
+    else:
+        path = tmp_path / "nf"
+        (path / "images").mkdir(parents=True)
+        for k in range(movie.shape[0]):  # natural order: image2 before image10
+            tifffile.imwrite(path / "images" / f"image{k}.tiff", movie[k])
+    src = open_source(path)
+    assert src.shape == (19, 23) and src.n_frames == 37
+    assert all(b.shape[0] <= 5 for b in src.frames(5))  # never more than a chunk at a time
+    got = summary_images(src, ["mean", "std", "max"], chunk=5)
+    np.testing.assert_allclose(got, _expected(movie), rtol=1e-6, atol=1e-3)
+    first = summary_images(src, ["mean"], max_frames=10)[0]
+    np.testing.assert_allclose(first, movie[:10].mean(0), rtol=1e-6)
+
+
+def test_loader_summary_images_and_truth(tmp_path: Path) -> None:
+    img = np.arange(12, dtype=np.float32).reshape(3, 4)
+    np.save(tmp_path / "mean.npy", img)
+    tifffile.imwrite(tmp_path / "mean.tif", img)
+    for name in ("mean.npy", "mean.tif"):
+        src = open_source(tmp_path / name)
+        assert src.kind == "summary" and src.truth() is None
+        np.testing.assert_array_equal(summary_images(src)[0], img)
+        with pytest.raises(DataError, match="only the 'mean'"):
+            summary_images(src, ["mean", "std"])
+    # truth beside a movie: <stem>.regions.json; or named explicitly
+    regions = [{"coordinates": [[0, 0], [0, 1]]}, {"coordinates": [[2, 3]]}]
+    (tmp_path / "mean.regions.json").write_text(json.dumps(regions))
+    assert len(open_source(tmp_path / "mean.npy").truth()) == 2  # type: ignore[arg-type]
+    (tmp_path / "other.json").write_text(json.dumps(regions[:1]))
+    assert len(open_source(tmp_path / "mean.tif", "other.json").truth()) == 1  # type: ignore[arg-type]
+
+
+def test_loader_neurofinder_phantom_folder(tmp_path: Path) -> None:
+    ph = generate_calcium(seed=1, frames=12, shape=(32, 40), n_cells=4)
+    folder = write_calcium(ph, tmp_path / "ph")
+    src = open_source(folder)
+    assert src.kind == "neurofinder" and src.info["dimensions"] == [32, 40, 12]
+    np.testing.assert_allclose(summary_images(src)[0], ph.movie.mean(0), rtol=1e-6)
+    truth = src.truth()
+    assert truth is not None and len(truth) == len(ph.regions)
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [("missing.tif", "no such file"), ("notes.txt", "not a neurofinder folder"),
+     ("empty_dir", "no images"), ("cube.npy", "expected a 2D image")],
+)  # fmt: skip
+def test_loader_errors_name_the_file(tmp_path: Path, bad: str, message: str) -> None:
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "empty_dir").mkdir()
+    np.save(tmp_path / "cube.npy", np.zeros((2, 2, 2, 2)))
+    with pytest.raises(DataError, match=message) as err:
+        open_source(tmp_path / bad)
+    assert bad in str(err.value)
+
+
+def test_clip_standardise_numbers() -> None:
+    # 99 pixels at 0 and one at 100: mean 1, SD sqrt(99) ~ 9.95, clip at 1 + 3 SD = 30.85
+    img = np.zeros((10, 10))
+    img[0, 0] = 100.0
+    clip = 1.0 + 3.0 * np.sqrt(99.0)
+    clipped = np.minimum(img, clip)
+    want = (clipped - clipped.mean()) / clipped.std()
+    got = clip_standardise(img)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert got[0, 0] == pytest.approx(9.9498743710662, rel=1e-6)  # sqrt(99): 99 zeros, one peak
+    assert abs(float(got.mean())) < 1e-6 and float(got.std()) == pytest.approx(1.0, rel=1e-6)
+    np.testing.assert_array_equal(clip_standardise(np.full((3, 3), 7.0)), 0.0)
+    with pytest.raises(DataError, match="2D"):
+        clip_standardise(np.zeros((2, 2, 2)))
+
+
+def test_region_masks() -> None:
+    regions = Regions((np.array([[1, 1], [1, 2], [2, 1], [2, 2]]), np.array([[6, 6]])))
+    mask, core = region_masks(regions, (8, 8), core_radius=1.0)
+    assert mask.sum() == 5 and mask[6, 6] == 1
+    assert core[6, 6] == 1 and core[5, 6] == 1 and core[5, 5] == 0  # disc radius 1 at (6, 6)
+
+
+def _disc(shape: tuple[int, int], cy: float, cx: float, r: float) -> np.ndarray:
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r**2
+
+
+def test_extract_regions_splits_touching_cells_and_filters_sizes() -> None:
+    shape = (40, 40)
+    a, b = _disc(shape, 12, 10, 5), _disc(shape, 12, 19, 5)  # overlapping discs: one blob
+    tiny = _disc(shape, 32, 32, 1)  # 5 px: dropped by the size filter
+    prob = np.where(a | b | tiny, 0.9, 0.05).astype(np.float32)
+    prob[:, 14:16] = np.where(a | b, 0.6, 0.05)[:, 14:16]  # a dip between the cells
+    core = (_disc(shape, 12, 10, 2) | _disc(shape, 12, 19, 2)).astype(np.float32)
+    merged = extract_regions(prob, None, threshold=0.5, min_size=10)
+    assert len(merged) == 1  # plain connected components
+    split = extract_regions(prob, core, threshold=0.5, core_threshold=0.5, min_size=10)
+    assert len(split) == 2
+    centres = sorted(split.centers().tolist())
+    assert abs(centres[0][1] - 10) < 2 and abs(centres[1][1] - 19) < 2
+    assert sum(len(c) for c in split.coordinates) == int((a | b).sum())
+    # a blob without any core seed is kept (keep_unseeded) or dropped
+    lone = np.where(_disc(shape, 30, 10, 4), 0.9, 0.0).astype(np.float32)
+    assert len(extract_regions(lone, np.zeros(shape, np.float32), min_size=10)) == 1
+    assert len(extract_regions(lone, np.zeros(shape, np.float32), keep_unseeded=False)) == 0
+    assert len(extract_regions(np.zeros(shape, np.float32))) == 0
+
+
+def test_labels_to_regions_and_windows() -> None:
+    lab = np.zeros((5, 6), np.int32)
+    lab[0, 1] = lab[0, 2] = 2
+    lab[4, 5] = 1
+    r = labels_to_regions(lab)
+    assert [c.tolist() for c in r.coordinates] == [[[4, 5]], [[0, 1], [0, 2]]]
+    assert len(regions_in_window(r, (0, 2), (0, 6))) == 1
+
+
+def test_local_maxima_finds_bright_blobs() -> None:
+    shape = (64, 64)
+    img = np.zeros(shape)
+    centres = [(15, 15), (15, 45), (45, 30)]
+    for cy, cx in centres:
+        img += np.exp(-((np.mgrid[:64, :64][0] - cy) ** 2 + (np.mgrid[:64, :64][1] - cx) ** 2) / 8)
+    found = local_maxima_regions(clip_standardise(img), threshold=0.5, radius=3)
+    s = score_neurofinder(disc_regions(np.array(centres), shape, 3), found)
+    assert s.recall == 1.0 and s.precision == 1.0
+
+
+def test_overlay_png_is_a_valid_png() -> None:
+    img = np.random.default_rng(0).random((20, 30))
+    truth = Regions((np.argwhere(_disc((20, 30), 5, 5, 3)), np.argwhere(_disc((20, 30), 14, 24, 3))))
+    pred = Regions((np.argwhere(_disc((20, 30), 5, 6, 3)),))
+    rgb = overlay_rgb(img, pred, truth, scale=2)
+    assert rgb.shape == (40, 60, 3)
+    assert (rgb == (40, 220, 40)).all(axis=2).any() and (rgb == (230, 40, 40)).all(axis=2).any()
+    data = png_bytes(rgb)
+    assert data.startswith(b"\x89PNG\r\n\x1a\n")
+    idat = data.index(b"IDAT")
+    length = int.from_bytes(data[idat - 4 : idat], "big")
+    raw = zlib.decompress(data[idat + 4 : idat + 4 + length])
+    rows = np.frombuffer(raw, np.uint8).reshape(40, 1 + 60 * 3)
+    np.testing.assert_array_equal(rows[:, 1:].reshape(40, 60, 3), rgb)
+
+
+def test_neurofinder_example_on_a_phantom(tmp_path: Path) -> None:
+    """examples/neurofinder.toml with the shipped model on a fresh phantom (not a training seed):
+    regions.json, baseline scores and the overlay PNG are written, and the CNN finds the cells."""
+    ph = generate_calcium(seed=11, frames=150, shape=(96, 112), n_cells=30)
+    folder = write_calcium(ph, tmp_path / "phantom")
+    res = CliRunner().invoke(
+        app,
+        ["pipeline", "run", str(REPO / "examples" / "neurofinder.toml"), "--json",
+         "--set", f"input.path='{folder}'", "--set", f"output.dir='{tmp_path / 'run'}'"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert {s["status"] for s in summary["stages"]} == {"ran"}
+    cnn = summary["scores"]["score.scores"]["values"]
+    base = summary["scores"]["score_baseline.scores"]["values"]
+    assert cnn["n_truth"] == 30 and base["n_truth"] == 30
+    assert cnn["combined"] >= 0.7, cnn  # a broken model, preprocessing or wiring falls far below
+    written = load_regions(tmp_path / "run" / "regions.json")
+    assert len(written) == cnn["n_pred"]
+    assert score_neurofinder(ph.regions, written).combined == pytest.approx(cnn["combined"])
+    for png in ("rois.png", "rois_vs_truth.png"):
+        assert (tmp_path / "run" / png).read_bytes().startswith(b"\x89PNG")
+
+
+def test_neurofinder_example_without_truth_skips_scoring(tmp_path: Path) -> None:
+    ph = generate_calcium(seed=12, frames=20, shape=(64, 64), n_cells=8)
+    np.save(tmp_path / "mean.npy", ph.movie.mean(0))
+    res = CliRunner().invoke(
+        app,
+        ["pipeline", "run", str(REPO / "examples" / "neurofinder.toml"), "--json",
+         "--set", f"input.path='{tmp_path / 'mean.npy'}'",
+         "--set", f"output.dir='{tmp_path / 'run'}'"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    status = {s["stage"]: s["status"] for s in json.loads(res.stdout)["stages"]}
+    assert status["score"].startswith("skipped") and status["detect"] == "ran"
+    assert (tmp_path / "run" / "regions.json").exists()
+    assert (tmp_path / "run" / "rois.png").exists()
+    assert not (tmp_path / "run" / "rois_vs_truth.png").exists()
