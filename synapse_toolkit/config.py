@@ -29,7 +29,16 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from synapse_toolkit.errors import ConfigError
 
@@ -59,7 +68,7 @@ class OutputConfig(_Strict):
 
 class RunConfig(_Strict):
     n_threads: int = Field(2, ge=1, description="Threads a stage may use.")
-    block_shape: tuple[int, int, int] = Field(
+    block_shape: tuple[PositiveInt, PositiveInt, PositiveInt] = Field(
         (32, 256, 256), description="Block shape (z, y, x voxels) for streaming stages."
     )
 
@@ -97,6 +106,16 @@ class PipelineConfig(_Strict):
     output: OutputConfig
     run: RunConfig = Field(default_factory=RunConfig)
     stages: dict[str, StageConfig] = Field(description="Stage instances by name, in file order.")
+    _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+    _cli_keys: frozenset[str] = PrivateAttr(default_factory=frozenset)
+
+    def resolve_path(self, key: str, value: Path) -> Path:
+        """``value`` made absolute: against the working directory if ``key`` (e.g.
+        ``stages.detect.options.model_path``) came from ``--set``, else the TOML's folder."""
+        value = Path(value).expanduser()
+        if value.is_absolute():
+            return value
+        return (Path.cwd() if key in self._cli_keys else self._base_dir) / value
 
     @field_validator("stages")
     @classmethod
@@ -158,48 +177,61 @@ def apply_overrides(doc: dict[str, Any], overrides: Iterable[str]) -> dict[str, 
     return doc
 
 
-def load_config_document(path: Path) -> dict[str, Any]:
+def read_toml(path: Path, what: str = "config file") -> dict[str, Any]:
+    """A TOML file as a dict; any problem is one ConfigError naming the file."""
     if not path.exists():
-        raise ConfigError(f"{path}: config file not found")
+        raise ConfigError(f"{path}: {what} not found")
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, not a {what}")
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read {what}: {exc.strerror}") from None
 
 
-def parse_config(doc: Mapping[str, Any], base_dir: Path | None = None) -> PipelineConfig:
-    """Validate a config document; relative paths are resolved against ``base_dir``."""
+def load_config_document(path: Path) -> dict[str, Any]:
+    return read_toml(path)
+
+
+def parse_config(
+    doc: Mapping[str, Any], base_dir: Path | None = None, cli_keys: Iterable[str] = ()
+) -> PipelineConfig:
+    """Validate a config document. Relative ``input.path`` and ``output.dir`` resolve against
+    ``base_dir`` (the TOML's folder), or the working directory when given on the command line
+    (their key in ``cli_keys``)."""
     try:
         cfg = PipelineConfig.model_validate(dict(doc))
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc)) from None
-    if base_dir is not None:
-        if cfg.input.path is not None and not cfg.input.path.is_absolute():
-            cfg.input.path = base_dir / cfg.input.path
-        if not cfg.output.dir.is_absolute():
-            cfg.output.dir = Path.cwd() / cfg.output.dir
+    cfg._base_dir = base_dir or Path.cwd()
+    cfg._cli_keys = frozenset(cli_keys)
+    if cfg.input.path is not None:
+        cfg.input.path = cfg.resolve_path("input.path", cfg.input.path)
+    cfg.output.dir = cfg.resolve_path("output.dir", cfg.output.dir)
     return cfg
 
 
 def load_config(path: str | Path, overrides: Iterable[str] = ()) -> PipelineConfig:
     """Read, override and validate a pipeline TOML file.
 
-    ``input.path`` is relative to the config file; ``output.dir`` to the working directory.
+    One path rule: a relative path written in the TOML resolves against the TOML's folder; one
+    given with ``--set`` resolves against the working directory.
     """
     p = Path(path)
+    overrides = list(overrides)
     doc = apply_overrides(load_config_document(p), overrides)
-    return parse_config(doc, base_dir=p.resolve().parent)
+    keys = [".".join(parse_override(o)[0]) for o in overrides]
+    return parse_config(doc, base_dir=p.resolve().parent, cli_keys=keys)
 
 
 def load_training_config(path: str | Path, model: type[M]) -> M:
     """Read a training TOML and validate it as ``model``; errors name the file."""
     p = Path(path)
-    try:
-        raw = tomllib.loads(p.read_text())
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{p}: training config not found") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{p}: invalid TOML: {exc}") from exc
+    raw = read_toml(p, "training config")
     try:
         return model.model_validate(raw)
     except ValidationError as exc:  # one message with key paths

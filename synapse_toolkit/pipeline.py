@@ -120,6 +120,7 @@ def plan_pipeline(
             options = registered.cls.Options.model_validate(sc.options)
         except ValidationError as exc:
             raise ConfigError(format_validation_error(exc, prefix=f"{key}.options")) from None
+        options = _resolve_file_options(config, key, options)
         wires: dict[str, tuple[str, str]] = {}
         for port, ref in sc.inputs.items():
             if port not in registered.cls.inputs:
@@ -159,6 +160,18 @@ def plan_pipeline(
     order = _topological(planned)
     input_path = resolve_input(config, download=download) if check_input else Path()
     return Plan(config, [planned[n] for n in order], input_path)
+
+
+def _resolve_file_options(config: PipelineConfig, key: str, options: StageOptions) -> StageOptions:
+    """Options that name files, made absolute by the path rule and checked to exist."""
+    updates = {}
+    for name, value in options:
+        if isinstance(value, Path):
+            path = config.resolve_path(f"{key}.options.{name}", value)
+            if not path.exists():
+                raise ConfigError(f"{key}.options.{name}: file not found: {path}")
+            updates[name] = path
+    return options.model_copy(update=updates) if updates else options
 
 
 def _topological(planned: dict[str, PlannedStage]) -> list[str]:

@@ -17,6 +17,7 @@ from synapse_toolkit import __version__
 from synapse_toolkit.data import Annotations, PartnerTable, Volume, WrittenFile
 from synapse_toolkit.errors import DataError
 from synapse_toolkit.hookspecs import hookimpl
+from synapse_toolkit.io.checks import NonFinite, check_loaded
 from synapse_toolkit.io.cremi import CremiData, open_cremi_lazy, open_hdf5_file, write_cremi
 from synapse_toolkit.io.image_stack import read_image_stack
 from synapse_toolkit.io.zarr_io import read_zarr_volumes, write_zarr_volume
@@ -33,6 +34,9 @@ class _PathOptions(StageOptions):
     path: Path | None = Field(None, description="Read this file instead of the pipeline input.")
     require: list[str] = Field(
         default_factory=list, description="Outputs that must be present, e.g. ['raw']."
+    )
+    nonfinite: NonFinite = Field(
+        "error", description="NaN/inf in float raw: 'error', or 'replace' by the mean."
     )
 
 
@@ -80,7 +84,8 @@ class CremiLoader(Loader):
             if len(data.annotations.partners):
                 out["partners"] = PartnerTable.from_annotations(data.annotations)
         _check_required(out, self.options.require, path)  # type: ignore[attr-defined]
-        return out
+        return check_loaded(out, str(path), nonfinite=self.options.nonfinite,  # type: ignore[attr-defined]
+                            context=self.context)  # fmt: skip
 
     def close(self) -> None:
         if self._file is not None:
@@ -103,7 +108,8 @@ class ZarrLoader(Loader):
         path = _source(self.options, self.context.input_path, self.context.stage_name)  # type: ignore[arg-type]
         out = read_zarr_volumes(path)
         _check_required(out, self.options.require, path)  # type: ignore[attr-defined]
-        return dict(out)
+        return check_loaded(out, str(path), nonfinite=self.options.nonfinite,  # type: ignore[attr-defined]
+                            context=self.context)  # fmt: skip
 
 
 class ImageStackLoader(Loader):
@@ -118,13 +124,18 @@ class ImageStackLoader(Loader):
         path: str | None = Field(None, description="Directory, glob or file; default: the input.")
         voxel_size_nm: tuple[float, float, float] = Field(description="(z, y, x) voxel size in nm.")
         offset_nm: tuple[float, float, float] = Field((0.0, 0.0, 0.0), description="(z, y, x) nm.")
+        nonfinite: NonFinite = Field(
+            "error", description="NaN/inf in float images: 'error', or 'replace' by the mean."
+        )
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         opts = self.options
         source = opts.path or self.context.input_path  # type: ignore[attr-defined]
         if source is None:
             raise DataError(f"stage {self.context.stage_name}: no input (set options.path)")
-        return {"raw": read_image_stack(source, opts.voxel_size_nm, opts.offset_nm)}  # type: ignore[attr-defined]
+        raw = read_image_stack(source, opts.voxel_size_nm, opts.offset_nm)  # type: ignore[attr-defined]
+        return check_loaded({"raw": raw}, str(source), nonfinite=opts.nonfinite,  # type: ignore[attr-defined]
+                            context=self.context)  # fmt: skip
 
 
 def _output_file(stage: Stage, filename: str) -> Path:

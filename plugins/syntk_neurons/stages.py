@@ -339,6 +339,9 @@ class Hdf5VolumesLoader(Loader):
         voxel_size_nm: tuple[float, float, float]
         offset_nm: tuple[float, float, float] = (0.0, 0.0, 0.0)
         zero_is_unlabelled: bool = False
+        nonfinite: Literal["error", "replace"] = Field(
+            "error", description="NaN/inf in float raw: 'error', or 'replace' by the mean."
+        )
 
     _files: list[Any]
 
@@ -366,7 +369,10 @@ class Hdf5VolumesLoader(Loader):
                 if port == "neuron_ids" and opts.zero_is_unlabelled:
                     data[data == 0] = np.uint64(0xFFFFFFFFFFFFFFFF)
             out[port] = Volume(data, opts.voxel_size_nm, opts.offset_nm, name=port)
-        return out
+        from synapse_toolkit.io.checks import check_loaded
+
+        return check_loaded(out, f"hdf5-volumes ({self.context.stage_name})",
+                            nonfinite=opts.nonfinite, context=self.context)  # fmt: skip
 
     def close(self) -> None:
         for f in getattr(self, "_files", []):

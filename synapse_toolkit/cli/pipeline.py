@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from synapse_toolkit.config import load_config
+from synapse_toolkit.fsio import dumps
 from synapse_toolkit.pipeline import Plan, RunResult, plan_pipeline, run_pipeline
 from synapse_toolkit.stages import ProgressTask
 
@@ -63,7 +64,9 @@ def run(
     resume: Annotated[
         bool, typer.Option("--resume", help="Skip stages whose inputs and options are unchanged.")
     ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress output (results still print).")
+    ] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print a JSON summary on stdout.")
     ] = False,
@@ -113,8 +116,8 @@ def run(
             "scores": result.scores(),
         }  # fmt: skip
         if as_json:
-            typer.echo(json.dumps(summary, indent=2))
-        elif not quiet:
+            typer.echo(dumps(summary, indent=2))
+        else:  # --quiet hides progress, never the results
             _print_scores(result, Console())
             typer.echo(f"run directory: {result.run_dir}")
     finally:

@@ -34,9 +34,12 @@ ThreadsOpt = Annotated[int, typer.Option("--threads", min=1, help="Threads for c
 
 
 def _volume(data: Any, key: str, path: Path) -> Any:
+    from synapse_toolkit.io.checks import check_labels
+
     vol = getattr(data, key)
     if vol is None:
         raise DataError(f"{path}: no {key} volume (volumes/labels/{key})")
+    check_labels(vol, f"{path} ({key})")
     return vol
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import pooch
 
+from synapse_toolkit.errors import DataError
 from synapse_toolkit.fsio import sha256_file as file_sha256
 
 DATA_DIR_ENV = "SYNTK_DATA_DIR"
@@ -44,8 +45,13 @@ def offline() -> bool:
 
 
 def entry_dir(name: str, root: Path | None = None) -> Path:
-    """The cache folder of one entry (its name's ``/`` parts become sub-folders)."""
-    return (cache_dir() if root is None else root).joinpath(*name.split("/"))
+    """The cache folder of one entry (its name's ``/`` parts become sub-folders); refuses a
+    name whose folder would fall outside the cache."""
+    base = cache_dir() if root is None else root
+    parts = name.split("/")
+    if any(p in ("", ".", "..") or "\\" in p or "\0" in p for p in parts):
+        raise DataError(f"dataset name {name!r}: not a safe folder name")
+    return base.joinpath(*parts)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

@@ -160,8 +160,11 @@ class Entry(BaseModel):
 
 
 def _url_basename(url: str) -> str:
+    """The last path segment of ``url``, decoded; empty unless it is a plain file name (an
+    encoded separator such as ``%2F`` or a NUL must never reach the file system)."""
     name = unquote(PurePosixPath(urlparse(url).path).name)
-    return "" if name in ("", ".", "..") or name.startswith(".") else name
+    unsafe = any(c in name for c in "/\\\0") or name in ("", ".", "..") or name.startswith(".")
+    return "" if unsafe else name
 
 
 def make_entry(data: dict[str, Any], *, where: str, kind: EntryKind | None = None) -> Entry:

@@ -47,7 +47,12 @@ def cached_file(entry: Entry) -> Path:
     """Where the entry's file is (bundled) or would be (downloads) on disk."""
     if entry.bundled:
         return _bundled_file(entry)
-    return cache.entry_dir(entry.name) / entry.local_filename
+    folder = cache.entry_dir(entry.name)
+    target = folder / entry.local_filename
+    if target.resolve().parent != folder.resolve():
+        raise DataError(f"dataset {entry.name}: file name {entry.local_filename!r} leaves its "
+                        f"folder {folder}")  # fmt: skip
+    return target
 
 
 def _bundled_file(entry: Entry) -> Path:

@@ -1,0 +1,270 @@
+"""The bad-input corpus: every case ends in exit 1 with one `error:` line naming the culprit,
+no traceback, no output that passes as complete, and inputs byte-identical afterwards.
+
+All inputs are made on the fly (tiny CREMI files from `conftest.make_cremi_data`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from synapse_toolkit.cli.main import app
+from synapse_toolkit.data import Volume
+from synapse_toolkit.io.cremi import write_cremi
+
+from .conftest import make_cremi_data
+
+PIPE = """
+name = "bad"
+[input]
+path = "{input}"
+[output]
+dir = "{out}"
+[run]
+block_shape = [8, 64, 64]
+[stages.load]
+kind = "loader"
+plugin = "cremi-hdf5"
+options = {{ require = ["raw"] }}
+[stages.score]
+kind = "scorer"
+plugin = "cremi-neurons"
+inputs = {{ prediction = "load.neuron_ids", truth = "load.neuron_ids" }}
+on_missing_input = "skip"
+"""
+
+
+@dataclass
+class Case:
+    name: str
+    make: Callable[[Path], list[str]]  # builds files in tmp, returns the CLI arguments
+    expect: str  # a fragment of the one error line
+
+
+def _cremi(tmp: Path, name: str = "in.hdf", **changes: object) -> Path:
+    d = make_cremi_data()
+    for key, value in changes.items():
+        setattr(d, key, value)
+    return write_cremi(tmp / name, d)
+
+
+def _pipe(tmp: Path, input_file: Path, extra: str = "", name: str = "p.toml") -> Path:
+    cfg = tmp / name
+    cfg.write_text(PIPE.format(input=input_file, out=tmp / "run") + extra)
+    return cfg
+
+
+def _run(tmp: Path, input_file: Path, extra: str = "") -> list[str]:
+    return ["pipeline", "run", str(_pipe(tmp, input_file, extra)), "-q"]
+
+
+def _raw(vals: np.ndarray) -> Volume:
+    return Volume(vals, (40.0, 4.0, 4.0), (40.0, 0.0, 8.0), "raw")
+
+
+def _nan_raw(tmp: Path) -> list[str]:
+    raw = np.random.default_rng(0).random((6, 40, 50)).astype(np.float32)
+    raw[2, 3:8, 4] = np.nan
+    raw[4, 0, 0] = np.inf
+    return _run(tmp, _cremi(tmp, raw=_raw(raw)))
+
+
+def _negative_ids(tmp: Path) -> list[str]:
+    ids = np.ones((6, 40, 50), np.int64)
+    ids[0, 0, 0] = -3
+    return _run(tmp, _cremi(tmp, neuron_ids=Volume(ids, (40.0, 4.0, 4.0), (40.0, 0.0, 8.0))))
+
+
+def _shape_mismatch(tmp: Path) -> list[str]:
+    ids = np.ones((6, 40, 49), np.uint64)
+    return _run(tmp, _cremi(tmp, neuron_ids=Volume(ids, (40.0, 4.0, 4.0), (40.0, 0.0, 8.0))))
+
+
+def _voxel_mismatch(tmp: Path) -> list[str]:
+    ids = np.ones((6, 40, 50), np.uint64)
+    return _run(tmp, _cremi(tmp, neuron_ids=Volume(ids, (50.0, 4.0, 4.0), (40.0, 0.0, 8.0))))
+
+
+def _truncated_hdf5(tmp: Path) -> list[str]:
+    f = _cremi(tmp)
+    data = f.read_bytes()
+    f.write_bytes(data[: len(data) // 3])
+    return _run(tmp, f)
+
+
+def _not_hdf5(tmp: Path) -> list[str]:
+    f = tmp / "in.hdf"
+    f.write_text("just text\n")
+    return _run(tmp, f)
+
+
+def _zero_sections(tmp: Path) -> list[str]:
+    f = tmp / "in.hdf"
+    with h5py.File(f, "w") as h:
+        h.create_dataset("volumes/raw", data=np.zeros((0, 4, 4), np.uint8))
+        h["volumes/raw"].attrs["resolution"] = (40.0, 4.0, 4.0)
+    return _run(tmp, f)
+
+
+def _bad_toml(tmp: Path) -> list[str]:
+    cfg = tmp / "p.toml"
+    cfg.write_text("[input\npath = 1\n")
+    return ["pipeline", "validate", str(cfg)]
+
+
+def _non_utf8_toml(tmp: Path) -> list[str]:
+    cfg = tmp / "p.toml"
+    cfg.write_bytes(b'name = "caf\xe9"\n')
+    return ["pipeline", "validate", str(cfg)]
+
+
+def _config_is_directory(tmp: Path) -> list[str]:
+    (tmp / "conf.toml").mkdir()
+    return ["pipeline", "validate", str(tmp / "conf.toml")]
+
+
+def _zero_block(tmp: Path) -> list[str]:
+    cfg = _pipe(tmp, _cremi(tmp))
+    cfg.write_text(cfg.read_text().replace("[8, 64, 64]", "[0, 64, 64]"))
+    return ["pipeline", "validate", str(cfg)]
+
+
+def _negative_block(tmp: Path) -> list[str]:
+    cfg = _pipe(tmp, _cremi(tmp))
+    cfg.write_text(cfg.read_text().replace("[8, 64, 64]", "[8, -1, 64]"))
+    return ["pipeline", "validate", str(cfg)]
+
+
+def _missing_model_path(tmp: Path) -> list[str]:
+    extra = """
+[stages.detect]
+kind = "detector"
+plugin = "affinity-unet"
+inputs = { raw = "load.raw" }
+options = { model_path = "no_such_model.onnx" }
+"""
+    return ["pipeline", "validate", str(_pipe(tmp, _cremi(tmp), extra))]
+
+
+def _unknown_plugin(tmp: Path) -> list[str]:
+    cfg = _pipe(tmp, _cremi(tmp))
+    cfg.write_text(cfg.read_text().replace('"cremi-neurons"', '"cremi-neuronz"'))
+    return ["pipeline", "validate", str(cfg)]
+
+
+def _output_dir_is_input(tmp: Path) -> list[str]:
+    f = _cremi(tmp)
+    return ["pipeline", "run", str(_pipe(tmp, f)), "--set", f"output.dir={f}", "-q"]
+
+
+def _writer_onto_input(tmp: Path) -> list[str]:
+    f = _cremi(tmp)
+    extra = """
+[stages.write]
+kind = "writer"
+plugin = "cremi-hdf5"
+inputs = { raw = "load.raw" }
+options = { filename = "in.hdf" }
+"""
+    return ["pipeline", "run", str(_pipe(tmp, f, extra)), "--set", f"output.dir={tmp}", "-q"]
+
+
+def _score_json_onto_input(tmp: Path) -> list[str]:
+    t, p = _cremi(tmp, "t.hdf"), _cremi(tmp, "p.hdf")
+    return ["score", "batch", "--truth-glob", str(t), "--pred-glob", str(p),
+            "--metric", "cremi-neurons", "--json", str(t)]  # fmt: skip
+
+
+def _score_json_is_directory(tmp: Path) -> list[str]:
+    t, p = _cremi(tmp, "t.hdf"), _cremi(tmp, "p.hdf")
+    (tmp / "outdir").mkdir()
+    return ["score", "batch", "--truth-glob", str(t), "--pred-glob", str(p),
+            "--metric", "cremi-neurons", "--json", str(tmp / "outdir")]  # fmt: skip
+
+
+def _score_negative_ids(tmp: Path) -> list[str]:
+    ids = np.ones((6, 40, 50), np.int64)
+    ids[3, 3, 3] = -1
+    bad = _cremi(tmp, "p.hdf", neuron_ids=Volume(ids, (40.0, 4.0, 4.0), (40.0, 0.0, 8.0)))
+    return ["score", "cremi-neurons", str(_cremi(tmp, "t.hdf")), str(bad)]
+
+
+def _checkpoint_missing(tmp: Path) -> list[str]:
+    return ["export", "onnx", str(tmp / "nope.pt"), str(tmp / "out.onnx")]
+
+
+CASES = [
+    Case("nan-raw", _nan_raw, "voxels are NaN or infinite"),
+    Case("negative-ids", _negative_ids, "negative label id -3"),
+    Case("shape-mismatch", _shape_mismatch, "differ in shape"),
+    Case("voxel-size-mismatch", _voxel_mismatch, "differ in voxel size"),
+    Case("truncated-hdf5", _truncated_hdf5, "in.hdf"),
+    Case("not-hdf5", _not_hdf5, "in.hdf"),
+    Case("zero-sections", _zero_sections, "in.hdf"),
+    Case("bad-toml", _bad_toml, "invalid TOML"),
+    Case("non-utf8-toml", _non_utf8_toml, "not UTF-8"),
+    Case("config-is-directory", _config_is_directory, "is a directory"),
+    Case("zero-block", _zero_block, "run.block_shape"),
+    Case("negative-block", _negative_block, "run.block_shape"),
+    Case("missing-model-path", _missing_model_path, "stages.detect.options.model_path"),
+    Case("unknown-plugin", _unknown_plugin, "cremi-neuronz"),
+    Case("output-dir-is-input", _output_dir_is_input, "is a file, not a directory"),
+    Case("writer-onto-input", _writer_onto_input, "refusing to overwrite"),
+    Case("score-json-onto-input", _score_json_onto_input, "refusing to overwrite an input"),
+    Case("score-json-directory", _score_json_is_directory, "is a directory"),
+    Case("score-negative-ids", _score_negative_ids, "negative"),
+    Case("checkpoint-missing", _checkpoint_missing, "nope.pt"),
+]
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in root.rglob("*")
+        if p.is_file() and "run" not in p.relative_to(root).parts
+    }
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bad_input(case: Case, tmp_path: Path) -> None:
+    args = case.make(tmp_path)
+    before = _snapshot(tmp_path)
+    result = CliRunner().invoke(app, args)
+    err = result.stderr if result.stderr else result.output
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert result.exit_code == 1, (result.exit_code, result.output, result.exception)
+    assert "Traceback" not in result.output + err
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert case.expect in lines[0], lines[0]
+    assert _snapshot(tmp_path) == before  # inputs untouched, nothing new outside the run
+    manifest = tmp_path / "run" / "manifest.json"
+    assert not manifest.exists() or '"status": "complete"' not in manifest.read_text()
+
+
+def test_nonfinite_replace_runs_and_says_how_many(tmp_path: Path) -> None:
+    args = _nan_raw(tmp_path)
+    cfg = Path(args[2])
+    cfg.write_text(cfg.read_text().replace('require = ["raw"]',
+                                           'require = ["raw"], nonfinite = "replace"'))  # fmt: skip
+    result = CliRunner().invoke(app, [*args[:-1], "--json"])
+    assert result.exit_code == 0, result.output
+    import json
+
+    notes = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["load"]["notes"]
+    assert notes["nonfinite_replaced"]["voxels"] == 6
+    stored = tmp_path / "run" / "artifacts" / "load" / "raw.zarr"
+    import zarr
+
+    assert np.isfinite(zarr.open_array(str(stored), mode="r")[:]).all()
+
+
+def test_corpus_size() -> None:
+    assert len(CASES) >= 20
