@@ -169,6 +169,8 @@ class AffinityDetector(Detector):
             ),
             dense=True,  # affinities are never all zero: skip zarr's empty-chunk test
         )
+        if meta.get("agglomeration"):  # the model's waterz settings, for `waterz` without truth
+            result.data.attrs["agglomeration"] = meta["agglomeration"]
         source, target = self._model_grid(raw, meta, n_out, result)
         grid = TileGrid(source.shape[-3:], in_shape, out_shape, opts.overlap)  # type: ignore[arg-type]
         task = self.context.progress("tiles", len(grid))
@@ -196,7 +198,9 @@ class WaterzAgglomerator(Agglomerator):
 
     One segmentation per threshold goes to ``segmentations`` (T, z, y, x); ``segmentation`` is the
     one chosen: the best against ``truth`` (by ``select_by``) when truth is given, else
-    ``threshold``. With truth, ``scores`` holds VOI/ARAND/CREMI score per threshold.
+    ``threshold``, else the scoring and threshold stored with the affinities by the model that
+    made them (chosen on its validation data; see :func:`model_agglomeration`), else the median
+    threshold. With truth, ``scores`` holds VOI/ARAND/CREMI score per threshold.
     """
 
     name: ClassVar[str] = "waterz"
@@ -249,6 +253,21 @@ class WaterzAgglomerator(Agglomerator):
         if truth_np is not None and truth_np.shape != affs.shape[1:]:
             raise DataError(f"waterz: truth shape {truth_np.shape} != affinities {affs.shape[1:]}")
         ths = sorted(opts.thresholds)
+        scoring = opts.scoring
+        target = opts.threshold if opts.threshold is not None else ths[len(ths) // 2]
+        source = "option" if opts.threshold is not None else "median of thresholds"
+        model_agg = None
+        if truth_np is None and opts.threshold is None:
+            model_agg = model_agglomeration(affs_vol, opts)
+        if model_agg is not None:
+            scoring, target = str(model_agg["scoring"]), float(model_agg["threshold"])
+            scoring_function(scoring)
+            ths = sorted({*ths, target})
+            source = "model metadata"
+            self.context.logger.info(
+                "waterz: %s @ %s from the affinity model's metadata (chosen on %s)",
+                scoring, target, model_agg.get("chosen_on", "its validation data"),
+            )  # fmt: skip
         spatial = affs.shape[1:]
         segs = self.context.create_volume(
             "segmentations",
@@ -264,8 +283,6 @@ class WaterzAgglomerator(Agglomerator):
         rows: list[dict[str, float]] = []
         task = self.context.progress("thresholds", len(ths))
         index = {th: i for i, th in enumerate(ths)}
-
-        target = opts.threshold if opts.threshold is not None else ths[len(ths) // 2]
         best: dict[str, float] = {}  # with truth: the best row so far
         if truth_np is not None:  # the metrics pull in numba: import only when scoring
             from synapse_toolkit.inference.segmetrics import segmentation_scores
@@ -288,7 +305,7 @@ class WaterzAgglomerator(Agglomerator):
             affs,
             ths,
             fragments=frag,
-            scoring=opts.scoring,
+            scoring=scoring,
             aff_threshold_low=opts.aff_threshold_low,
             aff_threshold_high=opts.aff_threshold_high,
             discretize_queue=opts.discretize_queue,
@@ -300,14 +317,36 @@ class WaterzAgglomerator(Agglomerator):
         )  # fmt: skip
         chosen = best["threshold"] if best else min(ths, key=lambda t: abs(t - target))
         copy_slab(segs.data, index[chosen], seg_out.data)  # encoded chunks, not re-encoded
+        segs.data.attrs.update({"thresholds": ths, "scoring": scoring})
+        seg_out.data.attrs.update({"threshold": chosen, "scoring": scoring})
+        self.context.record(
+            "agglomeration",
+            {"scoring": scoring, "threshold": chosen, "chosen_by": "truth" if best else source},
+        )
         out: dict[str, Any] = {"segmentation": seg_out, "segmentations": segs}
         if rows:
             out["scores"] = ScoreRecord(
                 metric="waterz-threshold-sweep",
                 values={f"best_{k}": v for k, v in best.items()},
-                details={"sweep": rows, "scoring": opts.scoring, "select_by": opts.select_by},
+                details={"sweep": rows, "scoring": scoring, "select_by": opts.select_by},
             )
         return out
+
+
+def model_agglomeration(affinities: Volume, opts: WaterzAgglomerator.Options) -> dict | None:
+    """The waterz settings the affinity model stored with ``affinities`` (zarr attribute
+    ``agglomeration``: ``scoring``, ``threshold``, ``chosen_on``), or ``None``.
+
+    ``None`` as well when the stage's ``scoring`` option was set to another scoring function (a
+    threshold is only meaningful for the scoring it was chosen with).
+    """
+    attrs = getattr(affinities.data, "attrs", None)
+    agg = dict(attrs).get("agglomeration") if attrs is not None else None
+    if not isinstance(agg, dict) or agg.get("threshold") is None or not agg.get("scoring"):
+        return None
+    if "scoring" in opts.model_fields_set and opts.scoring != agg["scoring"]:
+        return None
+    return agg
 
 
 class _Dataset(StageOptions):
