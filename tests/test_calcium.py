@@ -10,13 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from typer.testing import CliRunner
-
-from synapse_toolkit.cli.main import app
-from synapse_toolkit.data import Regions
-from synapse_toolkit.errors import DataError
-from synapse_toolkit.metrics.neurofinder import load_regions, score_neurofinder
-from synapse_toolkit.phantom.calcium import generate_calcium, write_calcium
 from syntk_calcium.io import open_source, summary_images
 from syntk_calcium.overlay import overlay_rgb, png_bytes
 from syntk_calcium.preprocess import clip_standardise, region_masks
@@ -27,6 +20,13 @@ from syntk_calcium.regions import (
     local_maxima_regions,
     regions_in_window,
 )
+from typer.testing import CliRunner
+
+from synapse_toolkit.cli.main import app
+from synapse_toolkit.data import Regions
+from synapse_toolkit.errors import DataError
+from synapse_toolkit.metrics.neurofinder import load_regions, score_neurofinder
+from synapse_toolkit.phantom.calcium import generate_calcium, write_calcium
 
 from .conftest import REPO
 
@@ -177,7 +177,8 @@ def test_local_maxima_finds_bright_blobs() -> None:
 
 def test_overlay_png_is_a_valid_png() -> None:
     img = np.random.default_rng(0).random((20, 30))
-    truth = Regions((np.argwhere(_disc((20, 30), 5, 5, 3)), np.argwhere(_disc((20, 30), 14, 24, 3))))
+    a, b = _disc((20, 30), 5, 5, 3), _disc((20, 30), 14, 24, 3)
+    truth = Regions((np.argwhere(a), np.argwhere(b)))
     pred = Regions((np.argwhere(_disc((20, 30), 5, 6, 3)),))
     rgb = overlay_rgb(img, pred, truth, scale=2)
     assert rgb.shape == (40, 60, 3)

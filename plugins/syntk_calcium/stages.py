@@ -59,6 +59,41 @@ def _run_file(stage: Stage, filename: str) -> Path:
     return target
 
 
+def cnn_probability(
+    image: np.ndarray,
+    model: str | Path,
+    *,
+    clip_sd: float = 3.0,
+    overlap: int = 32,
+    providers: list[str] | None = None,
+    n_threads: int | None = None,
+) -> np.ndarray:
+    """ROI mask and core probabilities (2, H, W) of a mean image with an exported model file.
+
+    The seed's preprocessing (clip at mean + ``clip_sd`` SD, standardise over the whole image),
+    then the ONNX model tile by tile with mirrored borders and blended overlaps.
+    """
+    from synapse_toolkit.inference.tiled import predict_tiled
+    from synapse_toolkit.onnx_runtime import create_session, model_metadata, predictor
+
+    x = clip_standardise(image, clip_sd)
+    session = create_session(model, providers=providers, num_threads=n_threads)
+    meta = model_metadata(session)
+    try:
+        in_shape = tuple(int(s) for s in meta["input_shape"])
+        out_shape = tuple(int(s) for s in meta["output_shape"])
+        n_out = int(meta["out_channels"])
+    except (KeyError, TypeError, ValueError):
+        raise DataError(f"{model}: ONNX model lacks input_shape/output_shape metadata") from None
+    prob = np.zeros((n_out, 1, *x.shape), np.float32)
+    predict = predictor(session)
+    predict_tiled(
+        lambda t: 1.0 / (1.0 + np.exp(-predict(t))), x[None], prob, in_shape, out_shape,
+        overlap=(0, overlap, overlap), preprocess=lambda t: t.astype(np.float32),
+    )  # fmt: skip
+    return prob[:, 0]
+
+
 def _summary_volume(data: np.ndarray, pixel_size_nm: float, name: str) -> Volume:
     return Volume(
         np.ascontiguousarray(data[:, None], dtype=np.float32),
@@ -152,26 +187,16 @@ class NeurofinderCnnDetector(Detector):
         providers: list[str] | None = Field(None, description="ONNX Runtime providers to force.")
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        from synapse_toolkit.inference.tiled import predict_tiled
-        from synapse_toolkit.onnx_runtime import create_session, model_metadata, predictor
-
         opts: NeurofinderCnnDetector.Options = self.options  # type: ignore[assignment]
         raw: Volume = inputs["raw"]
-        image = clip_standardise(_image(raw, self.context.stage_name, "raw"), opts.clip_sd)
         path = _resolve_model(self.context.stage_name, opts.model, opts.model_path, opts.sha256)
-        session = create_session(path, providers=opts.providers,
-                                 num_threads=self.context.n_threads)  # fmt: skip
-        meta = model_metadata(session)
-        in_shape = tuple(int(s) for s in meta["input_shape"])
-        out_shape = tuple(int(s) for s in meta["output_shape"])
-        prob = np.zeros((int(meta["out_channels"]), 1, *image.shape), np.float32)
-        predict = predictor(session)
-        predict_tiled(
-            lambda x: 1.0 / (1.0 + np.exp(-predict(x))), image[None], prob, in_shape, out_shape,
-            overlap=(0, opts.overlap, opts.overlap), preprocess=lambda x: x.astype(np.float32),
+        prob = cnn_probability(
+            _image(raw, self.context.stage_name, "raw"), path, clip_sd=opts.clip_sd,
+            overlap=opts.overlap, providers=opts.providers, n_threads=self.context.n_threads,
         )  # fmt: skip
-        out = self.context.create_volume("probability", prob.shape, np.float32, like=raw)
-        out.data[...] = prob
+        out = self.context.create_volume("probability", (prob.shape[0], 1, *prob.shape[1:]),
+                                         np.float32, like=raw)  # fmt: skip
+        out.data[...] = prob[:, None]
         return {"probability": out}
 
 

@@ -1,0 +1,131 @@
+"""Held-out neurofinder scores of the CNN ROI detector beside the classical bar (and suite2p).
+
+Data: ``/work/shared/data/calcium/neurofinder-crop`` (real, Svoboda-lab field of view). The
+split matches ``syntk_calcium.train``: the full-view mean image's left-half regions, rows
+``[0, 200)`` train, ``[200, 256)`` validation, rows ``[256, 512)`` **held out**; columns
+``[0, 240)`` are scored (cells crossing column 256 have no truth). A region counts for a window
+when its centre lies in it (truth and prediction alike).
+
+- CNN: the region thresholds are the ones chosen on validation at training (stored in the model's
+  metadata; the ``threshold-regions`` stage defaults); the held-out truth never chooses anything.
+  A best-on-held-out threshold is printed as a second, labelled figure only.
+- Classical bar: DoG local maxima on the standardised mean image, parameters grid-searched on
+  rows ``[0, 256)`` (train + validation), then scored on the held-out rows.
+- The crop movie (200 frames, rows 288-416 / cols 64-192: inside the held-out rows) through the
+  loader's streaming mean projection, scored against ``regions_crop.json`` (the 38 regions lying
+  entirely inside the crop), for the CNN, the bar and, with ``--suite2p OUT.json`` from
+  ``benchmarks/bench_suite2p.py``, suite2p.
+
+    python benchmarks/eval_calcium.py [--model FILE.onnx] [--suite2p s2p.json] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from synapse_toolkit.data import Regions
+from synapse_toolkit.metrics.neurofinder import load_regions, score_neurofinder
+from syntk_calcium.io import open_source, summary_images
+from syntk_calcium.preprocess import clip_standardise
+from syntk_calcium.regions import extract_regions, local_maxima_regions, regions_in_window
+from syntk_calcium.stages import cnn_probability
+
+DATA = Path("/work/shared/data/calcium/neurofinder-crop")
+SELECT_ROWS, TEST_ROWS, COLS = (0, 256), (256, 512), (0, 240)
+BASELINE_GRID = {
+    "sigma": (1.0, 1.5, 2.0, 3.0),
+    "background_sigma": (6.0, 10.0),
+    "threshold": (0.1, 0.2, 0.3, 0.5, 0.7, 1.0),
+    "min_distance": (3, 4, 6),
+}
+
+
+def _window_score(truth: Regions, pred: Regions, rows: tuple, cols: tuple) -> dict[str, Any]:
+    s = score_neurofinder(regions_in_window(truth, rows, cols), regions_in_window(pred, rows, cols))
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in s.as_dict().items()}
+
+
+def tune_baseline(image: np.ndarray, truth: Regions) -> dict[str, Any]:
+    """Local-maxima parameters with the best combined score on the selection rows."""
+    best: tuple[float, dict[str, Any]] = (-1.0, {})
+    for values in itertools.product(*BASELINE_GRID.values()):
+        params = dict(zip(BASELINE_GRID, values, strict=True))
+        pred = local_maxima_regions(image, **params)
+        c = _window_score(truth, pred, SELECT_ROWS, COLS)["combined"]
+        if c > best[0]:
+            best = (c, params)
+    return best[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", default=str(DATA))
+    ap.add_argument("--model", default=None, help="ONNX file (default: calcium/neurofinder_cnn)")
+    ap.add_argument("--suite2p", default=None, help="suite2p regions JSON of the crop movie")
+    ap.add_argument("--json", default=None, help="also write the results here")
+    args = ap.parse_args()
+    data = Path(args.data)
+
+    if args.model is None:
+        from synapse_toolkit.datasets import model_path
+
+        model = model_path("calcium/neurofinder_cnn")
+    else:
+        model = Path(args.model)
+    from synapse_toolkit.onnx_runtime import create_session, model_metadata
+
+    meta = model_metadata(create_session(model, providers=["CPUExecutionProvider"]))
+    params = meta["region_params"]
+    out: dict[str, Any] = {"model": str(model), "region_params (validation)": params}
+
+    mean = np.load(data / "mean_fullfov_512x512_float32.npy")
+    truth = load_regions(data / "regions_fullfov_left_half.json")
+    prob = cnn_probability(mean, model, n_threads=1)
+    cnn = extract_regions(prob[0], prob[1], **params)
+    out["fullfov_heldout_cnn"] = _window_score(truth, cnn, TEST_ROWS, COLS)
+    out["fullfov_validation_cnn"] = _window_score(truth, cnn, (200, 256), COLS)
+    bparams = tune_baseline(clip_standardise(mean), truth)
+    base = local_maxima_regions(clip_standardise(mean), **bparams)
+    out["baseline_params (rows 0-255)"] = bparams
+    out["fullfov_heldout_baseline"] = _window_score(truth, base, TEST_ROWS, COLS)
+    oracle = max(
+        (
+            (_window_score(truth, extract_regions(prob[0], prob[1], threshold=t,
+                                                  core_threshold=ct, min_size=m),
+                           TEST_ROWS, COLS)["combined"], (t, ct, m))  # fmt: skip
+            for t in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+            for ct in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+            for m in (10, 20, 30, 40)
+        ),
+    )
+    out["fullfov_heldout_cnn_best_on_test (reference only)"] = {
+        "combined": round(oracle[0], 4), "threshold, core_threshold, min_size": oracle[1]
+    }  # fmt: skip
+
+    src = open_source(data / "movie_200x128x128_uint16.tif")
+    crop_mean = summary_images(src, ["mean"])[0]
+    crop_truth = load_regions(data / "regions_crop.json")
+    cp = cnn_probability(crop_mean, model, n_threads=1)
+    whole = ((0, 128), (0, 128))
+    out["crop_movie_cnn"] = _window_score(
+        crop_truth, extract_regions(cp[0], cp[1], **params), *whole
+    )
+    out["crop_movie_baseline"] = _window_score(
+        crop_truth, local_maxima_regions(clip_standardise(crop_mean), **bparams), *whole
+    )
+    if args.suite2p:
+        out["crop_movie_suite2p"] = _window_score(crop_truth, load_regions(args.suite2p), *whole)
+    text = json.dumps(out, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
