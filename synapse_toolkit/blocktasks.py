@@ -223,6 +223,23 @@ def _worker_init() -> None:
         pass
 
 
+def make_pool(
+    n_workers: int, executor: Literal["threads", "processes"] = "threads", name: str = "blocks"
+) -> cf.Executor:
+    """A bounded pool: threads, or spawned processes (no fork of zarr's or numba's threads)."""
+    if n_workers < 1:
+        raise SyntkError(f"{name}: n_workers must be >= 1, got {n_workers}")
+    if executor == "processes":
+        return cf.ProcessPoolExecutor(
+            max_workers=n_workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_worker_init,
+        )
+    if executor == "threads":
+        return cf.ThreadPoolExecutor(max_workers=n_workers)
+    raise SyntkError(f"{name}: executor must be 'threads' or 'processes', got {executor!r}")
+
+
 @dataclass
 class BlocksReport:
     """What :func:`run_blocks` did: info per block, and which blocks were skipped as done."""
@@ -243,11 +260,13 @@ def run_blocks(
     max_retries: int = 2,
     name: str = "blocks",
     on_block: Callable[[BlockTask, bool], None] | None = None,
+    pool: cf.Executor | None = None,
 ) -> BlocksReport:
     """Run ``process`` on every task not reported done by ``check``; at most ``n_workers`` at a
     time. Failing blocks are retried ``max_retries`` times, then listed in a
     :class:`BlockwiseError` (raised after every other block has run). ``on_block(task, skipped)``
-    is called in the caller's thread as each block finishes (e.g. a progress bar)."""
+    is called in the caller's thread as each block finishes (e.g. a progress bar). A ``pool``
+    from :func:`make_pool` can be shared by several calls (workers start once)."""
     tasks = list(tasks)
     if n_workers < 1:
         raise SyntkError(f"{name}: n_workers must be >= 1, got {n_workers}")
@@ -258,16 +277,9 @@ def run_blocks(
         raise SyntkError(f"{name}: block ids are not unique")
     report = BlocksReport({}, [], [], {})
     failed: dict[int, tuple[BlockTask, str]] = {}
-    if executor == "processes":
-        pool: cf.Executor = cf.ProcessPoolExecutor(
-            max_workers=n_workers,
-            mp_context=multiprocessing.get_context("spawn"),  # no fork of zarr/numba threads
-            initializer=_worker_init,
-        )
-    elif executor == "threads":
-        pool = cf.ThreadPoolExecutor(max_workers=n_workers)
-    else:
-        raise SyntkError(f"{name}: executor must be 'threads' or 'processes', got {executor!r}")
+    own_pool = pool is None
+    if pool is None:
+        pool = make_pool(n_workers, executor, name)
     pending = iter(tasks)
     running: dict[cf.Future, BlockTask] = {}
     retry: list[BlockTask] = []
@@ -307,7 +319,8 @@ def run_blocks(
                         on_block(task, skipped)
                 submit_next()
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        if own_pool:
+            pool.shutdown(wait=True, cancel_futures=True)
     if failed:
         lines = [
             f"  {t.describe()}: {err} (after {report.attempts[i]} attempts)"

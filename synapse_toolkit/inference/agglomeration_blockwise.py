@@ -47,6 +47,7 @@ from synapse_toolkit.blocktasks import (
     DoneMarkers,
     Fingerprint,
     atomic_write_bytes,
+    make_pool,
     make_tasks,
     run_blocks,
 )
@@ -501,7 +502,8 @@ def agglomerate_blockwise(
     )  # fmt: skip
     tasks = make_tasks(shape, bs, ctx, voxel_size_nm=voxel_size_nm, offset_nm=offset_nm)
     result = BlockwiseResult(n_blocks=len(tasks), n_fragments=0, n_edges=0)
-    common = {"n_workers": n_workers, "executor": executor, "max_retries": max_retries}
+    pool = make_pool(n_workers, executor, "blockwise agglomeration")
+    common = {"n_workers": n_workers, "max_retries": max_retries, "pool": pool}
 
     def phase(name: str, process: Any, check: Any) -> dict[int, dict[str, Any]]:
         t0 = time.perf_counter()
@@ -514,60 +516,63 @@ def agglomerate_blockwise(
         result.skipped_blocks[name] = len(rep.skipped)
         return rep.info
 
-    if own:
+    try:
+        if own:
+            info = phase(
+                "fragments",
+                functools.partial(_fragments_block, job),
+                functools.partial(_fragments_check, job),
+            )
+            result.n_fragments = sum(int(i.get("n_fragments", 0)) for i in info.values())
         info = phase(
-            "fragments",
-            functools.partial(_fragments_block, job),
-            functools.partial(_fragments_check, job),
+            "edges", functools.partial(_edges_block, job), functools.partial(_edges_check, job)
         )
-        result.n_fragments = sum(int(i.get("n_fragments", 0)) for i in info.values())
-    info = phase(
-        "edges", functools.partial(_edges_block, job), functools.partial(_edges_check, job)
-    )
-    edge_fps = [info[t.block_id]["fingerprint"] for t in tasks]
+        edge_fps = [info[t.block_id]["fingerprint"] for t in tasks]
 
-    # global step, cached by the fingerprint of every block's edges and the merge options
-    t0 = time.perf_counter()
-    graph_fp = Fingerprint(FORMAT_VERSION, "agglomerate", edge_fps, scoring, ths,
-                           discretize_queue).hexdigest()  # fmt: skip
-    graph_path = work / "agglomeration.npz"
-    meta_path = work / "agglomeration.json"
-    cached = False
-    if graph_path.exists() and meta_path.exists():
-        try:
-            meta = json.loads(meta_path.read_text())
-            cached = meta.get("fingerprint") == graph_fp
-        except json.JSONDecodeError:
-            cached = False
-    if cached:
-        result.n_edges = int(meta.get("n_edges", 0))
-        if not own:
-            result.n_fragments = int(meta.get("n_nodes", 0))
-    else:
-        edges = _load_edges(job, tasks)
-        nodes, labels = agglomerate_graph(
-            edges, ths, scoring=scoring, discretize_queue=discretize_queue
+        # global step, cached by the fingerprint of every block's edges and the merge options
+        t0 = time.perf_counter()
+        graph_fp = Fingerprint(FORMAT_VERSION, "agglomerate", edge_fps, scoring, ths,
+                               discretize_queue).hexdigest()  # fmt: skip
+        graph_path = work / "agglomeration.npz"
+        meta_path = work / "agglomeration.json"
+        cached = False
+        if graph_path.exists() and meta_path.exists():
+            try:
+                meta = json.loads(meta_path.read_text())
+                cached = meta.get("fingerprint") == graph_fp
+            except json.JSONDecodeError:
+                cached = False
+        if cached:
+            result.n_edges = int(meta.get("n_edges", 0))
+            if not own:
+                result.n_fragments = int(meta.get("n_nodes", 0))
+        else:
+            edges = _load_edges(job, tasks)
+            nodes, labels = agglomerate_graph(
+                edges, ths, scoring=scoring, discretize_queue=discretize_queue
+            )
+            result.n_edges = int(edges["u"].size)
+            del edges
+            buf = io.BytesIO()
+            np.savez(buf, nodes=nodes, labels=labels)
+            atomic_write_bytes(graph_path, buf.getvalue())
+            atomic_write_bytes(meta_path, json.dumps({
+                "fingerprint": graph_fp, "n_edges": result.n_edges, "n_nodes": int(nodes.size),
+                "scoring": scoring, "thresholds": ths,
+            }).encode())  # fmt: skip
+            if not own:
+                result.n_fragments = int(nodes.size)
+            del nodes, labels
+        result.seconds["agglomerate"] = round(time.perf_counter() - t0, 3)
+        result.skipped_blocks["agglomerate"] = int(cached)
+
+        token = _output_token(out)
+        args = (job, refs["o"], str(graph_path), graph_fp, token)
+        phase(
+            "relabel",
+            functools.partial(_relabel_block, *args),
+            functools.partial(_relabel_check, *args),
         )
-        result.n_edges = int(edges["u"].size)
-        del edges
-        buf = io.BytesIO()
-        np.savez(buf, nodes=nodes, labels=labels)
-        atomic_write_bytes(graph_path, buf.getvalue())
-        atomic_write_bytes(meta_path, json.dumps({
-            "fingerprint": graph_fp, "n_edges": result.n_edges, "n_nodes": int(nodes.size),
-            "scoring": scoring, "thresholds": ths,
-        }).encode())  # fmt: skip
-        if not own:
-            result.n_fragments = int(nodes.size)
-        del nodes, labels
-    result.seconds["agglomerate"] = round(time.perf_counter() - t0, 3)
-    result.skipped_blocks["agglomerate"] = int(cached)
-
-    token = _output_token(out)
-    args = (job, refs["o"], str(graph_path), graph_fp, token)
-    phase(
-        "relabel",
-        functools.partial(_relabel_block, *args),
-        functools.partial(_relabel_check, *args),
-    )
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     return result

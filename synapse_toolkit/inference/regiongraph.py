@@ -114,6 +114,176 @@ def _qbin(score: np.float32, nbins: int) -> int:
     return min(int(score * np.float32(nbins)), nbins - 1)
 
 
+_EMPTY = -1
+
+
+@njit(cache=True)
+def _hslot(key: int, mask: int) -> int:
+    x = np.uint64(key) * np.uint64(11400714819323198485)  # Fibonacci hashing
+    return np.int64(x >> np.uint64(32)) & mask
+
+
+@njit(cache=True)
+def _hfind(keys: np.ndarray, key: int, mask: int) -> int:
+    """Slot of ``key`` in the linear-probing table, or -1."""
+    i = _hslot(key, mask)
+    while keys[i] != _EMPTY:
+        if keys[i] == key:
+            return i
+        i = (i + 1) & mask
+    return -1
+
+
+@njit(cache=True)
+def _hput(keys: np.ndarray, vals: np.ndarray, key: int, val: int, mask: int) -> None:
+    i = _hslot(key, mask)
+    while keys[i] != _EMPTY and keys[i] != key:
+        i = (i + 1) & mask
+    keys[i] = key
+    vals[i] = val
+
+
+@njit(cache=True)
+def _hdel(keys: np.ndarray, vals: np.ndarray, key: int, mask: int) -> None:
+    """Remove ``key`` (backward-shift deletion: no tombstones)."""
+    i = _hfind(keys, key, mask)
+    if i < 0:
+        return
+    j = i
+    while True:
+        j = (j + 1) & mask
+        if keys[j] == _EMPTY:
+            break
+        k = _hslot(keys[j], mask)
+        if (i <= j and i < k <= j) or (i > j and (k > i or k <= j)):
+            continue  # keys[j] is still reachable from its home slot
+        keys[i] = keys[j]
+        vals[i] = vals[j]
+        i = j
+    keys[i] = _EMPTY
+
+
+# queue state: st[0] = free queue nodes, st[1] = smallest non-empty bin (-1: empty),
+# st[2] = heap size
+
+
+@njit(cache=True)
+def _push(e, s, nbins, st, q_edge, q_next, q_free, bin_head, bin_tail, heap_s, heap_e):  # type: ignore[no-untyped-def]
+    if nbins > 0:  # FIFO bin queue (waterz's BinQueue)
+        b = _qbin(s, nbins)
+        st[0] -= 1
+        node = q_free[st[0]]
+        q_edge[node] = e
+        q_next[node] = -1
+        if bin_head[b] < 0:
+            bin_head[b] = node
+        else:
+            q_next[bin_tail[b]] = node
+        bin_tail[b] = node
+        if st[1] < 0 or b < st[1]:
+            st[1] = b
+        return
+    i = st[2]  # binary heap on (score, edge)
+    st[2] += 1
+    while i > 0:
+        p = (i - 1) // 2
+        if heap_s[p] < s or (heap_s[p] == s and heap_e[p] < e):
+            break
+        heap_s[i] = heap_s[p]
+        heap_e[i] = heap_e[p]
+        i = p
+    heap_s[i] = s
+    heap_e[i] = e
+
+
+@njit(cache=True)
+def _top(nbins, st, q_edge, bin_head, heap_e):  # type: ignore[no-untyped-def]
+    if nbins > 0:
+        return -1 if st[1] < 0 else q_edge[bin_head[st[1]]]
+    return -1 if st[2] == 0 else heap_e[0]
+
+
+@njit(cache=True)
+def _pop(nbins, st, q_next, q_free, bin_head, bin_tail, heap_s, heap_e):  # type: ignore[no-untyped-def]
+    if nbins > 0:
+        mb = st[1]
+        node = bin_head[mb]
+        bin_head[mb] = q_next[node]
+        q_free[st[0]] = node
+        st[0] += 1
+        if bin_head[mb] < 0:
+            bin_tail[mb] = -1
+            while mb < nbins and bin_head[mb] < 0:
+                mb += 1
+            st[1] = -1 if mb == nbins else mb
+        return
+    st[2] -= 1
+    n = st[2]
+    ls = heap_s[n]
+    le = heap_e[n]
+    i = 0
+    while True:
+        c = 2 * i + 1
+        if c >= n:
+            break
+        if c + 1 < n and (
+            heap_s[c + 1] < heap_s[c] or (heap_s[c + 1] == heap_s[c] and heap_e[c + 1] < heap_e[c])
+        ):
+            c += 1
+        if ls < heap_s[c] or (ls == heap_s[c] and le < heap_e[c]):
+            break
+        heap_s[i] = heap_s[c]
+        heap_e[i] = heap_e[c]
+        i = c
+    heap_s[i] = ls
+    heap_e[i] = le
+
+
+@njit(cache=True)
+def _merge_stats(
+    src, dst, quantile, list_limit, cnt, slot, hist, free, lhead, ltail, onext, obin, msum, mcnt
+):  # type: ignore[no-untyped-def]
+    """Add edge ``src``'s statistics to ``dst``'s (``free[0]`` = number of free dense rows,
+    ``free[1:]`` their indices)."""
+    if not quantile:
+        msum[dst] += msum[src]
+        mcnt[dst] += mcnt[src]
+        return
+    if slot[dst] < 0 and slot[src] < 0 and cnt[dst] + cnt[src] <= list_limit:
+        onext[ltail[dst]] = lhead[src]
+        ltail[dst] = ltail[src]
+    else:
+        if slot[dst] < 0:
+            free[0] -= 1
+            row = free[1 + free[0]]
+            hist[row, :] = 0
+            o = lhead[dst]
+            while o >= 0:
+                hist[row, obin[o]] += 1
+                o = onext[o]
+            slot[dst] = row
+        row = slot[dst]
+        if slot[src] >= 0:
+            for b in range(BINS):
+                hist[row, b] += hist[slot[src], b]
+            free[1 + free[0]] = slot[src]
+            free[0] += 1
+            slot[src] = -1
+        else:
+            o = lhead[src]
+            while o >= 0:
+                hist[row, obin[o]] += 1
+                o = onext[o]
+    cnt[dst] += cnt[src]
+
+
+@njit(cache=True)
+def _score(e, q, cnt, slot, hist, lhead, onext, obin, buf, msum, mcnt):  # type: ignore[no-untyped-def]
+    if q >= 0:
+        return _quantile_score(e, q, cnt, slot, hist, lhead, onext, obin, buf)
+    return _mean_score(e, msum, mcnt)
+
+
 @njit(cache=True)
 def _merge_regions(
     n_nodes: int,
@@ -136,21 +306,22 @@ def _merge_regions(
     deleted = np.zeros(n_edges, np.bool_)
     parent = np.arange(n_nodes)
 
-    # statistics
+    # statistics: list of fragment-pair bins, or a dense histogram row
     cnt = np.ones(n_edges, np.int64)
     slot = -np.ones(n_edges, np.int64)
     lhead = np.arange(n_edges)
     ltail = np.arange(n_edges)
     onext = -np.ones(n_edges, np.int64)
     n_slots = (n_edges // (list_limit + 1) + 1) if quantile else 1
-    hist = np.zeros((n_slots, BINS), np.int64)
-    free_slots = np.arange(n_slots - 1, -1, -1)
-    n_free = n_slots
+    hist = np.zeros((n_slots, BINS), np.int32)
+    free = np.empty(n_slots + 1, np.int64)
+    free[0] = n_slots
+    free[1:] = np.arange(n_slots - 1, -1, -1)
     buf = np.zeros(list_limit + 1, np.int64)
     msum = msum0.copy()
     mcnt = mcnt0.copy()
 
-    # incidence lists (entries are reused when an edge moves from b to a)
+    # incidence lists (an entry moves with its edge from b's list to a's)
     ent_edge = np.empty(2 * n_edges, np.int64)
     ent_next = -np.ones(2 * n_edges, np.int64)
     head = -np.ones(n_nodes, np.int64)
@@ -165,149 +336,55 @@ def _merge_regions(
             else:
                 ent_next[tail[node]] = ent
             tail[node] = ent
-    # (u, v) -> edge
-    pairs = dict()
+    # (u, v) -> edge: a linear-probing hash table
+    cap = 1
+    while cap < 2 * n_edges + 2:
+        cap *= 2
+    hmask = cap - 1
+    hkeys = np.full(cap, _EMPTY, np.int64)
+    hvals = np.empty(cap, np.int64)
     for e in range(n_edges):
-        pairs[eu[e] * n_nodes + ev[e]] = e
+        _hput(hkeys, hvals, eu[e] * n_nodes + ev[e], e, hmask)
 
-    # queue: FIFO bins (nbins > 0) or a binary heap of (score, edge) (nbins == 0)
-    q_edge = np.empty(max(n_edges, 1), np.int64)
-    q_next = -np.ones(max(n_edges, 1), np.int64)
-    q_free = np.arange(max(n_edges, 1) - 1, -1, -1)
-    n_qfree = max(n_edges, 1)
-    nb = max(nbins, 1)
-    bin_head = -np.ones(nb, np.int64)
-    bin_tail = -np.ones(nb, np.int64)
-    min_bin = -1
-    heap_s = np.empty(max(n_edges, 1), np.float32)
-    heap_e = np.empty(max(n_edges, 1), np.int64)
-    heap_n = 0
+    # queue
+    m = max(n_edges, 1)
+    st = np.array([m, -1, 0], np.int64)
+    q_edge = np.empty(m, np.int64)
+    q_next = -np.ones(m, np.int64)
+    q_free = np.arange(m - 1, -1, -1)
+    bin_head = -np.ones(max(nbins, 1), np.int64)
+    bin_tail = -np.ones(max(nbins, 1), np.int64)
+    heap_s = np.empty(m, np.float32)
+    heap_e = np.empty(m, np.int64)
 
     out = np.empty((thresholds.shape[0], n_nodes), np.int64)
-
     for e in range(n_edges):  # initial scores, pushed in edge order
-        s = (
-            _quantile_score(e, q, cnt, slot, hist, lhead, onext, obin, buf)
-            if quantile
-            else _mean_score(e, msum, mcnt)
-        )
+        s = _score(e, q, cnt, slot, hist, lhead, onext, obin, buf, msum, mcnt)
         score[e] = s
-        if nbins > 0:
-            b = _qbin(s, nbins)
-            n_qfree -= 1
-            node = q_free[n_qfree]
-            q_edge[node] = e
-            q_next[node] = -1
-            if bin_head[b] < 0:
-                bin_head[b] = node
-            else:
-                q_next[bin_tail[b]] = node
-            bin_tail[b] = node
-            if min_bin < 0 or b < min_bin:
-                min_bin = b
-        else:
-            i = heap_n
-            heap_n += 1
-            while i > 0:
-                p = (i - 1) // 2
-                if heap_s[p] < s or (heap_s[p] == s and heap_e[p] < e):
-                    break
-                heap_s[i] = heap_s[p]
-                heap_e[i] = heap_e[p]
-                i = p
-            heap_s[i] = s
-            heap_e[i] = e
+        _push(e, s, nbins, st, q_edge, q_next, q_free, bin_head, bin_tail, heap_s, heap_e)
 
     for t in range(thresholds.shape[0]):
         threshold = np.float32(thresholds[t])
         while True:
-            # top
-            if nbins > 0:
-                if min_bin < 0:
-                    break
-                top = q_edge[bin_head[min_bin]]
-            else:
-                if heap_n == 0:
-                    break
-                top = heap_e[0]
-            if score[top] >= threshold:
+            top = _top(nbins, st, q_edge, bin_head, heap_e)
+            if top < 0 or score[top] >= threshold:
                 break
-            # pop
-            if nbins > 0:
-                node = bin_head[min_bin]
-                bin_head[min_bin] = q_next[node]
-                q_free[n_qfree] = node
-                n_qfree += 1
-                if bin_head[min_bin] < 0:
-                    bin_tail[min_bin] = -1
-                    while min_bin < nbins and bin_head[min_bin] < 0:
-                        min_bin += 1
-                    if min_bin == nbins:
-                        min_bin = -1
-            else:
-                heap_n -= 1
-                ls = heap_s[heap_n]
-                le = heap_e[heap_n]
-                i = 0
-                while True:
-                    c = 2 * i + 1
-                    if c >= heap_n:
-                        break
-                    if c + 1 < heap_n and (
-                        heap_s[c + 1] < heap_s[c]
-                        or (heap_s[c + 1] == heap_s[c] and heap_e[c + 1] < heap_e[c])
-                    ):
-                        c += 1
-                    if ls < heap_s[c] or (ls == heap_s[c] and le < heap_e[c]):
-                        break
-                    heap_s[i] = heap_s[c]
-                    heap_e[i] = heap_e[c]
-                    i = c
-                heap_s[i] = ls
-                heap_e[i] = le
+            _pop(nbins, st, q_next, q_free, bin_head, bin_tail, heap_s, heap_e)
             if deleted[top]:
                 continue
             if stale[top]:
-                s = (
-                    _quantile_score(top, q, cnt, slot, hist, lhead, onext, obin, buf)
-                    if quantile
-                    else _mean_score(top, msum, mcnt)
-                )
+                s = _score(top, q, cnt, slot, hist, lhead, onext, obin, buf, msum, mcnt)
                 score[top] = s
                 stale[top] = False
-                if nbins > 0:
-                    b = _qbin(s, nbins)
-                    n_qfree -= 1
-                    node = q_free[n_qfree]
-                    q_edge[node] = top
-                    q_next[node] = -1
-                    if bin_head[b] < 0:
-                        bin_head[b] = node
-                    else:
-                        q_next[bin_tail[b]] = node
-                    bin_tail[b] = node
-                    if min_bin < 0 or b < min_bin:
-                        min_bin = b
-                else:
-                    i = heap_n
-                    heap_n += 1
-                    while i > 0:
-                        p = (i - 1) // 2
-                        if heap_s[p] < s or (heap_s[p] == s and heap_e[p] < top):
-                            break
-                        heap_s[i] = heap_s[p]
-                        heap_e[i] = heap_e[p]
-                        i = p
-                    heap_s[i] = s
-                    heap_e[i] = top
+                _push(top, s, nbins, st, q_edge, q_next, q_free, bin_head, bin_tail, heap_s,
+                      heap_e)  # fmt: skip
                 continue
-
-            # merge b into a
+            # merge region b into region a
             a = eu[top]
             bb = ev[top]
             parent[bb] = a
             deleted[top] = True  # now inside a region (waterz never looks at it again)
-            pairs.pop(a * n_nodes + bb)
+            _hdel(hkeys, hvals, a * n_nodes + bb, hmask)
             ent = head[bb]
             head[bb] = -1
             tail[bb] = -1
@@ -318,65 +395,27 @@ def _merge_regions(
                     ent = nxt
                     continue
                 nb_node = ev[f] if eu[f] == bb else eu[f]
-                pairs.pop(min(bb, nb_node) * n_nodes + max(bb, nb_node))
+                _hdel(hkeys, hvals, min(bb, nb_node) * n_nodes + max(bb, nb_node), hmask)
                 key = min(a, nb_node) * n_nodes + max(a, nb_node)
-                g = -1
-                if key in pairs:
-                    g = pairs[key]
-                keep = f
-                if g < 0:
-                    move = True
-                elif score[f] > score[g]:
-                    # merge f's statistics into a's edge g; delete f
-                    keep = g
-                    move = False
-                else:
-                    # merge g into f; delete g; f moves to a
-                    move = True
+                slot_g = _hfind(hkeys, key, hmask)
+                g = hvals[slot_g] if slot_g >= 0 else -1
+                move = True
                 if g >= 0:
-                    src = g if keep == f else f
-                    dst = keep
-                    if quantile:
-                        if slot[dst] < 0 and slot[src] < 0 and cnt[dst] + cnt[src] <= list_limit:
-                            onext[ltail[dst]] = lhead[src]
-                            ltail[dst] = ltail[src]
-                        else:
-                            if slot[dst] < 0:
-                                n_free -= 1
-                                row = free_slots[n_free]
-                                hist[row, :] = 0
-                                o = lhead[dst]
-                                while o >= 0:
-                                    hist[row, obin[o]] += 1
-                                    o = onext[o]
-                                slot[dst] = row
-                            row = slot[dst]
-                            if slot[src] >= 0:
-                                hist[row, :] += hist[slot[src], :]
-                                free_slots[n_free] = slot[src]
-                                n_free += 1
-                                slot[src] = -1
-                            else:
-                                o = lhead[src]
-                                while o >= 0:
-                                    hist[row, obin[o]] += 1
-                                    o = onext[o]
-                        cnt[dst] += cnt[src]
+                    # a shared neighbour: the edge with the higher (last) score merges into the
+                    # other one, which becomes stale; ties keep b's edge, as waterz
+                    if score[f] > score[g]:
+                        src, dst, move = f, g, False
                     else:
-                        msum[dst] += msum[src]
-                        mcnt[dst] += mcnt[src]
+                        src, dst = g, f
+                        _hdel(hkeys, hvals, key, hmask)
+                    _merge_stats(src, dst, quantile, list_limit, cnt, slot, hist, free, lhead,
+                                 ltail, onext, obin, msum, mcnt)  # fmt: skip
                     deleted[src] = True
                     stale[dst] = True
-                    if src == g:
-                        pairs.pop(key)
                 if move:
-                    if a < nb_node:
-                        eu[f] = a
-                        ev[f] = nb_node
-                    else:
-                        eu[f] = nb_node
-                        ev[f] = a
-                    pairs[key] = f
+                    eu[f] = min(a, nb_node)
+                    ev[f] = max(a, nb_node)
+                    _hput(hkeys, hvals, key, f, hmask)
                     ent_next[ent] = -1  # the entry joins a's list
                     if head[a] < 0:
                         head[a] = ent
