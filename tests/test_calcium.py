@@ -231,3 +231,31 @@ def test_neurofinder_example_without_truth_skips_scoring(tmp_path: Path) -> None
     assert (tmp_path / "run" / "regions.json").exists()
     assert (tmp_path / "run" / "rois.png").exists()
     assert not (tmp_path / "run" / "rois_vs_truth.png").exists()
+
+
+def test_onnx_detector_equals_torch(tmp_path: Path) -> None:
+    """A small RoiNet exported to ONNX and run by the detector's tiled ONNX path gives the torch
+    probabilities of the whole (reflect-padded) image, on an image smaller than a tile and of a
+    size that is not a multiple of anything."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnxscript")
+    from syntk_calcium.net import RoiNet
+    from syntk_calcium.stages import cnn_probability
+    from syntk_calcium.train import predict_full
+
+    from synapse_toolkit.nn.export import export_model
+
+    torch.manual_seed(0)
+    net = RoiNet(width=4).eval()
+    with torch.no_grad():  # non-trivial batch-norm statistics
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    info = export_model(net, (1, 128, 128), tmp_path / "m.onnx")
+    assert info["output_shape"] == [1, 88, 88] and info["max_abs_diff"] < 1e-4
+    image = np.random.default_rng(1).gamma(2.0, 100.0, (70, 83)).astype(np.float32)
+    got = cnn_probability(image, tmp_path / "m.onnx", n_threads=1)
+    want = predict_full(net, clip_standardise(image))
+    assert got.shape == want.shape == (2, 70, 83)
+    np.testing.assert_allclose(got, want, atol=1e-5)
