@@ -28,8 +28,9 @@ import h5py
 import numpy as np
 import zarr
 
+from synapse_toolkit.artifact_types import JSON_TYPES, VOLUME_TYPES
 from synapse_toolkit.blockwise import iter_blocks
-from synapse_toolkit.data import JSON_TYPES, Volume, WrittenFile
+from synapse_toolkit.data import Volume, WrittenFile
 from synapse_toolkit.errors import DataError
 from synapse_toolkit.fsio import atomic_write_text, dumps, sha256_file
 
@@ -75,12 +76,19 @@ class ArtifactStore:
         shutil.rmtree(self.scratch_root, ignore_errors=True)
 
     # -- writing --------------------------------------------------------------------------------
-    def save(self, stage: str, port: str, value: Any, scratch: Path) -> dict[str, Any]:
-        """Store one output; returns its manifest record ({type, path})."""
+    def save(
+        self, stage: str, port: str, value: Any, scratch: Path, type_name: str | None = None
+    ) -> dict[str, Any]:
+        """Store one output; returns its manifest record ({type, path, integrity stamp}).
+
+        ``type_name`` is the port's artifact type (for volumes: labels, affinities, ...)."""
         target_dir = self.artifact_dir / stage
         target_dir.mkdir(parents=True, exist_ok=True)
         if isinstance(value, Volume):
-            return self._stamped(self._save_volume(target_dir, port, value, scratch))
+            record = self._save_volume(target_dir, port, value, scratch)
+            if type_name in VOLUME_TYPES:
+                record["type"] = type_name
+            return self._stamped(record)
         if isinstance(value, WrittenFile):
             path = Path(value.path)
             path = path if path.is_absolute() else self.run_dir / path
@@ -182,7 +190,7 @@ class ArtifactStore:
             raise DataError(f"{path}: artifact missing")
         if record["type"] == "file":
             return WrittenFile(str(path))
-        if record["type"] in ("volume", "labels"):
+        if record["type"] in VOLUME_TYPES:
             if path.name.endswith(".ref.json"):
                 ref = json.loads(path.read_text())
                 if not Path(ref["file"]).exists():

@@ -575,12 +575,3 @@ class WrittenFile:
         if not self.path:
             raise DataError("a written file needs a path")
 
-
-JSON_TYPES: dict[str, type] = {
-    "transform": SectionTransform,
-    "annotations": Annotations,
-    "partners": PartnerTable,
-    "regions": Regions,
-    "clusters": ClusterAssignments,
-    "scores": ScoreRecord,
-}

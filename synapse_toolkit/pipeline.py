@@ -9,14 +9,14 @@ import json
 import platform
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from synapse_toolkit import __version__
+from synapse_toolkit import __version__, artifact_types
 from synapse_toolkit.artifacts import ArtifactStore, atomic_replace_dir
 from synapse_toolkit.config import PipelineConfig, format_validation_error
 from synapse_toolkit.errors import ConfigError, DataError, PluginError, SyntkError
@@ -29,10 +29,18 @@ from synapse_toolkit.fsio import (
 )
 from synapse_toolkit.plugin_manager import PluginSet, get_plugins
 from synapse_toolkit.stage_registry import RegisteredStage
-from synapse_toolkit.stages import ProgressFactory, Stage, StageContext, StageOptions
+from synapse_toolkit.stages import (
+    Loader,
+    Placement,
+    Port,
+    ProgressFactory,
+    Stage,
+    StageContext,
+    StageOptions,
+    check_grids,
+)
 
 MANIFEST = "manifest.json"
-_VOLUME_TYPES = {"volume", "labels"}
 
 
 @dataclass
@@ -70,8 +78,17 @@ class Plan:
         ]
 
 
-def _types_compatible(produced: str, wanted: str) -> bool:
-    return produced == wanted or (produced in _VOLUME_TYPES and wanted in _VOLUME_TYPES)
+def wire_problem(out: Port, want: Port) -> str | None:
+    """Why an output port cannot feed an input port (types, channel counts), or None."""
+    if not artifact_types.compatible(out.type, want.type):
+        return f"carries {out.describe()}"
+    have = out.channels
+    if have is not None and want.channels is not None and have != want.channels:
+        return f"carries {out.describe()}"
+    low = want.min_channels or want.artifact.min_channels
+    if have is not None and low is not None and have < low:
+        return f"carries {out.describe()}"
+    return None
 
 
 def resolve_input(config: PipelineConfig, *, download: bool = True) -> Path:
@@ -152,14 +169,51 @@ def plan_pipeline(
                     f"{key}: stage {src_stage!r} ({producer.cls.name}) has no output "
                     f"{src_port!r} (outputs: {', '.join(producer.cls.outputs)})"
                 )
-            want = ps.cls.inputs[port].type
-            if not _types_compatible(out.type, want):
-                raise ConfigError(f"{key}: '{src_stage}.{src_port}' is {out.type}, "
-                                  f"but {ps.cls.name} expects {want}")  # fmt: skip
+            want = ps.cls.inputs[port]
+            problem = wire_problem(out, want)
+            if problem:
+                raise ConfigError(f"{key}: '{src_stage}.{src_port}' ({producer.cls.name}) "
+                                  f"{problem}, but {ps.cls.name} input {port!r} takes "
+                                  f"{want.describe()}")  # fmt: skip
 
     order = _topological(planned)
     input_path = resolve_input(config, download=download) if check_input else Path()
-    return Plan(config, [planned[n] for n in order], input_path)
+    plan = Plan(config, [planned[n] for n in order], input_path)
+    if check_input and input_path.exists():
+        _check_static_grids(plan)
+    return plan
+
+
+def _check_static_grids(plan: Plan) -> None:
+    """Reject, before compute, loader volumes on different grids wired into one stage's
+    same-grid ports (placements read from metadata by :meth:`Loader.probe`)."""
+    by_name = {ps.name: ps for ps in plan.stages}
+    probes: dict[str, Mapping[str, Placement]] = {}
+    for ps in plan.stages:
+        seen: dict[str, tuple[str, Placement]] = {}
+        for port, (src, src_port) in ps.inputs.items():
+            spec = ps.cls.inputs[port]
+            producer = by_name[src]
+            if not spec.grid or not issubclass(producer.cls, Loader):
+                continue
+            if src not in probes:
+                try:
+                    probes[src] = producer.cls.probe(producer.options, plan.input_path)
+                except (SyntkError, OSError, KeyError, ValueError):
+                    probes[src] = {}  # the loader reports unreadable data when it runs
+            place = probes[src].get(src_port)
+            if place is None:
+                continue
+            wire = f"{src}.{src_port}"
+            if spec.grid in seen:
+                other_wire, other = seen[spec.grid]
+                diff = other.difference(place)
+                if diff:
+                    key = f"stages.{ps.name}.inputs.{port}"
+                    raise ConfigError(f"{key}: '{wire}' and '{other_wire}' lie on different "
+                                      f"grids ({diff})")  # fmt: skip
+            else:
+                seen[spec.grid] = (wire, place)
 
 
 def _resolve_file_options(config: PipelineConfig, key: str, options: StageOptions) -> StageOptions:
@@ -393,6 +447,7 @@ def _run_locked(
             inputs = {
                 p: _artifact(result, s, port, ps.name, p) for p, (s, port) in ps.inputs.items()
             }
+            check_grids(f"stage {ps.name} ({ps.cls.name})", ps.cls.inputs, inputs)
             scratch = store.new_scratch(ps.name)
             ctx = StageContext(
                 stage_name=ps.name,
@@ -413,15 +468,13 @@ def _run_locked(
             except Exception as exc:
                 raise PluginError(f"stage {ps.name} ({ps.cls.kind} {ps.cls.name}) failed: "
                                   f"{type(exc).__name__}: {exc}") from exc  # fmt: skip
+            outputs = check_outputs(ps, outputs)
             records: dict[str, dict[str, Any]] = {}
-            for port, value in (outputs or {}).items():
-                if port not in ps.cls.outputs:
-                    raise PluginError(
-                        f"stage {ps.name} ({ps.cls.name}) returned undeclared output {port!r}"
-                    )
-                records[port] = store.save(ps.name, port, value, scratch)
+            for port, value in outputs.items():
+                out_type = ps.cls.outputs[port].type
+                records[port] = store.save(ps.name, port, value, scratch, out_type)
                 result.artifacts[f"{ps.name}.{port}"] = (
-                    store.load(records[port]) if records[port]["type"] in _VOLUME_TYPES else value
+                    store.load(records[port]) if out_type in artifact_types.VOLUME_TYPES else value
                 )
             shutil.rmtree(scratch, ignore_errors=True)
             seconds = time.perf_counter() - t0
@@ -448,6 +501,27 @@ def _run_locked(
         store.clear_scratch()
     result.store = store
     return result
+
+
+def check_outputs(ps: PlannedStage, outputs: Any) -> dict[str, Any]:
+    """A stage's returned outputs checked against its ports: no undeclared port, every
+    required port present, every value of the port's type, dimensions, channels and dtype."""
+    where = f"stage {ps.name} ({ps.cls.kind} {ps.cls.name})"
+    if outputs is None:
+        outputs = {}
+    if not isinstance(outputs, dict):
+        raise PluginError(f"{where} returned {type(outputs).__name__}, not a dict of outputs")
+    for port, value in outputs.items():
+        spec = ps.cls.outputs.get(port)
+        if spec is None:
+            raise PluginError(f"{where} returned undeclared output {port!r}")
+        problem = spec.problem(value)
+        if problem:
+            raise PluginError(f"{where}: output {port!r} {problem}")
+    missing = [p for p, spec in ps.cls.outputs.items() if spec.required and p not in outputs]
+    if missing:
+        raise PluginError(f"{where} did not produce required output(s) {', '.join(missing)}")
+    return outputs
 
 
 def _artifact(result: RunResult, stage: str, port: str, consumer: str, cport: str) -> Any:

@@ -43,13 +43,9 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from synapse_toolkit import artifact_types
 from synapse_toolkit.data import Volume
-
-#: Artifact types a port can carry.
-ARTIFACT_TYPES = (
-    "volume", "labels", "annotations", "partners", "regions", "clusters", "scores", "transform",
-    "file",
-)  # fmt: skip
+from synapse_toolkit.errors import DataError
 
 #: The seven built-in stage kinds, in pipeline order.
 STAGE_KINDS = (
@@ -71,15 +67,71 @@ class StageOptions(BaseModel):
 
 @dataclass(frozen=True)
 class Port:
-    """A named input or output of a stage."""
+    """A named input or output of a stage, and what it must carry.
+
+    ``type`` is an artifact type (:mod:`synapse_toolkit.artifact_types`: ``intensity``,
+    ``labels``, ``affinities``, ``map``, ``partners``, ...). Volume ports may narrow it:
+    ``channels`` (exact) or ``min_channels`` for channels-first volumes, and ``grid``: input
+    ports with the same ``grid`` name must share voxel size, offset and spatial shape.
+    """
 
     type: str
     doc: str = ""
     required: bool = True
+    channels: int | None = None
+    min_channels: int | None = None
+    grid: str | None = None
 
     def __post_init__(self) -> None:
-        if self.type not in ARTIFACT_TYPES:
-            raise ValueError(f"unknown artifact type {self.type!r}; choose from {ARTIFACT_TYPES}")
+        artifact_types.get(self.type)  # raises on an unknown type
+
+    @property
+    def artifact(self) -> artifact_types.ArtifactType:
+        return artifact_types.get(self.type)
+
+    def describe(self) -> str:
+        """``type`` plus its narrowing, e.g. ``affinities[>=3]``."""
+        extra = (
+            f"[{self.channels}]" if self.channels else
+            f"[>={self.min_channels}]" if self.min_channels else ""
+        )  # fmt: skip
+        return f"{self.type}{extra}"
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` does not fit this port, or None."""
+        art = self.artifact
+        if not isinstance(value, art.cls):
+            return f"is a {type(value).__name__}, not {art.cls.__name__} ({self.type})"
+        if not isinstance(value, Volume):
+            return None
+        shape = tuple(value.shape)
+        if art.ndims and len(shape) not in art.ndims:
+            dims = " or ".join(str(n) for n in art.ndims)
+            return f"has shape {shape}; a {self.type} volume has {dims} dimensions"
+        if not art.dtype_ok(value.dtype):
+            return f"has dtype {value.dtype}; a {self.type} volume needs {art.dtype} values"
+        channels = shape[0] if len(shape) == 4 else None
+        want_min = self.min_channels or art.min_channels
+        if self.channels is not None and channels not in (self.channels, None):
+            return f"has {channels} channels; expected {self.channels}"
+        if want_min is not None and (channels or 1) < want_min:
+            return f"has {channels or 1} channel(s); expected at least {want_min}"
+        return None
+
+
+def check_grids(where: str, ports: Mapping[str, Port], values: Mapping[str, Any]) -> None:
+    """Inputs whose ports share a ``grid`` name must lie on one grid; DataError otherwise."""
+    groups: dict[str, list[tuple[str, Volume]]] = {}
+    for name, port in ports.items():
+        value = values.get(name)
+        if port.grid and isinstance(value, Volume):
+            groups.setdefault(port.grid, []).append((name, value))
+    for members in groups.values():
+        first_name, first = members[0]
+        for name, vol in members[1:]:
+            diff = Placement.of(first).difference(Placement.of(vol))
+            if diff:
+                raise DataError(f"{where}: inputs {first_name} and {name} differ in {diff}")
 
 
 ProgressFactory = Callable[[str, int | None], "ProgressTask"]
@@ -215,14 +267,48 @@ class Stage(ABC):
         }  # fmt: skip
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where a volume lies: voxel size and offset (nm, z, y, x) and spatial shape (voxels)."""
+
+    voxel_size_nm: tuple[float, float, float]
+    offset_nm: tuple[float, float, float]
+    shape: tuple[int, int, int]
+
+    @classmethod
+    def of(cls, vol: Volume) -> Placement:
+        return cls(vol.voxel_size_nm, vol.offset_nm, vol.spatial_shape)
+
+    def difference(self, other: Placement) -> str | None:
+        """The first property in which two placements differ, with both values, or None."""
+        for what, a, b in (
+            ("voxel size (nm)", self.voxel_size_nm, other.voxel_size_nm),
+            ("offset (nm)", self.offset_nm, other.offset_nm),
+            ("shape (z, y, x)", self.shape, other.shape),
+        ):
+            if tuple(a) != tuple(b):
+                return f"{what}: {tuple(a)} vs {tuple(b)}"
+        return None
+
+
 class Loader(Stage):
     """Reads input data. No inputs; reads ``context.input_path`` unless an option names a file.
 
-    Outputs are whatever the source holds, e.g. ``raw`` (volume), ``neuron_ids`` and ``clefts``
-    (labels), ``annotations``. Large volumes are returned lazily (h5py/zarr-backed), not loaded.
+    Outputs are whatever the source holds, e.g. ``raw`` (``intensity``), ``neuron_ids`` and
+    ``clefts`` (``labels``), ``annotations``. Large volumes are returned lazily
+    (h5py/zarr-backed), not loaded. Loaders must reject data that would poison a run before
+    any compute (:func:`synapse_toolkit.io.checks.check_loaded`).
+
+    :meth:`probe` may read the placement of each volume output from metadata alone, so that
+    ``syntk pipeline validate`` can reject volumes on different grids wired into one stage.
     """
 
     kind: ClassVar[str] = "loader"
+
+    @classmethod
+    def probe(cls, options: Any, input_path: Path | None) -> Mapping[str, Placement]:
+        """Placement of each volume output, from metadata only (no voxel data); {} if unknown."""
+        return {}
 
 
 class Aligner(Stage):

@@ -21,10 +21,10 @@ from synapse_toolkit.io.checks import NonFinite, check_loaded
 from synapse_toolkit.io.cremi import CremiData, open_cremi_lazy, open_hdf5_file, write_cremi
 from synapse_toolkit.io.image_stack import read_image_stack
 from synapse_toolkit.io.zarr_io import read_zarr_volumes, write_zarr_volume
-from synapse_toolkit.stages import Loader, Port, Stage, StageOptions
+from synapse_toolkit.stages import Loader, Placement, Port, Stage, StageOptions
 
 _VOLUME_PORTS: dict[str, Port] = {
-    "raw": Port("volume", "EM intensities (z, y, x)", required=False),
+    "raw": Port("intensity", "EM intensities (z, y, x)", required=False),
     "neuron_ids": Port("labels", "neuron segmentation ground truth", required=False),
     "clefts": Port("labels", "synaptic cleft labels (background 2^64-1)", required=False),
 }
@@ -74,6 +74,15 @@ class CremiLoader(Loader):
 
     _file: h5py.File | None = None
 
+    @classmethod
+    def probe(cls, options: Any, input_path: Path | None) -> Mapping[str, Placement]:
+        path = options.path or input_path
+        if path is None:
+            return {}
+        with open_hdf5_file(path) as f:
+            data = open_cremi_lazy(f, path)
+            return {k: Placement.of(v) for k, v in data.volumes().items()}
+
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         path = _source(self.options, self.context.input_path, self.context.stage_name)  # type: ignore[arg-type]
         self._file = open_hdf5_file(path)
@@ -118,7 +127,7 @@ class ImageStackLoader(Loader):
     name: ClassVar[str] = "image-stack"
     version: ClassVar[str] = __version__
     description: ClassVar[str] = "TIFF/PNG image stack, one image per section"
-    outputs: ClassVar[Mapping[str, Port]] = {"raw": Port("volume", "the stacked images")}
+    outputs: ClassVar[Mapping[str, Port]] = {"raw": Port("intensity", "the stacked images")}
 
     class Options(StageOptions):
         path: str | None = Field(None, description="Directory, glob or file; default: the input.")

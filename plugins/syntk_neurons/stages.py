@@ -13,7 +13,7 @@ from synapse_toolkit import __version__
 from synapse_toolkit.data import ScoreRecord, Volume
 from synapse_toolkit.errors import DataError, PluginError
 from synapse_toolkit.models import resolve_model
-from synapse_toolkit.stages import Agglomerator, Detector, Loader, Port, StageOptions
+from synapse_toolkit.stages import Agglomerator, Detector, Loader, Placement, Port, StageOptions
 
 DEFAULT_MODEL = "neurons/fib_affinities"
 
@@ -31,9 +31,9 @@ class AffinityDetector(Detector):
     name: ClassVar[str] = "affinity-unet"
     version: ClassVar[str] = __version__
     description: ClassVar[str] = "MALA affinity U-Net (ONNX), tiled with overlap and blending"
-    inputs: ClassVar[Mapping[str, Port]] = {"raw": Port("volume", "EM intensities (z, y, x)")}
+    inputs: ClassVar[Mapping[str, Port]] = {"raw": Port("intensity", "EM intensities (z, y, x)")}
     outputs: ClassVar[Mapping[str, Port]] = {
-        "affinities": Port("volume", "(C, z, y, x) float32 affinities, channel c = offset c"),
+        "affinities": Port("affinities", "(C, z, y, x) float32 affinities, channel c = offset c"),
     }
 
     class Options(StageOptions):
@@ -207,9 +207,11 @@ class WaterzAgglomerator(Agglomerator):
     version: ClassVar[str] = __version__
     description: ClassVar[str] = "waterz agglomeration (mean/quantile scoring), threshold sweep"
     inputs: ClassVar[Mapping[str, Port]] = {
-        "affinities": Port("volume", "(>=3, z, y, x) nearest-neighbour affinities"),
-        "fragments": Port("labels", "an over-segmentation to start from", required=False),
-        "truth": Port("labels", "ground truth for threshold selection", required=False),
+        "affinities": Port("affinities", "(>=3, z, y, x) nearest-neighbour affinities", grid="in"),
+        "fragments": Port(
+            "labels", "an over-segmentation to start from", required=False, grid="in"
+        ),
+        "truth": Port("labels", "ground truth for threshold selection", required=False, grid="in"),
     }
     outputs: ClassVar[Mapping[str, Port]] = {
         "segmentation": Port("labels", "the selected segmentation (uint64)"),
@@ -367,9 +369,9 @@ class Hdf5VolumesLoader(Loader):
     version: ClassVar[str] = __version__
     description: ClassVar[str] = "plain HDF5 datasets as volumes (explicit voxel size)"
     outputs: ClassVar[Mapping[str, Port]] = {
-        "raw": Port("volume", "EM intensities", required=False),
+        "raw": Port("intensity", "EM intensities", required=False),
         "neuron_ids": Port("labels", "neuron ground truth", required=False),
-        "boundaries": Port("volume", "a boundary probability map", required=False),
+        "boundaries": Port("map", "a boundary probability map", required=False, channels=1),
         "fragments": Port("labels", "an over-segmentation", required=False),
     }
 
@@ -383,6 +385,18 @@ class Hdf5VolumesLoader(Loader):
         )
 
     _files: list[Any]
+
+    @classmethod
+    def probe(cls, options: Any, input_path: Path | None) -> Mapping[str, Placement]:
+        import h5py
+
+        base = input_path.parent if input_path else Path.cwd()
+        out = {}
+        for port, spec in options.volumes.items():
+            with h5py.File(base / spec.path, "r") as f:
+                shape = tuple(f[spec.dataset].shape)
+            out[port] = Placement(options.voxel_size_nm, options.offset_nm, shape[-3:])  # type: ignore[arg-type]
+        return out
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         import h5py

@@ -52,8 +52,8 @@ class CremiNeuronScorer(Scorer):
     version: ClassVar[str] = __version__
     description: ClassVar[str] = "CREMI neuron ids: VOI (bits), adapted Rand, CREMI score"
     inputs: ClassVar[Mapping[str, Port]] = {
-        "prediction": Port("labels", "predicted segmentation"),
-        "truth": Port("labels", "ground-truth neuron ids (2**64-1 = ignore)"),
+        "prediction": Port("labels", "predicted segmentation", grid="in"),
+        "truth": Port("labels", "ground-truth neuron ids (2**64-1 = ignore)", grid="in"),
     }
     outputs: ClassVar[Mapping[str, Port]] = _SCORES
 
@@ -80,8 +80,8 @@ class CremiCleftScorer(Scorer):
     version: ClassVar[str] = __version__
     description: ClassVar[str] = "CREMI clefts: FP/FN counts, distance stats, cleft score"
     inputs: ClassVar[Mapping[str, Port]] = {
-        "prediction": Port("labels", "predicted clefts (2**64-1 = background)"),
-        "truth": Port("labels", "ground-truth clefts (2**64-2 = invalid region)"),
+        "prediction": Port("labels", "predicted clefts (2**64-1 = background)", grid="in"),
+        "truth": Port("labels", "ground-truth clefts (2**64-2 = invalid region)", grid="in"),
     }
     outputs: ClassVar[Mapping[str, Port]] = _SCORES
 
@@ -151,8 +151,8 @@ class SynapseOverlapScorer(Scorer):
     version: ClassVar[str] = __version__
     description: ClassVar[str] = "synapse detection by overlap: precision, recall, F1"
     inputs: ClassVar[Mapping[str, Port]] = {
-        "prediction": Port("labels", "detected synapse labels"),
-        "truth": Port("labels", "ground-truth synapse labels"),
+        "prediction": Port("labels", "detected synapse labels", grid="in"),
+        "truth": Port("labels", "ground-truth synapse labels", grid="in"),
     }
     outputs: ClassVar[Mapping[str, Port]] = _SCORES
 

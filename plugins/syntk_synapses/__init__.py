@@ -32,13 +32,13 @@ MODELS = Path(__file__).parent / "models"
 
 _ALIGN_VOLUMES: dict[str, tuple[str, bool]] = {
     # port: (artifact type, is labels)
-    "raw": ("volume", False),
+    "raw": ("intensity", False),
     "neuron_ids": ("labels", True),
     "clefts": ("labels", True),
     "segmentation": ("labels", True),
     "cleft_labels": ("labels", True),
-    "proximity": ("volume", False),
-    "cleft_probability": ("volume", False),
+    "proximity": ("map", False),
+    "cleft_probability": ("map", False),
 }
 
 
@@ -154,7 +154,7 @@ class _OnnxDetector(Detector):
     """Tiled ONNX inference of a synapse U-Net on ``raw``."""
 
     output_port: ClassVar[str] = ""
-    inputs: ClassVar[Mapping[str, Port]] = {"raw": Port("volume", "EM intensities (uint8)")}
+    inputs: ClassVar[Mapping[str, Port]] = {"raw": Port("intensity", "EM intensities (uint8)")}
 
     class Options(StageOptions):
         model: str = Field("", description="Registry model name (default: the bundled one).")
@@ -209,7 +209,7 @@ class CleftDetector(_OnnxDetector):
     description: ClassVar[str] = "cleft probability map, U-Net (ONNX, tiled)"
     output_port: ClassVar[str] = "cleft_probability"
     outputs: ClassVar[Mapping[str, Port]] = {
-        "cleft_probability": Port("volume", "cleft probability (1, z, y, x) in [0, 1]")
+        "cleft_probability": Port("map", "cleft probability (1, z, y, x) in [0, 1]", channels=1)
     }
 
 
@@ -221,7 +221,7 @@ class PolarityDetector(_OnnxDetector):
     description: ClassVar[str] = "signed synaptic proximity in [-1, 1], U-Net (ONNX, tiled)"
     output_port: ClassVar[str] = "proximity"
     outputs: ClassVar[Mapping[str, Port]] = {
-        "proximity": Port("volume", "signed proximity (1, z, y, x) in [-1, 1]")
+        "proximity": Port("map", "signed proximity (1, z, y, x) in [-1, 1]", channels=1)
     }
 
 
@@ -234,7 +234,7 @@ class CleftLabels(Stage):
     version: ClassVar[str] = __version__
     description: ClassVar[str] = "threshold + connected components of a cleft probability map"
     inputs: ClassVar[Mapping[str, Port]] = {
-        "cleft_probability": Port("volume", "cleft probability (1, z, y, x) or (z, y, x)")
+        "cleft_probability": Port("map", "cleft probability (1, z, y, x) or (z, y, x)")
     }
     outputs: ClassVar[Mapping[str, Port]] = {"clefts": Port("labels", "CREMI cleft ids")}
 
@@ -277,9 +277,11 @@ class EMSynConn(PartnerAssigner):
     version: ClassVar[str] = __version__
     description: ClassVar[str] = "signed-proximity candidates + pruning 3D CNN (EMSynConn)"
     inputs: ClassVar[Mapping[str, Port]] = {
-        "raw": Port("volume", "EM intensities (needed by the pruning CNN)", required=False),
-        "proximity": Port("volume", "signed proximity (1, z, y, x)"),
-        "segmentation": Port("labels", "neuron segmentation"),
+        "raw": Port(
+            "intensity", "EM intensities (needed by the pruning CNN)", required=False, grid="in"
+        ),
+        "proximity": Port("map", "signed proximity (1, z, y, x)", grid="in"),
+        "segmentation": Port("labels", "neuron segmentation", grid="in"),
     }
     outputs: ClassVar[Mapping[str, Port]] = {
         "partners": Port("partners", "pre→post pairs"),
@@ -342,8 +344,8 @@ class GeometricBaseline(PartnerAssigner):
     description: ClassVar[str] = "clefts + polarity overlap with segments (no learning)"
     inputs: ClassVar[Mapping[str, Port]] = {
         "clefts": Port("labels", "CREMI cleft labels"),
-        "proximity": Port("volume", "signed proximity (1, z, y, x)"),
-        "segmentation": Port("labels", "neuron segmentation"),
+        "proximity": Port("map", "signed proximity (1, z, y, x)", grid="in"),
+        "segmentation": Port("labels", "neuron segmentation", grid="in"),
     }
     outputs: ClassVar[Mapping[str, Port]] = EMSynConn.outputs
 

@@ -25,9 +25,9 @@ class MembraneGradient(Detector):
     name: ClassVar[str] = "membrane-gradient"
     version: ClassVar[str] = "0.1.0"
     description: ClassVar[str] = "boundary map from Gaussian gradient magnitude (example plugin)"
-    inputs: ClassVar[Mapping[str, Port]] = {"raw": Port("volume", "EM intensities")}
+    inputs: ClassVar[Mapping[str, Port]] = {"raw": Port("intensity", "EM intensities")}
     outputs: ClassVar[Mapping[str, Port]] = {
-        "boundaries": Port("volume", "boundary probability, shape (1, z, y, x)")
+        "boundaries": Port("map", "boundary probability, shape (1, z, y, x)", channels=1)
     }
 
     class Options(StageOptions):
