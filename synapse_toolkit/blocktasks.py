@@ -22,6 +22,7 @@ import os
 import tempfile
 import traceback
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -303,7 +304,7 @@ def run_blocks(
                 try:
                     skipped, info = fut.result()
                 except Exception as exc:
-                    if isinstance(exc, cf.process.BrokenProcessPool):
+                    if isinstance(exc, BrokenProcessPool):
                         raise SyntkError(
                             f"{name}: a worker process died while running {task.describe()}: {exc}"
                         ) from exc

@@ -9,6 +9,7 @@ step holds a whole volume.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -166,6 +167,9 @@ class BlockwiseWaterzAgglomerator(Agglomerator):
         copy_slab(segs.data, ths.index(chosen), seg_out.data)
         if not opts.keep_work:
             shutil.rmtree(work, ignore_errors=True)
+            if opts.work_dir is None:
+                with contextlib.suppress(OSError):
+                    work.parent.rmdir()  # <run dir>/blockwise, when no other stage uses it
         out: dict[str, Any] = {"segmentation": seg_out, "segmentations": segs}
         if rows:
             out["scores"] = ScoreRecord(

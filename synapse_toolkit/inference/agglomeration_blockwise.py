@@ -416,6 +416,11 @@ def _output_token(out: Any) -> str:
     attrs = getattr(out, "attrs", None)
     if attrs is None:
         return ""
+    ref = array_ref(out)
+    if ref.picklable():  # the attributes as stored now, not as this handle cached them
+        import zarr
+
+        attrs = zarr.open_array(store=ref.zarr_root, path=ref.zarr_path or None, mode="r+").attrs
     token = attrs.get("syntk_blockwise_token")
     if not token:
         token = hashlib.blake2b(f"{time.time_ns()}{id(out)}".encode(), digest_size=8).hexdigest()
