@@ -1,0 +1,187 @@
+"""Blockwise vs in-memory waterz agglomeration: CREMI score difference and peak memory vs size.
+
+Each agglomeration runs in its own process under ``/usr/bin/time -v`` (peak RSS of that process;
+the blockwise runs use threads so the one process holds all of their memory), reading affinities
+from zarr and writing the segmentations to zarr, as the pipeline stages do:
+
+- ``in-memory``: the ``waterz`` stage's path
+  (:func:`synapse_toolkit.inference.agglomeration.agglomerate` on the whole volume, each
+  threshold's segmentation written to zarr);
+- ``blockwise``: :func:`synapse_toolkit.inference.agglomeration_blockwise.agglomerate_blockwise`.
+
+Scores: the project's CREMI neuron scorer (streamed in blocks) with the main job's 25 nm border
+mask, at every threshold of the sweep; the headline difference is at the main job's fixed
+threshold (``examples/cremi.toml``: quantile75, 0.5), not at a threshold chosen on the truth.
+
+Inputs (``--phantom``, a CREMI file from ``syntk phantom em``), cropped to each ``--sizes`` entry
+(z, y, x):
+
+- ``--affinities affs.zarr``: the main job's affinities of that phantom (the ``affinity-unet``
+  stage's artifact from ``syntk pipeline run``), or
+- noisy affinities derived from the phantom's ground truth (default): 1 inside objects, 0.05
+  across boundaries, perturbed by one spatially smooth noise field shared by the channels
+  (Gaussian-filtered, sigma 1/3/3 voxels, s.d. 0.25) and voxel noise (s.d. 0.01), so the
+  watershed makes realistic fragments rather than one per voxel.
+
+    syntk phantom em /tmp/ph33.hdf --shape 48 832 832 --seed 3
+    python benchmarks/bench_blockwise_agglomeration.py --phantom /tmp/ph33.hdf \\
+        --sizes 48,300,300 48,480,480 48,832,832 [--affinities run/artifacts/.../affinities.zarr]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+THRESHOLDS = [0.3, 0.4, 0.5, 0.6, 0.7]
+MAIN_JOB = {"scoring": "quantile75", "threshold": 0.5}
+SMOOTH_SIGMA, SMOOTH_NOISE, VOXEL_NOISE = (1.0, 3.0, 3.0), 0.25, 0.01
+
+CHILD = r"""
+import json, sys, time
+import numpy as np, zarr
+mode, affs_path, out_path, work, scoring, ths, bs, ctx = sys.argv[1:9]
+ths = json.loads(ths); bs = tuple(json.loads(bs)); ctx = tuple(json.loads(ctx))
+affs = zarr.open_array(affs_path, mode="r")
+out = zarr.create_array(store=out_path, shape=(len(ths), *affs.shape[1:]), dtype="uint64",
+                        chunks=(1, *bs), fill_value=0, config={"write_empty_chunks": True})
+t0 = time.perf_counter()
+info = {}
+if mode == "in-memory":
+    from synapse_toolkit.inference.agglomeration import agglomerate
+    a = np.asarray(affs[:3], dtype=np.float32)
+    idx = {t: i for i, t in enumerate(sorted(ths))}
+    def keep(th, seg):
+        out[idx[th]] = seg
+    agglomerate(a, ths, scoring=scoring, on_segmentation=keep)
+else:
+    from synapse_toolkit.inference.agglomeration_blockwise import agglomerate_blockwise
+    r = agglomerate_blockwise(affs, out, ths, work, scoring=scoring, block_shape=bs, context=ctx,
+                              n_workers=1, executor="threads")
+    info = r.to_dict()
+info["seconds"] = info.get("seconds", {})
+info["wall"] = time.perf_counter() - t0
+print("RESULT " + json.dumps(info))
+"""
+
+
+def noisy_affinities(labels: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Affinities from truth: 1 inside objects and 0.05 across boundaries, both perturbed by one
+    smooth noise field shared by the channels (as a network's errors are), plus voxel noise."""
+    from scipy import ndimage
+
+    from synapse_toolkit.affinities import labels_to_affinities
+
+    rng = np.random.default_rng(seed)
+    base = labels_to_affinities(labels, background_is_boundary=False)
+    smooth = ndimage.gaussian_filter(rng.normal(0, 1, labels.shape).astype(np.float32),
+                                     sigma=SMOOTH_SIGMA)  # fmt: skip
+    smooth *= SMOOTH_NOISE / max(float(smooth.std()), 1e-6)
+    affs = base * (1.0 + smooth) + (1 - base) * (0.05 + 0.5 * np.abs(smooth))
+    affs += rng.normal(0, VOXEL_NOISE, affs.shape).astype(np.float32)
+    return np.clip(affs, 0, 1).astype(np.float32)
+
+
+def run_child(mode: str, affs: str, out: Path, work: Path, scoring: str, bs, ctx) -> dict:
+    cmd = ["/usr/bin/time", "-v", sys.executable, "-c", CHILD, mode, affs, str(out), str(work)]
+    cmd += [scoring, json.dumps(THRESHOLDS), json.dumps(list(bs)), json.dumps(list(ctx))]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if p.returncode != 0:
+        raise RuntimeError(f"{mode} failed:\n{p.stderr[-3000:]}")
+    info = json.loads(next(ln for ln in p.stdout.splitlines() if ln.startswith("RESULT "))[7:])
+    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr)
+    info["peak_rss_gb"] = int(rss.group(1)) / 1e6 if rss else float("nan")
+    return info
+
+
+def score(out: Path, truth: np.ndarray, vs) -> list[float]:
+    import zarr
+
+    from synapse_toolkit.metrics.cremi_neurons import score_neuron_ids
+
+    arr = zarr.open_array(str(out), mode="r")
+    kw = {"border_threshold_nm": 25.0, "voxel_size_nm": vs}
+    return [score_neuron_ids(truth, np.asarray(arr[t]), **kw).cremi_score for t in range(len(arr))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--phantom", type=Path, required=True)
+    ap.add_argument("--affinities", type=str, default=None, help="zarr (C, z, y, x) of the phantom")
+    ap.add_argument("--sizes", nargs="+", default=["48,300,300", "48,480,480", "48,832,832"])
+    ap.add_argument("--scoring", default=MAIN_JOB["scoring"])
+    ap.add_argument("--block-shape", default="32,256,256")
+    ap.add_argument("--context", default="4,32,32")
+    ap.add_argument("--modes", nargs="+", default=["in-memory", "blockwise"])
+    ap.add_argument("--tmp", type=Path, default=None)
+    ap.add_argument("--json", type=Path, default=None, help="write the rows here")
+    args = ap.parse_args()
+
+    import h5py
+    import zarr
+
+    bs = tuple(int(v) for v in args.block_shape.split(","))
+    ctx = tuple(int(v) for v in args.context.split(","))
+    tmp = Path(tempfile.mkdtemp(dir=args.tmp))
+    with h5py.File(args.phantom, "r") as f:
+        d = f["volumes/labels/neuron_ids"]
+        vs = tuple(float(v) for v in d.attrs["resolution"])
+        full_shape = d.shape
+    rows = []
+    src = "network (--affinities)" if args.affinities else "truth-derived noisy"
+    print(f"affinities: {src}; scoring {args.scoring}; block {bs}, context {ctx}; "
+          f"thresholds {THRESHOLDS}")  # fmt: skip
+    for size in args.sizes:
+        shape = tuple(min(int(v), s) for v, s in zip(size.split(","), full_shape, strict=True))
+        roi = tuple(slice(0, s) for s in shape)
+        with h5py.File(args.phantom, "r") as f:
+            truth = f["volumes/labels/neuron_ids"][roi]
+        affs_path = tmp / f"affs_{'x'.join(map(str, shape))}.zarr"
+        if args.affinities:
+            a = np.asarray(zarr.open_array(args.affinities, mode="r")[(slice(0, 3), *roi)])
+        else:
+            a = noisy_affinities(truth)
+        chunks = (3, *[min(b, s) for b, s in zip(bs, shape, strict=True)])
+        za = zarr.create_array(store=str(affs_path), shape=a.shape, dtype="f4", chunks=chunks)
+        za[...] = a
+        del a
+        mvox = float(np.prod(shape)) / 1e6
+        res = {}
+        for mode in args.modes:
+            out = tmp / f"{mode}_{mvox:.0f}.zarr"
+            info = run_child(mode, str(affs_path), out, tmp / f"work_{mvox:.0f}", args.scoring,
+                             bs, ctx)  # fmt: skip
+            info["cremi"] = score(out, truth, vs)
+            res[mode] = info
+            print(f"{shape} {mvox:6.1f} Mvox {mode:9s}: wall {info['wall']:7.1f} s, "
+                  f"peak RSS {info['peak_rss_gb']:.2f} GB, CREMI per threshold "
+                  f"{[round(c, 4) for c in info['cremi']]}"
+                  + (f", {info.get('n_fragments')} fragments, {info.get('n_edges')} edges, "
+                     f"phases {info['seconds']}" if mode == "blockwise" else ""),
+                  flush=True)  # fmt: skip
+        if len(res) == 2:
+            i = THRESHOLDS.index(MAIN_JOB["threshold"])
+            a_, b_ = res["in-memory"]["cremi"][i], res["blockwise"]["cremi"][i]
+            print(f"   CREMI at {MAIN_JOB['threshold']}: in-memory {a_:.4f}, blockwise {b_:.4f}, "
+                  f"difference {100 * (b_ - a_) / a_:+.1f}%; best over sweep (truth-picked, "
+                  f"for context): {min(res['in-memory']['cremi']):.4f} vs "
+                  f"{min(res['blockwise']['cremi']):.4f}", flush=True)  # fmt: skip
+        rows.append({"shape": shape, "mvox": mvox, **res})
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    t0 = time.perf_counter()
+    main()
+    print(f"[{time.perf_counter() - t0:.0f} s]")
