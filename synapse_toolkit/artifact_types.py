@@ -27,7 +27,7 @@ type            storage    what it is
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -66,9 +66,7 @@ def _types() -> dict[str, ArtifactType]:
     items = [
         ArtifactType("intensity", v, "volume", "image intensities (z, y, x)", (3,)),
         ArtifactType("labels", v, "volume", "integer ids (z, y, x)", (3,), "integer"),
-        ArtifactType(
-            "affinities", v, "volume", "affinities (C>=3, z, y, x)", (4,), min_channels=3
-        ),
+        ArtifactType("affinities", v, "volume", "affinities (C>=3, z, y, x)", (4,), min_channels=3),
         ArtifactType("map", v, "volume", "float prediction map", (3, 4), "float"),
         ArtifactType("volume", v, "volume", "a volume of unstated role", (3, 4)),
         ArtifactType("annotations", data.Annotations, "json", "CREMI annotations"),
@@ -86,7 +84,7 @@ def _types() -> dict[str, ArtifactType]:
 ARTIFACT_TYPES: dict[str, ArtifactType] = _types()
 
 #: Types stored as JSON documents, by name (how the artifact store reads them back).
-JSON_TYPES: dict[str, type] = {n: t.cls for n, t in ARTIFACT_TYPES.items() if t.storage == "json"}
+JSON_TYPES: dict[str, Any] = {n: t.cls for n, t in ARTIFACT_TYPES.items() if t.storage == "json"}
 
 #: Volume types (stored as zarr, or referenced in place).
 VOLUME_TYPES = frozenset(n for n, t in ARTIFACT_TYPES.items() if t.is_volume)

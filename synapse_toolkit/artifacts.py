@@ -114,7 +114,7 @@ class ArtifactStore:
     ) -> dict[str, Any]:
         kind = "labels" if vol.is_labels else "volume"
         data = vol.data
-        attrs = {"voxel_size_nm": list(vol.voxel_size_nm), "offset_nm": list(vol.offset_nm),
+        attrs: dict[str, Any] = {"voxel_size_nm": list(vol.voxel_size_nm), "offset_nm": list(vol.offset_nm),
                  "name": vol.name}  # fmt: skip
         final = target_dir / f"{port}.zarr"
         if isinstance(data, zarr.Array) and _inside(
@@ -199,7 +199,7 @@ class ArtifactStore:
                 self._open_files.append(f)
                 return Volume(f[ref["key"]], ref["voxel_size_nm"], ref["offset_nm"], ref["name"])
             arr = zarr.open_array(str(path), mode="r")
-            a = dict(arr.attrs)
+            a: dict[str, Any] = dict(arr.attrs)
             return Volume(arr, a["voxel_size_nm"], a["offset_nm"], a.get("name", ""))
         doc = json.loads(path.read_text())
         return JSON_TYPES[doc["type"]].from_dict(doc["data"])

@@ -37,10 +37,15 @@ Roi = tuple[slice, ...]
 class ArrayLike(Protocol):
     """What a Volume needs from its backing array (numpy, h5py.Dataset and zarr.Array qualify)."""
 
-    shape: tuple[int, ...]
-    dtype: Any
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    @property
+    def dtype(self) -> Any: ...
 
     def __getitem__(self, key: Any) -> Any: ...
+
+    def __setitem__(self, key: Any, value: Any) -> None: ...
 
 
 def _vec3(value: Sequence[float], name: str) -> Vec3:

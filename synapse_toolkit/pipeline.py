@@ -134,10 +134,10 @@ def plan_pipeline(
             hint = f"; broken plugins: {', '.join(s.name for s in broken)}" if broken else ""
             raise ConfigError(f"{key}.plugin: {exc}{hint}") from None
         try:
-            options = registered.cls.Options.model_validate(sc.options)
+            parsed: StageOptions = registered.cls.Options.model_validate(sc.options)
         except ValidationError as exc:
             raise ConfigError(format_validation_error(exc, prefix=f"{key}.options")) from None
-        options = _resolve_file_options(config, key, options)
+        options = _resolve_file_options(config, key, parsed)
         wires: dict[str, tuple[str, str]] = {}
         for port, ref in sc.inputs.items():
             if port not in registered.cls.inputs:
@@ -456,8 +456,9 @@ def _run_locked(
                 run_dir=run_dir,
                 n_threads=cfg.run.n_threads,
                 block_shape=cfg.run.block_shape,
-                **({"progress_factory": progress_factory} if progress_factory else {}),
             )
+            if progress_factory is not None:
+                ctx.progress_factory = progress_factory
             t0 = time.perf_counter()
             stage = ps.cls(ps.options, ctx)
             live.append(stage)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from synapse_toolkit.errors import PluginError
 from synapse_toolkit.stages import KIND_BASES, STAGE_KINDS, Stage
@@ -12,7 +13,7 @@ from synapse_toolkit.stages import KIND_BASES, STAGE_KINDS, Stage
 class RegisteredStage:
     """A stage class with the plugin (entry point) that registered it."""
 
-    cls: type[Stage]
+    cls: type[Stage[Any]]
     plugin: str
 
     @property
@@ -63,7 +64,7 @@ class StageRegistry:
         self._pending = None
 
     # -- registration -------------------------------------------------------------------------
-    def add_stage(self, kind: str, cls: type[Stage]) -> None:
+    def add_stage(self, kind: str, cls: type[Stage[Any]]) -> None:
         """Register ``cls`` under ``kind``; built-in kinds require the matching base class."""
         if not (isinstance(cls, type) and issubclass(cls, Stage)):
             raise PluginError(f"plugin {self.current_plugin}: {cls!r} is not a Stage subclass")
@@ -78,6 +79,9 @@ class StageRegistry:
             )
         if base is None and kind in STAGE_KINDS:
             raise PluginError(f"plugin {self.current_plugin}: bad kind {kind!r}")
+        problem = cls.contract_problem() if base is not None else None
+        if problem:
+            raise PluginError(f"plugin {self.current_plugin}: {cls.__name__}: {problem}")
         cls.kind = kind
         key = (kind, name)
         if key in self._stages:
@@ -96,26 +100,32 @@ class StageRegistry:
             )
         self._pending[key] = RegisteredStage(cls, self.current_plugin)
 
-    def add_loader(self, cls: type[Stage]) -> None:
+    def add_loader(self, cls: type[Stage[Any]]) -> None:
         self.add_stage("loader", cls)
 
-    def add_aligner(self, cls: type[Stage]) -> None:
+    def add_aligner(self, cls: type[Stage[Any]]) -> None:
         self.add_stage("aligner", cls)
 
-    def add_detector(self, cls: type[Stage]) -> None:
+    def add_detector(self, cls: type[Stage[Any]]) -> None:
         self.add_stage("detector", cls)
 
-    def add_agglomerator(self, cls: type[Stage]) -> None:
+    def add_agglomerator(self, cls: type[Stage[Any]]) -> None:
         self.add_stage("agglomerator", cls)
 
-    def add_partner_assigner(self, cls: type[Stage]) -> None:
+    def add_partner_assigner(self, cls: type[Stage[Any]]) -> None:
         self.add_stage("partner-assigner", cls)
 
-    def add_clusterer(self, cls: type[Stage]) -> None:
+    def add_clusterer(self, cls: type[Stage[Any]]) -> None:
         self.add_stage("clusterer", cls)
 
-    def add_scorer(self, cls: type[Stage]) -> None:
+    def add_scorer(self, cls: type[Stage[Any]]) -> None:
         self.add_stage("scorer", cls)
+
+    def add_postprocessor(self, cls: type[Stage[Any]]) -> None:
+        self.add_stage("postprocessor", cls)
+
+    def add_writer(self, cls: type[Stage[Any]]) -> None:
+        self.add_stage("writer", cls)
 
     # -- lookup -------------------------------------------------------------------------------
     def kinds(self) -> list[str]:

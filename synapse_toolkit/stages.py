@@ -1,33 +1,56 @@
 """Stage contracts: what every pipeline stage plugin implements.
 
-A stage plugin is a subclass of one of the kind bases below. It declares
+A stage plugin subclasses one of the kind bases below, parametrised by its options class::
+
+    class Waterz(Agglomerator["Waterz.Options"]):
+        name = "waterz"
+        inputs = {"affinities": Port("affinities", grid="in"), ...}
+        outputs = {"segmentation": Port("labels"), ...}
+
+        class Options(StageOptions):
+            threshold: float = 0.5
+
+        def run(self, inputs):
+            self.options.threshold  # typed: a type checker knows Waterz.Options
+
+It declares
 
 - ``name``: the plugin name used in pipeline TOML (``plugin = "cremi-hdf5"``);
-- ``Options``: a pydantic model (unknown keys are errors) for its ``options`` table;
-- ``inputs`` / ``outputs``: named ports with the artifact type they carry
-  (``"volume"``, ``"labels"``, ``"annotations"``, ``"partners"``, ``"regions"``, ``"clusters"``,
-  ``"scores"``, ``"transform"``; see :mod:`synapse_toolkit.data`);
+- ``Options``: a pydantic model (unknown keys are errors) for its ``options`` table; the
+  generic parameter gives ``self.options`` its type;
+- ``inputs`` / ``outputs``: named :class:`Port` s with the artifact type they carry
+  (:mod:`synapse_toolkit.artifact_types`: ``intensity``, ``labels``, ``affinities``, ``map``,
+  ``annotations``, ``partners``, ``regions``, ``clusters``, ``scores``, ``transform``,
+  ``file``). ``pipeline validate`` checks every wire against them, the runner checks every
+  returned value;
 - ``run(inputs) -> outputs``: maps input port names to data objects and returns a dict of output
   port names to data objects.
 
-The seven kinds and their contracts:
+The kinds and their standard ports (each kind base declares them; a plugin of that kind must
+keep them, and may add more):
 
-==================  ==========================================  ===================================
-kind                inputs                                      outputs
-==================  ==========================================  ===================================
-loader              none (reads ``context.input_path``/options)  any of raw/neuron_ids/clefts/...
-aligner             volumes to align (+ ``transform`` to invert) aligned volumes + ``transform``
-detector            ``raw`` volume                               probability / affinity volumes
-agglomerator        ``affinities`` (+ optional ``fragments``)    ``segmentation`` labels
-partner-assigner    detector maps + ``segmentation``             ``partners`` (PartnerTable)
-clusterer           ``raw`` + ``partners``                       ``clusters``
-scorer              prediction + truth                           ``scores`` (ScoreRecord)
-==================  ==========================================  ===================================
+================  ================================================  =============================
+kind              standard inputs                                   standard outputs
+================  ================================================  =============================
+loader            none (reads ``context.input_path``/options)       any of raw (intensity),
+                                                                    neuron_ids/clefts (labels),
+                                                                    annotations
+aligner           ``raw`` (intensity) + other volumes (or           aligned volumes + ``transform``
+                  ``transform`` to invert)
+detector          ``raw`` (intensity)                               float maps (``affinities``,
+                                                                    ``map``), same grid as raw
+agglomerator      ``affinities`` (+ optional ``fragments``)         ``segmentation`` (labels)
+partner-assigner  detector maps + ``segmentation`` (labels)         ``partners``
+clusterer         ``raw`` + ``partners``                            ``clusters``
+scorer            ``prediction`` + ``truth``                        ``scores``
+postprocessor     a map or volume                                   a derived volume
+writer            the artifacts to export                           ``file`` (what it wrote)
+================  ================================================  =============================
 
 Stages must not load whole volumes where they can stream: read regions with
 :meth:`~synapse_toolkit.data.Volume.read` and write large outputs through
 :meth:`StageContext.create_volume`, which gives a zarr array in the stage's scratch directory.
-Plugins may add stage kinds of their own (e.g. calcium preprocessing) with
+Plugins may add stage kinds of their own (e.g. calcium ROI extraction) with
 ``registry.add_stage(kind, cls)``.
 """
 
@@ -38,7 +61,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar, get_args
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -228,7 +251,10 @@ class StageContext:
         return Volume(arr, vs, off, name=port)
 
 
-class Stage(ABC):
+OptionsT = TypeVar("OptionsT", bound=StageOptions)
+
+
+class Stage(ABC, Generic[OptionsT]):
     """Base class of every stage plugin. Subclass a kind base, not this class directly."""
 
     kind: ClassVar[str]
@@ -237,34 +263,64 @@ class Stage(ABC):
     description: ClassVar[str] = ""
     inputs: ClassVar[Mapping[str, Port]] = {}
     outputs: ClassVar[Mapping[str, Port]] = {}
+    #: ports every plugin of this kind must declare (checked at registration)
+    standard_inputs: ClassVar[Mapping[str, Port]] = {}
+    standard_outputs: ClassVar[Mapping[str, Port]] = {}
 
     class Options(StageOptions):
         pass
 
-    def __init__(self, options: StageOptions, context: StageContext) -> None:
-        self.options = options
+    def __init__(self, options: OptionsT, context: StageContext) -> None:
+        self.options: OptionsT = options
         self.context = context
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for base in cls.__dict__.get("__orig_bases__", ()):
+            for arg in get_args(base):
+                if isinstance(arg, type) and issubclass(arg, StageOptions):
+                    cls.Options = arg  # type: ignore[misc,assignment]  # Stage[SomeOptions] names it
 
     @abstractmethod
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         """Compute the output artifacts from the input artifacts."""
 
-    def close(self) -> None:  # noqa: B027 - optional hook, empty by default
+    def close(self) -> None:
         """Release resources (open files) after the run; called once by the runner."""
+
+    @classmethod
+    def contract_problem(cls) -> str | None:
+        """Why this class breaks its kind's standard ports, or None."""
+        for side, standard, declared in (
+            ("input", cls.standard_inputs, cls.inputs),
+            ("output", cls.standard_outputs, cls.outputs),
+        ):
+            for port, spec in standard.items():
+                got = declared.get(port)
+                if got is None:
+                    return f"a {cls.kind} must declare {side} {port!r} ({spec.describe()})"
+                if not artifact_types.compatible(got.type, spec.type):
+                    return (f"{side} {port!r} carries {got.type}; a {cls.kind} "
+                            f"{side} {port!r} carries {spec.type}")  # fmt: skip
+        return None
 
     @classmethod
     def contract(cls) -> dict[str, Any]:
         """A JSON-able description of the stage (for `syntk plugins list` and docs)."""
+
+        def port(p: Port) -> dict[str, Any]:
+            return {"type": p.describe(), "required": p.required, "doc": p.doc,
+                    **({"grid": p.grid} if p.grid else {})}  # fmt: skip
+
         return {
             "kind": cls.kind,
             "name": cls.name,
             "version": cls.version,
             "description": cls.description,
-            "inputs": {k: {"type": p.type, "required": p.required, "doc": p.doc}
-                       for k, p in cls.inputs.items()},
-            "outputs": {k: {"type": p.type, "doc": p.doc} for k, p in cls.outputs.items()},
+            "inputs": {k: port(p) for k, p in cls.inputs.items()},
+            "outputs": {k: port(p) for k, p in cls.outputs.items()},
             "options": cls.Options.model_json_schema(),
-        }  # fmt: skip
+        }
 
 
 @dataclass(frozen=True)
@@ -291,7 +347,7 @@ class Placement:
         return None
 
 
-class Loader(Stage):
+class Loader(Stage[OptionsT]):
     """Reads input data. No inputs; reads ``context.input_path`` unless an option names a file.
 
     Outputs are whatever the source holds, e.g. ``raw`` (``intensity``), ``neuron_ids`` and
@@ -311,7 +367,7 @@ class Loader(Stage):
         return {}
 
 
-class Aligner(Stage):
+class Aligner(Stage[OptionsT]):
     """Estimates and applies per-section transforms (z, y, x nm frames).
 
     Inputs: the volumes to align (``raw`` required) — or, in inverse mode, the volumes to map back
@@ -322,42 +378,74 @@ class Aligner(Stage):
     kind: ClassVar[str] = "aligner"
 
 
-class Detector(Stage):
-    """Predicts dense maps from EM: input ``raw`` (volume); outputs float volumes with channels
-    first (e.g. ``affinities`` (3, z, y, x), ``clefts`` (1, z, y, x)), same placement as ``raw``.
-    Must tile: read blocks with context, write blocks into ``context.create_volume``.
+class Detector(Stage[OptionsT]):
+    """Predicts dense maps from EM: input ``raw`` (intensity); outputs float volumes with
+    channels first (``affinities`` (3, z, y, x), a ``map`` such as cleft probability
+    (1, z, y, x)) on the same grid as ``raw``. Must tile: read blocks with context, write blocks
+    into ``context.create_volume``.
     """
 
     kind: ClassVar[str] = "detector"
+    standard_inputs: ClassVar[Mapping[str, Port]] = {"raw": Port("volume", "the input image")}
 
 
-class Agglomerator(Stage):
-    """Turns affinities (and optionally ``fragments``) into a ``segmentation`` label volume."""
+class Agglomerator(Stage[OptionsT]):
+    """Turns ``affinities`` (and optionally ``fragments``) into a ``segmentation`` (labels)."""
 
     kind: ClassVar[str] = "agglomerator"
+    standard_inputs: ClassVar[Mapping[str, Port]] = {
+        "affinities": Port("affinities", "(C>=3, z, y, x) affinities")
+    }
+    standard_outputs: ClassVar[Mapping[str, Port]] = {
+        "segmentation": Port("labels", "the segmentation")
+    }
 
 
-class PartnerAssigner(Stage):
+class PartnerAssigner(Stage[OptionsT]):
     """Finds synaptic partners from detector maps and a ``segmentation``; outputs ``partners``
     (:class:`~synapse_toolkit.data.PartnerTable`) and optionally ``annotations`` (CREMI form)."""
 
     kind: ClassVar[str] = "partner-assigner"
+    standard_inputs: ClassVar[Mapping[str, Port]] = {
+        "segmentation": Port("labels", "neuron segmentation")
+    }
+    standard_outputs: ClassVar[Mapping[str, Port]] = {"partners": Port("partners", "pairs")}
 
 
-class Clusterer(Stage):
+class Clusterer(Stage[OptionsT]):
     """Groups synapses: inputs ``raw`` and ``partners``; output ``clusters``."""
 
     kind: ClassVar[str] = "clusterer"
+    standard_inputs: ClassVar[Mapping[str, Port]] = {"partners": Port("partners", "synapses")}
+    standard_outputs: ClassVar[Mapping[str, Port]] = {"clusters": Port("clusters", "types")}
 
 
-class Scorer(Stage):
-    """Compares a prediction with ground truth; output ``scores``
-    (:class:`~synapse_toolkit.data.ScoreRecord`)."""
+class Scorer(Stage[OptionsT]):
+    """Compares ``prediction`` with ``truth``; output ``scores``
+    (:class:`~synapse_toolkit.data.ScoreRecord`). ``syntk score NAME TRUTH PRED`` runs every
+    registered scorer on files through :meth:`score_files`."""
 
     kind: ClassVar[str] = "scorer"
+    standard_outputs: ClassVar[Mapping[str, Port]] = {"scores": Port("scores", "metric values")}
 
 
-KIND_BASES: dict[str, type[Stage]] = {
+class Postprocessor(Stage[OptionsT]):
+    """Derives a volume from another (e.g. cleft probability → cleft labels)."""
+
+    kind: ClassVar[str] = "postprocessor"
+
+
+class Writer(Stage[OptionsT]):
+    """Exports artifacts to a file in the run directory; returns ``file``
+    (:class:`~synapse_toolkit.data.WrittenFile`) so the run knows what it wrote. Writes
+    atomically and never onto the pipeline's input."""
+
+    kind: ClassVar[str] = "writer"
+    standard_outputs: ClassVar[Mapping[str, Port]] = {"file": Port("file", "the file written")}
+
+
+KIND_BASES: dict[str, type[Stage[Any]]] = {
     cls.kind: cls
-    for cls in (Loader, Aligner, Detector, Agglomerator, PartnerAssigner, Clusterer, Scorer)
-}
+    for cls in (Loader, Aligner, Detector, Agglomerator, PartnerAssigner, Clusterer, Scorer,
+                Postprocessor, Writer)
+}  # fmt: skip

@@ -18,15 +18,18 @@ PLUGINS = {
     # a third-party agglomerator named like the built-in one
     "impostor": """
         from synapse_toolkit.hookspecs import hookimpl
-        from synapse_toolkit.stages import Agglomerator, Detector
+        from synapse_toolkit.stages import Agglomerator, Detector, Port
 
         class FakeWaterz(Agglomerator):
             name = "waterz"
+            inputs = {"affinities": Port("affinities")}
+            outputs = {"segmentation": Port("labels")}
             def run(self, inputs):
                 return {}
 
         class Extra(Detector):
             name = "impostor-extra"
+            inputs = {"raw": Port("intensity")}
             def run(self, inputs):
                 return {}
 
@@ -42,10 +45,11 @@ PLUGINS = {
     # registers one stage, then fails
     "halfway": """
         from synapse_toolkit.hookspecs import hookimpl
-        from synapse_toolkit.stages import Detector
+        from synapse_toolkit.stages import Detector, Port
 
         class Half(Detector):
             name = "half-registered"
+            inputs = {"raw": Port("intensity")}
             def run(self, inputs):
                 return {}
 

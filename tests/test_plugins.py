@@ -18,7 +18,7 @@ from synapse_toolkit.errors import PluginError
 from synapse_toolkit.hookspecs import hookimpl
 from synapse_toolkit.plugin_manager import DISABLE_ENV, load_plugins, reset_plugins
 from synapse_toolkit.stage_registry import StageRegistry
-from synapse_toolkit.stages import Detector, Loader
+from synapse_toolkit.stages import Detector, Loader, Port
 
 from . import stage_fixtures
 
@@ -53,9 +53,19 @@ def test_registry_rejects_wrong_base_and_duplicates() -> None:
 
     class D(Detector):
         name = "d"
+        inputs = {"raw": Port("intensity")}
 
         def run(self, inputs):  # type: ignore[no-untyped-def]
             return {}
+
+    class NoRaw(Detector):
+        name = "no-raw"
+
+        def run(self, inputs):  # type: ignore[no-untyped-def]
+            return {}
+
+    with pytest.raises(PluginError, match="NoRaw: a detector must declare input 'raw'"):
+        reg.add_detector(NoRaw)
 
     with pytest.raises(PluginError, match="does not subclass Loader"):
         reg.add_loader(D)

@@ -16,9 +16,9 @@ from pydantic import Field
 
 from synapse_toolkit import __version__
 from synapse_toolkit.artifacts import atomic_write_text
-from synapse_toolkit.data import Regions, Volume
+from synapse_toolkit.data import Regions, Volume, WrittenFile
 from synapse_toolkit.errors import DataError
-from synapse_toolkit.stages import Detector, Loader, Port, Stage, StageOptions
+from synapse_toolkit.stages import Detector, Loader, Port, Stage, StageOptions, Writer
 from syntk_calcium.io import PROJECTIONS, open_source, summary_images
 from syntk_calcium.preprocess import clip_standardise
 
@@ -26,6 +26,8 @@ DEFAULT_MODEL = "calcium/neurofinder_cnn"
 #: Region extraction defaults: the thresholds chosen on validation data for the shipped model
 #: (``models/README.md``); other models carry theirs in their ONNX metadata.
 REGION_DEFAULTS = {"threshold": 0.5, "core_threshold": 0.5, "min_size": 20}
+#: Whether the detector averages over mirrorings by default (chosen on validation, as above).
+DETECTOR_TTA = False
 
 
 def _resolve_model(stage: str, name: str, path: Path | None, sha256: str | None) -> Path:
@@ -67,13 +69,15 @@ def cnn_probability(
     overlap: int = 32,
     providers: list[str] | None = None,
     n_threads: int | None = None,
+    tta: bool = False,
 ) -> np.ndarray:
     """ROI mask and core probabilities (2, H, W) of a mean image with an exported model file.
 
     The seed's preprocessing (clip at mean + ``clip_sd`` SD, standardise over the whole image),
-    then the ONNX model tile by tile with mirrored borders and blended overlaps.
+    then the ONNX model tile by tile with mirrored borders and blended overlaps; with ``tta``
+    the probabilities are averaged over the 4 mirrorings of each tile.
     """
-    from synapse_toolkit.inference.tiled import predict_tiled
+    from synapse_toolkit.inference.tiled import flip_tta, predict_tiled
     from synapse_toolkit.onnx_runtime import create_session, model_metadata, predictor
 
     x = clip_standardise(image, clip_sd)
@@ -86,9 +90,13 @@ def cnn_probability(
     except (KeyError, TypeError, ValueError):
         raise DataError(f"{model}: ONNX model lacks input_shape/output_shape metadata") from None
     prob = np.zeros((n_out, 1, *x.shape), np.float32)
-    predict = predictor(session)
+    logits = predictor(session)
+
+    def predict(t: np.ndarray) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-logits(t)))
+
     predict_tiled(
-        lambda t: 1.0 / (1.0 + np.exp(-predict(t))), x[None], prob, in_shape, out_shape,
+        flip_tta(predict, axes=(1, 2)) if tta else predict, x[None], prob, in_shape, out_shape,
         overlap=(0, overlap, overlap), preprocess=lambda t: t.astype(np.float32),
     )  # fmt: skip
     return prob[:, 0]
@@ -184,6 +192,7 @@ class NeurofinderCnnDetector(Detector):
         sha256: str | None = Field(None, description="Expected sha256 of `model_path`.")
         clip_sd: float = Field(3.0, gt=0, description="Clip above mean + clip_sd x SD.")
         overlap: int = Field(32, ge=0, description="Tile overlap (px).")
+        tta: bool = Field(DETECTOR_TTA, description="Average over the 4 mirrorings.")
         providers: list[str] | None = Field(None, description="ONNX Runtime providers to force.")
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
@@ -193,6 +202,7 @@ class NeurofinderCnnDetector(Detector):
         prob = cnn_probability(
             _image(raw, self.context.stage_name, "raw"), path, clip_sd=opts.clip_sd,
             overlap=opts.overlap, providers=opts.providers, n_threads=self.context.n_threads,
+            tta=opts.tta,
         )  # fmt: skip
         out = self.context.create_volume("probability", (prob.shape[0], 1, *prob.shape[1:]),
                                          np.float32, like=raw)  # fmt: skip
@@ -285,7 +295,7 @@ class LocalMaximaRegions(RoiExtractor):
         return {"regions": regions}
 
 
-class RoiOverlayWriter(Stage):
+class RoiOverlayWriter(Writer["RoiOverlayWriter.Options"]):
     """A PNG of the ROIs outlined on the mean image: found (green), missed (red, truth not
     matched) and false (yellow, predictions not matched); all predictions in green without
     truth."""
@@ -299,7 +309,7 @@ class RoiOverlayWriter(Stage):
         "prediction": Port("regions", "detected ROIs"),
         "truth": Port("regions", "ground-truth ROIs", required=False),
     }
-    outputs: ClassVar[Mapping[str, Port]] = {}
+    outputs: ClassVar[Mapping[str, Port]] = {"file": Port("file", "the PNG written")}
 
     class Options(StageOptions):
         filename: str = Field("rois.png", description="PNG in the run directory.")
@@ -314,4 +324,4 @@ class RoiOverlayWriter(Stage):
         target = _run_file(self, opts.filename)
         overlay_png(target, img, inputs["prediction"], inputs.get("truth"),
                     threshold_px=opts.threshold_px, scale=opts.scale)  # fmt: skip
-        return {}
+        return {"file": WrittenFile(str(target))}

@@ -21,7 +21,7 @@ from synapse_toolkit.io.checks import NonFinite, check_loaded
 from synapse_toolkit.io.cremi import CremiData, open_cremi_lazy, open_hdf5_file, write_cremi
 from synapse_toolkit.io.image_stack import read_image_stack
 from synapse_toolkit.io.zarr_io import read_zarr_volumes, write_zarr_volume
-from synapse_toolkit.stages import Loader, Placement, Port, Stage, StageOptions
+from synapse_toolkit.stages import Loader, Placement, Port, Stage, StageOptions, Writer
 
 _VOLUME_PORTS: dict[str, Port] = {
     "raw": Port("intensity", "EM intensities (z, y, x)", required=False),
@@ -55,7 +55,7 @@ def _check_required(found: Mapping[str, Any], required: list[str], path: Path) -
         )
 
 
-class CremiLoader(Loader):
+class CremiLoader(Loader["CremiLoader.Options"]):
     """Read a CREMI HDF5 file; volumes stay on disk and are read block by block."""
 
     name: ClassVar[str] = "cremi-hdf5"
@@ -92,8 +92,8 @@ class CremiLoader(Loader):
             out["annotations"] = data.annotations
             if len(data.annotations.partners):
                 out["partners"] = PartnerTable.from_annotations(data.annotations)
-        _check_required(out, self.options.require, path)  # type: ignore[attr-defined]
-        return check_loaded(out, str(path), nonfinite=self.options.nonfinite,  # type: ignore[attr-defined]
+        _check_required(out, self.options.require, path)
+        return check_loaded(out, str(path), nonfinite=self.options.nonfinite,
                             context=self.context)  # fmt: skip
 
     def close(self) -> None:
@@ -102,7 +102,7 @@ class CremiLoader(Loader):
             self._file = None
 
 
-class ZarrLoader(Loader):
+class ZarrLoader(Loader["ZarrLoader.Options"]):
     """Read CREMI-layout arrays from a zarr store (``volumes/raw``, ``volumes/labels/...``)."""
 
     name: ClassVar[str] = "zarr"
@@ -116,12 +116,12 @@ class ZarrLoader(Loader):
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         path = _source(self.options, self.context.input_path, self.context.stage_name)  # type: ignore[arg-type]
         out = read_zarr_volumes(path)
-        _check_required(out, self.options.require, path)  # type: ignore[attr-defined]
-        return check_loaded(out, str(path), nonfinite=self.options.nonfinite,  # type: ignore[attr-defined]
+        _check_required(out, self.options.require, path)
+        return check_loaded(out, str(path), nonfinite=self.options.nonfinite,
                             context=self.context)  # fmt: skip
 
 
-class ImageStackLoader(Loader):
+class ImageStackLoader(Loader["ImageStackLoader.Options"]):
     """Read a TIFF/PNG stack (a directory, a glob, or a multi-page TIFF) as the raw volume."""
 
     name: ClassVar[str] = "image-stack"
@@ -139,11 +139,11 @@ class ImageStackLoader(Loader):
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         opts = self.options
-        source = opts.path or self.context.input_path  # type: ignore[attr-defined]
+        source = opts.path or self.context.input_path
         if source is None:
             raise DataError(f"stage {self.context.stage_name}: no input (set options.path)")
-        raw = read_image_stack(source, opts.voxel_size_nm, opts.offset_nm)  # type: ignore[attr-defined]
-        return check_loaded({"raw": raw}, str(source), nonfinite=opts.nonfinite,  # type: ignore[attr-defined]
+        raw = read_image_stack(source, opts.voxel_size_nm, opts.offset_nm)
+        return check_loaded({"raw": raw}, str(source), nonfinite=opts.nonfinite,
                             context=self.context)  # fmt: skip
 
 
@@ -161,7 +161,7 @@ def _output_file(stage: Stage, filename: str) -> Path:
     return target
 
 
-class CremiWriter(Stage):
+class CremiWriter(Writer["CremiWriter.Options"]):
     """Write volumes, annotations or partners into a CREMI file in the run directory."""
 
     kind: ClassVar[str] = "writer"
@@ -189,17 +189,17 @@ class CremiWriter(Stage):
             )
         ann: Annotations | None = inputs.get("annotations")
         if "partners" in inputs:
-            ann = inputs["partners"].to_annotations(opts.annotation_offset_nm)  # type: ignore[attr-defined]
+            ann = inputs["partners"].to_annotations(opts.annotation_offset_nm)
         data = CremiData(
             raw=inputs.get("raw"), neuron_ids=inputs.get("neuron_ids"), clefts=inputs.get("clefts"),
             annotations=ann,
         )  # fmt: skip
-        target = _output_file(self, opts.filename)  # type: ignore[attr-defined]
+        target = _output_file(self, opts.filename)
         write_cremi(target, data, overwrite=True)
         return {"file": WrittenFile(str(target))}
 
 
-class ZarrWriter(Stage):
+class ZarrWriter(Writer["ZarrWriter.Options"]):
     """Write volumes into a zarr store in the CREMI layout, in the run directory."""
 
     kind: ClassVar[str] = "writer"
@@ -215,7 +215,7 @@ class ZarrWriter(Stage):
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         from synapse_toolkit.io.cremi import VOLUME_KEYS
 
-        target = _output_file(self, self.options.filename)  # type: ignore[attr-defined]
+        target = _output_file(self, self.options.filename)
         for port, vol in inputs.items():
             assert isinstance(vol, Volume)
             write_zarr_volume(target, VOLUME_KEYS[port], vol, overwrite=True)
@@ -227,5 +227,5 @@ def syntk_register_stages(registry: Any) -> None:
     registry.add_loader(CremiLoader)
     registry.add_loader(ZarrLoader)
     registry.add_loader(ImageStackLoader)
-    registry.add_stage("writer", CremiWriter)
-    registry.add_stage("writer", ZarrWriter)
+    registry.add_writer(CremiWriter)
+    registry.add_writer(ZarrWriter)

@@ -18,7 +18,7 @@ from synapse_toolkit.stages import Agglomerator, Detector, Loader, Placement, Po
 DEFAULT_MODEL = "neurons/fib_affinities"
 
 
-class AffinityDetector(Detector):
+class AffinityDetector(Detector["AffinityDetector.Options"]):
     """Affinities from raw EM with an exported U-Net (ONNX Runtime, CUDA if it loads).
 
     Tiles the volume (``overlap`` voxels between output tiles, blended linearly), mirrors the
@@ -67,7 +67,7 @@ class AffinityDetector(Detector):
         )
 
     def _model_voxel_size(self, meta: Mapping[str, Any]) -> tuple[float, ...] | None:
-        opts: AffinityDetector.Options = self.options  # type: ignore[assignment]
+        opts: AffinityDetector.Options = self.options
         if opts.model_voxel_size_nm is not None:
             return tuple(opts.model_voxel_size_nm)
         if meta.get("voxel_size_nm"):
@@ -91,7 +91,7 @@ class AffinityDetector(Detector):
             resampled_shape,
         )
 
-        opts: AffinityDetector.Options = self.options  # type: ignore[assignment]
+        opts: AffinityDetector.Options = self.options
         model_vs = self._model_voxel_size(meta) if opts.resample != "never" else None
         grid_vs = model_grid_voxel_size(raw.voxel_size_nm, model_vs, opts.resample)
         if grid_vs is None:
@@ -124,7 +124,7 @@ class AffinityDetector(Detector):
             uses_cuda,
         )
 
-        opts: AffinityDetector.Options = self.options  # type: ignore[assignment]
+        opts: AffinityDetector.Options = self.options
         raw: Volume = inputs["raw"]
         if len(raw.shape) != 3:
             raise DataError(f"affinity-unet: raw must be 3D (z, y, x), got shape {raw.shape}")
@@ -193,7 +193,7 @@ class AffinityDetector(Detector):
         return {"affinities": result}
 
 
-class WaterzAgglomerator(Agglomerator):
+class WaterzAgglomerator(Agglomerator["WaterzAgglomerator.Options"]):
     """waterz: watershed fragments (from the affinities, or given) merged by a scoring function.
 
     One segmentation per threshold goes to ``segmentations`` (T, z, y, x); ``segmentation`` is the
@@ -239,7 +239,7 @@ class WaterzAgglomerator(Agglomerator):
         from synapse_toolkit.inference.agglomeration import agglomerate, scoring_function
         from synapse_toolkit.io.zarr_io import copy_slab
 
-        opts: WaterzAgglomerator.Options = self.options  # type: ignore[assignment]
+        opts: WaterzAgglomerator.Options = self.options
         scoring_function(opts.scoring)  # validate early
         affs_vol: Volume = inputs["affinities"]
         if affs_vol.num_channels is None or affs_vol.num_channels < 3:
@@ -356,7 +356,7 @@ class _Dataset(StageOptions):
     dataset: str = "stack"
 
 
-class Hdf5VolumesLoader(Loader):
+class Hdf5VolumesLoader(Loader["Hdf5VolumesLoader.Options"]):
     """Volumes from plain HDF5 files (one dataset each), e.g. the gala FIB-SEM example data.
 
     ``volumes`` maps an output port (``raw``, ``neuron_ids``, ``boundaries``, ``fragments``) to a
@@ -401,7 +401,7 @@ class Hdf5VolumesLoader(Loader):
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         import h5py
 
-        opts: Hdf5VolumesLoader.Options = self.options  # type: ignore[assignment]
+        opts: Hdf5VolumesLoader.Options = self.options
         self._files = []
         out: dict[str, Any] = {}
         base = self.context.input_path.parent if self.context.input_path else Path.cwd()

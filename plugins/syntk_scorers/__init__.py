@@ -45,7 +45,7 @@ def _block_shape(stage: Scorer, vol: Volume) -> tuple[int, int, int] | None:
     return (z, vol.spatial_shape[1], vol.spatial_shape[2])
 
 
-class CremiNeuronScorer(Scorer):
+class CremiNeuronScorer(Scorer["CremiNeuronScorer.Options"]):
     """VOI split/merge, adapted Rand and CREMI score of a neuron segmentation."""
 
     name: ClassVar[str] = "cremi-neurons"
@@ -67,13 +67,13 @@ class CremiNeuronScorer(Scorer):
         from synapse_toolkit.metrics.cremi_neurons import score_neuron_ids
 
         s = score_neuron_ids(
-            truth, pred, border_threshold_nm=self.options.border_threshold_nm,  # type: ignore[attr-defined]
+            truth, pred, border_threshold_nm=self.options.border_threshold_nm,
             block_shape=_block_shape(self, truth), n_threads=self.context.n_threads,
         )  # fmt: skip
         return {"scores": ScoreRecord(self.name, s.as_dict(), dict(self.options.model_dump()))}
 
 
-class CremiCleftScorer(Scorer):
+class CremiCleftScorer(Scorer["CremiCleftScorer.Options"]):
     """False positives/negatives and distance statistics of a cleft detection."""
 
     name: ClassVar[str] = "cremi-clefts"
@@ -97,13 +97,13 @@ class CremiCleftScorer(Scorer):
         from synapse_toolkit.metrics.cremi_clefts import score_clefts
 
         s = score_clefts(
-            truth, pred, threshold_nm=opts.threshold_nm,  # type: ignore[attr-defined]
-            reference_artifacts=opts.reference_artifacts,  # type: ignore[attr-defined]
+            truth, pred, threshold_nm=opts.threshold_nm,
+            reference_artifacts=opts.reference_artifacts,
         )  # fmt: skip
         return {"scores": ScoreRecord(self.name, s.as_dict(), dict(opts.model_dump()))}
 
 
-class CremiPartnerScorer(Scorer):
+class CremiPartnerScorer(Scorer["CremiPartnerScorer.Options"]):
     """F-score of synaptic partner pairs (CREMI minimum-cost matching)."""
 
     name: ClassVar[str] = "cremi-partners"
@@ -137,14 +137,14 @@ class CremiPartnerScorer(Scorer):
         from synapse_toolkit.metrics.cremi_partners import score_partners
 
         s = score_partners(
-            pred, truth, seg, matching_threshold=opts.matching_threshold_nm,  # type: ignore[attr-defined]
-            rounding=opts.rounding,  # type: ignore[attr-defined]
+            pred, truth, seg, matching_threshold=opts.matching_threshold_nm,
+            rounding=opts.rounding,
         )  # fmt: skip
         details = {**opts.model_dump(), "matches": [list(m) for m in s.matches]}
         return {"scores": ScoreRecord(self.name, s.as_dict(), details)}
 
 
-class SynapseOverlapScorer(Scorer):
+class SynapseOverlapScorer(Scorer["SynapseOverlapScorer.Options"]):
     """Synapse detection by voxel overlap (best match each way)."""
 
     name: ClassVar[str] = "synapse-overlap"
@@ -167,14 +167,14 @@ class SynapseOverlapScorer(Scorer):
         from synapse_toolkit.metrics.overlap import score_overlap
 
         s = score_overlap(
-            truth, pred, threshold=opts.threshold, measure=opts.measure,  # type: ignore[attr-defined]
-            background=opts.background, block_shape=_block_shape(self, truth),  # type: ignore[attr-defined]
+            truth, pred, threshold=opts.threshold, measure=opts.measure,
+            background=opts.background, block_shape=_block_shape(self, truth),
             n_threads=self.context.n_threads,
         )  # fmt: skip
         return {"scores": ScoreRecord(self.name, s.as_dict(), dict(opts.model_dump()))}
 
 
-class NeurofinderScorer(Scorer):
+class NeurofinderScorer(Scorer["NeurofinderScorer.Options"]):
     """neurofinder ROI scores (greedy centre matching)."""
 
     name: ClassVar[str] = "neurofinder"
@@ -197,7 +197,7 @@ class NeurofinderScorer(Scorer):
             )
         from synapse_toolkit.metrics.neurofinder import score_neurofinder
 
-        s = score_neurofinder(truth, pred, self.options.threshold_px)  # type: ignore[attr-defined]
+        s = score_neurofinder(truth, pred, self.options.threshold_px)
         return {"scores": ScoreRecord(self.name, s.as_dict(), dict(self.options.model_dump()))}
 
 

@@ -24,6 +24,7 @@ from synapse_toolkit.stages import (
     Detector,
     PartnerAssigner,
     Port,
+    Postprocessor,
     Stage,
     StageOptions,
 )
@@ -48,7 +49,7 @@ def _fill_for(port: str, vol: Volume) -> float | int:
     return 0
 
 
-class SectionTranslation(Aligner):
+class SectionTranslation(Aligner["SectionTranslation.Options"]):
     """Per-section translations by phase correlation (robust to missing/defective sections).
 
     ``mode = "estimate"`` estimates the transform from ``raw`` and applies it to every given
@@ -101,7 +102,7 @@ class SectionTranslation(Aligner):
 
         o = self.options
         vols = {k: v for k, v in inputs.items() if k in _ALIGN_VOLUMES and v is not None}
-        if o.mode == "inverse":  # type: ignore[attr-defined]
+        if o.mode == "inverse":
             if inputs.get("transform") is None:
                 raise DataError(f"stage {self.context.stage_name}: inverse mode needs `transform`")
             transform: SectionTransform = inputs["transform"].inverse()
@@ -110,12 +111,12 @@ class SectionTranslation(Aligner):
             if raw is None:
                 raise DataError(f"stage {self.context.stage_name}: estimate mode needs `raw`")
             transform, report = estimate_translations(
-                raw.data, raw.voxel_size_nm, sigma_px=o.sigma_px,  # type: ignore[attr-defined]
-                max_shift_px=o.max_shift_px, min_quality=o.min_quality,  # type: ignore[attr-defined]
-                min_relative_quality=o.min_relative_quality,  # type: ignore[attr-defined]
-                integer=o.integer,  # type: ignore[attr-defined]
-                n_references=o.n_references,  # type: ignore[attr-defined]
-                patch_px=o.patch_px, patch_step_px=o.patch_step_px,  # type: ignore[attr-defined]
+                raw.data, raw.voxel_size_nm, sigma_px=o.sigma_px,
+                max_shift_px=o.max_shift_px, min_quality=o.min_quality,
+                min_relative_quality=o.min_relative_quality,
+                integer=o.integer,
+                n_references=o.n_references,
+                patch_px=o.patch_px, patch_step_px=o.patch_step_px,
             )  # fmt: skip
             if report.skipped:
                 self.context.logger.info("skipped sections (missing/defective): %s", report.skipped)
@@ -150,7 +151,7 @@ class SectionTranslation(Aligner):
         return res
 
 
-class _OnnxDetector(Detector):
+class _OnnxDetector(Detector["_OnnxDetector.Options"]):
     """Tiled ONNX inference of a synapse U-Net on ``raw``."""
 
     output_port: ClassVar[str] = ""
@@ -167,16 +168,16 @@ class _OnnxDetector(Detector):
 
         raw: Volume = inputs["raw"]
         o = self.options
-        path = _resolved_model(self, o.model, o.model_path, o.sha256)  # type: ignore[attr-defined]
+        path = _resolved_model(self, o.model, o.model_path, o.sha256)
         model = DenseModel(path, n_threads=self.context.n_threads)
         out = self.context.create_volume(self.output_port, (1, *raw.spatial_shape), np.float32,
                                          like=raw)  # fmt: skip
         from synapse_toolkit.inference.tiled import TileGrid
 
         n = len(TileGrid(raw.spatial_shape, model.input_shape, model.output_shape,  # type: ignore[arg-type]
-                         tuple(self.options.overlap)))  # type: ignore[attr-defined]  # fmt: skip
+                         tuple(self.options.overlap)))  # fmt: skip
         task = self.context.progress("tiles", n)
-        model.predict(raw.data, out.data, tuple(self.options.overlap),  # type: ignore[attr-defined]
+        model.predict(raw.data, out.data, tuple(self.options.overlap),
                       progress=task.advance)  # fmt: skip
         return {self.output_port: out}
 
@@ -225,7 +226,7 @@ class PolarityDetector(_OnnxDetector):
     }
 
 
-class CleftLabels(Stage):
+class CleftLabels(Postprocessor["CleftLabels.Options"]):
     """Cleft probability → CREMI cleft label volume (threshold, cc3d, size filter; background
     0xffffffffffffffff)."""
 
@@ -250,8 +251,8 @@ class CleftLabels(Stage):
 
         prob: Volume = inputs["cleft_probability"]
         arr = _spatial(prob)
-        labels = cleft_labels(arr, Grid.of(prob), self.options.threshold,  # type: ignore[attr-defined]
-                              self.options.min_voxels)  # type: ignore[attr-defined]  # fmt: skip
+        labels = cleft_labels(arr, Grid.of(prob), self.options.threshold,
+                              self.options.min_voxels)  # fmt: skip
         out = self.context.create_volume("clefts", labels.shape, np.uint64, like=prob,
                                          fill_value=int(CLEFT_BACKGROUND))  # fmt: skip
         out.data[...] = labels
@@ -269,7 +270,7 @@ def _check_grids(stage: str, **vols: Volume) -> None:
         raise DataError(f"stage {stage}: inputs are on different grids: {shapes}")
 
 
-class EMSynConn(PartnerAssigner):
+class EMSynConn(PartnerAssigner["EMSynConn.Options"]):
     """EMSynConn partners: signed-proximity candidates paired across touching segments, kept or
     dropped by the pruning CNN (``prune = false`` keeps every candidate)."""
 
@@ -315,18 +316,18 @@ class EMSynConn(PartnerAssigner):
         raw: Volume | None = inputs.get("raw")
         _check_grids(self.context.stage_name, proximity=prox, segmentation=seg)
         pruner = None
-        if o.prune:  # type: ignore[attr-defined]
+        if o.prune:
             if raw is None:
                 raise DataError(f"stage {self.context.stage_name}: pruning needs the `raw` input")
-            path = _resolved_model(self, o.pruner_model, o.pruner_model_path, o.pruner_sha256)  # type: ignore[attr-defined]
+            path = _resolved_model(self, o.pruner_model, o.pruner_model_path, o.pruner_sha256)
             pruner = PrunerONNX(path, self.context.n_threads)
         settings = EMSynConnSettings(
             candidates=CandidateSettings(
-                threshold=o.threshold, min_voxels=o.min_voxels, max_gap_nm=o.max_gap_nm,  # type: ignore[attr-defined]
-                max_centroid_distance_nm=o.max_centroid_distance_nm,  # type: ignore[attr-defined]
+                threshold=o.threshold, min_voxels=o.min_voxels, max_gap_nm=o.max_gap_nm,
+                max_centroid_distance_nm=o.max_centroid_distance_nm,
             ),
-            prune_threshold=o.prune_threshold,  # type: ignore[attr-defined]
-            dedup_distance_nm=o.dedup_distance_nm,  # type: ignore[attr-defined]
+            prune_threshold=o.prune_threshold,
+            dedup_distance_nm=o.dedup_distance_nm,
         )  # fmt: skip
         raw_arr = raw.read() if raw is not None else np.zeros(seg.spatial_shape, np.uint8)
         table = assign_emsynconn(
@@ -335,7 +336,7 @@ class EMSynConn(PartnerAssigner):
         return _partner_outputs(table, seg)
 
 
-class GeometricBaseline(PartnerAssigner):
+class GeometricBaseline(PartnerAssigner["GeometricBaseline.Options"]):
     """No-learning baseline: each cleft's most positive neighbouring segment is pre-synaptic,
     segments with negative mean polarity near the cleft are post-synaptic."""
 
@@ -378,6 +379,6 @@ def syntk_register_stages(registry: Any) -> None:
     registry.add_aligner(SectionTranslation)
     registry.add_detector(CleftDetector)
     registry.add_detector(PolarityDetector)
-    registry.add_stage("postprocessor", CleftLabels)
+    registry.add_postprocessor(CleftLabels)
     registry.add_partner_assigner(EMSynConn)
     registry.add_partner_assigner(GeometricBaseline)

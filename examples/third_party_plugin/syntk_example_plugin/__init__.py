@@ -15,7 +15,7 @@ from synapse_toolkit.hookspecs import hookimpl
 from synapse_toolkit.stages import Detector, Port, StageOptions
 
 
-class MembraneGradient(Detector):
+class MembraneGradient(Detector["MembraneGradient.Options"]):
     """Boundary probability in [0, 1] from the Gaussian gradient magnitude of the raw data.
 
     Dark, sharp membranes give strong gradients. ``sigma_nm`` is the smoothing scale in nm, so
@@ -37,7 +37,7 @@ class MembraneGradient(Detector):
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         raw: Volume = inputs["raw"]
         opts = self.options
-        sigma = [opts.sigma_nm / v for v in raw.voxel_size_nm]  # type: ignore[attr-defined]
+        sigma = [opts.sigma_nm / v for v in raw.voxel_size_nm]
         context = [int(np.ceil(4 * s)) for s in sigma]
         out = self.context.create_volume(
             "boundaries", (1, *raw.spatial_shape), np.float32, like=raw
@@ -47,7 +47,7 @@ class MembraneGradient(Detector):
         for b in iter_blocks(raw.spatial_shape, block, context):
             data = raw.read(b.read).astype(np.float32) / 255.0
             grad = ndimage.gaussian_gradient_magnitude(data, sigma=sigma, mode="reflect")
-            prob = 1.0 - np.exp(-grad / opts.scale)  # type: ignore[attr-defined]
+            prob = 1.0 - np.exp(-grad / opts.scale)
             out.data[(slice(None), *b.write)] = prob[b.inner][None]
             task.advance()
         return {"boundaries": out}
