@@ -114,8 +114,11 @@ class ArtifactStore:
     ) -> dict[str, Any]:
         kind = "labels" if vol.is_labels else "volume"
         data = vol.data
-        attrs: dict[str, Any] = {"voxel_size_nm": list(vol.voxel_size_nm), "offset_nm": list(vol.offset_nm),
-                 "name": vol.name}  # fmt: skip
+        attrs: dict[str, Any] = {
+            "voxel_size_nm": list(vol.voxel_size_nm),
+            "offset_nm": list(vol.offset_nm),
+            "name": vol.name,
+        }
         final = target_dir / f"{port}.zarr"
         if isinstance(data, zarr.Array) and _inside(
             Path(str(data.store).removeprefix("file://")), scratch

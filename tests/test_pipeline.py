@@ -148,7 +148,8 @@ def test_resume_skips_unchanged_stages(config_file: Path, plugins) -> None:  # t
         ),
         (
             "stages.half.inputs.raw=load.annotations",
-            "stages.half.inputs.raw: 'load.annotations' (cremi-hdf5) carries annotations, but test-scale input 'raw' takes volume",
+            "stages.half.inputs.raw: 'load.annotations' (cremi-hdf5) carries annotations, "
+            "but test-scale input 'raw' takes volume",
         ),
         ("stages.double.kind=detektor", "stages.double.kind: unknown stage kind 'detektor'"),
         ("stages.double.colour=1", "stages.double.colour: unknown key"),

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import types
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from typer.testing import CliRunner
@@ -53,7 +54,7 @@ def test_registry_rejects_wrong_base_and_duplicates() -> None:
 
     class D(Detector):
         name = "d"
-        inputs = {"raw": Port("intensity")}
+        inputs: ClassVar[dict[str, Port]] = {"raw": Port("intensity")}
 
         def run(self, inputs):  # type: ignore[no-untyped-def]
             return {}
