@@ -347,15 +347,17 @@ def _merge_regions(
         _hput(hkeys, hvals, eu[e] * n_nodes + ev[e], e, hmask)
 
     # queue
-    m = max(n_edges, 1)
-    st = np.array([m, -1, 0], np.int64)
-    q_edge = np.empty(m, np.int64)
-    q_next = -np.ones(m, np.int64)
-    q_free = np.arange(m - 1, -1, -1)
+    m = max(n_edges, 1)  # at most one queue entry per edge at any time
+    mq = m if nbins > 0 else 1
+    mh = 1 if nbins > 0 else m
+    st = np.array([mq, -1, 0], np.int64)
+    q_edge = np.empty(mq, np.int64)
+    q_next = -np.ones(mq, np.int64)
+    q_free = np.arange(mq - 1, -1, -1)
     bin_head = -np.ones(max(nbins, 1), np.int64)
     bin_tail = -np.ones(max(nbins, 1), np.int64)
-    heap_s = np.empty(m, np.float32)
-    heap_e = np.empty(m, np.int64)
+    heap_s = np.empty(mh, np.float32)
+    heap_e = np.empty(mh, np.int64)
 
     out = np.empty((thresholds.shape[0], n_nodes), np.int64)
     for e in range(n_edges):  # initial scores, pushed in edge order
