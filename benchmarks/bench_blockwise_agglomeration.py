@@ -111,7 +111,8 @@ def score(out: Path, truth: np.ndarray, vs) -> list[float]:
 
     arr = zarr.open_array(str(out), mode="r")
     kw = {"border_threshold_nm": 25.0, "voxel_size_nm": vs}
-    return [score_neuron_ids(truth, np.asarray(arr[t]), **kw).cremi_score for t in range(arr.shape[0])]
+    n = arr.shape[0]
+    return [score_neuron_ids(truth, np.asarray(arr[t]), **kw).cremi_score for t in range(n)]
 
 
 def main() -> None:
