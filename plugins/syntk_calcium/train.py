@@ -264,6 +264,24 @@ def export(checkpoint: Path, onnx_path: Path, tile: int = 256) -> dict[str, Any]
     return info
 
 
+def select(onnx_path: Path, data_dir: Path, cache: Path) -> dict[str, Any]:
+    """Choose test-time augmentation and region thresholds for the exported model on the
+    validation sets, through the detector's own ONNX path (never the held-out rows' truth)."""
+    from syntk_calcium.stages import cnn_probability
+
+    mean = real_data(data_dir)[0]
+    raws = [mean] + [phantom_mean(s, cache)[0] for s in PHANTOM_VAL]
+    val = _val_sets(data_dir, cache)
+    out: dict[str, Any] = {}
+    for tta in (False, True):
+        maps = [cnn_probability(r, onnx_path, n_threads=1, tta=tta) for r in raws]
+        params, score, parts = search_thresholds(maps, val)
+        out[f"tta={tta}"] = {"combined": round(score, 4), **parts, "params": params}
+        print(f"validation, tta={tta}: combined {score:.3f} (real {parts['real']:.3f}, "
+              f"phantom {parts['phantom']:.3f}) at {params}", flush=True)  # fmt: skip
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=str(DATA), help="the neurofinder-crop folder")
@@ -277,11 +295,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--export", default=None, help="write the best checkpoint as this ONNX file")
+    ap.add_argument("--select-only", default=None, metavar="ONNX",
+                    help="no training: choose TTA and thresholds on validation")  # fmt: skip
     args = ap.parse_args(argv)
+    if args.select_only:
+        select(Path(args.select_only), Path(args.data), Path(args.out) / "phantoms")
+        return
     train(args)
     if args.export:
         info = export(Path(args.out) / "best.pt", Path(args.export))
         print(json.dumps({k: info[k] for k in ("path", "sha256", "bytes", "max_abs_diff")}))
+        select(Path(args.export), Path(args.data), Path(args.out) / "phantoms")
 
 
 if __name__ == "__main__":
