@@ -137,12 +137,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("out", help="HDF5 file to write (raw, neuron_ids, cells)")
     ap.add_argument("--sections", default="0-19", help="e.g. 0-19 or 0-15,18 (default 0-19)")
     ap.add_argument("--min-iou", type=float, default=0.5, help="IoU to link across sections")
+    ap.add_argument(
+        "--unlinked", action="store_true", help="no links: every 2D component its own id (z = 0)"
+    )
     args = ap.parse_args(argv)
     d = Path(args.isbi_dir)
     sections = _parse_sections(args.sections)
     raw, cells = read_membrane_stack(d / "image", d / "label", sections)
     path = write_training_file(
-        args.out, raw, cells, min_iou=args.min_iou, source=f"{d} sections {args.sections}"
+        args.out,
+        raw,
+        cells,
+        min_iou=np.inf if args.unlinked else args.min_iou,
+        source=f"{d} sections {args.sections}" + (", unlinked" if args.unlinked else ""),
     )
     print(f"{path}: raw {raw.shape} uint8 at {ISBI_VOXEL_SIZE_NM} nm, sections {args.sections}")
     return 0
