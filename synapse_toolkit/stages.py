@@ -427,6 +427,12 @@ class Scorer(Stage[OptionsT]):
 
     kind: ClassVar[str] = "scorer"
     standard_outputs: ClassVar[Mapping[str, Port]] = {"scores": Port("scores", "metric values")}
+    #: for scoring files: port -> ("truth" | "prediction", dataset the loader gives), e.g.
+    #: {"prediction": ("prediction", "neuron_ids")}; see :mod:`synapse_toolkit.scoring`
+    file_inputs: ClassVar[Mapping[str, tuple[str, str]]] = {}
+    #: metric names for which smaller / larger values are better (shown after score tables)
+    lower_is_better: ClassVar[tuple[str, ...]] = ()
+    higher_is_better: ClassVar[tuple[str, ...]] = ()
 
 
 class Postprocessor(Stage[OptionsT]):

@@ -37,7 +37,7 @@ def _json(args: list[str]) -> dict:
 
 def test_cremi_commands_reproduce_reference() -> None:
     want = RESULTS["neuron_ids"]["N02_merge_two"]["border_25nm"]
-    got = _json(["cremi-neurons", *map(str, N02), "--border-nm", "25", "--block-z", "3"])
+    got = _json(["cremi-neurons", *map(str, N02), "--border-threshold-nm", "25", "--block-z", "3"])
     assert got["voi_merge"] == pytest.approx(want["voi_merge"], rel=1e-9)
     assert got["cremi_score"] == pytest.approx(want["cremi_score"], rel=1e-9)
     c = _json(["cremi-clefts", *map(str, C03)])
@@ -84,7 +84,7 @@ def test_batch_manifest_reports_bad_pair_and_scores_the_rest(tmp_path: Path) -> 
     records = {r["name"]: r for r in json.loads(out_json.read_text())}
     assert records["bad"]["status"] == "error"
     assert records["c03"]["values"]["false_positives"] == 130
-    want = RESULTS["neuron_ids"]["N02_merge_two"]["no_border_mask"]["voi_merge"]
+    want = RESULTS["neuron_ids"]["N02_merge_two"]["border_25nm"]["voi_merge"]  # the default
     assert records["n02"]["values"]["voi_merge"] == pytest.approx(want, rel=1e-9)
     rows = out_csv.read_text().splitlines()
     assert rows[0].startswith("name,metric,truth,pred,status,error") and len(rows) == 5
@@ -180,11 +180,63 @@ def test_batch_input_errors(tmp_path: Path) -> None:
     res = runner.invoke(app, ["score", "batch", "--manifest", str(m)])
     assert res.exit_code == 1 and "metric" in res.stderr
     res = runner.invoke(app, ["score", "batch", "--manifest", str(m), "--metric", "nope"])
-    assert res.exit_code == 1 and "unknown metric" in res.stderr
+    assert res.exit_code == 1 and "no scorer plugin 'nope' (available: " in res.stderr
     m.write_text("a,b\n1,2\n")
     res = runner.invoke(app, ["score", "batch", "--manifest", str(m)])
     assert res.exit_code == 1 and "truth,pred" in res.stderr
     res = runner.invoke(app, ["score", "batch"])
     assert res.exit_code == 1 and "--manifest" in res.stderr
     res = runner.invoke(app, ["score", "cremi-partners", *map(str, P07), "--rounding", "up"])
-    assert res.exit_code == 1 and "--rounding" in res.stderr
+    assert res.exit_code == 1 and "options.rounding: Input should be 'half_away'" in res.stderr
+
+
+# -- one path: the CLI runs the registered scorer stages -----------------------------------------
+
+
+def test_score_lists_and_runs_a_third_party_scorer(example_plugin_on_path: dict[str, str]) -> None:
+    listed = runner.invoke(app, ["score", "list", "--json"])
+    assert listed.exit_code == 0, listed.output
+    rows = {r["name"]: r for r in json.loads(listed.stdout)}
+    assert rows["segment-count"]["plugin"] == "example-membrane"
+    assert "cremi-neurons" in rows
+    got = _json(["segment-count", *map(str, N02)])
+    assert got["n_prediction"] < got["n_truth"] and got["ratio"] == pytest.approx(
+        got["n_prediction"] / got["n_truth"]
+    )
+
+
+def test_score_cli_equals_the_pipeline_scorer(tmp_path: Path) -> None:
+    """Same files, same defaults: `syntk score cremi-neurons` and a pipeline's scorer agree."""
+    truth, pred = N02
+    cfg = tmp_path / "p.toml"
+    cfg.write_text(f"""
+[input]
+path = "{truth}"
+[output]
+dir = "{tmp_path / "run"}"
+[stages.truth]
+kind = "loader"
+plugin = "cremi-hdf5"
+[stages.pred]
+kind = "loader"
+plugin = "cremi-hdf5"
+options = {{ path = "{pred}" }}
+[stages.score]
+kind = "scorer"
+plugin = "cremi-neurons"
+inputs = {{ prediction = "pred.neuron_ids", truth = "truth.neuron_ids" }}
+""")
+    res = runner.invoke(app, ["pipeline", "run", str(cfg), "--json"])
+    assert res.exit_code == 0, res.output
+    piped = json.loads(res.stdout)["scores"]["score.scores"]["values"]
+    cli = _json(["cremi-neurons", str(truth), str(pred)])
+    assert cli == piped
+    want = RESULTS["neuron_ids"]["N02_merge_two"]["border_25nm"]  # the one documented default
+    assert cli["cremi_score"] == pytest.approx(want["cremi_score"], rel=1e-9)
+
+
+def test_score_prints_which_direction_is_better() -> None:
+    res = runner.invoke(app, ["score", "cremi-neurons", *map(str, N02)])
+    assert res.exit_code == 0
+    assert "cremi-neurons: lower is better for" in res.stdout
+    assert "n_voxels" in res.stdout and "80000" in res.stdout and "8e+04" not in res.stdout

@@ -90,8 +90,7 @@ class CremiLoader(Loader["CremiLoader.Options"]):
         out: dict[str, Any] = dict(data.volumes())
         if data.annotations is not None:
             out["annotations"] = data.annotations
-            if len(data.annotations.partners):
-                out["partners"] = PartnerTable.from_annotations(data.annotations)
+            out["partners"] = PartnerTable.from_annotations(data.annotations)
         _check_required(out, self.options.require, path)
         return check_loaded(out, str(path), nonfinite=self.options.nonfinite,
                             context=self.context)  # fmt: skip

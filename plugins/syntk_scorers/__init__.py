@@ -49,6 +49,12 @@ class CremiNeuronScorer(Scorer["CremiNeuronScorer.Options"]):
     """VOI split/merge, adapted Rand and CREMI score of a neuron segmentation."""
 
     name: ClassVar[str] = "cremi-neurons"
+    file_inputs: ClassVar[Mapping[str, tuple[str, str]]] = {
+        "prediction": ("prediction", "neuron_ids"), "truth": ("truth", "neuron_ids"),
+    }  # fmt: skip
+    lower_is_better: ClassVar[tuple[str, ...]] = (
+        "voi_split", "voi_merge", "voi_total", "adapted_rand", "cremi_score",
+    )  # fmt: skip
     version: ClassVar[str] = __version__
     description: ClassVar[str] = "CREMI neuron ids: VOI (bits), adapted Rand, CREMI score"
     inputs: ClassVar[Mapping[str, Port]] = {
@@ -58,9 +64,10 @@ class CremiNeuronScorer(Scorer["CremiNeuronScorer.Options"]):
     outputs: ClassVar[Mapping[str, Port]] = _SCORES
 
     class Options(StageOptions):
-        border_threshold_nm: float | None = Field(
-            None, ge=0, description="Ignore truth boundaries within this distance (nm; CREMI: 25)."
-        )
+        border_threshold_nm: float = Field(
+            25.0, ge=0, description="Ignore truth boundaries within this distance (nm); CREMI's "
+            "evaluation uses 25, 0 switches the mask off.",
+        )  # fmt: skip
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         truth, pred = _labels(self, inputs, "truth"), _labels(self, inputs, "prediction")
@@ -77,6 +84,12 @@ class CremiCleftScorer(Scorer["CremiCleftScorer.Options"]):
     """False positives/negatives and distance statistics of a cleft detection."""
 
     name: ClassVar[str] = "cremi-clefts"
+    file_inputs: ClassVar[Mapping[str, tuple[str, str]]] = {
+        "prediction": ("prediction", "clefts"), "truth": ("truth", "clefts"),
+    }  # fmt: skip
+    lower_is_better: ClassVar[tuple[str, ...]] = (
+        "false_positives", "false_negatives", "fp_mean", "fn_mean", "cremi_score",
+    )  # fmt: skip
     version: ClassVar[str] = __version__
     description: ClassVar[str] = "CREMI clefts: FP/FN counts, distance stats, cleft score"
     inputs: ClassVar[Mapping[str, Port]] = {
@@ -107,6 +120,12 @@ class CremiPartnerScorer(Scorer["CremiPartnerScorer.Options"]):
     """F-score of synaptic partner pairs (CREMI minimum-cost matching)."""
 
     name: ClassVar[str] = "cremi-partners"
+    file_inputs: ClassVar[Mapping[str, tuple[str, str]]] = {
+        "prediction": ("prediction", "partners"), "truth": ("truth", "annotations"),
+        "truth_neuron_ids": ("truth", "neuron_ids"),
+    }  # fmt: skip
+    higher_is_better: ClassVar[tuple[str, ...]] = ("fscore", "precision", "recall", "tp")
+    lower_is_better: ClassVar[tuple[str, ...]] = ("fp", "fn")
     version: ClassVar[str] = __version__
     description: ClassVar[str] = "CREMI synaptic partners: F-score, precision, recall, FP, FN"
     inputs: ClassVar[Mapping[str, Port]] = {
@@ -148,6 +167,10 @@ class SynapseOverlapScorer(Scorer["SynapseOverlapScorer.Options"]):
     """Synapse detection by voxel overlap (best match each way)."""
 
     name: ClassVar[str] = "synapse-overlap"
+    file_inputs: ClassVar[Mapping[str, tuple[str, str]]] = {
+        "prediction": ("prediction", "clefts"), "truth": ("truth", "clefts"),
+    }  # fmt: skip
+    higher_is_better: ClassVar[tuple[str, ...]] = ("precision", "recall", "f1")
     version: ClassVar[str] = __version__
     description: ClassVar[str] = "synapse detection by overlap: precision, recall, F1"
     inputs: ClassVar[Mapping[str, Port]] = {
@@ -159,7 +182,9 @@ class SynapseOverlapScorer(Scorer["SynapseOverlapScorer.Options"]):
     class Options(StageOptions):
         threshold: float = Field(0.5, ge=0, le=1, description="Minimum overlap measure of a match.")
         measure: Literal["iou", "coverage"] = Field("iou", description="Overlap measure.")
-        background: int = Field(0, ge=0, description="Background id (CREMI clefts: 2**64-1).")
+        background: int = Field(
+            0xFFFFFFFFFFFFFFFF, ge=0, description="Background id (CREMI clefts: 2**64-1)."
+        )
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         truth, pred = _labels(self, inputs, "truth"), _labels(self, inputs, "prediction")
@@ -178,6 +203,9 @@ class NeurofinderScorer(Scorer["NeurofinderScorer.Options"]):
     """neurofinder ROI scores (greedy centre matching)."""
 
     name: ClassVar[str] = "neurofinder"
+    higher_is_better: ClassVar[tuple[str, ...]] = (
+        "recall", "precision", "combined", "inclusion", "exclusion",
+    )  # fmt: skip
     version: ClassVar[str] = __version__
     description: ClassVar[str] = "neurofinder: recall, precision, combined, inclusion, exclusion"
     inputs: ClassVar[Mapping[str, Port]] = {
@@ -205,6 +233,9 @@ class ClusteringScorer(Scorer):
     """Clustering of synapses against known types, joined on synapse ids."""
 
     name: ClassVar[str] = "clustering"
+    higher_is_better: ClassVar[tuple[str, ...]] = (
+        "ari", "nmi", "ami", "homogeneity", "completeness", "accuracy",
+    )  # fmt: skip
     version: ClassVar[str] = __version__
     description: ClassVar[str] = "clustering: ARI, NMI, AMI, homogeneity, completeness, accuracy"
     inputs: ClassVar[Mapping[str, Port]] = {

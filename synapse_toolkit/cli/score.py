@@ -1,110 +1,57 @@
-"""`syntk score`: score predictions against ground truth with the challenge metrics.
+"""`syntk score`: score files with any registered scorer (built-in or third-party).
 
-CREMI files (HDF5) are read through :mod:`synapse_toolkit.io.cremi` with volumes left on disk
-(scored block by block); neurofinder files are JSON region lists.
+``syntk score NAME TRUTH PRED`` runs the scorer stage ``NAME`` exactly as a pipeline would
+(:mod:`synapse_toolkit.scoring`), with one ``--<option>`` per option of that scorer and the
+same defaults. ``syntk score list`` shows the scorers; ``syntk score batch`` scores many pairs.
 """
 
 from __future__ import annotations
 
 import csv
 import glob as globlib
+import inspect
 import io
-import json
 import math
-from collections.abc import Callable
+import types
+import typing
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import typer.core
+import typer.main
 
-from synapse_toolkit.errors import DataError, SyntkError
-from synapse_toolkit.fsio import atomic_write_text, check_destination
+from synapse_toolkit.errors import ConfigError, DataError, SyntkError
+from synapse_toolkit.fsio import atomic_write_text, check_destination, dumps
 
-app = typer.Typer(no_args_is_help=True, help="Score predictions against ground truth.")
-
-METRICS = ("cremi-neurons", "cremi-clefts", "cremi-partners", "synapse-overlap", "neurofinder")
-
-TruthArg = Annotated[Path, typer.Argument(help="Ground-truth file.")]
-PredArg = Annotated[Path, typer.Argument(help="Prediction file.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print the scores as JSON.")]
-ThreadsOpt = Annotated[int, typer.Option("--threads", min=1, help="Threads for counting.")]
+STATIC = ("list", "batch")
 
 
-# -- scoring one pair ----------------------------------------------------------------------------
+class _ScoreGroup(typer.core.TyperGroup):
+    """`list` and `batch` plus one command per registered scorer, built on demand."""
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        from synapse_toolkit.scoring import scorers
+
+        return [*STATIC, *(r.name for r in scorers())]
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name in STATIC:
+            return super().get_command(ctx, cmd_name)
+        from synapse_toolkit.plugin_manager import get_plugins
+
+        reg = get_plugins().stages
+        if cmd_name not in reg.names("scorer"):
+            return None
+        return _scorer_command(reg.get("scorer", cmd_name).cls)  # type: ignore[no-any-return]
 
 
-def _volume(data: Any, key: str, path: Path) -> Any:
-    from synapse_toolkit.io.checks import check_labels
-
-    vol = getattr(data, key)
-    if vol is None:
-        raise DataError(f"{path}: no {key} volume (volumes/labels/{key})")
-    check_labels(vol, f"{path} ({key})")
-    return vol
-
-
-def _block(vol: Any, block_z: int) -> tuple[int, int, int]:
-    return (block_z, vol.spatial_shape[1], vol.spatial_shape[2])
-
-
-def score_files(metric: str, truth: Path, pred: Path, **opts: Any) -> dict[str, Any]:
-    """Score one (truth, prediction) file pair with ``metric``; returns the metric values."""
-    from synapse_toolkit.io.cremi import open_cremi
-
-    if metric == "neurofinder":
-        from synapse_toolkit.metrics.neurofinder import load_regions, score_neurofinder
-
-        s = score_neurofinder(load_regions(truth), load_regions(pred), opts.get("threshold", 5.0))
-        return s.as_dict()
-    if metric not in METRICS:
-        raise SyntkError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
-    block_z = int(opts.get("block_z", 16))
-    with open_cremi(truth) as t, open_cremi(pred) as p:
-        if metric == "cremi-neurons":
-            from synapse_toolkit.metrics.cremi_neurons import score_neuron_ids
-
-            tv, pv = _volume(t, "neuron_ids", truth), _volume(p, "neuron_ids", pred)
-            return score_neuron_ids(
-                tv, pv, border_threshold_nm=opts.get("border_nm"), block_shape=_block(tv, block_z),
-                n_threads=int(opts.get("threads", 2)),
-            ).as_dict()  # fmt: skip
-        if metric == "cremi-clefts":
-            from synapse_toolkit.metrics.cremi_clefts import score_clefts
-
-            tv, pv = _volume(t, "clefts", truth), _volume(p, "clefts", pred)
-            return score_clefts(
-                tv, pv, threshold_nm=opts.get("threshold_nm") or 200.0,
-                block_shape=_block(tv, block_z),
-                reference_artifacts=bool(opts.get("reference_artifacts", False)),
-            ).as_dict()  # fmt: skip
-        if metric == "cremi-partners":
-            from synapse_toolkit.metrics.cremi_partners import score_partners
-
-            seg = _volume(t, "neuron_ids", truth)
-            if t.annotations is None:
-                raise DataError(f"{truth}: no annotations")
-            if p.annotations is None:
-                raise DataError(f"{pred}: no annotations")
-            s = score_partners(
-                p.annotations, t.annotations, seg,
-                matching_threshold=opts.get("threshold_nm") or 400.0,
-                rounding=opts.get("rounding", "half_away"),
-            )  # fmt: skip
-            return s.as_dict()
-        # synapse-overlap
-        from synapse_toolkit.metrics.overlap import score_overlap
-
-        key = opts.get("dataset", "clefts")
-        if key not in ("clefts", "neuron_ids"):
-            raise DataError(f"--dataset must be 'clefts' or 'neuron_ids', got {key!r}")
-        tv, pv = _volume(t, key, truth), _volume(p, key, pred)
-        background = opts.get("background")
-        if background is None:
-            background = 0xFFFFFFFFFFFFFFFF if key == "clefts" else 0
-        return score_overlap(
-            tv, pv, threshold=opts.get("threshold", 0.5), measure=opts.get("measure", "iou"),
-            background=int(background), block_shape=_block(tv, block_z),
-        ).as_dict()  # fmt: skip
+app = typer.Typer(
+    cls=_ScoreGroup,
+    no_args_is_help=True,
+    help="Score predictions against ground truth with the registered scorers.",
+)
+KW = inspect.Parameter.KEYWORD_ONLY
 
 
 # -- output --------------------------------------------------------------------------------------
@@ -114,120 +61,126 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         if math.isnan(v) or math.isinf(v):
             return str(v)
-        text = f"{v:.6g}"
-        return text if any(c in text for c in ".e") else text + ".0"  # floats look like floats
+        if v.is_integer() and abs(v) < 1e15:
+            return str(int(v))
+        return f"{v:.6g}"
     return str(v)
 
 
-def _json_safe(v: Any) -> Any:
-    if isinstance(v, float) and (math.isnan(v) or math.isinf(v)):
-        return None if math.isnan(v) else ("inf" if v > 0 else "-inf")
-    return v
+def _directions(cls: Any, keys: list[str]) -> list[str]:
+    lower = [k for k in cls.lower_is_better if k in keys]
+    higher = [k for k in cls.higher_is_better if k in keys]
+    lines = []
+    if lower:
+        lines.append(f"{cls.name}: lower is better for {', '.join(lower)}")
+    if higher:
+        lines.append(f"{cls.name}: higher is better for {', '.join(higher)}")
+    return lines
 
 
-def _print_scores(metric: str, values: dict[str, Any], as_json: bool) -> None:
+def _print_scores(cls: Any, values: dict[str, Any], as_json: bool) -> None:
     if as_json:
-        safe = {k: _json_safe(v) for k, v in values.items()}
-        typer.echo(json.dumps({"metric": metric, "values": safe}, indent=1))
+        typer.echo(dumps({"metric": cls.name, "values": values}, indent=1))
         return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=metric)
+    table = Table(title=cls.name)
     table.add_column("metric")
     table.add_column("value", justify="right")
     for k, v in values.items():
         table.add_row(k, _fmt(v))
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    for line in _directions(cls, list(values)):
+        console.print(line)
 
 
-# -- single-pair commands ------------------------------------------------------------------------
+# -- one command per scorer ----------------------------------------------------------------------
 
 
-def _single(metric: str) -> Callable[..., None]:
-    def run(truth: Path, pred: Path, as_json: bool, **opts: Any) -> None:
-        _print_scores(metric, score_files(metric, truth, pred, **opts), as_json)
+def _option_type(info: Any) -> type | None:
+    """The CLI type of a simple pydantic field (numbers, strings, bools, choices), or None."""
+    ann = info.annotation
+    args = [a for a in typing.get_args(ann) if a is not type(None)]
+    if typing.get_origin(ann) in (typing.Union, types.UnionType) and len(args) == 1:
+        ann = args[0]
+    if typing.get_origin(ann) is typing.Literal:
+        return str  # the choices are checked by the scorer's options model
+    return ann if ann in (bool, int, float, str) else None
 
-    return run
+
+def _scorer_command(cls: Any) -> Any:
+    """A typer command for scorer ``cls``: TRUTH PRED, one option per simple option field."""
+    fields: dict[str, Any] = {}
+    params = [
+        inspect.Parameter("truth", KW, annotation=Annotated[Path, typer.Argument(
+            help="Ground-truth file (CREMI HDF5, zarr, or neurofinder JSON).")]),
+        inspect.Parameter("pred", KW, annotation=Annotated[Path, typer.Argument(
+            help="Prediction file.")]),
+    ]  # fmt: skip
+    for field, info in cls.Options.model_fields.items():
+        kind = _option_type(info)
+        if kind is None:
+            continue
+        fields[field] = kind
+        flag = "--" + field.replace("_", "-")
+        decls = [f"{flag}/--no-{flag[2:]}"] if kind is bool else [flag]
+        text = f"{info.description or ''} (default {info.default})"
+        option = typer.Option(*decls, help=text, show_default=False)
+        params.append(
+            inspect.Parameter(field, KW, default=None, annotation=Annotated[kind | None, option])
+        )
+    params += [
+        inspect.Parameter("dataset", KW, default=None, annotation=Annotated[str | None,
+            typer.Option("--dataset", help="Read this dataset (e.g. neuron_ids) for the "
+                         "volume inputs instead of the scorer's default.")]),
+        inspect.Parameter("block_z", KW, default=32, annotation=Annotated[int,
+            typer.Option("--block-z", min=1, help="Sections counted at a time.")]),
+        inspect.Parameter("threads", KW, default=2, annotation=Annotated[int,
+            typer.Option("--threads", min=1, help="Threads.")]),
+        inspect.Parameter("as_json", KW, default=False, annotation=Annotated[bool,
+            typer.Option("--json", help="Print the scores as JSON.")]),
+    ]  # fmt: skip
+
+    def command(**kw: Any) -> None:
+        from synapse_toolkit.scoring import score_files
+
+        record = score_files(cls.name, kw["truth"], kw["pred"], {f: kw[f] for f in fields},
+                             dataset=kw["dataset"], n_threads=kw["threads"],
+                             block_z=kw["block_z"])  # fmt: skip
+        _print_scores(cls, dict(record.values), kw["as_json"])
+
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__doc__ = f"{cls.description} (scorer plugin {cls.name})."
+    single = typer.Typer(add_completion=False)
+    single.command(cls.name)(command)
+    return typer.main.get_command(single)
 
 
-@app.command("cremi-neurons")
-def cremi_neurons(
-    truth: TruthArg,
-    pred: PredArg,
-    border_nm: Annotated[
-        float | None, typer.Option("--border-nm", help="Border mask (nm; CREMI used 25).")
-    ] = None,
-    block_z: Annotated[int, typer.Option("--block-z", min=1, help="Sections per block.")] = 16,
-    threads: ThreadsOpt = 2,
-    as_json: JsonOpt = False,
+@app.command("list")
+def list_scorers(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """VOI split/merge, adapted Rand and CREMI score of volumes/labels/neuron_ids."""
-    _single("cremi-neurons")(truth, pred, as_json, border_nm=border_nm, block_z=block_z,
-                             threads=threads)  # fmt: skip
+    """The registered scorers (built-in and third-party) with their inputs."""
+    from synapse_toolkit.scoring import scorers
 
+    rows = [{"name": r.name, "plugin": r.plugin, "description": r.cls.description,
+             "inputs": {k: p.describe() for k, p in r.cls.inputs.items()}}
+            for r in scorers()]  # fmt: skip
+    if as_json:
+        typer.echo(dumps(rows, indent=1))
+        return
+    from rich.console import Console
+    from rich.table import Table
 
-@app.command("cremi-clefts")
-def cremi_clefts(
-    truth: TruthArg,
-    pred: PredArg,
-    threshold_nm: Annotated[float, typer.Option("--threshold-nm", help="FP/FN distance.")] = 200.0,
-    reference_artifacts: Annotated[
-        bool, typer.Option("--reference-artifacts", help="cremi_python numbers for empty volumes.")
-    ] = False,
-    as_json: JsonOpt = False,
-) -> None:
-    """FP/FN counts, distance statistics and cleft score of volumes/labels/clefts."""
-    _single("cremi-clefts")(truth, pred, as_json, threshold_nm=threshold_nm,
-                            reference_artifacts=reference_artifacts)  # fmt: skip
-
-
-@app.command("cremi-partners")
-def cremi_partners(
-    truth: TruthArg,
-    pred: PredArg,
-    threshold_nm: Annotated[
-        float, typer.Option("--threshold-nm", help="Matching distance.")
-    ] = 400.0,
-    rounding: Annotated[
-        str, typer.Option("--rounding", help="half_away (challenge server) or half_even.")
-    ] = "half_away",
-    as_json: JsonOpt = False,
-) -> None:
-    """Synaptic-partner F-score (annotations; label check in the truth neuron_ids)."""
-    if rounding not in ("half_away", "half_even"):
-        raise SyntkError(f"--rounding must be half_away or half_even, got {rounding!r}")
-    _single("cremi-partners")(truth, pred, as_json, threshold_nm=threshold_nm, rounding=rounding)
-
-
-@app.command("synapse-overlap")
-def synapse_overlap(
-    truth: TruthArg,
-    pred: PredArg,
-    threshold: Annotated[float, typer.Option("--threshold", help="Minimum overlap.")] = 0.5,
-    measure: Annotated[str, typer.Option("--measure", help="iou or coverage.")] = "iou",
-    dataset: Annotated[str, typer.Option("--dataset", help="clefts or neuron_ids.")] = "clefts",
-    background: Annotated[
-        int | None, typer.Option("--background", help="Background id (default by dataset).")
-    ] = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Synapse detection by overlap of label volumes (best match each way)."""
-    if measure not in ("iou", "coverage"):
-        raise SyntkError(f"--measure must be iou or coverage, got {measure!r}")
-    _single("synapse-overlap")(truth, pred, as_json, threshold=threshold, measure=measure,
-                               dataset=dataset, background=background)  # fmt: skip
-
-
-@app.command("neurofinder")
-def neurofinder(
-    truth: TruthArg,
-    pred: PredArg,
-    threshold: Annotated[float, typer.Option("--threshold", help="Centre distance (px).")] = 5.0,
-    as_json: JsonOpt = False,
-) -> None:
-    """neurofinder recall, precision, combined, inclusion, exclusion of JSON region files."""
-    _single("neurofinder")(truth, pred, as_json, threshold=threshold)
+    table = Table(title="scorers (syntk score NAME TRUTH PRED)")
+    for col in ("name", "plugin", "inputs", "description"):
+        table.add_column(col)
+    for r in rows:
+        ins = ", ".join(f"{k}:{v}" for k, v in r["inputs"].items())
+        table.add_row(r["name"], r["plugin"], ins, r["description"])
+    Console(width=160).print(table)
 
 
 # -- batch ---------------------------------------------------------------------------------------
@@ -268,6 +221,21 @@ def _pairs_from_globs(truth_glob: str, pred_glob: str, metric: str) -> list[dict
             for t, p in zip(ts, ps, strict=True)]  # fmt: skip
 
 
+def _parse_options(items: list[str]) -> dict[str, Any]:
+    import tomllib
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--option {item!r}: expected NAME=VALUE")
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = raw
+    return out
+
+
 @app.command("batch")
 def batch(
     manifest: Annotated[
@@ -276,17 +244,20 @@ def batch(
     truth_glob: Annotated[str | None, typer.Option("--truth-glob", help="Truth files.")] = None,
     pred_glob: Annotated[str | None, typer.Option("--pred-glob", help="Prediction files.")] = None,
     metric: Annotated[
-        str | None, typer.Option("--metric", help=f"Metric for all pairs: {', '.join(METRICS)}.")
+        str | None, typer.Option("--metric", help="Scorer for all pairs (see `syntk score list`).")
     ] = None,
-    border_nm: Annotated[float | None, typer.Option("--border-nm")] = None,
-    threshold_nm: Annotated[float | None, typer.Option("--threshold-nm")] = None,
-    threshold: Annotated[float | None, typer.Option("--threshold")] = None,
+    option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--option", help="A scorer option NAME=VALUE (repeatable), e.g. border_threshold_nm=0."
+        ),
+    ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write results as JSON.")] = None,
     csv_out: Annotated[Path | None, typer.Option("--csv", help="Write results as CSV.")] = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an existing --json/--csv file.")
     ] = False,
-    threads: ThreadsOpt = 2,
+    threads: Annotated[int, typer.Option("--threads", min=1, help="Threads.")] = 2,
 ) -> None:
     """Score many pairs (a CSV manifest or two globs paired in sorted order).
 
@@ -297,8 +268,10 @@ def batch(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
     from rich.table import Table
 
-    if metric is not None and metric not in METRICS:
-        raise SyntkError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
+    from synapse_toolkit.scoring import get_scorer, score_files
+
+    if metric is not None:
+        get_scorer(metric)  # unknown name: one line listing the scorers
     if manifest is not None:
         pairs = _pairs_from_manifest(manifest, metric)
     elif truth_glob and pred_glob:
@@ -307,16 +280,14 @@ def batch(
         pairs = _pairs_from_globs(truth_glob, pred_glob, metric)
     else:
         raise SyntkError("give --manifest CSV, or --truth-glob and --pred-glob")
+    for name in {p["metric"] for p in pairs}:
+        get_scorer(name)
     inputs = tuple(Path(p[k]) for p in pairs for k in ("truth", "pred"))
     inputs += (manifest,) if manifest is not None else ()
     for dest, flag in ((json_out, "--json"), (csv_out, "--csv")):
         if dest is not None:
             check_destination(dest, inputs=inputs, overwrite=overwrite, what=f"{flag} results")
-    opts: dict[str, Any] = {"border_nm": border_nm, "threads": threads}
-    if threshold_nm is not None:
-        opts["threshold_nm"] = threshold_nm
-    if threshold is not None:
-        opts["threshold"] = threshold
+    opts = _parse_options(option or [])
 
     console = Console(stderr=True)
     results: list[dict[str, Any]] = []
@@ -327,8 +298,9 @@ def batch(
             progress.update(task, description=f"scoring {pair['name']}")
             rec: dict[str, Any] = dict(pair)
             try:
-                rec["values"] = score_files(pair["metric"], Path(pair["truth"]),
-                                            Path(pair["pred"]), **opts)  # fmt: skip
+                record = score_files(pair["metric"], Path(pair["truth"]), Path(pair["pred"]),
+                                     opts, n_threads=threads)  # fmt: skip
+                rec["values"] = dict(record.values)
                 rec["status"] = "ok"
             except (SyntkError, OSError, ValueError, KeyError) as exc:
                 rec["status"] = "error"
@@ -348,12 +320,14 @@ def batch(
     for r in results:
         vals = r.get("values", {})
         table.add_row(r["name"], r["metric"], r["status"], *(_fmt(vals.get(k, "")) for k in keys))
-    Console().print(table)
+    out = Console()
+    out.print(table)
+    for name in dict.fromkeys(r["metric"] for r in results):
+        for line in _directions(get_scorer(name).cls, keys):
+            out.print(line)
 
     if json_out is not None:
-        safe = [{**r, "values": {k: _json_safe(v) for k, v in r.get("values", {}).items()}}
-                for r in results]  # fmt: skip
-        atomic_write_text(json_out, json.dumps(safe, indent=1))
+        atomic_write_text(json_out, dumps(results, indent=1))
     if csv_out is not None:
         buf = io.StringIO()
         w = csv.writer(buf)

@@ -1,4 +1,4 @@
-"""Example third-party syntk plugin: a streaming membrane (boundary) detector."""
+"""Example third-party syntk plugin: a streaming membrane (boundary) detector and a scorer."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pydantic import Field
 from scipy import ndimage
 
 from synapse_toolkit.blockwise import count_blocks, iter_blocks
-from synapse_toolkit.data import Volume
+from synapse_toolkit.data import ScoreRecord, Volume
 from synapse_toolkit.hookspecs import hookimpl
-from synapse_toolkit.stages import Detector, Port, StageOptions
+from synapse_toolkit.stages import Detector, Port, Scorer, StageOptions
 
 
 class MembraneGradient(Detector["MembraneGradient.Options"]):
@@ -53,6 +53,41 @@ class MembraneGradient(Detector["MembraneGradient.Options"]):
         return {"boundaries": out}
 
 
+class SegmentCount(Scorer["SegmentCount.Options"]):
+    """How many segments a segmentation has against the truth: a quick over/under-segmentation
+    check. Reachable as ``syntk score segment-count TRUTH PRED`` once the plugin is installed."""
+
+    name: ClassVar[str] = "segment-count"
+    version: ClassVar[str] = "0.1.0"
+    description: ClassVar[str] = "segments in prediction vs truth (example plugin)"
+    inputs: ClassVar[Mapping[str, Port]] = {
+        "prediction": Port("labels", "a segmentation", grid="in"),
+        "truth": Port("labels", "ground-truth ids", grid="in"),
+    }
+    outputs: ClassVar[Mapping[str, Port]] = {"scores": Port("scores", "counts")}
+    file_inputs: ClassVar[Mapping[str, tuple[str, str]]] = {
+        "prediction": ("prediction", "neuron_ids"),
+        "truth": ("truth", "neuron_ids"),
+    }
+
+    class Options(StageOptions):
+        ignore: int = Field(0xFFFFFFFFFFFFFFFF, ge=0, description="Id not counted (CREMI ignore).")
+
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        counts = {}
+        for port in ("truth", "prediction"):
+            ids: set[int] = set()
+            vol: Volume = inputs[port]
+            for b in iter_blocks(vol.spatial_shape, self.context.block_shape):
+                ids.update(int(i) for i in np.unique(vol.read(b.read)))
+            ids.discard(self.options.ignore)
+            counts[port] = len(ids)
+        values = {"n_truth": counts["truth"], "n_prediction": counts["prediction"],
+                  "ratio": counts["prediction"] / max(1, counts["truth"])}  # fmt: skip
+        return {"scores": ScoreRecord(self.name, values)}
+
+
 @hookimpl
 def syntk_register_stages(registry: Any) -> None:
     registry.add_detector(MembraneGradient)
+    registry.add_scorer(SegmentCount)
