@@ -16,7 +16,7 @@ from numba import njit
 
 
 @njit(cache=True, nogil=True)
-def border_section(img: np.ndarray, r: np.int64, k_max: np.int64, out: np.ndarray) -> np.int64:
+def border_section(img: np.ndarray, r: int, k_max: int, out: np.ndarray) -> int:
     """Fill ``out`` (bool, img.shape) with the border mask of one section ``img`` (2D).
 
     Returns the number of non-interior pixels (0: the section holds a single id and ``out`` is
@@ -67,7 +67,7 @@ def border_section(img: np.ndarray, r: np.int64, k_max: np.int64, out: np.ndarra
 
 @njit(cache=True, nogil=True)
 def border_sections(
-    vol: np.ndarray, z0: np.int64, z1: np.int64, r: np.int64, k_max: np.int64, out: np.ndarray
+    vol: np.ndarray, z0: int, z1: int, r: int, k_max: int, out: np.ndarray
 ) -> np.ndarray:
     """:func:`border_section` for sections ``z0..z1-1`` of ``vol`` into ``out[z0:z1]``;
     returns the number of non-interior pixels of each of those sections."""

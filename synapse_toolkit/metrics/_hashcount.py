@@ -52,14 +52,14 @@ def _mix2(a: np.uint64, b: np.uint64) -> np.uint64:
 
 
 @njit(cache=True, nogil=True)
-def _grown(buf: np.ndarray, n: np.int64) -> np.ndarray:
+def _grown(buf: np.ndarray, n: int) -> np.ndarray:
     new = np.empty((buf.shape[0] * 2, 3), dtype=np.uint64)
     new[:n] = buf[:n]
     return new
 
 
 @njit(cache=True, nogil=True)
-def _append(buf: np.ndarray, n: np.int64, a: np.uint64, b: np.uint64, c: np.uint64):
+def _append(buf: np.ndarray, n: int, a: np.uint64, b: np.uint64, c: np.uint64):
     if n == buf.shape[0]:
         new = np.empty((buf.shape[0] * 2, 3), dtype=np.uint64)
         new[:n] = buf[:n]
@@ -80,7 +80,7 @@ def count_runs(
     use_ignore_a: bool,
     cache: np.ndarray,
     buf: np.ndarray,
-    n_buf: np.int64,
+    n_buf: int,
 ):
     """Count pairs (a[i], b[i]) of two flat arrays into ``cache`` (evicting into ``buf``).
 
@@ -133,7 +133,7 @@ def count_runs(
 
 
 @njit(cache=True, nogil=True)
-def flush_cache(cache: np.ndarray, buf: np.ndarray, n_buf: np.int64):
+def flush_cache(cache: np.ndarray, buf: np.ndarray, n_buf: int):
     """Move every cache entry to the buffer and clear the cache. Returns (buf, n_buf)."""
     for s in range(cache.shape[0]):
         if cache[s, 2] != 0:
@@ -152,7 +152,7 @@ def n_partitions(n: int) -> tuple[int, int]:
 
 @njit(cache=True, nogil=True, inline="always")
 def _find_or_add(key: np.uint64, slot: np.ndarray, uniq: np.ndarray, sums: np.ndarray,
-                 n_groups: np.int64):  # fmt: skip
+                 n_groups: int):  # fmt: skip
     """Group index of ``key`` in a growable open-addressing table (``slot``: group per slot,
     -1 = free, size a power of two, at most half full), adding ``key`` as a new group if absent.
     Returns (group, slot, uniq, sums, n_groups): the arrays are replaced when they grow."""
@@ -187,7 +187,7 @@ def _find_or_add(key: np.uint64, slot: np.ndarray, uniq: np.ndarray, sums: np.nd
 
 
 @njit(cache=True, nogil=True)
-def partition_hist(buf: np.ndarray, lo: np.int64, hi: np.int64, n_parts: np.int64,
+def partition_hist(buf: np.ndarray, lo: int, hi: int, n_parts: int,
                    shift: np.uint64, part: np.ndarray) -> np.ndarray:  # fmt: skip
     """Partition (top bits of hash(b)) of rows ``buf[lo:hi]`` into ``part``; their histogram."""
     hist = np.zeros(n_parts, dtype=np.int64)
@@ -199,7 +199,7 @@ def partition_hist(buf: np.ndarray, lo: np.int64, hi: np.int64, n_parts: np.int6
 
 
 @njit(cache=True, nogil=True)
-def partition_hist_truth(buf: np.ndarray, lo: np.int64, hi: np.int64, n_parts: np.int64,
+def partition_hist_truth(buf: np.ndarray, lo: int, hi: int, n_parts: int,
                          shift: np.uint64, part: np.ndarray):  # fmt: skip
     """:func:`partition_hist` and, in the same pass over the rows, the summed counts of each
     truth id (column 0). Returns (hist, truth ids, their summed counts)."""
@@ -226,7 +226,7 @@ def partition_hist_truth(buf: np.ndarray, lo: np.int64, hi: np.int64, n_parts: n
 
 
 @njit(cache=True, nogil=True)
-def partition_scatter(buf: np.ndarray, lo: np.int64, hi: np.int64, part: np.ndarray,
+def partition_scatter(buf: np.ndarray, lo: int, hi: int, part: np.ndarray,
                       offsets: np.ndarray, tmp: np.ndarray) -> None:  # fmt: skip
     """Copy rows ``buf[lo:hi]`` to ``tmp`` at their partition's next position (``offsets``)."""
     fill = offsets.copy()
@@ -240,7 +240,7 @@ def partition_scatter(buf: np.ndarray, lo: np.int64, hi: np.int64, part: np.ndar
 
 
 @njit(cache=True, nogil=True)
-def _aggregate(tmp: np.ndarray, lo: np.int64, hi: np.int64):
+def _aggregate(tmp: np.ndarray, lo: int, hi: int):
     """Sum duplicate (a, b) rows of ``tmp[lo:hi]`` in place (all rows of one b lie in this
     range). Returns (out, group, bsum): distinct pairs are ``tmp[lo:out]``; row r's b has total
     count ``bsum[group[r - lo]]``."""
@@ -296,7 +296,7 @@ def _aggregate(tmp: np.ndarray, lo: np.int64, hi: np.int64):
 
 @njit(cache=True, nogil=True)
 def aggregate_parts(
-    tmp: np.ndarray, starts: np.ndarray, k0: np.int64, k1: np.int64,
+    tmp: np.ndarray, starts: np.ndarray, k0: int, k1: int,
     n_out: np.ndarray, nb_tmp: np.ndarray, with_b_marginal: bool,
 ) -> None:  # fmt: skip
     """Aggregate partitions ``k0..k1-1`` of ``tmp`` in place; ``n_out[k]`` distinct rows each,
@@ -315,7 +315,7 @@ def aggregate_parts(
 
 @njit(cache=True, nogil=True)
 def gather_parts(buf: np.ndarray, tmp: np.ndarray, starts: np.ndarray, dest: np.ndarray,
-                 n_out: np.ndarray, k0: np.int64, k1: np.int64, nb_tmp: np.ndarray,
+                 n_out: np.ndarray, k0: int, k1: int, nb_tmp: np.ndarray,
                  nb: np.ndarray, with_b_marginal: bool) -> None:  # fmt: skip
     """Copy the aggregated rows of partitions ``k0..k1-1`` to ``buf[dest[k]:]``."""
     for k in range(k0, k1):
@@ -373,7 +373,7 @@ def _fixed_add(acc_int: np.int64, acc_frac: np.int64, t: float):
 
 
 @njit(cache=True, nogil=True)
-def key_sums(rows: np.ndarray, col: np.int64):
+def key_sums(rows: np.ndarray, col: int):
     """Distinct keys of column ``col`` of ``rows`` and their summed counts (column 2); the
     table grows with the number of distinct keys, so few keys stay in cache."""
     slot = np.full(1024, -1, dtype=np.int64)
@@ -480,7 +480,7 @@ def truth_table(t_keys: np.ndarray, t_sums: np.ndarray):
 
 @njit(cache=True, nogil=True)
 def sums_parts(
-    tmp: np.ndarray, starts: np.ndarray, k0: np.int64, k1: np.int64,
+    tmp: np.ndarray, starts: np.ndarray, k0: int, k1: int,
     t_keys: np.ndarray, t_sums: np.ndarray, tslot: np.ndarray, log_t: np.ndarray,
 ):  # fmt: skip
     """:func:`neuron_sums` over partitions ``k0..k1-1`` of *unaggregated* partitioned rows

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from synapse_toolkit.cremi_ids import NO_LABEL
 from synapse_toolkit.metrics import _hashcount as hc
 
 _EMPTY_U8 = np.zeros(1, dtype=np.uint8)
@@ -187,7 +188,7 @@ class ContingencyCounter:
     #: Buffered rows (24 bytes each) before the buffer is compacted.
     buffer_rows = 1 << 24
 
-    def __init__(self, ignore_truth: int | None = 0xFFFFFFFFFFFFFFFF, n_threads: int = 2) -> None:
+    def __init__(self, ignore_truth: int | None = NO_LABEL, n_threads: int = 2) -> None:
         self.ignore_truth = ignore_truth
         self.n_threads = n_threads
         self._cache = np.zeros((hc.CACHE_SLOTS, 3), dtype=np.uint64)
@@ -228,7 +229,7 @@ class ContingencyCounter:
         else:
             mf = _EMPTY_U8
         use_a = self.ignore_truth is not None
-        ign = np.uint64(self.ignore_truth if use_a else 0)
+        ign = np.uint64(0 if self.ignore_truth is None else self.ignore_truth)
         self._own_buffer()
         self._buf, self._n_buf, n_ign = hc.count_runs(
             tf, pf, mf, ignore_mask is not None, ign, use_a, self._cache, self._buf, self._n_buf
@@ -379,7 +380,7 @@ def count_arrays(
     pred: np.ndarray,
     ignore_mask: np.ndarray | None = None,
     *,
-    ignore_truth: int | None = 0xFFFFFFFFFFFFFFFF,
+    ignore_truth: int | None = NO_LABEL,
     n_threads: int = 2,
     as_counter: bool = False,
 ) -> Any:

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from synapse_toolkit.blockwise import iter_blocks
+from synapse_toolkit.cremi_ids import NO_LABEL
 from synapse_toolkit.errors import DataError
 from synapse_toolkit.metrics._bordermask import border_section, border_sections
 from synapse_toolkit.metrics._volumes import check_labels, resolve_voxel_size, unwrap
@@ -51,7 +52,7 @@ from synapse_toolkit.metrics.contingency import (
 )
 
 #: Truth id ignored by the evaluation (unlabelled voxels).
-IGNORE_LABEL = 0xFFFFFFFFFFFFFFFF
+IGNORE_LABEL = NO_LABEL
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,7 @@ def _single_label_mask(
 def border_mask(
     truth: Any,
     max_dist_px: float,
-    roi: tuple[slice, slice, slice] | None = None,
+    roi: tuple[slice, ...] | None = None,
     reference_single_label_sections: bool = True,
 ) -> np.ndarray:
     """Border ignore mask (z, y, x) of ``truth`` inside ``roi``, reading only what it needs
