@@ -135,6 +135,19 @@ def test_blockwise_edges_equal_one_block_edges(tmp_path):
     assert np.allclose(merged["aff_sum"], one["aff_sum"])
 
 
+@pytest.mark.parametrize("ids", [[0, 3, 4, 5, 9, 100], [0, 3, 2**40, 7], [0]])
+def test_relabel_maps_graph_nodes_and_keeps_other_ids(ids):
+    rng = np.random.default_rng(0)
+    frag = rng.choice(np.array(ids, np.uint64), (4, 5, 6))
+    nodes = np.array([3, 5, 9, 100, 2**40], np.uint64)
+    labels = np.array([[3, 3, 9, 100, 3], [3, 3, 3, 3, 3]], np.uint64)
+    got = ab.relabel(frag, nodes, labels)
+    table = [dict(zip(nodes.tolist(), labels[t].tolist(), strict=True)) for t in range(2)]
+    for t in range(2):
+        want = [table[t].get(v, v) for v in frag.ravel().tolist()]
+        assert got[t].ravel().tolist() == want
+
+
 def _zarr_out(path: Path, shape) -> zarr.Array:
     return zarr.create_array(
         store=str(path), shape=(len(THS), *shape), dtype=np.uint64, chunks=(1, 4, 24, 20),

@@ -357,15 +357,34 @@ def _relabel_inputs(
 
 
 def relabel(frag: np.ndarray, nodes: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """``(T, *frag.shape)``: each fragment's label per threshold (ids outside the graph stay)."""
-    ids, inv = np.unique(frag, return_inverse=True)
-    idx = np.searchsorted(nodes, ids)
-    idx_c = np.minimum(idx, max(nodes.size - 1, 0))
-    found = (nodes[idx_c] == ids) if nodes.size else np.zeros(ids.size, bool)
+    """``(T, *frag.shape)``: each fragment's label per threshold (ids outside the graph stay).
+
+    Ids spanning a range up to a few times the block's size (per-block fragments always do) go
+    through a dense lookup table; others through ``np.unique`` and a search in ``nodes``."""
     out = np.empty((labels.shape[0], *frag.shape), np.uint64)
+    fg = frag != 0
+    if not fg.any():
+        out[...] = 0
+        return out
+    lo, hi = int(frag[fg].min()), int(frag.max())
+    if hi - lo < 4 * frag.size + 1024:
+        a = int(np.searchsorted(nodes, np.uint64(lo), side="left"))
+        b = int(np.searchsorted(nodes, np.uint64(hi), side="right"))
+        sel = (nodes[a:b] - np.uint64(lo)).astype(np.int64)
+        idx = np.where(fg, frag - np.uint64(lo), 0).astype(np.int64)
+        base = np.arange(lo, hi + 1, dtype=np.uint64)
+        for t in range(labels.shape[0]):
+            table = base.copy()
+            table[sel] = labels[t, a:b]
+            out[t] = np.where(fg, table[idx], np.uint64(0))
+        return out
+    ids, inv = np.unique(frag, return_inverse=True)
+    inv = inv.reshape(frag.shape)
+    idx_c = np.minimum(np.searchsorted(nodes, ids), max(nodes.size - 1, 0))
+    found = (nodes[idx_c] == ids) if nodes.size else np.zeros(ids.size, bool)
     for t in range(labels.shape[0]):
-        lab = np.where(found, labels[t][idx_c] if nodes.size else ids, ids)
-        out[t] = lab[inv.reshape(frag.shape)]
+        lab = np.where(found, labels[t][idx_c], ids) if nodes.size else ids
+        out[t] = lab[inv]
     return out
 
 
