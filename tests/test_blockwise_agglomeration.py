@@ -255,6 +255,50 @@ def test_failing_block_in_agglomeration_names_its_roi(tmp_path, monkeypatch):
         _run(affs, tmp_path, block_shape=(4, 24, 20), context=(2, 4, 4), max_retries=1)
 
 
+def _write_block(root: str, die_flag: str, task) -> dict:
+    """A process function for the worker-death test: writes the block, marks it done; block 3
+    kills its worker process the first time (a hard exit, as the OOM killer would)."""
+    import os
+
+    from synapse_toolkit.blocktasks import DoneMarkers
+
+    if task.block_id == 3 and not os.path.exists(die_flag):
+        open(die_flag, "w").close()
+        os._exit(9)
+    arr = zarr.open_array(root + "/out.zarr", mode="r+")
+    arr[task.write] = task.block_id + 1
+    DoneMarkers(Path(root) / "done").mark(task, "fp")
+    return {}
+
+
+def _block_done(root: str, task) -> dict | None:
+    from synapse_toolkit.blocktasks import DoneMarkers
+
+    return DoneMarkers(Path(root) / "done").is_done(task, "fp")
+
+
+def test_killed_worker_process_is_reported_and_the_rerun_resumes(tmp_path):
+    import functools
+
+    from synapse_toolkit.errors import SyntkError
+
+    zarr.create_array(store=str(tmp_path / "out.zarr"), shape=(8, 16, 16), dtype="u2",
+                      chunks=(4, 8, 8), fill_value=0)  # fmt: skip
+    tasks = make_tasks((8, 16, 16), (4, 8, 8))
+    process = functools.partial(_write_block, str(tmp_path), str(tmp_path / "died"))
+    check = functools.partial(_block_done, str(tmp_path))
+    with pytest.raises(SyntkError, match=r"worker process died while running block 3"):
+        run_blocks(tasks, process, check=check, n_workers=1, executor="processes")
+    rep = run_blocks(tasks, process, check=check, n_workers=2, executor="processes")
+    assert set(rep.skipped) | set(rep.processed) == set(range(8)) and 3 in rep.processed
+    assert set(rep.skipped) >= {0, 1, 2}  # blocks finished before the kill are not redone
+    out = zarr.open_array(str(tmp_path / "out.zarr"), mode="r")[...]
+    want = np.zeros((8, 16, 16), np.uint16)
+    for t in tasks:
+        want[t.write] = t.block_id + 1
+    assert np.array_equal(out, want)
+
+
 def test_process_pool_equals_threads(tmp_path):
     affs = _affs(_labels())
     za = zarr.create_array(store=str(tmp_path / "affs.zarr"), shape=affs.shape, dtype="f4",
