@@ -10,6 +10,7 @@ import itertools
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import zarr
@@ -29,26 +30,29 @@ def copy_slab(src: zarr.Array, index: int, dst: zarr.Array) -> None:
     chain), so the files are copied instead of decoding and re-encoding the slab. Otherwise the
     slab is read and written through zarr.
     """
+    from zarr.core.metadata import ArrayV3Metadata
     from zarr.storage import LocalStore
 
-    same_layout = (
-        isinstance(src.store, LocalStore)
-        and isinstance(dst.store, LocalStore)
+    src_store, dst_store, src_meta, dst_meta = src.store, dst.store, src.metadata, dst.metadata
+    if not (
+        isinstance(src_store, LocalStore)
+        and isinstance(dst_store, LocalStore)
+        and isinstance(src_meta, ArrayV3Metadata)
+        and isinstance(dst_meta, ArrayV3Metadata)
         and src.shape[1:] == dst.shape
         and src.chunks == (1, *dst.chunks)
         and src.dtype == dst.dtype
-        and src.metadata.fill_value == dst.metadata.fill_value
-        and src.metadata.codecs == dst.metadata.codecs
-    )
-    if not same_layout:
+        and src_meta.fill_value == dst_meta.fill_value
+        and src_meta.codecs == dst_meta.codecs
+    ):
         dst[...] = src[index]
         return
-    src_root = Path(src.store.root) / src.path
-    dst_root = Path(dst.store.root) / dst.path
+    src_root = Path(src_store.root) / src.path
+    dst_root = Path(dst_store.root) / dst.path
     grid = [range(-(-s // c)) for s, c in zip(dst.shape, dst.chunks, strict=True)]
     for coords in itertools.product(*grid):
-        src_file = src_root / src.metadata.chunk_key_encoding.encode_chunk_key((index, *coords))
-        dst_file = dst_root / dst.metadata.chunk_key_encoding.encode_chunk_key(coords)
+        src_file = src_root / src_meta.chunk_key_encoding.encode_chunk_key((index, *coords))
+        dst_file = dst_root / dst_meta.chunk_key_encoding.encode_chunk_key(coords)
         if src_file.exists():  # a missing chunk is all fill value in both arrays
             dst_file.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src_file, dst_file)
@@ -65,7 +69,7 @@ def open_zarr_volume(path: str | os.PathLike[str], key: str) -> Volume:
         arr = zarr.open_array(str(root), path=key, mode="r")
     except Exception as exc:  # zarr raises several types for a missing key
         raise DataError(f"{root}: no array {key!r} ({type(exc).__name__})") from None
-    attrs = dict(arr.attrs)
+    attrs: dict[str, Any] = dict(arr.attrs)  # JSON; Volume checks the placement values
     if "resolution" not in attrs:
         raise DataError(f"{root}: {key} has no 'resolution' attribute (z, y, x nm)")
     try:

@@ -29,7 +29,7 @@ import h5py
 import numpy as np
 import zarr
 
-from synapse_toolkit.data import Annotations
+from synapse_toolkit.data import Annotations, Volume
 from synapse_toolkit.errors import DataError
 from synapse_toolkit.io.cremi import VOLUME_KEYS, CremiData, open_cremi, write_cremi
 from synapse_toolkit.phantom.em import DEFAULT_BLOCK, EMPhantom
@@ -194,7 +194,7 @@ def read_phantom_truth(path: str | os.PathLike[str]) -> PhantomTruth:
     try:
         if p.is_dir():
             g = zarr.open_group(str(p), mode="r")["phantom"]
-            a = dict(g.attrs)
+            a: dict[str, Any] = dict(g.attrs)  # JSON, checked by the reads below
             syn = {
                 k: np.asarray(v, _SYNAPSE_DTYPES.get(k, np.float64))
                 for k, v in a["synapses"].items()
@@ -220,20 +220,24 @@ def read_phantom_truth(path: str | os.PathLike[str]) -> PhantomTruth:
         raise DataError(f"{p}: no phantom ground truth ({exc})") from None
 
 
+def _in_memory(v: Volume | None) -> Volume | None:
+    return None if v is None else v.with_data(np.asarray(v.data[...]))
+
+
 def read_phantom(path: str | os.PathLike[str]) -> CremiData:
     """A phantom as CremiData (in memory), from HDF5 or zarr."""
     p = Path(path)
     if not p.is_dir():
         with open_cremi(p) as lazy:
             return CremiData(
-                *(None if v is None else v.with_data(np.asarray(v.data[...]))
-                  for v in (lazy.raw, lazy.neuron_ids, lazy.clefts)),
+                _in_memory(lazy.raw), _in_memory(lazy.neuron_ids), _in_memory(lazy.clefts),
                 annotations=lazy.annotations, file_attrs=lazy.file_attrs,
             )  # fmt: skip
     from synapse_toolkit.io.zarr_io import read_zarr_volumes
 
     vols = read_zarr_volumes(p)
     group = zarr.open_group(str(p), mode="r")
-    ann = Annotations.from_dict(dict(group["annotations"].attrs)["annotations"])
+    ann_attrs: dict[str, Any] = dict(group["annotations"].attrs)
+    ann = Annotations.from_dict(ann_attrs["annotations"])
     loaded = {k: v.with_data(np.asarray(v.data[...])) for k, v in vols.items()}
     return CremiData(loaded.get("raw"), loaded.get("neuron_ids"), loaded.get("clefts"), ann)
