@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from synapse_toolkit.cremi_ids import CLEFT_BACKGROUND
 from synapse_toolkit.data import Annotations
 from synapse_toolkit.errors import SyntkError
-from synapse_toolkit.io.cremi import CLEFT_BACKGROUND, read_cremi
+from synapse_toolkit.io.cremi import read_cremi
 from synapse_toolkit.metrics.cremi_neurons import score_neuron_ids
 from synapse_toolkit.phantom import store
 from synapse_toolkit.phantom.em import EMPhantom

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from synapse_toolkit.cremi_ids import CLEFT_BACKGROUND
 from synapse_toolkit.data import Annotations
 from synapse_toolkit.errors import DataError
-from synapse_toolkit.io.cremi import CLEFT_BACKGROUND
 from synapse_toolkit.synapses.assigners import assign_emsynconn, assign_geometric, cleft_labels
 from synapse_toolkit.synapses.candidates import CandidateSettings, find_candidates
 from synapse_toolkit.synapses.pruning import candidate_patches, label_candidates

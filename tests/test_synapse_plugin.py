@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from synapse_toolkit.cremi_ids import CLEFT_BACKGROUND
 from synapse_toolkit.data import Annotations, PartnerTable, SectionTransform, Volume
 from synapse_toolkit.errors import DataError
-from synapse_toolkit.io.cremi import CLEFT_BACKGROUND
 from synapse_toolkit.plugin_manager import load_plugins
 from synapse_toolkit.stages import StageContext
 from synapse_toolkit.synapses.targets import Grid, signed_proximity

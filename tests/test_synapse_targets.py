@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from synapse_toolkit.cremi_ids import CLEFT_BACKGROUND
 from synapse_toolkit.data import Annotations, Volume
 from synapse_toolkit.errors import DataError
-from synapse_toolkit.io.cremi import CLEFT_BACKGROUND, CremiData, read_cremi, write_cremi
+from synapse_toolkit.io.cremi import CremiData, read_cremi, write_cremi
 from synapse_toolkit.synapses.targets import (
     Grid,
     TargetSettings,

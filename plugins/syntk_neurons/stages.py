@@ -10,6 +10,7 @@ import numpy as np
 from pydantic import Field
 
 from synapse_toolkit import __version__
+from synapse_toolkit.cremi_ids import NEURON_IGNORE
 from synapse_toolkit.data import ScoreRecord, Volume
 from synapse_toolkit.errors import DataError, PluginError
 from synapse_toolkit.models import resolve_model
@@ -171,6 +172,9 @@ class AffinityDetector(Detector["AffinityDetector.Options"]):
         )
         if meta.get("agglomeration"):  # the model's waterz settings, for `waterz` without truth
             result.data.attrs["agglomeration"] = meta["agglomeration"]
+        domain = {k: meta[k] for k in ("modality", "training_data", "voxel_size_nm") if k in meta}
+        if domain:  # what the model was trained on, in the manifest
+            self.context.record("model_domain", domain)
         source, target = self._model_grid(raw, meta, n_out, result)
         grid = TileGrid(source.shape[-3:], in_shape, out_shape, opts.overlap)  # type: ignore[arg-type]
         task = self.context.progress("tiles", len(grid))
@@ -420,7 +424,7 @@ class Hdf5VolumesLoader(Loader["Hdf5VolumesLoader.Options"]):
             if port in ("neuron_ids", "fragments"):
                 data = np.asarray(data[...]).astype(np.uint64)
                 if port == "neuron_ids" and opts.zero_is_unlabelled:
-                    data[data == 0] = np.uint64(0xFFFFFFFFFFFFFFFF)
+                    data[data == 0] = NEURON_IGNORE
             out[port] = Volume(data, opts.voxel_size_nm, opts.offset_nm, name=port)
         from synapse_toolkit.io.checks import check_loaded
 

@@ -14,6 +14,7 @@ import numpy as np
 from pydantic import Field
 
 from synapse_toolkit import __version__
+from synapse_toolkit.cremi_ids import NO_LABEL
 from synapse_toolkit.data import (
     Annotations,
     ClusterAssignments,
@@ -183,7 +184,7 @@ class SynapseOverlapScorer(Scorer["SynapseOverlapScorer.Options"]):
         threshold: float = Field(0.5, ge=0, le=1, description="Minimum overlap measure of a match.")
         measure: Literal["iou", "coverage"] = Field("iou", description="Overlap measure.")
         background: int = Field(
-            0xFFFFFFFFFFFFFFFF, ge=0, description="Background id (CREMI clefts: 2**64-1)."
+            NO_LABEL, ge=0, description="Background id (CREMI clefts: 2**64-1)."
         )
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:

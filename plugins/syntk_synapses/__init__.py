@@ -15,10 +15,10 @@ import numpy as np
 from pydantic import Field
 
 from synapse_toolkit import __version__
+from synapse_toolkit.cremi_ids import CLEFT_BACKGROUND
 from synapse_toolkit.data import Annotations, PartnerTable, SectionTransform, Volume
 from synapse_toolkit.errors import DataError
 from synapse_toolkit.hookspecs import hookimpl
-from synapse_toolkit.io.cremi import CLEFT_BACKGROUND
 from synapse_toolkit.stages import (
     Aligner,
     Detector,

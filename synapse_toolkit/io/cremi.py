@@ -30,11 +30,8 @@ NEURON_IDS = "volumes/labels/neuron_ids"
 CLEFTS = "volumes/labels/clefts"
 VOLUME_KEYS = {"raw": RAW, "neuron_ids": NEURON_IDS, "clefts": CLEFTS}
 #: Cleft volumes mark "no cleft" with this id (so id 0 is a real cleft).
-CLEFT_BACKGROUND = np.uint64(0xFFFFFFFFFFFFFFFF)
 #: Neuron ids mark unlabelled voxels with this id; cleft volumes mark an invalid region with
 #: the next.
-NEURON_IGNORE = np.uint64(0xFFFFFFFFFFFFFFFF)
-CLEFT_INVALID = np.uint64(0xFFFFFFFFFFFFFFFE)
 
 
 @dataclass

@@ -39,13 +39,14 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from synapse_toolkit.blockwise import iter_blocks
+from synapse_toolkit.cremi_ids import CLEFT_INVALID_ID, NO_LABEL
 from synapse_toolkit.errors import DataError
 from synapse_toolkit.metrics._volumes import check_labels, resolve_voxel_size, unwrap
 
 #: Cleft id meaning "no cleft".
-BACKGROUND = 0xFFFFFFFFFFFFFFFF
+BACKGROUND = NO_LABEL
 #: Truth cleft id marking a region excluded from evaluation.
-INVALID = 0xFFFFFFFFFFFFFFFE
+INVALID = CLEFT_INVALID_ID
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.special import expit
 
+from synapse_toolkit.cremi_ids import CLEFT_BACKGROUND
 from synapse_toolkit.phantom.cells import NeuronField
 from synapse_toolkit.phantom.noise import SineField, hash_unit, rng_for, tile_noise
 from synapse_toolkit.phantom.organelles import Mitochondria
@@ -23,7 +24,6 @@ from synapse_toolkit.phantom.synapses import Decoy, Synapse, Vesicles
 #: Context (voxels) around a written block: z sections, y/x pixels.
 CONTEXT = (2, 24, 24)
 
-CLEFT_BACKGROUND = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 STREAM_TEXTURE = 30
 STREAM_NOISE = 31

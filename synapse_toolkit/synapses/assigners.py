@@ -10,8 +10,8 @@ import cc3d
 import numpy as np
 from scipy import ndimage
 
+from synapse_toolkit.cremi_ids import CLEFT_BACKGROUND
 from synapse_toolkit.data import PartnerTable
-from synapse_toolkit.io.cremi import CLEFT_BACKGROUND
 from synapse_toolkit.synapses.candidates import CandidateSettings, find_candidates
 from synapse_toolkit.synapses.partners import deduplicate
 from synapse_toolkit.synapses.pruning import PrunerONNX, candidate_patches

@@ -24,9 +24,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from synapse_toolkit.cremi_ids import CLEFT_BACKGROUND, CLEFT_INVALID
 from synapse_toolkit.data import Annotations, Volume
 from synapse_toolkit.errors import DataError
-from synapse_toolkit.io.cremi import CLEFT_BACKGROUND, CLEFT_INVALID, CremiData
+from synapse_toolkit.io.cremi import CremiData
 
 
 @dataclass(frozen=True)
