@@ -238,3 +238,31 @@ def test_waterz_without_model_metadata_keeps_the_median(tmp_path) -> None:
     out, ctx = _agglomerate(tmp_path, affs, thresholds=[0.1, 0.2, 0.5])
     assert ctx.notes["agglomeration"]["threshold"] == 0.2
     assert len(np.unique(out["segmentation"].read())) == 2
+
+
+def test_affinity_stage_passes_the_models_waterz_settings_and_domain_on(tmp_path) -> None:
+    onnx = pytest.importorskip("onnx")
+    from syntk_neurons.stages import AffinityDetector
+
+    from synapse_toolkit.nn.export import sha256_of
+    from synapse_toolkit.stages import StageContext
+    from tests.test_tiled_inference import _tiny_onnx
+
+    model = tmp_path / "tiny.onnx"
+    _tiny_onnx(model)
+    proto = onnx.load(str(model))
+    agg = {"scoring": "quantile50", "threshold": 0.35, "chosen_on": "validation"}
+    meta = {"agglomeration": agg, "modality": "ssTEM", "training_data": "real"}
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, json.dumps(value)
+    onnx.save(proto, str(model))
+    model.with_suffix(".sha256").write_text(f"{sha256_of(model)}  tiny.onnx\n")
+    raw = np.random.default_rng(0).integers(0, 255, (6, 20, 20)).astype(np.uint8)
+    ctx = StageContext("aff", tmp_path / "aff", block_shape=(4, 8, 8))
+    opts = AffinityDetector.Options(model_path=model, overlap=(1, 2, 2), resample="never")
+    affs = AffinityDetector(opts, ctx).run({"raw": Volume(raw, (50, 4, 4))})["affinities"]
+    assert dict(affs.data.attrs)["agglomeration"] == agg
+    assert ctx.notes["model_domain"] == {"modality": "ssTEM", "training_data": "real"}
+    _, wctx = _agglomerate(tmp_path, affs, thresholds=[0.1, 0.9])
+    assert wctx.notes["agglomeration"]["threshold"] == 0.35
