@@ -84,7 +84,7 @@ class CremiLoader(Loader["CremiLoader.Options"]):
             return {k: Placement.of(v) for k, v in data.volumes().items()}
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        path = _source(self.options, self.context.input_path, self.context.stage_name)  # type: ignore[arg-type]
+        path = _source(self.options, self.context.input_path, self.context.stage_name)
         self._file = open_hdf5_file(path)
         data = open_cremi_lazy(self._file, path)
         out: dict[str, Any] = dict(data.volumes())
@@ -113,7 +113,7 @@ class ZarrLoader(Loader["ZarrLoader.Options"]):
         pass
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        path = _source(self.options, self.context.input_path, self.context.stage_name)  # type: ignore[arg-type]
+        path = _source(self.options, self.context.input_path, self.context.stage_name)
         out = read_zarr_volumes(path)
         _check_required(out, self.options.require, path)
         return check_loaded(out, str(path), nonfinite=self.options.nonfinite,

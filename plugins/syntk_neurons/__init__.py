@@ -15,9 +15,15 @@ Shipped model: ``models/fib_affinities.onnx`` (registry name ``neurons/fib_affin
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from synapse_toolkit.hookspecs import hookimpl
 from syntk_neurons.blockwise_stage import BlockwiseWaterzAgglomerator
 from syntk_neurons.stages import AffinityDetector, Hdf5VolumesLoader, WaterzAgglomerator
+
+if TYPE_CHECKING:
+    from synapse_toolkit.datasets import DatasetRegistry
+    from synapse_toolkit.stage_registry import StageRegistry
 
 __all__ = [
     "AffinityDetector",
@@ -28,7 +34,7 @@ __all__ = [
 
 
 @hookimpl
-def syntk_register_stages(registry) -> None:  # type: ignore[no-untyped-def]
+def syntk_register_stages(registry: StageRegistry) -> None:
     registry.add_detector(AffinityDetector)
     registry.add_agglomerator(WaterzAgglomerator)
     registry.add_agglomerator(BlockwiseWaterzAgglomerator)
@@ -36,7 +42,7 @@ def syntk_register_stages(registry) -> None:  # type: ignore[no-untyped-def]
 
 
 @hookimpl
-def syntk_register_datasets(registry) -> None:  # type: ignore[no-untyped-def]
+def syntk_register_datasets(registry: DatasetRegistry) -> None:
     from syntk_neurons.models import registry_entries
 
     for entry in registry_entries():

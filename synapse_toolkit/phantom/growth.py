@@ -53,7 +53,7 @@ def _cell(p: np.ndarray, lo: np.ndarray, i: int) -> int:
 
 
 @njit(cache=True, nogil=True)
-def _blocked(occ, lo, centre, radius, neuron, probes, counts) -> float:  # type: ignore[no-untyped-def]
+def _blocked(occ, lo, centre, radius, neuron, probes, counts) -> float:
     k = _key(radius)
     n = counts[k]
     cz, cy, cx = _cell(centre, lo, 0), _cell(centre, lo, 1), _cell(centre, lo, 2)
@@ -69,7 +69,7 @@ def _blocked(occ, lo, centre, radius, neuron, probes, counts) -> float:  # type:
 
 
 @njit(cache=True, nogil=True)
-def _mark(occ, lo, centre, radius, neuron, inner_lo, inner_hi) -> int:  # type: ignore[no-untyped-def]
+def _mark(occ, lo, centre, radius, neuron, inner_lo, inner_hi) -> int:
     """Mark free cells within ``radius`` of ``centre``; returns how many lie in the inner box."""
     rad = max(_key(radius) / 4.0, 0.5)
     r = int(np.ceil(rad))
@@ -97,7 +97,7 @@ def _unit(v: np.ndarray) -> np.ndarray:
 
 @njit(cache=True, nogil=True)
 def _walk(occ, lo, hi, start, direction, r0, neuron, probes, counts, inner_lo, inner_hi,
-          branch_p, out_p, out_r, branches, n_branches, allow_branch):  # type: ignore[no-untyped-def]  # fmt: skip
+          branch_p, out_p, out_r, branches, n_branches, allow_branch):  # fmt: skip
     """One persistent random walk; fills out_p/out_r, returns (nodes, filled, n_branches)."""
     out_p[0] = start
     out_r[0] = r0
@@ -156,7 +156,7 @@ def _walk(occ, lo, hi, start, direction, r0, neuron, probes, counts, inner_lo, i
 
 @njit(cache=True, nogil=True)
 def _grow(seed, lo, hi, inner_lo, inner_hi, target, r_median, r_sigma, r_min, r_max, branch_p,
-          probes, counts):  # type: ignore[no-untyped-def]  # fmt: skip
+          probes, counts):  # fmt: skip
     np.random.seed(seed)
     shape = np.empty(3, np.int64)
     for i in range(3):

@@ -117,7 +117,7 @@ def _components(
             size=int(sizes[lab]),
             centroid_vox=centroid + starts,
             anchor_vox=anchor + starts,
-            bbox=box,  # type: ignore[arg-type]
+            bbox=box,
             mean_abs_proximity=float(np.abs(proximity[box][local]).mean()),
         )
         keep[lab] = True
