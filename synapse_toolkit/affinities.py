@@ -69,7 +69,8 @@ def labels_to_affinities(
         same = labels[a] == labels[b]
         if background_is_boundary:
             same &= labels[a] != 0
-        out[(c, *a)] = same
+        index: tuple[int | slice, ...] = (c, *a)
+        out[index] = same
     return out
 
 
@@ -80,7 +81,8 @@ def affinity_mask(
     out = np.zeros((len(offsets), *shape), dtype=np.float32)
     for c, off in enumerate(offsets):
         a, _ = _pair_slices(shape, off)
-        out[(c, *a)] = 1.0
+        index: tuple[int | slice, ...] = (c, *a)
+        out[index] = 1.0
     return out
 
 

@@ -100,6 +100,8 @@ def agglomerate(
             discretize_queue=discretize_queue,
         )
         for th, seg in zip(ths, gen, strict=True):
+            # without return_merge_history / return_region_graph waterz yields bare arrays
+            assert isinstance(seg, np.ndarray)
             if on_segmentation is not None:
                 on_segmentation(th, seg)
             else:

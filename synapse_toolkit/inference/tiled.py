@@ -191,8 +191,8 @@ def flip_tta(
     combos = [c for r in range(len(axes) + 1) for c in _it.combinations(axes, r)]
 
     def predict_tta(x: np.ndarray) -> np.ndarray:
-        total = None
-        count = None
+        total: np.ndarray | None = None
+        count: np.ndarray | None = None
         for flip in combos:
             spatial = tuple(2 + a for a in flip)
             xin = np.ascontiguousarray(np.flip(x, spatial)) if flip else x
@@ -229,6 +229,7 @@ def flip_tta(
             else:
                 total += np.where(valid, y, 0.0)
                 count += valid
+        assert total is not None and count is not None  # combos holds the unflipped variant
         return (total / np.maximum(count, 1)).astype(np.float32)
 
     return predict_tta

@@ -7,10 +7,11 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
-from synapse_toolkit.data import Volume
+from synapse_toolkit.data import Vec3, Volume
 from synapse_toolkit.errors import DataError
 
 _IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
@@ -125,7 +126,7 @@ def read_image_stack(
 ) -> Volume:
     """Stack the images into a (z, y, x) volume; all sections must share shape and dtype."""
     files = list_stack_files(source)
-    sections = []
+    sections: list[np.ndarray] = []
     for f in files:
         img = _read_image(f)
         if img.ndim == 3 and len(files) == 1:  # a multi-page TIFF
@@ -141,4 +142,6 @@ def read_image_stack(
         if s.shape != first.shape or s.dtype != first.dtype:
             raise DataError(f"{f}: shape {s.shape} {s.dtype} differs from the first section "
                             f"{first.shape} {first.dtype}")  # fmt: skip
-    return Volume(np.stack(sections), tuple(voxel_size_nm), tuple(offset_nm), name="raw")
+    # Volume checks that each placement has 3 finite values
+    vs, off = cast(Vec3, tuple(voxel_size_nm)), cast(Vec3, tuple(offset_nm))
+    return Volume(np.stack(sections), vs, off, name="raw")
