@@ -266,3 +266,38 @@ def test_affinity_stage_passes_the_models_waterz_settings_and_domain_on(tmp_path
     assert ctx.notes["model_domain"] == {"modality": "ssTEM", "training_data": "real"}
     _, wctx = _agglomerate(tmp_path, affs, thresholds=[0.1, 0.9])
     assert wctx.notes["agglomeration"]["threshold"] == 0.35
+
+
+def test_training_validates_by_section_scores(tmp_path) -> None:
+    pytest.importorskip("torch")
+    from synapse_toolkit.nn.training import load_config, train
+    from tests.test_training import _config
+
+    path = _config(tmp_path, loss="bce")
+    path.write_text(path.read_text() + 'validation_metric = "sections"\n')
+    cfg = load_config(path)
+    train(cfg, log=lambda _: None)
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    val = [r["validation"] for r in records if "validation" in r][-1]
+    assert {"voi", "arand", "cremi_score", "threshold"} <= set(val["best"])
+    assert "sections" not in val["best"]  # means only; per-section rows stay out of the log
+
+
+def test_shipped_sstem_config_is_valid() -> None:
+    pytest.importorskip("torch")
+    from pathlib import Path
+
+    from synapse_toolkit.nn.training import load_config
+    from synapse_toolkit.nn.unet import UNet3D, UNetConfig
+
+    cfg = load_config(Path(__file__).parents[1] / "examples" / "train" / "sstem_affinities.toml")
+    assert cfg.training.validation_metric == "sections"
+    assert cfg.domain["modality"] == "ssTEM" and cfg.domain["voxel_size_nm"] == [50.0, 4.0, 4.0]
+    model = {k: v for k, v in cfg.model.items() if k != "init"}
+    net = UNet3D(UNetConfig.from_dict(model))
+    assert net.is_valid_input_shape(cfg.training.input_shape)
+    # sections 20-23 are held out: no training or validation ROI reaches them
+    assert all(spec.roi[0][1] <= 20 for spec in cfg.data.volumes + cfg.data.validation)
+    train_z = {z for spec in cfg.data.volumes for z in range(*spec.roi[0])}
+    val_z = {z for spec in cfg.data.validation for z in range(*spec.roi[0])}
+    assert not train_z & val_z
