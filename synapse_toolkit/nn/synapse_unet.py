@@ -101,6 +101,14 @@ class ScaledUNet(nn.Module):
             return False
         return self.unet.is_valid_input_shape((s[0], s[1] // self.scale, s[2] // self.scale))
 
+    def valid_input_shape(self, near: Sequence[int]) -> tuple[int, int, int]:
+        """The smallest valid input shape ≥ ``near`` (per axis; y and x multiples of the scale)."""
+        s = self.scale
+        z, y, x = self.unet.valid_input_shape(
+            (int(near[0]), -(-int(near[1]) // s), -(-int(near[2]) // s))
+        )
+        return (z, y * s, x * s)
+
     def output_shape(self, shape: Sequence[int]) -> tuple[int, int, int]:
         if not self.is_valid_input_shape(shape):
             raise ValueError(f"input shape {tuple(shape)} is not valid for this network")
@@ -113,20 +121,20 @@ class ScaledUNet(nn.Module):
 class _SignedHead(nn.Module):
     """Wraps a two-channel sigmoid network; subclasses combine the channels into one signed map."""
 
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, net: UNet3D | ScaledUNet) -> None:
         super().__init__()
         self.net = net
 
     @property
     def config(self) -> UNetConfig:
-        return self.net.config  # type: ignore[no-any-return]
+        return self.net.config
 
     @property
     def input_channels(self) -> int:
         return int(getattr(self.net, "input_channels", self.config.in_channels))
 
     def is_valid_input_shape(self, shape: Sequence[int]) -> bool:
-        return bool(self.net.is_valid_input_shape(shape))  # type: ignore[operator]
+        return self.net.is_valid_input_shape(shape)
 
 
 class SignedDifference(_SignedHead):

@@ -25,9 +25,9 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -36,6 +36,12 @@ from synapse_toolkit.config import load_training_config
 from synapse_toolkit.errors import ConfigError, DataError
 from synapse_toolkit.io.cremi import CremiData, read_cremi
 from synapse_toolkit.synapses.targets import TargetSettings, targets_from_cremi
+
+if TYPE_CHECKING:
+    import torch
+
+    from synapse_toolkit.nn.augment import AugmentConfig
+    from synapse_toolkit.nn.unet import UNetConfig
 
 
 class _Strict(BaseModel):
@@ -127,7 +133,15 @@ def _synapse_centres(data: CremiData, shape: tuple[int, ...]) -> np.ndarray:
 class SynapseCropSampler:
     """Augmented crops (raw, target, mask) of ``input_shape``; target/mask cropped to output."""
 
-    def __init__(self, volumes, input_shape, output_shape, augment, synapse_fraction, seed) -> None:  # type: ignore[no-untyped-def]
+    def __init__(
+        self,
+        volumes: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
+        input_shape: Sequence[int],
+        output_shape: Sequence[int],
+        augment: AugmentConfig,
+        synapse_fraction: float,
+        seed: int,
+    ) -> None:
         self.input_shape = tuple(int(s) for s in input_shape)
         self.output_shape = tuple(int(s) for s in output_shape)
         self.augment = augment
@@ -197,7 +211,7 @@ def _split_weights(target: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.stack(out)
 
 
-def _side_loss(pred, target, mask):  # type: ignore[no-untyped-def]
+def _side_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``bce-side`` loss: balanced BCE of channel 0 on |target| (near any synaptic site) plus
     balanced BCE of channel 1 on ``target > 0`` (pre-synaptic side) where |target| > 0."""
     import torch
@@ -218,8 +232,16 @@ def _side_loss(pred, target, mask):  # type: ignore[no-untyped-def]
     return loss_near + torch.where(near.sum() > 0, loss_side, torch.zeros_like(loss_side))
 
 
-def _save_checkpoint(  # type: ignore[no-untyped-def]
-    path: Path, net, model_cfg, it, input_shape, output_shape, kind, scale, pool="avg"
+def _save_checkpoint(
+    path: Path,
+    net: torch.nn.Module,
+    model_cfg: UNetConfig,
+    it: int,
+    input_shape: Sequence[int],
+    output_shape: Sequence[int],
+    kind: str,
+    scale: int,
+    pool: str = "avg",
 ) -> None:
     """Write a training checkpoint atomically."""
     import torch
@@ -274,9 +296,10 @@ def train_detector(cfg: DetectorTrainConfig, log: Callable[[str], None] = print)
         net.load_state_dict(state["state_dict"])
         log(f"initialised from {t.init_checkpoint} (iteration {state.get('iteration')})")
     tsettings = TargetSettings(**cfg.targets)
-    aug = AugmentConfig(
-        **{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.augment.items()}
-    )
+    aug_fields: dict[str, Any] = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in cfg.augment.items()
+    }
+    aug = AugmentConfig(**aug_fields)
     volumes = []
     files = training_files(cfg.data)
     for f in files:
