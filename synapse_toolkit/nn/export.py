@@ -158,3 +158,41 @@ def export_checkpoint(
         if reference is not None:
             meta["intensity_reference"] = reference
     return export_model(net, shape, out_path, metadata=meta)
+
+
+def update_metadata(
+    path: str | Path, updates: dict[str, Any], *, sidecar: bool = True
+) -> dict[str, Any]:
+    """Set ``metadata_props`` entries (JSON values) of the ONNX model at ``path`` in place.
+
+    The graph and its weights are left as they are (checked: every initializer is byte-identical
+    after the rewrite); the file is replaced atomically and, with ``sidecar``, its
+    ``<name>.sha256`` is rewritten. Returns the path, new sha256, bytes and the keys set.
+    """
+    import onnx
+
+    from synapse_toolkit.fsio import atomic_write_text
+
+    path = Path(path)
+    if not path.is_file():
+        raise SyntkError(f"{path}: model not found")
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # onnx raises DecodeError and others for a damaged file
+        raise SyntkError(f"{path}: cannot read ONNX model ({exc})") from exc
+    before = [t.SerializeToString() for t in model.graph.initializer]
+    kept = [(p.key, p.value) for p in model.metadata_props if p.key not in updates]
+    del model.metadata_props[:]
+    for key, value in [*kept, *((k, json.dumps(v)) for k, v in updates.items())]:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    if [t.SerializeToString() for t in model.graph.initializer] != before:
+        raise SyntkError(f"{path}: weights changed while editing metadata")
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        out = Path(tmp) / path.name
+        onnx.save_model(model, str(out), save_as_external_data=False)
+        os.replace(out, path)
+    sha = sha256_of(path)
+    if sidecar:
+        atomic_write_text(path.with_suffix(".sha256"), f"{sha}  {path.name}\n")
+    return {"path": str(path), "sha256": sha, "bytes": path.stat().st_size, "set": list(updates)}

@@ -1,0 +1,1 @@
+"""Evaluations users run (`syntk evaluate ...`): shipped models against classical baselines."""
