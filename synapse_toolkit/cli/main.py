@@ -22,6 +22,7 @@ COMMAND_GROUPS: list[tuple[str, str, str]] = [
     ("phantom", "phantom", "Generate synthetic EM and calcium data with full ground truth."),
     ("train-synapses", "train_synapses", "Train the synapse models: clefts, polarity, pruner."),
     ("score", "score", "Score predictions against ground truth (CREMI, neurofinder, overlap)."),
+    ("evaluate", "evaluate", "Evaluate shipped models against classical baselines."),
 ]
 
 
