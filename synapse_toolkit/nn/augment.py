@@ -131,7 +131,7 @@ def sample_augmented(
         )
     if cfg.section_intensity:
         s = cfg.section_intensity
-        n = r.shape[0]
+        n = int(r.shape[0])
         scale = rng.uniform(1 - s, 1 + s, size=n).astype(np.float32)
         r = r * scale[:, None, None] + rng.uniform(-s, s, size=n).astype(np.float32)[:, None, None]
     if cfg.gamma:

@@ -18,11 +18,15 @@ squared error in torch, so gradients flow through the chosen edges only.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numba
 import numpy as np
 
 from synapse_toolkit.affinities import NEAREST_NEIGHBOURS, Offset, labels_to_affinities
+
+if TYPE_CHECKING:
+    import torch  # imported lazily at run time
 
 
 @numba.njit(cache=True)
@@ -154,13 +158,13 @@ def malis_weights(
 
 
 def malis_loss(
-    prediction: torch.Tensor,  # noqa: F821 - torch imported lazily
+    prediction: torch.Tensor,
     labels: np.ndarray,
     offsets: Sequence[Offset] = NEAREST_NEIGHBOURS,
     *,
     constrained: bool = True,
     mask: np.ndarray | None = None,
-) -> torch.Tensor:  # noqa: F821
+) -> torch.Tensor:
     """MALIS loss of ``prediction`` ``(B, C, z, y, x)`` against labels ``(B, z, y, x)``.
 
     Squared error on the maximin edges, positive and negative parts each normalised by their pair

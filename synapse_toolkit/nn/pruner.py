@@ -26,7 +26,7 @@ class PrunerConfig:
 
 
 def _block(cin: int, cout: int, kernel: tuple[int, int, int]) -> nn.Sequential:
-    pad = tuple(k // 2 for k in kernel)
+    pad = (kernel[0] // 2, kernel[1] // 2, kernel[2] // 2)
     return nn.Sequential(
         nn.Conv3d(cin, cout, kernel, padding=pad),
         nn.BatchNorm3d(cout),

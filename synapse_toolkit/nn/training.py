@@ -23,7 +23,8 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from types import EllipsisType
+from typing import Any, Literal, overload
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -124,10 +125,26 @@ def _read_dataset(path: str, dataset: str) -> np.ndarray:
             return np.asarray(f[dataset][...])
     import zarr
 
+    root = zarr.open(str(p), mode="r")
+    if not isinstance(root, zarr.Group):
+        raise DataError(f"{p}: not a zarr group (expected arrays inside it)")
     try:
-        return np.asarray(zarr.open(str(p), mode="r")[dataset][...])
+        arr = root[dataset]
     except KeyError as exc:
         raise DataError(f"{p}: no array {dataset!r}") from exc
+    if not isinstance(arr, zarr.Array):
+        raise DataError(f"{p}: {dataset!r} is a group, not an array")
+    return np.asarray(arr[...])
+
+
+@overload
+def load_volume(
+    spec: VolumeSpec, need_labels: Literal[True] = True
+) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@overload
+def load_volume(spec: VolumeSpec, need_labels: bool) -> tuple[np.ndarray, np.ndarray | None]: ...
 
 
 def load_volume(spec: VolumeSpec, need_labels: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
@@ -172,7 +189,11 @@ def resolve_target(name: str) -> TargetFn:
 
 def _crop_center(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     off = [(s - t) // 2 for s, t in zip(a.shape[-3:], shape, strict=True)]
-    return a[(..., *[slice(o, o + t) for o, t in zip(off, shape, strict=True)])]
+    index: tuple[EllipsisType | slice, ...] = (
+        ...,
+        *[slice(o, o + t) for o, t in zip(off, shape, strict=True)],
+    )
+    return a[index]
 
 
 class CropSampler:
@@ -288,12 +309,13 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
         )
     output_shape = net.output_shape(input_shape)
     target_fn = resolve_target(cfg.target.name)
-    aug = AugmentConfig(
-        **{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.augment.items()}
-    )
+    aug_fields: dict[str, Any] = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in cfg.augment.items()
+    }
+    aug = AugmentConfig(**aug_fields)
     volumes = [load_volume(v) for v in cfg.data.volumes]
     validation = [load_volume(v) for v in cfg.data.validation]
-    sampler = CropSampler(volumes, input_shape, output_shape, aug, t_cfg.seed)  # type: ignore[arg-type]
+    sampler = CropSampler(volumes, input_shape, output_shape, aug, t_cfg.seed)
     out_dir = Path(t_cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     opt = torch.optim.Adam(net.parameters(), lr=t_cfg.lr)

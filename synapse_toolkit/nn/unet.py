@@ -123,7 +123,9 @@ class ConvPass(nn.Module):
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
-        pad = tuple(k // 2 for k in kernel) if padding == "same" else 0
+        pad: Triple | int = (
+            (kernel[0] // 2, kernel[1] // 2, kernel[2] // 2) if padding == "same" else 0
+        )
         act = HIDDEN_ACTIVATIONS[activation]
         for i in range(num_convs):
             layers += [nn.Conv3d(cin if i == 0 else cout, cout, kernel, padding=pad), act()]
