@@ -18,7 +18,7 @@ from synapse_toolkit import __version__
 from synapse_toolkit.artifacts import atomic_write_text
 from synapse_toolkit.data import Regions, Volume, WrittenFile
 from synapse_toolkit.errors import DataError
-from synapse_toolkit.stages import Detector, Loader, Port, Stage, StageOptions, Writer
+from synapse_toolkit.stages import Detector, Loader, OptionsT, Port, Stage, StageOptions, Writer
 from syntk_calcium.io import PROJECTIONS, open_source, summary_images
 from syntk_calcium.preprocess import clip_standardise
 
@@ -119,7 +119,11 @@ def _image(vol: Any, stage: str, port: str, channel: int = 0) -> np.ndarray:
     return np.asarray(vol.data[channel, 0], dtype=np.float32)
 
 
-class CalciumLoader(Loader):
+def _mean_projection() -> list[Literal["mean", "std", "max"]]:
+    return ["mean"]
+
+
+class CalciumLoader(Loader["CalciumLoader.Options"]):
     """A calcium movie or summary image, projected frame by frame (never loaded whole).
 
     Input (``context.input_path`` or ``options.path``): a neurofinder folder
@@ -143,14 +147,14 @@ class CalciumLoader(Loader):
             None, description="Truth regions JSON (default: regions/regions.json of a folder)."
         )
         projections: list[Literal["mean", "std", "max"]] = Field(
-            default_factory=lambda: ["mean"], description=f"Channels, from {PROJECTIONS}."
+            default_factory=_mean_projection, description=f"Channels, from {PROJECTIONS}."
         )
         max_frames: int | None = Field(None, gt=0, description="Use only the first frames.")
         chunk_frames: int = Field(16, gt=0, description="Frames read per step.")
         pixel_size_nm: float = Field(1000.0, gt=0, description="Nominal pixel size (nm).")
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        opts: CalciumLoader.Options = self.options  # type: ignore[assignment]
+        opts = self.options
         source = opts.path or self.context.input_path
         if source is None:
             raise DataError(f"stage {self.context.stage_name}: no input (set options.path)")
@@ -167,7 +171,7 @@ class CalciumLoader(Loader):
         return out
 
 
-class NeurofinderCnnDetector(Detector):
+class NeurofinderCnnDetector(Detector["NeurofinderCnnDetector.Options"]):
     """ROI probabilities from a summary image with the exported CNN (ONNX Runtime).
 
     Preprocessing as the seed: the mean image clipped at mean + 3 SD and standardised (over the
@@ -196,7 +200,7 @@ class NeurofinderCnnDetector(Detector):
         providers: list[str] | None = Field(None, description="ONNX Runtime providers to force.")
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        opts: NeurofinderCnnDetector.Options = self.options  # type: ignore[assignment]
+        opts = self.options
         raw: Volume = inputs["raw"]
         path = _resolve_model(self.context.stage_name, opts.model, opts.model_path, opts.sha256)
         prob = cnn_probability(
@@ -210,7 +214,7 @@ class NeurofinderCnnDetector(Detector):
         return {"probability": out}
 
 
-class RoiExtractor(Stage):
+class RoiExtractor(Stage[OptionsT]):
     """Base of the stages that turn maps or images into ``regions``."""
 
     kind: ClassVar[str] = "roi-extractor"
@@ -221,7 +225,7 @@ class RoiExtractor(Stage):
         atomic_write_text(_run_file(self, filename), json.dumps(regions.to_neurofinder()))
 
 
-class ThresholdRegions(RoiExtractor):
+class ThresholdRegions(RoiExtractor["ThresholdRegions.Options"]):
     """Threshold, seeded watershed (split touching cells), size filter → neurofinder ROIs.
 
     Writes the regions as neurofinder JSON (``filename``) into the run directory too.
@@ -247,7 +251,7 @@ class ThresholdRegions(RoiExtractor):
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         from syntk_calcium.regions import extract_regions
 
-        opts: ThresholdRegions.Options = self.options  # type: ignore[assignment]
+        opts = self.options
         vol = inputs["probability"]
         mask = _image(vol, self.context.stage_name, "probability", 0)
         core = None
@@ -261,7 +265,7 @@ class ThresholdRegions(RoiExtractor):
         return {"regions": regions}
 
 
-class LocalMaximaRegions(RoiExtractor):
+class LocalMaximaRegions(RoiExtractor["LocalMaximaRegions.Options"]):
     """The classical bar: local maxima of a difference of Gaussians of the standardised mean
     image, a disc around each."""
 
@@ -285,7 +289,7 @@ class LocalMaximaRegions(RoiExtractor):
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         from syntk_calcium.regions import local_maxima_regions
 
-        opts: LocalMaximaRegions.Options = self.options  # type: ignore[assignment]
+        opts = self.options
         img = clip_standardise(_image(inputs["raw"], self.context.stage_name, "raw"), opts.clip_sd)
         regions = local_maxima_regions(
             img, sigma=opts.sigma, background_sigma=opts.background_sigma,
@@ -319,7 +323,7 @@ class RoiOverlayWriter(Writer["RoiOverlayWriter.Options"]):
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         from syntk_calcium.overlay import overlay_png
 
-        opts: RoiOverlayWriter.Options = self.options  # type: ignore[assignment]
+        opts = self.options
         img = _image(inputs["raw"], self.context.stage_name, "raw")
         target = _run_file(self, opts.filename)
         overlay_png(target, img, inputs["prediction"], inputs.get("truth"),
