@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from synapse_toolkit.inference.onnx_model import OnnxModel
 from synapse_toolkit.io.cremi import read_cremi
 from synapse_toolkit.metrics.cremi_clefts import score_clefts
 from synapse_toolkit.synapses.assigners import (
@@ -42,7 +43,6 @@ from synapse_toolkit.synapses.assigners import (
     cleft_labels,
 )
 from synapse_toolkit.synapses.candidates import CandidateSettings
-from synapse_toolkit.synapses.detection import DenseModel
 from synapse_toolkit.synapses.partners import evaluate_partners
 from synapse_toolkit.synapses.pruning import PrunerONNX
 from synapse_toolkit.synapses.targets import Grid, TargetSettings, targets_from_cremi
@@ -205,8 +205,8 @@ def main() -> None:
     if bad:
         raise SystemExit(f"seeds {sorted(bad)} were used in training")
     t0 = time.time()
-    pol = DenseModel(args.polarity)
-    clf = DenseModel(args.clefts) if Path(args.clefts).exists() else None
+    pol = OnnxModel(args.polarity)
+    clf = OnnxModel(args.clefts) if Path(args.clefts).exists() else None
     pruner = PrunerONNX(args.pruner) if Path(args.pruner).exists() else None
     acc: dict[str, dict[str, Any]] = {}
     cleft_scores = []

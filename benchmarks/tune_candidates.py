@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from synapse_toolkit.inference.onnx_model import OnnxModel
 from synapse_toolkit.io.cremi import read_cremi
 from synapse_toolkit.synapses.candidates import CandidateSettings, find_candidates
-from synapse_toolkit.synapses.detection import DenseModel
 from synapse_toolkit.synapses.partners import deduplicate, evaluate_partners
 from synapse_toolkit.synapses.pruning import PrunerONNX, candidate_patches
 from synapse_toolkit.synapses.targets import Grid
@@ -60,7 +60,7 @@ def main() -> None:
     if bad:
         raise SystemExit(f"seeds {sorted(bad)} are training or evaluation seeds")
     t0 = time.time()
-    pol = DenseModel(args.polarity)
+    pol = OnnxModel(args.polarity)
     pruner = PrunerONNX(args.pruner)
     volumes = []
     for seed in args.seeds:

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from synapse_toolkit.inference.onnx_model import OnnxModel
 from synapse_toolkit.io.cremi import read_cremi
 from synapse_toolkit.metrics.cremi_clefts import score_clefts
 from synapse_toolkit.synapses.assigners import cleft_labels
-from synapse_toolkit.synapses.detection import DenseModel
 from synapse_toolkit.synapses.targets import Grid
 from synapse_toolkit.synapses.train_detectors import phantom_file
 
@@ -37,7 +37,7 @@ def main() -> None:
     args = ap.parse_args()
     if FORBIDDEN & set(args.seeds):
         raise SystemExit(f"seeds {sorted(FORBIDDEN & set(args.seeds))} are training/evaluation")
-    model = DenseModel(args.clefts)
+    model = OnnxModel(args.clefts)
     volumes = []
     for seed in args.seeds:
         data = read_cremi(phantom_file(seed, args.cache))

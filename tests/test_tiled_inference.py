@@ -169,9 +169,9 @@ def test_dense_model_tta_matches_the_affinity_stage_with_tta(tmp_path) -> None:
 
     from synapse_toolkit.affinities import NEAREST_NEIGHBOURS
     from synapse_toolkit.data import Volume
+    from synapse_toolkit.inference.onnx_model import OnnxModel
     from synapse_toolkit.nn.export import sha256_of
     from synapse_toolkit.stages import StageContext
-    from synapse_toolkit.synapses.detection import DenseModel
 
     model = tmp_path / "tiny.onnx"
     _tiny_onnx(model)
@@ -185,7 +185,7 @@ def test_dense_model_tta_matches_the_affinity_stage_with_tta(tmp_path) -> None:
     ctx = StageContext("detect", tmp_path, block_shape=(4, 8, 8))
     opts = AffinityDetector.Options(model_path=model, overlap=(1, 2, 2), tta=True)
     staged = AffinityDetector(opts, ctx).run({"raw": Volume(raw, (10, 4, 4))})["affinities"]
-    dense = DenseModel(model)
+    dense = OnnxModel(model)
     tta = dense.predict(raw, overlap=(1, 2, 2), tta_offsets=NEAREST_NEIGHBOURS)
     np.testing.assert_allclose(tta, staged.read(), atol=1e-5)
     plain = dense.predict(raw, overlap=(1, 2, 2))

@@ -12,7 +12,7 @@ from pydantic import Field
 from synapse_toolkit import __version__
 from synapse_toolkit.cremi_ids import NEURON_IGNORE
 from synapse_toolkit.data import ScoreRecord, Volume
-from synapse_toolkit.errors import DataError, PluginError
+from synapse_toolkit.errors import DataError
 from synapse_toolkit.models import resolve_model
 from synapse_toolkit.stages import Agglomerator, Detector, Loader, Placement, Port, StageOptions
 
@@ -115,50 +115,25 @@ class AffinityDetector(Detector["AffinityDetector.Options"]):
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         from synapse_toolkit.affinities import NEAREST_NEIGHBOURS
-        from synapse_toolkit.inference.intensity import model_preprocess
+        from synapse_toolkit.inference.onnx_model import OnnxModel
         from synapse_toolkit.inference.resample import resample_into
-        from synapse_toolkit.inference.tiled import TileGrid, flip_tta, predict_tiled
-        from synapse_toolkit.onnx_runtime import (
-            create_session,
-            model_metadata,
-            predictor,
-            uses_cuda,
-        )
 
         opts: AffinityDetector.Options = self.options
         raw: Volume = inputs["raw"]
         if len(raw.shape) != 3:
             raise DataError(f"affinity-unet: raw must be 3D (z, y, x), got shape {raw.shape}")
-        model = resolve_model(
+        resolved = resolve_model(
             "affinity-unet", name=opts.model, path=opts.model_path, sha256=opts.sha256,
             logger=self.context.logger,
         )  # fmt: skip
-        self.context.record("model", {"path": str(model.path), "sha256": model.sha256,
-                                      "pinned_by": model.pinned_by})  # fmt: skip
-        path = model.path
-        session = create_session(path, providers=opts.providers, num_threads=self.context.n_threads)
-        meta = model_metadata(session)
-        inp = session.get_inputs()[0]
-        out = session.get_outputs()[0]
-        in_shape = tuple(meta.get("input_shape") or inp.shape[2:])
-        out_shape = tuple(meta.get("output_shape") or out.shape[2:])
-        n_out = int(meta.get("out_channels") or out.shape[1])
-        if not all(isinstance(s, int) for s in (*in_shape, *out_shape)):
-            raise PluginError(f"affinity-unet: {path} has no fixed tile shape (input {inp.shape})")
+        self.context.record("model", {"path": str(resolved.path), "sha256": resolved.sha256,
+                                      "pinned_by": resolved.pinned_by})  # fmt: skip
+        model = OnnxModel(resolved.path, self.context.n_threads, providers=opts.providers)
+        meta, n_out = model.metadata, model.out_channels
         self.context.logger.info(
-            "affinity-unet: %s on %s, tile %s -> %s",
-            path.name,
-            "CUDA" if uses_cuda(session) else "CPU",
-            in_shape,
-            out_shape,
-        )
-        prep = model_preprocess(
-            meta,
-            raw.data,
-            intensity_scale=opts.intensity_scale,
-            match_intensity=opts.match_intensity,
-        )
-
+            "affinity-unet: %s on %s, tile %s -> %s", resolved.path.name,
+            "CUDA" if model.uses_cuda else "CPU", model.input_shape, model.output_shape,
+        )  # fmt: skip
         result = self.context.create_volume(
             "affinities",
             (n_out, *raw.spatial_shape),
@@ -166,7 +141,10 @@ class AffinityDetector(Detector["AffinityDetector.Options"]):
             like=raw,
             chunks=(
                 n_out,
-                *[min(s, 2 * o) for s, o in zip(raw.spatial_shape, out_shape, strict=True)],
+                *[
+                    min(s, 2 * o)
+                    for s, o in zip(raw.spatial_shape, model.output_shape, strict=True)
+                ],
             ),
             dense=True,  # affinities are never all zero: skip zarr's empty-chunk test
         )
@@ -176,22 +154,17 @@ class AffinityDetector(Detector["AffinityDetector.Options"]):
         if domain:  # what the model was trained on, in the manifest
             self.context.record("model_domain", domain)
         source, target = self._model_grid(raw, meta, n_out, result)
-        grid = TileGrid(source.shape[-3:], in_shape, out_shape, opts.overlap)  # type: ignore[arg-type]
-        task = self.context.progress("tiles", len(grid))
-        predict = predictor(session)
-        if opts.tta:
-            predict = flip_tta(predict, meta.get("offsets") or NEAREST_NEIGHBOURS[:n_out])
-        predict_tiled(
-            predict,
-            source,
-            target,
-            in_shape,
-            out_shape,
-            overlap=opts.overlap,
-            preprocess=prep,
-            pad_mode=opts.pad_mode,
-            progress=task.advance,
-        )
+        from synapse_toolkit.inference.tiled import TileGrid
+
+        n_tiles = len(TileGrid(source.shape[-3:], model.input_shape, model.output_shape,
+                               opts.overlap))  # fmt: skip
+        task = self.context.progress("tiles", n_tiles)
+        offsets = (meta.get("offsets") or NEAREST_NEIGHBOURS[:n_out]) if opts.tta else None
+        model.predict(
+            source, target, opts.overlap, progress=task.advance, tta_offsets=offsets,
+            match_intensity=opts.match_intensity, intensity_scale=opts.intensity_scale,
+            pad_mode=opts.pad_mode, intensity_source=raw.data,
+        )  # fmt: skip
         if target is not result.data:
             resample_into(target, result.data)
         return {"affinities": result}

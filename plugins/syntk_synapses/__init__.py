@@ -164,12 +164,12 @@ class _OnnxDetector(Detector["_OnnxDetector.Options"]):
         overlap: tuple[int, int, int] = Field((2, 8, 8), description="Tile overlap (voxels).")
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        from synapse_toolkit.synapses.detection import DenseModel
+        from synapse_toolkit.inference.onnx_model import OnnxModel
 
         raw: Volume = inputs["raw"]
         o = self.options
         path = _resolved_model(self, o.model, o.model_path, o.sha256)
-        model = DenseModel(path, n_threads=self.context.n_threads)
+        model = OnnxModel(path, n_threads=self.context.n_threads)
         out = self.context.create_volume(self.output_port, (1, *raw.spatial_shape), np.float32,
                                          like=raw)  # fmt: skip
         from synapse_toolkit.inference.tiled import TileGrid

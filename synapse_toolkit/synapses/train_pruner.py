@@ -32,9 +32,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from synapse_toolkit.config import load_training_config
 from synapse_toolkit.errors import ConfigError, DataError
+from synapse_toolkit.inference.onnx_model import OnnxModel
 from synapse_toolkit.io.cremi import read_cremi
 from synapse_toolkit.synapses.candidates import CandidateSettings, find_candidates
-from synapse_toolkit.synapses.detection import DenseModel
 from synapse_toolkit.synapses.pruning import PatchSettings, candidate_patches, label_candidates
 from synapse_toolkit.synapses.targets import Grid
 from synapse_toolkit.synapses.train_detectors import phantom_file
@@ -131,7 +131,7 @@ def predicted_segmentation(raw: np.ndarray, source: SegmentationSource) -> np.nd
     from synapse_toolkit.inference.agglomeration import agglomerate
 
     assert source.model is not None
-    model = DenseModel(source.model)
+    model = OnnxModel(source.model)
     offsets = model.metadata.get("offsets") or NEAREST_NEIGHBOURS[:3]
     affs = model.predict(raw, overlap=(4, 8, 8), tta_offsets=offsets if source.tta else None)
     return agglomerate(affs, [source.threshold], scoring=source.scoring)[0]
@@ -139,7 +139,7 @@ def predicted_segmentation(raw: np.ndarray, source: SegmentationSource) -> np.nd
 
 def volume_candidates(
     path: Path,
-    model: DenseModel | None,
+    model: OnnxModel | None,
     cs: CandidateSettings,
     ps: PatchSettings,
     cache_dir: Path | None = None,
@@ -197,7 +197,7 @@ def _augment(batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def _collect(
     files: list[Path],
-    model: DenseModel | None,
+    model: OnnxModel | None,
     cs: CandidateSettings,
     ps: PatchSettings,
     cache: Path,
@@ -230,7 +230,7 @@ def train_pruner(cfg: PrunerTrainConfig, log: Callable[[str], None] = print) -> 
     cs = CandidateSettings(**cfg.candidates)
     ps = PatchSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.patch.items()})
     model = (
-        DenseModel(cfg.data.polarity_model, n_threads=t.num_threads)
+        OnnxModel(cfg.data.polarity_model, n_threads=t.num_threads)
         if cfg.data.proximity_source in ("model", "both")
         else None
     )
@@ -249,7 +249,7 @@ def train_pruner(cfg: PrunerTrainConfig, log: Callable[[str], None] = print) -> 
         seg_sources.append(SegmentationSource())
     if d.segmentation_source in ("predicted", "both"):
         seg_sources.append(SegmentationSource(d.neuron_model, d.waterz_threshold, d.waterz_scoring))
-    prox_sources: list[DenseModel | None] = []
+    prox_sources: list[OnnxModel | None] = []
     if d.proximity_source in ("model", "both"):
         prox_sources.append(model)
     if d.proximity_source in ("noisy-truth", "both"):

@@ -1,0 +1,100 @@
+"""The one ONNX runner every dense detector uses: a model file, its metadata, and tiled
+prediction over a volume of any size (no torch).
+
+:class:`OnnxModel` opens the session (CUDA when it really loads, CPU otherwise), reads the tile
+shapes, channel count and affinity offsets from the model's metadata (falling back to the
+graph's fixed shapes), and :meth:`OnnxModel.predict` tiles a (z, y, x) array-like into a
+zero-initialised (C, z, y, x) output: grey values matched to the model's intensity reference,
+optional 8-mirroring test-time augmentation, blended overlapping tiles.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from synapse_toolkit.errors import DataError, PluginError
+
+
+class OnnxModel:
+    """An exported U-Net with its metadata, ready to predict volumes tile by tile."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        n_threads: int = 2,
+        providers: Sequence[str] | None = None,
+    ) -> None:
+        from synapse_toolkit.onnx_runtime import create_session, model_metadata
+
+        self.path = Path(path)
+        if not self.path.exists():
+            raise DataError(f"{self.path}: model file not found")
+        self.session = create_session(self.path, providers=providers, num_threads=n_threads)
+        self.metadata: dict[str, Any] = model_metadata(self.session)
+        inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
+        in_shape = self.metadata.get("input_shape") or inp.shape[2:]
+        out_shape = self.metadata.get("output_shape") or out.shape[2:]
+        channels = self.metadata.get("out_channels") or out.shape[1]
+        if not all(isinstance(s, int) for s in (*in_shape, *out_shape, channels)):
+            raise PluginError(f"{self.path}: no fixed tile shape in its metadata or graph "
+                              f"(input {inp.shape}, output {out.shape})")  # fmt: skip
+        self.input_shape = tuple(int(v) for v in in_shape)
+        self.output_shape = tuple(int(v) for v in out_shape)
+        self.out_channels = int(channels)
+        self.kind = str(self.metadata.get("kind", ""))
+
+    @property
+    def uses_cuda(self) -> bool:
+        from synapse_toolkit.onnx_runtime import uses_cuda
+
+        return bool(uses_cuda(self.session))
+
+    def default_overlap(self) -> tuple[int, int, int]:
+        """Tile overlap from the metadata (larger for ``same``-padded models)."""
+        z, y, x = (int(v) for v in self.metadata.get("overlap", (2, 8, 8)))
+        return (z, y, x)
+
+    def predict(
+        self,
+        source: Any,
+        out: Any | None = None,
+        overlap: Sequence[int] | None = None,
+        progress: Callable[[int], None] | None = None,
+        tta_offsets: Sequence[Sequence[int]] | None = None,
+        *,
+        match_intensity: bool = True,
+        intensity_scale: float | None = None,
+        pad_mode: str = "reflect",
+        intensity_source: Any | None = None,
+    ) -> Any:
+        """Predict ``source`` ((z, y, x) array-like) into ``out`` ((C, z, y, x),
+        zero-initialised; a new float32 array if None). Grey values are matched to the model's
+        intensity reference when it has one (``match_intensity``), else scaled by
+        ``intensity_scale`` (default 1/255 for uint8). ``tta_offsets`` (one affinity offset per
+        output channel) averages the 8 mirrorings. ``intensity_source`` is the array whose grey
+        values define the matching and default scale when ``source`` is a resampled copy."""
+        from synapse_toolkit.inference.intensity import model_preprocess
+        from synapse_toolkit.inference.tiled import flip_tta, predict_tiled
+        from synapse_toolkit.onnx_runtime import predictor
+
+        shape = tuple(int(s) for s in source.shape[-3:])
+        if out is None:
+            out = np.zeros((self.out_channels, *shape), np.float32)
+        predict = predictor(self.session)
+        if tta_offsets is not None:
+            predict = flip_tta(predict, tta_offsets)
+        prep = model_preprocess(
+            self.metadata, source if intensity_source is None else intensity_source,
+            intensity_scale=intensity_scale, match_intensity=match_intensity,
+        )  # fmt: skip
+        predict_tiled(
+            predict, source, out, self.input_shape, self.output_shape,
+            overlap=tuple(overlap) if overlap is not None else self.default_overlap(),
+            progress=progress, preprocess=prep, pad_mode=pad_mode,
+        )  # fmt: skip
+        return out
