@@ -305,8 +305,11 @@ def run_blocks(
                     skipped, info = fut.result()
                 except Exception as exc:
                     if isinstance(exc, BrokenProcessPool):
+                        lost = sorted([task, *running.values()], key=lambda t: t.block_id)
                         raise SyntkError(
-                            f"{name}: a worker process died while running {task.describe()}: {exc}"
+                            f"{name}: a worker process died (killed, or out of memory) while "
+                            f"these blocks were in flight; finished blocks are marked done, "
+                            f"rerun to resume:\n" + "\n".join(f"  {t.describe()}" for t in lost)
                         ) from exc
                     if report.attempts[task.block_id] <= max_retries:
                         retry.append(task)

@@ -287,8 +287,9 @@ def test_killed_worker_process_is_reported_and_the_rerun_resumes(tmp_path):
     tasks = make_tasks((8, 16, 16), (4, 8, 8))
     process = functools.partial(_write_block, str(tmp_path), str(tmp_path / "died"))
     check = functools.partial(_block_done, str(tmp_path))
-    with pytest.raises(SyntkError, match=r"worker process died while running block 3"):
+    with pytest.raises(SyntkError, match=r"worker process died") as err:
         run_blocks(tasks, process, check=check, n_workers=1, executor="processes")
+    assert "block 3 (0, 1, 1): write ROI z 0:4 y 8:16 x 8:16 voxels" in str(err.value)
     rep = run_blocks(tasks, process, check=check, n_workers=2, executor="processes")
     assert set(rep.skipped) | set(rep.processed) == set(range(8)) and 3 in rep.processed
     assert set(rep.skipped) >= {0, 1, 2}  # blocks finished before the kill are not redone

@@ -311,31 +311,43 @@ def agglomerate_graph(
     discretize_queue: int = 256,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(node_ids, labels)``: the sorted fragment ids of the graph and, per threshold, the label
-    (smallest fragment id of its region) of each: ``(T, n_nodes)`` uint64."""
-    u, v = edges["u"], edges["v"]
+    (smallest fragment id of its region) of each: ``(T, n_nodes)`` uint64. ``edges`` (u < v
+    sorted by (u, v), with ``max_bin`` or ``aff_sum``/``aff_count``) is emptied on the way, so
+    its arrays can be freed before the merge."""
+    u, v = edges.pop("u"), edges.pop("v")
     nodes = np.unique(np.concatenate([u, v]))
-    ui = np.searchsorted(nodes, u)
-    vi = np.searchsorted(nodes, v)
+    ui = np.searchsorted(nodes, u).astype(np.int32)
+    del u
+    vi = np.searchsorted(nodes, v).astype(np.int32)
+    del v
+    stats = {k: edges.pop(k, None) for k in ("max_bin", "aff_sum", "aff_count")}
     roots = merge_regions(
-        int(nodes.size), ui, vi, thresholds, scoring=scoring, max_bin=edges["max_bin"],
-        aff_sum=edges["aff_sum"], aff_count=edges["aff_count"], discretize_queue=discretize_queue,
+        int(nodes.size), ui, vi, thresholds, scoring=scoring, discretize_queue=discretize_queue,
+        **stats,
     )  # fmt: skip
     return nodes, nodes[roots]
 
 
-def _load_edges(job: _Job, tasks: Sequence[BlockTask]) -> dict[str, np.ndarray]:
-    parts: dict[str, list[np.ndarray]] = {
-        k: [] for k in ("u", "v", "max_bin", "aff_sum", "aff_count")
-    }
+def _load_edges(job: _Job, tasks: Sequence[BlockTask], scoring: str) -> dict[str, np.ndarray]:
+    """Every block's edges, sorted by (u, v), with the statistics ``scoring`` needs only."""
+    keys = ["u", "v"] + (["aff_sum", "aff_count"] if scoring == "mean" else ["max_bin"])
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     for task in tasks:
         with np.load(_edges_path(job, task)) as z:
-            for k in parts:
+            for k in keys:
                 parts[k].append(z[k])
-    cat = {k: np.concatenate(p) for k, p in parts.items()}
-    if job.own_fragments:  # each pair comes from exactly one block, already sorted per block
+    cat = {k: np.concatenate(parts.pop(k)) for k in keys}
+    if job.own_fragments:  # each pair comes from exactly one block
         order = np.lexsort((cat["v"], cat["u"]))
-        return {k: a[order] for k, a in cat.items()}
-    return _reduce_pairs(cat["u"], cat["v"], cat["max_bin"], cat["aff_sum"], cat["aff_count"])
+        for k in keys:
+            cat[k] = cat[k][order]
+        return cat
+    n = cat["u"].size
+    red = _reduce_pairs(
+        cat["u"], cat["v"], cat.get("max_bin", np.zeros(n, np.uint8)),
+        cat.get("aff_sum", np.zeros(n)), cat.get("aff_count", np.ones(n, np.int64)),
+    )  # fmt: skip
+    return {k: red[k] for k in keys}
 
 
 # --------------------------------------------------------------------------------------------
@@ -571,11 +583,11 @@ def agglomerate_blockwise(
             if not own:
                 result.n_fragments = int(meta.get("n_nodes", 0))
         else:
-            edges = _load_edges(job, tasks)
+            edges = _load_edges(job, tasks, scoring)
+            result.n_edges = int(edges["u"].size)
             nodes, labels = agglomerate_graph(
                 edges, ths, scoring=scoring, discretize_queue=discretize_queue
             )
-            result.n_edges = int(edges["u"].size)
             del edges
             buf = io.BytesIO()
             np.savez(buf, nodes=nodes, labels=labels)

@@ -163,6 +163,14 @@ def _hdel(keys: np.ndarray, vals: np.ndarray, key: int, mask: int) -> None:
     keys[i] = _EMPTY
 
 
+@njit(cache=True)
+def _iota(n: int) -> np.ndarray:
+    out = np.empty(n, np.int32)
+    for i in range(n):
+        out[i] = i
+    return out
+
+
 # queue state: st[0] = free queue nodes, st[1] = smallest non-empty bin (-1: empty),
 # st[2] = heap size
 
@@ -299,19 +307,19 @@ def _merge_regions(
 ) -> np.ndarray:
     n_edges = edge_u.shape[0]
     quantile = q >= 0
-    eu = edge_u.copy()
+    eu = edge_u.copy()  # int32 node indices; edge indices are int32 too (4 bytes, not 8)
     ev = edge_v.copy()
     score = np.zeros(n_edges, np.float32)
     stale = np.zeros(n_edges, np.bool_)
     deleted = np.zeros(n_edges, np.bool_)
-    parent = np.arange(n_nodes)
+    parent = _iota(n_nodes)
 
     # statistics: list of fragment-pair bins, or a dense histogram row
-    cnt = np.ones(n_edges, np.int64)
-    slot = -np.ones(n_edges, np.int64)
-    lhead = np.arange(n_edges)
-    ltail = np.arange(n_edges)
-    onext = -np.ones(n_edges, np.int64)
+    cnt = np.ones(n_edges, np.int32)
+    slot = -np.ones(n_edges, np.int32)
+    lhead = _iota(n_edges)
+    ltail = _iota(n_edges)
+    onext = -np.ones(n_edges, np.int32)
     n_slots = (n_edges // (list_limit + 1) + 1) if quantile else 1
     hist = np.zeros((n_slots, BINS), np.int32)
     free = np.empty(n_slots + 1, np.int64)
@@ -322,10 +330,10 @@ def _merge_regions(
     mcnt = mcnt0.copy()
 
     # incidence lists (an entry moves with its edge from b's list to a's)
-    ent_edge = np.empty(2 * n_edges, np.int64)
-    ent_next = -np.ones(2 * n_edges, np.int64)
-    head = -np.ones(n_nodes, np.int64)
-    tail = -np.ones(n_nodes, np.int64)
+    ent_edge = np.empty(2 * n_edges, np.int32)
+    ent_next = -np.ones(2 * n_edges, np.int32)
+    head = -np.ones(n_nodes, np.int32)
+    tail = -np.ones(n_nodes, np.int32)
     for e in range(n_edges):
         for k in range(2):
             node = eu[e] if k == 0 else ev[e]
@@ -338,11 +346,11 @@ def _merge_regions(
             tail[node] = ent
     # (u, v) -> edge: a linear-probing hash table
     cap = 1
-    while cap < 2 * n_edges + 2:
+    while cap < n_edges + n_edges // 2 + 2:  # load factor <= 2/3
         cap *= 2
     hmask = cap - 1
     hkeys = np.full(cap, _EMPTY, np.int64)
-    hvals = np.empty(cap, np.int64)
+    hvals = np.empty(cap, np.int32)
     for e in range(n_edges):
         _hput(hkeys, hvals, eu[e] * n_nodes + ev[e], e, hmask)
 
@@ -351,15 +359,15 @@ def _merge_regions(
     mq = m if nbins > 0 else 1
     mh = 1 if nbins > 0 else m
     st = np.array([mq, -1, 0], np.int64)
-    q_edge = np.empty(mq, np.int64)
-    q_next = -np.ones(mq, np.int64)
-    q_free = np.arange(mq - 1, -1, -1)
+    q_edge = np.empty(mq, np.int32)
+    q_next = -np.ones(mq, np.int32)
+    q_free = _iota(mq)[::-1].copy()
     bin_head = -np.ones(max(nbins, 1), np.int64)
     bin_tail = -np.ones(max(nbins, 1), np.int64)
     heap_s = np.empty(mh, np.float32)
-    heap_e = np.empty(mh, np.int64)
+    heap_e = np.empty(mh, np.int32)
 
-    out = np.empty((thresholds.shape[0], n_nodes), np.int64)
+    out = np.empty((thresholds.shape[0], n_nodes), np.int32)
     for e in range(n_edges):  # initial scores, pushed in edge order
         s = _score(e, q, cnt, slot, hist, lhead, onext, obin, buf, msum, mcnt)
         score[e] = s
@@ -464,29 +472,31 @@ def merge_regions(
     u = np.ascontiguousarray(edge_u, dtype=np.int64)
     v = np.ascontiguousarray(edge_v, dtype=np.int64)
     n = u.shape[0]
+    if n >= 2**30 or n_nodes >= 2**31:
+        raise SyntkError(f"merge_regions: {n} edges / {n_nodes} nodes exceed the int32 indices")
     if v.shape != u.shape:
         raise SyntkError("merge_regions: edge_u and edge_v differ in length")
     if n and (np.any(u >= v) or u.min() < 0 or v.max() >= n_nodes):
         raise SyntkError("merge_regions: edges must satisfy 0 <= u < v < n_nodes")
-    if n > 1:
-        key = u * n_nodes + v
-        if np.any(np.diff(key) <= 0):
-            raise SyntkError("merge_regions: edges must be sorted by (u, v) without repeats")
+    if n > 1 and np.any(np.diff(u * n_nodes + v) <= 0):
+        raise SyntkError("merge_regions: edges must be sorted by (u, v) without repeats")
+    u32, v32 = u.astype(np.int32), v.astype(np.int32)
+    del u, v
     ths = np.asarray(sorted(float(t) for t in thresholds), dtype=np.float32)
     if q >= 0:
         if max_bin is None or len(max_bin) != n:
             raise SyntkError("merge_regions: quantile scoring needs max_bin per edge")
-        obin = np.ascontiguousarray(max_bin, dtype=np.int64)
+        obin = np.ascontiguousarray(max_bin, dtype=np.uint8)
         msum = np.zeros(0, np.float64)
         mcnt = np.zeros(0, np.int64)
     else:
         if aff_sum is None or aff_count is None or len(aff_sum) != n or len(aff_count) != n:
             raise SyntkError("merge_regions: mean scoring needs aff_sum and aff_count per edge")
-        obin = np.zeros(0, np.int64)
+        obin = np.zeros(0, np.uint8)
         msum = np.ascontiguousarray(aff_sum, dtype=np.float64)
         mcnt = np.ascontiguousarray(aff_count, dtype=np.int64)
         if n and mcnt.min() <= 0:
             raise SyntkError("merge_regions: aff_count must be positive")
     return _merge_regions(
-        int(n_nodes), u, v, obin, msum, mcnt, q, ths, int(discretize_queue), LIST_LIMIT
+        int(n_nodes), u32, v32, obin, msum, mcnt, q, ths, int(discretize_queue), LIST_LIMIT
     )
