@@ -27,10 +27,6 @@ def check_labels(arr: Any, name: str) -> None:
         raise DataError(f"{name}: label volumes must hold integers, got dtype {dtype}")
 
 
-def is_in_memory(arr: Any) -> bool:
-    return isinstance(arr, np.ndarray)
-
-
 def resolve_voxel_size(
     given: tuple[float, float, float] | None,
     truth_vs: tuple[float, float, float] | None,

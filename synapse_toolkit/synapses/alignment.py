@@ -275,21 +275,6 @@ def apply_transform(
     return out
 
 
-def apply_to_volume(
-    volume: Volume,
-    transform: SectionTransform,
-    *,
-    labels: bool | None = None,
-    fill: float | int = 0,
-) -> Volume:
-    """:func:`apply_transform` on a :class:`Volume`, keeping its placement."""
-    is_labels = volume.is_labels if labels is None else labels
-    out = apply_transform(
-        volume.read(), transform, volume.voxel_size_nm, labels=is_labels, fill=fill
-    )
-    return volume.with_data(out)
-
-
 def transform_points(
     points_nm: np.ndarray, transform: SectionTransform, volume: Volume
 ) -> np.ndarray:
