@@ -64,7 +64,7 @@ class CalciumSource:
             with tifffile.TiffFile(self.path) as tif:
                 batch = []
                 for page in tif.pages:
-                    batch.append(np.asarray(page.asarray()))  # type: ignore[union-attr]
+                    batch.append(np.asarray(page.asarray()))
                     if len(batch) == chunk:
                         yield np.stack(batch)
                         batch = []
@@ -149,7 +149,7 @@ def open_source(path: str | os.PathLike[str], regions: str | None = None) -> Cal
         try:
             with tifffile.TiffFile(p) as tif:
                 n = len(tif.pages)
-                shape = tuple(int(s) for s in tif.pages[0].shape)  # type: ignore[union-attr]
+                shape = tuple(int(s) for s in tif.pages[0].shape)
         except Exception as exc:
             raise DataError(f"{p}: unreadable TIFF ({type(exc).__name__}: {exc})") from None
         if len(shape) != 2:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
+import zarr
 from pydantic import Field
 
 from synapse_toolkit import __version__
@@ -57,7 +58,13 @@ class _Ignoring:
         return t
 
 
-class BlockwiseWaterzAgglomerator(Agglomerator):
+def _zarr(vol: Volume) -> zarr.Array:
+    """The zarr array behind a volume made by ``StageContext.create_volume``."""
+    assert isinstance(vol.data, zarr.Array), type(vol.data)
+    return vol.data
+
+
+class BlockwiseWaterzAgglomerator(Agglomerator["BlockwiseWaterzAgglomerator.Options"]):
     """waterz agglomeration block by block: per-block watershed fragments with global ids, region
     edges with mergeable statistics (also across block faces), one global hierarchical merge of
     the fragment graph per threshold (waterz's scoring and queue semantics), blockwise relabel.
@@ -92,7 +99,7 @@ class BlockwiseWaterzAgglomerator(Agglomerator):
         keep_work: bool = Field(False, description="Keep work_dir after success.")
 
     def _work_dir(self) -> Path:
-        opts: BlockwiseWaterzAgglomerator.Options = self.options  # type: ignore[assignment]
+        opts = self.options
         if opts.work_dir is not None:
             return Path(opts.work_dir)
         base = self.context.run_dir or self.context.scratch_dir
@@ -103,7 +110,7 @@ class BlockwiseWaterzAgglomerator(Agglomerator):
         from synapse_toolkit.inference.agglomeration_blockwise import agglomerate_blockwise
         from synapse_toolkit.io.zarr_io import copy_slab
 
-        opts: BlockwiseWaterzAgglomerator.Options = self.options  # type: ignore[assignment]
+        opts = self.options
         scoring_function(opts.scoring)  # validate early
         affs_vol: Volume = inputs["affinities"]
         if affs_vol.num_channels is None or affs_vol.num_channels < 3:
@@ -117,7 +124,8 @@ class BlockwiseWaterzAgglomerator(Agglomerator):
             if vol is not None and tuple(vol.shape) != tuple(spatial):
                 raise DataError(f"{self.name}: {port} shape {vol.shape} != affinities {spatial}")
         ths = sorted(opts.thresholds)
-        bs = tuple(opts.block_shape or self.context.block_shape)
+        b = opts.block_shape or self.context.block_shape
+        bs = (int(b[0]), int(b[1]), int(b[2]))
         chunks = tuple(min(s, b) for s, b in zip(spatial, bs, strict=True))
         segs = self.context.create_volume(
             "segmentations", (len(ths), *spatial), np.uint64, like=affs_vol,
@@ -161,10 +169,10 @@ class BlockwiseWaterzAgglomerator(Agglomerator):
         target = opts.threshold if opts.threshold is not None else ths[len(ths) // 2]
         chosen = best["threshold"] if best else min(ths, key=lambda t: abs(t - target))
         seg_out = self.context.create_volume(
-            "segmentation", spatial, np.uint64, like=affs_vol, chunks=segs.data.chunks[1:],
+            "segmentation", spatial, np.uint64, like=affs_vol, chunks=_zarr(segs).chunks[1:],
             dense=True,
         )  # fmt: skip
-        copy_slab(segs.data, ths.index(chosen), seg_out.data)
+        copy_slab(_zarr(segs), ths.index(chosen), _zarr(seg_out))
         if not opts.keep_work:
             shutil.rmtree(work, ignore_errors=True)
             if opts.work_dir is None:
