@@ -28,9 +28,8 @@ def model_grid_voxel_size(
 
     ``"always"`` resamples every axis that differs by more than ``tolerance`` to the model's
     size; ``"finer"`` coarsens only the axes where the data is finer than the model and never
-    interpolates up; ``"never"`` keeps the data's grid. ``"always"`` is the default: on the gala
-    FIB validation crop (never tested on) it beat the data's own grid at 8 nm (CREMI 0.122 vs
-    0.172) and at 12.5 nm (0.139 vs 0.168; ``benchmarks/eval_fib.py --robustness``).
+    interpolates up; ``"never"`` keeps the data's grid. ``"always"`` is the default, chosen on
+    the gala FIB validation crop (figures in the FIB model's README).
     """
     if policy == "never" or model_voxel_size_nm is None:
         return None

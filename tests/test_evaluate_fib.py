@@ -1,0 +1,176 @@
+"""`syntk evaluate fib`: the shipped FIB model at the threshold stored in its metadata, beside its
+best-on-test row and the classical baselines; bad input gives one error line. Small crops of the
+bundled gala FIB-SEM test volume (registry group `gala-fib`, BSD-3-style licence)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from synapse_toolkit.cli.main import app
+from synapse_toolkit.datasets import resolve_dataset
+from synapse_toolkit.evaluation import fib
+
+CROP = "0:24,0:48,0:48"  # one 72^3 model tile after padding
+
+
+def _run(args: list[str]) -> tuple[int, str, str]:
+    res = CliRunner().invoke(app, args)
+    return res.exit_code, res.stdout, res.stderr
+
+
+def _model_agglomeration() -> dict:
+    from synapse_toolkit.datasets import model_path
+    from synapse_toolkit.onnx_runtime import create_session, model_metadata
+
+    return model_metadata(create_session(model_path(fib.DEFAULT_MODEL)))["agglomeration"]
+
+
+def test_shipped_model_carries_a_threshold_chosen_on_validation_data() -> None:
+    agg = _model_agglomeration()
+    assert agg["scoring"] in fib.SCORINGS and 0 < agg["threshold"] < 1
+    assert "validation crop" in agg["chosen_on"] and "test" not in agg["chosen_on"]
+
+
+def test_evaluate_fib_reports_the_metadata_threshold_on_a_crop() -> None:
+    code, out, err = _run(["evaluate", "fib", "--crop", CROP, "--no-baselines", "--json"])
+    assert code == 0, err
+    rep = json.loads(out)
+    agg, m = _model_agglomeration(), rep["model"]
+    assert m["agglomeration"]["threshold"] == agg["threshold"]
+    main = m["at_model_threshold"]
+    assert (main["scoring"], main["threshold"]) == (agg["scoring"], agg["threshold"])
+    assert rep["shape"] == [24, 48, 48] and rep["border_threshold_nm"] == 25.0
+    # the best-on-test row comes from the same sweep, so it can only be as good or better
+    assert m["best_on_test"]["cremi_score"] <= main["cremi_score"] + 1e-9
+    assert main["cremi_score"] < 0.5  # a working model on real FIB-SEM; broken wiring: > 1
+    assert rep["baselines"] == {}
+
+
+def test_evaluate_fib_table_labels_the_optimistic_rows() -> None:
+    code, out, err = _run(["evaluate", "fib", "--crop", CROP, "--no-baselines"])
+    assert code == 0, err
+    assert "model metadata (no test labels)" in out
+    assert "best on test (optimistic)" in out and "lower is better" in out
+
+
+def _other_volume(tmp_path: Path) -> Path:
+    """A crop of the gala test volume under other dataset names, as 16-bit counts."""
+    with h5py.File(resolve_dataset("gala-fib/test-image")) as f:
+        raw = f["stack"][:24, :48, :96]
+    with h5py.File(resolve_dataset("gala-fib/test-gt")) as f:
+        gt = f["stack"][:24, :48, :96]
+    path = tmp_path / "other.h5"
+    with h5py.File(path, "w") as f:
+        f["em/raw"] = raw.astype(np.uint16) * 100 + 500
+        f["em/labels"] = gt
+        f["sel/raw"] = f["em/raw"][:, :, 48:]  # for selection: beside the evaluated crop
+        f["sel/labels"] = gt[:, :, 48:]
+    return path
+
+
+def test_your_volume_baselines_chosen_on_your_labels_are_marked_optimistic(tmp_path) -> None:
+    path = _other_volume(tmp_path)
+    args = ["evaluate", "fib", "--raw", f"{path}:em/raw", "--truth", f"{path}:em/labels",
+            "--voxel-size", "10", "10", "10", "--crop", "0:24,0:48,0:48", "--json"]  # fmt: skip
+    code, out, err = _run(args)
+    assert code == 0, err
+    rep = json.loads(out)
+    assert set(rep["baselines"]) == {"raw intensity"}  # no boundary map given
+    raw_b = rep["baselines"]["raw intensity"]
+    assert raw_b["optimistic"] and raw_b["held_out"] == raw_b["best_on_test"]
+    assert rep["model"]["at_model_threshold"]["cremi_score"] < 0.5  # 16-bit input is matched
+    # with selection data (x in [48, 96), beside the evaluated crop) the raw baseline is held out
+    sel = ["--select-raw", f"{path}:sel/raw", "--select-truth", f"{path}:sel/labels"]
+    code, out, err = _run([*args, *sel])
+    assert code == 0, err
+    raw_b = json.loads(out)["baselines"]["raw intensity"]
+    assert not raw_b["optimistic"] and raw_b["chosen_on"] == f"{path}:sel/raw"
+    assert raw_b["best_on_test"]["cremi_score"] <= raw_b["held_out"]["cremi_score"] + 1e-9
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--raw", "{d}/missing.h5:raw", "--truth", "{p}:em/labels", "--voxel-size", "10", "10",
+          "10"], "missing.h5: file not found"),
+        (["--raw", "{p}:em/nothing", "--truth", "{p}:em/labels", "--voxel-size", "10", "10",
+          "10"], "no dataset 'em/nothing'"),
+        (["--raw", "{p}:em/raw", "--truth", "{p}:em/labels"], "--raw needs --voxel-size"),
+        (["--raw", "{p}:em/raw", "--voxel-size", "10", "10", "10"], "--raw needs --truth"),
+        (["--crop", "0:24,0:48"], "--crop must be z0:z1,y0:y1,x0:x1"),
+    ],
+)  # fmt: skip
+def test_bad_input_gives_one_error_line(tmp_path, args, message) -> None:
+    path = _other_volume(tmp_path)
+    filled = [a.format(d=tmp_path, p=path) for a in args]
+    code, out, err = _run(["evaluate", "fib", *filled])
+    assert code == 1 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
+
+
+def test_fib_select_write_needs_a_file() -> None:
+    code, _, err = _run(["evaluate", "fib-select", "--write"])
+    assert code == 1 and "--write needs --model PATH.onnx" in err
+
+
+def test_choose_agglomeration_takes_the_best_mean_over_tta_settings(monkeypatch) -> None:
+    """Selection logic on stand-in affinities (truth edges blurred, noisier without TTA)."""
+    from scipy import ndimage
+
+    vol = fib.gala_volume("train").crop(((0, 16), (0, 40), (150, 190)), "validation piece")
+    same = fib.edge_min((vol.truth != fib.truth_with_ignore(np.zeros(1, np.int32))[0]) * 1.0)
+
+    def fake(model, raw, voxel_size_nm, *, tta=False, **kw):  # type: ignore[no-untyped-def]
+        noise = np.random.default_rng(int(tta)).normal(0, 0.2 if tta else 0.4, same.shape)
+        affs = np.clip(ndimage.gaussian_filter(same, (0, 1, 1, 1)) + noise, 0, 1)
+        return fib.ModelAffinities(affs.astype(np.float32), None, {}, 0.0)
+
+    monkeypatch.setattr(fib, "model_affinities", fake)
+    choice = fib.choose_agglomeration("stand-in", vol, tta=(False, True))
+    mean: dict[tuple[str, float], list[float]] = {}
+    for rows in choice["sweeps"].values():
+        for r in rows:
+            mean.setdefault((r["scoring"], r["threshold"]), []).append(r["cremi_score"])
+    assert all(len(v) == 2 for v in mean.values()) and len(mean) == 3 * len(fib.THRESHOLDS)
+    best = min(float(np.mean(v)) for v in mean.values())
+    assert float(np.mean(mean[(choice["scoring"], choice["threshold"])])) == best
+    assert set(choice["selection_scores"]) == {"tta=false", "tta=true"}
+    assert "validation piece" in choice["chosen_on"] and "no border mask" in choice["chosen_on"]
+
+
+def test_update_metadata_keeps_the_weights_and_rewrites_the_sidecar(tmp_path) -> None:
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    from synapse_toolkit.fsio import sha256_file
+    from synapse_toolkit.nn.export import update_metadata
+    from synapse_toolkit.onnx_runtime import create_session, model_metadata
+
+    w = numpy_helper.from_array(np.arange(4, dtype=np.float32).reshape(1, 4), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "w"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [w],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = 9
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "input_shape", json.dumps([4])
+    path = tmp_path / "m.onnx"
+    onnx.save_model(model, str(path))
+    info = update_metadata(path, {"agglomeration": {"scoring": "mean", "threshold": 0.5}})
+    assert info["sha256"] == sha256_file(path)
+    assert (tmp_path / "m.sha256").read_text() == f"{info['sha256']}  m.onnx\n"
+    after = onnx.load(str(path))
+    assert after.graph.SerializeToString() == model.graph.SerializeToString()
+    meta = model_metadata(create_session(path))
+    assert meta == {"input_shape": [4], "agglomeration": {"scoring": "mean", "threshold": 0.5}}
+    with pytest.raises(Exception, match="model not found"):
+        update_metadata(tmp_path / "none.onnx", {"a": 1})
