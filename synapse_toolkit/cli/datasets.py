@@ -31,6 +31,7 @@ from synapse_toolkit.datasets import (
     verify_entry,
 )
 from synapse_toolkit.errors import DataError
+from synapse_toolkit.fsio import dumps
 
 app = typer.Typer(
     help="Dataset and model registry: sha256-verified, cached downloads.",
@@ -71,10 +72,27 @@ def _expand(registry: DatasetRegistry, names: list[str]) -> list[Entry]:
     return list(seen.values())
 
 
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _entry_json(entry: Entry) -> dict[str, object]:
+    doc = entry.model_dump(mode="json", exclude_none=True)
+    doc["bundled"] = entry.bundled
+    doc["cached"] = True if entry.bundled else is_cached(entry)
+    return doc
+
+
 @app.command("list")
-def list_entries() -> None:
+def list_entries(as_json: JsonFlag = False) -> None:
     """Every dataset and model with its size and pinned/unpinned status, then the groups."""
     registry = get_registry()
+    if as_json:
+        groups = [{"name": g.name, "members": list(g.members), "description": g.description}
+                  for g in registry.groups()]  # fmt: skip
+        doc = {"entries": [_entry_json(e) for e in registry.entries()], "groups": groups,
+               "cache": str(cache_dir())}  # fmt: skip
+        typer.echo(dumps(doc, indent=1))
+        return
     table = Table(title="syntk registry", title_justify="left")
     table.add_column("name", no_wrap=True)
     table.add_column("kind")
@@ -102,10 +120,21 @@ def list_entries() -> None:
 
 
 @app.command()
-def info(name: Annotated[str, typer.Argument(help="Entry or group name.")]) -> None:
+def info(
+    name: Annotated[str, typer.Argument(help="Entry or group name.")], as_json: JsonFlag = False
+) -> None:
     """Everything the registry knows about an entry: source, checksum, citation, licence."""
     registry = get_registry()
     group = registry.group(name)
+    if as_json:
+        if group is not None and group.members:
+            doc: dict[str, object] = {"group": name, "description": group.description,
+                                      "members": [_entry_json(registry.get(m))
+                                                  for m in group.members]}  # fmt: skip
+        else:
+            doc = {**_entry_json(registry.get(name)), "local_path": _local(registry.get(name))}
+        typer.echo(dumps(doc, indent=1))
+        return
     if group is not None and group.members:
         _out.print(f"[bold]{name}[/] (group): {group.description}")
         for member in group.members:
@@ -248,10 +277,20 @@ def verify(
     name: Annotated[
         str | None, typer.Argument(help="Entry or group (default: all cached).")
     ] = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """Re-hash cached files against their sha256; exit code 1 on any mismatch."""
     registry = get_registry()
     entries = registry.expand(name) if name else registry.entries()
+    if as_json:
+        results = [verify_entry(e) for e in entries]
+        rows = [{"name": r.entry.name, "status": r.status, "path": str(r.path or ""),
+                 "expected": r.expected, "actual": r.actual}
+                for r in results if not (r.status == "missing" and name is None)]  # fmt: skip
+        typer.echo(dumps(rows, indent=1))
+        if any(r["status"] in ("mismatch", "missing") for r in rows):
+            raise typer.Exit(1)
+        return
     table = Table(title="verification", title_justify="left")
     for column in ("name", "status", "path", "detail"):
         table.add_column(column, overflow="fold")

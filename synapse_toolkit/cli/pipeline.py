@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated
@@ -37,9 +36,18 @@ def _print_plan(plan: Plan, console: Console) -> None:
 
 
 @app.command("validate")
-def validate(config: ConfigArg, set_: SetOpt = None) -> None:
+def validate(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
+) -> None:
     """Validate a config against the installed plugins without running anything."""
     plan = plan_pipeline(load_config(config, set_ or []), download=False)
+    if as_json:
+        doc = {"config": str(config), "valid": True, "input": str(plan.input_path),
+               "stages": plan.describe()}  # fmt: skip
+        typer.echo(dumps(doc, indent=2))
+        return
     typer.echo(f"{config}: valid ({len(plan.stages)} stages, input {plan.input_path})")
 
 
@@ -77,9 +85,7 @@ def run(
     console = Console(stderr=True, quiet=quiet or as_json)
     if dry_run:
         if as_json:
-            typer.echo(
-                json.dumps({"input": str(plan.input_path), "stages": plan.describe()}, indent=2)
-            )
+            typer.echo(dumps({"input": str(plan.input_path), "stages": plan.describe()}, indent=2))
         else:
             _print_plan(plan, Console())
         return
