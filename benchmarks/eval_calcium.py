@@ -6,8 +6,9 @@ split matches ``syntk_calcium.train``: the full-view mean image's left-half regi
 ``[0, 240)`` are scored (cells crossing column 256 have no truth). A region counts for a window
 when its centre lies in it (truth and prediction alike).
 
-- CNN: the region thresholds are the ones chosen on validation at training (stored in the model's
-  metadata; the ``threshold-regions`` stage defaults); the held-out truth never chooses anything.
+- CNN: the region thresholds and TTA are the ones chosen on validation (``syntk_calcium.train
+  --select-only``), i.e. the ``threshold-regions`` / ``neurofinder-cnn`` stage defaults; the
+  held-out truth never chooses anything.
   A best-on-held-out threshold is printed as a second, labelled figure only.
 - Classical bar: DoG local maxima on the standardised mean image, parameters grid-searched on
   rows ``[0, 256)`` (train + validation), then scored on the held-out rows.
@@ -31,7 +32,7 @@ import numpy as np
 from syntk_calcium.io import open_source, summary_images
 from syntk_calcium.preprocess import clip_standardise
 from syntk_calcium.regions import extract_regions, local_maxima_regions, regions_in_window
-from syntk_calcium.stages import cnn_probability
+from syntk_calcium.stages import DETECTOR_TTA, REGION_DEFAULTS, cnn_probability
 
 from synapse_toolkit.data import Regions
 from synapse_toolkit.metrics.neurofinder import load_regions, score_neurofinder
@@ -70,6 +71,14 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="ONNX file (default: calcium/neurofinder_cnn)")
     ap.add_argument("--suite2p", default=None, help="suite2p regions JSON of the crop movie")
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument(
+        "--params",
+        default=None,
+        help="region parameters as JSON (default: the "
+        "threshold-regions stage defaults, chosen on validation)",
+    )
+    ap.add_argument("--tta", choices=("on", "off"), default=None,
+                    help="default: the neurofinder-cnn stage default")  # fmt: skip
     args = ap.parse_args()
     data = Path(args.data)
 
@@ -79,15 +88,13 @@ def main() -> None:
         model = model_path("calcium/neurofinder_cnn")
     else:
         model = Path(args.model)
-    from synapse_toolkit.onnx_runtime import create_session, model_metadata
-
-    meta = model_metadata(create_session(model, providers=["CPUExecutionProvider"]))
-    params = meta["region_params"]
-    out: dict[str, Any] = {"model": str(model), "region_params (validation)": params}
+    params = dict(REGION_DEFAULTS) if args.params is None else json.loads(args.params)
+    tta = DETECTOR_TTA if args.tta is None else args.tta == "on"
+    out: dict[str, Any] = {"model": str(model), "region_params (validation)": params, "tta": tta}
 
     mean = np.load(data / "mean_fullfov_512x512_float32.npy")
     truth = load_regions(data / "regions_fullfov_left_half.json")
-    prob = cnn_probability(mean, model, n_threads=1)
+    prob = cnn_probability(mean, model, n_threads=1, tta=tta)
     cnn = extract_regions(prob[0], prob[1], **params)
     out["fullfov_heldout_cnn"] = _window_score(truth, cnn, TEST_ROWS, COLS)
     out["fullfov_validation_cnn"] = _window_score(truth, cnn, (200, 256), COLS)
@@ -108,7 +115,7 @@ def main() -> None:
     src = open_source(data / "movie_200x128x128_uint16.tif")
     crop_mean = summary_images(src, ["mean"])[0]
     crop_truth = load_regions(data / "regions_crop.json")
-    cp = cnn_probability(crop_mean, model, n_threads=1)
+    cp = cnn_probability(crop_mean, model, n_threads=1, tta=tta)
     whole = ((0, 128), (0, 128))
     out["crop_movie_cnn"] = _window_score(
         crop_truth, extract_regions(cp[0], cp[1], **params), *whole

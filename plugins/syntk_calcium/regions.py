@@ -129,8 +129,8 @@ def local_maxima_regions(
     image: np.ndarray,
     *,
     sigma: float = 1.5,
-    background_sigma: float = 8.0,
-    threshold: float = 0.5,
+    background_sigma: float = 6.0,
+    threshold: float = 0.2,
     min_distance: int = 4,
     radius: float = 4.0,
 ) -> Regions:

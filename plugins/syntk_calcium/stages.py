@@ -25,7 +25,7 @@ from syntk_calcium.preprocess import clip_standardise
 DEFAULT_MODEL = "calcium/neurofinder_cnn"
 #: Region extraction defaults: the thresholds chosen on validation data for the shipped model
 #: (``models/README.md``); other models carry theirs in their ONNX metadata.
-REGION_DEFAULTS = {"threshold": 0.5, "core_threshold": 0.5, "min_size": 20}
+REGION_DEFAULTS = {"threshold": 0.7, "core_threshold": 0.6, "min_size": 20}
 #: Whether the detector averages over mirrorings by default (chosen on validation, as above).
 DETECTOR_TTA = False
 
@@ -267,7 +267,8 @@ class ThresholdRegions(RoiExtractor["ThresholdRegions.Options"]):
 
 class LocalMaximaRegions(RoiExtractor["LocalMaximaRegions.Options"]):
     """The classical bar: local maxima of a difference of Gaussians of the standardised mean
-    image, a disc around each."""
+    image, a disc around each. Defaults: the best grid point on rows 0-255 of the real field of
+    view's left half (``benchmarks/eval_calcium.py``)."""
 
     name: ClassVar[str] = "local-maxima"
     version: ClassVar[str] = __version__
@@ -279,8 +280,8 @@ class LocalMaximaRegions(RoiExtractor["LocalMaximaRegions.Options"]):
 
     class Options(StageOptions):
         sigma: float = Field(1.5, gt=0, description="Smoothing (px).")
-        background_sigma: float = Field(8.0, gt=0, description="Background scale (px).")
-        threshold: float = Field(0.5, description="DoG threshold (standardised units).")
+        background_sigma: float = Field(6.0, gt=0, description="Background scale (px).")
+        threshold: float = Field(0.2, description="DoG threshold (standardised units).")
         min_distance: int = Field(4, ge=1, description="px between maxima.")
         radius: float = Field(4.0, gt=0, description="Disc radius (px).")
         clip_sd: float = Field(3.0, gt=0)

@@ -204,7 +204,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     for it in range(1, args.iterations + 1):
         xb, yb, mb = [], [], []
         for b in range(args.batch):
-            src = real if b % 2 == 0 else phantoms[int(rng.integers(len(phantoms)))]
+            f = args.real_fraction  # real tiles spread through the batch (b = 0 always real)
+            use_real = np.ceil((b + 1) * f - 1e-9) > np.ceil(b * f - 1e-9)
+            src = real if use_real else phantoms[int(rng.integers(len(phantoms)))]
             x, y, m = augment(*src.crop(rng), rng)
             xb.append(x)
             yb.append(y)
@@ -218,6 +220,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             logits, y, pos_weight=pos_weight[None, :, None, None], reduction="none"
         )
         loss = (loss_map * m).sum() / (m.sum() * 2 + 1e-6)
+        if args.cosine:  # decay to lr / 10 over the planned iterations
+            frac = min(1.0, it / args.iterations)
+            for group in opt.param_groups:
+                group["lr"] = args.lr * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * frac)))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -292,6 +298,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--eval-every", type=int, default=250)
+    ap.add_argument("--real-fraction", type=float, default=0.5, help="real tiles per batch")
+    ap.add_argument("--cosine", action="store_true", help="cosine learning-rate decay to lr/10")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--export", default=None, help="write the best checkpoint as this ONNX file")
