@@ -9,12 +9,12 @@ volume is the mean over its sections.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 
 #: 4-connectivity in each section: the neighbours that nearest-neighbour affinities connect
-CONNECTIVITY_2D = 4
+CONNECTIVITY_2D: Final = 4
 
 
 def split_sections(seg: np.ndarray) -> np.ndarray:

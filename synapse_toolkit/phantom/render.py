@@ -289,8 +289,7 @@ def _vesicles(
         flat = np.ravel_multi_index((zz[own], ly[own], lx[own]), labels.shape)
         for acc, layer in zip(layers, (lumen, core, ring), strict=True):
             np.maximum.at(acc, flat, layer[ok][own].astype(np.float32))
-    layers = [acc.reshape(labels.shape) for acc in layers]
-    a_lumen, a_core, a_ring = layers
+    a_lumen, a_core, a_ring = (acc.reshape(labels.shape) for acc in layers)
     intensity *= 1 - a_lumen
     intensity += 0.86 * a_lumen
     intensity *= 1 - a_core
@@ -307,7 +306,9 @@ def render_window(
     vs = np.asarray(p.voxel_size_nm)
     world = _world(window, vs)
     # cytoplasm: per-neuron grey, smooth and granular texture
-    intensity = scene.neuron_intensity[labels.astype(np.int64)].astype(np.float32)
+    # float32 throughout (NumPy 2 keeps float32 for python-float * float32 array; the stubs
+    # still say float64, hence the plain ndarray annotation)
+    intensity: np.ndarray = scene.neuron_intensity[labels.astype(np.int64)].astype(np.float32)
     grain = ndimage.gaussian_filter(tile_noise(p.seed, STREAM_TEXTURE, window), (0, 1.6, 1.6))
     intensity += (p.texture_amplitude * 1.6) * grain
     intensity += (0.5 * p.texture_amplitude) * scene.texture_field.grid(*world).astype(np.float32)
