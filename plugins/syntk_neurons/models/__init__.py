@@ -20,10 +20,14 @@ SHIPPED: dict[str, tuple[str, str, str, tuple[float, float, float]]] = {
         "grey-value quantiles (stored in the model), /255 (1,1,72,72,72) -> 3 "
         "nearest-neighbour affinities (1,3,32,32,32); trained on the gala FIB-SEM medulla train "
         "volume (~10 nm isotropic) with BCE + constrained MALIS, He init; iteration 2000 of a "
-        "6001-iteration / 44 wall-min run, picked on the validation crop",
+        "6001-iteration / 44 wall-min run, picked on the validation crop; waterz scoring and "
+        "threshold (quantile50 @ 0.9, in the model's metadata, used by `waterz` when no truth is "
+        "wired) chosen on the same crop",
         "syntk train affinities examples/train/fib_affinities.toml --iterations 2000 "
         "--time-limit 100000 && syntk export onnx "
-        "runs/fib_affinities/best.pt plugins/syntk_neurons/models/fib_affinities.onnx",
+        "runs/fib_affinities/best.pt plugins/syntk_neurons/models/fib_affinities.onnx && "
+        "syntk evaluate fib-select --model plugins/syntk_neurons/models/fib_affinities.onnx "
+        "--write",
         (10.0, 10.0, 10.0),
     ),
     "neurons/phantom_affinities": (
