@@ -26,6 +26,9 @@ Inputs (``--phantom``, a CREMI file from ``syntk phantom em``), cropped to each 
     syntk phantom em /tmp/ph33.hdf --shape 48 832 832 --seed 3
     python benchmarks/bench_blockwise_agglomeration.py --phantom /tmp/ph33.hdf \\
         --sizes 48,300,300 48,480,480 48,832,832 [--affinities run/artifacts/.../affinities.zarr]
+    # ~100 Mvox, blockwise only: 3 stacked copies of the 33 Mvox phantom
+    python benchmarks/bench_blockwise_agglomeration.py --phantom /tmp/ph33.hdf \
+        --sizes 48,832,832 --repeat-z 3 --modes blockwise
 """
 
 from __future__ import annotations
@@ -125,6 +128,12 @@ def main() -> None:
     ap.add_argument("--context", default="4,32,32")
     ap.add_argument("--modes", nargs="+", default=["in-memory", "blockwise"])
     ap.add_argument("--tmp", type=Path, default=None)
+    ap.add_argument(
+        "--repeat-z",
+        type=int,
+        default=1,
+        help="stack this many copies of each crop along z (truth-derived only)",
+    )
     ap.add_argument("--json", type=Path, default=None, help="write the rows here")
     args = ap.parse_args()
 
@@ -138,6 +147,8 @@ def main() -> None:
         d = f["volumes/labels/neuron_ids"]
         vs = tuple(float(v) for v in d.attrs["resolution"])
         full_shape = d.shape
+    if args.repeat_z > 1 and args.affinities:
+        ap.error("--repeat-z works with truth-derived affinities only")
     rows = []
     src = "network (--affinities)" if args.affinities else "truth-derived noisy"
     print(f"affinities: {src}; scoring {args.scoring}; block {bs}, context {ctx}; "
@@ -147,6 +158,10 @@ def main() -> None:
         roi = tuple(slice(0, s) for s in shape)
         with h5py.File(args.phantom, "r") as f:
             truth = f["volumes/labels/neuron_ids"][roi]
+        if args.repeat_z > 1:  # stacked copies, ids made distinct: a larger volume, same density
+            step = int(truth.max()) + 1
+            truth = np.concatenate([truth + np.uint64(k * step) for k in range(args.repeat_z)])
+            shape = truth.shape
         affs_path = tmp / f"affs_{'x'.join(map(str, shape))}.zarr"
         if args.affinities:
             a = np.asarray(zarr.open_array(args.affinities, mode="r")[(slice(0, 3), *roi)])
