@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from types import EllipsisType
@@ -39,6 +37,7 @@ from synapse_toolkit.affinities import (
 from synapse_toolkit.config import load_training_config
 from synapse_toolkit.errors import ConfigError, DataError
 from synapse_toolkit.nn.augment import AugmentConfig, sample_augmented
+from synapse_toolkit.nn.run import TrainingRun
 
 
 class _Strict(BaseModel):
@@ -81,6 +80,8 @@ class TrainingSpec(_Strict):
     input_shape: list[int] = Field(default_factory=lambda: [64, 96, 96])
     seed: int = 0
     num_threads: int = 2
+    #: "auto": CUDA when a device really works, else CPU
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     out_dir: str = "runs/train"
     checkpoint_every: int = 250
     validate_every: int = 250
@@ -274,14 +275,6 @@ def section_sweep(
 
 
 # -- loop ---------------------------------------------------------------------------------------
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    import torch
-
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run training; returns a summary (paths of the last and best checkpoints, metrics)."""
     import torch
@@ -290,9 +283,10 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
     from synapse_toolkit.nn.unet import UNet3D, UNetConfig, apply_init
 
     t_cfg = cfg.training
-    torch.set_num_threads(t_cfg.num_threads)
-    torch.manual_seed(t_cfg.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    run = TrainingRun(seed=t_cfg.seed, num_threads=t_cfg.num_threads, device=t_cfg.device,
+                      time_limit_minutes=t_cfg.time_limit_minutes,
+                      cpu_time_limit_minutes=t_cfg.cpu_time_limit_minutes)  # fmt: skip
+    device = run.device
     offsets = (
         long_range_offsets(cfg.target.long_range) if cfg.target.long_range else NEAREST_NEIGHBOURS
     )
@@ -327,7 +321,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
 
     def checkpoint(it: int, name: str, extra: dict[str, Any]) -> Path:
         path = out_dir / name
-        _atomic_torch_save(
+        run.save(
             {
                 "model_config": model_cfg.to_dict(),
                 "state_dict": net.state_dict(),
@@ -375,8 +369,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
         best = min(rows, key=lambda r: r["cremi_score"])
         return {"iteration": it, "best": best, "sweep": rows}
 
-    start = time.time()
-    cpu_start = time.process_time()
+    run.restart_clock()
     best_score = np.inf
     best_path = None
     loss_avg = None
@@ -429,19 +422,13 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
         opt.step()
         lv = float(loss.detach())
         loss_avg = lv if loss_avg is None else 0.95 * loss_avg + 0.05 * lv
-        elapsed = time.time() - start
-        cpu_used = time.process_time() - cpu_start
+        elapsed, cpu_used = run.elapsed, run.cpu_used
         if it % t_cfg.log_every == 0:
             log(f"it {it} loss {lv:.4f} avg {loss_avg:.4f} {elapsed:.0f}s (cpu {cpu_used:.0f}s)")
             record = {"iteration": it, "loss": lv, "time_s": elapsed, "cpu_s": cpu_used}
             metrics_log.write(json.dumps(record) + "\n")
             metrics_log.flush()
-        out_of_time = (
-            t_cfg.time_limit_minutes is not None and elapsed > 60 * t_cfg.time_limit_minutes
-        ) or (
-            t_cfg.cpu_time_limit_minutes is not None
-            and cpu_used > 60 * t_cfg.cpu_time_limit_minutes
-        )
+        out_of_time = run.out_of_time()
         last = it == t_cfg.iterations or out_of_time
         if it % t_cfg.checkpoint_every == 0 or last:
             checkpoint(it, "latest.pt", {"loss": loss_avg})
@@ -460,10 +447,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
                     best_score = b["cremi_score"]
                     best_path = checkpoint(it, "best.pt", {"validation": val})
         if out_of_time:
-            log(
-                f"time limit reached at iteration {it}: wall {elapsed / 60:.1f} min, "
-                f"CPU {cpu_used / 60:.1f} min"
-            )
+            log(run.budget_line(it))
             break
     metrics_log.close()
     if best_path is None:
@@ -473,6 +457,6 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
         "latest": str(out_dir / "latest.pt"),
         "best": str(best_path),
         "best_cremi_score": None if best_score == np.inf else best_score,
-        "time_s": time.time() - start,
-        "cpu_s": time.process_time() - cpu_start,
+        "time_s": run.elapsed,
+        "cpu_s": run.cpu_used,
     }

@@ -23,8 +23,6 @@ against torch) with its metadata.
 from __future__ import annotations
 
 import json
-import os
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -35,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from synapse_toolkit.config import load_training_config
 from synapse_toolkit.errors import ConfigError, DataError
 from synapse_toolkit.io.cremi import CremiData, read_cremi
+from synapse_toolkit.nn.run import TrainingRun
 from synapse_toolkit.synapses.targets import TargetSettings, targets_from_cremi
 
 if TYPE_CHECKING:
@@ -63,6 +62,8 @@ class TrainingSection(_Strict):
     synapse_fraction: float = 0.7
     seed: int = 0
     num_threads: int = 2
+    #: "auto": CUDA when a device really works, else CPU
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     log_every: int = 20
     checkpoint_every: int = 500  # also write <out_dir>/latest.pt this often (0 = only at the end)
     out_dir: str = "runs/train-synapses"
@@ -244,15 +245,11 @@ def _save_checkpoint(
     pool: str = "avg",
 ) -> None:
     """Write a training checkpoint atomically."""
-    import torch
-
     state = {"model_config": model_cfg.to_dict(), "state_dict": net.state_dict(),
              "iteration": it, "input_shape": list(input_shape),
              "output_shape": list(output_shape), "kind": kind, "scale": scale,
              "pool": pool}  # fmt: skip
-    tmp = path.with_suffix(".pt.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    TrainingRun.save(state, path)
 
 
 def train_detector(cfg: DetectorTrainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -265,8 +262,9 @@ def train_detector(cfg: DetectorTrainConfig, log: Callable[[str], None] = print)
     from synapse_toolkit.nn.unet import UNet3D, UNetConfig, apply_init
 
     t = cfg.training
-    torch.set_num_threads(t.num_threads)
-    torch.manual_seed(t.seed)
+    run = TrainingRun(seed=t.seed, num_threads=t.num_threads, device=t.device,
+                      time_limit_minutes=t.time_limit_minutes)  # fmt: skip
+    dev = run.device
     split = cfg.kind == "polarity" and t.loss == "bce-split"
     side = cfg.kind == "polarity" and t.loss == "bce-side"
     act = "sigmoid" if cfg.kind == "clefts" or split or side else "tanh"
@@ -313,11 +311,12 @@ def train_detector(cfg: DetectorTrainConfig, log: Callable[[str], None] = print)
     )
     out_dir = Path(t.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    net.to(dev)
     opt = torch.optim.Adam(net.parameters(), lr=t.lr)
     log(f"{cfg.kind}: {net.num_parameters()} parameters, input {input_shape} -> {output_shape}, "
-        f"{len(files)} volumes")  # fmt: skip
+        f"{len(files)} volumes, {run.describe()}")  # fmt: skip
     metrics = (out_dir / "metrics.jsonl").open("w")
-    start = time.time()
+    run.restart_clock()
     avg = None
     it = 0
     for it in range(1, t.iterations + 1):
@@ -327,9 +326,9 @@ def train_detector(cfg: DetectorTrainConfig, log: Callable[[str], None] = print)
             xs.append(r[None])
             ys.append(y[None])
             ws.append(_balanced_weights(y, m, cfg.kind)[None])
-        x = torch.from_numpy(np.stack(xs))
-        y_t = torch.from_numpy(np.stack(ys))
-        w = torch.from_numpy(np.stack(ws))
+        x = torch.from_numpy(np.stack(xs)).to(dev)
+        y_t = torch.from_numpy(np.stack(ys)).to(dev)
+        w = torch.from_numpy(np.stack(ws)).to(dev)
         pred = net(x)
         if side:
             loss = _side_loss(pred, y_t, w)
@@ -337,7 +336,7 @@ def train_detector(cfg: DetectorTrainConfig, log: Callable[[str], None] = print)
             parts = torch.cat([y_t.clamp(min=0), (-y_t).clamp(min=0)], dim=1)
             w2 = torch.from_numpy(np.stack([
                 _split_weights(y[0], wi[0] > 0) for y, wi in zip(ys, ws, strict=True)
-            ]))  # fmt: skip
+            ])).to(dev)  # fmt: skip
             per = torch.nn.functional.binary_cross_entropy(pred.clamp(1e-6, 1 - 1e-6), parts,
                                                            reduction="none")  # fmt: skip
             loss = (per * w2).sum() / w2.sum().clamp(min=1)
@@ -354,7 +353,7 @@ def train_detector(cfg: DetectorTrainConfig, log: Callable[[str], None] = print)
         opt.step()
         lv = float(loss.detach())
         avg = lv if avg is None else 0.95 * avg + 0.05 * lv
-        elapsed = time.time() - start
+        elapsed = run.elapsed
         if it % t.log_every == 0:
             log(f"it {it} loss {lv:.4f} avg {avg:.4f} {elapsed:.0f}s")
             metrics.write(
@@ -364,10 +363,11 @@ def train_detector(cfg: DetectorTrainConfig, log: Callable[[str], None] = print)
         if t.checkpoint_every and it % t.checkpoint_every == 0:
             _save_checkpoint(out_dir / "latest.pt", net, model_cfg, it, input_shape, output_shape,
                              cfg.kind, scale, pool)  # fmt: skip
-        if t.time_limit_minutes is not None and elapsed > 60 * t.time_limit_minutes:
-            log(f"time limit {t.time_limit_minutes} min reached at iteration {it}")
+        if run.out_of_time():
+            log(run.budget_line(it))
             break
     metrics.close()
+    net = net.cpu().eval()
     ckpt = out_dir / "final.pt"
     _save_checkpoint(ckpt, net, model_cfg, it, input_shape, output_shape, cfg.kind, scale, pool)
     onnx_path = Path(t.onnx) if t.onnx else out_dir / "model.onnx"
@@ -380,7 +380,7 @@ def train_detector(cfg: DetectorTrainConfig, log: Callable[[str], None] = print)
 
     export_net = SignedDifference(net) if split else VicinityTimesSide(net) if side else net
     info = export_model(export_net, input_shape, onnx_path, metadata=meta)
-    summary = {"kind": cfg.kind, "iterations": it, "loss_avg": avg, "time_s": time.time() - start,
+    summary = {"kind": cfg.kind, "iterations": it, "loss_avg": avg, "time_s": run.elapsed,
                "checkpoint": str(ckpt), **info}  # fmt: skip
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     log(json.dumps(summary))

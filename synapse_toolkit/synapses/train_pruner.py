@@ -34,6 +34,7 @@ from synapse_toolkit.config import load_training_config
 from synapse_toolkit.errors import ConfigError, DataError
 from synapse_toolkit.inference.onnx_model import OnnxModel
 from synapse_toolkit.io.cremi import read_cremi
+from synapse_toolkit.nn.run import TrainingRun
 from synapse_toolkit.synapses.candidates import CandidateSettings, find_candidates
 from synapse_toolkit.synapses.pruning import PatchSettings, candidate_patches, label_candidates
 from synapse_toolkit.synapses.targets import Grid
@@ -74,6 +75,8 @@ class PrunerTraining(_Strict):
     num_fmaps: int = 16
     seed: int = 0
     num_threads: int = 2
+    #: "auto": CUDA when a device really works, else CPU
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     log_every: int = 50
     validate_every: int = 100
     out_dir: str = "runs/train-pruner"
@@ -224,8 +227,9 @@ def train_pruner(cfg: PrunerTrainConfig, log: Callable[[str], None] = print) -> 
     from synapse_toolkit.nn.pruner import PrunerCNN, PrunerConfig
 
     t = cfg.training
-    torch.set_num_threads(t.num_threads)
-    torch.manual_seed(t.seed)
+    run = TrainingRun(seed=t.seed, num_threads=t.num_threads, device=t.device,
+                      time_limit_minutes=t.time_limit_minutes)  # fmt: skip
+    dev = run.device
     rng = np.random.default_rng(t.seed)
     cs = CandidateSettings(**cfg.candidates)
     ps = PatchSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.patch.items()})
@@ -272,7 +276,7 @@ def train_pruner(cfg: PrunerTrainConfig, log: Callable[[str], None] = print) -> 
     pos, neg = np.flatnonzero(y_tr), np.flatnonzero(~y_tr)
     if len(pos) == 0 or len(neg) == 0:
         raise DataError("pruner training needs both positive and negative candidates")
-    net = PrunerCNN(PrunerConfig(num_fmaps=t.num_fmaps))
+    net = PrunerCNN(PrunerConfig(num_fmaps=t.num_fmaps)).to(dev)
     opt = torch.optim.Adam(net.parameters(), lr=t.lr, weight_decay=1e-4)
     loss_fn = torch.nn.BCEWithLogitsLoss()
     out_dir = Path(t.out_dir)
@@ -284,7 +288,7 @@ def train_pruner(cfg: PrunerTrainConfig, log: Callable[[str], None] = print) -> 
             return {}
         net.eval()
         with torch.no_grad():
-            logits = net(torch.from_numpy(x_va)).numpy().reshape(-1)
+            logits = net(torch.from_numpy(x_va).to(dev)).cpu().numpy().reshape(-1)
         net.train()
         pred = logits > 0
         tp = float((pred & y_va).sum())
@@ -296,20 +300,19 @@ def train_pruner(cfg: PrunerTrainConfig, log: Callable[[str], None] = print) -> 
     best = -1.0
     best_state = None
     it = 0
-    start = time.time()
+    run.restart_clock()
     half = t.batch_size // 2
     for it in range(1, t.iterations + 1):
         idx = np.concatenate([rng.choice(pos, half), rng.choice(neg, t.batch_size - half)])
-        x = torch.from_numpy(_augment(x_tr[idx], rng).astype(np.float32))
-        y = torch.from_numpy(y_tr[idx].astype(np.float32))[:, None]
+        x = torch.from_numpy(_augment(x_tr[idx], rng).astype(np.float32)).to(dev)
+        y = torch.from_numpy(y_tr[idx].astype(np.float32))[:, None].to(dev)
         loss = loss_fn(net(x), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        elapsed = time.time() - start
         if it % t.log_every == 0:
-            log(f"it {it} loss {float(loss):.4f} {elapsed:.0f}s")
-        out_of_time = t.time_limit_minutes is not None and elapsed > 60 * t.time_limit_minutes
+            log(f"it {it} loss {float(loss):.4f} {run.elapsed:.0f}s")
+        out_of_time = run.out_of_time()
         if it % t.validate_every == 0 or it == t.iterations or out_of_time:
             val = evaluate()
             score = val.get("balanced_accuracy", -float(loss))
@@ -320,14 +323,13 @@ def train_pruner(cfg: PrunerTrainConfig, log: Callable[[str], None] = print) -> 
                 best = score
                 best_state = {k: v.clone() for k, v in net.state_dict().items()}
         if out_of_time:
-            log(f"time limit reached at iteration {it}")
+            log(run.budget_line(it))
             break
     metrics.close()
     if best_state is not None:
         net.load_state_dict(best_state)
-    net.eval()
-    ckpt = out_dir / "best.pt"
-    torch.save({"config": net.config.to_dict(), "state_dict": net.state_dict()}, ckpt)
+    net = net.cpu().eval()
+    run.save({"config": net.config.to_dict(), "state_dict": net.state_dict()}, out_dir / "best.pt")
     onnx_path = Path(t.onnx) if t.onnx else out_dir / "pruner.onnx"
     meta = {"kind": "pruner", "downsample": ps.downsample, "channels": "em,proximity,pre,post",
             "proximity_source": cfg.data.proximity_source, "noise_std": cfg.data.noise_std,

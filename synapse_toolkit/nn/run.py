@@ -1,0 +1,112 @@
+"""What every trainer shares: device choice (CUDA when it really works, else CPU), seeding,
+thread count, a wall-clock and CPU-time budget, and atomic checkpoint writes.
+
+A trainer makes one :class:`TrainingRun` from its config, moves its network and batches to
+``run.device``, asks ``run.out_of_time()`` after each step and saves checkpoints with
+``run.save``. Export does not care where training ran: checkpoints hold CPU tensors.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from synapse_toolkit.errors import ConfigError
+
+Device = Literal["auto", "cpu", "cuda"]
+
+
+def select_device(preference: Device = "auto") -> Any:
+    """``cuda`` when asked or (``auto``) when a CUDA device really runs a kernel; else ``cpu``."""
+    import torch
+
+    if preference == "cpu":
+        return torch.device("cpu")
+    usable = False
+    if torch.cuda.is_available():
+        try:
+            torch.zeros(1, device="cuda").add_(1)
+            usable = True
+        except RuntimeError:
+            usable = False
+    if preference == "cuda" and not usable:
+        raise ConfigError("training.device = 'cuda' but no usable CUDA device (use 'auto')")
+    return torch.device("cuda" if usable else "cpu")
+
+
+class TrainingRun:
+    """Device, seed, threads and time budget of one training run."""
+
+    def __init__(
+        self,
+        *,
+        seed: int,
+        num_threads: int,
+        time_limit_minutes: float | None = None,
+        cpu_time_limit_minutes: float | None = None,
+        device: Device = "auto",
+    ) -> None:
+        import torch
+
+        torch.set_num_threads(num_threads)
+        torch.manual_seed(seed)
+        self.device = select_device(device)
+        self.time_limit_minutes = time_limit_minutes
+        self.cpu_time_limit_minutes = cpu_time_limit_minutes
+        self.restart_clock()
+
+    def restart_clock(self) -> None:
+        """Start the budget now (e.g. after data preparation that should not count)."""
+        self._wall0 = time.time()
+        self._cpu0 = time.process_time()
+
+    @property
+    def elapsed(self) -> float:
+        """Wall seconds since the clock started."""
+        return time.time() - self._wall0
+
+    @property
+    def cpu_used(self) -> float:
+        """CPU seconds of this process (all threads) since the clock started."""
+        return time.process_time() - self._cpu0
+
+    def out_of_time(self) -> bool:
+        """Whether the wall-clock or CPU-time budget is spent."""
+        wall = self.time_limit_minutes is not None and self.elapsed > 60 * self.time_limit_minutes
+        cpu = (
+            self.cpu_time_limit_minutes is not None
+            and self.cpu_used > 60 * self.cpu_time_limit_minutes
+        )
+        return wall or cpu
+
+    def budget_line(self, iteration: int) -> str:
+        return (f"time limit reached at iteration {iteration}: wall {self.elapsed / 60:.1f} min, "
+                f"CPU {self.cpu_used / 60:.1f} min")  # fmt: skip
+
+    def describe(self) -> str:
+        return f"device {self.device}"
+
+    @staticmethod
+    def save(obj: Any, path: Path) -> Path:
+        """``torch.save`` to a temporary name beside ``path``, then rename (tensors on CPU)."""
+        import torch
+
+        obj = _to_cpu(obj)
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+        return path
+
+
+def _to_cpu(obj: Any) -> Any:
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
