@@ -85,7 +85,7 @@ class ArrayRef:
 def _open_zarr(root: str, path: str, mode: str) -> Any:
     import zarr
 
-    return zarr.open_array(store=root, path=path or None, mode=mode)
+    return zarr.open_array(store=root, path=path, mode=mode)
 
 
 def array_ref(arr: Any) -> ArrayRef:
@@ -292,7 +292,7 @@ def _edges_block(job: _Job, task: BlockTask) -> dict[str, Any]:
     frag, affs, pads, fp = _edges_inputs(job, task)
     edges = block_edges(frag, affs, pads)
     buf = io.BytesIO()
-    np.savez(buf, **edges)
+    np.savez(buf, **edges)  # type: ignore[arg-type]  # stub: a ** dict might bind allow_pickle
     atomic_write_bytes(_edges_path(job, task), buf.getvalue())
     info = {"n_edges": int(edges["u"].size), "fingerprint": fp}
     job.markers("edges").mark(task, fp, info)
@@ -451,7 +451,7 @@ def _output_token(out: Any) -> str:
     if ref.picklable():  # the attributes as stored now, not as this handle cached them
         import zarr
 
-        attrs = zarr.open_array(store=ref.zarr_root, path=ref.zarr_path or None, mode="r+").attrs
+        attrs = zarr.open_array(store=ref.zarr_root, path=ref.zarr_path, mode="r+").attrs
     token = attrs.get("syntk_blockwise_token")
     if not token:
         token = hashlib.blake2b(f"{time.time_ns()}{id(out)}".encode(), digest_size=8).hexdigest()

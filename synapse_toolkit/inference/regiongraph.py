@@ -120,7 +120,7 @@ _EMPTY = -1
 @njit(cache=True)
 def _hslot(key: int, mask: int) -> int:
     x = np.uint64(key) * np.uint64(11400714819323198485)  # Fibonacci hashing
-    return np.int64(x >> np.uint64(32)) & mask
+    return int(np.int64(x >> np.uint64(32))) & mask
 
 
 @njit(cache=True)
@@ -176,7 +176,7 @@ def _iota(n: int) -> np.ndarray:
 
 
 @njit(cache=True)
-def _push(e, s, nbins, st, q_edge, q_next, q_free, bin_head, bin_tail, heap_s, heap_e):  # type: ignore[no-untyped-def]
+def _push(e, s, nbins, st, q_edge, q_next, q_free, bin_head, bin_tail, heap_s, heap_e):
     if nbins > 0:  # FIFO bin queue (waterz's BinQueue)
         b = _qbin(s, nbins)
         st[0] -= 1
@@ -205,14 +205,14 @@ def _push(e, s, nbins, st, q_edge, q_next, q_free, bin_head, bin_tail, heap_s, h
 
 
 @njit(cache=True)
-def _top(nbins, st, q_edge, bin_head, heap_e):  # type: ignore[no-untyped-def]
+def _top(nbins, st, q_edge, bin_head, heap_e):
     if nbins > 0:
         return -1 if st[1] < 0 else q_edge[bin_head[st[1]]]
     return -1 if st[2] == 0 else heap_e[0]
 
 
 @njit(cache=True)
-def _pop(nbins, st, q_next, q_free, bin_head, bin_tail, heap_s, heap_e):  # type: ignore[no-untyped-def]
+def _pop(nbins, st, q_next, q_free, bin_head, bin_tail, heap_s, heap_e):
     if nbins > 0:
         mb = st[1]
         node = bin_head[mb]
@@ -250,7 +250,7 @@ def _pop(nbins, st, q_next, q_free, bin_head, bin_tail, heap_s, heap_e):  # type
 @njit(cache=True)
 def _merge_stats(
     src, dst, quantile, list_limit, cnt, slot, hist, free, lhead, ltail, onext, obin, msum, mcnt
-):  # type: ignore[no-untyped-def]
+):
     """Add edge ``src``'s statistics to ``dst``'s (``free[0]`` = number of free dense rows,
     ``free[1:]`` their indices)."""
     if not quantile:
@@ -286,7 +286,7 @@ def _merge_stats(
 
 
 @njit(cache=True)
-def _score(e, q, cnt, slot, hist, lhead, onext, obin, buf, msum, mcnt):  # type: ignore[no-untyped-def]
+def _score(e, q, cnt, slot, hist, lhead, onext, obin, buf, msum, mcnt):
     if q >= 0:
         return _quantile_score(e, q, cnt, slot, hist, lhead, onext, obin, buf)
     return _mean_score(e, msum, mcnt)
