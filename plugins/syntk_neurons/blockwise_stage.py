@@ -16,14 +16,13 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-import zarr
 from pydantic import Field
 
 from synapse_toolkit import __version__
 from synapse_toolkit.data import ScoreRecord, Volume
 from synapse_toolkit.errors import DataError
 from synapse_toolkit.stages import Agglomerator, Port
-from syntk_neurons.stages import WaterzAgglomerator
+from syntk_neurons.stages import WaterzAgglomerator, zarr_array
 
 _IGNORE = np.uint64(0xFFFFFFFFFFFFFFFF)
 
@@ -56,12 +55,6 @@ class _Ignoring:
         if self.ignore is not None:
             t[raw == self.ignore] = _IGNORE
         return t
-
-
-def _zarr(vol: Volume) -> zarr.Array:
-    """The zarr array behind a volume made by ``StageContext.create_volume``."""
-    assert isinstance(vol.data, zarr.Array), type(vol.data)
-    return vol.data
 
 
 class BlockwiseWaterzAgglomerator(Agglomerator["BlockwiseWaterzAgglomerator.Options"]):
@@ -169,10 +162,10 @@ class BlockwiseWaterzAgglomerator(Agglomerator["BlockwiseWaterzAgglomerator.Opti
         target = opts.threshold if opts.threshold is not None else ths[len(ths) // 2]
         chosen = best["threshold"] if best else min(ths, key=lambda t: abs(t - target))
         seg_out = self.context.create_volume(
-            "segmentation", spatial, np.uint64, like=affs_vol, chunks=_zarr(segs).chunks[1:],
+            "segmentation", spatial, np.uint64, like=affs_vol, chunks=zarr_array(segs).chunks[1:],
             dense=True,
         )  # fmt: skip
-        copy_slab(_zarr(segs), ths.index(chosen), _zarr(seg_out))
+        copy_slab(zarr_array(segs), ths.index(chosen), zarr_array(seg_out))
         if not opts.keep_work:
             shutil.rmtree(work, ignore_errors=True)
             if opts.work_dir is None:

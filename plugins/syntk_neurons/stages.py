@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
+import zarr
 from pydantic import Field
 
 from synapse_toolkit import __version__
@@ -17,6 +18,12 @@ from synapse_toolkit.models import resolve_model
 from synapse_toolkit.stages import Agglomerator, Detector, Loader, Placement, Port, StageOptions
 
 DEFAULT_MODEL = "neurons/fib_affinities"
+
+
+def zarr_array(vol: Volume) -> zarr.Array:
+    """The zarr array behind a volume made by ``StageContext.create_volume``."""
+    assert isinstance(vol.data, zarr.Array), type(vol.data)
+    return vol.data
 
 
 class AffinityDetector(Detector["AffinityDetector.Options"]):
@@ -149,7 +156,7 @@ class AffinityDetector(Detector["AffinityDetector.Options"]):
             dense=True,  # affinities are never all zero: skip zarr's empty-chunk test
         )
         if meta.get("agglomeration"):  # the model's waterz settings, for `waterz` without truth
-            result.data.attrs["agglomeration"] = meta["agglomeration"]
+            zarr_array(result).attrs["agglomeration"] = meta["agglomeration"]
         domain = {k: meta[k] for k in ("modality", "training_data", "voxel_size_nm") if k in meta}
         if domain:  # what the model was trained on, in the manifest
             self.context.record("model_domain", domain)
@@ -291,13 +298,14 @@ class WaterzAgglomerator(Agglomerator["WaterzAgglomerator.Options"]):
             on_segmentation=keep,
         )
         seg_out = self.context.create_volume(
-            "segmentation", spatial, np.uint64, like=affs_vol, chunks=segs.data.chunks[1:],
-            dense=True,
+            "segmentation", spatial, np.uint64, like=affs_vol,
+            chunks=zarr_array(segs).chunks[1:], dense=True,
         )  # fmt: skip
         chosen = best["threshold"] if best else min(ths, key=lambda t: abs(t - target))
-        copy_slab(segs.data, index[chosen], seg_out.data)  # encoded chunks, not re-encoded
-        segs.data.attrs.update({"thresholds": ths, "scoring": scoring})
-        seg_out.data.attrs.update({"threshold": chosen, "scoring": scoring})
+        # encoded chunks, not re-encoded
+        copy_slab(zarr_array(segs), index[chosen], zarr_array(seg_out))
+        zarr_array(segs).attrs.update({"thresholds": ths, "scoring": scoring})
+        zarr_array(seg_out).attrs.update({"threshold": chosen, "scoring": scoring})
         self.context.record(
             "agglomeration",
             {"scoring": scoring, "threshold": chosen, "chosen_by": "truth" if best else source},
@@ -372,7 +380,7 @@ class Hdf5VolumesLoader(Loader["Hdf5VolumesLoader.Options"]):
         for port, spec in options.volumes.items():
             with h5py.File(base / spec.path, "r") as f:
                 shape = tuple(f[spec.dataset].shape)
-            out[port] = Placement(options.voxel_size_nm, options.offset_nm, shape[-3:])  # type: ignore[arg-type]
+            out[port] = Placement(options.voxel_size_nm, options.offset_nm, shape[-3:])
         return out
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:

@@ -174,8 +174,8 @@ class _OnnxDetector(Detector["_OnnxDetector.Options"]):
                                          like=raw)  # fmt: skip
         from synapse_toolkit.inference.tiled import TileGrid
 
-        n = len(TileGrid(raw.spatial_shape, model.input_shape, model.output_shape,  # type: ignore[arg-type]
-                         tuple(self.options.overlap)))  # fmt: skip
+        n = len(TileGrid(raw.spatial_shape, model.input_shape, model.output_shape,
+                         self.options.overlap))  # fmt: skip
         task = self.context.progress("tiles", n)
         model.predict(raw.data, out.data, tuple(self.options.overlap),
                       progress=task.advance)  # fmt: skip

@@ -43,8 +43,11 @@ class OnnxModel:
         if not all(isinstance(s, int) for s in (*in_shape, *out_shape, channels)):
             raise PluginError(f"{self.path}: no fixed tile shape in its metadata or graph "
                               f"(input {inp.shape}, output {out.shape})")  # fmt: skip
-        self.input_shape = tuple(int(v) for v in in_shape)
-        self.output_shape = tuple(int(v) for v in out_shape)
+        if len(in_shape) != 3 or len(out_shape) != 3:
+            raise PluginError(f"{self.path}: tiles must be (z, y, x), got input {list(in_shape)} "
+                              f"and output {list(out_shape)}")  # fmt: skip
+        self.input_shape = (int(in_shape[0]), int(in_shape[1]), int(in_shape[2]))
+        self.output_shape = (int(out_shape[0]), int(out_shape[1]), int(out_shape[2]))
         self.out_channels = int(channels)
         self.kind = str(self.metadata.get("kind", ""))
 

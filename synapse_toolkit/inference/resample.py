@@ -18,12 +18,17 @@ from synapse_toolkit.blockwise import iter_blocks
 ResamplePolicy = Literal["finer", "always", "never"]
 
 
+def _zyx(values: Sequence[float]) -> tuple[float, float, float]:
+    z, y, x = (float(v) for v in values)
+    return (z, y, x)
+
+
 def model_grid_voxel_size(
     voxel_size_nm: Sequence[float],
     model_voxel_size_nm: Sequence[float] | None,
     policy: ResamplePolicy = "always",
     tolerance: float = 0.05,
-) -> tuple[float, ...] | None:
+) -> tuple[float, float, float] | None:
     """The voxel size to run a model at, or ``None`` to run it on the data's own grid.
 
     ``"always"`` resamples every axis that differs by more than ``tolerance`` to the model's
@@ -33,11 +38,11 @@ def model_grid_voxel_size(
     """
     if policy == "never" or model_voxel_size_nm is None:
         return None
-    data = tuple(float(v) for v in voxel_size_nm)
-    model = tuple(float(v) for v in model_voxel_size_nm)
+    data = _zyx(voxel_size_nm)
+    model = _zyx(model_voxel_size_nm)
     if policy == "finer":
         pairs = zip(data, model, strict=True)
-        target = tuple(m if v < m * (1 - tolerance) else v for v, m in pairs)
+        target = _zyx([m if v < m * (1 - tolerance) else v for v, m in pairs])
     else:
         target = model
     if np.allclose(data, target, rtol=tolerance):
