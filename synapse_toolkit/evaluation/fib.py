@@ -30,11 +30,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from synapse_toolkit.errors import DataError, SyntkError
+
+if TYPE_CHECKING:
+    from synapse_toolkit.inference.resample import ResamplePolicy
 
 THRESHOLDS: tuple[float, ...] = tuple(round(float(t), 3) for t in np.arange(0.05, 1.0, 0.05))
 SCORINGS: tuple[str, ...] = ("mean", "quantile50", "quantile75")
@@ -150,7 +153,7 @@ def make_volume(
     vs = tuple(float(v) for v in voxel_size_nm)
     if len(vs) != 3 or min(vs) <= 0:
         raise DataError(f"{name}: voxel size must be three positive numbers (z y x nm), got {vs}")
-    return FibVolume(name, raw, truth_with_ignore(labels, ignore_label), vs, boundary)  # type: ignore[arg-type]
+    return FibVolume(name, raw, truth_with_ignore(labels, ignore_label), vs, boundary)
 
 
 def gala_volume(split: str) -> FibVolume:
@@ -222,7 +225,7 @@ def model_affinities(
     *,
     tta: bool = False,
     match_intensity: bool = True,
-    resample: str = "always",
+    resample: ResamplePolicy = "always",
     n_threads: int = 2,
 ) -> ModelAffinities:
     """The ``affinity-unet`` stage on ``raw``: the pipeline's inference path.
