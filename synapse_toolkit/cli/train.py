@@ -19,6 +19,9 @@ def affinities(
         float | None, typer.Option(help="Override training.time_limit_minutes.")
     ] = None,
     iterations: Annotated[int | None, typer.Option(help="Override training.iterations.")] = None,
+    init_from: Annotated[
+        str | None, typer.Option(help="Continue from this checkpoint (training.init_from).")
+    ] = None,
 ) -> None:
     """Train an affinity U-Net (MALA style) from CONFIG; prints a JSON summary at the end."""
     from synapse_toolkit.nn.training import load_config
@@ -31,6 +34,8 @@ def affinities(
         updates["time_limit_minutes"] = time_limit
     if iterations is not None:
         updates["iterations"] = iterations
+    if init_from is not None:
+        updates["init_from"] = init_from
     if updates:
         cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update=updates)})
     try:

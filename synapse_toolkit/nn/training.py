@@ -94,6 +94,9 @@ class TrainingSpec(_Strict):
     #: :mod:`synapse_toolkit.metrics.sections`), for serial-section data scored in 2D
     validation_metric: Literal["volume", "sections"] = "volume"
     log_every: int = 10
+    #: continue from this checkpoint of the same model (weights, and the optimizer state when the
+    #: checkpoint has it); iterations count on from its iteration
+    init_from: str | None = None
 
 
 class TrainConfig(_Strict):
@@ -313,6 +316,24 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
     out_dir = Path(t_cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     opt = torch.optim.Adam(net.parameters(), lr=t_cfg.lr)
+    it0 = 0
+    if t_cfg.init_from:
+        from synapse_toolkit.nn.checkpoint import load_state
+
+        state = load_state(t_cfg.init_from)
+        if state.get("model_config") != model_cfg.to_dict():
+            raise ConfigError(
+                f"training.init_from: {t_cfg.init_from} holds another model than [model]"
+            )
+        net.load_state_dict(state["state_dict"])
+        has_opt = "optimizer" in state
+        if has_opt:
+            opt.load_state_dict(state["optimizer"])
+        it0 = int(state.get("iteration", 0))
+        log(
+            f"continuing from {t_cfg.init_from} at iteration {it0} "
+            f"({'with its' if has_opt else 'new'} optimizer state)"
+        )
     metrics_log = (out_dir / "metrics.jsonl").open("a")
     log(
         f"model: {net.num_parameters()} parameters, input {input_shape} -> output {output_shape}, "
@@ -329,6 +350,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
                 "input_shape": list(input_shape),
                 "output_shape": list(output_shape),
                 "offsets": [list(o) for o in offsets],
+                "optimizer": opt.state_dict(),
                 "train_config": cfg.model_dump(),
                 **extra,
             },
@@ -375,7 +397,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
     loss_avg = None
     it = 0
     val = None
-    for it in range(1, t_cfg.iterations + 1):
+    for it in range(it0 + 1, it0 + t_cfg.iterations + 1):
         raws, targets, masks, labels = [], [], [], []
         for _ in range(t_cfg.batch_size):
             r, lab = sampler.sample()
@@ -429,7 +451,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
             metrics_log.write(json.dumps(record) + "\n")
             metrics_log.flush()
         out_of_time = run.out_of_time()
-        last = it == t_cfg.iterations or out_of_time
+        last = it == it0 + t_cfg.iterations or out_of_time
         if it % t_cfg.checkpoint_every == 0 or last:
             checkpoint(it, "latest.pt", {"loss": loss_avg})
         if it % t_cfg.validate_every == 0 or last:
