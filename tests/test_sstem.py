@@ -301,3 +301,25 @@ def test_shipped_sstem_config_is_valid() -> None:
     train_z = {z for spec in cfg.data.volumes for z in range(*spec.roi[0])}
     val_z = {z for spec in cfg.data.validation for z in range(*spec.roi[0])}
     assert not train_z & val_z
+
+
+def test_training_continues_from_a_checkpoint(tmp_path) -> None:
+    torch = pytest.importorskip("torch")
+    from synapse_toolkit.errors import ConfigError
+    from synapse_toolkit.nn.training import load_config, train
+    from tests.test_training import _config
+
+    cfg = load_config(_config(tmp_path, loss="bce"))
+    first = train(cfg, log=lambda _: None)
+    state = torch.load(first["latest"], weights_only=True)
+    assert state["iteration"] == 4 and "optimizer" in state
+    more = cfg.training.model_copy(
+        update={"init_from": first["latest"], "iterations": 2, "out_dir": str(tmp_path / "b")}
+    )
+    lines: list[str] = []
+    second = train(cfg.model_copy(update={"training": more}), log=lines.append)
+    assert second["iterations"] == 6
+    assert any("continuing from" in x and "with its optimizer state" in x for x in lines)
+    other = cfg.model_copy(update={"model": {**cfg.model, "num_fmaps": 3}, "training": more})
+    with pytest.raises(ConfigError, match="init_from"):
+        train(other, log=lambda _: None)
