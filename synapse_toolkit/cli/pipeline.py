@@ -78,6 +78,9 @@ def run(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print a JSON summary on stdout.")
     ] = False,
+    no_report: Annotated[
+        bool, typer.Option("--no-report", help="Do not write report.html (see `syntk report`).")
+    ] = False,
 ) -> None:
     """Run a pipeline: stages in dependency order, artifacts and manifest in output.dir."""
     cfg = load_config(config, set_ or [])
@@ -128,3 +131,10 @@ def run(
             typer.echo(f"run directory: {result.run_dir}")
     finally:
         result.close()
+    if not no_report:
+        try:
+            from synapse_toolkit.report import write_report
+
+            console.print(f"report: {write_report(result.run_dir)}")
+        except Exception as exc:  # a report failure never fails the run
+            typer.echo(f"warning: no report ({type(exc).__name__}: {exc})", err=True)
