@@ -15,7 +15,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 RUNNER = Path(__file__).with_name("kill_runner.py")
-FAST = ["--set", "stages.affinities.options.tta=false", "-q"]
+FAST = ["--set", "stages.affinities.options.tta=false", "-q", "--no-report"]
 
 
 def _run(out: Path, kill_at: str | None = None, resume: bool = False) -> int:
