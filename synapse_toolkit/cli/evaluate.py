@@ -85,17 +85,21 @@ def print_report(rep: dict[str, Any]) -> None:
     typer.echo(
         _row("  model, best on test (optimistic)", "this volume's labels", m["best_on_test"])
     )
+    chosen_on: set[str] = set()
     for name, b in rep["baselines"].items():
         held = b["held_out"]
         label = f"{name} ({held['variant']})"
         if b["optimistic"]:
             typer.echo(_row(f"{label} (optimistic)", "this volume's labels", held))
             continue
-        typer.echo(_row(label, b["chosen_on"][:38], held))
+        typer.echo(_row(label, "selection data (no test labels)", held))
+        chosen_on.add(b["chosen_on"])
         bt = b["best_on_test"]
         typer.echo(_row(f"  best on test ({bt['variant']}, optim.)", "this volume's labels", bt))
     if agg:
-        typer.echo(f"model threshold chosen on: {agg.get('chosen_on', '?')}")
+        typer.echo(f"model setting chosen on: {agg.get('chosen_on', '?')}")
+    for where in sorted(chosen_on):
+        typer.echo(f"baseline settings chosen on: {where}")
     typer.echo("lower is better for VOI, ARAND and CREMI score (VOI in bits)")
 
 
