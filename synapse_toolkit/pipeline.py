@@ -41,6 +41,8 @@ from synapse_toolkit.stages import (
 )
 
 MANIFEST = "manifest.json"
+#: what `syntk report` writes into a run directory
+REPORT_FILES = ("report.html", "report")
 
 
 @dataclass
@@ -372,6 +374,12 @@ def _clear_previous_run(run_dir: Path, store: ArtifactStore, previous: dict[str,
                     shutil.rmtree(target)
                 elif _is_within(target, run_dir) and target.exists():
                     target.unlink()
+    for name in REPORT_FILES:  # a report describes the run that wrote it
+        old = run_dir / name
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        elif old.exists():
+            old.unlink()
     if store.artifact_dir.exists():
         trash = run_dir / f".artifacts.old-{time.time_ns()}"
         atomic_replace_dir(store.artifact_dir, trash)

@@ -83,7 +83,9 @@ def test_fresh_run_leaves_nothing_of_the_previous_one(
     text = PIPELINE.format(input=raw_only, out=run)
     config.write_text(text[: text.index("[stages.compare]")])
     (run / ".out.hdf.abc123.tmp").write_bytes(b"left by a killed writer")
+    (run / "report.html").write_text("<p>the previous run</p>")
     _run(config, plugins)
+    assert not (run / "report.html").exists()
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["status"] == "complete"
     assert not (run / "out.hdf").exists()  # the old writer's file went with the old run
