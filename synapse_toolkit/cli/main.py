@@ -23,6 +23,7 @@ COMMAND_GROUPS: list[tuple[str, str, str]] = [
     ("train-synapses", "train_synapses", "Train the synapse models: clefts, polarity, pruner."),
     ("score", "score", "Score predictions against ground truth (CREMI, neurofinder, overlap)."),
     ("evaluate", "evaluate", "Evaluate shipped models against classical baselines."),
+    ("report", "report", "Write a run's visual report (HTML + PNGs)."),
     ("cluster", "cluster", "Synapse clustering: train the cluster encoder (autoencoder/VAE)."),
 ]
 
