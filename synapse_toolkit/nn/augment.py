@@ -120,6 +120,13 @@ def sample_augmented(
             perm[a] = int(b)
         if shape[perm[0]] == shape[0] and shape[perm[1]] == shape[1] and shape[perm[2]] == shape[2]:
             r, lab = np.transpose(r, perm), np.transpose(lab, perm)
+    r = apply_photometric(r, cfg, rng)
+    return np.ascontiguousarray(r, dtype=np.float32), np.ascontiguousarray(lab)
+
+
+def apply_photometric(r: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
+    """Blur, intensity scale/shift, per-section intensity, gamma, noise and missing sections
+    (in that order) of a float32 crop; geometry untouched."""
     if cfg.blur_prob and rng.random() < cfg.blur_prob:
         sigma = rng.uniform(0, cfg.blur_sigma)
         r = ndimage.gaussian_filter(
@@ -141,4 +148,4 @@ def sample_augmented(
     if cfg.missing_prob:
         missing = rng.random(r.shape[0]) < cfg.missing_prob
         r[missing] = 0.0
-    return np.ascontiguousarray(r, dtype=np.float32), np.ascontiguousarray(lab)
+    return r

@@ -51,6 +51,9 @@ class VolumeSpec(_Strict):
     labels_dataset: str = "stack"
     #: [[z0, z1], [y0, y1], [x0, x1]] voxels to use (default: all)
     roi: list[list[int]] | None = None
+    #: validation copies: blur_sigma, contrast, noise_std, seed, match
+    #: (:func:`synapse_toolkit.nn.consistency.perturb_volume`)
+    perturb: dict[str, Any] | None = None
 
 
 class DataSpec(_Strict):
@@ -108,6 +111,8 @@ class TrainConfig(_Strict):
     #: what the model is for, copied into the exported model's metadata: e.g. modality
     #: ("ssTEM", "FIB-SEM", "phantom"), voxel_size_nm (z, y, x), training_data ("real"/"synthetic")
     domain: dict[str, Any] = Field(default_factory=dict)
+    #: mean-teacher consistency on unlabelled volumes (:mod:`synapse_toolkit.nn.consistency`)
+    semi_supervised: dict[str, Any] | None = None
 
 
 def load_config(path: str | Path) -> TrainConfig:
@@ -162,6 +167,10 @@ def load_volume(spec: VolumeSpec, need_labels: bool = True) -> tuple[np.ndarray,
         box = tuple(slice(a, b) for a, b in spec.roi)
         raw = raw[box]
         labels = labels[box] if labels is not None else None
+    if spec.perturb:
+        from synapse_toolkit.nn.consistency import perturb_volume
+
+        raw = perturb_volume(raw, spec.perturb, spec.raw)
     return raw, labels
 
 
@@ -334,6 +343,12 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
             f"continuing from {t_cfg.init_from} at iteration {it0} "
             f"({'with its' if has_opt else 'new'} optimizer state)"
         )
+    from synapse_toolkit.nn.consistency import make_consistency
+
+    # after init_from: the teacher starts from the student's weights
+    consistency = make_consistency(
+        cfg.semi_supervised, net, input_shape, output_shape, [r for r, _ in volumes], t_cfg.seed
+    )
     metrics_log = (out_dir / "metrics.jsonl").open("a")
     log(
         f"model: {net.num_parameters()} parameters, input {input_shape} -> output {output_shape}, "
@@ -439,15 +454,22 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
                 constrained=t_cfg.malis_constrained,
                 mask=None,
             )
+        if consistency is not None:
+            loss = loss + consistency.loss(net, it, device)
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if consistency is not None:
+            consistency.update_teacher(net)
         lv = float(loss.detach())
         loss_avg = lv if loss_avg is None else 0.95 * loss_avg + 0.05 * lv
         elapsed, cpu_used = run.elapsed, run.cpu_used
         if it % t_cfg.log_every == 0:
             log(f"it {it} loss {lv:.4f} avg {loss_avg:.4f} {elapsed:.0f}s (cpu {cpu_used:.0f}s)")
             record = {"iteration": it, "loss": lv, "time_s": elapsed, "cpu_s": cpu_used}
+            if consistency is not None and consistency.last:
+                record.update(consistency.last)
+                log("  " + " ".join(f"{k} {v:.4f}" for k, v in consistency.last.items()))
             metrics_log.write(json.dumps(record) + "\n")
             metrics_log.flush()
         out_of_time = run.out_of_time()
