@@ -105,8 +105,8 @@ def _option_type(info: Any) -> type | None:
     args = [a for a in typing.get_args(ann) if a is not type(None)]
     if typing.get_origin(ann) in (typing.Union, types.UnionType) and len(args) == 1:
         ann = args[0]
-    if typing.get_origin(ann) is typing.Literal:
-        return str  # the choices are checked by the scorer's options model
+    if typing.get_origin(ann) is typing.Literal:  # choices: listed in the help, checked by
+        return str  # the options model (one error line naming the option)
     return ann if ann in (bool, int, float, str) else None
 
 
@@ -126,7 +126,10 @@ def _scorer_command(cls: Any) -> Any:
         fields[field] = kind
         flag = "--" + field.replace("_", "-")
         decls = [f"{flag}/--no-{flag[2:]}"] if kind is bool else [flag]
-        text = f"{info.description or ''} (default {info.default})"
+        choices = typing.get_args(info.annotation) if typing.get_origin(
+            info.annotation) is typing.Literal else ()  # fmt: skip
+        one_of = f"one of {', '.join(map(str, choices))}; " if choices else ""
+        text = f"{info.description or ''} ({one_of}default {info.default})"
         option = typer.Option(*decls, help=text, show_default=False)
         params.append(
             inspect.Parameter(field, KW, default=None, annotation=Annotated[kind | None, option])
@@ -146,7 +149,8 @@ def _scorer_command(cls: Any) -> Any:
     def command(**kw: Any) -> None:
         from synapse_toolkit.scoring import score_files
 
-        record = score_files(cls.name, kw["truth"], kw["pred"], {f: kw[f] for f in fields},
+        options = {f: getattr(kw[f], "value", kw[f]) for f in fields}
+        record = score_files(cls.name, kw["truth"], kw["pred"], options,
                              dataset=kw["dataset"], n_threads=kw["threads"],
                              block_z=kw["block_z"])  # fmt: skip
         _print_scores(cls, dict(record.values), kw["as_json"])
