@@ -211,15 +211,15 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             xb.append(x)
             yb.append(y)
             mb.append(m)
-        x = torch.from_numpy(np.stack(xb)[:, None, None])
-        y = torch.from_numpy(np.stack(yb))
-        m = torch.from_numpy(np.stack(mb))[:, None]
+        xt = torch.from_numpy(np.stack(xb)[:, None, None])
+        yt = torch.from_numpy(np.stack(yb))
+        mt = torch.from_numpy(np.stack(mb))[:, None]
         net.train()
-        logits = net(x)[:, :, 0]
+        logits = net(xt)[:, :, 0]
         loss_map = torch.nn.functional.binary_cross_entropy_with_logits(
-            logits, y, pos_weight=pos_weight[None, :, None, None], reduction="none"
+            logits, yt, pos_weight=pos_weight[None, :, None, None], reduction="none"
         )
-        loss = (loss_map * m).sum() / (m.sum() * 2 + 1e-6)
+        loss = (loss_map * mt).sum() / (mt.sum() * 2 + 1e-6)
         if args.cosine:  # decay to lr / 10 over the planned iterations
             frac = min(1.0, it / args.iterations)
             for group in opt.param_groups:
