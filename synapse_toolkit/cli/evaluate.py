@@ -10,6 +10,7 @@ threshold is chosen (and, with ``--write``, stored). Logic: :mod:`synapse_toolki
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
@@ -21,7 +22,7 @@ app = typer.Typer(no_args_is_help=True, help="Evaluate shipped models against ba
 _MODEL = "neurons/fib_affinities"
 
 
-def _log(quiet: bool):  # type: ignore[no-untyped-def]
+def _log(quiet: bool) -> Callable[[str], None]:
     def say(msg: str) -> None:
         if not quiet:
             typer.echo(msg, err=True)
