@@ -232,7 +232,10 @@ def train_pruner(cfg: PrunerTrainConfig, log: Callable[[str], None] = print) -> 
     dev = run.device
     rng = np.random.default_rng(t.seed)
     cs = CandidateSettings(**cfg.candidates)
-    ps = PatchSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.patch.items()})
+    patch: dict[str, Any] = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in cfg.patch.items()
+    }
+    ps = PatchSettings(**patch)
     model = (
         OnnxModel(cfg.data.polarity_model, n_threads=t.num_threads)
         if cfg.data.proximity_source in ("model", "both")
