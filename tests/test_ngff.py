@@ -1,0 +1,85 @@
+"""OME-Zarr (NGFF 0.5) views of volume artifacts: group metadata with nm scale and translation,
+the same data (hard-linked), labels marked as labels, refs and groups left alone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from synapse_toolkit.artifacts import ArtifactStore
+from synapse_toolkit.data import Volume
+from synapse_toolkit.io.ngff import ngff_attributes, view_path, write_ngff_view
+
+
+def _save(tmp_path: Path, vol: Volume, type_name: str, port: str) -> Path:
+    store = ArtifactStore(tmp_path / "run")
+    scratch = tmp_path / "run" / ".scratch"
+    scratch.mkdir(parents=True, exist_ok=True)
+    record = store.save("stage", port, vol, scratch, type_name)
+    assert store.problem(record) is None
+    return tmp_path / "run" / record["path"]
+
+
+def test_labels_view_has_nm_scale_translation_and_the_same_data(tmp_path: Path) -> None:
+    seg = np.random.default_rng(0).integers(0, 5, size=(6, 20, 30)).astype(np.uint64)
+    art = _save(tmp_path, Volume(seg, (40.0, 4.0, 2.0), (80.0, 12.0, 6.0), "seg"), "labels", "seg")
+    view = view_path(art)
+    assert view.name == "seg.ome.zarr" and view.is_dir()
+    group = zarr.open_group(str(view), mode="r")
+    ome = dict(group.attrs)["ome"]
+    assert ome["version"] == "0.5" and "image-label" in ome
+    ms = ome["multiscales"][0]
+    assert [a["name"] for a in ms["axes"]] == ["z", "y", "x"]
+    assert {a["unit"] for a in ms["axes"]} == {"nanometer"}
+    transforms = ms["datasets"][0]["coordinateTransformations"]
+    assert transforms == [
+        {"type": "scale", "scale": [40.0, 4.0, 2.0]},
+        {"type": "translation", "translation": [80.0, 12.0, 6.0]},
+    ]
+    level = group["0"]
+    assert isinstance(level, zarr.Array)
+    np.testing.assert_array_equal(level[...], seg)
+    assert level.metadata.dimension_names == ("z", "y", "x")
+    assert dict(level.attrs)["voxel_size_nm"] == [40.0, 4.0, 2.0]  # syntk's attributes kept
+    # the syntk artifact itself is unchanged: still an array syntk reads
+    assert zarr.open_array(str(art), mode="r").shape == seg.shape
+    chunk = next(p for p in (view / "0").rglob("*") if p.is_file() and p.name != "zarr.json")
+    assert chunk.stat().st_nlink == 2  # hard-linked, not copied
+
+
+def test_channel_volume_and_ome_zarr_reader(tmp_path: Path) -> None:
+    affs = np.random.default_rng(1).random((3, 4, 16, 16)).astype(np.float32)
+    art = _save(tmp_path, Volume(affs, (40.0, 4.0, 4.0), (0.0, 8.0, 8.0), "a"), "affinities", "a")
+    ome = json.loads((view_path(art) / "zarr.json").read_text())["attributes"]["ome"]
+    assert "image-label" not in ome
+    ms = ome["multiscales"][0]
+    assert [a["name"] for a in ms["axes"]] == ["c", "z", "y", "x"]
+    assert ms["datasets"][0]["coordinateTransformations"][0]["scale"] == [1.0, 40.0, 4.0, 4.0]
+    reader = pytest.importorskip("ome_zarr.reader")
+    from ome_zarr.io import parse_url
+
+    nodes = list(reader.Reader(parse_url(str(view_path(art))))())
+    assert nodes and nodes[0].data[0].shape == affs.shape
+    assert nodes[0].metadata["coordinateTransformations"][0][1]["translation"] == [0, 0, 8, 8]
+
+
+def test_rewrite_replaces_the_view_and_non_arrays_get_none(tmp_path: Path) -> None:
+    a = np.zeros((2, 4, 4), np.uint8)
+    art = _save(tmp_path, Volume(a, (1.0, 1.0, 1.0), (0, 0, 0), "x"), "intensity", "x")
+    art2 = _save(tmp_path, Volume(a + 7, (1.0, 1.0, 1.0), (0, 0, 0), "x"), "intensity", "x")
+    assert art2 == art
+    np.testing.assert_array_equal(zarr.open_group(str(view_path(art)))["0"][...], a + 7)
+    assert not list(art.parent.glob(".*"))  # no temporary directories left
+    group = tmp_path / "g.zarr"
+    zarr.open_group(str(group), mode="w")
+    assert write_ngff_view(group, "labels") is None
+    assert write_ngff_view(tmp_path / "raw.ref.json", "intensity") is None
+
+
+def test_bad_dimensions_are_refused() -> None:
+    with pytest.raises(Exception, match="z, y, x volume"):
+        ngff_attributes(2, (1.0, 1.0), (0.0, 0.0))
