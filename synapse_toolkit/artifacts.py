@@ -33,6 +33,7 @@ from synapse_toolkit.blockwise import iter_blocks
 from synapse_toolkit.data import Volume, WrittenFile
 from synapse_toolkit.errors import DataError
 from synapse_toolkit.fsio import atomic_write_text, dumps, sha256_file
+from synapse_toolkit.io.ngff import write_ngff_view
 
 __all__ = ["ArtifactStore", "atomic_replace_dir", "atomic_write_text"]
 
@@ -88,6 +89,7 @@ class ArtifactStore:
             record = self._save_volume(target_dir, port, value, scratch)
             if type_name in VOLUME_TYPES:
                 record["type"] = type_name
+            write_ngff_view(self.run_dir / record["path"], record["type"])  # napari, neuroglancer
             return self._stamped(record)
         if isinstance(value, WrittenFile):
             path = Path(value.path)
