@@ -64,6 +64,27 @@ def test_loader_streams_projections(tmp_path: Path, movie: np.ndarray, kind: str
     np.testing.assert_allclose(first, movie[:10].mean(0), rtol=1e-6)
 
 
+def test_local_correlation_image_streams(tmp_path: Path) -> None:
+    """'corr' = mean Pearson correlation over time with the 8 neighbours (fewer at the border),
+    accumulated chunk by chunk; checked against the direct computation."""
+    rng = np.random.default_rng(0)
+    m = rng.integers(0, 1000, (29, 7, 9)).astype(np.uint16)
+    m[:, 2:5, 3:6] += (rng.integers(0, 3000, 29)[:, None, None]).astype(np.uint16)  # a cell
+    np.save(tmp_path / "m.npy", m)
+    got = summary_images(open_source(tmp_path / "m.npy"), ["corr", "mean"], chunk=4)
+    x = m.astype(np.float64)
+    z = (x - x.mean(0)) / x.std(0)
+    want = np.zeros((7, 9))
+    for i, j in np.ndindex(7, 9):
+        rs = [(z[:, i, j] * z[:, a, b]).mean()
+              for a in range(i - 1, i + 2) for b in range(j - 1, j + 2)
+              if (a, b) != (i, j) and 0 <= a < 7 and 0 <= b < 9]  # fmt: skip
+        want[i, j] = np.mean(rs)
+    np.testing.assert_allclose(got[0], want, atol=1e-6)
+    assert got[0][3, 4] > 0.9 and abs(got[0][0, 0]) < 0.5  # inside the cell vs background
+    np.testing.assert_allclose(got[1], x.mean(0), rtol=1e-6)
+
+
 def test_loader_summary_images_and_truth(tmp_path: Path) -> None:
     img = np.arange(12, dtype=np.float32).reshape(3, 4)
     np.save(tmp_path / "mean.npy", img)

@@ -9,8 +9,8 @@ Sources (:func:`open_source`):
   e.g. a mean projection computed elsewhere.
 
 Movies are never loaded whole: :func:`summary_images` makes the mean (and optionally the
-standard-deviation and maximum) projection in one streaming pass with float64 accumulators, so
-memory is a few (H, W) images whatever the number of frames.
+standard-deviation, maximum and local-correlation) images in one streaming pass with float64
+accumulators, so memory is a few (H, W) images whatever the number of frames.
 """
 
 from __future__ import annotations
@@ -27,7 +27,10 @@ import numpy as np
 from synapse_toolkit.data import Regions
 from synapse_toolkit.errors import DataError
 
-PROJECTIONS = ("mean", "std", "max")
+PROJECTIONS = ("mean", "std", "max", "corr")
+#: neighbour offsets (dy, dx) whose products are accumulated for the local correlation image;
+#: with their mirror images they cover the 8 neighbours
+_HALF_NEIGHBOURS = ((0, 1), (1, -1), (1, 0), (1, 1))
 
 
 @dataclass
@@ -185,9 +188,10 @@ def summary_images(
 ) -> np.ndarray:
     """Projections ``(len(projections), H, W)`` float32 of the movie, in one streaming pass.
 
-    Each of ``projections`` is ``"mean"``, ``"std"`` (population standard deviation over time)
-    or ``"max"``. A summary-image source has only its image: it is returned for ``"mean"``, and
-    asking for another projection is an error.
+    Each of ``projections`` is ``"mean"``, ``"std"`` (population standard deviation over time),
+    ``"max"`` or ``"corr"`` (local correlation image: the mean temporal Pearson correlation of
+    each pixel with its 8 neighbours, those inside the image). A summary-image source has only
+    its image: it is returned for ``"mean"``, and asking for another projection is an error.
     """
     bad = [q for q in projections if q not in PROJECTIONS]
     if bad:
@@ -201,7 +205,11 @@ def summary_images(
         return np.asarray(source.summary, dtype=np.float32)[None]
     h, w = source.shape
     total = np.zeros((h, w), np.float64)
-    total_sq = np.zeros((h, w), np.float64) if "std" in projections else None
+    need_sq = "std" in projections or "corr" in projections
+    total_sq = np.zeros((h, w), np.float64) if need_sq else None
+    cross = (
+        [np.zeros((h, w), np.float64) for _ in _HALF_NEIGHBOURS] if "corr" in projections else None
+    )
     peak = np.full((h, w), -np.inf) if "max" in projections else None
     n = 0
     for block in source.frames(chunk):
@@ -215,6 +223,10 @@ def summary_images(
             total_sq += (b * b).sum(axis=0)
         if peak is not None:
             np.maximum(peak, b.max(axis=0), out=peak)
+        if cross is not None:
+            for acc, (dy, dx) in zip(cross, _HALF_NEIGHBOURS, strict=True):
+                a, c = _pair_views(b, dy, dx)
+                acc[_pair_views(acc, dy, dx)[0]] += (a * c).sum(axis=0)
         n += b.shape[0]
     if n == 0:
         raise DataError(f"{source.path}: the movie has no frames")
@@ -226,7 +238,39 @@ def summary_images(
         elif q == "std":
             assert total_sq is not None
             out.append(np.sqrt(np.maximum(total_sq / n - mean * mean, 0.0)))
-        else:
+        elif q == "max":
             assert peak is not None
             out.append(peak)
+        else:
+            assert cross is not None and total_sq is not None
+            out.append(_local_correlation(mean, total_sq / n, [c / n for c in cross]))
     return np.stack(out).astype(np.float32)
+
+
+def _pair_views(a: np.ndarray, dy: int, dx: int) -> tuple[Any, Any]:
+    """For an array (..., H, W): pixels p and p + (dy, dx) where both lie inside. For a 2D
+    accumulator the first item is the index (slices) of p, else the two views."""
+    h, w = a.shape[-2:]
+    ys = slice(0, h - dy)
+    xs = slice(max(0, -dx), w - max(0, dx))
+    ys2 = slice(dy, h)
+    xs2 = slice(max(0, dx), w - max(0, -dx) if dx < 0 else w)
+    if a.ndim == 2:
+        return (ys, xs), (ys2, xs2)
+    return a[..., ys, xs], a[..., ys2, xs2]
+
+
+def _local_correlation(mean: np.ndarray, mean_sq: np.ndarray, mean_cross: list) -> np.ndarray:
+    sd = np.sqrt(np.maximum(mean_sq - mean * mean, 0.0))
+    total = np.zeros_like(mean)
+    count = np.zeros_like(mean)
+    for mc, (dy, dx) in zip(mean_cross, _HALF_NEIGHBOURS, strict=True):
+        p, q = _pair_views(mean, dy, dx)
+        cov = mc[p] - mean[p] * mean[q]
+        den = sd[p] * sd[q]
+        r = np.divide(cov, den, out=np.zeros_like(cov), where=den > 0)
+        total[p] += r
+        count[p] += 1
+        total[q] += r
+        count[q] += 1
+    return total / np.maximum(count, 1)

@@ -146,7 +146,7 @@ class CalciumLoader(Loader["CalciumLoader.Options"]):
         regions: str | None = Field(
             None, description="Truth regions JSON (default: regions/regions.json of a folder)."
         )
-        projections: list[Literal["mean", "std", "max"]] = Field(
+        projections: list[Literal["mean", "std", "max", "corr"]] = Field(
             default_factory=_mean_projection, description=f"Channels, from {PROJECTIONS}."
         )
         max_frames: int | None = Field(None, gt=0, description="Use only the first frames.")
