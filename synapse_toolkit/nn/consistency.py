@@ -146,7 +146,8 @@ def invert_geometry(
             ch = torch.roll(ch, 1, ax)
             idx = [slice(None)] * 3
             idx[a] = slice(0, 1)
-            valid[(a, *idx)] = 0.0
+            index: tuple[int | slice, ...] = (a, *idx)
+            valid[index] = 0.0
         chans.append(ch)
     t = torch.stack(chans, c_dim)
     return (t.numpy() if is_np else t), valid
@@ -172,10 +173,16 @@ class _Source:
         else:
             import zarr
 
+            root = zarr.open(str(p), mode="r")
+            if not isinstance(root, zarr.Group):
+                raise DataError(f"{p}: not a zarr group (expected arrays inside it)")
             try:
-                self.array = zarr.open(str(p), mode="r")[spec.raw_dataset]
+                arr = root[spec.raw_dataset]
             except KeyError as exc:
                 raise DataError(f"{p}: no array {spec.raw_dataset!r}") from exc
+            if not isinstance(arr, zarr.Array):
+                raise DataError(f"{p}: {spec.raw_dataset!r} is a group, not an array")
+            self.array = arr
         if len(self.array.shape) != 3:
             raise DataError(f"{p}:{spec.raw_dataset}: expected (z, y, x), got {self.array.shape}")
         full = self.array.shape
