@@ -374,6 +374,9 @@ def _partner_outputs(table: PartnerTable, seg: Volume) -> dict[str, Any]:
     return {"partners": table, "annotations": ann}
 
 
+from syntk_synapses import clustering as _clustering  # noqa: E402  (needs _resolved_model)
+
+
 @hookimpl
 def syntk_register_stages(registry: Any) -> None:
     registry.add_aligner(SectionTranslation)
@@ -382,3 +385,5 @@ def syntk_register_stages(registry: Any) -> None:
     registry.add_postprocessor(CleftLabels)
     registry.add_partner_assigner(EMSynConn)
     registry.add_partner_assigner(GeometricBaseline)
+    registry.add_clusterer(_clustering.AutoencoderKMeans)
+    registry.add_loader(_clustering.PhantomSynapseTypes)

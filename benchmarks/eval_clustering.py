@@ -1,0 +1,172 @@
+"""Synapse clustering on held-out phantom volumes: ARI / NMI / AMI against the true types.
+
+For each phantom seed (frozen defaults, ``--types`` K types, never used in training or
+selection) the synapses of the annotated partners (and, with ``--predicted``, of the partners
+found by the shipped polarity U-Net + EMSynConn with pruning on the true segmentation) are cut
+into oriented patches and clustered per volume with k-means at k = K, from
+
+- each trained encoder given with ``--model`` (ONNX, through ``PatchEncoder``),
+- the same encoder architecture with random weights (baseline; ``--random-inits`` of them),
+- PCA (16 components) of the standardised raw patches (baseline).
+
+Scores are means over volumes (± standard deviation over volumes); "stability" is the mean ARI
+between k-means runs with different seeds on the same codes. Predicted synapses take the type of
+the true synapse whose pre site is nearest (within 400 nm); unmatched ones are left out and
+counted.
+
+Usage::
+
+    python benchmarks/eval_clustering.py --seeds 3101 3102 3103 \
+        --model plugins/syntk_synapses/models/cluster_encoder.onnx [--predicted]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from synapse_toolkit.metrics.clustering import score_clustering
+from synapse_toolkit.synapses.clustering import PatchEncoder, kmeans, pca_codes
+from synapse_toolkit.synapses.patches import extract_patches, synapse_sites
+from synapse_toolkit.synapses.train_cluster_encoder import phantom_synapses
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "plugins" / "syntk_synapses" / "models"
+#: seeds used to train (2001-2006) and select (2101-2102) the shipped encoders
+USED_SEEDS = set(range(2001, 2007)) | {2101, 2102}
+
+
+def random_encoder_codes(patches: np.ndarray, model: PatchEncoder, init: int) -> np.ndarray:
+    """Codes from the trained encoder's architecture with random (torch default) weights."""
+    import torch
+
+    from synapse_toolkit.nn.cluster_encoder import ClusterEncoder, EncoderConfig
+    from synapse_toolkit.onnx_runtime import model_metadata
+    from synapse_toolkit.synapses.train_cluster_encoder import encode_torch
+
+    meta = model_metadata(model.session)
+    torch.manual_seed(init)
+    net = ClusterEncoder(EncoderConfig(model.input_shape, latent=int(meta["latent"]),
+                                       variational=bool(meta["variational"])))  # fmt: skip
+    return encode_torch(net, patches)
+
+
+def match_types(pred_pre: np.ndarray, true_pre: np.ndarray, true_types: np.ndarray,
+                max_nm: float = 400.0) -> np.ndarray:  # fmt: skip
+    """Type of the nearest true pre site within ``max_nm`` (-1 if none)."""
+    if len(true_pre) == 0:
+        return np.full(len(pred_pre), -1)
+    d = np.linalg.norm(pred_pre[:, None] - true_pre[None], axis=2)
+    j = d.argmin(axis=1)
+    return np.where(d[np.arange(len(j)), j] <= max_nm, true_types[j], -1)
+
+
+def scores_for(codes: np.ndarray, truth: np.ndarray, k: int, seeds: list[int]) -> dict[str, float]:
+    runs = [kmeans(codes, k, seed=s) for s in seeds]
+    s = score_clustering(truth, runs[0]).as_dict()
+    from sklearn.metrics import adjusted_rand_score
+
+    pairs = [adjusted_rand_score(runs[a], runs[b])
+             for a in range(len(runs)) for b in range(a + 1, len(runs))]  # fmt: skip
+    return {"ari": s["ari"], "nmi": s["nmi"], "ami": s["ami"],
+            "stability": float(np.mean(pairs)) if pairs else 1.0}  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[3101, 3102, 3103])
+    ap.add_argument("--types", type=int, default=3)
+    ap.add_argument("--shape", type=int, nargs=3, default=[24, 512, 512])
+    ap.add_argument("--model", nargs="+", default=[str(MODELS / "cluster_encoder.onnx")])
+    ap.add_argument("--random-inits", type=int, default=3)
+    ap.add_argument("--kmeans-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--predicted", action="store_true", help="also predicted partners")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    bad = USED_SEEDS & set(args.seeds)
+    if bad:
+        raise SystemExit(f"seeds {sorted(bad)} were used in training or selection")
+    import torch
+
+    torch.set_num_threads(1)
+    t0 = time.time()
+    encoders = {Path(m).stem: PatchEncoder(m) for m in args.model}
+    spec = next(iter(encoders.values())).spec
+    rows: dict[str, list[dict[str, float]]] = {}
+    counts: dict[str, list[int]] = {}
+
+    def add(name: str, vals: dict[str, float]) -> None:
+        rows.setdefault(name, []).append(vals)
+
+    for seed in args.seeds:
+        raw, partners, truth = phantom_synapses(seed, tuple(args.shape), args.types)
+        sets = {"annotated": (synapse_sites(partners), truth)}
+        if args.predicted:
+            from synapse_toolkit.inference.onnx_model import OnnxModel
+            from synapse_toolkit.phantom.em import EMPhantom
+            from synapse_toolkit.phantom.params import EMPhantomParams
+            from synapse_toolkit.synapses.assigners import EMSynConnSettings, assign_emsynconn
+            from synapse_toolkit.synapses.pruning import PrunerONNX
+            from synapse_toolkit.synapses.targets import Grid
+
+            ph = EMPhantom(EMPhantomParams(shape=tuple(args.shape), seed=seed,
+                                           n_types=args.types))  # fmt: skip
+            seg = ph.generate().neuron_ids
+            assert seg is not None
+            prox = OnnxModel(MODELS / "polarity.onnx", n_threads=1).predict(raw.read())[0]
+            table = assign_emsynconn(raw.read(), prox, seg.read(), Grid.of(raw),
+                                     PrunerONNX(MODELS / "pruner.onnx", 1),
+                                     EMSynConnSettings())  # fmt: skip
+            psites = synapse_sites(table)
+            tsites = sets["annotated"][0]
+            ptypes = match_types(psites.pre_nm, tsites.pre_nm, truth)
+            keep = ptypes >= 0
+            counts.setdefault("predicted synapses (matched / all)", []).extend(
+                [int(keep.sum()), len(keep)]
+            )
+            sel = synapse_sites(table.select(np.isin(table.synapse_id,
+                                                     psites.synapse_id[keep])))  # fmt: skip
+            sets["predicted"] = (sel, ptypes[keep])
+        for set_name, (sites, types) in sets.items():
+            patches = extract_patches(raw, sites, spec)
+            counts.setdefault(f"{set_name} synapses", []).append(len(sites))
+            for name, enc in encoders.items():
+                add(f"{set_name} | {name}", scores_for(enc.encode(patches), types, args.types,
+                                                        args.kmeans_seeds))  # fmt: skip
+            first = next(iter(encoders.values()))
+            for init in range(args.random_inits):
+                add(f"{set_name} | random-weights encoder",
+                    scores_for(random_encoder_codes(patches, first, init), types, args.types,
+                               args.kmeans_seeds))  # fmt: skip
+            add(
+                f"{set_name} | PCA of raw patches",
+                scores_for(pca_codes(patches), types, args.types, args.kmeans_seeds),
+            )
+        print(f"seed {seed} done ({time.time() - t0:.0f} s)", flush=True)
+
+    inits = f", random encoder over {args.random_inits} inits" if args.random_inits else ""
+    print(f"\nSynapse clustering, k = {args.types}, phantom seeds {args.seeds} "
+          f"(per-volume k-means; mean ± sd over volumes{inits})")  # fmt: skip
+    print(f"{'partners | method':58s} {'ARI':>13s} {'NMI':>13s} {'AMI':>13s} {'stability':>10s}")
+    table: dict[str, Any] = {}
+    for name, vals in rows.items():
+        m = {k: float(np.mean([v[k] for v in vals])) for k in vals[0]}
+        sd = {k: float(np.std([v[k] for v in vals])) for k in vals[0]}
+        table[name] = {"mean": m, "sd": sd, "n": len(vals)}
+        print(f"{name:58s} " + " ".join(f"{m[k]:6.3f}±{sd[k]:5.3f}" for k in ("ari", "nmi", "ami"))
+              + f" {m['stability']:10.3f}")  # fmt: skip
+    for name, c in counts.items():
+        print(f"{name}: {c}")
+    print(f"[{time.time() - t0:.0f} s]")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "rows": table,
+                                               "counts": counts}, indent=1))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""Synapse clustering stages: ``autoencoder-kmeans`` (clusterer) and ``phantom-synapse-types``
+(loader of a phantom's true synapse types as a ``clusters`` artifact, for the ``clustering``
+scorer)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import Field
+
+from synapse_toolkit import __version__
+from synapse_toolkit.data import ClusterAssignments, PartnerTable, Volume
+from synapse_toolkit.errors import DataError
+from synapse_toolkit.stages import Clusterer, Loader, Port, StageOptions
+
+
+class AutoencoderKMeans(Clusterer["AutoencoderKMeans.Options"]):
+    """Oriented synapse patches → ONNX autoencoder codes → k-means. ``k`` given, or chosen in
+    ``[k_min, k_max]`` by silhouette among stable values of k. Writes an embedding scatter and a
+    patch gallery (PNG) into the run directory."""
+
+    name: ClassVar[str] = "autoencoder-kmeans"
+    version: ClassVar[str] = __version__
+    description: ClassVar[str] = "k-means on 3D autoencoder codes of oriented synapse patches"
+    inputs: ClassVar[Mapping[str, Port]] = {
+        "raw": Port("intensity", "EM intensities"),
+        "partners": Port("partners", "synapses (annotated or predicted)"),
+        "truth": Port("clusters", "true types, only to colour the pictures", required=False),
+    }
+    outputs: ClassVar[Mapping[str, Port]] = {
+        "clusters": Port("clusters", "cluster per synapse id, with the encoder's codes"),
+    }
+
+    class Options(StageOptions):
+        model: str = Field("synapses/cluster_encoder", description="Registry name of the encoder.")
+        model_path: Path | None = Field(None, description="An encoder ONNX file instead.")
+        sha256: str | None = Field(None, description="Expected sha256 of `model_path`.")
+        k: int | None = Field(None, ge=1, description="Number of clusters (none: choose).")
+        k_min: int = Field(2, ge=2)
+        k_max: int = Field(8, ge=2)
+        min_stability: float = Field(0.8, ge=0, le=1, description="Stability floor for k.")
+        seed: int = Field(0, description="k-means seed.")
+        pictures: bool = Field(True, description="Write clusters_embedding.png and "
+                               "clusters_gallery.png into the run directory.")  # fmt: skip
+
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        from synapse_toolkit.synapses.clustering import (
+            PatchEncoder,
+            choose_k,
+            kmeans,
+            partner_patches,
+            summary,
+        )
+        from syntk_synapses import _resolved_model
+
+        raw: Volume = inputs["raw"]
+        partners: PartnerTable = inputs["partners"]
+        o = self.options
+        path = _resolved_model(self, o.model, o.model_path, o.sha256)
+        encoder = PatchEncoder(path, n_threads=self.context.n_threads)
+        sites, patches = partner_patches(raw, partners, encoder.spec)
+        codes = encoder.encode(patches)
+        choice = None
+        if o.k is not None:
+            k = o.k
+        else:
+            choice = choose_k(codes, (o.k_min, o.k_max), min_stability=o.min_stability,
+                              seed=o.seed)  # fmt: skip
+            k = choice.k
+        labels = kmeans(codes, k, seed=o.seed)
+        self.context.record("clustering", {"k": int(k), "n_synapses": len(sites),
+                                           **summary(choice)})  # fmt: skip
+        if o.pictures and len(sites):
+            self._pictures(codes, labels, patches, sites.synapse_id, inputs.get("truth"))
+        return {"clusters": ClusterAssignments(sites.synapse_id, labels, codes)}
+
+    def _pictures(self, codes: np.ndarray, labels: np.ndarray, patches: np.ndarray,
+                  ids: np.ndarray, truth: ClusterAssignments | None) -> None:  # fmt: skip
+        from synapse_toolkit.synapses.cluster_pictures import plot_embedding, plot_gallery
+
+        known = None
+        if truth is not None:
+            lookup = dict(zip(truth.synapse_ids.tolist(), truth.labels.tolist(), strict=True))
+            known = np.asarray([lookup.get(int(i), -1) for i in ids])
+        base = self.context.run_dir or self.context.scratch_dir
+        plot_embedding(codes, labels, base / "clusters_embedding.png", truth=known)
+        plot_gallery(patches, labels, base / "clusters_gallery.png")
+
+
+class PhantomSynapseTypes(Loader["PhantomSynapseTypes.Options"]):
+    """The true synapse type of every synapse of a phantom file (HDF5 or zarr), keyed like the
+    annotated partners (synapse id = pre-site annotation id). A file without phantom truth gives
+    no output (scorers wired to it are skipped)."""
+
+    name: ClassVar[str] = "phantom-synapse-types"
+    version: ClassVar[str] = __version__
+    description: ClassVar[str] = "phantom synapse types as clusters (truth for clustering)"
+    outputs: ClassVar[Mapping[str, Port]] = {
+        "types": Port("clusters", "true type per synapse", required=False),
+    }
+
+    class Options(StageOptions):
+        path: Path | None = Field(None, description="Read this file instead of the pipeline input.")
+
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        from synapse_toolkit.phantom.store import read_phantom_truth
+
+        path = self.options.path or self.context.input_path
+        if path is None:
+            raise DataError(f"stage {self.context.stage_name}: no input file")
+        try:
+            truth = read_phantom_truth(path)
+        except DataError as exc:
+            self.context.logger.info("%s: %s", self.context.stage_name, exc)
+            return {}
+        s = truth.synapses
+        return {"types": ClusterAssignments(s["pre_site_id"], s["type"])}

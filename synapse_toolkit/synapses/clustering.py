@@ -1,0 +1,147 @@
+"""Synapse clustering: encode patches (ONNX), k-means on the codes, choose k.
+
+The encoder is an ONNX file written by ``syntk train cluster-encoder`` (metadata: patch size and
+voxel size in nm, input shape); it runs through :mod:`synapse_toolkit.onnx_runtime`. Codes are
+z-scored per dimension before k-means (scikit-learn). ``k`` is given, or chosen among a range by
+silhouette among the values of k whose clustering is stable across k-means seeds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from synapse_toolkit.data import PartnerTable, Volume
+from synapse_toolkit.errors import DataError
+from synapse_toolkit.synapses.patches import (
+    PatchSpec,
+    SynapseSites,
+    extract_patches,
+    standardise,
+    synapse_sites,
+)
+
+
+class PatchEncoder:
+    """An ONNX cluster encoder: patches (N, z, y, x) → codes (N, D)."""
+
+    def __init__(self, path: str | Path, n_threads: int | None = 1) -> None:
+        from synapse_toolkit.onnx_runtime import create_session, model_metadata, predictor
+
+        self.path = Path(path)
+        self.session = create_session(self.path, providers=["CPUExecutionProvider"],
+                                      num_threads=n_threads)  # fmt: skip
+        meta = model_metadata(self.session)
+        try:
+            self.spec = PatchSpec(tuple(meta["patch_size_nm"]), tuple(meta["patch_voxel_size_nm"]))
+            self.input_shape = tuple(int(s) for s in meta["input_shape"])
+        except KeyError as exc:
+            raise DataError(f"{self.path}: not a cluster encoder (metadata lacks {exc})") from None
+        if self.spec.shape != self.input_shape:
+            raise DataError(
+                f"{self.path}: patch shape {self.spec.shape} != input {self.input_shape}"
+            )
+        self._predict = predictor(self.session)
+
+    def encode(self, patches: np.ndarray) -> np.ndarray:
+        """Codes of raw-intensity patches (standardised here), one ONNX call per patch."""
+        x = standardise(patches)
+        if x.shape[1:] != self.input_shape:
+            raise DataError(
+                f"patches have shape {x.shape[1:]}, the encoder wants {self.input_shape}"
+            )
+        out = [self._predict(x[i][None, None]).reshape(-1) for i in range(len(x))]
+        return np.asarray(out, np.float64).reshape(len(x), -1)
+
+
+def zscore(codes: np.ndarray) -> np.ndarray:
+    c = np.asarray(codes, np.float64)
+    sd = c.std(axis=0)
+    return (c - c.mean(axis=0)) / np.where(sd > 1e-12, sd, 1.0)
+
+
+def kmeans(codes: np.ndarray, k: int, seed: int = 0, n_init: int = 10) -> np.ndarray:
+    """k-means labels of z-scored codes (scikit-learn)."""
+    from sklearn.cluster import KMeans
+
+    n = len(codes)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    k = max(1, min(int(k), n))
+    km = KMeans(n_clusters=k, n_init=n_init, random_state=seed)
+    return km.fit_predict(zscore(codes)).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class KChoice:
+    """k chosen by stability and silhouette, with the figures per candidate k."""
+
+    k: int
+    silhouette: dict[int, float]
+    stability: dict[int, float]
+
+
+def choose_k(
+    codes: np.ndarray,
+    k_range: tuple[int, int] = (2, 8),
+    *,
+    n_runs: int = 5,
+    subsample: float = 0.8,
+    min_stability: float = 0.8,
+    seed: int = 0,
+) -> KChoice:
+    """Stability = mean ARI between k-means runs on random ``subsample`` s (on shared points);
+    among the k with stability >= ``min_stability`` (all k if none) take the best silhouette."""
+    from sklearn.metrics import adjusted_rand_score, silhouette_score
+
+    x = zscore(codes)
+    n = len(x)
+    lo, hi = k_range
+    ks = [k for k in range(max(2, lo), hi + 1) if k < n]
+    if not ks:
+        return KChoice(1, {}, {})
+    rng = np.random.default_rng(seed)
+    sil: dict[int, float] = {}
+    stab: dict[int, float] = {}
+    for k in ks:
+        sil[k] = float(silhouette_score(x, kmeans(x, k, seed)))
+        runs = []
+        for r in range(n_runs):
+            idx = np.sort(rng.choice(n, max(k + 1, int(subsample * n)), replace=False))
+            full = np.full(n, -1)
+            full[idx] = kmeans(x[idx], k, seed + 1 + r, n_init=3)
+            runs.append(full)
+        pairs = []
+        for a in range(n_runs):
+            for b in range(a + 1, n_runs):
+                both = (runs[a] >= 0) & (runs[b] >= 0)
+                pairs.append(adjusted_rand_score(runs[a][both], runs[b][both]))
+        stab[k] = float(np.mean(pairs))
+    stable = [k for k in ks if stab[k] >= min_stability] or ks
+    return KChoice(max(stable, key=lambda k: sil[k]), sil, stab)
+
+
+def partner_patches(
+    raw: Volume, partners: PartnerTable, spec: PatchSpec
+) -> tuple[SynapseSites, np.ndarray]:
+    """Sites and raw patches of every synapse in a partner table."""
+    sites = synapse_sites(partners)
+    return sites, extract_patches(raw, sites, spec)
+
+
+def pca_codes(patches: np.ndarray, n_components: int = 16, seed: int = 0) -> np.ndarray:
+    """Baseline codes: PCA of standardised raw patches."""
+    from sklearn.decomposition import PCA
+
+    x = standardise(patches).reshape(len(patches), -1)
+    n = max(1, min(n_components, len(x) - 1, x.shape[1]))
+    return PCA(n_components=n, random_state=seed).fit_transform(x)
+
+
+def summary(choice: KChoice | None) -> dict[str, Any]:
+    if choice is None:
+        return {}
+    return {"k": choice.k, "silhouette": choice.silhouette, "stability": choice.stability}

@@ -1,0 +1,175 @@
+"""Synapse clustering: oriented patches, encoder ONNX == torch, the autoencoder-kmeans stage
+end-to-end on a tiny phantom with the clustering scorer, pictures are valid PNGs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from synapse_toolkit.data import ClusterAssignments, PartnerTable, Volume
+from synapse_toolkit.synapses.patches import (
+    PatchSpec,
+    extract_patches,
+    patch_coordinates,
+    synapse_sites,
+)
+
+
+def _blobs(pre_nm: np.ndarray, post_nm: np.ndarray, vs: tuple[float, float, float],
+           off: tuple[float, float, float], shape: tuple[int, int, int]) -> Volume:  # fmt: skip
+    """Grey volume with a bright disc (in every section) at pre and a dark one at post."""
+    _, y, x = np.meshgrid(*[np.arange(s) * v + o for s, v, o in zip(shape, vs, off, strict=True)],
+                          indexing="ij")  # fmt: skip
+    arr = np.full(shape, 128.0)
+    for p, val in ((pre_nm, 250.0), (post_nm, 5.0)):
+        arr[(y - p[1]) ** 2 + (x - p[2]) ** 2 < 40.0**2] = val
+    return Volume(arr.astype(np.uint8), vs, off)
+
+
+class _CountingArray:
+    """An array that records the size of every region read from it."""
+
+    def __init__(self, arr: np.ndarray) -> None:
+        self.arr = arr
+        self.reads: list[int] = []
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.arr.shape
+
+    @property
+    def dtype(self) -> Any:
+        return self.arr.dtype
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        out = self.arr[key]
+        self.reads.append(int(out.size))
+        return out
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.arr[key] = value
+
+
+@pytest.mark.parametrize("angle_deg", [0.0, 37.0, 90.0, 180.0, 251.0])
+@pytest.mark.parametrize(
+    "vs,off", [((40.0, 4.0, 4.0), (0.0, 0.0, 0.0)), ((30.0, 5.0, 6.0), (90.0, -40.0, 1000.0))]
+)
+def test_patches_point_pre_to_post_along_x(angle_deg: float, vs: Any, off: Any) -> None:
+    shape = (9, 160, 160)
+    centre = np.asarray(off) + np.asarray(vs) * (4, 80, 80)
+    a = np.deg2rad(angle_deg)
+    d = 120.0 * np.asarray([0.0, np.sin(a), np.cos(a)])  # (z, y, x): pre->post at angle a
+    pre, post = centre - d / 2, centre + d / 2
+    vol = _blobs(pre, post, vs, off, shape)
+    counting = _CountingArray(np.asarray(vol.data))
+    vol = vol.with_data(counting)
+    table = PartnerTable(pre[None], post[None], np.ones(1, np.uint64), np.full(1, 2, np.uint64),
+                         np.ones(1), np.asarray([7], np.uint64))  # fmt: skip
+    spec = PatchSpec((90.0, 320.0, 320.0), (30.0, 8.0, 8.0))
+    p = extract_patches(vol, synapse_sites(table), spec)[0]
+    assert p.shape == spec.shape == (3, 40, 40)
+    mid = p[1, 20]  # central row of the central section, along patch x
+    assert mid[: 20 - 8].max() > 240 and mid[20 - 10 : 20 - 5].mean() > 200  # pre on the left
+    assert mid[20 + 5 : 20 + 10].mean() < 20  # post on the right
+    assert abs(float(p[1, 5:15, 20].mean()) - 128) < 2  # nothing above the pre-post axis
+    # only the bounding box of the samples was read, not the volume
+    assert counting.reads and max(counting.reads) < 0.5 * np.prod(shape)
+
+
+def test_polyadic_rows_form_one_synapse_and_rotation_is_proper() -> None:
+    pre = np.asarray([[0.0, 0, 0], [0, 0, 0], [0, 50, 50]])
+    post = np.asarray([[0.0, 0, 100], [0, 100, 0], [0, 50, 150]])
+    t = PartnerTable(pre, post, np.zeros(3, np.uint64), np.zeros(3, np.uint64), np.ones(3),
+                     np.asarray([5, 5, 9], np.uint64))  # fmt: skip
+    s = synapse_sites(t)
+    assert s.synapse_id.tolist() == [5, 9]
+    np.testing.assert_allclose(s.post_nm[0], [0, 50, 50])
+    np.testing.assert_allclose(np.rad2deg(s.angles), [45.0, 0.0])
+    w = patch_coordinates(np.zeros(3), np.pi / 2, PatchSpec((1.0, 3.0, 3.0), (1.0, 1.0, 1.0)))
+    # patch +x -> world +y, patch +y -> world -x (rotation, determinant +1)
+    np.testing.assert_allclose(w[1, 0, 1, 2], 1.0, atol=1e-12)
+    np.testing.assert_allclose(w[2, 0, 2, 1], -1.0, atol=1e-12)
+
+
+def _tiny_encoder(tmp_path: Path, seed: int = 0) -> tuple[Any, Path]:
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnxscript")
+    from synapse_toolkit.nn.cluster_encoder import ClusterEncoder, EncoderConfig
+    from synapse_toolkit.nn.export import export_model
+
+    torch.manual_seed(seed)
+    spec = PatchSpec((120.0, 256.0, 256.0), (40.0, 16.0, 16.0))
+    net = ClusterEncoder(EncoderConfig(spec.shape, channels=(4, 8), latent=4))
+    out = tmp_path / "enc.onnx"
+    export_model(net, spec.shape, out, metadata={
+        "patch_size_nm": list(spec.size_nm), "patch_voxel_size_nm": list(spec.voxel_size_nm),
+        "latent": 4, "variational": False,
+    })  # fmt: skip
+    return net, out
+
+
+def test_onnx_encoder_equals_torch(tmp_path: Path) -> None:
+    from synapse_toolkit.synapses.clustering import PatchEncoder
+    from synapse_toolkit.synapses.train_cluster_encoder import encode_torch
+
+    net, path = _tiny_encoder(tmp_path)
+    rng = np.random.default_rng(1)
+    patches = rng.integers(0, 255, (5, 3, 16, 16)).astype(np.float32)
+    got = PatchEncoder(path).encode(patches)
+    want = encode_torch(net, patches)
+    assert got.shape == (5, 4)
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    assert np.abs(got - got[0]).max() > 1e-3  # different patches, different codes
+
+
+def test_stage_end_to_end_with_clustering_scorer(tmp_path: Path) -> None:
+    from synapse_toolkit.api import run_stage
+    from synapse_toolkit.fsio import sha256_file
+    from synapse_toolkit.io.cremi import open_cremi
+    from synapse_toolkit.phantom.em import EMPhantom
+    from synapse_toolkit.phantom.params import EMPhantomParams
+    from synapse_toolkit.phantom.store import write_phantom
+
+    _, model = _tiny_encoder(tmp_path)
+    ph_path = write_phantom(
+        EMPhantom(EMPhantomParams(shape=(8, 160, 160), seed=5, n_synapses=6, n_types=3)),
+        tmp_path / "ph.h5",
+    )
+    truth = run_stage("loader", "phantom-synapse-types", {}, {"path": str(ph_path)})["types"]
+    assert isinstance(truth, ClusterAssignments) and len(truth.labels) >= 3
+    with open_cremi(ph_path) as data:
+        assert data.annotations is not None and data.raw is not None
+        partners = PartnerTable.from_annotations(data.annotations)
+        out = run_stage(
+            "clusterer", "autoencoder-kmeans", {"raw": data.raw, "partners": partners},
+            {"model_path": str(model), "sha256": sha256_file(model), "k": 2, "pictures": False},
+            scratch_dir=tmp_path / "s",
+        )["clusters"]  # fmt: skip
+    assert sorted(out.synapse_ids.tolist()) == sorted(truth.synapse_ids.tolist())
+    assert out.embedding is not None and out.embedding.shape == (len(out.labels), 4)
+    assert set(out.labels.tolist()) == {0, 1}
+    score = run_stage("scorer", "clustering", {"prediction": out, "truth": truth})["scores"]
+    assert set(score.values) >= {"ari", "nmi", "ami"}
+    assert -1.0 <= score.values["ari"] <= 1.0
+    perfect = run_stage("scorer", "clustering", {"prediction": truth, "truth": truth})["scores"]
+    assert perfect.values["ari"] == 1.0
+
+
+def test_pictures_are_valid_pngs(tmp_path: Path) -> None:
+    import matplotlib.image as mpimg
+
+    from synapse_toolkit.synapses.cluster_pictures import plot_embedding, plot_gallery
+
+    rng = np.random.default_rng(0)
+    codes = rng.normal(size=(12, 5))
+    labels = np.repeat([0, 1, 2], 4)
+    a = plot_embedding(codes, labels, tmp_path / "e.png", truth=labels[::-1].copy())
+    b = plot_gallery(rng.random((12, 3, 16, 16)), labels, tmp_path / "g.png", per_cluster=3)
+    for path in (a, b):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        img = mpimg.imread(path)
+        assert img.ndim == 3 and img.shape[0] > 50 and img.shape[1] > 50
+        assert img.std() > 0.01  # not a blank image
