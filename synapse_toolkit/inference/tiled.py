@@ -22,6 +22,11 @@ Triple = tuple[int, int, int]
 PredictFn = Callable[[np.ndarray], np.ndarray]
 
 
+def _zyx(values: Sequence[int]) -> Triple:
+    z, y, x = (int(v) for v in values)
+    return (z, y, x)
+
+
 def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
     """Start positions of tiles of length ``tile`` covering ``[0, size)`` with ≥ ``overlap``."""
     if size <= tile:
@@ -134,11 +139,11 @@ def predict_tiled(
     *output_shape)``. ``out`` must be zero-initialised; it is filled by adding blended tiles.
     ``preprocess`` maps a raw read (any dtype) to float32 (default: uint8 → [0, 1]).
     """
-    spatial = tuple(int(s) for s in source.shape[-3:])
+    spatial = _zyx(source.shape[-3:])
     if tuple(out.shape[-3:]) != spatial:
         raise ValueError(f"output spatial shape {tuple(out.shape[-3:])} != input {spatial}")
-    ov = (overlap,) * 3 if isinstance(overlap, int) else tuple(int(o) for o in overlap)
-    grid = TileGrid(spatial, tuple(input_shape), tuple(output_shape), ov)  # type: ignore[arg-type]
+    ov = (overlap,) * 3 if isinstance(overlap, int) else _zyx(overlap)
+    grid = TileGrid(spatial, _zyx(input_shape), _zyx(output_shape), ov)
     ctx = grid.context
     starts = grid.starts()
     windows = [

@@ -44,7 +44,7 @@ class AugmentConfig:
 
 
 def _coordinates(
-    shape: Triple, margin: Triple, cfg: AugmentConfig, rng: np.random.Generator
+    shape: Sequence[int], margin: Sequence[int], cfg: AugmentConfig, rng: np.random.Generator
 ) -> np.ndarray:
     grid = np.stack(
         np.meshgrid(
@@ -102,7 +102,7 @@ def sample_augmented(
         r /= 255.0
     lab = np.asarray(labels[box])
     if cfg.elastic_sigma > 0 or cfg.misalign_prob > 0:
-        coords = _coordinates(shape, margin, cfg, rng)  # type: ignore[arg-type]
+        coords = _coordinates(shape, margin, cfg, rng)
         r = ndimage.map_coordinates(r, coords, order=1, mode="nearest").astype(np.float32)
         lab = ndimage.map_coordinates(lab, np.rint(coords), order=0, mode="nearest")
     else:  # no warp: plain centre crop
