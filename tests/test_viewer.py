@@ -1,0 +1,96 @@
+"""`syntk view`: napari layers built as data (no display), the one-line hint without the viewer
+extra, and napari itself opening a run offscreen (skipped when the extra is not installed)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from synapse_toolkit.cli.main import app
+from synapse_toolkit.errors import DataError
+from synapse_toolkit.io.ngff import view_path
+from synapse_toolkit.viewer import VIEWER_EXTRA_HINT, layer_specs
+from tests.test_report import _em_run
+
+
+def test_run_layers_in_nm(tmp_path: Path) -> None:
+    specs = {s.name: s for s in layer_specs(_em_run(tmp_path / "run"))}
+    assert list(specs) == ["raw", "truth segmentation", "segmentation", "truth clefts", "clefts",
+                           "synaptic sites", "partners (pre -> post)"]  # fmt: skip
+    assert specs["raw"].kind == "image" and specs["raw"].kwargs["scale"] == (40.0, 4.0, 4.0)
+    assert specs["segmentation"].kind == "labels"
+    assert specs["truth segmentation"].kwargs["visible"] is False
+    truth_clefts = specs["truth clefts"].data
+    z2 = np.asarray(truth_clefts[2])
+    assert set(np.unique(z2).tolist()) == {0, 4}  # CREMI's "no label" background reads as 0
+    points, vectors = specs["synaptic sites"], specs["partners (pre -> post)"]
+    # one matched pair, one false positive, one missed truth pair: 3 pairs, 6 sites
+    assert points.data.shape == (6, 3) and vectors.data.shape == (3, 2, 3)
+    assert sorted(vectors.kwargs["properties"]["state"].tolist()) == ["fn", "fp", "tp"]
+    np.testing.assert_allclose(vectors.data[0, 0], [80, 100, 60])  # pre site, nm
+    np.testing.assert_allclose(vectors.data[0, 0] + vectors.data[0, 1], [80, 160, 60])
+    assert points.kwargs["properties"]["synapse"].tolist()[:3] == [1, 2, -1]
+
+
+def test_cremi_file_and_zarr_layers(tmp_path: Path, cremi_file: Path) -> None:
+    specs = {s.name: s for s in layer_specs(cremi_file)}
+    assert {"raw", "neuron_ids", "clefts", "synaptic sites"} <= set(specs)
+    assert specs["raw"].kwargs["translate"] == (40.0, 0.0, 8.0)
+    run = _em_run(tmp_path / "run")
+    art = run / "artifacts/segment/segmentation.zarr"
+    for path in (art, view_path(art)):
+        (spec,) = layer_specs(path)
+        assert spec.kind == "labels" and spec.kwargs["scale"] == (40.0, 4.0, 4.0)
+    other = tmp_path / "notes.txt"
+    other.write_text("x")
+    with pytest.raises(DataError, match="not a run directory"):
+        layer_specs(other)
+
+
+def test_view_without_the_extra_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "napari", None)  # import napari -> ImportError
+    res = CliRunner().invoke(app, ["view", str(_em_run(tmp_path / "run"))])
+    assert res.exit_code == 1
+    assert res.stderr.strip().splitlines() == [f"error: {VIEWER_EXTRA_HINT}"]
+
+
+SCRIPT = """
+import sys
+from synapse_toolkit.viewer import open_viewer
+viewer = open_viewer(sys.argv[1], show=False)
+viewer.dims.ndisplay = 2
+viewer.dims.set_point(0, 280.0)  # z = 7 sections of 40 nm: the false positive and the miss
+viewer.reset_view()
+shot = viewer.screenshot(sys.argv[2], canvas_only=True, size=(400, 400))
+print(",".join(layer.name for layer in viewer.layers))
+print(shot.shape)
+viewer.close()
+"""
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("napari") is None, reason="napari (the viewer extra) not installed"
+)
+def test_napari_opens_a_run_offscreen(tmp_path: Path) -> None:
+    run = _em_run(tmp_path / "run")
+    shot = tmp_path / "shot.png"
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+    out = subprocess.run([sys.executable, "-c", SCRIPT, str(run), str(shot)], env=env,
+                         capture_output=True, text=True, timeout=240)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    names = out.stdout.strip().splitlines()[-2].split(",")
+    assert names[0] == "raw" and "segmentation" in names and "partners (pre -> post)" in names
+    import matplotlib.image as mpimg
+
+    img = mpimg.imread(shot)
+    assert img.shape[0] >= 100 and img.shape[1] >= 100
+    assert img[..., :3].std() > 0.05  # EM and overlays drawn, not a blank canvas
