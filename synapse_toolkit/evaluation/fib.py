@@ -61,6 +61,11 @@ Score = Callable[[np.ndarray, np.ndarray], dict[str, float]]
 Log = Callable[[str], None]
 
 
+def _zyx_nm(values: Sequence[float]) -> tuple[float, float, float]:
+    z, y, x = (float(v) for v in values)
+    return (z, y, x)
+
+
 @dataclass
 class FibVolume:
     """A volume to evaluate on: raw, truth (uint64, ignored voxels = 2**64-1), optional boundary
@@ -247,8 +252,8 @@ def model_affinities(
     with tempfile.TemporaryDirectory() as tmp:
         ctx = StageContext("affinities", Path(tmp), n_threads=n_threads)
         t = time.perf_counter()
-        vs = tuple(float(v) for v in voxel_size_nm)
-        affs = AffinityDetector(opts, ctx).run({"raw": Volume(raw, vs)})["affinities"]  # type: ignore[arg-type]
+        vs = _zyx_nm(voxel_size_nm)
+        affs = AffinityDetector(opts, ctx).run({"raw": Volume(raw, vs)})["affinities"]
         agg = dict(affs.data.attrs).get("agglomeration")
         out = np.asarray(affs.read()[:3], dtype=np.float32)
         seconds = time.perf_counter() - t
@@ -264,14 +269,14 @@ def make_scorer(
     """``score(segmentation, truth) -> {voi_split, voi_merge, voi, arand, cremi_score}``."""
     from synapse_toolkit.metrics.cremi_neurons import score_neuron_ids
 
-    vs = tuple(float(v) for v in voxel_size_nm)
+    vs = _zyx_nm(voxel_size_nm)
 
     def score(seg: np.ndarray, truth: np.ndarray) -> dict[str, float]:
         s = score_neuron_ids(
             truth,
             seg,
             border_threshold_nm=border_threshold_nm or None,
-            voxel_size_nm=vs,  # type: ignore[arg-type]
+            voxel_size_nm=vs,
         )
         return {
             "voi_split": float(s.voi_split),
@@ -505,9 +510,9 @@ def perturbations(vol: FibVolume) -> list[tuple[str, FibVolume]]:
         return name, FibVolume(name, raw, vol.truth, vol.voxel_size_nm)
 
     def zoom(name: str, f: float) -> tuple[str, FibVolume]:
-        vs = tuple(v / f for v in vol.voxel_size_nm)
+        vs = _zyx_nm([v / f for v in vol.voxel_size_nm])
         t = ndimage.zoom(vol.truth, f, order=0)
-        return name, FibVolume(name, u8(ndimage.zoom(r, f, order=1)), t, vs)  # type: ignore[arg-type]
+        return name, FibVolume(name, u8(ndimage.zoom(r, f, order=1)), t, vs)
 
     noise = np.random.default_rng(0).normal(0, 10, r.shape)
     return [
