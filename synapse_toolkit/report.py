@@ -281,9 +281,10 @@ def cleft_colours(pred: np.ndarray | None, truth: np.ndarray | None) -> np.ndarr
         return (a != 0) & (a != NO_LABEL) & (a != CLEFT_INVALID_ID)
 
     p, t = mask(pred), mask(truth)
-    if p is None and t is None:
+    ref = p if p is not None else t
+    if ref is None:
         return None
-    shape = (p if p is not None else t).shape  # type: ignore[union-attr]
+    shape = ref.shape
     out = np.zeros((*shape, 4))
     if p is not None and t is not None:
         out[p & t] = to_rgba(TP_COLOUR, 0.85)
@@ -395,10 +396,10 @@ def partner_pairs(run: Run) -> tuple[Pairs | None, str]:
         return Pairs(pre, post, state), f"scored by {stage}"
     art = run.pick(("partners",), loader=False)
     value = _as_annotations(run.load(art))
-    if value is None:
+    if art is None or value is None:
         return None, ""
     pre, post = pair_locations(value, zero)
-    return Pairs(pre, post, ["tp"] * len(pre)), f"predicted by {art.stage} (not scored)"  # type: ignore[union-attr]
+    return Pairs(pre, post, ["tp"] * len(pre)), f"predicted by {art.stage} (not scored)"
 
 
 def choose_sections(grid: Grid, pairs: Pairs | None, n: int = MAX_SECTIONS) -> list[int]:
@@ -461,7 +462,9 @@ class Section:
 def _em_sections(run: Run, folder: Path) -> list[Section]:
     raw_art = run.pick(("intensity",), loader=True, words=("raw",)) or run.pick(("intensity",))
     raw = run.load(raw_art)
-    if not isinstance(raw, Volume) or len(raw.shape) != 3 or raw.spatial_shape[0] < 2:
+    if raw_art is None or not isinstance(raw, Volume) or len(raw.shape) != 3:
+        return []
+    if raw.spatial_shape[0] < 2:
         return []
     grid = Grid(np.asarray(raw.voxel_size_nm), np.asarray(raw.offset_nm), raw.spatial_shape)
     seg_art = run.pick(("labels",), loader=False, words=("segmentation", "neuron", "seg"))
@@ -476,7 +479,7 @@ def _em_sections(run: Run, folder: Path) -> list[Section]:
     zs = choose_sections(grid, pairs)
     vs = grid.voxel_size
     sec = Section("Sections through the volume")
-    notes = [f"raw: <code>{html.escape(raw_art.key)}</code> {grid.shape[0]}x{grid.shape[1]}x"  # type: ignore[union-attr]
+    notes = [f"raw: <code>{html.escape(raw_art.key)}</code> {grid.shape[0]}x{grid.shape[1]}x"
              f"{grid.shape[2]} voxels (z, y, x) at {vs[0]:g}x{vs[1]:g}x{vs[2]:g} nm"]  # fmt: skip
     for name, vol in layers.items():
         if isinstance(vol, Volume):
