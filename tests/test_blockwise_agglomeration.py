@@ -63,6 +63,20 @@ def test_given_fragments_equal_in_memory_waterz_bit_for_bit(scoring, block_shape
         assert np.array_equal(out[t], ref[t]), (scoring, block_shape, THS[t])
 
 
+def test_dense_histograms_equal_waterz(tmp_path, monkeypatch):
+    """Every merged edge in a dense 256-bin row (and the row pool grown many times)."""
+    from synapse_toolkit.inference import regiongraph
+
+    monkeypatch.setattr(regiongraph, "LIST_LIMIT", 1)
+    monkeypatch.setattr(regiongraph, "INITIAL_ROWS", 1)
+    affs = _affs(_labels(seed=9), seed=10)
+    frag = ab.waterz_fragments(affs)
+    ref = agglomerate(affs, [0.3, 0.9], fragments=frag, scoring="quantile25")
+    out = np.zeros((2, *affs.shape[1:]), np.uint64)
+    ab.agglomerate_blockwise(affs, out, [0.3, 0.9], tmp_path, fragments=frag, scoring="quantile25")
+    assert np.array_equal(out, np.stack(ref))
+
+
 def test_one_block_equals_in_memory_waterz_including_fragments(tmp_path):
     affs = _affs(_labels(seed=3), seed=4)
     ref = agglomerate(affs, THS, scoring="quantile75")

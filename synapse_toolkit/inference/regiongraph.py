@@ -40,6 +40,8 @@ from synapse_toolkit.errors import SyntkError
 BINS = 256
 #: Region edges holding at most this many fragment-pair bins keep them as a list, not a histogram.
 LIST_LIMIT = 32
+#: Dense histogram rows allocated at first (the pool doubles when full).
+INITIAL_ROWS = 1024
 
 
 def affinity_bins(affinities: np.ndarray) -> np.ndarray:
@@ -286,6 +288,20 @@ def _merge_stats(
 
 
 @njit(cache=True)
+def _grow_rows(hist, free, max_slots):  # type: ignore[no-untyped-def]
+    """Twice the dense histogram rows (at most ``max_slots``), the new ones free."""
+    n = hist.shape[0]
+    m = min(max(2 * n, 1), max_slots)
+    grown = np.zeros((m, BINS), np.int32)
+    grown[:n] = hist
+    free2 = np.empty(m + 1, np.int64)
+    free2[0] = m - n
+    for i in range(m - n):
+        free2[1 + i] = m - 1 - i
+    return grown, free2
+
+
+@njit(cache=True)
 def _score(e, q, cnt, slot, hist, lhead, onext, obin, buf, msum, mcnt):
     if q >= 0:
         return _quantile_score(e, q, cnt, slot, hist, lhead, onext, obin, buf)
@@ -304,6 +320,7 @@ def _merge_regions(
     thresholds: np.ndarray,
     nbins: int,
     list_limit: int,
+    initial_rows: int,
 ) -> np.ndarray:
     n_edges = edge_u.shape[0]
     quantile = q >= 0
@@ -320,11 +337,12 @@ def _merge_regions(
     lhead = _iota(n_edges)
     ltail = _iota(n_edges)
     onext = -np.ones(n_edges, np.int32)
-    n_slots = (n_edges // (list_limit + 1) + 1) if quantile else 1
-    hist = np.zeros((n_slots, BINS), np.int32)
-    free = np.empty(n_slots + 1, np.int64)
-    free[0] = n_slots
-    free[1:] = np.arange(n_slots - 1, -1, -1)
+    # dense rows: at most n_edges // (list_limit + 1) + 1 in use at once; grown on demand
+    max_slots = (n_edges // (list_limit + 1) + 1) if quantile else 1
+    hist = np.zeros((min(initial_rows, max_slots), BINS), np.int32)
+    free = np.empty(hist.shape[0] + 1, np.int64)
+    free[0] = hist.shape[0]
+    free[1:] = np.arange(hist.shape[0] - 1, -1, -1)
     buf = np.zeros(list_limit + 1, np.int64)
     msum = msum0.copy()
     mcnt = mcnt0.copy()
@@ -418,6 +436,8 @@ def _merge_regions(
                     else:
                         src, dst = g, f
                         _hdel(hkeys, hvals, key, hmask)
+                    if quantile and free[0] == 0:
+                        hist, free = _grow_rows(hist, free, max_slots)
                     _merge_stats(src, dst, quantile, list_limit, cnt, slot, hist, free, lhead,
                                  ltail, onext, obin, msum, mcnt)  # fmt: skip
                     deleted[src] = True
@@ -498,5 +518,15 @@ def merge_regions(
         if n and mcnt.min() <= 0:
             raise SyntkError("merge_regions: aff_count must be positive")
     return _merge_regions(
-        int(n_nodes), u32, v32, obin, msum, mcnt, q, ths, int(discretize_queue), LIST_LIMIT
+        int(n_nodes),
+        u32,
+        v32,
+        obin,
+        msum,
+        mcnt,
+        q,
+        ths,
+        int(discretize_queue),
+        LIST_LIMIT,
+        INITIAL_ROWS,
     )
