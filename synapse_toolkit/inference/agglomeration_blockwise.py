@@ -23,8 +23,10 @@ With given fragments and quantile scoring the output equals in-memory waterz on 
 bit for bit. With per-block fragments it differs where fragments are cut at block faces (the
 parts are re-joined by their face edge, but their histograms then merge in another order).
 
-Memory per block: the read ROI's affinities (float32) and waterz's watershed of it; the global
-step: the fragment graph (about 40 bytes per edge plus dense histograms for large edges).
+Memory: per block, the read ROI's affinities (float32) and waterz's watershed of it, bounded by
+the block shape; the global step holds the fragment graph only (O(edges): the kernel's int32
+arrays, a pair hash table, and dense histogram rows for large merged edges), so it grows with the
+number of fragments, not voxels. ``benchmarks/bench_blockwise_agglomeration.py`` measures both.
 """
 
 from __future__ import annotations
