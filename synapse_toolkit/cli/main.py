@@ -26,6 +26,7 @@ COMMAND_GROUPS: list[tuple[str, str, str]] = [
     ("report", "report", "Write a run's visual report (HTML + PNGs)."),
     ("view", "view", "Open a run, a CREMI file or a zarr volume in napari (viewer extra)."),
     ("cluster", "cluster", "Synapse clustering: train the cluster encoder (autoencoder/VAE)."),
+    ("adapt", "adapt", "Adapt shipped models to your volume without labels (needs torch)."),
 ]
 
 

@@ -1,0 +1,47 @@
+"""`syntk adapt affinities`: label-free adaptation of an affinity model to your volume.
+
+Logic: :mod:`synapse_toolkit.nn.adapt` (mean-teacher consistency on your volume, the source's
+labelled data kept in the loss).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, help="Adapt shipped models to your data without labels.")
+
+
+@app.command("affinities")
+def affinities(
+    model: Annotated[str, typer.Option(help="Registry name or .onnx file to start from.")],
+    unlabelled: Annotated[
+        str, typer.Option(help="Your raw volume, FILE.h5[:DATASET] (no labels needed).")
+    ],
+    out: Annotated[str, typer.Option(help="Where to write the adapted MODEL.onnx.")],
+    minutes: Annotated[float, typer.Option(help="Wall-clock training budget.", min=0.1)] = 20.0,
+    voxel_size: Annotated[
+        tuple[float, float, float] | None,
+        typer.Option(help="Your volume's voxel size Z Y X in nm (checked against the model's)."),
+    ] = None,
+    iterations: Annotated[int, typer.Option(help="Iteration cap.", min=1)] = 1_000_000,
+    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 2e-4,
+    threads: Annotated[int, typer.Option(min=1)] = 2,
+    seed: Annotated[int, typer.Option()] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
+) -> None:
+    """Adapt an affinity model to --unlabelled; writes --out with the source's and the volume's
+    sha256 and the settings in its metadata (use it as options.model = "MODEL.onnx")."""
+    from synapse_toolkit.nn.adapt import adapt_affinities
+
+    def say(msg: str) -> None:
+        if not quiet:
+            typer.echo(msg, err=True)
+
+    result = adapt_affinities(
+        model, unlabelled, out, minutes=minutes, voxel_size_nm=voxel_size,
+        iterations=iterations, lr=lr, num_threads=threads, seed=seed, log=say,
+    )  # fmt: skip
+    typer.echo(json.dumps(result, indent=1))

@@ -1,0 +1,198 @@
+"""Label-free adaptation of a shipped affinity model to a volume (``syntk adapt affinities``).
+
+The ONNX model's weights are loaded back into its U-Net (the architecture is in its metadata),
+then trained for a time budget with the affinity trainer: the source's labelled data stays in
+the loss (so the model cannot drift), and mean-teacher consistency
+(:mod:`synapse_toolkit.nn.consistency`) runs on crops of the target volume, whose grey values are
+matched to the source's training quantiles as inference does. The result is exported to ONNX
+with the source's intensity reference and waterz setting, plus an ``adaptation`` record (source
+and target sha256, settings). No labels of the target volume are used anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from synapse_toolkit.errors import DataError, SyntkError
+from synapse_toolkit.fsio import sha256_file
+
+#: labelled source data for the FIB models: the bundled gala train volume, x in [0, 150)
+GALA_LABELLED = {
+    "raw": "gala-fib/train-image",
+    "labels": "gala-fib/train-gt",
+    "roi": [[0, 50], [0, 100], [0, 150]],
+}
+#: photometric augmentation of both the labelled crops and the strong view
+STRONG = {
+    "intensity_scale": 0.3, "intensity_shift": 0.1, "gamma": 0.4, "noise_std": 0.05,
+    "blur_prob": 0.6, "blur_sigma": 2.0, "missing_prob": 0.02,
+}  # fmt: skip
+
+
+def resolve_model(model: str) -> Path:
+    """A registry name (verified by sha256) or an ``.onnx`` path."""
+    p = Path(model)
+    if p.suffix == ".onnx" or p.exists():
+        if not p.is_file():
+            raise DataError(f"--model {model}: file not found")
+        return p
+    from synapse_toolkit.datasets import model_path
+
+    return model_path(model)
+
+
+def onnx_metadata(path: Path) -> dict[str, Any]:
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    return {p.key: json.loads(p.value) for p in m.metadata_props}
+
+
+def load_onnx_unet(path: Path) -> tuple[Any, dict[str, Any]]:
+    """The torch U-Net with the ONNX model's weights, and its metadata."""
+    import onnx
+    import torch
+    from onnx import numpy_helper
+
+    from synapse_toolkit.nn.unet import UNet3D, UNetConfig
+
+    model = onnx.load(str(path))
+    meta = {p.key: json.loads(p.value) for p in model.metadata_props}
+    if "model_config" not in meta:
+        raise SyntkError(f"{path}: no model_config in its metadata (not a syntk U-Net export)")
+    net = UNet3D(UNetConfig.from_dict(meta["model_config"]))
+    weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    state = net.state_dict()
+    missing = [k for k in state if k not in weights]
+    if missing:
+        raise SyntkError(f"{path}: weights {missing[:3]} not found in the ONNX graph")
+    net.load_state_dict({k: torch.from_numpy(np.array(weights[k])) for k in state})
+    return net, meta
+
+
+def _split(spec: str) -> tuple[str, str | None]:
+    path, _, key = spec.partition(":")
+    return path, key or None
+
+
+def _h5_dataset(path: str, key: str | None) -> str:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        names: list[str] = []
+        f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+    if key is not None:
+        if key not in names:
+            raise DataError(f"--unlabelled {path}: no dataset {key!r} (has {names})")
+        return key
+    if "stack" in names:
+        return "stack"
+    if len(names) == 1:
+        return names[0]
+    raise DataError(f"--unlabelled {path}: name a dataset as {path}:KEY (has {names})")
+
+
+def adapt_affinities(
+    model: str,
+    unlabelled: str,
+    out: str | Path,
+    *,
+    minutes: float = 20.0,
+    voxel_size_nm: tuple[float, float, float] | None = None,
+    iterations: int = 1_000_000,
+    lr: float = 2e-4,
+    weight: float = 1.0,
+    num_threads: int = 2,
+    seed: int = 0,
+    work_dir: str | Path | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Adapt ``model`` to the volume ``unlabelled`` (``FILE.h5[:DATASET]``); write ``out``."""
+    import torch
+
+    from synapse_toolkit.datasets import resolve_dataset
+    from synapse_toolkit.nn.export import export_checkpoint, update_metadata
+    from synapse_toolkit.nn.training import TrainConfig, train
+    from synapse_toolkit.nn.unet import UNetConfig
+
+    src = resolve_model(model)
+    net, meta = load_onnx_unet(src)
+    t_path, key = _split(unlabelled)
+    if not Path(t_path).is_file():
+        raise DataError(f"--unlabelled {t_path}: file not found")
+    if Path(t_path).suffix not in (".h5", ".hdf", ".hdf5"):
+        raise DataError(f"--unlabelled {t_path}: HDF5 (.h5) expected")
+    dataset = _h5_dataset(t_path, key)
+    model_vs = meta.get("voxel_size_nm")
+    if (
+        voxel_size_nm is not None
+        and model_vs is not None
+        and not np.allclose(voxel_size_nm, model_vs, rtol=0.05)
+    ):
+        raise SyntkError(
+            f"--voxel-size {list(voxel_size_nm)} nm differs from the model's {model_vs} nm; "
+            "resample the volume to the model's voxel size first"
+        )
+    labelled = {
+        "raw": str(resolve_dataset(GALA_LABELLED["raw"])),
+        "labels": str(resolve_dataset(GALA_LABELLED["labels"])),
+        "roi": GALA_LABELLED["roi"],
+    }
+    settings: dict[str, Any] = {
+        "minutes": minutes, "lr": lr, "consistency_weight": weight, "seed": seed,
+        "labelled": "gala FIB-SEM train volume, x in [0, 150) (source data kept in the loss)",
+    }  # fmt: skip
+    model_cfg = {k: v for k, v in meta["model_config"].items() if k != "out_channels"}
+    augment = {"flip": True, "transpose_axes": [0, 1, 2], "elastic_sigma": 0.0, "margin": [0, 0, 0]}
+    augment.update({k: v for k, v in STRONG.items() if k != "missing_prob"})
+    semi = {"volumes": [{"raw": t_path, "raw_dataset": dataset}], "weight": weight, "start": 0}
+    semi.update({"rampup_iterations": 100, "every": 1, "strong": STRONG})
+    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+        init = Path(tmp) / "source.pt"
+        arch = UNetConfig.from_dict({"out_channels": len(meta["offsets"]), **model_cfg})
+        torch.save({"model_config": arch.to_dict(), "state_dict": net.state_dict()}, init)
+        training = {
+            "iterations": iterations, "time_limit_minutes": minutes, "lr": lr, "loss": "bce",
+            "input_shape": meta["input_shape"], "seed": seed, "num_threads": num_threads,
+            "out_dir": str(Path(tmp) / "run"), "checkpoint_every": 50, "init_from": str(init),
+            "log_every": 10,
+        }  # fmt: skip
+        cfg = TrainConfig(
+            model=model_cfg,
+            data={"volumes": [labelled]},  # type: ignore[arg-type]
+            augment=augment,
+            semi_supervised=semi,
+            training=training,  # type: ignore[arg-type]
+        )
+        summary = train(cfg, log=log)
+        out = Path(out)
+        export_checkpoint(summary["latest"], out)
+    source_sha = sha256_file(src)
+    target_sha = sha256_file(t_path)
+    updates: dict[str, Any] = {
+        "adaptation": {
+            "source_model": str(model),
+            "source_sha256": source_sha,
+            "target": f"{Path(t_path).name}:{dataset}",
+            "target_sha256": target_sha,
+            "iterations": summary["iterations"],
+            "wall_s": round(summary["time_s"], 1),
+            **settings,
+        }
+    }
+    for k in ("agglomeration", "voxel_size_nm"):
+        if k in meta:
+            updates[k] = meta[k]
+    if "agglomeration" in updates:
+        updates["agglomeration"] = {
+            **updates["agglomeration"],
+            "chosen_on": f"the source model's choice ({updates['agglomeration'].get('chosen_on')})",
+        }
+    written = update_metadata(out, updates)
+    return {**updates["adaptation"], "out": written}

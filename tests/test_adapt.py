@@ -1,0 +1,95 @@
+"""syntk adapt affinities (synapse_toolkit.nn.adapt): ONNX weights back into the U-Net, a short
+adaptation run on an unlabelled volume, metadata of the written model, error lines."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from synapse_toolkit.errors import SyntkError
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny U-Net exported once for this module's tests, and its path."""
+    tmp_path = tmp_path_factory.mktemp("adapt")
+    pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    from synapse_toolkit.nn.export import export_model, update_metadata
+    from synapse_toolkit.nn.unet import UNet3D, UNetConfig
+
+    cfg = UNetConfig.from_dict(
+        {"out_channels": 3, "num_fmaps": 2, "fmap_inc_factor": 2, "downsample_factors": [[1, 2, 2]]}
+    )
+    net = UNet3D(cfg)
+    path = tmp_path / "tiny.onnx"
+    meta = {
+        "model_config": cfg.to_dict(),
+        "offsets": [[-1, 0, 0], [0, -1, 0], [0, 0, -1]],
+        "iteration": 1,
+    }
+    export_model(net, (14, 28, 28), path, metadata=meta)
+    agg = {"scoring": "mean", "threshold": 0.5, "chosen_on": "test data made up"}
+    update_metadata(path, {"agglomeration": agg, "voxel_size_nm": [10.0, 10.0, 10.0]})
+    return net, path
+
+
+def test_onnx_weights_load_back(tiny) -> None:
+    torch = pytest.importorskip("torch")
+    from synapse_toolkit.nn.adapt import load_onnx_unet
+
+    net, path = tiny
+    back, meta = load_onnx_unet(path)
+    x = torch.rand(1, 1, 14, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(net.eval()(x), back.eval()(x), atol=1e-6)
+    assert meta["agglomeration"]["threshold"] == 0.5
+
+
+def test_adapt_writes_model_with_provenance(tiny, tmp_path) -> None:
+    h5py = pytest.importorskip("h5py")
+    import onnx
+
+    from synapse_toolkit.fsio import sha256_file
+    from synapse_toolkit.nn.adapt import adapt_affinities
+
+    _, src = tiny
+    rng = np.random.default_rng(0)
+    with h5py.File(tmp_path / "mine.h5", "w") as f:
+        f["raw"] = (rng.random((20, 40, 40)) * 255).astype(np.uint8)
+    out = tmp_path / "adapted.onnx"
+    res = adapt_affinities(
+        str(src), f"{tmp_path / 'mine.h5'}:raw", out, iterations=2, num_threads=1,
+        voxel_size_nm=(10.0, 10.0, 10.0), log=lambda _m: None,
+    )  # fmt: skip
+    assert res["iterations"] == 2 and out.is_file()
+    meta = {p.key: json.loads(p.value) for p in onnx.load(str(out)).metadata_props}
+    a = meta["adaptation"]
+    assert a["source_sha256"] == sha256_file(src)
+    assert a["target_sha256"] == sha256_file(tmp_path / "mine.h5")
+    assert a["target"] == "mine.h5:raw" and a["minutes"] == 20.0
+    assert meta["agglomeration"]["threshold"] == 0.5
+    assert "intensity_reference" in meta
+    assert (tmp_path / "adapted.sha256").read_text().split()[0] == sha256_file(out)
+
+
+def test_adapt_errors(tiny, tmp_path) -> None:
+    h5py = pytest.importorskip("h5py")
+    from synapse_toolkit.nn.adapt import adapt_affinities
+
+    _, src = tiny
+    with h5py.File(tmp_path / "two.h5", "w") as f:
+        f["a"] = np.zeros((4, 4, 4), np.uint8)
+        f["b"] = np.zeros((4, 4, 4), np.uint8)
+    with pytest.raises(SyntkError, match="name a dataset"):
+        adapt_affinities(str(src), str(tmp_path / "two.h5"), tmp_path / "o.onnx")
+    with pytest.raises(SyntkError, match="no dataset 'c'"):
+        adapt_affinities(str(src), f"{tmp_path / 'two.h5'}:c", tmp_path / "o.onnx")
+    with pytest.raises(SyntkError, match="file not found"):
+        adapt_affinities(str(src), str(tmp_path / "none.h5"), tmp_path / "o.onnx")
+    with pytest.raises(SyntkError, match="differs from the model's"):
+        adapt_affinities(
+            str(src), f"{tmp_path / 'two.h5'}:a", tmp_path / "o.onnx", voxel_size_nm=(4, 4, 40)
+        )
