@@ -52,7 +52,8 @@ class RoiNet(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.orthogonal_(m.weight)
-                nn.init.zeros_(m.bias)  # type: ignore[arg-type]
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     @staticmethod
     def output_size(n: int) -> int:

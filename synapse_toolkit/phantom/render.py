@@ -181,14 +181,19 @@ def _synapse_layers(
     items: list[tuple[Synapse | None, Decoy | None]] = [(s, None) for s in scene.synapses]
     items += [(None, d) for d in scene.decoys]
     for syn, decoy in items:
-        contacts = syn.contacts if syn is not None else [decoy.contact]  # type: ignore[union-attr]
+        if syn is not None:
+            contacts = syn.contacts
+        else:
+            assert decoy is not None  # each item is a synapse or a decoy
+            contacts = [decoy.contact]
         for k, c in enumerate(contacts):
             if syn is not None:
                 radius, width, psd = syn.cleft_radius_nm, syn.cleft_width_nm, syn.psd_thickness_nm
                 if k > 0:
                     radius *= 0.75
             else:
-                radius, width, psd = decoy.radius_nm, 0.0, decoy.thickness_nm  # type: ignore[union-attr]
+                assert decoy is not None
+                radius, width, psd = decoy.radius_nm, 0.0, decoy.thickness_nm
             reach = radius + 10.0 + width + psd + 12.0  # patch + the band the edt must see
             half = np.array([radius + 10.0, reach, reach])
             sl = _intersect(_box_around(c.boundary_nm, half, vs), window)

@@ -41,9 +41,10 @@ class PatchSpec:
     @property
     def shape(self) -> tuple[int, int, int]:
         """Patch shape in voxels (z, y, x): size / voxel size, rounded, at least 1."""
-        return tuple(  # type: ignore[return-value]
+        z, y, x = (
             max(1, round(s / v)) for s, v in zip(self.size_nm, self.voxel_size_nm, strict=True)
         )
+        return (z, y, x)
 
 
 @dataclass(frozen=True)
