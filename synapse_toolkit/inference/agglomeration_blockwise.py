@@ -502,7 +502,8 @@ def agglomerate_blockwise(
         raise DataError(
             f"blockwise agglomeration: affinities must be (>=3, z, y, x), got {affinities.shape}"
         )
-    shape = tuple(int(s) for s in affinities.shape[1:])
+    z, y, x = (int(s) for s in affinities.shape[1:])
+    shape = (z, y, x)
     if tuple(out.shape) != (len(ths), *shape):
         raise DataError(f"blockwise agglomeration: out shape {tuple(out.shape)} != "
                         f"{(len(ths), *shape)} (thresholds, z, y, x)")  # fmt: skip
@@ -534,21 +535,21 @@ def agglomerate_blockwise(
             logger.info("blockwise agglomeration: arrays not on local zarr stores, using threads")
         executor = "threads"
     job = _Job(
-        affinities=refs["a"], fragments=refs["f"], own_fragments=own, shape=shape,  # type: ignore[arg-type]
+        affinities=refs["a"], fragments=refs["f"], own_fragments=own, shape=shape,
         block_shape=bs, context=ctx, aff_threshold_low=float(aff_threshold_low),
         aff_threshold_high=float(aff_threshold_high), work_dir=str(work),
     )  # fmt: skip
     tasks = make_tasks(shape, bs, ctx, voxel_size_nm=voxel_size_nm, offset_nm=offset_nm)
     result = BlockwiseResult(n_blocks=len(tasks), n_fragments=0, n_edges=0)
     pool = make_pool(n_workers, executor, "blockwise agglomeration")
-    common = {"n_workers": n_workers, "max_retries": max_retries, "pool": pool}
 
     def phase(name: str, process: Any, check: Any) -> dict[int, dict[str, Any]]:
         t0 = time.perf_counter()
         tick = progress(name, len(tasks)) if progress else None
         rep = run_blocks(
             tasks, process, check=check, name=f"blockwise agglomeration ({name})",
-            on_block=(lambda t, s: tick()) if tick else None, **common,  # type: ignore[arg-type]
+            on_block=(lambda t, s: tick()) if tick else None, n_workers=n_workers,
+            max_retries=max_retries, pool=pool,
         )  # fmt: skip
         result.seconds[name] = round(time.perf_counter() - t0, 3)
         result.skipped_blocks[name] = len(rep.skipped)
