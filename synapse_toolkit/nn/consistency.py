@@ -249,8 +249,9 @@ class Consistency:
         raw = s.crop(start, self.input_shape)
         uint8 = raw.dtype == np.uint8
         r = raw.astype(np.float32)
-        if self.maps[k] is not None:
-            src, ref = self.maps[k]  # type: ignore[misc]
+        qmap = self.maps[k]
+        if qmap is not None:
+            src, ref = qmap
             r = match(r, src, ref)
         return r / 255.0 if uint8 else r
 
