@@ -25,7 +25,7 @@ def embedding_2d(codes: np.ndarray, method: str = "pca") -> np.ndarray:
     if len(x) < 3 or x.shape[1] < 2:
         return np.pad(x[:, :2], ((0, 0), (0, max(0, 2 - x.shape[1]))))
     if method == "umap":
-        import umap  # type: ignore[import-not-found]
+        import umap  # optional (umap-learn), untyped
 
         return np.asarray(umap.UMAP(random_state=0).fit_transform(x))
     from sklearn.decomposition import PCA
