@@ -119,7 +119,11 @@ def _image(vol: Any, stage: str, port: str, channel: int = 0) -> np.ndarray:
     return np.asarray(vol.data[channel, 0], dtype=np.float32)
 
 
-def _mean_projection() -> list[Literal["mean", "std", "max"]]:
+#: a summary projection of the movie (as in :data:`syntk_calcium.io.PROJECTIONS`)
+Projection = Literal["mean", "std", "max", "corr"]
+
+
+def _mean_projection() -> list[Projection]:
     return ["mean"]
 
 
@@ -146,7 +150,7 @@ class CalciumLoader(Loader["CalciumLoader.Options"]):
         regions: str | None = Field(
             None, description="Truth regions JSON (default: regions/regions.json of a folder)."
         )
-        projections: list[Literal["mean", "std", "max", "corr"]] = Field(
+        projections: list[Projection] = Field(
             default_factory=_mean_projection, description=f"Channels, from {PROJECTIONS}."
         )
         max_frames: int | None = Field(None, gt=0, description="Use only the first frames.")

@@ -288,7 +288,7 @@ def _merge_stats(
 
 
 @njit(cache=True)
-def _grow_rows(hist, free, max_slots):  # type: ignore[no-untyped-def]
+def _grow_rows(hist, free, max_slots):
     """Twice the dense histogram rows (at most ``max_slots``), the new ones free."""
     n = hist.shape[0]
     m = min(max(2 * n, 1), max_slots)
