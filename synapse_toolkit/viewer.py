@@ -87,11 +87,18 @@ def partner_layers(
     state: list[str],
     synapse_ids: np.ndarray | None = None,
     clusters: ClusterAssignments | None = None,
+    voxel_size_nm: tuple[float, float, float] = (1.0, 1.0, 1.0),
 ) -> list[LayerSpec]:
-    """Sites as points (properties: role, state, synapse, cluster) and pre -> post vectors."""
+    """Sites as points (properties: role, state, synapse, cluster) and pre -> post vectors.
+
+    ``pre``/``post`` are world nm; the layers hold them in units of ``voxel_size_nm`` with that
+    scale, so napari's z slider steps by sections as it does for the volumes."""
     n = len(state)
     if n == 0:
         return []
+    vs = np.asarray(voxel_size_nm, np.float64)
+    pre, post = np.asarray(pre, np.float64) / vs, np.asarray(post, np.float64) / vs
+    place = {"scale": tuple(float(v) for v in vs)}
     sid = np.zeros(n, np.int64) if synapse_ids is None else np.asarray(synapse_ids, np.int64)
     cluster = np.full(n, -1, np.int64)
     if clusters is not None and synapse_ids is not None:
@@ -105,12 +112,12 @@ def partner_layers(
         "cluster": np.concatenate([cluster, cluster]),
     }
     points = LayerSpec("points", "synaptic sites", np.concatenate([pre, post]), {
-        "properties": props, "face_color": colours * 2, "size": 40.0,
-        "symbol": ["disc"] * n + ["triangle_up"] * n,
+        "properties": props, "face_color": colours * 2, "size": 40.0 / vs[1],
+        "symbol": ["disc"] * n + ["triangle_up"] * n, "out_of_slice_display": True, **place,
     })  # fmt: skip
     vectors = LayerSpec("vectors", "partners (pre -> post)", np.stack([pre, post - pre], axis=1),
-                        {"edge_color": colours, "edge_width": 8.0,
-                         "properties": {"state": np.array(state)}})  # fmt: skip
+                        {"edge_color": colours, "edge_width": 8.0 / vs[1],
+                         "properties": {"state": np.array(state)}, **place})  # fmt: skip
     return [points, vectors]
 
 
@@ -150,7 +157,8 @@ def _run_layers(run_dir: Path) -> list[LayerSpec]:
         ) + pairs.state.count("fp"):
             sids = np.concatenate([table.synapse_id.astype(np.int64),
                                    np.full(pairs.state.count("fn"), -1, np.int64)])  # fmt: skip
-        specs += partner_layers(pairs.pre, pairs.post, pairs.state, sids, clusters)
+        vs = raw.voxel_size_nm if isinstance(raw, Volume) else (1.0, 1.0, 1.0)
+        specs += partner_layers(pairs.pre, pairs.post, pairs.state, sids, clusters, vs)
     if not specs:
         raise DataError(f"{run_dir}: nothing to show (no volume or partner artifacts)")
     return specs
@@ -172,7 +180,8 @@ def _file_layers(path: Path) -> list[LayerSpec]:
             from synapse_toolkit.metrics.cremi_partners import pair_locations
 
             pre, post = pair_locations(ann, np.zeros(3))
-            specs += partner_layers(pre, post, ["tp"] * len(pre))
+            vs = data.raw.voxel_size_nm if data.raw is not None else (1.0, 1.0, 1.0)
+            specs += partner_layers(pre, post, ["tp"] * len(pre), voxel_size_nm=vs)
         if not specs:
             raise DataError(f"{path}: no CREMI volumes or annotations found")
         return specs
@@ -212,8 +221,8 @@ def add_layers(viewer: Any, specs: list[LayerSpec]) -> list[Any]:
     return layers
 
 
-def open_viewer(path: str | os.PathLike[str], *, show: bool = True) -> Any:
-    """Open napari on ``path``; blocks until the window closes when ``show``. Returns the
+def open_viewer(path: str | os.PathLike[str], *, block: bool = True) -> Any:
+    """Open napari on ``path``; with ``block`` wait until the window closes. Returns the
     viewer."""
     try:
         import napari
@@ -221,10 +230,13 @@ def open_viewer(path: str | os.PathLike[str], *, show: bool = True) -> Any:
     except Exception:  # ImportError, or qtpy's error when no Qt binding is installed
         raise SyntkError(VIEWER_EXTRA_HINT) from None
     specs = layer_specs(path)
-    viewer = napari.Viewer(title=f"syntk: {Path(path).name}", show=show)
-    add_layers(viewer, specs)
-    viewer.scale_bar.visible = True
-    viewer.scale_bar.unit = "nm"
-    if show:
+    viewer = napari.Viewer(title=f"syntk: {Path(path).name}")
+    for layer in add_layers(viewer, specs):
+        if hasattr(layer, "units"):  # napari >= 0.6: the scale bar reads nm from the layers
+            layer.units = ("nm",) * layer.ndim
+    canvas = getattr(viewer, "canvas", None)  # napari >= 0.9 moved the scale bar
+    bar = canvas.overlays.scale_bar if canvas is not None else viewer.scale_bar
+    bar.visible = True
+    if block:
         napari.run()
     return viewer

@@ -4,7 +4,7 @@ extra, and napari itself opening a run offscreen (skipped when the extra is not 
 from __future__ import annotations
 
 import importlib.util
-import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -34,8 +34,10 @@ def test_run_layers_in_nm(tmp_path: Path) -> None:
     # one matched pair, one false positive, one missed truth pair: 3 pairs, 6 sites
     assert points.data.shape == (6, 3) and vectors.data.shape == (3, 2, 3)
     assert sorted(vectors.kwargs["properties"]["state"].tolist()) == ["fn", "fp", "tp"]
-    np.testing.assert_allclose(vectors.data[0, 0], [80, 100, 60])  # pre site, nm
-    np.testing.assert_allclose(vectors.data[0, 0] + vectors.data[0, 1], [80, 160, 60])
+    assert vectors.kwargs["scale"] == points.kwargs["scale"] == (40.0, 4.0, 4.0)
+    vs = np.array(vectors.kwargs["scale"])
+    np.testing.assert_allclose(vectors.data[0, 0] * vs, [80, 100, 60])  # pre site, nm
+    np.testing.assert_allclose((vectors.data[0, 0] + vectors.data[0, 1]) * vs, [80, 160, 60])
     assert points.kwargs["properties"]["synapse"].tolist()[:3] == [1, 2, -1]
 
 
@@ -66,31 +68,35 @@ def test_view_without_the_extra_is_one_line(
 SCRIPT = """
 import sys
 from synapse_toolkit.viewer import open_viewer
-viewer = open_viewer(sys.argv[1], show=False)
-viewer.dims.ndisplay = 2
+viewer = open_viewer(sys.argv[1], block=False)
 viewer.dims.set_point(0, 280.0)  # z = 7 sections of 40 nm: the false positive and the miss
 viewer.reset_view()
 shot = viewer.screenshot(sys.argv[2], canvas_only=True, size=(400, 400))
 print(",".join(layer.name for layer in viewer.layers))
-print(shot.shape)
+print(viewer.dims.current_step[0], shot.shape)
 viewer.close()
 """
 
 
 @pytest.mark.skipif(
-    importlib.util.find_spec("napari") is None, reason="napari (the viewer extra) not installed"
+    importlib.util.find_spec("napari") is None or shutil.which("xvfb-run") is None,
+    reason="needs napari (the viewer extra) and xvfb-run (napari draws with OpenGL)",
 )
-def test_napari_opens_a_run_offscreen(tmp_path: Path) -> None:
+def test_napari_opens_a_run_under_xvfb(tmp_path: Path) -> None:
     run = _em_run(tmp_path / "run")
     shot = tmp_path / "shot.png"
-    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
-    out = subprocess.run([sys.executable, "-c", SCRIPT, str(run), str(shot)], env=env,
-                         capture_output=True, text=True, timeout=240)  # fmt: skip
+    args = ["xvfb-run", "-a", "-s", "-screen 0 1280x1024x24", sys.executable, "-c", SCRIPT,
+            str(run), str(shot)]  # fmt: skip
+    out = subprocess.run(args, capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stderr[-2000:]
-    names = out.stdout.strip().splitlines()[-2].split(",")
-    assert names[0] == "raw" and "segmentation" in names and "partners (pre -> post)" in names
+    names, step = out.stdout.strip().splitlines()[-2:]
+    assert names.split(",")[0] == "raw"
+    assert {"segmentation", "clefts", "synaptic sites", "partners (pre -> post)"} <= set(
+        names.split(",")
+    )
+    assert step.startswith("7 ")  # the z slider steps by 40 nm sections
     import matplotlib.image as mpimg
 
     img = mpimg.imread(shot)
-    assert img.shape[0] >= 100 and img.shape[1] >= 100
+    assert img.shape[:2] == (400, 400)
     assert img[..., :3].std() > 0.05  # EM and overlays drawn, not a blank canvas
