@@ -23,7 +23,7 @@ from synapse_toolkit.errors import DataError, SyntkError
 from synapse_toolkit.fsio import sha256_file
 
 #: labelled source data for the FIB models: the bundled gala train volume, x in [0, 150)
-GALA_LABELLED = {
+GALA_LABELLED: dict[str, Any] = {
     "raw": "gala-fib/train-image",
     "labels": "gala-fib/train-gt",
     "roi": [[0, 50], [0, 100], [0, 150]],
@@ -163,13 +163,10 @@ def adapt_affinities(
             "out_dir": str(Path(tmp) / "run"), "checkpoint_every": 50, "init_from": str(init),
             "log_every": 10,
         }  # fmt: skip
-        cfg = TrainConfig(
-            model=model_cfg,
-            data={"volumes": [labelled]},  # type: ignore[arg-type]
-            augment=augment,
-            semi_supervised=semi,
-            training=training,  # type: ignore[arg-type]
-        )
+        cfg = TrainConfig.model_validate({
+            "model": model_cfg, "data": {"volumes": [labelled]}, "augment": augment,
+            "semi_supervised": semi, "training": training,
+        })  # fmt: skip
         summary = train(cfg, log=log)
         out = Path(out)
         export_checkpoint(summary["latest"], out)
