@@ -30,6 +30,7 @@ VIEWER_EXTRA_HINT = (
     "syntk view needs the viewer extra: pip install 'synapse-toolkit[viewer]' (napari and a Qt "
     "binding)"
 )
+QT_BINDINGS = ("PySide6", "PyQt6", "PyQt5", "PySide2")
 STATE_COLOURS = {"tp": "#2ca02c", "fp": "#ffb000", "fn": "#e8171f"}
 
 
@@ -224,11 +225,14 @@ def add_layers(viewer: Any, specs: list[LayerSpec]) -> list[Any]:
 def open_viewer(path: str | os.PathLike[str], *, block: bool = True) -> Any:
     """Open napari on ``path``; with ``block`` wait until the window closes. Returns the
     viewer."""
+    import importlib.util
+
     try:
         import napari
-        from qtpy import QtCore  # noqa: F401  (napari imports without Qt; a window needs it)
-    except Exception:  # ImportError, or qtpy's error when no Qt binding is installed
+    except ImportError:
         raise SyntkError(VIEWER_EXTRA_HINT) from None
+    if not any(importlib.util.find_spec(m) for m in QT_BINDINGS):  # napari imports without Qt
+        raise SyntkError(VIEWER_EXTRA_HINT)
     specs = layer_specs(path)
     viewer = napari.Viewer(title=f"syntk: {Path(path).name}")
     for layer in add_layers(viewer, specs):

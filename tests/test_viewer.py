@@ -63,6 +63,12 @@ def test_view_without_the_extra_is_one_line(
     res = CliRunner().invoke(app, ["view", str(_em_run(tmp_path / "run"))])
     assert res.exit_code == 1
     assert res.stderr.strip().splitlines() == [f"error: {VIEWER_EXTRA_HINT}"]
+    monkeypatch.delitem(sys.modules, "napari")
+    if importlib.util.find_spec("napari") is not None:  # napari without a Qt binding
+        monkeypatch.setattr("synapse_toolkit.viewer.QT_BINDINGS", ("NoSuchQtBinding",))
+        res = CliRunner().invoke(app, ["view", str(tmp_path / "run")])
+        assert res.exit_code == 1
+        assert res.stderr.strip().splitlines() == [f"error: {VIEWER_EXTRA_HINT}"]
 
 
 SCRIPT = """
