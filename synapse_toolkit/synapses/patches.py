@@ -127,7 +127,7 @@ def extract_patches(
     sites: SynapseSites,
     spec: PatchSpec = PatchSpec(),
     *,
-    angle_jitter: Sequence[float] | None = None,
+    angle_jitter: Sequence[float] | np.ndarray | None = None,
     centre_jitter_nm: np.ndarray | None = None,
 ) -> np.ndarray:
     """(N, z, y, x) float32 patches, intensities as stored (e.g. 0-255 for uint8 raw).

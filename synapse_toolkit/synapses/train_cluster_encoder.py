@@ -169,7 +169,7 @@ def prepare_seed(
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(f".{cache.stem}.tmp.npz")
-        np.savez_compressed(tmp, **out)
+        np.savez_compressed(tmp, **out)  # type: ignore[arg-type]  # stub: ** might bind allow_pickle
         tmp.replace(cache)
     return out
 
@@ -182,7 +182,7 @@ def augment_input(x: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -
     sections (set to the patch mean)."""
     from scipy import ndimage
 
-    z, y, xx = x.shape
+    z, y, xx = (int(s) for s in x.shape)
     if cfg.elastic_sigma_px > 0:
         coarse = rng.normal(0, cfg.elastic_sigma_px, (2, 4, 4))
         disp = np.stack([ndimage.zoom(c, (y / 4, xx / 4), order=1) for c in coarse])
@@ -308,9 +308,9 @@ def train_cluster_encoder(
         done = run.out_of_time()
         if it % tc.eval_every == 0 or it == tc.iterations or done:
             ari = validation_ari(net.encoder, val, k)
-            history.append({"iteration": it, "loss": float(loss), "kl": float(kl),
+            history.append({"iteration": it, "loss": loss.item(), "kl": kl.item(),
                             "val_ari": ari, "minutes": run.elapsed / 60})  # fmt: skip
-            log(f"it {it}: loss {float(loss):.4f} kl {float(kl):.3f} val ARI {ari:.3f} "
+            log(f"it {it}: loss {loss.item():.4f} kl {kl.item():.3f} val ARI {ari:.3f} "
                 f"[{run.elapsed / 60:.1f} min]")  # fmt: skip
             if ari > best[0]:
                 best = (ari, it)
