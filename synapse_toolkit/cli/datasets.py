@@ -87,9 +87,9 @@ def list_entries(as_json: JsonFlag = False) -> None:
     """Every dataset and model with its size and pinned/unpinned status, then the groups."""
     registry = get_registry()
     if as_json:
-        groups = [{"name": g.name, "members": list(g.members), "description": g.description}
-                  for g in registry.groups()]  # fmt: skip
-        doc = {"entries": [_entry_json(e) for e in registry.entries()], "groups": groups,
+        group_docs = [{"name": g.name, "members": list(g.members), "description": g.description}
+                      for g in registry.groups()]  # fmt: skip
+        doc = {"entries": [_entry_json(e) for e in registry.entries()], "groups": group_docs,
                "cache": str(cache_dir())}  # fmt: skip
         typer.echo(dumps(doc, indent=1))
         return

@@ -43,7 +43,7 @@ class _ScoreGroup(typer.core.TyperGroup):
         reg = get_plugins().stages
         if cmd_name not in reg.names("scorer"):
             return None
-        return _scorer_command(reg.get("scorer", cmd_name).cls)  # type: ignore[no-any-return]
+        return _scorer_command(reg.get("scorer", cmd_name).cls)
 
 
 app = typer.Typer(
@@ -169,9 +169,11 @@ def list_scorers(
     """The registered scorers (built-in and third-party) with their inputs."""
     from synapse_toolkit.scoring import scorers
 
-    rows = [{"name": r.name, "plugin": r.plugin, "description": r.cls.description,
-             "inputs": {k: p.describe() for k, p in r.cls.inputs.items()}}
-            for r in scorers()]  # fmt: skip
+    rows: list[dict[str, Any]] = [
+        {"name": r.name, "plugin": r.plugin, "description": r.cls.description,
+         "inputs": {k: p.describe() for k, p in r.cls.inputs.items()}}
+        for r in scorers()
+    ]  # fmt: skip
     if as_json:
         typer.echo(dumps(rows, indent=1))
         return

@@ -27,7 +27,7 @@ def affinities(
     from synapse_toolkit.nn.training import load_config
 
     cfg = load_config(config)
-    updates = {}
+    updates: dict[str, object] = {}
     if out_dir is not None:
         updates["out_dir"] = out_dir
     if time_limit is not None:
