@@ -83,3 +83,35 @@ def test_rewrite_replaces_the_view_and_non_arrays_get_none(tmp_path: Path) -> No
 def test_bad_dimensions_are_refused() -> None:
     with pytest.raises(Exception, match="z, y, x volume"):
         ngff_attributes(2, (1.0, 1.0), (0.0, 0.0))
+
+
+def test_export_copies_volumes_read_in_place(tmp_path: Path, cremi_file: Path) -> None:
+    from typer.testing import CliRunner
+
+    from synapse_toolkit.cli.main import app
+    from synapse_toolkit.io.cremi import open_cremi
+
+    run = tmp_path / "run"
+    store = ArtifactStore(run)
+    (run / ".scratch").mkdir(parents=True)
+    with open_cremi(cremi_file) as data:
+        assert data.raw is not None and data.neuron_ids is not None
+        raw_rec = store.save("load", "raw", data.raw, run / ".scratch", "intensity")
+        ids_rec = store.save("load", "neuron_ids", data.neuron_ids, run / ".scratch", "labels")
+        assert raw_rec["path"].endswith(".ref.json")  # read in place: no view yet
+        expected = np.asarray(data.raw.data[...])
+    manifest = {"stages": {"load": {"outputs": {"raw": raw_rec, "neuron_ids": ids_rec}}}}
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    res = CliRunner().invoke(app, ["export", "ome-zarr", str(run)])
+    assert res.exit_code == 0, res.output
+    raw_view = run / "artifacts/load/raw.ome.zarr"
+    assert res.stdout.split() == [str(raw_view), str(run / "artifacts/load/neuron_ids.ome.zarr")]
+    group = zarr.open_group(str(raw_view), mode="r")
+    np.testing.assert_array_equal(group["0"][...], expected)
+    ms = dict(group.attrs)["ome"]["multiscales"][0]
+    assert ms["datasets"][0]["coordinateTransformations"] == [
+        {"type": "scale", "scale": [40.0, 4.0, 4.0]},
+        {"type": "translation", "translation": [40.0, 0.0, 8.0]},
+    ]
+    ids_ome = json.loads((run / "artifacts/load/neuron_ids.ome.zarr/zarr.json").read_text())
+    assert "image-label" in ids_ome["attributes"]["ome"]

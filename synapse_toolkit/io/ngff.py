@@ -8,7 +8,8 @@ array, so beside each artifact :func:`write_ngff_view` writes ``<port>.ome.zarr`
 files hard-linked (no second copy of the data; copied when the file system refuses links).
 Label volumes carry ``image-label`` metadata. syntk's own attributes stay on the array.
 
-Volumes read in place from an input file (``.ref.json``) have no zarr store and get no view.
+Volumes read in place from an input file (``.ref.json``) have no zarr store and get no view;
+:func:`export_run` (``syntk export ome-zarr RUN_DIR``) copies them into OME-Zarr on request.
 """
 
 from __future__ import annotations
@@ -23,7 +24,14 @@ from typing import Any
 
 from synapse_toolkit.errors import DataError
 
-__all__ = ["NGFF_VERSION", "ngff_attributes", "view_path", "write_ngff_view"]
+__all__ = [
+    "NGFF_VERSION",
+    "export_run",
+    "ngff_attributes",
+    "view_path",
+    "write_ngff_view",
+    "write_ome_zarr",
+]
 
 NGFF_VERSION = "0.5"
 VIEW_SUFFIX = ".ome.zarr"
@@ -113,3 +121,64 @@ def _link_tree(src: Path, dst: Path) -> None:
                 os.link(s, d)
             except OSError:
                 shutil.copy2(s, d)
+
+
+def write_ome_zarr(vol: Any, path: Path, *, labels: bool) -> Path:
+    """Copy ``vol`` (a :class:`~synapse_toolkit.data.Volume`, e.g. read from HDF5) into a new
+    one-level OME-Zarr image at ``path``, block by block; replaces an old ``path``."""
+    import numpy as np
+    import zarr
+
+    from synapse_toolkit.artifacts import atomic_replace_dir
+    from synapse_toolkit.blockwise import iter_blocks
+
+    shape = tuple(vol.shape)
+    ndim = len(shape)
+    chunks = (*shape[:-3], *(min(s, c) for s, c in zip(shape[-3:], (32, 256, 256), strict=True)))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+        arr = group.create_array("0", shape=shape, dtype=vol.dtype, chunks=chunks,
+                                 dimension_names=["c", "z", "y", "x"][4 - ndim :])  # fmt: skip
+        for b in iter_blocks(vol.spatial_shape, (chunks[-3], shape[-2], shape[-1])):
+            key = (slice(None), *b.write) if ndim == 4 else b.write
+            arr[key] = np.asarray(vol.data[key])
+        arr.attrs.update({"voxel_size_nm": list(vol.voxel_size_nm),
+                          "offset_nm": list(vol.offset_nm), "name": vol.name})  # fmt: skip
+        group.attrs.update(ngff_attributes(ndim, vol.voxel_size_nm, vol.offset_nm,
+                                           name=vol.name, labels=labels))  # fmt: skip
+        atomic_replace_dir(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def export_run(run_dir: Path) -> list[Path]:
+    """OME-Zarr for every volume artifact of a run: the (linked) view of zarr artifacts, a copy
+    of volumes read in place from an input file (``.ref.json``, e.g. CREMI raw). Returns them."""
+    from synapse_toolkit.artifact_types import VOLUME_TYPES
+    from synapse_toolkit.artifacts import ArtifactStore
+
+    manifest_path = run_dir / "manifest.json"
+    if not manifest_path.is_file():
+        raise DataError(f"{run_dir}: no manifest.json (not a syntk run directory)")
+    manifest = json.loads(manifest_path.read_text())
+    store = ArtifactStore(run_dir)
+    out: list[Path] = []
+    try:
+        for rec in (manifest.get("stages") or {}).values():
+            for record in (rec.get("outputs") or {}).values():
+                if record.get("type") not in VOLUME_TYPES:
+                    continue
+                path = run_dir / record["path"]
+                labels = record["type"] == "labels"
+                if path.name.endswith(".ref.json"):
+                    target = path.with_name(path.name.removesuffix(".ref.json") + VIEW_SUFFIX)
+                    out.append(write_ome_zarr(store.load(record), target, labels=labels))
+                else:
+                    view = write_ngff_view(path, record["type"])
+                    if view is not None:
+                        out.append(view)
+    finally:
+        store.close()
+    return out
