@@ -43,3 +43,15 @@ def onnx(
         checkpoint, out, input_shape=shape, intensity_reference=intensity_reference
     )
     typer.echo(json.dumps(report))
+
+
+@app.command("ome-zarr")
+def ome_zarr(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (holds manifest.json).")],
+) -> None:
+    """OME-Zarr (NGFF 0.5, nm) beside every volume artifact of a run: linked views of zarr
+    artifacts, copies of volumes read in place from the input file (e.g. CREMI raw)."""
+    from synapse_toolkit.io.ngff import export_run
+
+    for path in export_run(run_dir):
+        typer.echo(str(path))
