@@ -173,3 +173,17 @@ def test_pictures_are_valid_pngs(tmp_path: Path) -> None:
         img = mpimg.imread(path)
         assert img.ndim == 3 and img.shape[0] > 50 and img.shape[1] > 50
         assert img.std() > 0.01  # not a blank image
+
+
+def test_clustering_example_scores_and_pictures(tmp_path: Path) -> None:
+    """examples/clustering.toml on the bundled demo phantom with the shipped encoder."""
+    from synapse_toolkit.api import run_pipeline_file
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "clustering.toml"
+    scores = run_pipeline_file(example, [f'output.dir="{tmp_path / "run"}"'])
+    values = scores["score_clusters.scores"]
+    for key in ("ari", "nmi", "ami"):
+        assert -1.0 <= values[key] <= 1.0
+    assert values["n_items"] == 15
+    for name in ("clusters_embedding.png", "clusters_gallery.png"):
+        assert (tmp_path / "run" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
