@@ -55,3 +55,29 @@ def ome_zarr(
 
     for path in export_run(run_dir):
         typer.echo(str(path))
+
+
+@app.command("neuroglancer")
+def neuroglancer(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (holds manifest.json).")],
+    serve: Annotated[
+        bool, typer.Option("--serve", help="Serve the run directory (CORS open) until Ctrl-C.")
+    ] = False,
+    port: Annotated[int, typer.Option(help="Port of the local file server.")] = 9015,
+) -> None:
+    """Write RUN_DIR/neuroglancer.json (OME-Zarr image and segmentation layers, partner lines)
+    and print the neuroglancer URL; --serve answers the URL's data requests locally."""
+    from synapse_toolkit import neuroglancer_export as ng
+
+    path = ng.write_state(run_dir, f"http://127.0.0.1:{port}")
+    typer.echo(f"state: {path}")
+    typer.echo(ng.state_url(json.loads(path.read_text())))
+    if serve:
+        server = ng.serve(run_dir, port=port)
+        typer.echo(f"serving {run_dir} on http://127.0.0.1:{port} (Ctrl-C stops)", err=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.server_close()
