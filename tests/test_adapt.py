@@ -93,3 +93,42 @@ def test_adapt_errors(tiny, tmp_path) -> None:
         adapt_affinities(
             str(src), f"{tmp_path / 'two.h5'}:a", tmp_path / "o.onnx", voxel_size_nm=(4, 4, 40)
         )
+
+
+def test_training_continues_from_an_exported_model(tiny, tmp_path) -> None:
+    h5py = pytest.importorskip("h5py")
+    from synapse_toolkit.nn.training import load_config, train
+    from tests.test_training import _volume
+
+    _, src = tiny
+    raw, lab = _volume()
+    h5 = tmp_path / "vol.h5"
+    with h5py.File(h5, "w") as f:
+        f["raw"], f["gt"] = raw, lab
+    v = f'{{ raw = "{h5}", raw_dataset = "raw", labels = "{h5}", labels_dataset = "gt"'
+    (tmp_path / "t.toml").write_text(f"""
+[model]
+num_fmaps = 2
+fmap_inc_factor = 2
+downsample_factors = [[1, 2, 2]]
+[data]
+volumes = [{v}, roi = [[0, 12], [0, 40], [0, 30]] }}]
+validation = [{v}, roi = [[0, 12], [0, 40], [30, 40]] }}]
+[augment]
+elastic_sigma = 0.0
+margin = [0, 0, 0]
+[training]
+iterations = 2
+loss = "bce"
+input_shape = [14, 28, 28]
+out_dir = "{tmp_path / "run"}"
+validate_every = 2
+validation_thresholds = [0.5]
+num_threads = 1
+init_from = "{src}"
+""")
+    lines: list[str] = []
+    summary = train(load_config(tmp_path / "t.toml"), log=lines.append)
+    assert summary["iterations"] == 3  # the exported model's iteration 1, then two more
+    assert any(line.startswith("validation it 1 (start)") for line in lines)
+    assert any(line.startswith("validation it 3:") for line in lines)

@@ -76,6 +76,21 @@ def load_onnx_unet(path: Path) -> tuple[Any, dict[str, Any]]:
     return net, meta
 
 
+def onnx_state(model: str) -> dict[str, Any]:
+    """A training state from an exported model (registry name or ``.onnx``): its architecture,
+    weights and training iteration (``training.init_from``)."""
+    from synapse_toolkit.nn.unet import UNetConfig
+
+    net, meta = load_onnx_unet(resolve_model(model))
+    arch = UNetConfig.from_dict({"out_channels": len(meta.get("offsets") or [0, 0, 0]),
+                                 **meta["model_config"]})  # fmt: skip
+    return {
+        "model_config": arch.to_dict(),
+        "state_dict": net.state_dict(),
+        "iteration": int(meta.get("iteration") or 0),
+    }
+
+
 def _split(spec: str) -> tuple[str, str | None]:
     path, _, key = spec.partition(":")
     return path, key or None

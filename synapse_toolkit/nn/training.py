@@ -329,7 +329,12 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
     if t_cfg.init_from:
         from synapse_toolkit.nn.checkpoint import load_state
 
-        state = load_state(t_cfg.init_from)
+        if t_cfg.init_from.endswith(".onnx") or not Path(t_cfg.init_from).exists():
+            from synapse_toolkit.nn.adapt import onnx_state  # an exported model or registry name
+
+            state = onnx_state(t_cfg.init_from)
+        else:
+            state = load_state(t_cfg.init_from)
         if state.get("model_config") != model_cfg.to_dict():
             raise ConfigError(
                 f"training.init_from: {t_cfg.init_from} holds another model than [model]"
@@ -412,6 +417,15 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
     loss_avg = None
     it = 0
     val = None
+    if it0 and validation:  # continuing: the starting weights compete for best.pt too
+        val = validate(it0)
+        if val is not None:
+            b = val["best"]
+            log(f"validation it {it0} (start): best threshold {b['threshold']} CREMI "
+                f"{b['cremi_score']:.3f}")  # fmt: skip
+            metrics_log.write(json.dumps({"validation": val}) + "\n")
+            best_score = b["cremi_score"]
+            best_path = checkpoint(it0, "best.pt", {"validation": val})
     for it in range(it0 + 1, it0 + t_cfg.iterations + 1):
         raws, targets, masks, labels = [], [], [], []
         for _ in range(t_cfg.batch_size):
