@@ -181,7 +181,7 @@ def test_clustering_example_scores_and_pictures(tmp_path: Path) -> None:
 
     example = Path(__file__).resolve().parents[1] / "examples" / "clustering.toml"
     scores = run_pipeline_file(example, [f'output.dir="{tmp_path / "run"}"'])
-    values = scores["score_clusters.scores"]
+    values = scores["score_clusters.scores"]["values"]
     for key in ("ari", "nmi", "ami"):
         assert -1.0 <= values[key] <= 1.0
     assert values["n_items"] == 15
