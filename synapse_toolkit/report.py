@@ -731,6 +731,19 @@ def _cluster_sections(run: Run, folder: Path) -> list[Section]:
     return out
 
 
+def _written_pictures(run: Run) -> str:
+    """The PNGs writer stages wrote into the run directory (cluster gallery, ROI overlays)."""
+    items = []
+    for a in run.artifacts:
+        path = run.run_dir / a.record["path"]
+        if a.type == "file" and path.suffix.lower() == ".png" and path.is_file():
+            rel = html.escape(path.relative_to(run.run_dir).as_posix())
+            items.append(f"<figure><img src='{rel}' style='max-width:100%' alt='{rel}'>"
+                         f"<figcaption>{rel} (written by stage {html.escape(a.stage)})"
+                         "</figcaption></figure>")  # fmt: skip
+    return "".join(items)
+
+
 def _timing_figure(run: Run, folder: Path) -> ReportFigure | None:
     stages = run.manifest.get("stages") or {}
     if not stages:
@@ -908,6 +921,9 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
         for s in sections:
             body.append(f"<h2>{html.escape(s.title)}</h2>{s.html}")
             body += [_img(f) for f in s.figures]
+        pictures = _written_pictures(run)
+        if pictures:
+            body += ["<h2>Pictures written by the run</h2>", pictures]
         body += ["<h2>Stages</h2>", _stages_html(run, timing)]
         body.append(f"<p class='meta'>report written in {time.perf_counter() - t0:.1f} s by "
                     "<code>syntk report</code>.</p>")  # fmt: skip

@@ -17,7 +17,14 @@ from typer.testing import CliRunner
 from synapse_toolkit.artifacts import ArtifactStore
 from synapse_toolkit.cli.main import app
 from synapse_toolkit.cremi_ids import NO_LABEL
-from synapse_toolkit.data import Annotations, PartnerTable, Regions, ScoreRecord, Volume
+from synapse_toolkit.data import (
+    Annotations,
+    PartnerTable,
+    Regions,
+    ScoreRecord,
+    Volume,
+    WrittenFile,
+)
 from synapse_toolkit.errors import DataError
 from synapse_toolkit.report import FN_COLOUR, FP_COLOUR, write_report
 
@@ -35,7 +42,7 @@ def _make_run(root: Path, stages: dict[str, tuple[str, dict[str, Any], dict[str,
     """A run directory: ``stages`` maps name -> (kind, {port: (value, type)}, config inputs)."""
     store = ArtifactStore(root)
     scratch = root / ".scratch"
-    scratch.mkdir(parents=True)
+    scratch.mkdir(parents=True, exist_ok=True)
     records, cfg = {}, {}
     for name, (kind, outputs, inputs) in stages.items():
         outs = {p: store.save(name, p, v, scratch, t) for p, (v, t) in outputs.items()}
@@ -104,7 +111,7 @@ def _check_page(html_path: Path) -> list[str]:
         assert not ref.startswith(("http:", "https:", "/")), ref  # self-contained, relative
         assert (root / ref).is_file(), ref
     imgs = re.findall(r"<img src='([^']+)' width='(\d+)' height='(\d+)'", page)
-    assert len(imgs) == len(refs)
+    assert len(imgs) == len([r for r in refs if r.startswith("report/")])
     for src, w, h in imgs:
         assert _png_size(root / src) == (int(w), int(h))
         assert 200 <= int(w) <= 2400 and 100 <= int(h) <= 2400
@@ -150,7 +157,12 @@ def test_calcium_report_outlines_found_missed_false(tmp_path: Path) -> None:
     square = lambda r, c: np.array([(r + i, c + j) for i in range(4) for j in range(4)])  # noqa: E731
     truth = Regions((square(5, 5), square(20, 20), square(30, 5)))
     pred = Regions((square(5, 6), square(20, 21), square(30, 30)))
+    (tmp_path / "run").mkdir()
+    import matplotlib.image as mpimg
+
+    mpimg.imsave(tmp_path / "run" / "rois.png", img[0, 0])  # a writer stage's picture
     run = _make_run(tmp_path / "run", {
+        "overlay": ("writer", {"file": (WrittenFile("rois.png"), "file")}, {}),
         "load": ("loader", {"summary": (Volume(img, (1e3,) * 3, OFF, "summary"), "volume"),
                             "truth": (truth, "regions")}, {}),
         "regions": ("roi-extractor", {"regions": (pred, "regions")}, {}),
@@ -161,6 +173,7 @@ def test_calcium_report_outlines_found_missed_false(tmp_path: Path) -> None:
     })  # fmt: skip
     names = _check_page(write_report(run))
     assert "regions.png" in names
+    assert "<img src='rois.png'" in (run / "report.html").read_text()
     assert (
         "regions.regions: 3 ROIs (2 found, 1 missed, 1 false)" in (run / "report.html").read_text()
     )
