@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from synapse_toolkit.metrics.clustering import score_clustering
-from synapse_toolkit.synapses.clustering import PatchEncoder, kmeans, pca_codes
+from synapse_toolkit.synapses.clustering import PatchEncoder, choose_k, kmeans, pca_codes
 from synapse_toolkit.synapses.patches import extract_patches, synapse_sites
 from synapse_toolkit.synapses.train_cluster_encoder import phantom_synapses
 
@@ -54,6 +54,48 @@ def random_encoder_codes(patches: np.ndarray, model: PatchEncoder, init: int) ->
     net = ClusterEncoder(EncoderConfig(model.input_shape, latent=int(meta["latent"]),
                                        variational=bool(meta["variational"])))  # fmt: skip
     return encode_torch(net, patches)
+
+
+def volume(seed: int, args: argparse.Namespace, cache: Path | None) -> tuple[Any, ...]:
+    """Raw volume, annotated partners, true types and (``--predicted``) predicted partners of
+    one phantom seed; cached as npz (the phantom and the U-Net are the slow part)."""
+    from synapse_toolkit.data import PartnerTable, Volume
+
+    key = f"s{seed}_t{args.types}_{'x'.join(map(str, args.shape))}.npz"
+    path = cache / key if cache is not None else None
+    if path is not None and path.exists():
+        z = np.load(path, allow_pickle=False)
+        raw = Volume(z["raw"], tuple(z["voxel_size_nm"]))
+        ann = PartnerTable.from_dict(json.loads(str(z["partners"])))
+        pred = json.loads(str(z["predicted"])) if "predicted" in z.files else None
+        if pred is not None or not args.predicted:
+            table = PartnerTable.from_dict(pred) if pred is not None else None
+            return raw, ann, z["truth"], table
+    raw, partners, truth = phantom_synapses(seed, tuple(args.shape), args.types)
+    table = None
+    extra: dict[str, Any] = {}
+    if args.predicted:
+        from synapse_toolkit.inference.onnx_model import OnnxModel
+        from synapse_toolkit.phantom.em import EMPhantom
+        from synapse_toolkit.phantom.params import EMPhantomParams
+        from synapse_toolkit.synapses.assigners import EMSynConnSettings, assign_emsynconn
+        from synapse_toolkit.synapses.pruning import PrunerONNX
+        from synapse_toolkit.synapses.targets import Grid
+
+        params = EMPhantomParams(shape=tuple(args.shape), seed=seed, n_types=args.types)
+        seg = EMPhantom(params).generate().neuron_ids
+        assert seg is not None
+        arr = raw.read()
+        prox = OnnxModel(MODELS / "polarity.onnx", n_threads=1).predict(arr)[0]
+        pruner = PrunerONNX(MODELS / "pruner.onnx", 1)
+        table = assign_emsynconn(arr, prox, seg.read(), Grid.of(raw), pruner, EMSynConnSettings())
+        extra["predicted"] = json.dumps(table.to_dict())
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(path, raw=raw.read(), voxel_size_nm=np.asarray(raw.voxel_size_nm),
+                            partners=json.dumps(partners.to_dict()), truth=truth,
+                            **extra)  # fmt: skip
+    return raw, partners, truth, table
 
 
 def match_types(pred_pre: np.ndarray, true_pre: np.ndarray, true_types: np.ndarray,
@@ -86,6 +128,9 @@ def main() -> None:
     ap.add_argument("--random-inits", type=int, default=3)
     ap.add_argument("--kmeans-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--predicted", action="store_true", help="also predicted partners")
+    ap.add_argument("--choose-k", action="store_true",
+                    help="also k chosen by stability and silhouette (2-8)")  # fmt: skip
+    ap.add_argument("--cache", default=str(ROOT / "runs" / "cluster-eval-cache"))
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     bad = USED_SEEDS & set(args.seeds)
@@ -97,6 +142,7 @@ def main() -> None:
     t0 = time.time()
     encoders = {Path(m).stem: PatchEncoder(m) for m in args.model}
     spec = next(iter(encoders.values())).spec
+    cache = Path(args.cache) if args.cache else None
     rows: dict[str, list[dict[str, float]]] = {}
     counts: dict[str, list[int]] = {}
 
@@ -104,40 +150,29 @@ def main() -> None:
         rows.setdefault(name, []).append(vals)
 
     for seed in args.seeds:
-        raw, partners, truth = phantom_synapses(seed, tuple(args.shape), args.types)
+        raw, partners, truth, table = volume(seed, args, cache)
         sets = {"annotated": (synapse_sites(partners), truth)}
-        if args.predicted:
-            from synapse_toolkit.inference.onnx_model import OnnxModel
-            from synapse_toolkit.phantom.em import EMPhantom
-            from synapse_toolkit.phantom.params import EMPhantomParams
-            from synapse_toolkit.synapses.assigners import EMSynConnSettings, assign_emsynconn
-            from synapse_toolkit.synapses.pruning import PrunerONNX
-            from synapse_toolkit.synapses.targets import Grid
-
-            ph = EMPhantom(EMPhantomParams(shape=tuple(args.shape), seed=seed,
-                                           n_types=args.types))  # fmt: skip
-            seg = ph.generate().neuron_ids
-            assert seg is not None
-            prox = OnnxModel(MODELS / "polarity.onnx", n_threads=1).predict(raw.read())[0]
-            table = assign_emsynconn(raw.read(), prox, seg.read(), Grid.of(raw),
-                                     PrunerONNX(MODELS / "pruner.onnx", 1),
-                                     EMSynConnSettings())  # fmt: skip
+        if table is not None:
             psites = synapse_sites(table)
-            tsites = sets["annotated"][0]
-            ptypes = match_types(psites.pre_nm, tsites.pre_nm, truth)
+            ptypes = match_types(psites.pre_nm, sets["annotated"][0].pre_nm, truth)
             keep = ptypes >= 0
             counts.setdefault("predicted synapses (matched / all)", []).extend(
                 [int(keep.sum()), len(keep)]
             )
-            sel = synapse_sites(table.select(np.isin(table.synapse_id,
-                                                     psites.synapse_id[keep])))  # fmt: skip
-            sets["predicted"] = (sel, ptypes[keep])
+            chosen = np.isin(table.synapse_id, psites.synapse_id[keep])
+            sets["predicted"] = (synapse_sites(table.select(chosen)), ptypes[keep])
         for set_name, (sites, types) in sets.items():
             patches = extract_patches(raw, sites, spec)
             counts.setdefault(f"{set_name} synapses", []).append(len(sites))
             for name, enc in encoders.items():
-                add(f"{set_name} | {name}", scores_for(enc.encode(patches), types, args.types,
+                codes = enc.encode(patches)
+                add(f"{set_name} | {name}", scores_for(codes, types, args.types,
                                                         args.kmeans_seeds))  # fmt: skip
+                if args.choose_k:
+                    chosen = choose_k(codes, (2, 8)).k
+                    counts.setdefault(f"{set_name} | {name}: chosen k", []).append(chosen)
+                    add(f"{set_name} | {name}, k chosen", scores_for(codes, types, chosen,
+                                                                  args.kmeans_seeds))  # fmt: skip
             first = next(iter(encoders.values()))
             for init in range(args.random_inits):
                 add(f"{set_name} | random-weights encoder",

@@ -187,3 +187,20 @@ def test_clustering_example_scores_and_pictures(tmp_path: Path) -> None:
     assert values["n_items"] == 15
     for name in ("clusters_embedding.png", "clusters_gallery.png"):
         assert (tmp_path / "run" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cluster_run_command(tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from synapse_toolkit.cli.main import app
+
+    demo = Path(__file__).resolve().parents[1] / "synapse_toolkit" / "demo" / "cremi_demo.hdf"
+    res = CliRunner().invoke(app, ["cluster", "run", str(demo), "--out", str(tmp_path), "--k", "3"])
+    assert res.exit_code == 0, res.output
+    assert "15 synapses in 3 clusters" in res.output and "ARI" in res.output
+    saved = json.loads((tmp_path / "clusters.json").read_text())
+    assert len(saved["labels"]) == 15 and len(saved["embedding"][0]) == 16
+    bad = CliRunner().invoke(app, ["cluster", "run", str(tmp_path / "missing.h5")])
+    assert bad.exit_code == 1 and "error:" in bad.output

@@ -1,5 +1,6 @@
-"""`syntk cluster train CONFIG.toml`: train the synapse cluster encoder (also mounted as
-`syntk train cluster-encoder`). torch is imported only inside the command."""
+"""`syntk cluster run FILE.hdf`: cluster the synapses of a CREMI file outside a pipeline;
+`syntk cluster train CONFIG.toml`: train the synapse cluster encoder (also mounted as
+`syntk train cluster-encoder`). torch is imported only inside the training command."""
 
 from __future__ import annotations
 
@@ -40,6 +41,47 @@ def cluster_encoder(
     from synapse_toolkit.synapses.train_cluster_encoder import train_cluster_encoder
 
     typer.echo(json.dumps(train_cluster_encoder(cfg, log=typer.echo)))
+
+
+@app.command("run")
+def run(
+    path: Annotated[Path, typer.Argument(help="CREMI HDF5 file with raw and annotations.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for clusters.json and PNGs.")] = Path(
+        "clusters"
+    ),
+    k: Annotated[int | None, typer.Option("--k", help="Number of clusters (none: choose).")] = None,
+    model: Annotated[str | None, typer.Option(help="Registry name of the encoder.")] = None,
+) -> None:
+    """Cluster the annotated synapses of PATH (autoencoder-kmeans); scores against the true
+    types when PATH is a phantom."""
+    from synapse_toolkit.api import run_stage
+    from synapse_toolkit.data import PartnerTable
+    from synapse_toolkit.fsio import atomic_write_text
+    from synapse_toolkit.io.cremi import open_cremi
+
+    opts: dict[str, object] = {"k": k}
+    if model:
+        opts["model"] = model
+    out.mkdir(parents=True, exist_ok=True)
+    truth = run_stage("loader", "phantom-synapse-types", {}, {"path": str(path)}).get("types")
+    with open_cremi(path) as data:
+        if data.raw is None or data.annotations is None:
+            raise SyntkError(f"{path}: needs volumes/raw and annotations")
+        inputs = {"raw": data.raw, "partners": PartnerTable.from_annotations(data.annotations)}
+        if truth is not None:
+            inputs["truth"] = truth
+        clusters = run_stage("clusterer", "autoencoder-kmeans", inputs, opts, scratch_dir=out)[
+            "clusters"
+        ]
+    atomic_write_text(out / "clusters.json", json.dumps(clusters.to_dict()))
+    counts = {int(c): int((clusters.labels == c).sum()) for c in set(clusters.labels.tolist())}
+    typer.echo(f"{len(clusters.labels)} synapses in {len(counts)} clusters {counts}; "
+               f"wrote {out / 'clusters.json'} and PNGs")  # fmt: skip
+    if truth is not None:
+        score = run_stage("scorer", "clustering", {"prediction": clusters, "truth": truth})
+        v = score["scores"].values
+        typer.echo(f"against the true types: ARI {v['ari']:.3f} NMI {v['nmi']:.3f} "
+                   f"AMI {v['ami']:.3f}")  # fmt: skip
 
 
 def _mount() -> None:
