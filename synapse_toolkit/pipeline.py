@@ -452,8 +452,10 @@ def _run_locked(
                 continue
             if on_stage:
                 on_stage(ps.name, "running")
-            inputs = {
-                p: _artifact(result, s, port, ps.name, p) for p, (s, port) in ps.inputs.items()
+            inputs = {  # an optional input whose source produced nothing is left out
+                p: _artifact(result, s, port, ps.name, p)
+                for p, (s, port) in ps.inputs.items()
+                if ps.cls.inputs[p].required or f"{s}.{port}" in result.artifacts
             }
             check_grids(f"stage {ps.name} ({ps.cls.name})", ps.cls.inputs, inputs)
             scratch = store.new_scratch(ps.name)

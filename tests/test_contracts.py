@@ -202,3 +202,24 @@ def test_inputs_on_different_grids_stop_the_stage_before_it_runs() -> None:
     check_grids("s", ports, {"a": a, "b": a})
     with pytest.raises(DataError, match=r"inputs a and b differ in offset \(nm\)"):
         check_grids("s", ports, {"a": a, "b": b})
+
+
+def test_optional_input_whose_source_produced_nothing_is_left_out(
+    tmp_path: Path, cremi_file: Path
+) -> None:
+    """A writer's optional `raw`: a loader that found no raw leaves it out instead of failing."""
+    from synapse_toolkit.io.cremi import CremiData, read_cremi, write_cremi
+
+    no_raw = write_cremi(tmp_path / "labels_only.hdf",
+                         CremiData(neuron_ids=read_cremi(cremi_file).neuron_ids))  # fmt: skip
+    body = """
+[stages.write]
+kind = "writer"
+plugin = "cremi-hdf5"
+inputs = { raw = "load.raw", neuron_ids = "load.neuron_ids" }
+options = { filename = "copy.hdf" }
+"""
+    plan = _validate(tmp_path, body, no_raw)
+    run_pipeline(plan, plugins=load_plugins()).close()
+    copied = read_cremi(tmp_path / "run" / "copy.hdf")
+    assert copied.raw is None and copied.neuron_ids is not None
