@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from synapse_toolkit.errors import DataError
 from synapse_toolkit.fsio import sha256_file
@@ -73,3 +74,17 @@ def resolve_model(
     if actual != expected:
         raise DataError(f"{who}: {path} does not match its sha256 {expected} (got {actual})")
     return ResolvedModel(path, actual, how)
+
+
+def bundled_model_entry(
+    name: str, package: str, models_dir: Path, file: str, **fields: Any
+) -> dict[str, Any] | None:
+    """The registry entry of a model file a plugin ships in ``models_dir`` beside its
+    ``.sha256`` sidecar, or None while the file (or its sidecar) is absent."""
+    path = models_dir / file
+    sha = sidecar_sha256(path) if path.exists() else None
+    if sha is None:
+        return None
+    return {"name": name, "kind": "model", "package": package, "path": f"models/{file}",
+            "sha256": sha, "size": path.stat().st_size, "licence": "BSD-3-Clause",
+            **fields}  # fmt: skip
