@@ -53,6 +53,7 @@ MAX_SECTIONS = 3
 TP_COLOUR = "#2ca02c"
 FP_COLOUR = "#ffb000"
 FN_COLOUR = "#e8171f"
+TRUTH_COLOUR = "#1f9bd1"  # truth drawn where the run made no prediction to compare
 
 # One line per metric key: what it measures. The direction comes from the scorer class.
 READINGS: dict[str, str] = {
@@ -292,8 +293,8 @@ def cleft_colours(pred: np.ndarray | None, truth: np.ndarray | None) -> np.ndarr
         out[t & ~p] = to_rgba(FN_COLOUR, 0.85)
     elif p is not None:
         out[p] = to_rgba(TP_COLOUR, 0.85)
-    elif t is not None:
-        out[t] = to_rgba(FN_COLOUR, 0.85)
+    elif t is not None:  # truth alone: nothing was predicted to miss it
+        out[t] = to_rgba(TRUTH_COLOUR, 0.75)
     return out
 
 
@@ -511,7 +512,8 @@ def _em_sections(run: Run, folder: Path) -> list[Section]:
             section(cp, grid, "z", world_z) if isinstance(cp, Volume) else None,
             section(ct, grid, "z", world_z, fill=NO_LABEL) if isinstance(ct, Volume) else None,
         )
-        panels.append(("clefts and partners", cl))
+        title = "clefts and partners" if isinstance(cp, Volume) else "truth clefts (blue)"
+        panels.append((title, cl))
         fig = _panel_figure(em, panels, grid.extent_xy(), pairs, grid, z=z)
         fig.suptitle(f"xy section z = {z} ({world_z:g} nm)", fontsize=11)
         sec.figures.append(_save(fig, folder, f"section_z{z}.png",
@@ -585,7 +587,7 @@ def _panel_figure(
         ax.imshow(grey, cmap="gray", extent=extent, interpolation="nearest", vmin=0, vmax=1)
         if overlay is not None:
             ax.imshow(overlay, extent=extent, interpolation="nearest")
-        if pairs is not None and title.startswith("clefts"):
+        if pairs is not None and "clefts" in title:
             _draw_pairs(ax, pairs, grid, z, y)
         if pairs is not None and z is None and title == "EM":
             _draw_pairs(ax, pairs, grid, None, y)
@@ -733,14 +735,18 @@ def _cluster_sections(run: Run, folder: Path) -> list[Section]:
 
 def _written_pictures(run: Run) -> str:
     """The PNGs writer stages wrote into the run directory (cluster gallery, ROI overlays)."""
-    items = []
+    by: dict[Path, str] = {}
     for a in run.artifacts:
         path = run.run_dir / a.record["path"]
         if a.type == "file" and path.suffix.lower() == ".png" and path.is_file():
-            rel = html.escape(path.relative_to(run.run_dir).as_posix())
-            items.append(f"<figure><img src='{rel}' style='max-width:100%' alt='{rel}'>"
-                         f"<figcaption>{rel} (written by stage {html.escape(a.stage)})"
-                         "</figcaption></figure>")  # fmt: skip
+            by[path] = f"written by stage {a.stage}"
+    for path in sorted(run.run_dir.glob("*.png")):  # pictures stages wrote without declaring
+        by.setdefault(path, "in the run directory")
+    items = []
+    for path, why in by.items():
+        rel = html.escape(path.relative_to(run.run_dir).as_posix())
+        items.append(f"<figure><img src='{rel}' style='max-width:100%' alt='{rel}'>"
+                     f"<figcaption>{rel} ({html.escape(why)})</figcaption></figure>")  # fmt: skip
     return "".join(items)
 
 
