@@ -94,16 +94,18 @@ def test_polyadic_rows_form_one_synapse_and_rotation_is_proper() -> None:
     np.testing.assert_allclose(w[2, 0, 2, 1], -1.0, atol=1e-12)
 
 
-def _tiny_encoder(tmp_path: Path, seed: int = 0) -> tuple[Any, Path]:
+@pytest.fixture(scope="module")
+def tiny_encoder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
+    """A small random-weight encoder exported once (export is the slow part)."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("onnxscript")
     from synapse_toolkit.nn.cluster_encoder import ClusterEncoder, EncoderConfig
     from synapse_toolkit.nn.export import export_model
 
-    torch.manual_seed(seed)
+    torch.manual_seed(0)
     spec = PatchSpec((120.0, 256.0, 256.0), (40.0, 16.0, 16.0))
     net = ClusterEncoder(EncoderConfig(spec.shape, channels=(4, 8), latent=4))
-    out = tmp_path / "enc.onnx"
+    out = tmp_path_factory.mktemp("encoder") / "enc.onnx"
     export_model(net, spec.shape, out, metadata={
         "patch_size_nm": list(spec.size_nm), "patch_voxel_size_nm": list(spec.voxel_size_nm),
         "latent": 4, "variational": False,
@@ -111,11 +113,11 @@ def _tiny_encoder(tmp_path: Path, seed: int = 0) -> tuple[Any, Path]:
     return net, out
 
 
-def test_onnx_encoder_equals_torch(tmp_path: Path) -> None:
+def test_onnx_encoder_equals_torch(tiny_encoder: tuple[Any, Path]) -> None:
     from synapse_toolkit.synapses.clustering import PatchEncoder
     from synapse_toolkit.synapses.train_cluster_encoder import encode_torch
 
-    net, path = _tiny_encoder(tmp_path)
+    net, path = tiny_encoder
     rng = np.random.default_rng(1)
     patches = rng.integers(0, 255, (5, 3, 16, 16)).astype(np.float32)
     got = PatchEncoder(path).encode(patches)
@@ -125,7 +127,9 @@ def test_onnx_encoder_equals_torch(tmp_path: Path) -> None:
     assert np.abs(got - got[0]).max() > 1e-3  # different patches, different codes
 
 
-def test_stage_end_to_end_with_clustering_scorer(tmp_path: Path) -> None:
+def test_stage_end_to_end_with_clustering_scorer(
+    tmp_path: Path, tiny_encoder: tuple[Any, Path]
+) -> None:
     from synapse_toolkit.api import run_stage
     from synapse_toolkit.fsio import sha256_file
     from synapse_toolkit.io.cremi import open_cremi
@@ -133,7 +137,7 @@ def test_stage_end_to_end_with_clustering_scorer(tmp_path: Path) -> None:
     from synapse_toolkit.phantom.params import EMPhantomParams
     from synapse_toolkit.phantom.store import write_phantom
 
-    _, model = _tiny_encoder(tmp_path)
+    _, model = tiny_encoder
     ph_path = write_phantom(
         EMPhantom(EMPhantomParams(shape=(8, 160, 160), seed=5, n_synapses=6, n_types=3)),
         tmp_path / "ph.h5",
