@@ -51,7 +51,8 @@ def random_encoder_codes(patches: np.ndarray, model: PatchEncoder, init: int) ->
 
     meta = model_metadata(model.session)
     torch.manual_seed(init)
-    net = ClusterEncoder(EncoderConfig(model.input_shape, latent=int(meta["latent"]),
+    z, y, x = model.input_shape
+    net = ClusterEncoder(EncoderConfig((z, y, x), latent=int(meta["latent"]),
                                        variational=bool(meta["variational"])))  # fmt: skip
     return encode_torch(net, patches)
 
@@ -159,8 +160,8 @@ def main() -> None:
             counts.setdefault("predicted synapses (matched / all)", []).extend(
                 [int(keep.sum()), len(keep)]
             )
-            chosen = np.isin(table.synapse_id, psites.synapse_id[keep])
-            sets["predicted"] = (synapse_sites(table.select(chosen)), ptypes[keep])
+            matched_rows = np.isin(table.synapse_id, psites.synapse_id[keep])
+            sets["predicted"] = (synapse_sites(table.select(matched_rows)), ptypes[keep])
         for set_name, (sites, types) in sets.items():
             patches = extract_patches(raw, sites, spec)
             counts.setdefault(f"{set_name} synapses", []).append(len(sites))
@@ -188,18 +189,18 @@ def main() -> None:
     print(f"\nSynapse clustering, k = {args.types}, phantom seeds {args.seeds} "
           f"(per-volume k-means; mean ± sd over volumes{inits})")  # fmt: skip
     print(f"{'partners | method':58s} {'ARI':>13s} {'NMI':>13s} {'AMI':>13s} {'stability':>10s}")
-    table: dict[str, Any] = {}
+    results: dict[str, Any] = {}
     for name, vals in rows.items():
         m = {k: float(np.mean([v[k] for v in vals])) for k in vals[0]}
         sd = {k: float(np.std([v[k] for v in vals])) for k in vals[0]}
-        table[name] = {"mean": m, "sd": sd, "n": len(vals)}
+        results[name] = {"mean": m, "sd": sd, "n": len(vals)}
         print(f"{name:58s} " + " ".join(f"{m[k]:6.3f}±{sd[k]:5.3f}" for k in ("ari", "nmi", "ami"))
               + f" {m['stability']:10.3f}")  # fmt: skip
     for name, c in counts.items():
         print(f"{name}: {c}")
     print(f"[{time.time() - t0:.0f} s]")
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "rows": table,
+        Path(args.json).write_text(json.dumps({"args": vars(args), "rows": results,
                                                "counts": counts}, indent=1))  # fmt: skip
 
 
