@@ -27,6 +27,7 @@ from synapse_toolkit.fsio import (
     remove_stale_temporaries,
     sha256_file,
 )
+from synapse_toolkit.memory import peak_rss_mb, reset_peak
 from synapse_toolkit.plugin_manager import PluginSet, get_plugins
 from synapse_toolkit.stage_registry import RegisteredStage
 from synapse_toolkit.stages import (
@@ -470,6 +471,7 @@ def _run_locked(
             if progress_factory is not None:
                 ctx.progress_factory = progress_factory
             t0 = time.perf_counter()
+            reset_peak()
             stage = ps.cls(ps.options, ctx)
             live.append(stage)
             try:
@@ -495,6 +497,7 @@ def _run_locked(
                 "plugin_version": ps.cls.version,
                 "fingerprint": fp,
                 "seconds": round(seconds, 3),
+                "peak_rss_mb": round(peak_rss_mb(), 1),
                 "outputs": records,
                 **({"notes": ctx.notes} if ctx.notes else {}),
             }

@@ -88,6 +88,7 @@ def test_fresh_run_leaves_nothing_of_the_previous_one(
     assert not (run / "report.html").exists()
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["status"] == "complete"
+    assert all(st["peak_rss_mb"] > 10 for st in manifest["stages"].values())
     assert not (run / "out.hdf").exists()  # the old writer's file went with the old run
     assert not (run / "artifacts" / "compare").exists()
     assert not list(run.glob(".*.tmp"))
