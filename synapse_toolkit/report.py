@@ -784,9 +784,16 @@ tr.head td{font-weight:600;background:#f7fbff} .up{color:#2a7a2a} .down{color:#2
 """
 
 
+def _number(v: float) -> str:
+    """Counts as integers, other values to 4 significant digits."""
+    if float(v).is_integer() and abs(v) < 1e15:
+        return str(int(v))
+    return f"{v:.4g}"
+
+
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
-        return f"{v:.4g}"
+        return _number(v)
     return html.escape(json.dumps(v) if isinstance(v, dict | list) else str(v))
 
 
@@ -870,7 +877,7 @@ def _scores_html(run: Run) -> str:
             arrow = {"lower": "<span class='down'>&#8595;</span>",
                      "higher": "<span class='up'>&#8593;</span>"}.get(d or "", "")  # fmt: skip
             cls = " class='head'" if key in HEADLINE else ""
-            rows.append(f"<tr{cls}><td>{html.escape(key)}</td><td class='num'>{value:.4g}</td>"
+            rows.append(f"<tr{cls}><td>{html.escape(key)}</td><td class='num'>{_number(value)}</td>"
                         f"<td>{arrow}</td><td>{html.escape(metric_reading(rec.metric, key, d))}"
                         "</td></tr>")  # fmt: skip
     if not rows:
