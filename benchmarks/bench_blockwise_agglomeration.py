@@ -37,7 +37,8 @@ shared cores with other jobs at load 5-9, so wall times are noisy; block 32 x 25
 - truth-derived affinities, 4.3 / 11.1 / 33.2 Mvox: CREMI 0.0081 / 0.0224 / 0.0305 vs
   0.0081 / 0.0225 / 0.0306 (+0.8 / +0.6 / +0.2 %); peak RSS 0.64 / 1.51 / 3.30 GB vs
   0.70 / 0.71 / 0.88 GB; wall 6 / 27 / 139 s vs 30 / 56 / 196 s (0.07 / 0.18 / 0.52 M
-  fragments, 0.25 / 0.66 / 1.96 M edges).
+  fragments, 0.25 / 0.66 / 1.96 M edges). 99.7 Mvox (``--repeat-z 3``), blockwise only: 1.45 GB,
+  627 s (1.56 M fragments, 5.98 M edges), CREMI 0.0322.
 - the main job's network affinities (``neurons/phantom_affinities``, TTA), 4.3 / 8.3 Mvox: CREMI
   0.4089 / 0.4172 vs 0.4087 / 0.4172 (-0.05 / 0.0 %); peak RSS 1.57 / 2.78 GB vs 0.85 / 0.94 GB.
   33.2 Mvox: in-memory waterz passed 18 GB RSS and was stopped (8.7 M edges, quantile histograms
