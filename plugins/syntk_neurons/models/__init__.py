@@ -44,6 +44,23 @@ SHIPPED: dict[str, tuple[str, str, str, tuple[float, float, float]]] = {
         "plugins/syntk_neurons/models/phantom_affinities.onnx",
         (40.0, 4.0, 4.0),
     ),
+    "neurons/sstem_affinities": (
+        "sstem_affinities.onnx",
+        "Anisotropic U-Net for real serial-section TEM (ssTEM, 50 x 4 x 4 nm; trained on real "
+        "data): 4 levels, downsampling 3x(1,3,3), (1,3,3) convolutions at full resolution and 3D "
+        "below, same padding, leaky ReLU; raw matched to the training sections' grey-value "
+        "quantiles, /255 (1,1,6,162,162) -> 3 nearest-neighbour affinities of the same shape. "
+        "Trained on ISBI 2012 sections 0-15 (2D labels: in-plane affinities learned, z-affinity "
+        "trained to 0, so waterz segments each section on its own) with BCE and heavy "
+        "augmentation; checkpoint and waterz threshold (in the model's metadata, used by `waterz` "
+        "when no truth is wired) chosen on sections 16-19",
+        "python -m synapse_toolkit.nn.sections ../shared/data/em/isbi2012 "
+        "runs/isbi/train_0-19_unlinked.h5 --sections 0-19 --unlinked && "
+        "syntk train affinities examples/train/sstem_affinities.toml --time-limit 58 && "
+        "python benchmarks/eval_isbi.py export runs/sstem_affinities/best.pt "
+        "plugins/syntk_neurons/models/sstem_affinities.onnx",
+        (50.0, 4.0, 4.0),
+    ),
 }
 
 
