@@ -167,6 +167,7 @@ def model_via_pipeline(model: str, raw: np.ndarray, cells: np.ndarray, threads: 
             "held_out": held,
             "model_agglomeration": used,
             "best_on_test": min(sweep_rows, key=lambda r: r["cremi_score"]),
+            "sweep": sweep_rows,
             "pipeline_seconds": seconds,
             "stderr_tail": proc.stderr.strip().splitlines()[-3:],
         }
