@@ -9,6 +9,9 @@ gala), thresholds without test labels.
         the gala test volume and its perturbed copies, each model at its stored threshold
         (25 nm border mask); the best-on-test threshold (stored scoring) as a second, optimistic
         figure
+    python benchmarks/fib_perturbed.py store --model M.onnx --checkpoint runs/X/best.pt
+        store the waterz setting chosen by the checkpoint's training-time validation (the mean
+        over the validation volumes of the training config, e.g. the crop and perturbed copies)
     python benchmarks/fib_perturbed.py quality --model A --raw F.h5:DATASET [--crop ...]
         label-free: mean |single pass - 8-mirror TTA| of the affinities (TTA disagreement)
 
@@ -83,6 +86,34 @@ def select(model: str, write: bool, threads: int) -> dict[str, Any]:
     return choice
 
 
+def store(model: str, checkpoint: str) -> dict[str, Any]:
+    from synapse_toolkit.nn.checkpoint import load_state
+    from synapse_toolkit.nn.export import update_metadata
+
+    state = load_state(checkpoint)
+    val = state.get("validation")
+    if not val:
+        raise SystemExit(f"{checkpoint}: no validation stored (not a best.pt)")
+    cfg = state["train_config"]
+    tr = cfg["training"]
+    names = [
+        f"roi {v.get('roi')}" + (f" perturbed {v['perturb']}" if v.get("perturb") else "")
+        for v in cfg["data"]["validation"]
+    ]
+    ths = tr["validation_thresholds"]
+    b = val["best"]
+    agg = {
+        "scoring": tr["validation_scoring"],
+        "threshold": round(float(b["threshold"]), 3),
+        "chosen_on": f"training-time validation of iteration {val['iteration']} (single pass, "
+        f"no border mask): best mean cremi_score over {', '.join(names)} of "
+        f"{cfg['data']['validation'][0]['raw']}, thresholds {ths[0]}..{ths[-1]}",
+        "selection_scores": {k: round(float(b[k]), 4) for k in ("voi", "arand", "cremi_score")},
+    }
+    updates = {"agglomeration": agg, "voxel_size_nm": list(fib.GALA_VOXEL_SIZE_NM)}
+    return {**agg, "written": update_metadata(model, updates)}
+
+
 def score(models: list[str], threads: int, only: list[str] | None) -> dict[str, Any]:
     test = fib.gala_volume("test")
     sc = fib.make_scorer(test.voxel_size_nm, fib.BORDER_THRESHOLD_NM)
@@ -128,7 +159,8 @@ def quality(model: str, raw_spec: str, crop: str | None, threads: int) -> dict[s
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["select", "score", "quality"])
+    ap.add_argument("what", choices=["select", "store", "score", "quality"])
+    ap.add_argument("--checkpoint")
     ap.add_argument("--model", action="append", required=True)
     ap.add_argument("--write", action="store_true")
     ap.add_argument("--raw")
@@ -139,6 +171,8 @@ def main() -> None:
     a = ap.parse_args()
     if a.what == "select":
         res: Any = select(a.model[0], a.write, a.threads)
+    elif a.what == "store":
+        res = store(a.model[0], a.checkpoint)
     elif a.what == "score":
         res = score(a.model, a.threads, a.copy)
     else:

@@ -30,6 +30,21 @@ SHIPPED: dict[str, tuple[str, str, str, tuple[float, float, float]]] = {
         "--write",
         (10.0, 10.0, 10.0),
     ),
+    "neurons/fib_affinities_v2": (
+        "fib_affinities_v2.onnx",
+        "neurons/fib_affinities fine-tuned for less sharp FIB-SEM: same U-Net and input "
+        "(1,1,72,72,72) -> 3 nearest-neighbour affinities (1,3,32,32,32); 194 more iterations "
+        "with heavy photometric augmentation (blur sigma up to 2 voxels, contrast, gamma, noise) "
+        "and mean-teacher consistency on fib-medulla-unlabelled (still ramping up), picked on "
+        "the validation crop plus a blurred and a blurred/low-contrast/noisy copy; waterz "
+        "quantile50 @ 0.8 chosen on the same three volumes (in the model's metadata)",
+        "syntk train affinities examples/train/fib_affinities_v2.toml --iterations 194 "
+        "--time-limit 100000 && syntk export onnx runs/fib_affinities_v2/best.pt "
+        "plugins/syntk_neurons/models/fib_affinities_v2.onnx && python benchmarks/fib_perturbed.py "
+        "store --model plugins/syntk_neurons/models/fib_affinities_v2.onnx "
+        "--checkpoint runs/fib_affinities_v2/best.pt",
+        (10.0, 10.0, 10.0),
+    ),
     "neurons/phantom_affinities": (
         "phantom_affinities.onnx",
         "3D U-Net (same convs, 2x(1,3,3) downsampling, leaky ReLU), raw uint8/255 "
