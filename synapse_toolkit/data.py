@@ -579,4 +579,3 @@ class WrittenFile:
     def __post_init__(self) -> None:
         if not self.path:
             raise DataError("a written file needs a path")
-

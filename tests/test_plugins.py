@@ -92,7 +92,8 @@ def test_example_plugin_listed_and_broken_one_reported(
     plugins = load_plugins()
     ok = plugins.status("example-membrane")
     bad = plugins.status("example-broken")
-    assert ok is not None and ok.status == "ok" and ok.stages == ["detector:membrane-gradient", "scorer:segment-count"]
+    assert ok is not None and ok.status == "ok"
+    assert ok.stages == ["detector:membrane-gradient", "scorer:segment-count"]
     assert ok.distribution == "syntk-example-plugin" and ok.version == "0.1.0"
     assert bad is not None and bad.status == "failed"
     assert "syntk_package_that_does_not_exist" in bad.error
@@ -104,7 +105,8 @@ def test_plugins_list_cli_shows_broken_plugin(example_plugin_on_path: dict[str, 
     assert result.exit_code == 0, result.output
     rows = {r["name"]: r for r in json.loads(result.stdout)}
     assert rows["example-broken"]["status"] == "failed"
-    assert rows["example-membrane"]["stages"] == ["detector:membrane-gradient", "scorer:segment-count"]
+    stages = rows["example-membrane"]["stages"]
+    assert stages == ["detector:membrane-gradient", "scorer:segment-count"]
     table = CliRunner().invoke(app, ["plugins", "list"])
     assert "example-broken" in table.stdout and "failed" in table.stdout
 
