@@ -194,6 +194,17 @@ class StageContext:
     #: facts the stage reports for the run manifest (e.g. the sha256 of the model it used)
     notes: dict[str, Any] = field(default_factory=dict)
 
+    def run_file(self, filename: str) -> Path:
+        """``filename`` in the run directory, for files a stage exports (a plain name, never the
+        pipeline's input); DataError otherwise."""
+        if Path(filename).is_absolute() or ".." in Path(filename).parts:
+            raise DataError(f"stage {self.stage_name}: options.filename must be a plain name "
+                            "inside the run directory")  # fmt: skip
+        target = (self.run_dir or Path.cwd()) / filename
+        if self.input_path is not None and target.resolve() == Path(self.input_path).resolve():
+            raise DataError(f"{target}: refusing to overwrite the pipeline input")
+        return target
+
     def record(self, key: str, value: Any) -> None:
         """Record a JSON-able fact about this stage run in the manifest (under ``notes``)."""
         self.notes[key] = value

@@ -49,18 +49,6 @@ def _resolve_model(stage: str, name: str, path: Path | None, sha256: str | None)
     return p
 
 
-def _run_file(stage: Stage, filename: str) -> Path:
-    """``filename`` inside the run directory (a plain name; never the pipeline input)."""
-    if Path(filename).is_absolute() or ".." in Path(filename).parts:
-        raise DataError(f"stage {stage.context.stage_name}: options.filename must be a plain "
-                        "name inside the run directory")  # fmt: skip
-    target = (stage.context.run_dir or Path.cwd()) / filename
-    inp = stage.context.input_path
-    if inp is not None and target.resolve() == Path(inp).resolve():
-        raise DataError(f"{target}: refusing to overwrite the pipeline input")
-    return target
-
-
 def cnn_probability(
     image: np.ndarray,
     model: str | Path,
@@ -226,7 +214,7 @@ class RoiExtractor(Stage[OptionsT]):
     def _write_json(self, regions: Regions, filename: str | None) -> None:
         if not filename:
             return
-        atomic_write_text(_run_file(self, filename), json.dumps(regions.to_neurofinder()))
+        atomic_write_text(self.context.run_file(filename), json.dumps(regions.to_neurofinder()))
 
 
 class ThresholdRegions(RoiExtractor["ThresholdRegions.Options"]):
@@ -330,7 +318,7 @@ class RoiOverlayWriter(Writer["RoiOverlayWriter.Options"]):
 
         opts = self.options
         img = _image(inputs["raw"], self.context.stage_name, "raw")
-        target = _run_file(self, opts.filename)
+        target = self.context.run_file(opts.filename)
         overlay_png(target, img, inputs["prediction"], inputs.get("truth"),
                     threshold_px=opts.threshold_px, scale=opts.scale)  # fmt: skip
         return {"file": WrittenFile(str(target))}

@@ -21,7 +21,7 @@ from synapse_toolkit.io.checks import NonFinite, check_loaded
 from synapse_toolkit.io.cremi import CremiData, open_cremi_lazy, open_hdf5_file, write_cremi
 from synapse_toolkit.io.image_stack import read_image_stack
 from synapse_toolkit.io.zarr_io import read_zarr_volumes, write_zarr_volume
-from synapse_toolkit.stages import Loader, Placement, Port, Stage, StageOptions, Writer
+from synapse_toolkit.stages import Loader, Placement, Port, StageOptions, Writer
 
 _VOLUME_PORTS: dict[str, Port] = {
     "raw": Port("intensity", "EM intensities (z, y, x)", required=False),
@@ -146,20 +146,6 @@ class ImageStackLoader(Loader["ImageStackLoader.Options"]):
                             context=self.context)  # fmt: skip
 
 
-def _output_file(stage: Stage, filename: str) -> Path:
-    if Path(filename).is_absolute() or ".." in Path(filename).parts:
-        raise DataError(f"stage {stage.context.stage_name}: options.filename must be a plain "
-                        "name inside the run directory")  # fmt: skip
-    run_dir = stage.context.run_dir or Path.cwd()
-    target = run_dir / filename
-    if (
-        stage.context.input_path is not None
-        and target.resolve() == Path(stage.context.input_path).resolve()
-    ):
-        raise DataError(f"{target}: refusing to overwrite the pipeline input")
-    return target
-
-
 class CremiWriter(Writer["CremiWriter.Options"]):
     """Write volumes, annotations or partners into a CREMI file in the run directory."""
 
@@ -193,7 +179,7 @@ class CremiWriter(Writer["CremiWriter.Options"]):
             raw=inputs.get("raw"), neuron_ids=inputs.get("neuron_ids"), clefts=inputs.get("clefts"),
             annotations=ann,
         )  # fmt: skip
-        target = _output_file(self, opts.filename)
+        target = self.context.run_file(opts.filename)
         write_cremi(target, data, overwrite=True)
         return {"file": WrittenFile(str(target))}
 
@@ -214,7 +200,7 @@ class ZarrWriter(Writer["ZarrWriter.Options"]):
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         from synapse_toolkit.io.cremi import VOLUME_KEYS
 
-        target = _output_file(self, self.options.filename)
+        target = self.context.run_file(self.options.filename)
         for port, vol in inputs.items():
             assert isinstance(vol, Volume)
             write_zarr_volume(target, VOLUME_KEYS[port], vol, overwrite=True)
