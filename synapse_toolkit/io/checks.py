@@ -17,6 +17,7 @@ import numpy as np
 
 from synapse_toolkit.data import Volume
 from synapse_toolkit.errors import DataError
+from synapse_toolkit.stages import Placement
 
 if TYPE_CHECKING:
     from synapse_toolkit.stages import StageContext
@@ -83,14 +84,9 @@ def check_same_grid(volumes: Mapping[str, Volume], where: str) -> None:
         return
     name0, v0 = items[0]
     for name, v in items[1:]:
-        for what, a, b in (
-            ("voxel size (nm)", v0.voxel_size_nm, v.voxel_size_nm),
-            ("offset (nm)", v0.offset_nm, v.offset_nm),
-            ("shape (z, y, x)", v0.spatial_shape, v.spatial_shape),
-        ):
-            if tuple(a) != tuple(b):
-                raise DataError(f"{where}: {name} and {name0} differ in {what}: "
-                                f"{tuple(b)} vs {tuple(a)}")  # fmt: skip
+        diff = Placement.of(v).difference(Placement.of(v0))
+        if diff:
+            raise DataError(f"{where}: {name} and {name0} differ in {diff}")
 
 
 def check_loaded(
