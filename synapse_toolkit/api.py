@@ -15,9 +15,9 @@ from pydantic import ValidationError
 
 from synapse_toolkit.config import format_validation_error, load_config
 from synapse_toolkit.errors import ConfigError, DataError, PluginError
-from synapse_toolkit.plugin_manager import get_plugins
+from synapse_toolkit.plugin_manager import PluginSet, get_plugins
 from synapse_toolkit.scoring import score_files
-from synapse_toolkit.stages import StageContext, check_grids
+from synapse_toolkit.stages import StageContext, StageOptions, check_grids
 
 __all__ = ["run_pipeline_file", "run_stage", "score_files"]
 
@@ -26,25 +26,28 @@ def run_stage(
     kind: str,
     plugin: str,
     inputs: Mapping[str, Any],
-    options: Mapping[str, Any] | None = None,
+    options: Mapping[str, Any] | StageOptions | None = None,
     *,
     scratch_dir: str | Path | None = None,
     n_threads: int = 2,
     block_shape: tuple[int, int, int] = (32, 256, 256),
+    plugins: PluginSet | None = None,
 ) -> dict[str, Any]:
     """Run the registered stage ``kind``/``plugin`` once on ``inputs`` (port → data object, e.g.
     :class:`~synapse_toolkit.data.Volume` over a numpy array) and return its outputs, checked
-    against its ports as the pipeline runner checks them.
+    against its ports as the pipeline runner checks them. ``options`` is a dict or the stage's
+    validated options object.
 
     Large outputs are zarr arrays in ``scratch_dir`` (a new temporary folder by default, kept
     so the returned volumes stay readable).
     """
     from synapse_toolkit.pipeline import PlannedStage, check_outputs
 
-    registered = get_plugins().stages.get(kind, plugin)
+    registered = (plugins or get_plugins()).stages.get(kind, plugin)
     cls = registered.cls
     try:
-        opts = cls.Options.model_validate(dict(options or {}))
+        opts = (options if isinstance(options, StageOptions)
+                else cls.Options.model_validate(dict(options or {})))  # fmt: skip
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, prefix=f"{plugin} options")) from None
     for port, spec in cls.inputs.items():

@@ -133,17 +133,11 @@ def score_files(
             problem = spec.problem(inputs[port])
             if problem:
                 raise DataError(f"{files[role]}: {cls.name} {port!r} {problem}")
-        ctx = StageContext(stage_name=name, scratch_dir=scratch, n_threads=n_threads,
-                           block_shape=(block_z, 1 << 30, 1 << 30))  # fmt: skip
-        stage = cls(opts, ctx)
-        stack.callback(stage.close)
-        from synapse_toolkit.stages import check_grids
+        from synapse_toolkit.api import run_stage  # the API re-exports this module's scoring
 
-        check_grids(f"{name}", cls.inputs, inputs)
-        out = stage.run(inputs)
-    record = out.get("scores") if isinstance(out, dict) else None
-    if not isinstance(record, ScoreRecord):
-        raise DataError(f"scorer {name} returned no scores")
+        out = run_stage("scorer", name, inputs, opts, scratch_dir=scratch, n_threads=n_threads,
+                        block_shape=(block_z, 1 << 30, 1 << 30), plugins=plugins)  # fmt: skip
+    record: ScoreRecord = out["scores"]  # checked against the scorer's standard port
     return record
 
 
