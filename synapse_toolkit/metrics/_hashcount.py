@@ -394,6 +394,47 @@ def key_sums(rows: np.ndarray, col: int):
     return uniq[:n_groups].copy(), sums[:n_groups].copy()
 
 
+_ZERO_SUMS = (
+    np.int64(0), np.int64(0), np.int64(0), np.int64(0),
+    np.int64(0), np.int64(0), np.int64(0), np.int64(0),
+)  # fmt: skip
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _truth_index(t: np.uint64, t_keys: np.ndarray, tslot: np.ndarray, tmask: np.uint64) -> int:
+    """Index of truth id ``t`` in ``t_keys`` through the slot table of :func:`truth_table`."""
+    s = np.int64(_mix1(t) & tmask)
+    while t_keys[tslot[s]] != t:
+        s = (s + 1) & np.int64(tmask)
+    return tslot[s]
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _add_row(acc, c, tm, log_tm: float, pm, pred_is_zero: bool):
+    """The 8 accumulators of :func:`neuron_sums` after one contingency row of count ``c``
+    (truth size ``tm`` with log2 ``log_tm``, prediction size ``pm``)."""
+    s_int, s_frac, m_int, m_frac, sum_a, sum_b, sum_ab, c0 = acc
+    lut = _LOG2_LUT
+    lc = _log2_count(c, lut)
+    cf = np.float64(c)
+    if c != tm:
+        v = cf * (log_tm - lc)
+        if v > 0:
+            s_int, s_frac = _fixed_add(s_int, s_frac, v)
+    if c != pm:
+        v = cf * (_log2_count(pm, lut) - lc)
+        if v > 0:
+            m_int, m_frac = _fixed_add(m_int, m_frac, v)
+    ci = np.int64(c)
+    sum_a += ci * np.int64(tm)
+    if pred_is_zero:
+        c0 += ci
+    else:
+        sum_b += ci * np.int64(pm)
+        sum_ab += ci * ci
+    return s_int, s_frac, m_int, m_frac, sum_a, sum_b, sum_ab, c0
+
+
 @njit(cache=True, nogil=True)
 def neuron_sums(
     rows: np.ndarray, pred_marginal: np.ndarray, t_keys: np.ndarray, t_sums: np.ndarray
@@ -406,57 +447,16 @@ def neuron_sums(
     sizes, n_i prediction sizes) and the exact integers (sum_truth_sq, sum_pred_sq_nonzero,
     sum_pair_sq_nonzero, n_pred_zero). Chunks of rows can be summed separately and combined.
     """
-    lut = _LOG2_LUT
-    cap = 16
-    while cap < 2 * t_keys.shape[0]:
-        cap *= 2
-    mask = np.uint64(cap - 1)
-    slot = np.full(cap, -1, dtype=np.int64)
-    for g in range(t_keys.shape[0]):
-        s = np.int64(_mix1(t_keys[g]) & mask)
-        while slot[s] >= 0:
-            s = (s + 1) & np.int64(mask)
-        slot[s] = g
-    log_t = np.empty(t_keys.shape[0], dtype=np.float64)
-    for g in range(t_keys.shape[0]):
-        log_t[g] = math.log2(np.float64(t_sums[g]))
-    s_int = np.int64(0)
-    s_frac = np.int64(0)
-    m_int = np.int64(0)
-    m_frac = np.int64(0)
-    sum_a = np.int64(0)
-    sum_b = np.int64(0)
-    sum_ab = np.int64(0)
-    c0 = np.int64(0)
+    tslot, log_t = truth_table(t_keys, t_sums)
+    tmask = np.uint64(tslot.shape[0] - 1)
+    acc = _ZERO_SUMS
     for i in range(rows.shape[0]):
         c = rows[i, 2]
         if c == 0:
             continue
-        t = rows[i, 0]
-        s = np.int64(_mix1(t) & mask)
-        while t_keys[slot[s]] != t:
-            s = (s + 1) & np.int64(mask)
-        g = slot[s]
-        tm = t_sums[g]
-        lc = _log2_count(c, lut)
-        cf = np.float64(c)
-        if c != tm:
-            v = cf * (log_t[g] - lc)
-            if v > 0:
-                s_int, s_frac = _fixed_add(s_int, s_frac, v)
-        pm = pred_marginal[i]
-        if c != pm:
-            v = cf * (_log2_count(pm, lut) - lc)
-            if v > 0:
-                m_int, m_frac = _fixed_add(m_int, m_frac, v)
-        ci = np.int64(c)
-        sum_a += ci * np.int64(tm)
-        if rows[i, 1] == 0:
-            c0 += ci
-        else:
-            sum_b += ci * np.int64(pm)
-            sum_ab += ci * ci
-    return s_int, s_frac, m_int, m_frac, sum_a, sum_b, sum_ab, c0
+        g = _truth_index(rows[i, 0], t_keys, tslot, tmask)
+        acc = _add_row(acc, c, t_sums[g], log_t[g], pred_marginal[i], rows[i, 1] == 0)
+    return acc
 
 
 @njit(cache=True, nogil=True)
@@ -485,16 +485,8 @@ def sums_parts(
 ):  # fmt: skip
     """:func:`neuron_sums` over partitions ``k0..k1-1`` of *unaggregated* partitioned rows
     (aggregated here, in place). Returns the 8 accumulators of :func:`neuron_sums`."""
-    lut = _LOG2_LUT
     tmask = np.uint64(tslot.shape[0] - 1)
-    s_int = np.int64(0)
-    s_frac = np.int64(0)
-    m_int = np.int64(0)
-    m_frac = np.int64(0)
-    sum_a = np.int64(0)
-    sum_b = np.int64(0)
-    sum_ab = np.int64(0)
-    c0 = np.int64(0)
+    acc = _ZERO_SUMS
     for k in range(k0, k1):
         lo = starts[k]
         hi = starts[k + 1]
@@ -502,29 +494,7 @@ def sums_parts(
             continue
         out, group, bsum = _aggregate(tmp, lo, hi)
         for r in range(lo, out):
-            c = tmp[r, 2]
-            t = tmp[r, 0]
-            s = np.int64(_mix1(t) & tmask)
-            while t_keys[tslot[s]] != t:
-                s = (s + 1) & np.int64(tmask)
-            g = tslot[s]
-            tm = t_sums[g]
-            lc = _log2_count(c, lut)
-            cf = np.float64(c)
-            if c != tm:
-                v = cf * (log_t[g] - lc)
-                if v > 0:
-                    s_int, s_frac = _fixed_add(s_int, s_frac, v)
+            g = _truth_index(tmp[r, 0], t_keys, tslot, tmask)
             pm = bsum[group[r - lo]]
-            if c != pm:
-                v = cf * (_log2_count(pm, lut) - lc)
-                if v > 0:
-                    m_int, m_frac = _fixed_add(m_int, m_frac, v)
-            ci = np.int64(c)
-            sum_a += ci * np.int64(tm)
-            if tmp[r, 1] == 0:
-                c0 += ci
-            else:
-                sum_b += ci * np.int64(pm)
-                sum_ab += ci * ci
-    return s_int, s_frac, m_int, m_frac, sum_a, sum_b, sum_ab, c0
+            acc = _add_row(acc, tmp[r, 2], t_sums[g], log_t[g], pm, tmp[r, 1] == 0)
+    return acc
