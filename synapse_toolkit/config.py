@@ -73,6 +73,42 @@ class RunConfig(_Strict):
     )
 
 
+class SlurmConfig(_Strict):
+    """One SLURM job of dask workers (dask-jobqueue's ``SLURMCluster``)."""
+
+    cores: PositiveInt = Field(4, description="Cores per job.")
+    memory: str = Field("16GB", description="Memory per job, e.g. '16GB'.")
+    processes: PositiveInt = Field(1, description="Dask worker processes per job.")
+    walltime: str = Field("01:00:00", description="Job walltime (HH:MM:SS).")
+    queue: str | None = Field(None, description="Partition (#SBATCH -p).")
+    account: str | None = Field(None, description="Account (#SBATCH -A).")
+    jobs: PositiveInt = Field(1, description="Jobs to start (workers = jobs x processes).")
+    job_extra_directives: list[str] = Field(
+        default_factory=list, description="Extra #SBATCH lines, e.g. ['--gres=gpu:1']."
+    )
+    job_script_prologue: list[str] = Field(
+        default_factory=list, description="Shell lines run before the worker (module load, ...)."
+    )
+    python: str | None = Field(None, description="Python on the nodes (default: this one).")
+    local_directory: str | None = Field(None, description="Worker scratch directory on a node.")
+    log_directory: str | None = Field(None, description="Where SLURM writes job logs.")
+
+
+class ExecutionConfig(_Strict):
+    """Where blockwise stages run their blocks (:mod:`synapse_toolkit.engines`)."""
+
+    engine: Literal["local", "dask"] = Field(
+        "local", description="'local': a pool on this machine, no service; 'dask': a dask cluster."
+    )
+    cluster: str = Field(
+        "local", description="dask only: 'local', 'slurm', or a scheduler address (tcp://...)."
+    )
+    n_workers: PositiveInt = Field(2, description="Block workers (local engine and dask local).")
+    threads_per_worker: PositiveInt = Field(1, description="dask: threads per worker.")
+    memory_per_worker: str = Field("4GB", description="dask local: memory limit per worker.")
+    slurm: SlurmConfig = Field(default_factory=SlurmConfig)
+
+
 class StageConfig(_Strict):
     """One stage instance."""
 
@@ -105,6 +141,7 @@ class PipelineConfig(_Strict):
     input: InputConfig
     output: OutputConfig
     run: RunConfig = Field(default_factory=RunConfig)
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
     stages: dict[str, StageConfig] = Field(description="Stage instances by name, in file order.")
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
     _cli_keys: frozenset[str] = PrivateAttr(default_factory=frozenset)
