@@ -152,6 +152,7 @@ def info(
         ("size", human_size(entry.size) + (f" ({entry.size} bytes)" if entry.size else "")),
         ("archive", entry.archive_format or "no"),
         ("voxel size", _voxel(entry)),
+        ("domain", _domain(entry)),
         ("axis order", entry.axis_order or "?"),
         ("contains", ", ".join(entry.datasets) or "?"),
         ("groups", ", ".join(entry.groups) or "-"),
@@ -175,6 +176,13 @@ def _voxel(entry: Entry) -> str:
     if entry.voxel_size_nm is None:
         return "?"
     return " x ".join(f"{v:g}" for v in entry.voxel_size_nm) + " nm (z, y, x)"
+
+
+def _domain(entry: Entry) -> str:
+    """A model's training domain, e.g. 'affinities; ssTEM, real data' ('' when not declared)."""
+    parts = [entry.modality, None if entry.training_data is None else f"{entry.training_data} data"]
+    said = ", ".join(p for p in parts if p)
+    return "; ".join(p for p in (entry.task, said) if p)
 
 
 def _local(entry: Entry) -> str:

@@ -55,6 +55,13 @@ class Entry(BaseModel):
     datasets: tuple[str, ...] = Field((), description="keys inside the file / archive members")
     groups: tuple[str, ...] = Field((), description="group names this entry belongs to")
     reproduce: str = Field("", description="command that re-creates the file (models)")
+    task: str | None = Field(None, description="models: what it predicts, e.g. 'affinities'")
+    modality: str | None = Field(
+        None, description="models: imaging it was trained on, e.g. 'ssTEM', 'FIB-SEM', 'phantom'"
+    )
+    training_data: Literal["real", "synthetic"] | None = Field(
+        None, description="models: trained on real or synthetic (phantom) volumes"
+    )
     plugin: str = Field("registry", description="who registered the entry")
 
     @field_validator("sha256")
