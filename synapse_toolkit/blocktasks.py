@@ -15,6 +15,7 @@ them over plain data) when ``executor="processes"``.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import hashlib
 import json
 import multiprocessing
@@ -117,6 +118,63 @@ def make_tasks(
             )
         )
     return tasks
+
+
+# --------------------------------------------------------------------------------------------
+# arrays that workers can open
+
+
+@dataclass(frozen=True)
+class ArrayRef:
+    """An array a worker can open: a local zarr array or an HDF5 dataset by path (picklable), or
+    an object (threads only)."""
+
+    zarr_root: str | None = None
+    zarr_path: str = ""
+    obj: Any = None
+    h5_file: str | None = None
+
+    def open(self, mode: str = "r") -> Any:
+        if self.h5_file is not None:
+            return _open_h5(self.h5_file, self.zarr_path)
+        if self.zarr_root is None:
+            return self.obj
+        return _open_zarr(self.zarr_root, self.zarr_path, mode)
+
+    def picklable(self) -> bool:
+        return self.zarr_root is not None or self.h5_file is not None
+
+
+@functools.lru_cache(maxsize=16)
+def _open_zarr(root: str, path: str, mode: str) -> Any:
+    import zarr
+
+    return zarr.open_array(store=root, path=path, mode=mode)
+
+
+@functools.lru_cache(maxsize=16)
+def _open_h5(path: str, key: str) -> Any:
+    import h5py
+
+    return h5py.File(path, "r")[key]
+
+
+def array_ref(arr: Any) -> ArrayRef:
+    """A zarr array on a local store or a dataset of an HDF5 file opened read-only becomes a
+    path reference; anything else (numpy) stays an object."""
+    import zarr
+    from zarr.storage import LocalStore
+
+    if isinstance(arr, zarr.Array) and isinstance(arr.store, LocalStore):
+        return ArrayRef(zarr_root=str(arr.store.root), zarr_path=arr.path)
+    try:
+        import h5py
+
+        if isinstance(arr, h5py.Dataset) and arr.file.mode == "r":
+            return ArrayRef(h5_file=str(Path(arr.file.filename).resolve()), zarr_path=arr.name)
+    except ImportError:  # pragma: no cover - h5py is a dependency
+        pass
+    return ArrayRef(obj=arr)
 
 
 # --------------------------------------------------------------------------------------------

@@ -381,6 +381,9 @@ def _clear_previous_run(run_dir: Path, store: ArtifactStore, previous: dict[str,
             shutil.rmtree(old, ignore_errors=True)
         elif old.exists():
             old.unlink()
+    blockwise = run_dir / "blockwise"  # per-block work and done markers of blockwise stages
+    if blockwise.is_dir():
+        shutil.rmtree(blockwise, ignore_errors=True)
     if store.artifact_dir.exists():
         trash = run_dir / f".artifacts.old-{time.time_ns()}"
         atomic_replace_dir(store.artifact_dir, trash)
@@ -421,6 +424,9 @@ def _run_locked(
     result = RunResult(run_dir)
     fingerprints: dict[str, str] = {}
     live: list[Stage] = []
+    from synapse_toolkit.engines import make_engine
+
+    engine = make_engine(cfg.execution, (lambda m: on_stage("engine", m)) if on_stage else None)
     try:
         for ps in plan.stages:
             fp = _fingerprint(ps, fingerprints, input_hash)
@@ -467,6 +473,7 @@ def _run_locked(
                 run_dir=run_dir,
                 n_threads=cfg.run.n_threads,
                 block_shape=cfg.run.block_shape,
+                engine=engine,
             )
             if progress_factory is not None:
                 ctx.progress_factory = progress_factory
@@ -506,12 +513,14 @@ def _run_locked(
             result.stages.append(StageResult(ps.name, "ran", seconds, records))
             if on_stage:
                 on_stage(ps.name, "done")
+        manifest["execution"] = engine.describe()
         manifest["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         manifest["status"] = "complete"
         atomic_write_text(run_dir / MANIFEST, dumps(manifest, indent=2))
     finally:
         for stage in live:
             stage.close()
+        engine.close()
         store.clear_scratch()
     result.store = store
     return result

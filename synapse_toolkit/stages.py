@@ -193,6 +193,24 @@ class StageContext:
     progress_factory: ProgressFactory = _no_progress
     #: facts the stage reports for the run manifest (e.g. the sha256 of the model it used)
     notes: dict[str, Any] = field(default_factory=dict)
+    #: where blockwise stages run their blocks (:mod:`synapse_toolkit.engines`; None: local)
+    engine: Any = None
+
+    def block_pool(
+        self, n_workers: int | None = None, executor: str = "processes", name: str = "blocks"
+    ) -> Any:
+        """A ``concurrent.futures`` executor for this stage's blocks, from the run's engine
+        (``[execution]``): a local pool of ``n_workers`` (default: the engine's), or the dask
+        cluster. The caller shuts it down (a dask cluster stays up for the next stage)."""
+        from synapse_toolkit.engines import Engine
+
+        engine = self.engine if self.engine is not None else Engine()
+        return engine.pool(n_workers, executor, name)  # type: ignore[arg-type]
+
+    def work_dir(self) -> Path:
+        """``<run dir>/blockwise/<stage>``: block outputs and done markers that survive a kill
+        (a fresh run removes them; ``--resume`` keeps them)."""
+        return Path(self.run_dir or self.scratch_dir) / "blockwise" / self.stage_name
 
     def run_file(self, filename: str) -> Path:
         """``filename`` in the run directory, for files a stage exports (a plain name, never the

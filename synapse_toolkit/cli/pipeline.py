@@ -8,8 +8,18 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
+from rich.text import Text
 
 from synapse_toolkit.config import load_config
 from synapse_toolkit.fsio import dumps
@@ -23,6 +33,14 @@ SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override a key: --set input.dataset=cremi/sample_A (repeatable)."),
 ]
+
+
+class _RateColumn(ProgressColumn):
+    """Items (blocks, tiles) per second."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("" if speed is None else f"{speed:.2f}/s")
 
 
 def _print_plan(plan: Plan, console: Console) -> None:
@@ -100,7 +118,9 @@ def run(
                     TextColumn("{task.description}"),
                     BarColumn(),
                     MofNCompleteColumn(),
+                    _RateColumn(),
                     TimeElapsedColumn(),
+                    TimeRemainingColumn(),
                     console=console,
                     transient=False,
                 )

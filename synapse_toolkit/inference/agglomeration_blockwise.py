@@ -45,9 +45,11 @@ from typing import Any, Literal
 import numpy as np
 
 from synapse_toolkit.blocktasks import (
+    ArrayRef,
     BlockTask,
     DoneMarkers,
     Fingerprint,
+    array_ref,
     atomic_write_bytes,
     make_pool,
     make_tasks,
@@ -60,47 +62,6 @@ from synapse_toolkit.inference.regiongraph import affinity_bins, merge_regions, 
 #: bump when a phase's output for the same input changes (invalidates done markers)
 FORMAT_VERSION = 1
 _WATERZ_LOCK = threading.Lock()  # stdout redirection is per process: one waterz call at a time
-
-
-# --------------------------------------------------------------------------------------------
-# arrays that workers can open
-
-
-@dataclass(frozen=True)
-class ArrayRef:
-    """An array a worker can open: a local zarr array by path (picklable), or an object."""
-
-    zarr_root: str | None = None
-    zarr_path: str = ""
-    obj: Any = None
-
-    def open(self, mode: str = "r") -> Any:
-        if self.zarr_root is None:
-            return self.obj
-        return _open_zarr(self.zarr_root, self.zarr_path, mode)
-
-    def picklable(self) -> bool:
-        return self.zarr_root is not None
-
-
-@functools.lru_cache(maxsize=16)
-def _open_zarr(root: str, path: str, mode: str) -> Any:
-    import zarr
-
-    return zarr.open_array(store=root, path=path, mode=mode)
-
-
-def array_ref(arr: Any) -> ArrayRef:
-    """A zarr array on a local store becomes a path reference; anything else stays an object."""
-    try:
-        import zarr
-        from zarr.storage import LocalStore
-
-        if isinstance(arr, zarr.Array) and isinstance(arr.store, LocalStore):
-            return ArrayRef(zarr_root=str(arr.store.root), zarr_path=arr.path)
-    except ImportError:  # pragma: no cover - zarr is a dependency
-        pass
-    return ArrayRef(obj=arr)
 
 
 # --------------------------------------------------------------------------------------------
