@@ -579,8 +579,12 @@ def _panel_figure(
     cols = 2 if n > 2 and z is not None else n
     rows = -(-n // cols)
     ratio = abs(extent[2] - extent[3]) / max(abs(extent[1] - extent[0]), 1e-9)
-    w = 5.0
-    fig = _figure(w * cols, min(w * ratio, 8.0) * rows + 0.8)
+    w, wspace, hspace = 5.0, 0.22, 0.28
+    # panel height from the width a panel really gets (margins, spacing), so rows do not float
+    # apart in empty space; the titles and labels take 1.25 in
+    panel_w = w * cols * (0.98 - 0.08) / (cols + wspace * (cols - 1))
+    panel_h = min(panel_w * ratio, 8.0)
+    fig = _figure(w * cols, panel_h * (rows + hspace * (rows - 1)) + 1.25)
     grey = _grey(em)
     for i, (title, overlay) in enumerate(panels):
         ax = fig.add_subplot(rows, cols, i + 1)
@@ -597,9 +601,9 @@ def _panel_figure(
         ax.set_xlabel("x (nm)", fontsize=8)
         ax.set_ylabel(ylabel, fontsize=8)
         ax.tick_params(labelsize=7)
-    top = 1 - 0.45 / fig.get_size_inches()[1]
+    top = 1 - 0.75 / fig.get_size_inches()[1]  # the suptitle above the panel titles
     fig.subplots_adjust(left=0.08, right=0.98, bottom=0.5 / fig.get_size_inches()[1], top=top,
-                        wspace=0.22, hspace=0.28)  # fmt: skip
+                        wspace=wspace, hspace=hspace)  # fmt: skip
     return fig
 
 
