@@ -1,4 +1,4 @@
-"""`syntk train-synapses clefts|polarity|pruner CONFIG.toml`: train the synapse models.
+"""`syntk train-synapses clefts|polarity|pruner|synful CONFIG.toml`: train the synapse models.
 
 The command functions are plain functions so that ``syntk train`` can also mount them
 (``app.command("clefts")(clefts)``). torch is imported only inside the commands.
@@ -76,4 +76,17 @@ def pruner(config: ConfigArg, time_limit: TimeOpt = None, iterations: ItOpt = No
     from synapse_toolkit.synapses.train_pruner import train_pruner
 
     summary = train_pruner(cfg, log=typer.echo)
+    typer.echo(json.dumps(summary))
+
+
+@app.command("synful")
+def synful(config: ConfigArg, time_limit: TimeOpt = None, iterations: ItOpt = None) -> None:
+    """Train the Synful network (post mask + partner vector + direction head), export to ONNX."""
+    from synapse_toolkit.synapses.train_synful import load_synful_config
+
+    cfg = _with_overrides(load_synful_config(config), time_limit, iterations)
+    _need_torch()
+    from synapse_toolkit.synapses.train_synful import train_synful
+
+    summary = train_synful(cfg, log=typer.echo)
     typer.echo(json.dumps(summary))

@@ -161,3 +161,23 @@ class VicinityTimesSide(_SignedHead):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.net(x)
         return y[:, 0:1] * (2.0 * y[:, 1:2] - 1.0)
+
+
+class SynfulHead(_SignedHead):
+    """Synful's factorised edge classifier from a 7-channel linear network: channel 0 → sigmoid
+    post-synaptic mask, 1-3 → vector to the pre-synaptic partner in nm (``vector_scale_nm`` per
+    unit), 4-6 → unit direction to the partner (the direction head)."""
+
+    def __init__(self, net: UNet3D | ScaledUNet, vector_scale_nm: float = 100.0) -> None:
+        super().__init__(net)
+        self.vector_scale_nm = float(vector_scale_nm)
+
+    def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(mask logit, vector in units of ``vector_scale_nm``, unnormalised direction)."""
+        y = self.net(x)
+        return y[:, 0:1], y[:, 1:4], y[:, 4:7]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logit, vec, d = self.parts(x)
+        unit = d / torch.sqrt((d * d).sum(dim=1, keepdim=True) + 1e-12)
+        return torch.cat([torch.sigmoid(logit), vec * self.vector_scale_nm, unit], dim=1)
