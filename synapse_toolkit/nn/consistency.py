@@ -192,10 +192,19 @@ class _Source:
         self.shape = [b - a for a, b in zip(self.lo, self.hi, strict=True)]
 
     def crop(self, start: list[int], shape: tuple[int, ...]) -> np.ndarray:
+        """``shape`` voxels from ``start`` (in the region); an axis shorter than the crop is read
+        whole and mirrored at both ends (as the labelled crops are)."""
         box = tuple(
-            slice(lo + s, lo + s + n) for lo, s, n in zip(self.lo, start, shape, strict=True)
+            slice(lo + s, lo + min(s + n, m))
+            for lo, s, n, m in zip(self.lo, start, shape, self.shape, strict=True)
         )
-        return np.asarray(self.array[box])
+        a = np.asarray(self.array[box])
+        if a.shape != tuple(shape):
+            pads = [
+                ((n - h) // 2, n - h - (n - h) // 2) for n, h in zip(shape, a.shape, strict=True)
+            ]
+            a = np.pad(a, pads, mode="symmetric")
+        return a
 
 
 class Consistency:
@@ -222,8 +231,8 @@ class Consistency:
         self.weak = _photometric_config(spec.weak, "weak")
         self.sources = [_Source(v) for v in spec.volumes]
         for s in self.sources:
-            if any(n < i for n, i in zip(s.shape, input_shape, strict=True)):
-                raise DataError(f"{s.path}: region {s.shape} smaller than the input {input_shape}")
+            if any(n < 1 for n in s.shape):
+                raise DataError(f"{s.path}: empty region {s.shape} (semi_supervised.volumes)")
         self.maps: list[tuple[np.ndarray, np.ndarray] | None] = []
         for s in self.sources:
             if spec.match_intensity and reference_quantiles is not None:
@@ -243,7 +252,7 @@ class Consistency:
         k = int(self.rng.integers(len(self.sources)))
         s = self.sources[k]
         start = [
-            int(self.rng.integers(0, n - i + 1))
+            int(self.rng.integers(0, max(n - i, 0) + 1))
             for n, i in zip(s.shape, self.input_shape, strict=True)
         ]
         raw = s.crop(start, self.input_shape)

@@ -54,6 +54,9 @@ class VolumeSpec(_Strict):
     #: validation copies: blur_sigma, contrast, noise_std, seed, match
     #: (:func:`synapse_toolkit.nn.consistency.perturb_volume`)
     perturb: dict[str, Any] | None = None
+    #: scarce labels: only these z-sections (indices in the file) are labelled; the others are
+    #: unknown (:data:`UNKNOWN`: no loss there, left out of validation scores)
+    labelled_sections: list[int] | None = None
 
 
 class DataSpec(_Strict):
@@ -121,6 +124,37 @@ def load_config(path: str | Path) -> TrainConfig:
 
 
 # -- data ---------------------------------------------------------------------------------------
+#: label of voxels whose label is unknown (CREMI's ignore label: the metrics leave it out)
+UNKNOWN = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def _mark_unlabelled(labels: np.ndarray, sections: list[int], where: str) -> np.ndarray:
+    """``labels`` as uint64 with every z-section outside ``sections`` set to :data:`UNKNOWN`."""
+    bad = [z for z in sections if not 0 <= z < labels.shape[0]]
+    if bad or not sections:
+        raise ConfigError(
+            f"{where}: labelled_sections {bad or sections} outside 0..{labels.shape[0] - 1}"
+        )
+    out = labels.astype(np.uint64)
+    keep = np.zeros(labels.shape[0], bool)
+    keep[sections] = True
+    out[~keep] = UNKNOWN
+    return out
+
+
+def known_box(labels: np.ndarray) -> tuple[list[int], list[int]] | None:
+    """``(lo, hi)`` voxel bounds of the labelled voxels when some are :data:`UNKNOWN`, else None."""
+    if labels.dtype != np.uint64:
+        return None
+    known = labels != UNKNOWN
+    if known.all():
+        return None
+    idx = np.nonzero(known)
+    if not idx[0].size:
+        raise DataError("labels: every voxel is unknown (labelled_sections)")
+    return [int(i.min()) for i in idx], [int(i.max()) + 1 for i in idx]
+
+
 def _read_dataset(path: str, dataset: str) -> np.ndarray:
     p = Path(path)
     if not p.exists():
@@ -163,6 +197,8 @@ def load_volume(spec: VolumeSpec, need_labels: bool = True) -> tuple[np.ndarray,
         raise DataError(f"{spec.raw}: training volume has no labels")
     if labels is not None and labels.shape != raw.shape:
         raise DataError(f"{spec.labels}: labels shape {labels.shape} != raw shape {raw.shape}")
+    if labels is not None and spec.labelled_sections is not None:
+        labels = _mark_unlabelled(labels, spec.labelled_sections, str(spec.labels))
     if spec.roi is not None:
         box = tuple(slice(a, b) for a, b in spec.roi)
         raw = raw[box]
@@ -178,9 +214,15 @@ TargetFn = Callable[[np.ndarray, TargetSpec], tuple[np.ndarray, np.ndarray]]
 
 
 def affinity_target(labels: np.ndarray, spec: TargetSpec) -> tuple[np.ndarray, np.ndarray]:
-    """Affinities (label 0 = boundary: affinity 0) and the mask of edges inside the crop."""
+    """Affinities (label 0 = boundary: affinity 0) and the mask of edges inside the crop whose
+    two voxels are labelled (not :data:`UNKNOWN`)."""
     offsets = long_range_offsets(spec.long_range) if spec.long_range else NEAREST_NEIGHBOURS
-    return labels_to_affinities(labels, offsets), affinity_mask(labels.shape, offsets)
+    mask = affinity_mask(labels.shape, offsets)
+    if labels.dtype == np.uint64:
+        unknown = labels == UNKNOWN
+        if unknown.any():  # both ends known: the "affinity" of the known/unknown indicator
+            mask = mask * labels_to_affinities((~unknown).astype(np.uint8), offsets)
+    return labels_to_affinities(labels, offsets), mask
 
 
 TARGETS: dict[str, TargetFn] = {"affinities": affinity_target}
@@ -229,8 +271,17 @@ class CropSampler:
         ]
         self.pad = [c + m + 1 for c, m in zip(self.context, augment.margin, strict=True)]
         self.volumes = []
+        #: per volume, the region the output crop must overlap (its labelled voxels)
+        self.boxes: list[tuple[list[int], list[int]]] = []
         sizes = []
         for raw, lab in volumes:
+            box = known_box(lab)
+            if box is not None and (augment.elastic_sigma > 0 or augment.misalign_prob > 0):
+                raise ConfigError(
+                    "augment: elastic_sigma / misalign_prob must be 0 with labelled_sections "
+                    "(warped labels cannot keep the unknown label exactly)"
+                )
+            self.boxes.append(box or ([0, 0, 0], list(raw.shape)))
             pads = [(p, p) for p in self.pad]
             self.volumes.append(
                 (
@@ -245,11 +296,12 @@ class CropSampler:
     def sample(self) -> tuple[np.ndarray, np.ndarray]:
         k = int(self.rng.choice(len(self.volumes), p=self.probs))
         raw, lab, shape = self.volumes[k]
+        b_lo, b_hi = self.boxes[k]
         start = []
         for axis in range(3):
-            # output region anywhere that overlaps the real volume
-            lo = -self.output_shape[axis] // 2
-            hi = shape[axis] - self.output_shape[axis] // 2
+            # output region anywhere that overlaps the real (labelled part of the) volume
+            lo = b_lo[axis] - self.output_shape[axis] // 2
+            hi = b_hi[axis] - self.output_shape[axis] // 2
             o = int(self.rng.integers(lo, max(lo + 1, hi)))
             o = int(
                 np.clip(
@@ -461,12 +513,14 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
             loss = loss + (((pred - y) ** 2) * w).sum() / w.sum().clamp(min=1)
         if "malis" in t_cfg.loss and it >= t_cfg.malis_start:
             nn_pred = pred[:, :3]
+            lab_b = np.stack(labels)
+            known = lab_b != UNKNOWN if lab_b.dtype == np.uint64 else None
             loss = loss + t_cfg.malis_weight * malis_loss(
                 nn_pred,
-                np.stack(labels),
+                lab_b,
                 NEAREST_NEIGHBOURS,
                 constrained=t_cfg.malis_constrained,
-                mask=None,
+                mask=None if known is None or known.all() else known,
             )
         if consistency is not None:
             loss = loss + consistency.loss(net, it, device)
