@@ -12,9 +12,8 @@ from scipy import ndimage
 
 from synapse_toolkit.cremi_ids import CLEFT_BACKGROUND
 from synapse_toolkit.data import PartnerTable
-from synapse_toolkit.synapses.candidates import CandidateSettings, find_candidates
-from synapse_toolkit.synapses.partners import deduplicate
-from synapse_toolkit.synapses.pruning import PrunerONNX, candidate_patches
+from synapse_toolkit.synapses.candidates import CandidateSettings
+from synapse_toolkit.synapses.pruning import PrunerONNX
 from synapse_toolkit.synapses.targets import Grid
 
 
@@ -34,18 +33,15 @@ def assign_emsynconn(
     settings: EMSynConnSettings | None = None,
 ) -> PartnerTable:
     """EMSynConn partners: candidates from the signed proximity, kept by the pruning CNN
-    (``pruner``; None keeps all), then de-duplicated per segment pair and place."""
-    s = settings or EMSynConnSettings()
-    cands = find_candidates(proximity, segmentation, grid, s.candidates)
-    if len(cands) == 0:
-        return PartnerTable.empty()
-    if pruner is None:
-        table = cands.to_table()
-    else:
-        patches = candidate_patches(cands, raw, proximity, segmentation, pruner.patch_settings)
-        scores = pruner.scores(patches)
-        table = cands.to_table(scores).select(scores > s.prune_threshold)
-    return deduplicate(table, s.dedup_distance_nm)
+    (``pruner``; None keeps all), then de-duplicated per segment pair and place. In memory, as
+    one block of :func:`synapse_toolkit.synapses.blockwise.emsynconn_blockwise`."""
+    from synapse_toolkit.synapses.blockwise import emsynconn_blockwise
+
+    table, _ = emsynconn_blockwise(
+        raw, proximity, segmentation, grid.voxel_size_nm, grid.offset_nm, settings=settings,
+        pruner=pruner,
+    )  # fmt: skip
+    return table
 
 
 def cleft_labels(
@@ -55,24 +51,16 @@ def cleft_labels(
     min_voxels: int = 200,
 ) -> np.ndarray:
     """CREMI cleft volume from a cleft probability map: threshold (strict ``>``), 26-connected
-    components (cc3d), components below ``min_voxels`` dropped; background 0xffffffffffffffff,
-    clefts numbered 1..N."""
+    components, components below ``min_voxels`` dropped; background 0xffffffffffffffff, clefts
+    numbered 1..N. In memory, as one block of
+    :func:`synapse_toolkit.synapses.blockwise.cleft_labels_blockwise`."""
+    from synapse_toolkit.synapses.blockwise import cleft_labels_blockwise
+
     del grid  # kept for a uniform signature (sizes in voxels)
-    mask = np.asarray(probability) > threshold
-    labels = cc3d.connected_components(mask, connectivity=26).astype(np.uint64)
-    if labels.max() > 0:
-        labels = cc3d.dust(labels, threshold=min_voxels, connectivity=26, in_place=True)
-        labels, _ = _relabel(labels)
-    out = np.full(labels.shape, CLEFT_BACKGROUND, np.uint64)
-    out[labels > 0] = labels[labels > 0]
+    prob = np.asarray(probability)
+    out = np.zeros(prob.shape[-3:], np.uint64)
+    cleft_labels_blockwise(prob, out, threshold, min_voxels)
     return out
-
-
-def _relabel(labels: np.ndarray) -> tuple[np.ndarray, int]:
-    import fastremap
-
-    relabeled, mapping = fastremap.renumber(labels, start=1, preserve_zero=True)
-    return relabeled.astype(np.uint64), len(mapping) - (1 if 0 in mapping else 0)
 
 
 @dataclass(frozen=True)
