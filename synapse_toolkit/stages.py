@@ -197,14 +197,21 @@ class StageContext:
     engine: Any = None
 
     def block_pool(
-        self, n_workers: int | None = None, executor: str = "processes", name: str = "blocks"
+        self,
+        n_workers: int | None = None,
+        executor: str = "processes",
+        name: str = "blocks",
+        n_blocks: int | None = None,
     ) -> Any:
         """A ``concurrent.futures`` executor for this stage's blocks, from the run's engine
-        (``[execution]``): a local pool of ``n_workers`` (default: the engine's), or the dask
-        cluster. The caller shuts it down (a dask cluster stays up for the next stage)."""
+        (``[execution]``): a local pool of ``n_workers`` (default: the engine's; one thread when
+        there is a single block, which a process would only delay), or the dask cluster. The
+        caller shuts it down (a dask cluster stays up for the next stage)."""
         from synapse_toolkit.engines import Engine
 
         engine = self.engine if self.engine is not None else Engine()
+        if n_blocks == 1 and engine.name == "local":
+            n_workers, executor = 1, "threads"
         return engine.pool(n_workers, executor, name)  # type: ignore[arg-type]
 
     def work_dir(self) -> Path:
