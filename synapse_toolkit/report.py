@@ -643,12 +643,18 @@ def _sweep_sections(run: Run, folder: Path) -> list[Section]:
 
 
 def _outline(ax: Any, region: np.ndarray, colour: str, shape: tuple[int, int]) -> None:
-    m = np.zeros(shape, bool)
+    """Outline one ROI, contoured on its bounding box (plus a pixel) rather than the whole image:
+    a contour set keeps its grid, and whole-image grids for hundreds of ROIs took gigabytes."""
     ok = (region[:, 0] >= 0) & (region[:, 0] < shape[0]) & (region[:, 1] >= 0)
     ok &= region[:, 1] < shape[1]
-    m[region[ok, 0], region[ok, 1]] = True
-    if m.any():
-        ax.contour(m.astype(float), levels=[0.5], colors=[colour], linewidths=1.2)
+    rr, cc = region[ok, 0], region[ok, 1]
+    if rr.size == 0:
+        return
+    r0, c0 = int(rr.min()) - 1, int(cc.min()) - 1
+    m = np.zeros((int(rr.max()) - r0 + 2, int(cc.max()) - c0 + 2))
+    m[rr - r0, cc - c0] = 1.0
+    rows, cols = np.arange(r0, r0 + m.shape[0]), np.arange(c0, c0 + m.shape[1])
+    ax.contour(cols, rows, m, levels=[0.5], colors=[colour], linewidths=1.2)
 
 
 def _calcium_sections(run: Run, folder: Path) -> list[Section]:
@@ -700,6 +706,8 @@ def _calcium_sections(run: Run, folder: Path) -> list[Section]:
         else:
             for r in pred.coordinates:
                 _outline(ax, r, TP_COLOUR, shape)
+        ax.set_xlim(-0.5, shape[1] - 0.5)  # outlines at the border must not widen the view
+        ax.set_ylim(shape[0] - 0.5, -0.5)
         ax.set_title(title, fontsize=9)
         counts.append(html.escape(title))
         ax.set_axis_off()
