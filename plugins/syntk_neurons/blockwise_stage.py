@@ -19,6 +19,7 @@ import numpy as np
 from pydantic import Field
 
 from synapse_toolkit import __version__
+from synapse_toolkit.blockwise import count_blocks
 from synapse_toolkit.data import ScoreRecord, Volume
 from synapse_toolkit.errors import DataError
 from synapse_toolkit.stages import Agglomerator, Port
@@ -57,6 +58,12 @@ class _Ignoring:
         return t
 
 
+def _engine_workers(context: Any) -> int:
+    """Workers of the run's engine (1 without one)."""
+    engine = getattr(context, "engine", None)
+    return int(engine.n_workers) if engine is not None else 1
+
+
 class BlockwiseWaterzAgglomerator(Agglomerator["BlockwiseWaterzAgglomerator.Options"]):
     """waterz agglomeration block by block: per-block watershed fragments with global ids, region
     edges with mergeable statistics (also across block faces), one global hierarchical merge of
@@ -80,7 +87,9 @@ class BlockwiseWaterzAgglomerator(Agglomerator["BlockwiseWaterzAgglomerator.Opti
         context: tuple[int, int, int] = Field(
             (4, 32, 32), description="Voxels read around each block for its watershed (z, y, x)."
         )
-        n_workers: int = Field(1, ge=1, description="Blocks processed at once.")
+        n_workers: int | None = Field(
+            None, ge=1, description="Blocks processed at once (default: [execution] n_workers)."
+        )
         executor: Literal["processes", "threads"] = Field(
             "processes",
             description="Worker kind: waterz holds the GIL, so threads do not run it in parallel.",
@@ -95,8 +104,7 @@ class BlockwiseWaterzAgglomerator(Agglomerator["BlockwiseWaterzAgglomerator.Opti
         opts = self.options
         if opts.work_dir is not None:
             return Path(opts.work_dir)
-        base = self.context.run_dir or self.context.scratch_dir
-        return Path(base) / "blockwise" / self.context.stage_name
+        return self.context.work_dir()
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         from synapse_toolkit.inference.agglomeration import scoring_function
@@ -137,8 +145,12 @@ class BlockwiseWaterzAgglomerator(Agglomerator["BlockwiseWaterzAgglomerator.Opti
             aff_threshold_low=opts.aff_threshold_low, aff_threshold_high=opts.aff_threshold_high,
             discretize_queue=opts.discretize_queue, block_shape=bs, context=opts.context,
             voxel_size_nm=affs_vol.voxel_size_nm, offset_nm=affs_vol.offset_nm,
-            n_workers=opts.n_workers, executor=opts.executor, max_retries=opts.max_retries,
+            n_workers=opts.n_workers or _engine_workers(self.context), executor=opts.executor,
+            max_retries=opts.max_retries,
             progress=progress, logger=self.context.logger,
+            pool=self.context.block_pool(
+                opts.n_workers, opts.executor, "blockwise-waterz", count_blocks(spatial, bs)
+            ),
         )  # fmt: skip
         self.context.record("blockwise", res.to_dict())
 

@@ -244,19 +244,63 @@ class CleftLabels(Postprocessor["CleftLabels.Options"]):
             0.9, ge=0, le=1, description="Strict threshold (0.9 suits the bundled model)."
         )
         min_voxels: int = Field(200, ge=0, description="Smallest cleft kept (voxels).")
+        block_shape: tuple[int, int, int] | None = Field(
+            None, description="Block shape (z, y, x voxels); default: the run's block_shape."
+        )
+        n_workers: int | None = Field(
+            None, ge=1, description="Blocks processed at once (default: [execution] n_workers)."
+        )
+        executor: Literal["processes", "threads"] = Field("processes", description="Worker kind.")
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        from synapse_toolkit.synapses.assigners import cleft_labels
-        from synapse_toolkit.synapses.targets import Grid
+        from synapse_toolkit.synapses.blockwise import cleft_labels_blockwise
 
         prob: Volume = inputs["cleft_probability"]
-        arr = _spatial(prob)
-        labels = cleft_labels(arr, Grid.of(prob), self.options.threshold,
-                              self.options.min_voxels)  # fmt: skip
-        out = self.context.create_volume("clefts", labels.shape, np.uint64, like=prob,
+        o = self.options
+        out = self.context.create_volume("clefts", prob.spatial_shape, np.uint64, like=prob,
                                          fill_value=int(CLEFT_BACKGROUND))  # fmt: skip
-        out.data[...] = labels
+        n = o.n_workers or _engine_workers(self.context)
+        res = cleft_labels_blockwise(
+            prob.data, out.data, o.threshold, o.min_voxels,
+            block_shape=o.block_shape or self.context.block_shape,
+            work_dir=self.context.work_dir(), n_workers=n,
+            pool=self.context.block_pool(n, o.executor, "cleft-labels", count_blocks(
+                prob.spatial_shape, o.block_shape or self.context.block_shape)),
+            progress=_progress(self.context),
+        )  # fmt: skip
+        self.context.record("blockwise", res)
+        _remove_work(self.context)
         return {"clefts": out}
+
+
+def count_blocks(shape: tuple[int, int, int], block_shape: tuple[int, int, int]) -> int:
+    from synapse_toolkit.blockwise import count_blocks as count
+
+    return count(shape, block_shape)
+
+
+def _engine_workers(context: Any) -> int:
+    """Workers of the run's engine (1 without one)."""
+    engine = getattr(context, "engine", None)
+    return int(engine.n_workers) if engine is not None else 1
+
+
+def _progress(context: Any) -> Any:
+    def start(phase: str, n: int) -> Any:
+        return context.progress(f"blocks ({phase})", n).advance
+
+    return start
+
+
+def _remove_work(context: Any) -> None:
+    """Remove the stage's block work after success (the stage's artifacts now hold it)."""
+    import contextlib
+    import shutil
+
+    work = context.work_dir()
+    shutil.rmtree(work, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        work.parent.rmdir()  # <run dir>/blockwise, when no other stage uses it
 
 
 def _spatial(vol: Volume) -> np.ndarray:
@@ -303,12 +347,21 @@ class EMSynConn(PartnerAssigner["EMSynConn.Options"]):
         max_gap_nm: float = Field(60.0, gt=0)
         max_centroid_distance_nm: float = Field(400.0, gt=0)
         dedup_distance_nm: float = Field(400.0, ge=0)
+        block_shape: tuple[int, int, int] | None = Field(
+            None, description="Block shape (z, y, x voxels); default: the run's block_shape."
+        )
+        context: tuple[int, int, int] = Field(
+            (4, 96, 96), description="Voxels read around each block for its candidates (z, y, x)."
+        )
+        n_workers: int | None = Field(
+            None, ge=1, description="Blocks processed at once (default: [execution] n_workers)."
+        )
+        executor: Literal["processes", "threads"] = Field("processes", description="Worker kind.")
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        from synapse_toolkit.synapses.assigners import EMSynConnSettings, assign_emsynconn
+        from synapse_toolkit.synapses.assigners import EMSynConnSettings
+        from synapse_toolkit.synapses.blockwise import emsynconn_blockwise
         from synapse_toolkit.synapses.candidates import CandidateSettings
-        from synapse_toolkit.synapses.pruning import PrunerONNX
-        from synapse_toolkit.synapses.targets import Grid
 
         o = self.options
         prox: Volume = inputs["proximity"]
@@ -319,8 +372,8 @@ class EMSynConn(PartnerAssigner["EMSynConn.Options"]):
         if o.prune:
             if raw is None:
                 raise DataError(f"stage {self.context.stage_name}: pruning needs the `raw` input")
-            path = _resolved_model(self, o.pruner_model, o.pruner_model_path, o.pruner_sha256)
-            pruner = PrunerONNX(path, self.context.n_threads)
+            pruner = str(_resolved_model(self, o.pruner_model, o.pruner_model_path,
+                                         o.pruner_sha256))  # fmt: skip
         settings = EMSynConnSettings(
             candidates=CandidateSettings(
                 threshold=o.threshold, min_voxels=o.min_voxels, max_gap_nm=o.max_gap_nm,
@@ -329,10 +382,18 @@ class EMSynConn(PartnerAssigner["EMSynConn.Options"]):
             prune_threshold=o.prune_threshold,
             dedup_distance_nm=o.dedup_distance_nm,
         )  # fmt: skip
-        raw_arr = raw.read() if raw is not None else np.zeros(seg.spatial_shape, np.uint8)
-        table = assign_emsynconn(
-            raw_arr, _spatial(prox), seg.read(), Grid.of(seg), pruner, settings
-        )
+        n = o.n_workers or _engine_workers(self.context)
+        table, res = emsynconn_blockwise(
+            None if raw is None else raw.data, prox.data, seg.data, seg.voxel_size_nm,
+            seg.offset_nm, settings=settings, pruner=pruner, n_threads=1,
+            block_shape=o.block_shape or self.context.block_shape, context=o.context,
+            work_dir=self.context.work_dir(), n_workers=n,
+            pool=self.context.block_pool(n, o.executor, "emsynconn", count_blocks(
+                seg.spatial_shape, o.block_shape or self.context.block_shape)),
+            progress=_progress(self.context),
+        )  # fmt: skip
+        self.context.record("blockwise", res)
+        _remove_work(self.context)
         return _partner_outputs(table, seg)
 
 
