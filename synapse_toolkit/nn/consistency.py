@@ -33,7 +33,6 @@ Config (TOML)::
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -158,31 +157,13 @@ class _Source:
     """One unlabelled volume, read crop by crop."""
 
     def __init__(self, spec: UnlabelledSpec) -> None:
-        p = Path(spec.raw)
-        if not p.exists():
-            raise DataError(f"{p}: file not found (semi_supervised.volumes)")
+        from synapse_toolkit.nn.volume_file import DatasetFile
+
+        self.file = DatasetFile(spec.raw, spec.raw_dataset, "semi_supervised.volumes")
         self.spec = spec
-        self.path = p
-        if p.suffix in (".h5", ".hdf", ".hdf5"):
-            import h5py
-
-            self._file: Any = h5py.File(p, "r")
-            if spec.raw_dataset not in self._file:
-                raise DataError(f"{p}: no dataset {spec.raw_dataset!r}")
-            self.array = self._file[spec.raw_dataset]
-        else:
-            import zarr
-
-            root = zarr.open(str(p), mode="r")
-            if not isinstance(root, zarr.Group):
-                raise DataError(f"{p}: not a zarr group (expected arrays inside it)")
-            try:
-                arr = root[spec.raw_dataset]
-            except KeyError as exc:
-                raise DataError(f"{p}: no array {spec.raw_dataset!r}") from exc
-            if not isinstance(arr, zarr.Array):
-                raise DataError(f"{p}: {spec.raw_dataset!r} is a group, not an array")
-            self.array = arr
+        self.path = self.file.path
+        self.array = self.file.array
+        p = self.path
         if len(self.array.shape) != 3:
             raise DataError(f"{p}:{spec.raw_dataset}: expected (z, y, x), got {self.array.shape}")
         full = self.array.shape
@@ -198,7 +179,7 @@ class _Source:
             slice(lo + s, lo + min(s + n, m))
             for lo, s, n, m in zip(self.lo, start, shape, self.shape, strict=True)
         )
-        a = np.asarray(self.array[box])
+        a = self.file.read(box)
         if a.shape != tuple(shape):
             pads = [
                 ((n - h) // 2, n - h - (n - h) // 2) for n, h in zip(shape, a.shape, strict=True)

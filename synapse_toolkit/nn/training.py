@@ -38,6 +38,7 @@ from synapse_toolkit.config import load_training_config
 from synapse_toolkit.errors import ConfigError, DataError
 from synapse_toolkit.nn.augment import AugmentConfig, sample_augmented
 from synapse_toolkit.nn.run import TrainingRun
+from synapse_toolkit.nn.volume_file import read_dataset
 
 
 class _Strict(BaseModel):
@@ -155,31 +156,6 @@ def known_box(labels: np.ndarray) -> tuple[list[int], list[int]] | None:
     return [int(i.min()) for i in idx], [int(i.max()) + 1 for i in idx]
 
 
-def _read_dataset(path: str, dataset: str) -> np.ndarray:
-    p = Path(path)
-    if not p.exists():
-        raise DataError(f"{p}: file not found")
-    if p.suffix in (".h5", ".hdf", ".hdf5") or p.name.endswith(".lzf.h5"):
-        import h5py
-
-        with h5py.File(p, "r") as f:
-            if dataset not in f:
-                raise DataError(f"{p}: no dataset {dataset!r} (has {list(f.keys())})")
-            return np.asarray(f[dataset][...])
-    import zarr
-
-    root = zarr.open(str(p), mode="r")
-    if not isinstance(root, zarr.Group):
-        raise DataError(f"{p}: not a zarr group (expected arrays inside it)")
-    try:
-        arr = root[dataset]
-    except KeyError as exc:
-        raise DataError(f"{p}: no array {dataset!r}") from exc
-    if not isinstance(arr, zarr.Array):
-        raise DataError(f"{p}: {dataset!r} is a group, not an array")
-    return np.asarray(arr[...])
-
-
 @overload
 def load_volume(
     spec: VolumeSpec, need_labels: Literal[True] = True
@@ -191,8 +167,8 @@ def load_volume(spec: VolumeSpec, need_labels: bool) -> tuple[np.ndarray, np.nda
 
 
 def load_volume(spec: VolumeSpec, need_labels: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-    raw = _read_dataset(spec.raw, spec.raw_dataset)
-    labels = _read_dataset(spec.labels, spec.labels_dataset) if spec.labels else None
+    raw = read_dataset(spec.raw, spec.raw_dataset)
+    labels = read_dataset(spec.labels, spec.labels_dataset) if spec.labels else None
     if need_labels and labels is None:
         raise DataError(f"{spec.raw}: training volume has no labels")
     if labels is not None and labels.shape != raw.shape:
