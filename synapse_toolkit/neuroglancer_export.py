@@ -27,13 +27,14 @@ __all__ = ["CLIENT", "neuroglancer_state", "serve", "state_url", "write_state"]
 CLIENT = "https://neuroglancer-demo.appspot.com"
 
 
-def neuroglancer_state(run_dir: Path, base_url: str) -> dict[str, Any]:
+def neuroglancer_state(run_dir: Path, base_url: str, levels: int = 0) -> dict[str, Any]:
     """The state: dimensions x, y, z in metres from the raw voxel size, image layers (raw, maps),
-    segmentation layers (labels) and a line annotation per partner pair."""
+    segmentation layers (labels) and a line annotation per partner pair; the OME-Zarr views are
+    (re)written with ``levels`` pyramid levels."""
     from synapse_toolkit.io.ngff import export_run
     from synapse_toolkit.report import Run, partner_pairs
 
-    views = export_run(run_dir)
+    views = export_run(run_dir, levels)
     run = Run.open(run_dir)
     base = base_url.rstrip("/")
     layers: list[dict[str, Any]] = []
@@ -82,10 +83,11 @@ def neuroglancer_state(run_dir: Path, base_url: str) -> dict[str, Any]:
     }
 
 
-def write_state(run_dir: Path, base_url: str) -> Path:
+def write_state(run_dir: Path, base_url: str, levels: int = 0) -> Path:
     """Write ``<run>/neuroglancer.json``; returns its path."""
     path = run_dir / "neuroglancer.json"
-    atomic_write_text(path, json.dumps(neuroglancer_state(run_dir, base_url), indent=2))
+    state = neuroglancer_state(run_dir, base_url, levels)
+    atomic_write_text(path, json.dumps(state, indent=2))
     return path
 
 

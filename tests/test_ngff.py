@@ -115,3 +115,85 @@ def test_export_copies_volumes_read_in_place(tmp_path: Path, cremi_file: Path) -
     ]
     ids_ome = json.loads((run / "artifacts/load/neuron_ids.ome.zarr/zarr.json").read_text())
     assert "image-label" in ids_ome["attributes"]["ome"]
+
+
+def test_pyramid_factors_halve_the_fine_axes_first() -> None:
+    from synapse_toolkit.io.ngff import pyramid_factors
+
+    assert pyramid_factors((40.0, 4.0, 4.0), (20, 256, 256), 4) == [
+        (1, 1, 1), (1, 2, 2), (1, 4, 4), (1, 8, 8), (2, 16, 16)
+    ]  # fmt: skip
+    assert pyramid_factors((8.0, 8.0, 8.0), (64, 64, 64), 1) == [(1, 1, 1), (2, 2, 2)]
+    # an axis of one voxel stays; nothing left to halve ends the pyramid early
+    assert pyramid_factors((40.0, 4.0, 4.0), (1, 2, 2), 3) == [(1, 1, 1), (1, 2, 2)]
+
+
+def test_downsample_mean_for_intensity_and_mode_for_labels() -> None:
+    from synapse_toolkit.io.ngff import downsample_block
+
+    img = np.arange(2 * 4 * 6, dtype=np.uint8).reshape(2, 4, 6)
+    out = downsample_block(img, (1, 2, 2), labels=False)
+    assert out.shape == (2, 2, 3) and out.dtype == np.uint8
+    assert out[0, 0, 0] == round((0 + 1 + 6 + 7) / 4)  # mean of the 2x2 block, rounded
+    lab = np.array([[[5, 5, 1], [2, 5, 1], [7, 7, 7]]], np.uint64)  # 1 x 3 x 3: odd edges padded
+    out = downsample_block(lab, (1, 2, 2), labels=True)
+    assert out.dtype == np.uint64 and out.shape == (1, 2, 2)
+    assert out[0, 0, 0] == 5  # 5, 5, 2, 5 -> 5
+    assert out[0, 0, 1] == 1  # edge: 1, 1 repeated
+    assert out[0, 1, 0] == 7
+    tie = np.array([[[3, 9], [9, 3]]], np.uint64)
+    assert downsample_block(tie, (1, 2, 2), labels=True)[0, 0, 0] == 3  # tie: the smaller id
+    affs = np.ones((3, 2, 4, 4), np.float32)
+    assert downsample_block(affs, (1, 2, 2), labels=False).shape == (3, 2, 2, 2)
+
+
+def test_pyramid_levels_read_by_the_ome_zarr_reader_with_nm_scales(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    seg = np.repeat(np.repeat(rng.integers(1, 6, size=(4, 10, 10)), 4, axis=1), 4, axis=2)
+    seg = seg.astype(np.uint64)  # 4 x 40 x 40 of 4x4 blocks: mode downsampling keeps ids exact
+    art = _save(tmp_path, Volume(seg, (40.0, 4.0, 4.0), (0.0, 8.0, 8.0), "seg"), "labels", "seg")
+    raw = rng.random((4, 40, 40)).astype(np.float32)
+    art_raw = _save(tmp_path, Volume(raw, (40.0, 4.0, 4.0), (0.0, 8.0, 8.0), "raw"), "intensity",
+                    "raw")  # fmt: skip
+    assert write_ngff_view(art, "labels", levels=2) == view_path(art)
+    write_ngff_view(art_raw, "intensity", levels=2)
+    group = zarr.open_group(str(view_path(art)), mode="r")
+    np.testing.assert_array_equal(group["1"][...], seg[:, ::2, ::2])
+    np.testing.assert_array_equal(group["2"][...], seg[:, ::4, ::4])
+    raw1 = zarr.open_group(str(view_path(art_raw)), mode="r")["1"][...]
+    np.testing.assert_allclose(raw1, raw.reshape(4, 20, 2, 20, 2).mean(axis=(2, 4)), rtol=1e-6)
+    reader = pytest.importorskip("ome_zarr.reader")
+    from ome_zarr.io import parse_url
+
+    for path, is_labels in ((view_path(art), True), (view_path(art_raw), False)):
+        node = list(reader.Reader(parse_url(str(path)))())[0]
+        assert [tuple(d.shape) for d in node.data] == [(4, 40, 40), (4, 20, 20), (4, 10, 10)]
+        transforms = node.metadata["coordinateTransformations"]
+        assert [t[0]["scale"] for t in transforms] == [[40, 4, 4], [40, 8, 8], [40, 16, 16]]
+        # coarse voxel centres sit on the centres of the fine voxels they cover
+        assert [t[1]["translation"] for t in transforms] == [[0, 8, 8], [0, 10, 10], [0, 14, 14]]
+        assert ("image-label" in json.loads((path / "zarr.json").read_text())["attributes"]["ome"]
+                ) is is_labels  # fmt: skip
+    assert chunk_links(view_path(art)) == 2  # level 0 still hard-linked
+
+
+def chunk_links(view: Path) -> int:
+    chunk = next(p for p in (view / "0").rglob("*") if p.is_file() and p.name != "zarr.json")
+    return chunk.stat().st_nlink
+
+
+def test_export_cli_levels(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from synapse_toolkit.cli.main import app
+
+    seg = np.ones((2, 16, 16), np.uint32)
+    art = _save(tmp_path, Volume(seg, (40.0, 4.0, 4.0), (0, 0, 0), "s"), "labels", "seg")
+    rec = {"type": "labels", "path": str(art.relative_to(tmp_path / "run"))}
+    manifest = {"stages": {"segment": {"outputs": {"segmentation": rec}}}}
+    (tmp_path / "run" / "manifest.json").write_text(json.dumps(manifest))
+    res = CliRunner().invoke(app, ["export", "ome-zarr", str(tmp_path / "run"), "--levels", "3"])
+    assert res.exit_code == 0, res.output
+    ms = zarr.open_group(str(view_path(art)), mode="r").attrs["ome"]["multiscales"][0]
+    assert [d["path"] for d in ms["datasets"]] == ["0", "1", "2", "3"]
+    assert ms["datasets"][3]["coordinateTransformations"][0]["scale"] == [40.0, 32.0, 32.0]
