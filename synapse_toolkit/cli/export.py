@@ -48,12 +48,15 @@ def onnx(
 @app.command("ome-zarr")
 def ome_zarr(
     run_dir: Annotated[Path, typer.Argument(help="A run directory (holds manifest.json).")],
+    levels: Annotated[
+        int, typer.Option(min=0, help="Downsampled pyramid levels (intensity mean, labels mode).")
+    ] = 0,
 ) -> None:
     """OME-Zarr (NGFF 0.5, nm) beside every volume artifact of a run: linked views of zarr
     artifacts, copies of volumes read in place from the input file (e.g. CREMI raw)."""
     from synapse_toolkit.io.ngff import export_run
 
-    for path in export_run(run_dir):
+    for path in export_run(run_dir, levels):
         typer.echo(str(path))
 
 
@@ -64,12 +67,15 @@ def neuroglancer(
         bool, typer.Option("--serve", help="Serve the run directory (CORS open) until Ctrl-C.")
     ] = False,
     port: Annotated[int, typer.Option(help="Port of the local file server.")] = 9015,
+    levels: Annotated[
+        int, typer.Option(min=0, help="Downsampled pyramid levels of the OME-Zarr views.")
+    ] = 0,
 ) -> None:
     """Write RUN_DIR/neuroglancer.json (OME-Zarr image and segmentation layers, partner lines)
     and print the neuroglancer URL; --serve answers the URL's data requests locally."""
     from synapse_toolkit import neuroglancer_export as ng
 
-    path = ng.write_state(run_dir, f"http://127.0.0.1:{port}")
+    path = ng.write_state(run_dir, f"http://127.0.0.1:{port}", levels=levels)
     typer.echo(f"state: {path}")
     typer.echo(ng.state_url(json.loads(path.read_text())))
     if serve:
