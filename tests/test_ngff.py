@@ -166,7 +166,7 @@ def test_pyramid_levels_read_by_the_ome_zarr_reader_with_nm_scales(tmp_path: Pat
     from ome_zarr.io import parse_url
 
     for path, is_labels in ((view_path(art), True), (view_path(art_raw), False)):
-        node = list(reader.Reader(parse_url(str(path)))())[0]
+        node = next(iter(reader.Reader(parse_url(str(path)))()))
         assert [tuple(d.shape) for d in node.data] == [(4, 40, 40), (4, 20, 20), (4, 10, 10)]
         transforms = node.metadata["coordinateTransformations"]
         assert [t[0]["scale"] for t in transforms] == [[40, 4, 4], [40, 8, 8], [40, 16, 16]]
