@@ -442,6 +442,7 @@ def agglomerate_blockwise(
     max_retries: int = 2,
     progress: Callable[[str, int], Callable[[], None]] | None = None,
     logger: Any = None,
+    pool: Any = None,
 ) -> BlockwiseResult:
     """Agglomerate ``affinities`` (>=3, z, y, x) block by block into ``out`` (T, z, y, x) uint64,
     one segmentation per threshold (ascending).
@@ -451,7 +452,8 @@ def agglomerate_blockwise(
     finished block. ``out`` should be chunked so no chunk spans two blocks (the relabel blocks
     write in parallel). ``progress(phase, n_blocks)`` returns a callable ticked once per block.
     With ``executor="processes"`` the arrays must be zarr arrays on local disk (workers reopen
-    them by path); other arrays fall back to threads.
+    them by path); other arrays fall back to threads. A ``pool`` (an executor, e.g. from the
+    run's engine) replaces the pool this function would start; it is shut down at the end.
     """
     import zarr
 
@@ -502,7 +504,8 @@ def agglomerate_blockwise(
     )  # fmt: skip
     tasks = make_tasks(shape, bs, ctx, voxel_size_nm=voxel_size_nm, offset_nm=offset_nm)
     result = BlockwiseResult(n_blocks=len(tasks), n_fragments=0, n_edges=0)
-    pool = make_pool(n_workers, executor, "blockwise agglomeration")
+    if pool is None:
+        pool = make_pool(n_workers, executor, "blockwise agglomeration")
 
     def phase(name: str, process: Any, check: Any) -> dict[int, dict[str, Any]]:
         t0 = time.perf_counter()
