@@ -45,7 +45,12 @@ class AffinityDetector(Detector["AffinityDetector.Options"]):
     }
 
     class Options(StageOptions):
-        model: str = Field(DEFAULT_MODEL, description="Registry model name.")
+        model: str = Field(
+            DEFAULT_MODEL,
+            description="Registry model name, or 'auto': the registry's affinity model for the "
+            "input's domain (phantom, ssTEM if z is >= 2x the in-plane voxel, else FIB-SEM; "
+            "synapse_toolkit.domain).",
+        )
         model_path: Path | None = Field(None, description="An ONNX file instead of `model`.")
         sha256: str | None = Field(None, description="Expected sha256 of `model_path`.")
         overlap: tuple[int, int, int] = Field((4, 8, 8), description="Tile overlap (z, y, x).")
@@ -74,6 +79,8 @@ class AffinityDetector(Detector["AffinityDetector.Options"]):
             "model's metadata, else its registry entry).",
         )
 
+    _model_name: str = DEFAULT_MODEL  # the registry name run (``model`` after 'auto')
+
     def _model_voxel_size(self, meta: Mapping[str, Any]) -> tuple[float, ...] | None:
         opts: AffinityDetector.Options = self.options
         if opts.model_voxel_size_nm is not None:
@@ -83,9 +90,44 @@ class AffinityDetector(Detector["AffinityDetector.Options"]):
         if opts.model_path is None:
             from synapse_toolkit.datasets import get_registry
 
-            entry = get_registry().get(opts.model)
+            entry = get_registry().get(self._model_name)
             return None if entry.voxel_size_nm is None else tuple(entry.voxel_size_nm)
         return None
+
+    def _choose_model(self, raw: Volume) -> Any:
+        """The registry name to run (``model``, or the choice for ``'auto'``) and the input's
+        domain, both recorded in the manifest."""
+        from synapse_toolkit.domain import choose_model, input_domain
+
+        opts: AffinityDetector.Options = self.options
+        domain = input_domain(raw)
+        self.context.record("input_domain", domain.to_dict())
+        self._model_name = opts.model
+        if opts.model_path is None and opts.model == "auto":
+            entry, why = choose_model("affinities", domain)
+            self._model_name = entry.name
+            self.context.logger.info("affinity-unet: model = auto -> %s (%s)", entry.name, why)
+            self.context.record("model_choice", {"model": entry.name, "reason": why})
+        return domain
+
+    def _check_domain(self, domain: Any, meta: Mapping[str, Any], resolved: Any) -> None:
+        """Record the model's domain; one warning line for a phantom-trained model on real data."""
+        from synapse_toolkit.domain import domain_warning, model_domain
+
+        opts: AffinityDetector.Options = self.options
+        entry = None
+        if opts.model_path is None:
+            from synapse_toolkit.datasets import get_registry
+
+            entry = get_registry().get(self._model_name)
+        mdom = model_domain(meta, entry)
+        if mdom.to_dict():  # what the model was trained on, in the manifest
+            self.context.record("model_domain", mdom.to_dict())
+        name = self._model_name if opts.model_path is None else str(resolved.path)
+        warning = domain_warning("affinity-unet", name, mdom, domain)
+        if warning:
+            self.context.logger.warning(warning)
+            self.context.record("domain_warning", warning)
 
     def _model_grid(
         self, raw: Volume, meta: Mapping[str, Any], n_out: int, result: Volume
@@ -129,8 +171,9 @@ class AffinityDetector(Detector["AffinityDetector.Options"]):
         raw: Volume = inputs["raw"]
         if len(raw.shape) != 3:
             raise DataError(f"affinity-unet: raw must be 3D (z, y, x), got shape {raw.shape}")
+        domain = self._choose_model(raw)
         resolved = resolve_model(
-            "affinity-unet", name=opts.model, path=opts.model_path, sha256=opts.sha256,
+            "affinity-unet", name=self._model_name, path=opts.model_path, sha256=opts.sha256,
             logger=self.context.logger,
         )  # fmt: skip
         self.context.record("model", {"path": str(resolved.path), "sha256": resolved.sha256,
@@ -157,9 +200,7 @@ class AffinityDetector(Detector["AffinityDetector.Options"]):
         )
         if meta.get("agglomeration"):  # the model's waterz settings, for `waterz` without truth
             zarr_array(result).attrs["agglomeration"] = meta["agglomeration"]
-        domain = {k: meta[k] for k in ("modality", "training_data", "voxel_size_nm") if k in meta}
-        if domain:  # what the model was trained on, in the manifest
-            self.context.record("model_domain", domain)
+        self._check_domain(domain, meta, resolved)
         source, target = self._model_grid(raw, meta, n_out, result)
         from synapse_toolkit.inference.tiled import TileGrid
 

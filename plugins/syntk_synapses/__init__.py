@@ -168,7 +168,7 @@ class _OnnxDetector(Detector["_OnnxDetector.Options"]):
 
         raw: Volume = inputs["raw"]
         o = self.options
-        path = _resolved_model(self, o.model, o.model_path, o.sha256)
+        path = _resolved_model(self, o.model, o.model_path, o.sha256, raw=raw)
         model = OnnxModel(path, n_threads=self.context.n_threads)
         out = self.context.create_volume(self.output_port, (1, *raw.spatial_shape), np.float32,
                                          like=raw)  # fmt: skip
@@ -182,8 +182,14 @@ class _OnnxDetector(Detector["_OnnxDetector.Options"]):
         return {self.output_port: out}
 
 
-def _resolved_model(stage: Stage, name: str, path: Path | None, sha256: str | None) -> Path:
-    """The stage's verified ONNX file (registry name, or a checked path), noted in the manifest."""
+def _resolved_model(
+    stage: Stage, name: str, path: Path | None, sha256: str | None, raw: Volume | None = None
+) -> Path:
+    """The stage's verified ONNX file (registry name, or a checked path), noted in the manifest.
+
+    With ``raw``, a registry model trained on synthetic phantoms that runs on a volume that is not
+    a phantom gets one warning line, recorded as ``domain_warning`` (:mod:`synapse_toolkit.domain`).
+    """
     from synapse_toolkit.models import resolve_model
 
     chosen = name or DEFAULT_MODELS[stage.name]
@@ -191,6 +197,17 @@ def _resolved_model(stage: Stage, name: str, path: Path | None, sha256: str | No
                           sha256=sha256, logger=stage.context.logger)  # fmt: skip
     stage.context.record("model", {"path": str(model.path), "sha256": model.sha256,
                                    "pinned_by": model.pinned_by})  # fmt: skip
+    if raw is not None and path is None:
+        from synapse_toolkit.datasets import get_registry
+        from synapse_toolkit.domain import domain_warning, input_domain, model_domain
+
+        mdom = model_domain(None, get_registry().get(chosen))
+        if mdom.to_dict():
+            stage.context.record("model_domain", mdom.to_dict())
+        warning = domain_warning(stage.context.stage_name, chosen, mdom, input_domain(raw))
+        if warning:
+            stage.context.logger.warning(warning)
+            stage.context.record("domain_warning", warning)
     return model.path
 
 

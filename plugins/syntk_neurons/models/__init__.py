@@ -82,6 +82,16 @@ SHIPPED: dict[str, tuple[str, str, str, tuple[float, float, float]]] = {
 }
 
 
+#: registry name -> the model's domain (what `model = "auto"` in `affinity-unet` chooses by:
+#: :mod:`synapse_toolkit.domain`); listed in order of preference within a modality
+DOMAINS: dict[str, dict[str, str]] = {
+    "neurons/fib_affinities": {"modality": "FIB-SEM", "training_data": "real"},
+    "neurons/fib_affinities_v2": {"modality": "FIB-SEM", "training_data": "real"},
+    "neurons/phantom_affinities": {"modality": "phantom", "training_data": "synthetic"},
+    "neurons/sstem_affinities": {"modality": "ssTEM", "training_data": "real"},
+}
+
+
 def sidecar_sha256(onnx_file: Path) -> str | None:
     side = onnx_file.with_suffix(".sha256")
     if not side.exists():
@@ -110,6 +120,8 @@ def registry_entries() -> list[dict[str, Any]]:
                 "reproduce": reproduce,
                 "voxel_size_nm": voxel_size_nm,
                 "axis_order": "zyx",
+                "task": "affinities",
+                **DOMAINS[name],
             }
         )
     return out
