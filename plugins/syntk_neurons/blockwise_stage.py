@@ -23,7 +23,7 @@ from synapse_toolkit.blockwise import count_blocks
 from synapse_toolkit.data import ScoreRecord, Volume
 from synapse_toolkit.errors import DataError
 from synapse_toolkit.stages import Agglomerator, Port
-from syntk_neurons.stages import WaterzAgglomerator, zarr_array
+from syntk_neurons.stages import WaterzAgglomerator, model_agglomeration, zarr_array
 
 _IGNORE = np.uint64(0xFFFFFFFFFFFFFFFF)
 
@@ -125,6 +125,17 @@ class BlockwiseWaterzAgglomerator(Agglomerator["BlockwiseWaterzAgglomerator.Opti
             if vol is not None and tuple(vol.shape) != tuple(spatial):
                 raise DataError(f"{self.name}: {port} shape {vol.shape} != affinities {spatial}")
         ths = sorted(opts.thresholds)
+        scoring = opts.scoring
+        target = opts.threshold if opts.threshold is not None else ths[len(ths) // 2]
+        model_agg = (
+            model_agglomeration(affs_vol, opts)
+            if truth is None and opts.threshold is None
+            else None
+        )
+        if model_agg is not None:  # as waterz: the setting stored by the affinity model
+            scoring, target = str(model_agg["scoring"]), float(model_agg["threshold"])
+            scoring_function(scoring)
+            ths = sorted({*ths, target})
         b = opts.block_shape or self.context.block_shape
         bs = (int(b[0]), int(b[1]), int(b[2]))
         chunks = tuple(min(s, b) for s, b in zip(spatial, bs, strict=True))
@@ -141,7 +152,7 @@ class BlockwiseWaterzAgglomerator(Agglomerator["BlockwiseWaterzAgglomerator.Opti
 
         res = agglomerate_blockwise(
             affs_vol.data, segs.data, ths, work,
-            fragments=None if frag is None else frag.data, scoring=opts.scoring,
+            fragments=None if frag is None else frag.data, scoring=scoring,
             aff_threshold_low=opts.aff_threshold_low, aff_threshold_high=opts.aff_threshold_high,
             discretize_queue=opts.discretize_queue, block_shape=bs, context=opts.context,
             voxel_size_nm=affs_vol.voxel_size_nm, offset_nm=affs_vol.offset_nm,
@@ -171,8 +182,14 @@ class BlockwiseWaterzAgglomerator(Agglomerator["BlockwiseWaterzAgglomerator.Opti
                 rows.append(row)
                 if not best or row[opts.select_by] < best[opts.select_by]:
                     best = row
-        target = opts.threshold if opts.threshold is not None else ths[len(ths) // 2]
         chosen = best["threshold"] if best else min(ths, key=lambda t: abs(t - target))
+        source = "model metadata" if model_agg is not None else (
+            "option" if opts.threshold is not None else "median of thresholds"
+        )  # fmt: skip
+        self.context.record(
+            "agglomeration",
+            {"scoring": scoring, "threshold": chosen, "chosen_by": "truth" if best else source},
+        )
         seg_out = self.context.create_volume(
             "segmentation", spatial, np.uint64, like=affs_vol, chunks=zarr_array(segs).chunks[1:],
             dense=True,
@@ -188,6 +205,6 @@ class BlockwiseWaterzAgglomerator(Agglomerator["BlockwiseWaterzAgglomerator.Opti
             out["scores"] = ScoreRecord(
                 metric="waterz-threshold-sweep",
                 values={f"best_{k}": v for k, v in best.items()},
-                details={"sweep": rows, "scoring": opts.scoring, "select_by": opts.select_by},
+                details={"sweep": rows, "scoring": scoring, "select_by": opts.select_by},
             )
         return out
