@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from synapse_toolkit.cli._training import need_torch, with_training_overrides
 from synapse_toolkit.errors import SyntkError
 
 app = typer.Typer(no_args_is_help=True, help="Synapse clustering (autoencoder + k-means).")
@@ -26,18 +27,10 @@ def cluster_encoder(
     """Train the synapse cluster encoder (3D conv AE or VAE) and export it to ONNX."""
     from synapse_toolkit.synapses.train_cluster_encoder import load_cluster_config
 
-    cfg = load_cluster_config(config)
-    updates: dict[str, object] = {}
-    if time_limit is not None:
-        updates["time_limit_minutes"] = time_limit
-    if iterations is not None:
-        updates["iterations"] = iterations
-    if updates:
-        cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update=updates)})
-    try:
-        import torch  # noqa: F401
-    except ImportError as exc:
-        raise SyntkError("training needs torch: pip install 'synapse-toolkit[train]'") from exc
+    cfg = with_training_overrides(
+        load_cluster_config(config), time_limit_minutes=time_limit, iterations=iterations
+    )
+    need_torch()
     from synapse_toolkit.synapses.train_cluster_encoder import train_cluster_encoder
 
     typer.echo(json.dumps(train_cluster_encoder(cfg, log=typer.echo)))

@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from synapse_toolkit.cli._training import need_torch, with_training_overrides
+
 app = typer.Typer(no_args_is_help=True, help="Train detector networks (torch).")
 
 
@@ -26,24 +28,14 @@ def affinities(
     """Train an affinity U-Net (MALA style) from CONFIG; prints a JSON summary at the end."""
     from synapse_toolkit.nn.training import load_config
 
-    cfg = load_config(config)
-    updates: dict[str, object] = {}
-    if out_dir is not None:
-        updates["out_dir"] = out_dir
-    if time_limit is not None:
-        updates["time_limit_minutes"] = time_limit
-    if iterations is not None:
-        updates["iterations"] = iterations
-    if init_from is not None:
-        updates["init_from"] = init_from
-    if updates:
-        cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update=updates)})
-    try:
-        import torch  # noqa: F401
-    except ImportError as exc:
-        from synapse_toolkit.errors import SyntkError
-
-        raise SyntkError("syntk train needs torch: pip install 'synapse-toolkit[train]'") from exc
+    cfg = with_training_overrides(
+        load_config(config),
+        out_dir=out_dir,
+        time_limit_minutes=time_limit,
+        iterations=iterations,
+        init_from=init_from,
+    )
+    need_torch()
     from synapse_toolkit.nn.training import train
 
     summary = train(cfg, log=lambda s: typer.echo(s))

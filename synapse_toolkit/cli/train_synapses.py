@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from synapse_toolkit.errors import ConfigError, SyntkError
+from synapse_toolkit.cli._training import need_torch, with_training_overrides
+from synapse_toolkit.errors import ConfigError
 
 app = typer.Typer(no_args_is_help=True, help="Train the synapse models (torch).")
 
@@ -21,33 +22,14 @@ TimeOpt = Annotated[float | None, typer.Option(help="Override training.time_limi
 ItOpt = Annotated[int | None, typer.Option(help="Override training.iterations.")]
 
 
-def _need_torch() -> None:
-    try:
-        import torch  # noqa: F401
-    except ImportError as exc:
-        raise SyntkError("training needs torch: pip install 'synapse-toolkit[train]'") from exc
-
-
-def _with_overrides(cfg: Any, time_limit: float | None, iterations: int | None) -> Any:
-    """The config with ``training.time_limit_minutes`` / ``training.iterations`` replaced."""
-    updates: dict[str, object] = {}
-    if time_limit is not None:
-        updates["time_limit_minutes"] = time_limit
-    if iterations is not None:
-        updates["iterations"] = iterations
-    if not updates:
-        return cfg
-    return cfg.model_copy(update={"training": cfg.training.model_copy(update=updates)})
-
-
 def _detector(kind: str, config: Path, time_limit: float | None, iterations: int | None) -> None:
     from synapse_toolkit.synapses.train_detectors import load_detector_config
 
     cfg = load_detector_config(config)
     if cfg.kind != kind:
         raise ConfigError(f"{config}: kind = {cfg.kind!r}, but this command trains {kind!r}")
-    cfg = _with_overrides(cfg, time_limit, iterations)
-    _need_torch()
+    cfg = with_training_overrides(cfg, time_limit_minutes=time_limit, iterations=iterations)
+    need_torch()
     from synapse_toolkit.synapses.train_detectors import train_detector
 
     summary = train_detector(cfg, log=typer.echo)
@@ -71,8 +53,10 @@ def pruner(config: ConfigArg, time_limit: TimeOpt = None, iterations: ItOpt = No
     """Train the EMSynConn pruning CNN on labelled candidates and export it to ONNX."""
     from synapse_toolkit.synapses.train_pruner import load_pruner_config
 
-    cfg = _with_overrides(load_pruner_config(config), time_limit, iterations)
-    _need_torch()
+    cfg = with_training_overrides(
+        load_pruner_config(config), time_limit_minutes=time_limit, iterations=iterations
+    )
+    need_torch()
     from synapse_toolkit.synapses.train_pruner import train_pruner
 
     summary = train_pruner(cfg, log=typer.echo)
@@ -84,8 +68,10 @@ def synful(config: ConfigArg, time_limit: TimeOpt = None, iterations: ItOpt = No
     """Train the Synful network (post mask + partner vector + direction head), export to ONNX."""
     from synapse_toolkit.synapses.train_synful import load_synful_config
 
-    cfg = _with_overrides(load_synful_config(config), time_limit, iterations)
-    _need_torch()
+    cfg = with_training_overrides(
+        load_synful_config(config), time_limit_minutes=time_limit, iterations=iterations
+    )
+    need_torch()
     from synapse_toolkit.synapses.train_synful import train_synful
 
     summary = train_synful(cfg, log=typer.echo)
