@@ -230,8 +230,11 @@ class NeurofinderScorer(Scorer["NeurofinderScorer.Options"]):
         return {"scores": ScoreRecord(self.name, s.as_dict(), dict(self.options.model_dump()))}
 
 
-class ClusteringScorer(Scorer):
-    """Clustering of synapses against known types, joined on synapse ids."""
+class ClusteringScorer(Scorer["ClusteringScorer.Options"]):
+    """Clustering of synapses against known types, joined on synapse ids. When the clustered
+    synapses are found ones (not the annotated), give ``partners`` (what was clustered) and
+    ``truth_annotations``: each found synapse then takes the type of the annotated synapse whose
+    pre site is nearest (within ``match_nm``); unmatched ones are left out and counted."""
 
     name: ClassVar[str] = "clustering"
     higher_is_better: ClassVar[tuple[str, ...]] = (
@@ -242,8 +245,15 @@ class ClusteringScorer(Scorer):
     inputs: ClassVar[Mapping[str, Port]] = {
         "prediction": Port("clusters", "cluster label per synapse"),
         "truth": Port("clusters", "known type per synapse"),
+        "partners": Port("partners", "the clustered synapses (found ones)", required=False),
+        "truth_annotations": Port("annotations", "annotated synapses", required=False),
     }
     outputs: ClassVar[Mapping[str, Port]] = _SCORES
+
+    class Options(StageOptions):
+        match_nm: float = Field(
+            400.0, gt=0, description="Pre-site distance for matching found to annotated synapses."
+        )
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         truth, pred = inputs.get("truth"), inputs.get("prediction")
@@ -251,13 +261,42 @@ class ClusteringScorer(Scorer):
             raise DataError(
                 f"stage {self.context.stage_name}: truth and prediction must be clusters"
             )
+        details: dict[str, Any] = {}
+        found, ann = inputs.get("partners"), inputs.get("truth_annotations")
+        if (found is None) != (ann is None):
+            raise DataError(f"stage {self.context.stage_name}: give both partners and "
+                            "truth_annotations, or neither")  # fmt: skip
+        if found is not None:
+            truth, details = self._matched(truth, found, ann)
         common, ti, pi = np.intersect1d(truth.synapse_ids, pred.synapse_ids, return_indices=True)
         from synapse_toolkit.metrics.clustering import score_clustering
 
         s = score_clustering(truth.labels[ti], pred.labels[pi])
         details = {"n_truth": len(truth.labels), "n_prediction": len(pred.labels),
-                   "n_common": int(common.size)}  # fmt: skip
+                   "n_common": int(common.size), **details}  # fmt: skip
         return {"scores": ScoreRecord(self.name, s.as_dict(), details)}
+
+    def _matched(
+        self, truth: ClusterAssignments, found: Any, ann: Any
+    ) -> tuple[ClusterAssignments, dict[str, Any]]:
+        """True types re-keyed by the found synapses' ids (nearest annotated pre site)."""
+        from synapse_toolkit.metrics.clustering import match_nearest
+        from synapse_toolkit.synapses.patches import synapse_sites
+
+        if isinstance(ann, Annotations):
+            ann = PartnerTable.from_annotations(ann)
+        if not isinstance(found, PartnerTable) or not isinstance(ann, PartnerTable):
+            raise DataError(f"stage {self.context.stage_name}: partners and truth_annotations "
+                            "must be partner tables or CREMI annotations")  # fmt: skip
+        true_sites, found_sites = synapse_sites(ann), synapse_sites(found)
+        lookup = dict(zip(truth.synapse_ids.tolist(), truth.labels.tolist(), strict=True))
+        known = np.asarray([int(i) in lookup for i in true_sites.synapse_id], bool)
+        ref_ids = true_sites.synapse_id[known]
+        j = match_nearest(found_sites.pre_nm, true_sites.pre_nm[known], self.options.match_nm)
+        keep = j >= 0
+        labels = np.asarray([lookup[int(ref_ids[k])] for k in j[keep]], np.int64)
+        matched = ClusterAssignments(found_sites.synapse_id[keep], labels)
+        return matched, {"n_found": len(found_sites), "n_found_matched": int(keep.sum())}
 
 
 SCORERS = (CremiNeuronScorer, CremiCleftScorer, CremiPartnerScorer, SynapseOverlapScorer,

@@ -66,3 +66,15 @@ def score_clustering(truth: np.ndarray, pred: np.ndarray) -> ClusteringScores:
         n_classes=int(np.unique(t).size),
         n_clusters=int(np.unique(p).size),
     )
+
+
+def match_nearest(points_nm: np.ndarray, reference_nm: np.ndarray, max_nm: float) -> np.ndarray:
+    """Index of the nearest reference point (both (N, 3) nm) within ``max_nm``, -1 if none;
+    e.g. to give found synapses the type of the annotated synapse whose pre site is nearest."""
+    p = np.asarray(points_nm, np.float64).reshape(-1, 3)
+    r = np.asarray(reference_nm, np.float64).reshape(-1, 3)
+    if len(r) == 0 or len(p) == 0:
+        return np.full(len(p), -1, np.int64)
+    d = np.linalg.norm(p[:, None] - r[None], axis=2)
+    j = d.argmin(axis=1)
+    return np.where(d[np.arange(len(j)), j] <= max_nm, j, -1).astype(np.int64)
