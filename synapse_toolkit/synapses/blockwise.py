@@ -90,6 +90,7 @@ def _phase(
     max_retries: int,
     progress: Progress | None,
     seconds: dict[str, float],
+    skipped: dict[str, int],
 ) -> dict[int, dict[str, Any]]:
     t0 = time.perf_counter()
     tick = progress(name, len(tasks)) if progress else None
@@ -98,6 +99,7 @@ def _phase(
         on_block=(lambda t, s: tick()) if tick else None, pool=pool,
     )  # fmt: skip
     seconds[name] = round(time.perf_counter() - t0, 3)
+    skipped[name] = len(rep.skipped)
     return rep.info
 
 
@@ -348,6 +350,7 @@ def cleft_labels_blockwise(
     bs3 = (min(bs[0], shape[0]), min(bs[1], shape[1]), min(bs[2], shape[2]))
     tasks = make_tasks(shape, bs3)
     seconds: dict[str, float] = {}
+    skipped: dict[str, int] = {}
     with _work_and_pool(work_dir, pool, n_workers, executor, "cleft labels") as (work, pool):
         cpath = work / "components.zarr"
         try:
@@ -361,7 +364,7 @@ def cleft_labels_blockwise(
                         float(threshold), str(work))  # fmt: skip
         run = functools.partial(
             _phase, pool=pool, n_workers=max(1, n_workers), max_retries=max_retries,
-            progress=progress, seconds=seconds,
+            progress=progress, seconds=seconds, skipped=skipped,
         )  # fmt: skip
         run("cleft components", tasks, functools.partial(_cc_block, job),
             functools.partial(_cc_check, job))  # fmt: skip
@@ -397,7 +400,8 @@ def cleft_labels_blockwise(
         args = (job, array_ref(out), str(map_path), map_fp, token)
         run("cleft relabel", tasks, functools.partial(_cleft_relabel_block, *args),
             functools.partial(_cleft_relabel_check, *args))  # fmt: skip
-    return {"n_blocks": len(tasks), "n_clefts": n_clefts, "seconds": seconds}
+    return {"n_blocks": len(tasks), "n_clefts": n_clefts, "seconds": seconds,
+            "skipped_blocks": skipped}  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
@@ -547,6 +551,7 @@ def emsynconn_blockwise(
     tasks = make_tasks(shape, bs, tuple(int(c) for c in context),
                        voxel_size_nm=voxel_size_nm, offset_nm=offset_nm)  # fmt: skip
     seconds: dict[str, float] = {}
+    skipped: dict[str, int] = {}
     with _work_and_pool(work_dir, pool, n_workers, executor, "partners") as (work, pool):
         job = _PartnerJob(
             raw=None if raw is None else array_ref(raw), proximity=array_ref(proximity),
@@ -559,12 +564,13 @@ def emsynconn_blockwise(
         )  # fmt: skip
         _phase("partner candidates", tasks, functools.partial(_partners_block, job),
                functools.partial(_partners_check, job), pool, max(1, n_workers), max_retries,
-               progress, seconds)  # fmt: skip
+               progress, seconds, skipped)  # fmt: skip
         t0 = time.perf_counter()
         tables = [PartnerTable.from_dict(json.loads(job.path(t).read_text())) for t in tasks]
     rows = [t for t in tables if len(t)]
     if not rows:
-        return PartnerTable.empty(), {"n_blocks": len(tasks), "n_candidates": 0, "seconds": seconds}
+        info = {"n_blocks": len(tasks), "n_candidates": 0}
+        return PartnerTable.empty(), {**info, "seconds": seconds, "skipped_blocks": skipped}
     cat = PartnerTable(
         *(np.concatenate([getattr(t, k) for t in rows]) for k in (
             "pre_nm", "post_nm", "pre_segment", "post_segment", "score", "synapse_id",
@@ -572,4 +578,5 @@ def emsynconn_blockwise(
     )  # fmt: skip
     table = deduplicate(cat, s.dedup_distance_nm)
     seconds["partner dedup"] = round(time.perf_counter() - t0, 3)
-    return table, {"n_blocks": len(tasks), "n_candidates": len(cat), "seconds": seconds}
+    info = {"n_blocks": len(tasks), "n_candidates": len(cat)}
+    return table, {**info, "seconds": seconds, "skipped_blocks": skipped}
