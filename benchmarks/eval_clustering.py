@@ -3,11 +3,16 @@
 For each phantom seed (frozen defaults, ``--types`` K types, never used in training or
 selection) the synapses of the annotated partners (and, with ``--predicted``, of the partners
 found by the shipped polarity U-Net + EMSynConn with pruning on the true segmentation) are cut
-into oriented patches and clustered per volume with k-means at k = K, from
+into the encoder's patches (contact-aligned on the true segmentation for the shipped encoders)
+and clustered per volume with k-means at k = K, from
 
 - each trained encoder given with ``--model`` (ONNX, through ``PatchEncoder``),
 - the same encoder architecture with random weights (baseline; ``--random-inits`` of them),
-- PCA (16 components) of the standardised raw patches (baseline).
+- PCA (16 components) of the standardised raw patches (baseline), both of the patches the
+  encoder sees and of site-oriented patches without straightening (5 x 64 x 64 at 40 x 8 x 8
+  nm, the first encoders' patches);
+- and, as a no-network reference for contact-aligned patches, PCA of each patch's mean
+  cross-section over its contact.
 
 Scores are means over volumes (± standard deviation over volumes); "stability" is the mean ARI
 between k-means runs with different seeds on the same codes. Predicted synapses take the type of
@@ -30,15 +35,29 @@ from typing import Any
 
 import numpy as np
 
-from synapse_toolkit.metrics.clustering import score_clustering
+from synapse_toolkit.metrics.clustering import match_nearest, score_clustering
 from synapse_toolkit.synapses.clustering import PatchEncoder, choose_k, kmeans, pca_codes
-from synapse_toolkit.synapses.patches import extract_patches, synapse_sites
+from synapse_toolkit.synapses.patches import PatchSpec, extract_patches, synapse_sites
 from synapse_toolkit.synapses.train_cluster_encoder import phantom_synapses
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "plugins" / "syntk_synapses" / "models"
-#: seeds used to train (2001-2006) and select (2101-2102) the shipped encoders
-USED_SEEDS = set(range(2001, 2007)) | {2101, 2102}
+#: seeds used to train (2001-2008) and select (2101-2103) the shipped encoders
+USED_SEEDS = set(range(2001, 2009)) | {2101, 2102, 2103}
+#: the site-oriented patches of the first encoders, for the second PCA baseline
+SITE_SPEC = PatchSpec((200.0, 512.0, 512.0), (40.0, 8.0, 8.0))
+
+
+def onnx_channels(path: str | Path) -> tuple[int, ...]:
+    """Feature widths of a cluster encoder: from its metadata, else from its 3x3x3 convs."""
+    import onnx
+
+    model = onnx.load(str(path))
+    meta = {p.key: p.value for p in model.metadata_props}
+    if "channels" in meta:
+        return tuple(json.loads(meta["channels"]))
+    dims = [tuple(t.dims) for t in model.graph.initializer]
+    return tuple(int(d[0]) for d in dims if len(d) == 5 and tuple(d[2:]) == (3, 3, 3))
 
 
 def random_encoder_codes(patches: np.ndarray, model: PatchEncoder, init: int) -> np.ndarray:
@@ -52,40 +71,59 @@ def random_encoder_codes(patches: np.ndarray, model: PatchEncoder, init: int) ->
     meta = model_metadata(model.session)
     torch.manual_seed(init)
     z, y, x = model.input_shape
-    net = ClusterEncoder(EncoderConfig((z, y, x), latent=int(meta["latent"]),
-                                       variational=bool(meta["variational"])))  # fmt: skip
+    cfg = EncoderConfig(
+        (z, y, x),
+        onnx_channels(model.path),
+        latent=int(meta["latent"]),
+        variational=bool(meta["variational"]),
+        in_channels=model.in_channels,
+        contact_pool=bool(meta.get("contact_pool", False)),
+    )
+    net = ClusterEncoder(cfg)
     return encode_torch(net, patches)
 
 
+def profile_codes(patches: np.ndarray, n_components: int = 8) -> np.ndarray:
+    """A no-network reference: PCA of each contact-aligned patch's mean cross-section (the
+    standardised patch averaged over the sections and rows of its contact)."""
+    from sklearn.decomposition import PCA
+
+    from synapse_toolkit.synapses.patches import standardise_channels
+
+    p = standardise_channels(patches)
+    w = p[:, 1:2] + 1e-3
+    prof = (p[:, :1] * w).sum(axis=(1, 2, 3)) / w.sum(axis=(1, 2, 3))
+    n = max(1, min(n_components, len(prof) - 1, prof.shape[1]))
+    return PCA(n_components=n, random_state=0).fit_transform(prof)
+
+
 def volume(seed: int, args: argparse.Namespace, cache: Path | None) -> tuple[Any, ...]:
-    """Raw volume, annotated partners, true types and (``--predicted``) predicted partners of
-    one phantom seed; cached as npz (the phantom and the U-Net are the slow part)."""
+    """Raw volume, true segmentation, annotated partners, true types and (``--predicted``)
+    predicted partners of one phantom seed; cached as npz (the phantom and the U-Net are the slow
+    part)."""
     from synapse_toolkit.data import PartnerTable, Volume
 
-    key = f"s{seed}_t{args.types}_{'x'.join(map(str, args.shape))}.npz"
+    key = f"s{seed}_t{args.types}_{'x'.join(map(str, args.shape))}_seg.npz"
     path = cache / key if cache is not None else None
     if path is not None and path.exists():
         z = np.load(path, allow_pickle=False)
         raw = Volume(z["raw"], tuple(z["voxel_size_nm"]))
+        seg = Volume(z["labels"], tuple(z["voxel_size_nm"]))
         ann = PartnerTable.from_dict(json.loads(str(z["partners"])))
         pred = json.loads(str(z["predicted"])) if "predicted" in z.files else None
         if pred is not None or not args.predicted:
             table = PartnerTable.from_dict(pred) if pred is not None else None
-            return raw, ann, z["truth"], table
-    raw, partners, truth = phantom_synapses(seed, tuple(args.shape), args.types)
+            return raw, seg, ann, z["truth"], table
+    raw, partners, truth, seg = phantom_synapses(seed, tuple(args.shape), args.types,
+                                                 with_labels=True)  # fmt: skip
     table = None
     extra: dict[str, Any] = {}
     if args.predicted:
         from synapse_toolkit.inference.onnx_model import OnnxModel
-        from synapse_toolkit.phantom.em import EMPhantom
-        from synapse_toolkit.phantom.params import EMPhantomParams
         from synapse_toolkit.synapses.assigners import EMSynConnSettings, assign_emsynconn
         from synapse_toolkit.synapses.pruning import PrunerONNX
         from synapse_toolkit.synapses.targets import Grid
 
-        params = EMPhantomParams(shape=tuple(args.shape), seed=seed, n_types=args.types)
-        seg = EMPhantom(params).generate().neuron_ids
-        assert seg is not None
         arr = raw.read()
         prox = OnnxModel(MODELS / "polarity.onnx", n_threads=1).predict(arr)[0]
         pruner = PrunerONNX(MODELS / "pruner.onnx", 1)
@@ -93,20 +131,19 @@ def volume(seed: int, args: argparse.Namespace, cache: Path | None) -> tuple[Any
         extra["predicted"] = json.dumps(table.to_dict())
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(path, raw=raw.read(), voxel_size_nm=np.asarray(raw.voxel_size_nm),
+        np.savez_compressed(path, raw=raw.read(), labels=seg.read(),
+                            voxel_size_nm=np.asarray(raw.voxel_size_nm),
                             partners=json.dumps(partners.to_dict()), truth=truth,
                             **extra)  # fmt: skip
-    return raw, partners, truth, table
+    return raw, seg, partners, truth, table
 
 
 def match_types(pred_pre: np.ndarray, true_pre: np.ndarray, true_types: np.ndarray,
                 max_nm: float = 400.0) -> np.ndarray:  # fmt: skip
-    """Type of the nearest true pre site within ``max_nm`` (-1 if none)."""
-    if len(true_pre) == 0:
-        return np.full(len(pred_pre), -1)
-    d = np.linalg.norm(pred_pre[:, None] - true_pre[None], axis=2)
-    j = d.argmin(axis=1)
-    return np.where(d[np.arange(len(j)), j] <= max_nm, true_types[j], -1)
+    """Type of the nearest true pre site within ``max_nm`` (-1 if none), as the clustering
+    scorer matches found synapses."""
+    j = match_nearest(pred_pre, true_pre, max_nm)
+    return np.where(j >= 0, true_types[np.maximum(j, 0)] if len(true_types) else -1, -1)
 
 
 def scores_for(codes: np.ndarray, truth: np.ndarray, k: int, seeds: list[int]) -> dict[str, float]:
@@ -142,7 +179,6 @@ def main() -> None:
     torch.set_num_threads(1)
     t0 = time.time()
     encoders = {Path(m).stem: PatchEncoder(m) for m in args.model}
-    spec = next(iter(encoders.values())).spec
     cache = Path(args.cache) if args.cache else None
     rows: dict[str, list[dict[str, float]]] = {}
     counts: dict[str, list[int]] = {}
@@ -151,7 +187,7 @@ def main() -> None:
         rows.setdefault(name, []).append(vals)
 
     for seed in args.seeds:
-        raw, partners, truth, table = volume(seed, args, cache)
+        raw, seg, partners, truth, table = volume(seed, args, cache)
         sets = {"annotated": (synapse_sites(partners), truth)}
         if table is not None:
             psites = synapse_sites(table)
@@ -163,10 +199,11 @@ def main() -> None:
             matched_rows = np.isin(table.synapse_id, psites.synapse_id[keep])
             sets["predicted"] = (synapse_sites(table.select(matched_rows)), ptypes[keep])
         for set_name, (sites, types) in sets.items():
-            patches = extract_patches(raw, sites, spec)
             counts.setdefault(f"{set_name} synapses", []).append(len(sites))
+            first = next(iter(encoders.values()))
+            patches = first.patches(raw, sites, seg)
             for name, enc in encoders.items():
-                codes = enc.encode(patches)
+                codes = enc.encode(enc.patches(raw, sites, seg))
                 add(f"{set_name} | {name}", scores_for(codes, types, args.types,
                                                         args.kmeans_seeds))  # fmt: skip
                 if args.choose_k:
@@ -174,14 +211,23 @@ def main() -> None:
                     counts.setdefault(f"{set_name} | {name}: chosen k", []).append(chosen)
                     add(f"{set_name} | {name}, k chosen", scores_for(codes, types, chosen,
                                                                   args.kmeans_seeds))  # fmt: skip
-            first = next(iter(encoders.values()))
             for init in range(args.random_inits):
                 add(f"{set_name} | random-weights encoder",
                     scores_for(random_encoder_codes(patches, first, init), types, args.types,
                                args.kmeans_seeds))  # fmt: skip
             add(
-                f"{set_name} | PCA of raw patches",
+                f"{set_name} | PCA of raw patches (the encoder's)",
                 scores_for(pca_codes(patches), types, args.types, args.kmeans_seeds),
+            )
+            if patches.ndim == 5:
+                add(
+                    f"{set_name} | PCA of the contact's mean cross-section",
+                    scores_for(profile_codes(patches), types, args.types, args.kmeans_seeds),
+                )
+            site = extract_patches(raw, sites, SITE_SPEC)
+            add(
+                f"{set_name} | PCA of raw patches (site-oriented)",
+                scores_for(pca_codes(site), types, args.types, args.kmeans_seeds),
             )
         print(f"seed {seed} done ({time.time() - t0:.0f} s)", flush=True)
 

@@ -12,8 +12,10 @@ import pytest
 from synapse_toolkit.data import ClusterAssignments, PartnerTable, Volume
 from synapse_toolkit.synapses.patches import (
     PatchSpec,
+    contact_patches,
     extract_patches,
     patch_coordinates,
+    straighten_rows,
     synapse_sites,
 )
 
@@ -94,6 +96,45 @@ def test_polyadic_rows_form_one_synapse_and_rotation_is_proper() -> None:
     np.testing.assert_allclose(w[2, 0, 2, 1], -1.0, atol=1e-12)
 
 
+def test_straighten_rows_puts_the_boundary_at_the_centre() -> None:
+    # 3 rows of width 10 + 2 * 3: pre (1) left of a boundary at 6, 9, and none
+    lab = np.array([[1] * 6 + [2] * 10, [1] * 9 + [2] * 7, [1] * 16])
+    raw = np.tile(np.arange(16.0), (3, 1))
+    out, found = straighten_rows(raw, lab, 1, 2, 10)
+    assert found.tolist() == [True, True, False]
+    assert out.shape == (3, 10)
+    # first post column (6, 9) lands at column 10 // 2 = 5; the unaligned row is the centre crop
+    assert out[0, 5] == 6.0 and out[1, 5] == 9.0 and out[2].tolist() == list(range(3, 13))
+    none, found0 = straighten_rows(raw, lab, 0, 2, 10)  # unknown segment: nothing aligned
+    assert not found0.any() and none[0].tolist() == list(range(3, 13))
+
+
+def test_contact_patches_straighten_a_curved_contact() -> None:
+    """A wavy pre/post boundary with a dark 3-voxel band behind it on the post side: after
+    straightening, the band sits at the same columns in every row of the contact."""
+    vs, shape = (40.0, 4.0, 4.0), (5, 120, 120)
+    _, y, x = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
+    boundary = 60 + np.round(6 * np.sin(y / 9.0)).astype(int)  # x of the first post voxel
+    labels = np.where(x < boundary, 1, 2).astype(np.uint64)
+    raw = np.full(shape, 150.0)
+    raw[(x >= boundary) & (x < boundary + 3)] = 20.0
+    raw_v, lab_v = Volume(raw.astype(np.uint8), vs), Volume(labels, vs)
+    centre = np.array([2 * 40.0, 60 * 4.0, 60 * 4.0])
+    step = np.array([0.0, 0.0, 60.0])
+    table = PartnerTable((centre - step)[None], (centre + step)[None],
+                         np.ones(1, np.uint64), np.full(1, 2, np.uint64), np.ones(1),
+                         np.asarray([3], np.uint64))  # fmt: skip
+    spec = PatchSpec((120.0, 160.0, 64.0), vs)
+    p = contact_patches(raw_v, lab_v, synapse_sites(table), spec, reach_nm=40.0)
+    assert p.shape == (1, 2, 3, 40, 16)
+    assert p[0, 1].min() == 1.0  # every row of the contact found its boundary
+    dark = p[0, 0] < 100  # (samples fall between voxels: the band may blur or move by one)
+    assert dark[..., 9].all() and not dark[..., :7].any() and not dark[..., 12:].any()
+    # without straightening the band wanders across rows
+    flat = extract_patches(raw_v, synapse_sites(table), PatchSpec((120.0, 160.0, 64.0), vs))
+    assert not (flat[0] < 100)[..., 9].all()
+
+
 @pytest.fixture(scope="module")
 def tiny_encoder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
     """A small random-weight encoder exported once (export is the slow part)."""
@@ -125,6 +166,76 @@ def test_onnx_encoder_equals_torch(tiny_encoder: tuple[Any, Path]) -> None:
     assert got.shape == (5, 4)
     np.testing.assert_allclose(got, want, atol=1e-4)
     assert np.abs(got - got[0]).max() > 1e-3  # different patches, different codes
+
+
+def test_contact_encoder_onnx_equals_torch_and_needs_labels(tmp_path: Path) -> None:
+    """A contact-pooling encoder (2 channels: patch, contact mask) exports exactly; the stage
+    refuses to run it without a segmentation, in one line."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnxscript")
+    from synapse_toolkit.api import run_stage
+    from synapse_toolkit.errors import DataError
+    from synapse_toolkit.nn.cluster_encoder import ClusterAutoencoder, EncoderConfig
+    from synapse_toolkit.nn.export import export_model
+    from synapse_toolkit.synapses.clustering import PatchEncoder
+    from synapse_toolkit.synapses.train_cluster_encoder import encode_torch
+
+    torch.manual_seed(0)
+    spec = PatchSpec((120.0, 64.0, 32.0), (40.0, 4.0, 4.0))
+    cfg = EncoderConfig(spec.shape, channels=(4, 8), latent=3, in_channels=2, contact_pool=True)
+    ae = ClusterAutoencoder(cfg)
+    x = torch.randn(2, 2, *spec.shape)
+    rec, mu, _ = ae(x)
+    assert rec.shape == (2, 1, *spec.shape) and mu.shape == (2, 3)
+    # the decoder redraws one cross-section for all rows (away from the zero-padded ends)
+    assert torch.allclose(rec[:, :, 1, 4], rec[:, :, 1, 8], atol=1e-5)
+    path = tmp_path / "contact.onnx"
+    export_model(ae.encoder, spec.shape, path, metadata={
+        "patch_size_nm": list(spec.size_nm), "patch_voxel_size_nm": list(spec.voxel_size_nm),
+        "latent": 3, "variational": False, "align": "contact", "reach_nm": 16.0,
+    })  # fmt: skip
+    enc = PatchEncoder(path)
+    assert enc.needs_labels and enc.in_channels == 2
+    rng = np.random.default_rng(2)
+    patches = np.concatenate([rng.integers(0, 255, (4, 1, *spec.shape)),
+                              rng.integers(0, 2, (4, 1, 3, 16, 1)).repeat(8, 4)],
+                             axis=1).astype(np.float32)  # fmt: skip
+    np.testing.assert_allclose(enc.encode(patches), encode_torch(ae.encoder, patches), atol=1e-4)
+    partners = PartnerTable(np.zeros((1, 3)), np.ones((1, 3)), np.ones(1, np.uint64),
+                            np.ones(1, np.uint64), np.ones(1), np.ones(1, np.uint64))  # fmt: skip
+    raw = Volume(np.zeros((4, 32, 32), np.uint8), (40.0, 4.0, 4.0))
+    with pytest.raises(DataError, match="segmentation"):
+        run_stage("clusterer", "autoencoder-kmeans", {"raw": raw, "partners": partners},
+                  {"model_path": str(path), "k": 1, "pictures": False},
+                  scratch_dir=tmp_path / "s")  # fmt: skip
+
+
+def test_clustering_scorer_matches_found_synapses_to_annotated() -> None:
+    from synapse_toolkit.api import run_stage
+    from synapse_toolkit.errors import DataError
+
+    pre = np.array([[0.0, 0, 0], [0, 0, 1000], [0, 0, 2000]])
+    post = pre + np.array([0.0, 0, 100])
+    ann = PartnerTable(pre, post, np.zeros(3, np.uint64), np.zeros(3, np.uint64), np.ones(3),
+                       np.arange(3, dtype=np.uint64)).to_annotations()  # fmt: skip
+    ids = PartnerTable.from_annotations(ann).synapse_id  # synapse id = pre-site annotation id
+    truth = ClusterAssignments(ids, np.array([0, 1, 1]))
+    # found: near the 1st and the 3rd annotated synapse, and one far from all
+    found = PartnerTable(np.array([[0.0, 0, 30], [0, 0, 1980], [0, 0, 5000]]),
+                         np.array([[0.0, 0, 130], [0, 0, 2080], [0, 0, 5100]]),
+                         np.zeros(3, np.uint64), np.zeros(3, np.uint64), np.ones(3),
+                         np.array([7, 8, 9], np.uint64))  # fmt: skip
+    pred = ClusterAssignments(np.array([7, 8, 9], np.uint64), np.array([5, 6, 6]))
+    inputs = {"prediction": pred, "truth": truth, "partners": found, "truth_annotations": ann}
+    rec = run_stage("scorer", "clustering", inputs)["scores"]
+    assert rec.values["n_items"] == 2 and rec.values["ari"] == 1.0
+    assert rec.details["n_found"] == 3 and rec.details["n_found_matched"] == 2
+    wrong = ClusterAssignments(np.array([7, 8, 9], np.uint64), np.array([5, 5, 6]))
+    assert run_stage("scorer", "clustering", {**inputs, "prediction": wrong})["scores"].values[
+        "ari"
+    ] == 0.0  # fmt: skip
+    with pytest.raises(DataError, match="both"):
+        run_stage("scorer", "clustering", {"prediction": pred, "truth": truth, "partners": found})
 
 
 def test_stage_end_to_end_with_clustering_scorer(

@@ -19,8 +19,9 @@ from synapse_toolkit.stages import Clusterer, Loader, Port, StageOptions
 
 class AutoencoderKMeans(Clusterer["AutoencoderKMeans.Options"]):
     """Oriented synapse patches → ONNX autoencoder codes → k-means. ``k`` given, or chosen in
-    ``[k_min, k_max]`` by silhouette among stable values of k. Writes an embedding scatter and a
-    patch gallery (PNG) into the run directory."""
+    ``[k_min, k_max]`` by silhouette among stable values of k. The shipped encoders straighten
+    each patch on the pre/post segment boundary, so they need the segmentation (``labels``).
+    Writes an embedding scatter and a patch gallery (PNG) into the run directory."""
 
     name: ClassVar[str] = "autoencoder-kmeans"
     version: ClassVar[str] = __version__
@@ -28,6 +29,7 @@ class AutoencoderKMeans(Clusterer["AutoencoderKMeans.Options"]):
     inputs: ClassVar[Mapping[str, Port]] = {
         "raw": Port("intensity", "EM intensities"),
         "partners": Port("partners", "synapses (annotated or predicted)"),
+        "labels": Port("labels", "segmentation the patches are straightened on", required=False),
         "truth": Port("clusters", "true types, only to colour the pictures", required=False),
     }
     outputs: ClassVar[Mapping[str, Port]] = {
@@ -61,7 +63,7 @@ class AutoencoderKMeans(Clusterer["AutoencoderKMeans.Options"]):
         o = self.options
         path = _resolved_model(self, o.model, o.model_path, o.sha256)
         encoder = PatchEncoder(path, n_threads=self.context.n_threads)
-        sites, patches = partner_patches(raw, partners, encoder.spec)
+        sites, patches = partner_patches(raw, partners, encoder, inputs.get("labels"))
         codes = encoder.encode(patches)
         choice = None
         if o.k is not None:
@@ -87,7 +89,8 @@ class AutoencoderKMeans(Clusterer["AutoencoderKMeans.Options"]):
             known = np.asarray([lookup.get(int(i), -1) for i in ids])
         base = self.context.run_dir or self.context.scratch_dir
         plot_embedding(codes, labels, base / "clusters_embedding.png", truth=known)
-        plot_gallery(patches, labels, base / "clusters_gallery.png")
+        plot_gallery(patches[:, 0] if patches.ndim == 5 else patches, labels,
+                     base / "clusters_gallery.png")  # fmt: skip
 
 
 class PhantomSynapseTypes(Loader["PhantomSynapseTypes.Options"]):

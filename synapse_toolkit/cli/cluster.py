@@ -38,7 +38,9 @@ def cluster_encoder(
 
 @app.command("run")
 def run(
-    path: Annotated[Path, typer.Argument(help="CREMI HDF5 file with raw and annotations.")],
+    path: Annotated[
+        Path, typer.Argument(help="CREMI HDF5 file with raw, annotations and neuron_ids.")
+    ],
     out: Annotated[Path, typer.Option("--out", help="Folder for clusters.json and PNGs.")] = Path(
         "clusters"
     ),
@@ -61,6 +63,8 @@ def run(
         if data.raw is None or data.annotations is None:
             raise SyntkError(f"{path}: needs volumes/raw and annotations")
         inputs = {"raw": data.raw, "partners": PartnerTable.from_annotations(data.annotations)}
+        if data.neuron_ids is not None:  # the shipped encoders straighten patches on it
+            inputs["labels"] = data.neuron_ids
         if truth is not None:
             inputs["truth"] = truth
         clusters = run_stage("clusterer", "autoencoder-kmeans", inputs, opts, scratch_dir=out)[

@@ -1,8 +1,15 @@
 """A small 3D convolutional autoencoder (optionally variational) for synapse patches.
 
-The encoder maps a standardised patch (1, 1, z, y, x) to a ``latent``-dimensional code (the
+The encoder maps a standardised patch (1, C, z, y, x) to a ``latent``-dimensional code (the
 mean for the VAE); it is what gets exported to ONNX and clustered. In-plane resolution halves at
 each level, z is kept (serial sections are few and thick).
+
+With ``contact_pool`` the input has two channels, the contact-aligned patch and its contact-row
+mask (:func:`synapse_toolkit.synapses.patches.contact_patches`): features are averaged over the
+sections and rows of the contact (weighted by the mask) before the code, so the code describes
+what lies at each distance from the cleft — the same for every row of a straightened contact —
+and not where along the contact vesicles or noise happen to be. Its decoder can then only
+redraw the contact's mean cross-section, broadcast along the rows.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 
 @dataclass(frozen=True)
@@ -23,6 +31,7 @@ class EncoderConfig:
     latent: int = 16
     variational: bool = False
     in_channels: int = 1
+    contact_pool: bool = False
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -38,24 +47,37 @@ def _block(cin: int, cout: int) -> nn.Sequential:
 class ClusterEncoder(nn.Module):
     """Patch → code (mean code for the VAE); the exported network."""
 
-    input_channels = 1
-
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
+        if config.contact_pool and config.in_channels != 2:
+            raise ValueError("contact_pool needs 2 input channels (patch, contact mask)")
         self.config = config
-        chans = (1, *config.channels)
+        self.input_channels = config.in_channels
+        chans = (1 if config.contact_pool else config.in_channels, *config.channels)
         self.features = nn.Sequential(*[_block(a, b) for a, b in itertools.pairwise(chans)])
         z, y, x = config.input_shape
-        f = 2 ** len(config.channels)
+        self.factor = f = 2 ** len(config.channels)
         if y % f or x % f:
             raise ValueError(f"patch y, x {y, x} must be divisible by {f}")
         self.feature_shape = (config.channels[-1], z, y // f, x // f)
-        n = config.channels[-1] * z * (y // f) * (x // f)
+        if config.contact_pool:
+            n = config.channels[-1] * (x // f)
+        else:
+            n = config.channels[-1] * z * (y // f) * (x // f)
         self.mu = nn.Linear(n, config.latent)
         self.logvar = nn.Linear(n, config.latent) if config.variational else None
 
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """Features flattened (plain), or averaged over the contact's sections and rows."""
+        if not self.config.contact_pool:
+            return self.features(x).flatten(1)
+        h = self.features(x[:, :1])
+        f = self.factor
+        w = F.avg_pool3d(x[:, 1:2], (1, f, f)) + 1e-3  # no contact found: plain mean
+        return ((h * w).sum(dim=(2, 3)) / w.sum(dim=(2, 3))).flatten(1)
+
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        h = self.features(x).flatten(1)
+        h = self.pooled(x)
         return self.mu(h), (self.logvar(h) if self.logvar is not None else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -63,13 +85,15 @@ class ClusterEncoder(nn.Module):
 
 
 class ClusterAutoencoder(nn.Module):
-    """Encoder + mirrored decoder; ``forward`` returns (reconstruction, mu, logvar)."""
+    """Encoder + mirrored decoder; ``forward`` returns (reconstruction, mu, logvar). The
+    reconstruction has one channel (the patch)."""
 
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
         self.encoder = ClusterEncoder(config)
         c, z, y, x = self.encoder.feature_shape
-        self.expand = nn.Linear(config.latent, c * z * y * x)
+        self.contact_pool = config.contact_pool
+        self.expand = nn.Linear(config.latent, c * x if config.contact_pool else c * z * y * x)
         chans = (*reversed(config.channels), 8)
         layers: list[nn.Module] = []
         for a, b in itertools.pairwise(chans):
@@ -88,5 +112,10 @@ class ClusterAutoencoder(nn.Module):
         code = mu
         if logvar is not None and sample and self.training:
             code = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-        h = self.expand(code).view(-1, *self.encoder.feature_shape)
+        shape = self.encoder.feature_shape
+        if self.contact_pool:
+            c, z, y, xx = shape
+            h = self.expand(code).view(-1, c, 1, 1, xx).expand(-1, c, z, y, xx)
+        else:
+            h = self.expand(code).view(-1, *shape)
         return self.decoder(h), mu, logvar

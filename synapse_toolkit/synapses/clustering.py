@@ -1,7 +1,9 @@
 """Synapse clustering: encode patches (ONNX), k-means on the codes, choose k.
 
 The encoder is an ONNX file written by ``syntk train cluster-encoder`` (metadata: patch size and
-voxel size in nm, input shape); it runs through :mod:`synapse_toolkit.onnx_runtime`. Codes are
+voxel size in nm, input shape, how patches are aligned); it runs through
+:mod:`synapse_toolkit.onnx_runtime`. An encoder with ``align = "contact"`` needs a segmentation
+to straighten its patches on (:func:`~synapse_toolkit.synapses.patches.contact_patches`). Codes are
 z-scored per dimension before k-means (scikit-learn). ``k`` is given, or chosen among a range by
 silhouette among the values of k whose clustering is stable across k-means seeds.
 """
@@ -19,14 +21,17 @@ from synapse_toolkit.errors import DataError
 from synapse_toolkit.synapses.patches import (
     PatchSpec,
     SynapseSites,
+    contact_patches,
     extract_patches,
     standardise,
+    standardise_channels,
     synapse_sites,
 )
 
 
 class PatchEncoder:
-    """An ONNX cluster encoder: patches (N, z, y, x) → codes (N, D)."""
+    """An ONNX cluster encoder: patches (N, z, y, x), or (N, 2, z, y, x) contact-aligned, →
+    codes (N, D)."""
 
     def __init__(self, path: str | Path, n_threads: int | None = 1) -> None:
         from synapse_toolkit.onnx_runtime import create_session, model_metadata, predictor
@@ -44,16 +49,37 @@ class PatchEncoder:
             raise DataError(
                 f"{self.path}: patch shape {self.spec.shape} != input {self.input_shape}"
             )
+        self.align = str(meta.get("align", "sites"))
+        self.reach_nm = float(meta.get("reach_nm", 64.0))
+        self.in_channels = int(meta.get("in_channels", 1))
         self._predict = predictor(self.session)
+
+    @property
+    def needs_labels(self) -> bool:
+        """True when patches are straightened on a segmentation."""
+        return self.align == "contact"
+
+    def patches(self, raw: Volume, sites: SynapseSites, labels: Volume | None = None) -> np.ndarray:
+        """The patches this encoder reads, cut from ``raw`` (and ``labels`` if it needs them)."""
+        if self.needs_labels:
+            if labels is None:
+                raise DataError(
+                    f"{self.path.name}: this encoder straightens patches on a segmentation; "
+                    "wire a labels input (e.g. the segmentation) into the clusterer"
+                )
+            return contact_patches(raw, labels, sites, self.spec, self.reach_nm)
+        return extract_patches(raw, sites, self.spec)
 
     def encode(self, patches: np.ndarray) -> np.ndarray:
         """Codes of raw-intensity patches (standardised here), one ONNX call per patch."""
-        x = standardise(patches)
-        if x.shape[1:] != self.input_shape:
+        p = np.asarray(patches, np.float32)
+        x = standardise(p)[:, None] if p.ndim == 4 else standardise_channels(p)
+        if x.shape[1:] != (self.in_channels, *self.input_shape):
             raise DataError(
-                f"patches have shape {x.shape[1:]}, the encoder wants {self.input_shape}"
+                f"patches have shape {x.shape[1:]}, the encoder wants "
+                f"{(self.in_channels, *self.input_shape)}"
             )
-        out = [self._predict(x[i][None, None]).reshape(-1) for i in range(len(x))]
+        out = [self._predict(x[i][None]).reshape(-1) for i in range(len(x))]
         return np.asarray(out, np.float64).reshape(len(x), -1)
 
 
@@ -125,18 +151,20 @@ def choose_k(
 
 
 def partner_patches(
-    raw: Volume, partners: PartnerTable, spec: PatchSpec
+    raw: Volume, partners: PartnerTable, encoder: PatchEncoder, labels: Volume | None = None
 ) -> tuple[SynapseSites, np.ndarray]:
-    """Sites and raw patches of every synapse in a partner table."""
+    """Sites and the encoder's patches of every synapse in a partner table."""
     sites = synapse_sites(partners)
-    return sites, extract_patches(raw, sites, spec)
+    return sites, encoder.patches(raw, sites, labels)
 
 
 def pca_codes(patches: np.ndarray, n_components: int = 16, seed: int = 0) -> np.ndarray:
-    """Baseline codes: PCA of standardised raw patches."""
+    """Baseline codes: PCA of standardised raw patches (channel 0 of multi-channel patches)."""
     from sklearn.decomposition import PCA
 
-    x = standardise(patches).reshape(len(patches), -1)
+    p = np.asarray(patches, np.float32)
+    p = p[:, 0] if p.ndim == 5 else p
+    x = standardise(p).reshape(len(p), -1)
     n = max(1, min(n_components, len(x) - 1, x.shape[1]))
     return PCA(n_components=n, random_state=seed).fit_transform(x)
 

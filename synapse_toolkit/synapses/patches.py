@@ -8,6 +8,14 @@ towards the post-synaptic side. Sections (z) are not rotated. Sampling is trilin
 output grid ``voxel_size_nm`` (z, y, x nm); each synapse reads only the bounding box of its own
 sample points from the volume (h5py/zarr arrays are never loaded whole). Points outside the
 volume take the nearest edge value.
+
+Contact-aligned patches (:func:`contact_patches`) need a segmentation as well: the patch is
+oriented towards the synapse's first post site, its central section is snapped to a section of
+the volume, and every patch row (each section, each y) is shifted along x so that the boundary
+between the pre- and the post-synaptic segment falls at column ``x // 2`` (the first
+post-synaptic column). This straightens curved contacts, so that what lies at a given distance
+from the cleft (membranes, the post-synaptic density, docked vesicles) lines up across synapses.
+A second channel marks the rows where that boundary was found (the contact).
 """
 
 from __future__ import annotations
@@ -55,6 +63,7 @@ class SynapseSites:
     pre_nm: np.ndarray  # (N, 3)
     post_nm: np.ndarray  # (N, 3)
     rows: tuple[np.ndarray, ...]  # partner-table rows of each synapse
+    first_post_nm: np.ndarray | None = None  # (N, 3) post site of each synapse's first row
 
     def __len__(self) -> int:
         return int(self.synapse_id.shape[0])
@@ -76,13 +85,15 @@ def synapse_sites(partners: PartnerTable) -> SynapseSites:
     order = np.argsort(first, kind="stable")
     pre = np.zeros((len(ids), 3))
     post = np.zeros((len(ids), 3))
+    first_post = np.zeros((len(ids), 3))
     rows: list[np.ndarray] = []
     for k, u in enumerate(order):
         r = np.flatnonzero(inverse == u)
         pre[k] = partners.pre_nm[r[0]]
         post[k] = partners.post_nm[r].mean(axis=0)
+        first_post[k] = partners.post_nm[r[0]]
         rows.append(r)
-    return SynapseSites(ids[order].astype(np.uint64), pre, post, tuple(rows))
+    return SynapseSites(ids[order].astype(np.uint64), pre, post, tuple(rows), first_post)
 
 
 def patch_coordinates(centre_nm: np.ndarray, angle: float, spec: PatchSpec) -> np.ndarray:
@@ -152,3 +163,87 @@ def standardise(patches: np.ndarray, eps: float = 1e-3) -> np.ndarray:
     mean = p.mean(axis=axes, keepdims=True)
     std = p.std(axis=axes, keepdims=True)
     return ((p - mean) / np.maximum(std, eps)).astype(np.float32)
+
+
+def sample_labels(labels: Volume, world: np.ndarray) -> np.ndarray:
+    """Nearest-voxel label ids at world points (3, ...) nm (ids kept exact; edge-clamped)."""
+    if len(labels.shape) != 3:
+        raise DataError(f"patches need a 3D label volume, got shape {labels.shape}")
+    vs = np.asarray(labels.voxel_size_nm).reshape(3, *([1] * (world.ndim - 1)))
+    off = np.asarray(labels.offset_nm).reshape(3, *([1] * (world.ndim - 1)))
+    shape = np.asarray(labels.spatial_shape).reshape(3, *([1] * (world.ndim - 1)))
+    vox = np.clip(np.round((world - off) / vs).astype(np.int64), 0, shape - 1)
+    flat = vox.reshape(3, -1)
+    lo, hi = flat.min(axis=1), flat.max(axis=1) + 1
+    box = np.asarray(labels.data[tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))])
+    local = vox - lo.reshape(3, *([1] * (world.ndim - 1)))
+    return box[local[0], local[1], local[2]]
+
+
+def straighten_rows(
+    raw: np.ndarray, labels: np.ndarray, pre_id: int, post_id: int, width: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Shift each row (last axis) of ``raw`` (..., width + 2r) so that its pre→post label
+    boundary nearest the centre lands at column ``width // 2`` of the ``width`` columns kept;
+    rows without such a boundary within ``r`` columns of the centre are kept unshifted.
+    Returns the (..., width) rows and a boolean mask of the rows that were aligned."""
+    n = raw.shape[-1]
+    r = (n - width) // 2
+    centre = width // 2 + r
+    cand = (labels[..., :-1] == pre_id) & (labels[..., 1:] == post_id)  # boundary at t + 1
+    dist = np.abs(np.arange(1, n) - centre).astype(np.float64)
+    dist = np.where(cand, dist, np.inf)
+    best = np.argmin(dist, axis=-1)
+    found = np.take_along_axis(dist, best[..., None], axis=-1)[..., 0] <= r
+    if pre_id == 0 or post_id == 0 or pre_id == post_id:
+        found[...] = False
+    shift = np.where(found, centre - (best + 1), 0)
+    idx = np.arange(width) + r - shift[..., None]
+    return np.take_along_axis(raw, idx, axis=-1), found
+
+
+def contact_patches(
+    raw: Volume,
+    labels: Volume,
+    sites: SynapseSites,
+    spec: PatchSpec,
+    reach_nm: float = 64.0,
+    *,
+    angle_jitter: Sequence[float] | np.ndarray | None = None,
+    centre_jitter_nm: np.ndarray | None = None,
+) -> np.ndarray:
+    """(N, 2, z, y, x) float32 contact-aligned patches: channel 0 raw intensities as stored,
+    channel 1 = 1 on the rows whose pre→post segment boundary was found within ``reach_nm`` of
+    the patch centre (they are shifted to put it at column x // 2), else 0.
+
+    Segment ids are read from ``labels`` at the pre site and at the first post site."""
+    nz, ny, nx = spec.shape
+    vz, _, vx = spec.voxel_size_nm
+    r = max(1, round(reach_nm / vx))
+    vy = spec.voxel_size_nm[1]
+    wide = PatchSpec((nz * vz, ny * vy, (nx + 2 * r) * vx), spec.voxel_size_nm)
+    first = sites.first_post_nm if sites.first_post_nm is not None else sites.post_nm
+    ids_pre = sample_labels(labels, sites.pre_nm.T) if len(sites) else np.zeros(0)
+    ids_post = sample_labels(labels, first.T) if len(sites) else np.zeros(0)
+    d = first - sites.pre_nm
+    angles = np.arctan2(d[:, 1], d[:, 2])
+    rz, oz = float(raw.voxel_size_nm[0]), float(raw.offset_nm[0])
+    out = np.zeros((len(sites), 2, nz, ny, nx), np.float32)
+    for i in range(len(sites)):
+        c = sites.centres_nm[i] + (0.0 if centre_jitter_nm is None else centre_jitter_nm[i])
+        c = np.array(c, np.float64)
+        c[0] = oz + round((c[0] - oz) / rz) * rz  # central section on a section of the volume
+        a = float(angles[i]) + (0.0 if angle_jitter is None else float(angle_jitter[i]))
+        world = patch_coordinates(c, a, wide)
+        grey = sample_patch(raw, world)
+        seg = sample_labels(labels, world)
+        out[i, 0], found = straighten_rows(grey, seg, int(ids_pre[i]), int(ids_post[i]), nx)
+        out[i, 1] = found[..., None]
+    return out
+
+
+def standardise_channels(patches: np.ndarray) -> np.ndarray:
+    """Standardise channel 0 of (N, C, ...) patches per patch; other channels (masks) kept."""
+    p = np.array(patches, np.float32)
+    p[:, 0] = standardise(p[:, 0])
+    return p

@@ -2,7 +2,10 @@
 
 ``syntk train cluster-encoder CONFIG.toml``. Data: phantom volumes made in memory from
 ``data.seeds`` (annotated partners → one oriented patch per synapse); each synapse also gets
-``augment.views`` extra patches cut with jittered orientation and centre. Training is denoising:
+``augment.views`` extra patches cut with jittered orientation and centre. With
+``patch.align = "contact"`` the patches are contact-aligned (rows straightened on the phantom's
+segmentation, a contact-row mask as second channel) and the encoder averages its features over
+the contact (``contact_pool``). Training is denoising:
 the input is a jittered view further changed by elastic warping, intensity (gain, offset,
 gamma), noise and missing sections; the target is the synapse's canonical patch, so the code
 has to ignore those nuisances. Mirroring across the pre→post axis is applied to both.
@@ -25,7 +28,14 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from synapse_toolkit.errors import ConfigError
-from synapse_toolkit.synapses.patches import PatchSpec, extract_patches, standardise, synapse_sites
+from synapse_toolkit.synapses.patches import (
+    PatchSpec,
+    contact_patches,
+    extract_patches,
+    standardise,
+    standardise_channels,
+    synapse_sites,
+)
 
 
 class _Model(BaseModel):
@@ -43,6 +53,10 @@ class DataConfig(_Model):
 class PatchConfig(_Model):
     size_nm: tuple[float, float, float] = (200.0, 512.0, 512.0)
     voxel_size_nm: tuple[float, float, float] = (40.0, 8.0, 8.0)
+    align: Literal["sites", "contact"] = Field(
+        "sites", description="Orient by the sites only, or also straighten on the segmentation."
+    )
+    reach_nm: float = Field(64.0, gt=0, description="Contact search reach either side (nm).")
 
 
 class NetConfig(_Model):
@@ -117,9 +131,10 @@ def load_cluster_config(path: str | Path) -> ClusterEncoderConfig:
 
 
 def phantom_synapses(
-    seed: int, shape: tuple[int, int, int], types: int
-) -> tuple[Any, Any, np.ndarray]:
-    """(raw volume, annotated partner table, true type per synapse id row-aligned with sites)."""
+    seed: int, shape: tuple[int, int, int], types: int, *, with_labels: bool = False
+) -> tuple[Any, ...]:
+    """(raw volume, annotated partner table, true type per synapse id row-aligned with sites)
+    and, ``with_labels``, the neuron segmentation last."""
     from synapse_toolkit.data import PartnerTable
     from synapse_toolkit.phantom.em import EMPhantom
     from synapse_toolkit.phantom.params import EMPhantomParams
@@ -132,7 +147,24 @@ def phantom_synapses(
     by_site = dict(zip(table["pre_site_id"].tolist(), table["type"].tolist(), strict=True))
     sites = synapse_sites(partners)
     truth = np.asarray([by_site[int(s)] for s in sites.synapse_id], np.int64)
+    if with_labels:
+        return data.raw, partners, truth, data.neuron_ids
     return data.raw, partners, truth
+
+
+def cut_patches(
+    cfg: PatchConfig,
+    raw: Any,
+    labels: Any,
+    sites: Any,
+    **jitter: Any,
+) -> np.ndarray:
+    """Patches as the encoder of ``cfg`` sees them: (N, z, y, x), or (N, 2, z, y, x) when
+    contact-aligned."""
+    spec = PatchSpec(cfg.size_nm, cfg.voxel_size_nm)
+    if cfg.align == "contact":
+        return contact_patches(raw, labels, sites, spec, cfg.reach_nm, **jitter)
+    return extract_patches(raw, sites, spec, **jitter)
 
 
 def prepare_seed(
@@ -145,21 +177,23 @@ def prepare_seed(
         tag = f"s{seed}_t{d.types}_{'x'.join(map(str, d.shape))}_v{views}"
         tag += f"_p{'x'.join(f'{v:g}' for v in (*cfg.patch.size_nm, *cfg.patch.voxel_size_nm))}"
         tag += f"_a{cfg.augment.angle_jitter_deg:g}_c{cfg.augment.centre_jitter_nm:g}"
+        if cfg.patch.align == "contact":
+            tag += f"_contact{cfg.patch.reach_nm:g}"
         cache = Path(d.cache_dir) / f"{tag}.npz"
         if cache.exists():
             with np.load(cache) as z:
                 return {k: z[k] for k in z.files}
-    raw, partners, truth = phantom_synapses(seed, d.shape, d.types)
-    spec = PatchSpec(cfg.patch.size_nm, cfg.patch.voxel_size_nm)
+    raw, partners, truth, labels = phantom_synapses(seed, d.shape, d.types, with_labels=True)
     sites = synapse_sites(partners)
-    canon = extract_patches(raw, sites, spec)
+    canon = cut_patches(cfg.patch, raw, labels, sites)
     rng = np.random.default_rng(rng_seed)
     jit = []
     a = np.deg2rad(cfg.augment.angle_jitter_deg)
     for _ in range(views):
         ang = rng.uniform(-a, a, len(sites))
         cen = rng.normal(0, cfg.augment.centre_jitter_nm, (len(sites), 3)) * [0, 1, 1]
-        jit.append(extract_patches(raw, sites, spec, angle_jitter=ang, centre_jitter_nm=cen))
+        jit.append(cut_patches(cfg.patch, raw, labels, sites, angle_jitter=ang,
+                               centre_jitter_nm=cen))  # fmt: skip
     out = {
         "canonical": np.clip(np.round(canon), 0, 255).astype(np.uint8),
         "views": np.clip(np.round(np.stack(jit, 1)), 0, 255).astype(np.uint8),
@@ -207,13 +241,17 @@ def make_batch(
     v = rng.integers(data["views"].shape[1], size=len(idx))
     xs, ts = [], []
     for i, j in zip(idx, v, strict=True):
-        x = data["views"][i, j].astype(np.float32) / 255.0
-        t = data["canonical"][i].astype(np.float32) / 255.0
+        x = data["views"][i, j].astype(np.float32)
+        t = data["canonical"][i].astype(np.float32)
+        if x.ndim == 3:
+            x, t = x[None], t[None]
         if rng.random() < 0.5:  # mirror across the pre→post axis (patch y): a true symmetry
-            x, t = x[:, ::-1], t[:, ::-1]
-        xs.append(augment_input(np.ascontiguousarray(x), cfg.augment, rng))
+            x, t = x[:, :, ::-1], t[:, :, ::-1]
+        x = np.array(x)
+        x[0] = augment_input(np.ascontiguousarray(x[0] / 255.0), cfg.augment, rng)
+        xs.append(x)
         ts.append(np.ascontiguousarray(t))
-    return standardise(np.stack(xs))[:, None], standardise(np.stack(ts))[:, None]
+    return standardise_channels(np.stack(xs)), standardise_channels(np.stack(ts))
 
 
 # -- training -----------------------------------------------------------------------------------
@@ -224,12 +262,19 @@ def encode_torch(net: Any, patches: np.ndarray, batch: int = 64) -> np.ndarray:
     import torch
 
     net.eval()
-    x = standardise(patches)[:, None]
+    x = encoder_input(patches)
     out = []
     with torch.no_grad():
         for i in range(0, len(x), batch):
             out.append(net(torch.from_numpy(x[i : i + batch])).numpy())
     return np.concatenate(out).astype(np.float64) if out else np.zeros((0, 1))
+
+
+def encoder_input(patches: np.ndarray) -> np.ndarray:
+    """(N, C, z, y, x) network input of raw patches (N, z, y, x) or (N, C, z, y, x): channel 0
+    standardised per patch, mask channels as they are."""
+    p = np.asarray(patches, np.float32)
+    return standardise(p)[:, None] if p.ndim == 4 else standardise_channels(p)
 
 
 def validation_ari(net: Any, val: dict[str, np.ndarray], k: int) -> float:
@@ -278,8 +323,10 @@ def train_cluster_encoder(
         f"{len(val['canonical'])} validation ({cfg.data.validation_seeds}) "
         f"[{time.time() - t0:.0f} s]")  # fmt: skip
     spec = PatchSpec(cfg.patch.size_nm, cfg.patch.voxel_size_nm)
+    contact = cfg.patch.align == "contact"
     ecfg = EncoderConfig(spec.shape, tuple(cfg.model.channels), cfg.model.latent,
-                         cfg.model.variational)  # fmt: skip
+                         cfg.model.variational, in_channels=2 if contact else 1,
+                         contact_pool=contact)  # fmt: skip
     net = ClusterAutoencoder(ecfg).to(run.device)
     opt = torch.optim.Adam(net.parameters(), lr=tc.lr)
     rng = np.random.default_rng(tc.seed)
@@ -295,9 +342,13 @@ def train_cluster_encoder(
         net.train()
         xb, tb = make_batch(train, cfg, rng)
         x = torch.from_numpy(xb).to(run.device)
-        t = torch.from_numpy(tb).to(run.device)
+        t = torch.from_numpy(tb[:, :1]).to(run.device)
         rec, mu, logvar = net(x)
-        loss = torch.mean(weight * (rec - t) ** 2)
+        w = weight
+        if contact:  # the contact rows of the target count; the rest a little
+            w = weight * (0.05 + torch.from_numpy(tb[:, 1:2]).to(run.device))
+            w = w / w.mean()
+        loss = torch.mean(w * (rec - t) ** 2)
         kl = torch.zeros(())
         if logvar is not None:
             kl = -0.5 * torch.mean(torch.sum(1 + logvar - mu**2 - logvar.exp(), dim=1))
@@ -328,6 +379,10 @@ def train_cluster_encoder(
         "latent": cfg.model.latent,
         "patch_size_nm": list(cfg.patch.size_nm),
         "patch_voxel_size_nm": list(cfg.patch.voxel_size_nm),
+        "align": cfg.patch.align,
+        "reach_nm": cfg.patch.reach_nm,
+        "contact_pool": contact,
+        "channels": list(cfg.model.channels),
         "normalisation": "per-patch zero mean, unit std",
         "iteration": int(ckpt["iteration"]),
         "validation_ari": float(best[0]),
