@@ -247,3 +247,8 @@ def fib_select(
         sys.stdout.write(json.dumps({**stored, "sweeps": choice["sweeps"]}) + "\n")
         return
     typer.echo(json.dumps(stored, indent=1))
+
+
+from synapse_toolkit.cli.evaluate_isbi import register as _register_isbi  # noqa: E402
+
+_register_isbi(app)  # `syntk evaluate isbi` / `isbi-export` (synapse_toolkit.evaluation.isbi)
