@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import urllib.parse
+from collections.abc import Callable
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,8 @@ def neuroglancer_state(run_dir: Path, base_url: str, levels: int = 0) -> dict[st
     base = base_url.rstrip("/")
     layers: list[dict[str, Any]] = []
     raw_scale: list[float] | None = None
+    centre_nm: list[float] | None = None
+    shape: list[int] = [1, 1, 1]
     for view in views:
         ome = json.loads((view / "zarr.json").read_text())["attributes"]["ome"]
         ms = ome["multiscales"][0]
@@ -54,7 +57,12 @@ def neuroglancer_state(run_dir: Path, base_url: str, levels: int = 0) -> dict[st
             layer["visible"] = False  # prediction maps
         layers.append(layer)
         if name == "load.raw" or (raw_scale is None and kind == "image"):
-            raw_scale = ms["datasets"][0]["coordinateTransformations"][0]["scale"]
+            transforms = ms["datasets"][0]["coordinateTransformations"]
+            scale, shift = transforms[0]["scale"], transforms[1]["translation"]
+            shape = json.loads((view / "0" / "zarr.json").read_text())["shape"]
+            raw_scale = list(scale)
+            # the view starts centred on the raw volume, wide enough to show all of it
+            centre_nm = [o + (n - 1) / 2 * v for o, n, v in zip(shift, shape, scale, strict=True)]
     if not layers:
         raise DataError(f"{run_dir}: no volume artifacts to show")
     layers.sort(key=lambda d: (d["type"] != "image" or not d["name"].endswith("raw"), d["type"]))
@@ -76,11 +84,16 @@ def neuroglancer_state(run_dir: Path, base_url: str, levels: int = 0) -> dict[st
             "shader": "void main() { setColor(prop_color()); setLineWidth(3.0); }",
         })  # fmt: skip
     zyx = np.asarray(raw_scale or [1.0, 1.0, 1.0], np.float64) * 1e-9
-    return {
+    state: dict[str, Any] = {
         "dimensions": {"x": [zyx[2], "m"], "y": [zyx[1], "m"], "z": [zyx[0], "m"]},
         "layers": layers,
         "layout": "4panel",
     }
+    if centre_nm is not None and raw_scale is not None:
+        # position in the dimensions' units (raw voxels), x, y, z; zoom in raw voxels per pixel
+        state["position"] = [c / v for c, v in zip(centre_nm[::-1], raw_scale[::-1], strict=True)]
+        state["crossSectionScale"] = max(shape[-1], shape[-2]) / 450.0
+    return state
 
 
 def write_state(run_dir: Path, base_url: str, levels: int = 0) -> Path:
@@ -97,15 +110,25 @@ def state_url(state: dict[str, Any], client: str = CLIENT) -> str:
 
 
 class _CorsHandler(SimpleHTTPRequestHandler):
+    on_request: Callable[[str], None] | None = None
+
     def end_headers(self) -> None:
         self.send_header("Access-Control-Allow-Origin", "*")
         super().end_headers()
 
-    def log_message(self, format: str, *args: Any) -> None:  # quiet
-        pass
+    def log_message(self, format: str, *args: Any) -> None:  # quiet, unless asked
+        if self.on_request is not None:
+            self.on_request(urllib.parse.unquote(self.path))
 
 
-def serve(run_dir: Path, host: str = "127.0.0.1", port: int = 9015) -> ThreadingHTTPServer:
-    """A static file server for ``run_dir`` with CORS open (call ``serve_forever`` on it)."""
-    handler = functools.partial(_CorsHandler, directory=str(run_dir))
+def serve(
+    run_dir: Path,
+    host: str = "127.0.0.1",
+    port: int = 9015,
+    on_request: Callable[[str], None] | None = None,
+) -> ThreadingHTTPServer:
+    """A static file server for ``run_dir`` with CORS open (call ``serve_forever`` on it);
+    ``on_request`` is called with the path of every request answered."""
+    handler_class = type("Handler", (_CorsHandler,), {"on_request": staticmethod(on_request)})
+    handler = functools.partial(handler_class, directory=str(run_dir))
     return ThreadingHTTPServer((host, port), handler)

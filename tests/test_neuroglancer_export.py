@@ -8,6 +8,7 @@ import threading
 import urllib.request
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from synapse_toolkit.cli.main import app
@@ -55,3 +56,28 @@ def test_cli_writes_the_state_and_the_server_answers_with_cors(tmp_path: Path) -
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_state_opens_centred_and_neuroglancer_reads_it(tmp_path: Path) -> None:
+    """The view starts on the raw volume's centre (raw voxels, x, y, z); with pyramid levels the
+    sources carry them; the neuroglancer package's own state model accepts every layer."""
+    import zarr
+
+    run = _em_run(tmp_path / "run")
+    state = neuroglancer_state(run, "http://127.0.0.1:1234/", levels=2)
+    raw = zarr.open_group(str(run / "artifacts/load/raw.ome.zarr"), mode="r")
+    z, y, x = raw["0"].shape
+    ms = dict(raw.attrs)["ome"]["multiscales"][0]
+    offset = ms["datasets"][0]["coordinateTransformations"][1]["translation"]
+    assert state["position"] == [
+        offset[2] / 4 + (x - 1) / 2, offset[1] / 4 + (y - 1) / 2, offset[0] / 40 + (z - 1) / 2
+    ]  # fmt: skip
+    assert [d["path"] for d in ms["datasets"]] == ["0", "1", "2"]
+    neuroglancer = pytest.importorskip("neuroglancer")
+    parsed = neuroglancer.ViewerState(state)
+    kinds = {layer.name: type(layer.layer).__name__ for layer in parsed.layers}
+    assert kinds["load.raw"] == "ImageLayer"
+    assert kinds["segment.segmentation"] == "SegmentationLayer"
+    assert kinds["partners (pre -> post)"] == "AnnotationLayer"
+    assert len(parsed.layers["partners (pre -> post)"].annotations) == 3
+    assert list(parsed.position) == state["position"]
