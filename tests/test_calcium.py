@@ -281,3 +281,52 @@ def test_onnx_detector_equals_torch(tmp_path: Path) -> None:
     want = predict_full(net, clip_standardise(image))
     assert got.shape == want.shape == (2, 70, 83)
     np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_trainer_runs_on_the_shared_training_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ROI trainer takes threads, seed, device and budget from nn.run.TrainingRun: a tiny
+    run on a phantom 'field of view' writes its checkpoint atomically, logs the device, and the
+    same seed gives the same validation results; a spent budget stops it after one iteration."""
+    torch = pytest.importorskip("torch")
+    from syntk_calcium import train as tr
+
+    ph = generate_calcium(seed=21, shape=(256, 256), n_cells=40, frames=40)
+    data = tmp_path / "data"
+    data.mkdir()
+    np.save(data / "mean_fullfov_512x512_float32.npy", ph.movie.mean(axis=0).astype(np.float32))
+    (data / "regions_fullfov_left_half.json").write_text(json.dumps(ph.regions.to_neurofinder()))
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    small = generate_calcium(seed=22, shape=(96, 96), n_cells=10, frames=20)
+    np.savez(cache / "phantom_1.npz", mean=small.movie.mean(axis=0).astype(np.float32),
+             regions=json.dumps(small.regions.to_neurofinder()))  # fmt: skip
+    monkeypatch.setattr(tr, "PHANTOM_TRAIN", (1,))
+    monkeypatch.setattr(tr, "PHANTOM_VAL", (1,))
+    monkeypatch.setattr(tr, "GRID", {"threshold": (0.5,), "core_threshold": (0.5,),
+                                     "min_size": (10,)})  # fmt: skip
+
+    def run(out: Path, *extra: str) -> list[str]:
+        (out / "phantoms").mkdir(parents=True)
+        for f in cache.iterdir():
+            (out / "phantoms" / f.name).write_bytes(f.read_bytes())
+        args = ["--data", str(data), "--out", str(out), "--iterations", "2", "--eval-every", "2",
+                "--batch", "2", "--width", "4", "--seed", "5", "--device", "cpu"]  # fmt: skip
+        args += list(extra)
+        tr.main(args)
+        return (out / "train.log").read_text().splitlines()
+
+    torch.set_num_threads(2)
+    log_a = run(tmp_path / "a")
+    assert torch.get_num_threads() == 1  # --threads 1, set by TrainingRun
+    assert "device cpu" in log_a[0]
+    assert (tmp_path / "a" / "best.pt").is_file()
+    assert not list((tmp_path / "a").glob(".best.pt.tmp"))
+    ckpt = torch.load(tmp_path / "a" / "best.pt", weights_only=True)
+    assert ckpt["iteration"] == 2 and ckpt["region_params"]["threshold"] == 0.5
+    log_b = run(tmp_path / "b")
+    val = [line for line in log_a if "validation combined" in line]
+    assert val and val == [line for line in log_b if "validation combined" in line]
+    log_c = run(tmp_path / "c", "--time-limit", "0")
+    assert any(line.startswith("finished at iteration 1 ") for line in log_c)

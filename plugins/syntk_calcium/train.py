@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -110,14 +109,16 @@ def augment(
 
 def predict_full(net: Any, image: np.ndarray) -> np.ndarray:
     """Torch prediction (2, H, W) probabilities of a whole preprocessed image (reflect-padded by
-    the context, and to a multiple of 4)."""
+    the context, and to a multiple of 4), on the network's device."""
     import torch
 
     h, w = image.shape
     ph, pw = (-(h + 2 * CONTEXT)) % 4, (-(w + 2 * CONTEXT)) % 4
     x = np.pad(image, ((CONTEXT, CONTEXT + ph), (CONTEXT, CONTEXT + pw)), mode="reflect")
+    device = next(net.parameters()).device
     with torch.no_grad():
-        out = torch.sigmoid(net(torch.from_numpy(x[None, None, None].copy())))[0, :, 0].numpy()
+        xt = torch.from_numpy(x[None, None, None].copy()).to(device)
+        out = torch.sigmoid(net(xt))[0, :, 0].cpu().numpy()
     return out[:, :h, :w]
 
 
@@ -156,10 +157,12 @@ def search_thresholds(
 def train(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
+    from synapse_toolkit.nn.run import TrainingRun
     from syntk_calcium.net import RoiNet
 
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
+    # threads, torch seed, device and the wall-clock budget (which counts data preparation)
+    run = TrainingRun(seed=args.seed, num_threads=args.threads, device=args.device,
+                      time_limit_minutes=args.time_limit / 60)  # fmt: skip
     rng = np.random.default_rng(args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -170,7 +173,6 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         print(msg, flush=True)
         log.write(msg + "\n")
 
-    t0 = time.time()
     mean, regions = real_data(Path(args.data))
     # the left half's training rows only: validation / held-out truth and the right half's pixels
     # never reach the network during training
@@ -188,7 +190,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         phantoms.append(Sample(m, r, np.ones(m.shape, bool)))
     val = _val_sets(Path(args.data), cache)
     say(
-        f"data ready in {time.time() - t0:.0f} s: real train {train_part.shape} "
+        f"data ready in {run.elapsed:.0f} s ({run.describe()}): real train {train_part.shape} "
         f"({len(train_regions)} ROIs), {len(phantoms)} phantoms, {len(val)} validation sets"
     )
     ys = np.concatenate([(s.y * s.m[None]).reshape(2, -1) for s in [real, *phantoms]], axis=1)
@@ -196,8 +198,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     pos_frac = ys.sum(axis=1) / ms.sum()
     pos_weight = torch.tensor(np.minimum((1 - pos_frac) / pos_frac, 20.0), dtype=torch.float32)
     say(f"positive fractions {pos_frac.round(4).tolist()}, pos_weight {pos_weight.tolist()}")
+    pos_weight = pos_weight.to(run.device)
 
-    net = RoiNet(in_channels=1, width=args.width)
+    net = RoiNet(in_channels=1, width=args.width).to(run.device)
     opt = torch.optim.Adam(net.parameters(), lr=args.lr)
     best: dict[str, Any] = {"score": -1.0}
     it = 0
@@ -211,9 +214,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             xb.append(x)
             yb.append(y)
             mb.append(m)
-        xt = torch.from_numpy(np.stack(xb)[:, None, None])
-        yt = torch.from_numpy(np.stack(yb))
-        mt = torch.from_numpy(np.stack(mb))[:, None]
+        xt = torch.from_numpy(np.stack(xb)[:, None, None]).to(run.device)
+        yt = torch.from_numpy(np.stack(yb)).to(run.device)
+        mt = torch.from_numpy(np.stack(mb))[:, None].to(run.device)
         net.train()
         logits = net(xt)[:, :, 0]
         loss_map = torch.nn.functional.binary_cross_entropy_with_logits(
@@ -228,17 +231,17 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         loss.backward()
         opt.step()
         if it % 50 == 0:
-            say(f"it {it} loss {loss.item():.4f} elapsed {time.time() - t0:.0f} s")
-        done = it == args.iterations or time.time() - t0 > args.time_limit
+            say(f"it {it} loss {loss.item():.4f} elapsed {run.elapsed:.0f} s")
+        done = it == args.iterations or run.out_of_time()
         if it % args.eval_every == 0 or done:
             net.eval()
             maps = [predict_full(net, img) for _n, img, *_ in val]
-            params, score, parts = search_thresholds(maps, val)
+            params, score, parts = search_thresholds(maps, val, GRID)
             say(f"it {it} validation combined {score:.3f} (real {parts['real']:.3f}, "
                 f"phantom {parts['phantom']:.3f}) at {params}")  # fmt: skip
             if score > best["score"]:
                 best = {"score": score, "iteration": it, "params": params, "parts": parts}
-                torch.save(
+                run.save(
                     {"state_dict": net.state_dict(), "config": net.hparams, "iteration": it,
                      "region_params": params, "validation": {"combined": score, **parts}},
                     out / "best.pt",
@@ -246,7 +249,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 say(f"  new best at iteration {it}")
         if done:
             break
-    say(f"finished at iteration {it} after {time.time() - t0:.0f} s; best {best}")
+    say(f"finished at iteration {it} after {run.elapsed:.0f} s; best {best}")
     log.close()
     return best
 
@@ -301,6 +304,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--real-fraction", type=float, default=0.5, help="real tiles per batch")
     ap.add_argument("--cosine", action="store_true", help="cosine learning-rate decay to lr/10")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--export", default=None, help="write the best checkpoint as this ONNX file")
     ap.add_argument("--select-only", default=None, metavar="ONNX",
