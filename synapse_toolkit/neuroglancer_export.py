@@ -110,7 +110,7 @@ def state_url(state: dict[str, Any], client: str = CLIENT) -> str:
 
 
 class _CorsHandler(SimpleHTTPRequestHandler):
-    on_request: Callable[[str], None] | None = None
+    on_request: Callable[[str], None] | None = None  # set per server by serve()
 
     def end_headers(self) -> None:
         self.send_header("Access-Control-Allow-Origin", "*")
@@ -129,6 +129,7 @@ def serve(
 ) -> ThreadingHTTPServer:
     """A static file server for ``run_dir`` with CORS open (call ``serve_forever`` on it);
     ``on_request`` is called with the path of every request answered."""
-    handler_class = type("Handler", (_CorsHandler,), {"on_request": staticmethod(on_request)})
+    attrs = {"on_request": None if on_request is None else staticmethod(on_request)}
+    handler_class = type("Handler", (_CorsHandler,), attrs)
     handler = functools.partial(handler_class, directory=str(run_dir))
     return ThreadingHTTPServer((host, port), handler)

@@ -274,7 +274,7 @@ def _write_pyramid(
         return [(1, 1, 1)]
     src = zarr.open_array(str(group_dir / "0"), mode="r")
     factors = pyramid_factors(voxel_size_nm, src.shape[-3:], levels)
-    names = list(src.metadata.dimension_names or ["c", "z", "y", "x"][4 - src.ndim :])
+    names = ["c", "z", "y", "x"][4 - src.ndim :]
     for k in range(1, len(factors)):
         step = [f // p for f, p in zip(factors[k], factors[k - 1], strict=True)]
         lead = tuple(src.shape[:-3])
