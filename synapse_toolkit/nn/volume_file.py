@@ -1,6 +1,6 @@
-"""One array of a training volume, by file and dataset name: HDF5 (``.h5``/``.hdf``/``.hdf5``)
-or a zarr group; read whole (:func:`read_dataset`) or crop by crop (:class:`DatasetFile`).
-Errors name the file and the dataset."""
+"""One array of a training volume, by file (or ``registry:<dataset name>``) and dataset name:
+HDF5 (``.h5``/``.hdf``/``.hdf5``) or a zarr group; read whole (:func:`read_dataset`) or crop by
+crop (:class:`DatasetFile`). Errors name the file and the dataset."""
 
 from __future__ import annotations
 
@@ -12,13 +12,25 @@ import numpy as np
 from synapse_toolkit.errors import DataError
 
 HDF5_SUFFIXES = (".h5", ".hdf", ".hdf5")
+#: ``raw = "registry:cremi/sample_A"``: a registry dataset (downloaded into the cache if missing)
+REGISTRY_PREFIX = "registry:"
+
+
+def volume_path(path: str | Path) -> Path:
+    """A training volume's file: ``registry:<name>`` resolves through the dataset registry."""
+    text = str(path)
+    if text.startswith(REGISTRY_PREFIX):
+        from synapse_toolkit.datasets import resolve_dataset
+
+        return resolve_dataset(text[len(REGISTRY_PREFIX) :])
+    return Path(path)
 
 
 class DatasetFile:
     """``dataset`` of the file ``path``, kept open; ``where`` (a config key) goes into errors."""
 
     def __init__(self, path: str | Path, dataset: str, where: str = "") -> None:
-        p = Path(path)
+        p = volume_path(path)
         at = f" ({where})" if where else ""
         if not p.exists():
             raise DataError(f"{p}: file not found{at}")
