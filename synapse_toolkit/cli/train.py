@@ -21,6 +21,7 @@ def affinities(
         float | None, typer.Option(help="Override training.time_limit_minutes.")
     ] = None,
     iterations: Annotated[int | None, typer.Option(help="Override training.iterations.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Override training.lr.", min=0)] = None,
     init_from: Annotated[
         str | None, typer.Option(help="Continue from this checkpoint (training.init_from).")
     ] = None,
@@ -34,6 +35,7 @@ def affinities(
         time_limit_minutes=time_limit,
         iterations=iterations,
         init_from=init_from,
+        lr=lr,
     )
     need_torch()
     from synapse_toolkit.nn.training import train

@@ -371,6 +371,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
         has_opt = "optimizer" in state
         if has_opt:
             opt.load_state_dict(state["optimizer"])
+            for group in opt.param_groups:  # the configured learning rate, not the saved one
+                group["lr"] = t_cfg.lr
         it0 = int(state.get("iteration", 0))
         log(
             f"continuing from {t_cfg.init_from} at iteration {it0} "
