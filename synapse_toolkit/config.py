@@ -230,8 +230,30 @@ def read_toml(path: Path, what: str = "config file") -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read {what}: {exc.strerror}") from None
 
 
-def load_config_document(path: Path) -> dict[str, Any]:
-    return read_toml(path)
+def _merged(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        old = out.get(key)
+        out[key] = (
+            _merged(old, value) if isinstance(old, dict) and isinstance(value, dict) else value
+        )
+    return out
+
+
+def load_config_document(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A pipeline TOML as a dict. ``extends = "other.toml"`` (relative to this file) starts from
+    that file's document and overrides it table by table, so a variant (e.g. another
+    ``[execution]``) does not repeat the stages."""
+    doc = read_toml(path)
+    base = doc.pop("extends", None)
+    if base is None:
+        return doc
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: extends must be a file name")
+    base_path = (path.parent / base).resolve()
+    if base_path in _seen or base_path == path.resolve():
+        raise ConfigError(f"{path}: extends {base} forms a cycle")
+    return _merged(load_config_document(base_path, (*_seen, path.resolve())), doc)
 
 
 def parse_config(
