@@ -269,11 +269,23 @@ def _run_one(
     return False, process(task)
 
 
+def _exit_with_parent(parent: int) -> None:
+    """Exit this worker once its parent process is gone (a SIGKILLed run leaves no workers)."""
+    import time
+
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
+
+
 def _worker_init() -> None:
     # libraries such as waterz print to file descriptor 1: keep workers' stdout quiet
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     os.close(devnull)
+    import threading
+
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     try:
         import numba
 
