@@ -1,5 +1,6 @@
 """Built-in synapse plugins: section aligner, cleft / signed-proximity detectors (ONNX, tiled),
-cleft post-processing, and the partner assigners ``emsynconn`` and ``geometric-baseline``.
+cleft post-processing, and the partner assigners ``emsynconn``, ``synful`` and
+``geometric-baseline``.
 
 The library code lives in :mod:`synapse_toolkit.synapses`; these classes only adapt it to the
 stage contracts. Bundled models are in ``models/`` next to this file (see ``models/README.md``).
@@ -216,6 +217,7 @@ DEFAULT_MODELS = {
     "synapse-clefts": "synapses/clefts",
     "synapse-polarity": "synapses/polarity",
     "emsynconn": "synapses/pruner",
+    "synful": "synapses/synful",
 }
 
 
@@ -453,6 +455,7 @@ def _partner_outputs(table: PartnerTable, seg: Volume) -> dict[str, Any]:
 
 
 from syntk_synapses import clustering as _clustering  # noqa: E402  (needs _resolved_model)
+from syntk_synapses import synful as _synful  # noqa: E402
 
 
 @hookimpl
@@ -463,5 +466,6 @@ def syntk_register_stages(registry: Any) -> None:
     registry.add_postprocessor(CleftLabels)
     registry.add_partner_assigner(EMSynConn)
     registry.add_partner_assigner(GeometricBaseline)
+    registry.add_partner_assigner(_synful.Synful)
     registry.add_clusterer(_clustering.AutoencoderKMeans)
     registry.add_loader(_clustering.PhantomSynapseTypes)

@@ -1,0 +1,323 @@
+"""One table of every partner assigner on phantom volumes, and the tuning of ``synful``'s
+extraction defaults on development seeds.
+
+For each phantom seed (frozen defaults) the bundled models predict once (cached under
+``--cache-dir``): the Synful network (mask, vector, direction), the signed proximity, the cleft
+probability (+ ``cleft-labels`` at its defaults), and the main job's predicted segmentation
+(``neurons/phantom_affinities`` with 8-mirroring TTA + waterz quantile75 at 0.5, as in
+``examples/cremi.toml``). Then, with the ground-truth and with the predicted segmentation, the
+CREMI partner F-score (TP/FP/FN pooled over volumes) of
+
+- ``synful`` (vector head) and its direction head (distance from the predicted clefts),
+- ``emsynconn`` with the pruning CNN, ``geometric-baseline``,
+- two combinations: the union of synful and emsynconn (de-duplicated), and synful rows confirmed
+  by an emsynconn row on the same segment pair;
+
+plus counts of the remaining errors of each (see :func:`error_kinds`).
+
+``--tune`` instead sweeps synful's extraction parameters on the given (development) seeds and
+prints the setting with the best mean of the pooled F on both segmentations.
+
+Usage::
+
+    python benchmarks/eval_partners.py --tune --seeds 1201 1202 1203 1204 1205 1206 1207 1208
+    python benchmarks/eval_partners.py --seeds 9091 9092 9093 9094 9095 9096 9097 9098 \\
+        --json out.json
+
+Seeds used by training or selection (refused here for evaluation): 1001-1012 (U-Nets),
+1101-1130 (pruner, synful), 1201-1208 (pruner checkpoint, candidate/cleft/synful settings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from synapse_toolkit.data import PartnerTable, Volume
+from synapse_toolkit.fsio import sha256_file
+from synapse_toolkit.inference.onnx_model import OnnxModel
+from synapse_toolkit.io.cremi import read_cremi
+from synapse_toolkit.synapses.assigners import (
+    EMSynConnSettings,
+    assign_emsynconn,
+    assign_geometric,
+    cleft_labels,
+)
+from synapse_toolkit.synapses.partners import deduplicate, evaluate_partners
+from synapse_toolkit.synapses.pruning import PrunerONNX
+from synapse_toolkit.synapses.synful import SynfulSettings, extract_partners
+from synapse_toolkit.synapses.targets import Grid
+from synapse_toolkit.synapses.train_detectors import phantom_file
+from synapse_toolkit.synapses.train_pruner import SegmentationSource, predicted_segmentation
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "plugins" / "syntk_synapses" / "models"
+NEURONS = ROOT / "plugins" / "syntk_neurons" / "models" / "phantom_affinities.onnx"
+USED_SEEDS = set(range(1001, 1013)) | set(range(1101, 1131)) | set(range(1201, 1209))
+
+
+def _cached(path: Path, make: Any) -> np.ndarray:
+    if path.exists():
+        return np.load(path)["a"]
+    arr = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.npz")
+    np.savez(tmp, a=arr)
+    tmp.replace(path)
+    return arr
+
+
+def predictions(seed: int, args: argparse.Namespace, synful: bool = True) -> dict[str, Any]:
+    """Truth and the model outputs of one phantom seed (each cached by seed and model sha256)."""
+    data = read_cremi(phantom_file(seed, args.phantom_cache))
+    raw = data.raw.read()
+    grid = Grid.of(data.raw)
+    cache = Path(args.cache_dir)
+
+    def key(kind: str, model: str) -> Path:
+        return cache / f"seed{seed}-{kind}-{sha256_file(Path(model))[:12]}.npz"
+
+    out = {"data": data, "raw": raw, "grid": grid, "gt_seg": data.neuron_ids.read()}
+    out["proximity"] = _cached(key("proximity", args.polarity),
+                               lambda: OnnxModel(args.polarity).predict(raw)[0])  # fmt: skip
+    out["clefts"] = _cached(key("clefts", args.clefts), lambda: cleft_labels(
+        OnnxModel(args.clefts).predict(raw)[0], grid, 0.9, 200))  # fmt: skip
+    out["pred_seg"] = _cached(key("segmentation-tta-q75-0.5", args.neuron_model), lambda: (
+        predicted_segmentation(raw, SegmentationSource(str(args.neuron_model), 0.5, "quantile75",
+                                                       tta=True))))  # fmt: skip
+    if synful:
+        out["synful"] = _cached(key("synful", args.synful),
+                                lambda: OnnxModel(args.synful).predict(raw))  # fmt: skip
+    return out
+
+
+def confirmed(synful: PartnerTable, other: PartnerTable) -> PartnerTable:
+    """Rows of ``synful`` whose (pre, post) segment pair also appears in ``other``."""
+    pairs = set(zip(other.pre_segment.tolist(), other.post_segment.tolist(), strict=True))
+    keep = [
+        (int(a), int(b)) in pairs
+        for a, b in zip(synful.pre_segment, synful.post_segment, strict=True)
+    ]
+    return synful.select(np.asarray(keep, bool))
+
+
+def union(a: PartnerTable, b: PartnerTable, dedup_nm: float = 400.0) -> PartnerTable:
+    """Rows of both tables (b's synapse ids shifted), de-duplicated per segment pair and place."""
+    if len(a) == 0 or len(b) == 0:
+        return a if len(b) == 0 else b
+    assert a.synapse_type is not None and b.synapse_type is not None
+    shift = int(a.synapse_id.max()) + 1
+    table = PartnerTable(
+        np.vstack([a.pre_nm, b.pre_nm]), np.vstack([a.post_nm, b.post_nm]),
+        np.concatenate([a.pre_segment, b.pre_segment]),
+        np.concatenate([a.post_segment, b.post_segment]),
+        np.concatenate([a.score / max(a.score.max(), 1e-12), b.score / max(b.score.max(), 1e-12)]),
+        np.concatenate([a.synapse_id, b.synapse_id + shift]),
+    )  # fmt: skip
+    return deduplicate(table, dedup_nm)
+
+
+def error_kinds(
+    table: PartnerTable, truth: Any, neuron_ids: Volume, seg: np.ndarray, match: Any
+) -> dict[str, int]:
+    """Why each missed true partner was missed, and what each false row is.
+
+    Missed (truth rows without a match): ``merged`` — its pre and post sites lie in one segment
+    of the segmentation used (a split-free assigner cannot report it); ``no site`` — no predicted
+    row has its post site within 400 nm in the true post neuron; ``wrong partner`` — such a row
+    exists but its pre site is in another neuron (or farther than 400 nm); ``reversed`` — a row
+    runs from the true post neuron to the true pre neuron. False rows: ``fp duplicate`` (its
+    true pair is matched by another row), ``fp reversed``, ``fp other``.
+    """
+    from synapse_toolkit.metrics.cremi_partners import lookup_labels, pair_locations
+
+    gt = neuron_ids.read()
+    off = np.asarray(neuron_ids.offset_nm)
+    res = np.asarray(neuron_ids.voxel_size_nm)
+    g_pre, g_post = pair_locations(truth, off)
+    pred_ann = table.to_annotations(truth.offset_nm)
+    r_pre, r_post = pair_locations(pred_ann, off)
+    gl_pre = lookup_labels(gt, g_pre, res, "half_away")[0]
+    gl_post = lookup_labels(gt, g_post, res, "half_away")[0]
+    sl_pre = lookup_labels(seg, g_pre, res, "half_away")[0]
+    sl_post = lookup_labels(seg, g_post, res, "half_away")[0]
+    rl_pre = lookup_labels(gt, r_pre, res, "half_away")[0]
+    rl_post = lookup_labels(gt, r_post, res, "half_away")[0]
+    matched_g = {j for _, j, _ in match}
+    matched_r = {i for i, _, _ in match}
+    out = dict.fromkeys(("merged", "no site", "wrong partner", "reversed", "fp duplicate",
+                         "fp reversed", "fp other"), 0)  # fmt: skip
+    for j in range(len(g_pre)):
+        if j in matched_g:
+            continue
+        near_post = np.linalg.norm(r_post - g_post[j], axis=1) <= 400.0
+        rev = near_post & (rl_post == gl_pre[j]) & (rl_pre == gl_post[j])
+        near_pre_rev = np.linalg.norm(r_post - g_pre[j], axis=1) <= 400.0
+        rev |= near_pre_rev & (rl_post == gl_pre[j]) & (rl_pre == gl_post[j])
+        if sl_pre[j] == sl_post[j]:
+            out["merged"] += 1
+        elif rev.any():
+            out["reversed"] += 1
+        elif not (near_post & (rl_post == gl_post[j])).any():
+            out["no site"] += 1
+        else:
+            out["wrong partner"] += 1
+    for i in range(len(r_pre)):
+        if i in matched_r:
+            continue
+        same = (gl_pre == rl_pre[i]) & (gl_post == rl_post[i])
+        same &= np.linalg.norm(g_post - r_post[i], axis=1) <= 400.0
+        rev = (gl_pre == rl_post[i]) & (gl_post == rl_pre[i])
+        if same.any():
+            out["fp duplicate"] += 1
+        elif rev.any():
+            out["fp reversed"] += 1
+        else:
+            out["fp other"] += 1
+    return out
+
+
+def _pooled(rows: list[dict[str, float]]) -> dict[str, float]:
+    tp, fp, fn = (sum(r[k] for r in rows) for k in ("tp", "fp", "fn"))
+    p = tp / (tp + fp) if tp + fp else 0.0
+    r = tp / (tp + fn) if tp + fn else 0.0
+    f = 2 * p * r / (p + r) if p + r else 0.0
+    return {"fscore": f, "precision": p, "recall": r, "tp": tp, "fp": fp, "fn": fn,
+            "f_per_volume": [x["fscore"] for x in rows]}  # fmt: skip
+
+
+def _score(table: PartnerTable, v: dict[str, Any]) -> dict[str, Any]:
+    rec = evaluate_partners(table, v["data"].annotations, v["data"].neuron_ids)
+    return {**rec.values, "matches": rec.details["matches"]}
+
+
+def tune(volumes: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stage-wise sweep of the extraction settings; best mean pooled F over both segmentations."""
+
+    def evaluate(s: SynfulSettings) -> tuple[float, dict[str, float]]:
+        res = {}
+        for seg_key in ("gt_seg", "pred_seg"):
+            rows = []
+            for v in volumes:
+                cl = v["clefts"] if s.head == "direction" else None
+                table = extract_partners(v["synful"], v[seg_key], v["grid"], s, cl)
+                rows.append(_score(table, v))
+            res[seg_key] = _pooled(rows)["fscore"]
+        return 0.5 * (res["gt_seg"] + res["pred_seg"]), res
+
+    log: list[dict[str, Any]] = []
+    best: dict[str, SynfulSettings] = {}
+    for head in ("vector", "direction"):
+        s = SynfulSettings(head=head)
+        stages: list[dict[str, list[Any]]] = [
+            {"threshold": [0.3, 0.4, 0.5, 0.6, 0.7], "min_voxels": [5, 20, 50, 100, 200]},
+            {"location": ["edt-max", "centre"], "vector_from": ["location", "mean"],
+             "split_by_segment": [True, False]},
+        ]  # fmt: skip
+        if head == "direction":
+            stages.append({"cleft_width_nm": [0.0, 20.0, 40.0, 80.0]})
+        for grid in stages:
+            scored = []
+            for combo in itertools.product(*grid.values()):
+                cand = dataclasses.replace(s, **dict(zip(grid.keys(), combo, strict=True)))
+                mean, res = evaluate(cand)
+                scored.append((mean, cand))
+                log.append({"head": head, **dict(zip(grid.keys(), combo, strict=True)),
+                            "mean_f": mean, **res})  # fmt: skip
+                what = dict(zip(grid.keys(), combo, strict=True))
+                print(f"{head} {what}: mean F {mean:.3f} (GT {res['gt_seg']:.3f}, "
+                      f"predicted {res['pred_seg']:.3f})", flush=True)  # fmt: skip
+            s = max(scored, key=lambda t: t[0])[1]
+        best[head] = s
+        print(f"best {head}: {s}", flush=True)
+    return {"best": {k: dataclasses.asdict(v) for k, v in best.items()}, "log": log}
+
+
+def evaluate_all(volumes: list[dict[str, Any]], pruner: PrunerONNX) -> dict[str, Any]:
+    acc: dict[str, list[dict[str, Any]]] = {}
+    errors: dict[str, dict[str, int]] = {}
+    for v in volumes:
+        for seg_name, seg_key in (("ground truth", "gt_seg"), ("predicted", "pred_seg")):
+            seg = v[seg_key]
+            grid = v["grid"]
+            tables = {
+                "synful": extract_partners(v["synful"], seg, grid, SynfulSettings()),
+                "synful, direction head": extract_partners(
+                    v["synful"], seg, grid, SynfulSettings(head="direction"), v["clefts"]
+                ),
+                "emsynconn + pruning CNN": assign_emsynconn(
+                    v["raw"], v["proximity"], seg, grid, pruner, EMSynConnSettings()
+                ),
+                "geometric baseline": assign_geometric(v["clefts"], v["proximity"], seg, grid),
+            }
+            tables["union: synful + emsynconn"] = union(
+                tables["synful"], tables["emsynconn + pruning CNN"]
+            )
+            tables["synful confirmed by emsynconn"] = confirmed(
+                tables["synful"], tables["emsynconn + pruning CNN"]
+            )
+            for name, table in tables.items():
+                key = f"{name} | {seg_name}"
+                sc = _score(table, v)
+                acc.setdefault(key, []).append(sc)
+                kinds = error_kinds(table, v["data"].annotations, v["data"].neuron_ids, seg,
+                                    sc["matches"])  # fmt: skip
+                tot = errors.setdefault(key, dict.fromkeys(kinds, 0))
+                for k, n in kinds.items():
+                    tot[k] += n
+    return {key: {**_pooled(rows), "errors": errors[key]} for key, rows in acc.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", type=int, nargs="+", required=True)
+    ap.add_argument("--tune", action="store_true", help="sweep synful's extraction settings")
+    ap.add_argument("--phantom-cache", default=str(ROOT / "runs" / "phantom-cache"))
+    ap.add_argument("--cache-dir", default=str(ROOT / "runs" / "partner-cache"))
+    ap.add_argument("--synful", default=str(MODELS / "synful.onnx"))
+    ap.add_argument("--polarity", default=str(MODELS / "polarity.onnx"))
+    ap.add_argument("--clefts", default=str(MODELS / "clefts.onnx"))
+    ap.add_argument("--pruner", default=str(MODELS / "pruner.onnx"))
+    ap.add_argument("--neuron-model", default=str(NEURONS))
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--only-predict", action="store_true",
+                    help="fill the caches of the non-synful predictions, then stop")  # fmt: skip
+    args = ap.parse_args()
+    if not args.tune and USED_SEEDS & set(args.seeds):
+        raise SystemExit(f"seeds {sorted(USED_SEEDS & set(args.seeds))} were used in training "
+                         "or selection")  # fmt: skip
+    t0 = time.time()
+    volumes = []
+    for seed in args.seeds:
+        volumes.append(predictions(seed, args, synful=not args.only_predict))
+        print(f"seed {seed} predicted ({time.time() - t0:.0f}s)", flush=True)
+    if args.only_predict:
+        return
+    if args.tune:
+        results = tune(volumes)
+    else:
+        results = evaluate_all(volumes, PrunerONNX(args.pruner))
+        n_true = sum(len(v["data"].annotations.partners) for v in volumes)
+        print(f"\nCREMI partner F on phantom seeds {args.seeds} ({n_true} true pairs; pooled)")
+        print(f"{'assigner | segmentation':50s}{'F':>7s}{'P':>7s}{'R':>7s}{'TP':>5s}{'FP':>5s}"
+              f"{'FN':>5s}  errors")  # fmt: skip
+        for key in sorted(results, key=lambda k: (k.split(" | ")[1], k)):
+            r = results[key]
+            errs = ", ".join(f"{k} {n}" for k, n in r["errors"].items() if n)
+            print(f"{key:50s}{r['fscore']:7.3f}{r['precision']:7.3f}{r['recall']:7.3f}"
+                  f"{r['tp']:5.0f}{r['fp']:5.0f}{r['fn']:5.0f}  {errs}")  # fmt: skip
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=2, default=float))
+    print(f"total {time.time() - t0:.0f}s")
+
+
+if __name__ == "__main__":
+    main()

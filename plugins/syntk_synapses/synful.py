@@ -1,0 +1,101 @@
+"""The ``synful`` partner assigner: Funke's edge classifier in Synful's factorisation (post-synaptic
+mask + vector to the pre-synaptic partner), with the direction head as an option of the same
+model. The library code is :mod:`synapse_toolkit.synapses.synful`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import Field
+
+from synapse_toolkit import __version__
+from synapse_toolkit.data import Volume
+from synapse_toolkit.errors import DataError
+from synapse_toolkit.stages import PartnerAssigner, Port, StageOptions
+
+
+class Synful(PartnerAssigner["Synful.Options"]):
+    """Synful partners: a U-Net (ONNX, tiled) predicts the post-synaptic mask, the vector (nm) to
+    the pre-synaptic partner and a unit direction; components of the thresholded mask become
+    post sites, pre = site + vector (or + direction x distance from the clefts with
+    ``head = "direction"``), segment ids are looked up, rows grouped and de-duplicated.
+    Extraction defaults were chosen on development phantom seeds (``benchmarks/tune_synful.py``)."""
+
+    name: ClassVar[str] = "synful"
+    version: ClassVar[str] = __version__
+    description: ClassVar[str] = "post-synaptic mask + partner vectors U-Net (Synful)"
+    inputs: ClassVar[Mapping[str, Port]] = {
+        "raw": Port("intensity", "EM intensities", grid="in"),
+        "segmentation": Port("labels", "neuron segmentation", grid="in"),
+        "clefts": Port(
+            "labels", "CREMI cleft labels (head = 'direction')", required=False, grid="in"
+        ),
+    }
+    outputs: ClassVar[Mapping[str, Port]] = {
+        "partners": Port("partners", "pre→post pairs"),
+        "annotations": Port("annotations", "the same in CREMI form"),
+    }
+
+    class Options(StageOptions):
+        model: str = Field("", description="Registry model name (default: the bundled one).")
+        model_path: Path | None = Field(None, description="An ONNX file instead of `model`.")
+        sha256: str | None = Field(None, description="Expected sha256 of `model_path`.")
+        overlap: tuple[int, int, int] | None = Field(
+            None, description="Tile overlap (voxels); default: the model's."
+        )
+        head: Literal["vector", "direction"] = Field(
+            "vector", description="Regressed vector, or unit direction x cleft-derived distance."
+        )
+        threshold: float = Field(0.5, gt=0, lt=1, description="Mask threshold (strict >).")
+        min_voxels: int = Field(20, ge=1, description="Smallest mask component kept.")
+        location: Literal["edt-max", "centre"] = Field(
+            "edt-max", description="Site: distance-transform maximum or mask-weighted centre."
+        )
+        score: Literal["sum", "mean", "max"] = Field("sum", description="Score of a site.")
+        vector_from: Literal["location", "mean"] = Field(
+            "location", description="Vector at the site, or mask-weighted mean pre point."
+        )
+        split_by_segment: bool = Field(True, description="Split components at segment borders.")
+        min_score: float = Field(0.0, ge=0, description="Drop sites scoring below this.")
+        group_distance_nm: float = Field(
+            150.0, ge=0, description="Rows with the same pre segment this close: one synapse."
+        )
+        dedup_distance_nm: float = Field(400.0, ge=0)
+        direction_distance_nm: float = Field(
+            120.0, gt=0, description="Direction head without clefts: fixed distance (nm)."
+        )
+        cleft_width_nm: float = Field(
+            20.0, ge=0, description="Direction head: distance = 2 x site-cleft + this."
+        )
+
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        from synapse_toolkit.inference.onnx_model import OnnxModel
+        from synapse_toolkit.synapses.synful import N_CHANNELS, SynfulSettings, extract_partners
+        from synapse_toolkit.synapses.targets import Grid
+        from syntk_synapses import _partner_outputs, _resolved_model
+
+        o = self.options
+        raw: Volume = inputs["raw"]
+        seg: Volume = inputs["segmentation"]
+        clefts: Volume | None = inputs.get("clefts")
+        path = _resolved_model(self, o.model, o.model_path, o.sha256, raw=raw)
+        model = OnnxModel(path, n_threads=self.context.n_threads)
+        if model.out_channels != N_CHANNELS or model.kind != "synful":
+            raise DataError(
+                f"stage {self.context.stage_name}: {path} is not a synful model "
+                f"(kind {model.kind!r}, {model.out_channels} channels)"
+            )
+        pred = model.predict(raw.data, overlap=o.overlap)
+        settings = SynfulSettings(
+            head=o.head, threshold=o.threshold, min_voxels=o.min_voxels, location=o.location,
+            score=o.score, vector_from=o.vector_from, split_by_segment=o.split_by_segment,
+            min_score=o.min_score, group_distance_nm=o.group_distance_nm,
+            dedup_distance_nm=o.dedup_distance_nm, direction_distance_nm=o.direction_distance_nm,
+            cleft_width_nm=o.cleft_width_nm,
+        )  # fmt: skip
+        cl = np.asarray(clefts.read()) if clefts is not None else None
+        table = extract_partners(pred, seg.read(), Grid.of(seg), settings, cl)
+        return _partner_outputs(table, seg)

@@ -1,0 +1,304 @@
+"""Synful partners: training targets, extraction on a hand-made prediction, the ``synful`` stage's
+contract, and a tiny end to end run (train → ONNX → stage → CREMI partner score)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from synapse_toolkit.cremi_ids import CLEFT_BACKGROUND
+from synapse_toolkit.data import Annotations, PartnerTable, Volume
+from synapse_toolkit.errors import DataError
+from synapse_toolkit.synapses.synful import (
+    SynfulSettings,
+    SynfulTargetSettings,
+    extract_partners,
+    group_synapses,
+    synful_targets,
+)
+from synapse_toolkit.synapses.targets import Grid
+from tests.conftest import make_cremi_data
+
+VS = (40.0, 4.0, 4.0)
+SHAPE = (8, 64, 64)
+PRE_VOX = np.array([4, 24, 32])  # in segment 1
+
+
+def _segmentation() -> np.ndarray:
+    seg = np.ones(SHAPE, np.uint64)  # 1: y < 32 (pre neuron)
+    seg[:, 32:, :32] = 2
+    seg[:, 32:, 32:] = 3
+    return seg
+
+
+def _blob(pred: np.ndarray, grid: Grid, centre: tuple[int, int, int], half: tuple[int, int, int],
+          target_vox: np.ndarray, peak: float = 0.9) -> None:  # fmt: skip
+    """A mask blob whose vectors / directions point at ``target_vox``."""
+    box = tuple(slice(c - h, c + h + 1) for c, h in zip(centre, half, strict=True))
+    coords = np.argwhere(np.ones([2 * h + 1 for h in half], bool)) + [b.start for b in box]
+    d = ((coords - centre) / np.maximum(np.asarray(half), 1)) ** 2
+    prob = peak - 0.2 * d.sum(1) / 3  # highest at the centre
+    pred[0][tuple(coords.T)] = prob
+    vec = grid.to_world(target_vox) - grid.to_world(coords)
+    for a in range(3):
+        pred[1 + a][tuple(coords.T)] = vec[:, a]
+        pred[4 + a][tuple(coords.T)] = vec[:, a] / np.linalg.norm(vec, axis=1)
+
+
+def _scene() -> tuple[np.ndarray, np.ndarray, Grid]:
+    grid = Grid(SHAPE, VS)
+    pred = np.zeros((7, *SHAPE), np.float32)
+    _blob(pred, grid, (4, 44, 16), (1, 4, 4), PRE_VOX)  # post in segment 2
+    _blob(pred, grid, (4, 44, 48), (1, 4, 4), PRE_VOX, peak=0.8)  # post in segment 3: polyadic
+    return pred, _segmentation(), grid
+
+
+def test_targets_point_from_post_voxels_to_the_pre_partner() -> None:
+    data = make_cremi_data(shape=(6, 40, 50))
+    grid = Grid.of(data.raw)
+    seg = data.neuron_ids.read()
+    t = synful_targets(data.annotations, grid, seg, SynfulTargetSettings(40.0, 60.0))
+    assert t["mask"].any() and not (t["mask"] & ~t["vectors_mask"]).any()
+    types = np.asarray(data.annotations.types, dtype=object)
+    pre = data.annotations.world_locations()[types == Annotations.PRE]
+    pts = grid.to_world(np.argwhere(t["vectors_mask"])) + t["vectors"][:, t["vectors_mask"]].T
+    # every voxel's vector ends exactly on one of the pre sites
+    d = np.linalg.norm(pts[:, None, :] - pre[None], axis=2).min(axis=1)
+    np.testing.assert_allclose(d, 0.0, atol=1e-3)
+    norms = np.linalg.norm(t["directions"][:, t["vectors_mask"]], axis=0)
+    np.testing.assert_allclose(norms, 1.0, atol=1e-5)
+    assert not t["directions"][:, ~t["vectors_mask"]].any()
+    # restricted to the post site's segment (the post sites are in segment 7)
+    assert set(np.unique(seg[t["vectors_mask"]]).tolist()) == {7}
+    with pytest.raises(DataError, match="vector_radius_nm"):
+        synful_targets(data.annotations, grid, seg, SynfulTargetSettings(80.0, 40.0))
+
+
+@pytest.mark.parametrize("swap", [False, True])
+@pytest.mark.parametrize("flips", [(True, False, False), (False, True, True), (True, True, True)])
+def test_flips_and_transposes_keep_vectors_pointing_at_the_partner(
+    flips: tuple[bool, bool, bool], swap: bool
+) -> None:
+    from synapse_toolkit.synapses.train_synful import flip_transpose, pack_targets
+
+    data = make_cremi_data(shape=(6, 40, 40))
+    grid = Grid.of(data.raw)
+    t = synful_targets(data.annotations, grid, data.neuron_ids.read(), SynfulTargetSettings(40, 60))
+    packed = pack_targets(t)
+    vs = np.asarray(VS)
+
+    def ends(p: np.ndarray) -> np.ndarray:
+        m = p[7] > 0
+        return np.argwhere(m) * vs + p[1:4][:, m].T
+
+    before = ends(packed)
+    raw2, p2 = flip_transpose(data.raw.read(), packed, flips, swap)
+    after = ends(p2)
+    if swap:
+        after = after[:, [0, 2, 1]]
+    for a, f in enumerate(flips):
+        if f:
+            after[:, a] = (packed.shape[1 + a] - 1) * vs[a] - after[:, a]
+    key = {tuple(np.round(x, 2)) for x in before}
+    assert {tuple(np.round(x, 2)) for x in after} == key
+    np.testing.assert_allclose(np.linalg.norm(p2[4:7][:, p2[7] > 0], axis=0), 1.0, atol=1e-5)
+    assert raw2.shape == (6, 40, 40)
+
+
+def test_extraction_finds_a_polyadic_synapse() -> None:
+    pred, seg, grid = _scene()
+    table = extract_partners(pred, seg, grid, SynfulSettings())
+    assert len(table) == 2
+    assert table.pre_segment.tolist() == [1, 1]
+    assert sorted(table.post_segment.tolist()) == [2, 3]
+    assert len(set(table.synapse_id.tolist())) == 1  # one pre site, two posts
+    np.testing.assert_allclose(table.pre_nm, grid.to_world(np.stack([PRE_VOX, PRE_VOX])),
+                               atol=1e-3)  # fmt: skip
+    posts = {tuple(p) for p in np.round(table.post_nm, 3)}
+    assert posts == {tuple(grid.to_world(np.array([4, 44, 16]))[0]),
+                     tuple(grid.to_world(np.array([4, 44, 48]))[0])}  # fmt: skip
+    ann = table.to_annotations()
+    assert len(ann.partners) == 2 and len(ann) == 3
+
+
+@pytest.mark.parametrize("location", ["edt-max", "centre"])
+@pytest.mark.parametrize("vector_from", ["location", "mean"])
+def test_extraction_options_agree_on_a_clean_field(location: str, vector_from: str) -> None:
+    pred, seg, grid = _scene()
+    s = SynfulSettings(location=location, vector_from=vector_from)  # type: ignore[arg-type]
+    table = extract_partners(pred, seg, grid, s)
+    assert sorted(table.post_segment.tolist()) == [2, 3]
+    np.testing.assert_allclose(table.pre_nm[0], grid.to_world(PRE_VOX)[0], atol=1e-2)
+
+
+def test_threshold_size_and_score() -> None:
+    pred, seg, grid = _scene()
+    # the segment-3 blob peaks at 0.8: a threshold above it leaves one row
+    assert extract_partners(pred, seg, grid, SynfulSettings(threshold=0.85)).post_segment.tolist() \
+        == [2]  # fmt: skip
+    assert len(extract_partners(pred, seg, grid, SynfulSettings(min_voxels=300))) == 0
+    tiny = pred.copy()
+    tiny[0, 6, 50, 10:12] = 0.99  # a 2-voxel component, also pointing at the pre site
+    tiny[1:4, 6, 50, 10:12] = 1.0
+    assert len(extract_partners(tiny, seg, grid, SynfulSettings(min_voxels=5))) == 2
+    sums = extract_partners(pred, seg, grid, SynfulSettings(score="sum")).score
+    maxes = extract_partners(pred, seg, grid, SynfulSettings(score="max")).score
+    assert sums.max() > 10 and np.all(maxes <= 0.9 + 1e-6)
+    assert len(extract_partners(pred, seg, grid, SynfulSettings(min_score=1e6))) == 0
+
+
+def test_rows_in_one_segment_are_dropped_and_duplicates_merged() -> None:
+    pred, seg, grid = _scene()
+    # a vector that stays inside the post segment: no partner
+    same = pred.copy()
+    same[1:4] = 0.0
+    assert len(extract_partners(same, seg, grid, SynfulSettings())) == 0
+    # two components in segment 2 pointing at the same pre site: one row survives
+    dup = pred.copy()
+    _blob(dup, grid, (4, 56, 8), (1, 2, 2), PRE_VOX, peak=0.7)
+    table = extract_partners(dup, seg, grid, SynfulSettings())
+    assert sorted(table.post_segment.tolist()) == [2, 3]
+    kept = extract_partners(dup, seg, grid, SynfulSettings(dedup_distance_nm=0.0))
+    assert len(kept) == 3
+
+
+def test_components_split_at_segment_borders() -> None:
+    grid = Grid(SHAPE, VS)
+    pred = np.zeros((7, *SHAPE), np.float32)
+    _blob(pred, grid, (4, 44, 32), (1, 4, 6), PRE_VOX)  # straddles segments 2 | 3
+    seg = _segmentation()
+    assert len(extract_partners(pred, seg, grid, SynfulSettings(split_by_segment=True))) == 2
+    assert len(extract_partners(pred, seg, grid, SynfulSettings(split_by_segment=False))) == 1
+
+
+def test_direction_head_takes_the_distance_from_the_clefts() -> None:
+    pred, seg, grid = _scene()
+    clefts = np.full(SHAPE, CLEFT_BACKGROUND, np.uint64)
+    clefts[:, 31:33, :] = 5  # the cleft between the pre neuron and both posts
+    s = SynfulSettings(head="direction", cleft_width_nm=20.0)
+    table = extract_partners(pred, seg, grid, s, clefts)
+    row = int(np.flatnonzero(table.post_segment == 2)[0])
+    loc = grid.to_world(np.array([4, 44, 16]))[0]
+    u = grid.to_world(PRE_VOX)[0] - loc
+    u /= np.linalg.norm(u)
+    expected = loc + (2 * (44 - 32) * 4.0 + 20.0) * u  # 12 voxels to the nearest cleft voxel
+    np.testing.assert_allclose(table.pre_nm[row], expected, atol=1e-3)
+    assert table.pre_segment[row] == 1
+    fixed_distance = SynfulSettings(head="direction", direction_distance_nm=90.0)
+    fixed = extract_partners(pred, seg, grid, fixed_distance)
+    row = int(np.flatnonzero(fixed.post_segment == 2)[0])
+    np.testing.assert_allclose(fixed.pre_nm[row], loc + 90.0 * u, atol=1e-3)
+
+
+def test_bad_prediction_shapes_are_one_error() -> None:
+    pred, seg, grid = _scene()
+    with pytest.raises(DataError, match=r"\(7, z, y, x\)"):
+        extract_partners(pred[:4], seg, grid)
+    with pytest.raises(DataError, match="different grids"):
+        extract_partners(pred, seg[:, :32], grid)
+
+
+def test_grouping_links_nearby_pre_sites_of_one_segment() -> None:
+    pre = np.array([[0, 0, 0], [0, 0, 100.0], [0, 0, 220.0], [0, 0, 5000.0], [0, 0, 10.0]])
+    ids = group_synapses(pre, np.array([1, 1, 1, 1, 2], np.uint64), 150.0)
+    assert ids[0] == ids[1] == ids[2] and ids[3] != ids[0] and ids[4] != ids[0]
+
+
+# -- training, ONNX and the stage ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Two training iterations of a tiny network through the CLI, exported to ONNX."""
+    pytest.importorskip("torch")
+    from typer.testing import CliRunner
+
+    from synapse_toolkit.cli.main import app
+    from synapse_toolkit.io.cremi import write_cremi
+
+    tmp = tmp_path_factory.mktemp("synful")
+    data_path = write_cremi(tmp / "s.hdf", make_cremi_data(shape=(8, 64, 64)))
+    cfg = tmp / "synful.toml"
+    cfg.write_text(
+        f'kind = "synful"\n[data]\nfiles = ["{data_path}"]\n'
+        '[model]\nscale = 2\npool = "space-to-depth"\ninit = "kaiming"\npadding = "same"\n'
+        "num_fmaps = 2\ndownsample_factors = [[1, 2, 2]]\n"
+        "[targets]\nmask_radius_nm = 40.0\nvector_radius_nm = 60.0\n"
+        f"[training]\niterations = 2\ninput_shape = [4, 32, 32]\nnum_threads = 1\nlog_every = 1\n"
+        f'batch_size = 2\nout_dir = "{tmp / "run"}"\n'
+    )
+    res = CliRunner().invoke(app, ["train-synapses", "synful", str(cfg)])
+    assert res.exit_code == 0, res.output
+    onnx = tmp / "run" / "model.onnx"
+    from synapse_toolkit.fsio import sha256_file
+
+    return {"path": onnx, "sha256": sha256_file(onnx), "dir": tmp, "log": res.output}
+
+
+def test_training_logs_three_losses_and_exports_seven_channels(tiny_model: dict[str, Any]) -> None:
+    import json
+
+    from synapse_toolkit.inference.onnx_model import OnnxModel
+
+    rows = [json.loads(x) for x in (tiny_model["dir"] / "run" / "metrics.jsonl").open()]
+    assert [r["iteration"] for r in rows] == [1, 2]
+    assert all(np.isfinite([r["bce"], r["mse"], r["cos"]]).all() for r in rows)
+    model = OnnxModel(tiny_model["path"], n_threads=1)
+    assert model.kind == "synful" and model.out_channels == 7
+    out = model.predict(np.random.default_rng(0).integers(0, 255, (4, 32, 32), np.uint8))
+    assert out.shape == (7, 4, 32, 32)
+    assert out[0].min() >= 0 and out[0].max() <= 1
+    np.testing.assert_allclose(np.linalg.norm(out[4:7], axis=0), 1.0, atol=1e-3)
+
+
+def test_stage_contract_and_end_to_end(tiny_model: dict[str, Any], tmp_path: Path) -> None:
+    from synapse_toolkit.api import run_stage
+    from synapse_toolkit.plugin_manager import load_plugins
+
+    registered = load_plugins().stages.get("partner-assigner", "synful")
+    cls = registered.cls
+    assert set(cls.inputs) == {"raw", "segmentation", "clefts"}
+    assert not cls.inputs["clefts"].required
+    assert set(cls.outputs) == {"partners", "annotations"}
+    data = make_cremi_data(shape=(8, 64, 64))
+    opts = {"model_path": str(tiny_model["path"]), "sha256": tiny_model["sha256"],
+            "threshold": 0.01, "min_voxels": 1, "overlap": (0, 8, 8)}  # fmt: skip
+    inputs = {"raw": data.raw, "segmentation": data.neuron_ids}
+    out = run_stage("partner-assigner", "synful", inputs, opts, scratch_dir=tmp_path / "a")
+    table = out["partners"]
+    assert isinstance(table, PartnerTable)
+    assert np.all(table.pre_segment != table.post_segment)
+    assert len(out["annotations"].partners) == len(table)
+    # the table scores with the CREMI partner scorer (end to end, numbers not asserted)
+    from synapse_toolkit.synapses.partners import evaluate_partners
+
+    rec = evaluate_partners(table, data.annotations, data.neuron_ids)
+    assert 0.0 <= rec.values["fscore"] <= 1.0
+    direction = run_stage("partner-assigner", "synful",
+                          {**inputs, "clefts": data.clefts}, {**opts, "head": "direction"},
+                          scratch_dir=tmp_path / "b")  # fmt: skip
+    assert isinstance(direction["partners"], PartnerTable)
+
+
+def test_stage_refuses_a_model_that_is_not_synful(tmp_path: Path) -> None:
+    from synapse_toolkit.api import run_stage
+
+    data = make_cremi_data(shape=(8, 64, 64))
+    with pytest.raises(DataError, match="not a synful model"):
+        run_stage("partner-assigner", "synful",
+                  {"raw": data.raw, "segmentation": data.neuron_ids},
+                  {"model": "synapses/polarity"}, scratch_dir=tmp_path)  # fmt: skip
+
+
+def test_segmentation_on_another_grid_is_refused(tmp_path: Path) -> None:
+    from synapse_toolkit.api import run_stage
+    from synapse_toolkit.errors import SyntkError
+
+    data = make_cremi_data(shape=(8, 64, 64))
+    seg = Volume(data.neuron_ids.read()[:, :32], VS, data.neuron_ids.offset_nm)
+    with pytest.raises(SyntkError):
+        run_stage("partner-assigner", "synful", {"raw": data.raw, "segmentation": seg},
+                  {"model": "synapses/polarity"}, scratch_dir=tmp_path)  # fmt: skip
