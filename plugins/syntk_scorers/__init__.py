@@ -40,10 +40,11 @@ def _labels(stage: Scorer, inputs: Mapping[str, Any], port: str) -> Volume:
 
 
 def _block_shape(stage: Scorer, vol: Volume) -> tuple[int, int, int] | None:
+    """The run's block shape for volumes on disk (counts and border masks are exact for any
+    block: a border mask reads its margin), None for in-memory arrays (counted directly)."""
     if isinstance(vol.data, np.ndarray):
-        return None  # in memory: counted directly
-    z = stage.context.block_shape[0]
-    return (z, vol.spatial_shape[1], vol.spatial_shape[2])
+        return None
+    return stage.context.block_shape
 
 
 class CremiNeuronScorer(Scorer["CremiNeuronScorer.Options"]):
