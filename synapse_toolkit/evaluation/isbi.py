@@ -216,9 +216,11 @@ def model_via_pipeline(
         affs = zarr.open_array(str(art / "affinities" / "affinities.zarr"), mode="r")
         used = dict(affs.attrs).get("agglomeration")
         segs = zarr.open_array(str(art / "segment" / "segmentations.zarr"), mode="r")
+        thresholds = dict(segs.attrs)["thresholds"]
+        assert isinstance(thresholds, list), thresholds  # written by the waterz stage
         rows = [
             {"threshold": float(th), **_means(score_sections(np.asarray(segs[i]), cells))}
-            for i, th in enumerate(dict(segs.attrs)["thresholds"])
+            for i, th in enumerate(thresholds)
         ]
         held = score_sections(seg, cells)
     return {

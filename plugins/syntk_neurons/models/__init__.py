@@ -12,8 +12,24 @@ from typing import Any
 
 MODELS_DIR = Path(__file__).parent
 
-#: registry name -> (file, description, reproduce command, voxel size (z, y, x) nm trained on)
+#: registry name -> (file, description, reproduce command, voxel size (z, y, x) nm trained on);
+#: the first of a modality is the one `model = "auto"` picks (v2 is the default FIB-SEM model)
 SHIPPED: dict[str, tuple[str, str, str, tuple[float, float, float]]] = {
+    "neurons/fib_affinities_v2": (
+        "fib_affinities_v2.onnx",
+        "neurons/fib_affinities fine-tuned for less sharp FIB-SEM: same U-Net and input "
+        "(1,1,72,72,72) -> 3 nearest-neighbour affinities (1,3,32,32,32); 194 more iterations "
+        "with heavy photometric augmentation (blur sigma up to 2 voxels, contrast, gamma, noise) "
+        "and mean-teacher consistency on fib-medulla-unlabelled (still ramping up), picked on "
+        "the validation crop plus a blurred and a blurred/low-contrast/noisy copy; waterz "
+        "quantile50 @ 0.8 chosen on the same three volumes (in the model's metadata)",
+        "syntk train affinities examples/train/fib_affinities_v2.toml --iterations 194 "
+        "--time-limit 100000 && syntk export onnx runs/fib_affinities_v2/best.pt "
+        "plugins/syntk_neurons/models/fib_affinities_v2.onnx && python benchmarks/fib_perturbed.py "
+        "store --model plugins/syntk_neurons/models/fib_affinities_v2.onnx "
+        "--checkpoint runs/fib_affinities_v2/best.pt",
+        (10.0, 10.0, 10.0),
+    ),
     "neurons/fib_affinities": (
         "fib_affinities.onnx",
         "3D U-Net (valid convs, 2x(2,2,2) downsampling), raw matched to the training volume's "
@@ -28,21 +44,6 @@ SHIPPED: dict[str, tuple[str, str, str, tuple[float, float, float]]] = {
         "runs/fib_affinities/best.pt plugins/syntk_neurons/models/fib_affinities.onnx && "
         "syntk evaluate fib-select --model plugins/syntk_neurons/models/fib_affinities.onnx "
         "--write",
-        (10.0, 10.0, 10.0),
-    ),
-    "neurons/fib_affinities_v2": (
-        "fib_affinities_v2.onnx",
-        "neurons/fib_affinities fine-tuned for less sharp FIB-SEM: same U-Net and input "
-        "(1,1,72,72,72) -> 3 nearest-neighbour affinities (1,3,32,32,32); 194 more iterations "
-        "with heavy photometric augmentation (blur sigma up to 2 voxels, contrast, gamma, noise) "
-        "and mean-teacher consistency on fib-medulla-unlabelled (still ramping up), picked on "
-        "the validation crop plus a blurred and a blurred/low-contrast/noisy copy; waterz "
-        "quantile50 @ 0.8 chosen on the same three volumes (in the model's metadata)",
-        "syntk train affinities examples/train/fib_affinities_v2.toml --iterations 194 "
-        "--time-limit 100000 && syntk export onnx runs/fib_affinities_v2/best.pt "
-        "plugins/syntk_neurons/models/fib_affinities_v2.onnx && python benchmarks/fib_perturbed.py "
-        "store --model plugins/syntk_neurons/models/fib_affinities_v2.onnx "
-        "--checkpoint runs/fib_affinities_v2/best.pt",
         (10.0, 10.0, 10.0),
     ),
     "neurons/phantom_affinities": (
@@ -75,8 +76,9 @@ SHIPPED: dict[str, tuple[str, str, str, tuple[float, float, float]]] = {
         "syntk train affinities examples/train/sstem_affinities.toml --time-limit 58 && "
         "syntk train affinities examples/train/sstem_affinities.toml --init-from "
         "runs/sstem_affinities/latest.pt --out-dir runs/sstem_affinities_cont --time-limit 24 && "
-        "python benchmarks/eval_isbi.py export runs/sstem_affinities_cont/best.pt "
-        "plugins/syntk_neurons/models/sstem_affinities.onnx",
+        "syntk evaluate isbi-export runs/sstem_affinities_cont/best.pt "
+        "plugins/syntk_neurons/models/sstem_affinities.onnx (shipped file: written by the former "
+        "benchmarks/eval_isbi.py export, same metadata in another key order)",
         (50.0, 4.0, 4.0),
     ),
 }
