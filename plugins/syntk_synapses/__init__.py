@@ -392,7 +392,7 @@ class EMSynConn(PartnerAssigner["EMSynConn.Options"]):
             if raw is None:
                 raise DataError(f"stage {self.context.stage_name}: pruning needs the `raw` input")
             pruner = str(_resolved_model(self, o.pruner_model, o.pruner_model_path,
-                                         o.pruner_sha256))  # fmt: skip
+                                         o.pruner_sha256, raw=raw))  # fmt: skip
         settings = EMSynConnSettings(
             candidates=CandidateSettings(
                 threshold=o.threshold, min_voxels=o.min_voxels, max_gap_nm=o.max_gap_nm,
