@@ -84,6 +84,17 @@ def test_one_block_equals_in_memory_waterz_including_fragments(tmp_path):
     assert all(np.array_equal(o, r) for o, r in zip(out, ref, strict=True))
 
 
+def test_uint8_affinities_equal_waterz_on_quantized_affinities(tmp_path):
+    """uint8 = what 8-bit storage holds (round(a * 255) / 255); one block equals waterz on it."""
+    affs = _affs(_labels(seed=3), seed=4)
+    q = ab.quantize_uint8(affs)
+    assert np.array_equal(np.rint(q * 255).astype(np.uint8), np.rint(affs * 255).astype(np.uint8))
+    ref = agglomerate(q, THS, scoring="quantile75")
+    out = _run(affs, tmp_path, scoring="quantile75", block_shape=(16, 64, 64), uint8=True)
+    assert all(np.array_equal(o, r) for o, r in zip(out, ref, strict=True))
+    assert len(np.unique(ab.waterz_fragments(q))) < len(np.unique(ab.waterz_fragments(affs)))
+
+
 def test_per_block_fragments_close_to_in_memory(tmp_path):
     """Per-block watershed fragments differ from whole-volume ones near block faces (cut there,
     and the watershed sees only the context), and the cut parts' histograms add up in another

@@ -79,6 +79,7 @@ class _Job:
     aff_threshold_low: float
     aff_threshold_high: float
     work_dir: str
+    uint8: bool = False
 
     @property
     def block_voxels(self) -> int:
@@ -88,15 +89,22 @@ class _Job:
         return DoneMarkers(Path(self.work_dir) / "done" / phase)
 
     def config(self, phase: str) -> list[Any]:
-        base: list[Any] = [FORMAT_VERSION, phase, self.shape, self.block_shape]
+        base: list[Any] = [FORMAT_VERSION, phase, self.shape, self.block_shape, self.uint8]
         if phase == "fragments":
             base += [self.context, self.aff_threshold_low, self.aff_threshold_high]
         return base
 
 
+def quantize_uint8(affs: np.ndarray) -> np.ndarray:
+    """Affinities as 8-bit storage keeps them: ``round(a * 255) / 255`` (float32)."""
+    q = np.rint(np.clip(affs, 0.0, 1.0) * np.float32(255)).astype(np.uint8)
+    return q.astype(np.float32) / np.float32(255)
+
+
 def _read_affs(job: _Job, roi: tuple[slice, ...]) -> np.ndarray:
     a = job.affinities.open()
-    return np.ascontiguousarray(np.asarray(a[(slice(0, 3), *roi)]), dtype=np.float32)
+    affs = np.ascontiguousarray(np.asarray(a[(slice(0, 3), *roi)]), dtype=np.float32)
+    return quantize_uint8(affs) if job.uint8 else affs
 
 
 # --------------------------------------------------------------------------------------------
@@ -443,6 +451,7 @@ def agglomerate_blockwise(
     progress: Callable[[str, int], Callable[[], None]] | None = None,
     logger: Any = None,
     pool: Any = None,
+    uint8: bool = False,
 ) -> BlockwiseResult:
     """Agglomerate ``affinities`` (>=3, z, y, x) block by block into ``out`` (T, z, y, x) uint64,
     one segmentation per threshold (ascending).
@@ -454,6 +463,7 @@ def agglomerate_blockwise(
     With ``executor="processes"`` the arrays must be zarr arrays on local disk (workers reopen
     them by path); other arrays fall back to threads. A ``pool`` (an executor, e.g. from the
     run's engine) replaces the pool this function would start; it is shut down at the end.
+    ``uint8``: agglomerate the affinities as 8-bit storage would hold them (:func:`quantize_uint8`).
     """
     import zarr
 
@@ -500,7 +510,7 @@ def agglomerate_blockwise(
     job = _Job(
         affinities=refs["a"], fragments=refs["f"], own_fragments=own, shape=shape,
         block_shape=bs, context=ctx, aff_threshold_low=float(aff_threshold_low),
-        aff_threshold_high=float(aff_threshold_high), work_dir=str(work),
+        aff_threshold_high=float(aff_threshold_high), work_dir=str(work), uint8=bool(uint8),
     )  # fmt: skip
     tasks = make_tasks(shape, bs, ctx, voxel_size_nm=voxel_size_nm, offset_nm=offset_nm)
     result = BlockwiseResult(n_blocks=len(tasks), n_fragments=0, n_edges=0)
