@@ -222,9 +222,12 @@ def tune(volumes: list[dict[str, Any]]) -> dict[str, Any]:
              "split_by_segment": [True, False]},
         ]  # fmt: skip
         if head == "direction":
-            stages.append({"cleft_width_nm": [0.0, 20.0, 40.0, 80.0]})
+            stages.append({"distance": ["clefts"], "cleft_width_nm": [0.0, 20.0, 40.0, 80.0]})
+            stages.append({"distance": ["segment"], "segment_depth_nm": [20.0, 40.0, 80.0]})
+        stages.append({"snap_to_segment": [False, True]})
+        kept: tuple[float, SynfulSettings] | None = None
         for grid in stages:
-            scored = []
+            scored = [kept] if kept is not None else []
             for combo in itertools.product(*grid.values()):
                 cand = dataclasses.replace(s, **dict(zip(grid.keys(), combo, strict=True)))
                 mean, res = evaluate(cand)
@@ -234,13 +237,17 @@ def tune(volumes: list[dict[str, Any]]) -> dict[str, Any]:
                 what = dict(zip(grid.keys(), combo, strict=True))
                 print(f"{head} {what}: mean F {mean:.3f} (GT {res['gt_seg']:.3f}, "
                       f"predicted {res['pred_seg']:.3f})", flush=True)  # fmt: skip
-            s = max(scored, key=lambda t: t[0])[1]
+            kept = max(scored, key=lambda t: t[0])
+            s = kept[1]
         best[head] = s
         print(f"best {head}: {s}", flush=True)
     return {"best": {k: dataclasses.asdict(v) for k, v in best.items()}, "log": log}
 
 
-def evaluate_all(volumes: list[dict[str, Any]], pruner: PrunerONNX) -> dict[str, Any]:
+def evaluate_all(
+    volumes: list[dict[str, Any]], pruner: PrunerONNX, vector: SynfulSettings,
+    direction: SynfulSettings,
+) -> dict[str, Any]:  # fmt: skip
     acc: dict[str, list[dict[str, Any]]] = {}
     errors: dict[str, dict[str, int]] = {}
     for v in volumes:
@@ -248,9 +255,9 @@ def evaluate_all(volumes: list[dict[str, Any]], pruner: PrunerONNX) -> dict[str,
             seg = v[seg_key]
             grid = v["grid"]
             tables = {
-                "synful": extract_partners(v["synful"], seg, grid, SynfulSettings()),
+                "synful": extract_partners(v["synful"], seg, grid, vector, v["clefts"]),
                 "synful, direction head": extract_partners(
-                    v["synful"], seg, grid, SynfulSettings(head="direction"), v["clefts"]
+                    v["synful"], seg, grid, direction, v["clefts"]
                 ),
                 "emsynconn + pruning CNN": assign_emsynconn(
                     v["raw"], v["proximity"], seg, grid, pruner, EMSynConnSettings()
@@ -287,6 +294,8 @@ def main() -> None:
     ap.add_argument("--pruner", default=str(MODELS / "pruner.onnx"))
     ap.add_argument("--neuron-model", default=str(NEURONS))
     ap.add_argument("--json", default=None)
+    ap.add_argument("--settings", default=None,
+                    help="JSON written by --tune (default: the stage defaults)")  # fmt: skip
     ap.add_argument("--only-predict", action="store_true",
                     help="fill the caches of the non-synful predictions, then stop")  # fmt: skip
     args = ap.parse_args()
@@ -303,7 +312,15 @@ def main() -> None:
     if args.tune:
         results = tune(volumes)
     else:
-        results = evaluate_all(volumes, PrunerONNX(args.pruner))
+        vector, direction = SynfulSettings(), SynfulSettings(head="direction")
+        if args.settings:
+            best = json.loads(Path(args.settings).read_text())["best"]
+            vector, direction = (
+                SynfulSettings(**best["vector"]),
+                SynfulSettings(**best["direction"]),
+            )
+        print(f"synful: {vector}\ndirection head: {direction}")
+        results = evaluate_all(volumes, PrunerONNX(args.pruner), vector, direction)
         n_true = sum(len(v["data"].annotations.partners) for v in volumes)
         print(f"\nCREMI partner F on phantom seeds {args.seeds} ({n_true} true pairs; pooled)")
         print(f"{'assigner | segmentation':50s}{'F':>7s}{'P':>7s}{'R':>7s}{'TP':>5s}{'FP':>5s}"

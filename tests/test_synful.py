@@ -193,6 +193,26 @@ def test_direction_head_takes_the_distance_from_the_clefts() -> None:
     np.testing.assert_allclose(fixed.pre_nm[row], loc + 90.0 * u, atol=1e-3)
 
 
+def test_segment_distance_and_snapping_land_in_the_neighbour() -> None:
+    pred, seg, grid = _scene()
+    s = SynfulSettings(head="direction", distance="segment", segment_depth_nm=40.0)
+    table = extract_partners(pred, seg, grid, s)
+    assert table.pre_segment.tolist() == [1, 1]
+    loc = grid.to_world(np.array([4, 44, 16]))[0]
+    row = int(np.flatnonzero(table.post_segment == 2)[0])
+    reach = np.linalg.norm(table.pre_nm[row] - loc)
+    u = grid.to_world(PRE_VOX)[0] - loc
+    u /= np.linalg.norm(u)
+    # the boundary is 12.5 voxels (50 nm) away in y; then 40 nm deeper (2 nm ray steps)
+    assert abs(reach - (50.0 / abs(u[1]) + 40.0)) <= 4.0
+    short = pred.copy()
+    short[1:4] *= 0.2  # vectors too short: the pre sites fall in the post segments
+    assert len(extract_partners(short, seg, grid, SynfulSettings())) == 0
+    snapped = extract_partners(short, seg, grid, SynfulSettings(snap_to_segment=True))
+    assert snapped.pre_segment.tolist() == [1, 1]
+    assert sorted(snapped.post_segment.tolist()) == [2, 3]
+
+
 def test_bad_prediction_shapes_are_one_error() -> None:
     pred, seg, grid = _scene()
     with pytest.raises(DataError, match=r"\(7, z, y, x\)"):

@@ -70,6 +70,16 @@ class Synful(PartnerAssigner["Synful.Options"]):
         cleft_width_nm: float = Field(
             20.0, ge=0, description="Direction head: distance = 2 x site-cleft + this."
         )
+        distance: Literal["clefts", "segment", "fixed"] = Field(
+            "clefts", description="Direction head: distance from clefts, segments or fixed."
+        )
+        segment_depth_nm: float = Field(
+            40.0, ge=0, description="How far into the partner segment a ray-found pre site goes."
+        )
+        snap_to_segment: bool = Field(
+            False, description="Move a pre site left in the post segment along its ray."
+        )
+        max_reach_nm: float = Field(400.0, gt=0, description="Longest ray (nm).")
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         from synapse_toolkit.inference.onnx_model import OnnxModel
@@ -94,7 +104,9 @@ class Synful(PartnerAssigner["Synful.Options"]):
             score=o.score, vector_from=o.vector_from, split_by_segment=o.split_by_segment,
             min_score=o.min_score, group_distance_nm=o.group_distance_nm,
             dedup_distance_nm=o.dedup_distance_nm, direction_distance_nm=o.direction_distance_nm,
-            cleft_width_nm=o.cleft_width_nm,
+            cleft_width_nm=o.cleft_width_nm, distance=o.distance,
+            segment_depth_nm=o.segment_depth_nm, snap_to_segment=o.snap_to_segment,
+            max_reach_nm=o.max_reach_nm,
         )  # fmt: skip
         cl = np.asarray(clefts.read()) if clefts is not None else None
         table = extract_partners(pred, seg.read(), Grid.of(seg), settings, cl)

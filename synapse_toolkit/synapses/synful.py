@@ -10,8 +10,13 @@ d(v) (nm) from v to the pre-synaptic partner. The network here predicts, in one 
 - channels 4-6: a unit direction u(v) (z, y, x), trained with a cosine loss (the seed's
   direction head, ``head = "direction"``); the distance to the partner is then taken from the
   cleft geometry: twice the distance from the site to the nearest cleft voxel plus
-  ``cleft_width_nm`` (pre and post sites sit on either side of the cleft), or
-  ``direction_distance_nm`` when no clefts are given.
+  ``cleft_width_nm`` (pre and post sites sit on either side of the cleft; ``distance =
+  "clefts"``, the fixed ``direction_distance_nm`` when no clefts are given), or from the
+  segmentation: ``segment_depth_nm`` beyond the first voxel of another segment along the
+  direction (``distance = "segment"``).
+
+``snap_to_segment`` moves a pre site that landed in the post site's own segment (or outside any
+segment) along the same ray until it enters another segment (within 400 nm).
 
 Extraction (:func:`extract_partners`): threshold m (strict ``>``), 26-connected components
 (optionally split where the segmentation changes), drop components below ``min_voxels``, place
@@ -93,6 +98,10 @@ class SynfulSettings:
     dedup_distance_nm: float = 400.0
     direction_distance_nm: float = 120.0
     cleft_width_nm: float = 20.0
+    distance: Literal["clefts", "segment", "fixed"] = "clefts"
+    segment_depth_nm: float = 40.0
+    snap_to_segment: bool = False
+    max_reach_nm: float = 400.0
 
 
 def _component_location(comp: np.ndarray, prob: np.ndarray, grid: Grid, how: str) -> np.ndarray:
@@ -155,7 +164,8 @@ def extract_partners(
         )
     prob = pred[MASK]
     labels = _components(prob, seg, s)
-    cdist = _cleft_distance(clefts, grid) if s.head == "direction" else None
+    use_clefts = s.head == "direction" and s.distance == "clefts"
+    cdist = _cleft_distance(clefts, grid) if use_clefts else None
     rows: dict[str, list] = {k: [] for k in ("pre", "post", "score")}
     for k, box in enumerate(ndimage.find_objects(labels), start=1):
         if box is None:
@@ -187,11 +197,20 @@ def extract_partners(
             else:
                 u = field[:, loc[0], loc[1], loc[2]].astype(np.float64)
             u = u / max(float(np.linalg.norm(u)), 1e-6)
-            if cdist is not None:
-                dist = 2.0 * float(cdist[tuple(loc_vox)]) + s.cleft_width_nm
+            if s.distance == "segment":
+                hit = _march(seg, grid, loc_nm, u, s.segment_depth_nm, s.max_reach_nm)
+                pre_nm = hit if hit is not None else loc_nm
+            elif cdist is not None:
+                pre_nm = loc_nm + (2.0 * float(cdist[tuple(loc_vox)]) + s.cleft_width_nm) * u
             else:
-                dist = s.direction_distance_nm
-            pre_nm = loc_nm + dist * u
+                pre_nm = loc_nm + s.direction_distance_nm * u
+        if s.snap_to_segment:
+            here = _segments_at(seg, grid, np.stack([loc_nm, pre_nm]))
+            step = pre_nm - loc_nm
+            norm = float(np.linalg.norm(step))
+            if (here[1] == here[0] or here[1] == 0) and norm > 0:
+                hit = _march(seg, grid, loc_nm, step / norm, s.segment_depth_nm, s.max_reach_nm)
+                pre_nm = hit if hit is not None else pre_nm
         rows["pre"].append(pre_nm)
         rows["post"].append(loc_nm)
         rows["score"].append(score)
@@ -209,6 +228,27 @@ def extract_partners(
     sid = group_synapses(pre, pre_seg, s.group_distance_nm)
     table = PartnerTable(pre, post, pre_seg, post_seg, score, sid)
     return deduplicate(table, s.dedup_distance_nm)
+
+
+def _march(
+    seg: np.ndarray, grid: Grid, start_nm: np.ndarray, u: np.ndarray, depth_nm: float,
+    max_nm: float,
+) -> np.ndarray | None:  # fmt: skip
+    """The point ``depth_nm`` beyond where the ray ``start + t u`` first enters a segment other
+    than the one at ``start`` (the entry point itself if the ray has left that segment again);
+    None if no other segment is met within ``max_nm``."""
+    t = np.arange(2.0, max_nm + depth_nm + 2.0, 2.0)
+    pts = start_nm[None] + t[:, None] * u[None]
+    ids = _segments_at(seg, grid, np.vstack([start_nm[None], pts]))
+    own, ids = ids[0], ids[1:]
+    other = np.flatnonzero((ids != own) & (ids != 0) & (t <= max_nm))
+    if len(other) == 0:
+        return None
+    first = int(other[0])
+    deeper = int(np.searchsorted(t, t[first] + depth_nm))
+    if deeper < len(t) and np.all(ids[first : deeper + 1] == ids[first]):
+        return pts[deeper]
+    return pts[first]
 
 
 def _segments_at(seg: np.ndarray, grid: Grid, pts: np.ndarray) -> np.ndarray:
