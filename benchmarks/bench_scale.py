@@ -49,7 +49,12 @@ def _done_stages(manifest: Path) -> list[str]:
 
 
 def run_pipeline(
-    data: Path, run_dir: Path, workers: int, extra: list[str], log: Path
+    data: Path,
+    run_dir: Path,
+    workers: int,
+    extra: list[str],
+    log: Path,
+    partial: Path | None = None,
 ) -> dict[str, Any]:
     cmd = [
         SYNTK, "pipeline", "run",
@@ -64,11 +69,22 @@ def run_pipeline(
         manifest = run_dir / "manifest.json"
         peak = 0
         by_stage: dict[int, int] = {}
+        last = time.perf_counter()
         while proc.poll() is None:
             rss = _tree_rss(ps)
             peak = max(peak, rss)
-            k = len(_done_stages(manifest))
-            by_stage[k] = max(by_stage.get(k, 0), rss)
+            done = _done_stages(manifest)
+            by_stage[len(done)] = max(by_stage.get(len(done), 0), rss)
+            if partial is not None and time.perf_counter() - last > 10:  # survives a kill
+                last = time.perf_counter()
+                partial.write_text(json.dumps({
+                    "elapsed_s": round(last - t0, 1), "done_stages": done,
+                    "tree_peak_rss_mb": round(peak / 2**20, 1),
+                    "tree_peak_rss_mb_by_stage": {
+                        (done[i] if i < len(done) else "running"): round(v / 2**20, 1)
+                        for i, v in sorted(by_stage.items())
+                    },
+                }, indent=1))  # fmt: skip
             time.sleep(0.2)
     wall = time.perf_counter() - t0
     doc = json.loads(manifest.read_text()) if manifest.exists() else {}
@@ -137,7 +153,8 @@ def main() -> None:
         for w in args.workers:
             run_dir = args.work / f"run_{mvox}_{w}w"
             log = args.work / f"run_{mvox}_{w}w.log"
-            res = run_pipeline(data.resolve(), run_dir.resolve(), w, args.extra, log)
+            partial = args.out.with_name(f"{args.out.stem}.{mvox}_{w}w.partial.json")
+            res = run_pipeline(data.resolve(), run_dir.resolve(), w, args.extra, log, partial)
             res["overrides"] = args.extra
             for st in res["stages"].values():
                 if st["seconds"] is not None:
