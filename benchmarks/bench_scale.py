@@ -135,6 +135,7 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep run directories")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {}
     results.setdefault("cpu", {"cores": os.cpu_count(),
                                "omp_num_threads": os.environ.get("OMP_NUM_THREADS")})  # fmt: skip
