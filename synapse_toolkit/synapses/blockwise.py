@@ -477,8 +477,8 @@ def _partners_block(job: _PartnerJob, task: BlockTask) -> dict[str, Any]:
             _pruner_at(job.pruner, job.n_threads) if isinstance(job.pruner, str) else job.pruner
         )
         raw_full = job.raw.open() if job.raw is not None else None
-        prox_full = job.proximity.open()
-        prox_full = _Spatial(prox_full) if job.prox_channel else prox_full
+        prox_arr = job.proximity.open()
+        prox_full: Any = _Spatial(prox_arr) if job.prox_channel else prox_arr
         seg_full = job.segmentation.open()
         if raw_full is None:
             raw_full = np.zeros(job.shape, np.uint8)
