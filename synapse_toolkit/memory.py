@@ -30,3 +30,10 @@ def peak_rss_mb() -> float:
         pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0
+
+
+def children_peak_rss_mb() -> float:
+    """Largest peak RSS (MiB) of any finished child process (block workers) so far; 0 without
+    children. Cumulative over this process's life: it is not reset per stage."""
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0

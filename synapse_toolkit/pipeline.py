@@ -27,7 +27,7 @@ from synapse_toolkit.fsio import (
     remove_stale_temporaries,
     sha256_file,
 )
-from synapse_toolkit.memory import peak_rss_mb, reset_peak
+from synapse_toolkit.memory import children_peak_rss_mb, peak_rss_mb, reset_peak
 from synapse_toolkit.plugin_manager import PluginSet, get_plugins
 from synapse_toolkit.stage_registry import RegisteredStage
 from synapse_toolkit.stages import (
@@ -505,6 +505,7 @@ def _run_locked(
                 "fingerprint": fp,
                 "seconds": round(seconds, 3),
                 "peak_rss_mb": round(peak_rss_mb(), 1),
+                **_throughput(inputs, outputs, seconds),
                 "outputs": records,
                 **({"notes": ctx.notes} if ctx.notes else {}),
             }
@@ -524,6 +525,25 @@ def _run_locked(
         store.clear_scratch()
     result.store = store
     return result
+
+
+def _throughput(inputs: Mapping[str, Any], outputs: Mapping[str, Any], seconds: float) -> dict:
+    """Mvox/s over the stage's largest volume, and the largest peak RSS of any block worker
+    process so far (the main process's own peak is ``peak_rss_mb``)."""
+    from synapse_toolkit.data import Volume
+
+    sizes = [
+        v.spatial_shape[0] * v.spatial_shape[1] * v.spatial_shape[2]
+        for v in (*inputs.values(), *outputs.values())
+        if isinstance(v, Volume)
+    ]
+    out: dict[str, float] = {}
+    if sizes and seconds > 0:
+        out["mvox_per_s"] = round(max(sizes) / 1e6 / seconds, 3)
+    workers = children_peak_rss_mb()
+    if workers > 0:
+        out["workers_peak_rss_mb"] = round(workers, 1)
+    return out
 
 
 def check_outputs(ps: PlannedStage, outputs: Any) -> dict[str, Any]:
