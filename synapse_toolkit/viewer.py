@@ -233,11 +233,16 @@ def open_viewer(path: str | os.PathLike[str], *, block: bool = True) -> Any:
         raise SyntkError(VIEWER_EXTRA_HINT) from None
     if not any(importlib.util.find_spec(m) for m in QT_BINDINGS):  # napari imports without Qt
         raise SyntkError(VIEWER_EXTRA_HINT)
+    import inspect
+
     specs = layer_specs(path)
+    # napari >= 0.6: the scale bar reads nm from the layers. Given when a layer is made: set
+    # afterwards, points and vectors were sliced at z x 1e-9 (napari 0.9.2) and never drawn.
+    if "units" in inspect.signature(napari.layers.Points.__init__).parameters:
+        for s in specs:
+            s.kwargs.setdefault("units", ("nm",) * 3)
     viewer = napari.Viewer(title=f"syntk: {Path(path).name}")
-    for layer in add_layers(viewer, specs):
-        if hasattr(layer, "units"):  # napari >= 0.6: the scale bar reads nm from the layers
-            layer.units = ("nm",) * layer.ndim
+    add_layers(viewer, specs)
     canvas = getattr(viewer, "canvas", None)  # napari >= 0.9 moved the scale bar
     bar = canvas.overlays.scale_bar if canvas is not None else viewer.scale_bar
     bar.visible = True

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from synapse_toolkit.cli.main import app
 from synapse_toolkit.errors import DataError
 from synapse_toolkit.io.ngff import view_path
-from synapse_toolkit.viewer import VIEWER_EXTRA_HINT, layer_specs
+from synapse_toolkit.viewer import STATE_COLOURS, VIEWER_EXTRA_HINT, layer_specs
 from tests.test_report import _em_run
 
 
@@ -75,9 +75,10 @@ SCRIPT = """
 import sys
 from synapse_toolkit.viewer import open_viewer
 viewer = open_viewer(sys.argv[1], block=False)
+viewer.window._qt_window.resize(700, 500)
 viewer.dims.set_point(0, 280.0)  # z = 7 sections of 40 nm: the false positive and the miss
-viewer.reset_view()
-shot = viewer.screenshot(sys.argv[2], canvas_only=True, size=(400, 400))
+viewer.reset_view()  # the whole section in view (a screenshot size would crop the centre)
+shot = viewer.screenshot(sys.argv[2], canvas_only=True)
 print(",".join(layer.name for layer in viewer.layers))
 print(viewer.dims.current_step[0], shot.shape)
 viewer.close()
@@ -104,5 +105,10 @@ def test_napari_opens_a_run_under_xvfb(tmp_path: Path) -> None:
     import matplotlib.image as mpimg
 
     img = mpimg.imread(shot)
-    assert img.shape[:2] == (400, 400)
+    assert min(img.shape[:2]) >= 200
     assert img[..., :3].std() > 0.05  # EM and overlays drawn, not a blank canvas
+    # the sites on this section are drawn: the false positive (amber) and the miss (red)
+    rgb = np.round(img[..., :3] * 255)
+    for colour in (STATE_COLOURS["fp"], STATE_COLOURS["fn"]):
+        want = np.array([int(colour[i : i + 2], 16) for i in (1, 3, 5)])
+        assert (np.abs(rgb - want).max(axis=-1) < 20).sum() > 20, colour
