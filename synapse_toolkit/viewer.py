@@ -243,6 +243,8 @@ def open_viewer(path: str | os.PathLike[str], *, block: bool = True) -> Any:
             s.kwargs.setdefault("units", ("nm",) * 3)
     viewer = napari.Viewer(title=f"syntk: {Path(path).name}")
     add_layers(viewer, specs)
+    if viewer.dims.ndim == 3:
+        viewer.dims.axis_labels = ("z", "y", "x")  # the slider is named z, not "-3"
     canvas = getattr(viewer, "canvas", None)  # napari >= 0.9 moved the scale bar
     bar = canvas.overlays.scale_bar if canvas is not None else viewer.scale_bar
     bar.visible = True

@@ -80,7 +80,7 @@ viewer.dims.set_point(0, 280.0)  # z = 7 sections of 40 nm: the false positive a
 viewer.reset_view()  # the whole section in view (a screenshot size would crop the centre)
 shot = viewer.screenshot(sys.argv[2], canvas_only=True)
 print(",".join(layer.name for layer in viewer.layers))
-print(viewer.dims.current_step[0], shot.shape)
+print(viewer.dims.current_step[0], shot.shape, "".join(viewer.dims.axis_labels))
 viewer.close()
 """
 
@@ -102,6 +102,7 @@ def test_napari_opens_a_run_under_xvfb(tmp_path: Path) -> None:
         names.split(",")
     )
     assert step.startswith("7 ")  # the z slider steps by 40 nm sections
+    assert step.endswith(" zyx")  # and is labelled z
     import matplotlib.image as mpimg
 
     img = mpimg.imread(shot)
