@@ -11,7 +11,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
-from sklearn import metrics as skm
 
 from synapse_toolkit.errors import DataError
 
@@ -48,6 +47,8 @@ def hungarian_accuracy(truth: np.ndarray, pred: np.ndarray) -> float:
 
 def score_clustering(truth: np.ndarray, pred: np.ndarray) -> ClusteringScores:
     """Scores of cluster labels ``pred`` against class labels ``truth`` (same length)."""
+    from sklearn import metrics as skm  # imported here: sklearn costs ~160 MB and 3 s
+
     t = np.asarray(truth).reshape(-1)
     p = np.asarray(pred).reshape(-1)
     if t.shape != p.shape:
