@@ -642,19 +642,31 @@ def _sweep_sections(run: Run, folder: Path) -> list[Section]:
     return out
 
 
-def _outline(ax: Any, region: np.ndarray, colour: str, shape: tuple[int, int]) -> None:
-    """Outline one ROI, contoured on its bounding box (plus a pixel) rather than the whole image:
-    a contour set keeps its grid, and whole-image grids for hundreds of ROIs took gigabytes."""
+def _outline(region: np.ndarray, shape: tuple[int, int]) -> list[np.ndarray]:
+    """The outline of one ROI as (x, y) polylines, contoured on its bounding box (plus a pixel):
+    a contour artist per ROI kept its grid, and hundreds of ROIs took hundreds of megabytes."""
+    import contourpy  # matplotlib's contouring library
+
     ok = (region[:, 0] >= 0) & (region[:, 0] < shape[0]) & (region[:, 1] >= 0)
     ok &= region[:, 1] < shape[1]
     rr, cc = region[ok, 0], region[ok, 1]
     if rr.size == 0:
-        return
+        return []
     r0, c0 = int(rr.min()) - 1, int(cc.min()) - 1
     m = np.zeros((int(rr.max()) - r0 + 2, int(cc.max()) - c0 + 2))
     m[rr - r0, cc - c0] = 1.0
     rows, cols = np.arange(r0, r0 + m.shape[0]), np.arange(c0, c0 + m.shape[1])
-    ax.contour(cols, rows, m, levels=[0.5], colors=[colour], linewidths=1.2)
+    lines = contourpy.contour_generator(cols, rows, m).lines(0.5)
+    return [np.asarray(line) for line in lines]
+
+
+def _draw_outlines(ax: Any, regions: list[np.ndarray], colour: str, shape: tuple[int, int]) -> None:
+    """All ``regions`` outlined in one line collection."""
+    from matplotlib.collections import LineCollection
+
+    paths = [p for r in regions for p in _outline(r, shape)]
+    if paths:
+        ax.add_collection(LineCollection(paths, colors=colour, linewidths=1.2))
 
 
 def _calcium_sections(run: Run, folder: Path) -> list[Section]:
@@ -695,17 +707,17 @@ def _calcium_sections(run: Run, folder: Path) -> list[Section]:
             truth, thr = truth_for[a.key]
             matches = match_regions(truth, pred, thr)
             mt, mp = {m[0] for m in matches}, {m[1] for m in matches}
-            for j, r in enumerate(pred.coordinates):
-                _outline(ax, r, TP_COLOUR if j in mp else FP_COLOUR, shape)
-            for j, r in enumerate(truth.coordinates):
-                if j not in mt:
-                    _outline(ax, r, FN_COLOUR, shape)
+            found = [r for j, r in enumerate(pred.coordinates) if j in mp]
+            false = [r for j, r in enumerate(pred.coordinates) if j not in mp]
+            _draw_outlines(ax, found, TP_COLOUR, shape)
+            _draw_outlines(ax, false, FP_COLOUR, shape)
+            missed = [r for j, r in enumerate(truth.coordinates) if j not in mt]
+            _draw_outlines(ax, missed, FN_COLOUR, shape)
             title += (
                 f" ({len(mp)} found, {len(truth) - len(mt)} missed, {len(pred) - len(mp)} false)"
             )
         else:
-            for r in pred.coordinates:
-                _outline(ax, r, TP_COLOUR, shape)
+            _draw_outlines(ax, list(pred.coordinates), TP_COLOUR, shape)
         ax.set_xlim(-0.5, shape[1] - 0.5)  # outlines at the border must not widen the view
         ax.set_ylim(shape[0] - 0.5, -0.5)
         ax.set_title(title, fontsize=9)

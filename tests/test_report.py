@@ -179,21 +179,17 @@ def test_calcium_report_outlines_found_missed_false(tmp_path: Path) -> None:
     )
 
 
-def test_roi_outline_sits_on_its_pixels_and_keeps_a_small_grid() -> None:
-    from matplotlib.figure import Figure
-
+def test_roi_outline_sits_on_its_pixels() -> None:
     from synapse_toolkit.report import _outline
 
-    ax = Figure().add_subplot()
     region = np.array([(r, c) for r in range(10, 15) for c in range(20, 24)])  # rows 10-14
-    _outline(ax, region, "#00ff00", (64, 64))
-    _outline(ax, np.array([(0, 0), (0, 1), (1, 0)]), "#00ff00", (64, 64))  # at the border
-    box, corner = ax.collections
-    xy = np.concatenate([p.vertices for p in box.get_paths()])
+    (xy,) = _outline(region, (64, 64))
     assert xy[:, 0].min() >= 19 and xy[:, 0].max() <= 24  # x = columns, around 20-23
     assert xy[:, 1].min() >= 9 and xy[:, 1].max() <= 15  # y = rows, around 10-14
     assert xy[:, 0].min() < 20 and xy[:, 1].max() > 14  # the outline encloses the pixels
-    assert np.asarray(corner.get_paths()[0].vertices).min() >= -1
+    (corner,) = _outline(np.array([(0, 0), (0, 1), (1, 0)]), (64, 64))  # at the border
+    assert corner.min() >= -1
+    assert _outline(np.array([(70, 70)]), (64, 64)) == []  # outside the image
 
 
 def test_unreadable_artifact_is_a_warning_not_a_failure(tmp_path: Path) -> None:
