@@ -214,6 +214,12 @@ class StageContext:
             n_workers, executor = 1, "threads"
         return engine.pool(n_workers, executor, name)  # type: ignore[arg-type]
 
+    def block_workers(self, n_workers: int | None = None) -> int:
+        """``n_workers`` if given, else the run engine's worker count (1 without an engine)."""
+        if n_workers:
+            return n_workers
+        return int(self.engine.n_workers) if self.engine is not None else 1
+
     def work_dir(self) -> Path:
         """``<run dir>/blockwise/<stage>``: block outputs and done markers that survive a kill
         (a fresh run removes them; ``--resume`` keeps them)."""

@@ -58,12 +58,6 @@ class _Ignoring:
         return t
 
 
-def _engine_workers(context: Any) -> int:
-    """Workers of the run's engine (1 without one)."""
-    engine = getattr(context, "engine", None)
-    return int(engine.n_workers) if engine is not None else 1
-
-
 class BlockwiseWaterzAgglomerator(Agglomerator["BlockwiseWaterzAgglomerator.Options"]):
     """waterz agglomeration block by block: per-block watershed fragments with global ids, region
     edges with mergeable statistics (also across block faces), one global hierarchical merge of
@@ -162,7 +156,7 @@ class BlockwiseWaterzAgglomerator(Agglomerator["BlockwiseWaterzAgglomerator.Opti
             aff_threshold_low=opts.aff_threshold_low, aff_threshold_high=opts.aff_threshold_high,
             discretize_queue=opts.discretize_queue, block_shape=bs, context=opts.context,
             voxel_size_nm=affs_vol.voxel_size_nm, offset_nm=affs_vol.offset_nm,
-            n_workers=opts.n_workers or _engine_workers(self.context), executor=opts.executor,
+            n_workers=self.context.block_workers(opts.n_workers), executor=opts.executor,
             max_retries=opts.max_retries,
             progress=progress, logger=self.context.logger, uint8=opts.affinity_dtype == "uint8",
             pool=self.context.block_pool(

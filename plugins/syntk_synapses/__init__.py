@@ -278,7 +278,7 @@ class CleftLabels(Postprocessor["CleftLabels.Options"]):
         o = self.options
         out = self.context.create_volume("clefts", prob.spatial_shape, np.uint64, like=prob,
                                          fill_value=int(CLEFT_BACKGROUND))  # fmt: skip
-        n = o.n_workers or _engine_workers(self.context)
+        n = self.context.block_workers(o.n_workers)
         res = cleft_labels_blockwise(
             prob.data, out.data, o.threshold, o.min_voxels,
             block_shape=o.block_shape or self.context.block_shape,
@@ -296,12 +296,6 @@ def count_blocks(shape: tuple[int, int, int], block_shape: tuple[int, int, int])
     from synapse_toolkit.blockwise import count_blocks as count
 
     return count(shape, block_shape)
-
-
-def _engine_workers(context: Any) -> int:
-    """Workers of the run's engine (1 without one)."""
-    engine = getattr(context, "engine", None)
-    return int(engine.n_workers) if engine is not None else 1
 
 
 def _progress(context: Any) -> Any:
@@ -401,7 +395,7 @@ class EMSynConn(PartnerAssigner["EMSynConn.Options"]):
             prune_threshold=o.prune_threshold,
             dedup_distance_nm=o.dedup_distance_nm,
         )  # fmt: skip
-        n = o.n_workers or _engine_workers(self.context)
+        n = self.context.block_workers(o.n_workers)
         table, res = emsynconn_blockwise(
             None if raw is None else raw.data, prox.data, seg.data, seg.voxel_size_nm,
             seg.offset_nm, settings=settings, pruner=pruner, n_threads=1,
