@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import struct
+import subprocess
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,7 @@ from synapse_toolkit.data import (
     WrittenFile,
 )
 from synapse_toolkit.errors import DataError
-from synapse_toolkit.report import FN_COLOUR, FP_COLOUR, write_report
+from synapse_toolkit.report import FN_COLOUR, FP_COLOUR, TP_COLOUR, write_report
 
 RES, OFF = (40.0, 4.0, 4.0), (0.0, 0.0, 0.0)
 
@@ -150,6 +152,28 @@ def test_em_report_pages_and_images(tmp_path: Path) -> None:
     write_report(run)
     assert not (run / "report" / "stale.png").exists()
     assert not list(run.glob(".report-*"))
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Chromium (Debian chromium)")
+def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
+    """The page as a browser draws it: the section pictures are loaded and shown (the
+    segmentation's colours, which only the pictures hold, are on the screenshot)."""
+    run = _em_run(tmp_path / "run")
+    write_report(run)
+    shot = tmp_path / "page.png"
+    args = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+            f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,5000",
+            f"--screenshot={shot}", (run / "report.html").as_uri()]  # fmt: skip
+    subprocess.run(args, capture_output=True, timeout=180, check=True)
+    assert _png_size(shot) == (1200, 5000)
+    import matplotlib.image as mpimg
+
+    rgb = (mpimg.imread(shot)[..., :3] * 255).astype(int)
+    vivid = rgb.max(axis=-1) - rgb.min(axis=-1) > 60
+    for colour in (FN_COLOUR, FP_COLOUR, TP_COLOUR):  # the page's own legend and arrows
+        want = np.array([int(colour[i : i + 2], 16) for i in (1, 3, 5)])
+        vivid &= np.abs(rgb - want).max(axis=-1) > 40
+    assert vivid.sum() > 50_000, vivid.sum()  # ~700,000 here; without the pictures ~1,500
 
 
 def test_calcium_report_outlines_found_missed_false(tmp_path: Path) -> None:
