@@ -37,3 +37,16 @@ def children_peak_rss_mb() -> float:
     children. Cumulative over this process's life: it is not reset per stage."""
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0
+
+
+def release_free_memory() -> None:
+    """Give memory freed by a stage back to the system (glibc ``malloc_trim``; no-op elsewhere),
+    so the next stage's peak does not start from the previous stage's high-water mark."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

@@ -27,7 +27,12 @@ from synapse_toolkit.fsio import (
     remove_stale_temporaries,
     sha256_file,
 )
-from synapse_toolkit.memory import children_peak_rss_mb, peak_rss_mb, reset_peak
+from synapse_toolkit.memory import (
+    children_peak_rss_mb,
+    peak_rss_mb,
+    release_free_memory,
+    reset_peak,
+)
 from synapse_toolkit.plugin_manager import PluginSet, get_plugins
 from synapse_toolkit.stage_registry import RegisteredStage
 from synapse_toolkit.stages import (
@@ -478,6 +483,7 @@ def _run_locked(
             if progress_factory is not None:
                 ctx.progress_factory = progress_factory
             t0 = time.perf_counter()
+            release_free_memory()
             reset_peak()
             stage = ps.cls(ps.options, ctx)
             live.append(stage)
