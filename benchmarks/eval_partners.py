@@ -10,8 +10,9 @@ CREMI partner F-score (TP/FP/FN pooled over volumes) of
 
 - ``synful`` (vector head) and its direction head (distance from the predicted clefts),
 - ``emsynconn`` with the pruning CNN, ``geometric-baseline``,
-- two combinations: the union of synful and emsynconn (de-duplicated), and synful rows confirmed
-  by an emsynconn row on the same segment pair;
+- three combinations: the union of synful and emsynconn (de-duplicated); emsynconn's rows plus
+  synful's confident rows (its own settings, with a minimum score, tuned as ``union``); and
+  synful rows confirmed by an emsynconn row on the same segment pair;
 
 plus counts of the remaining errors of each (see :func:`error_kinds`).
 
@@ -201,27 +202,41 @@ def _score(table: PartnerTable, v: dict[str, Any]) -> dict[str, Any]:
 def tune(volumes: list[dict[str, Any]]) -> dict[str, Any]:
     """Stage-wise sweep of the extraction settings; best mean pooled F over both segmentations."""
 
+    pruner = PrunerONNX(str(MODELS / "pruner.onnx"))
+    ems = {
+        (id(v), k): assign_emsynconn(v["raw"], v["proximity"], v[k], v["grid"], pruner,
+                                     EMSynConnSettings())
+        for v in volumes for k in ("gt_seg", "pred_seg")
+    }  # fmt: skip
+    combine = False
+
     def evaluate(s: SynfulSettings) -> tuple[float, dict[str, float]]:
         res = {}
         for seg_key in ("gt_seg", "pred_seg"):
             rows = []
             for v in volumes:
-                cl = v["clefts"] if s.head == "direction" else None
-                table = extract_partners(v["synful"], v[seg_key], v["grid"], s, cl)
+                table = extract_partners(v["synful"], v[seg_key], v["grid"], s, v["clefts"])
+                if combine:
+                    table = union(ems[(id(v), seg_key)], table)
                 rows.append(_score(table, v))
             res[seg_key] = _pooled(rows)["fscore"]
         return 0.5 * (res["gt_seg"] + res["pred_seg"]), res
 
     log: list[dict[str, Any]] = []
     best: dict[str, SynfulSettings] = {}
-    for head in ("vector", "direction"):
-        s = SynfulSettings(head=head)
+    for head in ("vector", "direction", "union"):
+        combine = head == "union"
+        s = SynfulSettings(head="vector")
         stages: list[dict[str, list[Any]]] = [
-            {"threshold": [0.3, 0.4, 0.5, 0.6, 0.7], "min_voxels": [5, 20, 50, 100, 200]},
+            {"threshold": [0.6, 0.7, 0.8, 0.85, 0.9, 0.95], "min_voxels": [50, 200, 500, 1000]},
             {"location": ["edt-max", "centre"], "vector_from": ["location", "mean"],
              "split_by_segment": [True, False]},
+            {"score": ["sum"], "min_score": [0.0, 100.0, 300.0, 1000.0, 2000.0]},
         ]  # fmt: skip
+        if head == "union":  # emsynconn's rows plus synful's most confident ones
+            stages[-1] = {"score": ["sum"], "min_score": [0.0, 300.0, 1000.0, 2000.0, 4000.0]}
         if head == "direction":
+            s = SynfulSettings(head="direction")
             stages.append({"distance": ["clefts"], "cleft_width_nm": [0.0, 20.0, 40.0, 80.0]})
             stages.append({"distance": ["segment"], "segment_depth_nm": [20.0, 40.0, 80.0]})
         stages.append({"snap_to_segment": [False, True]})
@@ -246,7 +261,7 @@ def tune(volumes: list[dict[str, Any]]) -> dict[str, Any]:
 
 def evaluate_all(
     volumes: list[dict[str, Any]], pruner: PrunerONNX, vector: SynfulSettings,
-    direction: SynfulSettings,
+    direction: SynfulSettings, combined: SynfulSettings,
 ) -> dict[str, Any]:  # fmt: skip
     acc: dict[str, list[dict[str, Any]]] = {}
     errors: dict[str, dict[str, int]] = {}
@@ -266,6 +281,10 @@ def evaluate_all(
             }
             tables["union: synful + emsynconn"] = union(
                 tables["synful"], tables["emsynconn + pruning CNN"]
+            )
+            confident = extract_partners(v["synful"], seg, grid, combined, v["clefts"])
+            tables["emsynconn + confident synful rows"] = union(
+                tables["emsynconn + pruning CNN"], confident
             )
             tables["synful confirmed by emsynconn"] = confirmed(
                 tables["synful"], tables["emsynconn + pruning CNN"]
@@ -313,14 +332,14 @@ def main() -> None:
         results = tune(volumes)
     else:
         vector, direction = SynfulSettings(), SynfulSettings(head="direction")
+        combined = vector
         if args.settings:
             best = json.loads(Path(args.settings).read_text())["best"]
-            vector, direction = (
-                SynfulSettings(**best["vector"]),
-                SynfulSettings(**best["direction"]),
-            )
-        print(f"synful: {vector}\ndirection head: {direction}")
-        results = evaluate_all(volumes, PrunerONNX(args.pruner), vector, direction)
+            vector = SynfulSettings(**best["vector"])
+            direction = SynfulSettings(**best["direction"])
+            combined = SynfulSettings(**best["union"])
+        print(f"synful: {vector}\ndirection head: {direction}\ncombined: {combined}")
+        results = evaluate_all(volumes, PrunerONNX(args.pruner), vector, direction, combined)
         n_true = sum(len(v["data"].annotations.partners) for v in volumes)
         print(f"\nCREMI partner F on phantom seeds {args.seeds} ({n_true} true pairs; pooled)")
         print(f"{'assigner | segmentation':50s}{'F':>7s}{'P':>7s}{'R':>7s}{'TP':>5s}{'FP':>5s}"

@@ -254,7 +254,6 @@ def train_synful(cfg: SynfulTrainConfig, log: Callable[[str], None] = print) -> 
     import torch
 
     from synapse_toolkit.nn.augment import AugmentConfig
-    from synapse_toolkit.nn.export import export_model
 
     t = cfg.training
     run = TrainingRun(seed=t.seed, num_threads=t.num_threads, device=t.device,
@@ -331,16 +330,39 @@ def train_synful(cfg: SynfulTrainConfig, log: Callable[[str], None] = print) -> 
     head = head.cpu().eval()
     ckpt = out_dir / "final.pt"
     save(ckpt, it)
-    onnx_path = Path(t.onnx) if t.onnx else out_dir / "model.onnx"
-    overlap = [2, 8, 8] if model_cfg.padding == "valid" else [4, 32, 32]
-    meta = {"kind": "synful", "iteration": it, "scale": scale, "pool": pool, "overlap": overlap,
-            "channels": ["post mask", "vector z nm", "vector y nm", "vector x nm",
-                         "direction z", "direction y", "direction x"],
-            "model_config": model_cfg.to_dict(), "target_settings": tsettings.__dict__,
-            "vector_scale_nm": t.vector_scale_nm}  # fmt: skip
-    info = export_model(head, input_shape, onnx_path, metadata=meta)
+    info = export_synful(cfg, head, it)
     summary = {"kind": "synful", "iterations": it, "loss_avg": avg, "time_s": run.elapsed,
                "checkpoint": str(ckpt), **info}  # fmt: skip
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     log(json.dumps(summary))
     return summary
+
+
+def export_synful(cfg: SynfulTrainConfig, head: Any, iteration: int) -> dict[str, Any]:
+    """Export a trained :class:`SynfulHead` to ``training.onnx`` (default
+    ``<out_dir>/model.onnx``) with its metadata; returns :func:`export_model`'s summary."""
+    from synapse_toolkit.nn.export import export_model
+
+    t = cfg.training
+    model_cfg = head.config
+    onnx_path = Path(t.onnx) if t.onnx else Path(t.out_dir) / "model.onnx"
+    overlap = [2, 8, 8] if model_cfg.padding == "valid" else [4, 32, 32]
+    model = dict(cfg.model)
+    meta = {"kind": "synful", "iteration": iteration, "scale": int(model.get("scale", 1)),
+            "pool": str(model.get("pool", "avg")), "overlap": overlap,
+            "channels": ["post mask", "vector z nm", "vector y nm", "vector x nm",
+                         "direction z", "direction y", "direction x"],
+            "model_config": model_cfg.to_dict(),
+            "target_settings": SynfulTargetSettings(**cfg.targets).__dict__,
+            "vector_scale_nm": t.vector_scale_nm}  # fmt: skip
+    return export_model(head.cpu().eval(), t.input_shape, onnx_path, metadata=meta)
+
+
+def export_synful_checkpoint(cfg: SynfulTrainConfig, checkpoint: str | Path) -> dict[str, Any]:
+    """Export the checkpoint a run of ``cfg`` wrote (e.g. after an interrupted export)."""
+    from synapse_toolkit.nn.checkpoint import load_state
+
+    head = build_network(cfg)[0]
+    state = load_state(checkpoint)
+    head.load_state_dict(state["state_dict"])
+    return export_synful(cfg, head, int(state.get("iteration", 0)))
