@@ -324,8 +324,8 @@ def _merge_regions(
 ) -> np.ndarray:
     n_edges = edge_u.shape[0]
     quantile = q >= 0
-    eu = edge_u.copy()  # int32 node indices; edge indices are int32 too (4 bytes, not 8)
-    ev = edge_v.copy()
+    eu = edge_u  # int32 node indices (the caller's private copies, updated in place);
+    ev = edge_v  # edge indices are int32 too (4 bytes, not 8)
     score = np.zeros(n_edges, np.float32)
     stale = np.zeros(n_edges, np.bool_)
     deleted = np.zeros(n_edges, np.bool_)
@@ -489,19 +489,25 @@ def merge_regions(
     q = parse_scoring(scoring)
     if discretize_queue not in (0, 256):
         raise SyntkError(f"discretize_queue must be 0 or 256, got {discretize_queue}")
-    u = np.ascontiguousarray(edge_u, dtype=np.int64)
-    v = np.ascontiguousarray(edge_v, dtype=np.int64)
-    n = u.shape[0]
+    n = int(np.shape(edge_u)[0])
     if n >= 2**30 or n_nodes >= 2**31:
         raise SyntkError(f"merge_regions: {n} edges / {n_nodes} nodes exceed the int32 indices")
-    if v.shape != u.shape:
+    if np.shape(edge_v) != np.shape(edge_u):
         raise SyntkError("merge_regions: edge_u and edge_v differ in length")
-    if n and (np.any(u >= v) or u.min() < 0 or v.max() >= n_nodes):
-        raise SyntkError("merge_regions: edges must satisfy 0 <= u < v < n_nodes")
-    if n > 1 and np.any(np.diff(u * n_nodes + v) <= 0):
-        raise SyntkError("merge_regions: edges must be sorted by (u, v) without repeats")
-    u32, v32 = u.astype(np.int32), v.astype(np.int32)
-    del u, v
+    # checked in pieces, so the check holds no more than a piece of int64 keys at a time
+    last = -1
+    for i in range(0, n, 1 << 22):
+        u = np.asarray(edge_u[i : i + (1 << 22)], dtype=np.int64)
+        v = np.asarray(edge_v[i : i + (1 << 22)], dtype=np.int64)
+        if np.any(u >= v) or u.min() < 0 or v.max() >= n_nodes:
+            raise SyntkError("merge_regions: edges must satisfy 0 <= u < v < n_nodes")
+        key = u * n_nodes + v
+        if key[0] <= last or np.any(np.diff(key) <= 0):
+            raise SyntkError("merge_regions: edges must be sorted by (u, v) without repeats")
+        last = int(key[-1])
+    # private int32 copies: the kernel updates edge endpoints in place
+    u32 = np.array(edge_u, dtype=np.int32, copy=True)
+    v32 = np.array(edge_v, dtype=np.int32, copy=True)
     ths = np.asarray(sorted(float(t) for t in thresholds), dtype=np.float32)
     if q >= 0:
         if max_bin is None or len(max_bin) != n:
