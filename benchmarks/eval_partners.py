@@ -51,9 +51,9 @@ from synapse_toolkit.synapses.assigners import (
     assign_geometric,
     cleft_labels,
 )
-from synapse_toolkit.synapses.partners import deduplicate, evaluate_partners
+from synapse_toolkit.synapses.partners import evaluate_partners
 from synapse_toolkit.synapses.pruning import PrunerONNX
-from synapse_toolkit.synapses.synful import SynfulSettings, extract_partners
+from synapse_toolkit.synapses.synful import SynfulSettings, extract_partners, union
 from synapse_toolkit.synapses.targets import Grid
 from synapse_toolkit.synapses.train_detectors import phantom_file
 from synapse_toolkit.synapses.train_pruner import SegmentationSource, predicted_segmentation
@@ -107,22 +107,6 @@ def confirmed(synful: PartnerTable, other: PartnerTable) -> PartnerTable:
         for a, b in zip(synful.pre_segment, synful.post_segment, strict=True)
     ]
     return synful.select(np.asarray(keep, bool))
-
-
-def union(a: PartnerTable, b: PartnerTable, dedup_nm: float = 400.0) -> PartnerTable:
-    """Rows of both tables (b's synapse ids shifted), de-duplicated per segment pair and place."""
-    if len(a) == 0 or len(b) == 0:
-        return a if len(b) == 0 else b
-    assert a.synapse_type is not None and b.synapse_type is not None
-    shift = int(a.synapse_id.max()) + 1
-    table = PartnerTable(
-        np.vstack([a.pre_nm, b.pre_nm]), np.vstack([a.post_nm, b.post_nm]),
-        np.concatenate([a.pre_segment, b.pre_segment]),
-        np.concatenate([a.post_segment, b.post_segment]),
-        np.concatenate([a.score / max(a.score.max(), 1e-12), b.score / max(b.score.max(), 1e-12)]),
-        np.concatenate([a.synapse_id, b.synapse_id + shift]),
-    )  # fmt: skip
-    return deduplicate(table, dedup_nm)
 
 
 def error_kinds(

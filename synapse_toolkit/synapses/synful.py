@@ -281,3 +281,20 @@ def group_synapses(pre_nm: np.ndarray, pre_segment: np.ndarray, distance_nm: flo
     roots = np.asarray([find(i) for i in range(n)])
     _, ids = np.unique(roots, return_inverse=True)
     return (ids + 1).astype(np.uint64)
+
+
+def union(a: PartnerTable, b: PartnerTable, dedup_distance_nm: float = 400.0) -> PartnerTable:
+    """Rows of two assigners in one table (scores scaled to [0, 1] per table, ``b``'s synapse
+    ids shifted), de-duplicated per segment pair and place (the higher scaled score kept)."""
+    if len(a) == 0 or len(b) == 0:
+        return a if len(b) == 0 else b
+    assert a.synapse_type is not None and b.synapse_type is not None
+    shift = int(a.synapse_id.max()) + 1
+    table = PartnerTable(
+        np.vstack([a.pre_nm, b.pre_nm]), np.vstack([a.post_nm, b.post_nm]),
+        np.concatenate([a.pre_segment, b.pre_segment]),
+        np.concatenate([a.post_segment, b.post_segment]),
+        np.concatenate([a.score / max(a.score.max(), 1e-12), b.score / max(b.score.max(), 1e-12)]),
+        np.concatenate([a.synapse_id, b.synapse_id + shift]),
+    )  # fmt: skip
+    return deduplicate(table, dedup_distance_nm)
