@@ -294,7 +294,7 @@ def agglomerate_graph(
     stats = {k: edges.pop(k, None) for k in ("max_bin", "aff_sum", "aff_count")}
     roots = merge_regions(
         int(nodes.size), ui, vi, thresholds, scoring=scoring, discretize_queue=discretize_queue,
-        **stats,
+        copy=False, **stats,
     )  # fmt: skip
     return nodes, nodes[roots]
 

@@ -348,7 +348,6 @@ def _merge_regions(
     mcnt = mcnt0.copy()
 
     # incidence lists (an entry moves with its edge from b's list to a's)
-    ent_edge = np.empty(2 * n_edges, np.int32)
     ent_next = -np.ones(2 * n_edges, np.int32)
     head = -np.ones(n_nodes, np.int32)
     tail = -np.ones(n_nodes, np.int32)
@@ -356,7 +355,6 @@ def _merge_regions(
         for k in range(2):
             node = eu[e] if k == 0 else ev[e]
             ent = 2 * e + k
-            ent_edge[ent] = e
             if head[node] < 0:
                 head[node] = ent
             else:
@@ -418,7 +416,7 @@ def _merge_regions(
             tail[bb] = -1
             while ent >= 0:
                 nxt = ent_next[ent]
-                f = ent_edge[ent]
+                f = ent >> 1  # entry 2e + k belongs to edge e
                 if deleted[f] or (eu[f] != bb and ev[f] != bb):
                     ent = nxt
                     continue
@@ -478,6 +476,7 @@ def merge_regions(
     aff_sum: np.ndarray | None = None,
     aff_count: np.ndarray | None = None,
     discretize_queue: int = 256,
+    copy: bool = True,
 ) -> np.ndarray:
     """Region (smallest member node index) of every node at each threshold: ``(T, n_nodes)``.
 
@@ -485,6 +484,7 @@ def merge_regions(
     sorted by ``(u, v)``, each pair once. Quantile scoring needs ``max_bin`` (uint8, the pair's
     maximum affinity bin, :func:`affinity_bins`); mean scoring needs ``aff_sum`` and
     ``aff_count`` (the pair's affinity sum and number of voxel pairs). Thresholds ascending.
+    ``copy=False`` lets the merge overwrite int32 ``edge_u``/``edge_v`` instead of copying them.
     """
     q = parse_scoring(scoring)
     if discretize_queue not in (0, 256):
@@ -506,8 +506,12 @@ def merge_regions(
             raise SyntkError("merge_regions: edges must be sorted by (u, v) without repeats")
         last = int(key[-1])
     # private int32 copies: the kernel updates edge endpoints in place
-    u32 = np.array(edge_u, dtype=np.int32, copy=True)
-    v32 = np.array(edge_v, dtype=np.int32, copy=True)
+    own = not copy and all(
+        isinstance(a, np.ndarray) and a.dtype == np.int32 and a.flags.c_contiguous
+        for a in (edge_u, edge_v)
+    )
+    u32 = edge_u if own else np.array(edge_u, dtype=np.int32, copy=True)
+    v32 = edge_v if own else np.array(edge_v, dtype=np.int32, copy=True)
     ths = np.asarray(sorted(float(t) for t in thresholds), dtype=np.float32)
     if q >= 0:
         if max_bin is None or len(max_bin) != n:
