@@ -280,8 +280,8 @@ def test_stage_contract_and_end_to_end(tiny_model: dict[str, Any], tmp_path: Pat
 
     registered = load_plugins().stages.get("partner-assigner", "synful")
     cls = registered.cls
-    assert set(cls.inputs) == {"raw", "segmentation", "clefts"}
-    assert not cls.inputs["clefts"].required
+    assert set(cls.inputs) == {"raw", "segmentation", "clefts", "proximity"}
+    assert not cls.inputs["clefts"].required and not cls.inputs["proximity"].required
     assert set(cls.outputs) == {"partners", "annotations"}
     data = make_cremi_data(shape=(8, 64, 64))
     opts = {"model_path": str(tiny_model["path"]), "sha256": tiny_model["sha256"],
@@ -301,6 +301,30 @@ def test_stage_contract_and_end_to_end(tiny_model: dict[str, Any], tmp_path: Pat
                           {**inputs, "clefts": data.clefts}, {**opts, "head": "direction"},
                           scratch_dir=tmp_path / "b")  # fmt: skip
     assert isinstance(direction["partners"], PartnerTable)
+
+
+def test_stage_combined_with_emsynconn_keeps_its_rows(
+    tiny_model: dict[str, Any], tmp_path: Path
+) -> None:
+    from synapse_toolkit.api import run_stage
+    from synapse_toolkit.synapses.targets import signed_proximity
+
+    data = make_cremi_data(shape=(8, 64, 64))
+    grid = Grid.of(data.raw)
+    prox = signed_proximity(data.annotations, grid, 100.0, data.neuron_ids.read())
+    proximity = Volume(prox[None], VS, data.raw.offset_nm)
+    inputs = {"raw": data.raw, "segmentation": data.neuron_ids, "proximity": proximity}
+    ems = run_stage("partner-assigner", "emsynconn", inputs, {}, scratch_dir=tmp_path / "e")
+    opts = {"model_path": str(tiny_model["path"]), "sha256": tiny_model["sha256"],
+            "overlap": (0, 8, 8), "threshold": 0.999, "combine": "emsynconn"}  # fmt: skip
+    both = run_stage("partner-assigner", "synful", inputs, opts, scratch_dir=tmp_path / "s")
+    pairs = set(zip(both["partners"].pre_segment.tolist(), both["partners"].post_segment.tolist(),
+                    strict=True))  # fmt: skip
+    for a, b in zip(ems["partners"].pre_segment, ems["partners"].post_segment, strict=True):
+        assert (int(a), int(b)) in pairs
+    with pytest.raises(DataError, match="needs the `proximity` input"):
+        run_stage("partner-assigner", "synful", {k: inputs[k] for k in ("raw", "segmentation")},
+                  opts, scratch_dir=tmp_path / "m")  # fmt: skip
 
 
 def test_stage_refuses_a_model_that_is_not_synful(tmp_path: Path) -> None:

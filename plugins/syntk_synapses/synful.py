@@ -33,6 +33,9 @@ class Synful(PartnerAssigner["Synful.Options"]):
         "clefts": Port(
             "labels", "CREMI cleft labels (head = 'direction')", required=False, grid="in"
         ),
+        "proximity": Port(
+            "map", "signed proximity (combine = 'emsynconn')", required=False, grid="in"
+        ),
     }
     outputs: ClassVar[Mapping[str, Port]] = {
         "partners": Port("partners", "pre→post pairs"),
@@ -80,10 +83,18 @@ class Synful(PartnerAssigner["Synful.Options"]):
             False, description="Move a pre site left in the post segment along its ray."
         )
         max_reach_nm: float = Field(400.0, gt=0, description="Longest ray (nm).")
+        combine: Literal["none", "emsynconn"] = Field(
+            "none", description="Also run emsynconn (+ pruning CNN) on `proximity`; keep both."
+        )
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         from synapse_toolkit.inference.onnx_model import OnnxModel
-        from synapse_toolkit.synapses.synful import N_CHANNELS, SynfulSettings, extract_partners
+        from synapse_toolkit.synapses.synful import (
+            N_CHANNELS,
+            SynfulSettings,
+            extract_partners,
+            union,
+        )
         from synapse_toolkit.synapses.targets import Grid
         from syntk_synapses import _partner_outputs, _resolved_model
 
@@ -109,5 +120,25 @@ class Synful(PartnerAssigner["Synful.Options"]):
             max_reach_nm=o.max_reach_nm,
         )  # fmt: skip
         cl = np.asarray(clefts.read()) if clefts is not None else None
-        table = extract_partners(pred, seg.read(), Grid.of(seg), settings, cl)
+        seg_arr = seg.read()
+        table = extract_partners(pred, seg_arr, Grid.of(seg), settings, cl)
+        if o.combine == "emsynconn":
+            table = union(self._emsynconn(inputs, raw, seg_arr), table, o.dedup_distance_nm)
         return _partner_outputs(table, seg)
+
+    def _emsynconn(self, inputs: Mapping[str, Any], raw: Volume, seg: np.ndarray) -> Any:
+        """EMSynConn's rows at its stage defaults (candidates + the bundled pruning CNN)."""
+        from synapse_toolkit.models import resolve_model
+        from synapse_toolkit.synapses.assigners import EMSynConnSettings, assign_emsynconn
+        from synapse_toolkit.synapses.pruning import PrunerONNX
+        from synapse_toolkit.synapses.targets import Grid
+        from syntk_synapses import DEFAULT_MODELS, _spatial
+
+        prox: Volume | None = inputs.get("proximity")
+        if prox is None:
+            raise DataError(f"stage {self.context.stage_name}: combine = 'emsynconn' needs the "
+                            "`proximity` input")  # fmt: skip
+        model = resolve_model(f"stage {self.context.stage_name}", name=DEFAULT_MODELS["emsynconn"])
+        pruner = PrunerONNX(model.path, self.context.n_threads)
+        return assign_emsynconn(raw.read(), _spatial(prox), seg, Grid.of(raw), pruner,
+                                EMSynConnSettings())  # fmt: skip
