@@ -316,6 +316,6 @@ def test_cluster_run_command(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     assert "15 synapses in 3 clusters" in res.output and "ARI" in res.output
     saved = json.loads((tmp_path / "clusters.json").read_text())
-    assert len(saved["labels"]) == 15 and len(saved["embedding"][0]) == 16
+    assert len(saved["labels"]) == 15 and len(saved["embedding"][0]) == 8
     bad = CliRunner().invoke(app, ["cluster", "run", str(tmp_path / "missing.h5")])
     assert bad.exit_code == 1 and "error:" in bad.output

@@ -37,7 +37,7 @@ class AutoencoderKMeans(Clusterer["AutoencoderKMeans.Options"]):
     }
 
     class Options(StageOptions):
-        model: str = Field("synapses/cluster_vae", description="Registry name of the encoder.")
+        model: str = Field("synapses/cluster_encoder", description="Registry name of the encoder.")
         model_path: Path | None = Field(None, description="An encoder ONNX file instead.")
         sha256: str | None = Field(None, description="Expected sha256 of `model_path`.")
         k: int | None = Field(None, ge=1, description="Number of clusters (none: choose).")
