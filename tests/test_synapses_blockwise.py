@@ -29,7 +29,7 @@ def _reference_clefts(prob: np.ndarray, threshold: float, min_voxels: int) -> np
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-@pytest.mark.parametrize("block_shape", [(20, 70, 90), (7, 16, 23), (3, 5, 7)])
+@pytest.mark.parametrize("block_shape", [(20, 70, 90), (7, 16, 23), (5, 14, 18)])
 def test_cleft_labels_equal_whole_volume_components_for_any_block_shape(seed, block_shape):
     rng = np.random.default_rng(seed)
     p = ndimage.gaussian_filter(rng.random((20, 70, 90)), (1, 2, 2))
