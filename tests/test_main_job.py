@@ -29,6 +29,11 @@ def test_main_job_runs_on_the_demo(tmp_path: Path) -> None:
     assert neurons["n_voxels"] > 0 and 0 < neurons["cremi_score"] < 0.75
     assert scores["score_clefts.scores"]["values"]["cremi_score"] < 30.0
     assert scores["score_partners.scores"]["values"]["fscore"] >= 0.5
+    clusters = scores["score_clusters.scores"]  # found synapses against the phantom's types
+    assert set(clusters["values"]) >= {"ari", "nmi", "ami"}
+    assert clusters["details"]["n_found_matched"] >= 10
+    for name in ("clusters_embedding.png", "clusters_gallery.png"):
+        assert (tmp_path / "run" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     written = read_cremi(tmp_path / "run" / "prediction.hdf")
     assert written.neuron_ids is not None and written.clefts is not None
     assert written.neuron_ids.spatial_shape == (20, 256, 256)
