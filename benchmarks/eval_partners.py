@@ -175,7 +175,8 @@ def _pooled(rows: list[dict[str, float]]) -> dict[str, float]:
     r = tp / (tp + fn) if tp + fn else 0.0
     f = 2 * p * r / (p + r) if p + r else 0.0
     return {"fscore": f, "precision": p, "recall": r, "tp": tp, "fp": fp, "fn": fn,
-            "f_per_volume": [x["fscore"] for x in rows]}  # fmt: skip
+            "f_per_volume": [x["fscore"] for x in rows],
+            "counts_per_volume": [[x["tp"], x["fp"], x["fn"]] for x in rows]}  # fmt: skip
 
 
 def _score(table: PartnerTable, v: dict[str, Any]) -> dict[str, Any]:
