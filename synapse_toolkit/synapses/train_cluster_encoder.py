@@ -203,7 +203,7 @@ def prepare_seed(
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(f".{cache.stem}.tmp.npz")
-        np.savez_compressed(tmp, **out)  # type: ignore[arg-type]  # stub: ** might bind allow_pickle
+        np.savez_compressed(tmp, **out)
         tmp.replace(cache)
     return out
 
