@@ -22,7 +22,8 @@ class Synful(PartnerAssigner["Synful.Options"]):
     the pre-synaptic partner and a unit direction; components of the thresholded mask become
     post sites, pre = site + vector (or + direction x distance from the clefts with
     ``head = "direction"``), segment ids are looked up, rows grouped and de-duplicated.
-    Extraction defaults were chosen on development phantom seeds (``benchmarks/tune_synful.py``)."""
+    Options left unset take the values chosen for the head (and combination) on development
+    phantom seeds (:data:`synapse_toolkit.synapses.synful.TUNED_DEFAULTS`)."""
 
     name: ClassVar[str] = "synful"
     version: ClassVar[str] = __version__
@@ -52,14 +53,18 @@ class Synful(PartnerAssigner["Synful.Options"]):
         head: Literal["vector", "direction"] = Field(
             "vector", description="Regressed vector, or unit direction x cleft-derived distance."
         )
-        threshold: float = Field(0.5, gt=0, lt=1, description="Mask threshold (strict >).")
-        min_voxels: int = Field(20, ge=1, description="Smallest mask component kept.")
-        location: Literal["edt-max", "centre"] = Field(
-            "edt-max", description="Site: distance-transform maximum or mask-weighted centre."
+        threshold: float | None = Field(
+            None, gt=0, lt=1, description="Mask threshold (strict >); none: the tuned one."
+        )
+        min_voxels: int | None = Field(
+            None, ge=1, description="Smallest mask component kept; none: the tuned one."
+        )
+        location: Literal["edt-max", "centre"] | None = Field(
+            None, description="Site: distance-transform maximum or mask-weighted centre."
         )
         score: Literal["sum", "mean", "max"] = Field("sum", description="Score of a site.")
-        vector_from: Literal["location", "mean"] = Field(
-            "location", description="Vector at the site, or mask-weighted mean pre point."
+        vector_from: Literal["location", "mean"] | None = Field(
+            None, description="Vector at the site, or mask-weighted mean pre point."
         )
         split_by_segment: bool = Field(True, description="Split components at segment borders.")
         min_score: float = Field(0.0, ge=0, description="Drop sites scoring below this.")
@@ -70,8 +75,8 @@ class Synful(PartnerAssigner["Synful.Options"]):
         direction_distance_nm: float = Field(
             120.0, gt=0, description="Direction head without clefts: fixed distance (nm)."
         )
-        cleft_width_nm: float = Field(
-            20.0, ge=0, description="Direction head: distance = 2 x site-cleft + this."
+        cleft_width_nm: float | None = Field(
+            None, ge=0, description="Direction head: distance = 2 x site-cleft + this."
         )
         distance: Literal["clefts", "segment", "fixed"] = Field(
             "clefts", description="Direction head: distance from clefts, segments or fixed."
@@ -91,6 +96,7 @@ class Synful(PartnerAssigner["Synful.Options"]):
         from synapse_toolkit.inference.onnx_model import OnnxModel
         from synapse_toolkit.synapses.synful import (
             N_CHANNELS,
+            TUNED_DEFAULTS,
             SynfulSettings,
             extract_partners,
             union,
@@ -110,14 +116,16 @@ class Synful(PartnerAssigner["Synful.Options"]):
                 f"(kind {model.kind!r}, {model.out_channels} channels)"
             )
         pred = model.predict(raw.data, overlap=o.overlap)
+        key = "direction" if o.head == "direction" else (
+            "vector+emsynconn" if o.combine == "emsynconn" else "vector")  # fmt: skip
+        tuned = {k: getattr(o, k) if getattr(o, k) is not None else v
+                 for k, v in TUNED_DEFAULTS[key].items()}  # fmt: skip
         settings = SynfulSettings(
-            head=o.head, threshold=o.threshold, min_voxels=o.min_voxels, location=o.location,
-            score=o.score, vector_from=o.vector_from, split_by_segment=o.split_by_segment,
+            head=o.head, score=o.score, split_by_segment=o.split_by_segment,
             min_score=o.min_score, group_distance_nm=o.group_distance_nm,
             dedup_distance_nm=o.dedup_distance_nm, direction_distance_nm=o.direction_distance_nm,
-            cleft_width_nm=o.cleft_width_nm, distance=o.distance,
-            segment_depth_nm=o.segment_depth_nm, snap_to_segment=o.snap_to_segment,
-            max_reach_nm=o.max_reach_nm,
+            distance=o.distance, segment_depth_nm=o.segment_depth_nm,
+            snap_to_segment=o.snap_to_segment, max_reach_nm=o.max_reach_nm, **tuned,
         )  # fmt: skip
         cl = np.asarray(clefts.read()) if clefts is not None else None
         seg_arr = seg.read()

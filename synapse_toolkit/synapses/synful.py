@@ -31,7 +31,7 @@ pre sites share a segment and lie close (one polyadic synapse), de-duplicate per
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import cc3d
 import numpy as np
@@ -80,6 +80,20 @@ def synful_targets(
     norm = np.sqrt((vec**2).sum(axis=0))
     dirs = np.where(norm > 0, vec / np.maximum(norm, 1e-6), 0.0).astype(np.float32)
     return {"mask": mask, "vectors": vec, "directions": dirs, "vectors_mask": vmask}
+
+
+#: extraction settings chosen on the development phantom seeds 1201-1208 for the bundled model
+#: (best mean of the pooled partner F with the ground-truth and the predicted segmentation;
+#: ``python benchmarks/eval_partners.py --tune``); the ``synful`` stage's defaults
+TUNED_DEFAULTS: dict[str, dict[str, Any]] = {
+    "vector": {"threshold": 0.9, "min_voxels": 200, "location": "edt-max",
+               "vector_from": "mean", "cleft_width_nm": 20.0},
+    "direction": {"threshold": 0.8, "min_voxels": 500, "location": "centre",
+                  "vector_from": "location", "cleft_width_nm": 40.0},
+    # synful's rows joined with EMSynConn's (combine = "emsynconn"): only its confident ones
+    "vector+emsynconn": {"threshold": 0.95, "min_voxels": 500, "location": "edt-max",
+                         "vector_from": "mean", "cleft_width_nm": 20.0},
+}  # fmt: skip
 
 
 @dataclass(frozen=True)

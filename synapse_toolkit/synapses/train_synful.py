@@ -273,8 +273,10 @@ def train_synful(cfg: SynfulTrainConfig, log: Callable[[str], None] = print) -> 
         n = init_trunk(head, t.init_trunk_from)
         log(f"trunk initialised from {t.init_trunk_from} ({n} tensors)")
     tsettings = SynfulTargetSettings(**cfg.targets)
-    aug = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v
-                           for k, v in cfg.augment.items()})  # fmt: skip
+    aug_fields: dict[str, Any] = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in cfg.augment.items()
+    }
+    aug = AugmentConfig(**aug_fields)
     volumes = []
     files = training_files(cfg.data)
     for f in files:
