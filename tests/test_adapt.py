@@ -53,16 +53,22 @@ def test_adapt_writes_model_with_provenance(tiny, tmp_path) -> None:
     import onnx
 
     from synapse_toolkit.fsio import sha256_file
-    from synapse_toolkit.nn.adapt import adapt_affinities
+    from synapse_toolkit.inference.quality import QUALITY_KEY
+    from synapse_toolkit.nn.adapt import THRESHOLD_RULE, adapt_affinities
 
     _, src = tiny
     rng = np.random.default_rng(0)
     with h5py.File(tmp_path / "mine.h5", "w") as f:
         f["raw"] = (rng.random((20, 40, 40)) * 255).astype(np.uint8)
     out = tmp_path / "adapted.onnx"
+    from synapse_toolkit.evaluation.fib import make_volume
+    from tests.test_training import _volume
+
+    raw, lab = _volume()  # small labelled selection data instead of the gala crops
+    sel = make_volume(raw, lab, (10.0, 10.0, 10.0), name="small selection volume")
     res = adapt_affinities(
         str(src), f"{tmp_path / 'mine.h5'}:raw", out, iterations=2, num_threads=1,
-        voxel_size_nm=(10.0, 10.0, 10.0), log=lambda _m: None,
+        voxel_size_nm=(10.0, 10.0, 10.0), log=lambda _m: None, selection=sel, source_raw=raw,
     )  # fmt: skip
     assert res["iterations"] == 2 and out.is_file()
     meta = {p.key: json.loads(p.value) for p in onnx.load(str(out)).metadata_props}
@@ -70,7 +76,13 @@ def test_adapt_writes_model_with_provenance(tiny, tmp_path) -> None:
     assert a["source_sha256"] == sha256_file(src)
     assert a["target_sha256"] == sha256_file(tmp_path / "mine.h5")
     assert a["target"] == "mine.h5:raw" and a["minutes"] == 20.0
-    assert meta["agglomeration"]["threshold"] == 0.5
+    agg = meta["agglomeration"]  # chosen without target labels (source validation crop)
+    assert agg["scoring"] == "mean" and agg["rule"] == THRESHOLD_RULE
+    assert agg["threshold"] == agg["candidates"][THRESHOLD_RULE]
+    assert "no target labels" in agg["chosen_on"] and 0 < agg["threshold"] < 1
+    q = meta[QUALITY_KEY]
+    assert q["warn_below"] < q["boundary_fraction"] < q["warn_above"]
+    assert 0 <= a["target_signals"]["boundary_fraction"] <= 1
     assert "intensity_reference" in meta
     assert (tmp_path / "adapted.sha256").read_text().split()[0] == sha256_file(out)
 

@@ -40,8 +40,8 @@ def _h5_volume(path: Path, voxel_size: tuple[float, float, float], **attrs: str)
         ((40.0, 4.0, 4.0), {}, "neurons/sstem_affinities"),  # real CREMI-like ssTEM
         ((50.0, 4.0, 4.0), {}, "neurons/sstem_affinities"),  # ISBI
         ((40.0, 4.0, 4.0), {"generator": "syntk phantom em"}, "neurons/phantom_affinities"),
-        ((10.0, 10.0, 10.0), {}, "neurons/fib_affinities"),  # isotropic FIB-SEM
-        ((8.0, 8.0, 8.0), {}, "neurons/fib_affinities"),
+        ((10.0, 10.0, 10.0), {}, "neurons/fib_affinities_v2"),  # isotropic FIB-SEM
+        ((8.0, 8.0, 8.0), {}, "neurons/fib_affinities_v2"),
     ],
 )
 def test_auto_picks_the_model_for_the_input(

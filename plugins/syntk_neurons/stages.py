@@ -17,7 +17,7 @@ from synapse_toolkit.errors import DataError
 from synapse_toolkit.models import resolve_model
 from synapse_toolkit.stages import Agglomerator, Detector, Loader, Placement, Port, StageOptions
 
-DEFAULT_MODEL = "neurons/fib_affinities"
+DEFAULT_MODEL = "neurons/fib_affinities_v2"  # neurons/fib_affinities stays available by name
 
 
 def zarr_array(vol: Volume) -> zarr.Array:
@@ -215,6 +215,10 @@ class AffinityDetector(Detector["AffinityDetector.Options"]):
         )  # fmt: skip
         if target is not result.data:
             resample_into(target, result.data)
+        from synapse_toolkit.inference.quality import check
+
+        # label-free fit signal beside the model's reference; one warning line when far off
+        check(result.data, meta, self.context.record, self.context.logger)
         return {"affinities": result}
 
 

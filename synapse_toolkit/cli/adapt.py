@@ -11,16 +11,20 @@ from typing import Annotated
 
 import typer
 
+from synapse_toolkit.evaluation.fib import DEFAULT_MODEL
+
 app = typer.Typer(no_args_is_help=True, help="Adapt shipped models to your data without labels.")
 
 
 @app.command("affinities")
 def affinities(
-    model: Annotated[str, typer.Option(help="Registry name or .onnx file to start from.")],
     unlabelled: Annotated[
         str, typer.Option(help="Your raw volume, FILE.h5[:DATASET] (no labels needed).")
     ],
     out: Annotated[str, typer.Option(help="Where to write the adapted MODEL.onnx.")],
+    model: Annotated[
+        str, typer.Option(help="Registry name or .onnx file to start from.")
+    ] = DEFAULT_MODEL,
     minutes: Annotated[float, typer.Option(help="Wall-clock training budget.", min=0.1)] = 20.0,
     voxel_size: Annotated[
         tuple[float, float, float] | None,

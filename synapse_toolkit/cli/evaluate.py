@@ -16,10 +16,9 @@ from typing import Annotated, Any
 import typer
 
 from synapse_toolkit.errors import SyntkError
+from synapse_toolkit.evaluation.fib import DEFAULT_MODEL as _MODEL
 
 app = typer.Typer(no_args_is_help=True, help="Evaluate shipped models against baselines.")
-
-_MODEL = "neurons/fib_affinities"
 
 
 def _log(quiet: bool) -> Callable[[str], None]:

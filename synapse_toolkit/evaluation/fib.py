@@ -54,7 +54,8 @@ GALA_DATASETS = {  # registry names of the bundled gala FIB-SEM files (dataset `
     "train-gt": "gala-fib/train-gt",
     "train-p1": "gala-fib/train-p1",
 }
-DEFAULT_MODEL = "neurons/fib_affinities"
+#: the default FIB-SEM model (``neurons/fib_affinities``, the first one, stays available by name)
+DEFAULT_MODEL = "neurons/fib_affinities_v2"
 
 Row = dict[str, Any]
 Score = Callable[[np.ndarray, np.ndarray], dict[str, float]]

@@ -21,6 +21,7 @@ import numpy as np
 
 from synapse_toolkit.errors import DataError, SyntkError
 from synapse_toolkit.fsio import sha256_file
+from synapse_toolkit.inference.quality import QUALITY_KEY
 
 #: labelled source data for the FIB models: the bundled gala train volume, x in [0, 150)
 GALA_LABELLED: dict[str, Any] = {
@@ -127,8 +128,13 @@ def adapt_affinities(
     seed: int = 0,
     work_dir: str | Path | None = None,
     log: Callable[[str], None] = print,
+    selection: Any = None,
+    source_raw: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Adapt ``model`` to the volume ``unlabelled`` (``FILE.h5[:DATASET]``); write ``out``."""
+    """Adapt ``model`` to the volume ``unlabelled`` (``FILE.h5[:DATASET]``); write ``out``.
+
+    ``selection`` / ``source_raw``: see :func:`target_threshold` (default: the gala crops).
+    """
     import torch
 
     from synapse_toolkit.datasets import resolve_dataset
@@ -198,13 +204,122 @@ def adapt_affinities(
             **settings,
         }
     }
-    for k in ("agglomeration", "voxel_size_nm"):
-        if k in meta:
-            updates[k] = meta[k]
-    if "agglomeration" in updates:
-        updates["agglomeration"] = {
-            **updates["agglomeration"],
-            "chosen_on": f"the source model's choice ({updates['agglomeration'].get('chosen_on')})",
-        }
+    if "voxel_size_nm" in meta:
+        updates["voxel_size_nm"] = meta["voxel_size_nm"]
+    source_agg = meta.get("agglomeration") or {}
+    if source_agg.get("scoring"):
+        log("choosing the target threshold without target labels")
+        target_raw = _read_target(t_path, dataset)
+        band = (meta.get(QUALITY_KEY) or {}).get("band_factors") or list(DEFAULT_BAND)
+        agg, ref, sig = target_threshold(
+            out, str(source_agg["scoring"]), target_raw, (float(band[0]), float(band[1])),
+            num_threads, selection=selection, source_raw=source_raw,
+        )  # fmt: skip
+        updates["agglomeration"] = agg
+        updates[QUALITY_KEY] = ref
+        updates["adaptation"]["target_signals"] = sig
     written = update_metadata(out, updates)
-    return {**updates["adaptation"], "out": written}
+    return {**updates["adaptation"], "agglomeration": updates.get("agglomeration"), "out": written}
+
+
+#: warning band (factors of the reference boundary fraction) when the source model has none:
+#: the FIB models' band (benchmarks/fib_quality.py: 0.87 separates the validation-crop copies
+#: on which CREMI more than doubles from the others; 1.5 is a guard, no copy raised the fraction)
+DEFAULT_BAND = (0.87, 1.5)
+#: the target statistic is taken on a central crop of at most this many voxels per axis
+TARGET_CROP = 160
+
+
+def _read_target(path: str, dataset: str) -> np.ndarray:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        arr = f[dataset]
+        if len(arr.shape) != 3:
+            raise DataError(f"--unlabelled {path}:{dataset}: expected (z, y, x), got {arr.shape}")
+        box = tuple(
+            slice(max(0, (n - TARGET_CROP) // 2), max(0, (n - TARGET_CROP) // 2) + TARGET_CROP)
+            for n in arr.shape
+        )
+        return np.asarray(arr[box])
+
+
+#: how ``syntk adapt`` sets the target threshold: "validation" (the threshold chosen on the
+#: source's labelled validation crop, as is), "cdf" (carried over by the weakest-affinity
+#: distribution) or "size" (the target threshold whose segment size matches the source's)
+THRESHOLD_RULE = "validation"
+
+
+def target_threshold(
+    model: str | Path,
+    scoring: str,
+    target_raw: np.ndarray,
+    band: tuple[float, float],
+    num_threads: int = 2,
+    rule: str = THRESHOLD_RULE,
+    selection: Any = None,
+    source_raw: np.ndarray | None = None,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The waterz setting of an adapted ``model`` for its target, chosen without target labels.
+
+    A threshold is chosen on the source's labelled validation crop (gala train, x in
+    [150, 200); best CREMI score, no border mask, single pass). Two label-free ways to carry it
+    to the target are computed beside it (:mod:`synapse_toolkit.inference.quality`): matching the
+    fraction of voxels whose weakest affinity is below it ("cdf"), and matching the segment size
+    in validation-crop-sized tiles on the source's training region ("size"); ``rule`` picks the
+    stored one. ``selection`` (a labelled :class:`synapse_toolkit.evaluation.fib.FibVolume`)
+    and ``source_raw`` (unlabelled source raw for the size reference) replace the gala crops.
+    Returns ``(agglomeration, quality_reference, target_signals)``.
+    """
+    from synapse_toolkit.evaluation import fib
+    from synapse_toolkit.inference import quality
+
+    if rule not in ("validation", "cdf", "size"):
+        raise SyntkError(f"threshold rule {rule!r}: use validation, cdf or size")
+    val = selection if selection is not None else fib.gala_validation_crop()
+    m_val = fib.model_affinities(str(model), val.raw, val.voxel_size_nm, n_threads=num_threads)
+    rows = fib.sweep(m_val.affinities, val.truth, fib.make_scorer(val.voxel_size_nm, 0.0),
+                     scorings=[scoring])  # fmt: skip
+    chosen = fib.best(rows)
+    t_val = float(chosen["threshold"])
+    ref = quality.reference(
+        [m_val.affinities], band, f"{val.name} (single pass, intensity matched)",
+        f"the source model's band factors {list(band)}",
+    )  # fmt: skip
+    ref["band_factors"] = list(band)
+    if source_raw is None:
+        source_raw = fib.gala_volume("train").raw[:, :, :150]
+    m_src = fib.model_affinities(str(model), source_raw, val.voxel_size_nm, n_threads=num_threads)
+    ref_size = next(iter(quality.size_curve(m_src.affinities, scoring, [t_val]).values()))
+    m_t = fib.model_affinities(str(model), target_raw, fib.GALA_VOXEL_SIZE_NM,
+                               n_threads=num_threads)  # fmt: skip
+    candidates = {
+        "validation": t_val,
+        "cdf": quality.matched_threshold(quality.weakest_affinity(m_t.affinities), ref, t_val),
+        "size": quality.size_matched_threshold(
+            quality.size_curve(m_t.affinities, scoring), ref_size
+        ),
+    }
+    how = {
+        "validation": "used as is",
+        "cdf": "carried to the target by matching the fraction of voxels whose weakest affinity "
+        "is below it",
+        "size": "carried to the target by matching the segment size in 50x100x50 tiles "
+        f"({ref_size:.0f} voxels at it on the source's training region)",
+    }[rule]
+    sig = quality.signals(m_t.affinities)
+    agg = {
+        "scoring": scoring,
+        "threshold": float(candidates[rule]),
+        "chosen_on": (
+            f"no target labels: {scoring} @ {t_val:g} chosen on {val.name} with this model "
+            f"(best cremi_score, no border mask, single pass), {how} (target: central crop "
+            f"{list(target_raw.shape)})"
+        ),
+        "rule": rule,
+        "candidates": candidates,
+        "selection_scores": {
+            k: round(float(chosen[k]), 4) for k in ("voi", "arand", "cremi_score")
+        },
+    }
+    return agg, ref, {"boundary_fraction": sig["boundary_fraction"], "crop": list(target_raw.shape)}

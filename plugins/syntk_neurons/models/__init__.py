@@ -22,12 +22,15 @@ SHIPPED: dict[str, tuple[str, str, str, tuple[float, float, float]]] = {
         "with heavy photometric augmentation (blur sigma up to 2 voxels, contrast, gamma, noise) "
         "and mean-teacher consistency on fib-medulla-unlabelled (still ramping up), picked on "
         "the validation crop plus a blurred and a blurred/low-contrast/noisy copy; waterz "
-        "quantile50 @ 0.8 chosen on the same three volumes (in the model's metadata)",
+        "mean @ 0.75 chosen on the same three volumes with TTA off and on, and the label-free "
+        "quality reference (boundary fraction, warning band) in the model's metadata; the "
+        "default FIB-SEM model",
         "syntk train affinities examples/train/fib_affinities_v2.toml --iterations 194 "
         "--time-limit 100000 && syntk export onnx runs/fib_affinities_v2/best.pt "
         "plugins/syntk_neurons/models/fib_affinities_v2.onnx && python benchmarks/fib_perturbed.py "
-        "store --model plugins/syntk_neurons/models/fib_affinities_v2.onnx "
-        "--checkpoint runs/fib_affinities_v2/best.pt",
+        "select --model plugins/syntk_neurons/models/fib_affinities_v2.onnx --write && "
+        "python benchmarks/fib_quality.py store --model "
+        "plugins/syntk_neurons/models/fib_affinities_v2.onnx --band 0.87 1.5",
         (10.0, 10.0, 10.0),
     ),
     "neurons/fib_affinities": (

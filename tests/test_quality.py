@@ -1,0 +1,114 @@
+"""Label-free quality signal and thresholds (synapse_toolkit.inference.quality): boundary fraction
+streamed by blocks, the stored reference and its warning band, distribution- and size-matched
+thresholds, and the one warning line."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from synapse_toolkit.inference import quality
+from tests.test_training import _volume
+
+
+def _affs(lab: np.ndarray, inside: float = 0.95, boundary: float = 0.05) -> np.ndarray:
+    from synapse_toolkit.affinities import NEAREST_NEIGHBOURS, labels_to_affinities
+
+    a = labels_to_affinities(lab, NEAREST_NEIGHBOURS)
+    return np.where(a > 0, inside, boundary).astype(np.float32)
+
+
+def test_signals_stream_by_blocks_and_count_weak_voxels() -> None:
+    a = np.random.default_rng(0).random((3, 37, 9, 8)).astype(np.float32)
+    s = quality.signals(a, z_block=5)
+    w = a.min(axis=0)
+    assert s["boundary_fraction"] == pytest.approx((w < 0.5).mean(), abs=1e-4)
+    for t in (0.05, 0.3, 0.95):
+        assert s["below"][f"{t:.2f}"] == pytest.approx((w < t).mean(), abs=1e-5)
+
+
+def test_warning_band_and_one_line() -> None:
+    _, lab = _volume()
+    good = _affs(lab)
+    ref = quality.reference([good], (0.8, 1.5), "made-up crop", "test")
+    assert ref["warn_below"] == pytest.approx(0.8 * ref["boundary_fraction"], abs=1e-4)
+    assert quality.warning(ref["boundary_fraction"], ref) is None
+    # a model that sees membranes as interior: boundaries at 0.6 instead of 0.05
+    faint = _affs(lab, boundary=0.6)
+    line = quality.warning(quality.signals(faint)["boundary_fraction"], ref)
+    assert line is not None and "syntk adapt" in line and "\n" not in line
+    records: dict = {}
+    log = logging.getLogger("test-quality")
+    rec = quality.check(faint, {quality.QUALITY_KEY: ref}, records.__setitem__, log)
+    assert records["quality"] is rec and rec["warning"] == line == records["quality_warning"]
+    rec = quality.check(good, {}, records.__setitem__, log)  # no reference: no warning
+    assert rec["warning"] is None and "reference_boundary_fraction" not in rec
+
+
+def test_matched_threshold_undoes_a_monotone_remapping() -> None:
+    src = np.random.default_rng(1).random((3, 12, 40, 40)).astype(np.float32)
+    ref = quality.reference([src], (0.5, 2.0), "src", "test")
+    target = src**3  # the same volume, affinities miscalibrated by a monotone map
+    t = quality.matched_threshold(quality.weakest_affinity(target), ref, 0.5)
+    assert t == pytest.approx(0.5**3, abs=0.03)
+    assert quality.matched_threshold(quality.weakest_affinity(src), ref, 0.5) == pytest.approx(
+        0.5, abs=0.03
+    )
+
+
+def test_segment_size_falls_with_splits_and_size_match_finds_it() -> None:
+    _, lab = _volume(shape=(12, 40, 40))
+    whole = (lab > 0).astype(np.uint64)
+    assert quality.segment_size(lab, (12, 40, 40)) < quality.segment_size(whole, (12, 40, 40))
+    # tiles: sizes are measured inside each tile
+    halves = quality.segment_size(whole, (12, 20, 40))
+    assert halves == pytest.approx(quality.segment_size(whole[:, :20], (12, 20, 40)), rel=0.2)
+    curve = {0.3: 10.0, 0.5: 100.0, 0.7: 1000.0}
+    assert quality.size_matched_threshold(curve, 120.0) == 0.5
+    assert quality.size_matched_threshold(curve, 5000.0) == 0.7
+
+
+def test_affinity_stage_records_the_signal_and_warns_once(tmp_path) -> None:
+    pytest.importorskip("onnx")
+    from syntk_neurons.stages import AffinityDetector
+
+    from synapse_toolkit.data import Volume
+    from synapse_toolkit.nn.export import update_metadata
+    from synapse_toolkit.stages import StageContext
+    from tests.test_tiled_inference import _tiny_onnx
+
+    raw = (np.random.default_rng(2).random((9, 23, 17)) * 255).astype(np.uint8)
+
+    class Lines(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__(logging.WARNING)
+            self.lines: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.lines.append(record.getMessage())
+
+    def run(ref: dict, name: str) -> tuple[dict, list[str]]:
+        model = tmp_path / f"{name}.onnx"  # one file per reference (sessions are cached)
+        _tiny_onnx(model)
+        update_metadata(model, {quality.QUALITY_KEY: ref})
+        ctx = StageContext(name, tmp_path / name, block_shape=(4, 8, 8))
+        seen = Lines()
+        ctx.logger.addHandler(seen)
+        try:
+            opts = AffinityDetector.Options(model_path=model, overlap=(1, 2, 2))
+            affs = AffinityDetector(opts, ctx).run({"raw": Volume(raw, (10, 10, 10))})
+        finally:
+            ctx.logger.removeHandler(seen)
+        weakest = affs["affinities"].read()[:3].min(axis=0)
+        assert ctx.notes["quality"]["boundary_fraction"] == pytest.approx(
+            float((weakest < 0.5).mean()), abs=1e-4
+        )
+        return dict(ctx.notes), [m for m in seen.lines if "syntk adapt" in m]
+
+    notes, lines = run({"boundary_fraction": 0.5, "warn_below": 0.0, "warn_above": 1.0}, "fits")
+    assert "quality_warning" not in notes and not lines
+    notes, lines = run({"boundary_fraction": 0.3, "warn_below": 0.1, "warn_above": 0.5}, "far")
+    assert len(lines) == 1 and notes["quality_warning"] == lines[0]
+    assert notes["quality"]["reference_boundary_fraction"] == 0.3
