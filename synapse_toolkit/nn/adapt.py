@@ -143,6 +143,7 @@ def adapt_affinities(
     from synapse_toolkit.nn.unet import UNetConfig
 
     src = resolve_model(model)
+    source_sha = sha256_file(src)  # of the file whose weights and metadata are loaded next
     net, meta = load_onnx_unet(src)
     t_path, key = _split(unlabelled)
     if not Path(t_path).is_file():
@@ -191,7 +192,6 @@ def adapt_affinities(
         summary = train(cfg, log=log)
         out = Path(out)
         export_checkpoint(summary["latest"], out)
-    source_sha = sha256_file(src)
     target_sha = sha256_file(t_path)
     updates: dict[str, Any] = {
         "adaptation": {
