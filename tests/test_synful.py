@@ -346,3 +346,17 @@ def test_segmentation_on_another_grid_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SyntkError):
         run_stage("partner-assigner", "synful", {"raw": data.raw, "segmentation": seg},
                   {"model": "synapses/polarity"}, scratch_dir=tmp_path)  # fmt: skip
+
+
+def test_unset_stage_options_take_the_tuned_values_of_their_head() -> None:
+    import dataclasses
+
+    from synapse_toolkit.plugin_manager import load_plugins
+    from synapse_toolkit.synapses.synful import TUNED_DEFAULTS
+
+    cls = load_plugins().stages.get("partner-assigner", "synful").cls
+    opts = cls.Options()
+    fields = {f.name for f in dataclasses.fields(SynfulSettings)}
+    for tuned in TUNED_DEFAULTS.values():
+        assert set(tuned) <= fields
+        assert all(getattr(opts, k) is None for k in tuned)  # unset: the head's tuned value
