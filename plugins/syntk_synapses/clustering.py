@@ -61,9 +61,12 @@ class AutoencoderKMeans(Clusterer["AutoencoderKMeans.Options"]):
         raw: Volume = inputs["raw"]
         partners: PartnerTable = inputs["partners"]
         o = self.options
-        path = _resolved_model(self, o.model, o.model_path, o.sha256)
+        path = _resolved_model(self, o.model, o.model_path, o.sha256, raw=raw)
         encoder = PatchEncoder(path, n_threads=self.context.n_threads)
         sites, patches = partner_patches(raw, partners, encoder, inputs.get("labels"))
+        if len(sites) == 0:  # no synapses found (e.g. none predicted): nothing to cluster
+            self.context.record("clustering", {"k": 0, "n_synapses": 0})
+            return {"clusters": ClusterAssignments(sites.synapse_id, np.zeros(0, np.int64))}
         codes = encoder.encode(patches)
         choice = None
         if o.k is not None:
