@@ -164,6 +164,7 @@ def main() -> None:
     ap.add_argument("--png")
     ap.add_argument("--model", action="append", required=True)
     ap.add_argument("--unlabelled")
+    ap.add_argument("--raw")
     ap.add_argument("--crop")
     ap.add_argument("--band", type=float, nargs=2)
     ap.add_argument("--copy", action="append")
