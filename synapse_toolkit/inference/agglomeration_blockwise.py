@@ -58,6 +58,7 @@ from synapse_toolkit.blocktasks import (
 from synapse_toolkit.errors import DataError, SyntkError
 from synapse_toolkit.inference.agglomeration import stdout_to_devnull
 from synapse_toolkit.inference.regiongraph import affinity_bins, merge_regions, parse_scoring
+from synapse_toolkit.memory import release_free_memory
 
 #: bump when a phase's output for the same input changes (invalidates done markers)
 FORMAT_VERSION = 1
@@ -576,6 +577,7 @@ def agglomerate_blockwise(
             if not own:
                 result.n_fragments = int(nodes.size)
             del nodes, labels
+            release_free_memory()  # the graph's heap, before the relabel workers start
         result.seconds["agglomerate"] = round(time.perf_counter() - t0, 3)
         result.skipped_blocks["agglomerate"] = int(cached)
 
