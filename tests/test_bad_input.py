@@ -106,6 +106,13 @@ def _not_hdf5(tmp: Path) -> list[str]:
     return _run(tmp, f)
 
 
+def _directory_for_hdf5(tmp: Path) -> list[str]:
+    store = tmp / "in.zarr"
+    store.mkdir()
+    (store / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group"}')
+    return _run(tmp, store)
+
+
 def _zero_sections(tmp: Path) -> list[str]:
     f = tmp / "in.hdf"
     with h5py.File(f, "w") as h:
@@ -208,6 +215,7 @@ CASES = [
     Case("voxel-size-mismatch", _voxel_mismatch, "differ in voxel size"),
     Case("truncated-hdf5", _truncated_hdf5, "in.hdf"),
     Case("not-hdf5", _not_hdf5, "in.hdf"),
+    Case("zarr-store-to-hdf5-loader", _directory_for_hdf5, "needs the zarr loader"),
     Case("zero-sections", _zero_sections, "in.hdf"),
     Case("bad-toml", _bad_toml, "invalid TOML"),
     Case("non-utf8-toml", _non_utf8_toml, "not UTF-8"),

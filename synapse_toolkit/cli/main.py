@@ -37,7 +37,7 @@ class _Group(typer.core.TyperGroup):
         try:
             return super().invoke(ctx)
         except SyntkError as exc:
-            typer.echo(f"error: {exc}", err=True)
+            typer.echo("error: " + " ".join(str(exc).split()), err=True)
             raise typer.Exit(1) from None
 
 

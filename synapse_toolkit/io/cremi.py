@@ -97,6 +97,11 @@ def _read_annotations(f: h5py.File, path: Path) -> Annotations | None:
 def open_hdf5_file(path: Path) -> h5py.File:
     if not path.exists():
         raise DataError(f"{path}: file not found")
+    if path.is_dir():
+        raise DataError(
+            f"{path}: a directory, not an HDF5 file (a zarr store needs the zarr loader, "
+            'plugin = "zarr")'
+        )
     try:
         return h5py.File(path, "r")
     except OSError as exc:
