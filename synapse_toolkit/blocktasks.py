@@ -17,6 +17,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import functools
 import hashlib
+import io
 import json
 import multiprocessing
 import os
@@ -213,6 +214,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_npz(path: Path, **arrays: np.ndarray) -> None:
+    """Write ``arrays`` as an uncompressed ``.npz`` with :func:`atomic_write_bytes`."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)  # type: ignore[arg-type]  # stub: a ** dict might bind allow_pickle
+    atomic_write_bytes(path, buf.getvalue())
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import io
 import json
 import threading
 import time
@@ -51,6 +50,7 @@ from synapse_toolkit.blocktasks import (
     Fingerprint,
     array_ref,
     atomic_write_bytes,
+    atomic_write_npz,
     make_pool,
     make_tasks,
     run_blocks,
@@ -263,9 +263,7 @@ def _edges_check(job: _Job, task: BlockTask) -> dict[str, Any] | None:
 def _edges_block(job: _Job, task: BlockTask) -> dict[str, Any]:
     frag, affs, pads, fp = _edges_inputs(job, task)
     edges = block_edges(frag, affs, pads)
-    buf = io.BytesIO()
-    np.savez(buf, **edges)  # type: ignore[arg-type]  # stub: a ** dict might bind allow_pickle
-    atomic_write_bytes(_edges_path(job, task), buf.getvalue())
+    atomic_write_npz(_edges_path(job, task), **edges)
     info = {"n_edges": int(edges["u"].size), "fingerprint": fp}
     job.markers("edges").mark(task, fp, info)
     return info
@@ -567,9 +565,7 @@ def agglomerate_blockwise(
                 edges, ths, scoring=scoring, discretize_queue=discretize_queue
             )
             del edges
-            buf = io.BytesIO()
-            np.savez(buf, nodes=nodes, labels=labels)
-            atomic_write_bytes(graph_path, buf.getvalue())
+            atomic_write_npz(graph_path, nodes=nodes, labels=labels)
             atomic_write_bytes(meta_path, json.dumps({
                 "fingerprint": graph_fp, "n_edges": result.n_edges, "n_nodes": int(nodes.size),
                 "scoring": scoring, "thresholds": ths,

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import io
 import json
 import tempfile
 import time
@@ -43,6 +42,7 @@ from synapse_toolkit.blocktasks import (
     Fingerprint,
     array_ref,
     atomic_write_bytes,
+    atomic_write_npz,
     make_pool,
     make_tasks,
     run_blocks,
@@ -55,12 +55,6 @@ from synapse_toolkit.errors import DataError
 FORMAT_VERSION = 1
 
 Progress = Callable[[str, int], Callable[[], None]]
-
-
-def _save_npz(path: Path, **arrays: np.ndarray) -> None:
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)  # type: ignore[arg-type]
-    atomic_write_bytes(path, buf.getvalue())
 
 
 def _spatial_read(ref: ArrayRef, channel: bool, roi: tuple[slice, ...]) -> np.ndarray:
@@ -176,7 +170,7 @@ def _cc_block(job: _CleftJob, task: BlockTask) -> dict[str, Any]:
     glob = np.ravel_multi_index(
         tuple(c + s for c, s in zip(local, starts, strict=True)), job.shape
     ).astype(np.int64)
-    _save_npz(job.path("components", task), ids=ids.astype(np.uint64) + offset,
+    atomic_write_npz(job.path("components", task), ids=ids.astype(np.uint64) + offset,
               sizes=sizes.astype(np.int64), first=glob)  # fmt: skip
     info = {"n_components": int(ids.size)}
     job.markers("components").mark(task, fp, info)
@@ -244,7 +238,7 @@ def _faces_check(job: _CleftJob, task: BlockTask) -> dict[str, Any] | None:
 def _faces_block(job: _CleftJob, task: BlockTask) -> dict[str, Any]:
     grown, pads, fp = _faces_inputs(job, task)
     pairs = touching_pairs(grown, pads)
-    _save_npz(job.path("faces", task), pairs=pairs)
+    atomic_write_npz(job.path("faces", task), pairs=pairs)
     info = {"n_pairs": int(pairs.shape[0]), "fingerprint": fp}
     job.markers("faces").mark(task, fp, info)
     return info
@@ -392,7 +386,7 @@ def cleft_labels_blockwise(
                 ids, np.concatenate(parts["sizes"]), np.concatenate(parts["first"]),
                 np.concatenate(pairs) if pairs else np.zeros((0, 2), np.uint64), min_voxels,
             )  # fmt: skip
-            _save_npz(map_path, ids=ids, labels=labels)
+            atomic_write_npz(map_path, ids=ids, labels=labels)
             atomic_write_bytes(meta_path, json.dumps({"fp": map_fp}).encode())
         n_clefts = int(_load_map(str(map_path), map_fp)[1].max(initial=0))
         seconds["cleft merge"] = round(time.perf_counter() - t0, 3)
