@@ -171,7 +171,7 @@ def _cc_block(job: _CleftJob, task: BlockTask) -> dict[str, Any]:
         tuple(c + s for c, s in zip(local, starts, strict=True)), job.shape
     ).astype(np.int64)
     atomic_write_npz(job.path("components", task), ids=ids.astype(np.uint64) + offset,
-              sizes=sizes.astype(np.int64), first=glob)  # fmt: skip
+                     sizes=sizes.astype(np.int64), first=glob)  # fmt: skip
     info = {"n_components": int(ids.size)}
     job.markers("components").mark(task, fp, info)
     return info
