@@ -45,11 +45,13 @@ from synapse_toolkit.errors import ConfigError
 M = TypeVar("M", bound=BaseModel)
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """A config section that refuses unknown keys (a typo is an error, not a silent default)."""
+
     model_config = ConfigDict(extra="forbid")
 
 
-class InputConfig(_Strict):
+class InputConfig(StrictModel):
     """Where the data comes from: exactly one of a file path or a registry dataset name."""
 
     path: Path | None = Field(None, description="An input file (e.g. a CREMI .hdf).")
@@ -62,18 +64,18 @@ class InputConfig(_Strict):
         return self
 
 
-class OutputConfig(_Strict):
+class OutputConfig(StrictModel):
     dir: Path = Field(description="Run directory: artifacts, manifest and exported files go here.")
 
 
-class RunConfig(_Strict):
+class RunConfig(StrictModel):
     n_threads: int = Field(2, ge=1, description="Threads a stage may use.")
     block_shape: tuple[PositiveInt, PositiveInt, PositiveInt] = Field(
         (32, 256, 256), description="Block shape (z, y, x voxels) for streaming stages."
     )
 
 
-class SlurmConfig(_Strict):
+class SlurmConfig(StrictModel):
     """One SLURM job of dask workers (dask-jobqueue's ``SLURMCluster``)."""
 
     cores: PositiveInt = Field(4, description="Cores per job.")
@@ -94,7 +96,7 @@ class SlurmConfig(_Strict):
     log_directory: str | None = Field(None, description="Where SLURM writes job logs.")
 
 
-class ExecutionConfig(_Strict):
+class ExecutionConfig(StrictModel):
     """Where blockwise stages run their blocks (:mod:`synapse_toolkit.engines`)."""
 
     engine: Literal["local", "dask"] = Field(
@@ -109,7 +111,7 @@ class ExecutionConfig(_Strict):
     slurm: SlurmConfig = Field(default_factory=SlurmConfig)
 
 
-class StageConfig(_Strict):
+class StageConfig(StrictModel):
     """One stage instance."""
 
     kind: str = Field(description="Stage kind: loader, aligner, detector, ... or a plugin's kind.")
@@ -134,7 +136,7 @@ class StageConfig(_Strict):
         return value
 
 
-class PipelineConfig(_Strict):
+class PipelineConfig(StrictModel):
     """A whole pipeline run."""
 
     name: str = Field("pipeline", description="A name for the run.")

@@ -26,7 +26,7 @@ from types import EllipsisType
 from typing import Any, Literal, overload
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from synapse_toolkit.affinities import (
     NEAREST_NEIGHBOURS,
@@ -35,18 +35,14 @@ from synapse_toolkit.affinities import (
     labels_to_affinities,
     long_range_offsets,
 )
-from synapse_toolkit.config import load_training_config
+from synapse_toolkit.config import StrictModel, load_training_config
 from synapse_toolkit.errors import ConfigError, DataError
 from synapse_toolkit.nn.augment import AugmentConfig, sample_augmented
 from synapse_toolkit.nn.run import TrainingRun
 from synapse_toolkit.nn.volume_file import read_dataset
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class VolumeSpec(_Strict):
+class VolumeSpec(StrictModel):
     raw: str
     raw_dataset: str = "stack"
     labels: str | None = None
@@ -61,18 +57,18 @@ class VolumeSpec(_Strict):
     labelled_sections: list[int] | None = None
 
 
-class DataSpec(_Strict):
+class DataSpec(StrictModel):
     volumes: list[VolumeSpec]
     validation: list[VolumeSpec] = Field(default_factory=list)
 
 
-class TargetSpec(_Strict):
+class TargetSpec(StrictModel):
     #: "affinities" or "package.module:function" taking (labels, config) → (target, mask)
     name: str = "affinities"
     long_range: list[int] = Field(default_factory=list)
 
 
-class TrainingSpec(_Strict):
+class TrainingSpec(StrictModel):
     iterations: int = 2000
     time_limit_minutes: float | None = None
     #: budget in CPU time of this process (all threads): "N minutes on 2 cores" = 2N here;
@@ -107,7 +103,7 @@ class TrainingSpec(_Strict):
     init_from: str | None = None
 
 
-class TrainConfig(_Strict):
+class TrainConfig(StrictModel):
     model: dict[str, Any] = Field(default_factory=dict)
     data: DataSpec
     target: TargetSpec = Field(default_factory=TargetSpec)

@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from synapse_toolkit.config import load_training_config
+from synapse_toolkit.config import StrictModel, load_training_config
 from synapse_toolkit.errors import ConfigError, DataError
 from synapse_toolkit.io.cremi import CremiData, read_cremi
 from synapse_toolkit.nn.run import TrainingRun
@@ -43,17 +43,13 @@ if TYPE_CHECKING:
     from synapse_toolkit.nn.unet import UNetConfig
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class DataSection(_Strict):
+class DataSection(StrictModel):
     files: list[str] = Field(default_factory=list)
     phantom_seeds: list[int] = Field(default_factory=list)
     phantom_cache: str = "runs/phantom-cache"
 
 
-class TrainingSection(_Strict):
+class TrainingSection(StrictModel):
     iterations: int = 3000
     time_limit_minutes: float | None = 25.0
     batch_size: int = 1
@@ -75,7 +71,7 @@ class TrainingSection(_Strict):
     loss: Literal["mse", "bce-split", "bce-side"] = "mse"
 
 
-class DetectorTrainConfig(_Strict):
+class DetectorTrainConfig(StrictModel):
     kind: Literal["clefts", "polarity"]
     data: DataSection
     model: dict[str, Any] = Field(default_factory=dict)

@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from synapse_toolkit.config import load_training_config
+from synapse_toolkit.config import StrictModel, load_training_config
 from synapse_toolkit.errors import ConfigError, DataError
 from synapse_toolkit.inference.onnx_model import OnnxModel
 from synapse_toolkit.io.cremi import read_cremi
@@ -41,11 +41,7 @@ from synapse_toolkit.synapses.targets import Grid
 from synapse_toolkit.synapses.train_detectors import phantom_file
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class PrunerData(_Strict):
+class PrunerData(StrictModel):
     files: list[str] = Field(default_factory=list)
     phantom_seeds: list[int] = Field(default_factory=list)
     validation_seeds: list[int] = Field(default_factory=list)
@@ -67,7 +63,7 @@ class PrunerData(_Strict):
     cache_dir: str = "runs/pruner-cache"
 
 
-class PrunerTraining(_Strict):
+class PrunerTraining(StrictModel):
     iterations: int = 1500
     time_limit_minutes: float | None = 15.0
     batch_size: int = 16
@@ -83,7 +79,7 @@ class PrunerTraining(_Strict):
     onnx: str | None = None
 
 
-class PrunerTrainConfig(_Strict):
+class PrunerTrainConfig(StrictModel):
     data: PrunerData
     candidates: dict[str, Any] = Field(default_factory=dict)
     patch: dict[str, Any] = Field(default_factory=dict)

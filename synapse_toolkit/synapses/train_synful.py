@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from synapse_toolkit.config import load_training_config
+from synapse_toolkit.config import StrictModel, load_training_config
 from synapse_toolkit.errors import ConfigError, DataError
 from synapse_toolkit.io.cremi import read_cremi
 from synapse_toolkit.nn.run import TrainingRun
@@ -42,11 +42,7 @@ if TYPE_CHECKING:
     from synapse_toolkit.nn.augment import AugmentConfig
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class SynfulTrainingSection(_Strict):
+class SynfulTrainingSection(StrictModel):
     iterations: int = 3000
     time_limit_minutes: float | None = 25.0
     batch_size: int = 4
@@ -69,7 +65,7 @@ class SynfulTrainingSection(_Strict):
     direction_weight: float = 1.0
 
 
-class SynfulTrainConfig(_Strict):
+class SynfulTrainConfig(StrictModel):
     kind: Literal["synful"] = "synful"
     data: DataSection
     model: dict[str, Any] = Field(default_factory=dict)
