@@ -23,7 +23,7 @@ def tiny(tmp_path_factory):
     cfg = UNetConfig.from_dict(
         {"out_channels": 3, "num_fmaps": 2, "fmap_inc_factor": 2, "downsample_factors": [[1, 2, 2]]}
     )
-    torch.manual_seed(0)  # the weights (and so the boundary fraction below) do not hang on test order
+    torch.manual_seed(0)  # weights (so the boundary fraction below) independent of test order
     net = UNet3D(cfg)
     path = tmp_path / "tiny.onnx"
     meta = {
