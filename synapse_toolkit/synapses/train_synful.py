@@ -54,6 +54,8 @@ class SynfulTrainingSection(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     log_every: int = 20
     checkpoint_every: int = 500
+    #: also keep every periodic checkpoint as ``it<N>.pt`` (to choose one on validation seeds)
+    keep_checkpoints: bool = False
     out_dir: str = "runs/train-synful"
     onnx: str | None = None
     init_checkpoint: str | None = None
@@ -321,6 +323,8 @@ def train_synful(cfg: SynfulTrainConfig, log: Callable[[str], None] = print) -> 
             metrics.flush()
         if t.checkpoint_every and it % t.checkpoint_every == 0:
             save(out_dir / "latest.pt", it)
+            if t.keep_checkpoints:
+                save(out_dir / f"it{it:06d}.pt", it)
         if run.out_of_time():
             log(run.budget_line(it))
             break
