@@ -63,9 +63,9 @@ def test_adapt_writes_model_with_provenance(tiny, tmp_path) -> None:
         f["raw"] = (rng.random((20, 40, 40)) * 255).astype(np.uint8)
     out = tmp_path / "adapted.onnx"
     from synapse_toolkit.evaluation.fib import make_volume
-    from tests.test_training import _volume
+    from tests.tiny_training import small_volume
 
-    raw, lab = _volume()  # small labelled selection data instead of the gala crops
+    raw, lab = small_volume()  # small labelled selection data instead of the gala crops
     sel = make_volume(raw, lab, (10.0, 10.0, 10.0), name="small selection volume")
     res = adapt_affinities(
         str(src), f"{tmp_path / 'mine.h5'}:raw", out, iterations=2, num_threads=1,
@@ -113,37 +113,17 @@ def test_adapt_errors(tiny, tmp_path) -> None:
 
 
 def test_training_continues_from_an_exported_model(tiny, tmp_path) -> None:
-    h5py = pytest.importorskip("h5py")
+    pytest.importorskip("h5py")
     from synapse_toolkit.nn.training import load_config, train
-    from tests.test_training import _volume
+    from tests.tiny_training import training_toml, write_small_volume
 
     _, src = tiny
-    raw, lab = _volume()
-    h5 = tmp_path / "vol.h5"
-    with h5py.File(h5, "w") as f:
-        f["raw"], f["gt"] = raw, lab
-    v = f'{{ raw = "{h5}", raw_dataset = "raw", labels = "{h5}", labels_dataset = "gt"'
-    (tmp_path / "t.toml").write_text(f"""
-[model]
-num_fmaps = 2
-fmap_inc_factor = 2
-downsample_factors = [[1, 2, 2]]
-[data]
-volumes = [{v}, roi = [[0, 12], [0, 40], [0, 30]] }}]
-validation = [{v}, roi = [[0, 12], [0, 40], [30, 40]] }}]
-[augment]
-elastic_sigma = 0.0
-margin = [0, 0, 0]
-[training]
-iterations = 2
-loss = "bce"
-input_shape = [14, 28, 28]
-out_dir = "{tmp_path / "run"}"
-validate_every = 2
-validation_thresholds = [0.5]
-num_threads = 1
-init_from = "{src}"
-""")
+    h5 = write_small_volume(tmp_path / "vol.h5")
+    (tmp_path / "t.toml").write_text(training_toml(
+        h5, tmp_path / "run",
+        {"iterations": 2, "loss": "bce", "validate_every": 2, "validation_thresholds": [0.5],
+         "num_threads": 1, "init_from": str(src)},
+    ))  # fmt: skip
     lines: list[str] = []
     summary = train(load_config(tmp_path / "t.toml"), log=lines.append)
     assert summary["iterations"] == 3  # the exported model's iteration 1, then two more

@@ -12,6 +12,7 @@ import pytest
 from synapse_toolkit.affinities import NEAREST_NEIGHBOURS, labels_to_affinities
 from synapse_toolkit.errors import ConfigError
 from synapse_toolkit.nn.consistency import apply_geometry, invert_geometry, perturb_volume, rampup
+from tests.tiny_training import training_toml
 
 
 def test_invert_geometry_recovers_affinities_of_every_flip_and_transpose() -> None:
@@ -75,48 +76,26 @@ def test_perturbed_copy_is_blurred_but_matched_back() -> None:
 
 def _files(tmp_path):
     h5py = pytest.importorskip("h5py")
-    from tests.test_training import _volume
+    from tests.tiny_training import small_volume, write_small_volume
 
-    raw, lab = _volume()
-    unl, _ = _volume(shape=(16, 40, 40), seed=3)
+    unl, _ = small_volume(shape=(16, 40, 40), seed=3)
     unl = (unl.astype(np.float32) * 0.5 + 40).astype(np.uint8)  # another contrast
-    with h5py.File(tmp_path / "vol.h5", "w") as f:
-        f["raw"], f["gt"] = raw, lab
     with h5py.File(tmp_path / "unl.h5", "w") as f:
         f["raw"] = unl
-    return tmp_path / "vol.h5", tmp_path / "unl.h5"
+    return write_small_volume(tmp_path / "vol.h5"), tmp_path / "unl.h5"
 
 
 def _config(tmp_path, semi: str) -> object:
     h5, unl = _files(tmp_path)
-    v = f'{{ raw = "{h5}", raw_dataset = "raw", labels = "{h5}", labels_dataset = "gt"'
-    text = f"""
-[model]
-num_fmaps = 2
-fmap_inc_factor = 2
-downsample_factors = [[1, 2, 2]]
-[data]
-volumes = [{v}, roi = [[0, 12], [0, 40], [0, 30]] }}]
-validation = [{v}, roi = [[0, 12], [0, 40], [30, 40]] }},
-              {v}, roi = [[0, 12], [0, 40], [30, 40]], perturb = {{ blur_sigma = 1.0 }} }}]
-[augment]
-elastic_sigma = 0.0
-margin = [0, 0, 0]
-transpose_axes = [1, 2]
-[training]
-iterations = 6
-loss = "bce"
-input_shape = [14, 28, 28]
-out_dir = "{tmp_path / "run"}"
-checkpoint_every = 3
-validate_every = 6
-validation_thresholds = [0.3, 0.6]
-log_every = 1
-num_threads = 1
-[semi_supervised]
-{semi}
-volumes = [{{ raw = "{unl}", raw_dataset = "raw" }}]
-"""
+    volumes = f'volumes = [{{ raw = "{unl}", raw_dataset = "raw" }}]'
+    text = training_toml(
+        h5, tmp_path / "run",
+        {"iterations": 6, "loss": "bce", "checkpoint_every": 3, "validate_every": 6,
+         "validation_thresholds": [0.3, 0.6], "log_every": 1, "num_threads": 1},
+        augment={"transpose_axes": [1, 2]},
+        extra_validation=["perturb = { blur_sigma = 1.0 }"],
+        tail=f"[semi_supervised]\n{semi}\n{volumes}\n",
+    )  # fmt: skip
     path = tmp_path / "train.toml"
     path.write_text(text)
     return path

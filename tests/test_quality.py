@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from synapse_toolkit.inference import quality
-from tests.test_training import _volume
+from tests.tiny_training import small_volume
 
 
 def _affs(lab: np.ndarray, inside: float = 0.95, boundary: float = 0.05) -> np.ndarray:
@@ -30,7 +30,7 @@ def test_signals_stream_by_blocks_and_count_weak_voxels() -> None:
 
 
 def test_warning_band_and_one_line() -> None:
-    _, lab = _volume()
+    _, lab = small_volume()
     good = _affs(lab)
     ref = quality.reference([good], (0.8, 1.5), "made-up crop", "test")
     assert ref["warn_below"] == pytest.approx(0.8 * ref["boundary_fraction"], abs=1e-4)
@@ -59,7 +59,7 @@ def test_matched_threshold_undoes_a_monotone_remapping() -> None:
 
 
 def test_segment_size_falls_with_splits_and_size_match_finds_it() -> None:
-    _, lab = _volume(shape=(12, 40, 40))
+    _, lab = small_volume(shape=(12, 40, 40))
     whole = (lab > 0).astype(np.uint64)
     assert quality.segment_size(lab, (12, 40, 40)) < quality.segment_size(whole, (12, 40, 40))
     # tiles: sizes are measured inside each tile

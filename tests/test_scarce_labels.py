@@ -17,12 +17,12 @@ from synapse_toolkit.nn.training import (
     affinity_target,
     load_volume,
 )
-from tests.test_training import _volume
+from tests.tiny_training import small_volume, training_toml
 
 
 def _h5(tmp_path):
     h5py = pytest.importorskip("h5py")
-    raw, lab = _volume()
+    raw, lab = small_volume()
     with h5py.File(tmp_path / "vol.h5", "w") as f:
         f["raw"], f["gt"] = raw, lab
     return tmp_path / "vol.h5", raw, lab
@@ -41,7 +41,7 @@ def test_labelled_sections_mark_the_rest_unknown(tmp_path) -> None:
 
 
 def test_no_loss_on_edges_touching_unknown_voxels() -> None:
-    _, lab = _volume()
+    _, lab = small_volume()
     lab = lab.astype(np.uint64)
     full_t, full_m = affinity_target(lab, TargetSpec())
     lab[:4] = UNKNOWN
@@ -55,7 +55,7 @@ def test_no_loss_on_edges_touching_unknown_voxels() -> None:
 
 
 def test_crops_always_overlap_the_labelled_sections() -> None:
-    raw, lab = _volume(shape=(40, 30, 30))
+    raw, lab = small_volume(shape=(40, 30, 30))
     lab = lab.astype(np.uint64)
     lab[:20] = UNKNOWN
     lab[23:] = UNKNOWN
@@ -74,28 +74,12 @@ def test_scarce_label_training_validates_on_labelled_voxels_only(tmp_path) -> No
     from synapse_toolkit.nn.training import load_config, train
 
     h5, _, _ = _h5(tmp_path)
-    v = f'{{ raw = "{h5}", raw_dataset = "raw", labels = "{h5}", labels_dataset = "gt"'
-    (tmp_path / "t.toml").write_text(f"""
-[model]
-num_fmaps = 2
-fmap_inc_factor = 2
-downsample_factors = [[1, 2, 2]]
-[data]
-volumes = [{v}, roi = [[0, 12], [0, 40], [0, 30]], labelled_sections = [5, 6] }}]
-validation = [{v}, roi = [[0, 12], [0, 40], [30, 40]], labelled_sections = [5, 6] }}]
-[augment]
-elastic_sigma = 0.0
-margin = [0, 0, 0]
-[training]
-iterations = 3
-loss = "bce+malis"
-malis_start = 1
-input_shape = [14, 28, 28]
-out_dir = "{tmp_path / "run"}"
-validate_every = 3
-validation_thresholds = [0.5]
-num_threads = 1
-""")
+    (tmp_path / "t.toml").write_text(training_toml(
+        h5, tmp_path / "run",
+        {"iterations": 3, "loss": "bce+malis", "malis_start": 1, "validate_every": 3,
+         "validation_thresholds": [0.5], "num_threads": 1},
+        volume_keys="labelled_sections = [5, 6]",
+    ))  # fmt: skip
     lines: list[str] = []
     summary = train(load_config(tmp_path / "t.toml"), log=lines.append)
     assert summary["iterations"] == 3 and np.isfinite(summary["best_cremi_score"])

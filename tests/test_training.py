@@ -8,29 +8,12 @@ import numpy as np
 import pytest
 
 from synapse_toolkit.nn.augment import AugmentConfig, sample_augmented
-
-
-def _volume(shape=(12, 40, 40), seed=0) -> tuple[np.ndarray, np.ndarray]:
-    """Voronoi-ish cells with one-voxel boundaries (label 0); raw dark on boundaries."""
-    rng = np.random.default_rng(seed)
-    seeds = rng.random((12, 3)) * np.array(shape)
-    grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1)
-    d = ((grid[..., None, :] - seeds) ** 2).sum(-1)
-    lab = d.argmin(-1) + 1
-    edge = np.zeros(shape, bool)
-    for ax in range(3):
-        diff = np.diff(lab, axis=ax) != 0
-        sl = [slice(None)] * 3
-        sl[ax] = slice(1, None)
-        edge[tuple(sl)] |= diff
-    lab[edge] = 0
-    raw = np.where(lab == 0, 60, 180).astype(np.uint8)
-    return raw, lab.astype(np.int32)
+from tests.tiny_training import small_volume, training_toml, write_small_volume
 
 
 @pytest.mark.parametrize("elastic", [0.0, 1.0])
 def test_augmentation_keeps_raw_and_labels_aligned(elastic: float) -> None:
-    raw, lab = _volume()
+    raw, lab = small_volume()
     raw = (lab % 7 * 30).astype(np.uint8)  # raw is a function of the label
     cfg = AugmentConfig(
         transpose_axes=(0, 1, 2),
@@ -52,7 +35,7 @@ def test_augmentation_keeps_raw_and_labels_aligned(elastic: float) -> None:
 
 
 def test_missing_sections_and_intensity() -> None:
-    raw, lab = _volume()
+    raw, lab = small_volume()
     cfg = AugmentConfig(missing_prob=1.0, elastic_sigma=0, margin=(0, 0, 0))
     r, _ = sample_augmented(raw, lab, (0, 0, 0), (4, 8, 8), cfg, np.random.default_rng(1))
     assert r.max() == 0
@@ -68,7 +51,7 @@ def test_missing_sections_and_intensity() -> None:
 
 
 def test_blur_softens_raw_and_leaves_labels() -> None:
-    raw, lab = _volume()
+    raw, lab = small_volume()
     plain_cfg = AugmentConfig(elastic_sigma=0, margin=(0, 0, 0), flip=False, transpose_axes=(),
                               intensity_scale=0, intensity_shift=0)  # fmt: skip
     blur_cfg = AugmentConfig(**{**plain_cfg.__dict__, "blur_prob": 1.0, "blur_sigma": 2.0})
@@ -80,34 +63,14 @@ def test_blur_softens_raw_and_leaves_labels() -> None:
 
 
 def _config(tmp_path, loss="bce+malis") -> object:
-    h5py = pytest.importorskip("h5py")
-    raw, lab = _volume()
-    with h5py.File(tmp_path / "vol.h5", "w") as f:
-        f["raw"], f["gt"] = raw, lab
-    h5 = tmp_path / "vol.h5"
-    v = f'{{ raw = "{h5}", raw_dataset = "raw", labels = "{h5}", labels_dataset = "gt"'
-    text = f"""
-[model]
-num_fmaps = 2
-fmap_inc_factor = 2
-downsample_factors = [[1, 2, 2]]
-[data]
-volumes = [{v}, roi = [[0, 12], [0, 40], [0, 30]] }}]
-validation = [{v}, roi = [[0, 12], [0, 40], [30, 40]] }}]
-[augment]
-elastic_sigma = 1.0
-margin = [1, 2, 2]
-[training]
-iterations = 4
-loss = "{loss}"
-malis_start = 2
-input_shape = [14, 28, 28]
-out_dir = "{tmp_path / "run"}"
-checkpoint_every = 2
-validate_every = 4
-validation_thresholds = [0.3, 0.6]
-log_every = 1
-"""
+    pytest.importorskip("h5py")
+    h5 = write_small_volume(tmp_path / "vol.h5")
+    text = training_toml(
+        h5, tmp_path / "run",
+        {"iterations": 4, "loss": loss, "malis_start": 2, "checkpoint_every": 2,
+         "validate_every": 4, "validation_thresholds": [0.3, 0.6], "log_every": 1},
+        augment={"elastic_sigma": 1.0, "margin": [1, 2, 2]},
+    )  # fmt: skip
     path = tmp_path / "train.toml"
     path.write_text(text)
     return path
