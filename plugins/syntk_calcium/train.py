@@ -39,6 +39,8 @@ DATA = Path("/work/shared/data/calcium/neurofinder-crop")
 CONTEXT = 20
 TILE_IN = 132
 TRAIN_ROWS, VAL_ROWS, TEST_ROWS = (0, 200), (200, 256), (256, 512)
+#: a refit (``--refit``) trains on every labelled row once all settings are chosen on the split
+REFIT_ROWS = (0, 512)
 LABELLED_COLS = (0, 240)
 PHANTOM_TRAIN = tuple(range(5001, 5013))
 PHANTOM_VAL = (5101, 5102, 5103)
@@ -83,24 +85,54 @@ class Sample:
         self.y = np.stack([np.pad(mask, pad), np.pad(core, pad)]).astype(np.float32)
         self.m = np.pad(loss_mask.astype(np.float32), pad)
 
-    def crop(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def crop(
+        self, rng: np.random.Generator, scale: float = 1.0
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A training tile (TILE_IN px) with its targets and mask (TILE_IN - 2 CONTEXT px); with
+        ``scale`` != 1 a ``TILE_IN * scale`` px window is resampled to the tile (cells appear
+        ``1 / scale`` times as large)."""
         h, w = self.x.shape
-        y0 = int(rng.integers(0, h - TILE_IN + 1))
-        x0 = int(rng.integers(0, w - TILE_IN + 1))
-        o = TILE_IN - 2 * CONTEXT
-        xs = self.x[y0 : y0 + TILE_IN, x0 : x0 + TILE_IN]
-        ys = self.y[:, y0 + CONTEXT : y0 + CONTEXT + o, x0 + CONTEXT : x0 + CONTEXT + o]
-        ms = self.m[y0 + CONTEXT : y0 + CONTEXT + o, x0 + CONTEXT : x0 + CONTEXT + o]
-        return xs, ys, ms
+        size = min(int(round(TILE_IN * scale)), h, w)
+        y0 = int(rng.integers(0, h - size + 1))
+        x0 = int(rng.integers(0, w - size + 1))
+        xs = self.x[y0 : y0 + size, x0 : x0 + size]
+        ys = self.y[:, y0 : y0 + size, x0 : x0 + size]
+        ms = self.m[y0 : y0 + size, x0 : x0 + size]
+        if size != TILE_IN:
+            from scipy.ndimage import zoom
+
+            f = TILE_IN / size
+            xs = zoom(xs, f, order=1, grid_mode=True, mode="grid-mirror")
+            ys = np.stack([zoom(c, f, order=1, grid_mode=True, mode="grid-constant") > 0.5
+                           for c in ys]).astype(np.float32)  # fmt: skip
+            ms = zoom(ms, f, order=0, grid_mode=True, mode="grid-constant")
+            xs, ys, ms = xs[:TILE_IN, :TILE_IN], ys[:, :TILE_IN, :TILE_IN], ms[:TILE_IN, :TILE_IN]
+        c = slice(CONTEXT, TILE_IN - CONTEXT)
+        return xs, ys[:, c, c], ms[c, c]
 
 
 def augment(
-    x: np.ndarray, y: np.ndarray, m: np.ndarray, rng: np.random.Generator
+    x: np.ndarray, y: np.ndarray, m: np.ndarray, rng: np.random.Generator, strong: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Random rotation by 90 degrees, flip, gain/offset and noise; with ``strong`` also a gamma
+    curve, a contrast change around the tile mean and a slight blur (intensity only: the
+    scale change is :meth:`Sample.crop`'s)."""
     k = int(rng.integers(4))
     x, y, m = np.rot90(x, k), np.rot90(y, k, axes=(1, 2)), np.rot90(m, k)
     if rng.random() < 0.5:
         x, y, m = x[:, ::-1], y[:, :, ::-1], m[:, ::-1]
+    if strong:
+        if rng.random() < 0.5:  # gamma on the tile's [min, max] range, mapped back
+            lo, hi = float(x.min()), float(x.max())
+            u = (x - lo) / max(hi - lo, 1e-6)
+            x = lo + (hi - lo) * u ** rng.uniform(0.67, 1.5)
+        if rng.random() < 0.5:
+            mu = float(x.mean())
+            x = mu + (x - mu) * rng.uniform(0.7, 1.4)
+        if rng.random() < 0.25:
+            from scipy.ndimage import gaussian_filter
+
+            x = gaussian_filter(x, rng.uniform(0.3, 1.0))
     x = x * rng.uniform(0.8, 1.25) + rng.normal(0, 0.15)
     x = x + rng.normal(0, rng.uniform(0, 0.25), x.shape)
     return (np.ascontiguousarray(x, np.float32), np.ascontiguousarray(y),
@@ -122,10 +154,28 @@ def predict_full(net: Any, image: np.ndarray) -> np.ndarray:
     return out[:, :h, :w]
 
 
-def _val_sets(data_dir: Path, cache: Path) -> list[tuple[str, np.ndarray, Regions, tuple, tuple]]:
+def _val_map(net: Any, name: str, image: np.ndarray, rows: tuple[int, int]) -> np.ndarray:
+    """Probabilities for validation scoring: the whole image for a phantom; for the real image
+    only a band around the validation ``rows`` (and the left half), on the same 4-px grid as
+    the whole-image prediction, zero elsewhere (regions are counted by their centre)."""
+    if name != "real":
+        return predict_full(net, image)
+    r0 = max(0, (rows[0] - 2 * CONTEXT) // 4 * 4)
+    r1 = min(image.shape[0], rows[1] + 2 * CONTEXT)
+    c1 = min(image.shape[1], LABELLED_COLS[1] + 2 * CONTEXT)
+    prob = np.zeros((2, r1, c1), np.float32)
+    prob[:, r0:] = predict_full(net, image[r0:r1, :c1])
+    return prob
+
+
+def _val_sets(
+    data_dir: Path, cache: Path, refit: bool = False
+) -> list[tuple[str, np.ndarray, Regions, tuple, tuple]]:
     """(name, preprocessed image, truth, rows, cols) for validation scoring."""
     mean, regions = real_data(data_dir)
     out = [("real", clip_standardise(mean), regions, VAL_ROWS, LABELLED_COLS)]
+    if refit:  # every labelled row is trained on: the phantoms are the only validation
+        out = []
     for s in PHANTOM_VAL:
         m, r = phantom_mean(s, cache)
         out.append((f"phantom{s}", clip_standardise(m), r, (0, m.shape[0]), (0, m.shape[1])))
@@ -148,9 +198,9 @@ def search_thresholds(
             )
             per[name] = s.combined
         phantom = float(np.mean([v for k, v in per.items() if k != "real"]))
-        score = 0.5 * (per["real"] + phantom)
+        score = 0.5 * (per["real"] + phantom) if "real" in per else phantom
         if score > best[0]:
-            best = (score, params, {"real": per["real"], "phantom": phantom})
+            best = (score, params, {"real": per.get("real", float("nan")), "phantom": phantom})
     return best[1], best[0], best[2]
 
 
@@ -174,21 +224,22 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         log.write(msg + "\n")
 
     mean, regions = real_data(Path(args.data))
-    # the left half's training rows only: validation / held-out truth and the right half's pixels
-    # never reach the network during training
-    train_part = mean[: TRAIN_ROWS[1], :256]
+    # the left half's training rows only (all labelled rows for a refit): validation / held-out
+    # truth and the right half's pixels never reach the network during training
+    rows = REFIT_ROWS if args.refit else TRAIN_ROWS
+    train_part = mean[: rows[1], :256]
     lm = np.zeros(train_part.shape, bool)
     lm[:, LABELLED_COLS[0] : LABELLED_COLS[1]] = True
-    train_regions = regions_in_window(regions, TRAIN_ROWS, (0, 256))
+    train_regions = regions_in_window(regions, rows, (0, 256))
     # the preprocessing statistics come from the whole image, as at inference
     full = clip_standardise(mean)
     real = Sample(train_part, train_regions, lm)
-    real.x = np.pad(full[: TRAIN_ROWS[1], :256], CONTEXT, mode="reflect")
+    real.x = np.pad(full[: rows[1], :256], CONTEXT, mode="reflect")
     phantoms = []
     for s in PHANTOM_TRAIN:
         m, r = phantom_mean(s, cache)
         phantoms.append(Sample(m, r, np.ones(m.shape, bool)))
-    val = _val_sets(Path(args.data), cache)
+    val = _val_sets(Path(args.data), cache, refit=args.refit)
     say(
         f"data ready in {run.elapsed:.0f} s ({run.describe()}): real train {train_part.shape} "
         f"({len(train_regions)} ROIs), {len(phantoms)} phantoms, {len(val)} validation sets"
@@ -202,6 +253,14 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
     net = RoiNet(in_channels=1, width=args.width).to(run.device)
     opt = torch.optim.Adam(net.parameters(), lr=args.lr)
+    # evaluated / saved weights: an exponential moving average of the trained ones (batch-norm
+    # statistics included) when --ema > 0
+    ema = None
+    if args.ema > 0:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(args.ema), use_buffers=True)
+    say(f"settings: {json.dumps({k: v for k, v in vars(args).items() if k != 'select_only'})}")
     best: dict[str, Any] = {"score": -1.0}
     it = 0
     for it in range(1, args.iterations + 1):
@@ -210,7 +269,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             f = args.real_fraction  # real tiles spread through the batch (b = 0 always real)
             use_real = np.ceil((b + 1) * f - 1e-9) > np.ceil(b * f - 1e-9)
             src = real if use_real else phantoms[int(rng.integers(len(phantoms)))]
-            x, y, m = augment(*src.crop(rng), rng)
+            scale = 1.0
+            if args.scale > 0 and rng.random() < 0.5:
+                scale = float(np.exp(rng.uniform(-args.scale, args.scale)))
+            x, y, m = augment(*src.crop(rng, scale), rng, strong=args.strong_aug)
             xb.append(x)
             yb.append(y)
             mb.append(m)
@@ -230,22 +292,26 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if ema is not None:
+            ema.update_parameters(net)
         if it % 50 == 0:
             say(f"it {it} loss {loss.item():.4f} elapsed {run.elapsed:.0f} s")
         done = it == args.iterations or run.out_of_time()
         if it % args.eval_every == 0 or done:
-            net.eval()
-            maps = [predict_full(net, img) for _n, img, *_ in val]
+            model = net if ema is None else ema.module
+            model.eval()
+            maps = [_val_map(model, name, img, rows) for name, img, _t, rows, _c in val]
             params, score, parts = search_thresholds(maps, val, GRID)
             say(f"it {it} validation combined {score:.3f} (real {parts['real']:.3f}, "
                 f"phantom {parts['phantom']:.3f}) at {params}")  # fmt: skip
+            ckpt = {"state_dict": model.state_dict(), "config": net.hparams, "iteration": it,
+                    "region_params": params,
+                    "validation": {"combined": score, **parts}}  # fmt: skip
+            if args.keep_all:
+                run.save(ckpt, out / f"it{it:05d}.pt")
             if score > best["score"]:
                 best = {"score": score, "iteration": it, "params": params, "parts": parts}
-                run.save(
-                    {"state_dict": net.state_dict(), "config": net.hparams, "iteration": it,
-                     "region_params": params, "validation": {"combined": score, **parts}},
-                    out / "best.pt",
-                )  # fmt: skip
+                run.save(ckpt, out / "best.pt")
                 say(f"  new best at iteration {it}")
         if done:
             break
@@ -303,6 +369,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--real-fraction", type=float, default=0.5, help="real tiles per batch")
     ap.add_argument("--cosine", action="store_true", help="cosine learning-rate decay to lr/10")
+    ap.add_argument("--strong-aug", action="store_true",
+                    help="also gamma, contrast and blur augmentation")  # fmt: skip
+    ap.add_argument("--scale", type=float, default=0.0,
+                    help="random zoom of half the tiles by exp(U(-s, s)); 0: none")  # fmt: skip
+    ap.add_argument("--ema", type=float, default=0.0,
+                    help="evaluate and save a weight moving average (decay); 0: none")  # fmt: skip
+    ap.add_argument("--keep-all", action="store_true",
+                    help="also save the checkpoint of every evaluation (itNNNNN.pt)")  # fmt: skip
+    ap.add_argument("--refit", action="store_true",
+                    help="train on all labelled rows 0-511 (left half), phantoms only for "
+                    "validation; with the settings and iteration chosen on the split")  # fmt: skip
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     ap.add_argument("--seed", type=int, default=0)
