@@ -19,14 +19,24 @@ plus counts of the remaining errors of each (see :func:`error_kinds`).
 ``--tune`` instead sweeps synful's extraction parameters on the given (development) seeds and
 prints the setting with the best mean of the pooled F on both segmentations.
 
+``--checkpoints`` (with ``--train-config``) exports each training checkpoint to ONNX and scores
+it on the given (development) seeds over a small threshold x min_voxels sweep of the vector head
+(other settings as :data:`~synapse_toolkit.synapses.synful.TUNED_DEFAULTS`); the checkpoint with
+the best mean pooled F (ground-truth and predicted segmentation) is the one to ship.
+
 Usage::
 
     python benchmarks/eval_partners.py --tune --seeds 1201 1202 1203 1204 1205 1206 1207 1208
     python benchmarks/eval_partners.py --seeds 9091 9092 9093 9094 9095 9096 9097 9098 \\
         --json out.json
+    python benchmarks/eval_partners.py --seeds 1201 1202 1203 1204 1205 1206 1207 1208 \\
+        --train-config examples/train/synful_continue.toml \\
+        --checkpoints runs/train-synful-2/it*.pt --json runs/synful-checkpoints.json
 
 Seeds used by training or selection (refused here for evaluation): 1001-1012 (U-Nets),
-1101-1130 (pruner, synful), 1201-1208 (pruner checkpoint, candidate/cleft/synful settings).
+1101-1130 (pruner, synful), 1201-1208 (pruner checkpoint, candidate/cleft/synful settings),
+9091-9098 (held out once, then used to choose synful's checkpoint, settings and the main job's
+assigner). The current held-out seeds are 9201-9208.
 """
 
 from __future__ import annotations
@@ -53,7 +63,12 @@ from synapse_toolkit.synapses.assigners import (
 )
 from synapse_toolkit.synapses.partners import evaluate_partners
 from synapse_toolkit.synapses.pruning import PrunerONNX
-from synapse_toolkit.synapses.synful import SynfulSettings, extract_partners, union
+from synapse_toolkit.synapses.synful import (
+    TUNED_DEFAULTS,
+    SynfulSettings,
+    extract_partners,
+    union,
+)
 from synapse_toolkit.synapses.targets import Grid
 from synapse_toolkit.synapses.train_detectors import phantom_file
 from synapse_toolkit.synapses.train_pruner import SegmentationSource, predicted_segmentation
@@ -61,7 +76,9 @@ from synapse_toolkit.synapses.train_pruner import SegmentationSource, predicted_
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "plugins" / "syntk_synapses" / "models"
 NEURONS = ROOT / "plugins" / "syntk_neurons" / "models" / "phantom_affinities.onnx"
-USED_SEEDS = set(range(1001, 1013)) | set(range(1101, 1131)) | set(range(1201, 1209))
+#: development seeds: selection of checkpoints, settings and the main job's assigner
+DEV_SEEDS = set(range(1201, 1209)) | set(range(9091, 9099))
+USED_SEEDS = set(range(1001, 1013)) | set(range(1101, 1131)) | DEV_SEEDS
 
 
 def _cached(path: Path, make: Any) -> np.ndarray:
@@ -85,7 +102,7 @@ def predictions(seed: int, args: argparse.Namespace, synful: bool = True) -> dic
     def key(kind: str, model: str) -> Path:
         return cache / f"seed{seed}-{kind}-{sha256_file(Path(model))[:12]}.npz"
 
-    out = {"data": data, "raw": raw, "grid": grid, "gt_seg": data.neuron_ids.read()}
+    out = {"seed": seed, "data": data, "raw": raw, "grid": grid, "gt_seg": data.neuron_ids.read()}
     out["proximity"] = _cached(key("proximity", args.polarity),
                                lambda: OnnxModel(args.polarity).predict(raw)[0])  # fmt: skip
     out["clefts"] = _cached(key("clefts", args.clefts), lambda: cleft_labels(
@@ -97,6 +114,60 @@ def predictions(seed: int, args: argparse.Namespace, synful: bool = True) -> dic
         out["synful"] = _cached(key("synful", args.synful),
                                 lambda: OnnxModel(args.synful).predict(raw))  # fmt: skip
     return out
+
+
+def checkpoint_sweep(
+    volumes: list[dict[str, Any]], models: list[Path], cache_dir: Path
+) -> dict[str, Any]:
+    """Score each synful ONNX model on ``volumes`` over a threshold x min_voxels sweep of the
+    vector head; per model the best setting by mean pooled F (ground truth and predicted)."""
+    base = SynfulSettings(head="vector", **TUNED_DEFAULTS["vector"])
+    sweep = list(itertools.product([0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95], [50, 200, 500]))
+    out: dict[str, Any] = {}
+    for model in models:
+        sha = sha256_file(model)[:12]
+        net = OnnxModel(model, n_threads=1)
+        outs = []
+        for v in volumes:
+            path = cache_dir / f"seed{v['seed']}-synful-{sha}.npz"
+            outs.append(_cached(path, lambda raw=v["raw"], net=net: net.predict(raw)))
+        frac = float(np.mean([(o[0] > 0.5).mean() for o in outs]))
+        rows = []
+        for thr, mv in sweep:
+            s = dataclasses.replace(base, threshold=thr, min_voxels=mv)
+            res = {}
+            for seg_key in ("gt_seg", "pred_seg"):
+                scores = [
+                    _score(extract_partners(o, v[seg_key], v["grid"], s, v["clefts"]), v)
+                    for o, v in zip(outs, volumes, strict=True)
+                ]
+                res[seg_key] = _pooled(scores)["fscore"]
+            rows.append({"threshold": thr, "min_voxels": mv, **res,
+                         "mean_f": 0.5 * (res["gt_seg"] + res["pred_seg"])})  # fmt: skip
+        best = max(rows, key=lambda r: r["mean_f"])
+        out[str(model)] = {"sha256": sha256_file(model), "mask_fraction_gt_0.5": frac,
+                           "best": best, "sweep": rows}  # fmt: skip
+        print(f"{model}: mask > 0.5 in {frac:.3f} of the volume; best threshold "
+              f"{best['threshold']} min_voxels {best['min_voxels']}: mean F "
+              f"{best['mean_f']:.3f} (GT {best['gt_seg']:.3f}, predicted "
+              f"{best['pred_seg']:.3f})", flush=True)  # fmt: skip
+    return out
+
+
+def export_checkpoints(config: str, checkpoints: list[str]) -> list[Path]:
+    """ONNX next to each checkpoint (``<name>.onnx``), exported with the training config."""
+    from synapse_toolkit.synapses.train_synful import export_synful_checkpoint, load_synful_config
+
+    paths = []
+    for ckpt in checkpoints:
+        onnx = Path(ckpt).with_suffix(".onnx")
+        if not onnx.exists():
+            cfg = load_synful_config(config)
+            cfg = cfg.model_copy(update={"training": cfg.training.model_copy(
+                update={"onnx": str(onnx)})})  # fmt: skip
+            export_synful_checkpoint(cfg, ckpt)
+        paths.append(onnx)
+    return paths
 
 
 def confirmed(synful: PartnerTable, other: PartnerTable) -> PartnerTable:
@@ -298,22 +369,39 @@ def main() -> None:
     ap.add_argument("--pruner", default=str(MODELS / "pruner.onnx"))
     ap.add_argument("--neuron-model", default=str(NEURONS))
     ap.add_argument("--json", default=None)
+    ap.add_argument(
+        "--checkpoints",
+        nargs="+",
+        default=None,
+        help="training checkpoints (.pt) or .onnx files to compare (--seeds: dev)",
+    )
+    ap.add_argument("--train-config", default=None, help="training TOML of --checkpoints")
     ap.add_argument("--settings", default=None,
                     help="JSON written by --tune (default: the stage defaults)")  # fmt: skip
     ap.add_argument("--only-predict", action="store_true",
                     help="fill the caches of the non-synful predictions, then stop")  # fmt: skip
     args = ap.parse_args()
-    if not args.tune and USED_SEEDS & set(args.seeds):
+    if not (args.tune or args.checkpoints) and USED_SEEDS & set(args.seeds):
         raise SystemExit(f"seeds {sorted(USED_SEEDS & set(args.seeds))} were used in training "
                          "or selection")  # fmt: skip
     t0 = time.time()
     volumes = []
     for seed in args.seeds:
-        volumes.append(predictions(seed, args, synful=not args.only_predict))
+        volumes.append(predictions(seed, args, synful=not (args.only_predict or args.checkpoints)))
         print(f"seed {seed} predicted ({time.time() - t0:.0f}s)", flush=True)
     if args.only_predict:
         return
-    if args.tune:
+    if args.checkpoints:
+        if not set(args.seeds) <= DEV_SEEDS:
+            raise SystemExit("--checkpoints chooses on development seeds (1201-1208, 9091-9098)")
+        onnx = [Path(c) for c in args.checkpoints if c.endswith(".onnx")]
+        pts = [c for c in args.checkpoints if not c.endswith(".onnx")]
+        if pts:
+            if not args.train_config:
+                raise SystemExit("--checkpoints with .pt files needs --train-config")
+            onnx += export_checkpoints(args.train_config, pts)
+        results = checkpoint_sweep(volumes, onnx, Path(args.cache_dir))
+    elif args.tune:
         results = tune(volumes)
     else:
         vector, direction = SynfulSettings(), SynfulSettings(head="direction")
