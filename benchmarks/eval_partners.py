@@ -122,7 +122,7 @@ def checkpoint_sweep(
     """Score each synful ONNX model on ``volumes`` over a threshold x min_voxels sweep of the
     vector head; per model the best setting by mean pooled F (ground truth and predicted)."""
     base = SynfulSettings(head="vector", **TUNED_DEFAULTS["vector"])
-    sweep = list(itertools.product([0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95], [50, 200, 500]))
+    sweep = list(itertools.product([0.6, 0.75, 0.85, 0.9, 0.95], [100, 300]))
     out: dict[str, Any] = {}
     for model in models:
         sha = sha256_file(model)[:12]
@@ -376,12 +376,15 @@ def main() -> None:
         help="training checkpoints (.pt) or .onnx files to compare (--seeds: dev)",
     )
     ap.add_argument("--train-config", default=None, help="training TOML of --checkpoints")
+    ap.add_argument("--dev", action="store_true",
+                    help="allow development seeds (selection, not held-out)")  # fmt: skip
     ap.add_argument("--settings", default=None,
                     help="JSON written by --tune (default: the stage defaults)")  # fmt: skip
     ap.add_argument("--only-predict", action="store_true",
                     help="fill the caches of the non-synful predictions, then stop")  # fmt: skip
     args = ap.parse_args()
-    if not (args.tune or args.checkpoints) and USED_SEEDS & set(args.seeds):
+    dev_ok = args.dev and set(args.seeds) <= DEV_SEEDS
+    if not (args.tune or args.checkpoints or dev_ok) and USED_SEEDS & set(args.seeds):
         raise SystemExit(f"seeds {sorted(USED_SEEDS & set(args.seeds))} were used in training "
                          "or selection")  # fmt: skip
     t0 = time.time()
