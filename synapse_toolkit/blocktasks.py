@@ -21,7 +21,6 @@ import io
 import json
 import multiprocessing
 import os
-import tempfile
 import traceback
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures.process import BrokenProcessPool
@@ -33,6 +32,7 @@ import numpy as np
 
 from synapse_toolkit.blockwise import iter_blocks
 from synapse_toolkit.errors import SyntkError
+from synapse_toolkit.fsio import atomic_open
 
 Roi = tuple[tuple[int, int], ...]  # (start, stop) voxels per axis, z, y, x
 
@@ -205,15 +205,8 @@ class Fingerprint:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write via a temporary file in the same directory and rename (never half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as f:
+        f.write(data)
 
 
 def atomic_write_npz(path: Path, **arrays: np.ndarray) -> None:
