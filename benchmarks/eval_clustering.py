@@ -64,7 +64,7 @@ def random_encoder_codes(patches: np.ndarray, model: PatchEncoder, init: int) ->
     """Codes from the trained encoder's architecture with random (torch default) weights."""
     import torch
 
-    from synapse_toolkit.nn.cluster_encoder import ClusterEncoder, EncoderConfig
+    from synapse_toolkit.nn.cluster_encoder import EncoderConfig, build_encoder
     from synapse_toolkit.onnx_runtime import model_metadata
     from synapse_toolkit.synapses.train_cluster_encoder import encode_torch
 
@@ -78,8 +78,10 @@ def random_encoder_codes(patches: np.ndarray, model: PatchEncoder, init: int) ->
         variational=bool(meta["variational"]),
         in_channels=model.in_channels,
         contact_pool=bool(meta.get("contact_pool", False)),
+        arch=str(meta.get("arch", "conv3d")),
+        profile_norm=str(meta.get("profile_norm", "std")),
     )
-    net = ClusterEncoder(cfg)
+    net = build_encoder(cfg)
     return encode_torch(net, patches)
 
 

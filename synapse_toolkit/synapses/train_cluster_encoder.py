@@ -9,10 +9,17 @@ the contact (``contact_pool``). Training is denoising:
 the input is a jittered view further changed by elastic warping, intensity (gain, offset,
 gamma), noise and missing sections; the target is the synapse's canonical patch, so the code
 has to ignore those nuisances. Mirroring across the pre→post axis is applied to both.
+With ``model.arch = "profile"`` the network pools the contact into one cross-section first
+(:class:`~synapse_toolkit.nn.cluster_encoder.ProfileEncoder`) and reconstructs the clean
+patch's cross-section. ``model.contrastive > 0`` adds SimCLR's NT-Xent loss between the codes of
+two independently augmented views of each synapse (the other synapses of the batch are the
+negatives), so that the code keeps what tells synapses apart and drops what the augmentations
+change; ``model.reconstruction = 0`` trains on that loss alone.
 
-Selection: every ``eval_every`` iterations the codes of the validation seeds' synapses are
-clustered (k = number of phantom types) and the checkpoint with the best validation ARI is
-exported (the validation seeds are neither training nor test data).
+Selection: every ``eval_every`` iterations the codes of each validation seed's synapses are
+clustered (k-means per volume, k = number of phantom types, as the held-out benchmark does) and
+the checkpoint with the best mean validation ARI is exported (the validation seeds are neither
+training nor test data).
 """
 
 from __future__ import annotations
@@ -70,6 +77,13 @@ class NetConfig(_Model):
         description="Weight the reconstruction error in-plane by a Gaussian of this "
         "sigma (nm) around the synapse centre; none = uniform.",
     )
+    arch: Literal["conv3d", "profile"] = Field(
+        "conv3d", description="3D conv on the patch, or pool the contact first (profile)."
+    )
+    profile_norm: Literal["std", "cytoplasm"] = "std"
+    reconstruction: float = Field(1.0, ge=0, description="Weight of the reconstruction loss.")
+    contrastive: float = Field(0.0, ge=0, description="Weight of the NT-Xent loss (0 = off).")
+    temperature: float = Field(0.2, gt=0, description="NT-Xent temperature.")
 
 
 class AugmentConfig(_Model):
@@ -234,10 +248,17 @@ def augment_input(x: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -
 
 
 def make_batch(
-    data: dict[str, np.ndarray], cfg: ClusterEncoderConfig, rng: np.random.Generator
+    data: dict[str, np.ndarray],
+    cfg: ClusterEncoderConfig,
+    rng: np.random.Generator,
+    *,
+    idx: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
+    """(augmented inputs, clean targets) of ``idx`` (default: a random batch), both
+    (B, C, z, y, x) with channel 0 standardised per patch."""
     n = len(data["canonical"])
-    idx = rng.integers(n, size=cfg.training.batch_size)
+    if idx is None:
+        idx = rng.integers(n, size=cfg.training.batch_size)
     v = rng.integers(data["views"].shape[1], size=len(idx))
     xs, ts = [], []
     for i, j in zip(idx, v, strict=True):
@@ -278,12 +299,19 @@ def encoder_input(patches: np.ndarray) -> np.ndarray:
 
 
 def validation_ari(net: Any, val: dict[str, np.ndarray], k: int) -> float:
+    """Mean over validation volumes (``val["volume"]``; one volume if absent) of the ARI of
+    k-means (k clusters, per volume) on the codes against the true types."""
     from sklearn.metrics import adjusted_rand_score
 
     from synapse_toolkit.synapses.clustering import kmeans
 
     codes = encode_torch(net, val["canonical"].astype(np.float32))
-    return float(adjusted_rand_score(val["types"], kmeans(codes, k, seed=0)))
+    vol = val.get("volume", np.zeros(len(codes), np.int64))
+    scores = [
+        adjusted_rand_score(val["types"][vol == v], kmeans(codes[vol == v], k, seed=0))
+        for v in np.unique(vol)
+    ]
+    return float(np.mean(scores))
 
 
 def loss_weight(spec: PatchSpec, sigma_nm: float | None) -> np.ndarray:
@@ -309,16 +337,20 @@ def train_cluster_encoder(
     """Prepare data, train, select on validation ARI, export the encoder to ONNX."""
     import torch
 
-    from synapse_toolkit.nn.cluster_encoder import ClusterAutoencoder, EncoderConfig
+    from synapse_toolkit.nn.cluster_encoder import EncoderConfig, build_autoencoder, nt_xent
     from synapse_toolkit.nn.export import export_model
     from synapse_toolkit.nn.run import TrainingRun
 
+    if cfg.model.arch == "profile" and cfg.patch.align != "contact":
+        raise ConfigError("model.arch = 'profile' needs patch.align = 'contact'")
     tc = cfg.training
     run = TrainingRun(seed=tc.seed, num_threads=tc.num_threads,
                       time_limit_minutes=tc.time_limit_minutes, device=tc.device)  # fmt: skip
     t0 = time.time()
     train = _concat([prepare_seed(s, cfg, cfg.augment.views, s) for s in cfg.data.seeds])
-    val = _concat([prepare_seed(s, cfg, 1, s) for s in cfg.data.validation_seeds])
+    val = _concat([{**d, "volume": np.full(len(d["types"]), s)}
+                   for s in cfg.data.validation_seeds
+                   for d in [prepare_seed(s, cfg, 1, s)]])  # fmt: skip
     log(f"data: {len(train['canonical'])} training synapses ({cfg.data.seeds}), "
         f"{len(val['canonical'])} validation ({cfg.data.validation_seeds}) "
         f"[{time.time() - t0:.0f} s]")  # fmt: skip
@@ -326,8 +358,9 @@ def train_cluster_encoder(
     contact = cfg.patch.align == "contact"
     ecfg = EncoderConfig(spec.shape, tuple(cfg.model.channels), cfg.model.latent,
                          cfg.model.variational, in_channels=2 if contact else 1,
-                         contact_pool=contact)  # fmt: skip
-    net = ClusterAutoencoder(ecfg).to(run.device)
+                         contact_pool=contact, arch=cfg.model.arch,
+                         profile_norm=cfg.model.profile_norm)  # fmt: skip
+    net = build_autoencoder(ecfg).to(run.device)
     opt = torch.optim.Adam(net.parameters(), lr=tc.lr)
     rng = np.random.default_rng(tc.seed)
     out_dir = Path(tc.out_dir)
@@ -338,17 +371,27 @@ def train_cluster_encoder(
     best = (-np.inf, -1)
     history: list[dict[str, float]] = []
     it = 0
+    m = cfg.model
     for it in range(1, tc.iterations + 1):
         net.train()
-        xb, tb = make_batch(train, cfg, rng)
+        idx = rng.integers(len(train["canonical"]), size=tc.batch_size)
+        xb, tb = make_batch(train, cfg, rng, idx=idx)
         x = torch.from_numpy(xb).to(run.device)
-        t = torch.from_numpy(tb[:, :1]).to(run.device)
         rec, mu, logvar = net(x)
-        w = weight
-        if contact:  # the contact rows of the target count; the rest a little
-            w = weight * (0.05 + torch.from_numpy(tb[:, 1:2]).to(run.device))
-            w = w / w.mean()
-        loss = torch.mean(w * (rec - t) ** 2)
+        if m.arch == "profile":
+            t = net.target(torch.from_numpy(tb).to(run.device))
+            loss = torch.mean((rec - t) ** 2)
+        else:
+            t = torch.from_numpy(tb[:, :1]).to(run.device)
+            w = weight
+            if contact:  # the contact rows of the target count; the rest a little
+                w = weight * (0.05 + torch.from_numpy(tb[:, 1:2]).to(run.device))
+                w = w / w.mean()
+            loss = torch.mean(w * (rec - t) ** 2)
+        loss = m.reconstruction * loss
+        if m.contrastive > 0:  # a second, independently augmented view of the same synapses
+            x2 = torch.from_numpy(make_batch(train, cfg, rng, idx=idx)[0]).to(run.device)
+            loss = loss + m.contrastive * nt_xent(mu, net.encoder(x2), m.temperature)
         kl = torch.zeros(())
         if logvar is not None:
             kl = -0.5 * torch.mean(torch.sum(1 + logvar - mu**2 - logvar.exp(), dim=1))
@@ -382,6 +425,9 @@ def train_cluster_encoder(
         "align": cfg.patch.align,
         "reach_nm": cfg.patch.reach_nm,
         "contact_pool": contact,
+        "arch": cfg.model.arch,
+        "profile_norm": cfg.model.profile_norm,
+        "contrastive": cfg.model.contrastive,
         "channels": list(cfg.model.channels),
         "normalisation": "per-patch zero mean, unit std",
         "iteration": int(ckpt["iteration"]),
