@@ -42,8 +42,8 @@ from synapse_toolkit.synapses.train_cluster_encoder import phantom_synapses
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "plugins" / "syntk_synapses" / "models"
-#: seeds used to train (2001-2008) and select (2101-2103) the shipped encoders
-USED_SEEDS = set(range(2001, 2009)) | {2101, 2102, 2103}
+#: seeds used to train (2001-2012) and select (2101-2108) the shipped encoders
+USED_SEEDS = set(range(2001, 2013)) | set(range(2101, 2109))
 #: the site-oriented patches of the first encoders, for the second PCA baseline
 SITE_SPEC = PatchSpec((200.0, 512.0, 512.0), (40.0, 8.0, 8.0))
 
