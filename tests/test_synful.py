@@ -248,7 +248,8 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "num_fmaps = 2\ndownsample_factors = [[1, 2, 2]]\n"
         "[targets]\nmask_radius_nm = 40.0\nvector_radius_nm = 60.0\n"
         f"[training]\niterations = 2\ninput_shape = [4, 32, 32]\nnum_threads = 1\nlog_every = 1\n"
-        f'batch_size = 2\nout_dir = "{tmp / "run"}"\n'
+        "batch_size = 2\ncheckpoint_every = 1\nkeep_checkpoints = true\n"
+        f'out_dir = "{tmp / "run"}"\n'
     )
     res = CliRunner().invoke(app, ["train-synapses", "synful", str(cfg)])
     assert res.exit_code == 0, res.output
@@ -265,6 +266,10 @@ def test_training_logs_three_losses_and_exports_seven_channels(tiny_model: dict[
 
     rows = [json.loads(x) for x in (tiny_model["dir"] / "run" / "metrics.jsonl").open()]
     assert [r["iteration"] for r in rows] == [1, 2]
+    from synapse_toolkit.nn.checkpoint import load_state
+
+    for it in (1, 2):  # keep_checkpoints: one file per checkpoint, to choose one on validation
+        assert load_state(tiny_model["dir"] / "run" / f"it{it:06d}.pt")["iteration"] == it
     assert all(np.isfinite([r["bce"], r["mse"], r["cos"]]).all() for r in rows)
     model = OnnxModel(tiny_model["path"], n_threads=1)
     assert model.kind == "synful" and model.out_channels == 7
