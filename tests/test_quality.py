@@ -29,6 +29,18 @@ def test_signals_stream_by_blocks_and_count_weak_voxels() -> None:
         assert s["below"][f"{t:.2f}"] == pytest.approx((w < t).mean(), abs=1e-5)
 
 
+def test_signals_read_a_zarr_array_chunk_by_chunk(tmp_path) -> None:
+    """Counts are additive: reading by the array's chunks (y, x too) gives the same signals."""
+    import zarr
+
+    a = np.random.default_rng(1).random((3, 11, 23, 17)).astype(np.float32)
+    z = zarr.create_array(store=str(tmp_path / "a.zarr"), shape=a.shape, dtype="float32",
+                          chunks=(3, 4, 10, 6))  # fmt: skip
+    z[...] = a
+    assert quality.signals(z) == quality.signals(a, z_block=11, yx_block=64)
+    assert quality.signals(a, z_block=3, yx_block=5) == quality.signals(a, z_block=11, yx_block=64)
+
+
 def test_warning_band_and_one_line() -> None:
     _, lab = small_volume()
     good = _affs(lab)

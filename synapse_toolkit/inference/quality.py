@@ -42,15 +42,23 @@ def weakest_affinity(affs: Any, z_block: int = 16) -> np.ndarray:
     return out
 
 
-def signals(affs: Any, z_block: int = 16) -> dict[str, Any]:
+def signals(affs: Any, z_block: int = 16, yx_block: int = 256) -> dict[str, Any]:
     """Boundary fraction and the weakest-affinity fractions below :data:`CDF_THRESHOLDS` of
-    ``(C, z, y, x)`` affinities, streamed ``z_block`` sections at a time."""
+    ``(C, z, y, x)`` affinities, streamed block by block (memory does not grow with the volume):
+    the array's chunks when it has them, else ``z_block`` sections by ``yx_block`` x
+    ``yx_block`` voxels."""
+    from synapse_toolkit.blockwise import iter_blocks
+
     ts = np.asarray(CDF_THRESHOLDS, np.float32)
     below = np.zeros(len(ts), np.int64)
     n_boundary = 0
     n = 0
-    for z in range(0, affs.shape[1], z_block):
-        w = np.asarray(affs[:3, z : z + z_block], dtype=np.float32).min(axis=0).ravel()
+    shape = tuple(int(s) for s in affs.shape[1:])
+    chunks = getattr(affs, "chunks", None)
+    want = tuple(chunks[-3:]) if chunks and len(chunks) == 4 else (z_block, yx_block, yx_block)
+    step = tuple(min(int(c), n) for c, n in zip(want, shape, strict=True))
+    for b in iter_blocks(shape, step) if all(shape) else []:
+        w = np.asarray(affs[(slice(0, 3), *b.write)], dtype=np.float32).min(axis=0).ravel()
         below += np.searchsorted(np.sort(w), ts, side="left")
         n_boundary += int((w < BOUNDARY_AT).sum())
         n += w.size

@@ -5,16 +5,21 @@ valid convolutions; ``context = (input - output) / 2`` voxels each side). Output
 a regular grid covering the volume, neighbouring tiles overlapping by at least ``overlap`` voxels.
 Each tile's prediction is multiplied by a blending window normalised so that the windows of all
 tiles covering a voxel sum to one; because the tiles form a Cartesian grid, that normalisation
-factorises per axis and is computed analytically, so tiles are simply *added* into the output
-(numpy, zarr or h5py array, initialised to zero). Input is read per tile (with context, mirrored
-at the volume border), so neither input nor output is ever held in memory whole.
+factorises per axis and is computed analytically, so the output is the sum of the tiles. Input is
+read per tile (with context, mirrored at the volume border); a zarr or h5py output is written
+block by block, each block once (no read-modify-write of chunks), with only a block buffer and
+the tile parts still waiting for later blocks in memory (bounded; spilled to disk beyond a
+budget), so neither input nor output is ever held in memory whole.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -132,28 +137,40 @@ def predict_tiled(
     preprocess: Callable[[np.ndarray], np.ndarray] | None = None,
     pad_mode: str = "reflect",
     progress: Callable[[int], None] | None = None,
+    block_shape: Sequence[int] | None = None,
+    max_cached_bytes: int = 1 << 27,
+    scratch_dir: str | os.PathLike[str] | None = None,
 ) -> None:
     """Predict ``source`` (``(z, y, x)`` or ``(c, z, y, x)``) into ``out`` (``(C, z, y, x)``).
 
     ``predict`` takes a float32 batch ``(1, c, *input_shape)`` and returns ``(1, C,
-    *output_shape)``. ``out`` must be zero-initialised; it is filled by adding blended tiles.
+    *output_shape)``. ``out`` must be zero-initialised; it receives the sum of the blended tiles.
     ``preprocess`` maps a raw read (any dtype) to float32 (default: uint8 → [0, 1]).
+
+    A numpy ``out`` is added into in place. Any other ``out`` (zarr, h5py) is written block by
+    block (``block_shape``, default: its chunks), each block once and whole: the tiles covering
+    a block are summed in a block-sized buffer in tile order, so the result equals the numpy
+    path bit for bit. Each tile is predicted once; its parts that fall in later blocks wait in
+    memory up to ``max_cached_bytes``, beyond that in ``.npy`` files under ``scratch_dir`` (a
+    temporary folder by default).
     """
     spatial = _zyx(source.shape[-3:])
     if tuple(out.shape[-3:]) != spatial:
         raise ValueError(f"output spatial shape {tuple(out.shape[-3:])} != input {spatial}")
     ov = (overlap,) * 3 if isinstance(overlap, int) else _zyx(overlap)
     grid = TileGrid(spatial, _zyx(input_shape), _zyx(output_shape), ov)
-    ctx = grid.context
     starts = grid.starts()
     windows = [
         _normalised_windows(n, t, s, o)
         for n, t, s, o in zip(spatial, grid.output_shape, starts, ov, strict=True)
     ]
     prep = preprocess or _default_preprocess
-    for idx in itertools.product(*[range(len(s)) for s in starts]):
+
+    def tile(idx: tuple[int, ...]) -> tuple[list[int], np.ndarray]:
+        """The tile's origin (voxels) and its blended contribution, cropped to the volume."""
         origin = [starts[a][i] for a, i in enumerate(idx)]
-        box = [(o - c, o - c + i) for o, c, i in zip(origin, ctx, grid.input_shape, strict=True)]
+        box = [(o - c, o - c + n) for o, c, n in zip(origin, grid.context, grid.input_shape,
+                                                      strict=True)]  # fmt: skip
         x = prep(read_padded(source, box, pad_mode))
         if x.ndim == 3:
             x = x[None]
@@ -166,10 +183,122 @@ def predict_tiled(
         valid = [len(v) for v in w]
         weight = w[0][:, None, None] * w[1][None, :, None] * w[2][None, None, :]
         contrib = y[:, : valid[0], : valid[1], : valid[2]] * weight[None].astype(np.float32)
-        key = (slice(None), *[slice(o, o + v) for o, v in zip(origin, valid, strict=True)])
-        out[key] = np.asarray(out[key]) + contrib.astype(out.dtype)
         if progress is not None:
             progress(1)
+        return origin, contrib.astype(out.dtype)
+
+    if isinstance(out, np.ndarray):
+        for idx in itertools.product(*[range(len(s)) for s in starts]):
+            origin, contrib = tile(idx)
+            key = (slice(None), *[slice(o, o + n) for o, n in zip(origin, contrib.shape[1:],
+                                                                  strict=True)])  # fmt: skip
+            out[key] += contrib
+        return
+    bs = _zyx(block_shape or _spatial_chunks(out, spatial))
+    _predict_blocks(tile, out, spatial, bs, starts, windows, max_cached_bytes, scratch_dir)
+
+
+def _spatial_chunks(out, spatial: Triple) -> Triple:
+    chunks = getattr(out, "chunks", None)
+    if chunks is None or len(chunks) < 3:
+        return (min(spatial[0], 32), min(spatial[1], 256), min(spatial[2], 256))
+    return _zyx(chunks[-3:])
+
+
+class _Parts:
+    """Tile parts waiting for their block: in memory up to a budget, then as ``.npy`` files."""
+
+    def __init__(self, max_bytes: int, scratch_dir: str | os.PathLike[str] | None) -> None:
+        self.max_bytes = max_bytes
+        self.scratch_dir = scratch_dir
+        self.held: dict[tuple, np.ndarray] = {}
+        self.n_bytes = 0
+        self._tmp: tempfile.TemporaryDirectory | None = None
+
+    def put(self, key: tuple, part: np.ndarray) -> None:
+        if self.n_bytes + part.nbytes <= self.max_bytes:
+            self.held[key] = np.ascontiguousarray(part)
+            self.n_bytes += part.nbytes
+            return
+        if self._tmp is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="syntk-tiles-", dir=self.scratch_dir)
+        np.save(self._path(key), part)
+
+    def pop(self, key: tuple) -> np.ndarray:
+        if key in self.held:
+            part = self.held.pop(key)
+            self.n_bytes -= part.nbytes
+            return part
+        path = self._path(key)
+        part = np.load(path)
+        path.unlink()
+        return part
+
+    def _path(self, key: tuple) -> Path:
+        assert self._tmp is not None
+        return Path(self._tmp.name) / ("_".join(str(int(k)) for k in key) + ".npy")
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
+def _predict_blocks(
+    tile: Callable[[tuple[int, ...]], tuple[list[int], np.ndarray]],
+    out,
+    spatial: Triple,
+    block_shape: Triple,
+    starts: list[list[int]],
+    windows: list[list[np.ndarray]],
+    max_cached_bytes: int,
+    scratch_dir: str | os.PathLike[str] | None,
+) -> None:
+    """Write ``out`` block by block (C order); see :func:`predict_tiled`."""
+    edges = [[*range(0, n, b), n] for n, b in zip(spatial, block_shape, strict=True)]
+    # per axis: the tiles meeting each block, and the blocks each tile meets
+    tiles_of: list[list[list[int]]] = []
+    blocks_of: list[list[list[int]]] = []
+    for a in range(3):
+        span = [(s, s + len(w)) for s, w in zip(starts[a], windows[a], strict=True)]
+        bounds = list(itertools.pairwise(edges[a]))
+        tiles_of.append([[i for i, (t0, t1) in enumerate(span) if t0 < b1 and t1 > b0]
+                         for b0, b1 in bounds])  # fmt: skip
+        blocks_of.append([[b for b, (b0, b1) in enumerate(bounds) if t0 < b1 and t1 > b0]
+                          for t0, t1 in span])  # fmt: skip
+    parts = _Parts(max_cached_bytes, scratch_dir)
+    try:
+        for bidx in itertools.product(*[range(len(e) - 1) for e in edges]):
+            lo = [edges[a][b] for a, b in enumerate(bidx)]
+            hi = [edges[a][b + 1] for a, b in enumerate(bidx)]
+            buf = np.zeros((out.shape[0], *np.subtract(hi, lo)), out.dtype)
+            for tidx in itertools.product(*[tiles_of[a][b] for a, b in enumerate(bidx)]):
+                meets = [blocks_of[a][i] for a, i in enumerate(tidx)]
+                if all(m[0] == b for m, b in zip(meets, bidx, strict=True)):  # its first block
+                    origin, contrib = tile(tidx)
+                    for other in itertools.product(*meets):
+                        if other != bidx:
+                            parts.put((*tidx, *other), _crop(contrib, origin, other, edges))
+                    part = _crop(contrib, origin, bidx, edges)
+                else:
+                    origin = [starts[a][i] for a, i in enumerate(tidx)]
+                    part = parts.pop((*tidx, *bidx))
+                at = tuple(max(o, b0) - b0 for o, b0 in zip(origin, lo, strict=True))
+                sub = [slice(s, s + n) for s, n in zip(at, part.shape[1:], strict=True)]
+                buf[(slice(None), *sub)] += part
+            out[(slice(None), *[slice(b0, b1) for b0, b1 in zip(lo, hi, strict=True)])] = buf
+    finally:
+        parts.close()
+
+
+def _crop(
+    contrib: np.ndarray, origin: list[int], bidx: tuple[int, ...], edges: list[list[int]]
+) -> np.ndarray:
+    """The part of a tile's contribution that falls in block ``bidx``."""
+    key = [slice(None)]
+    for a, b in enumerate(bidx):
+        lo, hi = edges[a][b], edges[a][b + 1]
+        key.append(slice(max(lo - origin[a], 0), min(hi - origin[a], contrib.shape[1 + a])))
+    return contrib[tuple(key)]
 
 
 def _default_preprocess(x: np.ndarray) -> np.ndarray:
