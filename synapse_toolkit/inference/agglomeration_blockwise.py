@@ -13,9 +13,13 @@ block and gives byte-identical output:
    mergeable statistics: the maximum affinity bin (waterz's quantile histograms start from it) and
    the affinity sum and count (mean scoring). Edges of the same pair from several blocks (given
    fragments that span blocks) are merged: max of bins, sums of sums and counts.
-3. ``agglomerate``: one global hierarchical merge of the fragment graph per threshold
+3. ``agglomerate``: the global hierarchical merge of the fragment graph per threshold
    (:func:`synapse_toolkit.inference.regiongraph.merge_regions`, waterz's semantics: priority
-   queue, merged regions re-scored from merged histograms). Holds the graph only, no voxels.
+   queue, merged regions re-scored from merged histograms). Where exact (thresholds that are
+   multiples of 1/256, such as the main job's 0.5), by batches of independent components
+   (:func:`agglomerate_components`): edges whose initial score is below the largest threshold
+   join fragments into components, edges between components never merge and are dropped, and
+   each batch of components is merged on its own. Holds no voxels.
 4. ``relabel``: every block's fragments mapped to their region (its smallest fragment id, as
    waterz) at each threshold, written to the output (T, z, y, x).
 
@@ -24,15 +28,18 @@ bit for bit. With per-block fragments it differs where fragments are cut at bloc
 parts are re-joined by their face edge, but their histograms then merge in another order).
 
 Memory: per block, the read ROI's affinities (float32) and waterz's watershed of it, bounded by
-the block shape; the global step holds the fragment graph only (O(edges): the kernel's int32
-arrays, a pair hash table, and dense histogram rows for large merged edges), so it grows with the
-number of fragments, not voxels. ``benchmarks/bench_blockwise_agglomeration.py`` measures both.
+the block shape. The global step by components holds 8 bytes per fragment plus one batch of
+components (the largest component at least); merging the whole graph holds all of it (the
+kernel's int32 arrays, a pair hash table, dense histogram rows for large merged edges).
+``benchmarks/bench_blockwise_agglomeration.py`` measures both.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import itertools
 import json
 import threading
 import time
@@ -57,7 +64,16 @@ from synapse_toolkit.blocktasks import (
 )
 from synapse_toolkit.errors import DataError, SyntkError
 from synapse_toolkit.inference.agglomeration import stdout_to_devnull
-from synapse_toolkit.inference.regiongraph import affinity_bins, merge_regions, parse_scoring
+from synapse_toolkit.inference.regiongraph import (
+    affinity_bins,
+    components_are_exact,
+    count_internal,
+    flatten_roots,
+    initial_scores,
+    merge_regions,
+    parse_scoring,
+    union_edges,
+)
 from synapse_toolkit.memory import release_free_memory
 
 #: bump when a phase's output for the same input changes (invalidates done markers)
@@ -320,6 +336,185 @@ def _load_edges(job: _Job, tasks: Sequence[BlockTask], scoring: str) -> dict[str
     return {k: red[k] for k in keys}
 
 
+def _stat_keys(scoring: str) -> list[str]:
+    return ["aff_sum", "aff_count"] if scoring == "mean" else ["max_bin"]
+
+
+#: Edges per batch of components merged at once by :func:`agglomerate_components` (a larger
+#: component makes a batch of its own).
+BATCH_EDGES = 1 << 21
+
+
+class SortedIds:
+    """Fragment ids <-> indices 0..n-1 through the sorted array of ids (8 bytes per fragment)."""
+
+    def __init__(self, ids: np.ndarray) -> None:
+        self.sorted = np.asarray(ids, dtype=np.uint64)
+        self.n = int(self.sorted.size)
+
+    def index(self, ids: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.sorted, ids).astype(np.int32)
+
+    def ids(self, index: np.ndarray) -> np.ndarray:
+        return self.sorted[index]
+
+
+class BlockIds:
+    """The ids of per-block fragments (``block_id * block_voxels + 1..n_b``) <-> indices in id
+    order, by arithmetic on the per-block counts (no per-fragment array)."""
+
+    def __init__(self, counts: Sequence[int], block_voxels: int) -> None:
+        self.offsets = np.concatenate([[0], np.cumsum(np.asarray(counts, np.int64))])
+        self.voxels = np.uint64(block_voxels)
+        self.n = int(self.offsets[-1])
+
+    def index(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.uint64) - np.uint64(1)
+        blk = (ids // self.voxels).astype(np.int64)
+        local = (ids % self.voxels).astype(np.int64)
+        return (self.offsets[blk] + local).astype(np.int32)
+
+    def ids(self, index: np.ndarray) -> np.ndarray:
+        index = np.asarray(index, dtype=np.int64)
+        blk = np.searchsorted(self.offsets, index, side="right") - 1
+        local = (index - self.offsets[blk]).astype(np.uint64)
+        return blk.astype(np.uint64) * self.voxels + local + np.uint64(1)
+
+
+def agglomerate_components(
+    load_block: Callable[[int], dict[str, np.ndarray]],
+    n_blocks: int,
+    thresholds: Sequence[float],
+    scratch: Path | str,
+    *,
+    scoring: str = "quantile50",
+    discretize_queue: int = 256,
+    numbering: SortedIds | BlockIds | None = None,
+    batch_edges: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """The global merge, one batch of independent components at a time, never the whole graph.
+
+    ``load_block(i)`` gives block i's edges (``u``, ``v`` fragment ids and the statistics
+    ``scoring`` needs); a pair may come from several blocks (statistics then add up as in
+    :func:`_reduce_pairs`). Fragments are numbered by ``numbering`` (default: the sorted ids of
+    all edge ends). Edges whose initial score is below the largest threshold join fragments into
+    components (union-find, streamed block by block); edges between components and fragments
+    alone in theirs can never merge and are dropped; the remaining edges are written to
+    ``scratch`` by batch of components, and each batch is merged with :func:`merge_regions` on
+    its own. Exact (equal to merging the whole graph) when
+    :func:`~synapse_toolkit.inference.regiongraph.components_are_exact`; otherwise a level may
+    also merge edges scoring within its threshold's 1/256 bin that the whole-graph queue left.
+
+    Returns ``(node_ids, labels, counts)``: the fragments that belong to a component with edges
+    (sorted), their label per threshold (``(T, n)`` uint64, the smallest fragment id of the
+    region; every other fragment keeps its own id) and counts (fragments, edge rows read (a pair
+    from several blocks counts in each), kept fragments and edges, the largest component's
+    edges, batches). Memory: 8 bytes per fragment (12 when
+    numbered by sorted ids) plus one batch of components.
+    """
+    parse_scoring(scoring)
+    ths = sorted(float(t) for t in thresholds)
+    keys = _stat_keys(scoring)
+    cap = int(batch_edges or BATCH_EDGES)
+    if numbering is None:
+        uniq = []
+        for i in range(n_blocks):
+            e = load_block(i)
+            uniq.append(np.unique(np.concatenate([e["u"], e["v"]])))
+        numbering = SortedIds(np.unique(np.concatenate(uniq)) if uniq else np.zeros(0, np.uint64))
+        del uniq
+    n = numbering.n
+    if n >= 2**31:
+        raise SyntkError(f"agglomerate_components: {n} fragments exceed the int32 indices")
+
+    def indexed(i: int) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        e = load_block(i)
+        return numbering.index(e.pop("u")), numbering.index(e.pop("v")), e
+
+    # components of the cheap edges; an edge counts as cheap with a margin (more joining is safe)
+    t_max = np.float32(ths[-1]) + np.float32(1e-6)
+    comp = np.arange(n, dtype=np.int32)
+    n_edges = 0
+    for i in range(n_blocks):
+        ui, vi, st = indexed(i)
+        n_edges += int(ui.size)
+        cheap = initial_scores(scoring, **st) < t_max
+        union_edges(comp, ui[cheap], vi[cheap])
+    flatten_roots(comp)
+    batch_of = np.zeros(n, np.int32)  # edges inside each component (at its root), then batches
+    for i in range(n_blocks):
+        ui, vi, _ = indexed(i)
+        count_internal(comp, ui, vi, batch_of)
+    roots = np.flatnonzero(batch_of)
+    sizes = batch_of[roots].astype(np.int64)
+    start = np.cumsum(sizes) - sizes
+    batch_of[:] = -1
+    batch_of[roots] = (start // cap).astype(np.int32)  # about `cap` edges per batch
+    n_batches = int(batch_of[roots].max()) + 1 if roots.size else 0
+    counts = {
+        "nodes": n, "edges": n_edges, "kept_nodes": 0, "kept_edges": int(sizes.sum()),
+        "largest_component_edges": int(sizes.max()) if sizes.size else 0,
+        "batches": n_batches,
+    }  # fmt: skip
+    del roots, sizes, start
+    scratch = Path(scratch)
+    scratch.mkdir(parents=True, exist_ok=True)
+    dtypes = {"u": np.int32, "v": np.int32, "max_bin": np.uint8, "aff_sum": np.float64,
+              "aff_count": np.int64}  # fmt: skip
+    cols = ["u", "v", *keys]
+    with contextlib.ExitStack() as stack:
+        files = {
+            (b, k): stack.enter_context(open(scratch / f"{b}.{k}", "wb"))
+            for b in range(n_batches)
+            for k in cols
+        }
+        for i in range(n_blocks):
+            ui, vi, st = indexed(i)
+            cu = comp[ui]
+            keep = cu == comp[vi]
+            bk = batch_of[cu[keep]]
+            data = {"u": ui[keep], "v": vi[keep], **{k: st[k][keep] for k in keys}}
+            order = np.argsort(bk, kind="stable")
+            bk = bk[order]
+            if bk.size == 0:
+                continue
+            cuts = np.flatnonzero(np.r_[True, bk[1:] != bk[:-1], True])
+            for a, b in itertools.pairwise(cuts):
+                sel = order[a:b]
+                for k in cols:
+                    np.ascontiguousarray(data[k][sel], dtype=dtypes[k]).tofile(files[int(bk[a]), k])
+    del comp, batch_of
+    kept_idx, kept_lab = [], []
+    for b in range(n_batches):
+        arr = {k: np.fromfile(scratch / f"{b}.{k}", dtype=dtypes[k]) for k in cols}
+        for k in cols:
+            (scratch / f"{b}.{k}").unlink()
+        bnodes = np.unique(np.concatenate([arr["u"], arr["v"]]))
+        lu = np.searchsorted(bnodes, arr.pop("u")).astype(np.uint64)
+        lv = np.searchsorted(bnodes, arr.pop("v")).astype(np.uint64)
+        m = lu.size
+        red = _reduce_pairs(
+            lu, lv, arr.get("max_bin", np.zeros(m, np.uint8)),
+            arr.get("aff_sum", np.zeros(m)), arr.get("aff_count", np.ones(m, np.int64)),
+        )  # fmt: skip
+        del arr, lu, lv
+        stats = {k: red[k] for k in keys}
+        roots_b = merge_regions(
+            int(bnodes.size), red["u"].astype(np.int32), red["v"].astype(np.int32), ths,
+            scoring=scoring, discretize_queue=discretize_queue, copy=False, **stats,
+        )  # fmt: skip
+        del red, stats
+        kept_idx.append(bnodes)
+        kept_lab.append(bnodes[roots_b])
+    if not kept_idx:
+        return np.zeros(0, np.uint64), np.zeros((len(ths), 0), np.uint64), counts
+    idx = np.concatenate(kept_idx)
+    lab = np.concatenate(kept_lab, axis=1)
+    order = np.argsort(idx)
+    counts["kept_nodes"] = int(idx.size)
+    return numbering.ids(idx[order]), numbering.ids(lab[:, order]), counts
+
+
 # --------------------------------------------------------------------------------------------
 # phase 4: relabel
 
@@ -403,11 +598,12 @@ class BlockwiseResult:
     n_edges: int
     seconds: dict[str, float] = field(default_factory=dict)
     skipped_blocks: dict[str, int] = field(default_factory=dict)
+    graph: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "n_blocks": self.n_blocks, "n_fragments": self.n_fragments, "n_edges": self.n_edges,
-            "seconds": self.seconds, "skipped_blocks": self.skipped_blocks,
+            "seconds": self.seconds, "skipped_blocks": self.skipped_blocks, "graph": self.graph,
         }  # fmt: skip
 
 
@@ -451,6 +647,7 @@ def agglomerate_blockwise(
     logger: Any = None,
     pool: Any = None,
     uint8: bool = False,
+    components: Literal["auto", "always", "never"] = "auto",
 ) -> BlockwiseResult:
     """Agglomerate ``affinities`` (>=3, z, y, x) block by block into ``out`` (T, z, y, x) uint64,
     one segmentation per threshold (ascending).
@@ -463,6 +660,11 @@ def agglomerate_blockwise(
     them by path); other arrays fall back to threads. A ``pool`` (an executor, e.g. from the
     run's engine) replaces the pool this function would start; it is shut down at the end.
     ``uint8``: agglomerate the affinities as 8-bit storage would hold them (:func:`quantize_uint8`).
+    ``components``: merge the fragment graph one batch of independent components at a time
+    (:func:`agglomerate_components`, memory bounded by the largest component rather than the
+    volume); ``"auto"`` where that is exact
+    (:func:`~synapse_toolkit.inference.regiongraph.components_are_exact`), ``"always"`` also
+    elsewhere, ``"never"``: the whole graph at once.
     """
     import zarr
 
@@ -470,6 +672,12 @@ def agglomerate_blockwise(
     if not ths:
         raise SyntkError("blockwise agglomeration: give at least one threshold")
     parse_scoring(scoring)
+    if components not in ("auto", "always", "never"):
+        raise SyntkError(f"blockwise agglomeration: components must be auto, always or never, "
+                         f"got {components!r}")  # fmt: skip
+    split = components == "always" or (
+        components == "auto" and components_are_exact(ths, discretize_queue)
+    )
     if len(affinities.shape) != 4 or affinities.shape[0] < 3:
         raise DataError(
             f"blockwise agglomeration: affinities must be (>=3, z, y, x), got {affinities.shape}"
@@ -536,6 +744,11 @@ def agglomerate_blockwise(
                 functools.partial(_fragments_check, job),
             )
             result.n_fragments = sum(int(i.get("n_fragments", 0)) for i in info.values())
+            numbering: BlockIds | None = BlockIds(
+                [int(info[t.block_id].get("n_fragments", 0)) for t in tasks], job.block_voxels
+            )
+        else:
+            numbering = None
         info = phase(
             "edges", functools.partial(_edges_block, job), functools.partial(_edges_check, job)
         )
@@ -544,7 +757,7 @@ def agglomerate_blockwise(
         # global step, cached by the fingerprint of every block's edges and the merge options
         t0 = time.perf_counter()
         graph_fp = Fingerprint(FORMAT_VERSION, "agglomerate", edge_fps, scoring, ths,
-                               discretize_queue).hexdigest()  # fmt: skip
+                               discretize_queue, split).hexdigest()  # fmt: skip
         graph_path = work / "agglomeration.npz"
         meta_path = work / "agglomeration.json"
         cached = False
@@ -556,22 +769,40 @@ def agglomerate_blockwise(
                 cached = False
         if cached:
             result.n_edges = int(meta.get("n_edges", 0))
+            result.graph = dict(meta.get("graph", {}))
             if not own:
                 result.n_fragments = int(meta.get("n_nodes", 0))
         else:
-            edges = _load_edges(job, tasks, scoring)
-            result.n_edges = int(edges["u"].size)
-            nodes, labels = agglomerate_graph(
-                edges, ths, scoring=scoring, discretize_queue=discretize_queue
-            )
-            del edges
+            if split:
+                keys = ["u", "v", *_stat_keys(scoring)]
+
+                def load(i: int) -> dict[str, np.ndarray]:
+                    with np.load(_edges_path(job, tasks[i])) as z:
+                        return {k: z[k] for k in keys}
+
+                nodes, labels, counts = agglomerate_components(
+                    load, len(tasks), ths, work / "components", scoring=scoring,
+                    discretize_queue=discretize_queue, numbering=numbering,
+                )  # fmt: skip
+                n_nodes = counts["nodes"]
+                result.graph = {"components": True, **counts}
+            else:
+                edges = _load_edges(job, tasks, scoring)
+                counts = {"edges": int(edges["u"].size)}
+                nodes, labels = agglomerate_graph(
+                    edges, ths, scoring=scoring, discretize_queue=discretize_queue
+                )
+                del edges
+                n_nodes = int(nodes.size)
+                result.graph = {"components": False, "nodes": n_nodes, **counts}
+            result.n_edges = counts["edges"]
             atomic_write_npz(graph_path, nodes=nodes, labels=labels)
             atomic_write_bytes(meta_path, json.dumps({
-                "fingerprint": graph_fp, "n_edges": result.n_edges, "n_nodes": int(nodes.size),
-                "scoring": scoring, "thresholds": ths,
+                "fingerprint": graph_fp, "n_edges": result.n_edges, "n_nodes": n_nodes,
+                "scoring": scoring, "thresholds": ths, "graph": result.graph,
             }).encode())  # fmt: skip
             if not own:
-                result.n_fragments = int(nodes.size)
+                result.n_fragments = n_nodes
             del nodes, labels
             release_free_memory()  # the graph's heap, before the relabel workers start
         result.seconds["agglomerate"] = round(time.perf_counter() - t0, 3)

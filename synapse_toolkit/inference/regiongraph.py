@@ -540,3 +540,102 @@ def merge_regions(
         LIST_LIMIT,
         INITIAL_ROWS,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# exact graph reduction: independent components of the cheap-edge graph
+
+
+@njit(cache=True)
+def _initial_scores(q: int, obin: np.ndarray, msum: np.ndarray, mcnt: np.ndarray) -> np.ndarray:
+    n = obin.shape[0] if q >= 0 else msum.shape[0]
+    out = np.empty(n, np.float32)
+    for e in range(n):
+        if q >= 0:  # a one-pair histogram: its only bin is the statistic (as _quantile_score)
+            stat = np.float32((obin[e] + 0.5) / BINS)
+            out[e] = np.float32(1.0 - stat)
+        else:
+            out[e] = _mean_score(e, msum, mcnt)
+    return out
+
+
+def initial_scores(
+    scoring: str,
+    *,
+    max_bin: np.ndarray | None = None,
+    aff_sum: np.ndarray | None = None,
+    aff_count: np.ndarray | None = None,
+) -> np.ndarray:
+    """Each edge's score before any merge (float32, computed as :func:`merge_regions` does)."""
+    q = parse_scoring(scoring)
+    if q >= 0:
+        if max_bin is None:
+            raise SyntkError("initial_scores: quantile scoring needs max_bin")
+        obin = np.ascontiguousarray(max_bin, dtype=np.uint8)
+        return _initial_scores(q, obin, np.zeros(0, np.float64), np.zeros(0, np.int64))
+    if aff_sum is None or aff_count is None:
+        raise SyntkError("initial_scores: mean scoring needs aff_sum and aff_count")
+    msum = np.ascontiguousarray(aff_sum, dtype=np.float64)
+    mcnt = np.ascontiguousarray(aff_count, dtype=np.int64)
+    return _initial_scores(q, np.zeros(0, np.uint8), msum, mcnt)
+
+
+@njit(cache=True)
+def _find(parent: np.ndarray, x: int) -> int:
+    while parent[x] != x:
+        parent[x] = parent[parent[x]]  # path halving
+        x = parent[x]
+    return x
+
+
+@njit(cache=True)
+def union_edges(parent: np.ndarray, u: np.ndarray, v: np.ndarray) -> None:
+    """Join the sets of ``u[i]`` and ``v[i]`` in the int32 union-find forest ``parent``; a set's
+    root is its smallest node."""
+    for i in range(u.shape[0]):
+        a = _find(parent, u[i])
+        b = _find(parent, v[i])
+        if a < b:
+            parent[b] = a
+        elif b < a:
+            parent[a] = b
+
+
+@njit(cache=True)
+def flatten_roots(parent: np.ndarray) -> None:
+    """``parent[i]`` becomes the root (smallest node) of i's set, in place."""
+    for i in range(parent.shape[0]):  # a root is smaller than its members: ascending order works
+        parent[i] = parent[parent[i]]
+
+
+def components_are_exact(thresholds: Sequence[float], discretize_queue: int = 256) -> bool:
+    """Whether merging each component of the cheap-edge graph on its own (:func:`merge_regions`
+    per component) gives exactly the whole graph's result.
+
+    A merged edge's statistic lies between its parts' (quantiles of a union lie between the
+    parts' quantiles, a mean between the parts' means), so its score is never below its
+    cheapest initial edge: every region stays inside one connected component of the edges whose
+    initial score is below the largest threshold, and edges between components never merge.
+    Within a component, merges happen in the same order as in the whole graph. What can differ is
+    where a level stops: waterz's bin queue stops at the first popped edge scoring ``>=``
+    threshold, and a threshold inside a 1/256 bin leaves the bin's later entries unmerged,
+    wherever they are; so the split is exact for the heap queue (``discretize_queue=0``) and for
+    thresholds that are multiples of 1/256 (such as 0.5).
+    """
+    if discretize_queue == 0:
+        return True
+    for t in thresholds:
+        k = float(np.float32(t)) * BINS
+        if k != int(k) or not 0 <= k <= BINS - 1:
+            return False
+    return True
+
+
+@njit(cache=True)
+def count_internal(comp: np.ndarray, u: np.ndarray, v: np.ndarray, counts: np.ndarray) -> None:
+    """``counts[c] += 1`` for each edge whose ends are both in component ``c`` (``comp``: each
+    node's component root, :func:`flatten_roots`)."""
+    for i in range(u.shape[0]):
+        c = comp[u[i]]
+        if c == comp[v[i]]:
+            counts[c] += 1
