@@ -30,6 +30,7 @@ pre sites share a segment and lie close (one polyadic synapse), de-duplicate per
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -134,26 +135,165 @@ def _component_location(comp: np.ndarray, prob: np.ndarray, grid: Grid, how: str
     return coords[int(np.argmin((((coords - centre) * vs) ** 2).sum(1)))]
 
 
-def _cleft_distance(clefts: np.ndarray | None, grid: Grid) -> np.ndarray | None:
-    if clefts is None:
-        return None
-    cl = np.asarray(clefts)
-    inside = (cl != CLEFT_BACKGROUND) & (cl != CLEFT_INVALID)
-    if not inside.any():
-        return None
-    return ndimage.distance_transform_edt(~inside, sampling=grid.voxel_size_nm).astype(np.float32)
-
-
 def _components(prob: np.ndarray, seg: np.ndarray, s: SynfulSettings) -> np.ndarray:
+    """26-connected components of ``prob > threshold`` (split where the segmentation changes),
+    numbered in C order of their first voxel; no size filter (see :func:`block_sites`)."""
     mask = prob > s.threshold
     if s.split_by_segment:
-        lab_in = np.where(mask, seg, 0)
-        labels = cc3d.connected_components(lab_in, connectivity=26)
+        return cc3d.connected_components(np.where(mask, seg, 0), connectivity=26)
+    return cc3d.connected_components(mask, connectivity=26)
+
+
+@dataclass(frozen=True)
+class Sites:
+    """Post sites of mask components, before any lookup outside their component: the
+    component's first voxel (flat C-order index in the whole volume; it orders the rows), the
+    site voxel (z, y, x, whole volume), the score, and ``vector``: the pre site (nm) for the
+    vector head, the unit direction for the direction head."""
+
+    first: np.ndarray  # (N,) int64
+    location: np.ndarray  # (N, 3) int64
+    score: np.ndarray  # (N,) float64
+    vector: np.ndarray  # (N, 3) float64
+
+    @classmethod
+    def empty(cls) -> Sites:
+        return cls(np.zeros(0, np.int64), np.zeros((0, 3), np.int64), np.zeros(0),
+                   np.zeros((0, 3)))  # fmt: skip
+
+    def select(self, keep: np.ndarray) -> Sites:
+        return Sites(self.first[keep], self.location[keep], self.score[keep], self.vector[keep])
+
+    @classmethod
+    def concat(cls, parts: Sequence[Sites]) -> Sites:
+        """All parts' rows in the order of their first voxels."""
+        parts = [p for p in parts if len(p.first)] or [cls.empty()]
+        cat = cls(*(np.concatenate([getattr(p, k) for p in parts])
+                    for k in ("first", "location", "score", "vector")))  # fmt: skip
+        return cat.select(np.argsort(cat.first, kind="stable"))
+
+
+#: a component that may continue beyond its block: (first voxel, flat index; bounding box)
+Partial = tuple[int, tuple[tuple[int, int], ...]]
+
+
+def block_sites(
+    prob: np.ndarray,
+    field: np.ndarray,
+    seg: np.ndarray,
+    grid: Grid,
+    s: SynfulSettings,
+    origin: Sequence[int] = (0, 0, 0),
+    own: Sequence[tuple[int, int]] | None = None,
+) -> tuple[Sites, list[Partial]]:
+    """Sites of the mask components in a region (``prob``, ``field``: the head's 3 channels,
+    ``seg``) that starts at voxel ``origin`` of the whole volume (``grid``).
+
+    Only components whose first voxel lies in ``own`` (whole-volume voxel ranges per axis;
+    default: the region) are kept. A kept component that touches a face of the region inside
+    the volume may continue beyond it: it is not measured but returned as ``(first voxel,
+    bounding box)`` in the second list (see :func:`complete_component`). Components smaller
+    than ``min_voxels`` are dropped, as ``cc3d.dust`` would on the whole volume."""
+    labels = _components(prob, seg, s)
+    shape = np.asarray(grid.shape)
+    o = np.asarray(origin, np.int64)
+    stop = o + np.asarray(labels.shape)
+    inner_lo, inner_hi = o > 0, stop < shape  # faces of the region inside the volume
+    own_lo = np.asarray([a for a, _ in own]) if own is not None else o
+    own_hi = np.asarray([b for _, b in own]) if own is not None else stop
+    ids, first, counts = np.unique(labels.reshape(-1), return_index=True, return_counts=True)
+    boxes = ndimage.find_objects(labels)
+    rows: dict[str, list] = {k: [] for k in ("first", "location", "score", "vector")}
+    partial: list[Partial] = []
+    for k, f, n in zip(ids.tolist(), first.tolist(), counts.tolist(), strict=True):
+        if k == 0:
+            continue
+        at = o + np.unravel_index(f, labels.shape)
+        if np.any(at < own_lo) or np.any(at >= own_hi):
+            continue
+        box = boxes[k - 1]
+        lo = np.asarray([b.start for b in box])
+        hi = np.asarray([b.stop for b in box])
+        flat = int(np.ravel_multi_index(tuple(at), grid.shape))
+        if np.any(inner_lo & (lo == 0)) or np.any(inner_hi & (hi == labels.shape)):
+            partial.append((flat, tuple(zip((o + lo).tolist(), (o + hi).tolist(), strict=True))))
+            continue
+        if n < s.min_voxels:
+            continue
+        loc, score, vec = _site(labels[box] == k, prob[box], field[(slice(None), *box)],
+                                o + lo, grid, s)  # fmt: skip
+        if score < s.min_score:
+            continue
+        for key, v in zip(rows, (flat, loc, score, vec), strict=True):
+            rows[key].append(v)
+    if not rows["first"]:
+        return Sites.empty(), partial
+    return Sites(np.asarray(rows["first"], np.int64), np.asarray(rows["location"], np.int64),
+                 np.asarray(rows["score"], np.float64),
+                 np.asarray(rows["vector"], np.float64)), partial  # fmt: skip
+
+
+def _site(
+    comp: np.ndarray, p: np.ndarray, field: np.ndarray, starts: np.ndarray, grid: Grid,
+    s: SynfulSettings,
+) -> tuple[np.ndarray, float, np.ndarray]:  # fmt: skip
+    """One component (``comp`` in its bounding box at whole-volume voxel ``starts``): site
+    voxel, score, and the pre site (vector head) or unit direction (direction head)."""
+    loc = _component_location(comp, p, grid, s.location)
+    vals = p[comp]
+    score = float(vals.sum() if s.score == "sum" else vals.mean() if s.score == "mean"
+                  else vals.max())  # fmt: skip
+    loc_vox = loc + starts
+    if s.head == "vector":
+        if s.vector_from == "mean":
+            coords = np.argwhere(comp)
+            w = p[comp].astype(np.float64)
+            pts = grid.to_world(coords + starts) + field[:, comp].T
+            vec = (pts * w[:, None]).sum(0) / max(w.sum(), 1e-12)
+        else:
+            vec = grid.to_world(loc_vox)[0] + field[:, loc[0], loc[1], loc[2]]
     else:
-        labels = cc3d.connected_components(mask, connectivity=26)
-    if s.min_voxels > 1 and labels.max() > 0:
-        labels = cc3d.dust(labels, threshold=s.min_voxels, connectivity=26, in_place=True)
-    return labels
+        if s.vector_from == "mean":
+            u = (field[:, comp] * p[comp][None]).sum(1)
+        else:
+            u = field[:, loc[0], loc[1], loc[2]].astype(np.float64)
+        vec = u / max(float(np.linalg.norm(u)), 1e-6)
+    return loc_vox, score, np.asarray(vec, np.float64)
+
+
+def complete_component(
+    prob: Any, field: Any, seg: Any, grid: Grid, s: SynfulSettings, partial: Partial
+) -> tuple[Sites, tuple[slice, ...], np.ndarray]:
+    """The whole component through a partial one's first voxel, read from whole-volume arrays
+    (numpy, zarr or h5py; ``field`` (3, z, y, x)) in a region grown from the partial box until
+    the component fits: its site (none if it is too small, or if its first voxel is not the
+    partial one's: the partial whose first voxel it is, or the block owning it, holds the
+    site), its bounding box and its mask in that box."""
+    seed, box = partial
+    shape = np.asarray(grid.shape)
+    at = np.asarray(np.unravel_index(seed, grid.shape))
+    lo = np.maximum(np.asarray([a for a, _ in box]) - 1, 0)
+    hi = np.minimum(np.asarray([b for _, b in box]) + 1, shape)
+    while True:
+        roi = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+        p, sg = np.asarray(prob[roi]), np.asarray(seg[roi])
+        labels = _components(p, sg, s)
+        comp = labels == labels[tuple(at - lo)]
+        comp_box = ndimage.find_objects(comp)[0]
+        c_lo = lo + [b.start for b in comp_box]
+        c_hi = lo + [b.stop for b in comp_box]
+        grow_lo = (c_lo == lo) & (lo > 0)
+        grow_hi = (c_hi == hi) & (hi < shape)
+        if not grow_lo.any() and not grow_hi.any():
+            break
+        size = hi - lo
+        lo = np.where(grow_lo, np.maximum(lo - size, 0), lo)
+        hi = np.where(grow_hi, np.minimum(hi + size, shape), hi)
+    own = tuple(zip(c_lo.tolist(), c_hi.tolist(), strict=True))
+    f = np.asarray(field[(slice(None), *roi)])
+    sites, _ = block_sites(p, f, sg, grid, s, lo.tolist(), own)  # ours is complete here
+    whole = tuple(slice(a, b) for a, b in own)
+    return sites.select(sites.first == seed), whole, comp[comp_box]
 
 
 def extract_partners(
@@ -165,7 +305,8 @@ def extract_partners(
 ) -> PartnerTable:
     """Partners from a synful prediction ((7, z, y, x): mask, vector nm, unit direction) and a
     segmentation on the same grid; ``clefts`` (CREMI cleft labels) set the direction head's
-    distance. Returns a de-duplicated :class:`PartnerTable` (polyadic synapses grouped)."""
+    distance. Returns a de-duplicated :class:`PartnerTable` (polyadic synapses grouped).
+    This is one block of :func:`synapse_toolkit.synapses.synful_blockwise.synful_blockwise`."""
     s = settings or SynfulSettings()
     pred = np.asarray(prediction)
     if pred.ndim != 4 or pred.shape[0] != N_CHANNELS:
@@ -176,76 +317,91 @@ def extract_partners(
             f"synful prediction {pred.shape[1:]} and segmentation {seg.shape} are on different "
             f"grids"
         )
-    prob = pred[MASK]
-    labels = _components(prob, seg, s)
-    use_clefts = s.head == "direction" and s.distance == "clefts"
-    cdist = _cleft_distance(clefts, grid) if use_clefts else None
-    rows: dict[str, list] = {k: [] for k in ("pre", "post", "score")}
-    for k, box in enumerate(ndimage.find_objects(labels), start=1):
-        if box is None:
-            continue
-        comp = labels[box] == k
-        p = prob[box]
-        loc = _component_location(comp, p, grid, s.location)
-        vals = p[comp]
-        score = float(vals.sum() if s.score == "sum" else vals.mean() if s.score == "mean"
-                      else vals.max())  # fmt: skip
-        if score < s.min_score:
-            continue
-        starts = np.asarray([b.start for b in box])
-        loc_vox = loc + starts
-        loc_nm = grid.to_world(loc_vox)[0]
-        if s.head == "vector":
-            field = pred[VECTOR][(slice(None), *box)]
-            if s.vector_from == "mean":
-                coords = np.argwhere(comp)
-                w = p[comp].astype(np.float64)
-                pts = grid.to_world(coords + starts) + field[:, comp].T
-                pre_nm = (pts * w[:, None]).sum(0) / max(w.sum(), 1e-12)
-            else:
-                pre_nm = loc_nm + field[:, loc[0], loc[1], loc[2]]
-        else:
-            field = pred[DIRECTION][(slice(None), *box)]
-            if s.vector_from == "mean":
-                u = (field[:, comp] * p[comp][None]).sum(1)
-            else:
-                u = field[:, loc[0], loc[1], loc[2]].astype(np.float64)
-            u = u / max(float(np.linalg.norm(u)), 1e-6)
+    field = pred[VECTOR if s.head == "vector" else DIRECTION]
+    sites, partial = block_sites(pred[MASK], field, seg, grid, s)
+    assert not partial  # the whole volume: nothing continues beyond it
+    return finish_partners(sites, seg, grid, s, clefts)
+
+
+def finish_partners(
+    sites: Sites, seg: Any, grid: Grid, s: SynfulSettings, clefts: Any = None
+) -> PartnerTable:
+    """The partner table of ``sites`` (in order of their first voxels): pre sites (the direction
+    head's distance from ``clefts``, the segmentation or fixed; ``snap_to_segment``), segment
+    lookups (whole-volume arrays: numpy, zarr or h5py, read at points only), rows within one
+    segment dropped, polyadic grouping, de-duplication."""
+    if len(sites.first) == 0:
+        return PartnerTable.empty()
+    post = grid.to_world(sites.location)
+    if s.head == "vector":
+        pre = sites.vector.copy()
+    else:
+        pre = np.empty_like(post)
+        use_clefts = s.distance == "clefts" and clefts is not None and _any_cleft(clefts)
+        for i, (loc_nm, u) in enumerate(zip(post, sites.vector, strict=True)):
             if s.distance == "segment":
                 hit = _march(seg, grid, loc_nm, u, s.segment_depth_nm, s.max_reach_nm)
-                pre_nm = hit if hit is not None else loc_nm
-            elif cdist is not None:
-                pre_nm = loc_nm + (2.0 * float(cdist[tuple(loc_vox)]) + s.cleft_width_nm) * u
+                pre[i] = hit if hit is not None else loc_nm
+            elif use_clefts:
+                d = nearest_cleft_nm(clefts, grid, sites.location[i])
+                pre[i] = loc_nm + (2.0 * d + s.cleft_width_nm) * u
             else:
-                pre_nm = loc_nm + s.direction_distance_nm * u
-        if s.snap_to_segment:
-            here = _segments_at(seg, grid, np.stack([loc_nm, pre_nm]))
-            step = pre_nm - loc_nm
+                pre[i] = loc_nm + s.direction_distance_nm * u
+    if s.snap_to_segment:
+        for i in range(len(pre)):
+            here = _segments_at(seg, grid, np.stack([post[i], pre[i]]))
+            step = pre[i] - post[i]
             norm = float(np.linalg.norm(step))
             if (here[1] == here[0] or here[1] == 0) and norm > 0:
-                hit = _march(seg, grid, loc_nm, step / norm, s.segment_depth_nm, s.max_reach_nm)
-                pre_nm = hit if hit is not None else pre_nm
-        rows["pre"].append(pre_nm)
-        rows["post"].append(loc_nm)
-        rows["score"].append(score)
-    if not rows["pre"]:
-        return PartnerTable.empty()
-    pre = np.asarray(rows["pre"], np.float64)
-    post = np.asarray(rows["post"], np.float64)
+                hit = _march(seg, grid, post[i], step / norm, s.segment_depth_nm, s.max_reach_nm)
+                pre[i] = hit if hit is not None else pre[i]
     pre_seg = _segments_at(seg, grid, pre)
     post_seg = _segments_at(seg, grid, post)
     keep = (pre_seg != 0) & (post_seg != 0) & (pre_seg != post_seg)
-    pre, post, pre_seg, post_seg = pre[keep], post[keep], pre_seg[keep], post_seg[keep]
-    score = np.asarray(rows["score"])[keep]
-    if len(pre) == 0:
+    if not keep.any():
         return PartnerTable.empty()
+    pre, post, pre_seg, post_seg = pre[keep], post[keep], pre_seg[keep], post_seg[keep]
     sid = group_synapses(pre, pre_seg, s.group_distance_nm)
-    table = PartnerTable(pre, post, pre_seg, post_seg, score, sid)
+    table = PartnerTable(pre, post, pre_seg, post_seg, sites.score[keep], sid)
     return deduplicate(table, s.dedup_distance_nm)
 
 
+def _inside_cleft(cl: np.ndarray) -> np.ndarray:
+    return (cl != CLEFT_BACKGROUND) & (cl != CLEFT_INVALID)
+
+
+def _any_cleft(clefts: Any, block: tuple[int, int, int] = (32, 256, 256)) -> bool:
+    from synapse_toolkit.blockwise import iter_blocks
+
+    shape = tuple(int(n) for n in clefts.shape)
+    step = tuple(min(b, n) for b, n in zip(block, shape, strict=True))
+    return any(_inside_cleft(np.asarray(clefts[b.write])).any() for b in iter_blocks(shape, step))
+
+
+def nearest_cleft_nm(clefts: Any, grid: Grid, voxel: np.ndarray, radius_nm: float = 200.0) -> float:
+    """Distance (nm, at float32 precision) from ``voxel`` to the nearest cleft voxel of a CREMI
+    cleft volume (0 inside a cleft, inf if there is none), read in a window grown until it must
+    hold the nearest one: the whole-volume Euclidean distance transform at that voxel."""
+    vs = np.asarray(grid.voxel_size_nm, np.float64)
+    shape = np.asarray(grid.shape)
+    v = np.asarray(voxel, np.int64)
+    while True:
+        half = np.ceil(radius_nm / vs).astype(np.int64)
+        lo, hi = np.maximum(v - half, 0), np.minimum(v + half + 1, shape)
+        roi = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+        pts = np.argwhere(_inside_cleft(np.asarray(clefts[roi])))
+        whole = bool(np.all(lo == 0) and np.all(hi == shape))
+        if len(pts):
+            d = float(np.sqrt(((((pts + lo - v) * vs) ** 2).sum(1)).min()))
+            if d <= radius_nm or whole:  # any voxel outside the window is farther than radius
+                return float(np.float32(d))
+        elif whole:
+            return float("inf")
+        radius_nm *= 2.0
+
+
 def _march(
-    seg: np.ndarray, grid: Grid, start_nm: np.ndarray, u: np.ndarray, depth_nm: float,
+    seg: Any, grid: Grid, start_nm: np.ndarray, u: np.ndarray, depth_nm: float,
     max_nm: float,
 ) -> np.ndarray | None:  # fmt: skip
     """The point ``depth_nm`` beyond where the ray ``start + t u`` first enters a segment other
@@ -265,11 +421,31 @@ def _march(
     return pts[first]
 
 
-def _segments_at(seg: np.ndarray, grid: Grid, pts: np.ndarray) -> np.ndarray:
+def _segments_at(seg: Any, grid: Grid, pts: np.ndarray) -> np.ndarray:
+    """Segment ids at world points (CREMI rounding; 0 outside the volume)."""
     idx = grid.nearest_voxel(pts)
     out = np.zeros(len(idx), np.uint64)
     inside = np.all((idx >= 0) & (idx < np.asarray(grid.shape)), axis=1)
-    out[inside] = seg[tuple(idx[inside].T)]
+    out[inside] = read_points(seg, idx[inside])
+    return out
+
+
+def read_points(arr: Any, idx: np.ndarray, max_box_voxels: int = 1 << 22) -> np.ndarray:
+    """``arr`` (numpy, zarr or h5py; (z, y, x)) at integer voxels ``idx`` (N, 3): one read of
+    the points' bounding box when it is small, else one read per chunk that holds points."""
+    if isinstance(arr, np.ndarray) or len(idx) == 0:
+        return np.asarray(arr)[tuple(idx.T)]
+    lo, hi = idx.min(0), idx.max(0) + 1
+    if int(np.prod(hi - lo)) <= max_box_voxels:
+        box = np.asarray(arr[tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))])
+        return box[tuple((idx - lo).T)]
+    chunks = getattr(arr, "chunks", None) or (32, 256, 256)
+    keys = idx // np.asarray(chunks[-3:])
+    out = np.empty(len(idx), np.dtype(arr.dtype))
+    _, group = np.unique(keys, axis=0, return_inverse=True)
+    for g in range(int(group.max()) + 1):
+        sel = np.flatnonzero(group.reshape(-1) == g)
+        out[sel] = read_points(arr, idx[sel], max_box_voxels)
     return out
 
 
