@@ -8,7 +8,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-import numpy as np
 from pydantic import Field
 
 from synapse_toolkit import __version__
@@ -91,23 +90,43 @@ class Synful(PartnerAssigner["Synful.Options"]):
         combine: Literal["none", "emsynconn"] = Field(
             "none", description="Also run emsynconn (+ pruning CNN) on `proximity`; keep both."
         )
+        block_shape: tuple[int, int, int] | None = Field(
+            None, description="Block shape (z, y, x voxels); default: the run's block_shape."
+        )
+        context: tuple[int, int, int] = Field(
+            (6, 96, 96),
+            description="Voxels read around each block (z, y, x); a mask component reaching "
+            "beyond them is re-read whole afterwards.",
+        )
+        n_workers: int | None = Field(
+            None, ge=1, description="Blocks processed at once (default: [execution] n_workers)."
+        )
+        executor: Literal["processes", "threads"] = Field("processes", description="Worker kind.")
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         from synapse_toolkit.inference.onnx_model import OnnxModel
+        from synapse_toolkit.inference.tiled import TileGrid
         from synapse_toolkit.synapses.synful import (
             N_CHANNELS,
             TUNED_DEFAULTS,
             SynfulSettings,
-            extract_partners,
             union,
         )
-        from synapse_toolkit.synapses.targets import Grid
-        from syntk_synapses import _partner_outputs, _resolved_model
+        from synapse_toolkit.synapses.synful_blockwise import predict_synful, synful_blockwise
+        from syntk_synapses import (
+            _check_grids,
+            _partner_outputs,
+            _progress,
+            _remove_work,
+            _resolved_model,
+            count_blocks,
+        )
 
         o = self.options
         raw: Volume = inputs["raw"]
         seg: Volume = inputs["segmentation"]
         clefts: Volume | None = inputs.get("clefts")
+        _check_grids(self.context.stage_name, raw=raw, segmentation=seg)
         path = _resolved_model(self, o.model, o.model_path, o.sha256, raw=raw)
         model = OnnxModel(path, n_threads=self.context.n_threads)
         if model.out_channels != N_CHANNELS or model.kind != "synful":
@@ -115,7 +134,6 @@ class Synful(PartnerAssigner["Synful.Options"]):
                 f"stage {self.context.stage_name}: {path} is not a synful model "
                 f"(kind {model.kind!r}, {model.out_channels} channels)"
             )
-        pred = model.predict(raw.data, overlap=o.overlap)
         key = "direction" if o.head == "direction" else (
             "vector+emsynconn" if o.combine == "emsynconn" else "vector")  # fmt: skip
         tuned = {k: getattr(o, k) if getattr(o, k) is not None else v
@@ -127,26 +145,52 @@ class Synful(PartnerAssigner["Synful.Options"]):
             distance=o.distance, segment_depth_nm=o.segment_depth_nm,
             snap_to_segment=o.snap_to_segment, max_reach_nm=o.max_reach_nm, **tuned,
         )  # fmt: skip
-        cl = np.asarray(clefts.read()) if clefts is not None else None
-        seg_arr = seg.read()
-        table = extract_partners(pred, seg_arr, Grid.of(seg), settings, cl)
+        work = self.context.work_dir()
+        bs = o.block_shape or self.context.block_shape
+        overlap = o.overlap or model.default_overlap()
+        n_tiles = len(TileGrid(raw.spatial_shape, model.input_shape, model.output_shape, overlap))
+        pred = predict_synful(
+            model, raw.data, work, o.head, overlap=overlap, block_shape=bs,
+            progress=self.context.progress("tiles", n_tiles).advance,
+        )  # fmt: skip
+        n = self.context.block_workers(o.n_workers)
+        table, res = synful_blockwise(
+            pred, seg.data, seg.voxel_size_nm, seg.offset_nm, settings=settings,
+            clefts=clefts.data if clefts is not None else None, block_shape=bs,
+            context=o.context, work_dir=work, n_workers=n,
+            pool=self.context.block_pool(n, o.executor, "synful",
+                                         count_blocks(seg.spatial_shape, bs)),
+            progress=_progress(self.context),
+        )  # fmt: skip
+        self.context.record("blockwise", res)
         if o.combine == "emsynconn":
-            table = union(self._emsynconn(inputs, raw, seg_arr), table, o.dedup_distance_nm)
+            table = union(self._emsynconn(inputs, raw, seg, work / "emsynconn"), table,
+                          o.dedup_distance_nm)  # fmt: skip
+        _remove_work(self.context)
         return _partner_outputs(table, seg)
 
-    def _emsynconn(self, inputs: Mapping[str, Any], raw: Volume, seg: np.ndarray) -> Any:
-        """EMSynConn's rows at its stage defaults (candidates + the bundled pruning CNN)."""
+    def _emsynconn(self, inputs: Mapping[str, Any], raw: Volume, seg: Volume, work: Path) -> Any:
+        """EMSynConn's rows at its stage defaults (candidates + the bundled pruning CNN), block
+        by block as the ``emsynconn`` stage runs them."""
         from synapse_toolkit.models import resolve_model
-        from synapse_toolkit.synapses.assigners import EMSynConnSettings, assign_emsynconn
-        from synapse_toolkit.synapses.pruning import PrunerONNX
-        from synapse_toolkit.synapses.targets import Grid
-        from syntk_synapses import DEFAULT_MODELS, _spatial
+        from synapse_toolkit.synapses.assigners import EMSynConnSettings
+        from synapse_toolkit.synapses.blockwise import emsynconn_blockwise
+        from syntk_synapses import DEFAULT_MODELS, EMSynConn, _progress, count_blocks
 
         prox: Volume | None = inputs.get("proximity")
         if prox is None:
             raise DataError(f"stage {self.context.stage_name}: combine = 'emsynconn' needs the "
                             "`proximity` input")  # fmt: skip
         model = resolve_model(f"stage {self.context.stage_name}", name=DEFAULT_MODELS["emsynconn"])
-        pruner = PrunerONNX(model.path, self.context.n_threads)
-        return assign_emsynconn(raw.read(), _spatial(prox), seg, Grid.of(raw), pruner,
-                                EMSynConnSettings())  # fmt: skip
+        o = self.options
+        bs = o.block_shape or self.context.block_shape
+        n = self.context.block_workers(o.n_workers)
+        table, _ = emsynconn_blockwise(
+            raw.data, prox.data, seg.data, seg.voxel_size_nm, seg.offset_nm,
+            settings=EMSynConnSettings(), pruner=str(model.path), n_threads=1, block_shape=bs,
+            context=EMSynConn.Options().context, work_dir=work, n_workers=n,
+            pool=self.context.block_pool(n, o.executor, "emsynconn",
+                                         count_blocks(seg.spatial_shape, bs)),
+            progress=_progress(self.context),
+        )  # fmt: skip
+        return table

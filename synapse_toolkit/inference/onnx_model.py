@@ -74,23 +74,36 @@ class OnnxModel:
         intensity_scale: float | None = None,
         pad_mode: str = "reflect",
         intensity_source: Any | None = None,
+        channels: Sequence[int] | None = None,
+        block_shape: Sequence[int] | None = None,
+        scratch_dir: str | os.PathLike[str] | None = None,
     ) -> Any:
         """Predict ``source`` ((z, y, x) array-like) into ``out`` ((C, z, y, x),
         zero-initialised; a new float32 array if None). Grey values are matched to the model's
         intensity reference when it has one (``match_intensity``), else scaled by
         ``intensity_scale`` (default 1/255 for uint8). ``tta_offsets`` (one affinity offset per
         output channel) averages the 8 mirrorings. ``intensity_source`` is the array whose grey
-        values define the matching and default scale when ``source`` is a resampled copy."""
+        values define the matching and default scale when ``source`` is a resampled copy.
+        ``channels`` keeps only these output channels (``out`` then has that many);
+        ``block_shape`` and ``scratch_dir`` are passed to
+        :func:`~synapse_toolkit.inference.tiled.predict_tiled`."""
         from synapse_toolkit.inference.intensity import model_preprocess
         from synapse_toolkit.inference.tiled import flip_tta, predict_tiled
         from synapse_toolkit.onnx_runtime import predictor
 
         shape = tuple(int(s) for s in source.shape[-3:])
+        keep = list(channels) if channels is not None else None
         if out is None:
-            out = np.zeros((self.out_channels, *shape), np.float32)
+            out = np.zeros((self.out_channels if keep is None else len(keep), *shape), np.float32)
         predict = predictor(self.session)
         if tta_offsets is not None:
             predict = flip_tta(predict, tta_offsets)
+        if keep is not None:
+            full = predict
+
+            def predict(x: np.ndarray) -> np.ndarray:
+                return np.asarray(full(x))[:, keep]
+
         prep = model_preprocess(
             self.metadata, source if intensity_source is None else intensity_source,
             intensity_scale=intensity_scale, match_intensity=match_intensity,
@@ -98,6 +111,7 @@ class OnnxModel:
         predict_tiled(
             predict, source, out, self.input_shape, self.output_shape,
             overlap=tuple(overlap) if overlap is not None else self.default_overlap(),
-            progress=progress, preprocess=prep, pad_mode=pad_mode,
+            progress=progress, preprocess=prep, pad_mode=pad_mode, block_shape=block_shape,
+            scratch_dir=scratch_dir,
         )  # fmt: skip
         return out

@@ -279,7 +279,7 @@ def complete_component(
         p, sg = np.asarray(prob[roi]), np.asarray(seg[roi])
         labels = _components(p, sg, s)
         comp = labels == labels[tuple(at - lo)]
-        comp_box = ndimage.find_objects(comp)[0]
+        comp_box = ndimage.find_objects(comp.astype(np.uint8))[0]
         c_lo = lo + [b.start for b in comp_box]
         c_hi = lo + [b.stop for b in comp_box]
         grow_lo = (c_lo == lo) & (lo > 0)
