@@ -201,7 +201,7 @@ def block_sites(
     inner_lo, inner_hi = o > 0, stop < shape  # faces of the region inside the volume
     own_lo = np.asarray([a for a, _ in own]) if own is not None else o
     own_hi = np.asarray([b for _, b in own]) if own is not None else stop
-    ids, first, counts = np.unique(labels.reshape(-1), return_index=True, return_counts=True)
+    ids, first, counts = _first_voxels(labels)
     boxes = ndimage.find_objects(labels)
     rows: dict[str, list] = {k: [] for k in ("first", "location", "score", "vector")}
     partial: list[Partial] = []
@@ -231,6 +231,23 @@ def block_sites(
     return Sites(np.asarray(rows["first"], np.int64), np.asarray(rows["location"], np.int64),
                  np.asarray(rows["score"], np.float64),
                  np.asarray(rows["vector"], np.float64)), partial  # fmt: skip
+
+
+def _first_voxels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labels (> 0), the flat index of their first voxel and their sizes. cc3d numbers
+    components in C order of their first voxels, which a running maximum finds in one pass
+    (``np.unique`` sorts, 20x slower); other numberings take ``np.unique``."""
+    flat = labels.reshape(-1)
+    n = int(flat.max(initial=0))
+    run = np.maximum.accumulate(flat)
+    first = np.flatnonzero(run[1:] > run[:-1]) + 1
+    if flat.size and flat[0] > 0:
+        first = np.concatenate([[0], first])
+    ids = np.arange(1, n + 1)
+    if len(first) != n or not np.array_equal(flat[first], ids):
+        ids, first, counts = np.unique(flat, return_index=True, return_counts=True)
+        return ids[ids > 0], first[ids > 0], counts[ids > 0]
+    return ids, first, np.bincount(flat, minlength=n + 1)[1:]
 
 
 def _site(
