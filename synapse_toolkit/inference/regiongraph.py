@@ -23,9 +23,11 @@ regions in order of their edge scores and re-score merged edges, exactly as wate
   (waterz's ``std::priority_queue`` leaves ties in an unspecified order).
 
 With the same fragments, the same edge order and quantile scoring, the result equals waterz's bit
-for bit (tested). Memory: O(nodes + edges); a quantile histogram is a list of the pair bins it holds
-until it has more than :data:`LIST_LIMIT` of them, then a dense 256-bin row, so at most
-``edges / (LIST_LIMIT + 1)`` dense rows exist at any time (waterz keeps one per edge).
+for bit (tested). Memory: O(nodes + edges), about 45-50 bytes per edge (int32 ends and list and
+queue links, the float32 score, the pair table of int32 edge ids); a quantile histogram is a list
+of the pair bins it holds until it has more than :data:`LIST_LIMIT` of them, then a dense 256-bin
+row, so at most ``edges / (LIST_LIMIT + 1)`` dense rows exist at any time (waterz keeps one per
+edge).
 """
 
 from __future__ import annotations
@@ -71,7 +73,6 @@ def _quantile_score(
     cnt: np.ndarray,
     slot: np.ndarray,
     hist: np.ndarray,
-    lhead: np.ndarray,
     onext: np.ndarray,
     obin: np.ndarray,
     buf: np.ndarray,
@@ -87,7 +88,7 @@ def _quantile_score(
                 break
     else:
         n = 0
-        o = lhead[e]
+        o = e  # an edge's list starts with its own fragment pair
         while o >= 0:  # insertion sort of at most LIST_LIMIT bins
             v = obin[o]
             i = n
@@ -125,44 +126,49 @@ def _hslot(key: int, mask: int) -> int:
     return int(np.int64(x >> np.uint64(32))) & mask
 
 
+# The (u, v) -> edge table holds edge ids only (4 bytes a slot): an entry's key is its edge's
+# current ``eu * n_nodes + ev`` (an edge's ends change only while it is out of the table).
+
+
 @njit(cache=True)
-def _hfind(keys: np.ndarray, key: int, mask: int) -> int:
-    """Slot of ``key`` in the linear-probing table, or -1."""
+def _hfind(table: np.ndarray, key: int, mask: int, eu, ev, n_nodes: int) -> int:
+    """Slot of the edge with ``key`` in the linear-probing table, or -1."""
     i = _hslot(key, mask)
-    while keys[i] != _EMPTY:
-        if keys[i] == key:
+    while table[i] != _EMPTY:
+        e = table[i]
+        if np.int64(eu[e]) * n_nodes + ev[e] == key:
             return i
         i = (i + 1) & mask
     return -1
 
 
 @njit(cache=True)
-def _hput(keys: np.ndarray, vals: np.ndarray, key: int, val: int, mask: int) -> None:
+def _hput(table: np.ndarray, key: int, edge: int, mask: int) -> None:
+    """Insert ``edge`` (not in the table) under ``key``."""
     i = _hslot(key, mask)
-    while keys[i] != _EMPTY and keys[i] != key:
+    while table[i] != _EMPTY:
         i = (i + 1) & mask
-    keys[i] = key
-    vals[i] = val
+    table[i] = edge
 
 
 @njit(cache=True)
-def _hdel(keys: np.ndarray, vals: np.ndarray, key: int, mask: int) -> None:
-    """Remove ``key`` (backward-shift deletion: no tombstones)."""
-    i = _hfind(keys, key, mask)
+def _hdel(table: np.ndarray, key: int, mask: int, eu, ev, n_nodes: int) -> None:
+    """Remove the edge with ``key`` (backward-shift deletion: no tombstones)."""
+    i = _hfind(table, key, mask, eu, ev, n_nodes)
     if i < 0:
         return
     j = i
     while True:
         j = (j + 1) & mask
-        if keys[j] == _EMPTY:
+        if table[j] == _EMPTY:
             break
-        k = _hslot(keys[j], mask)
+        e = table[j]
+        k = _hslot(np.int64(eu[e]) * n_nodes + ev[e], mask)
         if (i <= j and i < k <= j) or (i > j and (k > i or k <= j)):
-            continue  # keys[j] is still reachable from its home slot
-        keys[i] = keys[j]
-        vals[i] = vals[j]
+            continue  # table[j] is still reachable from its home slot
+        table[i] = table[j]
         i = j
-    keys[i] = _EMPTY
+    table[i] = _EMPTY
 
 
 @njit(cache=True)
@@ -173,23 +179,20 @@ def _iota(n: int) -> np.ndarray:
     return out
 
 
-# queue state: st[0] = free queue nodes, st[1] = smallest non-empty bin (-1: empty),
-# st[2] = heap size
+# queue state: st[1] = smallest non-empty bin (-1: empty), st[2] = heap size. An edge is in the
+# queue at most once at a time, so the bin queue's list node of an edge is the edge itself.
 
 
 @njit(cache=True)
-def _push(e, s, nbins, st, q_edge, q_next, q_free, bin_head, bin_tail, heap_s, heap_e):
+def _push(e, s, nbins, st, q_next, bin_head, bin_tail, heap_s, heap_e):
     if nbins > 0:  # FIFO bin queue (waterz's BinQueue)
         b = _qbin(s, nbins)
-        st[0] -= 1
-        node = q_free[st[0]]
-        q_edge[node] = e
-        q_next[node] = -1
+        q_next[e] = -1
         if bin_head[b] < 0:
-            bin_head[b] = node
+            bin_head[b] = e
         else:
-            q_next[bin_tail[b]] = node
-        bin_tail[b] = node
+            q_next[bin_tail[b]] = e
+        bin_tail[b] = e
         if st[1] < 0 or b < st[1]:
             st[1] = b
         return
@@ -207,20 +210,17 @@ def _push(e, s, nbins, st, q_edge, q_next, q_free, bin_head, bin_tail, heap_s, h
 
 
 @njit(cache=True)
-def _top(nbins, st, q_edge, bin_head, heap_e):
+def _top(nbins, st, bin_head, heap_e):
     if nbins > 0:
-        return -1 if st[1] < 0 else q_edge[bin_head[st[1]]]
+        return -1 if st[1] < 0 else bin_head[st[1]]
     return -1 if st[2] == 0 else heap_e[0]
 
 
 @njit(cache=True)
-def _pop(nbins, st, q_next, q_free, bin_head, bin_tail, heap_s, heap_e):
+def _pop(nbins, st, q_next, bin_head, bin_tail, heap_s, heap_e):
     if nbins > 0:
         mb = st[1]
-        node = bin_head[mb]
-        bin_head[mb] = q_next[node]
-        q_free[st[0]] = node
-        st[0] += 1
+        bin_head[mb] = q_next[bin_head[mb]]
         if bin_head[mb] < 0:
             bin_tail[mb] = -1
             while mb < nbins and bin_head[mb] < 0:
@@ -251,7 +251,7 @@ def _pop(nbins, st, q_next, q_free, bin_head, bin_tail, heap_s, heap_e):
 
 @njit(cache=True)
 def _merge_stats(
-    src, dst, quantile, list_limit, cnt, slot, hist, free, lhead, ltail, onext, obin, msum, mcnt
+    src, dst, quantile, list_limit, cnt, slot, hist, free, ltail, onext, obin, msum, mcnt
 ):
     """Add edge ``src``'s statistics to ``dst``'s (``free[0]`` = number of free dense rows,
     ``free[1:]`` their indices)."""
@@ -260,14 +260,14 @@ def _merge_stats(
         mcnt[dst] += mcnt[src]
         return
     if slot[dst] < 0 and slot[src] < 0 and cnt[dst] + cnt[src] <= list_limit:
-        onext[ltail[dst]] = lhead[src]
+        onext[ltail[dst]] = src  # an edge's list starts with its own fragment pair
         ltail[dst] = ltail[src]
     else:
         if slot[dst] < 0:
             free[0] -= 1
             row = free[1 + free[0]]
             hist[row, :] = 0
-            o = lhead[dst]
+            o = dst
             while o >= 0:
                 hist[row, obin[o]] += 1
                 o = onext[o]
@@ -280,7 +280,7 @@ def _merge_stats(
             free[0] += 1
             slot[src] = -1
         else:
-            o = lhead[src]
+            o = src
             while o >= 0:
                 hist[row, obin[o]] += 1
                 o = onext[o]
@@ -302,9 +302,9 @@ def _grow_rows(hist, free, max_slots):
 
 
 @njit(cache=True)
-def _score(e, q, cnt, slot, hist, lhead, onext, obin, buf, msum, mcnt):
+def _score(e, q, cnt, slot, hist, onext, obin, buf, msum, mcnt):
     if q >= 0:
-        return _quantile_score(e, q, cnt, slot, hist, lhead, onext, obin, buf)
+        return _quantile_score(e, q, cnt, slot, hist, onext, obin, buf)
     return _mean_score(e, msum, mcnt)
 
 
@@ -334,7 +334,6 @@ def _merge_regions(
     # statistics: list of fragment-pair bins, or a dense histogram row
     cnt = np.ones(n_edges, np.int32)
     slot = -np.ones(n_edges, np.int32)
-    lhead = _iota(n_edges)
     ltail = _iota(n_edges)
     onext = -np.ones(n_edges, np.int32)
     # dense rows: at most n_edges // (list_limit + 1) + 1 in use at once; grown on demand
@@ -360,57 +359,53 @@ def _merge_regions(
             else:
                 ent_next[tail[node]] = ent
             tail[node] = ent
-    # (u, v) -> edge: a linear-probing hash table
+    # (u, v) -> edge: a linear-probing hash table of edge ids
     cap = 1
     while cap < n_edges + n_edges // 2 + 2:  # load factor <= 2/3
         cap *= 2
     hmask = cap - 1
-    hkeys = np.full(cap, _EMPTY, np.int64)
-    hvals = np.empty(cap, np.int32)
+    table = np.full(cap, _EMPTY, np.int32)
     for e in range(n_edges):
-        _hput(hkeys, hvals, eu[e] * n_nodes + ev[e], e, hmask)
+        _hput(table, np.int64(eu[e]) * n_nodes + ev[e], e, hmask)
 
     # queue
     m = max(n_edges, 1)  # at most one queue entry per edge at any time
     mq = m if nbins > 0 else 1
     mh = 1 if nbins > 0 else m
-    st = np.array([mq, -1, 0], np.int64)
-    q_edge = np.empty(mq, np.int32)
+    st = np.array([0, -1, 0], np.int64)
     q_next = -np.ones(mq, np.int32)
-    q_free = _iota(mq)[::-1].copy()
-    bin_head = -np.ones(max(nbins, 1), np.int64)
-    bin_tail = -np.ones(max(nbins, 1), np.int64)
+    bin_head = -np.ones(max(nbins, 1), np.int32)
+    bin_tail = -np.ones(max(nbins, 1), np.int32)
     heap_s = np.empty(mh, np.float32)
     heap_e = np.empty(mh, np.int32)
 
     out = np.empty((thresholds.shape[0], n_nodes), np.int32)
     for e in range(n_edges):  # initial scores, pushed in edge order
-        s = _score(e, q, cnt, slot, hist, lhead, onext, obin, buf, msum, mcnt)
+        s = _score(e, q, cnt, slot, hist, onext, obin, buf, msum, mcnt)
         score[e] = s
-        _push(e, s, nbins, st, q_edge, q_next, q_free, bin_head, bin_tail, heap_s, heap_e)
+        _push(e, s, nbins, st, q_next, bin_head, bin_tail, heap_s, heap_e)
 
     for t in range(thresholds.shape[0]):
         threshold = np.float32(thresholds[t])
         while True:
-            top = _top(nbins, st, q_edge, bin_head, heap_e)
+            top = _top(nbins, st, bin_head, heap_e)
             if top < 0 or score[top] >= threshold:
                 break
-            _pop(nbins, st, q_next, q_free, bin_head, bin_tail, heap_s, heap_e)
+            _pop(nbins, st, q_next, bin_head, bin_tail, heap_s, heap_e)
             if deleted[top]:
                 continue
             if stale[top]:
-                s = _score(top, q, cnt, slot, hist, lhead, onext, obin, buf, msum, mcnt)
+                s = _score(top, q, cnt, slot, hist, onext, obin, buf, msum, mcnt)
                 score[top] = s
                 stale[top] = False
-                _push(top, s, nbins, st, q_edge, q_next, q_free, bin_head, bin_tail, heap_s,
-                      heap_e)  # fmt: skip
+                _push(top, s, nbins, st, q_next, bin_head, bin_tail, heap_s, heap_e)
                 continue
             # merge region b into region a
             a = eu[top]
             bb = ev[top]
             parent[bb] = a
             deleted[top] = True  # now inside a region (waterz never looks at it again)
-            _hdel(hkeys, hvals, a * n_nodes + bb, hmask)
+            _hdel(table, np.int64(a) * n_nodes + bb, hmask, eu, ev, n_nodes)
             ent = head[bb]
             head[bb] = -1
             tail[bb] = -1
@@ -421,10 +416,11 @@ def _merge_regions(
                     ent = nxt
                     continue
                 nb_node = ev[f] if eu[f] == bb else eu[f]
-                _hdel(hkeys, hvals, min(bb, nb_node) * n_nodes + max(bb, nb_node), hmask)
-                key = min(a, nb_node) * n_nodes + max(a, nb_node)
-                slot_g = _hfind(hkeys, key, hmask)
-                g = hvals[slot_g] if slot_g >= 0 else -1
+                _hdel(table, np.int64(min(bb, nb_node)) * n_nodes + max(bb, nb_node), hmask, eu,
+                      ev, n_nodes)  # fmt: skip
+                key = np.int64(min(a, nb_node)) * n_nodes + max(a, nb_node)
+                slot_g = _hfind(table, key, hmask, eu, ev, n_nodes)
+                g = table[slot_g] if slot_g >= 0 else -1
                 move = True
                 if g >= 0:
                     # a shared neighbour: the edge with the higher (last) score merges into the
@@ -433,17 +429,17 @@ def _merge_regions(
                         src, dst, move = f, g, False
                     else:
                         src, dst = g, f
-                        _hdel(hkeys, hvals, key, hmask)
+                        _hdel(table, key, hmask, eu, ev, n_nodes)
                     if quantile and free[0] == 0:
                         hist, free = _grow_rows(hist, free, max_slots)
-                    _merge_stats(src, dst, quantile, list_limit, cnt, slot, hist, free, lhead,
-                                 ltail, onext, obin, msum, mcnt)  # fmt: skip
+                    _merge_stats(src, dst, quantile, list_limit, cnt, slot, hist, free, ltail,
+                                 onext, obin, msum, mcnt)  # fmt: skip
                     deleted[src] = True
                     stale[dst] = True
                 if move:
                     eu[f] = min(a, nb_node)
                     ev[f] = max(a, nb_node)
-                    _hput(hkeys, hvals, key, f, hmask)
+                    _hput(table, key, f, hmask)
                     ent_next[ent] = -1  # the entry joins a's list
                     if head[a] < 0:
                         head[a] = ent
