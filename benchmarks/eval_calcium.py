@@ -17,6 +17,12 @@ when its centre lies in it (truth and prediction alike).
   entirely inside the crop), for the CNN, the bar and, with ``--suite2p OUT.json`` from
   ``benchmarks/bench_suite2p.py``, suite2p.
 
+- ``--phantom-seeds``: calcium phantoms (192x192, 90 cells, 300 frames; seeds outside the
+  trainer's 5001-5012 / 5101-5103), CNN and local maxima (default parameters) on the mean image.
+- ``--trained-on-heldout``: for a refit model (``syntk_calcium.train --refit``), which trained on
+  every labelled row: the row-256-511 and crop figures are then printed under
+  ``trained_on_*`` keys, a sanity check and not a held-out result.
+
     python benchmarks/eval_calcium.py [--model FILE.onnx] [--suite2p s2p.json] [--json out.json]
 """
 
@@ -36,6 +42,7 @@ from syntk_calcium.stages import DETECTOR_TTA, REGION_DEFAULTS, cnn_probability
 
 from synapse_toolkit.data import Regions
 from synapse_toolkit.metrics.neurofinder import load_regions, score_neurofinder
+from synapse_toolkit.phantom.calcium import generate_calcium
 
 DATA = Path("/work/shared/data/calcium/neurofinder-crop")
 SELECT_ROWS, TEST_ROWS, COLS = (0, 256), (256, 512), (0, 240)
@@ -79,6 +86,9 @@ def main() -> None:
     )
     ap.add_argument("--tta", choices=("on", "off"), default=None,
                     help="default: the neurofinder-cnn stage default")  # fmt: skip
+    ap.add_argument("--phantom-seeds", default="", help="comma-separated phantom seeds to score")
+    ap.add_argument("--trained-on-heldout", action="store_true",
+                    help="a refit model (trained on rows 256-511): label so")  # fmt: skip
     args = ap.parse_args()
     data = Path(args.data)
 
@@ -125,6 +135,19 @@ def main() -> None:
     )
     if args.suite2p:
         out["crop_movie_suite2p"] = _window_score(crop_truth, load_regions(args.suite2p), *whole)
+    for seed in [int(v) for v in args.phantom_seeds.split(",") if v.strip()]:
+        ph = generate_calcium(seed=seed, shape=(192, 192), n_cells=90, frames=300)
+        pm = ph.movie.astype(np.float64).mean(axis=0).astype(np.float32)
+        pp = cnn_probability(pm, model, n_threads=1, tta=tta)
+        out[f"phantom{seed}_cnn"] = _window_score(
+            ph.regions, extract_regions(pp[0], pp[1], **params), (0, 192), (0, 192)
+        )
+        out[f"phantom{seed}_baseline (default parameters)"] = _window_score(
+            ph.regions, local_maxima_regions(clip_standardise(pm)), (0, 192), (0, 192)
+        )
+    if args.trained_on_heldout:  # rows 256-511 and the crop were training data: not held out
+        out = {k.replace("fullfov_heldout", "trained_on_rows_256_511").replace(
+            "crop_movie", "trained_on_crop_movie"): v for k, v in out.items()}  # fmt: skip
     text = json.dumps(out, indent=2)
     print(text)
     if args.json:

@@ -129,3 +129,16 @@ def test_refit_trains_on_all_labelled_rows(tmp_path: Path, monkeypatch: pytest.M
         ckpt = torch.load(tmp_path / "refit" / f"it{it:05d}.pt", weights_only=True)
         assert ckpt["iteration"] == it
         assert "n_averaged" not in " ".join(ckpt["state_dict"])  # the averaged net itself
+    # the refit's kept checkpoint is exported with the split run's region parameters
+    pytest.importorskip("onnxscript")
+    from synapse_toolkit.onnx_runtime import create_session, model_metadata
+
+    chosen = {"threshold": 0.55, "core_threshold": 0.45, "min_size": 12}
+    onnx_path = tmp_path / "refit.onnx"
+    tr.main(["--data", str(data), "--out", str(tmp_path / "refit"), "--refit",
+             "--export-checkpoint", str(tmp_path / "refit" / "it00002.pt"),
+             "--export", str(onnx_path), "--region-params", json.dumps(chosen)])  # fmt: skip
+    meta = model_metadata(create_session(onnx_path, num_threads=1))
+    assert meta["region_params"] == chosen and meta["iteration"] == 2
+    assert "refit" in meta["note"]
+    assert onnx_path.with_suffix(".sha256").read_text().split()[1] == "refit.onnx"

@@ -320,8 +320,15 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     return best
 
 
-def export(checkpoint: Path, onnx_path: Path, tile: int = 256) -> dict[str, Any]:
-    """Export ``best.pt`` as ONNX (tile (1, 1, 1, tile, tile) -> (1, 2, 1, tile-40, tile-40))."""
+def export(
+    checkpoint: Path,
+    onnx_path: Path,
+    tile: int = 256,
+    region_params: dict[str, Any] | None = None,
+    note: str | None = None,
+) -> dict[str, Any]:
+    """Export a checkpoint as ONNX (tile (1, 1, 1, tile, tile) -> (1, 2, 1, tile-40, tile-40));
+    ``region_params`` replaces the checkpoint's (a refit takes the split run's choice)."""
     import torch
 
     from synapse_toolkit.nn.export import export_model
@@ -331,9 +338,12 @@ def export(checkpoint: Path, onnx_path: Path, tile: int = 256) -> dict[str, Any]
     net = RoiNet(**ckpt["config"])
     net.load_state_dict(ckpt["state_dict"])
     meta = {"context_px": CONTEXT, "iteration": int(ckpt["iteration"]),
-            "region_params": ckpt["region_params"], "outputs": ["roi_mask", "roi_core"],
+            "region_params": region_params or ckpt["region_params"],
+            "outputs": ["roi_mask", "roi_core"],
             "preprocessing": "clip at mean + 3 SD, standardise (whole image)",
             "validation": ckpt["validation"]}  # fmt: skip
+    if note:
+        meta["note"] = note
     info = export_model(net, (1, tile, tile), onnx_path, metadata=meta)
     onnx_path.with_suffix(".sha256").write_text(f"{info['sha256']}  {onnx_path.name}\n")
     return info
@@ -384,17 +394,35 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--export", default=None, help="write the best checkpoint as this ONNX file")
+    ap.add_argument("--export-checkpoint", default=None, metavar="PT",
+                    help="no training: export this checkpoint (a refit's itNNNNN.pt)")  # fmt: skip
+    ap.add_argument("--region-params", default=None, metavar="JSON",
+                    help="region parameters stored in the exported model (default: the "
+                    "checkpoint's)")  # fmt: skip
     ap.add_argument("--select-only", default=None, metavar="ONNX",
                     help="no training: choose TTA and thresholds on validation")  # fmt: skip
     args = ap.parse_args(argv)
     if args.select_only:
         select(Path(args.select_only), Path(args.data), Path(args.out) / "phantoms")
         return
+    if args.export_checkpoint:  # no training: export a kept checkpoint
+        if not args.export:
+            ap.error("--export-checkpoint needs --export FILE.onnx")
+        params = json.loads(args.region_params) if args.region_params else None
+        note = ("refit on all labelled rows; region_params chosen on the split run's validation"
+                if args.refit else None)  # fmt: skip
+        info = export(Path(args.export_checkpoint), Path(args.export), region_params=params,
+                      note=note)  # fmt: skip
+        print(json.dumps({k: info[k] for k in ("path", "sha256", "bytes", "max_abs_diff")}))
+        if not args.refit:  # a refit trained on the validation rows: nothing to choose there
+            select(Path(args.export), Path(args.data), Path(args.out) / "phantoms")
+        return
     train(args)
     if args.export:
         info = export(Path(args.out) / "best.pt", Path(args.export))
         print(json.dumps({k: info[k] for k in ("path", "sha256", "bytes", "max_abs_diff")}))
-        select(Path(args.export), Path(args.data), Path(args.out) / "phantoms")
+        if not args.refit:
+            select(Path(args.export), Path(args.data), Path(args.out) / "phantoms")
 
 
 if __name__ == "__main__":
