@@ -13,6 +13,17 @@ Scores: the project's CREMI neuron scorer (streamed in blocks) with the main job
 mask, at every threshold of the sweep; the headline difference is at the main job's fixed
 threshold (``examples/cremi.toml``: quantile75, 0.5), not at a threshold chosen on the truth.
 
+``--graph WORK_DIR`` measures the global step alone on a kept work dir of the ``blockwise-waterz``
+stage (``--set stages.segment.options.keep_work=true``; its ``edges/`` and fragment markers): the
+merge of the whole graph and the merge by components
+(:func:`~synapse_toolkit.inference.agglomeration_blockwise.agglomerate_components`), each in its
+own process (peak RSS above the process's RSS after loading the compiled kernels, per edge), and
+checks that both give the same labels; ``--old-src DIR`` adds the whole-graph merge of another
+source tree (e.g. ``git archive <commit> synapse_toolkit | tar -x -C DIR``) for a before/after.
+
+    python benchmarks/bench_blockwise_agglomeration.py \
+        --graph runs/bench_scale/run_50_1w/blockwise/segment --old-src /tmp/old
+
 Inputs (``--phantom``, a CREMI file from ``syntk phantom em``), cropped to each ``--sizes`` entry
 (z, y, x):
 
@@ -91,6 +102,91 @@ print("RESULT " + json.dumps(info))
 """
 
 
+GRAPH_CHILD = r"""
+import glob, json, resource, sys, time
+from pathlib import Path
+from types import SimpleNamespace
+import numpy as np
+mode, work, scoring, ths, bs, out = sys.argv[1:7]
+ths = json.loads(ths); bs = json.loads(bs); work = Path(work)
+from synapse_toolkit.inference import agglomeration_blockwise as ab
+from synapse_toolkit.inference import regiongraph as rg
+
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096
+
+# load the compiled kernels on a tiny graph first, so their memory is in the baseline
+u = np.array([0, 1], np.int32); v = np.array([1, 2], np.int32); b = np.array([200, 10], np.uint8)
+rg.merge_regions(3, u, v, ths, scoring=scoring, max_bin=b, aff_sum=b * 1.0,
+                 aff_count=np.ones(2, np.int64))
+n_blocks = len(glob.glob(str(work / "edges" / "*.npz")))
+tasks = [SimpleNamespace(block_id=i) for i in range(n_blocks)]
+job = SimpleNamespace(work_dir=str(work), own_fragments=True)
+keys = ["u", "v"] + (["aff_sum", "aff_count"] if scoring == "mean" else ["max_bin"])
+if mode == "components":
+    rg.initial_scores(scoring, max_bin=b, aff_sum=b * 1.0, aff_count=np.ones(2, np.int64))
+    p = np.arange(3, dtype=np.int32); rg.union_edges(p, u, v); rg.flatten_roots(p)
+    rg.count_internal(p, u, v, np.zeros(3, np.int32))
+base = rss()
+t0 = time.perf_counter()
+info = {}
+if mode == "components":
+    counts = [json.loads((work / "done" / "fragments" / f"{i}.json").read_text())["info"]
+              ["n_fragments"] for i in range(n_blocks)]
+    def load(i):
+        with np.load(work / "edges" / f"{i}.npz") as z:
+            return {k: z[k] for k in keys}
+    nodes, labels, info = ab.agglomerate_components(
+        load, n_blocks, ths, Path(out).with_suffix(".scratch"), scoring=scoring,
+        numbering=ab.BlockIds(counts, int(np.prod(bs))))
+    n_edges = info["edges"]
+else:
+    edges = ab._load_edges(job, tasks, scoring)
+    n_edges = int(edges["u"].size)
+    nodes, labels = ab.agglomerate_graph(edges, ths, scoring=scoring)
+wall = time.perf_counter() - t0
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+np.savez(out, nodes=nodes, labels=labels)
+print("RESULT " + json.dumps({"mode": mode, "edges": n_edges, "wall_s": round(wall, 1),
+      "baseline_mb": round(base / 2**20, 1), "peak_mb": round(peak / 2**20, 1),
+      "bytes_per_edge": round((peak - base) / max(n_edges, 1), 1), "graph": info,
+      "module": ab.__file__}))
+"""
+
+
+def graph_memory(work: Path, scoring: str, ths: list[float], bs, old_src: Path | None,
+                 tmp: Path) -> dict:  # fmt: skip
+    """Peak memory of the global step on a kept work dir: whole graph vs by components."""
+    runs = [("components", None), ("whole", None)] + ([("whole", old_src)] if old_src else [])
+    res: dict = {}
+    for mode, src in runs:
+        name = f"{mode}-old" if src else mode
+        out = tmp / f"{name}.npz"
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
+        if src:
+            env["PYTHONPATH"] = str(src)
+        cmd = [sys.executable, "-c", GRAPH_CHILD, mode, str(work.resolve()), scoring,
+               json.dumps(ths), json.dumps(list(bs)), str(out.resolve())]  # fmt: skip
+        # run from the source tree: `python -c` puts the working directory first on sys.path
+        p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=src)
+        if p.returncode != 0:
+            raise RuntimeError(f"{name} failed:\n{p.stderr[-3000:]}")
+        res[name] = json.loads(next(ln for ln in p.stdout.splitlines()
+                                    if ln.startswith("RESULT "))[7:])  # fmt: skip
+        print(name, json.dumps(res[name]), flush=True)
+    # the same segmentation: components give the labels of the fragments in a component with
+    # edges, every other fragment is its own region in the whole-graph result too
+    with np.load(tmp / "whole.npz") as w, np.load(tmp / "components.npz") as c:
+        wn, wl, cn, cl = w["nodes"], w["labels"], c["nodes"], c["labels"]
+    pos = np.searchsorted(wn, cn)
+    rest = np.ones(wn.size, bool)
+    rest[pos] = False
+    alone = all(np.array_equal(wl[t][rest], wn[rest]) for t in range(len(ths)))
+    res["equal"] = bool(np.array_equal(wn[pos], cn) and np.array_equal(wl[:, pos], cl) and alone)
+    print("whole graph and components equal:", res["equal"], flush=True)
+    return res
+
+
 def noisy_affinities(labels: np.ndarray, seed: int = 0) -> np.ndarray:
     """Affinities from truth: 1 inside objects and 0.05 across boundaries, both perturbed by one
     smooth noise field shared by the channels (as a network's errors are), plus voxel noise."""
@@ -134,7 +230,10 @@ def score(out: Path, truth: np.ndarray, vs) -> list[float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--phantom", type=Path, required=True)
+    ap.add_argument("--phantom", type=Path, default=None)
+    ap.add_argument("--graph", type=Path, default=None, help="a kept blockwise-waterz work dir")
+    ap.add_argument("--old-src", type=Path, default=None, help="another source tree (--graph)")
+    ap.add_argument("--threshold", type=float, default=MAIN_JOB["threshold"], help="(--graph)")
     ap.add_argument("--affinities", type=str, default=None, help="zarr (C, z, y, x) of the phantom")
     ap.add_argument("--sizes", nargs="+", default=["48,300,300", "48,480,480", "48,832,832"])
     ap.add_argument("--scoring", default=MAIN_JOB["scoring"])
@@ -157,6 +256,13 @@ def main() -> None:
     bs = tuple(int(v) for v in args.block_shape.split(","))
     ctx = tuple(int(v) for v in args.context.split(","))
     tmp = Path(tempfile.mkdtemp(dir=args.tmp))
+    if args.graph is not None:
+        res = graph_memory(args.graph, args.scoring, [args.threshold], bs, args.old_src, tmp)
+        if args.json:
+            args.json.write_text(json.dumps(res, indent=1))
+        return
+    if args.phantom is None:
+        ap.error("give --phantom (or --graph)")
     with h5py.File(args.phantom, "r") as f:
         d = f["volumes/labels/neuron_ids"]
         vs = tuple(float(v) for v in d.attrs["resolution"])
