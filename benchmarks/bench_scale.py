@@ -4,6 +4,7 @@ stage, 1 vs 2 block workers.
     python benchmarks/bench_scale.py                                  # 8, 50 and 195 Mvox, 1 worker
     python benchmarks/bench_scale.py --sizes 8 --workers 1 2          # 1 vs 2 block workers
     python benchmarks/bench_scale.py --sizes 195 --set stages.affinities.options.tta=false
+    python benchmarks/bench_scale.py --sizes 195 --keep --resume    # rerun changed stages only
 
 Each size is a phantom made by ``syntk phantom em`` (seed 1; 195 Mvox is a CREMI sample's
 125 x 1250 x 1250), run through ``syntk pipeline run examples/cremi.toml`` with its defaults (plus
@@ -11,7 +12,9 @@ any ``--set``). While it runs, the resident memory of the pipeline process and a
 (block workers) is sampled every 0.2 s; each sample is attributed to the stage then running (the
 first stage not yet in the manifest). Results are written to ``--out`` after every run, so a
 killed benchmark keeps what it measured. Stage timings, the main process's own per-stage peak and
-the scores come from the run's manifest.
+the scores come from the run's manifest. ``--resume`` reruns a kept run directory with
+``syntk pipeline run --resume``: stages whose fingerprint is unchanged are skipped and keep the
+seconds and tree peak measured when they ran (``"resumed": true``, taken from ``--out``).
 """
 
 from __future__ import annotations
@@ -55,18 +58,23 @@ def run_pipeline(
     extra: list[str],
     log: Path,
     partial: Path | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
+    manifest = run_dir / "manifest.json"
+    before = (
+        json.loads(manifest.read_text()).get("stages", {}) if resume and manifest.exists() else {}
+    )
     cmd = [
         SYNTK, "pipeline", "run",
         str(ROOT / "examples" / "cremi.toml"), "--set", f"input.path={data}",
         "--set", f"output.dir={run_dir}", "--set", f"execution.n_workers={workers}",
         "--quiet", "--no-report", *[a for s in extra for a in ("--set", s)],
+        *(["--resume"] if resume else []),
     ]  # fmt: skip
     t0 = time.perf_counter()
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
         ps = psutil.Process(proc.pid)
-        manifest = run_dir / "manifest.json"
         peak = 0
         by_stage: dict[int, int] = {}
         last = time.perf_counter()
@@ -97,6 +105,8 @@ def run_pipeline(
             "main_process_peak_rss_mb": st.get("peak_rss_mb"),
             "tree_peak_rss_mb": round(by_stage.get(i, 0) / 2**20, 1),
         }
+        if before.get(name) == st:  # skipped by --resume: measured in the earlier run
+            stages[name]["resumed"] = True
     return {
         "returncode": proc.returncode,
         "wall_s": round(wall, 1),
@@ -133,6 +143,9 @@ def main() -> None:
         help="extra pipeline override, e.g. stages.affinities.options.tta=false",
     )
     ap.add_argument("--keep", action="store_true", help="keep run directories")
+    ap.add_argument(
+        "--resume", action="store_true", help="rerun kept run directories, changed stages only"
+    )
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -155,8 +168,19 @@ def main() -> None:
             run_dir = args.work / f"run_{mvox}_{w}w"
             log = args.work / f"run_{mvox}_{w}w.log"
             partial = args.out.with_name(f"{args.out.stem}.{mvox}_{w}w.partial.json")
-            res = run_pipeline(data.resolve(), run_dir.resolve(), w, args.extra, log, partial)
+            res = run_pipeline(data.resolve(), run_dir.resolve(), w, args.extra, log, partial,
+                               resume=args.resume)  # fmt: skip
             res["overrides"] = args.extra
+            earlier = entry.get(f"{w}_workers", {})
+            for name, st in res["stages"].items():
+                old = earlier.get("stages", {}).get(name)
+                if st.get("resumed") and old:
+                    st["tree_peak_rss_mb"] = old.get("tree_peak_rss_mb")
+            if args.resume:
+                ran = [v["tree_peak_rss_mb"] or 0 for v in res["stages"].values()]
+                res["tree_peak_rss_mb_this_run"] = res["tree_peak_rss_mb"]
+                res["tree_peak_rss_mb"] = max([res["tree_peak_rss_mb"], *ran])
+                res["resumed_from_wall_s"] = earlier.get("wall_s")
             for st in res["stages"].values():
                 if st["seconds"] is not None:
                     st["s_per_mvox"] = round(st["seconds"] / entry["mvox"], 3)
