@@ -14,7 +14,8 @@ first stage not yet in the manifest). Results are written to ``--out`` after eve
 killed benchmark keeps what it measured. Stage timings, the main process's own per-stage peak and
 the scores come from the run's manifest. ``--resume`` reruns a kept run directory with
 ``syntk pipeline run --resume``: stages whose fingerprint is unchanged are skipped and keep the
-seconds and tree peak measured when they ran (``"resumed": true``, taken from ``--out``).
+seconds and tree peak measured when they ran (``"resumed": true``, taken from ``--out``); the
+first stage that runs also gets the samples taken while the skipped stages' artifacts were checked.
 """
 
 from __future__ import annotations
@@ -107,6 +108,12 @@ def run_pipeline(
         }
         if before.get(name) == st:  # skipped by --resume: measured in the earlier run
             stages[name]["resumed"] = True
+    # a resumed run writes its manifest (skipped stages included) only when the first stage
+    # that runs ends: the samples taken before belong to that stage
+    first = next((n for n, st in stages.items() if not st.get("resumed")), None)
+    if before and first is not None and names.index(first) > 0:
+        tree0 = max(by_stage.get(0, 0), by_stage.get(names.index(first), 0))
+        stages[first]["tree_peak_rss_mb"] = round(tree0 / 2**20, 1)
     return {
         "returncode": proc.returncode,
         "wall_s": round(wall, 1),
