@@ -89,10 +89,10 @@ def synful_targets(
 TUNED_DEFAULTS: dict[str, dict[str, Any]] = {
     "vector": {"threshold": 0.9, "min_voxels": 200, "location": "edt-max",
                "vector_from": "mean", "cleft_width_nm": 20.0},
-    "direction": {"threshold": 0.8, "min_voxels": 500, "location": "centre",
+    "direction": {"threshold": 0.9, "min_voxels": 200, "location": "edt-max",
                   "vector_from": "location", "cleft_width_nm": 40.0},
-    # synful's rows joined with EMSynConn's (combine = "emsynconn"): only its confident ones
-    "vector+emsynconn": {"threshold": 0.95, "min_voxels": 500, "location": "edt-max",
+    # synful's rows joined with EMSynConn's (combine = "emsynconn")
+    "vector+emsynconn": {"threshold": 0.9, "min_voxels": 200, "location": "edt-max",
                          "vector_from": "mean", "cleft_width_nm": 20.0},
 }  # fmt: skip
 
