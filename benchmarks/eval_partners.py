@@ -27,7 +27,7 @@ the best mean pooled F (ground-truth and predicted segmentation) is the one to s
 Usage::
 
     python benchmarks/eval_partners.py --tune --seeds 1201 1202 1203 1204 1205 1206 1207 1208
-    python benchmarks/eval_partners.py --seeds 9091 9092 9093 9094 9095 9096 9097 9098 \\
+    python benchmarks/eval_partners.py --seeds 9201 9202 9203 9204 9205 9206 9207 9208 \\
         --json out.json
     python benchmarks/eval_partners.py --seeds 1201 1202 1203 1204 1205 1206 1207 1208 \\
         --train-config examples/train/synful_continue.toml \\
