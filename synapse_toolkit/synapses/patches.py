@@ -20,6 +20,7 @@ A second channel marks the rows where that boundary was found (the contact).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -165,6 +166,12 @@ def standardise(patches: np.ndarray, eps: float = 1e-3) -> np.ndarray:
     return ((p - mean) / np.maximum(std, eps)).astype(np.float32)
 
 
+#: Points whose bounding box exceeds this many voxels are read by cells of :data:`SAMPLE_CELL`
+#: voxels (z, y, x), so sampling sites spread over a volume never reads the whole volume.
+SAMPLE_BOX_VOXELS = 1 << 22
+SAMPLE_CELL = (32, 256, 256)
+
+
 def sample_labels(labels: Volume, world: np.ndarray) -> np.ndarray:
     """Nearest-voxel label ids at world points (3, ...) nm (ids kept exact; edge-clamped)."""
     if len(labels.shape) != 3:
@@ -175,6 +182,26 @@ def sample_labels(labels: Volume, world: np.ndarray) -> np.ndarray:
     vox = np.clip(np.round((world - off) / vs).astype(np.int64), 0, shape - 1)
     flat = vox.reshape(3, -1)
     lo, hi = flat.min(axis=1), flat.max(axis=1) + 1
+    if flat.shape[1] > 1 and int(np.prod(hi - lo)) > SAMPLE_BOX_VOXELS:
+        cell = np.asarray(SAMPLE_CELL).reshape(3, 1)
+        grid = tuple(int(s) for s in np.asarray(labels.spatial_shape) // cell[:, 0] + 1)
+        key = np.ravel_multi_index(tuple(flat // cell), grid)
+        order = np.argsort(key, kind="stable")
+        cuts = np.flatnonzero(np.r_[True, np.diff(key[order]) != 0, True])
+        parts = []
+        for a, b in itertools.pairwise(cuts):
+            idx = order[a:b]
+            sub = flat[:, idx]
+            sl, sh = sub.min(axis=1), sub.max(axis=1) + 1
+            box = np.asarray(
+                labels.data[tuple(slice(int(i), int(j)) for i, j in zip(sl, sh, strict=True))]
+            )
+            loc = sub - sl[:, None]
+            parts.append((idx, box[loc[0], loc[1], loc[2]]))
+        out = np.empty(flat.shape[1], dtype=parts[0][1].dtype)
+        for idx, vals in parts:
+            out[idx] = vals
+        return out.reshape(world.shape[1:])
     box = np.asarray(labels.data[tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))])
     local = vox - lo.reshape(3, *([1] * (world.ndim - 1)))
     return box[local[0], local[1], local[2]]
