@@ -80,6 +80,7 @@ def random_encoder_codes(patches: np.ndarray, model: PatchEncoder, init: int) ->
         contact_pool=bool(meta.get("contact_pool", False)),
         arch=str(meta.get("arch", "conv3d")),
         profile_norm=str(meta.get("profile_norm", "std")),
+        profile_columns=tuple(meta["profile_columns"]) if meta.get("profile_columns") else None,
     )
     net = build_encoder(cfg)
     return encode_torch(net, patches)

@@ -71,16 +71,20 @@ def test_profile_encoder_onnx_equals_torch(tmp_path: Path) -> None:
     torch.manual_seed(0)
     shape = (3, 16, 32)
     cfg = EncoderConfig(shape, (4, 8), latent=3, in_channels=2, contact_pool=True,
-                        arch="profile", profile_norm="cytoplasm")  # fmt: skip
+                        arch="profile", profile_norm="cytoplasm",
+                        profile_columns=(8, 32))  # fmt: skip
     ae = build_autoencoder(cfg)
     x = torch.from_numpy(_patches(np.array([2, 6]), np.random.default_rng(1)))
     rec, mu, _ = ae(x)
-    assert rec.shape == ae.target(x).shape == (2, 1, 32) and mu.shape == (2, 3)
+    assert rec.shape == ae.target(x).shape == (2, 1, 24) and mu.shape == (2, 3)
     path = tmp_path / "profile.onnx"
     export_model(ae.encoder.eval(), shape, path, metadata={
         "patch_size_nm": [120.0, 64.0, 128.0], "patch_voxel_size_nm": [40.0, 4.0, 4.0],
         "latent": 3, "variational": False, "align": "contact", "arch": "profile",
     })  # fmt: skip
+    with pytest.raises(ValueError, match="profile_columns"):
+        build_autoencoder(EncoderConfig(shape, (4, 8), 3, in_channels=2, arch="profile",
+                                        profile_columns=(8, 40)))  # fmt: skip
     enc = PatchEncoder(path)
     patches = _patches(np.array([1, 3, 5, 7]), np.random.default_rng(2))
     np.testing.assert_allclose(enc.encode(patches), encode_torch(ae.encoder, patches), atol=1e-4)

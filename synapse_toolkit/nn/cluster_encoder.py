@@ -42,6 +42,7 @@ class EncoderConfig:
     contact_pool: bool = False
     arch: str = "conv3d"  # or "profile" (pool over the contact first, then a 1D network)
     profile_norm: str = "std"  # profile: "std" (zero mean, unit spread) or "cytoplasm"
+    profile_columns: tuple[int, int] | None = None  # profile: keep columns [start, stop)
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -131,15 +132,20 @@ class ClusterAutoencoder(nn.Module):
         return self.decoder(h), mu, logvar
 
 
-def contact_profile(x: torch.Tensor, norm: str = "std") -> torch.Tensor:
+def contact_profile(
+    x: torch.Tensor, norm: str = "std", columns: tuple[int, int] | None = None
+) -> torch.Tensor:
     """(N, 2, z, y, x) patch + contact mask → (N, 1, x) mean cross-section over the contact
     (plain mean where no contact was found), normalised per synapse.
 
     ``norm = "std"``: zero mean, unit standard deviation. ``"cytoplasm"``: 0 at the mean of the
     outer eighth of columns on both sides (cytoplasm), -1 at the profile's darkest point, so
-    band widths do not depend on how dark a synapse's membranes and density are drawn."""
+    band widths do not depend on how dark a synapse's membranes and density are drawn.
+    ``columns`` keeps columns [start, stop) of the profile (before normalising)."""
     w = x[:, 1:2] + 1e-3
     p = (x[:, :1] * w).sum(dim=(2, 3)) / w.sum(dim=(2, 3))
+    if columns is not None:
+        p = p[..., columns[0] : columns[1]]
     if norm == "std":
         m = p.mean(dim=-1, keepdim=True)
         sd = torch.sqrt(((p - m) ** 2).mean(dim=-1, keepdim=True))
@@ -177,16 +183,21 @@ class ProfileEncoder(nn.Module):
         chans = (1, *config.channels)
         self.features = nn.Sequential(*[_block1d(a, b) for a, b in itertools.pairwise(chans)])
         x = config.input_shape[2]
+        if config.profile_columns is not None:
+            a, b = config.profile_columns
+            if not 0 <= a < b <= x:
+                raise ValueError(f"profile_columns {config.profile_columns} outside 0..{x}")
+            x = b - a
         self.factor = f = 2 ** len(config.channels)
         if x % f:
-            raise ValueError(f"patch x {x} must be divisible by {f}")
+            raise ValueError(f"profile length {x} must be divisible by {f}")
         self.feature_shape = (config.channels[-1], x // f)
         n = config.channels[-1] * (x // f)
         self.mu = nn.Linear(n, config.latent)
         self.logvar = nn.Linear(n, config.latent) if config.variational else None
 
     def profile(self, x: torch.Tensor) -> torch.Tensor:
-        return contact_profile(x, self.config.profile_norm)
+        return contact_profile(x, self.config.profile_norm, self.config.profile_columns)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         h = self.features(self.profile(x)).flatten(1)

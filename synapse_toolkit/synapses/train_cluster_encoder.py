@@ -81,6 +81,9 @@ class NetConfig(_Model):
         "conv3d", description="3D conv on the patch, or pool the contact first (profile)."
     )
     profile_norm: Literal["std", "cytoplasm"] = "std"
+    profile_columns: tuple[int, int] | None = Field(
+        None, description="Profile: keep columns [start, stop) of the cross-section."
+    )
     reconstruction: float = Field(1.0, ge=0, description="Weight of the reconstruction loss.")
     contrastive: float = Field(0.0, ge=0, description="Weight of the NT-Xent loss (0 = off).")
     temperature: float = Field(0.2, gt=0, description="NT-Xent temperature.")
@@ -359,7 +362,8 @@ def train_cluster_encoder(
     ecfg = EncoderConfig(spec.shape, tuple(cfg.model.channels), cfg.model.latent,
                          cfg.model.variational, in_channels=2 if contact else 1,
                          contact_pool=contact, arch=cfg.model.arch,
-                         profile_norm=cfg.model.profile_norm)  # fmt: skip
+                         profile_norm=cfg.model.profile_norm,
+                         profile_columns=cfg.model.profile_columns)  # fmt: skip
     net = build_autoencoder(ecfg).to(run.device)
     opt = torch.optim.Adam(net.parameters(), lr=tc.lr)
     rng = np.random.default_rng(tc.seed)
@@ -427,6 +431,7 @@ def train_cluster_encoder(
         "contact_pool": contact,
         "arch": cfg.model.arch,
         "profile_norm": cfg.model.profile_norm,
+        "profile_columns": cfg.model.profile_columns,
         "contrastive": cfg.model.contrastive,
         "channels": list(cfg.model.channels),
         "normalisation": "per-patch zero mean, unit std",
