@@ -229,7 +229,8 @@ def test_neurofinder_example_on_a_phantom(tmp_path: Path) -> None:
     cnn = summary["scores"]["score.scores"]["values"]
     base = summary["scores"]["score_baseline.scores"]["values"]
     assert cnn["n_truth"] == 30 and base["n_truth"] == 30
-    # measured: CNN 1.00 (previous model 0.98), local maxima 0.68; a broken model, preprocessing or wiring falls far below
+    # measured: CNN 1.00 (previous model 0.98), local maxima 0.68; a broken model,
+    # preprocessing or wiring falls far below
     assert cnn["combined"] >= 0.85 and cnn["combined"] > base["combined"], (cnn, base)
     written = load_regions(tmp_path / "run" / "regions.json")
     assert len(written) == cnn["n_pred"]
