@@ -316,6 +316,13 @@ def test_cluster_run_command(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     assert "15 synapses in 3 clusters" in res.output and "ARI" in res.output
     saved = json.loads((tmp_path / "clusters.json").read_text())
-    assert len(saved["labels"]) == 15 and len(saved["embedding"][0]) == 8
+    from synapse_toolkit.datasets import model_path
+    from synapse_toolkit.onnx_runtime import model_metadata
+    from synapse_toolkit.synapses.clustering import PatchEncoder
+
+    latent = int(
+        model_metadata(PatchEncoder(model_path("synapses/cluster_encoder")).session)["latent"]
+    )
+    assert len(saved["labels"]) == 15 and len(saved["embedding"][0]) == latent
     bad = CliRunner().invoke(app, ["cluster", "run", str(tmp_path / "missing.h5")])
     assert bad.exit_code == 1 and "error:" in bad.output
