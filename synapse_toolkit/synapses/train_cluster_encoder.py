@@ -55,6 +55,11 @@ class DataConfig(_Model):
     shape: tuple[int, int, int] = (24, 512, 512)
     types: int = Field(3, ge=1, le=6)
     cache_dir: Path | None = Field(None, description="Keep prepared patches here (npz).")
+    validation_pooled: bool = Field(
+        False,
+        description="Score validation with one k-means over all validation volumes "
+        "(how encoders before the per-volume score were selected).",
+    )
 
 
 class PatchConfig(_Model):
@@ -351,7 +356,7 @@ def train_cluster_encoder(
                       time_limit_minutes=tc.time_limit_minutes, device=tc.device)  # fmt: skip
     t0 = time.time()
     train = _concat([prepare_seed(s, cfg, cfg.augment.views, s) for s in cfg.data.seeds])
-    val = _concat([{**d, "volume": np.full(len(d["types"]), s)}
+    val = _concat([{**d, "volume": np.full(len(d["types"]), 0 if cfg.data.validation_pooled else s)}
                    for s in cfg.data.validation_seeds
                    for d in [prepare_seed(s, cfg, 1, s)]])  # fmt: skip
     log(f"data: {len(train['canonical'])} training synapses ({cfg.data.seeds}), "
