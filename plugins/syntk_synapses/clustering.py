@@ -25,7 +25,7 @@ class AutoencoderKMeans(Clusterer["AutoencoderKMeans.Options"]):
 
     name: ClassVar[str] = "autoencoder-kmeans"
     version: ClassVar[str] = __version__
-    description: ClassVar[str] = "k-means on 3D autoencoder codes of oriented synapse patches"
+    description: ClassVar[str] = "k-means on autoencoder codes of oriented synapse patches"
     inputs: ClassVar[Mapping[str, Port]] = {
         "raw": Port("intensity", "EM intensities"),
         "partners": Port("partners", "synapses (annotated or predicted)"),
