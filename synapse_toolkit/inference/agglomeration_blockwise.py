@@ -479,10 +479,11 @@ def agglomerate_components(
             if bk.size == 0:
                 continue
             cuts = np.flatnonzero(np.r_[True, bk[1:] != bk[:-1], True])
-            for a, b in itertools.pairwise(cuts):
-                sel = order[a:b]
+            for lo, hi in itertools.pairwise(cuts):
+                sel = order[lo:hi]
+                batch = int(bk[lo])
                 for k in cols:
-                    np.ascontiguousarray(data[k][sel], dtype=dtypes[k]).tofile(files[int(bk[a]), k])
+                    np.ascontiguousarray(data[k][sel], dtype=dtypes[k]).tofile(files[batch, k])
     del comp, batch_of
     kept_idx, kept_lab = [], []
     for b in range(n_batches):
