@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 RUNNER = Path(__file__).with_name("kill_runner.py")
 SYNTK = str(Path(sys.executable).parent / "syntk")
 #: 12 x 96 x 96 voxels in blocks of 6 x 48 x 48: 8 blocks per blockwise stage
-#: partners by the blockwise EMSynConn assigner (the main job's synful holds whole volumes)
+#: partners by the blockwise EMSynConn assigner, quicker here (test_synful_blockwise covers synful)
 FAST = ["--set", "stages.affinities.options.tta=false", "--set", "run.block_shape=[6, 48, 48]",
         "--set", "stages.partners.plugin=emsynconn",
         "--set", "stages.partners.options.context=[2, 24, 24]", "-q", "--no-report"]  # fmt: skip

@@ -241,12 +241,12 @@ class ProfileAutoencoder(nn.Module):
         return self.decoder(h), mu, logvar
 
 
-def build_encoder(config: EncoderConfig) -> nn.Module:
+def build_encoder(config: EncoderConfig) -> ProfileEncoder | ClusterEncoder:
     """The encoder of ``config.arch`` (what is exported and clustered)."""
     return ProfileEncoder(config) if config.arch == "profile" else ClusterEncoder(config)
 
 
-def build_autoencoder(config: EncoderConfig) -> nn.Module:
+def build_autoencoder(config: EncoderConfig) -> ProfileAutoencoder | ClusterAutoencoder:
     """The autoencoder of ``config.arch`` (``.encoder`` is :func:`build_encoder`'s network)."""
     return ProfileAutoencoder(config) if config.arch == "profile" else ClusterAutoencoder(config)
 

@@ -345,7 +345,12 @@ def train_cluster_encoder(
     """Prepare data, train, select on validation ARI, export the encoder to ONNX."""
     import torch
 
-    from synapse_toolkit.nn.cluster_encoder import EncoderConfig, build_autoencoder, nt_xent
+    from synapse_toolkit.nn.cluster_encoder import (
+        EncoderConfig,
+        ProfileAutoencoder,
+        build_autoencoder,
+        nt_xent,
+    )
     from synapse_toolkit.nn.export import export_model
     from synapse_toolkit.nn.run import TrainingRun
 
@@ -387,7 +392,7 @@ def train_cluster_encoder(
         xb, tb = make_batch(train, cfg, rng, idx=idx)
         x = torch.from_numpy(xb).to(run.device)
         rec, mu, logvar = net(x)
-        if m.arch == "profile":
+        if isinstance(net, ProfileAutoencoder):
             t = net.target(torch.from_numpy(tb).to(run.device))
             loss = torch.mean((rec - t) ** 2)
         else:
