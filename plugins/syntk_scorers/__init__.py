@@ -113,7 +113,7 @@ class CremiCleftScorer(Scorer["CremiCleftScorer.Options"]):
 
         s = score_clefts(
             truth, pred, threshold_nm=opts.threshold_nm,
-            reference_artifacts=opts.reference_artifacts,
+            reference_artifacts=opts.reference_artifacts, block_shape=_block_shape(self, truth),
         )  # fmt: skip
         return {"scores": ScoreRecord(self.name, s.as_dict(), dict(opts.model_dump()))}
 

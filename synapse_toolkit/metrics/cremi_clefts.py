@@ -13,10 +13,10 @@ Semantics of the CREMI reference evaluator (cremi_python ``Clefts``):
   FN count likewise. Statistics (mean, std, max, count, median) are over all test (FP) or truth
   (FN) cleft voxels. Cleft score = (mean FP distance + mean FN distance) / 2.
 
-How it is computed: the volumes are read block by block and only the coordinates of cleft
-voxels are kept; a voxel that is a cleft voxel of both volumes has distance 0, the others' nearest
-distances come from a k-d tree (scipy ``cKDTree``) over the other volume's cleft voxels and are
-then recomputed exactly as above. No volume-sized distance
+How it is computed: the volumes are read block by block and only the flat indices of cleft
+voxels are kept (8 bytes each); a voxel that is a cleft voxel of both volumes has distance 0,
+the others' nearest distances come from a k-d tree (scipy ``cKDTree``) over the other volume's
+cleft voxels and are then recomputed exactly as above. No volume-sized distance
 transform is built, so memory is O(cleft voxels) and *every* statistic (counts at any
 threshold, mean, std, max, median) is exact blockwise, equal to the in-memory reference.
 
@@ -156,8 +156,8 @@ class CleftScores:
 def cleft_voxels(
     truth: Any, pred: Any, block_shape: tuple[int, int, int] | None = None
 ) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int]]:
-    """(truth cleft voxel indices (N, 3), test cleft voxel indices (M, 3), shape), read block
-    by block; the truth invalid region is removed from both."""
+    """(truth cleft voxels, test cleft voxels, shape): each side's voxels as sorted C-order flat
+    indices (int64), read block by block; the truth invalid region is removed from both."""
     shape = tuple(int(s) for s in truth.shape)
     if tuple(pred.shape) != shape:
         raise DataError(f"truth shape {shape} != prediction shape {tuple(pred.shape)}")
@@ -165,24 +165,36 @@ def cleft_voxels(
         raise DataError(f"cleft volumes must be 3D (z, y, x), got shape {shape}")
     bs = block_shape or (max(1, min(shape[0], (1 << 24) // max(1, shape[1] * shape[2]))),
                          shape[1], shape[2])  # fmt: skip
-    t_pts: list[np.ndarray] = []
-    p_pts: list[np.ndarray] = []
+    t_idx: list[np.ndarray] = []
+    p_idx: list[np.ndarray] = []
     bg, inv = np.uint64(BACKGROUND), np.uint64(INVALID)
     for block in iter_blocks(shape, bs):
         roi = block.write
-        origin = np.array([s.start for s in roi], dtype=np.int64)
         tb = np.asarray(truth[roi]).astype(np.uint64, copy=False)
         pb = np.asarray(pred[roi]).astype(np.uint64, copy=False)
-        invalid = tb == inv
-        t_pts.append(np.argwhere((tb != bg) & ~invalid) + origin)
-        p_pts.append(np.argwhere((pb != bg) & ~invalid) + origin)
+        valid = tb != inv
+        t_idx.append(_global_index(np.flatnonzero((tb != bg) & valid), roi, shape))
+        p_idx.append(_global_index(np.flatnonzero((pb != bg) & valid), roi, shape))
     out = []
-    for pts in (t_pts, p_pts):
-        allp = np.concatenate(pts) if pts else np.zeros((0, 3), np.int64)
-        # C order (as the reference's boolean indexing), whatever the block order was
-        order = np.argsort(np.ravel_multi_index(allp.T, shape), kind="stable")
-        out.append(allp[order])
+    for parts in (t_idx, p_idx):
+        flat = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        del parts[:]
+        if flat.size > 1 and not bool(np.all(flat[1:] > flat[:-1])):
+            flat.sort()  # C order (as the reference's boolean indexing), whatever the blocks
+        out.append(flat)
     return out[0], out[1], (shape[0], shape[1], shape[2])
+
+
+def _global_index(local: np.ndarray, roi: tuple[slice, ...], shape: tuple[int, ...]) -> np.ndarray:
+    """Flat indices in a block (C order of the block) -> flat indices in the volume."""
+    block_shape = tuple(s.stop - s.start for s in roi)
+    zyx = np.unravel_index(local, block_shape)
+    return np.ravel_multi_index(tuple(c + s.start for c, s in zip(zyx, roi, strict=True)), shape)
+
+
+def _coords(flat: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """(N, 3) int64 voxel coordinates of C-order flat indices."""
+    return np.stack(np.unravel_index(flat, shape), axis=1)
 
 
 def _edt_distance(delta: np.ndarray, res: np.ndarray) -> np.ndarray:
@@ -192,34 +204,45 @@ def _edt_distance(delta: np.ndarray, res: np.ndarray) -> np.ndarray:
     return np.sqrt((d[:, 0] + d[:, 1]) + d[:, 2])
 
 
-def nearest_distances(
-    src: np.ndarray, dst: np.ndarray, res: np.ndarray, shape: tuple[int, int, int] | None = None
-) -> np.ndarray:
-    """Distance (nm) from each voxel in ``src`` to the nearest voxel in ``dst`` (non-empty).
+#: voxels per step when coordinates are materialised (bounds the temporaries)
+_CHUNK = 1 << 18
 
-    With ``shape``, voxels of ``src`` that are also in ``dst`` get 0 without a tree query."""
-    out = np.zeros(src.shape[0], np.float64)
-    if src.shape[0] == 0:
-        return out
-    todo = np.ones(src.shape[0], dtype=bool)
-    if shape is not None:
-        d_idx = np.sort(np.ravel_multi_index(dst.T, shape))
-        s_idx = np.ravel_multi_index(src.T, shape)
-        pos = np.minimum(np.searchsorted(d_idx, s_idx), d_idx.size - 1)
-        todo = d_idx[pos] != s_idx
-    if todo.any():
-        tree = cKDTree(dst.astype(np.float64) * res)
-        q = src[todo]
+
+def nearest_distances(
+    src: np.ndarray,
+    dst: np.ndarray,
+    res: np.ndarray,
+    shape: tuple[int, int, int],
+) -> np.ndarray:
+    """Distance (nm) from each voxel of ``src`` to the nearest voxel of ``dst`` (non-empty);
+    both are sorted flat indices into ``shape``. Shared voxels get 0 without a tree query; the
+    k-d tree over ``dst`` is built only if some voxel of ``src`` is not in ``dst``."""
+    out = np.zeros(src.size, np.float64)
+    tree: cKDTree | None = None
+    for start in range(0, src.size, _CHUNK):
+        s = src[start : start + _CHUNK]
+        pos = np.minimum(np.searchsorted(dst, s), dst.size - 1)
+        todo = np.flatnonzero(dst[pos] != s)
+        if todo.size == 0:
+            continue
+        if tree is None:
+            pts = np.empty((dst.size, 3), np.float64)
+            for a in range(0, dst.size, _CHUNK):
+                pts[a : a + _CHUNK] = _coords(dst[a : a + _CHUNK], shape) * res
+            tree = cKDTree(pts)
+        q = _coords(s[todo], shape)
         _, idx = tree.query(q.astype(np.float64) * res, k=1, workers=-1)
-        out[todo] = _edt_distance(dst[idx] - q, res)
+        out[start + todo] = _edt_distance(_coords(dst[idx], shape) - q, res)
     return out
 
 
-def _to_empty(src: np.ndarray, res: np.ndarray, reference_artifacts: bool) -> np.ndarray:
+def _to_empty(
+    src: np.ndarray, res: np.ndarray, shape: tuple[int, int, int], reference_artifacts: bool
+) -> np.ndarray:
     if not reference_artifacts:
-        return np.full(src.shape[0], np.inf)
+        return np.full(src.size, np.inf)
     virtual = np.array([-1, 0, 0], dtype=np.int64)
-    return _edt_distance(src - virtual, res)
+    return _edt_distance(_coords(src, shape) - virtual, res)
 
 
 def score_clefts(
@@ -241,12 +264,12 @@ def score_clefts(
         raise DataError("cleft scoring needs the voxel size (voxel_size_nm, z, y, x nm)")
     res = np.asarray(vs, dtype=np.float64)
     t_pts, p_pts, shape = cleft_voxels(t_arr, p_arr, block_shape)
-    if t_pts.shape[0] == 0:
-        fp = _to_empty(p_pts, res, reference_artifacts)
+    if t_pts.size == 0:
+        fp = _to_empty(p_pts, res, shape, reference_artifacts)
     else:
         fp = nearest_distances(p_pts, t_pts, res, shape)
-    if p_pts.shape[0] == 0:
-        fn = _to_empty(t_pts, res, reference_artifacts)
+    if p_pts.size == 0:
+        fn = _to_empty(t_pts, res, shape, reference_artifacts)
     else:
         fn = nearest_distances(t_pts, p_pts, res, shape)
     return CleftScores(float(threshold_nm), fp, fn)
