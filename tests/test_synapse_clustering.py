@@ -326,3 +326,26 @@ def test_cluster_run_command(tmp_path: Path) -> None:
     assert len(saved["labels"]) == 15 and len(saved["embedding"][0]) == latent
     bad = CliRunner().invoke(app, ["cluster", "run", str(tmp_path / "missing.h5")])
     assert bad.exit_code == 1 and "error:" in bad.output
+
+
+def test_encode_sites_in_batches_equals_encoding_all_patches(tmp_path: Path) -> None:
+    """The clusterer encodes synapses a batch at a time (bounded memory); the codes must not
+    depend on the batch size, for the shipped contact-aligned encoder on the demo."""
+    from synapse_toolkit.datasets import model_path
+    from synapse_toolkit.io.cremi import open_cremi
+    from synapse_toolkit.synapses.clustering import PatchEncoder, gallery_members
+    from synapse_toolkit.synapses.patches import synapse_sites
+
+    demo = Path(__file__).resolve().parents[1] / "synapse_toolkit" / "demo" / "cremi_demo.hdf"
+    enc = PatchEncoder(model_path("synapses/cluster_encoder"))
+    with open_cremi(demo) as data:
+        assert data.annotations is not None and data.raw is not None
+        sites = synapse_sites(PartnerTable.from_annotations(data.annotations))
+        whole = enc.encode(enc.patches(data.raw, sites, data.neuron_ids))
+        batched = enc.encode_sites(data.raw, sites, data.neuron_ids, batch=4)
+        part = enc.encode(enc.patches(data.raw, sites.take(np.array([5, 2])), data.neuron_ids))
+    assert len(sites) == 15 and whole.shape[0] == 15
+    np.testing.assert_array_equal(batched, whole)
+    np.testing.assert_array_equal(part, whole[[5, 2]])
+    members = gallery_members(np.array([2, 0, 2, 1, 0, 0, 2]), per_cluster=2)
+    assert members.tolist() == [0, 1, 2, 3, 4]

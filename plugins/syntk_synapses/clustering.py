@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from pydantic import Field
@@ -15,6 +15,10 @@ from synapse_toolkit import __version__
 from synapse_toolkit.data import ClusterAssignments, PartnerTable, Volume
 from synapse_toolkit.errors import DataError
 from synapse_toolkit.stages import Clusterer, Loader, Port, StageOptions
+
+if TYPE_CHECKING:
+    from synapse_toolkit.synapses.clustering import PatchEncoder
+    from synapse_toolkit.synapses.patches import SynapseSites
 
 
 class AutoencoderKMeans(Clusterer["AutoencoderKMeans.Options"]):
@@ -49,13 +53,8 @@ class AutoencoderKMeans(Clusterer["AutoencoderKMeans.Options"]):
                                "clusters_gallery.png into the run directory.")  # fmt: skip
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        from synapse_toolkit.synapses.clustering import (
-            PatchEncoder,
-            choose_k,
-            kmeans,
-            partner_patches,
-            summary,
-        )
+        from synapse_toolkit.synapses.clustering import PatchEncoder, choose_k, kmeans, summary
+        from synapse_toolkit.synapses.patches import synapse_sites
         from syntk_synapses import _resolved_model
 
         raw: Volume = inputs["raw"]
@@ -63,11 +62,11 @@ class AutoencoderKMeans(Clusterer["AutoencoderKMeans.Options"]):
         o = self.options
         path = _resolved_model(self, o.model, o.model_path, o.sha256, raw=raw)
         encoder = PatchEncoder(path, n_threads=self.context.n_threads)
-        sites, patches = partner_patches(raw, partners, encoder, inputs.get("labels"))
+        sites = synapse_sites(partners)
         if len(sites) == 0:  # no synapses found (e.g. none predicted): nothing to cluster
             self.context.record("clustering", {"k": 0, "n_synapses": 0})
             return {"clusters": ClusterAssignments(sites.synapse_id, np.zeros(0, np.int64))}
-        codes = encoder.encode(patches)
+        codes = encoder.encode_sites(raw, sites, inputs.get("labels"))
         choice = None
         if o.k is not None:
             k = o.k
@@ -79,21 +78,27 @@ class AutoencoderKMeans(Clusterer["AutoencoderKMeans.Options"]):
         self.context.record("clustering", {"k": int(k), "n_synapses": len(sites),
                                            **summary(choice)})  # fmt: skip
         if o.pictures and len(sites):
-            self._pictures(codes, labels, patches, sites.synapse_id, inputs.get("truth"))
+            self._pictures(codes, labels, encoder, raw, sites, inputs)
         return {"clusters": ClusterAssignments(sites.synapse_id, labels, codes)}
 
-    def _pictures(self, codes: np.ndarray, labels: np.ndarray, patches: np.ndarray,
-                  ids: np.ndarray, truth: ClusterAssignments | None) -> None:  # fmt: skip
+    def _pictures(self, codes: np.ndarray, labels: np.ndarray, encoder: PatchEncoder,
+                  raw: Volume, sites: SynapseSites, inputs: Mapping[str, Any]) -> None:  # fmt: skip
         from synapse_toolkit.synapses.cluster_pictures import plot_embedding, plot_gallery
+        from synapse_toolkit.synapses.clustering import gallery_members
 
+        truth: ClusterAssignments | None = inputs.get("truth")
         known = None
         if truth is not None:
             lookup = dict(zip(truth.synapse_ids.tolist(), truth.labels.tolist(), strict=True))
-            known = np.asarray([lookup.get(int(i), -1) for i in ids])
+            known = np.asarray([lookup.get(int(i), -1) for i in sites.synapse_id])
         base = self.context.run_dir or self.context.scratch_dir
         plot_embedding(codes, labels, base / "clusters_embedding.png", truth=known)
-        plot_gallery(patches[:, 0] if patches.ndim == 5 else patches, labels,
-                     base / "clusters_gallery.png")  # fmt: skip
+        members = gallery_members(labels)  # only the gallery's synapses are cut again
+        patches = encoder.patches(raw, sites.take(members), inputs.get("labels"))
+        values, counts = np.unique(labels, return_counts=True)
+        plot_gallery(patches[:, 0] if patches.ndim == 5 else patches, labels[members],
+                     base / "clusters_gallery.png",
+                     sizes=dict(zip(values.tolist(), counts.tolist(), strict=True)))  # fmt: skip
 
 
 class PhantomSynapseTypes(Loader["PhantomSynapseTypes.Options"]):

@@ -3,6 +3,7 @@ cluster (and by true type when known), and a gallery of central sections per clu
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -63,10 +64,15 @@ def plot_embedding(
 
 
 def plot_gallery(
-    patches: np.ndarray, clusters: np.ndarray, path: str | Path, per_cluster: int = 6
+    patches: np.ndarray,
+    clusters: np.ndarray,
+    path: str | Path,
+    per_cluster: int = 6,
+    sizes: Mapping[int, int] | None = None,
 ) -> Path:
     """Central sections of up to ``per_cluster`` patches per cluster, one row per cluster
-    (pre-synaptic side left, post-synaptic side right)."""
+    (pre-synaptic side left, post-synaptic side right). ``sizes`` gives the clusters' sizes
+    when ``patches`` are only a sample of each (default: counted in ``clusters``)."""
     plt = _pyplot()
     labs = np.unique(clusters)
     rows = max(1, len(labs))
@@ -77,8 +83,8 @@ def plot_gallery(
     zc = patches.shape[1] // 2 if len(patches) else 0
     for r, v in enumerate(labs):
         members = np.flatnonzero(clusters == v)[:per_cluster]
-        axes[r, 0].set_title(f"cluster {int(v)} (n={int(np.sum(clusters == v))})", fontsize=7,
-                             loc="left")  # fmt: skip
+        n = int(np.sum(clusters == v)) if sizes is None else int(sizes[int(v)])
+        axes[r, 0].set_title(f"cluster {int(v)} (n={n})", fontsize=7, loc="left")
         for c, i in enumerate(members):
             axes[r, c].imshow(patches[i, zc], cmap="gray")
     fig.tight_layout()

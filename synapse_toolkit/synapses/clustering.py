@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from synapse_toolkit.data import PartnerTable, Volume
+from synapse_toolkit.data import Volume
 from synapse_toolkit.errors import DataError
 from synapse_toolkit.synapses.patches import (
     PatchSpec,
@@ -25,7 +25,6 @@ from synapse_toolkit.synapses.patches import (
     extract_patches,
     standardise,
     standardise_channels,
-    synapse_sites,
 )
 
 
@@ -69,6 +68,16 @@ class PatchEncoder:
                 )
             return contact_patches(raw, labels, sites, self.spec, self.reach_nm)
         return extract_patches(raw, sites, self.spec)
+
+    def encode_sites(
+        self, raw: Volume, sites: SynapseSites, labels: Volume | None = None, batch: int = 128
+    ) -> np.ndarray:
+        """Codes (N, D) of every synapse in ``sites``, cut and encoded ``batch`` synapses at a
+        time, so memory follows the batch rather than the number of synapses."""
+        parts = [self.encode(self.patches(raw, sites.take(np.arange(a, min(a + batch, len(sites)))),
+                                          labels))
+                 for a in range(0, len(sites), batch)]  # fmt: skip
+        return np.concatenate(parts) if parts else np.zeros((0, 0), np.float64)
 
     def encode(self, patches: np.ndarray) -> np.ndarray:
         """Codes of raw-intensity patches (standardised here), one ONNX call per patch."""
@@ -150,12 +159,11 @@ def choose_k(
     return KChoice(max(stable, key=lambda k: sil[k]), sil, stab)
 
 
-def partner_patches(
-    raw: Volume, partners: PartnerTable, encoder: PatchEncoder, labels: Volume | None = None
-) -> tuple[SynapseSites, np.ndarray]:
-    """Sites and the encoder's patches of every synapse in a partner table."""
-    sites = synapse_sites(partners)
-    return sites, encoder.patches(raw, sites, labels)
+def gallery_members(clusters: np.ndarray, per_cluster: int = 6) -> np.ndarray:
+    """Positions of the first ``per_cluster`` synapses of each cluster, in ascending order."""
+    c = np.asarray(clusters)
+    picks = [np.flatnonzero(c == v)[:per_cluster] for v in np.unique(c)]
+    return np.sort(np.concatenate(picks)) if picks else np.zeros(0, np.int64)
 
 
 def pca_codes(patches: np.ndarray, n_components: int = 16, seed: int = 0) -> np.ndarray:

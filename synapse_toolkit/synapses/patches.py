@@ -69,6 +69,13 @@ class SynapseSites:
     def __len__(self) -> int:
         return int(self.synapse_id.shape[0])
 
+    def take(self, index: np.ndarray) -> SynapseSites:
+        """The synapses at positions ``index``, in that order."""
+        idx = np.asarray(index, np.int64)
+        first = None if self.first_post_nm is None else self.first_post_nm[idx]
+        return SynapseSites(self.synapse_id[idx], self.pre_nm[idx], self.post_nm[idx],
+                            tuple(self.rows[i] for i in idx), first)  # fmt: skip
+
     @property
     def centres_nm(self) -> np.ndarray:
         return 0.5 * (self.pre_nm + self.post_nm)
