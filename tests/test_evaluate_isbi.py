@@ -129,3 +129,44 @@ def test_export_stores_the_validation_setting_and_domain(tmp_path: Path) -> None
     torch.save({"model_config": cfg.to_dict(), "state_dict": UNet3D(cfg).state_dict()}, ckpt)
     with pytest.raises(SyntkError, match="no validation record"):
         ev.export(ckpt, out)
+
+
+def test_select_agglomeration_chooses_on_the_given_sections(isbi_dir: Path) -> None:
+    grid = [{"method": "affinities"},
+            {"method": "distance_2d", "boundary_threshold": 0.5, "dt_sigma": 1.0,
+             "min_distance": 3}]  # fmt: skip
+    sel = ev.select_agglomeration("neurons/sstem_affinities", isbi_dir, "0-1",
+                                  scorings=("quantile50", "mean"), fragment_settings=grid,
+                                  thresholds=(0.2, 0.5, 0.8))  # fmt: skip
+    rows = sel["rows"]
+    assert len(rows) == 2 * 2 * 3
+    best = min(rows, key=lambda r: r["cremi_score"])
+    choice = sel["choice"]
+    assert (choice["scoring"], choice["threshold"], choice["fragments"]) == (
+        best["scoring"], best["threshold"], best["fragments"],
+    )  # fmt: skip
+    assert choice["validation_cremi_score"] == best["cremi_score"]
+    assert "sections 0-1" in choice["chosen_on"]
+    assert len(ev.fragment_grid()) == 10
+
+
+def test_isbi_select_cli_writes_the_choice_and_refuses_held_out_sections(
+    isbi_dir: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from synapse_toolkit.inference.onnx_model import OnnxModel
+    from synapse_toolkit.models import resolve_model, sidecar_sha256
+
+    model = tmp_path / "m.onnx"
+    shutil.copy(resolve_model("test", name="neurons/sstem_affinities").path, model)
+    base = ["evaluate", "isbi-select", "--isbi", str(isbi_dir), "--model", str(model)]
+    res = CliRunner().invoke(app, [*base, "--sections", "19-21"])
+    assert res.exit_code == 1 and "held-out" in res.output
+    res = CliRunner().invoke(app, [*base, "--sections", "0-3", "--write", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    agg = OnnxModel(model, 1).metadata["agglomeration"]
+    assert agg == out["agglomeration"] and "fragments" in agg
+    assert len(out["rows"]) == 10 * len(ev.SELECT_SCORINGS) * len(ev.THRESHOLDS)
+    assert sidecar_sha256(model) == out["written"]["sha256"]

@@ -230,6 +230,10 @@ class WaterzAgglomerator(Agglomerator["WaterzAgglomerator.Options"]):
     ``threshold``, else the scoring and threshold stored with the affinities by the model that
     made them (chosen on its validation data; see :func:`model_agglomeration`), else the median
     threshold. With truth, ``scores`` holds VOI/ARAND/CREMI score per threshold.
+
+    Fragments: the ``fragments`` input if wired, else ``fragments_from``: waterz's own watershed
+    of the affinities, or seeds from the distance transform of each section's boundary map
+    (:mod:`synapse_toolkit.inference.fragments`); ``auto`` takes the model's stored choice.
     """
 
     name: ClassVar[str] = "waterz"
@@ -263,6 +267,38 @@ class WaterzAgglomerator(Agglomerator["WaterzAgglomerator.Options"]):
         aff_threshold_low: float = 0.0001
         aff_threshold_high: float = 0.9999
         discretize_queue: int = Field(256, description="0 (exact) or 256 bins (faster).")
+        fragments_from: Literal["auto", "affinities", "distance_2d"] = Field(
+            "auto",
+            description="Without a `fragments` input: 'affinities' (waterz's watershed), "
+            "'distance_2d' (seeds at maxima of the distance transform of each section's "
+            "boundary map < `boundary_threshold`), 'auto' (the model's metadata, else "
+            "'affinities').",
+        )
+        boundary_threshold: float = Field(0.5, gt=0, le=1, description="distance_2d: interior.")
+        dt_sigma: float = Field(1.0, ge=0, description="distance_2d: smoothing (px).")
+        min_distance: int = Field(3, ge=1, description="distance_2d: seed spacing (px).")
+
+    def _fragments(self, affs: np.ndarray, affs_vol: Volume) -> np.ndarray | None:
+        """Fragments per ``fragments_from`` (``None``: waterz's own watershed)."""
+        from synapse_toolkit.inference.fragments import make_fragments
+
+        opts: WaterzAgglomerator.Options = self.options
+        setting: dict[str, Any] = {"method": opts.fragments_from}
+        if opts.fragments_from == "distance_2d":
+            setting.update(
+                boundary_threshold=opts.boundary_threshold,
+                dt_sigma=opts.dt_sigma,
+                min_distance=opts.min_distance,
+            )
+        elif opts.fragments_from == "auto":
+            attrs = getattr(affs_vol.data, "attrs", None)
+            agg = dict(attrs).get("agglomeration") if attrs is not None else None
+            stored = agg.get("fragments") if isinstance(agg, dict) else None
+            setting = dict(stored) if isinstance(stored, dict) else {"method": "affinities"}
+        if setting.get("method", "affinities") != "affinities":
+            self.context.logger.info("waterz: fragments %s", setting)
+        self.context.record("fragments", setting)
+        return make_fragments(affs, setting)
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         from synapse_toolkit.inference.agglomeration import agglomerate, scoring_function
@@ -276,9 +312,11 @@ class WaterzAgglomerator(Agglomerator["WaterzAgglomerator.Options"]):
                 f"waterz: affinities must be (>=3, z, y, x), got shape {affs_vol.shape}"
             )
         affs = np.asarray(affs_vol.data[:3], dtype=np.float32)
-        frag = None
+        frag: np.ndarray | None
         if inputs.get("fragments") is not None:
             frag = np.asarray(inputs["fragments"].read(), dtype=np.uint64)
+        else:
+            frag = self._fragments(affs, affs_vol)
         truth = inputs.get("truth")
         truth_np = None if truth is None else truth.read()
         if truth_np is not None and truth_np.shape != affs.shape[1:]:

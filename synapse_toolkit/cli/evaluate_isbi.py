@@ -1,4 +1,4 @@
-"""`syntk evaluate isbi` and `syntk evaluate isbi-export` (registered on the `evaluate` group).
+"""`syntk evaluate isbi`, `isbi-export` and `isbi-select` (registered on the `evaluate` group).
 
 Logic: :mod:`synapse_toolkit.evaluation.isbi`.
 """
@@ -39,6 +39,9 @@ def print_report(rep: dict[str, Any]) -> None:
     m = rep["model"]
     agg = m.get("model_agglomeration") or {}
     setting = f"{agg.get('scoring', '?')} @ {agg.get('threshold', '?')}"
+    frag = agg.get("fragments") or {}
+    if frag.get("method") == "distance_2d":
+        setting += f", dt {frag.get('boundary_threshold')}/{frag.get('dt_sigma')}"
     typer.echo(_row(f"model {rep['model_name']} (pipeline)", "model metadata", setting,
                     m["held_out"]))  # fmt: skip
     b = m["best_on_test"]
@@ -111,7 +114,51 @@ def isbi_export_command(
     typer.echo(json.dumps({k: info[k] for k in keys if k in info}))
 
 
+def isbi_select_command(
+    model: Annotated[str, typer.Option(help="Registry name or .onnx file.")] = DEFAULT_MODEL,
+    sections: Annotated[
+        str, typer.Option(help="Validation sections that choose (never the held-out ones).")
+    ] = "16-19",
+    isbi: Annotated[
+        Path | None, typer.Option(help="ISBI 2012 folder (default: the shared copy).")
+    ] = None,
+    write: Annotated[
+        bool,
+        typer.Option(
+            "--write",
+            help="Store the choice as the --model .onnx file's `agglomeration` metadata "
+            "(weights unchanged) and rewrite its .sha256 sidecar.",
+        ),
+    ] = False,
+    threads: Annotated[int, typer.Option(min=1)] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="Print every row tried as JSON.")] = False,
+) -> None:
+    """Choose an ssTEM model's waterz fragments (waterz's watershed or distance-transform seeds),
+    scoring and threshold on its validation sections by mean 2D CREMI score."""
+    from synapse_toolkit.evaluation import isbi as ev
+    from synapse_toolkit.fsio import dumps
+
+    if write and not model.endswith(".onnx"):
+        raise SyntkError("--write needs --model PATH.onnx (the file to store the choice in)")
+    held = set(ev.parse_sections(DEFAULT_TEST))
+    if held & set(ev.parse_sections(sections)):
+        raise SyntkError(f"--sections {sections} overlaps the held-out sections {DEFAULT_TEST}")
+    folder = isbi or ev.default_isbi_dir()
+    say = (lambda _m: None) if as_json else (lambda m: typer.echo(m, err=True))
+    sel = ev.select_agglomeration(model, folder, sections, n_threads=threads, log=say)
+    out: dict[str, Any] = {"agglomeration": sel["choice"]}
+    if write:
+        from synapse_toolkit.nn.export import update_metadata
+
+        out["written"] = update_metadata(model, {"agglomeration": sel["choice"]})
+    if as_json:
+        sys.stdout.write(dumps({**out, "rows": sel["rows"]}) + "\n")
+        return
+    typer.echo(json.dumps(out, indent=1))
+
+
 def register(app: typer.Typer) -> None:
-    """Add the two commands to the ``evaluate`` group."""
+    """Add the three commands to the ``evaluate`` group."""
     app.command("isbi")(isbi_command)
     app.command("isbi-export")(isbi_export_command)
+    app.command("isbi-select")(isbi_select_command)

@@ -99,8 +99,9 @@ def sweep(
     cells: np.ndarray,
     scoring: str = "quantile50",
     thresholds: Sequence[float] = THRESHOLDS,
+    fragments: np.ndarray | None = None,
 ) -> list[Row]:
-    """Mean 2D section scores of waterz at each threshold."""
+    """Mean 2D section scores of waterz at each threshold (from ``fragments`` if given)."""
     from synapse_toolkit.inference.agglomeration import agglomerate
     from synapse_toolkit.metrics.sections import score_sections
 
@@ -109,7 +110,7 @@ def sweep(
     def keep(th: float, seg: np.ndarray) -> None:
         rows.append({"threshold": float(th), **_means(score_sections(seg, cells))})
 
-    agglomerate(affs, list(thresholds), scoring=scoring, on_segmentation=keep)
+    agglomerate(affs, list(thresholds), scoring=scoring, fragments=fragments, on_segmentation=keep)
     return rows
 
 
@@ -170,6 +171,8 @@ plugin = "affinity-unet"
 inputs = {{ raw = "load.raw" }}
 options = {{ {model_key} = "{model}" }}
 
+"""
+_SEGMENT = """
 [stages.segment]
 kind = "agglomerator"
 plugin = "waterz"
@@ -202,7 +205,7 @@ def model_via_pipeline(
         cfg = Path(tmp) / "pipeline.toml"
         vz, vy, vx = (float(v) for v in voxel_size_nm)
         cfg.write_text(
-            _PIPELINE.format(
+            (_PIPELINE + _SEGMENT).format(
                 raw=raw_path, out=out, threads=n_threads, vz=vz, vy=vy, vx=vx,
                 model_key="model_path" if by_path else "model",
                 model=Path(model).resolve() if by_path else model,
@@ -230,6 +233,99 @@ def model_via_pipeline(
         "sweep": rows,
         "pipeline_seconds": round(seconds, 1),
     }
+
+
+def model_affinities(
+    model: str,
+    raw: np.ndarray,
+    *,
+    voxel_size_nm: Sequence[float] = ISBI_VOXEL_SIZE_NM,
+    n_threads: int = 1,
+) -> np.ndarray:
+    """(3, z, y, x) float32 affinities of ``model`` on ``raw`` from the pipeline's
+    ``affinity-unet`` stage (as :func:`model_via_pipeline` runs it)."""
+    import h5py
+    import zarr
+
+    from synapse_toolkit.api import run_pipeline_file
+
+    by_path = model.endswith(".onnx") or Path(model).is_file()
+    with tempfile.TemporaryDirectory() as tmp:
+        raw_path = Path(tmp) / "raw.h5"
+        with h5py.File(raw_path, "w") as f:
+            f["raw"] = raw
+        out = Path(tmp) / "run"
+        cfg = Path(tmp) / "pipeline.toml"
+        vz, vy, vx = (float(v) for v in voxel_size_nm)
+        cfg.write_text(
+            _PIPELINE.format(
+                raw=raw_path, out=out, threads=n_threads, vz=vz, vy=vy, vx=vx,
+                model_key="model_path" if by_path else "model",
+                model=Path(model).resolve() if by_path else model,
+            )
+        )  # fmt: skip
+        run_pipeline_file(cfg)
+        affs = zarr.open_array(str(out / "artifacts" / "affinities" / "affinities.zarr"), mode="r")
+        return np.asarray(affs[:3], dtype=np.float32)
+
+
+def fragment_grid() -> list[dict[str, Any]]:
+    """The fragment settings :func:`select_agglomeration` tries: waterz's watershed, and
+    distance-transform seeds at boundary thresholds 0.3/0.5/0.7 and smoothing 0/1/2 px."""
+    grid: list[dict[str, Any]] = [{"method": "affinities"}]
+    for bt in (0.3, 0.5, 0.7):
+        for sigma in (0.0, 1.0, 2.0):
+            grid.append(
+                {"method": "distance_2d", "boundary_threshold": bt, "dt_sigma": sigma,
+                 "min_distance": 3}
+            )  # fmt: skip
+    return grid
+
+
+SELECT_SCORINGS = ("quantile50", "quantile75", "mean")
+
+
+def select_agglomeration(
+    model: str,
+    isbi_dir: str | Path,
+    sections: str = "16-19",
+    *,
+    scorings: Sequence[str] = SELECT_SCORINGS,
+    fragment_settings: Sequence[dict[str, Any]] | None = None,
+    thresholds: Sequence[float] = THRESHOLDS,
+    n_threads: int = 1,
+    log: Log | None = None,
+) -> dict[str, Any]:
+    """The waterz setting (fragments, scoring, threshold) with the lowest mean 2D CREMI score on
+    ``sections`` (the model's validation sections: never the held-out ones), from the model's
+    affinities via the pipeline. Returns the choice (an ``agglomeration`` metadata entry) and
+    every row tried."""
+    from synapse_toolkit.inference.fragments import make_fragments
+
+    say = log or (lambda _m: None)
+    ids = parse_sections(sections)
+    raw, cells = read_sections(isbi_dir, ids)
+    say(f"model {model} affinities on sections {sections}")
+    affs = model_affinities(model, raw, n_threads=n_threads)
+    rows: list[Row] = []
+    for frag_setting in fragment_settings or fragment_grid():
+        frags = make_fragments(affs, frag_setting)
+        for scoring in scorings:
+            for r in sweep(affs, cells, scoring, thresholds, fragments=frags):
+                rows.append({"fragments": dict(frag_setting), "scoring": scoring, **r})
+        best = min((r for r in rows if r["fragments"] == frag_setting),
+                   key=lambda r: r["cremi_score"])  # fmt: skip
+        say(f"  {frag_setting}: best {best['scoring']} @ {best['threshold']} "
+            f"-> {best['cremi_score']:.3f}")  # fmt: skip
+    best = min(rows, key=lambda r: r["cremi_score"])
+    choice = {
+        "scoring": best["scoring"],
+        "threshold": best["threshold"],
+        "fragments": best["fragments"],
+        "chosen_on": f"ISBI 2012 sections {sections} (validation) by mean 2D CREMI score",
+        "validation_cremi_score": best["cremi_score"],
+    }
+    return {"choice": choice, "best": best, "rows": rows}
 
 
 def evaluate(

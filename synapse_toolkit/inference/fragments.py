@@ -1,0 +1,168 @@
+"""Fragments for waterz seeded from the distance transform of a boundary map, section by section.
+
+For serial-section EM whose affinity model does not connect sections: each z-section's boundary
+map (1 - mean of its in-plane affinities) is thresholded to cell interiors, their distance
+transform (optionally smoothed) gives one seed per local maximum, and a seeded watershed on the
+boundary map grows every seed to a fragment. Thin gaps in a membrane then do not join two cells
+into one fragment, as they can in the affinity watershed's basins; waterz merges the fragments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from numba import njit
+
+#: the fragment methods the ``waterz`` stage knows (``affinities``: waterz's own watershed)
+METHODS = ("affinities", "distance_2d")
+
+
+def boundary_map(affinities: np.ndarray) -> np.ndarray:
+    """(z, y, x) float32 boundary probability: 1 - mean of the pixel's y and x affinities.
+
+    Affinity ``c`` at a voxel links it to its predecessor along axis ``c``; each pixel averages
+    the in-plane edges on both sides of it (edges leaving the volume are left out).
+    """
+    a = np.asarray(affinities, dtype=np.float32)
+    if a.ndim != 4 or a.shape[0] < 3:
+        raise ValueError(f"affinities must be (>=3, z, y, x), got shape {a.shape}")
+    total = np.zeros(a.shape[1:], np.float32)
+    count = np.zeros(a.shape[1:], np.float32)
+    for axis in (1, 2):  # channel c <-> spatial axis c of (z, y, x)
+        edge = a[axis]
+        tail = [slice(None)] * 3
+        tail[axis] = slice(1, None)
+        head = [slice(None)] * 3
+        head[axis] = slice(None, -1)
+        total[tuple(tail)] += edge[tuple(tail)]  # edge to the predecessor
+        count[tuple(tail)] += 1
+        total[tuple(head)] += edge[tuple(tail)]  # edge to the successor
+        count[tuple(head)] += 1
+    return 1.0 - total / np.maximum(count, 1)
+
+
+@njit(cache=True, nogil=True)
+def _flood_2d(cost: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Seeded watershed on a uint8 (y, x) ``cost``, 4-connected, in place on ``labels`` (> 0:
+    seeds): the lowest pixel next to a region joins it, ties first in, first out."""
+    h, w = cost.shape
+    n = h * w
+    nxt = np.full(n, -1, np.int64)
+    head = np.full(256, -1, np.int64)
+    tail = np.full(256, -1, np.int64)
+    flat = labels.ravel()
+    c = cost.ravel()
+    level = 256
+    for i in range(n):
+        if flat[i] > 0:
+            v = c[i]
+            if tail[v] < 0:
+                head[v] = i
+            else:
+                nxt[tail[v]] = i
+            tail[v] = i
+            level = min(level, v)
+    while level < 256:
+        i = head[level]
+        if i < 0:
+            level += 1
+            continue
+        head[level] = nxt[i]
+        if head[level] < 0:
+            tail[level] = -1
+        y, x = i // w, i % w
+        for k in range(4):
+            yy, xx = y, x
+            if k == 0:
+                yy = y - 1
+            elif k == 1:
+                yy = y + 1
+            elif k == 2:
+                xx = x - 1
+            else:
+                xx = x + 1
+            if yy < 0 or yy >= h or xx < 0 or xx >= w:
+                continue
+            j = yy * w + xx
+            if flat[j] != 0:
+                continue
+            flat[j] = flat[i]
+            v = c[j]
+            nxt[j] = -1
+            if tail[v] < 0:
+                head[v] = j
+            else:
+                nxt[tail[v]] = j
+            tail[v] = j
+            level = min(level, v)
+    return labels
+
+
+def flood_2d(cost: np.ndarray, markers: np.ndarray) -> np.ndarray:
+    """int64 (y, x) labels: every pixel reachable from a marker (> 0) joins one by a seeded
+    watershed on ``cost`` (uint8), 4-connected; ties are taken first in, first out."""
+    cost = np.ascontiguousarray(cost, dtype=np.uint8)
+    labels = np.ascontiguousarray(markers, dtype=np.int64).copy()
+    if cost.ndim != 2 or cost.shape != labels.shape:
+        raise ValueError(f"cost {cost.shape} and markers {labels.shape} must be the same 2D shape")
+    return np.asarray(_flood_2d(cost, labels))
+
+
+def distance_fragments_2d(
+    affinities: np.ndarray,
+    boundary_threshold: float = 0.5,
+    dt_sigma: float = 1.0,
+    min_distance: int = 3,
+) -> np.ndarray:
+    """uint64 (z, y, x) fragments, each within one section, ids unique over the volume (>= 1).
+
+    Seeds: local maxima (within ``min_distance`` px) of the distance transform of the pixels
+    whose boundary value is below ``boundary_threshold``, Gaussian-smoothed by ``dt_sigma`` px;
+    every pixel goes to a seed by a watershed on the boundary map (256 grey levels).
+    """
+    from scipy import ndimage
+
+    if not 0.0 < boundary_threshold <= 1.0 or dt_sigma < 0 or min_distance < 1:
+        raise ValueError(
+            f"need 0 < boundary_threshold <= 1, dt_sigma >= 0, min_distance >= 1; got "
+            f"{boundary_threshold}, {dt_sigma}, {min_distance}"
+        )
+    bmap = boundary_map(affinities)
+    out = np.zeros(bmap.shape, np.uint64)
+    base = 0
+    size = 2 * int(min_distance) + 1
+    for z in range(bmap.shape[0]):
+        b = bmap[z]
+        inside = b < boundary_threshold
+        if not inside.any():  # no interior: one fragment for the section
+            out[z] = base + 1
+            base += 1
+            continue
+        dt = ndimage.distance_transform_edt(inside).astype(np.float32)
+        if dt_sigma > 0:
+            dt = ndimage.gaussian_filter(dt, dt_sigma)
+        peaks = inside & (dt == ndimage.maximum_filter(dt, size=size)) & (dt > 0)
+        markers, n = ndimage.label(peaks)
+        cost = np.round(np.clip(b, 0.0, 1.0) * 255).astype(np.uint8)
+        frag = flood_2d(cost, markers)
+        out[z] = frag.astype(np.uint64) + np.uint64(base)
+        base += n
+    return out
+
+
+def make_fragments(affinities: np.ndarray, setting: Mapping[str, Any]) -> np.ndarray | None:
+    """Fragments for ``setting`` (``{"method": ..., **parameters}``), or ``None`` for waterz's
+    own watershed (``method = "affinities"``)."""
+    method = setting.get("method", "affinities")
+    if method == "affinities":
+        return None
+    if method != "distance_2d":
+        raise ValueError(f"unknown fragment method {method!r}; expected one of {METHODS}")
+    return distance_fragments_2d(
+        affinities,
+        boundary_threshold=float(setting.get("boundary_threshold", 0.5)),
+        dt_sigma=float(setting.get("dt_sigma", 1.0)),
+        min_distance=int(setting.get("min_distance", 3)),
+    )
