@@ -117,4 +117,10 @@ def test_cremi_chain_on_a_real_layout_file_uses_the_sstem_model(
     assert len(warned) == len(warned_stages), (warned, warned_stages)
     assert sorted(w.split(":")[0] for w in warned) == warned_stages
     agg = notes["segment"]["agglomeration"]
-    assert agg["chosen_by"] == "model metadata" and agg["scoring"] == "quantile50"
+    from synapse_toolkit.inference.onnx_model import OnnxModel
+    from synapse_toolkit.models import resolve_model
+
+    stored = OnnxModel(resolve_model("test", name="neurons/sstem_affinities").path, 1).metadata
+    assert agg["chosen_by"] == "model metadata"
+    assert agg["scoring"] == stored["agglomeration"]["scoring"]
+    assert notes["segment"]["fragments"] == stored["agglomeration"]["fragments"]

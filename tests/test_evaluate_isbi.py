@@ -14,6 +14,8 @@ from synapse_toolkit.cli.evaluate_isbi import print_report
 from synapse_toolkit.cli.main import app
 from synapse_toolkit.errors import SyntkError
 from synapse_toolkit.evaluation import isbi as ev
+from synapse_toolkit.inference.onnx_model import OnnxModel
+from synapse_toolkit.models import resolve_model
 
 from .test_sstem import _encode_png
 
@@ -52,7 +54,8 @@ def test_evaluate_scores_the_model_via_the_pipeline_and_the_raw_bar(
     m = rep["model"]
     assert len(m["held_out"]["sections"]) == 2
     # no truth wired: the model's stored setting (chosen on its validation sections) is used
-    assert m["model_agglomeration"]["scoring"] == "quantile50"
+    stored = OnnxModel(resolve_model("test", name=ev.DEFAULT_MODEL).path, 1).metadata
+    assert m["model_agglomeration"] == stored["agglomeration"]
     assert m["best_on_test"]["cremi_score"] <= m["held_out"]["cremi_score"] + 1e-12
     bar = rep["raw_bar"]
     assert bar["chosen_on_selection"]["sigma"] in ev.SIGMAS
@@ -88,7 +91,6 @@ def test_cli_prints_json(isbi_dir: Path) -> None:
 def test_export_stores_the_validation_setting_and_domain(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
     pytest.importorskip("onnx")
-    from synapse_toolkit.inference.onnx_model import OnnxModel
     from synapse_toolkit.models import sidecar_sha256
     from synapse_toolkit.nn.unet import UNet3D, UNetConfig
 
@@ -155,8 +157,7 @@ def test_isbi_select_cli_writes_the_choice_and_refuses_held_out_sections(
 ) -> None:
     import shutil
 
-    from synapse_toolkit.inference.onnx_model import OnnxModel
-    from synapse_toolkit.models import resolve_model, sidecar_sha256
+    from synapse_toolkit.models import sidecar_sha256
 
     model = tmp_path / "m.onnx"
     shutil.copy(resolve_model("test", name="neurons/sstem_affinities").path, model)

@@ -101,3 +101,37 @@ def test_waterz_takes_the_fragments_stored_by_the_model(tmp_path) -> None:
     )
     assert ctx.notes["fragments"]["method"] == "distance_2d"
     assert seg[1, 20, 15] != seg[1, 20, 45]
+
+
+@pytest.mark.parametrize("scoring", ["quantile50", "mean"])
+def test_blockwise_waterz_makes_the_same_section_fragments(tmp_path, scoring) -> None:
+    import zarr
+    from syntk_neurons.blockwise_stage import BlockwiseWaterzAgglomerator
+    from syntk_neurons.stages import WaterzAgglomerator
+
+    from synapse_toolkit.stages import StageContext
+
+    rng = np.random.default_rng(0)
+    affs = np.clip(_dumbbell(4) * 0.8 + 0.1 + rng.normal(0, 0.1, (3, 4, 40, 60)), 0, 1)
+    arr = zarr.create_array(store=str(tmp_path / "affs.zarr"), shape=affs.shape, dtype="f4")
+    arr[...] = affs
+    setting = {"method": "distance_2d", "boundary_threshold": 0.5, "dt_sigma": 1.0,
+               "min_distance": 3}  # fmt: skip
+    arr.attrs["agglomeration"] = {"scoring": scoring, "threshold": 0.3, "fragments": setting}
+    res = {}
+    for cls, extra in (
+        (WaterzAgglomerator, {}),
+        (BlockwiseWaterzAgglomerator, {"block_shape": (2, 24, 20), "executor": "threads"}),
+    ):
+        ctx = StageContext(cls.name, tmp_path / cls.name, run_dir=tmp_path)
+        ctx.scratch_dir.mkdir()
+        opts = cls.Options(thresholds=[0.1, 0.5], **extra)
+        res[cls.name] = (cls(opts, ctx).run({"affinities": Volume(arr, (50, 4, 4))}), ctx)
+    (a, ctx_a), (b, ctx_b) = res["waterz"], res["blockwise-waterz"]
+    assert ctx_a.notes["fragments"] == ctx_b.notes["fragments"] == setting
+    assert ctx_b.notes["agglomeration"]["threshold"] == 0.3
+    sa, sb = a["segmentations"].read(), b["segmentations"].read()
+    assert sa.shape == sb.shape == (3, 4, 40, 60)
+    for t in range(3):  # the same partition (ids may differ)
+        pairs = np.unique(np.stack([sa[t].ravel(), sb[t].ravel()]), axis=1)
+        assert len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]

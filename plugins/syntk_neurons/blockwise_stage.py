@@ -23,7 +23,12 @@ from synapse_toolkit.blockwise import count_blocks
 from synapse_toolkit.data import ScoreRecord, Volume
 from synapse_toolkit.errors import DataError
 from synapse_toolkit.stages import Agglomerator, Port
-from syntk_neurons.stages import WaterzAgglomerator, model_agglomeration, zarr_array
+from syntk_neurons.stages import (
+    WaterzAgglomerator,
+    fragment_setting,
+    model_agglomeration,
+    zarr_array,
+)
 
 _IGNORE = np.uint64(0xFFFFFFFFFFFFFFFF)
 
@@ -106,6 +111,32 @@ class BlockwiseWaterzAgglomerator(Agglomerator["BlockwiseWaterzAgglomerator.Opti
             return Path(opts.work_dir)
         return self.context.work_dir()
 
+    def _section_fragments(self, affs_vol: Volume) -> Volume | None:
+        """Fragments per ``fragments_from`` when they are not waterz's own (``None``): made
+        section by section (one z-section of affinities in memory at a time)."""
+        from synapse_toolkit.inference.fragments import make_fragments
+
+        setting = fragment_setting(affs_vol, self.options)
+        self.context.record("fragments", setting)
+        if setting["method"] == "affinities":
+            return None
+        self.context.logger.info("%s: fragments %s, section by section", self.name, setting)
+        spatial = affs_vol.spatial_shape
+        out = self.context.create_volume(
+            "fragments", tuple(spatial), np.uint64, like=affs_vol,
+            chunks=(1, *(min(s, b) for s, b in zip(spatial[1:], self.context.block_shape[1:],
+                                                   strict=True))),
+            dense=True,
+        )  # fmt: skip
+        base = np.uint64(0)
+        for z in range(spatial[0]):
+            affs = np.asarray(affs_vol.data[:3, z : z + 1], dtype=np.float32)
+            f = make_fragments(affs, setting)
+            assert f is not None  # not waterz's own: an array
+            out.data[z : z + 1] = f + base
+            base += np.uint64(f.max())
+        return out
+
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         from synapse_toolkit.inference.agglomeration import scoring_function
         from synapse_toolkit.inference.agglomeration_blockwise import agglomerate_blockwise
@@ -124,6 +155,8 @@ class BlockwiseWaterzAgglomerator(Agglomerator["BlockwiseWaterzAgglomerator.Opti
         for port, vol in (("fragments", frag), ("truth", truth)):
             if vol is not None and tuple(vol.shape) != tuple(spatial):
                 raise DataError(f"{self.name}: {port} shape {vol.shape} != affinities {spatial}")
+        if frag is None:
+            frag = self._section_fragments(affs_vol)
         ths = sorted(opts.thresholds)
         scoring = opts.scoring
         target = opts.threshold if opts.threshold is not None else ths[len(ths) // 2]

@@ -282,21 +282,9 @@ class WaterzAgglomerator(Agglomerator["WaterzAgglomerator.Options"]):
         """Fragments per ``fragments_from`` (``None``: waterz's own watershed)."""
         from synapse_toolkit.inference.fragments import make_fragments
 
-        opts: WaterzAgglomerator.Options = self.options
-        setting: dict[str, Any] = {"method": opts.fragments_from}
-        if opts.fragments_from == "distance_2d":
-            setting.update(
-                boundary_threshold=opts.boundary_threshold,
-                dt_sigma=opts.dt_sigma,
-                min_distance=opts.min_distance,
-            )
-        elif opts.fragments_from == "auto":
-            attrs = getattr(affs_vol.data, "attrs", None)
-            agg = dict(attrs).get("agglomeration") if attrs is not None else None
-            stored = agg.get("fragments") if isinstance(agg, dict) else None
-            setting = dict(stored) if isinstance(stored, dict) else {"method": "affinities"}
-        if setting.get("method", "affinities") != "affinities":
-            self.context.logger.info("waterz: fragments %s", setting)
+        setting = fragment_setting(affs_vol, self.options)
+        if setting["method"] != "affinities":
+            self.context.logger.info("%s: fragments %s", self.name, setting)
         self.context.record("fragments", setting)
         return make_fragments(affs, setting)
 
@@ -401,6 +389,23 @@ class WaterzAgglomerator(Agglomerator["WaterzAgglomerator.Options"]):
                 details={"sweep": rows, "scoring": scoring, "select_by": opts.select_by},
             )
         return out
+
+
+def fragment_setting(affinities: Volume, opts: WaterzAgglomerator.Options) -> dict[str, Any]:
+    """The fragments ``opts.fragments_from`` asks for, as ``{"method": ..., **parameters}``
+    (:func:`synapse_toolkit.inference.fragments.make_fragments`); ``auto``: the ``fragments``
+    the affinity model stored with ``affinities`` (``agglomeration`` attribute), else
+    ``affinities`` (waterz's own watershed)."""
+    if opts.fragments_from == "distance_2d":
+        return {"method": "distance_2d", "boundary_threshold": opts.boundary_threshold,
+                "dt_sigma": opts.dt_sigma, "min_distance": opts.min_distance}  # fmt: skip
+    if opts.fragments_from == "auto":
+        attrs = getattr(affinities.data, "attrs", None)
+        agg = dict(attrs).get("agglomeration") if attrs is not None else None
+        stored = agg.get("fragments") if isinstance(agg, dict) else None
+        if isinstance(stored, dict) and stored.get("method"):
+            return dict(stored)
+    return {"method": "affinities"}
 
 
 def model_agglomeration(affinities: Volume, opts: WaterzAgglomerator.Options) -> dict | None:
