@@ -33,6 +33,7 @@ import numpy as np
 from synapse_toolkit.blockwise import iter_blocks
 from synapse_toolkit.errors import SyntkError
 from synapse_toolkit.fsio import atomic_open
+from synapse_toolkit.memory import release_free_memory
 
 Roi = tuple[tuple[int, int], ...]  # (start, stop) voxels per axis, z, y, x
 
@@ -267,7 +268,12 @@ def _run_one(
         info = check(task)
         if info is not None:
             return True, info
-    return False, process(task)
+    try:
+        return False, process(task)
+    finally:
+        # a worker keeps its heap between blocks: hand back what the block freed, so an idle
+        # worker does not hold its high-water mark through the next phase
+        release_free_memory()
 
 
 def _exit_with_parent(parent: int) -> None:
