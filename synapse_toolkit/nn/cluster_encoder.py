@@ -95,6 +95,13 @@ class ClusterEncoder(nn.Module):
         return self.encode(x)[0]
 
 
+def _code(mu: torch.Tensor, logvar: torch.Tensor | None, sample: bool) -> torch.Tensor:
+    """The code a decoder reads: ``mu``, or a reparameterised sample when variational."""
+    if logvar is None or not sample:
+        return mu
+    return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+
+
 class ClusterAutoencoder(nn.Module):
     """Encoder + mirrored decoder; ``forward`` returns (reconstruction, mu, logvar). The
     reconstruction has one channel (the patch)."""
@@ -120,9 +127,7 @@ class ClusterAutoencoder(nn.Module):
         self, x: torch.Tensor, sample: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         mu, logvar = self.encoder.encode(x)
-        code = mu
-        if logvar is not None and sample and self.training:
-            code = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        code = _code(mu, logvar, sample and self.training)
         shape = self.encoder.feature_shape
         if self.contact_pool:
             c, z, y, xx = shape
@@ -234,9 +239,7 @@ class ProfileAutoencoder(nn.Module):
         self, x: torch.Tensor, sample: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         mu, logvar = self.encoder.encode(x)
-        code = mu
-        if logvar is not None and sample and self.training:
-            code = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        code = _code(mu, logvar, sample and self.training)
         h = self.expand(code).view(-1, *self.encoder.feature_shape)
         return self.decoder(h), mu, logvar
 

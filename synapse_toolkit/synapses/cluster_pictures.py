@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -55,12 +56,7 @@ def plot_embedding(
         ax.set_xlabel(f"{method.upper()} 1")
         ax.set_ylabel(f"{method.upper()} 2")
         ax.legend(fontsize=7, markerscale=1.5, title=title, title_fontsize=7)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, path)
 
 
 def plot_gallery(
@@ -87,6 +83,11 @@ def plot_gallery(
         axes[r, 0].set_title(f"cluster {int(v)} (n={n})", fontsize=7, loc="left")
         for c, i in enumerate(members):
             axes[r, c].imshow(patches[i, zc], cmap="gray")
+    return _save(plt, fig, path)
+
+
+def _save(plt: Any, fig: Any, path: str | Path) -> Path:
+    """Lay out, write as PNG (folders made) and close ``fig``."""
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
