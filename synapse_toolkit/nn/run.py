@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
+from synapse_toolkit.config import StrictModel
 from synapse_toolkit.errors import ConfigError
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -34,6 +35,23 @@ def select_device(preference: Device = "auto") -> Any:
     if preference == "cuda" and not usable:
         raise ConfigError("training.device = 'cuda' but no usable CUDA device (use 'auto')")
     return torch.device("cuda" if usable else "cpu")
+
+
+class RunSection(StrictModel):
+    """The ``[training]`` fields every synapse-side trainer shares (each trainer's section
+    subclasses it and may change the defaults)."""
+
+    iterations: int = 3000
+    time_limit_minutes: float | None = 25.0
+    batch_size: int = 1
+    lr: float = 1e-3
+    seed: int = 0
+    num_threads: int = 2
+    #: "auto": CUDA when a device really works, else CPU
+    device: Device = "auto"
+    log_every: int = 20
+    out_dir: str = "runs/train"
+    onnx: str | None = None  # where to export (default: <out_dir>/model.onnx)
 
 
 class TrainingRun:

@@ -33,7 +33,7 @@ from pydantic import Field
 from synapse_toolkit.config import StrictModel, load_training_config
 from synapse_toolkit.errors import ConfigError, DataError
 from synapse_toolkit.io.cremi import CremiData, read_cremi
-from synapse_toolkit.nn.run import TrainingRun
+from synapse_toolkit.nn.run import RunSection, TrainingRun
 from synapse_toolkit.synapses.targets import TargetSettings, targets_from_cremi
 
 if TYPE_CHECKING:
@@ -49,21 +49,11 @@ class DataSection(StrictModel):
     phantom_cache: str = "runs/phantom-cache"
 
 
-class TrainingSection(StrictModel):
-    iterations: int = 3000
-    time_limit_minutes: float | None = 25.0
-    batch_size: int = 1
-    lr: float = 1e-3
+class TrainingSection(RunSection):
     input_shape: list[int] = Field(default_factory=lambda: [28, 112, 112])
     synapse_fraction: float = 0.7
-    seed: int = 0
-    num_threads: int = 2
-    #: "auto": CUDA when a device really works, else CPU
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    log_every: int = 20
     checkpoint_every: int = 500  # also write <out_dir>/latest.pt this often (0 = only at the end)
     out_dir: str = "runs/train-synapses"
-    onnx: str | None = None  # where to export (default: <out_dir>/model.onnx)
     init_checkpoint: str | None = None  # continue from this checkpoint (same architecture)
     #: polarity only: "mse" (tanh output), "bce-split" (two sigmoid channels for the positive
     #: and negative parts of the target; exported as their difference) or "bce-side" (unsigned

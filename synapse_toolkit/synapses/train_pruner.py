@@ -34,7 +34,7 @@ from synapse_toolkit.config import StrictModel, load_training_config
 from synapse_toolkit.errors import ConfigError, DataError
 from synapse_toolkit.inference.onnx_model import OnnxModel
 from synapse_toolkit.io.cremi import read_cremi
-from synapse_toolkit.nn.run import TrainingRun
+from synapse_toolkit.nn.run import RunSection, TrainingRun
 from synapse_toolkit.synapses.candidates import CandidateSettings, find_candidates
 from synapse_toolkit.synapses.pruning import PatchSettings, candidate_patches, label_candidates
 from synapse_toolkit.synapses.targets import Grid
@@ -63,20 +63,14 @@ class PrunerData(StrictModel):
     cache_dir: str = "runs/pruner-cache"
 
 
-class PrunerTraining(StrictModel):
+class PrunerTraining(RunSection):
     iterations: int = 1500
     time_limit_minutes: float | None = 15.0
     batch_size: int = 16
-    lr: float = 1e-3
     num_fmaps: int = 16
-    seed: int = 0
-    num_threads: int = 2
-    #: "auto": CUDA when a device really works, else CPU
-    device: Literal["auto", "cpu", "cuda"] = "auto"
     log_every: int = 50
     validate_every: int = 100
     out_dir: str = "runs/train-pruner"
-    onnx: str | None = None
 
 
 class PrunerTrainConfig(StrictModel):

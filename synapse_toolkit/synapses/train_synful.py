@@ -31,7 +31,7 @@ from pydantic import Field
 from synapse_toolkit.config import StrictModel, load_training_config
 from synapse_toolkit.errors import ConfigError, DataError
 from synapse_toolkit.io.cremi import read_cremi
-from synapse_toolkit.nn.run import TrainingRun
+from synapse_toolkit.nn.run import RunSection, TrainingRun
 from synapse_toolkit.synapses.synful import SynfulTargetSettings, synful_targets
 from synapse_toolkit.synapses.targets import Grid
 from synapse_toolkit.synapses.train_detectors import DataSection, training_files
@@ -42,22 +42,14 @@ if TYPE_CHECKING:
     from synapse_toolkit.nn.augment import AugmentConfig
 
 
-class SynfulTrainingSection(StrictModel):
-    iterations: int = 3000
-    time_limit_minutes: float | None = 25.0
+class SynfulTrainingSection(RunSection):
     batch_size: int = 4
-    lr: float = 1e-3
     input_shape: list[int] = Field(default_factory=lambda: [12, 128, 128])
     synapse_fraction: float = 0.8
-    seed: int = 0
-    num_threads: int = 2
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    log_every: int = 20
     checkpoint_every: int = 500
     #: also keep every periodic checkpoint as ``it<N>.pt`` (to choose one on validation seeds)
     keep_checkpoints: bool = False
     out_dir: str = "runs/train-synful"
-    onnx: str | None = None
     init_checkpoint: str | None = None
     #: an exported U-Net (registry name or .onnx) of the same trunk architecture, e.g. the
     #: polarity model: every weight but the output layer starts from it
