@@ -94,7 +94,7 @@ class Synful(PartnerAssigner["Synful.Options"]):
             None, description="Block shape (z, y, x voxels); default: the run's block_shape."
         )
         context: tuple[int, int, int] = Field(
-            (6, 96, 96),
+            (4, 48, 48),
             description="Voxels read around each block (z, y, x); a mask component reaching "
             "beyond them is re-read whole afterwards.",
         )
@@ -106,6 +106,7 @@ class Synful(PartnerAssigner["Synful.Options"]):
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         from synapse_toolkit.inference.onnx_model import OnnxModel
         from synapse_toolkit.inference.tiled import TileGrid
+        from synapse_toolkit.memory import release_free_memory
         from synapse_toolkit.synapses.synful import (
             N_CHANNELS,
             TUNED_DEFAULTS,
@@ -153,6 +154,8 @@ class Synful(PartnerAssigner["Synful.Options"]):
             model, raw.data, work, o.head, overlap=overlap, block_shape=bs,
             progress=self.context.progress("tiles", n_tiles).advance,
         )  # fmt: skip
+        del model  # the session's buffers go before the block workers start
+        release_free_memory()
         n = self.context.block_workers(o.n_workers)
         table, res = synful_blockwise(
             pred, seg.data, seg.voxel_size_nm, seg.offset_nm, settings=settings,

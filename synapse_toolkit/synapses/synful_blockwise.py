@@ -232,7 +232,7 @@ def synful_blockwise(
     settings: SynfulSettings | None = None,
     clefts: Any = None,
     block_shape: Sequence[int] | None = None,
-    context: Sequence[int] = (6, 96, 96),
+    context: Sequence[int] = (4, 48, 48),
     work_dir: Path | str | None = None,
     pool: Any = None,
     n_workers: int = 1,
