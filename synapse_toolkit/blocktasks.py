@@ -301,6 +301,40 @@ def _worker_init() -> None:
         pass
 
 
+class ProcessPool(cf.Executor):
+    """Spawned worker processes, started on the first ``submit``. :meth:`release` stops them
+    between phases (a phase that runs in the caller, e.g. a global merge, then has the memory
+    the idle workers held); the next ``submit`` starts fresh ones."""
+
+    def __init__(self, n_workers: int) -> None:
+        self.n_workers = n_workers
+        self._pool: cf.ProcessPoolExecutor | None = None
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
+        if self._pool is None:
+            self._pool = cf.ProcessPoolExecutor(
+                max_workers=self.n_workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_worker_init,
+            )
+        return self._pool.submit(fn, *args, **kwargs)
+
+    def release(self) -> None:
+        """Stop the workers once their blocks are done."""
+        self.shutdown(wait=True)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
+            self._pool = None
+
+
+def release_workers(pool: cf.Executor) -> None:
+    """Stop a :class:`ProcessPool`'s idle workers (other executors keep theirs)."""
+    if isinstance(pool, ProcessPool):
+        pool.release()
+
+
 def make_pool(
     n_workers: int, executor: Literal["threads", "processes"] = "threads", name: str = "blocks"
 ) -> cf.Executor:
@@ -308,11 +342,7 @@ def make_pool(
     if n_workers < 1:
         raise SyntkError(f"{name}: n_workers must be >= 1, got {n_workers}")
     if executor == "processes":
-        return cf.ProcessPoolExecutor(
-            max_workers=n_workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_worker_init,
-        )
+        return ProcessPool(n_workers)
     if executor == "threads":
         return cf.ThreadPoolExecutor(max_workers=n_workers)
     raise SyntkError(f"{name}: executor must be 'threads' or 'processes', got {executor!r}")

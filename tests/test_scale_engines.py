@@ -159,3 +159,19 @@ def test_a_cluster_address_needs_the_dask_engine():
 
     with pytest.raises(ConfigError, match="needs engine = 'dask'"):
         make_engine(ExecutionConfig(cluster="tcp://127.0.0.1:8786"))
+
+
+def test_process_pool_release_stops_idle_workers_and_the_next_submit_starts_fresh_ones():
+    from synapse_toolkit.blocktasks import make_pool, release_workers
+
+    pool = make_pool(1, "processes")
+    try:
+        first = pool.submit(os.getpid).result()
+        assert pool.submit(os.getpid).result() == first  # the same worker between submits
+        release_workers(pool)
+        with pytest.raises(ProcessLookupError):  # it has exited
+            os.kill(first, 0)
+        second = pool.submit(os.getpid).result()
+        assert second not in (first, os.getpid())
+    finally:
+        pool.shutdown()

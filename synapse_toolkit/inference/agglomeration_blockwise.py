@@ -60,6 +60,7 @@ from synapse_toolkit.blocktasks import (
     atomic_write_npz,
     make_pool,
     make_tasks,
+    release_workers,
     run_blocks,
 )
 from synapse_toolkit.errors import DataError, SyntkError
@@ -754,6 +755,7 @@ def agglomerate_blockwise(
             "edges", functools.partial(_edges_block, job), functools.partial(_edges_check, job)
         )
         edge_fps = [info[t.block_id]["fingerprint"] for t in tasks]
+        release_workers(pool)  # idle workers would hold their heaps through the global step
 
         # global step, cached by the fingerprint of every block's edges and the merge options
         t0 = time.perf_counter()

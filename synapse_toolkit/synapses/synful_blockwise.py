@@ -43,6 +43,7 @@ from synapse_toolkit.blocktasks import (
     atomic_write_bytes,
     atomic_write_npz,
     make_tasks,
+    release_workers,
 )
 from synapse_toolkit.data import PartnerTable
 from synapse_toolkit.errors import DataError
@@ -270,6 +271,7 @@ def synful_blockwise(
         _phase("synful sites", tasks, functools.partial(_block, job),
                functools.partial(_check, job), pool, max(1, n_workers), max_retries, progress,
                seconds, skipped)  # fmt: skip
+        release_workers(pool)
         t0 = time.perf_counter()
         parts = [_load(job, t) for t in tasks]
         partial = [p for _, ps in parts for p in ps]
