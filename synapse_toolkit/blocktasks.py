@@ -33,7 +33,7 @@ import numpy as np
 from synapse_toolkit.blockwise import iter_blocks
 from synapse_toolkit.errors import SyntkError
 from synapse_toolkit.fsio import atomic_open
-from synapse_toolkit.memory import release_free_memory
+from synapse_toolkit.memory import limit_malloc_arenas, release_free_memory
 
 Roi = tuple[tuple[int, int], ...]  # (start, stop) voxels per axis, z, y, x
 
@@ -286,6 +286,7 @@ def _exit_with_parent(parent: int) -> None:
 
 
 def _worker_init() -> None:
+    limit_malloc_arenas()
     # libraries such as waterz print to file descriptor 1: keep workers' stdout quiet
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)

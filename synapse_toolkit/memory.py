@@ -3,6 +3,7 @@ elsewhere the process-lifetime peak from getrusage)."""
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
 from pathlib import Path
@@ -50,3 +51,21 @@ def release_free_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+#: glibc's mallopt parameter number of M_ARENA_MAX
+_M_ARENA_MAX = -8
+
+
+def limit_malloc_arenas(n: int = 2) -> bool:
+    """Let at most ``n`` glibc malloc arenas serve this process's threads (ONNX Runtime, codec
+    and I/O thread pools each get one otherwise, and their freed memory stays scattered over
+    them); a ``MALLOC_ARENA_MAX`` set in the environment wins. True when the limit was set."""
+    if not sys.platform.startswith("linux") or "MALLOC_ARENA_MAX" in os.environ:
+        return False
+    try:
+        import ctypes
+
+        return bool(ctypes.CDLL("libc.so.6").mallopt(_M_ARENA_MAX, int(n)))
+    except (OSError, AttributeError):
+        return False

@@ -29,6 +29,7 @@ from synapse_toolkit.fsio import (
 )
 from synapse_toolkit.memory import (
     children_peak_rss_mb,
+    limit_malloc_arenas,
     peak_rss_mb,
     release_free_memory,
     reset_peak,
@@ -336,6 +337,7 @@ def run_pipeline(
     cfg = plan.config
     run_dir = cfg.output.dir
     check_output_dir(plan)
+    limit_malloc_arenas()
     lock = RunLock(run_dir).acquire()
     try:
         if lock.took_over and on_stage:
