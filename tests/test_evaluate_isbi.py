@@ -171,3 +171,11 @@ def test_isbi_select_cli_writes_the_choice_and_refuses_held_out_sections(
     assert agg == out["agglomeration"] and "fragments" in agg
     assert len(out["rows"]) == 10 * len(ev.SELECT_SCORINGS) * len(ev.THRESHOLDS)
     assert sidecar_sha256(model) == out["written"]["sha256"]
+
+
+def test_tta_reaches_the_affinity_stage(isbi_dir: Path) -> None:
+    raw, _ = ev.read_sections(isbi_dir, [0, 1])
+    single = ev.model_affinities("neurons/sstem_affinities", raw)
+    tta = ev.model_affinities("neurons/sstem_affinities", raw, tta=True)
+    assert tta.shape == single.shape
+    assert np.abs(tta - single).max() > 1e-3  # 8 mirrorings averaged, not the single pass

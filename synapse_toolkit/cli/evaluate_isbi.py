@@ -42,7 +42,8 @@ def print_report(rep: dict[str, Any]) -> None:
     frag = agg.get("fragments") or {}
     if frag.get("method") == "distance_2d":
         setting += f", dt {frag.get('boundary_threshold')}/{frag.get('dt_sigma')}"
-    typer.echo(_row(f"model {rep['model_name']} (pipeline)", "model metadata", setting,
+    name = f"model {rep['model_name']} (pipeline{', TTA' if rep.get('tta') else ''})"
+    typer.echo(_row(name, "model metadata", setting,
                     m["held_out"]))  # fmt: skip
     b = m["best_on_test"]
     typer.echo(_row("  model, best on test (optimistic)", "test labels",
@@ -76,6 +77,9 @@ def isbi_command(
         str, typer.Option(help="Sections that choose the raw bar's sigma and threshold.")
     ] = DEFAULT_SELECT,
     baselines: Annotated[bool, typer.Option(help="Score the raw-intensity bar.")] = True,
+    tta: Annotated[
+        bool, typer.Option("--tta", help="The affinity stage averages its 8 mirrorings.")
+    ] = False,
     threads: Annotated[int, typer.Option(min=1)] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
@@ -94,7 +98,7 @@ def isbi_command(
             typer.echo(msg, err=True)
 
     rep = ev.evaluate(folder, model=model, test=test, select=select, baselines=baselines,
-                      n_threads=threads, log=say)  # fmt: skip
+                      n_threads=threads, tta=tta, log=say)  # fmt: skip
     if as_json:
         sys.stdout.write(dumps(rep) + "\n")
         return
@@ -130,6 +134,9 @@ def isbi_select_command(
             "(weights unchanged) and rewrite its .sha256 sidecar.",
         ),
     ] = False,
+    tta: Annotated[
+        bool, typer.Option("--tta", help="The affinity stage averages its 8 mirrorings.")
+    ] = False,
     threads: Annotated[int, typer.Option(min=1)] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="Print every row tried as JSON.")] = False,
 ) -> None:
@@ -145,7 +152,7 @@ def isbi_select_command(
         raise SyntkError(f"--sections {sections} overlaps the held-out sections {DEFAULT_TEST}")
     folder = isbi or ev.default_isbi_dir()
     say = (lambda _m: None) if as_json else (lambda m: typer.echo(m, err=True))
-    sel = ev.select_agglomeration(model, folder, sections, n_threads=threads, log=say)
+    sel = ev.select_agglomeration(model, folder, sections, n_threads=threads, tta=tta, log=say)
     out: dict[str, Any] = {"agglomeration": sel["choice"]}
     if write:
         from synapse_toolkit.nn.export import update_metadata
