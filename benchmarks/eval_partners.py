@@ -107,9 +107,12 @@ def predictions(seed: int, args: argparse.Namespace, synful: bool = True) -> dic
                                lambda: OnnxModel(args.polarity).predict(raw)[0])  # fmt: skip
     out["clefts"] = _cached(key("clefts", args.clefts), lambda: cleft_labels(
         OnnxModel(args.clefts).predict(raw)[0], grid, 0.9, 200))  # fmt: skip
-    out["pred_seg"] = _cached(key("segmentation-tta-q75-0.5", args.neuron_model), lambda: (
+    frags = (("method", "distance_2d"), ("boundary_threshold", 0.5), ("dt_sigma", 1.0),
+             ("min_distance", 3)) if args.fragments == "distance_2d" else ()  # fmt: skip
+    seg_key = "segmentation-tta-q75-0.5" + ("-d2d" if frags else "")
+    out["pred_seg"] = _cached(key(seg_key, args.neuron_model), lambda: (
         predicted_segmentation(raw, SegmentationSource(str(args.neuron_model), 0.5, "quantile75",
-                                                       tta=True))))  # fmt: skip
+                                                       tta=True, fragments=frags))))  # fmt: skip
     if synful:
         out["synful"] = _cached(key("synful", args.synful),
                                 lambda: OnnxModel(args.synful).predict(raw))  # fmt: skip
@@ -368,6 +371,9 @@ def main() -> None:
     ap.add_argument("--clefts", default=str(MODELS / "clefts.onnx"))
     ap.add_argument("--pruner", default=str(MODELS / "pruner.onnx"))
     ap.add_argument("--neuron-model", default=str(NEURONS))
+    ap.add_argument("--fragments", choices=["affinities", "distance_2d"], default="affinities",
+                    help="waterz fragments of the predicted segmentation: its own watershed, or "
+                    "distance-transform seeds per section (0.5 / 1 px / 3 px)")  # fmt: skip
     ap.add_argument("--json", default=None)
     ap.add_argument(
         "--checkpoints",

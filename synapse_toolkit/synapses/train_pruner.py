@@ -101,19 +101,22 @@ def noisy_truth_proximity(data: Any, noise_std: float, seed: int) -> np.ndarray:
 @dataclass(frozen=True)
 class SegmentationSource:
     """Where candidate segment ids come from: the truth (``model`` None) or an affinity model
-    + waterz at one threshold."""
+    + waterz at one threshold, from waterz's own fragments or ``fragments`` (a setting of
+    :func:`synapse_toolkit.inference.fragments.make_fragments`)."""
 
     model: str | None = None
     threshold: float = 0.5
     scoring: str = "quantile75"
     tta: bool = False  # average the affinities over the 8 mirrorings
+    fragments: tuple[tuple[str, Any], ...] = ()  # e.g. (("method", "distance_2d"),)
 
     def key(self) -> Any:
         if self.model is None:
             return "truth"
         st = Path(self.model).stat()
         key: list[Any] = [st.st_size, st.st_mtime, self.threshold, self.scoring]
-        return [*key, "tta"] if self.tta else key  # (keeps earlier cache keys valid)
+        key = [*key, "tta"] if self.tta else key  # (keeps earlier cache keys valid)
+        return [*key, dict(self.fragments)] if self.fragments else key
 
 
 def predicted_segmentation(raw: np.ndarray, source: SegmentationSource) -> np.ndarray:
@@ -122,12 +125,14 @@ def predicted_segmentation(raw: np.ndarray, source: SegmentationSource) -> np.nd
     one threshold."""
     from synapse_toolkit.affinities import NEAREST_NEIGHBOURS
     from synapse_toolkit.inference.agglomeration import agglomerate
+    from synapse_toolkit.inference.fragments import make_fragments
 
     assert source.model is not None
     model = OnnxModel(source.model)
     offsets = model.metadata.get("offsets") or NEAREST_NEIGHBOURS[:3]
     affs = model.predict(raw, overlap=(4, 8, 8), tta_offsets=offsets if source.tta else None)
-    return agglomerate(affs, [source.threshold], scoring=source.scoring)[0]
+    frags = make_fragments(affs, dict(source.fragments)) if source.fragments else None
+    return agglomerate(affs, [source.threshold], scoring=source.scoring, fragments=frags)[0]
 
 
 def volume_candidates(
