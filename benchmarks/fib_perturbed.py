@@ -1,8 +1,9 @@
 """FIB affinity models on blurred / low-contrast copies (the unseen FIB volumes are less sharp than
 gala), thresholds without test labels.
 
-    python benchmarks/fib_perturbed.py select --model M.onnx [--write]
-        choose the waterz scoring and threshold on the validation crop (gala train, x in
+    python benchmarks/fib_perturbed.py select --model M.onnx [--fragments] [--write]
+        choose the waterz scoring and threshold (with --fragments also the fragments: waterz's
+        own or distance-transform seeds per section) on the validation crop (gala train, x in
         [150, 200)) AND its perturbed copies (mean CREMI score over copies and TTA off/on; no
         border mask, as `syntk evaluate fib-select`); --write stores it in the model's metadata
     python benchmarks/fib_perturbed.py score --model A --model B [--json out.json]
@@ -53,31 +54,44 @@ def copies(vol: fib.FibVolume, which: list[tuple[str, dict[str, Any]]]) -> list[
     return out
 
 
-def select(model: str, write: bool, threads: int) -> dict[str, Any]:
+def select(model: str, write: bool, threads: int, fragments: bool = False) -> dict[str, Any]:
+    from synapse_toolkit.evaluation.isbi import fragment_grid
+
     val = fib.gala_validation_crop()
     score = fib.make_scorer(val.voxel_size_nm, 0.0)
-    tables: dict[str, dict[tuple[str, float], float]] = {}
+    grid = fragment_grid() if fragments else [{"method": "affinities"}]
+    tables: dict[str, dict[tuple[str, str, float], float]] = {}
     for vol in copies(val, SELECT_COPIES):
         for tta in (False, True):
             m = fib.model_affinities(model, vol.raw, vol.voxel_size_nm, tta=tta, n_threads=threads)
-            rows = fib.sweep(m.affinities, vol.truth, score)
-            tables[f"{vol.name}, tta={str(tta).lower()}"] = {
-                (r["scoring"], r["threshold"]): r["cremi_score"] for r in rows
-            }
+            table = tables.setdefault(f"{vol.name}, tta={str(tta).lower()}", {})
+            for fs in grid:
+                frag = None if fs["method"] == "affinities" else fs
+                for r in fib.sweep(m.affinities, vol.truth, score, fragments=frag):
+                    table[(json.dumps(fs), r["scoring"], r["threshold"])] = r["cremi_score"]
             print(f"select: {vol.name} tta={tta} done", file=sys.stderr)
     keys = list(next(iter(tables.values())))
     mean = {k: float(np.mean([t[k] for t in tables.values()])) for k in keys}
-    scoring, threshold = min(keys, key=lambda k: (mean[k], k[1]))
-    choice = {
+    best = min(keys, key=lambda k: (mean[k], k[2]))
+    frag_setting, scoring, threshold = json.loads(best[0]), best[1], best[2]
+    tried = "waterz's own or distance-seeded fragments x " if fragments else ""
+    choice: dict[str, Any] = {
         "scoring": scoring,
         "threshold": threshold,
+        **({"fragments": frag_setting} if frag_setting["method"] != "affinities" else {}),
         "chosen_on": f"{val.name} and perturbed copies of it "
         f"({', '.join(n for n, _ in SELECT_COPIES[1:])}): best mean cremi_score (no border mask; "
-        f"mean over copies and affinity-unet tta=false and tta=true) over scorings "
+        f"mean over copies and affinity-unet tta=false and tta=true) over {tried}scorings "
         f"{', '.join(fib.SCORINGS)} x thresholds {fib.THRESHOLDS[0]}..{fib.THRESHOLDS[-1]} "
         "step 0.05",
-        "selection_scores": {k: round(t[(scoring, threshold)], 4) for k, t in tables.items()},
+        "selection_scores": {k: round(t[best], 4) for k, t in tables.items()},
+        "selection_mean": round(mean[best], 4),
     }
+    if fragments:  # the best of waterz's own fragments, for comparison
+        own = min((k for k in keys if json.loads(k[0])["method"] == "affinities"),
+                  key=lambda k: (mean[k], k[2]))  # fmt: skip
+        choice["own_fragments_best"] = {"scoring": own[1], "threshold": own[2],
+                                        "selection_mean": round(mean[own], 4)}  # fmt: skip
     if write:
         from synapse_toolkit.nn.export import update_metadata
 
@@ -123,8 +137,10 @@ def score(models: list[str], threads: int, only: list[str] | None) -> dict[str, 
             t = time.perf_counter()
             m = fib.model_affinities(model, vol.raw, vol.voxel_size_nm, n_threads=threads)
             agg = m.agglomeration or {}
-            row = fib.at(m.affinities, vol.truth, sc, agg["scoring"], agg["threshold"])
-            rows = fib.sweep(m.affinities, vol.truth, sc, scorings=[agg["scoring"]])
+            frags = agg.get("fragments")
+            row = fib.at(m.affinities, vol.truth, sc, agg["scoring"], agg["threshold"], frags)
+            rows = fib.sweep(m.affinities, vol.truth, sc, scorings=[agg["scoring"]],
+                             fragments=frags)  # fmt: skip
             opt = fib.best(rows)
             curve = {f"{r['threshold']:.2f}": round(r["cremi_score"], 4) for r in rows}
             out.setdefault(vol.name, {})[model] = {
@@ -163,6 +179,8 @@ def main() -> None:
     ap.add_argument("--checkpoint")
     ap.add_argument("--model", action="append", required=True)
     ap.add_argument("--write", action="store_true")
+    ap.add_argument("--fragments", action="store_true",
+                    help="select: also try distance-seeded fragments")  # fmt: skip
     ap.add_argument("--raw")
     ap.add_argument("--crop")
     ap.add_argument("--threads", type=int, default=2)
@@ -170,7 +188,7 @@ def main() -> None:
     ap.add_argument("--copy", action="append", help="score only these copies (names)")
     a = ap.parse_args()
     if a.what == "select":
-        res: Any = select(a.model[0], a.write, a.threads)
+        res: Any = select(a.model[0], a.write, a.threads, a.fragments)
     elif a.what == "store":
         res = store(a.model[0], a.checkpoint)
     elif a.what == "score":

@@ -59,6 +59,22 @@ def test_evaluate_fib_reports_the_metadata_threshold_on_a_crop(crop_report) -> N
     assert rep["baselines"] == {}
 
 
+def test_evaluate_fib_agglomerates_from_the_models_stored_fragments(crop_report) -> None:
+    """As the waterz stage does with fragments_from = "auto": the stored fragments, not waterz's
+    own watershed (the two give different segmentations on this crop)."""
+    agg = _model_agglomeration()
+    assert agg["fragments"]["method"] == "distance_2d"
+    vol = fib.gala_volume("test")
+    crop = tuple(slice(int(a), int(b)) for a, b in (p.split(":") for p in CROP.split(",")))
+    m = fib.model_affinities(fib.DEFAULT_MODEL, vol.raw[crop], vol.voxel_size_nm, n_threads=1)
+    score = fib.make_scorer(vol.voxel_size_nm, 25.0)
+    args = (m.affinities, vol.truth[crop], score, agg["scoring"], agg["threshold"])
+    seeded, own = fib.at(*args, fragments=agg["fragments"]), fib.at(*args)
+    reported = crop_report["model"]["at_model_threshold"]
+    assert reported["cremi_score"] == pytest.approx(seeded["cremi_score"], abs=1e-9)
+    assert own["cremi_score"] != pytest.approx(seeded["cremi_score"], abs=1e-6)
+
+
 def test_evaluate_fib_table_labels_the_optimistic_rows(crop_report, capsys) -> None:
     from synapse_toolkit.cli.evaluate import print_report
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -296,17 +296,21 @@ def sweep(
     score: Score,
     scorings: Sequence[str] = SCORINGS,
     thresholds: Sequence[float] = THRESHOLDS,
+    fragments: Mapping[str, Any] | None = None,
 ) -> list[Row]:
-    """One scored row per (scoring, threshold)."""
+    """One scored row per (scoring, threshold); waterz's own fragments, or ``fragments`` (a
+    setting of :func:`synapse_toolkit.inference.fragments.make_fragments`)."""
     from synapse_toolkit.inference.agglomeration import agglomerate
+    from synapse_toolkit.inference.fragments import make_fragments
 
+    frags = make_fragments(affs, fragments) if fragments else None
     rows: list[Row] = []
     for scoring in scorings:
 
         def keep(th: float, seg: np.ndarray, scoring: str = scoring) -> None:
             rows.append({"scoring": scoring, "threshold": th, **score(seg, truth)})
 
-        agglomerate(affs, thresholds, scoring=scoring, on_segmentation=keep)
+        agglomerate(affs, thresholds, scoring=scoring, fragments=frags, on_segmentation=keep)
     return rows
 
 
@@ -314,11 +318,21 @@ def best(rows: Sequence[Row], select_by: str = SELECT_BY) -> Row:
     return dict(min(rows, key=lambda r: (r[select_by], r["threshold"])))
 
 
-def at(affs: np.ndarray, truth: np.ndarray, score: Score, scoring: str, threshold: float) -> Row:
-    """Scores of the segmentation at one scoring function and threshold."""
+def at(
+    affs: np.ndarray,
+    truth: np.ndarray,
+    score: Score,
+    scoring: str,
+    threshold: float,
+    fragments: Mapping[str, Any] | None = None,
+) -> Row:
+    """Scores of the segmentation at one scoring function and threshold (fragments as
+    :func:`sweep`)."""
     from synapse_toolkit.inference.agglomeration import agglomerate
+    from synapse_toolkit.inference.fragments import make_fragments
 
-    seg = agglomerate(affs, [float(threshold)], scoring=scoring)[0]
+    frags = make_fragments(affs, fragments) if fragments else None
+    seg = agglomerate(affs, [float(threshold)], scoring=scoring, fragments=frags)[0]
     return {"scoring": scoring, "threshold": float(threshold), **score(seg, truth)}
 
 
@@ -457,11 +471,13 @@ def evaluate(
         n_threads=n_threads,
     )
     say(f"  {m.seconds:.1f} s; agglomeration sweep")
-    rows = sweep(m.affinities, volume.truth, score)
     agg = m.agglomeration
+    frags = agg.get("fragments") if agg else None  # the model's stored fragments, as the stage
+    rows = sweep(m.affinities, volume.truth, score, fragments=frags)
     main = None
     if agg and agg.get("scoring") and agg.get("threshold") is not None:
-        main = at(m.affinities, volume.truth, score, str(agg["scoring"]), float(agg["threshold"]))
+        main = at(m.affinities, volume.truth, score, str(agg["scoring"]), float(agg["threshold"]),
+                  fragments=frags)  # fmt: skip
     report: dict[str, Any] = {
         "volume": volume.name,
         "shape": list(volume.raw.shape),

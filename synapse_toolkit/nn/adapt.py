@@ -214,6 +214,7 @@ def adapt_affinities(
         agg, ref, sig = target_threshold(
             out, str(source_agg["scoring"]), target_raw, (float(band[0]), float(band[1])),
             num_threads, selection=selection, source_raw=source_raw,
+            fragments=source_agg.get("fragments"),
         )  # fmt: skip
         updates["agglomeration"] = agg
         updates[QUALITY_KEY] = ref
@@ -259,6 +260,7 @@ def target_threshold(
     rule: str = THRESHOLD_RULE,
     selection: Any = None,
     source_raw: np.ndarray | None = None,
+    fragments: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """The waterz setting of an adapted ``model`` for its target, chosen without target labels.
 
@@ -269,6 +271,8 @@ def target_threshold(
     in validation-crop-sized tiles on the source's training region ("size"); ``rule`` picks the
     stored one. ``selection`` (a labelled :class:`synapse_toolkit.evaluation.fib.FibVolume`)
     and ``source_raw`` (unlabelled source raw for the size reference) replace the gala crops.
+    ``fragments``: the source model's stored fragments, used for the validation threshold and
+    stored with it (the label-free candidates use waterz's own fragments).
     Returns ``(agglomeration, quality_reference, target_signals)``.
     """
     from synapse_toolkit.evaluation import fib
@@ -279,7 +283,7 @@ def target_threshold(
     val = selection if selection is not None else fib.gala_validation_crop()
     m_val = fib.model_affinities(str(model), val.raw, val.voxel_size_nm, n_threads=num_threads)
     rows = fib.sweep(m_val.affinities, val.truth, fib.make_scorer(val.voxel_size_nm, 0.0),
-                     scorings=[scoring])  # fmt: skip
+                     scorings=[scoring], fragments=fragments)  # fmt: skip
     chosen = fib.best(rows)
     t_val = float(chosen["threshold"])
     ref = quality.reference(
@@ -311,6 +315,7 @@ def target_threshold(
     agg = {
         "scoring": scoring,
         "threshold": float(candidates[rule]),
+        **({"fragments": dict(fragments)} if fragments else {}),
         "chosen_on": (
             f"no target labels: {scoring} @ {t_val:g} chosen on {val.name} with this model "
             f"(best cremi_score, no border mask, single pass), {how} (target: central crop "
