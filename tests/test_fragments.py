@@ -113,7 +113,9 @@ def test_blockwise_waterz_makes_the_same_section_fragments(tmp_path, scoring) ->
 
     rng = np.random.default_rng(0)
     affs = np.clip(_dumbbell(4) * 0.8 + 0.1 + rng.normal(0, 0.1, (3, 4, 40, 60)), 0, 1)
-    arr = zarr.create_array(store=str(tmp_path / "affs.zarr"), shape=affs.shape, dtype="f4")
+    # chunks of 2 sections x 8 rows: the blockwise stage reads slabs of sections band by band
+    arr = zarr.create_array(store=str(tmp_path / "affs.zarr"), shape=affs.shape, dtype="f4",
+                            chunks=(3, 2, 8, 60))  # fmt: skip
     arr[...] = affs
     setting = {"method": "distance_2d", "boundary_threshold": 0.5, "dt_sigma": 1.0,
                "min_distance": 3}  # fmt: skip
@@ -135,3 +137,19 @@ def test_blockwise_waterz_makes_the_same_section_fragments(tmp_path, scoring) ->
     for t in range(3):  # the same partition (ids may differ)
         pairs = np.unique(np.stack([sa[t].ravel(), sb[t].ravel()]), axis=1)
         assert len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]
+
+
+@pytest.mark.parametrize("band_rows", [1, 2, 3, 7, 8, 40, 64])
+def test_boundary_map_read_in_bands_is_the_whole_map(tmp_path, band_rows) -> None:
+    import zarr
+
+    from synapse_toolkit.inference.fragments import boundary_map, boundary_map_banded
+
+    affs = np.random.default_rng(1).random((3, 5, 40, 33), dtype=np.float32)
+    arr = zarr.create_array(store=str(tmp_path / "a.zarr"), shape=affs.shape, dtype="f4",
+                            chunks=(3, 2, 8, 33))  # fmt: skip
+    arr[...] = affs
+    for z0, z1 in ((0, 5), (1, 3), (4, 5)):
+        want = boundary_map(affs[:, z0:z1])
+        assert np.array_equal(boundary_map_banded(arr, z0, z1, band_rows), want)
+        assert np.array_equal(boundary_map_banded(affs, z0, z1, band_rows), want)

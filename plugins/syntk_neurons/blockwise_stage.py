@@ -112,9 +112,14 @@ class BlockwiseWaterzAgglomerator(Agglomerator["BlockwiseWaterzAgglomerator.Opti
         return self.context.work_dir()
 
     def _section_fragments(self, affs_vol: Volume) -> Volume | None:
-        """Fragments per ``fragments_from`` when they are not waterz's own (``None``): made
-        section by section (one z-section of affinities in memory at a time)."""
-        from synapse_toolkit.inference.fragments import make_fragments
+        """Fragments per ``fragments_from`` when they are not waterz's own (``None``): made a
+        slab of sections at a time, each slab's boundary map read band by band (bounded
+        memory; the same fragments as :func:`~synapse_toolkit.inference.fragments.make_fragments`
+        on the whole volume)."""
+        from synapse_toolkit.inference.fragments import (
+            boundary_map_banded,
+            fragments_from_boundary,
+        )
 
         setting = fragment_setting(affs_vol, self.options)
         self.context.record("fragments", setting)
@@ -128,12 +133,23 @@ class BlockwiseWaterzAgglomerator(Agglomerator["BlockwiseWaterzAgglomerator.Opti
                                                    strict=True))),
             dense=True,
         )  # fmt: skip
+        chunks = getattr(affs_vol.data, "chunks", None) or (3, *self.context.block_shape)
+        band, depth = int(chunks[2]), int(chunks[1])
+        # sections per slab: a divisor of the chunk depth (each chunk read depth / n times),
+        # with the slab's boundary map within ~64 MB
+        per_section = 4 * int(spatial[1]) * int(spatial[2])
+        n = max((d for d in range(1, depth + 1) if depth % d == 0 and d * per_section <= 2**26),
+                default=1)  # fmt: skip
         base = np.uint64(0)
-        for z in range(spatial[0]):
-            affs = np.asarray(affs_vol.data[:3, z : z + 1], dtype=np.float32)
-            f = make_fragments(affs, setting)
-            assert f is not None  # not waterz's own: an array
-            out.data[z : z + 1] = f + base
+        for z0 in range(0, spatial[0], n):
+            z1 = min(z0 + n, spatial[0])
+            bmap = boundary_map_banded(affs_vol.data, z0, z1, band)
+            f = fragments_from_boundary(
+                bmap, float(setting.get("boundary_threshold", 0.5)),
+                float(setting.get("dt_sigma", 1.0)), int(setting.get("min_distance", 3)),
+            )  # fmt: skip
+            del bmap
+            out.data[z0:z1] = f + base
             base += np.uint64(f.max())
         return out
 

@@ -110,6 +110,32 @@ def flood_2d(cost: np.ndarray, markers: np.ndarray) -> np.ndarray:
     return np.asarray(_flood_2d(cost, labels))
 
 
+def boundary_map_banded(affinities: Any, z0: int, z1: int, band_rows: int = 256) -> np.ndarray:
+    """:func:`boundary_map` of sections ``z0:z1`` of a (C >= 3, z, y, x) array (zarr, h5py or
+    numpy), read in bands of ``band_rows`` rows (use the store's chunk rows): each chunk of those
+    sections is read once and one band is held at a time. Equal to
+    ``boundary_map(affinities[:, z0:z1])`` bit for bit: a row needs only its own in-plane edges
+    and the next row's, so the last row of a band is finished with the next band, from the two
+    rows carried over."""
+    n_y, n_x = int(affinities.shape[2]), int(affinities.shape[3])
+    out = np.empty((z1 - z0, n_y, n_x), np.float32)
+    carry: np.ndarray | None = None  # the last two rows read (y and x edges)
+    done = 0  # out rows [0, done) are final
+    for y0 in range(0, n_y, max(int(band_rows), 2)):
+        y1 = min(y0 + max(int(band_rows), 2), n_y)
+        core = np.asarray(affinities[1:3, z0:z1, y0:y1], dtype=np.float32)
+        buf = core if carry is None else np.concatenate([carry, core], axis=2)
+        buf_lo = y1 - buf.shape[2]
+        full = np.zeros((3, *buf.shape[1:]), np.float32)  # channel 0 (z) is not used
+        full[1:3] = buf
+        stop = y1 if y1 == n_y else y1 - 1  # the band's last row waits for the next row's edges
+        out[:, done:stop] = boundary_map(full)[:, done - buf_lo : stop - buf_lo]
+        done = stop
+        carry = buf[:, :, -2:]
+        del core, buf, full
+    return out
+
+
 def distance_fragments_2d(
     affinities: np.ndarray,
     boundary_threshold: float = 0.5,
@@ -122,6 +148,18 @@ def distance_fragments_2d(
     whose boundary value is below ``boundary_threshold``, Gaussian-smoothed by ``dt_sigma`` px;
     every pixel goes to a seed by a watershed on the boundary map (256 grey levels).
     """
+    return fragments_from_boundary(
+        boundary_map(affinities), boundary_threshold, dt_sigma, min_distance
+    )
+
+
+def fragments_from_boundary(
+    bmap: np.ndarray,
+    boundary_threshold: float = 0.5,
+    dt_sigma: float = 1.0,
+    min_distance: int = 3,
+) -> np.ndarray:
+    """:func:`distance_fragments_2d` from a (z, y, x) boundary map (:func:`boundary_map`)."""
     from scipy import ndimage
 
     if not 0.0 < boundary_threshold <= 1.0 or dt_sigma < 0 or min_distance < 1:
@@ -129,7 +167,6 @@ def distance_fragments_2d(
             f"need 0 < boundary_threshold <= 1, dt_sigma >= 0, min_distance >= 1; got "
             f"{boundary_threshold}, {dt_sigma}, {min_distance}"
         )
-    bmap = boundary_map(affinities)
     out = np.zeros(bmap.shape, np.uint64)
     base = 0
     size = 2 * int(min_distance) + 1
