@@ -118,6 +118,7 @@ class BlockwiseWaterzAgglomerator(Agglomerator["BlockwiseWaterzAgglomerator.Opti
         on the whole volume)."""
         from synapse_toolkit.inference.fragments import (
             boundary_map_banded,
+            distance_parameters,
             fragments_from_boundary,
         )
 
@@ -144,10 +145,7 @@ class BlockwiseWaterzAgglomerator(Agglomerator["BlockwiseWaterzAgglomerator.Opti
         for z0 in range(0, spatial[0], n):
             z1 = min(z0 + n, spatial[0])
             bmap = boundary_map_banded(affs_vol.data, z0, z1, band)
-            f = fragments_from_boundary(
-                bmap, float(setting.get("boundary_threshold", 0.5)),
-                float(setting.get("dt_sigma", 1.0)), int(setting.get("min_distance", 3)),
-            )  # fmt: skip
+            f = fragments_from_boundary(bmap, **distance_parameters(setting))
             del bmap
             out.data[z0:z1] = f + base
             base += np.uint64(f.max())

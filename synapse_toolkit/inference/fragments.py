@@ -197,9 +197,13 @@ def make_fragments(affinities: np.ndarray, setting: Mapping[str, Any]) -> np.nda
         return None
     if method != "distance_2d":
         raise ValueError(f"unknown fragment method {method!r}; expected one of {METHODS}")
-    return distance_fragments_2d(
-        affinities,
-        boundary_threshold=float(setting.get("boundary_threshold", 0.5)),
-        dt_sigma=float(setting.get("dt_sigma", 1.0)),
-        min_distance=int(setting.get("min_distance", 3)),
-    )
+    return distance_fragments_2d(affinities, **distance_parameters(setting))
+
+
+def distance_parameters(setting: Mapping[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of :func:`fragments_from_boundary` in a ``distance_2d`` setting."""
+    return {
+        "boundary_threshold": float(setting.get("boundary_threshold", 0.5)),
+        "dt_sigma": float(setting.get("dt_sigma", 1.0)),
+        "min_distance": int(setting.get("min_distance", 3)),
+    }
