@@ -192,31 +192,14 @@ def model_via_pipeline(
     """The pipeline on ``raw`` with no truth wired; 2D section scores of its segmentation (the
     model's stored waterz setting) and of every threshold of its sweep. ``tta``: the
     ``affinity-unet`` stage averages its 8 mirrorings."""
-    import h5py
     import zarr
 
-    from synapse_toolkit.api import run_pipeline_file
     from synapse_toolkit.metrics.sections import score_sections
 
-    by_path = model.endswith(".onnx") or Path(model).is_file()
     with tempfile.TemporaryDirectory() as tmp:
-        raw_path = Path(tmp) / "raw.h5"
-        with h5py.File(raw_path, "w") as f:
-            f["raw"] = raw
-        out = Path(tmp) / "run"
-        cfg = Path(tmp) / "pipeline.toml"
-        vz, vy, vx = (float(v) for v in voxel_size_nm)
-        cfg.write_text(
-            (_PIPELINE + _SEGMENT).format(
-                raw=raw_path, out=out, threads=n_threads, vz=vz, vy=vy, vx=vx,
-                model_key="model_path" if by_path else "model",
-                model=Path(model).resolve() if by_path else model, tta=str(tta).lower(),
-            )
-        )  # fmt: skip
         t = time.perf_counter()
-        run_pipeline_file(cfg)
+        art = _run_pipeline(Path(tmp), model, raw, voxel_size_nm, n_threads, tta, segment=True)
         seconds = time.perf_counter() - t
-        art = out / "artifacts"
         seg = np.asarray(zarr.open_array(str(art / "segment" / "segmentation.zarr"), mode="r")[...])
         affs = zarr.open_array(str(art / "affinities" / "affinities.zarr"), mode="r")
         used = dict(affs.attrs).get("agglomeration")
@@ -247,29 +230,46 @@ def model_affinities(
 ) -> np.ndarray:
     """(3, z, y, x) float32 affinities of ``model`` on ``raw`` from the pipeline's
     ``affinity-unet`` stage (as :func:`model_via_pipeline` runs it)."""
-    import h5py
     import zarr
+
+    with tempfile.TemporaryDirectory() as tmp:
+        art = _run_pipeline(Path(tmp), model, raw, voxel_size_nm, n_threads, tta, segment=False)
+        affs = zarr.open_array(str(art / "affinities" / "affinities.zarr"), mode="r")
+        return np.asarray(affs[:3], dtype=np.float32)
+
+
+def _run_pipeline(
+    tmp: Path,
+    model: str,
+    raw: np.ndarray,
+    voxel_size_nm: Sequence[float],
+    n_threads: int,
+    tta: bool,
+    *,
+    segment: bool,
+) -> Path:
+    """Run the affinity pipeline (and, with ``segment``, waterz after it) on ``raw`` written
+    into ``tmp``; returns the run's artifacts folder."""
+    import h5py
 
     from synapse_toolkit.api import run_pipeline_file
 
     by_path = model.endswith(".onnx") or Path(model).is_file()
-    with tempfile.TemporaryDirectory() as tmp:
-        raw_path = Path(tmp) / "raw.h5"
-        with h5py.File(raw_path, "w") as f:
-            f["raw"] = raw
-        out = Path(tmp) / "run"
-        cfg = Path(tmp) / "pipeline.toml"
-        vz, vy, vx = (float(v) for v in voxel_size_nm)
-        cfg.write_text(
-            _PIPELINE.format(
-                raw=raw_path, out=out, threads=n_threads, vz=vz, vy=vy, vx=vx,
-                model_key="model_path" if by_path else "model",
-                model=Path(model).resolve() if by_path else model, tta=str(tta).lower(),
-            )
-        )  # fmt: skip
-        run_pipeline_file(cfg)
-        affs = zarr.open_array(str(out / "artifacts" / "affinities" / "affinities.zarr"), mode="r")
-        return np.asarray(affs[:3], dtype=np.float32)
+    raw_path = tmp / "raw.h5"
+    with h5py.File(raw_path, "w") as f:
+        f["raw"] = raw
+    out = tmp / "run"
+    cfg = tmp / "pipeline.toml"
+    vz, vy, vx = (float(v) for v in voxel_size_nm)
+    cfg.write_text(
+        (_PIPELINE + (_SEGMENT if segment else "")).format(
+            raw=raw_path, out=out, threads=n_threads, vz=vz, vy=vy, vx=vx,
+            model_key="model_path" if by_path else "model",
+            model=Path(model).resolve() if by_path else model, tta=str(tta).lower(),
+        )
+    )  # fmt: skip
+    run_pipeline_file(cfg)
+    return out / "artifacts"
 
 
 def fragment_grid() -> list[dict[str, Any]]:
