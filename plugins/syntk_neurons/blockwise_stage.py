@@ -147,8 +147,10 @@ class BlockwiseWaterzAgglomerator(Agglomerator["BlockwiseWaterzAgglomerator.Opti
             bmap = boundary_map_banded(affs_vol.data, z0, z1, band)
             f = fragments_from_boundary(bmap, **distance_parameters(setting))
             del bmap
-            out.data[z0:z1] = f + base
-            base += np.uint64(f.max())
+            top = np.uint64(f.max())
+            f += base  # in place: the slab's ids are numbered from 1
+            out.data[z0:z1] = f
+            base += top
         return out
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
