@@ -53,6 +53,7 @@ import numpy as np
 
 from synapse_toolkit.data import PartnerTable, Volume
 from synapse_toolkit.fsio import sha256_file
+from synapse_toolkit.inference.fragments import distance_parameters
 from synapse_toolkit.inference.onnx_model import OnnxModel
 from synapse_toolkit.io.cremi import read_cremi
 from synapse_toolkit.synapses.assigners import (
@@ -107,8 +108,8 @@ def predictions(seed: int, args: argparse.Namespace, synful: bool = True) -> dic
                                lambda: OnnxModel(args.polarity).predict(raw)[0])  # fmt: skip
     out["clefts"] = _cached(key("clefts", args.clefts), lambda: cleft_labels(
         OnnxModel(args.clefts).predict(raw)[0], grid, 0.9, 200))  # fmt: skip
-    frags = (("method", "distance_2d"), ("boundary_threshold", 0.5), ("dt_sigma", 1.0),
-             ("min_distance", 3)) if args.fragments == "distance_2d" else ()  # fmt: skip
+    frags = (("method", "distance_2d"), *distance_parameters({}).items()
+             ) if args.fragments == "distance_2d" else ()  # fmt: skip
     seg_key = "segmentation-tta-q75-0.5" + ("-d2d" if frags else "")
     out["pred_seg"] = _cached(key(seg_key, args.neuron_model), lambda: (
         predicted_segmentation(raw, SegmentationSource(str(args.neuron_model), 0.5, "quantile75",
@@ -373,7 +374,7 @@ def main() -> None:
     ap.add_argument("--neuron-model", default=str(NEURONS))
     ap.add_argument("--fragments", choices=["affinities", "distance_2d"], default="affinities",
                     help="waterz fragments of the predicted segmentation: its own watershed, or "
-                    "distance-transform seeds per section (0.5 / 1 px / 3 px)")  # fmt: skip
+                    "distance-transform seeds per section (default parameters)")  # fmt: skip
     ap.add_argument("--json", default=None)
     ap.add_argument(
         "--checkpoints",
