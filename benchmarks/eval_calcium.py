@@ -38,7 +38,12 @@ import numpy as np
 from syntk_calcium.io import open_source, summary_images
 from syntk_calcium.preprocess import clip_standardise
 from syntk_calcium.regions import extract_regions, local_maxima_regions, regions_in_window
-from syntk_calcium.stages import DETECTOR_TTA, REGION_DEFAULTS, cnn_probability
+from syntk_calcium.stages import (
+    DETECTOR_FLAT_FIELD,
+    DETECTOR_TTA,
+    REGION_DEFAULTS,
+    cnn_probability,
+)
 
 from synapse_toolkit.data import Regions
 from synapse_toolkit.metrics.neurofinder import load_regions, score_neurofinder
@@ -86,6 +91,12 @@ def main() -> None:
     )
     ap.add_argument("--tta", choices=("on", "off"), default=None,
                     help="default: the neurofinder-cnn stage default")  # fmt: skip
+    ap.add_argument(
+        "--flat-field",
+        type=float,
+        default=None,
+        help="flat-field sigma (px) of the preprocessing (default: the stage's)",
+    )
     ap.add_argument("--phantom-seeds", default="", help="comma-separated phantom seeds to score")
     ap.add_argument("--trained-on-heldout", action="store_true",
                     help="a refit model (trained on rows 256-511): label so")  # fmt: skip
@@ -100,14 +111,20 @@ def main() -> None:
         model = Path(args.model)
     params = dict(REGION_DEFAULTS) if args.params is None else json.loads(args.params)
     tta = DETECTOR_TTA if args.tta is None else args.tta == "on"
-    out: dict[str, Any] = {"model": str(model), "region_params (validation)": params, "tta": tta}
+    ff = DETECTOR_FLAT_FIELD if args.flat_field is None else args.flat_field
+    out: dict[str, Any] = {"model": str(model), "region_params (validation)": params, "tta": tta,
+                           "flat_field_sigma": ff}  # fmt: skip
 
     mean = np.load(data / "mean_fullfov_512x512_float32.npy")
     truth = load_regions(data / "regions_fullfov_left_half.json")
-    prob = cnn_probability(mean, model, n_threads=1, tta=tta)
+    prob = cnn_probability(mean, model, n_threads=1, tta=tta, flat_field_sigma=ff)
     cnn = extract_regions(prob[0], prob[1], **params)
     out["fullfov_heldout_cnn"] = _window_score(truth, cnn, TEST_ROWS, COLS)
     out["fullfov_validation_cnn"] = _window_score(truth, cnn, (200, 256), COLS)
+    cols = np.array([c[:, 1].mean() for c in cnn.coordinates]) if len(cnn) else np.zeros(0)
+    out["fullfov_cnn_roi_count (label-free)"] = {
+        "cols 0-255": int((cols < 256).sum()), "cols 256-511": int((cols >= 256).sum())
+    }  # fmt: skip
     bparams = tune_baseline(clip_standardise(mean), truth)
     base = local_maxima_regions(clip_standardise(mean), **bparams)
     out["baseline_params (rows 0-255)"] = bparams
@@ -125,7 +142,7 @@ def main() -> None:
     src = open_source(data / "movie_200x128x128_uint16.tif")
     crop_mean = summary_images(src, ["mean"])[0]
     crop_truth = load_regions(data / "regions_crop.json")
-    cp = cnn_probability(crop_mean, model, n_threads=1, tta=tta)
+    cp = cnn_probability(crop_mean, model, n_threads=1, tta=tta, flat_field_sigma=ff)
     whole = ((0, 128), (0, 128))
     out["crop_movie_cnn"] = _window_score(
         crop_truth, extract_regions(cp[0], cp[1], **params), *whole
@@ -138,7 +155,7 @@ def main() -> None:
     for seed in [int(v) for v in args.phantom_seeds.split(",") if v.strip()]:
         ph = generate_calcium(seed=seed, shape=(192, 192), n_cells=90, frames=300)
         pm = ph.movie.astype(np.float64).mean(axis=0).astype(np.float32)
-        pp = cnn_probability(pm, model, n_threads=1, tta=tta)
+        pp = cnn_probability(pm, model, n_threads=1, tta=tta, flat_field_sigma=ff)
         out[f"phantom{seed}_cnn"] = _window_score(
             ph.regions, extract_regions(pp[0], pp[1], **params), (0, 192), (0, 192)
         )

@@ -12,7 +12,7 @@ import pytest
 import tifffile
 from syntk_calcium.io import open_source, summary_images
 from syntk_calcium.overlay import overlay_rgb, png_bytes
-from syntk_calcium.preprocess import clip_standardise, region_masks
+from syntk_calcium.preprocess import clip_standardise, flat_field, region_masks
 from syntk_calcium.regions import (
     disc_regions,
     extract_regions,
@@ -141,6 +141,22 @@ def test_clip_standardise_numbers() -> None:
     np.testing.assert_array_equal(clip_standardise(np.full((3, 3), 7.0)), 0.0)
     with pytest.raises(DataError, match="2D"):
         clip_standardise(np.zeros((2, 2, 2)))
+
+
+def test_flat_field_undoes_a_smooth_gain() -> None:
+    ph = generate_calcium(seed=11, shape=(96, 96), n_cells=20, frames=40)
+    mean = ph.movie.astype(np.float64).mean(axis=0) + 10.0
+    ramp = np.linspace(1.0, 0.2, 96)[None, :]  # the right side five times dimmer
+    a, b = flat_field(mean, 12.0), flat_field(mean * ramp, 12.0)
+    inner = (slice(24, 72), slice(24, 72))
+    # a smooth gain cancels (up to how much it changes within the filter's reach)
+    assert np.abs(a - b)[inner].mean() < 0.05 * a[inner].mean()
+    dim = np.abs(mean - mean * ramp)[inner].mean() / mean[inner].mean()
+    assert dim > 0.3
+    np.testing.assert_allclose(flat_field(np.full((8, 8), 5.0), 3.0), 1.0, rtol=1e-6)
+    assert flat_field(mean - 50.0, 12.0).min() >= 0  # negative images are shifted first
+    with pytest.raises(DataError, match="NaN"):
+        flat_field(np.full((4, 4), np.nan), 2.0)
 
 
 def test_region_masks() -> None:

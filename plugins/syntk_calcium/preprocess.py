@@ -2,6 +2,8 @@
 
 :func:`clip_standardise`: clip above mean + ``n_sd`` standard deviations (bright vessels and
 saturated cells stop dominating), then scale to zero mean and unit variance over the image.
+:func:`flat_field`: divide by the image's smoothed brightness, so that cells in a dim part of the
+field of view (vignetting, uneven expression) look like cells in a bright part.
 """
 
 from __future__ import annotations
@@ -26,6 +28,26 @@ def clip_standardise(image: np.ndarray, n_sd: float = 3.0) -> np.ndarray:
     sd = clipped.std()
     out = (clipped - clipped.mean()) / sd if sd > 0 else np.zeros_like(clipped)
     return out.astype(np.float32)
+
+
+def flat_field(image: np.ndarray, sigma: float) -> np.ndarray:
+    """``image`` (H, W) divided by its Gaussian-smoothed brightness (``sigma`` px); float32.
+
+    The smoothed image is floored at 1e-3 of its maximum so dark corners do not blow up; a
+    constant image maps to ones. Negative values (a baseline-subtracted image) are shifted to
+    start at 0 first.
+    """
+    from scipy.ndimage import gaussian_filter
+
+    img = np.asarray(image, dtype=np.float64)
+    if img.ndim != 2 or img.size == 0:
+        raise DataError(f"expected a non-empty 2D summary image, got shape {img.shape}")
+    if not np.all(np.isfinite(img)):
+        raise DataError("summary image contains NaN or infinity")
+    img = img - min(0.0, float(img.min()))
+    background = gaussian_filter(img, sigma, mode="reflect")
+    floor = max(1e-3 * float(background.max()), float(np.finfo(np.float32).tiny))
+    return (img / np.maximum(background, floor)).astype(np.float32)
 
 
 def region_masks(

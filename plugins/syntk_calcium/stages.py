@@ -20,7 +20,7 @@ from synapse_toolkit.data import Regions, Volume, WrittenFile
 from synapse_toolkit.errors import DataError
 from synapse_toolkit.stages import Detector, Loader, OptionsT, Port, Stage, StageOptions, Writer
 from syntk_calcium.io import PROJECTIONS, open_source, summary_images
-from syntk_calcium.preprocess import clip_standardise
+from syntk_calcium.preprocess import clip_standardise, flat_field
 
 DEFAULT_MODEL = "calcium/neurofinder_cnn"
 #: Region extraction defaults: the thresholds chosen on validation data for the shipped model
@@ -28,6 +28,8 @@ DEFAULT_MODEL = "calcium/neurofinder_cnn"
 REGION_DEFAULTS = {"threshold": 0.6, "core_threshold": 0.3, "min_size": 40}
 #: Whether the detector averages over mirrorings by default (chosen on validation, as above).
 DETECTOR_TTA = False
+#: Flat-field sigma (px) of the detector's preprocessing by default; 0 = off (``models/README.md``).
+DETECTOR_FLAT_FIELD = 0.0
 
 
 def _resolve_model(stage: str, name: str, path: Path | None, sha256: str | None) -> Path:
@@ -54,6 +56,7 @@ def cnn_probability(
     model: str | Path,
     *,
     clip_sd: float = 3.0,
+    flat_field_sigma: float = 0.0,
     overlap: int = 32,
     providers: list[str] | None = None,
     n_threads: int | None = None,
@@ -61,13 +64,17 @@ def cnn_probability(
 ) -> np.ndarray:
     """ROI mask and core probabilities (2, H, W) of a mean image with an exported model file.
 
-    The seed's preprocessing (clip at mean + ``clip_sd`` SD, standardise over the whole image),
-    then the ONNX model tile by tile with mirrored borders and blended overlaps; with ``tta``
-    the probabilities are averaged over the 4 mirrorings of each tile.
+    With ``flat_field_sigma`` > 0 the image is first divided by its smoothed brightness
+    (:func:`~syntk_calcium.preprocess.flat_field`); then the seed's preprocessing (clip at mean +
+    ``clip_sd`` SD, standardise over the whole image), then the ONNX model tile by tile with
+    mirrored borders and blended overlaps; with ``tta`` the probabilities are averaged over the 4
+    mirrorings of each tile.
     """
     from synapse_toolkit.inference.tiled import flip_tta, predict_tiled
     from synapse_toolkit.onnx_runtime import create_session, model_metadata, predictor
 
+    if flat_field_sigma > 0:
+        image = flat_field(image, flat_field_sigma)
     x = clip_standardise(image, clip_sd)
     session = create_session(model, providers=providers, num_threads=n_threads)
     meta = model_metadata(session)
@@ -187,6 +194,10 @@ class NeurofinderCnnDetector(Detector["NeurofinderCnnDetector.Options"]):
         model_path: Path | None = Field(None, description="An ONNX file instead of `model`.")
         sha256: str | None = Field(None, description="Expected sha256 of `model_path`.")
         clip_sd: float = Field(3.0, gt=0, description="Clip above mean + clip_sd x SD.")
+        flat_field_sigma: float = Field(
+            DETECTOR_FLAT_FIELD, ge=0,
+            description="Divide by the image smoothed at this sigma (px) first; 0 = off.",
+        )  # fmt: skip
         overlap: int = Field(32, ge=0, description="Tile overlap (px).")
         tta: bool = Field(DETECTOR_TTA, description="Average over the 4 mirrorings.")
         providers: list[str] | None = Field(None, description="ONNX Runtime providers to force.")
@@ -197,8 +208,8 @@ class NeurofinderCnnDetector(Detector["NeurofinderCnnDetector.Options"]):
         path = _resolve_model(self.context.stage_name, opts.model, opts.model_path, opts.sha256)
         prob = cnn_probability(
             _image(raw, self.context.stage_name, "raw"), path, clip_sd=opts.clip_sd,
-            overlap=opts.overlap, providers=opts.providers, n_threads=self.context.n_threads,
-            tta=opts.tta,
+            flat_field_sigma=opts.flat_field_sigma, overlap=opts.overlap,
+            providers=opts.providers, n_threads=self.context.n_threads, tta=opts.tta,
         )  # fmt: skip
         out = self.context.create_volume("probability", (prob.shape[0], 1, *prob.shape[1:]),
                                          np.float32, like=raw)  # fmt: skip

@@ -59,6 +59,11 @@ class AffinityDetector(Detector["AffinityDetector.Options"]):
             description="Match raw grey values to the model's training data (quantile map) when "
             "the model carries an intensity reference: undoes contrast/brightness/gamma changes.",
         )
+        match_spectrum: bool = Field(
+            True,
+            description="Filter each section to the model's training spectrum first when the "
+            "model carries a spectrum reference: undoes a blurrier or noisier acquisition.",
+        )
         intensity_scale: float | None = Field(
             None,
             description="Without intensity matching: multiply raw by this "
@@ -210,8 +215,9 @@ class AffinityDetector(Detector["AffinityDetector.Options"]):
         offsets = (meta.get("offsets") or NEAREST_NEIGHBOURS[:n_out]) if opts.tta else None
         model.predict(
             source, target, opts.overlap, progress=task.advance, tta_offsets=offsets,
-            match_intensity=opts.match_intensity, intensity_scale=opts.intensity_scale,
-            pad_mode=opts.pad_mode, intensity_source=raw.data,
+            match_intensity=opts.match_intensity, match_spectrum=opts.match_spectrum,
+            intensity_scale=opts.intensity_scale, pad_mode=opts.pad_mode,
+            intensity_source=raw.data,
         )  # fmt: skip
         if target is not result.data:
             resample_into(target, result.data)

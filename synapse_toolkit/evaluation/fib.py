@@ -231,6 +231,7 @@ def model_affinities(
     *,
     tta: bool = False,
     match_intensity: bool = True,
+    match_spectrum: bool = True,
     resample: ResamplePolicy = "always",
     n_threads: int = 2,
 ) -> ModelAffinities:
@@ -248,6 +249,7 @@ def model_affinities(
         **({"model_path": Path(model)} if by_path else {"model": model}),
         tta=tta,
         match_intensity=match_intensity,
+        match_spectrum=match_spectrum,
         resample=resample,
     )
     with tempfile.TemporaryDirectory() as tmp:

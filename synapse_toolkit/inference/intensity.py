@@ -97,8 +97,13 @@ def model_preprocess(
     *,
     intensity_scale: float | None = None,
     match_intensity: bool = True,
+    match_spectrum: bool = True,
 ) -> PreprocessFn:
     """The network-input transform for ``raw`` under a model with metadata ``meta``.
+
+    With a ``spectrum_reference`` in ``meta`` (and ``match_spectrum``), each read is first
+    filtered in-plane to the reference's spectral shape (:mod:`.spectrum`; ``raw``'s spectrum
+    is measured once, here) and the quantiles below are those of the filtered volume.
 
     With an ``intensity_reference`` in ``meta`` (and ``match_intensity``), raw grey values are
     matched to it and multiplied by the reference's ``scale`` (``intensity_scale`` is not used);
@@ -107,20 +112,39 @@ def model_preprocess(
     were trained.
     """
     reference = meta.get("intensity_reference")
+    raw_dtype = np.dtype(raw.dtype)
+    filter_fn: Callable[[np.ndarray], np.ndarray] | None = None
+    if match_spectrum and meta.get("spectrum_reference"):
+        from synapse_toolkit.inference import spectrum
+
+        k = spectrum.kernel(
+            spectrum.gain(
+                spectrum.radial_spectrum(raw), meta["spectrum_reference"]["radial_power"]
+            )
+        )
+        raw = spectrum.Filtered(raw, k)
+
+        def filter_fn(x: np.ndarray) -> np.ndarray:
+            return spectrum.apply(x, k)
+
     if match_intensity and reference:
         ref_q = np.asarray(reference["quantiles"], np.float64)
         scale = np.float32(reference["scale"])
         src_q = quantiles([raw])
 
         def matched(x: np.ndarray) -> np.ndarray:
+            if filter_fn is not None:
+                x = filter_fn(x)
             return match(x, src_q, ref_q) * scale
 
         return matched
     if intensity_scale is None:
-        intensity_scale = 1.0 / 255.0 if np.dtype(raw.dtype) == np.uint8 else 1.0
+        intensity_scale = 1.0 / 255.0 if raw_dtype == np.uint8 else 1.0
     factor = np.float32(intensity_scale)
 
     def scaled(x: np.ndarray) -> np.ndarray:
+        if filter_fn is not None:
+            x = filter_fn(x)
         return x.astype(np.float32) * factor
 
     return scaled

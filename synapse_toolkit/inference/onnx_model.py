@@ -71,6 +71,7 @@ class OnnxModel:
         tta_offsets: Sequence[Sequence[int]] | None = None,
         *,
         match_intensity: bool = True,
+        match_spectrum: bool = True,
         intensity_scale: float | None = None,
         pad_mode: str = "reflect",
         intensity_source: Any | None = None,
@@ -81,9 +82,11 @@ class OnnxModel:
         """Predict ``source`` ((z, y, x) array-like) into ``out`` ((C, z, y, x),
         zero-initialised; a new float32 array if None). Grey values are matched to the model's
         intensity reference when it has one (``match_intensity``), else scaled by
-        ``intensity_scale`` (default 1/255 for uint8). ``tta_offsets`` (one affinity offset per
-        output channel) averages the 8 mirrorings. ``intensity_source`` is the array whose grey
-        values define the matching and default scale when ``source`` is a resampled copy.
+        ``intensity_scale`` (default 1/255 for uint8); sections are first filtered to the
+        model's spectrum reference when it has one (``match_spectrum``). ``tta_offsets`` (one
+        affinity offset per output channel) averages the 8 mirrorings. ``intensity_source`` is
+        the array whose grey values define the matching and default scale when ``source`` is a
+        resampled copy.
         ``channels`` keeps only these output channels (``out`` then has that many);
         ``block_shape`` and ``scratch_dir`` are passed to
         :func:`~synapse_toolkit.inference.tiled.predict_tiled`."""
@@ -107,6 +110,7 @@ class OnnxModel:
         prep = model_preprocess(
             self.metadata, source if intensity_source is None else intensity_source,
             intensity_scale=intensity_scale, match_intensity=match_intensity,
+            match_spectrum=match_spectrum,
         )  # fmt: skip
         predict_tiled(
             predict, source, out, self.input_shape, self.output_shape,

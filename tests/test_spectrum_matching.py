@@ -1,0 +1,103 @@
+"""Spectral matching: radial spectra, the matching filter, and the preprocessing that uses it
+(a blurred copy of the same tissue is brought back towards the sharp one)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from synapse_toolkit.inference import spectrum
+from synapse_toolkit.inference.intensity import model_preprocess, quantiles
+
+
+def _membranes(seed: int = 0, shape=(8, 96, 96)) -> np.ndarray:
+    """uint8 sections with thin dark 'membranes' (cell borders of random seeds) on grey cells."""
+    rng = np.random.default_rng(seed)
+    out = np.empty(shape, np.uint8)
+    for z in range(shape[0]):
+        seeds = np.zeros(shape[1:], np.int32)
+        pts = rng.integers(0, shape[1], size=(40, 2))
+        seeds[pts[:, 0], pts[:, 1]] = np.arange(1, 41)
+        _, (iy, ix) = ndimage.distance_transform_edt(seeds == 0, return_indices=True)
+        cells = seeds[iy, ix]
+        border = ndimage.morphological_gradient(cells, size=2) > 0
+        img = 170 + rng.normal(0, 8, shape[1:]) - 110 * border
+        out[z] = np.clip(img, 0, 255).astype(np.uint8)
+    return out
+
+
+def test_radial_spectrum_is_normalised_and_sees_blur() -> None:
+    sharp = _membranes(0)
+    blurred = ndimage.gaussian_filter(sharp.astype(np.float32), (0, 2, 2))
+    s, b = spectrum.radial_spectrum(sharp), spectrum.radial_spectrum(blurred)
+    assert s.shape == (spectrum.WINDOW // 2 + 1,)
+    assert s[0] == 0 and abs(s.sum() - 1) < 1e-9 and abs(b.sum() - 1) < 1e-9
+    high = slice(spectrum.WINDOW // 4, None)
+    assert b[high].sum() < 0.2 * s[high].sum()  # blur removes high frequencies
+    # the shape only: a contrast change does not change it
+    np.testing.assert_allclose(spectrum.radial_spectrum(sharp * 0.3 + 50), s, rtol=1e-6)
+
+
+def test_gain_is_clipped_and_keeps_the_mean() -> None:
+    ref = np.array([0.0, 0.5, 0.3, 0.2])
+    src = np.array([0.0, 0.5, 0.3 / 4, 0.2 * 100])
+    g = spectrum.gain(src, ref)
+    assert g[0] == 1 and g[1] == pytest.approx(1) and g[2] == pytest.approx(2)
+    assert g[3] == pytest.approx(spectrum.GAIN_RANGE[0])
+    with pytest.raises(ValueError, match="different lengths"):
+        spectrum.gain(src, ref[:3])
+
+
+def test_unit_gain_filter_is_the_identity_and_kernels_keep_the_mean() -> None:
+    x = _membranes(1).astype(np.float32)
+    k = spectrum.kernel(np.ones(spectrum.WINDOW // 2 + 1))
+    assert k.shape == (spectrum.KERNEL_SIZE,) * 2
+    np.testing.assert_allclose(spectrum.apply(x, k), x, atol=1e-3)
+    boost = spectrum.kernel(np.linspace(1, 3, spectrum.WINDOW // 2 + 1))
+    assert boost.sum() == pytest.approx(1, abs=1e-5)
+    assert spectrum.apply(x[0], boost).shape == x[0].shape
+
+
+def test_matching_brings_a_blurred_copy_back_towards_the_sharp_spectrum() -> None:
+    sharp = _membranes(2)
+    ref = spectrum.radial_spectrum(sharp)
+    blurred = ndimage.gaussian_filter(sharp.astype(np.float32), (0, 1.2, 1.2))
+    k = spectrum.kernel(spectrum.gain(spectrum.radial_spectrum(blurred), ref))
+    restored = spectrum.apply(blurred, k)
+
+    def distance(v: np.ndarray) -> float:
+        s = spectrum.radial_spectrum(v)
+        return float(np.abs(np.log(s[1:]) - np.log(ref[1:])).mean())
+
+    assert distance(restored) < 0.75 * distance(blurred)  # gains are clipped at 3
+    # and in grey values, closer to the sharp tissue than the blurred copy was
+    assert np.abs(restored - sharp).mean() < np.abs(blurred - sharp).mean()
+
+
+def test_filtered_view_is_integer_for_integer_volumes() -> None:
+    v = _membranes(3)
+    k = spectrum.kernel(np.full(spectrum.WINDOW // 2 + 1, 1.5))
+    view = spectrum.Filtered(v, k)
+    assert view.dtype == np.int16 and view.shape == v.shape
+    np.testing.assert_array_equal(view[2:4], np.rint(spectrum.apply(v[2:4], k)).astype(np.int16))
+    q = quantiles([view])  # exact histogram path
+    assert q[0] <= q[-1]
+
+
+def test_preprocess_uses_the_spectrum_reference() -> None:
+    sharp = _membranes(4)
+    blurred = np.clip(ndimage.gaussian_filter(sharp.astype(np.float32), (0, 1.2, 1.2)), 0, 255)
+    blurred = blurred.astype(np.uint8)
+    meta = {
+        "intensity_reference": {"quantiles": list(quantiles([sharp])), "scale": 1 / 255},
+        "spectrum_reference": {"radial_power": list(spectrum.radial_spectrum(sharp))},
+    }
+    on = model_preprocess(meta, blurred)(blurred)
+    off = model_preprocess(meta, blurred, match_spectrum=False)(blurred)
+    target = sharp / 255.0
+    assert np.abs(on - target).mean() < 0.9 * np.abs(off - target).mean()
+    # without an intensity reference the uint8 scaling is kept
+    only = {"spectrum_reference": meta["spectrum_reference"]}
+    plain = model_preprocess(only, sharp)(sharp)
+    assert 0.5 < plain.mean() / (sharp.mean() / 255.0) < 1.5
