@@ -38,12 +38,7 @@ import numpy as np
 from syntk_calcium.io import open_source, summary_images
 from syntk_calcium.preprocess import clip_standardise
 from syntk_calcium.regions import extract_regions, local_maxima_regions, regions_in_window
-from syntk_calcium.stages import (
-    DETECTOR_FLAT_FIELD,
-    DETECTOR_TTA,
-    REGION_DEFAULTS,
-    cnn_probability,
-)
+from syntk_calcium.stages import DETECTOR_TTA, REGION_DEFAULTS, cnn_probability
 
 from synapse_toolkit.data import Regions
 from synapse_toolkit.metrics.neurofinder import load_regions, score_neurofinder
@@ -111,7 +106,7 @@ def main() -> None:
         model = Path(args.model)
     params = dict(REGION_DEFAULTS) if args.params is None else json.loads(args.params)
     tta = DETECTOR_TTA if args.tta is None else args.tta == "on"
-    ff = DETECTOR_FLAT_FIELD if args.flat_field is None else args.flat_field
+    ff = args.flat_field
     out: dict[str, Any] = {"model": str(model), "region_params (validation)": params, "tta": tta,
                            "flat_field_sigma": ff}  # fmt: skip
 

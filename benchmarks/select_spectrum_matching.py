@@ -28,11 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fib_perturbed import COPIES, SELECT_COPIES, copies
 
 from synapse_toolkit.evaluation import fib
 from synapse_toolkit.inference import spectrum
 from synapse_toolkit.nn.export import update_metadata
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from fib_perturbed import COPIES, SELECT_COPIES, copies
 
 TRAIN_ROI = (slice(None), slice(None), slice(0, 150))
 MIN_GAIN, MAX_LOSS = 0.02, 0.01

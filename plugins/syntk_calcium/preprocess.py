@@ -50,6 +50,14 @@ def flat_field(image: np.ndarray, sigma: float) -> np.ndarray:
     return (img / np.maximum(background, floor)).astype(np.float32)
 
 
+def prepare(image: np.ndarray, flat_field_sigma: float = 0.0, n_sd: float = 3.0) -> np.ndarray:
+    """The network input of a summary image: :func:`flat_field` (when ``flat_field_sigma`` > 0),
+    then :func:`clip_standardise`."""
+    if flat_field_sigma > 0:
+        image = flat_field(image, flat_field_sigma)
+    return clip_standardise(image, n_sd)
+
+
 def region_masks(
     regions: Regions, shape: tuple[int, int], core_radius: float = 2.0
 ) -> tuple[np.ndarray, np.ndarray]:

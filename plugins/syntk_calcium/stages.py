@@ -20,7 +20,7 @@ from synapse_toolkit.data import Regions, Volume, WrittenFile
 from synapse_toolkit.errors import DataError
 from synapse_toolkit.stages import Detector, Loader, OptionsT, Port, Stage, StageOptions, Writer
 from syntk_calcium.io import PROJECTIONS, open_source, summary_images
-from syntk_calcium.preprocess import clip_standardise, flat_field
+from syntk_calcium.preprocess import clip_standardise, prepare
 
 DEFAULT_MODEL = "calcium/neurofinder_cnn"
 #: Region extraction defaults: the thresholds chosen on validation data for the shipped model
@@ -28,8 +28,6 @@ DEFAULT_MODEL = "calcium/neurofinder_cnn"
 REGION_DEFAULTS = {"threshold": 0.6, "core_threshold": 0.3, "min_size": 40}
 #: Whether the detector averages over mirrorings by default (chosen on validation, as above).
 DETECTOR_TTA = False
-#: Flat-field sigma (px) of the detector's preprocessing by default; 0 = off (``models/README.md``).
-DETECTOR_FLAT_FIELD = 0.0
 
 
 def _resolve_model(stage: str, name: str, path: Path | None, sha256: str | None) -> Path:
@@ -56,7 +54,7 @@ def cnn_probability(
     model: str | Path,
     *,
     clip_sd: float = 3.0,
-    flat_field_sigma: float = 0.0,
+    flat_field_sigma: float | None = None,
     overlap: int = 32,
     providers: list[str] | None = None,
     n_threads: int | None = None,
@@ -64,7 +62,8 @@ def cnn_probability(
 ) -> np.ndarray:
     """ROI mask and core probabilities (2, H, W) of a mean image with an exported model file.
 
-    With ``flat_field_sigma`` > 0 the image is first divided by its smoothed brightness
+    With ``flat_field_sigma`` > 0 (default: the model's ``flat_field_sigma`` metadata, 0 when
+    absent) the image is first divided by its smoothed brightness
     (:func:`~syntk_calcium.preprocess.flat_field`); then the seed's preprocessing (clip at mean +
     ``clip_sd`` SD, standardise over the whole image), then the ONNX model tile by tile with
     mirrored borders and blended overlaps; with ``tta`` the probabilities are averaged over the 4
@@ -73,11 +72,11 @@ def cnn_probability(
     from synapse_toolkit.inference.tiled import flip_tta, predict_tiled
     from synapse_toolkit.onnx_runtime import create_session, model_metadata, predictor
 
-    if flat_field_sigma > 0:
-        image = flat_field(image, flat_field_sigma)
-    x = clip_standardise(image, clip_sd)
     session = create_session(model, providers=providers, num_threads=n_threads)
     meta = model_metadata(session)
+    if flat_field_sigma is None:
+        flat_field_sigma = float(meta.get("flat_field_sigma") or 0.0)
+    x = prepare(image, flat_field_sigma, clip_sd)
     try:
         in_shape = tuple(int(s) for s in meta["input_shape"])
         out_shape = tuple(int(s) for s in meta["output_shape"])
@@ -194,9 +193,10 @@ class NeurofinderCnnDetector(Detector["NeurofinderCnnDetector.Options"]):
         model_path: Path | None = Field(None, description="An ONNX file instead of `model`.")
         sha256: str | None = Field(None, description="Expected sha256 of `model_path`.")
         clip_sd: float = Field(3.0, gt=0, description="Clip above mean + clip_sd x SD.")
-        flat_field_sigma: float = Field(
-            DETECTOR_FLAT_FIELD, ge=0,
-            description="Divide by the image smoothed at this sigma (px) first; 0 = off.",
+        flat_field_sigma: float | None = Field(
+            None, ge=0,
+            description="Divide by the image smoothed at this sigma (px) first; 0 = off; "
+            "default: the model's (its metadata).",
         )  # fmt: skip
         overlap: int = Field(32, ge=0, description="Tile overlap (px).")
         tta: bool = Field(DETECTOR_TTA, description="Average over the 4 mirrorings.")

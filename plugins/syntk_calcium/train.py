@@ -10,11 +10,13 @@ Data (the real field of view is split so that no truth of the held-out part is e
   192x192 movies with 90 cells and 150-600 frames; training seeds 5001-5012, validation 5101-5103.
 
 Every image gets the seed's preprocessing (:func:`~syntk_calcium.preprocess.clip_standardise` of
-the whole image). Batches are half real tiles, half phantom tiles, with random flips and
-90-degree rotations, a random gain/offset and added noise; loss: class-balanced BCE on the ROI
-mask and the ROI core. Every ``--eval-every`` iterations the region thresholds are searched on the
-validation images; the checkpoint and thresholds with the best validation combined score (mean of
-the real and the phantom validation scores) are kept and exported.
+the whole image), after a flat-field division with ``--flat-field SIGMA`` (stored in the exported
+model's metadata, so the detector does the same). Batches are half real tiles, half phantom
+tiles, with random flips and 90-degree rotations, a random gain/offset and added noise; loss:
+class-balanced BCE on the ROI mask and the ROI core. Every ``--eval-every`` iterations the
+region thresholds are searched on the validation images; the checkpoint and thresholds with the
+best validation combined score (mean of the real and the phantom validation scores) are kept and
+exported.
 
     python -m syntk_calcium.train --out runs/neurofinder-cnn \
         --export plugins/syntk_calcium/models/neurofinder_cnn.onnx
@@ -32,7 +34,7 @@ import numpy as np
 
 from synapse_toolkit.data import Regions
 from synapse_toolkit.metrics.neurofinder import score_neurofinder
-from syntk_calcium.preprocess import clip_standardise, region_masks
+from syntk_calcium.preprocess import prepare, region_masks
 from syntk_calcium.regions import extract_regions, regions_in_window
 
 DATA = Path("/work/shared/data/calcium/neurofinder-crop")
@@ -77,8 +79,10 @@ def real_data(data_dir: Path) -> tuple[np.ndarray, Regions]:
 class Sample:
     """A preprocessed image, its targets and its loss mask, padded by the network context."""
 
-    def __init__(self, image: np.ndarray, regions: Regions, loss_mask: np.ndarray) -> None:
-        x = clip_standardise(image)
+    def __init__(
+        self, image: np.ndarray, regions: Regions, loss_mask: np.ndarray, flat_sigma: float = 0.0
+    ) -> None:
+        x = prepare(image, flat_sigma)
         mask, core = region_masks(regions, x.shape)
         pad = ((CONTEXT, CONTEXT), (CONTEXT, CONTEXT))
         self.x = np.pad(x, pad, mode="reflect")
@@ -169,16 +173,16 @@ def _val_map(net: Any, name: str, image: np.ndarray, rows: tuple[int, int]) -> n
 
 
 def _val_sets(
-    data_dir: Path, cache: Path, refit: bool = False
+    data_dir: Path, cache: Path, refit: bool = False, flat_sigma: float = 0.0
 ) -> list[tuple[str, np.ndarray, Regions, tuple, tuple]]:
     """(name, preprocessed image, truth, rows, cols) for validation scoring."""
     mean, regions = real_data(data_dir)
-    out = [("real", clip_standardise(mean), regions, VAL_ROWS, LABELLED_COLS)]
+    out = [("real", prepare(mean, flat_sigma), regions, VAL_ROWS, LABELLED_COLS)]
     if refit:  # every labelled row is trained on: the phantoms are the only validation
         out = []
     for s in PHANTOM_VAL:
         m, r = phantom_mean(s, cache)
-        out.append((f"phantom{s}", clip_standardise(m), r, (0, m.shape[0]), (0, m.shape[1])))
+        out.append((f"phantom{s}", prepare(m, flat_sigma), r, (0, m.shape[0]), (0, m.shape[1])))
     return out
 
 
@@ -232,14 +236,14 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     lm[:, LABELLED_COLS[0] : LABELLED_COLS[1]] = True
     train_regions = regions_in_window(regions, rows, (0, 256))
     # the preprocessing statistics come from the whole image, as at inference
-    full = clip_standardise(mean)
+    full = prepare(mean, args.flat_field)
     real = Sample(train_part, train_regions, lm)
     real.x = np.pad(full[: rows[1], :256], CONTEXT, mode="reflect")
     phantoms = []
     for s in PHANTOM_TRAIN:
         m, r = phantom_mean(s, cache)
-        phantoms.append(Sample(m, r, np.ones(m.shape, bool)))
-    val = _val_sets(Path(args.data), cache, refit=args.refit)
+        phantoms.append(Sample(m, r, np.ones(m.shape, bool), args.flat_field))
+    val = _val_sets(Path(args.data), cache, refit=args.refit, flat_sigma=args.flat_field)
     say(
         f"data ready in {run.elapsed:.0f} s ({run.describe()}): real train {train_part.shape} "
         f"({len(train_regions)} ROIs), {len(phantoms)} phantoms, {len(val)} validation sets"
@@ -305,7 +309,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             say(f"it {it} validation combined {score:.3f} (real {parts['real']:.3f}, "
                 f"phantom {parts['phantom']:.3f}) at {params}")  # fmt: skip
             ckpt = {"state_dict": model.state_dict(), "config": net.hparams, "iteration": it,
-                    "region_params": params,
+                    "region_params": params, "flat_field_sigma": args.flat_field,
                     "validation": {"combined": score, **parts}}  # fmt: skip
             if args.keep_all:
                 run.save(ckpt, out / f"it{it:05d}.pt")
@@ -341,7 +345,13 @@ def export(
             "region_params": region_params or ckpt["region_params"],
             "outputs": ["roi_mask", "roi_core"],
             "preprocessing": "clip at mean + 3 SD, standardise (whole image)",
+            "flat_field_sigma": float(ckpt.get("flat_field_sigma", 0.0)),
             "validation": ckpt["validation"]}  # fmt: skip
+    if meta["flat_field_sigma"] > 0:
+        sigma = meta["flat_field_sigma"]
+        meta["preprocessing"] = f"divide by the image smoothed at sigma {sigma:g} px, then " + str(
+            meta["preprocessing"]
+        )
     if note:
         meta["note"] = note
     info = export_model(net, (1, tile, tile), onnx_path, metadata=meta)
@@ -352,11 +362,13 @@ def export(
 def select(onnx_path: Path, data_dir: Path, cache: Path) -> dict[str, Any]:
     """Choose test-time augmentation and region thresholds for the exported model on the
     validation sets, through the detector's own ONNX path (never the held-out rows' truth)."""
+    from synapse_toolkit.onnx_runtime import create_session, model_metadata
     from syntk_calcium.stages import cnn_probability
 
     mean = real_data(data_dir)[0]
     raws = [mean] + [phantom_mean(s, cache)[0] for s in PHANTOM_VAL]
-    val = _val_sets(data_dir, cache)
+    sigma = float(model_metadata(create_session(onnx_path)).get("flat_field_sigma") or 0.0)
+    val = _val_sets(data_dir, cache, flat_sigma=sigma)
     out: dict[str, Any] = {}
     for tta in (False, True):
         maps = [cnn_probability(r, onnx_path, n_threads=1, tta=tta) for r in raws]
@@ -390,6 +402,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--refit", action="store_true",
                     help="train on all labelled rows 0-511 (left half), phantoms only for "
                     "validation; with the settings and iteration chosen on the split")  # fmt: skip
+    ap.add_argument("--flat-field", type=float, default=0.0, metavar="SIGMA",
+                    help="divide each image by itself smoothed at SIGMA px before the "
+                    "preprocessing; 0: off")  # fmt: skip
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     ap.add_argument("--seed", type=int, default=0)

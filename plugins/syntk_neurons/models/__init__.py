@@ -23,12 +23,15 @@ SHIPPED: dict[str, tuple[str, str, str, tuple[float, float, float]]] = {
         "and mean-teacher consistency on fib-medulla-unlabelled (still ramping up), picked on "
         "the validation crop plus a blurred and a blurred/low-contrast/noisy copy; waterz "
         "mean @ 0.75 chosen on the same three volumes with TTA off and on, and the label-free "
-        "quality reference (boundary fraction, warning band) in the model's metadata; the "
+        "quality reference (boundary fraction, warning band) and the training data's in-plane "
+        "spectrum (the stage filters each section to it first) in the model's metadata; the "
         "default FIB-SEM model",
         "syntk train affinities examples/train/fib_affinities_v2.toml --iterations 194 "
         "--time-limit 100000 && syntk export onnx runs/fib_affinities_v2/best.pt "
         "plugins/syntk_neurons/models/fib_affinities_v2.onnx && python benchmarks/fib_perturbed.py "
         "select --model plugins/syntk_neurons/models/fib_affinities_v2.onnx --write && "
+        "python benchmarks/select_spectrum_matching.py select --model "
+        "plugins/syntk_neurons/models/fib_affinities_v2.onnx --write && "
         "python benchmarks/fib_quality.py store --model "
         "plugins/syntk_neurons/models/fib_affinities_v2.onnx --band 0.87 1.5",
         (10.0, 10.0, 10.0),
