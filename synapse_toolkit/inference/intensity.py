@@ -118,9 +118,7 @@ def model_preprocess(
         from synapse_toolkit.inference import spectrum
 
         k = spectrum.kernel(
-            spectrum.gain(
-                spectrum.radial_spectrum(raw), meta["spectrum_reference"]["radial_power"]
-            )
+            spectrum.gain(spectrum.radial_spectrum(raw), meta["spectrum_reference"]["radial_power"])
         )
         raw = spectrum.Filtered(raw, k)
 
