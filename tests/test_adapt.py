@@ -92,6 +92,32 @@ def test_adapt_writes_model_with_provenance(tiny, tmp_path) -> None:
     assert (tmp_path / "adapted.sha256").read_text().split()[0] == sha256_file(out)
 
 
+def test_target_filtered_slab_by_slab_as_inference_filters_it(tmp_path) -> None:
+    h5py = pytest.importorskip("h5py")
+    from scipy import ndimage
+
+    from synapse_toolkit.inference import spectrum
+    from synapse_toolkit.nn.adapt import filtered_target
+
+    rng = np.random.default_rng(1)
+    sharp = ndimage.gaussian_filter(rng.random((10, 64, 64)), (0, 1, 1))
+    sharp = 128 + (sharp - sharp.mean()) * (40 / sharp.std())
+    blurred = np.clip(ndimage.gaussian_filter(sharp, (0, 1.5, 1.5)), 0, 255).astype(np.uint8)
+    with h5py.File(tmp_path / "t.h5", "w") as f:
+        f["stack"] = blurred
+        f["stack"].attrs["resolution"] = (10, 10, 10)
+    ref = {"radial_power": spectrum.radial_spectrum(sharp).tolist()}
+    path, key = filtered_target(str(tmp_path / "t.h5"), "stack", ref, tmp_path, slab=3)
+    k = spectrum.kernel(spectrum.gain(spectrum.radial_spectrum(blurred), ref["radial_power"]))
+    want = np.clip(np.rint(spectrum.apply(blurred, k)), 0, 255).astype(np.uint8)
+    with h5py.File(path, "r") as f:
+        got = f[key][:]
+        assert tuple(f[key].attrs["resolution"]) == (10, 10, 10)
+    assert got.dtype == np.uint8
+    np.testing.assert_array_equal(got, want)  # slabs of 3 sections = the whole volume at once
+    assert np.abs(got.astype(float) - blurred).mean() > 0.5  # it did filter
+
+
 def test_adapt_errors(tiny, tmp_path) -> None:
     h5py = pytest.importorskip("h5py")
     from synapse_toolkit.nn.adapt import adapt_affinities

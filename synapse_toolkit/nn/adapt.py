@@ -4,9 +4,12 @@ The ONNX model's weights are loaded back into its U-Net (the architecture is in 
 then trained for a time budget with the affinity trainer: the source's labelled data stays in
 the loss (so the model cannot drift), and mean-teacher consistency
 (:mod:`synapse_toolkit.nn.consistency`) runs on crops of the target volume, whose grey values are
-matched to the source's training quantiles as inference does. The result is exported to ONNX
-with the source's intensity reference and waterz setting, plus an ``adaptation`` record (source
-and target sha256, settings). No labels of the target volume are used anywhere.
+matched to the source's training quantiles as inference does. When the source model carries a
+spectrum reference (:mod:`synapse_toolkit.inference.spectrum`), the target is first filtered to
+it, section by section, as inference would filter it, and the adapted model keeps the reference.
+The result is exported to ONNX with the source's intensity reference and waterz setting, plus an
+``adaptation`` record (source and target sha256, settings). No labels of the target volume are
+used anywhere.
 """
 
 from __future__ import annotations
@@ -114,6 +117,35 @@ def _h5_dataset(path: str, key: str | None) -> str:
     raise DataError(f"--unlabelled {path}: name a dataset as {path}:KEY (has {names})")
 
 
+def filtered_target(
+    path: str, dataset: str, reference: dict[str, Any], out_dir: Path, slab: int = 16
+) -> tuple[str, str]:
+    """The target volume filtered to ``reference`` (a ``spectrum_reference``) as inference
+    filters it, written slab by slab (the filter is in-plane) to ``out_dir/target.h5``; uint8
+    stays uint8 (rounded, clipped), other dtypes become float32."""
+    import h5py
+
+    from synapse_toolkit.inference import spectrum
+
+    dst = out_dir / "target_spectrum_matched.h5"
+    with h5py.File(path, "r") as f_in, h5py.File(dst, "w") as f_out:
+        src = f_in[dataset]
+        if len(src.shape) != 3:
+            raise DataError(f"--unlabelled {path}:{dataset}: expected (z, y, x), got {src.shape}")
+        k = spectrum.kernel(spectrum.gain(spectrum.radial_spectrum(src), reference["radial_power"]))
+        u8 = np.dtype(src.dtype) == np.uint8
+        out = f_out.create_dataset(
+            "raw", shape=src.shape, dtype=np.uint8 if u8 else np.float32,
+            chunks=(min(slab, src.shape[0]), *src.shape[1:]),
+        )  # fmt: skip
+        for z in range(0, src.shape[0], slab):
+            block = spectrum.apply(np.asarray(src[z : z + slab]), k)
+            out[z : z + slab] = np.clip(np.rint(block), 0, 255).astype(np.uint8) if u8 else block
+        for key, value in src.attrs.items():
+            out.attrs[key] = value
+    return str(dst), "raw"
+
+
 def adapt_affinities(
     model: str,
     unlabelled: str,
@@ -173,9 +205,15 @@ def adapt_affinities(
     model_cfg = {k: v for k, v in meta["model_config"].items() if k != "out_channels"}
     augment = {"flip": True, "transpose_axes": [0, 1, 2], "elastic_sigma": 0.0, "margin": [0, 0, 0]}
     augment.update({k: v for k, v in STRONG.items() if k != "missing_prob"})
-    semi = {"volumes": [{"raw": t_path, "raw_dataset": dataset}], "weight": weight, "start": 0}
-    semi.update({"rampup_iterations": 100, "every": 1, "strong": STRONG})
+    spectrum_ref = meta.get("spectrum_reference")
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+        c_path, c_dataset = t_path, dataset
+        if spectrum_ref:
+            log("filtering the target to the source model's spectrum reference")
+            c_path, c_dataset = filtered_target(t_path, dataset, spectrum_ref, Path(tmp))
+            settings["target_spectrum_matched"] = True
+        semi = {"volumes": [{"raw": c_path, "raw_dataset": c_dataset}], "weight": weight,
+                "start": 0, "rampup_iterations": 100, "every": 1, "strong": STRONG}  # fmt: skip
         init = Path(tmp) / "source.pt"
         arch = UNetConfig.from_dict({"out_channels": len(meta["offsets"]), **model_cfg})
         torch.save({"model_config": arch.to_dict(), "state_dict": net.state_dict()}, init)
@@ -192,6 +230,8 @@ def adapt_affinities(
         summary = train(cfg, log=log)
         out = Path(out)
         export_checkpoint(summary["latest"], out)
+        if spectrum_ref:  # inference filters the target as the adaptation saw it
+            update_metadata(out, {"spectrum_reference": spectrum_ref}, sidecar=False)
     target_sha = sha256_file(t_path)
     updates: dict[str, Any] = {
         "adaptation": {
