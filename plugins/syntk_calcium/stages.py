@@ -25,7 +25,7 @@ from syntk_calcium.preprocess import clip_standardise, prepare
 DEFAULT_MODEL = "calcium/neurofinder_cnn"
 #: Region extraction defaults: the thresholds chosen on validation data for the shipped model
 #: (``models/README.md``); other models carry theirs in their ONNX metadata.
-REGION_DEFAULTS = {"threshold": 0.6, "core_threshold": 0.3, "min_size": 40}
+REGION_DEFAULTS = {"threshold": 0.4, "core_threshold": 0.7, "min_size": 10}
 #: Whether the detector averages over mirrorings by default (chosen on validation, as above).
 DETECTOR_TTA = False
 

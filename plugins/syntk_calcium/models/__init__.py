@@ -18,17 +18,18 @@ MODELS_DIR = Path(__file__).parent
 SHIPPED: dict[str, tuple[str, str, str]] = {
     "calcium/neurofinder_cnn": (
         "neurofinder_cnn.onnx",
-        "Fully convolutional 2D U-Net (valid convs, 20 px context), standardised mean image "
+        "Fully convolutional 2D U-Net (valid convs, 20 px context), flat-fielded (sigma 24 px) "
+        "and standardised mean image "
         "(1,1,1,256,256) -> ROI mask and ROI core logits (1,2,1,216,216); a refit on all "
         "labelled rows (0-511, left half) of the neurofinder crop's full-view mean image and "
         "calcium phantoms, with the settings, iteration and thresholds chosen on a split run "
         "(train rows 0-199, validation rows 200-255 and phantoms); see models/README.md",
-        "python -m syntk_calcium.train --out runs/nf-refit --refit --iterations 1800 "
+        "python -m syntk_calcium.train --out runs/nf-refit-ff --refit --iterations 1800 "
         "--eval-every 150 --cosine --strong-aug --scale 0.2 --ema 0.995 --keep-all "
-        "--time-limit 2640 && python -m syntk_calcium.train --out runs/nf-refit --refit "
-        "--export-checkpoint runs/nf-refit/it01200.pt "
+        "--time-limit 2640 --flat-field 24 && python -m syntk_calcium.train --out "
+        "runs/nf-refit-ff --refit --export-checkpoint runs/nf-refit-ff/it01050.pt "
         "--export plugins/syntk_calcium/models/neurofinder_cnn.onnx "
-        '--region-params \'{"threshold": 0.6, "core_threshold": 0.3, "min_size": 40}\'',
+        '--region-params \'{"threshold": 0.4, "core_threshold": 0.7, "min_size": 10}\'',
     ),
 }
 
