@@ -72,11 +72,12 @@ def _rows(model: str, vols: list[fib.FibVolume], border: float, threads: int) ->
         t_match = quality.matched_threshold(
             quality.weakest_affinity(m.affinities), ref, float(agg["threshold"])
         )
-        stored = fib.at(m.affinities, vol.truth, sc, agg["scoring"], agg["threshold"])
-        matched = fib.at(m.affinities, vol.truth, sc, agg["scoring"], t_match)
+        frags = agg.get("fragments")  # the stored fragments, as the pipeline's waterz uses them
+        stored = fib.at(m.affinities, vol.truth, sc, agg["scoring"], agg["threshold"], frags)
+        matched = fib.at(m.affinities, vol.truth, sc, agg["scoring"], t_match, frags)
         curve = quality.size_curve(m.affinities, agg["scoring"])
         t_size = quality.size_matched_threshold(curve, ref_size)
-        sized = fib.at(m.affinities, vol.truth, sc, agg["scoring"], t_size)
+        sized = fib.at(m.affinities, vol.truth, sc, agg["scoring"], t_size, frags)
         row = {
             "volume": vol.name, "model": model,
             "boundary_fraction": sig["boundary_fraction"],
