@@ -92,6 +92,15 @@ def select(model: str, write: bool, threads: int, fragments: bool = False) -> di
                   key=lambda k: (mean[k], k[2]))  # fmt: skip
         choice["own_fragments_best"] = {"scoring": own[1], "threshold": own[2],
                                         "selection_mean": round(mean[own], 4)}  # fmt: skip
+    from synapse_toolkit.nn.adapt import onnx_metadata, resolve_model
+
+    stored = onnx_metadata(resolve_model(model)).get("agglomeration") or {}
+    s_frag = stored.get("fragments") or {"method": "affinities"}
+    for k in keys:  # the setting the model stores now, scored in the same tables
+        if (json.loads(k[0]), k[1]) == (s_frag, stored.get("scoring")) and abs(
+            k[2] - float(stored.get("threshold", -1))
+        ) < 1e-9:
+            choice["stored_setting_mean"] = round(mean[k], 4)
     if write:
         from synapse_toolkit.nn.export import update_metadata
 
