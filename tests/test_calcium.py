@@ -347,3 +347,25 @@ def test_trainer_runs_on_the_shared_training_run(
     assert val and val == [line for line in log_b if "validation combined" in line]
     log_c = run(tmp_path / "c", "--time-limit", "0")
     assert any(line.startswith("finished at iteration 1 ") for line in log_c)
+
+
+def test_detector_follows_the_models_flat_field_metadata(tmp_path: Path) -> None:
+    """A model exported with ``flat_field_sigma`` in its metadata gets flat-fielded input by
+    default (equal to asking for it explicitly, different from switching it off)."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnxscript")
+    from syntk_calcium.net import RoiNet
+    from syntk_calcium.stages import cnn_probability
+
+    from synapse_toolkit.nn.export import export_model
+
+    torch.manual_seed(0)
+    net = RoiNet(width=4).eval()
+    export_model(net, (1, 96, 96), tmp_path / "m.onnx", metadata={"flat_field_sigma": 8.0})
+    image = np.random.default_rng(2).gamma(2.0, 100.0, (64, 80)).astype(np.float32)
+    image *= np.linspace(1.0, 0.2, 80)[None, :]  # a dim right side
+    default = cnn_probability(image, tmp_path / "m.onnx", n_threads=1)
+    explicit = cnn_probability(image, tmp_path / "m.onnx", n_threads=1, flat_field_sigma=8.0)
+    off = cnn_probability(image, tmp_path / "m.onnx", n_threads=1, flat_field_sigma=0.0)
+    np.testing.assert_array_equal(default, explicit)
+    assert np.abs(default - off).max() > 1e-3

@@ -101,3 +101,43 @@ def test_preprocess_uses_the_spectrum_reference() -> None:
     only = {"spectrum_reference": meta["spectrum_reference"]}
     plain = model_preprocess(only, sharp)(sharp)
     assert 0.5 < plain.mean() / (sharp.mean() / 255.0) < 1.5
+
+
+def test_affinity_stage_undoes_blur_with_a_spectrum_reference(tmp_path) -> None:
+    """The same tissue blurred: with the model's spectrum reference the stage's affinities come
+    closer to those of the sharp tissue than with ``match_spectrum = false``."""
+    onnx = pytest.importorskip("onnx")
+    import json
+
+    from syntk_neurons.stages import AffinityDetector
+
+    from synapse_toolkit.data import Volume
+    from synapse_toolkit.nn.export import sha256_of
+    from synapse_toolkit.stages import StageContext
+    from tests.test_tiled_inference import _tiny_onnx
+
+    model = tmp_path / "tiny.onnx"
+    _tiny_onnx(model)
+    sharp = _membranes(5, (6, 64, 64))
+    proto = onnx.load(str(model))
+    for key, value in {
+        "intensity_reference": {"quantiles": quantiles([sharp]).tolist(), "scale": 1 / 255},
+        "spectrum_reference": {"radial_power": spectrum.radial_spectrum(sharp).tolist()},
+    }.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, json.dumps(value)
+    onnx.save(proto, str(model))
+    model.with_suffix(".sha256").write_text(f"{sha256_of(model)}  tiny.onnx\n")
+    blurred = ndimage.gaussian_filter(sharp.astype(np.float32), (0, 1.2, 1.2))
+    blurred = np.clip(np.rint(blurred), 0, 255).astype(np.uint8)
+
+    def affinities(volume: np.ndarray, name: str, match_spectrum: bool = True) -> np.ndarray:
+        opts = AffinityDetector.Options(
+            model_path=model, overlap=(1, 2, 2), match_spectrum=match_spectrum
+        )
+        stage = AffinityDetector(opts, StageContext(name, tmp_path / name, block_shape=(4, 16, 16)))
+        return stage.run({"raw": Volume(volume, (10, 4, 4))})["affinities"].read()
+
+    original = affinities(sharp, "a")
+    matched, unmatched = affinities(blurred, "b"), affinities(blurred, "c", match_spectrum=False)
+    assert np.abs(matched - original).mean() < 0.9 * np.abs(unmatched - original).mean()
