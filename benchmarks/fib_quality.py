@@ -56,7 +56,9 @@ def _ref_size(model: str, threads: int) -> float:
     raw = train.raw[:, :, :150]
     m = fib.model_affinities(model, raw, train.voxel_size_nm, n_threads=threads)
     agg = m.agglomeration or {}
-    curve = quality.size_curve(m.affinities, agg["scoring"], [float(agg["threshold"])])
+    curve = quality.size_curve(
+        m.affinities, agg["scoring"], [float(agg["threshold"])], agg.get("fragments")
+    )
     return next(iter(curve.values()))
 
 
@@ -75,7 +77,7 @@ def _rows(model: str, vols: list[fib.FibVolume], border: float, threads: int) ->
         frags = agg.get("fragments")  # the stored fragments, as the pipeline's waterz uses them
         stored = fib.at(m.affinities, vol.truth, sc, agg["scoring"], agg["threshold"], frags)
         matched = fib.at(m.affinities, vol.truth, sc, agg["scoring"], t_match, frags)
-        curve = quality.size_curve(m.affinities, agg["scoring"])
+        curve = quality.size_curve(m.affinities, agg["scoring"], fragments=agg.get("fragments"))
         t_size = quality.size_matched_threshold(curve, ref_size)
         sized = fib.at(m.affinities, vol.truth, sc, agg["scoring"], t_size, frags)
         row = {

@@ -82,6 +82,23 @@ def test_segment_size_falls_with_splits_and_size_match_finds_it() -> None:
     assert quality.size_matched_threshold(curve, 5000.0) == 0.7
 
 
+def test_size_curve_uses_the_stored_fragments() -> None:
+    from synapse_toolkit.inference.agglomeration import agglomerate
+    from synapse_toolkit.inference.fragments import make_fragments
+
+    _, lab = small_volume(shape=(8, 40, 40))
+    rng = np.random.default_rng(3)
+    affs = np.clip(_affs(lab, 0.8, 0.2) + rng.normal(0, 0.15, (3, *lab.shape)), 0, 1)
+    affs = affs.astype(np.float32)
+    setting = {"method": "distance_2d", "boundary_threshold": 0.5, "dt_sigma": 1.0,
+               "min_distance": 3}  # fmt: skip
+    curve = quality.size_curve(affs, "mean", [0.5], setting)
+    seg = agglomerate(affs, [0.5], fragments=make_fragments(affs, setting), scoring="mean")[0]
+    assert curve[0.5] == pytest.approx(quality.segment_size(seg))
+    own = quality.size_curve(affs, "mean", [0.5])
+    assert own[0.5] != pytest.approx(curve[0.5])  # waterz's own fragments give other segments
+
+
 def test_affinity_stage_records_the_signal_and_warns_once(tmp_path) -> None:
     pytest.importorskip("onnx")
     from syntk_neurons.stages import AffinityDetector

@@ -158,17 +158,23 @@ def segment_size(seg: np.ndarray, block: Sequence[int] = SIZE_BLOCK) -> float:
 
 
 def size_curve(
-    affs: np.ndarray, scoring: str, thresholds: Sequence[float] = SIZE_THRESHOLDS
+    affs: np.ndarray,
+    scoring: str,
+    thresholds: Sequence[float] = SIZE_THRESHOLDS,
+    fragments: Mapping[str, Any] | None = None,
 ) -> dict[float, float]:
-    """:func:`segment_size` of the waterz segmentation at each threshold."""
+    """:func:`segment_size` of the waterz segmentation at each threshold, from the fragments
+    of the ``fragments`` setting (a model's stored one; default: waterz's own)."""
     from synapse_toolkit.inference.agglomeration import agglomerate
+    from synapse_toolkit.inference.fragments import make_fragments
 
     out: dict[float, float] = {}
 
     def keep(t: float, seg: np.ndarray) -> None:
         out[round(float(t), 3)] = segment_size(seg)
 
-    agglomerate(affs, thresholds, scoring=scoring, on_segmentation=keep)
+    frags = make_fragments(affs, fragments) if fragments else None
+    agglomerate(affs, thresholds, fragments=frags, scoring=scoring, on_segmentation=keep)
     return out
 
 

@@ -334,14 +334,16 @@ def target_threshold(
     if source_raw is None:
         source_raw = fib.gala_volume("train").raw[:, :, :150]
     m_src = fib.model_affinities(str(model), source_raw, val.voxel_size_nm, n_threads=num_threads)
-    ref_size = next(iter(quality.size_curve(m_src.affinities, scoring, [t_val]).values()))
+    ref_size = next(
+        iter(quality.size_curve(m_src.affinities, scoring, [t_val], fragments).values())
+    )
     m_t = fib.model_affinities(str(model), target_raw, fib.GALA_VOXEL_SIZE_NM,
                                n_threads=num_threads)  # fmt: skip
     candidates = {
         "validation": t_val,
         "cdf": quality.matched_threshold(quality.weakest_affinity(m_t.affinities), ref, t_val),
         "size": quality.size_matched_threshold(
-            quality.size_curve(m_t.affinities, scoring), ref_size
+            quality.size_curve(m_t.affinities, scoring, fragments=fragments), ref_size
         ),
     }
     how = {
