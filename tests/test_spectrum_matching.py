@@ -59,6 +59,17 @@ def test_unit_gain_filter_is_the_identity_and_kernels_keep_the_mean() -> None:
     assert spectrum.apply(x[0], boost).shape == x[0].shape
 
 
+@pytest.mark.parametrize("shape", [(3, 40, 57), (2, 7, 4), (40, 57)])
+def test_fft_filter_equals_direct_convolution(shape) -> None:
+    x = (np.random.default_rng(6).random(shape) * 255).astype(np.float32)
+    k = spectrum.kernel(np.linspace(0.5, 2.5, spectrum.WINDOW // 2 + 1))
+    if len(shape) == 2:
+        want = ndimage.convolve(x, k, mode="reflect")
+    else:
+        want = np.stack([ndimage.convolve(s, k, mode="reflect") for s in x])
+    np.testing.assert_allclose(spectrum.apply(x, k), want, atol=2e-3)
+
+
 def test_matching_brings_a_blurred_copy_back_towards_the_sharp_spectrum() -> None:
     sharp = _membranes(2)
     ref = spectrum.radial_spectrum(sharp)

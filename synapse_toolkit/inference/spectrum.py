@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 #: window side (px) of the in-plane spectrum; bins are 0 .. WINDOW // 2 cycles per window
 WINDOW = 32
@@ -92,14 +91,16 @@ def kernel(g: np.ndarray, size: int = KERNEL_SIZE, window: int = WINDOW) -> np.n
 
 def apply(x: np.ndarray, k: np.ndarray) -> np.ndarray:
     """``x`` (z, y, x) or one (y, x) section filtered section by section with ``k`` (borders
-    reflected); float32."""
+    reflected, as ``scipy.ndimage``'s ``reflect``); float32. FFT convolution: a few times faster
+    than direct convolution for an 11 x 11 kernel, equal to it to float32 rounding."""
+    from scipy.signal import fftconvolve
+
     x = np.asarray(x, dtype=np.float32)
-    if x.ndim == 2:
-        return ndimage.convolve(x, k, mode="reflect")
-    out = np.empty(x.shape, np.float32)
-    for z in range(x.shape[0]):
-        ndimage.convolve(x[z], k, output=out[z], mode="reflect")
-    return out
+    r = k.shape[0] // 2
+    pad = [(0, 0)] * (x.ndim - 2) + [(r, r), (r, r)]
+    kk = k if x.ndim == 2 else k[None]
+    out = fftconvolve(np.pad(x, pad, mode="symmetric"), kk, mode="valid")
+    return np.asarray(out, dtype=np.float32)
 
 
 class Filtered:
