@@ -117,9 +117,7 @@ def model_preprocess(
     if match_spectrum and meta.get("spectrum_reference"):
         from synapse_toolkit.inference import spectrum
 
-        k = spectrum.kernel(
-            spectrum.gain(spectrum.radial_spectrum(raw), meta["spectrum_reference"]["radial_power"])
-        )
+        k = spectrum.matching_kernel(raw, meta["spectrum_reference"])
         raw = spectrum.Filtered(raw, k)
 
         def filter_fn(x: np.ndarray) -> np.ndarray:

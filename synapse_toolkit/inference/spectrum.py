@@ -89,6 +89,12 @@ def kernel(g: np.ndarray, size: int = KERNEL_SIZE, window: int = WINDOW) -> np.n
     return (k / k.sum()).astype(np.float32)
 
 
+def matching_kernel(volume: Any, reference: dict[str, Any]) -> np.ndarray:
+    """The filter that brings ``volume``'s sections to a ``spectrum_reference`` (metadata entry
+    with ``radial_power``): :func:`kernel` of :func:`gain` of the two spectra."""
+    return kernel(gain(radial_spectrum(volume), reference["radial_power"]))
+
+
 def apply(x: np.ndarray, k: np.ndarray) -> np.ndarray:
     """``x`` (z, y, x) or one (y, x) section filtered section by section with ``k`` (borders
     reflected, as ``scipy.ndimage``'s ``reflect``); float32. FFT convolution: a few times faster

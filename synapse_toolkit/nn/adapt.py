@@ -121,8 +121,9 @@ def filtered_target(
     path: str, dataset: str, reference: dict[str, Any], out_dir: Path, slab: int = 16
 ) -> tuple[str, str]:
     """The target volume filtered to ``reference`` (a ``spectrum_reference``) as inference
-    filters it, written slab by slab (the filter is in-plane) to ``out_dir/target.h5``; uint8
-    stays uint8 (rounded, clipped), other dtypes become float32."""
+    filters it, written slab by slab (the filter is in-plane) to
+    ``out_dir/target_spectrum_matched.h5``; uint8 stays uint8 (rounded, clipped), other dtypes
+    become float32."""
     import h5py
 
     from synapse_toolkit.inference import spectrum
@@ -132,7 +133,7 @@ def filtered_target(
         src = f_in[dataset]
         if len(src.shape) != 3:
             raise DataError(f"--unlabelled {path}:{dataset}: expected (z, y, x), got {src.shape}")
-        k = spectrum.kernel(spectrum.gain(spectrum.radial_spectrum(src), reference["radial_power"]))
+        k = spectrum.matching_kernel(src, reference)
         u8 = np.dtype(src.dtype) == np.uint8
         out = f_out.create_dataset(
             "raw", shape=src.shape, dtype=np.uint8 if u8 else np.float32,
@@ -312,7 +313,7 @@ def target_threshold(
     stored one. ``selection`` (a labelled :class:`synapse_toolkit.evaluation.fib.FibVolume`)
     and ``source_raw`` (unlabelled source raw for the size reference) replace the gala crops.
     ``fragments``: the source model's stored fragments, used for the validation threshold and
-    stored with it (the label-free candidates use waterz's own fragments).
+    the size candidate, and stored with the choice.
     Returns ``(agglomeration, quality_reference, target_signals)``.
     """
     from synapse_toolkit.evaluation import fib
