@@ -341,17 +341,14 @@ def export(
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
     net = RoiNet(**ckpt["config"])
     net.load_state_dict(ckpt["state_dict"])
+    sigma = float(ckpt.get("flat_field_sigma", 0.0))
+    preprocessing = "clip at mean + 3 SD, standardise (whole image)"
+    if sigma > 0:
+        preprocessing = f"divide by the image smoothed at sigma {sigma:g} px, then {preprocessing}"
     meta = {"context_px": CONTEXT, "iteration": int(ckpt["iteration"]),
             "region_params": region_params or ckpt["region_params"],
-            "outputs": ["roi_mask", "roi_core"],
-            "preprocessing": "clip at mean + 3 SD, standardise (whole image)",
-            "flat_field_sigma": float(ckpt.get("flat_field_sigma", 0.0)),
-            "validation": ckpt["validation"]}  # fmt: skip
-    if meta["flat_field_sigma"] > 0:
-        sigma = meta["flat_field_sigma"]
-        meta["preprocessing"] = f"divide by the image smoothed at sigma {sigma:g} px, then " + str(
-            meta["preprocessing"]
-        )
+            "outputs": ["roi_mask", "roi_core"], "preprocessing": preprocessing,
+            "flat_field_sigma": sigma, "validation": ckpt["validation"]}  # fmt: skip
     if note:
         meta["note"] = note
     info = export_model(net, (1, tile, tile), onnx_path, metadata=meta)
@@ -362,13 +359,13 @@ def export(
 def select(onnx_path: Path, data_dir: Path, cache: Path) -> dict[str, Any]:
     """Choose test-time augmentation and region thresholds for the exported model on the
     validation sets, through the detector's own ONNX path (never the held-out rows' truth)."""
-    from synapse_toolkit.onnx_runtime import create_session, model_metadata
     from syntk_calcium.stages import cnn_probability
 
     mean = real_data(data_dir)[0]
     raws = [mean] + [phantom_mean(s, cache)[0] for s in PHANTOM_VAL]
-    sigma = float(model_metadata(create_session(onnx_path)).get("flat_field_sigma") or 0.0)
-    val = _val_sets(data_dir, cache, flat_sigma=sigma)
+    # truth and windows only: the maps come from the raw images through the detector's path,
+    # which preprocesses them as the model's metadata says
+    val = _val_sets(data_dir, cache)
     out: dict[str, Any] = {}
     for tta in (False, True):
         maps = [cnn_probability(r, onnx_path, n_threads=1, tta=tta) for r in raws]
