@@ -75,11 +75,15 @@ def _rows(model: str, vols: list[fib.FibVolume], border: float, threads: int) ->
             quality.weakest_affinity(m.affinities), ref, float(agg["threshold"])
         )
         frags = agg.get("fragments")  # the stored fragments, as the pipeline's waterz uses them
-        stored = fib.at(m.affinities, vol.truth, sc, agg["scoring"], agg["threshold"], frags)
-        matched = fib.at(m.affinities, vol.truth, sc, agg["scoring"], t_match, frags)
-        curve = quality.size_curve(m.affinities, agg["scoring"], fragments=agg.get("fragments"))
+        curve = quality.size_curve(m.affinities, agg["scoring"], fragments=frags)
         t_size = quality.size_matched_threshold(curve, ref_size)
-        sized = fib.at(m.affinities, vol.truth, sc, agg["scoring"], t_size, frags)
+        # the three thresholds in one agglomeration (fragments made once)
+        ths = sorted({float(agg["threshold"]), float(t_match), float(t_size)})
+        by_t = {round(r["threshold"], 6): r for r in fib.sweep(
+            m.affinities, vol.truth, sc, scorings=[agg["scoring"]], thresholds=ths,
+            fragments=frags)}  # fmt: skip
+        stored, matched, sized = (by_t[round(float(t), 6)]
+                                  for t in (agg["threshold"], t_match, t_size))  # fmt: skip
         row = {
             "volume": vol.name, "model": model,
             "boundary_fraction": sig["boundary_fraction"],
