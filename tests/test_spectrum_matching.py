@@ -94,6 +94,12 @@ def test_filtered_view_is_integer_for_integer_volumes() -> None:
     np.testing.assert_array_equal(view[2:4], np.rint(spectrum.apply(v[2:4], k)).astype(np.int16))
     q = quantiles([view])  # exact histogram path
     assert q[0] <= q[-1]
+    # 16-bit grey values: float32, not clipped to int16 (bright uint16 data overshoots it)
+    bright = (v.astype(np.uint16) * 250).astype(np.uint16)
+    view16 = spectrum.Filtered(bright, k)
+    assert view16.dtype == np.float32
+    np.testing.assert_allclose(view16[2:4], spectrum.apply(bright[2:4], k), rtol=1e-6)
+    assert view16[:].max() > 40000
 
 
 def test_preprocess_uses_the_spectrum_reference() -> None:

@@ -110,14 +110,16 @@ def apply(x: np.ndarray, k: np.ndarray) -> np.ndarray:
 
 
 class Filtered:
-    """A read-only view of ``volume`` whose reads are filtered with ``k``, rounded to int16
-    when the source is an integer volume (so :func:`~.intensity.quantiles` counts it exactly)."""
+    """A read-only view of ``volume`` whose reads are filtered with ``k``: rounded to int16 for
+    an 8-bit source (so :func:`~.intensity.quantiles` counts it exactly; the filter's overshoot
+    stays far inside int16), float32 otherwise (16-bit grey values overshoot int16)."""
 
     def __init__(self, volume: Any, k: np.ndarray) -> None:
         self.volume = volume
         self.k = k
         self.shape = tuple(int(s) for s in volume.shape)
-        self._integer = np.issubdtype(np.dtype(volume.dtype), np.integer)
+        dtype = np.dtype(volume.dtype)
+        self._integer = np.issubdtype(dtype, np.integer) and dtype.itemsize == 1
         self.dtype = np.dtype(np.int16) if self._integer else np.dtype(np.float32)
 
     def __getitem__(self, index: Any) -> np.ndarray:
