@@ -279,6 +279,31 @@ def test_training_logs_three_losses_and_exports_seven_channels(tiny_model: dict[
     np.testing.assert_allclose(np.linalg.norm(out[4:7], axis=0), 1.0, atol=1e-3)
 
 
+def test_training_continues_from_an_exported_model(tiny_model: dict[str, Any]) -> None:
+    import onnx
+    from onnx import numpy_helper
+
+    from synapse_toolkit.errors import ConfigError
+    from synapse_toolkit.synapses.train_synful import (
+        build_network,
+        init_from_model,
+        load_synful_config,
+    )
+
+    cfg = load_synful_config(tiny_model["dir"] / "synful.toml")
+    head = build_network(cfg)[0]
+    n = init_from_model(head, str(tiny_model["path"]))
+    exported = {t.name: numpy_helper.to_array(t)
+                for t in onnx.load(str(tiny_model["path"])).graph.initializer}  # fmt: skip
+    state = head.state_dict()
+    assert n == len(state) and any(".head." in k for k in state)
+    for k, v in state.items():  # the output layer included, unlike init_trunk_from
+        np.testing.assert_array_equal(v.numpy(), exported[k])
+    wider = cfg.model_copy(update={"model": {**cfg.model, "num_fmaps": 4}})
+    with pytest.raises(ConfigError, match="training.init_from_model"):
+        init_from_model(build_network(wider)[0], str(tiny_model["path"]))
+
+
 def test_stage_contract_and_end_to_end(tiny_model: dict[str, Any], tmp_path: Path) -> None:
     from synapse_toolkit.api import run_stage
     from synapse_toolkit.plugin_manager import load_plugins

@@ -54,6 +54,9 @@ class SynfulTrainingSection(RunSection):
     #: an exported U-Net (registry name or .onnx) of the same trunk architecture, e.g. the
     #: polarity model: every weight but the output layer starts from it
     init_trunk_from: str | None = None
+    #: an exported synful model (registry name or .onnx) of this architecture: every weight,
+    #: the output layer included, starts from it (to continue training a shipped model)
+    init_from_model: str | None = None
     vector_scale_nm: float = 100.0
     vector_weight: float = 1.0
     direction_weight: float = 1.0
@@ -202,41 +205,62 @@ def build_network(cfg: SynfulTrainConfig) -> Any:
     return SynfulHead(net, cfg.training.vector_scale_nm), model_cfg, scale, pool
 
 
-def init_trunk(head: Any, model: str) -> int:
-    """Copy the weights of an exported model (registry name or ``.onnx``) into ``head``, every
-    tensor with the same name and shape except the output layer; returns the number copied."""
+def _exported_weights(option: str, model: str) -> dict[str, np.ndarray]:
+    """The named tensors of an exported model (registry name or ``.onnx``)."""
     import onnx
-    import torch
     from onnx import numpy_helper
 
     from synapse_toolkit.models import resolve_model
 
     path = resolve_model(
-        "training.init_trunk_from",
+        option,
         name=model if not model.endswith(".onnx") else None,
         path=Path(model) if model.endswith(".onnx") else None,
     ).path
-    weights = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+    return {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+
+
+def _load_exported(head: Any, option: str, model: str, with_output_layer: bool) -> int:
+    """Copy every same-named, same-shaped tensor of an exported model into ``head`` (the output
+    layer only if ``with_output_layer``); any tensor missing is a ConfigError naming the option."""
+    import torch
+
+    weights = _exported_weights(option, model)
     state = head.state_dict()
+    wanted = [k for k in state if with_output_layer or ".head." not in k]
     take = {
         k: torch.from_numpy(np.array(weights[k]))
-        for k, v in state.items()
-        if ".head." not in k and k in weights and tuple(weights[k].shape) == tuple(v.shape)
+        for k in wanted
+        if k in weights and tuple(weights[k].shape) == tuple(state[k].shape)
     }
-    trunk = [k for k in state if ".head." not in k]
-    if len(take) != len(trunk):
+    if len(take) != len(wanted):
         raise ConfigError(
-            f"training.init_trunk_from {model}: {len(trunk) - len(take)} of "
-            f"{len(trunk)} trunk tensors missing or of another shape"
+            f"{option} {model}: {len(wanted) - len(take)} of {len(wanted)} "
+            "tensors missing or of another shape"
         )
     state.update(take)
     head.load_state_dict(state)
+    return len(take)
+
+
+def init_trunk(head: Any, model: str) -> int:
+    """Copy the weights of an exported model (registry name or ``.onnx``) into ``head``, every
+    tensor with the same name and shape except the output layer; returns the number copied."""
+    import torch
+
+    n = _load_exported(head, "training.init_trunk_from", model, with_output_layer=False)
     # a fresh output layer on trained features: start near zero (mask 0.5, vector 0)
     out = head.net.unet.head if hasattr(head.net, "unet") else head.net.head
     with torch.no_grad():
         out.weight.normal_(0.0, 1e-3)
         out.bias.zero_()
-    return len(take)
+    return n
+
+
+def init_from_model(head: Any, model: str) -> int:
+    """Copy every weight of an exported synful model (registry name or ``.onnx``) of the same
+    architecture into ``head``, the output layer included; returns the number copied."""
+    return _load_exported(head, "training.init_from_model", model, with_output_layer=True)
 
 
 def train_synful(cfg: SynfulTrainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -262,6 +286,9 @@ def train_synful(cfg: SynfulTrainConfig, log: Callable[[str], None] = print) -> 
     if t.init_trunk_from:
         n = init_trunk(head, t.init_trunk_from)
         log(f"trunk initialised from {t.init_trunk_from} ({n} tensors)")
+    if t.init_from_model:
+        n = init_from_model(head, t.init_from_model)
+        log(f"initialised from {t.init_from_model} ({n} tensors)")
     tsettings = SynfulTargetSettings(**cfg.targets)
     aug_fields: dict[str, Any] = {
         k: tuple(v) if isinstance(v, list) else v for k, v in cfg.augment.items()
