@@ -478,8 +478,11 @@ def evaluate(
     rows = sweep(m.affinities, volume.truth, score, fragments=frags)
     main = None
     if agg and agg.get("scoring") and agg.get("threshold") is not None:
-        main = at(m.affinities, volume.truth, score, str(agg["scoring"]), float(agg["threshold"]),
-                  fragments=frags)  # fmt: skip
+        scoring, th = str(agg["scoring"]), float(agg["threshold"])
+        swept = [r for r in rows if r["scoring"] == scoring and abs(r["threshold"] - th) < 1e-9]
+        # the stored setting is usually on the sweep's grid: no second agglomeration
+        main = swept[0] if swept else at(m.affinities, volume.truth, score, scoring, th,
+                                         fragments=frags)  # fmt: skip
     report: dict[str, Any] = {
         "volume": volume.name,
         "shape": list(volume.raw.shape),
