@@ -14,6 +14,7 @@ from synapse_toolkit import __version__
 from synapse_toolkit.cremi_ids import NEURON_IGNORE
 from synapse_toolkit.data import ScoreRecord, Volume
 from synapse_toolkit.errors import DataError
+from synapse_toolkit.inference.fragments import BOUNDARY_THRESHOLD, DT_SIGMA, MIN_DISTANCE
 from synapse_toolkit.models import resolve_model
 from synapse_toolkit.stages import Agglomerator, Detector, Loader, Placement, Port, StageOptions
 
@@ -280,9 +281,11 @@ class WaterzAgglomerator(Agglomerator["WaterzAgglomerator.Options"]):
             "boundary map < `boundary_threshold`), 'auto' (the model's metadata, else "
             "'affinities').",
         )
-        boundary_threshold: float = Field(0.5, gt=0, le=1, description="distance_2d: interior.")
-        dt_sigma: float = Field(1.0, ge=0, description="distance_2d: smoothing (px).")
-        min_distance: int = Field(3, ge=1, description="distance_2d: seed spacing (px).")
+        boundary_threshold: float = Field(
+            BOUNDARY_THRESHOLD, gt=0, le=1, description="distance_2d: interior."
+        )
+        dt_sigma: float = Field(DT_SIGMA, ge=0, description="distance_2d: smoothing (px).")
+        min_distance: int = Field(MIN_DISTANCE, ge=1, description="distance_2d: seed spacing (px).")
 
     def _fragments(self, affs: np.ndarray, affs_vol: Volume) -> np.ndarray | None:
         """Fragments per ``fragments_from`` (``None``: waterz's own watershed)."""

@@ -17,6 +17,11 @@ from numba import njit
 
 #: the fragment methods the ``waterz`` stage knows (``affinities``: waterz's own watershed)
 METHODS = ("affinities", "distance_2d")
+#: ``distance_2d`` defaults: interior = boundary below this, distance-transform smoothing (px),
+#: seed spacing (px)
+BOUNDARY_THRESHOLD = 0.5
+DT_SIGMA = 1.0
+MIN_DISTANCE = 3
 
 
 def boundary_map(affinities: np.ndarray) -> np.ndarray:
@@ -138,9 +143,9 @@ def boundary_map_banded(affinities: Any, z0: int, z1: int, band_rows: int = 256)
 
 def distance_fragments_2d(
     affinities: np.ndarray,
-    boundary_threshold: float = 0.5,
-    dt_sigma: float = 1.0,
-    min_distance: int = 3,
+    boundary_threshold: float = BOUNDARY_THRESHOLD,
+    dt_sigma: float = DT_SIGMA,
+    min_distance: int = MIN_DISTANCE,
 ) -> np.ndarray:
     """uint64 (z, y, x) fragments, each within one section, ids unique over the volume (>= 1).
 
@@ -155,9 +160,9 @@ def distance_fragments_2d(
 
 def fragments_from_boundary(
     bmap: np.ndarray,
-    boundary_threshold: float = 0.5,
-    dt_sigma: float = 1.0,
-    min_distance: int = 3,
+    boundary_threshold: float = BOUNDARY_THRESHOLD,
+    dt_sigma: float = DT_SIGMA,
+    min_distance: int = MIN_DISTANCE,
 ) -> np.ndarray:
     """:func:`distance_fragments_2d` from a (z, y, x) boundary map (:func:`boundary_map`)."""
     from scipy import ndimage
@@ -203,7 +208,7 @@ def make_fragments(affinities: np.ndarray, setting: Mapping[str, Any]) -> np.nda
 def distance_parameters(setting: Mapping[str, Any]) -> dict[str, Any]:
     """The keyword arguments of :func:`fragments_from_boundary` in a ``distance_2d`` setting."""
     return {
-        "boundary_threshold": float(setting.get("boundary_threshold", 0.5)),
-        "dt_sigma": float(setting.get("dt_sigma", 1.0)),
-        "min_distance": int(setting.get("min_distance", 3)),
+        "boundary_threshold": float(setting.get("boundary_threshold", BOUNDARY_THRESHOLD)),
+        "dt_sigma": float(setting.get("dt_sigma", DT_SIGMA)),
+        "min_distance": int(setting.get("min_distance", MIN_DISTANCE)),
     }
