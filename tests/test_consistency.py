@@ -141,6 +141,27 @@ def test_teacher_is_an_ema_of_the_student(tmp_path) -> None:
     assert x.shape == (14, 28, 28) and x.dtype == np.float32 and 0 <= x.min() <= x.max() <= 1
 
 
+@pytest.mark.parametrize("dtype, gain", [(np.uint8, 1), (np.uint16, 200), (np.float32, 0.01)])
+def test_unlabelled_crops_reach_the_labelled_input_range_whatever_their_dtype(
+    tmp_path, dtype, gain
+) -> None:
+    """Matched to 8-bit labelled volumes, a 16-bit or float target is scaled as they are."""
+    torch = pytest.importorskip("torch")
+    h5py = pytest.importorskip("h5py")
+    from synapse_toolkit.nn.consistency import make_consistency
+
+    rng = np.random.default_rng(3)
+    labelled = rng.integers(0, 256, (8, 40, 40)).astype(np.uint8)
+    with h5py.File(tmp_path / "t.h5", "w") as f:
+        f["raw"] = (rng.integers(0, 256, (8, 40, 40)) * gain).astype(dtype)
+    section = {"volumes": [{"raw": str(tmp_path / "t.h5"), "raw_dataset": "raw"}]}
+    c = make_consistency(section, torch.nn.Conv3d(1, 3, 1), (8, 32, 32), (8, 32, 32),
+                         [labelled], 0)  # fmt: skip
+    assert c is not None
+    x = c.sample()
+    assert x.min() >= 0 and 0.9 < x.max() <= 1.0
+
+
 def test_config_errors(tmp_path) -> None:
     pytest.importorskip("torch")
     from synapse_toolkit.nn.consistency import make_consistency

@@ -120,10 +120,10 @@ def _h5_dataset(path: str, key: str | None) -> str:
 def filtered_target(
     path: str, dataset: str, reference: dict[str, Any], out_dir: Path, slab: int = 16
 ) -> tuple[str, str]:
-    """The target volume filtered to ``reference`` (a ``spectrum_reference``) as inference
-    filters it, written slab by slab (the filter is in-plane) to
-    ``out_dir/target_spectrum_matched.h5``; uint8 stays uint8 (rounded, clipped), other dtypes
-    become float32."""
+    """The target volume filtered to ``reference`` (a ``spectrum_reference``) exactly as
+    inference reads it (:class:`~synapse_toolkit.inference.spectrum.Filtered`: int16 for an
+    8-bit source, so the filter's overshoot is kept, float32 otherwise), written slab by slab
+    (the filter is in-plane) to ``out_dir/target_spectrum_matched.h5``."""
     import h5py
 
     from synapse_toolkit.inference import spectrum
@@ -133,15 +133,13 @@ def filtered_target(
         src = f_in[dataset]
         if len(src.shape) != 3:
             raise DataError(f"--unlabelled {path}:{dataset}: expected (z, y, x), got {src.shape}")
-        k = spectrum.matching_kernel(src, reference)
-        u8 = np.dtype(src.dtype) == np.uint8
+        view = spectrum.Filtered(src, spectrum.matching_kernel(src, reference))
         out = f_out.create_dataset(
-            "raw", shape=src.shape, dtype=np.uint8 if u8 else np.float32,
+            "raw", shape=src.shape, dtype=view.dtype,
             chunks=(min(slab, src.shape[0]), *src.shape[1:]),
         )  # fmt: skip
         for z in range(0, src.shape[0], slab):
-            block = spectrum.apply(np.asarray(src[z : z + slab]), k)
-            out[z : z + slab] = np.clip(np.rint(block), 0, 255).astype(np.uint8) if u8 else block
+            out[z : z + slab] = view[z : z + slab]
         for key, value in src.attrs.items():
             out.attrs[key] = value
     return str(dst), "raw"

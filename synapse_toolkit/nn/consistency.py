@@ -199,7 +199,11 @@ class Consistency:
         output_shape: tuple[int, ...],
         reference_quantiles: np.ndarray | None,
         seed: int,
+        reference_scale: float = 1.0 / 255.0,
     ) -> None:
+        """``reference_quantiles``: the labelled volumes' grey-value quantiles, to which each
+        unlabelled volume is matched; ``reference_scale``: the factor that brings grey values of
+        that range to the network's input range (1/255 for 8-bit labelled volumes)."""
         from synapse_toolkit.inference.intensity import quantiles
 
         if not spec.volumes:
@@ -214,6 +218,7 @@ class Consistency:
         for s in self.sources:
             if any(n < 1 for n in s.shape):
                 raise DataError(f"{s.path}: empty region {s.shape} (semi_supervised.volumes)")
+        self.reference_scale = float(reference_scale)
         self.maps: list[tuple[np.ndarray, np.ndarray] | None] = []
         for s in self.sources:
             if spec.match_intensity and reference_quantiles is not None:
@@ -237,13 +242,12 @@ class Consistency:
             for n, i in zip(s.shape, self.input_shape, strict=True)
         ]
         raw = s.crop(start, self.input_shape)
-        uint8 = raw.dtype == np.uint8
         r = raw.astype(np.float32)
         qmap = self.maps[k]
-        if qmap is not None:
+        if qmap is not None:  # now in the labelled volumes' grey range, whatever the source dtype
             src, ref = qmap
-            r = match(r, src, ref)
-        return r / 255.0 if uint8 else r
+            return match(r, src, ref) * np.float32(self.reference_scale)
+        return r / 255.0 if raw.dtype == np.uint8 else r
 
     def _geometry(self) -> tuple[tuple[bool, ...], tuple[int, ...]]:
         flips = tuple(bool(self.spec.flip and self.rng.random() < 0.5) for _ in range(3))
@@ -336,7 +340,9 @@ def make_consistency(
         where = ".".join(str(p) for p in err["loc"])
         raise ConfigError(f"semi_supervised.{where}: {err['msg']}") from exc
     ref = quantiles(labelled_raws) if labelled_raws else None
-    return Consistency(spec, net, input_shape, output_shape, ref, seed)
+    # labelled crops are scaled from uint8 to [0, 1], other dtypes taken as they are (augment)
+    scale = 1.0 / 255.0 if all(r.dtype == np.uint8 for r in labelled_raws) else 1.0
+    return Consistency(spec, net, input_shape, output_shape, ref, seed, reference_scale=scale)
 
 
 # -- validation copies -------------------------------------------------------------------------
