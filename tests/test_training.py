@@ -91,6 +91,34 @@ def test_training_runs_checkpoints_and_validates(tmp_path) -> None:
     assert any(line.startswith("validation it 4") for line in lines)
 
 
+def test_weight_average_is_validated_kept_and_resumed(tmp_path) -> None:
+    torch = pytest.importorskip("torch")
+    from synapse_toolkit.nn.checkpoint import load_state
+    from synapse_toolkit.nn.training import load_config, train
+
+    cfg = load_config(_config(tmp_path, loss="bce"))
+    avg = cfg.model_copy(update={"training": cfg.training.model_copy(
+        update={"ema_decay": 0.5, "keep_checkpoints": True, "lr": 0.05})})  # fmt: skip
+    train(avg)
+    run = tmp_path / "run"
+    latest, ema = load_state(run / "latest.pt"), load_state(run / "ema.pt")
+    kept = load_state(run / "it000002.pt")
+    assert kept["iteration"] == 2 and ema["iteration"] == 4
+    key = next(k for k in latest["state_dict"] if k.endswith("weight"))
+    # latest.pt: raw weights + the average; ema.pt / best.pt: the average (what is exported)
+    assert torch.equal(latest["ema_state_dict"][key], ema["state_dict"][key])
+    assert not torch.equal(latest["state_dict"][key], ema["state_dict"][key])
+    best = load_state(run / "best.pt")
+    assert best["iteration"] == 4 and torch.equal(best["state_dict"][key], ema["state_dict"][key])
+    # continuing: the average carries on from latest.pt's, not from its raw weights
+    cont = avg.model_copy(update={"training": avg.training.model_copy(
+        update={"init_from": str(run / "latest.pt"), "iterations": 1, "ema_decay": 0.999999,
+                "out_dir": str(tmp_path / "cont")})})  # fmt: skip
+    train(cont)
+    resumed = load_state(tmp_path / "cont" / "ema.pt")["state_dict"][key]
+    torch.testing.assert_close(resumed, ema["state_dict"][key], atol=1e-4, rtol=0)
+
+
 def test_cli_train_and_config_errors(tmp_path) -> None:
     pytest.importorskip("torch")
     from typer.testing import CliRunner

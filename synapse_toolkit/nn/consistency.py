@@ -32,7 +32,6 @@ Config (TOML)::
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import numpy as np
@@ -226,9 +225,9 @@ class Consistency:
                 self.maps.append((quantiles([s.array[box]]), reference_quantiles))
             else:
                 self.maps.append(None)
-        self.teacher = copy.deepcopy(net).eval()
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
+        from synapse_toolkit.nn.ema import ema_copy
+
+        self.teacher = ema_copy(net)
         self.last: dict[str, float] = {}
 
     def sample(self) -> np.ndarray:
@@ -308,14 +307,9 @@ class Consistency:
 
     def update_teacher(self, net: Any) -> None:
         """EMA of the student's weights (buffers copied)."""
-        import torch
+        from synapse_toolkit.nn.ema import ema_update
 
-        d = self.spec.ema_decay
-        with torch.no_grad():
-            for pt, ps in zip(self.teacher.parameters(), net.parameters(), strict=True):
-                pt.mul_(d).add_(ps.detach(), alpha=1 - d)
-            for bt, bs in zip(self.teacher.buffers(), net.buffers(), strict=True):
-                bt.copy_(bs)
+        ema_update(self.teacher, net, self.spec.ema_decay)
 
 
 def make_consistency(

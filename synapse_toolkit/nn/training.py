@@ -101,6 +101,12 @@ class TrainingSpec(StrictModel):
     #: continue from this checkpoint of the same model (weights, and the optimizer state when the
     #: checkpoint has it); iterations count on from its iteration
     init_from: str | None = None
+    #: keep an exponential moving average of the weights (e.g. 0.999: ~1000 iterations); the
+    #: average is what validation scores and what best.pt / ema.pt hold for export, while
+    #: latest.pt keeps the raw weights (and the average) to continue from
+    ema_decay: float | None = Field(None, gt=0, lt=1)
+    #: also keep every periodic checkpoint as it<N>.pt (the averaged weights with ema_decay)
+    keep_checkpoints: bool = False
 
 
 class TrainConfig(StrictModel):
@@ -365,6 +371,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
                 f"training.init_from: {t_cfg.init_from} holds another model than [model]"
             )
         net.load_state_dict(state["state_dict"])
+        resumed_ema = state.get("ema_state_dict")
         has_opt = "optimizer" in state
         if has_opt:
             opt.load_state_dict(state["optimizer"])
@@ -376,7 +383,13 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
             f"({'with its' if has_opt else 'new'} optimizer state)"
         )
     from synapse_toolkit.nn.consistency import make_consistency
+    from synapse_toolkit.nn.ema import ema_copy, ema_update
 
+    ema = None
+    if t_cfg.ema_decay is not None:  # after init_from: the average starts from its weights
+        ema = ema_copy(net)
+        if t_cfg.init_from and resumed_ema is not None:
+            ema.load_state_dict(resumed_ema)
     # after init_from: the teacher starts from the student's weights
     consistency = make_consistency(
         cfg.semi_supervised, net, input_shape, output_shape, [r for r, _ in volumes], t_cfg.seed
@@ -387,12 +400,17 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
         f"device {device}"
     )
 
-    def checkpoint(it: int, name: str, extra: dict[str, Any]) -> Path:
+    #: the weights that are validated and exported: the average when there is one
+    scored = ema if ema is not None else net
+
+    def checkpoint(it: int, name: str, extra: dict[str, Any], weights: Any = net) -> Path:
         path = out_dir / name
+        if ema is not None and weights is net:
+            extra = {**extra, "ema_state_dict": ema.state_dict()}
         run.save(
             {
                 "model_config": model_cfg.to_dict(),
-                "state_dict": net.state_dict(),
+                "state_dict": weights.state_dict(),
                 "iteration": it,
                 "input_shape": list(input_shape),
                 "output_shape": list(output_shape),
@@ -411,12 +429,12 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
         from synapse_toolkit.inference.agglomeration import sweep
         from synapse_toolkit.inference.tiled import predict_tiled
 
-        net.eval()
+        scored.eval()
         rows_all = []
         with torch.no_grad():
 
             def predict(x: np.ndarray) -> np.ndarray:
-                return net(torch.from_numpy(x).to(device)).cpu().numpy()
+                return scored(torch.from_numpy(x).to(device)).cpu().numpy()
 
             for raw, lab in validation:
                 out = np.zeros((len(offsets), *raw.shape), np.float32)
@@ -429,7 +447,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
                         out[:3], lab, t_cfg.validation_thresholds, scoring=t_cfg.validation_scoring
                     )
                 )
-        net.train()
+        if scored is net:
+            net.train()
         # mean over validation volumes, per threshold
         rows = [
             {k: float(np.mean([r[i][k] for r in rows_all])) for k in rows_all[0][i]}
@@ -452,7 +471,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
                 f"{b['cremi_score']:.3f}")  # fmt: skip
             metrics_log.write(json.dumps({"validation": val}) + "\n")
             best_score = b["cremi_score"]
-            best_path = checkpoint(it0, "best.pt", {"validation": val})
+            best_path = checkpoint(it0, "best.pt", {"validation": val}, scored)
     for it in range(it0 + 1, it0 + t_cfg.iterations + 1):
         raws, targets, masks, labels = [], [], [], []
         for _ in range(t_cfg.batch_size):
@@ -504,6 +523,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
         opt.step()
         if consistency is not None:
             consistency.update_teacher(net)
+        if ema is not None and t_cfg.ema_decay is not None:
+            ema_update(ema, net, t_cfg.ema_decay)
         lv = float(loss.detach())
         loss_avg = lv if loss_avg is None else 0.95 * loss_avg + 0.05 * lv
         elapsed, cpu_used = run.elapsed, run.cpu_used
@@ -519,6 +540,10 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
         last = it == it0 + t_cfg.iterations or out_of_time
         if it % t_cfg.checkpoint_every == 0 or last:
             checkpoint(it, "latest.pt", {"loss": loss_avg})
+            if ema is not None:
+                checkpoint(it, "ema.pt", {"loss": loss_avg}, ema)
+            if t_cfg.keep_checkpoints:
+                checkpoint(it, f"it{it:06d}.pt", {"loss": loss_avg}, scored)
         if it % t_cfg.validate_every == 0 or last:
             val = validate(it)
             if val is not None:
@@ -532,7 +557,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
                 metrics_log.flush()
                 if b["cremi_score"] < best_score:
                     best_score = b["cremi_score"]
-                    best_path = checkpoint(it, "best.pt", {"validation": val})
+                    best_path = checkpoint(it, "best.pt", {"validation": val}, scored)
         if out_of_time:
             log(run.budget_line(it))
             break
