@@ -104,6 +104,8 @@ def test_weight_average_is_validated_kept_and_resumed(tmp_path) -> None:
     latest, ema = load_state(run / "latest.pt"), load_state(run / "ema.pt")
     kept = load_state(run / "it000002.pt")
     assert kept["iteration"] == 2 and ema["iteration"] == 4
+    assert "validation" not in kept  # validated every 4 iterations
+    assert load_state(run / "it000004.pt")["validation"]["iteration"] == 4  # exportable
     key = next(k for k in latest["state_dict"] if k.endswith("weight"))
     # latest.pt: raw weights + the average; ema.pt / best.pt: the average (what is exported)
     assert torch.equal(latest["ema_state_dict"][key], ema["state_dict"][key])

@@ -538,14 +538,9 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
             metrics_log.flush()
         out_of_time = run.out_of_time()
         last = it == it0 + t_cfg.iterations or out_of_time
-        if it % t_cfg.checkpoint_every == 0 or last:
-            checkpoint(it, "latest.pt", {"loss": loss_avg})
-            if ema is not None:
-                checkpoint(it, "ema.pt", {"loss": loss_avg}, ema)
-            if t_cfg.keep_checkpoints:
-                checkpoint(it, f"it{it:06d}.pt", {"loss": loss_avg}, scored)
+        validated = None
         if it % t_cfg.validate_every == 0 or last:
-            val = validate(it)
+            validated = val = validate(it)
             if val is not None:
                 b = val["best"]
                 log(
@@ -558,6 +553,13 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
                 if b["cremi_score"] < best_score:
                     best_score = b["cremi_score"]
                     best_path = checkpoint(it, "best.pt", {"validation": val}, scored)
+        if it % t_cfg.checkpoint_every == 0 or last:
+            checkpoint(it, "latest.pt", {"loss": loss_avg})
+            if ema is not None:
+                checkpoint(it, "ema.pt", {"loss": loss_avg}, ema)
+            if t_cfg.keep_checkpoints:  # with this iteration's validation, if any (export)
+                kept = {"loss": loss_avg, **({"validation": validated} if validated else {})}
+                checkpoint(it, f"it{it:06d}.pt", kept, scored)
         if out_of_time:
             log(run.budget_line(it))
             break
