@@ -141,3 +141,8 @@ def test_cli_train_and_config_errors(tmp_path) -> None:
     )
     res = CliRunner().invoke(app, ["train", "affinities", str(shape)])
     assert res.exit_code == 1 and "input_shape" in res.stderr
+    aug = tmp_path / "aug.toml"
+    aug.write_text(path.read_text().replace("[augment]", "[augment]\nblur_sigmas = 2"))
+    res = CliRunner().invoke(app, ["train", "affinities", str(aug)])
+    assert res.exit_code == 1 and "augment.blur_sigmas: unknown key" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1

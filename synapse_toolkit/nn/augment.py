@@ -9,8 +9,9 @@ consistent.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -41,6 +42,23 @@ class AugmentConfig:
     blur_in_plane: bool = False  # ... or on y and x only (serial sections: each one blurred)
     #: per section: raw * U(1-s, 1+s) + U(-s, s) on its own (sections differ in brightness)
     section_intensity: float = 0.0
+
+    @classmethod
+    def from_table(cls, table: Mapping[str, Any], where: str = "augment") -> AugmentConfig:
+        """From a TOML table (lists become tuples); an unknown key is a ConfigError naming
+        ``where`` and the key."""
+        from dataclasses import fields
+
+        from synapse_toolkit.errors import ConfigError
+
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(table) - known)
+        if unknown:
+            raise ConfigError(f"{where}.{unknown[0]}: unknown key; expected one of {sorted(known)}")
+        values: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in table.items()
+        }
+        return cls(**values)
 
 
 def _coordinates(

@@ -82,10 +82,7 @@ def _photometric_config(fields: dict[str, Any], where: str) -> AugmentConfig:
     if bad:
         raise ConfigError(f"semi_supervised.{where}: geometric fields {bad} are not allowed here")
     base = {"flip": False, "transpose_axes": (), "intensity_scale": 0.0, "intensity_shift": 0.0}
-    try:
-        return AugmentConfig(**{**base, **fields})
-    except TypeError as exc:
-        raise ConfigError(f"semi_supervised.{where}: {exc}") from exc
+    return AugmentConfig.from_table({**base, **fields}, f"semi_supervised.{where}")
 
 
 def rampup(it: int, start: int, length: int) -> float:

@@ -346,10 +346,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
         )
     output_shape = net.output_shape(input_shape)
     target_fn = resolve_target(cfg.target.name)
-    aug_fields: dict[str, Any] = {
-        k: tuple(v) if isinstance(v, list) else v for k, v in cfg.augment.items()
-    }
-    aug = AugmentConfig(**aug_fields)
+    aug = AugmentConfig.from_table(cfg.augment)
     volumes = [load_volume(v) for v in cfg.data.volumes]
     validation = [load_volume(v) for v in cfg.data.validation]
     sampler = CropSampler(volumes, input_shape, output_shape, aug, t_cfg.seed)

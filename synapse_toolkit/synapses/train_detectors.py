@@ -280,10 +280,7 @@ def train_detector(cfg: DetectorTrainConfig, log: Callable[[str], None] = print)
         net.load_state_dict(state["state_dict"])
         log(f"initialised from {t.init_checkpoint} (iteration {state.get('iteration')})")
     tsettings = TargetSettings(**cfg.targets)
-    aug_fields: dict[str, Any] = {
-        k: tuple(v) if isinstance(v, list) else v for k, v in cfg.augment.items()
-    }
-    aug = AugmentConfig(**aug_fields)
+    aug = AugmentConfig.from_table(cfg.augment)
     volumes = []
     files = training_files(cfg.data)
     for f in files:

@@ -290,10 +290,7 @@ def train_synful(cfg: SynfulTrainConfig, log: Callable[[str], None] = print) -> 
         n = init_from_model(head, t.init_from_model)
         log(f"initialised from {t.init_from_model} ({n} tensors)")
     tsettings = SynfulTargetSettings(**cfg.targets)
-    aug_fields: dict[str, Any] = {
-        k: tuple(v) if isinstance(v, list) else v for k, v in cfg.augment.items()
-    }
-    aug = AugmentConfig(**aug_fields)
+    aug = AugmentConfig.from_table(cfg.augment)
     volumes = []
     files = training_files(cfg.data)
     for f in files:
