@@ -354,6 +354,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
     out_dir.mkdir(parents=True, exist_ok=True)
     opt = torch.optim.Adam(net.parameters(), lr=t_cfg.lr)
     it0 = 0
+    resumed_ema: dict[str, Any] | None = None  # the average a latest.pt carries
     if t_cfg.init_from:
         from synapse_toolkit.nn.checkpoint import load_state
 
@@ -385,7 +386,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
     ema = None
     if t_cfg.ema_decay is not None:  # after init_from: the average starts from its weights
         ema = ema_copy(net)
-        if t_cfg.init_from and resumed_ema is not None:
+        if resumed_ema is not None:
             ema.load_state_dict(resumed_ema)
     # after init_from: the teacher starts from the student's weights
     consistency = make_consistency(
