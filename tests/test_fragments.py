@@ -60,6 +60,7 @@ def test_distance_seeds_split_a_neck_that_waterz_keeps_whole() -> None:
     left, right = frags[1, 20, 15], frags[1, 20, 45]
     assert left != right  # one seed per disc: the neck does not join them
     assert make_fragments(affs, {"method": "affinities"}) is None
+    assert make_fragments(affs, None) is None and make_fragments(affs, {}) is None
     with pytest.raises(ValueError, match="unknown fragment method"):
         make_fragments(affs, {"method": "voronoi"})
     with pytest.raises(ValueError, match="boundary_threshold"):

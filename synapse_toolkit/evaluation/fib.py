@@ -305,7 +305,7 @@ def sweep(
     from synapse_toolkit.inference.agglomeration import agglomerate
     from synapse_toolkit.inference.fragments import make_fragments
 
-    frags = make_fragments(affs, fragments) if fragments else None
+    frags = make_fragments(affs, fragments)
     rows: list[Row] = []
     for scoring in scorings:
 
@@ -333,7 +333,7 @@ def at(
     from synapse_toolkit.inference.agglomeration import agglomerate
     from synapse_toolkit.inference.fragments import make_fragments
 
-    frags = make_fragments(affs, fragments) if fragments else None
+    frags = make_fragments(affs, fragments)
     seg = agglomerate(affs, [float(threshold)], scoring=scoring, fragments=frags)[0]
     return {"scoring": scoring, "threshold": float(threshold), **score(seg, truth)}
 

@@ -194,12 +194,12 @@ def fragments_from_boundary(
     return out
 
 
-def make_fragments(affinities: np.ndarray, setting: Mapping[str, Any]) -> np.ndarray | None:
+def make_fragments(affinities: np.ndarray, setting: Mapping[str, Any] | None) -> np.ndarray | None:
     """Fragments for ``setting`` (``{"method": ..., **parameters}``), or ``None`` for waterz's
-    own watershed (``method = "affinities"``)."""
-    method = setting.get("method", "affinities")
-    if method == "affinities":
+    own watershed (``method = "affinities"``, an empty setting or ``None``)."""
+    if not setting or setting.get("method", "affinities") == "affinities":
         return None
+    method = setting["method"]
     if method != "distance_2d":
         raise ValueError(f"unknown fragment method {method!r}; expected one of {METHODS}")
     return distance_fragments_2d(affinities, **distance_parameters(setting))

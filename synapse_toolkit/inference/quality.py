@@ -173,7 +173,7 @@ def size_curve(
     def keep(t: float, seg: np.ndarray) -> None:
         out[round(float(t), 3)] = segment_size(seg)
 
-    frags = make_fragments(affs, fragments) if fragments else None
+    frags = make_fragments(affs, fragments)
     agglomerate(affs, thresholds, fragments=frags, scoring=scoring, on_segmentation=keep)
     return out
 

@@ -131,7 +131,7 @@ def predicted_segmentation(raw: np.ndarray, source: SegmentationSource) -> np.nd
     model = OnnxModel(source.model)
     offsets = model.metadata.get("offsets") or NEAREST_NEIGHBOURS[:3]
     affs = model.predict(raw, overlap=(4, 8, 8), tta_offsets=offsets if source.tta else None)
-    frags = make_fragments(affs, dict(source.fragments)) if source.fragments else None
+    frags = make_fragments(affs, dict(source.fragments))
     return agglomerate(affs, [source.threshold], scoring=source.scoring, fragments=frags)[0]
 
 
