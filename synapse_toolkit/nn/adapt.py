@@ -52,26 +52,32 @@ def resolve_model(model: str) -> Path:
 
 
 def onnx_metadata(path: Path) -> dict[str, Any]:
+    """The JSON-decoded ``metadata_props`` of an ONNX file."""
     import onnx
 
     m = onnx.load(str(path), load_external_data=False)
     return {p.key: json.loads(p.value) for p in m.metadata_props}
 
 
+def onnx_tensors(path: Path) -> dict[str, np.ndarray]:
+    """The named weight tensors (graph initializers) of an ONNX file."""
+    import onnx
+    from onnx import numpy_helper
+
+    return {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+
+
 def load_onnx_unet(path: Path) -> tuple[Any, dict[str, Any]]:
     """The torch U-Net with the ONNX model's weights, and its metadata."""
-    import onnx
     import torch
-    from onnx import numpy_helper
 
     from synapse_toolkit.nn.unet import UNet3D, UNetConfig
 
-    model = onnx.load(str(path))
-    meta = {p.key: json.loads(p.value) for p in model.metadata_props}
+    meta = onnx_metadata(path)
     if "model_config" not in meta:
         raise SyntkError(f"{path}: no model_config in its metadata (not a syntk U-Net export)")
     net = UNet3D(UNetConfig.from_dict(meta["model_config"]))
-    weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    weights = onnx_tensors(path)
     state = net.state_dict()
     missing = [k for k in state if k not in weights]
     if missing:

@@ -207,17 +207,15 @@ def build_network(cfg: SynfulTrainConfig) -> Any:
 
 def _exported_weights(option: str, model: str) -> dict[str, np.ndarray]:
     """The named tensors of an exported model (registry name or ``.onnx``)."""
-    import onnx
-    from onnx import numpy_helper
-
     from synapse_toolkit.models import resolve_model
+    from synapse_toolkit.nn.adapt import onnx_tensors
 
     path = resolve_model(
         option,
         name=model if not model.endswith(".onnx") else None,
         path=Path(model) if model.endswith(".onnx") else None,
     ).path
-    return {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+    return onnx_tensors(path)
 
 
 def _load_exported(head: Any, option: str, model: str, with_output_layer: bool) -> int:
