@@ -152,6 +152,24 @@ def test_select_agglomeration_chooses_on_the_given_sections(isbi_dir: Path) -> N
     assert len(ev.fragment_grid()) == 10
 
 
+def test_select_agglomeration_scores_only_its_sections_within_the_context(isbi_dir: Path) -> None:
+    grid = [{"method": "affinities"}]
+    sel = ev.select_agglomeration("neurons/sstem_affinities", isbi_dir, "2-3", context="0-3",
+                                  scorings=("quantile50",), fragment_settings=grid,
+                                  thresholds=(0.3, 0.6))  # fmt: skip
+    raw, cells = ev.read_sections(isbi_dir, [0, 1, 2, 3])
+    affs = ev.model_affinities("neurons/sstem_affinities", raw)
+    expected = ev.sweep(affs[:, 2:], cells[2:], "quantile50", (0.3, 0.6))
+    got = [{k: v for k, v in r.items() if k not in ("fragments", "scoring")} for r in sel["rows"]]
+    assert got == expected
+    # predicted alone, the two sections see less context: not the same affinities
+    alone = ev.model_affinities("neurons/sstem_affinities", raw[2:])
+    assert not np.allclose(alone, affs[:, 2:])
+    assert "within sections 0-3" in sel["choice"]["chosen_on"]
+    with pytest.raises(SyntkError, match="does not include"):
+        ev.select_agglomeration("neurons/sstem_affinities", isbi_dir, "2-3", context="0-2")
+
+
 def test_isbi_select_cli_writes_the_choice_and_refuses_held_out_sections(
     isbi_dir: Path, tmp_path: Path
 ) -> None:
@@ -164,6 +182,8 @@ def test_isbi_select_cli_writes_the_choice_and_refuses_held_out_sections(
     base = ["evaluate", "isbi-select", "--isbi", str(isbi_dir), "--model", str(model)]
     res = CliRunner().invoke(app, [*base, "--sections", "19-21"])
     assert res.exit_code == 1 and "held-out" in res.output
+    res = CliRunner().invoke(app, [*base, "--sections", "18-19", "--context", "18-21"])
+    assert res.exit_code == 1 and "--context 18-21 overlaps the held-out" in res.output
     res = CliRunner().invoke(app, [*base, "--sections", "0-3", "--write", "--json"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)

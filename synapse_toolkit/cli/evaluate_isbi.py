@@ -123,6 +123,13 @@ def isbi_select_command(
     sections: Annotated[
         str, typer.Option(help="Validation sections that choose (never the held-out ones).")
     ] = "16-19",
+    context: Annotated[
+        str | None,
+        typer.Option(
+            help="Predict these sections as one volume and score only --sections "
+            "(default: --sections alone)."
+        ),
+    ] = None,
     isbi: Annotated[
         Path | None, typer.Option(help="ISBI 2012 folder (default: the shared copy).")
     ] = None,
@@ -148,11 +155,14 @@ def isbi_select_command(
     if write and not model.endswith(".onnx"):
         raise SyntkError("--write needs --model PATH.onnx (the file to store the choice in)")
     held = set(ev.parse_sections(DEFAULT_TEST))
-    if held & set(ev.parse_sections(sections)):
-        raise SyntkError(f"--sections {sections} overlaps the held-out sections {DEFAULT_TEST}")
+    for opt, text in (("--sections", sections), ("--context", context)):
+        if text and held & set(ev.parse_sections(text, opt)):
+            raise SyntkError(f"{opt} {text} overlaps the held-out sections {DEFAULT_TEST}")
     folder = isbi or ev.default_isbi_dir()
     say = (lambda _m: None) if as_json else (lambda m: typer.echo(m, err=True))
-    sel = ev.select_agglomeration(model, folder, sections, n_threads=threads, tta=tta, log=say)
+    sel = ev.select_agglomeration(
+        model, folder, sections, context=context, n_threads=threads, tta=tta, log=say
+    )
     out: dict[str, Any] = {"agglomeration": sel["choice"]}
     if write:
         from synapse_toolkit.nn.export import update_metadata

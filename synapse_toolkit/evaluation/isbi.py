@@ -293,6 +293,7 @@ def select_agglomeration(
     isbi_dir: str | Path,
     sections: str = "16-19",
     *,
+    context: str | None = None,
     scorings: Sequence[str] = SELECT_SCORINGS,
     fragment_settings: Sequence[dict[str, Any]] | None = None,
     thresholds: Sequence[float] = THRESHOLDS,
@@ -302,15 +303,21 @@ def select_agglomeration(
 ) -> dict[str, Any]:
     """The waterz setting (fragments, scoring, threshold) with the lowest mean 2D CREMI score on
     ``sections`` (the model's validation sections: never the held-out ones), from the model's
-    affinities via the pipeline. Returns the choice (an ``agglomeration`` metadata entry) and
-    every row tried."""
+    affinities via the pipeline. ``context``: the model predicts these sections as one volume
+    (they must include ``sections``) and only ``sections`` are scored; default ``sections``.
+    Returns the choice (an ``agglomeration`` metadata entry) and every row tried."""
     from synapse_toolkit.inference.fragments import make_fragments
 
     say = log or (lambda _m: None)
     ids = parse_sections(sections)
-    raw, cells = read_sections(isbi_dir, ids)
-    say(f"model {model} affinities on sections {sections}")
-    affs = model_affinities(model, raw, n_threads=n_threads, tta=tta)
+    ctx = parse_sections(context, "--context") if context else ids
+    if not set(ids) <= set(ctx):
+        raise SyntkError(f"--context {context} does not include --sections {sections}")
+    raw, cells = read_sections(isbi_dir, ctx)
+    keep = [ctx.index(i) for i in ids]
+    say(f"model {model} affinities on sections {context or sections}")
+    affs = model_affinities(model, raw, n_threads=n_threads, tta=tta)[:, keep]
+    cells = cells[keep]
     rows: list[Row] = []
     for frag_setting in fragment_settings or fragment_grid():
         frags = make_fragments(affs, frag_setting)
@@ -327,6 +334,7 @@ def select_agglomeration(
         "threshold": best["threshold"],
         "fragments": best["fragments"],
         "chosen_on": f"ISBI 2012 sections {sections} (validation) by mean 2D CREMI score"
+        + (f", predicted within sections {context}" if context else "")
         + (", on 8-mirroring TTA affinities" if tta else ""),
         "validation_cremi_score": best["cremi_score"],
     }
