@@ -414,8 +414,10 @@ def main() -> None:
     elif args.tune:
         results = tune(volumes)
     else:
-        vector, direction = SynfulSettings(), SynfulSettings(head="direction")
-        combined = vector
+        # the stage's defaults (what `syntk pipeline run` uses) unless --settings says otherwise
+        vector = SynfulSettings(**TUNED_DEFAULTS["vector"])
+        direction = SynfulSettings(head="direction", **TUNED_DEFAULTS["direction"])
+        combined = SynfulSettings(**TUNED_DEFAULTS["vector+emsynconn"])
         if args.settings:
             best = json.loads(Path(args.settings).read_text())["best"]
             vector = SynfulSettings(**best["vector"])
