@@ -139,6 +139,34 @@ def test_adapt_errors(tiny, tmp_path) -> None:
         )
 
 
+def test_adapt_refuses_models_of_another_domain(tiny, tmp_path) -> None:
+    """Adaptation trains on FIB-SEM labels (gala): an ssTEM or phantom model is refused before
+    any training, by its registry entry, its metadata or an anisotropic voxel size."""
+    import shutil
+
+    from synapse_toolkit.nn.adapt import adapt_affinities, check_adaptable, onnx_metadata
+    from synapse_toolkit.nn.export import update_metadata
+
+    _, src = tiny
+    check_adaptable(str(src), onnx_metadata(src))  # isotropic, no modality: accepted
+    target = tmp_path / "none.h5"  # never read: the model is refused first
+    for name in ("neurons/sstem_affinities", "neurons/phantom_affinities"):
+        with pytest.raises(SyntkError, match=f"--model {name} is for (ssTEM|phantom) data"):
+            adapt_affinities(name, str(target), tmp_path / "o.onnx")
+    declared = tmp_path / "declared.onnx"
+    shutil.copy(src, declared)
+    update_metadata(declared, {"modality": "ssTEM"}, sidecar=False)
+    with pytest.raises(SyntkError, match="is for ssTEM data"):
+        check_adaptable(str(declared), onnx_metadata(declared))
+    update_metadata(declared, {"modality": "FIB-SEM"}, sidecar=False)
+    check_adaptable(str(declared), onnx_metadata(declared))
+    aniso = tmp_path / "aniso.onnx"
+    shutil.copy(src, aniso)
+    update_metadata(aniso, {"voxel_size_nm": [40.0, 4.0, 4.0]}, sidecar=False)
+    with pytest.raises(SyntkError, match=r"anisotropic \(\[40.0, 4.0, 4.0\] nm\)"):
+        check_adaptable(str(aniso), onnx_metadata(aniso))
+
+
 def test_training_continues_from_an_exported_model(tiny, tmp_path) -> None:
     pytest.importorskip("h5py")
     from synapse_toolkit.nn.training import load_config, train

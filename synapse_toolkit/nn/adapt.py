@@ -51,6 +51,34 @@ def resolve_model(model: str) -> Path:
     return model_path(model)
 
 
+#: the modality of the labelled source data adaptation keeps in its loss (:data:`GALA_LABELLED`)
+ADAPTABLE_MODALITY = "FIB-SEM"
+
+
+def check_adaptable(model: str, meta: dict[str, Any]) -> None:
+    """Refuse a model of another domain than the labelled source data adaptation trains on
+    (FIB-SEM, isotropic): its declared modality (metadata, else its registry entry), or, when
+    none is declared, an anisotropic voxel size."""
+    from synapse_toolkit.domain import model_domain
+
+    entry = None
+    if not (model.endswith(".onnx") or Path(model).exists()):
+        from synapse_toolkit.datasets import get_registry
+
+        entry = get_registry().get(model)
+    dom = model_domain(meta, entry)
+    vs = dom.voxel_size_nm
+    anisotropic = vs is not None and max(vs) / min(vs) > 1.5
+    if (dom.modality is not None and dom.modality != ADAPTABLE_MODALITY) or (
+        dom.modality is None and anisotropic
+    ):
+        what = dom.modality or f"anisotropic ({list(vs or ())} nm)"
+        raise DataError(
+            f"--model {model} is for {what} data; adaptation keeps {ADAPTABLE_MODALITY} labelled "
+            f"data (gala) in its loss, so it adapts {ADAPTABLE_MODALITY} models only"
+        )
+
+
 def onnx_metadata(path: Path) -> dict[str, Any]:
     """The JSON-decoded ``metadata_props`` of an ONNX file."""
     import onnx
@@ -182,6 +210,7 @@ def adapt_affinities(
     src = resolve_model(model)
     source_sha = sha256_file(src)  # of the file whose weights and metadata are loaded next
     net, meta = load_onnx_unet(src)
+    check_adaptable(model, meta)
     t_path, key = _split(unlabelled)
     if not Path(t_path).is_file():
         raise DataError(f"--unlabelled {t_path}: file not found")
