@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from synapse_toolkit.evaluation import isbi
-from synapse_toolkit.inference.fragments import make_fragments
 from synapse_toolkit.nn.adapt import onnx_metadata, resolve_model
 
 
@@ -35,19 +34,16 @@ def stored_setting(model: str) -> dict[str, Any]:
 def score_model(
     model: str, context: str, score: str, setting: dict[str, Any], isbi_dir: Path, threads: int
 ) -> dict[str, Any]:
-    """The model's scores on the ``score`` sections, predicted within the ``context`` volume."""
-    ctx = isbi.parse_sections(context, "--context")
-    ids = isbi.parse_sections(score, "--score")
-    if not set(ids) <= set(ctx):
-        raise SystemExit(f"--score {score} must lie inside --context {context}")
-    raw, cells = isbi.read_sections(isbi_dir, ctx)
-    keep = [ctx.index(i) for i in ids]
-    affs = isbi.model_affinities(model, raw, n_threads=threads)[:, keep]
-    frags = make_fragments(affs, setting["fragments"])
-    rows = isbi.sweep(affs, cells[keep], setting["scoring"], isbi.THRESHOLDS, fragments=frags)
+    """The model's scores on the ``score`` sections, predicted within the ``context`` volume, at
+    ``setting``'s fragments and scoring over every threshold."""
+    sel = isbi.select_agglomeration(
+        model, isbi_dir, score, context=context, scorings=(setting["scoring"],),
+        fragment_settings=[setting["fragments"]], n_threads=threads,
+    )  # fmt: skip
+    rows = [{k: v for k, v in r.items() if k not in ("fragments", "scoring")} for r in sel["rows"]]
     at = min(rows, key=lambda r: abs(r["threshold"] - float(setting["threshold"])))
-    return {"model": model, "at_setting": at, "best_threshold_on_scored": min(
-        rows, key=lambda r: r["cremi_score"]), "sweep": rows}  # fmt: skip
+    return {"model": model, "at_setting": at, "best_threshold_on_scored": sel["best"],
+            "sweep": rows}  # fmt: skip
 
 
 def main() -> None:
