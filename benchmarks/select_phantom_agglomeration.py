@@ -24,11 +24,9 @@ from typing import Any
 import numpy as np
 from syntk_neurons.stages import AffinityDetector
 
+from synapse_toolkit.evaluation import fib
 from synapse_toolkit.evaluation.isbi import fragment_grid
-from synapse_toolkit.inference.agglomeration import agglomerate
-from synapse_toolkit.inference.fragments import make_fragments
 from synapse_toolkit.io.cremi import read_cremi
-from synapse_toolkit.metrics.cremi_neurons import score_neuron_ids
 from synapse_toolkit.stages import StageContext
 from synapse_toolkit.synapses.train_detectors import phantom_file
 
@@ -37,7 +35,13 @@ MODEL = ROOT / "plugins" / "syntk_neurons" / "models" / "phantom_affinities.onnx
 TRAINING_SEEDS = {2001, 2002, 2003, 2004}
 SCORINGS = ("quantile75", "quantile50", "mean")
 THRESHOLDS = [round(0.1 * i, 1) for i in range(1, 10)]
-STORED = {"fragments": {"method": "affinities"}, "scoring": "quantile75", "threshold": 0.5}
+STORED: dict[str, Any] = {
+    "fragments": {"method": "affinities"},
+    "scoring": "quantile75",
+    "threshold": 0.5,
+}
+VOXEL_SIZE_NM = (40.0, 4.0, 4.0)
+SCORE_KEYS = ("cremi_score", "voi_split", "voi_merge", "voi", "arand")
 Row = dict[str, Any]
 
 
@@ -55,20 +59,9 @@ def affinities(seed: int, cache: str) -> tuple[np.ndarray, np.ndarray]:
 
 def score_grid(affs: np.ndarray, truth: np.ndarray, settings: list[dict[str, Any]]) -> list[Row]:
     """CREMI neuron scores of every fragment setting x scoring x threshold on one volume."""
-    rows: list[Row] = []
-    for frag_setting in settings:
-        frags = make_fragments(affs, frag_setting)
-        for scoring in SCORINGS:
-
-            def keep(th: float, seg: np.ndarray, fs: dict = frag_setting, sc: str = scoring):
-                s = score_neuron_ids(truth, seg, border_threshold_nm=25.0,
-                                     voxel_size_nm=(40.0, 4.0, 4.0))  # fmt: skip
-                rows.append({"fragments": fs, "scoring": sc, "threshold": float(th),
-                             "cremi_score": s.cremi_score, "voi_split": s.voi_split,
-                             "voi_merge": s.voi_merge, "arand": s.adapted_rand})  # fmt: skip
-
-            agglomerate(affs, THRESHOLDS, scoring=scoring, fragments=frags, on_segmentation=keep)
-    return rows
+    score = fib.make_scorer(VOXEL_SIZE_NM, border_threshold_nm=25.0)
+    return [{"fragments": fs, **r} for fs in settings
+            for r in fib.sweep(affs, truth, score, SCORINGS, THRESHOLDS, fragments=fs)]  # fmt: skip
 
 
 def _key(r: Row) -> str:
@@ -79,13 +72,12 @@ def mean_by_setting(per_volume: list[list[Row]]) -> dict[str, Row]:
     out: dict[str, Row] = {}
     for rows in per_volume:
         for r in rows:
-            acc = out.setdefault(_key(r), {**r, "cremi_score": 0.0, "voi_split": 0.0,
-                                           "voi_merge": 0.0, "arand": 0.0, "n": 0})  # fmt: skip
-            for k in ("cremi_score", "voi_split", "voi_merge", "arand"):
+            acc = out.setdefault(_key(r), {**r, **dict.fromkeys(SCORE_KEYS, 0.0), "n": 0})
+            for k in SCORE_KEYS:
                 acc[k] += r[k]
             acc["n"] += 1
     for acc in out.values():
-        for k in ("cremi_score", "voi_split", "voi_merge", "arand"):
+        for k in SCORE_KEYS:
             acc[k] /= acc["n"]
     return out
 
@@ -111,7 +103,7 @@ def main() -> None:
     stored = dev[_key(STORED)]
     print(f"dev: chosen {choice['fragments']} {choice['scoring']} @ {choice['threshold']} -> "
           f"{choice['cremi_score']:.3f}; stored -> {stored['cremi_score']:.3f}")  # fmt: skip
-    best_per_frag = {}
+    best_per_frag: dict[str, Row] = {}
     for r in dev.values():
         k = json.dumps(r["fragments"], sort_keys=True)
         if k not in best_per_frag or r["cremi_score"] < best_per_frag[k]["cremi_score"]:

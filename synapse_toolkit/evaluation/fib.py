@@ -302,17 +302,15 @@ def sweep(
 ) -> list[Row]:
     """One scored row per (scoring, threshold); waterz's own fragments, or ``fragments`` (a
     setting of :func:`synapse_toolkit.inference.fragments.make_fragments`)."""
-    from synapse_toolkit.inference.agglomeration import agglomerate
+    from synapse_toolkit.inference.agglomeration import sweep as agglomeration_sweep
     from synapse_toolkit.inference.fragments import make_fragments
 
     frags = make_fragments(affs, fragments)
     rows: list[Row] = []
     for scoring in scorings:
-
-        def keep(th: float, seg: np.ndarray, scoring: str = scoring) -> None:
-            rows.append({"scoring": scoring, "threshold": th, **score(seg, truth)})
-
-        agglomerate(affs, thresholds, scoring=scoring, fragments=frags, on_segmentation=keep)
+        swept = agglomeration_sweep(affs, truth, thresholds, scoring=scoring, fragments=frags,
+                                    score=score)  # fmt: skip
+        rows.extend({"scoring": scoring, **r} for r in swept)
     return rows
 
 

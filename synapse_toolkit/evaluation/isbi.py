@@ -37,7 +37,6 @@ SIGMAS: tuple[float, ...] = (0.0, 1.0, 2.0, 3.0)  # px (4 nm), in-plane smoothin
 DEFAULT_MODEL = "neurons/sstem_affinities"
 DEFAULT_TEST = "20-23"  # the shipped model's held-out sections
 DEFAULT_SELECT = "0-19"  # its training + validation sections
-SCORE_KEYS = ("voi_split", "voi_merge", "voi", "arand", "cremi_score")
 
 Row = dict[str, Any]
 Log = Callable[[str], None]
@@ -74,10 +73,6 @@ def read_sections(isbi_dir: str | Path, sections: Sequence[int]) -> tuple[np.nda
     return read_membrane_stack(d / "image", d / "label", sections)
 
 
-def _means(s: dict[str, Any]) -> Row:
-    return {k: float(s[k]) for k in SCORE_KEYS}
-
-
 # -- the raw-intensity bar -----------------------------------------------------------------------
 
 
@@ -102,16 +97,12 @@ def sweep(
     fragments: np.ndarray | None = None,
 ) -> list[Row]:
     """Mean 2D section scores of waterz at each threshold (from ``fragments`` if given)."""
-    from synapse_toolkit.inference.agglomeration import agglomerate
-    from synapse_toolkit.metrics.sections import score_sections
+    from synapse_toolkit.inference.agglomeration import sweep as agglomeration_sweep
+    from synapse_toolkit.metrics.sections import mean_section_scores
 
-    rows: list[Row] = []
-
-    def keep(th: float, seg: np.ndarray) -> None:
-        rows.append({"threshold": float(th), **_means(score_sections(seg, cells))})
-
-    agglomerate(affs, list(thresholds), scoring=scoring, fragments=fragments, on_segmentation=keep)
-    return rows
+    rows = agglomeration_sweep(affs, cells, [float(t) for t in thresholds], scoring=scoring,
+                               fragments=fragments, score=mean_section_scores)  # fmt: skip
+    return [dict(r) for r in rows]
 
 
 def raw_bar(
@@ -194,7 +185,7 @@ def model_via_pipeline(
     ``affinity-unet`` stage averages its 8 mirrorings."""
     import zarr
 
-    from synapse_toolkit.metrics.sections import score_sections
+    from synapse_toolkit.metrics.sections import mean_section_scores, score_sections
 
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
@@ -207,7 +198,7 @@ def model_via_pipeline(
         thresholds = dict(segs.attrs)["thresholds"]
         assert isinstance(thresholds, list), thresholds  # written by the waterz stage
         rows = [
-            {"threshold": float(th), **_means(score_sections(np.asarray(segs[i]), cells))}
+            {"threshold": float(th), **mean_section_scores(np.asarray(segs[i]), cells)}
             for i, th in enumerate(thresholds)
         ]
         held = score_sections(seg, cells)

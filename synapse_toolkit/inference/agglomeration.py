@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -117,23 +117,30 @@ def sweep(
     scoring: str = "quantile50",
     fragments: np.ndarray | None = None,
     ignore_label: int | None = 0,
+    score: Callable[[np.ndarray, np.ndarray], Mapping[str, float]] | None = None,
     **kwargs,
 ) -> list[dict[str, float]]:
-    """Agglomerate and score every threshold against ``truth``; one dict per threshold."""
+    """Agglomerate and score every threshold against ``truth``; one dict per threshold
+    (``threshold`` and the scores). ``score(segmentation, truth)``: the scores (default: VOI and
+    Rand of :func:`~synapse_toolkit.inference.segmetrics.segmentation_scores` with
+    ``ignore_label``)."""
     from synapse_toolkit.inference.segmetrics import segmentation_scores
 
     rows: list[dict[str, float]] = []
 
-    def score(th: float, seg: np.ndarray) -> None:
-        s = segmentation_scores(seg, truth, ignore_label=ignore_label)
-        rows.append({"threshold": th, **s.to_dict()})
+    def keep(th: float, seg: np.ndarray) -> None:
+        if score is not None:
+            rows.append({"threshold": th, **score(seg, truth)})
+        else:
+            s = segmentation_scores(seg, truth, ignore_label=ignore_label)
+            rows.append({"threshold": th, **s.to_dict()})
 
     agglomerate(
         affinities,
         thresholds,
         fragments=fragments,
         scoring=scoring,
-        on_segmentation=score,
+        on_segmentation=keep,
         **kwargs,
     )
     return rows

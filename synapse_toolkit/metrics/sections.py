@@ -81,3 +81,9 @@ def score_sections(seg: np.ndarray, truth_cells: np.ndarray) -> dict[str, Any]:
         )
     keys = ("voi_split", "voi_merge", "voi", "arand", "cremi_score")
     return {**{k: float(np.mean([r[k] for r in rows])) for k in keys}, "sections": rows}
+
+
+def mean_section_scores(seg: np.ndarray, truth_cells: np.ndarray) -> dict[str, float]:
+    """The means of :func:`score_sections` without the per-section list (a threshold sweep's
+    row)."""
+    return {k: v for k, v in score_sections(seg, truth_cells).items() if k != "sections"}

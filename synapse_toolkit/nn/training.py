@@ -301,20 +301,11 @@ def section_sweep(
     affinities: np.ndarray, labels: np.ndarray, t_cfg: TrainingSpec
 ) -> list[dict[str, float]]:
     """Per threshold, the mean 2D section scores of the waterz segmentation (cells: labels != 0)."""
-    from synapse_toolkit.inference.agglomeration import agglomerate
-    from synapse_toolkit.metrics.sections import score_sections
+    from synapse_toolkit.inference.agglomeration import sweep
+    from synapse_toolkit.metrics.sections import mean_section_scores
 
-    rows: list[dict[str, float]] = []
-
-    def score(th: float, seg: np.ndarray) -> None:
-        s = score_sections(seg, labels)
-        rows.append({"threshold": th, **{k: v for k, v in s.items() if k != "sections"}})
-
-    agglomerate(
-        affinities, t_cfg.validation_thresholds, scoring=t_cfg.validation_scoring,
-        on_segmentation=score,
-    )  # fmt: skip
-    return rows
+    return sweep(affinities, labels, t_cfg.validation_thresholds,
+                 scoring=t_cfg.validation_scoring, score=mean_section_scores)  # fmt: skip
 
 
 # -- loop ---------------------------------------------------------------------------------------
