@@ -63,12 +63,15 @@ class Volume:
 
     ``data`` has shape ``(z, y, x)`` or ``(c, z, y, x)``; ``voxel_size_nm`` and ``offset_nm`` are
     (z, y, x) in nm; ``offset_nm`` is the world position of voxel (0, 0, 0)'s corner, CREMI-style.
+    ``source_attrs``: attributes of the file an in-memory volume was read from (e.g. a phantom's
+    ``generator``); an h5py or zarr volume's own file is read instead.
     """
 
     data: ArrayLike
     voxel_size_nm: Vec3
     offset_nm: Vec3 = (0.0, 0.0, 0.0)
     name: str = ""
+    source_attrs: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         label = f"volume {self.name!r}" if self.name else "volume"

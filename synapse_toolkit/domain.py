@@ -93,9 +93,9 @@ def _attr_str(value: Any) -> str | None:
 
 def source_attrs(volume: Volume) -> tuple[dict[str, Any], str | None]:
     """Attributes of the file or store a volume is read from (file/group first, then the array's
-    own), and that file's name; empty for in-memory arrays."""
+    own), and that file's name; for in-memory arrays the ``source_attrs`` they were read with."""
     data = volume.data
-    attrs: dict[str, Any] = {}
+    attrs: dict[str, Any] = dict(volume.source_attrs)
     source: str | None = None
     try:
         import h5py

@@ -53,6 +53,26 @@ def test_auto_picks_the_model_for_the_input(
     assert entry.name == expected, why
 
 
+def test_a_phantom_read_into_memory_stays_a_phantom(tmp_path: Path) -> None:
+    """read_cremi loads arrays into memory; the file's `generator` attribute goes with them, so
+    `model = "auto"` still picks the phantom model (it picked the ssTEM one)."""
+    from synapse_toolkit.io.cremi import open_cremi, read_cremi
+    from synapse_toolkit.phantom.em import EMPhantom
+    from synapse_toolkit.phantom.store import write_phantom
+
+    path = tmp_path / "phantom.h5"
+    write_phantom(EMPhantom(seed=5, shape=(4, 32, 32)), path)
+    in_memory = read_cremi(path).raw
+    assert in_memory is not None and isinstance(in_memory.data, np.ndarray)
+    dom = input_domain(in_memory)
+    assert dom.phantom and dom.generator == "syntk phantom em"
+    assert choose_model("affinities", dom)[0].name == "neurons/phantom_affinities"
+    with open_cremi(path) as lazy:
+        assert lazy.raw is not None and input_domain(lazy.raw).phantom
+    # a volume made from the array alone is not a phantom
+    assert not input_domain(Volume(in_memory.data, in_memory.voxel_size_nm)).phantom
+
+
 def test_in_memory_volume_is_not_a_phantom_and_models_declare_their_domain() -> None:
     dom = input_domain(Volume(np.zeros((2, 4, 4), np.uint8), (40.0, 4.0, 4.0)))
     assert not dom.phantom and dom.modality == "ssTEM"

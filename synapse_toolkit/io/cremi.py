@@ -50,6 +50,8 @@ class CremiData:
 
 
 def _read_volume(f: h5py.File, key: str, path: Path, lazy: bool) -> Volume | None:
+    """The volume ``key`` of ``f``: its h5py dataset (``lazy``) or its array, which then keeps
+    the file's attributes (``Volume.source_attrs``)."""
     if key not in f:
         return None
     ds = f[key]
@@ -60,8 +62,9 @@ def _read_volume(f: h5py.File, key: str, path: Path, lazy: bool) -> Volume | Non
     resolution = tuple(np.asarray(ds.attrs["resolution"], dtype=np.float64).tolist())
     offset = tuple(np.asarray(ds.attrs.get("offset", (0.0, 0.0, 0.0)), np.float64).tolist())
     data = ds if lazy else ds[...]
+    attrs = {} if lazy else {k: _attr(v) for k, v in f.attrs.items()}
     try:
-        return Volume(data, resolution, offset, name=key.rsplit("/", 1)[-1])
+        return Volume(data, resolution, offset, name=key.rsplit("/", 1)[-1], source_attrs=attrs)
     except DataError as exc:
         raise DataError(f"{path}: {key}: {exc}") from None
 
