@@ -95,14 +95,13 @@ def sweep(
     scoring: str = "quantile50",
     thresholds: Sequence[float] = THRESHOLDS,
     fragments: np.ndarray | None = None,
-) -> list[Row]:
+) -> list[dict[str, float]]:
     """Mean 2D section scores of waterz at each threshold (from ``fragments`` if given)."""
     from synapse_toolkit.inference.agglomeration import sweep as agglomeration_sweep
     from synapse_toolkit.metrics.sections import mean_section_scores
 
-    rows = agglomeration_sweep(affs, cells, [float(t) for t in thresholds], scoring=scoring,
+    return agglomeration_sweep(affs, cells, [float(t) for t in thresholds], scoring=scoring,
                                fragments=fragments, score=mean_section_scores)  # fmt: skip
-    return [dict(r) for r in rows]
 
 
 def raw_bar(

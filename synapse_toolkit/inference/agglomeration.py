@@ -126,14 +126,14 @@ def sweep(
     ``ignore_label``)."""
     from synapse_toolkit.inference.segmetrics import segmentation_scores
 
+    def voi_rand(seg: np.ndarray, truth: np.ndarray) -> Mapping[str, float]:
+        return segmentation_scores(seg, truth, ignore_label=ignore_label).to_dict()
+
+    scorer = score or voi_rand
     rows: list[dict[str, float]] = []
 
     def keep(th: float, seg: np.ndarray) -> None:
-        if score is not None:
-            rows.append({"threshold": th, **score(seg, truth)})
-        else:
-            s = segmentation_scores(seg, truth, ignore_label=ignore_label)
-            rows.append({"threshold": th, **s.to_dict()})
+        rows.append({"threshold": th, **scorer(seg, truth)})
 
     agglomerate(
         affinities,

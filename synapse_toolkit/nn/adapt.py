@@ -39,10 +39,17 @@ STRONG = {
 }  # fmt: skip
 
 
+def names_a_file(model: str) -> bool:
+    """Whether ``--model`` names a file (an ``.onnx`` path or any existing path), not a registry
+    model."""
+    p = Path(model)
+    return p.suffix == ".onnx" or p.exists()
+
+
 def resolve_model(model: str) -> Path:
     """A registry name (verified by sha256) or an ``.onnx`` path."""
     p = Path(model)
-    if p.suffix == ".onnx" or p.exists():
+    if names_a_file(model):
         if not p.is_file():
             raise DataError(f"--model {model}: file not found")
         return p
@@ -62,7 +69,7 @@ def check_adaptable(model: str, meta: dict[str, Any]) -> None:
     from synapse_toolkit.domain import model_domain
 
     entry = None
-    if not (model.endswith(".onnx") or Path(model).exists()):
+    if not names_a_file(model):
         from synapse_toolkit.datasets import get_registry
 
         entry = get_registry().get(model)
