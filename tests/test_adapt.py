@@ -167,6 +167,27 @@ def test_adapt_refuses_models_of_another_domain(tiny, tmp_path) -> None:
         check_adaptable(str(aniso), onnx_metadata(aniso))
 
 
+def test_adapt_model_file_is_checked_against_its_sidecar(tiny, tmp_path) -> None:
+    """``--model FILE`` is verified as a stage's model is: a file that no longer matches its
+    ``.sha256`` sidecar is refused before anything reads it."""
+    import shutil
+
+    from synapse_toolkit.fsio import sha256_file
+    from synapse_toolkit.nn.adapt import resolve_model
+
+    _, src = tiny
+    model = tmp_path / "mine.onnx"
+    shutil.copy(src, model)
+    model.with_suffix(".sha256").write_text(f"{sha256_file(model)}  mine.onnx\n")
+    assert resolve_model(str(model)) == model
+    with model.open("ab") as f:
+        f.write(b"tampered")
+    with pytest.raises(SyntkError, match=r"--model .*mine.onnx does not match its sha256"):
+        resolve_model(str(model))
+    with pytest.raises(SyntkError, match="model file .*gone.onnx not found"):
+        resolve_model(str(tmp_path / "gone.onnx"))
+
+
 def test_training_continues_from_an_exported_model(tiny, tmp_path) -> None:
     pytest.importorskip("h5py")
     from synapse_toolkit.nn.training import load_config, train

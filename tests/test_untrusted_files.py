@@ -96,3 +96,17 @@ def test_empty_or_garbled_sidecar_is_one_clear_error(tmp_path: Path) -> None:
 def test_missing_model_path(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="model file .*missing.onnx not found"):
         resolve_model("stage x", path=tmp_path / "missing.onnx")
+
+
+def test_calcium_detector_checks_its_model_file(tmp_path: Path) -> None:
+    """The calcium CNN resolves its file through the same check as every other detector."""
+    import numpy as np
+
+    from synapse_toolkit.api import run_stage
+    from synapse_toolkit.data import Volume
+
+    path = _model(tmp_path)
+    path.with_suffix(".sha256").write_text(f"{hashlib.sha256(b'other').hexdigest()}  net.onnx\n")
+    raw = Volume(np.zeros((1, 1, 32, 32), np.float32), voxel_size_nm=(1.0, 1.0, 1.0))
+    with pytest.raises(DataError, match=r"stage neurofinder-cnn: .*net.onnx does not match"):
+        run_stage("detector", "neurofinder-cnn", {"raw": raw}, {"model_path": str(path)})

@@ -18,6 +18,7 @@ from synapse_toolkit import __version__
 from synapse_toolkit.artifacts import atomic_write_text
 from synapse_toolkit.data import Regions, Volume, WrittenFile
 from synapse_toolkit.errors import DataError
+from synapse_toolkit.models import resolve_model
 from synapse_toolkit.stages import Detector, Loader, OptionsT, Port, Stage, StageOptions, Writer
 from syntk_calcium.io import PROJECTIONS, open_source, summary_images
 from syntk_calcium.preprocess import clip_standardise, prepare
@@ -28,25 +29,6 @@ DEFAULT_MODEL = "calcium/neurofinder_cnn"
 REGION_DEFAULTS = {"threshold": 0.4, "core_threshold": 0.7, "min_size": 10}
 #: Whether the detector averages over mirrorings by default (chosen on validation, as above).
 DETECTOR_TTA = False
-
-
-def _resolve_model(stage: str, name: str, path: Path | None, sha256: str | None) -> Path:
-    """A registry model by name (verified by the registry), or a file checked against ``sha256``
-    or its ``.sha256`` sidecar."""
-    if path is None:
-        from synapse_toolkit.datasets import model_path
-
-        return model_path(name)
-    from synapse_toolkit.nn.export import sha256_of
-
-    p = Path(path)
-    if not p.exists():
-        raise DataError(f"stage {stage}: model file {p} not found")
-    side = p.with_suffix(".sha256")
-    expected = sha256 or (side.read_text().split()[0] if side.exists() else None)
-    if expected is not None and sha256_of(p) != expected.lower():
-        raise DataError(f"stage {stage}: {p} does not match its sha256 {expected}")
-    return p
 
 
 def cnn_probability(
@@ -205,7 +187,12 @@ class NeurofinderCnnDetector(Detector["NeurofinderCnnDetector.Options"]):
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         opts = self.options
         raw: Volume = inputs["raw"]
-        path = _resolve_model(self.context.stage_name, opts.model, opts.model_path, opts.sha256)
+        path = resolve_model(
+            f"stage {self.context.stage_name}",
+            name=opts.model,
+            path=opts.model_path,
+            sha256=opts.sha256,
+        ).path
         prob = cnn_probability(
             _image(raw, self.context.stage_name, "raw"), path, clip_sd=opts.clip_sd,
             flat_field_sigma=opts.flat_field_sigma, overlap=opts.overlap,

@@ -47,15 +47,13 @@ def names_a_file(model: str) -> bool:
 
 
 def resolve_model(model: str) -> Path:
-    """A registry name (verified by sha256) or an ``.onnx`` path."""
-    p = Path(model)
-    if names_a_file(model):
-        if not p.is_file():
-            raise DataError(f"--model {model}: file not found")
-        return p
-    from synapse_toolkit.datasets import model_path
+    """``--model``: a registry name or an ``.onnx`` path, verified as every stage's model is
+    (:func:`synapse_toolkit.models.resolve_model`)."""
+    from synapse_toolkit.models import resolve_model as resolve
 
-    return model_path(model)
+    who = f"--model {model}"
+    found = resolve(who, path=Path(model)) if names_a_file(model) else resolve(who, name=model)
+    return found.path
 
 
 #: the modality of the labelled source data adaptation keeps in its loss (:data:`GALA_LABELLED`)

@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from synapse_toolkit.models import bundled_model_entry
+
 MODELS_DIR = Path(__file__).parent
 
 #: registry name -> (file, description, reproduce command, voxel size (z, y, x) nm trained on);
@@ -104,36 +106,15 @@ DOMAINS: dict[str, dict[str, str]] = {
 }
 
 
-def sidecar_sha256(onnx_file: Path) -> str | None:
-    side = onnx_file.with_suffix(".sha256")
-    if not side.exists():
-        return None
-    return side.read_text().split()[0].strip().lower()
-
-
 def registry_entries() -> list[dict[str, Any]]:
     """Registry entries for the shipped models that are present (with their sidecar hash)."""
     out = []
     for name, (file, description, reproduce, voxel_size_nm) in SHIPPED.items():
-        path = MODELS_DIR / file
-        sha = sidecar_sha256(path)
-        if not path.exists() or sha is None:
-            continue
-        out.append(
-            {
-                "name": name,
-                "kind": "model",
-                "package": "syntk_neurons",
-                "path": f"models/{file}",
-                "sha256": sha,
-                "size": path.stat().st_size,
-                "licence": "BSD-3-Clause",
-                "description": description,
-                "reproduce": reproduce,
-                "voxel_size_nm": voxel_size_nm,
-                "axis_order": "zyx",
-                "task": "affinities",
-                **DOMAINS[name],
-            }
-        )
+        entry = bundled_model_entry(
+            name, "syntk_neurons", MODELS_DIR, file, description=description,
+            reproduce=reproduce, voxel_size_nm=voxel_size_nm, axis_order="zyx",
+            task="affinities", **DOMAINS[name],
+        )  # fmt: skip
+        if entry is not None:
+            out.append(entry)
     return out
