@@ -76,10 +76,11 @@ SHIPPED: dict[str, tuple[str, str, str, tuple[float, float, float]]] = {
         "quantiles, /255 (1,1,6,162,162) -> 3 nearest-neighbour affinities of the same shape. "
         "Trained on ISBI 2012 sections 0-15 (2D labels: in-plane affinities learned, z-affinity "
         "trained to 0, so waterz segments each section on its own) with BCE and heavy "
-        "augmentation, 1677 iterations in three runs (the last at lr 1e-4); waterz from "
-        "fragments seeded at distance-transform maxima of each section's boundary map, mean @ "
-        "0.6 (in the model's metadata, used by `waterz` when no truth is wired); checkpoint and "
-        "agglomeration chosen on sections 16-19; held-out sections 20-23 2D CREMI 0.501 "
+        "augmentation, 1677 iterations in three runs (the last at lr 1e-4), then 1323 with "
+        "BCE + constrained MALIS at lr 1e-4; waterz from fragments seeded at distance-transform "
+        "maxima of each section's boundary map, quantile50 @ 0.2 (in the model's metadata, "
+        "used by `waterz` when no truth is wired); checkpoint and agglomeration chosen on "
+        "sections 16-19; held-out sections 20-23 2D CREMI 0.391 "
         "against 0.699 for the raw-intensity bar",
         "python -m synapse_toolkit.nn.sections ../shared/data/em/isbi2012 "
         "runs/isbi/train_0-19_unlinked.h5 --sections 0-19 --unlinked && "
@@ -89,6 +90,9 @@ SHIPPED: dict[str, tuple[str, str, str, tuple[float, float, float]]] = {
         "syntk train affinities examples/train/sstem_affinities.toml --init-from "
         "runs/sstem_affinities_cont/best.pt --out-dir runs/sstem_affinities_ft --lr 1e-4 "
         "--time-limit 27 && syntk evaluate isbi-export runs/sstem_affinities_ft/best.pt "
+        "runs/sstem_affinities_it1677.onnx && syntk train affinities "
+        "examples/train/sstem_malis.toml --iterations 1323 --time-limit 100000 && "
+        "syntk evaluate isbi-export runs/sstem_malis/it003000.pt "
         "plugins/syntk_neurons/models/sstem_affinities.onnx && syntk evaluate isbi-select "
         "--model plugins/syntk_neurons/models/sstem_affinities.onnx --sections 16-19 --write",
         (50.0, 4.0, 4.0),
