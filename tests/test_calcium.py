@@ -270,6 +270,13 @@ def test_neurofinder_example_without_truth_skips_scoring(tmp_path: Path) -> None
     assert (tmp_path / "run" / "regions.json").exists()
     assert (tmp_path / "run" / "rois.png").exists()
     assert not (tmp_path / "run" / "rois_vs_truth.png").exists()
+    # the CNN's model file is pinned and recorded in the manifest, as every detector's is
+    from synapse_toolkit.datasets import get_registry
+
+    stages = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]
+    model = stages["detect"]["notes"]["model"]
+    assert model["pinned_by"] == "registry"
+    assert model["sha256"] == get_registry().get("calcium/neurofinder_cnn").sha256
 
 
 def test_onnx_detector_equals_torch(tmp_path: Path) -> None:

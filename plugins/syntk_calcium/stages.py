@@ -187,14 +187,14 @@ class NeurofinderCnnDetector(Detector["NeurofinderCnnDetector.Options"]):
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         opts = self.options
         raw: Volume = inputs["raw"]
-        path = resolve_model(
-            f"stage {self.context.stage_name}",
-            name=opts.model,
-            path=opts.model_path,
-            sha256=opts.sha256,
-        ).path
+        model = resolve_model(
+            f"stage {self.context.stage_name}", name=opts.model, path=opts.model_path,
+            sha256=opts.sha256, logger=self.context.logger,
+        )  # fmt: skip
+        self.context.record("model", {"path": str(model.path), "sha256": model.sha256,
+                                      "pinned_by": model.pinned_by})  # fmt: skip
         prob = cnn_probability(
-            _image(raw, self.context.stage_name, "raw"), path, clip_sd=opts.clip_sd,
+            _image(raw, self.context.stage_name, "raw"), model.path, clip_sd=opts.clip_sd,
             flat_field_sigma=opts.flat_field_sigma, overlap=opts.overlap,
             providers=opts.providers, n_threads=self.context.n_threads, tta=opts.tta,
         )  # fmt: skip
