@@ -361,10 +361,9 @@ def evaluate_all(
     return {key: {**_pooled(rows), "errors": errors[key]} for key, rows in acc.items()}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seeds", type=int, nargs="+", required=True)
-    ap.add_argument("--tune", action="store_true", help="sweep synful's extraction settings")
+def add_prediction_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options :func:`predictions` reads: phantom and prediction caches, the models, the
+    predicted segmentation's fragments."""
     ap.add_argument("--phantom-cache", default=str(ROOT / "runs" / "phantom-cache"))
     ap.add_argument("--cache-dir", default=str(ROOT / "runs" / "partner-cache"))
     ap.add_argument("--synful", default=str(MODELS / "synful.onnx"))
@@ -375,6 +374,13 @@ def main() -> None:
     ap.add_argument("--fragments", choices=["affinities", "distance_2d"], default="affinities",
                     help="waterz fragments of the predicted segmentation: its own watershed, or "
                     "distance-transform seeds per section (default parameters)")  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", type=int, nargs="+", required=True)
+    ap.add_argument("--tune", action="store_true", help="sweep synful's extraction settings")
+    add_prediction_arguments(ap)
     ap.add_argument("--json", default=None)
     ap.add_argument(
         "--checkpoints",

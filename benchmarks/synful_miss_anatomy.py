@@ -6,9 +6,9 @@ vector-head settings, every true pair of each phantom seed is marked found or mi
 - ``later_post``: the post site is not the first post of its synapse (polyadic synapses give their
   second and later posts a cleft of 0.75x the radius, ``docs/phantom.md``);
 - ``cleft_voxels``: voxels of the synapse's cleft in the truth;
-- ``mask_max`` / ``mask_voxels_0.9``: the synful mask's maximum, and its voxels above 0.9, inside
-  the true post neuron within (2, 40, 40) voxels of the post site (the extraction keeps
-  components of at least ``min_voxels`` = 200 voxels above its threshold of 0.9).
+- ``mask_max`` / ``mask_voxels_<threshold>``: the synful mask's maximum, and its voxels above the
+  extraction threshold (0.9), inside the true post neuron within (2, 40, 40) voxels of the post
+  site (the extraction keeps components of at least ``min_voxels`` = 200 such voxels).
 
 Predictions come from ``eval_partners.py``'s cache. Refuses seeds outside the development sets,
 so held-out seeds stay unread::
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from eval_partners import DEV_SEEDS, MODELS, NEURONS, ROOT, _score, predictions
+from eval_partners import DEV_SEEDS, _score, add_prediction_arguments, predictions
 
 from synapse_toolkit.metrics.cremi_partners import lookup_labels, pair_locations
 from synapse_toolkit.phantom.store import read_phantom_truth
@@ -34,6 +34,8 @@ from synapse_toolkit.synapses.train_detectors import phantom_file
 
 #: half-size (z, y, x voxels) of the window around a post site where the mask is read
 WINDOW = (2, 40, 40)
+#: the extraction whose misses are looked at: the stage's tuned vector head
+SETTINGS = SynfulSettings(head="vector", **TUNED_DEFAULTS["vector"])
 
 
 def seed_rows(seed: int, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -43,8 +45,7 @@ def seed_rows(seed: int, args: argparse.Namespace) -> list[dict[str, Any]]:
     gt = v["gt_seg"]
     res = np.asarray(data.neuron_ids.voxel_size_nm)
     _, g_post = pair_locations(data.annotations, np.asarray(data.neuron_ids.offset_nm))
-    settings = SynfulSettings(head="vector", **TUNED_DEFAULTS["vector"])
-    table = extract_partners(v["synful"], gt, v["grid"], settings, v["clefts"])
+    table = extract_partners(v["synful"], gt, v["grid"], SETTINGS, v["clefts"])
     found = {j for _, j, _ in _score(table, v)["matches"]}
     truth = read_phantom_truth(phantom_file(seed, args.phantom_cache))
     first_post: dict[int, int] = {}  # synapse id -> its first post site
@@ -52,7 +53,8 @@ def seed_rows(seed: int, args: argparse.Namespace) -> list[dict[str, Any]]:
     for sid, _pre, post, *_ in truth.partners.astype(np.int64):
         first_post.setdefault(int(sid), int(post))
         synapse_of[int(post)] = int(sid)
-    clefts = data.clefts.read()
+    cleft_ids, cleft_sizes = np.unique(data.clefts.read(), return_counts=True)
+    cleft_voxels = dict(zip(cleft_ids.tolist(), cleft_sizes.tolist(), strict=True))
     post_label = lookup_labels(gt, g_post, res, "half_away")[0]
     mask = v["synful"][0]
     rows = []
@@ -67,9 +69,9 @@ def seed_rows(seed: int, args: argparse.Namespace) -> list[dict[str, Any]]:
         rows.append({
             "seed": seed, "pair": j, "found": j in found,
             "later_post": sid >= 0 and first_post[sid] != int(post_site),
-            "cleft_voxels": int((clefts == sid).sum()) if sid >= 0 else 0,
+            "cleft_voxels": int(cleft_voxels.get(sid, 0)),
             "mask_max": float(m.max()) if m.size else 0.0,
-            "mask_voxels_0.9": int((m > 0.9).sum()),
+            f"mask_voxels_{SETTINGS.threshold}": int((m > SETTINGS.threshold).sum()),
         })  # fmt: skip
     return rows
 
@@ -78,6 +80,7 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     def share(rs: list[dict[str, Any]], test: Any) -> float:
         return round(float(np.mean([test(r) for r in rs])), 3) if rs else 0.0
 
+    thr, min_voxels = SETTINGS.threshold, SETTINGS.min_voxels
     out: dict[str, Any] = {}
     for name, rs in (("found", [r for r in rows if r["found"]]),
                      ("missed", [r for r in rows if not r["found"]])):  # fmt: skip
@@ -85,8 +88,10 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "pairs": len(rs),
             "later_post": share(rs, lambda r: r["later_post"]),
             "median_cleft_voxels": float(np.median([r["cleft_voxels"] for r in rs])) if rs else 0,
-            "mask_max_below_0.9": share(rs, lambda r: r["mask_max"] < 0.9),
-            "under_200_mask_voxels_above_0.9": share(rs, lambda r: r["mask_voxels_0.9"] < 200),
+            f"mask_max_below_{thr}": share(rs, lambda r: r["mask_max"] < thr),
+            f"under_{min_voxels}_mask_voxels_above_{thr}": share(
+                rs, lambda r: r[f"mask_voxels_{thr}"] < min_voxels
+            ),
         }
     return out
 
@@ -95,15 +100,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", required=True)
     ap.add_argument("--json", default=None)
+    add_prediction_arguments(ap)
     args = ap.parse_args()
     outside = sorted(set(args.seeds) - DEV_SEEDS)
     if outside:
         raise SystemExit(f"--seeds: {outside} are not development seeds (held-out stay unread)")
-    args.phantom_cache = str(ROOT / "runs" / "phantom-cache")
-    args.cache_dir = str(ROOT / "runs" / "partner-cache")
-    args.synful, args.polarity = str(MODELS / "synful.onnx"), str(MODELS / "polarity.onnx")
-    args.clefts, args.pruner = str(MODELS / "clefts.onnx"), str(MODELS / "pruner.onnx")
-    args.neuron_model, args.fragments = str(NEURONS), "affinities"
     rows = [r for seed in args.seeds for r in seed_rows(seed, args)]
     result = {"seeds": args.seeds, "settings": TUNED_DEFAULTS["vector"], "summary": summary(rows),
               "pairs": rows}  # fmt: skip
