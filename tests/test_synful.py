@@ -390,3 +390,29 @@ def test_unset_stage_options_take_the_tuned_values_of_their_head() -> None:
     for tuned in TUNED_DEFAULTS.values():
         assert set(tuned) <= fields
         assert all(getattr(opts, k) is None for k in tuned)  # unset: the head's tuned value
+
+
+def test_focal_mask_loss_moves_weight_to_badly_classified_voxels(
+    tiny_model: dict[str, Any],
+) -> None:
+    import torch
+
+    from synapse_toolkit.synapses.train_synful import build_network, load_synful_config, synful_loss
+
+    cfg = load_synful_config(tiny_model["dir"] / "synful.toml")
+    head = build_network(cfg)[0]
+    torch.manual_seed(0)
+    x = torch.rand(1, 1, *cfg.training.input_shape)
+    with torch.no_grad():
+        logit = head.parts(x)[0]
+    t = torch.zeros(1, 8, *cfg.training.input_shape)
+    good = (logit > logit.median()).float()  # targets the model gets right for most voxels
+    t[:, 0:1] = good
+    plain = synful_loss(head, x, t, 100.0, 1.0, 1.0)[1]["bce"]
+    assert synful_loss(head, x, t, 100.0, 1.0, 1.0, focal_gamma=0.0)[1]["bce"] == plain
+    # the total weight is kept, so the focal term is larger exactly when it weighs the voxels
+    # with the larger BCE (the badly classified ones) more
+    assert synful_loss(head, x, t, 100.0, 1.0, 1.0, focal_gamma=2.0)[1]["bce"] > plain
+    t[:, 0:1] = 1 - good  # now most voxels are wrong; focal still favours the worst
+    worse = synful_loss(head, x, t, 100.0, 1.0, 1.0)[1]["bce"]
+    assert synful_loss(head, x, t, 100.0, 1.0, 1.0, focal_gamma=2.0)[1]["bce"] > worse

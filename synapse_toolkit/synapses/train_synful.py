@@ -60,6 +60,10 @@ class SynfulTrainingSection(RunSection):
     vector_scale_nm: float = 100.0
     vector_weight: float = 1.0
     direction_weight: float = 1.0
+    #: focal modulation of the mask's balanced BCE (Lin et al. 2017): each voxel's term is
+    #: multiplied by (1 - p_t) ** gamma, so voxels already classified well weigh less, and the
+    #: weights rescaled to the batch's total without it (the heads keep their balance); 0 = off
+    mask_focal_gamma: float = Field(default=0.0, ge=0.0)
 
 
 class SynfulTrainConfig(StrictModel):
@@ -154,9 +158,10 @@ class SynfulCropSampler:
 
 def synful_loss(
     head: Any, x: torch.Tensor, t: torch.Tensor, vector_scale_nm: float,
-    vector_weight: float, direction_weight: float,
+    vector_weight: float, direction_weight: float, focal_gamma: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
-    """Balanced BCE on the mask + MSE on the vector + (1 - cos) on the direction."""
+    """Balanced BCE on the mask (focal-modulated if ``focal_gamma`` > 0, same total weight) +
+    MSE on the vector + (1 - cos) on the direction."""
     import torch
     from torch.nn.functional import binary_cross_entropy_with_logits
 
@@ -164,6 +169,10 @@ def synful_loss(
     m = t[:, 0:1]
     frac = m.mean().clamp(0.02, 0.98)
     w = torch.where(m > 0.5, 0.5 / frac, 0.5 / (1 - frac))
+    if focal_gamma > 0:
+        p = torch.sigmoid(logit.detach())
+        f = torch.where(m > 0.5, 1 - p, p) ** focal_gamma
+        w = w * f / (w * f).mean().clamp(min=1e-6) * w.mean()  # same total weight as without
     bce = (binary_cross_entropy_with_logits(logit, m, reduction="none") * w).mean()
     vm = t[:, 7:8]
     n = vm.sum().clamp(min=1)
@@ -323,7 +332,7 @@ def train_synful(cfg: SynfulTrainConfig, log: Callable[[str], None] = print) -> 
         x = torch.from_numpy(np.stack(xs)[:, None]).to(dev)
         tt = torch.from_numpy(np.stack(ts)).to(dev)
         loss, parts = synful_loss(head, x, tt, t.vector_scale_nm, t.vector_weight,
-                                  t.direction_weight)  # fmt: skip
+                                  t.direction_weight, t.mask_focal_gamma)  # fmt: skip
         opt.zero_grad()
         loss.backward()
         opt.step()
