@@ -20,11 +20,12 @@ from pydantic import Field
 
 from synapse_toolkit import __version__
 from synapse_toolkit.blockwise import count_blocks
-from synapse_toolkit.data import ScoreRecord, Volume
+from synapse_toolkit.data import Volume
 from synapse_toolkit.errors import DataError
 from synapse_toolkit.stages import Agglomerator, Port
 from syntk_neurons.stages import (
     WaterzAgglomerator,
+    agglomeration_outputs,
     fragment_setting,
     model_agglomeration,
     zarr_array,
@@ -249,11 +250,4 @@ class BlockwiseWaterzAgglomerator(Agglomerator["BlockwiseWaterzAgglomerator.Opti
             if opts.work_dir is None:
                 with contextlib.suppress(OSError):
                     work.parent.rmdir()  # <run dir>/blockwise, when no other stage uses it
-        out: dict[str, Any] = {"segmentation": seg_out, "segmentations": segs}
-        if rows:
-            out["scores"] = ScoreRecord(
-                metric="waterz-threshold-sweep",
-                values={f"best_{k}": v for k, v in best.items()},
-                details={"sweep": rows, "scoring": scoring, "select_by": opts.select_by},
-            )
-        return out
+        return agglomeration_outputs(seg_out, segs, rows, best, scoring, opts.select_by)

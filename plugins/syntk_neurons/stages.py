@@ -390,14 +390,23 @@ class WaterzAgglomerator(Agglomerator["WaterzAgglomerator.Options"]):
             "agglomeration",
             {"scoring": scoring, "threshold": chosen, "chosen_by": "truth" if best else source},
         )
-        out: dict[str, Any] = {"segmentation": seg_out, "segmentations": segs}
-        if rows:
-            out["scores"] = ScoreRecord(
-                metric="waterz-threshold-sweep",
-                values={f"best_{k}": v for k, v in best.items()},
-                details={"sweep": rows, "scoring": scoring, "select_by": opts.select_by},
-            )
-        return out
+        return agglomeration_outputs(seg_out, segs, rows, best, scoring, opts.select_by)
+
+
+def agglomeration_outputs(
+    seg_out: Volume, segs: Volume, rows: list[dict[str, Any]], best: dict[str, Any],
+    scoring: str, select_by: str,
+) -> dict[str, Any]:  # fmt: skip
+    """A waterz stage's outputs: the chosen segmentation, every threshold's, and (when truth was
+    wired and ``rows`` holds the sweep) the sweep's best figures as a score record."""
+    out: dict[str, Any] = {"segmentation": seg_out, "segmentations": segs}
+    if rows:
+        out["scores"] = ScoreRecord(
+            metric="waterz-threshold-sweep",
+            values={f"best_{k}": v for k, v in best.items()},
+            details={"sweep": rows, "scoring": scoring, "select_by": select_by},
+        )
+    return out
 
 
 def fragment_setting(affinities: Volume, opts: WaterzAgglomerator.Options) -> dict[str, Any]:
