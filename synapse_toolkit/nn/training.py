@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import importlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import EllipsisType
 from typing import Any, Literal, overload
@@ -66,6 +66,17 @@ class TargetSpec(StrictModel):
     #: "affinities" or "package.module:function" taking (labels, config) → (target, mask)
     name: str = "affinities"
     long_range: list[int] = Field(default_factory=list)
+    #: further (z, y, x) offsets after those, e.g. in-plane only for anisotropic sections:
+    #: auxiliary outputs the loss trains; inference uses the first three (nearest neighbours)
+    extra_offsets: list[tuple[int, int, int]] = Field(default_factory=list)
+
+    def offsets(self) -> tuple[tuple[int, int, int], ...]:
+        """Nearest neighbours, then ``long_range``'s, then ``extra_offsets``."""
+        base = long_range_offsets(self.long_range) if self.long_range else NEAREST_NEIGHBOURS
+        extra = tuple((int(z), int(y), int(x)) for z, y, x in self.extra_offsets)
+        if any(o in base for o in extra) or len(set(extra)) != len(extra):
+            raise ConfigError("target.extra_offsets: an offset is given twice")
+        return (*base, *extra)
 
 
 class TrainingSpec(StrictModel):
@@ -101,6 +112,10 @@ class TrainingSpec(StrictModel):
     #: continue from this checkpoint of the same model (weights, and the optimizer state when the
     #: checkpoint has it); iterations count on from its iteration
     init_from: str | None = None
+    #: ``init_from`` may hold fewer output channels than this model (e.g. a nearest-neighbour
+    #: affinity model when ``target.extra_offsets`` adds outputs): its channels are copied and
+    #: each added channel starts as a copy of the nearest-neighbour channel of its offset's axis
+    init_added_outputs: bool = False
     #: keep an exponential moving average of the weights (e.g. 0.999: ~1000 iterations); the
     #: average is what validation scores and what best.pt / ema.pt hold for export, while
     #: latest.pt keeps the raw weights (and the average) to continue from
@@ -189,13 +204,37 @@ def load_volume(spec: VolumeSpec, need_labels: bool = True) -> tuple[np.ndarray,
     return raw, labels
 
 
+def add_outputs(
+    state: dict[str, Any], model_config: dict[str, Any], offsets: Sequence[Sequence[int]],
+    source: str,
+) -> dict[str, Any]:  # fmt: skip
+    """``state`` of a model with the first channels of ``offsets`` grown to all of them (see
+    ``training.init_added_outputs``); a model that differs otherwise is a ConfigError."""
+    import torch
+
+    old = dict(state.get("model_config") or {})
+    n_old = int(old.get("out_channels", 0))
+    if {**old, "out_channels": len(offsets)} != model_config or not 3 <= n_old <= len(offsets):
+        raise ConfigError(
+            f"training.init_from: {source} is not this model with fewer output channels"
+        )
+    sd = dict(state["state_dict"])
+    rows = list(range(n_old))
+    for o in offsets[n_old:]:
+        axis = int(np.argmax(np.abs(np.asarray(o))))
+        rows.append(axis)  # channel `axis` is the nearest-neighbour offset along that axis
+    for key in ("head.weight", "head.bias"):
+        sd[key] = sd[key][torch.as_tensor(rows)].clone()
+    return {**state, "state_dict": sd, "model_config": model_config}
+
+
 TargetFn = Callable[[np.ndarray, TargetSpec], tuple[np.ndarray, np.ndarray]]
 
 
 def affinity_target(labels: np.ndarray, spec: TargetSpec) -> tuple[np.ndarray, np.ndarray]:
     """Affinities (label 0 = boundary: affinity 0) and the mask of edges inside the crop whose
     two voxels are labelled (not :data:`UNKNOWN`)."""
-    offsets = long_range_offsets(spec.long_range) if spec.long_range else NEAREST_NEIGHBOURS
+    offsets = spec.offsets()
     mask = affinity_mask(labels.shape, offsets)
     if labels.dtype == np.uint64:
         unknown = labels == UNKNOWN
@@ -321,9 +360,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
                       time_limit_minutes=t_cfg.time_limit_minutes,
                       cpu_time_limit_minutes=t_cfg.cpu_time_limit_minutes)  # fmt: skip
     device = run.device
-    offsets = (
-        long_range_offsets(cfg.target.long_range) if cfg.target.long_range else NEAREST_NEIGHBOURS
-    )
+    offsets = cfg.target.offsets()
     model_dict = dict(cfg.model)
     init = str(model_dict.pop("init", "default"))  # "kaiming": He-normal convolutions
     model_cfg = UNetConfig.from_dict({"out_channels": len(offsets), **model_dict})
@@ -355,6 +392,9 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
             state = onnx_state(t_cfg.init_from)
         else:
             state = load_state(t_cfg.init_from)
+        if t_cfg.init_added_outputs:
+            state = {**add_outputs(state, model_cfg.to_dict(), offsets, t_cfg.init_from)}
+            state.pop("optimizer", None)
         if state.get("model_config") != model_cfg.to_dict():
             raise ConfigError(
                 f"training.init_from: {t_cfg.init_from} holds another model than [model]"
