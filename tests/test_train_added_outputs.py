@@ -46,7 +46,7 @@ def test_init_added_outputs_grows_the_head(tmp_path: Path) -> None:
     new = torch.load(tmp_path / "run2" / "latest.pt", weights_only=True)
     w_old, w_new = old["state_dict"]["head.weight"], new["state_dict"]["head.weight"]
     assert w_new.shape[0] == 5 and new["model_config"]["out_channels"] == 5
-    # a step at lr 0 changed nothing: the first three are the old channels, (0,0,-3) copies x, (0,-3,0) y
+    # a step at lr 0 changed nothing: the old channels first, then copies of x (0,0,-3), y (0,-3,0)
     assert torch.equal(w_new[:3], w_old)
     assert torch.equal(w_new[3], w_old[2]) and torch.equal(w_new[4], w_old[1])
     assert [list(o) for o in new["offsets"]][3:] == [[0, 0, -3], [0, -3, 0]]

@@ -5,7 +5,7 @@ Configured by a TOML file (see ``examples/train/fib_affinities.toml``)::
     [model]      # UNetConfig fields
     [data]       # volumes = [{raw, raw_dataset, labels, labels_dataset, roi, labelled_sections}],
                  # validation = [... perturb]
-    [target]     # name = "affinities" (or "module:function"), offsets, long_range
+    [target]     # name = "affinities" (or "module:function"), long_range, extra_offsets
     [augment]    # AugmentConfig fields
     [training]   # iterations, time_limit_minutes, lr, loss, input_shape, ...
 
