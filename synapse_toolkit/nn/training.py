@@ -393,7 +393,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
         else:
             state = load_state(t_cfg.init_from)
         if t_cfg.init_added_outputs:
-            state = {**add_outputs(state, model_cfg.to_dict(), offsets, t_cfg.init_from)}
+            state = add_outputs(state, model_cfg.to_dict(), offsets, t_cfg.init_from)
             state.pop("optimizer", None)
         if state.get("model_config") != model_cfg.to_dict():
             raise ConfigError(
