@@ -32,6 +32,10 @@ class ResolvedModel:
     sha256: str
     pinned_by: str
 
+    def as_record(self) -> dict[str, str]:
+        """What a stage notes about its model in the run manifest (``record("model", …)``)."""
+        return {"path": str(self.path), "sha256": self.sha256, "pinned_by": self.pinned_by}
+
 
 def sidecar_sha256(model_file: Path) -> str | None:
     """The hash in ``<model>.sha256`` (first word), or None if there is no sidecar."""

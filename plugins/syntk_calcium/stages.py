@@ -191,8 +191,7 @@ class NeurofinderCnnDetector(Detector["NeurofinderCnnDetector.Options"]):
             f"stage {self.context.stage_name}", name=opts.model, path=opts.model_path,
             sha256=opts.sha256, logger=self.context.logger,
         )  # fmt: skip
-        self.context.record("model", {"path": str(model.path), "sha256": model.sha256,
-                                      "pinned_by": model.pinned_by})  # fmt: skip
+        self.context.record("model", model.as_record())
         prob = cnn_probability(
             _image(raw, self.context.stage_name, "raw"), model.path, clip_sd=opts.clip_sd,
             flat_field_sigma=opts.flat_field_sigma, overlap=opts.overlap,

@@ -182,8 +182,7 @@ class AffinityDetector(Detector["AffinityDetector.Options"]):
             "affinity-unet", name=self._model_name, path=opts.model_path, sha256=opts.sha256,
             logger=self.context.logger,
         )  # fmt: skip
-        self.context.record("model", {"path": str(resolved.path), "sha256": resolved.sha256,
-                                      "pinned_by": resolved.pinned_by})  # fmt: skip
+        self.context.record("model", resolved.as_record())
         model = OnnxModel(resolved.path, self.context.n_threads, providers=opts.providers)
         meta, n_out = model.metadata, model.out_channels
         self.context.logger.info(

@@ -196,8 +196,7 @@ def _resolved_model(
     chosen = name or DEFAULT_MODELS[stage.name]
     model = resolve_model(f"stage {stage.context.stage_name}", name=chosen, path=path,
                           sha256=sha256, logger=stage.context.logger)  # fmt: skip
-    stage.context.record("model", {"path": str(model.path), "sha256": model.sha256,
-                                   "pinned_by": model.pinned_by})  # fmt: skip
+    stage.context.record("model", model.as_record())
     if raw is not None and path is None:
         from synapse_toolkit.datasets import get_registry
         from synapse_toolkit.domain import domain_warning, input_domain, model_domain
