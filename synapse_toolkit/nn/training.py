@@ -219,10 +219,11 @@ def add_outputs(
             f"training.init_from: {source} is not this model with fewer output channels"
         )
     sd = dict(state["state_dict"])
+    old_offsets = [tuple(int(v) for v in o) for o in offsets[:n_old]]
     rows = list(range(n_old))
     for o in offsets[n_old:]:
         axis = int(np.argmax(np.abs(np.asarray(o))))
-        rows.append(axis)  # channel `axis` is the nearest-neighbour offset along that axis
+        rows.append(old_offsets.index(tuple(-1 if a == axis else 0 for a in range(3))))
     for key in ("head.weight", "head.bias"):
         sd[key] = sd[key][torch.as_tensor(rows)].clone()
     return {**state, "state_dict": sd, "model_config": model_config}
