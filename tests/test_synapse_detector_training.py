@@ -84,3 +84,43 @@ def test_side_loss_rewards_the_right_side_only_near_sites() -> None:
     assert right < wrong
     # the side channel is not trained away from the sites
     assert loss(0.6, 0.9, 0.1, 0.01) == pytest.approx(loss(0.6, 0.9, 0.1, 0.99))
+
+
+def test_training_continues_from_an_exported_model(tmp_path: Path) -> None:
+    """`training.init_from_model` loads every weight of an exported polarity model: with no
+    training step the re-exported model predicts what the first one does; a model of another
+    architecture is refused naming the option."""
+    import onnxruntime as ort
+
+    from synapse_toolkit.errors import ConfigError
+
+    path = write_cremi(tmp_path / "s.hdf", make_cremi_data(shape=(8, 64, 64)))
+
+    def config(run: str, iterations: int, **training: object) -> DetectorTrainConfig:
+        return DetectorTrainConfig.model_validate({
+            "kind": "polarity",
+            "data": {"files": [str(path)]},
+            "model": {"scale": 2, "pool": "space-to-depth", "init": "kaiming",
+                      "padding": "same", "num_fmaps": training.pop("fmaps", 2),
+                      "downsample_factors": [[1, 2, 2]]},
+            "augment": {"elastic_sigma": 0.0, "margin": [0, 0, 0]},
+            "training": {"iterations": iterations, "input_shape": [4, 32, 32],
+                         "num_threads": 1, "out_dir": str(tmp_path / run), "loss": "bce-side",
+                         "onnx": str(tmp_path / f"{run}.onnx"), "seed": 3, **training},
+        })  # fmt: skip
+
+    first = train_detector(config("a", 3), log=lambda _: None)
+    again = train_detector(
+        config("b", 0, init_from_model=first["path"], seed=9), log=lambda _: None
+    )
+    x = np.random.default_rng(1).random((1, 1, 4, 32, 32), dtype=np.float32)
+    outs = []
+    for p in (first["path"], again["path"]):
+        sess = ort.InferenceSession(p, providers=["CPUExecutionProvider"])
+        outs.append(sess.run(None, {sess.get_inputs()[0].name: x})[0])
+    np.testing.assert_allclose(outs[0], outs[1], atol=1e-6)
+    assert np.abs(outs[0]).max() > 0
+    with pytest.raises(ConfigError, match="training.init_from_model"):
+        train_detector(
+            config("c", 0, init_from_model=first["path"], fmaps=3), log=lambda _: None
+        )

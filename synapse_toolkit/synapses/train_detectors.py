@@ -55,6 +55,9 @@ class TrainingSection(RunSection):
     checkpoint_every: int = 500  # also write <out_dir>/latest.pt this often (0 = only at the end)
     out_dir: str = "runs/train-synapses"
     init_checkpoint: str | None = None  # continue from this checkpoint (same architecture)
+    #: continue from an exported model of this config's architecture (registry name or .onnx;
+    #: every weight, the output layer included)
+    init_from_model: str | None = None
     #: polarity only: "mse" (tanh output), "bce-split" (two sigmoid channels for the positive
     #: and negative parts of the target; exported as their difference) or "bce-side" (unsigned
     #: proximity + pre-side probability; exported as proximity x (2 p - 1))
@@ -279,6 +282,15 @@ def train_detector(cfg: DetectorTrainConfig, log: Callable[[str], None] = print)
         state = load_state(t.init_checkpoint)
         net.load_state_dict(state["state_dict"])
         log(f"initialised from {t.init_checkpoint} (iteration {state.get('iteration')})")
+    from synapse_toolkit.nn.synapse_unet import SignedDifference, VicinityTimesSide
+
+    export_net = SignedDifference(net) if split else VicinityTimesSide(net) if side else net
+    if t.init_from_model:
+        from synapse_toolkit.nn.exported_weights import load_exported
+
+        n = load_exported(export_net, "training.init_from_model", t.init_from_model,
+                          with_output_layer=True)  # fmt: skip
+        log(f"initialised from {t.init_from_model} ({n} tensors)")
     tsettings = TargetSettings(**cfg.targets)
     aug = AugmentConfig.from_table(cfg.augment)
     volumes = []
@@ -359,9 +371,6 @@ def train_detector(cfg: DetectorTrainConfig, log: Callable[[str], None] = print)
     meta = {"kind": cfg.kind, "target": target_doc, "iteration": it, "scale": scale, "pool": pool,
             "overlap": overlap, "model_config": model_cfg.to_dict(),
             "target_settings": tsettings.__dict__}  # fmt: skip
-    from synapse_toolkit.nn.synapse_unet import SignedDifference, VicinityTimesSide
-
-    export_net = SignedDifference(net) if split else VicinityTimesSide(net) if side else net
     info = export_model(export_net, input_shape, onnx_path, metadata=meta)
     summary = {"kind": cfg.kind, "iterations": it, "loss_avg": avg, "time_s": run.elapsed,
                "checkpoint": str(ckpt), **info}  # fmt: skip

@@ -31,6 +31,7 @@ from pydantic import Field
 from synapse_toolkit.config import StrictModel, load_training_config
 from synapse_toolkit.errors import ConfigError, DataError
 from synapse_toolkit.io.cremi import read_cremi
+from synapse_toolkit.nn.exported_weights import load_exported
 from synapse_toolkit.nn.run import RunSection, TrainingRun
 from synapse_toolkit.synapses.synful import SynfulTargetSettings, synful_targets
 from synapse_toolkit.synapses.targets import Grid
@@ -214,48 +215,12 @@ def build_network(cfg: SynfulTrainConfig) -> Any:
     return SynfulHead(net, cfg.training.vector_scale_nm), model_cfg, scale, pool
 
 
-def _exported_weights(option: str, model: str) -> dict[str, np.ndarray]:
-    """The named tensors of an exported model (registry name or ``.onnx``)."""
-    from synapse_toolkit.models import resolve_model
-    from synapse_toolkit.nn.adapt import onnx_tensors
-
-    path = resolve_model(
-        option,
-        name=model if not model.endswith(".onnx") else None,
-        path=Path(model) if model.endswith(".onnx") else None,
-    ).path
-    return onnx_tensors(path)
-
-
-def _load_exported(head: Any, option: str, model: str, with_output_layer: bool) -> int:
-    """Copy every same-named, same-shaped tensor of an exported model into ``head`` (the output
-    layer only if ``with_output_layer``); any tensor missing is a ConfigError naming the option."""
-    import torch
-
-    weights = _exported_weights(option, model)
-    state = head.state_dict()
-    wanted = [k for k in state if with_output_layer or ".head." not in k]
-    take = {
-        k: torch.from_numpy(np.array(weights[k]))
-        for k in wanted
-        if k in weights and tuple(weights[k].shape) == tuple(state[k].shape)
-    }
-    if len(take) != len(wanted):
-        raise ConfigError(
-            f"{option} {model}: {len(wanted) - len(take)} of {len(wanted)} "
-            "tensors missing or of another shape"
-        )
-    state.update(take)
-    head.load_state_dict(state)
-    return len(take)
-
-
 def init_trunk(head: Any, model: str) -> int:
     """Copy the weights of an exported model (registry name or ``.onnx``) into ``head``, every
     tensor with the same name and shape except the output layer; returns the number copied."""
     import torch
 
-    n = _load_exported(head, "training.init_trunk_from", model, with_output_layer=False)
+    n = load_exported(head, "training.init_trunk_from", model, with_output_layer=False)
     # a fresh output layer on trained features: start near zero (mask 0.5, vector 0)
     out = head.net.unet.head if hasattr(head.net, "unet") else head.net.head
     with torch.no_grad():
@@ -267,7 +232,7 @@ def init_trunk(head: Any, model: str) -> int:
 def init_from_model(head: Any, model: str) -> int:
     """Copy every weight of an exported synful model (registry name or ``.onnx``) of the same
     architecture into ``head``, the output layer included; returns the number copied."""
-    return _load_exported(head, "training.init_from_model", model, with_output_layer=True)
+    return load_exported(head, "training.init_from_model", model, with_output_layer=True)
 
 
 def train_synful(cfg: SynfulTrainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
