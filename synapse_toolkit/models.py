@@ -80,6 +80,20 @@ def resolve_model(
     return ResolvedModel(path, actual, how)
 
 
+def names_a_file(model: str) -> bool:
+    """Whether a model option names a file (an ``.onnx`` path or any existing path), not a
+    registry model."""
+    p = Path(model)
+    return p.suffix == ".onnx" or p.exists()
+
+
+def resolve_name_or_path(who: str, model: str) -> ResolvedModel:
+    """:func:`resolve_model` for an option that takes a registry name or a file path."""
+    if names_a_file(model):
+        return resolve_model(who, path=Path(model))
+    return resolve_model(who, name=model)
+
+
 def bundled_model_entry(
     name: str, package: str, models_dir: Path, file: str, **fields: Any
 ) -> dict[str, Any] | None:

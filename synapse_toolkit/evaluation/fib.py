@@ -242,9 +242,10 @@ def model_affinities(
     from syntk_neurons.stages import AffinityDetector
 
     from synapse_toolkit.data import Volume
+    from synapse_toolkit.models import names_a_file
     from synapse_toolkit.stages import StageContext
 
-    by_path = model.endswith(".onnx") or Path(model).exists()
+    by_path = names_a_file(model)
     opts = AffinityDetector.Options(
         **({"model_path": Path(model)} if by_path else {"model": model}),
         tta=tta,

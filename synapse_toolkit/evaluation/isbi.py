@@ -243,8 +243,9 @@ def _run_pipeline(
     import h5py
 
     from synapse_toolkit.api import run_pipeline_file
+    from synapse_toolkit.models import names_a_file
 
-    by_path = model.endswith(".onnx") or Path(model).is_file()
+    by_path = names_a_file(model)
     raw_path = tmp / "raw.h5"
     with h5py.File(raw_path, "w") as f:
         f["raw"] = raw

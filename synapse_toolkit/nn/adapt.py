@@ -25,6 +25,7 @@ import numpy as np
 from synapse_toolkit.errors import DataError, SyntkError
 from synapse_toolkit.fsio import sha256_file
 from synapse_toolkit.inference.quality import QUALITY_KEY
+from synapse_toolkit.models import names_a_file, resolve_name_or_path
 
 #: labelled source data for the FIB models: the bundled gala train volume, x in [0, 150)
 GALA_LABELLED: dict[str, Any] = {
@@ -39,21 +40,10 @@ STRONG = {
 }  # fmt: skip
 
 
-def names_a_file(model: str) -> bool:
-    """Whether ``--model`` names a file (an ``.onnx`` path or any existing path), not a registry
-    model."""
-    p = Path(model)
-    return p.suffix == ".onnx" or p.exists()
-
-
 def resolve_model(model: str) -> Path:
     """``--model``: a registry name or an ``.onnx`` path, verified as every stage's model is
     (:func:`synapse_toolkit.models.resolve_model`)."""
-    from synapse_toolkit.models import resolve_model as resolve
-
-    who = f"--model {model}"
-    found = resolve(who, path=Path(model)) if names_a_file(model) else resolve(who, name=model)
-    return found.path
+    return resolve_name_or_path(f"--model {model}", model).path
 
 
 #: the modality of the labelled source data adaptation keeps in its loss (:data:`GALA_LABELLED`)

@@ -4,7 +4,6 @@ names are the graph's initializer names (the module that was exported)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,15 +14,10 @@ from synapse_toolkit.errors import ConfigError
 def exported_weights(option: str, model: str) -> dict[str, np.ndarray]:
     """The named tensors of an exported model (registry name or ``.onnx``); ``option`` names
     the config key in errors."""
-    from synapse_toolkit.models import resolve_model
+    from synapse_toolkit.models import resolve_name_or_path
     from synapse_toolkit.nn.adapt import onnx_tensors
 
-    path = resolve_model(
-        option,
-        name=model if not model.endswith(".onnx") else None,
-        path=Path(model) if model.endswith(".onnx") else None,
-    ).path
-    return onnx_tensors(path)
+    return onnx_tensors(resolve_name_or_path(option, model).path)
 
 
 def load_exported(module: Any, option: str, model: str, *, with_output_layer: bool) -> int:
