@@ -36,7 +36,8 @@ Usage::
 Seeds used by training or selection (refused here for evaluation): 1001-1012 (U-Nets),
 1101-1130 (pruner, synful), 1201-1208 (pruner checkpoint, candidate/cleft/synful settings),
 9091-9098 (held out once, then used to choose synful's checkpoint, settings and the main job's
-assigner). The current held-out seeds are 9201-9208.
+assigner), 9401-9408 (confirmed the polarity fine-tune). Held out: 9201-9208 (scored once for
+the synful models), 9301-9308 (scored once after the polarity fine-tune).
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "plugins" / "syntk_synapses" / "models"
 NEURONS = ROOT / "plugins" / "syntk_neurons" / "models" / "phantom_affinities.onnx"
 #: development seeds: selection of checkpoints, settings and the main job's assigner
-DEV_SEEDS = set(range(1201, 1209)) | set(range(9091, 9099))
+DEV_SEEDS = set(range(1201, 1209)) | set(range(9091, 9099)) | set(range(9401, 9409))
 USED_SEEDS = set(range(1001, 1013)) | set(range(1101, 1131)) | DEV_SEEDS
 
 
@@ -104,8 +105,11 @@ def predictions(seed: int, args: argparse.Namespace, synful: bool = True) -> dic
         return cache / f"seed{seed}-{kind}-{sha256_file(Path(model))[:12]}.npz"
 
     out = {"seed": seed, "data": data, "raw": raw, "grid": grid, "gt_seg": data.neuron_ids.read()}
-    out["proximity"] = _cached(key("proximity", args.polarity),
-                               lambda: OnnxModel(args.polarity).predict(raw)[0])  # fmt: skip
+    tta = [[0, 0, 0]] if args.polarity_tta else None  # one channel: the 8 mirrorings undone
+    out["proximity"] = _cached(
+        key("proximity" + ("-tta" if tta else ""), args.polarity),
+        lambda: OnnxModel(args.polarity).predict(raw, tta_offsets=tta)[0],
+    )
     out["clefts"] = _cached(key("clefts", args.clefts), lambda: cleft_labels(
         OnnxModel(args.clefts).predict(raw)[0], grid, 0.9, 200))  # fmt: skip
     frags = (("method", "distance_2d"), *distance_parameters({}).items()
@@ -368,6 +372,8 @@ def add_prediction_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--cache-dir", default=str(ROOT / "runs" / "partner-cache"))
     ap.add_argument("--synful", default=str(MODELS / "synful.onnx"))
     ap.add_argument("--polarity", default=str(MODELS / "polarity.onnx"))
+    ap.add_argument("--polarity-tta", action="store_true",
+                    help="average the signed proximity over the 8 mirrorings")  # fmt: skip
     ap.add_argument("--clefts", default=str(MODELS / "clefts.onnx"))
     ap.add_argument("--pruner", default=str(MODELS / "pruner.onnx"))
     ap.add_argument("--neuron-model", default=str(NEURONS))
@@ -409,7 +415,7 @@ def main() -> None:
         return
     if args.checkpoints:
         if not set(args.seeds) <= DEV_SEEDS:
-            raise SystemExit("--checkpoints chooses on development seeds (1201-1208, 9091-9098)")
+            raise SystemExit("--checkpoints chooses on development seeds (1201-1208, 9091-9098, 9401-9408)")
         onnx = [Path(c) for c in args.checkpoints if c.endswith(".onnx")]
         pts = [c for c in args.checkpoints if not c.endswith(".onnx")]
         if pts:
