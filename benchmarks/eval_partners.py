@@ -79,7 +79,9 @@ ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "plugins" / "syntk_synapses" / "models"
 NEURONS = ROOT / "plugins" / "syntk_neurons" / "models" / "phantom_affinities.onnx"
 #: development seeds: selection of checkpoints, settings and the main job's assigner
-DEV_SEEDS = set(range(1201, 1209)) | set(range(9091, 9099)) | set(range(9401, 9409))
+#: development seeds (first, last): selection and confirmation, never held-out figures
+DEV_RANGES = ((1201, 1208), (9091, 9098), (9401, 9408))
+DEV_SEEDS = {s for first, last in DEV_RANGES for s in range(first, last + 1)}
 USED_SEEDS = set(range(1001, 1013)) | set(range(1101, 1131)) | DEV_SEEDS
 
 
@@ -415,7 +417,8 @@ def main() -> None:
         return
     if args.checkpoints:
         if not set(args.seeds) <= DEV_SEEDS:
-            raise SystemExit("--checkpoints chooses on development seeds (1201-1208, 9091-9098, 9401-9408)")
+            ranges = ", ".join(f"{first}-{last}" for first, last in DEV_RANGES)
+            raise SystemExit(f"--checkpoints chooses on development seeds ({ranges})")
         onnx = [Path(c) for c in args.checkpoints if c.endswith(".onnx")]
         pts = [c for c in args.checkpoints if not c.endswith(".onnx")]
         if pts:

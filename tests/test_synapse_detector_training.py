@@ -121,6 +121,4 @@ def test_training_continues_from_an_exported_model(tmp_path: Path) -> None:
     np.testing.assert_allclose(outs[0], outs[1], atol=1e-6)
     assert np.abs(outs[0]).max() > 0
     with pytest.raises(ConfigError, match="training.init_from_model"):
-        train_detector(
-            config("c", 0, init_from_model=first["path"], fmaps=3), log=lambda _: None
-        )
+        train_detector(config("c", 0, init_from_model=first["path"], fmaps=3), log=lambda _: None)
