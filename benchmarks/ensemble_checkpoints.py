@@ -32,7 +32,7 @@ class MeanOfNets(nn.Module):
         self.members = nn.ModuleList(members)
         first: Any = members[0]
         self.input_channels = int(getattr(first, "input_channels", first.config.in_channels))
-        self.config = first.config
+        self.config = first.config  # export_model reads config.in_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.stack([m(x) for m in self.members]).mean(dim=0)
@@ -43,11 +43,7 @@ def export_ensemble(checkpoints: Sequence[str | Path], out: str | Path) -> dict[
     ONNX model, with the first checkpoint's metadata (offsets, intensity reference, input
     shape, the training config's ``[domain]``) and ``ensemble_of`` naming every member and its
     iteration. The waterz setting is chosen afterwards, on validation data, for the ensemble."""
-    from synapse_toolkit.nn.export import (
-        export_model,
-        load_checkpoint,
-        training_intensity_reference,
-    )
+    from synapse_toolkit.nn.export import checkpoint_metadata, export_model, load_checkpoint
 
     if not checkpoints:
         raise SyntkError("an ensemble needs at least one checkpoint")
@@ -58,19 +54,13 @@ def export_ensemble(checkpoints: Sequence[str | Path], out: str | Path) -> dict[
             raise SyntkError(f"{path}: not the same architecture as {checkpoints[0]}")
         if ckpt.get("offsets") != first_ckpt.get("offsets"):
             raise SyntkError(f"{path}: predicts other offsets than {checkpoints[0]}")
-    meta: dict[str, Any] = {
-        "offsets": first_ckpt.get("offsets"),
-        "model_config": first_ckpt["model_config"],
-        "ensemble_of": [
-            {"checkpoint": str(p), "iteration": c.get("iteration")}
-            for p, (_n, c) in zip(checkpoints, loaded, strict=True)
-        ],
-    }
-    if first_ckpt.get("train_config"):
-        meta.update(first_ckpt["train_config"].get("domain") or {})
-        reference = training_intensity_reference(first_ckpt["train_config"])
-        if reference is not None:
-            meta["intensity_reference"] = reference
+    meta = checkpoint_metadata(first_ckpt)
+    del meta["iteration"]  # one per member, in ensemble_of
+    meta["ensemble_of"] = [
+        {"checkpoint": str(p), "iteration": c.get("iteration")}
+        for p, (_n, c) in zip(checkpoints, loaded, strict=True)
+    ]
+    meta.update((first_ckpt.get("train_config") or {}).get("domain") or {})
     shape = first_ckpt.get("input_shape")
     if shape is None:
         raise SyntkError(f"{checkpoints[0]}: no input_shape stored")

@@ -152,6 +152,15 @@ def export_checkpoint(
     shape = input_shape or ckpt.get("input_shape")
     if shape is None:
         raise SyntkError(f"{checkpoint}: no input_shape stored; pass one")
+    meta = checkpoint_metadata(ckpt, intensity_reference=intensity_reference)
+    return export_model(net, shape, out_path, metadata=meta)
+
+
+def checkpoint_metadata(
+    ckpt: dict[str, Any], *, intensity_reference: bool = True
+) -> dict[str, Any]:
+    """The ONNX metadata a training checkpoint contributes: offsets, iteration, model config
+    and (with ``intensity_reference``) its training volumes' grey-value quantiles."""
     meta = {
         "offsets": ckpt.get("offsets"),
         "iteration": ckpt.get("iteration"),
@@ -161,7 +170,7 @@ def export_checkpoint(
         reference = training_intensity_reference(ckpt["train_config"])
         if reference is not None:
             meta["intensity_reference"] = reference
-    return export_model(net, shape, out_path, metadata=meta)
+    return meta
 
 
 def update_metadata(
