@@ -295,8 +295,8 @@ def load_training_config(path: str | Path, model: type[M]) -> M:
     raw = read_toml(p, "training config")
     try:
         return model.model_validate(raw)
-    except ValidationError as exc:  # one message with key paths
-        raise ConfigError(f"{p}: {exc}") from exc
+    except ValidationError as exc:
+        raise ConfigError(f"{p}: {format_validation_error(exc)}") from None
 
 
 def config_json_schema() -> dict[str, Any]:

@@ -122,3 +122,27 @@ def test_training_continues_from_an_exported_model(tmp_path: Path) -> None:
     assert np.abs(outs[0]).max() > 0
     with pytest.raises(ConfigError, match="training.init_from_model"):
         train_detector(config("c", 0, init_from_model=first["path"], fmaps=3), log=lambda _: None)
+
+
+def test_training_config_takes_one_starting_point(tmp_path: Path) -> None:
+    """Two ``init_*`` keys in one `[training]` section are refused by name (each would silently
+    overwrite the other's weights); one is accepted."""
+    from synapse_toolkit.config import load_training_config
+    from synapse_toolkit.errors import ConfigError
+    from synapse_toolkit.synapses.train_synful import SynfulTrainConfig
+
+    for model, keys in (
+        (DetectorTrainConfig, ("init_checkpoint", "init_from_model")),
+        (SynfulTrainConfig, ("init_from_model", "init_trunk_from")),
+    ):
+        both = tmp_path / f"{model.__name__}.toml"
+        both.write_text(
+            'kind = "polarity"\n' * (model is DetectorTrainConfig)
+            + "[data]\nphantom_seeds = [1]\n[training]\n"
+            + "".join(f'{k} = "{k}.onnx"\n' for k in keys)
+        )
+        with pytest.raises(ConfigError, match=f"training.{keys[0]} and training.{keys[1]}") as e:
+            load_training_config(both, model)
+        assert str(both) in str(e.value) and "\n" not in str(e.value)
+        both.write_text(both.read_text().rsplit("\n", 2)[0] + "\n")
+        assert getattr(load_training_config(both, model).training, keys[0])

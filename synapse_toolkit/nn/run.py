@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
+
+from pydantic import model_validator
 
 from synapse_toolkit.config import StrictModel
 from synapse_toolkit.errors import ConfigError
@@ -52,6 +54,19 @@ class RunSection(StrictModel):
     log_every: int = 20
     out_dir: str = "runs/train"
     onnx: str | None = None  # where to export (default: <out_dir>/model.onnx)
+
+    @model_validator(mode="after")
+    def _one_starting_point(self) -> Self:
+        """A run starts from at most one of its section's ``init_*`` weights (a checkpoint, an
+        exported model, an exported trunk): each would overwrite what the other loaded."""
+        given = [f"training.{k}" for k in INIT_FIELDS if getattr(self, k, None)]
+        if len(given) > 1:
+            raise ValueError(f"give one starting point, not {' and '.join(given)}")
+        return self
+
+
+#: the ``[training]`` keys that name starting weights (those a section has)
+INIT_FIELDS = ("init_checkpoint", "init_from_model", "init_trunk_from")
 
 
 class TrainingRun:
