@@ -36,7 +36,8 @@ Usage::
 Seeds used by training or selection (refused here for evaluation): 1001-1012 (U-Nets),
 1101-1130 (pruner, synful), 1201-1208 (pruner checkpoint, candidate/cleft/synful settings),
 9091-9098 (held out once, then used to choose synful's checkpoint, settings and the main job's
-assigner), 9401-9408 (confirmed the polarity fine-tune). Held out: 9201-9208 (scored once for
+assigner), 9401-9408 (confirmed the polarity fine-tune), 9601-9608 (judged emsynconn settings for
+proofread segmentations). Held out: 9201-9208 (scored once for
 the synful models), 9301-9308 (scored once after the polarity fine-tune).
 """
 
@@ -63,6 +64,7 @@ from synapse_toolkit.synapses.assigners import (
     assign_geometric,
     cleft_labels,
 )
+from synapse_toolkit.synapses.candidates import CandidateSettings
 from synapse_toolkit.synapses.partners import evaluate_partners
 from synapse_toolkit.synapses.pruning import PrunerONNX
 from synapse_toolkit.synapses.synful import (
@@ -80,7 +82,7 @@ MODELS = ROOT / "plugins" / "syntk_synapses" / "models"
 NEURONS = ROOT / "plugins" / "syntk_neurons" / "models" / "phantom_affinities.onnx"
 #: development seeds: selection of checkpoints, settings and the main job's assigner
 #: development seeds (first, last): selection and confirmation, never held-out figures
-DEV_RANGES = ((1201, 1208), (9091, 9098), (9401, 9408))
+DEV_RANGES = ((1201, 1208), (9091, 9098), (9401, 9408), (9601, 9608))
 DEV_SEEDS = {s for first, last in DEV_RANGES for s in range(first, last + 1)}
 USED_SEEDS = set(range(1001, 1013)) | set(range(1101, 1131)) | DEV_SEEDS
 
@@ -328,6 +330,7 @@ def tune(volumes: list[dict[str, Any]]) -> dict[str, Any]:
 def evaluate_all(
     volumes: list[dict[str, Any]], pruner: PrunerONNX, vector: SynfulSettings,
     direction: SynfulSettings, combined: SynfulSettings,
+    emsynconn: EMSynConnSettings | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     acc: dict[str, list[dict[str, Any]]] = {}
     errors: dict[str, dict[str, int]] = {}
@@ -341,7 +344,7 @@ def evaluate_all(
                     v["synful"], seg, grid, direction, v["clefts"]
                 ),
                 "emsynconn + pruning CNN": assign_emsynconn(
-                    v["raw"], v["proximity"], seg, grid, pruner, EMSynConnSettings()
+                    v["raw"], v["proximity"], seg, grid, pruner, emsynconn or EMSynConnSettings()
                 ),
                 "geometric baseline": assign_geometric(v["clefts"], v["proximity"], seg, grid),
             }
@@ -401,6 +404,9 @@ def main() -> None:
                     help="allow development seeds (selection, not held-out)")  # fmt: skip
     ap.add_argument("--settings", default=None,
                     help="JSON written by --tune (default: the stage defaults)")  # fmt: skip
+    ap.add_argument("--emsynconn", type=float, nargs=4, default=None,
+                    metavar=("THRESHOLD", "MIN_VOXELS", "MAX_GAP_NM", "PRUNE_THRESHOLD"),
+                    help="candidate + pruning settings (default: the stage's)")  # fmt: skip
     ap.add_argument("--only-predict", action="store_true",
                     help="fill the caches of the non-synful predictions, then stop")  # fmt: skip
     args = ap.parse_args()
@@ -439,7 +445,12 @@ def main() -> None:
             direction = SynfulSettings(**best["direction"])
             combined = SynfulSettings(**best["union"])
         print(f"synful: {vector}\ndirection head: {direction}\ncombined: {combined}")
-        results = evaluate_all(volumes, PrunerONNX(args.pruner), vector, direction, combined)
+        ems = None
+        if args.emsynconn:
+            thr, min_voxels, gap, prune = args.emsynconn
+            ems = EMSynConnSettings(CandidateSettings(thr, int(min_voxels), gap), prune)
+        print(f"emsynconn: {ems or EMSynConnSettings()}")
+        results = evaluate_all(volumes, PrunerONNX(args.pruner), vector, direction, combined, ems)
         n_true = sum(len(v["data"].annotations.partners) for v in volumes)
         print(f"\nCREMI partner F on phantom seeds {args.seeds} ({n_true} true pairs; pooled)")
         print(f"{'assigner | segmentation':50s}{'F':>7s}{'P':>7s}{'R':>7s}{'TP':>5s}{'FP':>5s}"
