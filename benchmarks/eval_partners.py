@@ -37,8 +37,8 @@ Seeds used by training or selection (refused here for evaluation): 1001-1012 (U-
 1101-1130 (pruner, synful), 1201-1208 (pruner checkpoint, candidate/cleft/synful settings),
 9091-9098 (held out once, then used to choose synful's checkpoint, settings and the main job's
 assigner), 9401-9408 (confirmed the polarity fine-tune), 9601-9608 (judged emsynconn settings for
-proofread segmentations). Held out: 9201-9208 (scored once for
-the synful models), 9301-9308 (scored once after the polarity fine-tune).
+proofread segmentations). Held out: 9201-9208 (scored once for the synful models), 9301-9308
+(scored once after the polarity fine-tune).
 """
 
 from __future__ import annotations
@@ -80,7 +80,6 @@ from synapse_toolkit.synapses.train_pruner import SegmentationSource, predicted_
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "plugins" / "syntk_synapses" / "models"
 NEURONS = ROOT / "plugins" / "syntk_neurons" / "models" / "phantom_affinities.onnx"
-#: development seeds: selection of checkpoints, settings and the main job's assigner
 #: development seeds (first, last): selection and confirmation, never held-out figures
 DEV_RANGES = ((1201, 1208), (9091, 9098), (9401, 9408), (9601, 9608))
 DEV_SEEDS = {s for first, last in DEV_RANGES for s in range(first, last + 1)}

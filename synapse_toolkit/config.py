@@ -180,6 +180,8 @@ def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
         msg = "unknown key"
     elif err["type"] == "missing":
         msg = "required key is missing"
+    elif err["type"] == "value_error" and "error" in err.get("ctx", {}):
+        msg = str(err["ctx"]["error"])  # a validator's own words, without pydantic's prefix
     return f"{path}: {msg}" if path else msg
 
 
