@@ -447,7 +447,9 @@ def main() -> None:
         ems = None
         if args.emsynconn:
             thr, min_voxels, gap, prune = args.emsynconn
-            ems = EMSynConnSettings(CandidateSettings(thr, int(min_voxels), gap), prune)
+            candidates = CandidateSettings(threshold=thr, min_voxels=int(min_voxels),
+                                           max_gap_nm=gap)  # fmt: skip
+            ems = EMSynConnSettings(candidates=candidates, prune_threshold=prune)
         print(f"emsynconn: {ems or EMSynConnSettings()}")
         results = evaluate_all(volumes, PrunerONNX(args.pruner), vector, direction, combined, ems)
         n_true = sum(len(v["data"].annotations.partners) for v in volumes)
