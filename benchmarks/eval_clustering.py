@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from synapse_toolkit.evaluation.phantom_seeds import check_report_seeds
 from synapse_toolkit.metrics.clustering import match_nearest, score_clustering
 from synapse_toolkit.synapses.clustering import PatchEncoder, choose_k, kmeans, pca_codes
 from synapse_toolkit.synapses.patches import PatchSpec, extract_patches, synapse_sites
@@ -42,8 +43,6 @@ from synapse_toolkit.synapses.train_cluster_encoder import phantom_synapses
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "plugins" / "syntk_synapses" / "models"
-#: seeds used to train (2001-2012) and select (2101-2108) the shipped encoders
-USED_SEEDS = set(range(2001, 2013)) | set(range(2101, 2109))
 #: the site-oriented patches of the first encoders, for the second PCA baseline
 SITE_SPEC = PatchSpec((200.0, 512.0, 512.0), (40.0, 8.0, 8.0))
 
@@ -174,9 +173,7 @@ def main() -> None:
     ap.add_argument("--cache", default=str(ROOT / "runs" / "cluster-eval-cache"))
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    bad = USED_SEEDS & set(args.seeds)
-    if bad:
-        raise SystemExit(f"seeds {sorted(bad)} were used in training or selection")
+    check_report_seeds(args.seeds, family="clustering")
     import torch
 
     torch.set_num_threads(1)

@@ -24,6 +24,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from synapse_toolkit.evaluation.phantom_seeds import check_selection_seeds
+
 ROOT = Path(__file__).resolve().parents[1]
 SYNTK = str(Path(sys.executable).parent / "syntk")
 
@@ -59,6 +61,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--work", type=Path, help="keep the runs here (default: a temporary folder)")
     args = ap.parse_args()
+    check_selection_seeds(args.seeds)  # a variant is compared to choose it
     work = args.work or Path(tempfile.mkdtemp(prefix="syntk-variant-"))
     work.mkdir(parents=True, exist_ok=True)
     rows: dict[str, dict[str, dict[str, float]]] = {}

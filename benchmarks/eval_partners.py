@@ -33,12 +33,9 @@ Usage::
         --train-config examples/train/synful_continue.toml \\
         --checkpoints runs/train-synful-2/it*.pt --json runs/synful-checkpoints.json
 
-Seeds used by training or selection (refused here for evaluation): 1001-1012 (U-Nets),
-1101-1130 (pruner, synful), 1201-1208 (pruner checkpoint, candidate/cleft/synful settings),
-9091-9098 (held out once, then used to choose synful's checkpoint, settings and the main job's
-assigner), 9401-9408 (confirmed the polarity fine-tune), 9601-9608 (judged emsynconn settings for
-proofread segmentations). Held out: 9201-9208 (scored once for the synful models), 9301-9308
-(scored once after the polarity fine-tune).
+Seeds: ``--tune`` and ``--checkpoints`` read development seeds only, a table refuses seeds seen in
+training or selection (development ones with ``--dev``); the roles of every phantom seed are in
+:mod:`synapse_toolkit.evaluation.phantom_seeds`.
 """
 
 from __future__ import annotations
@@ -54,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from synapse_toolkit.data import PartnerTable, Volume
+from synapse_toolkit.evaluation.phantom_seeds import check_report_seeds, check_selection_seeds
 from synapse_toolkit.fsio import sha256_file
 from synapse_toolkit.inference.fragments import distance_parameters
 from synapse_toolkit.inference.onnx_model import OnnxModel
@@ -80,10 +78,6 @@ from synapse_toolkit.synapses.train_pruner import SegmentationSource, predicted_
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "plugins" / "syntk_synapses" / "models"
 NEURONS = ROOT / "plugins" / "syntk_neurons" / "models" / "phantom_affinities.onnx"
-#: development seeds (first, last): selection and confirmation, never held-out figures
-DEV_RANGES = ((1201, 1208), (9091, 9098), (9401, 9408), (9601, 9608))
-DEV_SEEDS = {s for first, last in DEV_RANGES for s in range(first, last + 1)}
-USED_SEEDS = set(range(1001, 1013)) | set(range(1101, 1131)) | DEV_SEEDS
 
 
 def _cached(path: Path, make: Any) -> np.ndarray:
@@ -409,10 +403,10 @@ def main() -> None:
     ap.add_argument("--only-predict", action="store_true",
                     help="fill the caches of the non-synful predictions, then stop")  # fmt: skip
     args = ap.parse_args()
-    dev_ok = args.dev and set(args.seeds) <= DEV_SEEDS
-    if not (args.tune or args.checkpoints or dev_ok) and USED_SEEDS & set(args.seeds):
-        raise SystemExit(f"seeds {sorted(USED_SEEDS & set(args.seeds))} were used in training "
-                         "or selection")  # fmt: skip
+    if args.tune or args.checkpoints:
+        check_selection_seeds(args.seeds)
+    else:
+        check_report_seeds(args.seeds, allow_development=args.dev)
     t0 = time.time()
     volumes = []
     for seed in args.seeds:
@@ -421,9 +415,6 @@ def main() -> None:
     if args.only_predict:
         return
     if args.checkpoints:
-        if not set(args.seeds) <= DEV_SEEDS:
-            ranges = ", ".join(f"{first}-{last}" for first, last in DEV_RANGES)
-            raise SystemExit(f"--checkpoints chooses on development seeds ({ranges})")
         onnx = [Path(c) for c in args.checkpoints if c.endswith(".onnx")]
         pts = [c for c in args.checkpoints if not c.endswith(".onnx")]
         if pts:

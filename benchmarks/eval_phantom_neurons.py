@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 from syntk_neurons.stages import AffinityDetector, WaterzAgglomerator
 
+from synapse_toolkit.evaluation.phantom_seeds import check_report_seeds
 from synapse_toolkit.io.cremi import read_cremi
 from synapse_toolkit.stages import StageContext
 from synapse_toolkit.synapses.train_detectors import phantom_file
 
 ROOT = Path(__file__).resolve().parents[1]
-TRAINING_SEEDS = {2001, 2002, 2003, 2004}
 SHIPPED = ROOT / "plugins" / "syntk_neurons" / "models" / "phantom_affinities.onnx"
 
 
@@ -53,10 +53,11 @@ def main() -> None:
     ap.add_argument("--thresholds", type=float, nargs="+",
                     default=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])  # fmt: skip
     ap.add_argument("--tta", action="store_true", help="average the 8 mirrorings")
+    ap.add_argument("--dev", action="store_true",
+                    help="allow development seeds (selection, not held-out)")  # fmt: skip
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    if TRAINING_SEEDS & set(args.seeds):
-        raise SystemExit(f"seeds {sorted(TRAINING_SEEDS & set(args.seeds))} were used in training")
+    check_report_seeds(args.seeds, allow_development=args.dev)
     results = {}
     for model in args.models:
         per_seed = {s: sweep(Path(model), s, args.cache, args.thresholds, args.scoring, args.tta)

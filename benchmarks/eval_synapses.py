@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from synapse_toolkit.evaluation.phantom_seeds import check_report_seeds
 from synapse_toolkit.inference.onnx_model import OnnxModel
 from synapse_toolkit.io.cremi import read_cremi
 from synapse_toolkit.metrics.cremi_clefts import score_clefts
@@ -55,7 +56,6 @@ from synapse_toolkit.synapses.train_pruner import (
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "plugins" / "syntk_synapses" / "models"
-TRAINING_SEEDS = set(range(1001, 1013)) | set(range(1101, 1131)) | set(range(1201, 1209))
 
 
 def _noise_seed(seed: int) -> int:
@@ -201,9 +201,7 @@ def main() -> None:
     ap.add_argument("--align-seeds", type=int, nargs="*", default=[3001, 3002, 3003])
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
-    bad = TRAINING_SEEDS & set(args.seeds)
-    if bad:
-        raise SystemExit(f"seeds {sorted(bad)} were used in training")
+    check_report_seeds(args.seeds)
     t0 = time.time()
     pol = OnnxModel(args.polarity)
     clf = OnnxModel(args.clefts) if Path(args.clefts).exists() else None

@@ -26,13 +26,13 @@ from syntk_neurons.stages import AffinityDetector
 
 from synapse_toolkit.evaluation import fib
 from synapse_toolkit.evaluation.isbi import fragment_grid
+from synapse_toolkit.evaluation.phantom_seeds import check_report_seeds, check_selection_seeds
 from synapse_toolkit.io.cremi import read_cremi
 from synapse_toolkit.stages import StageContext
 from synapse_toolkit.synapses.train_detectors import phantom_file
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "plugins" / "syntk_neurons" / "models" / "phantom_affinities.onnx"
-TRAINING_SEEDS = {2001, 2002, 2003, 2004}
 SCORINGS = ("quantile75", "quantile50", "mean")
 THRESHOLDS = [round(0.1 * i, 1) for i in range(1, 10)]
 STORED: dict[str, Any] = {
@@ -89,9 +89,8 @@ def main() -> None:
     ap.add_argument("--cache", default=str(ROOT / "runs" / "phantom-cache"))
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    used = (TRAINING_SEEDS & set(args.dev + args.test)) | (set(args.dev) & set(args.test))
-    if used:
-        raise SystemExit(f"seeds {sorted(used)} are training seeds or in both --dev and --test")
+    check_selection_seeds(args.dev)
+    check_report_seeds(args.test)
     settings = fragment_grid()
     dev_rows = []
     for seed in args.dev:

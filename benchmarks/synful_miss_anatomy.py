@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from eval_partners import DEV_SEEDS, _score, add_prediction_arguments, predictions
+from eval_partners import _score, add_prediction_arguments, predictions
 
+from synapse_toolkit.evaluation.phantom_seeds import check_selection_seeds
 from synapse_toolkit.metrics.cremi_partners import lookup_labels, pair_locations
 from synapse_toolkit.phantom.store import read_phantom_truth
 from synapse_toolkit.synapses.synful import TUNED_DEFAULTS, SynfulSettings, extract_partners
@@ -102,9 +103,7 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     add_prediction_arguments(ap)
     args = ap.parse_args()
-    outside = sorted(set(args.seeds) - DEV_SEEDS)
-    if outside:
-        raise SystemExit(f"--seeds: {outside} are not development seeds (held-out stay unread)")
+    check_selection_seeds(args.seeds)  # an analysis that guides the next choice
     rows = [r for seed in args.seeds for r in seed_rows(seed, args)]
     result = {"seeds": args.seeds, "settings": TUNED_DEFAULTS["vector"], "summary": summary(rows),
               "pairs": rows}  # fmt: skip

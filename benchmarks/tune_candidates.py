@@ -1,9 +1,9 @@
 """Tune the EMSynConn candidate and pruning settings on phantom *tuning* seeds.
 
-Tuning seeds (default 1203-1208) are development seeds: disjoint from the seeds the networks
-are trained on (1001-1012 U-Nets, 1101-1130 pruner) and from the evaluation seeds of
-``eval_synapses.py`` (3001+), so the settings chosen here can be reported on the evaluation
-seeds without selection bias. (1201-1208 also select the pruner's checkpoint.)
+Tuning seeds (default 1203-1208) must be development seeds
+(:mod:`synapse_toolkit.evaluation.phantom_seeds`): disjoint from the seeds the networks are trained
+on and from the held-out seeds, so the settings chosen here can be reported on held-out seeds
+without selection bias.
 
 For every combination of proximity threshold, minimum component size and maximum gap it builds
 the candidates once with the U-Net proximity and the ground-truth segmentation, scores them with
@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from synapse_toolkit.evaluation.phantom_seeds import check_selection_seeds
 from synapse_toolkit.inference.onnx_model import OnnxModel
 from synapse_toolkit.io.cremi import read_cremi
 from synapse_toolkit.synapses.candidates import CandidateSettings, find_candidates
@@ -36,7 +37,6 @@ from synapse_toolkit.synapses.train_pruner import SegmentationSource, predicted_
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "plugins" / "syntk_synapses" / "models"
-FORBIDDEN = set(range(1001, 1013)) | set(range(1101, 1131)) | {1201, 1202} | set(range(3001, 3100))
 
 
 def main() -> None:
@@ -56,9 +56,7 @@ def main() -> None:
     ap.add_argument("--neuron-tta", action="store_true", help="with 8-mirroring TTA affinities")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    bad = FORBIDDEN & set(args.seeds)
-    if bad:
-        raise SystemExit(f"seeds {sorted(bad)} are training or evaluation seeds")
+    check_selection_seeds(args.seeds)
     t0 = time.time()
     pol = OnnxModel(args.polarity)
     pruner = PrunerONNX(args.pruner)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from synapse_toolkit.evaluation.phantom_seeds import check_selection_seeds
 from synapse_toolkit.inference.onnx_model import OnnxModel
 from synapse_toolkit.io.cremi import read_cremi
 from synapse_toolkit.metrics.cremi_clefts import score_clefts
@@ -24,7 +25,6 @@ from synapse_toolkit.synapses.targets import Grid
 from synapse_toolkit.synapses.train_detectors import phantom_file
 
 ROOT = Path(__file__).resolve().parents[1]
-FORBIDDEN = set(range(1001, 1013)) | set(range(3001, 3100))
 
 
 def main() -> None:
@@ -35,8 +35,7 @@ def main() -> None:
     ap.add_argument("--thresholds", type=float, nargs="+", default=[0.5, 0.6, 0.7, 0.8, 0.9])
     ap.add_argument("--min-voxels", type=int, nargs="+", default=[200, 500, 1000])
     args = ap.parse_args()
-    if FORBIDDEN & set(args.seeds):
-        raise SystemExit(f"seeds {sorted(FORBIDDEN & set(args.seeds))} are training/evaluation")
+    check_selection_seeds(args.seeds)
     model = OnnxModel(args.clefts)
     volumes = []
     for seed in args.seeds:
