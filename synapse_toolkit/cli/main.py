@@ -20,7 +20,7 @@ COMMAND_GROUPS: list[tuple[str, str, str]] = [
     ("export", "export", "Export trained networks (ONNX)."),
     ("datasets", "datasets", "List, fetch and verify registry datasets and models."),
     ("phantom", "phantom", "Generate synthetic EM and calcium data with full ground truth."),
-    ("train-synapses", "train_synapses", "Train the synapse models: clefts, polarity, pruner."),
+    ("train-synapses", "train_synapses", "Train synapse models: clefts, polarity, pruner, synful."),
     ("score", "score", "Score predictions against ground truth (CREMI, neurofinder, overlap)."),
     ("evaluate", "evaluate", "Evaluate shipped models against classical baselines."),
     ("report", "report", "Write a run's visual report (HTML + PNGs)."),
