@@ -1,0 +1,122 @@
+"""Two parameter-free ways for synful's rows to help EMSynConn's, on development seeds.
+
+- **orient**: an EMSynConn row (A -> B) is flipped when synful reports B -> A for that segment
+  pair and not A -> B (for EMSynConn's reversed partners);
+- **fill**: EMSynConn's rows plus synful's rows whose post site is farther than ``--fill-nm``
+  from every EMSynConn post site (synful only where EMSynConn found no synapse);
+
+beside EMSynConn (+ pruning CNN) and the plain union, with the ground-truth and the predicted
+segmentation; pooled CREMI partner F and the error kinds of ``eval_partners.error_kinds``.
+Predictions come from ``eval_partners.predictions`` (same caches). Development seeds only.
+
+    python benchmarks/partner_combinations.py --seeds 1201 ... 1208 9091 ... 9098 \\
+        9401 ... 9408 9601 ... 9608 --json benchmarks/results/partner_combinations_dev.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from eval_partners import (
+    MODELS,
+    _pooled,
+    _score,
+    add_prediction_arguments,
+    error_kinds,
+    predictions,
+)
+
+from synapse_toolkit.data import PartnerTable
+from synapse_toolkit.evaluation.phantom_seeds import check_selection_seeds
+from synapse_toolkit.synapses.assigners import EMSynConnSettings, assign_emsynconn
+from synapse_toolkit.synapses.pruning import PrunerONNX
+from synapse_toolkit.synapses.synful import (
+    TUNED_DEFAULTS,
+    SynfulSettings,
+    extract_partners,
+    union,
+)
+
+
+def orient(table: PartnerTable, reference: PartnerTable) -> tuple[PartnerTable, int]:
+    """``table`` with each row flipped whose segment pair ``reference`` has only the other way
+    round; and how many were flipped."""
+    pairs = set(zip(reference.pre_segment.tolist(), reference.post_segment.tolist(), strict=True))
+    flip = np.array(
+        [(b, a) in pairs and (a, b) not in pairs
+         for a, b in zip(table.pre_segment.tolist(), table.post_segment.tolist(), strict=True)],
+        dtype=bool,
+    )  # fmt: skip
+    if not flip.any():
+        return table, 0
+    return dataclasses.replace(
+        table,
+        pre_nm=np.where(flip[:, None], table.post_nm, table.pre_nm),
+        post_nm=np.where(flip[:, None], table.pre_nm, table.post_nm),
+        pre_segment=np.where(flip, table.post_segment, table.pre_segment),
+        post_segment=np.where(flip, table.pre_segment, table.post_segment),
+    ), int(flip.sum())
+
+
+def fill(table: PartnerTable, extra: PartnerTable, distance_nm: float) -> PartnerTable:
+    """``table``'s rows plus ``extra``'s rows whose post site lies farther than ``distance_nm``
+    from every post site of ``table`` (joined by :func:`union`)."""
+    if len(table) and len(extra):
+        gap = np.linalg.norm(extra.post_nm[:, None] - table.post_nm[None], axis=2).min(axis=1)
+        extra = extra.select(gap > distance_nm)
+    return union(table, extra)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", type=int, nargs="+", required=True)
+    ap.add_argument("--fill-nm", type=float, default=400.0, help="(the de-duplication distance)")
+    ap.add_argument("--json", default=None)
+    add_prediction_arguments(ap)
+    args = ap.parse_args()
+    check_selection_seeds(args.seeds)
+    pruner = PrunerONNX(str(MODELS / "pruner.onnx"))
+    vector = SynfulSettings(**TUNED_DEFAULTS["vector"])
+    rows: dict[str, list[dict[str, Any]]] = {}
+    errors: dict[str, dict[str, int]] = {}
+    flipped = {"gt_seg": 0, "pred_seg": 0}
+    for seed in args.seeds:
+        v = predictions(seed, args)
+        for seg_key in ("gt_seg", "pred_seg"):
+            seg = v[seg_key]
+            ems = assign_emsynconn(v["raw"], v["proximity"], seg, v["grid"], pruner,
+                                   EMSynConnSettings())  # fmt: skip
+            syn = extract_partners(v["synful"], seg, v["grid"], vector, v["clefts"])
+            oriented, n = orient(ems, syn)
+            flipped[seg_key] += n
+            tables = {"emsynconn + pruning CNN": ems, "orient": oriented,
+                      "fill": fill(ems, syn, args.fill_nm), "union": union(ems, syn)}  # fmt: skip
+            for name, table in tables.items():
+                key = f"{name} | {seg_key}"
+                sc = _score(table, v)
+                rows.setdefault(key, []).append(sc)
+                kinds = error_kinds(table, v["data"].annotations, v["data"].neuron_ids, seg,
+                                    sc["matches"])  # fmt: skip
+                tot = errors.setdefault(key, dict.fromkeys(kinds, 0))
+                for k, c in kinds.items():
+                    tot[k] += c
+        print(f"seed {seed}", flush=True)
+    out: dict[str, Any] = {"seeds": args.seeds, "fill_nm": args.fill_nm, "flipped": flipped}
+    for key, r in rows.items():
+        p = _pooled(r)
+        out[key] = {k: p[k] for k in ("fscore", "precision", "recall", "tp", "fp", "fn")}
+        out[key]["errors"] = errors[key]
+        print(f"{key:36s} F {p['fscore']:.3f} P {p['precision']:.3f} R {p['recall']:.3f} "
+              f"{p['tp']:.0f}/{p['fp']:.0f}/{p['fn']:.0f} {errors[key]}")  # fmt: skip
+    print(f"rows flipped: {flipped}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
