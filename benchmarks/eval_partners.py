@@ -320,6 +320,20 @@ def tune(volumes: list[dict[str, Any]]) -> dict[str, Any]:
     return {"best": {k: dataclasses.asdict(v) for k, v in best.items()}, "log": log}
 
 
+def tally(
+    key: str, table: PartnerTable, v: dict[str, Any], seg: np.ndarray,
+    acc: dict[str, list[dict[str, Any]]], errors: dict[str, dict[str, int]],
+) -> None:  # fmt: skip
+    """Score ``table`` on volume ``v`` into ``acc[key]`` and add its error kinds to
+    ``errors[key]``."""
+    sc = _score(table, v)
+    acc.setdefault(key, []).append(sc)
+    kinds = error_kinds(table, v["data"].annotations, v["data"].neuron_ids, seg, sc["matches"])
+    tot = errors.setdefault(key, dict.fromkeys(kinds, 0))
+    for k, n in kinds.items():
+        tot[k] += n
+
+
 def evaluate_all(
     volumes: list[dict[str, Any]], pruner: PrunerONNX, vector: SynfulSettings,
     direction: SynfulSettings, combined: SynfulSettings,
@@ -352,14 +366,7 @@ def evaluate_all(
                 tables["synful"], tables["emsynconn + pruning CNN"]
             )
             for name, table in tables.items():
-                key = f"{name} | {seg_name}"
-                sc = _score(table, v)
-                acc.setdefault(key, []).append(sc)
-                kinds = error_kinds(table, v["data"].annotations, v["data"].neuron_ids, seg,
-                                    sc["matches"])  # fmt: skip
-                tot = errors.setdefault(key, dict.fromkeys(kinds, 0))
-                for k, n in kinds.items():
-                    tot[k] += n
+                tally(f"{name} | {seg_name}", table, v, seg, acc, errors)
     return {key: {**_pooled(rows), "errors": errors[key]} for key, rows in acc.items()}
 
 

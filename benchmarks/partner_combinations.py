@@ -25,10 +25,9 @@ import numpy as np
 from eval_partners import (
     MODELS,
     _pooled,
-    _score,
     add_prediction_arguments,
-    error_kinds,
     predictions,
+    tally,
 )
 
 from synapse_toolkit.data import PartnerTable
@@ -97,14 +96,7 @@ def main() -> None:
             tables = {"emsynconn + pruning CNN": ems, "orient": oriented,
                       "fill": fill(ems, syn, args.fill_nm), "union": union(ems, syn)}  # fmt: skip
             for name, table in tables.items():
-                key = f"{name} | {seg_key}"
-                sc = _score(table, v)
-                rows.setdefault(key, []).append(sc)
-                kinds = error_kinds(table, v["data"].annotations, v["data"].neuron_ids, seg,
-                                    sc["matches"])  # fmt: skip
-                tot = errors.setdefault(key, dict.fromkeys(kinds, 0))
-                for k, c in kinds.items():
-                    tot[k] += c
+                tally(f"{name} | {seg_key}", table, v, seg, rows, errors)
         print(f"seed {seed}", flush=True)
     out: dict[str, Any] = {"seeds": args.seeds, "fill_nm": args.fill_nm, "flipped": flipped}
     for key, r in rows.items():
