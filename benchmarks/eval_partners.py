@@ -63,7 +63,7 @@ from synapse_toolkit.synapses.assigners import (
     cleft_labels,
 )
 from synapse_toolkit.synapses.candidates import CandidateSettings
-from synapse_toolkit.synapses.partners import evaluate_partners
+from synapse_toolkit.synapses.partners import deduplicate_by, evaluate_partners
 from synapse_toolkit.synapses.pruning import PrunerONNX
 from synapse_toolkit.synapses.synful import (
     TUNED_DEFAULTS,
@@ -109,12 +109,18 @@ def predictions(seed: int, args: argparse.Namespace, synful: bool = True) -> dic
     )
     out["clefts"] = _cached(key("clefts", args.clefts), lambda: cleft_labels(
         OnnxModel(args.clefts).predict(raw)[0], grid, 0.9, 200))  # fmt: skip
-    frags = (("method", "distance_2d"), *distance_parameters({}).items()
-             ) if args.fragments == "distance_2d" else ()  # fmt: skip
-    seg_key = "segmentation-tta-q75-0.5" + ("-d2d" if frags else "")
-    out["pred_seg"] = _cached(key(seg_key, args.neuron_model), lambda: (
-        predicted_segmentation(raw, SegmentationSource(str(args.neuron_model), 0.5, "quantile75",
-                                                       tta=True, fragments=frags))))  # fmt: skip
+
+    def segmentation(fragments: str) -> np.ndarray:
+        frags = (("method", "distance_2d"), *distance_parameters({}).items()
+                 ) if fragments == "distance_2d" else ()  # fmt: skip
+        seg_key = "segmentation-tta-q75-0.5" + ("-d2d" if frags else "")
+        return _cached(key(seg_key, args.neuron_model), lambda: predicted_segmentation(
+            raw, SegmentationSource(str(args.neuron_model), 0.5, "quantile75", tta=True,
+                                    fragments=frags)))  # fmt: skip
+
+    out["pred_seg"] = segmentation(args.fragments)
+    # the main job's `segment` (distance-seeded fragments), coarser than its `partner_segment`
+    out["main_seg"] = segmentation("distance_2d")
     if synful:
         out["synful"] = _cached(key("synful", args.synful),
                                 lambda: OnnxModel(args.synful).predict(raw))  # fmt: skip
@@ -364,6 +370,15 @@ def evaluate_all(
             )
             tables["synful confirmed by emsynconn"] = confirmed(
                 tables["synful"], tables["emsynconn + pruning CNN"]
+            )
+            # the main job: synful de-duplicated by its coarser `segment` (the truth: itself)
+            coarse = v["main_seg"] if seg_key == "pred_seg" else seg
+            tables["synful + main-segmentation de-duplication"] = deduplicate_by(
+                tables["synful"], Volume(coarse, grid.voxel_size_nm, grid.offset_nm)
+            )
+            dropped = dataclasses.replace(vector, rejoin_small_pieces=False)
+            tables["synful, small split pieces dropped"] = extract_partners(
+                v["synful"], seg, grid, dropped, v["clefts"]
             )
             for name, table in tables.items():
                 tally(f"{name} | {seg_name}", table, v, seg, acc, errors)

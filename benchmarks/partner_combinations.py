@@ -1,9 +1,16 @@
-"""Two parameter-free ways for synful's rows to help EMSynConn's, on development seeds.
+"""Ways for synful's rows and EMSynConn's to help each other, on development seeds.
 
 - **orient**: an EMSynConn row (A -> B) is flipped when synful reports B -> A for that segment
   pair and not A -> B (for EMSynConn's reversed partners);
 - **fill**: EMSynConn's rows plus synful's rows whose post site is farther than ``--fill-nm``
   from every EMSynConn post site (synful only where EMSynConn found no synapse);
+- **vote**: EMSynConn's rows plus the candidates its pruning CNN rejected whose segment pair
+  synful reports with a post site within 400 nm;
+- **more posts**: EMSynConn's rows plus synful's rows that share an EMSynConn row's pre segment
+  with post sites within 400 nm, for segment pairs EMSynConn does not have (polyadic synapses);
+- synful with small split pieces dropped or rejoined (``rejoin_small_pieces``), each with and
+  without de-duplication by the main job's coarser ``segment``
+  (:func:`~synapse_toolkit.synapses.partners.deduplicate_by`; the last is the main job's);
 
 beside EMSynConn (+ pruning CNN) and the plain union, with the ground-truth and the predicted
 segmentation; pooled CREMI partner F and the error kinds of ``eval_partners.error_kinds``.
@@ -30,9 +37,10 @@ from eval_partners import (
     tally,
 )
 
-from synapse_toolkit.data import PartnerTable
+from synapse_toolkit.data import PartnerTable, Volume
 from synapse_toolkit.evaluation.phantom_seeds import check_selection_seeds
 from synapse_toolkit.synapses.assigners import EMSynConnSettings, assign_emsynconn
+from synapse_toolkit.synapses.partners import deduplicate_by
 from synapse_toolkit.synapses.pruning import PrunerONNX
 from synapse_toolkit.synapses.synful import (
     TUNED_DEFAULTS,
@@ -71,6 +79,31 @@ def fill(table: PartnerTable, extra: PartnerTable, distance_nm: float) -> Partne
     return union(table, extra)
 
 
+def vote(table: PartnerTable, rejected: PartnerTable, reference: PartnerTable) -> PartnerTable:
+    """``table``'s rows plus the ``rejected`` rows whose segment pair ``reference`` reports with a
+    post site within 400 nm (joined by :func:`union`)."""
+    keep = np.zeros(len(rejected), bool)
+    for i in range(len(rejected)):
+        same = (reference.pre_segment == rejected.pre_segment[i]) & (
+            reference.post_segment == rejected.post_segment[i])  # fmt: skip
+        near = np.linalg.norm(reference.post_nm - rejected.post_nm[i], axis=1) <= 400.0
+        keep[i] = bool((same & near).any())
+    return union(table, rejected.select(keep))
+
+
+def more_posts(table: PartnerTable, extra: PartnerTable) -> PartnerTable:
+    """``table``'s rows plus ``extra``'s rows whose pre segment is that of a ``table`` row with
+    a post site within 400 nm, for segment pairs ``table`` does not have (joined by
+    :func:`union`)."""
+    pairs = set(zip(table.pre_segment.tolist(), table.post_segment.tolist(), strict=True))
+    keep = np.zeros(len(extra), bool)
+    for i in range(len(extra)):
+        near = np.linalg.norm(table.post_nm - extra.post_nm[i], axis=1) <= 400.0
+        same_pre = bool((near & (table.pre_segment == extra.pre_segment[i])).any())
+        keep[i] = same_pre and (int(extra.pre_segment[i]), int(extra.post_segment[i])) not in pairs
+    return union(table, extra.select(keep))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", required=True)
@@ -81,6 +114,7 @@ def main() -> None:
     check_selection_seeds(args.seeds)
     pruner = PrunerONNX(str(MODELS / "pruner.onnx"))
     vector = SynfulSettings(**TUNED_DEFAULTS["vector"])
+    plain = dataclasses.replace(vector, rejoin_small_pieces=False)
     rows: dict[str, list[dict[str, Any]]] = {}
     errors: dict[str, dict[str, int]] = {}
     flipped = {"gt_seg": 0, "pred_seg": 0}
@@ -90,11 +124,24 @@ def main() -> None:
             seg = v[seg_key]
             ems = assign_emsynconn(v["raw"], v["proximity"], seg, v["grid"], pruner,
                                    EMSynConnSettings())  # fmt: skip
+            unpruned = assign_emsynconn(v["raw"], v["proximity"], seg, v["grid"], pruner,
+                                        EMSynConnSettings(prune_threshold=-1.0))  # fmt: skip
             syn = extract_partners(v["synful"], seg, v["grid"], vector, v["clefts"])
+            dropped = extract_partners(v["synful"], seg, v["grid"], plain, v["clefts"])
             oriented, n = orient(ems, syn)
             flipped[seg_key] += n
+            coarse = Volume(v["main_seg"] if seg_key == "pred_seg" else seg,
+                            v["grid"].voxel_size_nm, v["grid"].offset_nm)  # fmt: skip
             tables = {"emsynconn + pruning CNN": ems, "orient": oriented,
-                      "fill": fill(ems, syn, args.fill_nm), "union": union(ems, syn)}  # fmt: skip
+                      "fill": fill(ems, syn, args.fill_nm), "union": union(ems, syn),
+                      "vote": vote(ems, unpruned.select(unpruned.score <= 0.5), syn),
+                      "more posts": more_posts(ems, syn),
+                      "synful, small split pieces dropped": dropped,
+                      "synful, dropped + main-segmentation de-duplication":
+                          deduplicate_by(dropped, coarse),
+                      "synful (pieces rejoined)": syn,
+                      "synful + main-segmentation de-duplication (main job)":
+                          deduplicate_by(syn, coarse)}  # fmt: skip
             for name, table in tables.items():
                 tally(f"{name} | {seg_key}", table, v, seg, rows, errors)
         print(f"seed {seed}", flush=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import h5py
@@ -77,6 +78,17 @@ def test_deduplicate_keeps_best_of_same_segment_pair() -> None:
     # the shifted copies go; P07 itself has two pairs repeating a segment pair nearby
     assert len(kept) == len(deduplicate(table, 400.0)) == 9 and np.all(kept.score == 0.9)
     assert len(deduplicate(twice, 10.0)) == 20
+
+
+def test_deduplicate_by_other_segment_ids_keeps_the_rows_own() -> None:
+    table, _ = _truth_table()
+    split = dataclasses.replace(
+        table, post_segment=table.post_segment + np.arange(len(table), dtype=np.uint64) * 1000
+    )  # every row's post in its own (over-split) segment: nothing is a duplicate
+    assert len(deduplicate(split, 400.0)) == len(table)
+    merged = deduplicate(split, 400.0, segments=(table.pre_segment, table.post_segment))
+    assert len(merged) == len(deduplicate(table, 400.0)) == 9
+    assert set(merged.post_segment.tolist()) <= set(split.post_segment.tolist())
 
 
 def test_transform_partners_forward_and_back() -> None:

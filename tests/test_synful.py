@@ -174,6 +174,27 @@ def test_components_split_at_segment_borders() -> None:
     assert len(extract_partners(pred, seg, grid, SynfulSettings(split_by_segment=False))) == 1
 
 
+def test_small_split_pieces_rejoin_their_component() -> None:
+    grid = Grid(SHAPE, VS)
+    pred = np.zeros((7, *SHAPE), np.float32)
+    _blob(pred, grid, (4, 44, 35), (1, 4, 6), PRE_VOX)  # 81 voxels in segment 2, 270 in 3
+    seg = _segmentation()
+
+    def rows(min_voxels: int, rejoin: bool) -> PartnerTable:
+        s = SynfulSettings(min_voxels=min_voxels, rejoin_small_pieces=rejoin, score="sum")
+        return extract_partners(pred, seg, grid, s)
+
+    total = float(pred[0][pred[0] > 0.5].sum())
+    dropped, joined = rows(100, False), rows(100, True)
+    assert len(dropped) == len(joined) == 1
+    assert dropped.score[0] < joined.score[0] == pytest.approx(total, rel=1e-5)
+    # every piece below min_voxels: the whole component is one piece
+    assert len(rows(300, False)) == 0 and len(rows(300, True)) == 1
+    assert len(rows(400, True)) == 0
+    # no piece below min_voxels: the same rows as without rejoining
+    assert len(rows(50, True)) == len(rows(50, False)) == 2
+
+
 def test_direction_head_takes_the_distance_from_the_clefts() -> None:
     pred, seg, grid = _scene()
     clefts = np.full(SHAPE, CLEFT_BACKGROUND, np.uint64)
@@ -310,8 +331,8 @@ def test_stage_contract_and_end_to_end(tiny_model: dict[str, Any], tmp_path: Pat
 
     registered = load_plugins().stages.get("partner-assigner", "synful")
     cls = registered.cls
-    assert set(cls.inputs) == {"raw", "segmentation", "clefts", "proximity"}
-    assert not cls.inputs["clefts"].required and not cls.inputs["proximity"].required
+    assert set(cls.inputs) == {"raw", "segmentation", "clefts", "proximity", "coarse_segmentation"}
+    assert not any(cls.inputs[k].required for k in ("clefts", "proximity", "coarse_segmentation"))
     assert set(cls.outputs) == {"partners", "annotations"}
     data = make_cremi_data(shape=(8, 64, 64))
     opts = {"model_path": str(tiny_model["path"]), "sha256": tiny_model["sha256"],
@@ -355,6 +376,35 @@ def test_stage_combined_with_emsynconn_keeps_its_rows(
     with pytest.raises(DataError, match="needs the `proximity` input"):
         run_stage("partner-assigner", "synful", {k: inputs[k] for k in ("raw", "segmentation")},
                   opts, scratch_dir=tmp_path / "m")  # fmt: skip
+
+
+def test_stage_deduplicates_by_a_coarse_segmentation(
+    tiny_model: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import synapse_toolkit.synapses.synful_blockwise as blockwise
+    from synapse_toolkit.api import run_stage
+
+    data = make_cremi_data(shape=(8, 64, 64))
+    # two rows from one pre site to two fine segments, 80 nm apart (what extraction found)
+    pre = np.array([[160.0, 96.0, 96.0], [160.0, 96.0, 96.0]])
+    post = np.array([[160.0, 160.0, 100.0], [160.0, 160.0, 180.0]])
+    found = PartnerTable(pre, post, np.array([1, 1], np.uint64), np.array([2, 3], np.uint64),
+                         np.array([5.0, 9.0]), np.array([1, 1], np.uint64))  # fmt: skip
+    monkeypatch.setattr(blockwise, "synful_blockwise", lambda *a, **k: (found, {}))
+    opts = {"model_path": str(tiny_model["path"]), "sha256": tiny_model["sha256"],
+            "overlap": (0, 8, 8)}  # fmt: skip
+    inputs = {"raw": data.raw, "segmentation": data.neuron_ids}
+    assert len(run_stage("partner-assigner", "synful", inputs, opts,
+                         scratch_dir=tmp_path / "a")["partners"]) == 2  # fmt: skip
+    one = Volume(np.ones_like(data.neuron_ids.read()), VS, data.neuron_ids.offset_nm)
+    out = run_stage("partner-assigner", "synful", {**inputs, "coarse_segmentation": one}, opts,
+                    scratch_dir=tmp_path / "b")["partners"]  # fmt: skip
+    # one synapse in the coarse segmentation: the higher-scoring row, with its own segment ids
+    assert len(out) == 1 and out.score[0] == 9.0 and out.post_segment[0] == 3
+    half = Volume(data.neuron_ids.read()[:, :32], VS, data.neuron_ids.offset_nm)
+    with pytest.raises(DataError, match="coarse_segmentation"):
+        run_stage("partner-assigner", "synful", {**inputs, "coarse_segmentation": half}, opts,
+                  scratch_dir=tmp_path / "c")  # fmt: skip
 
 
 def test_stage_refuses_a_model_that_is_not_synful(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ output, and the stored prediction equals the in-memory one."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,9 @@ def _same(a: PartnerTable, b: PartnerTable) -> bool:
 _NEAR = {"dedup_distance_nm": 20.0, "group_distance_nm": 60.0}  # keep more rows in a small volume
 SETTINGS = {
     "vector": SynfulSettings(threshold=0.6, min_voxels=15, vector_from="mean", **_NEAR),
+    "vector-rejoin": SynfulSettings(
+        threshold=0.6, min_voxels=20, vector_from="mean", rejoin_small_pieces=True, **_NEAR
+    ),
     "vector-centre": SynfulSettings(
         threshold=0.65, min_voxels=5, location="centre", split_by_segment=False, **_NEAR
     ),
@@ -63,6 +67,8 @@ SETTINGS = {
         **_NEAR,
     ),
 }
+#: the volume each setting is checked on (the default: 0); rejoining changes volume 1's table
+VOLUME_SEED = {"vector-rejoin": 1}
 
 
 @pytest.mark.parametrize("name", sorted(SETTINGS))
@@ -72,7 +78,7 @@ SETTINGS = {
      ((5, 36, 45), (2, 40, 40))],
 )  # fmt: skip
 def test_blocks_equal_the_whole_volume(name: str, block_shape, context) -> None:
-    pred, seg, clefts = _volume()
+    pred, seg, clefts = _volume(VOLUME_SEED.get(name, 0))
     s = SETTINGS[name]
     whole = extract_partners(pred, seg, Grid(SHAPE, VS, (80.0, 8.0, 4.0)), s, clefts)
     assert len(whole) >= 3
@@ -83,6 +89,16 @@ def test_blocks_equal_the_whole_volume(name: str, block_shape, context) -> None:
     assert _same(table, whole) and info["n_sites"] >= 15
     if block_shape[1] < 30:  # blocks smaller than the blobs: some grown after the blocks
         assert info["n_partial"] > 0 and info["n_partial_sites"] > 0
+
+
+def test_rejoining_changes_this_volume() -> None:
+    """The rejoin setting above is exercised: its table differs from dropping small pieces."""
+    pred, seg, clefts = _volume(VOLUME_SEED["vector-rejoin"])
+    s = SETTINGS["vector-rejoin"]
+    grid = Grid(SHAPE, VS, (80.0, 8.0, 4.0))
+    plain = dataclasses.replace(s, rejoin_small_pieces=False)
+    assert not _same(extract_partners(pred, seg, grid, s, clefts),
+                     extract_partners(pred, seg, grid, plain, clefts))  # fmt: skip
 
 
 def test_stored_channels_give_the_same_table() -> None:

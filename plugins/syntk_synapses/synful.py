@@ -20,7 +20,8 @@ class Synful(PartnerAssigner["Synful.Options"]):
     """Synful partners: a U-Net (ONNX, tiled) predicts the post-synaptic mask, the vector (nm) to
     the pre-synaptic partner and a unit direction; components of the thresholded mask become
     post sites, pre = site + vector (or + direction x distance from the clefts with
-    ``head = "direction"``), segment ids are looked up, rows grouped and de-duplicated.
+    ``head = "direction"``), segment ids are looked up, rows grouped and de-duplicated (also by
+    ``coarse_segmentation`` when wired: split segments of one neuron give one row).
     Options left unset take the values chosen for the head (and combination) on development
     phantom seeds (:data:`synapse_toolkit.synapses.synful.TUNED_DEFAULTS`)."""
 
@@ -35,6 +36,13 @@ class Synful(PartnerAssigner["Synful.Options"]):
         ),
         "proximity": Port(
             "map", "signed proximity (combine = 'emsynconn')", required=False, grid="in"
+        ),
+        "coarse_segmentation": Port(
+            "labels",
+            "a coarser segmentation of the same volume (e.g. the main job's): rows whose pre and "
+            "post sites share its segments and lie within dedup_distance_nm are one synapse",
+            required=False,
+            grid="in",
         ),
     }
     outputs: ClassVar[Mapping[str, Port]] = {
@@ -66,6 +74,11 @@ class Synful(PartnerAssigner["Synful.Options"]):
             None, description="Vector at the site, or mask-weighted mean pre point."
         )
         split_by_segment: bool = Field(True, description="Split components at segment borders.")
+        rejoin_small_pieces: bool | None = Field(
+            None,
+            description="A split piece below min_voxels joins the largest piece of its "
+            "component; none: the tuned choice (vector head: yes).",
+        )
         min_score: float = Field(0.0, ge=0, description="Drop sites scoring below this.")
         group_distance_nm: float = Field(
             150.0, ge=0, description="Rows with the same pre segment this close: one synapse."
@@ -107,6 +120,7 @@ class Synful(PartnerAssigner["Synful.Options"]):
         from synapse_toolkit.inference.onnx_model import OnnxModel
         from synapse_toolkit.inference.tiled import TileGrid
         from synapse_toolkit.memory import release_free_memory
+        from synapse_toolkit.synapses.partners import deduplicate_by
         from synapse_toolkit.synapses.synful import (
             N_CHANNELS,
             TUNED_DEFAULTS,
@@ -127,7 +141,9 @@ class Synful(PartnerAssigner["Synful.Options"]):
         raw: Volume = inputs["raw"]
         seg: Volume = inputs["segmentation"]
         clefts: Volume | None = inputs.get("clefts")
-        _check_grids(self.context.stage_name, raw=raw, segmentation=seg)
+        coarse: Volume | None = inputs.get("coarse_segmentation")
+        _check_grids(self.context.stage_name, raw=raw, segmentation=seg,
+                     **({"coarse_segmentation": coarse} if coarse is not None else {}))  # fmt: skip
         path = _resolved_model(self, o.model, o.model_path, o.sha256, raw=raw)
         model = OnnxModel(path, n_threads=self.context.n_threads)
         if model.out_channels != N_CHANNELS or model.kind != "synful":
@@ -169,6 +185,8 @@ class Synful(PartnerAssigner["Synful.Options"]):
         if o.combine == "emsynconn":
             table = union(self._emsynconn(inputs, raw, seg, work / "emsynconn"), table,
                           o.dedup_distance_nm)  # fmt: skip
+        if coarse is not None:
+            table = deduplicate_by(table, coarse, o.dedup_distance_nm)
         _remove_work(self.context)
         return _partner_outputs(table, seg)
 

@@ -3,7 +3,8 @@
 This module is the single place where partner tables are
 
 - completed with segment ids (:func:`lookup_segments`, CREMI's nm → voxel rounding),
-- de-duplicated (:func:`deduplicate`: one row per (pre segment, post segment) and place),
+- de-duplicated (:func:`deduplicate`: one row per (pre segment, post segment) and place;
+  :func:`deduplicate_by` with another segmentation's ids),
 - moved between frames (:func:`transform_partners`, e.g. back through an aligner's inverse),
 - written to / read from CREMI files (:func:`write_partners_cremi`, :func:`read_partners_cremi`;
   ``PartnerTable.to_annotations`` + :func:`synapse_toolkit.io.cremi.write_cremi`),
@@ -50,14 +51,24 @@ def lookup_segments(table: PartnerTable, segmentation: Volume) -> PartnerTable:
     )  # fmt: skip
 
 
-def deduplicate(table: PartnerTable, distance_nm: float = 400.0) -> PartnerTable:
+def deduplicate(
+    table: PartnerTable,
+    distance_nm: float = 400.0,
+    segments: tuple[np.ndarray, np.ndarray] | None = None,
+) -> PartnerTable:
     """Drop rows that repeat a higher-scoring row's (pre segment, post segment) nearby.
 
     Two rows are duplicates when their segment pairs are equal (and known, non-zero) and both
     their pre and post locations lie within ``distance_nm``; the higher score is kept.
+    ``segments``: the (pre, post) segment ids to compare instead of the table's own, e.g. those
+    of a coarser segmentation in which two rows of split segments are one synapse (the kept
+    rows keep their own ids).
     """
     if len(table) == 0:
         return table
+    pre_seg, post_seg = (
+        segments if segments is not None else (table.pre_segment, table.post_segment)
+    )
     order = np.argsort(-table.score, kind="stable")
     keep = np.zeros(len(table), bool)
     kept: list[int] = []
@@ -65,9 +76,9 @@ def deduplicate(table: PartnerTable, distance_nm: float = 400.0) -> PartnerTable
         dup = False
         for j in kept:
             if (
-                table.pre_segment[i] != 0
-                and table.pre_segment[i] == table.pre_segment[j]
-                and table.post_segment[i] == table.post_segment[j]
+                pre_seg[i] != 0
+                and pre_seg[i] == pre_seg[j]
+                and post_seg[i] == post_seg[j]
                 and np.linalg.norm(table.pre_nm[i] - table.pre_nm[j]) <= distance_nm
                 and np.linalg.norm(table.post_nm[i] - table.post_nm[j]) <= distance_nm
             ):
@@ -77,6 +88,15 @@ def deduplicate(table: PartnerTable, distance_nm: float = 400.0) -> PartnerTable
             keep[i] = True
             kept.append(int(i))
     return table.select(keep)
+
+
+def deduplicate_by(
+    table: PartnerTable, segmentation: Volume, distance_nm: float = 400.0
+) -> PartnerTable:
+    """:func:`deduplicate` comparing the segment ids of ``segmentation`` (e.g. a coarser one
+    than the table's: rows of split segments of one neuron are one synapse there)."""
+    ids = (segment_ids_at(segmentation, table.pre_nm), segment_ids_at(segmentation, table.post_nm))
+    return deduplicate(table, distance_nm, segments=ids)
 
 
 def transform_partners(

@@ -19,7 +19,9 @@ d(v) (nm) from v to the pre-synaptic partner. The network here predicts, in one 
 segment) along the same ray until it enters another segment (within 400 nm).
 
 Extraction (:func:`extract_partners`): threshold m (strict ``>``), 26-connected components
-(optionally split where the segmentation changes), drop components below ``min_voxels``, place
+(optionally split where the segmentation changes; with ``rejoin_small_pieces`` a split piece
+below ``min_voxels`` joins the largest piece of its component, so a synapse cut by a false
+segment border is not lost), drop components below ``min_voxels``, place
 each synapse at the component's distance-transform maximum (nm-weighted, so anisotropic voxels
 are respected) or at its mask-weighted centre (snapped to the nearest component voxel), score it
 (sum, mean or max of m), pre = location + d(location) (or the mask-weighted mean of the pre
@@ -88,12 +90,14 @@ def synful_targets(
 #: ``python benchmarks/eval_partners.py --tune``); the ``synful`` stage's defaults
 TUNED_DEFAULTS: dict[str, dict[str, Any]] = {
     "vector": {"threshold": 0.9, "min_voxels": 200, "location": "edt-max",
-               "vector_from": "mean", "cleft_width_nm": 20.0},
+               "vector_from": "mean", "cleft_width_nm": 20.0, "rejoin_small_pieces": True},
     "direction": {"threshold": 0.9, "min_voxels": 200, "location": "edt-max",
-                  "vector_from": "location", "cleft_width_nm": 40.0},
+                  "vector_from": "location", "cleft_width_nm": 40.0,
+                  "rejoin_small_pieces": False},
     # synful's rows joined with EMSynConn's (combine = "emsynconn")
     "vector+emsynconn": {"threshold": 0.9, "min_voxels": 200, "location": "edt-max",
-                         "vector_from": "mean", "cleft_width_nm": 20.0},
+                         "vector_from": "mean", "cleft_width_nm": 20.0,
+                         "rejoin_small_pieces": False},
 }  # fmt: skip
 
 
@@ -108,6 +112,7 @@ class SynfulSettings:
     score: Literal["sum", "mean", "max"] = "sum"
     vector_from: Literal["location", "mean"] = "location"
     split_by_segment: bool = True
+    rejoin_small_pieces: bool = False
     min_score: float = 0.0
     group_distance_nm: float = 150.0
     dedup_distance_nm: float = 400.0
@@ -135,13 +140,42 @@ def _component_location(comp: np.ndarray, prob: np.ndarray, grid: Grid, how: str
     return coords[int(np.argmin((((coords - centre) * vs) ** 2).sum(1)))]
 
 
-def _components(prob: np.ndarray, seg: np.ndarray, s: SynfulSettings) -> np.ndarray:
-    """26-connected components of ``prob > threshold`` (split where the segmentation changes),
-    numbered in C order of their first voxel; no size filter (see :func:`block_sites`)."""
+def _components(
+    prob: np.ndarray, seg: np.ndarray, s: SynfulSettings
+) -> tuple[np.ndarray, np.ndarray]:
+    """The sites' components and the whole ones: 26-connected components of ``prob >
+    threshold``, split where the segmentation changes (``split_by_segment``; small pieces
+    rejoined with ``rejoin_small_pieces``), and the unsplit components they are pieces of.
+    No size filter (see :func:`block_sites`). Each piece lies in one whole component, and
+    depends on nothing outside it."""
     mask = prob > s.threshold
-    if s.split_by_segment:
-        return cc3d.connected_components(np.where(mask, seg, 0), connectivity=26)
-    return cc3d.connected_components(mask, connectivity=26)
+    whole = cc3d.connected_components(mask, connectivity=26)
+    if not s.split_by_segment:
+        return whole, whole
+    pieces = cc3d.connected_components(np.where(mask, seg, 0), connectivity=26)
+    if s.rejoin_small_pieces:
+        pieces = _rejoin_small_pieces(pieces, whole, s.min_voxels)
+    return pieces, whole
+
+
+def _rejoin_small_pieces(pieces: np.ndarray, whole: np.ndarray, min_voxels: int) -> np.ndarray:
+    """``pieces`` with each piece below ``min_voxels`` relabelled as the largest piece of its
+    whole component (ties: the piece whose first voxel comes first in C order); when every
+    piece is small they all become one."""
+    flat, wflat = pieces.reshape(-1), whole.reshape(-1)
+    n = int(flat.max(initial=0))
+    if n == 0:
+        return pieces
+    ids, first, sizes = _first_voxels(pieces)
+    owner = wflat[first]
+    order = np.lexsort((first, -sizes, owner))  # by whole component, largest piece first
+    lead = np.r_[True, owner[order][1:] != owner[order][:-1]]
+    largest = np.zeros(int(wflat.max()) + 1, ids.dtype)
+    largest[owner[order][lead]] = ids[order][lead]
+    remap = np.arange(n + 1, dtype=pieces.dtype)
+    small = sizes < min_voxels
+    remap[ids[small]] = largest[owner[small]]
+    return remap[pieces]
 
 
 @dataclass(frozen=True)
@@ -189,41 +223,48 @@ def block_sites(
     """Sites of the mask components in a region (``prob``, ``field``: the head's 3 channels,
     ``seg``) that starts at voxel ``origin`` of the whole volume (``grid``).
 
-    Only components whose first voxel lies in ``own`` (whole-volume voxel ranges per axis;
-    default: the region) are kept. A kept component that touches a face of the region inside
-    the volume may continue beyond it: it is not measured but returned as ``(first voxel,
-    bounding box)`` in the second list (see :func:`complete_component`). Components smaller
-    than ``min_voxels`` are dropped, as ``cc3d.dust`` would on the whole volume."""
-    labels = _components(prob, seg, s)
+    A whole (unsplit) component belongs to the region when its first voxel lies in ``own``
+    (whole-volume voxel ranges per axis; default: the region); its pieces (see
+    :func:`_components`) are measured there. A kept whole component that touches a face of the
+    region inside the volume may continue beyond it: its pieces are not measured, it is
+    returned as ``(first voxel, bounding box)`` in the second list (see
+    :func:`complete_component`). Pieces smaller than ``min_voxels`` are dropped, as
+    ``cc3d.dust`` would on the whole volume."""
+    labels, whole = _components(prob, seg, s)
     shape = np.asarray(grid.shape)
     o = np.asarray(origin, np.int64)
     stop = o + np.asarray(labels.shape)
     inner_lo, inner_hi = o > 0, stop < shape  # faces of the region inside the volume
     own_lo = np.asarray([a for a, _ in own]) if own is not None else o
     own_hi = np.asarray([b for _, b in own]) if own is not None else stop
-    ids, first, counts = _first_voxels(labels)
-    boxes = ndimage.find_objects(labels)
-    rows: dict[str, list] = {k: [] for k in ("first", "location", "score", "vector")}
     partial: list[Partial] = []
-    for k, f, n in zip(ids.tolist(), first.tolist(), counts.tolist(), strict=True):
-        if k == 0:
-            continue
-        at = o + np.unravel_index(f, labels.shape)
+    kept = np.zeros(int(whole.max(initial=0)) + 1, bool)
+    w_boxes = ndimage.find_objects(whole)
+    for w, f in zip(*(a.tolist() for a in _first_voxels(whole)[:2]), strict=True):
+        at = o + np.unravel_index(f, whole.shape)
         if np.any(at < own_lo) or np.any(at >= own_hi):
             continue
-        box = boxes[k - 1]
-        lo = np.asarray([b.start for b in box])
-        hi = np.asarray([b.stop for b in box])
-        flat = int(np.ravel_multi_index(tuple(at), grid.shape))
-        if np.any(inner_lo & (lo == 0)) or np.any(inner_hi & (hi == labels.shape)):
+        lo = np.asarray([b.start for b in w_boxes[w - 1]])
+        hi = np.asarray([b.stop for b in w_boxes[w - 1]])
+        if np.any(inner_lo & (lo == 0)) or np.any(inner_hi & (hi == whole.shape)):
+            flat = int(np.ravel_multi_index(tuple(at), grid.shape))
             partial.append((flat, tuple(zip((o + lo).tolist(), (o + hi).tolist(), strict=True))))
+        else:
+            kept[w] = True
+    ids, first, counts = _first_voxels(labels)
+    boxes = ndimage.find_objects(labels)
+    wflat = whole.reshape(-1)
+    rows: dict[str, list] = {k: [] for k in ("first", "location", "score", "vector")}
+    for k, f, n in zip(ids.tolist(), first.tolist(), counts.tolist(), strict=True):
+        if k == 0 or not kept[wflat[f]] or n < s.min_voxels:
             continue
-        if n < s.min_voxels:
-            continue
+        box = boxes[k - 1]
+        at = o + np.unravel_index(f, labels.shape)
         loc, score, vec = _site(labels[box] == k, prob[box], field[(slice(None), *box)],
-                                o + lo, grid, s)  # fmt: skip
+                                o + np.asarray([b.start for b in box]), grid, s)  # fmt: skip
         if score < s.min_score:
             continue
+        flat = int(np.ravel_multi_index(tuple(at), grid.shape))
         for key, v in zip(rows, (flat, loc, score, vec), strict=True):
             rows[key].append(v)
     if not rows["first"]:
@@ -283,9 +324,9 @@ def complete_component(
 ) -> tuple[Sites, tuple[slice, ...], np.ndarray]:
     """The whole component through a partial one's first voxel, read from whole-volume arrays
     (numpy, zarr or h5py; ``field`` (3, z, y, x)) in a region grown from the partial box until
-    the component fits: its site (none if it is too small, or if its first voxel is not the
-    partial one's: the partial whose first voxel it is, or the block owning it, holds the
-    site), its bounding box and its mask in that box."""
+    the component fits: the sites of its pieces (none if its first voxel is not the partial
+    one's: the partial whose first voxel it is, or the block owning it, holds them), its
+    bounding box and its mask in that box."""
     seed, box = partial
     shape = np.asarray(grid.shape)
     at = np.asarray(np.unravel_index(seed, grid.shape))
@@ -294,8 +335,8 @@ def complete_component(
     while True:
         roi = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
         p, sg = np.asarray(prob[roi]), np.asarray(seg[roi])
-        labels = _components(p, sg, s)
-        comp = labels == labels[tuple(at - lo)]
+        _, whole = _components(p, sg, s)
+        comp = whole == whole[tuple(at - lo)]
         comp_box = ndimage.find_objects(comp.astype(np.uint8))[0]
         c_lo = lo + [b.start for b in comp_box]
         c_hi = lo + [b.stop for b in comp_box]
@@ -306,11 +347,15 @@ def complete_component(
         size = hi - lo
         lo = np.where(grow_lo, np.maximum(lo - size, 0), lo)
         hi = np.where(grow_hi, np.minimum(hi + size, shape), hi)
+    whole_box = tuple(slice(int(a), int(b)) for a, b in zip(c_lo, c_hi, strict=True))
+    mask = comp[comp_box]
+    if int(np.ravel_multi_index(tuple(c_lo + np.argwhere(mask)[0]), grid.shape)) != seed:
+        return Sites.empty(), whole_box, mask
     own = tuple(zip(c_lo.tolist(), c_hi.tolist(), strict=True))
     f = np.asarray(field[(slice(None), *roi)])
     sites, _ = block_sites(p, f, sg, grid, s, lo.tolist(), own)  # ours is complete here
-    whole = tuple(slice(a, b) for a, b in own)
-    return sites.select(sites.first == seed), whole, comp[comp_box]
+    inside = np.stack(np.unravel_index(sites.first, grid.shape), axis=1) - lo
+    return sites.select(comp[tuple(inside.T)]), whole_box, mask
 
 
 def extract_partners(
