@@ -43,9 +43,22 @@ def test_main_job_runs_on_the_demo(tmp_path: Path) -> None:
     assert manifest["config"]["stages"]["partners"]["inputs"]["segmentation"] == (
         "partner_segment.segmentation"
     )
+    assert manifest["config"]["stages"]["partners"]["inputs"]["coarse_segmentation"] == (
+        "segment.segmentation"
+    )
     written = read_cremi(tmp_path / "run" / "prediction.hdf")
     assert written.neuron_ids is not None and written.clefts is not None
     assert written.neuron_ids.spatial_shape == (20, 256, 256)
+
+
+def test_the_other_partner_assigner_is_one_set_away() -> None:
+    """The main job's comment offers emsynconn on the same inputs: the config stays valid."""
+    res = CliRunner().invoke(
+        app,
+        ["pipeline", "validate", str(REPO / "examples" / "cremi.toml"),
+         "--set", "stages.partners.plugin=emsynconn"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
 
 
 def test_neurons_example_beats_the_classical_baselines(tmp_path: Path) -> None:

@@ -115,6 +115,24 @@ def test_emsynconn_and_baseline_stages(tmp_path: Path) -> None:
     assert len(base) == 1 and base.pre_segment[0] == 1 and base.post_segment[0] == 2
 
 
+def test_emsynconn_deduplicates_by_a_coarse_segmentation(tmp_path: Path) -> None:
+    seg, prox, _ = _scene()
+    fine = seg.copy()
+    fine[4:][fine[4:] == 2] = 3  # the post neuron split in two at section 4
+    inputs = {"proximity": Volume(prox[None], VS), "segmentation": Volume(fine, VS)}
+    split = _stage("partner-assigner", "emsynconn", tmp_path / "a", prune=False,
+                   min_voxels=20).run(inputs)["partners"]  # fmt: skip
+    assert sorted(split.post_segment.tolist()) == [2, 3]  # one synapse, two rows
+    one = _stage("partner-assigner", "emsynconn", tmp_path / "b", prune=False, min_voxels=20).run(
+        {**inputs, "coarse_segmentation": Volume(seg, VS)}
+    )["partners"]
+    assert len(one) == 1 and one.post_segment[0] in (2, 3)  # its own (fine) segment id
+    with pytest.raises(DataError, match="coarse_segmentation"):
+        _stage("partner-assigner", "emsynconn", tmp_path / "c", prune=False).run(
+            {**inputs, "coarse_segmentation": Volume(seg[:, :48], VS)}
+        )
+
+
 @pytest.mark.skipif(not (MODELS / "polarity.onnx").exists(), reason="model not trained yet")
 def test_polarity_detector_runs_tiled(tmp_path: Path) -> None:
     raw = Volume(np.random.default_rng(0).integers(0, 255, (12, 160, 140), dtype=np.uint8), VS)

@@ -326,9 +326,38 @@ def _check_grids(stage: str, **vols: Volume) -> None:
         raise DataError(f"stage {stage}: inputs are on different grids: {shapes}")
 
 
+#: the partner assigners' optional input: rows that are one synapse in a coarser segmentation
+#: are de-duplicated (:func:`_deduplicated_by_coarse`)
+COARSE_SEGMENTATION = Port(
+    "labels",
+    "a coarser segmentation of the same volume (e.g. the main job's): rows whose pre and post "
+    "sites share its segments and lie within dedup_distance_nm are one synapse",
+    required=False,
+    grid="in",
+)
+
+
+def _coarse_input(stage: str, inputs: Mapping[str, Any], **vols: Volume) -> Volume | None:
+    """The optional ``coarse_segmentation`` input, checked to lie on the grid of ``vols``."""
+    coarse: Volume | None = inputs.get("coarse_segmentation")
+    extra = {"coarse_segmentation": coarse} if coarse is not None else {}
+    _check_grids(stage, **vols, **extra)
+    return coarse
+
+
+def _deduplicated_by_coarse(
+    table: PartnerTable, coarse: Volume | None, distance_nm: float
+) -> PartnerTable:
+    """``table`` de-duplicated by the segment ids of ``coarse`` (unchanged without it)."""
+    from synapse_toolkit.synapses.partners import deduplicate_by
+
+    return table if coarse is None else deduplicate_by(table, coarse, distance_nm)
+
+
 class EMSynConn(PartnerAssigner["EMSynConn.Options"]):
     """EMSynConn partners: signed-proximity candidates paired across touching segments, kept or
-    dropped by the pruning CNN (``prune = false`` keeps every candidate)."""
+    dropped by the pruning CNN (``prune = false`` keeps every candidate), de-duplicated (also by
+    ``coarse_segmentation`` when wired)."""
 
     name: ClassVar[str] = "emsynconn"
     version: ClassVar[str] = __version__
@@ -339,6 +368,7 @@ class EMSynConn(PartnerAssigner["EMSynConn.Options"]):
         ),
         "proximity": Port("map", "signed proximity (1, z, y, x)", grid="in"),
         "segmentation": Port("labels", "neuron segmentation", grid="in"),
+        "coarse_segmentation": COARSE_SEGMENTATION,
     }
     outputs: ClassVar[Mapping[str, Port]] = {
         "partners": Port("partners", "pre→post pairs"),
@@ -379,7 +409,7 @@ class EMSynConn(PartnerAssigner["EMSynConn.Options"]):
         prox: Volume = inputs["proximity"]
         seg: Volume = inputs["segmentation"]
         raw: Volume | None = inputs.get("raw")
-        _check_grids(self.context.stage_name, proximity=prox, segmentation=seg)
+        coarse = _coarse_input(self.context.stage_name, inputs, proximity=prox, segmentation=seg)
         pruner = None
         if o.prune:
             if raw is None:
@@ -406,7 +436,7 @@ class EMSynConn(PartnerAssigner["EMSynConn.Options"]):
         )  # fmt: skip
         self.context.record("blockwise", res)
         _remove_work(self.context)
-        return _partner_outputs(table, seg)
+        return _partner_outputs(_deduplicated_by_coarse(table, coarse, o.dedup_distance_nm), seg)
 
 
 class GeometricBaseline(PartnerAssigner["GeometricBaseline.Options"]):
@@ -420,6 +450,7 @@ class GeometricBaseline(PartnerAssigner["GeometricBaseline.Options"]):
         "clefts": Port("labels", "CREMI cleft labels"),
         "proximity": Port("map", "signed proximity (1, z, y, x)", grid="in"),
         "segmentation": Port("labels", "neuron segmentation", grid="in"),
+        "coarse_segmentation": COARSE_SEGMENTATION,
     }
     outputs: ClassVar[Mapping[str, Port]] = EMSynConn.outputs
 

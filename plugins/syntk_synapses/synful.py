@@ -14,6 +14,7 @@ from synapse_toolkit import __version__
 from synapse_toolkit.data import Volume
 from synapse_toolkit.errors import DataError
 from synapse_toolkit.stages import PartnerAssigner, Port, StageOptions
+from syntk_synapses import COARSE_SEGMENTATION
 
 
 class Synful(PartnerAssigner["Synful.Options"]):
@@ -37,13 +38,7 @@ class Synful(PartnerAssigner["Synful.Options"]):
         "proximity": Port(
             "map", "signed proximity (combine = 'emsynconn')", required=False, grid="in"
         ),
-        "coarse_segmentation": Port(
-            "labels",
-            "a coarser segmentation of the same volume (e.g. the main job's): rows whose pre and "
-            "post sites share its segments and lie within dedup_distance_nm are one synapse",
-            required=False,
-            grid="in",
-        ),
+        "coarse_segmentation": COARSE_SEGMENTATION,
     }
     outputs: ClassVar[Mapping[str, Port]] = {
         "partners": Port("partners", "pre→post pairs"),
@@ -120,7 +115,6 @@ class Synful(PartnerAssigner["Synful.Options"]):
         from synapse_toolkit.inference.onnx_model import OnnxModel
         from synapse_toolkit.inference.tiled import TileGrid
         from synapse_toolkit.memory import release_free_memory
-        from synapse_toolkit.synapses.partners import deduplicate_by
         from synapse_toolkit.synapses.synful import (
             N_CHANNELS,
             TUNED_DEFAULTS,
@@ -129,7 +123,8 @@ class Synful(PartnerAssigner["Synful.Options"]):
         )
         from synapse_toolkit.synapses.synful_blockwise import predict_synful, synful_blockwise
         from syntk_synapses import (
-            _check_grids,
+            _coarse_input,
+            _deduplicated_by_coarse,
             _partner_outputs,
             _progress,
             _remove_work,
@@ -141,9 +136,7 @@ class Synful(PartnerAssigner["Synful.Options"]):
         raw: Volume = inputs["raw"]
         seg: Volume = inputs["segmentation"]
         clefts: Volume | None = inputs.get("clefts")
-        coarse: Volume | None = inputs.get("coarse_segmentation")
-        _check_grids(self.context.stage_name, raw=raw, segmentation=seg,
-                     **({"coarse_segmentation": coarse} if coarse is not None else {}))  # fmt: skip
+        coarse = _coarse_input(self.context.stage_name, inputs, raw=raw, segmentation=seg)
         path = _resolved_model(self, o.model, o.model_path, o.sha256, raw=raw)
         model = OnnxModel(path, n_threads=self.context.n_threads)
         if model.out_channels != N_CHANNELS or model.kind != "synful":
@@ -185,10 +178,8 @@ class Synful(PartnerAssigner["Synful.Options"]):
         if o.combine == "emsynconn":
             table = union(self._emsynconn(inputs, raw, seg, work / "emsynconn"), table,
                           o.dedup_distance_nm)  # fmt: skip
-        if coarse is not None:
-            table = deduplicate_by(table, coarse, o.dedup_distance_nm)
         _remove_work(self.context)
-        return _partner_outputs(table, seg)
+        return _partner_outputs(_deduplicated_by_coarse(table, coarse, o.dedup_distance_nm), seg)
 
     def _emsynconn(self, inputs: Mapping[str, Any], raw: Volume, seg: Volume, work: Path) -> Any:
         """EMSynConn's rows at its stage defaults (candidates + the bundled pruning CNN), block
