@@ -56,6 +56,8 @@ def raw_waterz(
             affs, thresholds, scoring_function=scoring_function(scoring), discretize_queue=256
         ):
             if keep:
+                # without gt / return_merge_history / return_region_graph waterz yields bare arrays
+                assert isinstance(seg, np.ndarray)
                 out.append(seg.copy())
     return out
 

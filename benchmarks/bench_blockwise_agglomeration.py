@@ -67,11 +67,18 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 
+
+class _WaterzSetting(TypedDict):
+    scoring: str
+    threshold: float
+
+
 THRESHOLDS = [0.3, 0.4, 0.5, 0.6, 0.7]
-MAIN_JOB = {"scoring": "quantile75", "threshold": 0.5}
+MAIN_JOB: _WaterzSetting = {"scoring": "quantile75", "threshold": 0.5}
 SMOOTH_SIGMA, SMOOTH_NOISE, VOXEL_NOISE = (1.0, 3.0, 3.0), 0.25, 0.01
 
 CHILD = r"""

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +62,7 @@ def write_movie(path: Path, frames: int, size: int, seed: int = 0) -> int:
     ph = generate_calcium(seed=seed, frames=min(frames, 100), shape=(size, size), n_cells=cells)
     base = ph.movie
 
-    def pages():  # type: ignore[no-untyped-def]
+    def pages() -> Iterator[np.ndarray]:
         for k in range(frames):
             yield base[k % base.shape[0]]
 

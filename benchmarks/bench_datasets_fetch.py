@@ -17,6 +17,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -76,7 +77,7 @@ def main() -> None:
             httpd, url = serve(data, cut)
             registry = DatasetRegistry()
             registry.add({"name": "bench/file", "url": url, "sha256": digest})
-            timed(run, len(data), lambda r=registry: fetch("bench/file", registry=r, retries=1))
+            timed(run, len(data), partial(fetch, "bench/file", registry=registry, retries=1))
             httpd.shutdown()
         entry = registry.get("bench/file")
         timed(

@@ -30,11 +30,26 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = {"num_fmaps": 12, "fmap_inc_factor": 3, "downsample_factors": ((2, 2, 2), (2, 2, 2))}
+
+
+class _UNetArchitecture(TypedDict):
+    """The :class:`~synapse_toolkit.nn.unet.UNetConfig` fields the benchmark sets."""
+
+    num_fmaps: int
+    fmap_inc_factor: int
+    downsample_factors: tuple[tuple[int, int, int], ...]
+
+
+SHIPPED: _UNetArchitecture = {
+    "num_fmaps": 12,
+    "fmap_inc_factor": 3,
+    "downsample_factors": ((2, 2, 2), (2, 2, 2)),
+}
 TILE = (72, 72, 72)
 
 

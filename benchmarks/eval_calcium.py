@@ -64,7 +64,7 @@ def tune_baseline(image: np.ndarray, truth: Regions) -> dict[str, Any]:
     """Local-maxima parameters with the best combined score on the selection rows."""
     best: tuple[float, dict[str, Any]] = (-1.0, {})
     for values in itertools.product(*BASELINE_GRID.values()):
-        params = dict(zip(BASELINE_GRID, values, strict=True))
+        params: dict[str, Any] = dict(zip(BASELINE_GRID, values, strict=True))
         pred = local_maxima_regions(image, **params)
         c = _window_score(truth, pred, SELECT_ROWS, COLS)["combined"]
         if c > best[0]:

@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from synapse_toolkit.data import PartnerTable, Volume
+from synapse_toolkit.errors import DataError
 from synapse_toolkit.evaluation.phantom_seeds import check_report_seeds, check_selection_seeds
 from synapse_toolkit.fsio import sha256_file
 from synapse_toolkit.inference.fragments import distance_parameters
@@ -93,7 +94,10 @@ def _cached(path: Path, make: Any) -> np.ndarray:
 
 def predictions(seed: int, args: argparse.Namespace, synful: bool = True) -> dict[str, Any]:
     """Truth and the model outputs of one phantom seed (each cached by seed and model sha256)."""
-    data = read_cremi(phantom_file(seed, args.phantom_cache))
+    path = phantom_file(seed, args.phantom_cache)
+    data = read_cremi(path)
+    if data.raw is None or data.neuron_ids is None:
+        raise DataError(f"{path}: the partner predictions need raw and neuron_ids")
     raw = data.raw.read()
     grid = Grid.of(data.raw)
     cache = Path(args.cache_dir)
@@ -251,7 +255,7 @@ def error_kinds(
     return out
 
 
-def _pooled(rows: list[dict[str, float]]) -> dict[str, float]:
+def _pooled(rows: list[dict[str, Any]]) -> dict[str, Any]:
     tp, fp, fn = (sum(r[k] for r in rows) for k in ("tp", "fp", "fn"))
     p = tp / (tp + fp) if tp + fp else 0.0
     r = tp / (tp + fn) if tp + fn else 0.0

@@ -28,11 +28,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from synapse_toolkit.errors import DataError
 from synapse_toolkit.evaluation.phantom_seeds import check_report_seeds
 from synapse_toolkit.inference.onnx_model import OnnxModel
 from synapse_toolkit.io.cremi import read_cremi
@@ -62,11 +64,11 @@ def _noise_seed(seed: int) -> int:
     return 7919 * seed + 17
 
 
-def _acc(acc: dict[str, dict[str, float]], key: str, values: dict[str, float]) -> None:
-    row = acc.setdefault(key, {"tp": 0.0, "fp": 0.0, "fn": 0.0, "f_per_volume": []})  # type: ignore[dict-item]
+def _acc(acc: dict[str, dict[str, Any]], key: str, values: Mapping[str, float]) -> None:
+    row = acc.setdefault(key, {"tp": 0.0, "fp": 0.0, "fn": 0.0, "f_per_volume": []})
     for k in ("tp", "fp", "fn"):
         row[k] += values[k]
-    row["f_per_volume"].append(values["fscore"])  # type: ignore[union-attr]
+    row["f_per_volume"].append(values["fscore"])
 
 
 def _f(row: dict[str, Any]) -> tuple[float, float, float]:
@@ -87,7 +89,7 @@ def label_content_motion(labels: np.ndarray, radius_px: int = 6) -> np.ndarray:
     steps = np.zeros((nz, 2))
     for z in range(1, nz):
         a, b = labels[z - 1], labels[z]
-        best = -1
+        best = -1.0
         for dy in range(-radius_px, radius_px + 1):
             for dx in range(-radius_px, radius_px + 1):
                 ya, yb = slice(max(0, -dy), ny - max(0, dy)), slice(max(0, dy), ny - max(0, -dy))
@@ -139,6 +141,7 @@ def aligner_errors(seeds: list[int]) -> list[dict[str, Any]]:
     def estimate(misalign: bool) -> tuple[np.ndarray, tuple[int, ...], Any]:
         ph = EMPhantom(seed=seed, misalign=misalign, defects=True)
         raw = ph.generate().raw
+        assert raw is not None  # EMPhantom.generate always fills every part
         t, rep = estimate_translations(raw.read(), raw.voxel_size_nm)
         return -t.shifts_nm / np.asarray(raw.voxel_size_nm[1:]), rep.skipped, ph
 
@@ -151,6 +154,7 @@ def aligner_errors(seeds: list[int]) -> list[dict[str, Any]]:
         est, skipped, ph = estimate(True)
         clean, _, _ = estimate(False)
         clean_data = EMPhantom(seed=seed).generate()  # no misalignment, no defects
+        assert clean_data.neuron_ids is not None  # generate always fills every part
         truth_motion = label_content_motion(clean_data.neuron_ids.read())
         true = ph.shifts.astype(float)
         good = [z for z in range(len(true)) if z not in skipped]
@@ -212,7 +216,10 @@ def main() -> None:
     # the best candidate settings *without* pruning on the development seeds (tune_candidates.py)
     no_prune_settings = EMSynConnSettings(CandidateSettings(threshold=0.4, min_voxels=25))
     for seed in args.seeds:
-        data = read_cremi(phantom_file(seed, args.cache))
+        path = phantom_file(seed, args.cache)
+        data = read_cremi(path)
+        if data.raw is None or data.neuron_ids is None or data.annotations is None:
+            raise DataError(f"{path}: partner evaluation needs raw, neuron_ids and annotations")
         raw = data.raw.read()
         grid = Grid.of(data.raw)
         gt_seg = data.neuron_ids.read()
@@ -225,6 +232,8 @@ def main() -> None:
             segs["predicted seg"] = predicted_segmentation(raw, source)
         clefts_pred = None
         if clf is not None:
+            if data.clefts is None:
+                raise DataError(f"{path}: the cleft score needs volumes/labels/clefts")
             cprob = clf.predict(raw)[0]
             clefts_pred = cleft_labels(cprob, grid, args.cleft_threshold, args.cleft_min_voxels)
             cs = score_clefts(data.clefts.read(), clefts_pred, voxel_size_nm=grid.voxel_size_nm)
@@ -258,7 +267,7 @@ def main() -> None:
         print(f"\nCREMI partner F-score on phantom seeds {args.seeds} (micro over volumes)")
         cols = "".join(f"{c:>6s}" for c in ("F", "P", "R", "TP", "FP", "FN"))
         print(f"{'method | segmentation':58s}{cols}")
-    results = {}
+    results: dict[str, Any] = {}
     for key in sorted(acc):
         row = acc[key]
         f, p, r = _f(row)

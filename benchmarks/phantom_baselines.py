@@ -180,6 +180,7 @@ def main() -> None:
         t0 = time.perf_counter()
         ph = EMPhantom(EMPhantomParams(shape=tuple(args.shape), seed=seed))
         data = ph.generate()
+        assert data.raw is not None  # EMPhantom.generate always fills every part
         table = ph.synapse_table()
         res = run(data, table, ph.params.n_types, seed)
         summary["cremi_score"].append(res["neurons"]["best"]["cremi_score"])

@@ -58,7 +58,7 @@ def _with_reference(model: str, ref: dict[str, Any], tmp: Path) -> str:
     return str(copy)
 
 
-def _scores(model: str, volumes: list[fib.FibVolume], border_nm: float | None, threads: int,
+def _scores(model: str, volumes: list[fib.FibVolume], border_nm: float, threads: int,
             match_spectrum: bool = True) -> dict[str, dict[str, Any]]:  # fmt: skip
     out: dict[str, dict[str, Any]] = {}
     for vol in volumes:
@@ -78,8 +78,9 @@ def select(model: str, write: bool, threads: int) -> dict[str, Any]:
     ref = reference()
     vols = copies(fib.gala_validation_crop(), COPIES)
     with tempfile.TemporaryDirectory() as tmp:
-        off = _scores(model, vols, None, threads)
-        on = _scores(_with_reference(model, ref, Path(tmp)), vols, None, threads)
+        # 0.0: no border mask (make_scorer passes a zero border on as None)
+        off = _scores(model, vols, 0.0, threads)
+        on = _scores(_with_reference(model, ref, Path(tmp)), vols, 0.0, threads)
     names = [n for n, _ in SELECT_COPIES]
     mean_off = float(np.mean([off[n]["cremi_score"] for n in names]))
     mean_on = float(np.mean([on[n]["cremi_score"] for n in names]))

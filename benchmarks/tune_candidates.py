@@ -21,10 +21,13 @@ import argparse
 import itertools
 import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
+from synapse_toolkit.data import PartnerTable
+from synapse_toolkit.errors import DataError
 from synapse_toolkit.evaluation.phantom_seeds import check_selection_seeds
 from synapse_toolkit.inference.onnx_model import OnnxModel
 from synapse_toolkit.io.cremi import read_cremi
@@ -62,20 +65,25 @@ def main() -> None:
     pruner = PrunerONNX(args.pruner)
     volumes = []
     for seed in args.seeds:
-        data = read_cremi(phantom_file(seed, args.cache))
+        path = phantom_file(seed, args.cache)
+        data = read_cremi(path)
+        if data.raw is None or data.neuron_ids is None or data.annotations is None:
+            raise DataError(f"{path}: candidate tuning needs raw, neuron_ids and annotations")
         raw = data.raw.read()
         seg = data.neuron_ids.read()
         if args.neuron_model:
             source = SegmentationSource(args.neuron_model, tta=args.neuron_tta)
             seg = predicted_segmentation(raw, source)
-        volumes.append((data, raw, pol.predict(raw)[0], seg))
+        parts = (data.raw, data.neuron_ids, data.annotations)
+        volumes.append((parts, raw, pol.predict(raw)[0], seg))
     print(f"proximity predicted for {len(volumes)} volumes ({time.time() - t0:.0f}s)", flush=True)
     counts: dict[tuple, np.ndarray] = {}
     for thr, mv, gap in itertools.product(args.thresholds, args.min_voxels, args.max_gaps):
         cs = CandidateSettings(threshold=thr, min_voxels=mv, max_gap_nm=gap)
-        for data, raw, prox, seg in volumes:
-            grid = Grid.of(data.raw)
+        for (raw_volume, truth_ids, truth), raw, prox, seg in volumes:
+            grid = Grid.of(raw_volume)
             cands = find_candidates(prox, seg, grid, cs)
+            tables: dict[float | None, PartnerTable | None]
             if len(cands) == 0:
                 tables = {None: None, **{pt: None for pt in args.prune_thresholds}}
             else:
@@ -88,10 +96,10 @@ def main() -> None:
             for pt, tab in tables.items():
                 key = (thr, mv, gap, pt)
                 if tab is None:
-                    n_true = len(data.annotations.partners)
-                    v = {"tp": 0, "fp": 0, "fn": n_true}
+                    n_true = len(truth.partners)
+                    v: Mapping[str, float] = {"tp": 0, "fp": 0, "fn": n_true}
                 else:
-                    v = evaluate_partners(tab, data.annotations, data.neuron_ids).values
+                    v = evaluate_partners(tab, truth, truth_ids).values
                 counts[key] = counts.get(key, np.zeros(3)) + np.array([v["tp"], v["fp"], v["fn"]])
         print(f"threshold {thr} min_voxels {mv} max_gap {gap} ({time.time() - t0:.0f}s)",
               flush=True)  # fmt: skip

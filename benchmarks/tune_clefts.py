@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from synapse_toolkit.errors import DataError
 from synapse_toolkit.evaluation.phantom_seeds import check_selection_seeds
 from synapse_toolkit.inference.onnx_model import OnnxModel
 from synapse_toolkit.io.cremi import read_cremi
@@ -39,16 +40,19 @@ def main() -> None:
     model = OnnxModel(args.clefts)
     volumes = []
     for seed in args.seeds:
-        data = read_cremi(phantom_file(seed, args.cache))
-        volumes.append((data, model.predict(data.raw.read())[0]))
+        path = phantom_file(seed, args.cache)
+        data = read_cremi(path)
+        if data.raw is None or data.clefts is None:
+            raise DataError(f"{path}: cleft tuning needs raw and clefts")
+        volumes.append((data.raw, data.clefts, model.predict(data.raw.read())[0]))
     print(f"{Path(args.clefts).name} on seeds {args.seeds}: mean CREMI cleft score (nm)")
     rows = []
     for th, mv in itertools.product(args.thresholds, args.min_voxels):
         scores = []
-        for data, prob in volumes:
-            grid = Grid.of(data.raw)
+        for raw, clefts, prob in volumes:
+            grid = Grid.of(raw)
             pred = cleft_labels(prob, grid, th, mv)
-            s = score_clefts(data.clefts.read(), pred, voxel_size_nm=grid.voxel_size_nm)
+            s = score_clefts(clefts.read(), pred, voxel_size_nm=grid.voxel_size_nm)
             scores.append(s.as_dict()["cremi_score"])
         rows.append((float(np.mean(scores)), th, mv))
         print(f"  threshold {th:.2f}, >= {mv:5d} voxels: {np.mean(scores):7.1f}")
