@@ -118,3 +118,31 @@ def test_score_cli_reads_the_written_partners(tmp_path: Path) -> None:
     part = write_partners_cremi(tmp_path / "part.hdf", table.select(np.arange(10) != 4))
     result = runner.invoke(app, ["score", "cremi-partners", str(P07), str(part), "--json"])
     assert json.loads(result.output)["values"]["recall"] == 0.9
+
+
+def test_segment_ids_at_points_read_in_few_boxes() -> None:
+    from synapse_toolkit.synapses.partners import segment_ids_at
+
+    class Counting:
+        def __init__(self, a: np.ndarray) -> None:
+            self.a, self.shape, self.dtype, self.ndim, self.reads = a, a.shape, a.dtype, 3, 0
+
+        def __getitem__(self, roi: object) -> np.ndarray:
+            self.reads += 1
+            return self.a[roi]  # type: ignore[index]
+
+        def __setitem__(self, roi: object, value: object) -> None:
+            raise AssertionError("read-only")
+
+    rng = np.random.default_rng(0)
+    lab = rng.integers(1, 2**40, size=(10, 64, 64), dtype=np.uint64)
+    data = Counting(lab)
+    vol = Volume(data, (40.0, 4.0, 4.0), offset_nm=(40.0, 0.0, 0.0))  # type: ignore[arg-type]
+    pts = np.stack([rng.uniform(0, 480, 300), rng.uniform(-10, 260, 300),
+                    rng.uniform(0, 250, 300)], axis=1)  # fmt: skip
+    got = segment_ids_at(vol, pts)
+    v = (pts - [40.0, 0.0, 0.0]) / [40.0, 4.0, 4.0]
+    vox = (np.sign(v) * np.floor(np.abs(v) + 0.5)).astype(int)  # CREMI: half away from zero
+    inside = np.all((vox >= 0) & (vox < lab.shape), axis=1)
+    assert np.array_equal(got[inside], lab[tuple(vox[inside].T)]) and np.all(got[~inside] == 0)
+    assert 0 < inside.sum() < 300 and data.reads <= 2

@@ -2,7 +2,8 @@
 
 This module is the single place where partner tables are
 
-- completed with segment ids (:func:`lookup_segments`, CREMI's nm → voxel rounding),
+- completed with segment ids (:func:`lookup_segments`, CREMI's nm → voxel rounding; points read
+  in few boxes, not one by one: :func:`segment_ids_at`, :func:`read_points`),
 - de-duplicated (:func:`deduplicate`: one row per (pre segment, post segment) and place;
   :func:`deduplicate_by` with another segmentation's ids),
 - moved between frames (:func:`transform_partners`, e.g. back through an aligner's inverse),
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,15 +32,47 @@ from synapse_toolkit.synapses.targets import Grid
 
 def segment_ids_at(segmentation: Volume, points_nm: np.ndarray) -> np.ndarray:
     """Segment ids under world points (CREMI rounding); 0 outside the volume."""
-    grid = Grid.of(segmentation)
+    data = segmentation.data
+    if len(data.shape) == 3:
+        return segment_ids_in(data, Grid.of(segmentation), points_nm)
+    grid = Grid.of(segmentation)  # (c, z, y, x): the first channel, point by point
     idx = grid.nearest_voxel(points_nm)
     out = np.zeros(len(idx), np.uint64)
     inside = np.all((idx >= 0) & (idx < np.asarray(grid.shape)), axis=1)
     for k in np.flatnonzero(inside):
         z, y, x = (int(v) for v in idx[k])
         out[k] = np.asarray(segmentation.read((slice(z, z + 1), slice(y, y + 1), slice(x, x + 1))))[
-            0, 0, 0
+            (0,) * len(data.shape)
         ]
+    return out
+
+
+def segment_ids_in(seg: Any, grid: Grid, points_nm: np.ndarray) -> np.ndarray:
+    """Segment ids at world points in a (z, y, x) array on ``grid`` (numpy, zarr or h5py;
+    CREMI rounding; 0 outside the volume), read with :func:`read_points`."""
+    idx = grid.nearest_voxel(points_nm)
+    out = np.zeros(len(idx), np.uint64)
+    inside = np.all((idx >= 0) & (idx < np.asarray(grid.shape)), axis=1)
+    out[inside] = read_points(seg, idx[inside])
+    return out
+
+
+def read_points(arr: Any, idx: np.ndarray, max_box_voxels: int = 1 << 22) -> np.ndarray:
+    """``arr`` (numpy, zarr or h5py; (z, y, x)) at integer voxels ``idx`` (N, 3): one read of
+    the points' bounding box when it is small, else one read per chunk that holds points."""
+    if isinstance(arr, np.ndarray) or len(idx) == 0:
+        return np.asarray(arr)[tuple(idx.T)]
+    lo, hi = idx.min(0), idx.max(0) + 1
+    if int(np.prod(hi - lo)) <= max_box_voxels:
+        box = np.asarray(arr[tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))])
+        return box[tuple((idx - lo).T)]
+    chunks = getattr(arr, "chunks", None) or (32, 256, 256)
+    keys = idx // np.asarray(chunks[-3:])
+    out = np.empty(len(idx), np.dtype(arr.dtype))
+    _, group = np.unique(keys, axis=0, return_inverse=True)
+    for g in range(int(group.max()) + 1):
+        sel = np.flatnonzero(group.reshape(-1) == g)
+        out[sel] = read_points(arr, idx[sel], max_box_voxels)
     return out
 
 

@@ -43,7 +43,7 @@ from scipy import ndimage
 from synapse_toolkit.cremi_ids import CLEFT_BACKGROUND, CLEFT_INVALID
 from synapse_toolkit.data import Annotations, PartnerTable
 from synapse_toolkit.errors import DataError
-from synapse_toolkit.synapses.partners import deduplicate
+from synapse_toolkit.synapses.partners import deduplicate, segment_ids_in
 from synapse_toolkit.synapses.targets import Grid, partner_vectors
 
 #: channels of the model output
@@ -411,14 +411,14 @@ def finish_partners(
                 pre[i] = loc_nm + s.direction_distance_nm * u
     if s.snap_to_segment:
         for i in range(len(pre)):
-            here = _segments_at(seg, grid, np.stack([post[i], pre[i]]))
+            here = segment_ids_in(seg, grid, np.stack([post[i], pre[i]]))
             step = pre[i] - post[i]
             norm = float(np.linalg.norm(step))
             if (here[1] == here[0] or here[1] == 0) and norm > 0:
                 hit = _march(seg, grid, post[i], step / norm, s.segment_depth_nm, s.max_reach_nm)
                 pre[i] = hit if hit is not None else pre[i]
-    pre_seg = _segments_at(seg, grid, pre)
-    post_seg = _segments_at(seg, grid, post)
+    pre_seg = segment_ids_in(seg, grid, pre)
+    post_seg = segment_ids_in(seg, grid, post)
     keep = (pre_seg != 0) & (post_seg != 0) & (pre_seg != post_seg)
     if not keep.any():
         return PartnerTable.empty()
@@ -471,7 +471,7 @@ def _march(
     None if no other segment is met within ``max_nm``."""
     t = np.arange(2.0, max_nm + depth_nm + 2.0, 2.0)
     pts = start_nm[None] + t[:, None] * u[None]
-    ids = _segments_at(seg, grid, np.vstack([start_nm[None], pts]))
+    ids = segment_ids_in(seg, grid, np.vstack([start_nm[None], pts]))
     own, ids = ids[0], ids[1:]
     other = np.flatnonzero((ids != own) & (ids != 0) & (t <= max_nm))
     if len(other) == 0:
@@ -481,34 +481,6 @@ def _march(
     if deeper < len(t) and np.all(ids[first : deeper + 1] == ids[first]):
         return pts[deeper]
     return pts[first]
-
-
-def _segments_at(seg: Any, grid: Grid, pts: np.ndarray) -> np.ndarray:
-    """Segment ids at world points (CREMI rounding; 0 outside the volume)."""
-    idx = grid.nearest_voxel(pts)
-    out = np.zeros(len(idx), np.uint64)
-    inside = np.all((idx >= 0) & (idx < np.asarray(grid.shape)), axis=1)
-    out[inside] = read_points(seg, idx[inside])
-    return out
-
-
-def read_points(arr: Any, idx: np.ndarray, max_box_voxels: int = 1 << 22) -> np.ndarray:
-    """``arr`` (numpy, zarr or h5py; (z, y, x)) at integer voxels ``idx`` (N, 3): one read of
-    the points' bounding box when it is small, else one read per chunk that holds points."""
-    if isinstance(arr, np.ndarray) or len(idx) == 0:
-        return np.asarray(arr)[tuple(idx.T)]
-    lo, hi = idx.min(0), idx.max(0) + 1
-    if int(np.prod(hi - lo)) <= max_box_voxels:
-        box = np.asarray(arr[tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))])
-        return box[tuple((idx - lo).T)]
-    chunks = getattr(arr, "chunks", None) or (32, 256, 256)
-    keys = idx // np.asarray(chunks[-3:])
-    out = np.empty(len(idx), np.dtype(arr.dtype))
-    _, group = np.unique(keys, axis=0, return_inverse=True)
-    for g in range(int(group.max()) + 1):
-        sel = np.flatnonzero(group.reshape(-1) == g)
-        out[sel] = read_points(arr, idx[sel], max_box_voxels)
-    return out
 
 
 def group_synapses(pre_nm: np.ndarray, pre_segment: np.ndarray, distance_nm: float) -> np.ndarray:
