@@ -450,7 +450,6 @@ class GeometricBaseline(PartnerAssigner["GeometricBaseline.Options"]):
         "clefts": Port("labels", "CREMI cleft labels"),
         "proximity": Port("map", "signed proximity (1, z, y, x)", grid="in"),
         "segmentation": Port("labels", "neuron segmentation", grid="in"),
-        "coarse_segmentation": COARSE_SEGMENTATION,
     }
     outputs: ClassVar[Mapping[str, Port]] = EMSynConn.outputs
 
