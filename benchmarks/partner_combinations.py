@@ -8,6 +8,8 @@
   synful reports with a post site within 400 nm;
 - **more posts**: EMSynConn's rows plus synful's rows that share an EMSynConn row's pre segment
   with post sites within 400 nm, for segment pairs EMSynConn does not have (polyadic synapses);
+- **verified**: EMSynConn's rows plus synful's rows that the pruning CNN keeps (score > 0.5 on
+  the candidate patch centred between the row's pre and post sites, with its two segments);
 - synful with small split pieces dropped or rejoined (``rejoin_small_pieces``), each with and
   without de-duplication by the main job's coarser ``segment``
   (:func:`~synapse_toolkit.synapses.partners.deduplicate_by`; the last is the main job's);
@@ -41,7 +43,7 @@ from synapse_toolkit.data import PartnerTable, Volume
 from synapse_toolkit.evaluation.phantom_seeds import check_selection_seeds
 from synapse_toolkit.synapses.assigners import EMSynConnSettings, assign_emsynconn
 from synapse_toolkit.synapses.partners import deduplicate_by
-from synapse_toolkit.synapses.pruning import PrunerONNX
+from synapse_toolkit.synapses.pruning import PrunerONNX, extract_patch
 from synapse_toolkit.synapses.synful import (
     TUNED_DEFAULTS,
     SynfulSettings,
@@ -104,6 +106,22 @@ def more_posts(table: PartnerTable, extra: PartnerTable) -> PartnerTable:
     return union(table, extra.select(keep))
 
 
+def verified(
+    table: PartnerTable, extra: PartnerTable, v: dict[str, Any], seg: np.ndarray,
+    pruner: PrunerONNX, keep: float = 0.5,
+) -> PartnerTable:  # fmt: skip
+    """``table``'s rows plus the ``extra`` rows the pruning CNN scores above ``keep`` on the
+    candidate patch centred between their pre and post sites (joined by :func:`union`)."""
+    if len(extra) == 0:
+        return table
+    centres = v["grid"].to_voxel((extra.pre_nm + extra.post_nm) / 2.0)
+    patches = np.stack([
+        extract_patch(v["raw"], v["proximity"], seg, c, int(a), int(b), pruner.patch_settings)
+        for c, a, b in zip(centres, extra.pre_segment, extra.post_segment, strict=True)
+    ])  # fmt: skip
+    return union(table, extra.select(pruner.scores(patches) > keep))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", required=True)
@@ -136,6 +154,7 @@ def main() -> None:
                       "fill": fill(ems, syn, args.fill_nm), "union": union(ems, syn),
                       "vote": vote(ems, unpruned.select(unpruned.score <= 0.5), syn),
                       "more posts": more_posts(ems, syn),
+                      "verified": verified(ems, syn, v, seg, pruner),
                       "synful, small split pieces dropped": dropped,
                       "synful, dropped + main-segmentation de-duplication":
                           deduplicate_by(dropped, coarse),
