@@ -85,3 +85,23 @@ def test_reference_files_load_and_roundtrip(path: Path, tmp_path: Path) -> None:
 
 def test_reference_copies_present() -> None:
     assert len(list(REFERENCE.glob("*.hdf"))) >= 3
+
+
+def test_crop_cremi_moves_offsets_and_keeps_the_annotations_inside() -> None:
+    from synapse_toolkit.errors import DataError
+    from synapse_toolkit.io.cremi import crop_cremi
+
+    data = make_cremi_data()  # (6, 40, 50) at 40 x 4 x 4 nm, offset (40, 0, 8)
+    crop = crop_cremi(data, [[2, 6], [0, 40], [0, 30]])
+    assert crop.raw is not None and data.raw is not None and crop.clefts is not None
+    assert np.array_equal(crop.raw.read(), data.raw.read()[2:6, :, :30])
+    assert crop.raw.offset_nm == (120.0, 0.0, 8.0) and crop.raw.voxel_size_nm == (40.0, 4.0, 4.0)
+    assert crop.clefts.offset_nm == crop.raw.offset_nm
+    ann = crop.annotations
+    assert ann is not None
+    # the sites at x = 68 nm are inside [8, 128) nm, those at 128 and 128.5 nm are not
+    assert ann.ids.tolist() == [1, 2] and ann.partners.tolist() == [[1, 2]]
+    assert ann.comments == {2: "polyadic?"}
+    assert np.allclose(ann.world_locations(), data.annotations.world_locations()[:2])  # type: ignore[union-attr]
+    with pytest.raises(DataError, match=r"sample\.hdf: roi \[\[0, 7\]"):
+        crop_cremi(data, [[0, 7], [0, 40], [0, 50]], "sample.hdf")

@@ -25,7 +25,7 @@ def _loader(path: Path) -> Callable[[Path], Any]:
 
     kind = tomllib.loads(path.read_text()).get("kind")
     if kind is None:
-        return load_pruner_config if path.stem.startswith("pruner") else load_config
+        return load_pruner_config if "pruner" in path.stem else load_config
     return {
         "clefts": load_detector_config,
         "polarity": load_detector_config,

@@ -40,3 +40,33 @@ def test_save_is_atomic_and_loads_safely(tmp_path: Path) -> None:
     path = TrainingRun.save({"state_dict": {"w": torch.ones(2)}, "iteration": 4}, tmp_path / "c.pt")
     assert load_state(path)["iteration"] == 4
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+
+
+def test_mixed_precision_is_cuda_only_and_steps_like_plain_adam() -> None:
+    from synapse_toolkit.nn.run import MixedPrecision
+
+    cpu = MixedPrecision(True, torch.device("cpu"))
+    assert not cpu.enabled and "CUDA only" in cpu.describe()
+    assert MixedPrecision(False, "cpu").describe() == "float32"
+
+    def trained(precision: MixedPrecision | None) -> torch.Tensor:
+        torch.manual_seed(0)
+        net = torch.nn.Conv3d(1, 2, 3)
+        opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+        x = torch.rand(2, 1, 5, 5, 5)
+        for _ in range(3):
+            if precision is None:
+                loss = net(x).square().mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            else:
+                with precision.autocast():
+                    y = net(x)
+                precision.step(y.float().square().mean(), opt)
+        return net.weight.detach().clone()
+
+    reference = trained(None)
+    assert torch.equal(trained(cpu), reference)
+    torch.manual_seed(0)
+    assert not torch.equal(reference, torch.nn.Conv3d(1, 2, 3).weight)  # the steps did change it

@@ -38,7 +38,7 @@ from synapse_toolkit.affinities import (
 from synapse_toolkit.config import StrictModel, load_training_config
 from synapse_toolkit.errors import ConfigError, DataError
 from synapse_toolkit.nn.augment import AugmentConfig, sample_augmented
-from synapse_toolkit.nn.run import TrainingRun
+from synapse_toolkit.nn.run import MixedPrecision, TrainingRun
 from synapse_toolkit.nn.volume_file import read_dataset
 
 
@@ -97,6 +97,9 @@ class TrainingSpec(StrictModel):
     num_threads: int = 2
     #: "auto": CUDA when a device really works, else CPU
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    #: on CUDA, forward passes in float16 with loss scaling
+    #: (:class:`~synapse_toolkit.nn.run.MixedPrecision`); ignored on CPU
+    mixed_precision: bool = False
     out_dir: str = "runs/train"
     checkpoint_every: int = 250
     validate_every: int = 250
@@ -361,6 +364,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
                       time_limit_minutes=t_cfg.time_limit_minutes,
                       cpu_time_limit_minutes=t_cfg.cpu_time_limit_minutes)  # fmt: skip
     device = run.device
+    precision = MixedPrecision(t_cfg.mixed_precision, device)
     offsets = cfg.target.offsets()
     model_dict = dict(cfg.model)
     init = str(model_dict.pop("init", "default"))  # "kaiming": He-normal convolutions
@@ -427,7 +431,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
     metrics_log = (out_dir / "metrics.jsonl").open("a")
     log(
         f"model: {net.num_parameters()} parameters, input {input_shape} -> output {output_shape}, "
-        f"device {device}"
+        f"device {device}, {precision.describe()}"
     )
 
     #: the weights that are validated and exported: the average when there is one
@@ -524,7 +528,9 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
         else:
             w_np = m_np
         w = torch.from_numpy(w_np.astype(np.float32)).to(device)
-        pred = net(x)
+        with precision.autocast():
+            pred = net(x)
+        pred = pred.float()
         loss = torch.zeros((), device=device)
         if "bce" in t_cfg.loss:
             loss = loss + (
@@ -548,9 +554,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
             )
         if consistency is not None:
             loss = loss + consistency.loss(net, it, device)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        precision.step(loss, opt)
         if consistency is not None:
             consistency.update_teacher(net)
         if ema is not None and t_cfg.ema_decay is not None:

@@ -5,9 +5,13 @@ Imports torch: never import this module from the CLI start-up path or from infer
 Config (TOML)::
 
     [data]
-    files = ["a.h5"]            # CREMI files (raw + neuron_ids + annotations [+ clefts])
+    files = ["a.h5"]            # CREMI files (raw + neuron_ids + annotations [+ clefts]) or
+                                # "registry:cremi/sample_A" (a registry dataset, fetched if missing)
     phantom_seeds = [1, 2, 3]   # and/or phantom volumes at the frozen defaults, generated once
     phantom_cache = "runs/phantom-cache"
+    [[data.validation]]         # optional: held-out regions; the export is then the checkpoint
+    file = "registry:cremi/sample_C"   # with the lowest loss on fixed crops of them
+    roi = [[100, 125], [0, 625], [0, 625]]  # (start, stop) voxels per z, y, x; whole file if absent
     [model]                     # synapse_toolkit.nn.unet.UNetConfig fields
     [targets]                   # synapse_toolkit.synapses.targets.TargetSettings fields
     [augment]                   # synapse_toolkit.nn.augment.AugmentConfig fields
@@ -33,7 +37,8 @@ from pydantic import Field
 from synapse_toolkit.config import StrictModel, load_training_config
 from synapse_toolkit.errors import ConfigError, DataError
 from synapse_toolkit.io.cremi import CremiData, read_cremi
-from synapse_toolkit.nn.run import RunSection, TrainingRun
+from synapse_toolkit.nn.run import MixedPrecision, RunSection, TrainingRun
+from synapse_toolkit.nn.volume_file import volume_path
 from synapse_toolkit.synapses.targets import TargetSettings, targets_from_cremi
 
 if TYPE_CHECKING:
@@ -43,16 +48,28 @@ if TYPE_CHECKING:
     from synapse_toolkit.nn.unet import UNetConfig
 
 
+class Region(StrictModel):
+    """A CREMI file (a path or ``registry:<name>``) and optionally a region of it."""
+
+    file: str
+    #: (start, stop) voxels per z, y, x; the whole file if absent
+    roi: list[list[int]] | None = None
+
+
 class DataSection(StrictModel):
     files: list[str] = Field(default_factory=list)
     phantom_seeds: list[int] = Field(default_factory=list)
     phantom_cache: str = "runs/phantom-cache"
+    #: held-out regions: the checkpoint with the lowest loss on fixed crops of them is exported
+    validation: list[Region] = Field(default_factory=list)
 
 
 class TrainingSection(RunSection):
     input_shape: list[int] = Field(default_factory=lambda: [28, 112, 112])
     synapse_fraction: float = 0.7
     checkpoint_every: int = 500  # also write <out_dir>/latest.pt this often (0 = only at the end)
+    validate_every: int = 500  # with data.validation: score the fixed crops this often
+    validation_crops: int = 32  # crops drawn once from data.validation (no augmentation)
     out_dir: str = "runs/train-synapses"
     init_checkpoint: str | None = None  # continue from this checkpoint (same architecture)
     #: continue from an exported model of this config's architecture (registry name or .onnx;
@@ -77,6 +94,13 @@ def load_detector_config(path: str | Path) -> DetectorTrainConfig:
     return load_training_config(path, DetectorTrainConfig)
 
 
+#: an ``[augment]`` table that leaves crops as they are (validation crops)
+NO_AUGMENTATION: dict[str, Any] = {
+    "flip": False, "transpose_axes": [], "intensity_scale": 0.0, "intensity_shift": 0.0,
+    "elastic_sigma": 0.0, "margin": [0, 0, 0],
+}  # fmt: skip
+
+
 def phantom_file(seed: int, cache: str | Path) -> Path:
     """A phantom EM volume at the frozen defaults for ``seed`` (generated once, then cached)."""
     from synapse_toolkit.phantom.em import EMPhantom
@@ -91,11 +115,24 @@ def phantom_file(seed: int, cache: str | Path) -> Path:
 
 
 def training_files(data: DataSection) -> list[Path]:
-    files = [Path(f) for f in data.files]
+    files = [volume_path(f) for f in data.files]
     files += [phantom_file(s, data.phantom_cache) for s in data.phantom_seeds]
     if not files:
         raise ConfigError("data: give `files` or `phantom_seeds`")
     return files
+
+
+def read_region(region: Region, where: str) -> CremiData:
+    """The CREMI contents of ``region`` (only its region is read from the file)."""
+    from synapse_toolkit.io.cremi import crop_cremi, open_cremi
+
+    path = volume_path(region.file)
+    if not path.exists():
+        raise DataError(f"{path}: file not found ({where})")
+    if region.roi is None:
+        return read_cremi(path)
+    with open_cremi(path) as data:
+        return crop_cremi(data, region.roi, f"{path} ({where})")
 
 
 def _volume_target(
@@ -120,12 +157,16 @@ def _synapse_centres(data: CremiData, shape: tuple[int, ...]) -> np.ndarray:
     return idx[inside]
 
 
+#: one training volume: raw, target, loss mask, synapse centres (voxels)
+_Prepared = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
 class SynapseCropSampler:
     """Augmented crops (raw, target, mask) of ``input_shape``; target/mask cropped to output."""
 
     def __init__(
         self,
-        volumes: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
+        volumes: Sequence[_Prepared],
         input_shape: Sequence[int],
         output_shape: Sequence[int],
         augment: AugmentConfig,
@@ -254,6 +295,7 @@ def train_detector(cfg: DetectorTrainConfig, log: Callable[[str], None] = print)
     run = TrainingRun(seed=t.seed, num_threads=t.num_threads, device=t.device,
                       time_limit_minutes=t.time_limit_minutes)  # fmt: skip
     dev = run.device
+    precision = MixedPrecision(t.mixed_precision, dev)
     split = cfg.kind == "polarity" and t.loss == "bce-split"
     side = cfg.kind == "polarity" and t.loss == "bce-side"
     act = "sigmoid" if cfg.kind == "clefts" or split or side else "tanh"
@@ -293,14 +335,23 @@ def train_detector(cfg: DetectorTrainConfig, log: Callable[[str], None] = print)
         log(f"initialised from {t.init_from_model} ({n} tensors)")
     tsettings = TargetSettings(**cfg.targets)
     aug = AugmentConfig.from_table(cfg.augment)
-    volumes = []
-    files = training_files(cfg.data)
-    for f in files:
-        data = read_cremi(f)
+
+    def prepared(data: CremiData, where: str) -> _Prepared:
         if data.raw is None:
-            raise DataError(f"{f}: no volumes/raw")
+            raise DataError(f"{where}: no volumes/raw")
         target, mask = _volume_target(cfg.kind, data, tsettings)
-        volumes.append((data.raw.read(), target, mask, _synapse_centres(data, target.shape)))
+        return data.raw.read(), target, mask, _synapse_centres(data, target.shape)
+
+    files = training_files(cfg.data)
+    volumes = [prepared(read_cremi(f), str(f)) for f in files]
+    val_crops: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    if cfg.data.validation:
+        held = [prepared(read_region(r, f"data.validation[{k}]"), f"data.validation[{k}]")
+                for k, r in enumerate(cfg.data.validation)]  # fmt: skip
+        plain = AugmentConfig.from_table(NO_AUGMENTATION)
+        fixed = SynapseCropSampler(held, input_shape, output_shape, plain, t.synapse_fraction,
+                                   t.seed + 1)  # fmt: skip
+        val_crops = [fixed.sample() for _ in range(t.validation_crops)]
     sampler = SynapseCropSampler(
         volumes, input_shape, output_shape, aug, t.synapse_fraction, t.seed
     )
@@ -309,43 +360,52 @@ def train_detector(cfg: DetectorTrainConfig, log: Callable[[str], None] = print)
     net.to(dev)
     opt = torch.optim.Adam(net.parameters(), lr=t.lr)
     log(f"{cfg.kind}: {net.num_parameters()} parameters, input {input_shape} -> {output_shape}, "
-        f"{len(files)} volumes, {run.describe()}")  # fmt: skip
+        f"{len(files)} volumes, {run.describe()}, {precision.describe()}")  # fmt: skip
     metrics = (out_dir / "metrics.jsonl").open("w")
     run.restart_clock()
     avg = None
     it = 0
-    for it in range(1, t.iterations + 1):
-        xs, ys, ws = [], [], []
-        for _ in range(t.batch_size):
-            r, y, m = sampler.sample()
-            xs.append(r[None])
-            ys.append(y[None])
-            ws.append(_balanced_weights(y, m, cfg.kind)[None])
-        x = torch.from_numpy(np.stack(xs)).to(dev)
+
+    def batch_loss(batch: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> torch.Tensor:
+        """The loss of ``net`` on (raw, target, mask) crops (float32, outside autocast)."""
+        ys = [y[None] for _, y, _ in batch]
+        ws = [_balanced_weights(y, m, cfg.kind)[None] for _, y, m in batch]
+        x = torch.from_numpy(np.stack([r[None] for r, _, _ in batch])).to(dev)
         y_t = torch.from_numpy(np.stack(ys)).to(dev)
         w = torch.from_numpy(np.stack(ws)).to(dev)
-        pred = net(x)
+        with precision.autocast():
+            pred = net(x)
+        pred = pred.float()
         if side:
-            loss = _side_loss(pred, y_t, w)
-        elif split:
+            return _side_loss(pred, y_t, w)
+        if split:
             parts = torch.cat([y_t.clamp(min=0), (-y_t).clamp(min=0)], dim=1)
             w2 = torch.from_numpy(np.stack([
                 _split_weights(y[0], wi[0] > 0) for y, wi in zip(ys, ws, strict=True)
             ])).to(dev)  # fmt: skip
             per = torch.nn.functional.binary_cross_entropy(pred.clamp(1e-6, 1 - 1e-6), parts,
                                                            reduction="none")  # fmt: skip
-            loss = (per * w2).sum() / w2.sum().clamp(min=1)
+            return (per * w2).sum() / w2.sum().clamp(min=1)
+        if cfg.kind == "clefts":
+            per = torch.nn.functional.binary_cross_entropy(
+                pred.clamp(1e-6, 1 - 1e-6), y_t, reduction="none"
+            )
         else:
-            if cfg.kind == "clefts":
-                per = torch.nn.functional.binary_cross_entropy(
-                    pred.clamp(1e-6, 1 - 1e-6), y_t, reduction="none"
-                )
-            else:
-                per = (pred - y_t) ** 2
-            loss = (per * w).sum() / w.sum().clamp(min=1)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+            per = (pred - y_t) ** 2
+        return (per * w).sum() / w.sum().clamp(min=1)
+
+    def validate() -> float:
+        """Mean loss over the fixed validation crops (one at a time, no gradient)."""
+        net.eval()
+        with torch.no_grad():
+            value = float(np.mean([float(batch_loss([c])) for c in val_crops]))
+        net.train()
+        return value
+
+    best_val, best_it = float("inf"), 0
+    for it in range(1, t.iterations + 1):
+        loss = batch_loss([sampler.sample() for _ in range(t.batch_size)])
+        precision.step(loss, opt)
         lv = float(loss.detach())
         avg = lv if avg is None else 0.95 * avg + 0.05 * lv
         elapsed = run.elapsed
@@ -358,22 +418,40 @@ def train_detector(cfg: DetectorTrainConfig, log: Callable[[str], None] = print)
         if t.checkpoint_every and it % t.checkpoint_every == 0:
             _save_checkpoint(out_dir / "latest.pt", net, model_cfg, it, input_shape, output_shape,
                              cfg.kind, scale, pool)  # fmt: skip
-        if run.out_of_time():
+        out_of_time = run.out_of_time()
+        if val_crops and (it % t.validate_every == 0 or it == t.iterations or out_of_time):
+            val_loss = validate()
+            log(f"validation it {it}: loss {val_loss:.4f}")
+            metrics.write(json.dumps({"iteration": it, "validation_loss": val_loss}) + "\n")
+            metrics.flush()
+            if val_loss < best_val:
+                best_val, best_it = val_loss, it
+                _save_checkpoint(out_dir / "best.pt", net, model_cfg, it, input_shape,
+                                 output_shape, cfg.kind, scale, pool)  # fmt: skip
+        if out_of_time:
             log(run.budget_line(it))
             break
     metrics.close()
     net = net.cpu().eval()
     ckpt = out_dir / "final.pt"
     _save_checkpoint(ckpt, net, model_cfg, it, input_shape, output_shape, cfg.kind, scale, pool)
+    chosen: dict[str, Any] = {}
+    if val_crops:  # export the checkpoint with the lowest validation loss
+        from synapse_toolkit.nn.checkpoint import load_state
+
+        net.load_state_dict(load_state(out_dir / "best.pt")["state_dict"])
+        chosen = {"best_iteration": best_it, "best_validation_loss": best_val,
+                  "validation_crops": len(val_crops)}  # fmt: skip
     onnx_path = Path(t.onnx) if t.onnx else out_dir / "model.onnx"
     target_doc = "signed proximity in [-1, 1]" if cfg.kind == "polarity" else "cleft probability"
     overlap = [2, 8, 8] if model_cfg.padding == "valid" else [4, 32, 32]
-    meta = {"kind": cfg.kind, "target": target_doc, "iteration": it, "scale": scale, "pool": pool,
+    meta = {"kind": cfg.kind, "target": target_doc, "iteration": chosen.get("best_iteration", it),
+            "scale": scale, "pool": pool,
             "overlap": overlap, "model_config": model_cfg.to_dict(),
             "target_settings": tsettings.__dict__}  # fmt: skip
     info = export_model(export_net, input_shape, onnx_path, metadata=meta)
     summary = {"kind": cfg.kind, "iterations": it, "loss_avg": avg, "time_s": run.elapsed,
-               "checkpoint": str(ckpt), **info}  # fmt: skip
+               "checkpoint": str(ckpt), **chosen, **info}  # fmt: skip
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     log(json.dumps(summary))
     return summary

@@ -9,7 +9,10 @@ Config (TOML)::
 
     [data]
     files = [...]; phantom_seeds = [...]; phantom_cache = "runs/phantom-cache"
+                                    # files: paths or "registry:<name>" (fetched if missing)
     validation_seeds = [...]        # phantom volumes held out for validation
+    [[data.validation]]             # and/or regions of CREMI files held out for validation
+    file = "registry:cremi/sample_C"; roi = [[100, 125], [0, 1250], [0, 1250]]
     polarity_model = "plugins/syntk_synapses/models/polarity.onnx"
     [candidates]                    # CandidateSettings fields
     [patch]                         # shape = [8, 48, 48], downsample = 2
@@ -34,17 +37,20 @@ from synapse_toolkit.config import StrictModel, load_training_config
 from synapse_toolkit.errors import ConfigError, DataError
 from synapse_toolkit.inference.onnx_model import OnnxModel
 from synapse_toolkit.io.cremi import read_cremi
-from synapse_toolkit.nn.run import RunSection, TrainingRun
+from synapse_toolkit.nn.run import MixedPrecision, RunSection, TrainingRun
+from synapse_toolkit.nn.volume_file import volume_path
 from synapse_toolkit.synapses.candidates import CandidateSettings, find_candidates
 from synapse_toolkit.synapses.pruning import PatchSettings, candidate_patches, label_candidates
 from synapse_toolkit.synapses.targets import Grid
-from synapse_toolkit.synapses.train_detectors import phantom_file
+from synapse_toolkit.synapses.train_detectors import Region, phantom_file, read_region
 
 
 class PrunerData(StrictModel):
     files: list[str] = Field(default_factory=list)
     phantom_seeds: list[int] = Field(default_factory=list)
     validation_seeds: list[int] = Field(default_factory=list)
+    #: regions of CREMI files held out for validation (as the detectors' ``data.validation``)
+    validation: list[Region] = Field(default_factory=list)
     phantom_cache: str = "runs/phantom-cache"
     polarity_model: str = "plugins/syntk_synapses/models/polarity.onnx"
     #: "model": candidates from the polarity U-Net; "noisy-truth": from the ground-truth signed
@@ -143,8 +149,10 @@ def volume_candidates(
     cache_dir: Path | None = None,
     noise_std: float = 0.3,
     segmentation: SegmentationSource | None = None,
+    roi: list[list[int]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(patches, labels) of the candidates of one CREMI file (cached by file, model, settings).
+    """(patches, labels) of the candidates of one CREMI file, or of its region ``roi`` ((start,
+    stop) voxels per z, y, x); cached by file, region, model and settings.
 
     Without ``model`` the proximity is :func:`noisy_truth_proximity`; candidates use the
     ``segmentation`` source (default: the truth), labels always the truth."""
@@ -153,12 +161,14 @@ def volume_candidates(
     parts = [str(path), model_key, cs.__dict__, ps.__dict__]
     if seg_source.model is not None:  # (keeps the cache keys of truth-only runs unchanged)
         parts.append(seg_source.key())
+    if roi is not None:
+        parts.append(f"roi {roi}")
     key = hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
     cached = cache_dir / f"{path.stem}-{key}.npz" if cache_dir else None
     if cached is not None and cached.exists():
         z = np.load(cached)
         return z["patches"], z["labels"]
-    data = read_cremi(path)
+    data = read_cremi(path) if roi is None else read_region(Region(file=str(path), roi=roi), "")
     if data.raw is None or data.neuron_ids is None or data.annotations is None:
         raise DataError(f"{path}: pruner training needs raw, neuron_ids and annotations")
     raw = data.raw.read()
@@ -194,7 +204,7 @@ def _augment(batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def _collect(
-    files: list[Path],
+    files: list[Region],
     model: OnnxModel | None,
     cs: CandidateSettings,
     ps: PatchSettings,
@@ -204,7 +214,8 @@ def _collect(
 ) -> tuple[np.ndarray, np.ndarray]:
     ps_list, ls_list = [], []
     for f in files:
-        p, lab = volume_candidates(f, model, cs, ps, cache, noise_std, segmentation)
+        p, lab = volume_candidates(volume_path(f.file), model, cs, ps, cache, noise_std,
+                                   segmentation, f.roi)  # fmt: skip
         ps_list.append(p)
         ls_list.append(lab)
     shape = (0, 4, *ps.shape)
@@ -225,6 +236,7 @@ def train_pruner(cfg: PrunerTrainConfig, log: Callable[[str], None] = print) -> 
     run = TrainingRun(seed=t.seed, num_threads=t.num_threads, device=t.device,
                       time_limit_minutes=t.time_limit_minutes)  # fmt: skip
     dev = run.device
+    precision = MixedPrecision(t.mixed_precision, dev)
     rng = np.random.default_rng(t.seed)
     cs = CandidateSettings(**cfg.candidates)
     patch: dict[str, Any] = {
@@ -237,9 +249,12 @@ def train_pruner(cfg: PrunerTrainConfig, log: Callable[[str], None] = print) -> 
         else None
     )
     cache = Path(cfg.data.cache_dir)
-    train_files = [Path(f) for f in cfg.data.files]
-    train_files += [phantom_file(s, cfg.data.phantom_cache) for s in cfg.data.phantom_seeds]
-    val_files = [phantom_file(s, cfg.data.phantom_cache) for s in cfg.data.validation_seeds]
+    train_files = [Region(file=f) for f in cfg.data.files]
+    train_files += [Region(file=str(phantom_file(s, cfg.data.phantom_cache)))
+                    for s in cfg.data.phantom_seeds]  # fmt: skip
+    val_files = [Region(file=str(phantom_file(s, cfg.data.phantom_cache)))
+                 for s in cfg.data.validation_seeds]  # fmt: skip
+    val_files += cfg.data.validation
     if not train_files:
         raise ConfigError("data: give `files` or `phantom_seeds`")
     start = time.time()
@@ -304,17 +319,17 @@ def train_pruner(cfg: PrunerTrainConfig, log: Callable[[str], None] = print) -> 
         idx = np.concatenate([rng.choice(pos, half), rng.choice(neg, t.batch_size - half)])
         x = torch.from_numpy(_augment(x_tr[idx], rng).astype(np.float32)).to(dev)
         y = torch.from_numpy(y_tr[idx].astype(np.float32))[:, None].to(dev)
-        loss = loss_fn(net(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        with precision.autocast():
+            logits = net(x)
+        loss = loss_fn(logits.float(), y)
+        precision.step(loss, opt)
         if it % t.log_every == 0:
-            log(f"it {it} loss {float(loss):.4f} {run.elapsed:.0f}s")
+            log(f"it {it} loss {float(loss.detach()):.4f} {run.elapsed:.0f}s")
         out_of_time = run.out_of_time()
         if it % t.validate_every == 0 or it == t.iterations or out_of_time:
             val = evaluate()
-            score = val.get("balanced_accuracy", -float(loss))
-            metrics.write(json.dumps({"iteration": it, "loss": float(loss), **val}) + "\n")
+            score = val.get("balanced_accuracy", -float(loss.detach()))
+            metrics.write(json.dumps({"iteration": it, "loss": float(loss.detach()), **val}) + "\n")
             metrics.flush()
             log(f"validation it {it}: {json.dumps(val)}")
             if score >= best:

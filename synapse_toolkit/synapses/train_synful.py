@@ -20,6 +20,7 @@ plane with the vector components flipped / swapped to match.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,7 +33,7 @@ from synapse_toolkit.config import StrictModel, load_training_config
 from synapse_toolkit.errors import ConfigError, DataError
 from synapse_toolkit.io.cremi import read_cremi
 from synapse_toolkit.nn.exported_weights import load_exported
-from synapse_toolkit.nn.run import RunSection, TrainingRun
+from synapse_toolkit.nn.run import MixedPrecision, RunSection, TrainingRun
 from synapse_toolkit.synapses.synful import SynfulTargetSettings, synful_targets
 from synapse_toolkit.synapses.targets import Grid
 from synapse_toolkit.synapses.train_detectors import DataSection, training_files
@@ -160,13 +161,17 @@ class SynfulCropSampler:
 def synful_loss(
     head: Any, x: torch.Tensor, t: torch.Tensor, vector_scale_nm: float,
     vector_weight: float, direction_weight: float, focal_gamma: float = 0.0,
+    precision: MixedPrecision | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
     """Balanced BCE on the mask (focal-modulated if ``focal_gamma`` > 0, same total weight) +
-    MSE on the vector + (1 - cos) on the direction."""
+    MSE on the vector + (1 - cos) on the direction; the forward pass under ``precision``'s
+    autocast, the loss in float32."""
     import torch
     from torch.nn.functional import binary_cross_entropy_with_logits
 
-    logit, vec, d = head.parts(x)
+    with precision.autocast() if precision is not None else contextlib.nullcontext():
+        logit, vec, d = head.parts(x)
+    logit, vec, d = logit.float(), vec.float(), d.float()
     m = t[:, 0:1]
     frac = m.mean().clamp(0.02, 0.98)
     w = torch.where(m > 0.5, 0.5 / frac, 0.5 / (1 - frac))
@@ -237,6 +242,9 @@ def init_from_model(head: Any, model: str) -> int:
 
 def train_synful(cfg: SynfulTrainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train, export to ONNX, return a summary (paths, sha256, losses, time)."""
+    if cfg.data.validation:
+        raise ConfigError("data.validation: the synful trainer keeps no validation set; choose its "
+                          "checkpoints with benchmarks/eval_partners.py --checkpoints")  # fmt: skip
     import torch
 
     from synapse_toolkit.nn.augment import AugmentConfig
@@ -245,6 +253,7 @@ def train_synful(cfg: SynfulTrainConfig, log: Callable[[str], None] = print) -> 
     run = TrainingRun(seed=t.seed, num_threads=t.num_threads, device=t.device,
                       time_limit_minutes=t.time_limit_minutes)  # fmt: skip
     dev = run.device
+    precision = MixedPrecision(t.mixed_precision, dev)
     head, model_cfg, scale, pool = build_network(cfg)
     input_shape = tuple(t.input_shape)
     if not head.is_valid_input_shape(input_shape):
@@ -280,7 +289,7 @@ def train_synful(cfg: SynfulTrainConfig, log: Callable[[str], None] = print) -> 
     opt = torch.optim.Adam(head.parameters(), lr=t.lr)
     n_params = sum(p.numel() for p in head.parameters())
     log(f"synful: {n_params} parameters, input {input_shape}, {len(files)} volumes, "
-        f"{run.describe()}")  # fmt: skip
+        f"{run.describe()}, {precision.describe()}")  # fmt: skip
 
     def save(path: Path, it: int) -> None:
         TrainingRun.save({"model_config": model_cfg.to_dict(), "state_dict": head.state_dict(),
@@ -297,10 +306,8 @@ def train_synful(cfg: SynfulTrainConfig, log: Callable[[str], None] = print) -> 
         x = torch.from_numpy(np.stack(xs)[:, None]).to(dev)
         tt = torch.from_numpy(np.stack(ts)).to(dev)
         loss, parts = synful_loss(head, x, tt, t.vector_scale_nm, t.vector_weight,
-                                  t.direction_weight, t.mask_focal_gamma)  # fmt: skip
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+                                  t.direction_weight, t.mask_focal_gamma, precision)  # fmt: skip
+        precision.step(loss, opt)
         lv = float(loss.detach())
         avg = lv if avg is None else 0.95 * avg + 0.05 * lv
         if it % t.log_every == 0:
