@@ -304,7 +304,7 @@ def test_clustering_example_scores_and_pictures(tmp_path: Path) -> None:
         assert (tmp_path / "run" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_cluster_run_command(tmp_path: Path) -> None:
+def test_cluster_run_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import json
 
     from typer.testing import CliRunner
@@ -324,8 +324,10 @@ def test_cluster_run_command(tmp_path: Path) -> None:
         model_metadata(PatchEncoder(model_path("synapses/cluster_encoder")).session)["latent"]
     )
     assert len(saved["labels"]) == 15 and len(saved["embedding"][0]) == latent
+    monkeypatch.chdir(tmp_path)
     bad = CliRunner().invoke(app, ["cluster", "run", str(tmp_path / "missing.h5")])
     assert bad.exit_code == 1 and "error:" in bad.output
+    assert not (tmp_path / "clusters").exists()  # no output folder for an input that failed
 
 
 def test_encode_sites_in_batches_equals_encoding_all_patches(tmp_path: Path) -> None:

@@ -57,7 +57,6 @@ def run(
     opts: dict[str, object] = {"k": k}
     if model:
         opts["model"] = model
-    out.mkdir(parents=True, exist_ok=True)
     truth = run_stage("loader", "phantom-synapse-types", {}, {"path": str(path)}).get("types")
     with open_cremi(path) as data:
         if data.raw is None or data.annotations is None:
@@ -67,6 +66,7 @@ def run(
             inputs["labels"] = data.neuron_ids
         if truth is not None:
             inputs["truth"] = truth
+        out.mkdir(parents=True, exist_ok=True)  # only once the input is known to be usable
         clusters = run_stage("clusterer", "autoencoder-kmeans", inputs, opts, scratch_dir=out)[
             "clusters"
         ]
