@@ -9,7 +9,9 @@
 - **more posts**: EMSynConn's rows plus synful's rows that share an EMSynConn row's pre segment
   with post sites within 400 nm, for segment pairs EMSynConn does not have (polyadic synapses);
 - **verified**: EMSynConn's rows plus synful's rows that the pruning CNN keeps (score > 0.5 on
-  the candidate patch centred between the row's pre and post sites, with its two segments);
+  the candidate patch centred between the row's pre and post sites, with its two segments;
+  ``--verify-keep`` adds other cut-offs as ``verified t=T``); ``--veto-keep`` adds the main
+  job's rows that the pruning CNN scores above T (``main job vetoed t=T``);
 - synful with small split pieces dropped or rejoined (``rejoin_small_pieces``), each with and
   without de-duplication by the main job's coarser ``segment``
   (:func:`~synapse_toolkit.synapses.partners.deduplicate_by`; the last is the main job's);
@@ -106,26 +108,29 @@ def more_posts(table: PartnerTable, extra: PartnerTable) -> PartnerTable:
     return union(table, extra.select(keep))
 
 
-def verified(
-    table: PartnerTable, extra: PartnerTable, v: dict[str, Any], seg: np.ndarray,
-    pruner: PrunerONNX, keep: float = 0.5,
-) -> PartnerTable:  # fmt: skip
-    """``table``'s rows plus the ``extra`` rows the pruning CNN scores above ``keep`` on the
-    candidate patch centred between their pre and post sites (joined by :func:`union`)."""
-    if len(extra) == 0:
-        return table
-    centres = v["grid"].to_voxel((extra.pre_nm + extra.post_nm) / 2.0)
+def pruner_scores(
+    table: PartnerTable, v: dict[str, Any], seg: np.ndarray, pruner: PrunerONNX
+) -> np.ndarray:
+    """The pruning CNN's keep probability of each row, on the candidate patch centred between
+    its pre and post sites with its two segments."""
+    if len(table) == 0:
+        return np.zeros(0)
+    centres = v["grid"].to_voxel((table.pre_nm + table.post_nm) / 2.0)
     patches = np.stack([
         extract_patch(v["raw"], v["proximity"], seg, c, int(a), int(b), pruner.patch_settings)
-        for c, a, b in zip(centres, extra.pre_segment, extra.post_segment, strict=True)
+        for c, a, b in zip(centres, table.pre_segment, table.post_segment, strict=True)
     ])  # fmt: skip
-    return union(table, extra.select(pruner.scores(patches) > keep))
+    return pruner.scores(patches)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", required=True)
     ap.add_argument("--fill-nm", type=float, default=400.0, help="(the de-duplication distance)")
+    ap.add_argument("--verify-keep", type=float, nargs="*", default=[],
+                    help="more pruner cut-offs for `verified` (always run at 0.5)")  # fmt: skip
+    ap.add_argument("--veto-keep", type=float, nargs="*", default=[],
+                    help="pruner cut-offs for `main job vetoed`")  # fmt: skip
     ap.add_argument("--json", default=None)
     add_prediction_arguments(ap)
     args = ap.parse_args()
@@ -145,6 +150,7 @@ def main() -> None:
             unpruned = assign_emsynconn(v["raw"], v["proximity"], seg, v["grid"], pruner,
                                         EMSynConnSettings(prune_threshold=-1.0))  # fmt: skip
             syn = extract_partners(v["synful"], seg, v["grid"], vector, v["clefts"])
+            kept = pruner_scores(syn, v, seg, pruner)
             dropped = extract_partners(v["synful"], seg, v["grid"], plain, v["clefts"])
             oriented, n = orient(ems, syn)
             flipped[seg_key] += n
@@ -154,13 +160,20 @@ def main() -> None:
                       "fill": fill(ems, syn, args.fill_nm), "union": union(ems, syn),
                       "vote": vote(ems, unpruned.select(unpruned.score <= 0.5), syn),
                       "more posts": more_posts(ems, syn),
-                      "verified": verified(ems, syn, v, seg, pruner),
+                      "verified": union(ems, syn.select(kept > 0.5)),
                       "synful, small split pieces dropped": dropped,
                       "synful, dropped + main-segmentation de-duplication":
                           deduplicate_by(dropped, coarse),
                       "synful (pieces rejoined)": syn,
                       "synful + main-segmentation de-duplication (main job)":
                           deduplicate_by(syn, coarse)}  # fmt: skip
+            for t in args.verify_keep:
+                tables[f"verified t={t}"] = union(ems, syn.select(kept > t))
+            main = tables["synful + main-segmentation de-duplication (main job)"]
+            vetoed = pruner_scores(main, v, seg, pruner) if args.veto_keep else None
+            for t in args.veto_keep:
+                assert vetoed is not None
+                tables[f"main job vetoed t={t}"] = main.select(vetoed > t)
             for name, table in tables.items():
                 tally(f"{name} | {seg_key}", table, v, seg, rows, errors)
         print(f"seed {seed}", flush=True)
