@@ -211,12 +211,13 @@ def search_thresholds(
 def train(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from synapse_toolkit.nn.run import TrainingRun
+    from synapse_toolkit.nn.run import MixedPrecision, TrainingRun
     from syntk_calcium.net import RoiNet
 
     # threads, torch seed, device and the wall-clock budget (which counts data preparation)
     run = TrainingRun(seed=args.seed, num_threads=args.threads, device=args.device,
                       time_limit_minutes=args.time_limit / 60)  # fmt: skip
+    precision = MixedPrecision(args.mixed_precision, run.device)
     rng = np.random.default_rng(args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -284,7 +285,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         yt = torch.from_numpy(np.stack(yb)).to(run.device)
         mt = torch.from_numpy(np.stack(mb))[:, None].to(run.device)
         net.train()
-        logits = net(xt)[:, :, 0]
+        with precision.autocast():
+            logits = net(xt)[:, :, 0]
+        logits = logits.float()
         loss_map = torch.nn.functional.binary_cross_entropy_with_logits(
             logits, yt, pos_weight=pos_weight[None, :, None, None], reduction="none"
         )
@@ -293,9 +296,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             frac = min(1.0, it / args.iterations)
             for group in opt.param_groups:
                 group["lr"] = args.lr * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * frac)))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        precision.step(loss, opt)
         if ema is not None:
             ema.update_parameters(net)
         if it % 50 == 0:
@@ -404,6 +405,8 @@ def main(argv: list[str] | None = None) -> None:
                     "preprocessing; 0: off")  # fmt: skip
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    ap.add_argument("--mixed-precision", action="store_true",
+                    help="float16 forward passes, loss scaling (CUDA; ignored on CPU)")  # fmt: skip
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--export", default=None, help="write the best checkpoint as this ONNX file")
     ap.add_argument("--export-checkpoint", default=None, metavar="PT",

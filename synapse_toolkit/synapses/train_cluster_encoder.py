@@ -114,6 +114,9 @@ class TrainConfig(_Model):
     num_threads: int = 1
     time_limit_minutes: float | None = 20.0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    #: on CUDA, forward passes in float16 with loss scaling
+    #: (:class:`~synapse_toolkit.nn.run.MixedPrecision`); ignored on CPU
+    mixed_precision: bool = False
     eval_every: int = 250
     out_dir: Path = Path("runs/cluster_encoder")
 
@@ -352,13 +355,14 @@ def train_cluster_encoder(
         nt_xent,
     )
     from synapse_toolkit.nn.export import export_model
-    from synapse_toolkit.nn.run import TrainingRun
+    from synapse_toolkit.nn.run import MixedPrecision, TrainingRun
 
     if cfg.model.arch == "profile" and cfg.patch.align != "contact":
         raise ConfigError("model.arch = 'profile' needs patch.align = 'contact'")
     tc = cfg.training
     run = TrainingRun(seed=tc.seed, num_threads=tc.num_threads,
                       time_limit_minutes=tc.time_limit_minutes, device=tc.device)  # fmt: skip
+    precision = MixedPrecision(tc.mixed_precision, run.device)
     t0 = time.time()
     train = _concat([prepare_seed(s, cfg, cfg.augment.views, s) for s in cfg.data.seeds])
     val = _concat([{**d, "volume": np.full(len(d["types"]), 0 if cfg.data.validation_pooled else s)}
@@ -391,7 +395,10 @@ def train_cluster_encoder(
         idx = rng.integers(len(train["canonical"]), size=tc.batch_size)
         xb, tb = make_batch(train, cfg, rng, idx=idx)
         x = torch.from_numpy(xb).to(run.device)
-        rec, mu, logvar = net(x)
+        with precision.autocast():
+            rec, mu, logvar = net(x)
+        rec, mu = rec.float(), mu.float()
+        logvar = None if logvar is None else logvar.float()
         if isinstance(net, ProfileAutoencoder):
             t = net.target(torch.from_numpy(tb).to(run.device))
             loss = torch.mean((rec - t) ** 2)
@@ -405,14 +412,14 @@ def train_cluster_encoder(
         loss = m.reconstruction * loss
         if m.contrastive > 0:  # a second, independently augmented view of the same synapses
             x2 = torch.from_numpy(make_batch(train, cfg, rng, idx=idx)[0]).to(run.device)
-            loss = loss + m.contrastive * nt_xent(mu, net.encoder(x2), m.temperature)
+            with precision.autocast():
+                mu2 = net.encoder(x2)
+            loss = loss + m.contrastive * nt_xent(mu, mu2.float(), m.temperature)
         kl = torch.zeros(())
         if logvar is not None:
             kl = -0.5 * torch.mean(torch.sum(1 + logvar - mu**2 - logvar.exp(), dim=1))
             loss = loss + cfg.model.beta * kl
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        precision.step(loss, opt)
         done = run.out_of_time()
         if it % tc.eval_every == 0 or it == tc.iterations or done:
             ari = validation_ari(net.encoder, val, k)
