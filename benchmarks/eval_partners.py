@@ -92,8 +92,11 @@ def _cached(path: Path, make: Any) -> np.ndarray:
     return arr
 
 
-def predictions(seed: int, args: argparse.Namespace, synful: bool = True) -> dict[str, Any]:
-    """Truth and the model outputs of one phantom seed (each cached by seed and model sha256)."""
+def predictions(
+    seed: int, args: argparse.Namespace, synful: bool = True, main_segmentation: bool = True
+) -> dict[str, Any]:
+    """Truth and the model outputs of one phantom seed (each cached by seed and model sha256);
+    ``main_segmentation``: also the main job's coarser ``segment`` (``main_seg``)."""
     path = phantom_file(seed, args.phantom_cache)
     data = read_cremi(path)
     if data.raw is None or data.neuron_ids is None:
@@ -124,7 +127,8 @@ def predictions(seed: int, args: argparse.Namespace, synful: bool = True) -> dic
 
     out["pred_seg"] = segmentation(args.fragments)
     # the main job's `segment` (distance-seeded fragments), coarser than its `partner_segment`
-    out["main_seg"] = segmentation("distance_2d")
+    if main_segmentation:
+        out["main_seg"] = segmentation("distance_2d")
     if synful:
         out["synful"] = _cached(key("synful", args.synful),
                                 lambda: OnnxModel(args.synful).predict(raw))  # fmt: skip
@@ -436,7 +440,9 @@ def main() -> None:
     t0 = time.time()
     volumes = []
     for seed in args.seeds:
-        volumes.append(predictions(seed, args, synful=not (args.only_predict or args.checkpoints)))
+        scored = not (args.tune or args.checkpoints)  # the table scores the main job's dedup
+        synful = not (args.only_predict or args.checkpoints)
+        volumes.append(predictions(seed, args, synful=synful, main_segmentation=scored))
         print(f"seed {seed} predicted ({time.time() - t0:.0f}s)", flush=True)
     if args.only_predict:
         return
