@@ -129,6 +129,12 @@ def test_cremi_synapse_configs_train_on_stand_ins(
         assert len(val) == 3 and summary["best_validation_loss"] == pytest.approx(min(val))
         onnx[kind] = tmp_path / kind / "model.onnx"
         assert onnx[kind].is_file()
+        if kind == "clefts":  # continued into the same folder: the earlier metrics stay
+            again = {"iterations": 1, "init_checkpoint": str(tmp_path / kind / "final.pt")}
+            cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update=again)})
+            train_detector(cfg, log=lambda _: None)
+            more = (tmp_path / kind / "metrics.jsonl").read_text().splitlines()
+            assert more[: len(lines)] == [json.dumps(x) for x in lines] and len(more) > len(lines)
 
     shipped_p = load_pruner_config(REPO / "examples" / "train" / "cremi_pruner.toml")
     assert shipped_p.data.polarity_model == "runs/cremi_polarity/model.onnx"

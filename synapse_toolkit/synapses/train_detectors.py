@@ -361,7 +361,7 @@ def train_detector(cfg: DetectorTrainConfig, log: Callable[[str], None] = print)
     opt = torch.optim.Adam(net.parameters(), lr=t.lr)
     log(f"{cfg.kind}: {net.num_parameters()} parameters, input {input_shape} -> {output_shape}, "
         f"{len(files)} volumes, {run.describe()}, {precision.describe()}")  # fmt: skip
-    metrics = (out_dir / "metrics.jsonl").open("w")
+    metrics = (out_dir / "metrics.jsonl").open("a")  # a continued run keeps the earlier lines
     run.restart_clock()
     avg = None
     it = 0

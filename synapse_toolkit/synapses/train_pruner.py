@@ -294,7 +294,7 @@ def train_pruner(cfg: PrunerTrainConfig, log: Callable[[str], None] = print) -> 
     loss_fn = torch.nn.BCEWithLogitsLoss()
     out_dir = Path(t.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    metrics = (out_dir / "metrics.jsonl").open("w")
+    metrics = (out_dir / "metrics.jsonl").open("a")  # a continued run keeps the earlier lines
 
     def evaluate() -> dict[str, float]:
         if len(y_va) == 0:

@@ -297,7 +297,7 @@ def train_synful(cfg: SynfulTrainConfig, log: Callable[[str], None] = print) -> 
                           "scale": scale, "pool": pool,
                           "vector_scale_nm": t.vector_scale_nm}, path)  # fmt: skip
 
-    metrics = (out_dir / "metrics.jsonl").open("w")
+    metrics = (out_dir / "metrics.jsonl").open("a")  # a continued run keeps the earlier lines
     run.restart_clock()
     avg: float | None = None
     it = 0
