@@ -165,3 +165,18 @@ def test_synful_refuses_a_validation_set_it_would_ignore(tmp_path: Path) -> None
     )
     with pytest.raises(ConfigError, match="data.validation: the synful trainer"):
         train_synful(load_synful_config(path), log=lambda _: None)
+
+
+def test_a_missing_validation_file_is_named(stand_ins: dict[str, Path], tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from synapse_toolkit.errors import DataError
+    from synapse_toolkit.synapses.train_detectors import load_detector_config, train_detector
+
+    text = _config_text("cremi_clefts.toml", stand_ins)
+    path = tmp_path / "clefts.toml"
+    path.write_text(text.replace(str(stand_ins["registry:cremi/sample_C"]), "/nowhere/C.hdf"))
+    cfg = load_detector_config(path)
+    with pytest.raises(
+        DataError, match=r"/nowhere/C\.hdf: file not found \(data\.validation\[0\]\)"
+    ):
+        train_detector(cfg, log=lambda _: None)
