@@ -57,22 +57,25 @@ def segment_ids_in(seg: Any, grid: Grid, points_nm: np.ndarray) -> np.ndarray:
     return out
 
 
-def read_points(arr: Any, idx: np.ndarray, max_box_voxels: int = 1 << 22) -> np.ndarray:
+def read_points(
+    arr: Any, idx: np.ndarray, max_box_voxels: int = 1 << 22, cell: Any = None
+) -> np.ndarray:
     """``arr`` (numpy, zarr or h5py; (z, y, x)) at integer voxels ``idx`` (N, 3): one read of
-    the points' bounding box when it is small, else one read per chunk that holds points."""
+    the points' bounding box when it is small, else one read per cell that holds points (cells
+    of shape ``cell``, default the array's chunks)."""
     if isinstance(arr, np.ndarray) or len(idx) == 0:
         return np.asarray(arr)[tuple(idx.T)]
     lo, hi = idx.min(0), idx.max(0) + 1
     if int(np.prod(hi - lo)) <= max_box_voxels:
         box = np.asarray(arr[tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))])
         return box[tuple((idx - lo).T)]
-    chunks = getattr(arr, "chunks", None) or (32, 256, 256)
-    keys = idx // np.asarray(chunks[-3:])
+    cell = cell or getattr(arr, "chunks", None) or (32, 256, 256)
+    keys = idx // np.asarray(cell[-3:])
     out = np.empty(len(idx), np.dtype(arr.dtype))
     _, group = np.unique(keys, axis=0, return_inverse=True)
     for g in range(int(group.max()) + 1):
         sel = np.flatnonzero(group.reshape(-1) == g)
-        out[sel] = read_points(arr, idx[sel], max_box_voxels)
+        out[sel] = read_points(arr, idx[sel], max_box_voxels, cell)
     return out
 
 

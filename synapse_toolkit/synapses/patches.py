@@ -20,7 +20,6 @@ A second channel marks the rows where that boundary was found (the contact).
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -29,6 +28,7 @@ from scipy import ndimage
 
 from synapse_toolkit.data import PartnerTable, Volume
 from synapse_toolkit.errors import DataError
+from synapse_toolkit.synapses.partners import read_points
 
 
 @dataclass(frozen=True)
@@ -187,31 +187,8 @@ def sample_labels(labels: Volume, world: np.ndarray) -> np.ndarray:
     off = np.asarray(labels.offset_nm).reshape(3, *([1] * (world.ndim - 1)))
     shape = np.asarray(labels.spatial_shape).reshape(3, *([1] * (world.ndim - 1)))
     vox = np.clip(np.round((world - off) / vs).astype(np.int64), 0, shape - 1)
-    flat = vox.reshape(3, -1)
-    lo, hi = flat.min(axis=1), flat.max(axis=1) + 1
-    if flat.shape[1] > 1 and int(np.prod(hi - lo)) > SAMPLE_BOX_VOXELS:
-        cell = np.asarray(SAMPLE_CELL).reshape(3, 1)
-        grid = tuple(int(s) for s in np.asarray(labels.spatial_shape) // cell[:, 0] + 1)
-        key = np.ravel_multi_index(tuple(flat // cell), grid)
-        order = np.argsort(key, kind="stable")
-        cuts = np.flatnonzero(np.r_[True, np.diff(key[order]) != 0, True])
-        parts = []
-        for a, b in itertools.pairwise(cuts):
-            idx = order[a:b]
-            sub = flat[:, idx]
-            sl, sh = sub.min(axis=1), sub.max(axis=1) + 1
-            box = np.asarray(
-                labels.data[tuple(slice(int(i), int(j)) for i, j in zip(sl, sh, strict=True))]
-            )
-            loc = sub - sl[:, None]
-            parts.append((idx, box[loc[0], loc[1], loc[2]]))
-        out = np.empty(flat.shape[1], dtype=parts[0][1].dtype)
-        for idx, vals in parts:
-            out[idx] = vals
-        return out.reshape(world.shape[1:])
-    box = np.asarray(labels.data[tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))])
-    local = vox - lo.reshape(3, *([1] * (world.ndim - 1)))
-    return box[local[0], local[1], local[2]]
+    ids = read_points(labels.data, vox.reshape(3, -1).T, SAMPLE_BOX_VOXELS, SAMPLE_CELL)
+    return ids.reshape(world.shape[1:])
 
 
 def straighten_rows(
