@@ -439,9 +439,9 @@ def main() -> None:
         check_report_seeds(args.seeds, allow_development=args.dev)
     t0 = time.time()
     volumes = []
+    scored = not (args.tune or args.checkpoints)  # the table scores the main job's dedup
+    synful = not (args.only_predict or args.checkpoints)
     for seed in args.seeds:
-        scored = not (args.tune or args.checkpoints)  # the table scores the main job's dedup
-        synful = not (args.only_predict or args.checkpoints)
         volumes.append(predictions(seed, args, synful=synful, main_segmentation=scored))
         print(f"seed {seed} predicted ({time.time() - t0:.0f}s)", flush=True)
     if args.only_predict:

@@ -169,11 +169,11 @@ def main() -> None:
                           deduplicate_by(syn, coarse)}  # fmt: skip
             for t in args.verify_keep:
                 tables[f"verified t={t}"] = union(ems, syn.select(kept > t))
-            main = tables["synful + main-segmentation de-duplication (main job)"]
-            vetoed = pruner_scores(main, v, seg, pruner) if args.veto_keep else None
-            for t in args.veto_keep:
-                assert vetoed is not None
-                tables[f"main job vetoed t={t}"] = main.select(vetoed > t)
+            if args.veto_keep:
+                main = tables["synful + main-segmentation de-duplication (main job)"]
+                vetoed = pruner_scores(main, v, seg, pruner)
+                for t in args.veto_keep:
+                    tables[f"main job vetoed t={t}"] = main.select(vetoed > t)
             for name, table in tables.items():
                 tally(f"{name} | {seg_key}", table, v, seg, rows, errors)
         print(f"seed {seed}", flush=True)

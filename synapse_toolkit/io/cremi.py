@@ -228,31 +228,32 @@ def crop_cremi(data: CremiData, roi: Sequence[Sequence[int]], where: str = "") -
     each volume read there with its offset moved to the region's corner, and the annotations
     whose sites lie inside the region (partner rows whose two sites both do). ``where`` (a file
     or config key) goes into the error when the region does not fit."""
+    label = where or "crop"
     vols = data.volumes()
     if not vols:
-        raise DataError(f"{where or 'crop'}: no volumes to crop")
+        raise DataError(f"{label}: no volumes to crop")
     first = next(iter(vols.values()))
     box = [tuple(int(v) for v in r) for r in roi]
     shape = first.spatial_shape
     if len(box) != 3 or any(len(r) != 2 or not 0 <= r[0] < r[1] <= s
                             for r, s in zip(box, shape, strict=False)):  # fmt: skip
-        raise DataError(f"{where or 'crop'}: roi {[list(r) for r in box]} is not a non-empty "
+        raise DataError(f"{label}: roi {[list(r) for r in box]} is not a non-empty "
                         f"region inside the volume of shape {list(shape)}")  # fmt: skip
     sl = tuple(slice(a, b) for a, b in box)
+    res = np.asarray(first.voxel_size_nm)
+    shift = np.asarray([a for a, _ in box]) * res  # nm from a volume's corner to the region's
     out: dict[str, Volume] = {}
     for name, v in vols.items():
         if v.spatial_shape != shape or v.voxel_size_nm != first.voxel_size_nm:
-            raise DataError(f"{where or 'crop'}: {name} does not share the raw volume's grid")
-        offset = tuple(o + a * r for o, (a, _), r in zip(v.offset_nm, box, v.voxel_size_nm,
-                                                         strict=True))  # fmt: skip
-        out[name] = Volume(v.read(sl), v.voxel_size_nm, (offset[0], offset[1], offset[2]), v.name,
-                           v.source_attrs)  # fmt: skip
+            raise DataError(f"{label}: {name} does not share the raw volume's grid")
+        z, y, x = (float(c) for c in np.asarray(v.offset_nm) + shift)
+        out[name] = Volume(v.read(sl), v.voxel_size_nm, (z, y, x), v.name, v.source_attrs)
     ann = data.annotations
     if ann is not None and len(ann):
-        lo = np.asarray(out[next(iter(out))].offset_nm)
-        hi = lo + np.asarray([b - a for a, b in box]) * np.asarray(first.voxel_size_nm)
+        corner = np.asarray(first.offset_nm) + shift
+        hi = corner + np.asarray([b - a for a, b in box]) * res
         world = ann.world_locations()
-        inside = np.all((world >= lo) & (world < hi), axis=1)
+        inside = np.all((world >= corner) & (world < hi), axis=1)
         kept = set(ann.ids[inside].tolist())
         rows = [p for p in ann.partners.tolist() if p[0] in kept and p[1] in kept]
         types = tuple(t for t, k in zip(ann.types, inside, strict=True) if k)

@@ -122,17 +122,19 @@ def training_files(data: DataSection) -> list[Path]:
     return files
 
 
-def read_region(region: Region, where: str) -> CremiData:
-    """The CREMI contents of ``region`` (only its region is read from the file)."""
+def read_region(region: Region, where: str = "") -> CremiData:
+    """The CREMI contents of ``region`` (only its region is read from the file); ``where`` (a
+    config key) goes into the errors."""
     from synapse_toolkit.io.cremi import crop_cremi, open_cremi
 
     path = volume_path(region.file)
+    at = f" ({where})" if where else ""
     if not path.exists():
-        raise DataError(f"{path}: file not found ({where})")
+        raise DataError(f"{path}: file not found{at}")
     if region.roi is None:
         return read_cremi(path)
     with open_cremi(path) as data:
-        return crop_cremi(data, region.roi, f"{path} ({where})")
+        return crop_cremi(data, region.roi, f"{path}{at}")
 
 
 def _volume_target(

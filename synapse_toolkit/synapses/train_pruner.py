@@ -36,7 +36,6 @@ from pydantic import Field
 from synapse_toolkit.config import StrictModel, load_training_config
 from synapse_toolkit.errors import ConfigError, DataError
 from synapse_toolkit.inference.onnx_model import OnnxModel
-from synapse_toolkit.io.cremi import read_cremi
 from synapse_toolkit.nn.run import MixedPrecision, RunSection, TrainingRun
 from synapse_toolkit.nn.volume_file import volume_path
 from synapse_toolkit.synapses.candidates import CandidateSettings, find_candidates
@@ -168,7 +167,7 @@ def volume_candidates(
     if cached is not None and cached.exists():
         z = np.load(cached)
         return z["patches"], z["labels"]
-    data = read_cremi(path) if roi is None else read_region(Region(file=str(path), roi=roi), "")
+    data = read_region(Region(file=str(path), roi=roi))
     if data.raw is None or data.neuron_ids is None or data.annotations is None:
         raise DataError(f"{path}: pruner training needs raw, neuron_ids and annotations")
     raw = data.raw.read()
