@@ -10,8 +10,11 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from synapse_toolkit.io.cremi import write_cremi  # noqa: E402
+from synapse_toolkit.nn.augment import AugmentConfig  # noqa: E402
 from synapse_toolkit.synapses.train_detectors import (  # noqa: E402
+    NO_AUGMENTATION,
     DetectorTrainConfig,
+    SynapseCropSampler,
     _split_weights,
     train_detector,
 )
@@ -30,6 +33,31 @@ def test_split_weights_give_each_side_and_background_a_third() -> None:
         parts = [w[channel][own].sum(), w[channel][other].sum(), w[channel][(t == 0) & mask].sum()]
         np.testing.assert_allclose(parts, [parts[0]] * 3, rtol=1e-5)
     assert not w[:, 3].any()  # masked voxels carry no weight
+
+
+def test_crop_sampler_returns_target_and_mask_of_the_same_voxels() -> None:
+    """Target and mask travel packed in one array; each crop unpacks to the source's values (a
+    generator of volumes is accepted, so the caller need not keep unpadded copies)."""
+    shape = (8, 40, 40)
+    index = np.arange(np.prod(shape)).reshape(shape)
+    target = (index / index.size * 2.0 - 1.0).astype(np.float32)  # every voxel its own value
+    mask = (index % 3) != 0
+    raw = (index % 251).astype(np.uint8)
+    volumes = ((raw, target, mask, np.zeros((0, 3), np.int64)) for _ in range(1))
+    plain = AugmentConfig.from_table(NO_AUGMENTATION)
+    before = target.copy()
+    sampler = SynapseCropSampler(volumes, (4, 16, 16), (2, 8, 8), plain, 0.0, seed=3)
+    np.testing.assert_array_equal(target, before)  # the caller's array is not packed in place
+    inside = 0
+    for _ in range(20):
+        _, t, m = sampler.sample()
+        assert t.shape == m.shape == (2, 8, 8) and t.dtype == np.float32 and m.dtype == bool
+        voxel = np.rint((t + 1.0) / 2.0 * index.size).astype(np.int64)  # which source voxel
+        assert np.all((voxel >= 0) & (voxel < index.size))
+        np.testing.assert_allclose(t, target.reshape(-1)[voxel], atol=1e-6)
+        np.testing.assert_array_equal(m, mask.reshape(-1)[voxel])
+        inside += int(m.any() and (~m).any())
+    assert inside > 0  # crops mixed masked and unmasked voxels
 
 
 @pytest.mark.parametrize(

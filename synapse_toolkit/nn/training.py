@@ -383,6 +383,9 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
     volumes = [load_volume(v) for v in cfg.data.volumes]
     validation = [load_volume(v) for v in cfg.data.validation]
     sampler = CropSampler(volumes, input_shape, output_shape, aug, t_cfg.seed)
+    # the sampler keeps padded copies: drop the unpadded labels (the raw may feed consistency)
+    labelled_raw = [raw for raw, _ in volumes]
+    del volumes
     out_dir = Path(t_cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     opt = torch.optim.Adam(net.parameters(), lr=t_cfg.lr)
@@ -426,8 +429,9 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
             ema.load_state_dict(resumed_ema)
     # after init_from: the teacher starts from the student's weights
     consistency = make_consistency(
-        cfg.semi_supervised, net, input_shape, output_shape, [r for r, _ in volumes], t_cfg.seed
+        cfg.semi_supervised, net, input_shape, output_shape, labelled_raw, t_cfg.seed
     )
+    del labelled_raw
     metrics_log = (out_dir / "metrics.jsonl").open("a")
     log(
         f"model: {net.num_parameters()} parameters, input {input_shape} -> output {output_shape}, "

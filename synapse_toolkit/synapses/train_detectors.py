@@ -27,7 +27,7 @@ against torch) with its metadata.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -164,11 +164,17 @@ _Prepared = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 class SynapseCropSampler:
-    """Augmented crops (raw, target, mask) of ``input_shape``; target/mask cropped to output."""
+    """Augmented crops (raw, target, mask) of ``input_shape``; target/mask cropped to output.
+
+    Each volume is kept once, padded: raw as given and target and mask packed into one float32
+    array (``target + 4 * mask``; targets lie in [-1, 1]), so the sampler holds about five bytes
+    per voxel of uint8 raw. ``volumes`` may be a generator: each volume is packed as it arrives,
+    and the caller's unpadded copy can go.
+    """
 
     def __init__(
         self,
-        volumes: Sequence[_Prepared],
+        volumes: Iterable[_Prepared],
         input_shape: Sequence[int],
         output_shape: Sequence[int],
         augment: AugmentConfig,
@@ -182,20 +188,22 @@ class SynapseCropSampler:
         self.rng = np.random.default_rng(seed)
         shapes = zip(self.input_shape, self.output_shape, augment.margin, strict=True)
         self.pad = [i + o // 3 + m + 1 for i, o, m in shapes]
-        self.vols = []
+        self.vols: list[tuple[np.ndarray, np.ndarray, tuple[int, ...], np.ndarray]] = []
         for raw, target, mask, centres in volumes:
             pads = [(p, p) for p in self.pad]
-            packed = np.stack([target.astype(np.float32), mask.astype(np.float32)])
+            packed = target.astype(np.float32)
+            packed[mask.astype(bool)] += 4.0
             self.vols.append((
                 np.pad(raw, pads, mode="symmetric"),
-                np.pad(packed, [(0, 0), *pads], mode="symmetric"),
+                np.pad(packed, pads, mode="symmetric"),
                 raw.shape, centres,
             ))  # fmt: skip
+            del raw, target, mask, packed
 
     def sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         from synapse_toolkit.nn.augment import sample_augmented
 
-        raw, packed, shape, centres = self.vols[int(self.rng.integers(len(self.vols)))]
+        raw, lab, shape, centres = self.vols[int(self.rng.integers(len(self.vols)))]
         if len(centres) and self.rng.random() < self.frac:
             c = centres[int(self.rng.integers(len(centres)))]
             c = c + self.rng.integers(-np.asarray(self.output_shape) // 3,
@@ -205,8 +213,6 @@ class SynapseCropSampler:
         start = [
             int(ci) - i // 2 + p for ci, i, p in zip(c, self.input_shape, self.pad, strict=True)
         ]
-        # target and mask travel together: encode as one label array target + 4 * mask
-        lab = packed[0] + 4.0 * packed[1]
         r, lab_c = sample_augmented(raw, lab, start, self.input_shape, self.augment, self.rng)
         off = [(i - o) // 2 for i, o in zip(self.input_shape, self.output_shape, strict=True)]
         lab_c = lab_c[tuple(slice(o, o + n) for o, n in zip(off, self.output_shape, strict=True))]
@@ -345,11 +351,12 @@ def train_detector(cfg: DetectorTrainConfig, log: Callable[[str], None] = print)
         return data.raw.read(), target, mask, _synapse_centres(data, target.shape)
 
     files = training_files(cfg.data)
-    volumes = [prepared(read_cremi(f), str(f)) for f in files]
+    # generators: the sampler packs each volume as it is read, so one unpadded copy lives at a time
+    volumes = (prepared(read_cremi(f), str(f)) for f in files)
     val_crops: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     if cfg.data.validation:
-        held = [prepared(read_region(r, f"data.validation[{k}]"), f"data.validation[{k}]")
-                for k, r in enumerate(cfg.data.validation)]  # fmt: skip
+        held = (prepared(read_region(r, f"data.validation[{k}]"), f"data.validation[{k}]")
+                for k, r in enumerate(cfg.data.validation))  # fmt: skip
         plain = AugmentConfig.from_table(NO_AUGMENTATION)
         fixed = SynapseCropSampler(held, input_shape, output_shape, plain, t.synapse_fraction,
                                    t.seed + 1)  # fmt: skip
