@@ -39,7 +39,17 @@ def select_device(preference: Device = "auto") -> Any:
     return torch.device("cuda" if usable else "cpu")
 
 
-class RunSection(StrictModel):
+class DeviceOptions(StrictModel):
+    """Where a trainer runs: the ``[training]`` keys of every trainer's section."""
+
+    #: "auto": CUDA when a device really works, else CPU
+    device: Device = "auto"
+    #: on CUDA, forward passes in float16 with loss scaling (:class:`MixedPrecision`); losses
+    #: and weights stay float32; ignored on CPU
+    mixed_precision: bool = False
+
+
+class RunSection(DeviceOptions):
     """The ``[training]`` fields every synapse-side trainer shares (each trainer's section
     subclasses it and may change the defaults)."""
 
@@ -49,11 +59,6 @@ class RunSection(StrictModel):
     lr: float = 1e-3
     seed: int = 0
     num_threads: int = 2
-    #: "auto": CUDA when a device really works, else CPU
-    device: Device = "auto"
-    #: on CUDA, forward passes in float16 with loss scaling (:class:`MixedPrecision`); losses
-    #: and weights stay float32; ignored on CPU
-    mixed_precision: bool = False
     log_every: int = 20
     out_dir: str = "runs/train"
     onnx: str | None = None  # where to export (default: <out_dir>/model.onnx)

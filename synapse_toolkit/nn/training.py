@@ -38,7 +38,7 @@ from synapse_toolkit.affinities import (
 from synapse_toolkit.config import StrictModel, load_training_config
 from synapse_toolkit.errors import ConfigError, DataError
 from synapse_toolkit.nn.augment import AugmentConfig, sample_augmented
-from synapse_toolkit.nn.run import MixedPrecision, TrainingRun
+from synapse_toolkit.nn.run import DeviceOptions, MixedPrecision, TrainingRun
 from synapse_toolkit.nn.volume_file import read_dataset
 
 
@@ -79,7 +79,9 @@ class TargetSpec(StrictModel):
         return (*base, *extra)
 
 
-class TrainingSpec(StrictModel):
+class TrainingSpec(DeviceOptions):
+    """The affinity trainer's ``[training]`` section (and ``device``, ``mixed_precision``)."""
+
     iterations: int = 2000
     time_limit_minutes: float | None = None
     #: budget in CPU time of this process (all threads): "N minutes on 2 cores" = 2N here;
@@ -95,11 +97,6 @@ class TrainingSpec(StrictModel):
     input_shape: list[int] = Field(default_factory=lambda: [64, 96, 96])
     seed: int = 0
     num_threads: int = 2
-    #: "auto": CUDA when a device really works, else CPU
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    #: on CUDA, forward passes in float16 with loss scaling
-    #: (:class:`~synapse_toolkit.nn.run.MixedPrecision`); ignored on CPU
-    mixed_precision: bool = False
     out_dir: str = "runs/train"
     checkpoint_every: int = 250
     validate_every: int = 250

@@ -35,6 +35,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from synapse_toolkit.errors import ConfigError
+from synapse_toolkit.nn.run import DeviceOptions
 from synapse_toolkit.synapses.patches import (
     PatchSpec,
     contact_patches,
@@ -106,17 +107,15 @@ class AugmentConfig(_Model):
     missing_prob: float = 0.1
 
 
-class TrainConfig(_Model):
+class TrainConfig(_Model, DeviceOptions):
+    """The encoder's ``[training]`` section (and ``device``, ``mixed_precision``)."""
+
     iterations: int = 3000
     batch_size: int = 16
     lr: float = 1e-3
     seed: int = 0
     num_threads: int = 1
     time_limit_minutes: float | None = 20.0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    #: on CUDA, forward passes in float16 with loss scaling
-    #: (:class:`~synapse_toolkit.nn.run.MixedPrecision`); ignored on CPU
-    mixed_precision: bool = False
     eval_every: int = 250
     out_dir: Path = Path("runs/cluster_encoder")
 
