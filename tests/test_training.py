@@ -146,3 +146,20 @@ def test_cli_train_and_config_errors(tmp_path) -> None:
     res = CliRunner().invoke(app, ["train", "affinities", str(aug)])
     assert res.exit_code == 1 and "augment.blur_sigmas: unknown key" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("roi", [[[100, 125], [0, 8], [0, 8]], [[2, 2], [0, 8], [0, 8]], [[0, 4]]])
+def test_a_region_outside_its_volume_is_one_error_naming_the_file(tmp_path, roi) -> None:
+    """An roi past the volume's end once gave an empty volume and a tiling error much later."""
+    from synapse_toolkit.errors import DataError
+    from synapse_toolkit.nn.training import VolumeSpec, load_volume
+
+    path = write_small_volume(tmp_path / "vol.h5")
+    spec = VolumeSpec(raw=str(path), raw_dataset="raw", labels=str(path), labels_dataset="gt",
+                      roi=roi)  # fmt: skip
+    with pytest.raises(DataError, match=r"vol\.h5:raw: roi .* not a non-empty region inside"):
+        load_volume(spec)
+    inside = VolumeSpec(raw=str(path), raw_dataset="raw", labels=str(path), labels_dataset="gt",
+                        roi=[[1, 3], [0, 8], [2, 6]])  # fmt: skip
+    raw, labels = load_volume(inside)
+    assert raw.shape == (2, 8, 4) and labels is not None and labels.shape == raw.shape

@@ -3,14 +3,15 @@
 - float intensities with NaN or infinity are an error, or, with ``nonfinite = "replace"``,
   replaced by the volume's finite mean (the count is reported);
 - label volumes with negative ids are an error (ids are unsigned in CREMI);
-- volumes loaded together must share voxel size, offset and spatial shape; none is empty.
+- volumes loaded together must share voxel size, offset and spatial shape; none is empty;
+- a region of interest must be a non-empty box inside its volume.
 
 Volumes are scanned in z-slabs, never loaded whole.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -108,3 +109,16 @@ def check_loaded(
             result[name] = check_intensity(vol, f"{where} ({name})", nonfinite, context)
     check_same_grid(vols, where)
     return result
+
+
+def roi_slices(
+    roi: Sequence[Sequence[int]], shape: Sequence[int], where: str
+) -> tuple[slice, slice, slice]:
+    """``roi`` ((start, stop) voxels per z, y, x) as slices, or one error naming ``where`` (a file
+    or config key) when it is not a non-empty box inside a volume of ``shape``."""
+    box = [tuple(int(v) for v in r) for r in roi]
+    if len(box) != 3 or any(len(r) != 2 or not 0 <= r[0] < r[1] <= s
+                            for r, s in zip(box, shape, strict=False)):  # fmt: skip
+        raise DataError(f"{where}: roi {[list(r) for r in box]} is not a non-empty "
+                        f"region inside the volume of shape {list(shape)}")  # fmt: skip
+    return slice(*box[0]), slice(*box[1]), slice(*box[2])

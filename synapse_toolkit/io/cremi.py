@@ -24,6 +24,7 @@ import numpy as np
 from synapse_toolkit.data import Annotations, Volume
 from synapse_toolkit.errors import DataError
 from synapse_toolkit.fsio import file_mode
+from synapse_toolkit.io.checks import roi_slices
 
 RAW = "volumes/raw"
 NEURON_IDS = "volumes/labels/neuron_ids"
@@ -233,15 +234,10 @@ def crop_cremi(data: CremiData, roi: Sequence[Sequence[int]], where: str = "") -
     if not vols:
         raise DataError(f"{label}: no volumes to crop")
     first = next(iter(vols.values()))
-    box = [tuple(int(v) for v in r) for r in roi]
     shape = first.spatial_shape
-    if len(box) != 3 or any(len(r) != 2 or not 0 <= r[0] < r[1] <= s
-                            for r, s in zip(box, shape, strict=False)):  # fmt: skip
-        raise DataError(f"{label}: roi {[list(r) for r in box]} is not a non-empty "
-                        f"region inside the volume of shape {list(shape)}")  # fmt: skip
-    sl = tuple(slice(a, b) for a, b in box)
+    sl = roi_slices(roi, shape, label)
     res = np.asarray(first.voxel_size_nm)
-    shift = np.asarray([a for a, _ in box]) * res  # nm from a volume's corner to the region's
+    shift = np.asarray([r.start for r in sl]) * res  # nm from a volume's corner to the region's
     out: dict[str, Volume] = {}
     for name, v in vols.items():
         if v.spatial_shape != shape or v.voxel_size_nm != first.voxel_size_nm:
@@ -251,7 +247,7 @@ def crop_cremi(data: CremiData, roi: Sequence[Sequence[int]], where: str = "") -
     ann = data.annotations
     if ann is not None and len(ann):
         corner = np.asarray(first.offset_nm) + shift
-        hi = corner + np.asarray([b - a for a, b in box]) * res
+        hi = corner + np.asarray([r.stop - r.start for r in sl]) * res
         world = ann.world_locations()
         inside = np.all((world >= corner) & (world < hi), axis=1)
         kept = set(ann.ids[inside].tolist())

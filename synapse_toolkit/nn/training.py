@@ -194,7 +194,9 @@ def load_volume(spec: VolumeSpec, need_labels: bool = True) -> tuple[np.ndarray,
     if labels is not None and spec.labelled_sections is not None:
         labels = _mark_unlabelled(labels, spec.labelled_sections, str(spec.labels))
     if spec.roi is not None:
-        box = tuple(slice(a, b) for a, b in spec.roi)
+        from synapse_toolkit.io.checks import roi_slices
+
+        box = roi_slices(spec.roi, raw.shape, f"{spec.raw}:{spec.raw_dataset}")
         raw = raw[box]
         labels = labels[box] if labels is not None else None
     if spec.perturb:
