@@ -258,7 +258,7 @@ def main() -> None:
                 for name, table in tables.items():
                     score = evaluate_partners(table, truth, data.neuron_ids)
                     _acc(acc, f"{name} | {prox_name}, {seg_name}", score.values)
-        oracle = targets_from_cremi(data, TargetSettings())["proximity"]
+        oracle = targets_from_cremi(data, TargetSettings(), only=("proximity",))["proximity"]
         table = assign_emsynconn(raw, oracle, gt_seg, grid, None, settings)
         _acc(acc, "oracle: emsynconn on GT proximity | GT seg",
              evaluate_partners(table, truth, data.neuron_ids).values)  # fmt: skip

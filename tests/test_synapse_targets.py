@@ -134,3 +134,22 @@ def test_bad_inputs_raise_clear_errors() -> None:
         signed_proximity(Annotations.empty(), grid, 50.0, np.zeros((1, 1, 1), np.uint64))
     with pytest.raises(DataError, match="no annotations"):
         targets_from_cremi(CremiData(raw=Volume(np.zeros((2, 4, 4)), (40, 4, 4))))
+
+
+def test_only_the_named_targets_are_made_and_they_equal_the_full_set() -> None:
+    from tests.conftest import make_cremi_data
+
+    data = make_cremi_data()
+    full = targets_from_cremi(data)
+    assert full["proximity"].any() and full["cleft_mask"].any()
+    some = targets_from_cremi(data, only=("proximity", "cleft_valid"))
+    assert set(some) == {"proximity", "cleft_valid"}
+    for key, value in some.items():
+        np.testing.assert_array_equal(value, full[key], err_msg=key)
+    # cleft targets need no annotations
+    no_points = CremiData(raw=data.raw, clefts=data.clefts)
+    np.testing.assert_array_equal(
+        targets_from_cremi(no_points, only=("cleft_mask",))["cleft_mask"], full["cleft_mask"]
+    )
+    with pytest.raises(ValueError, match="unknown targets"):
+        targets_from_cremi(data, only=("cleft",))

@@ -19,7 +19,7 @@ Targets:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -232,41 +232,60 @@ class TargetSettings:
     restrict_to_segments: bool = True
 
 
+#: the targets :func:`targets_from_cremi` makes (the last two only for files with clefts)
+TARGET_KEYS = (
+    "pre_mask", "post_mask", "proximity", "vectors", "vectors_mask", "cleft_mask", "cleft_valid",
+)  # fmt: skip
+
+
 def targets_from_cremi(
-    data: CremiData, settings: TargetSettings | None = None
+    data: CremiData,
+    settings: TargetSettings | None = None,
+    only: Collection[str] | None = None,
 ) -> dict[str, np.ndarray]:
     """All synapse targets on the grid of ``data.raw`` (or of ``neuron_ids`` if there is no raw).
 
     Keys: ``pre_mask``, ``post_mask``, ``proximity``, ``vectors``, ``vectors_mask`` and, when the
-    file has clefts, ``cleft_mask`` and ``cleft_valid``. The neuron ids (when present and on the
-    same grid) restrict the point targets to the annotated neurons.
+    file has clefts, ``cleft_mask`` and ``cleft_valid``; ``only`` computes just the keys it names
+    (a trainer needs one or two, and each is a whole volume). The neuron ids (when present and on
+    the same grid) restrict the point targets to the annotated neurons.
     """
     s = settings or TargetSettings()
+    wanted = set(TARGET_KEYS if only is None else only)
+    if wanted - set(TARGET_KEYS):
+        raise ValueError(f"unknown targets {sorted(wanted - set(TARGET_KEYS))}")
     ref = data.raw if data.raw is not None else data.neuron_ids
     if ref is None:
         raise DataError("CREMI data has neither raw nor neuron_ids: no grid to build targets on")
-    if data.annotations is None:
-        raise DataError("CREMI data has no annotations: cannot build synapse targets")
     grid = Grid.of(ref)
-    seg = None
-    if s.restrict_to_segments and data.neuron_ids is not None:
-        if Grid.of(data.neuron_ids) != grid:
-            raise DataError(
-                "neuron_ids and raw are on different grids "
-                f"({Grid.of(data.neuron_ids)} vs {grid}); crop them to one grid first"
-            )
-        seg = np.asarray(data.neuron_ids.read())
-    ann = data.annotations
-    out = {
-        "pre_mask": point_mask(ann, grid, s.point_radius_nm, "pre", seg),
-        "post_mask": point_mask(ann, grid, s.point_radius_nm, "post", seg),
-        "proximity": signed_proximity(ann, grid, s.proximity_radius_nm, seg),
-    }
-    out["vectors"], out["vectors_mask"] = partner_vectors(ann, grid, s.vector_radius_nm, seg)
-    if data.clefts is not None:
+    out: dict[str, np.ndarray] = {}
+    points = wanted - {"cleft_mask", "cleft_valid"}
+    if points:
+        if data.annotations is None:
+            raise DataError("CREMI data has no annotations: cannot build synapse targets")
+        seg = None
+        if s.restrict_to_segments and data.neuron_ids is not None:
+            if Grid.of(data.neuron_ids) != grid:
+                raise DataError(
+                    "neuron_ids and raw are on different grids "
+                    f"({Grid.of(data.neuron_ids)} vs {grid}); crop them to one grid first"
+                )
+            seg = np.asarray(data.neuron_ids.read())
+        ann = data.annotations
+        for side in ("pre", "post"):
+            if f"{side}_mask" in points:
+                out[f"{side}_mask"] = point_mask(ann, grid, s.point_radius_nm, side, seg)
+        if "proximity" in points:
+            out["proximity"] = signed_proximity(ann, grid, s.proximity_radius_nm, seg)
+        if points & {"vectors", "vectors_mask"}:
+            vectors = partner_vectors(ann, grid, s.vector_radius_nm, seg)
+            out["vectors"], out["vectors_mask"] = vectors
+    if data.clefts is not None and wanted & {"cleft_mask", "cleft_valid"}:
         if Grid.of(data.clefts) != grid:
             raise DataError("clefts and raw are on different grids; crop them to one grid first")
         clefts = np.asarray(data.clefts.read())
-        out["cleft_mask"] = cleft_mask(clefts)
-        out["cleft_valid"] = cleft_valid_mask(clefts)
+        if "cleft_mask" in wanted:
+            out["cleft_mask"] = cleft_mask(clefts)
+        if "cleft_valid" in wanted:
+            out["cleft_valid"] = cleft_valid_mask(clefts)
     return out

@@ -36,7 +36,7 @@ from pydantic import Field
 
 from synapse_toolkit.config import StrictModel, load_training_config
 from synapse_toolkit.errors import ConfigError, DataError
-from synapse_toolkit.io.cremi import CremiData, read_cremi
+from synapse_toolkit.io.cremi import CremiData, open_cremi, read_cremi
 from synapse_toolkit.nn.run import MixedPrecision, RunSection, TrainingRun
 from synapse_toolkit.nn.volume_file import volume_path
 from synapse_toolkit.synapses.targets import TargetSettings, targets_from_cremi
@@ -141,7 +141,8 @@ def _volume_target(
     kind: str, data: CremiData, tsettings: TargetSettings
 ) -> tuple[np.ndarray, np.ndarray]:
     """(target, mask) volumes for one training file."""
-    t = targets_from_cremi(data, tsettings)
+    wanted = ("proximity",) if kind == "polarity" else ("cleft_mask", "cleft_valid")
+    t = targets_from_cremi(data, tsettings, only=wanted)
     if kind == "polarity":
         return t["proximity"], np.ones_like(t["proximity"], dtype=bool)
     if "cleft_mask" not in t:
@@ -350,9 +351,14 @@ def train_detector(cfg: DetectorTrainConfig, log: Callable[[str], None] = print)
         target, mask = _volume_target(cfg.kind, data, tsettings)
         return data.raw.read(), target, mask, _synapse_centres(data, target.shape)
 
+    def read_prepared(path: Path) -> _Prepared:
+        """One training file, read lazily: only the volumes the targets need leave the disk."""
+        with open_cremi(path) as data:
+            return prepared(data, str(path))
+
     files = training_files(cfg.data)
     # generators: the sampler packs each volume as it is read, so one unpadded copy lives at a time
-    volumes = (prepared(read_cremi(f), str(f)) for f in files)
+    volumes = (read_prepared(f) for f in files)
     val_crops: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     if cfg.data.validation:
         held = (prepared(read_region(r, f"data.validation[{k}]"), f"data.validation[{k}]")

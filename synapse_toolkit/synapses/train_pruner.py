@@ -96,7 +96,7 @@ def noisy_truth_proximity(data: Any, noise_std: float, seed: int) -> np.ndarray:
 
     from synapse_toolkit.synapses.targets import TargetSettings, targets_from_cremi
 
-    gt = targets_from_cremi(data, TargetSettings())["proximity"]
+    gt = targets_from_cremi(data, TargetSettings(), only=("proximity",))["proximity"]
     rng = np.random.default_rng(seed)
     noise = ndimage.gaussian_filter(rng.normal(size=gt.shape), (1.0, 8.0, 8.0))
     noise *= noise_std / (noise.std() + 1e-12)
