@@ -121,3 +121,40 @@ def test_a_grey_value_spanning_many_levels_maps_to_their_mean() -> None:
     uniform = np.linspace(0, 1, 4001).astype(np.float32).reshape(1, 1, -1)
     out = match(two, quantiles([two]), quantiles([uniform]))
     np.testing.assert_allclose(np.unique(out), [0.25, 0.75], atol=0.01)
+
+
+def test_16_bit_raw_reaches_the_networks_as_8_bit_raw_does() -> None:
+    """A uint16 volume (the same image x 257) gives every model input the uint8 volume gives:
+    without this the synapse and phantom models saw values up to 65535 and found nothing."""
+    from synapse_toolkit.inference.intensity import unit_scale
+    from synapse_toolkit.inference.tiled import _default_preprocess
+    from synapse_toolkit.nn.augment import AugmentConfig, sample_augmented
+    from synapse_toolkit.synapses.pruning import extract_patch
+
+    assert unit_scale(np.uint8) == 1 / 255 and unit_scale(np.uint16) == 1 / 65535
+    assert unit_scale(np.float32) == 1.0
+    raw8 = np.random.default_rng(0).integers(0, 256, (6, 40, 40)).astype(np.uint8)
+    raw16 = raw8.astype(np.uint16) * 257
+    plain = AugmentConfig.from_table({
+        "flip": False, "transpose_axes": [], "intensity_scale": 0.0, "intensity_shift": 0.0,
+        "elastic_sigma": 0.0, "misalign_prob": 0.0, "missing_prob": 0.0, "margin": [0, 0, 0],
+    })  # fmt: skip
+
+    def matched(r: np.ndarray) -> np.ndarray:
+        return model_preprocess({}, r)(r)
+
+    def pruner_patch(r: np.ndarray) -> np.ndarray:
+        prox, seg = np.zeros(r.shape, np.float32), np.ones(r.shape, np.uint64)
+        return extract_patch(r, prox, seg, (3, 20, 20), 1, 2)[0]
+
+    def crop(r: np.ndarray) -> np.ndarray:
+        labels = np.zeros(r.shape, np.uint64)
+        return sample_augmented(r, labels, (1, 5, 5), (4, 30, 30), plain, np.random.default_rng(1))[
+            0
+        ]
+
+    same = [matched, _default_preprocess, pruner_patch, crop]
+    for k, transform in enumerate(same):
+        a, b = transform(raw8), transform(raw16)
+        assert float(np.max(a)) > 0.5, k
+        np.testing.assert_allclose(a, b, atol=1e-6, err_msg=str(k))

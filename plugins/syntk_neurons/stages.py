@@ -67,8 +67,10 @@ class AffinityDetector(Detector["AffinityDetector.Options"]):
         )
         intensity_scale: float | None = Field(
             None,
-            description="Without intensity matching: multiply raw by this "
-            "(default: 1/255 for uint8, 1 otherwise).",
+            description="Without intensity matching: multiply raw by this (default: one over "
+            "the integer type's maximum, e.g. 1/255 for uint8 and 1/65535 for uint16; 1 for "
+            "float raw, taken as already in [0, 1]). Set it for integer data that uses part "
+            "of its type's range (e.g. 1/4095 for 12-bit values stored as uint16).",
         )
         pad_mode: Literal["reflect", "symmetric", "edge"] = "reflect"
         providers: list[str] | None = Field(None, description="ONNX Runtime providers to force.")

@@ -19,6 +19,15 @@ import numpy as np
 
 from synapse_toolkit.blockwise import iter_blocks
 
+
+def unit_scale(dtype: Any) -> float:
+    """The factor that brings stored grey values into the networks' input range [0, 1]: one over
+    the integer type's maximum (uint8: 1/255, uint16: 1/65535), 1 for floats (taken as already in
+    [0, 1]). Every model without an intensity reference was trained on inputs scaled so."""
+    dt = np.dtype(dtype)
+    return 1.0 / float(np.iinfo(dt).max) if np.issubdtype(dt, np.integer) else 1.0
+
+
 #: Quantile levels stored for a reference and measured on a volume (0, 1/256, ..., 1).
 LEVELS = np.linspace(0.0, 1.0, 257)
 #: Exact counting covers int16 .. uint16: bin i holds grey value i + _OFFSET.
@@ -108,7 +117,7 @@ def model_preprocess(
     With an ``intensity_reference`` in ``meta`` (and ``match_intensity``), raw grey values are
     matched to it and multiplied by the reference's ``scale`` (``intensity_scale`` is not used);
     ``raw``'s quantiles are measured once, here. Otherwise raw is multiplied by
-    ``intensity_scale`` (default: 1/255 for uint8, 1 otherwise), as models without a reference
+    ``intensity_scale`` (default: :func:`unit_scale` of its dtype), as models without a reference
     were trained.
     """
     reference = meta.get("intensity_reference")
@@ -135,7 +144,7 @@ def model_preprocess(
 
         return matched
     if intensity_scale is None:
-        intensity_scale = 1.0 / 255.0 if raw_dtype == np.uint8 else 1.0
+        intensity_scale = unit_scale(raw_dtype)
     factor = np.float32(intensity_scale)
 
     def scaled(x: np.ndarray) -> np.ndarray:

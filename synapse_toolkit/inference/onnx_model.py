@@ -82,7 +82,8 @@ class OnnxModel:
         """Predict ``source`` ((z, y, x) array-like) into ``out`` ((C, z, y, x),
         zero-initialised; a new float32 array if None). Grey values are matched to the model's
         intensity reference when it has one (``match_intensity``), else scaled by
-        ``intensity_scale`` (default 1/255 for uint8); sections are first filtered to the
+        ``intensity_scale`` (default: one over the integer type's maximum, 1 for floats:
+        :func:`~synapse_toolkit.inference.intensity.unit_scale`); sections are first filtered to the
         model's spectrum reference when it has one (``match_spectrum``). ``tta_offsets`` (one
         affinity offset per output channel) averages the 8 mirrorings. ``intensity_source`` is
         the array whose grey values define the matching and default scale when ``source`` is a

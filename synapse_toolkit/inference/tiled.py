@@ -302,9 +302,9 @@ def _crop(
 
 
 def _default_preprocess(x: np.ndarray) -> np.ndarray:
-    if x.dtype == np.uint8:
-        return x.astype(np.float32) / 255.0
-    return x.astype(np.float32)
+    from synapse_toolkit.inference.intensity import unit_scale
+
+    return x.astype(np.float32) * np.float32(unit_scale(x.dtype))
 
 
 def flip_tta(

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from synapse_toolkit.inference.intensity import unit_scale
+
 Triple = tuple[int, int, int]
 
 
@@ -106,7 +108,7 @@ def sample_augmented(
     """Augmented ``(raw float32 in ~[0, 1], labels)`` crops of ``shape`` at ``start``.
 
     ``raw``/``labels`` must contain ``start - margin`` … ``start + shape + margin`` (pad volumes
-    beforehand). ``raw`` is scaled from uint8 if needed.
+    beforehand). ``raw`` is scaled by :func:`~synapse_toolkit.inference.intensity.unit_scale`.
     """
     shape = tuple(int(s) for s in shape)
     margin = tuple(int(m) for m in cfg.margin)
@@ -115,9 +117,7 @@ def sample_augmented(
     if min(lo) < 0 or any(h > d for h, d in zip(hi, raw.shape, strict=True)):
         raise ValueError(f"crop {lo}..{hi} (with margin) exceeds volume shape {raw.shape}")
     box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
-    r = np.asarray(raw[box], dtype=np.float32)
-    if np.asarray(raw[:1, :1, :1]).dtype == np.uint8:
-        r /= 255.0
+    r = np.asarray(raw[box], dtype=np.float32) * np.float32(unit_scale(raw.dtype))
     lab = np.asarray(labels[box])
     if cfg.elastic_sigma > 0 or cfg.misalign_prob > 0:
         coords = _coordinates(shape, margin, cfg, rng)

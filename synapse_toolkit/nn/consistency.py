@@ -38,6 +38,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from synapse_toolkit.errors import ConfigError, DataError
+from synapse_toolkit.inference.intensity import unit_scale
 from synapse_toolkit.nn.augment import AugmentConfig, apply_photometric
 
 _GEOMETRY_FIELDS = ("flip", "transpose_axes", "elastic_sigma", "margin", "misalign_prob")
@@ -243,7 +244,7 @@ class Consistency:
         if qmap is not None:  # now in the labelled volumes' grey range, whatever the source dtype
             src, ref = qmap
             return match(r, src, ref) * np.float32(self.reference_scale)
-        return r / 255.0 if raw.dtype == np.uint8 else r
+        return r * np.float32(unit_scale(raw.dtype))
 
     def _geometry(self) -> tuple[tuple[bool, ...], tuple[int, ...]]:
         flips = tuple(bool(self.spec.flip and self.rng.random() < 0.5) for _ in range(3))
@@ -331,8 +332,9 @@ def make_consistency(
         where = ".".join(str(p) for p in err["loc"])
         raise ConfigError(f"semi_supervised.{where}: {err['msg']}") from exc
     ref = quantiles(labelled_raws) if labelled_raws else None
-    # labelled crops are scaled from uint8 to [0, 1], other dtypes taken as they are (augment)
-    scale = 1.0 / 255.0 if all(r.dtype == np.uint8 for r in labelled_raws) else 1.0
+    # labelled crops are scaled to [0, 1] by their dtype (augment); a mix of dtypes is taken as is
+    dtypes = {r.dtype for r in labelled_raws}
+    scale = unit_scale(dtypes.pop()) if len(dtypes) == 1 else 1.0
     return Consistency(spec, net, input_shape, output_shape, ref, seed, reference_scale=scale)
 
 

@@ -121,17 +121,18 @@ def training_intensity_reference(train_config: dict[str, Any]) -> dict[str, Any]
     ``None`` when the config lists no volumes. Paths resolve as in training (from the working
     directory); a missing file is an error naming it.
     """
-    from synapse_toolkit.inference.intensity import quantiles
+    from synapse_toolkit.inference.intensity import quantiles, unit_scale
     from synapse_toolkit.nn.training import VolumeSpec, load_volume
 
     specs = [VolumeSpec(**v) for v in train_config.get("data", {}).get("volumes", [])]
     if not specs:
         return None
     raws = [load_volume(spec, need_labels=False)[0] for spec in specs]
-    uint8 = all(r.dtype == np.uint8 for r in raws)
+    dtypes = {r.dtype for r in raws}
     return {
         "quantiles": [round(float(q), 6) for q in quantiles(raws)],
-        "scale": 1.0 / 255.0 if uint8 else 1.0,  # as synapse_toolkit.nn.augment scales crops
+        # as synapse_toolkit.nn.augment scales crops (a mix of dtypes is taken as is)
+        "scale": unit_scale(dtypes.pop()) if len(dtypes) == 1 else 1.0,
         "volumes": [spec.raw for spec in specs],
     }
 

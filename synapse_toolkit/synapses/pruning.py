@@ -23,6 +23,7 @@ import numpy as np
 
 from synapse_toolkit.data import Annotations
 from synapse_toolkit.errors import DataError
+from synapse_toolkit.inference.intensity import unit_scale
 from synapse_toolkit.synapses.candidates import Candidates
 from synapse_toolkit.synapses.targets import Grid
 
@@ -70,9 +71,7 @@ def extract_patch(
     f = int(s.downsample)
     full = np.asarray([s.shape[0], s.shape[1] * f, s.shape[2] * f])
     start = np.round(np.asarray(center_vox, np.float64)).astype(int) - full // 2
-    em = _crop(raw, start, full).astype(np.float32)
-    if raw.dtype == np.uint8:
-        em /= 255.0
+    em = _crop(raw, start, full).astype(np.float32) * np.float32(unit_scale(raw.dtype))
     prox = _crop(proximity, start, full).astype(np.float32)
     seg = _crop(segmentation, start, full)
     pre = (seg == np.uint64(pre_segment)).astype(np.float32)

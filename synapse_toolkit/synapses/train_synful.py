@@ -31,6 +31,7 @@ from pydantic import Field
 
 from synapse_toolkit.config import StrictModel, load_training_config
 from synapse_toolkit.errors import ConfigError, DataError
+from synapse_toolkit.inference.intensity import unit_scale
 from synapse_toolkit.io.cremi import read_cremi
 from synapse_toolkit.nn.exported_weights import load_exported
 from synapse_toolkit.nn.run import MixedPrecision, RunSection, TrainingRun
@@ -147,9 +148,7 @@ class SynfulCropSampler:
         c = np.clip(c, 0, np.asarray(shape) - 1)
         start = [int(ci) - n // 2 + p for ci, n, p in zip(c, self.shape, self.pad, strict=True)]
         box = tuple(slice(a, a + n) for a, n in zip(start, self.shape, strict=True))
-        r = np.asarray(raw[box], np.float32)
-        if raw.dtype == np.uint8:
-            r /= 255.0
+        r = np.asarray(raw[box], np.float32) * np.float32(unit_scale(raw.dtype))
         t = packed[(slice(None), *box)]
         flips = [bool(self.rng.random() < 0.5) for _ in range(3)] if self.augment.flip else [0] * 3
         swap = bool(self.shape[1] == self.shape[2] and self.rng.random() < 0.5)
