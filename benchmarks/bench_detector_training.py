@@ -9,7 +9,8 @@ fresh process per measurement so the peak resident memory is that run's alone::
         --json benchmarks/results/bench_detector_training.json
 
 Reports the peak RSS above the interpreter's baseline (torch imported) per Mvox of training
-volume (A and B), and the wall time per iteration (from the trainer's own ``metrics.jsonl``,
+volume (A and B; the affinity trainer without its validation region, see :func:`measure`), and
+the wall time per iteration (from the trainer's own ``metrics.jsonl``,
 the first iteration excluded) and per sampled crop.
 """
 
@@ -92,9 +93,13 @@ def measure(
 
     sampler_class.sample = timed
     if kind == "affinities":
+        # without its validation volume: the trainer validates at its last iteration, and waterz
+        # on a few-iteration model's near-constant affinities (millions of fragments) would be
+        # what this measured
         acfg = load_config(config)
         training = acfg.training.model_copy(update=update)
-        train(acfg.model_copy(update={"training": training}), log=lambda _: None)
+        data = acfg.data.model_copy(update={"validation": []})
+        train(acfg.model_copy(update={"training": training, "data": data}), log=lambda _: None)
     else:
         dcfg = load_detector_config(config)
         dtraining = dcfg.training.model_copy(update={**update, "checkpoint_every": 0})

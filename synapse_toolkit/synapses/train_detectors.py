@@ -188,7 +188,8 @@ class SynapseCropSampler:
         self.frac = synapse_fraction
         self.rng = np.random.default_rng(seed)
         shapes = zip(self.input_shape, self.output_shape, augment.margin, strict=True)
-        self.pad = [i + o // 3 + m + 1 for i, o, m in shapes]
+        # an input crop centred anywhere in the volume, +- output // 3, with the warp's margin
+        self.pad = [(i + 1) // 2 + o // 3 + m + 1 for i, o, m in shapes]
         self.vols: list[tuple[np.ndarray, np.ndarray, tuple[int, ...], np.ndarray]] = []
         for raw, target, mask, centres in volumes:
             pads = [(p, p) for p in self.pad]
