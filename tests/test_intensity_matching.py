@@ -158,3 +158,27 @@ def test_16_bit_raw_reaches_the_networks_as_8_bit_raw_does() -> None:
         a, b = transform(raw8), transform(raw16)
         assert float(np.max(a)) > 0.5, k
         np.testing.assert_allclose(a, b, atol=1e-6, err_msg=str(k))
+
+
+def test_raw_far_from_the_models_input_range_is_one_warning(caplog) -> None:
+    import logging
+
+    raw8 = np.random.default_rng(0).integers(0, 256, (6, 40, 40)).astype(np.uint8)
+    cases = {
+        "uint8": (raw8, False),
+        "float in [0, 1]": (raw8.astype(np.float32) / 255, False),
+        "float stored as 0-255": (raw8.astype(np.float32), True),
+        "12-bit values in uint16": ((raw8.astype(np.uint16) * 16), True),
+    }
+    for name, (raw, warns) in cases.items():
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="syntk"):
+            model_preprocess({}, raw)
+        lines = [r.getMessage() for r in caplog.records]
+        assert len(lines) == int(warns), (name, lines)
+        if warns:
+            assert "intensity_scale" in lines[0] and str(raw.dtype) in lines[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="syntk"):  # the user's own scale: no warning
+        model_preprocess({}, raw8.astype(np.float32), intensity_scale=1 / 255)
+    assert not caplog.records

@@ -157,8 +157,10 @@ def test_prediction_is_stored_once_and_equals_the_in_memory_one(tmp_path: Path) 
             return (1, 4, 4)
 
         def predict(self, raw, out=None, overlap=None, progress=None, channels=None,
-                    block_shape=None, scratch_dir=None):  # fmt: skip
+                    block_shape=None, scratch_dir=None, intensity_scale=None):  # fmt: skip
             from synapse_toolkit.inference.tiled import predict_tiled
+
+            scale = 1.0 if intensity_scale is None else intensity_scale
 
             Model.calls += 1
             keep = list(channels) if channels is not None else list(range(7))
@@ -166,7 +168,7 @@ def test_prediction_is_stored_once_and_equals_the_in_memory_one(tmp_path: Path) 
                 out = np.zeros((len(keep), *raw.shape), np.float32)
 
             def f(x: np.ndarray) -> np.ndarray:
-                y = np.concatenate([x * (c + 1) for c in range(7)], axis=1)
+                y = np.concatenate([x * scale * (c + 1) for c in range(7)], axis=1)
                 return y[:, keep]
 
             predict_tiled(f, raw, out, (4, 16, 16), (4, 16, 16), overlap=overlap,
@@ -183,3 +185,8 @@ def test_prediction_is_stored_once_and_equals_the_in_memory_one(tmp_path: Path) 
     assert Model.calls == 2  # the stored prediction was reused (the other call made `ref`)
     predict_synful(Model(), raw, tmp_path / "w", "vector", block_shape=(4, 16, 32))
     assert Model.calls == 3  # another head: predicted again
+    half = predict_synful(Model(), raw, tmp_path / "w", "vector", block_shape=(4, 16, 32),
+                          intensity_scale=0.5)  # fmt: skip
+    assert Model.calls == 4  # another input scale: predicted again, with that scale
+    ref = Model().predict(raw, channels=head_channels("vector"), overlap=(1, 4, 4))
+    np.testing.assert_allclose(half[...], ref * 0.5)

@@ -15,6 +15,7 @@ from synapse_toolkit.cremi_ids import NEURON_IGNORE
 from synapse_toolkit.data import ScoreRecord, Volume
 from synapse_toolkit.errors import DataError
 from synapse_toolkit.inference.fragments import BOUNDARY_THRESHOLD, DT_SIGMA, MIN_DISTANCE
+from synapse_toolkit.inference.intensity import INTENSITY_SCALE_HELP
 from synapse_toolkit.models import resolve_model
 from synapse_toolkit.stages import Agglomerator, Detector, Loader, Placement, Port, StageOptions
 
@@ -66,11 +67,7 @@ class AffinityDetector(Detector["AffinityDetector.Options"]):
             "model carries a spectrum reference: undoes a blurrier or noisier acquisition.",
         )
         intensity_scale: float | None = Field(
-            None,
-            description="Without intensity matching: multiply raw by this (default: one over "
-            "the integer type's maximum, e.g. 1/255 for uint8 and 1/65535 for uint16; 1 for "
-            "float raw, taken as already in [0, 1]). Set it for integer data that uses part "
-            "of its type's range (e.g. 1/4095 for 12-bit values stored as uint16).",
+            None, description="Without intensity matching: " + INTENSITY_SCALE_HELP
         )
         pad_mode: Literal["reflect", "symmetric", "edge"] = "reflect"
         providers: list[str] | None = Field(None, description="ONNX Runtime providers to force.")

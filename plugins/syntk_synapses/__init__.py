@@ -20,6 +20,7 @@ from synapse_toolkit.cremi_ids import CLEFT_BACKGROUND
 from synapse_toolkit.data import Annotations, PartnerTable, SectionTransform, Volume
 from synapse_toolkit.errors import DataError
 from synapse_toolkit.hookspecs import hookimpl
+from synapse_toolkit.inference.intensity import INTENSITY_SCALE_HELP
 from synapse_toolkit.stages import (
     Aligner,
     Detector,
@@ -163,6 +164,7 @@ class _OnnxDetector(Detector["_OnnxDetector.Options"]):
         model_path: Path | None = Field(None, description="An ONNX file instead of `model`.")
         sha256: str | None = Field(None, description="Expected sha256 of `model_path`.")
         overlap: tuple[int, int, int] = Field((2, 8, 8), description="Tile overlap (voxels).")
+        intensity_scale: float | None = Field(None, description=INTENSITY_SCALE_HELP)
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         from synapse_toolkit.inference.onnx_model import OnnxModel
@@ -178,8 +180,8 @@ class _OnnxDetector(Detector["_OnnxDetector.Options"]):
         n = len(TileGrid(raw.spatial_shape, model.input_shape, model.output_shape,
                          self.options.overlap))  # fmt: skip
         task = self.context.progress("tiles", n)
-        model.predict(raw.data, out.data, tuple(self.options.overlap),
-                      progress=task.advance)  # fmt: skip
+        model.predict(raw.data, out.data, tuple(self.options.overlap), progress=task.advance,
+                      intensity_scale=self.options.intensity_scale)  # fmt: skip
         return {self.output_port: out}
 
 

@@ -13,6 +13,7 @@ from pydantic import Field
 from synapse_toolkit import __version__
 from synapse_toolkit.data import Volume
 from synapse_toolkit.errors import DataError
+from synapse_toolkit.inference.intensity import INTENSITY_SCALE_HELP
 from synapse_toolkit.stages import PartnerAssigner, Port, StageOptions
 from syntk_synapses import COARSE_SEGMENTATION
 
@@ -52,6 +53,7 @@ class Synful(PartnerAssigner["Synful.Options"]):
         overlap: tuple[int, int, int] | None = Field(
             None, description="Tile overlap (voxels); default: the model's."
         )
+        intensity_scale: float | None = Field(None, description=INTENSITY_SCALE_HELP)
         head: Literal["vector", "direction"] = Field(
             "vector", description="Regressed vector, or unit direction x cleft-derived distance."
         )
@@ -162,6 +164,7 @@ class Synful(PartnerAssigner["Synful.Options"]):
         pred = predict_synful(
             model, raw.data, work, o.head, overlap=overlap, block_shape=bs,
             progress=self.context.progress("tiles", n_tiles).advance,
+            intensity_scale=o.intensity_scale,
         )  # fmt: skip
         del model  # the session's buffers go before the block workers start
         release_free_memory()

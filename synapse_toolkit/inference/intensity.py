@@ -12,12 +12,20 @@ the training data's raw units and the ``scale`` the network input was multiplied
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
 
 from synapse_toolkit.blockwise import iter_blocks
+
+#: what a stage's ``intensity_scale`` option does (the stages' option docs)
+INTENSITY_SCALE_HELP = (
+    "multiply raw by this (default: one over the integer type's maximum, e.g. 1/255 for uint8 and "
+    "1/65535 for uint16; 1 for float raw, taken as already in [0, 1]); set it for integer data "
+    "that uses part of its type's range, e.g. 1/4095 for 12-bit values stored as uint16."
+)
 
 
 def unit_scale(dtype: Any) -> float:
@@ -100,6 +108,25 @@ def match(x: np.ndarray, source: np.ndarray, reference: np.ndarray) -> np.ndarra
     return np.interp(x.astype(np.float64), knots, targets).astype(np.float32)
 
 
+def input_range_problem(raw: Any, scale: float) -> str | None:
+    """One line when ``raw`` times ``scale`` is far from the [0, 1] the models without an
+    intensity reference were trained on (float data stored as 0-255, 12-bit data in uint16),
+    judged on a central block of at most 16 x 256 x 256 voxels; else None."""
+    shape = tuple(int(n) for n in raw.shape)
+    half = (8, 128, 128)
+    box = tuple(slice(max(0, n // 2 - h), n // 2 + h) for n, h in zip(shape, half, strict=True))
+    values = np.asarray(raw[box], np.float64).ravel() * scale
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return None
+    low, high = (float(v) for v in np.quantile(values, [0.01, 0.99]))
+    if high > 1.5 or low < -0.5 or high < 0.1:
+        return (f"raw ({np.dtype(raw.dtype)}) reaches the model as values of about {low:.3g} to "
+                f"{high:.3g} (1st-99th percentile), but it was trained on [0, 1]: rescale the "
+                "data or set the stage's intensity_scale")  # fmt: skip
+    return None
+
+
 def model_preprocess(
     meta: Mapping[str, Any],
     raw: Any,
@@ -145,6 +172,9 @@ def model_preprocess(
         return matched
     if intensity_scale is None:
         intensity_scale = unit_scale(raw_dtype)
+        problem = input_range_problem(raw, intensity_scale)
+        if problem:
+            logging.getLogger("syntk").warning(problem)
     factor = np.float32(intensity_scale)
 
     def scaled(x: np.ndarray) -> np.ndarray:

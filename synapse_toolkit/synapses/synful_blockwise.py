@@ -84,11 +84,12 @@ def predict_synful(
     overlap: Sequence[int] | None = None,
     block_shape: Sequence[int] = (32, 256, 256),
     progress: Any = None,
+    intensity_scale: float | None = None,
 ) -> Any:
     """The (4, z, y, x) float32 zarr array ``<work_dir>/prediction.zarr`` of a synful
     :class:`~synapse_toolkit.inference.onnx_model.OnnxModel` on ``raw`` (z, y, x): the mask and
     the head's three channels, predicted tile by tile and written block by block. A prediction
-    whose marker records the same model, head, overlap and raw bytes is reused."""
+    whose marker records the same model, head, overlap, input scale and raw bytes is reused."""
     import zarr
 
     from synapse_toolkit.blockwise import iter_blocks
@@ -102,6 +103,8 @@ def predict_synful(
     bs = tuple(min(int(b), n) for b, n in zip(block_shape, shape, strict=True))
     fp = Fingerprint(FORMAT_VERSION, "prediction", sha256_file(Path(model.path)), channels, ov,
                      shape)  # fmt: skip
+    if intensity_scale is not None:  # (absent: the fingerprints of earlier runs stay valid)
+        fp.add_config("intensity_scale", float(intensity_scale))
     for b in iter_blocks(shape, bs):
         fp.add_array(np.asarray(raw[b.write]))
     digest = fp.hexdigest()
@@ -119,7 +122,7 @@ def predict_synful(
         config={"write_empty_chunks": True},
     )  # fmt: skip
     model.predict(raw, out, ov, progress=progress, channels=channels, block_shape=bs,
-                  scratch_dir=work)  # fmt: skip
+                  scratch_dir=work, intensity_scale=intensity_scale)  # fmt: skip
     atomic_write_bytes(marker, json.dumps({"fingerprint": digest}).encode())
     return out
 
