@@ -55,7 +55,7 @@ def test_training_configs_use_registered_seeds() -> None:
 
 def test_selection_reads_development_seeds_only() -> None:
     check_selection_seeds([1201, 9091, 9601])
-    for seed, role in ((9301, "held out"), (1001, "training"), (9801, "unused")):
+    for seed, role in ((9301, "held out"), (1001, "training"), (9901, "unused")):
         with pytest.raises(SystemExit, match=f"{seed} \\({role}\\)"):
             check_selection_seeds([1201, seed])
     check_selection_seeds([2101], family="clustering")

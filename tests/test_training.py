@@ -163,3 +163,30 @@ def test_a_region_outside_its_volume_is_one_error_naming_the_file(tmp_path, roi)
                         roi=[[1, 3], [0, 8], [2, 6]])  # fmt: skip
     raw, labels = load_volume(inside)
     assert raw.shape == (2, 8, 4) and labels is not None and labels.shape == raw.shape
+
+
+def test_validation_can_agglomerate_distance_seeded_fragments(tmp_path) -> None:
+    """``validation_fragments`` gives the validation the waterz stage's fragment setting (seeded
+    fragments: bounded memory on noisy early predictions); an unknown method is a config error."""
+    from synapse_toolkit.affinities import NEAREST_NEIGHBOURS, labels_to_affinities
+    from synapse_toolkit.errors import ConfigError
+    from synapse_toolkit.inference.agglomeration import sweep
+    from synapse_toolkit.inference.fragments import make_fragments
+    from synapse_toolkit.nn.training import TrainingSpec, load_config, validation_sweep
+
+    _, labels = small_volume()
+    rng = np.random.default_rng(0)
+    affs = labels_to_affinities(labels, NEAREST_NEIGHBOURS).astype(np.float32)
+    affs = np.clip(affs * 0.8 + rng.uniform(0, 0.2, affs.shape), 0, 1).astype(np.float32)
+    setting = {"method": "distance_2d", "min_distance": 2}
+    spec = TrainingSpec(validation_thresholds=[0.3, 0.6], validation_fragments=setting)
+    rows = validation_sweep(affs, labels, spec)
+    expected = sweep(affs, labels, [0.3, 0.6], fragments=make_fragments(affs, setting))
+    assert rows == expected and len(rows) == 2
+    assert rows != validation_sweep(affs, labels, TrainingSpec(validation_thresholds=[0.3, 0.6]))
+    text = _config(tmp_path).read_text().replace(
+        "[training]", '[training]\nvalidation_fragments = { method = "watershed" }'
+    )
+    (tmp_path / "bad.toml").write_text(text)
+    with pytest.raises(ConfigError, match="validation_fragments"):
+        load_config(tmp_path / "bad.toml")

@@ -26,7 +26,7 @@ from types import EllipsisType
 from typing import Any, Literal, overload
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from synapse_toolkit.affinities import (
     NEAREST_NEIGHBOURS,
@@ -104,6 +104,20 @@ class TrainingSpec(DeviceOptions):
         default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
     )
     validation_scoring: str = "quantile50"
+    #: fragments the validation agglomerates, a setting as the waterz stage's ``fragments``
+    #: (e.g. ``{method = "distance_2d"}``: distance-transform seeds in each section, far fewer
+    #: fragments and far less memory on a noisy early model); default: waterz's own watershed
+    validation_fragments: dict[str, Any] | None = None
+
+    @field_validator("validation_fragments")
+    @classmethod
+    def _known_fragments(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        from synapse_toolkit.inference.fragments import METHODS
+
+        if value is not None and value.get("method", "affinities") not in METHODS:
+            raise ValueError(f"method must be one of {list(METHODS)}, not {value.get('method')!r}")
+        return value
+
     #: "volume": VOI/ARAND of the 3D segmentation; "sections": mean over z-sections of the 2D
     #: scores (segmentation split into 2D pieces, truth = 2D components of the labelled cells;
     #: :mod:`synapse_toolkit.metrics.sections`), for serial-section data scored in 2D
@@ -339,15 +353,20 @@ class CropSampler:
         return sample_augmented(raw, lab, start, self.input_shape, self.augment, self.rng)
 
 
-def section_sweep(
+def validation_sweep(
     affinities: np.ndarray, labels: np.ndarray, t_cfg: TrainingSpec
 ) -> list[dict[str, float]]:
-    """Per threshold, the mean 2D section scores of the waterz segmentation (cells: labels != 0)."""
+    """Per validation threshold, the scores of the waterz segmentation of ``affinities`` (z, y,
+    x offsets first) against ``labels``: VOI / Rand of the volume, or (``validation_metric =
+    "sections"``) the mean 2D section scores (cells: labels != 0)."""
     from synapse_toolkit.inference.agglomeration import sweep
+    from synapse_toolkit.inference.fragments import make_fragments
     from synapse_toolkit.metrics.sections import mean_section_scores
 
-    return sweep(affinities, labels, t_cfg.validation_thresholds,
-                 scoring=t_cfg.validation_scoring, score=mean_section_scores)  # fmt: skip
+    score = mean_section_scores if t_cfg.validation_metric == "sections" else None
+    fragments = make_fragments(affinities, t_cfg.validation_fragments)
+    return sweep(affinities, labels, t_cfg.validation_thresholds, fragments=fragments,
+                 scoring=t_cfg.validation_scoring, score=score)  # fmt: skip
 
 
 # -- loop ---------------------------------------------------------------------------------------
@@ -463,7 +482,6 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
     def validate(it: int) -> dict[str, Any] | None:
         if not validation:
             return None
-        from synapse_toolkit.inference.agglomeration import sweep
         from synapse_toolkit.inference.tiled import predict_tiled
 
         scored.eval()
@@ -476,14 +494,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
             for raw, lab in validation:
                 out = np.zeros((len(offsets), *raw.shape), np.float32)
                 predict_tiled(predict, raw, out, input_shape, output_shape, overlap=(4, 8, 8))
-                if t_cfg.validation_metric == "sections":
-                    rows_all.append(section_sweep(out[:3], lab, t_cfg))
-                    continue
-                rows_all.append(
-                    sweep(
-                        out[:3], lab, t_cfg.validation_thresholds, scoring=t_cfg.validation_scoring
-                    )
-                )
+                rows_all.append(validation_sweep(out[:3], lab, t_cfg))
         if scored is net:
             net.train()
         # mean over validation volumes, per threshold
