@@ -184,8 +184,10 @@ def test_validation_can_agglomerate_distance_seeded_fragments(tmp_path) -> None:
     expected = sweep(affs, labels, [0.3, 0.6], fragments=make_fragments(affs, setting))
     assert rows == expected and len(rows) == 2
     assert rows != validation_sweep(affs, labels, TrainingSpec(validation_thresholds=[0.3, 0.6]))
-    text = _config(tmp_path).read_text().replace(
-        "[training]", '[training]\nvalidation_fragments = { method = "watershed" }'
+    text = (
+        _config(tmp_path)
+        .read_text()
+        .replace("[training]", '[training]\nvalidation_fragments = { method = "watershed" }')
     )
     (tmp_path / "bad.toml").write_text(text)
     with pytest.raises(ConfigError, match="validation_fragments"):
