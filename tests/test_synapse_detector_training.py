@@ -175,3 +175,25 @@ def test_training_config_takes_one_starting_point(tmp_path: Path) -> None:
         assert "\n" not in str(e.value)
         both.write_text(both.read_text().rsplit("\n", 2)[0] + "\n")
         assert getattr(load_training_config(both, model).training, keys[0])
+
+
+@pytest.mark.parametrize(("kind", "drop", "says"), [
+    ("polarity", "annotations", "no annotations"),
+    ("clefts", "clefts", "needs files with volumes/labels/clefts"),
+])  # fmt: skip
+def test_a_training_file_without_what_its_targets_need_is_named(
+    tmp_path: Path, kind: str, drop: str, says: str
+) -> None:
+    import dataclasses
+
+    from synapse_toolkit.errors import DataError
+
+    data = dataclasses.replace(make_cremi_data(shape=(8, 64, 64)), **{drop: None})
+    path = write_cremi(tmp_path / "lacking.hdf", data)
+    cfg = DetectorTrainConfig.model_validate({
+        "kind": kind, "data": {"files": [str(path)]},
+        "model": {"scale": 2, "padding": "same", "num_fmaps": 2, "downsample_factors": [[1, 2, 2]]},
+        "training": {"iterations": 1, "input_shape": [4, 32, 32], "out_dir": str(tmp_path / "r")},
+    })  # fmt: skip
+    with pytest.raises(DataError, match=f"lacking.hdf: .*{says}"):
+        train_detector(cfg, log=lambda _: None)

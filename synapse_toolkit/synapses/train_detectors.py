@@ -138,15 +138,18 @@ def read_region(region: Region, where: str = "") -> CremiData:
 
 
 def _volume_target(
-    kind: str, data: CremiData, tsettings: TargetSettings
+    kind: str, data: CremiData, tsettings: TargetSettings, where: str
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(target, mask) volumes for one training file."""
+    """(target, mask) volumes for one training file (``where``: its name, for the errors)."""
     wanted = ("proximity",) if kind == "polarity" else ("cleft_mask", "cleft_valid")
-    t = targets_from_cremi(data, tsettings, only=wanted)
+    try:
+        t = targets_from_cremi(data, tsettings, only=wanted)
+    except DataError as exc:
+        raise DataError(f"{where}: {exc}") from exc
     if kind == "polarity":
         return t["proximity"], np.ones_like(t["proximity"], dtype=bool)
     if "cleft_mask" not in t:
-        raise DataError("cleft training needs files with volumes/labels/clefts")
+        raise DataError(f"{where}: cleft training needs files with volumes/labels/clefts")
     return t["cleft_mask"].astype(np.float32), t["cleft_valid"]
 
 
@@ -349,7 +352,7 @@ def train_detector(cfg: DetectorTrainConfig, log: Callable[[str], None] = print)
     def prepared(data: CremiData, where: str) -> _Prepared:
         if data.raw is None:
             raise DataError(f"{where}: no volumes/raw")
-        target, mask = _volume_target(cfg.kind, data, tsettings)
+        target, mask = _volume_target(cfg.kind, data, tsettings, where)
         return data.raw.read(), target, mask, _synapse_centres(data, target.shape)
 
     def read_prepared(path: Path) -> _Prepared:
@@ -362,7 +365,8 @@ def train_detector(cfg: DetectorTrainConfig, log: Callable[[str], None] = print)
     volumes = (read_prepared(f) for f in files)
     val_crops: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     if cfg.data.validation:
-        held = (prepared(read_region(r, f"data.validation[{k}]"), f"data.validation[{k}]")
+        held = (prepared(read_region(r, f"data.validation[{k}]"),
+                         f"{volume_path(r.file)} (data.validation[{k}])")
                 for k, r in enumerate(cfg.data.validation))  # fmt: skip
         plain = AugmentConfig.from_table(NO_AUGMENTATION)
         fixed = SynapseCropSampler(held, input_shape, output_shape, plain, t.synapse_fraction,
