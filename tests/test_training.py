@@ -192,3 +192,22 @@ def test_validation_can_agglomerate_distance_seeded_fragments(tmp_path) -> None:
     (tmp_path / "bad.toml").write_text(text)
     with pytest.raises(ConfigError, match="validation_fragments"):
         load_config(tmp_path / "bad.toml")
+
+
+def test_a_region_is_read_alone_and_keeps_its_labelled_sections(tmp_path) -> None:
+    """``labelled_sections`` are file indices; with a ``roi`` only the region is read and the
+    sections inside it stay labelled."""
+    from synapse_toolkit.errors import ConfigError
+    from synapse_toolkit.nn.training import UNKNOWN, VolumeSpec, load_volume
+
+    path = write_small_volume(tmp_path / "vol.h5")
+    raw_all, lab_all = small_volume()
+    keys = {"raw": str(path), "raw_dataset": "raw", "labels": str(path), "labels_dataset": "gt"}
+    raw, lab = load_volume(
+        VolumeSpec(**keys, roi=[[2, 6], [1, 7], [0, 8]], labelled_sections=[1, 4])
+    )
+    np.testing.assert_array_equal(raw, raw_all[2:6, 1:7, 0:8])
+    np.testing.assert_array_equal(lab[2], lab_all[4, 1:7, 0:8])  # file section 4
+    assert (lab[[0, 1, 3]] == UNKNOWN).all()
+    with pytest.raises(ConfigError, match="labelled_sections"):
+        load_volume(VolumeSpec(**keys, roi=[[2, 6], [0, 8], [0, 8]], labelled_sections=[99]))

@@ -39,7 +39,7 @@ from synapse_toolkit.config import StrictModel, load_training_config
 from synapse_toolkit.errors import ConfigError, DataError
 from synapse_toolkit.nn.augment import AugmentConfig, sample_augmented
 from synapse_toolkit.nn.run import DeviceOptions, MixedPrecision, TrainingRun
-from synapse_toolkit.nn.volume_file import read_dataset
+from synapse_toolkit.nn.volume_file import DatasetFile
 
 
 class VolumeSpec(StrictModel):
@@ -161,16 +161,18 @@ def load_config(path: str | Path) -> TrainConfig:
 UNKNOWN = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
-def _mark_unlabelled(labels: np.ndarray, sections: list[int], where: str) -> np.ndarray:
-    """``labels`` as uint64 with every z-section outside ``sections`` set to :data:`UNKNOWN`."""
-    bad = [z for z in sections if not 0 <= z < labels.shape[0]]
+def _mark_unlabelled(
+    labels: np.ndarray, sections: list[int], where: str, depth: int | None = None, z0: int = 0
+) -> np.ndarray:
+    """``labels`` (the file's sections ``z0`` on, of ``depth``, default all of them) as uint64
+    with every z-section outside ``sections`` (file indices) set to :data:`UNKNOWN`."""
+    depth = labels.shape[0] if depth is None else depth
+    bad = [z for z in sections if not 0 <= z < depth]
     if bad or not sections:
-        raise ConfigError(
-            f"{where}: labelled_sections {bad or sections} outside 0..{labels.shape[0] - 1}"
-        )
+        raise ConfigError(f"{where}: labelled_sections {bad or sections} outside 0..{depth - 1}")
     out = labels.astype(np.uint64)
     keep = np.zeros(labels.shape[0], bool)
-    keep[sections] = True
+    keep[[z - z0 for z in sections if z0 <= z < z0 + labels.shape[0]]] = True
     out[~keep] = UNKNOWN
     return out
 
@@ -199,20 +201,25 @@ def load_volume(spec: VolumeSpec, need_labels: bool) -> tuple[np.ndarray, np.nda
 
 
 def load_volume(spec: VolumeSpec, need_labels: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-    raw = read_dataset(spec.raw, spec.raw_dataset)
-    labels = read_dataset(spec.labels, spec.labels_dataset) if spec.labels else None
+    """Raw and labels of one training volume; with a ``roi``, only that region is read."""
+    from synapse_toolkit.io.checks import roi_slices
+
+    with DatasetFile(spec.raw, spec.raw_dataset) as rf:
+        shape = rf.shape
+        where = f"{spec.raw}:{spec.raw_dataset}"
+        box = roi_slices(spec.roi, shape, where) if spec.roi is not None else None
+        raw = rf.read(box)
+    labels = None
+    if spec.labels:
+        with DatasetFile(spec.labels, spec.labels_dataset) as lf:
+            if lf.shape != shape:
+                raise DataError(f"{spec.labels}: labels shape {lf.shape} != raw shape {shape}")
+            labels = lf.read(box)
     if need_labels and labels is None:
         raise DataError(f"{spec.raw}: training volume has no labels")
-    if labels is not None and labels.shape != raw.shape:
-        raise DataError(f"{spec.labels}: labels shape {labels.shape} != raw shape {raw.shape}")
     if labels is not None and spec.labelled_sections is not None:
-        labels = _mark_unlabelled(labels, spec.labelled_sections, str(spec.labels))
-    if spec.roi is not None:
-        from synapse_toolkit.io.checks import roi_slices
-
-        box = roi_slices(spec.roi, raw.shape, f"{spec.raw}:{spec.raw_dataset}")
-        raw = raw[box]
-        labels = labels[box] if labels is not None else None
+        z0 = box[0].start if box is not None else 0
+        labels = _mark_unlabelled(labels, spec.labelled_sections, str(spec.labels), shape[0], z0)
     if spec.perturb:
         from synapse_toolkit.nn.consistency import perturb_volume
 
