@@ -197,3 +197,38 @@ def test_a_training_file_without_what_its_targets_need_is_named(
     })  # fmt: skip
     with pytest.raises(DataError, match=f"lacking.hdf: .*{says}"):
         train_detector(cfg, log=lambda _: None)
+
+
+def test_an_interrupted_run_resumes_exactly(tmp_path: Path) -> None:
+    """3 iterations, then ``resume`` up to 6: the same weights as 6 iterations in one go (the
+    optimizer, the crop sampler's random state and torch's are in latest.pt)."""
+    from synapse_toolkit.nn.checkpoint import load_state
+
+    path = write_cremi(tmp_path / "s.hdf", make_cremi_data(shape=(8, 64, 64)))
+
+    def config(out: str, iterations: int) -> DetectorTrainConfig:
+        return DetectorTrainConfig.model_validate({
+            "kind": "polarity", "data": {"files": [str(path)]},
+            "model": {"scale": 2, "pool": "space-to-depth", "init": "kaiming",
+                      "padding": "same", "num_fmaps": 2, "downsample_factors": [[1, 2, 2]]},
+            "augment": {"elastic_sigma": 1.0, "margin": [1, 2, 2]},
+            "training": {"iterations": iterations, "input_shape": [4, 32, 32], "batch_size": 2,
+                         "num_threads": 1, "checkpoint_every": 0, "log_every": 1,
+                         "out_dir": str(tmp_path / out)},
+        })  # fmt: skip
+
+    train_detector(config("straight", 6), log=lambda _: None)
+    train_detector(config("stopped", 3), log=lambda _: None)
+    lines: list[str] = []
+    train_detector(config("stopped", 6), log=lines.append, resume=True)
+    assert any(line.startswith("resuming from") and "iteration 3" in line for line in lines)
+    a = load_state(tmp_path / "straight" / "final.pt")["state_dict"]
+    b = load_state(tmp_path / "stopped" / "final.pt")["state_dict"]
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    fresh = load_state(tmp_path / "stopped" / "latest.pt")
+    assert fresh["iteration"] == 6 and "resume" in fresh
+    lines.clear()  # nothing to resume: starts anew
+    train_detector(config("new", 1), log=lines.append, resume=True)
+    assert any("to resume from: starting" in line for line in lines)

@@ -20,9 +20,14 @@ app = typer.Typer(no_args_is_help=True, help="Train the synapse models (torch)."
 ConfigArg = Annotated[Path, typer.Argument(help="Training config TOML.")]
 TimeOpt = Annotated[float | None, typer.Option(help="Override training.time_limit_minutes.")]
 ItOpt = Annotated[int | None, typer.Option(help="Override training.iterations.")]
+ResumeOpt = Annotated[bool, typer.Option(
+    "--resume", help="Continue an interrupted run from <out_dir>/latest.pt, exactly where it "
+    "stopped, up to training.iterations (a fresh time budget).")]  # fmt: skip
 
 
-def _detector(kind: str, config: Path, time_limit: float | None, iterations: int | None) -> None:
+def _detector(
+    kind: str, config: Path, time_limit: float | None, iterations: int | None, resume: bool
+) -> None:
     from synapse_toolkit.synapses.train_detectors import load_detector_config
 
     cfg = load_detector_config(config)
@@ -32,20 +37,26 @@ def _detector(kind: str, config: Path, time_limit: float | None, iterations: int
     need_torch()
     from synapse_toolkit.synapses.train_detectors import train_detector
 
-    summary = train_detector(cfg, log=typer.echo)
+    summary = train_detector(cfg, log=typer.echo, resume=resume)
     typer.echo(json.dumps(summary))
 
 
 @app.command("clefts")
-def clefts(config: ConfigArg, time_limit: TimeOpt = None, iterations: ItOpt = None) -> None:
+def clefts(
+    config: ConfigArg, time_limit: TimeOpt = None, iterations: ItOpt = None,
+    resume: ResumeOpt = False,
+) -> None:  # fmt: skip
     """Train the cleft U-Net (sigmoid, balanced BCE) and export it to ONNX."""
-    _detector("clefts", config, time_limit, iterations)
+    _detector("clefts", config, time_limit, iterations, resume)
 
 
 @app.command("polarity")
-def polarity(config: ConfigArg, time_limit: TimeOpt = None, iterations: ItOpt = None) -> None:
+def polarity(
+    config: ConfigArg, time_limit: TimeOpt = None, iterations: ItOpt = None,
+    resume: ResumeOpt = False,
+) -> None:  # fmt: skip
     """Train the signed-proximity U-Net (tanh, balanced MSE) and export it to ONNX."""
-    _detector("polarity", config, time_limit, iterations)
+    _detector("polarity", config, time_limit, iterations, resume)
 
 
 @app.command("pruner")

@@ -286,17 +286,26 @@ def _save_checkpoint(
     kind: str,
     scale: int,
     pool: str = "avg",
+    resume: dict[str, Any] | None = None,
 ) -> None:
-    """Write a training checkpoint atomically."""
+    """Write a training checkpoint atomically; ``resume`` (optimizer, random states, best
+    validation so far) makes it one a run can continue from exactly (``latest.pt``)."""
     state = {"model_config": model_cfg.to_dict(), "state_dict": net.state_dict(),
              "iteration": it, "input_shape": list(input_shape),
              "output_shape": list(output_shape), "kind": kind, "scale": scale,
-             "pool": pool}  # fmt: skip
+             "pool": pool, **({"resume": resume} if resume else {})}  # fmt: skip
     TrainingRun.save(state, path)
 
 
-def train_detector(cfg: DetectorTrainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train, export to ONNX, return a summary (paths, sha256, loss, time)."""
+def train_detector(
+    cfg: DetectorTrainConfig, log: Callable[[str], None] = print, resume: bool = False
+) -> dict[str, Any]:
+    """Train, export to ONNX, return a summary (paths, sha256, loss, time).
+
+    ``resume``: continue an interrupted run from ``<out_dir>/latest.pt`` (weights, optimizer,
+    the crop sampler's and torch's random states, the best validation so far) up to
+    ``training.iterations``, as if it had not stopped; without a ``latest.pt`` it starts anew.
+    """
     import torch
 
     from synapse_toolkit.nn.augment import AugmentConfig
@@ -381,10 +390,35 @@ def train_detector(cfg: DetectorTrainConfig, log: Callable[[str], None] = print)
     opt = torch.optim.Adam(net.parameters(), lr=t.lr)
     log(f"{cfg.kind}: {net.num_parameters()} parameters, input {input_shape} -> {output_shape}, "
         f"{len(files)} volumes, {run.describe()}, {precision.describe()}")  # fmt: skip
+    best_val, best_it, it0 = float("inf"), 0, 0
+    latest = out_dir / "latest.pt"
+    if resume and latest.exists():
+        from synapse_toolkit.nn.checkpoint import load_state
+
+        state = load_state(latest)
+        if "resume" not in state:
+            raise DataError(f"{latest}: a checkpoint without the state to resume from")
+        r = state["resume"]
+        net.load_state_dict(state["state_dict"])
+        opt.load_state_dict(r["optimizer"])
+        precision.scaler.load_state_dict(r["scaler"])
+        sampler.rng.bit_generator.state = r["sampler_rng"]
+        torch.set_rng_state(r["torch_rng"])
+        best_val, best_it, it0 = float(r["best_val"]), int(r["best_it"]), int(state["iteration"])
+        log(f"resuming from {latest} at iteration {it0}")
+    elif resume:
+        log(f"no {latest} to resume from: starting")
+
+    def resume_state() -> dict[str, Any]:
+        return {"optimizer": opt.state_dict(), "scaler": precision.scaler.state_dict(),
+                "sampler_rng": sampler.rng.bit_generator.state,
+                "torch_rng": torch.get_rng_state(), "best_val": best_val,
+                "best_it": best_it}  # fmt: skip
+
     metrics = (out_dir / "metrics.jsonl").open("a")  # a continued run keeps the earlier lines
     run.restart_clock()
     avg = None
-    it = 0
+    it = it0
 
     def batch_loss(batch: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> torch.Tensor:
         """The loss of ``net`` on (raw, target, mask) crops (float32, outside autocast)."""
@@ -422,8 +456,7 @@ def train_detector(cfg: DetectorTrainConfig, log: Callable[[str], None] = print)
         net.train()
         return value
 
-    best_val, best_it = float("inf"), 0
-    for it in range(1, t.iterations + 1):
+    for it in range(it0 + 1, t.iterations + 1):
         loss = batch_loss([sampler.sample() for _ in range(t.batch_size)])
         precision.step(loss, opt)
         lv = float(loss.detach())
@@ -435,9 +468,6 @@ def train_detector(cfg: DetectorTrainConfig, log: Callable[[str], None] = print)
                 json.dumps({"iteration": it, "loss": lv, "avg": avg, "time_s": elapsed}) + "\n"
             )
             metrics.flush()
-        if t.checkpoint_every and it % t.checkpoint_every == 0:
-            _save_checkpoint(out_dir / "latest.pt", net, model_cfg, it, input_shape, output_shape,
-                             cfg.kind, scale, pool)  # fmt: skip
         out_of_time = run.out_of_time()
         if val_crops and (it % t.validate_every == 0 or it == t.iterations or out_of_time):
             val_loss = validate()
@@ -448,6 +478,10 @@ def train_detector(cfg: DetectorTrainConfig, log: Callable[[str], None] = print)
                 best_val, best_it = val_loss, it
                 _save_checkpoint(out_dir / "best.pt", net, model_cfg, it, input_shape,
                                  output_shape, cfg.kind, scale, pool)  # fmt: skip
+        last = out_of_time or it == t.iterations
+        if last or (t.checkpoint_every and it % t.checkpoint_every == 0):
+            _save_checkpoint(latest, net, model_cfg, it, input_shape, output_shape, cfg.kind,
+                             scale, pool, resume_state())  # fmt: skip
         if out_of_time:
             log(run.budget_line(it))
             break
