@@ -466,3 +466,31 @@ def test_focal_mask_loss_moves_weight_to_badly_classified_voxels(
     t[:, 0:1] = 1 - good  # now most voxels are wrong; focal still favours the worst
     worse = synful_loss(head, x, t, 100.0, 1.0, 1.0)[1]["bce"]
     assert synful_loss(head, x, t, 100.0, 1.0, 1.0, focal_gamma=2.0)[1]["bce"] > worse
+
+
+def test_an_interrupted_synful_run_resumes_exactly(
+    tiny_model: dict[str, Any], tmp_path: Path
+) -> None:
+    """``--resume`` continues from latest.pt: 2 + 2 iterations give the weights of 4."""
+    import torch
+    from typer.testing import CliRunner
+
+    from synapse_toolkit.cli.main import app
+    from synapse_toolkit.nn.checkpoint import load_state
+
+    text = (tiny_model["dir"] / "synful.toml").read_text()
+    finals = []
+    plans = {
+        "straight": [["--iterations", "4"]],
+        "stopped": [["--iterations", "2"], ["--iterations", "4", "--resume"]],
+    }
+    for name, runs in plans.items():
+        cfg = tmp_path / f"{name}.toml"
+        cfg.write_text(text.replace(str(tiny_model["dir"] / "run"), str(tmp_path / name)))
+        for extra in runs:
+            res = CliRunner().invoke(app, ["train-synapses", "synful", str(cfg), *extra])
+            assert res.exit_code == 0, res.output
+        finals.append(load_state(tmp_path / name / "final.pt")["state_dict"])
+    assert "resuming from" in res.output
+    for key, value in finals[0].items():
+        torch.testing.assert_close(value, finals[1][key], rtol=0, atol=0, msg=key)

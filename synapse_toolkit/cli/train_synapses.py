@@ -75,7 +75,10 @@ def pruner(config: ConfigArg, time_limit: TimeOpt = None, iterations: ItOpt = No
 
 
 @app.command("synful")
-def synful(config: ConfigArg, time_limit: TimeOpt = None, iterations: ItOpt = None) -> None:
+def synful(
+    config: ConfigArg, time_limit: TimeOpt = None, iterations: ItOpt = None,
+    resume: ResumeOpt = False,
+) -> None:  # fmt: skip
     """Train the Synful network (post mask + partner vector + direction head), export to ONNX."""
     from synapse_toolkit.synapses.train_synful import load_synful_config
 
@@ -85,5 +88,5 @@ def synful(config: ConfigArg, time_limit: TimeOpt = None, iterations: ItOpt = No
     need_torch()
     from synapse_toolkit.synapses.train_synful import train_synful
 
-    summary = train_synful(cfg, log=typer.echo)
+    summary = train_synful(cfg, log=typer.echo, resume=resume)
     typer.echo(json.dumps(summary))

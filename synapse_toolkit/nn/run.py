@@ -186,3 +186,43 @@ def _to_cpu(obj: Any) -> Any:
     if isinstance(obj, list | tuple):
         return type(obj)(_to_cpu(v) for v in obj)
     return obj
+
+
+def resume_state(
+    optimizer: Any, precision: MixedPrecision, rng: Any, **extra: Any
+) -> dict[str, Any]:
+    """What a run needs beyond its weights to continue exactly as if it had not stopped: the
+    optimizer's and gradient scaler's states, the crop sampler's numpy ``rng`` state and torch's,
+    and ``extra`` (e.g. the best validation so far). Saved as ``latest.pt``'s ``resume`` entry."""
+    import torch
+
+    return {"optimizer": optimizer.state_dict(), "scaler": precision.scaler.state_dict(),
+            "sampler_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+            **extra}  # fmt: skip
+
+
+def resume_from(
+    out_dir: Path, optimizer: Any, precision: MixedPrecision, rng: Any, log: Any
+) -> dict[str, Any] | None:
+    """Load ``<out_dir>/latest.pt`` for ``--resume``: its optimizer, scaler and random states go
+    into ``optimizer``, ``precision`` and ``rng``; returns the checkpoint (weights in
+    ``state_dict``, ``iteration``, the extras in ``resume``), or None (logged) when there is
+    none."""
+    import torch
+
+    from synapse_toolkit.nn.checkpoint import load_state
+
+    latest = Path(out_dir) / "latest.pt"
+    if not latest.exists():
+        log(f"no {latest} to resume from: starting")
+        return None
+    state = load_state(latest)
+    if "resume" not in state:
+        raise ConfigError(f"{latest}: a checkpoint without the state to resume from")
+    r = state["resume"]
+    optimizer.load_state_dict(r["optimizer"])
+    precision.scaler.load_state_dict(r["scaler"])
+    rng.bit_generator.state = r["sampler_rng"]
+    torch.set_rng_state(r["torch_rng"])
+    log(f"resuming from {latest} at iteration {state['iteration']}")
+    return state

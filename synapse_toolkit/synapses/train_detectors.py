@@ -37,7 +37,13 @@ from pydantic import Field
 from synapse_toolkit.config import StrictModel, load_training_config
 from synapse_toolkit.errors import ConfigError, DataError
 from synapse_toolkit.io.cremi import CremiData, open_cremi, read_cremi
-from synapse_toolkit.nn.run import MixedPrecision, RunSection, TrainingRun
+from synapse_toolkit.nn.run import (
+    MixedPrecision,
+    RunSection,
+    TrainingRun,
+    resume_from,
+    resume_state,
+)
 from synapse_toolkit.nn.volume_file import volume_path
 from synapse_toolkit.synapses.targets import TargetSettings, targets_from_cremi
 
@@ -392,28 +398,11 @@ def train_detector(
         f"{len(files)} volumes, {run.describe()}, {precision.describe()}")  # fmt: skip
     best_val, best_it, it0 = float("inf"), 0, 0
     latest = out_dir / "latest.pt"
-    if resume and latest.exists():
-        from synapse_toolkit.nn.checkpoint import load_state
-
-        state = load_state(latest)
-        if "resume" not in state:
-            raise DataError(f"{latest}: a checkpoint without the state to resume from")
-        r = state["resume"]
-        net.load_state_dict(state["state_dict"])
-        opt.load_state_dict(r["optimizer"])
-        precision.scaler.load_state_dict(r["scaler"])
-        sampler.rng.bit_generator.state = r["sampler_rng"]
-        torch.set_rng_state(r["torch_rng"])
-        best_val, best_it, it0 = float(r["best_val"]), int(r["best_it"]), int(state["iteration"])
-        log(f"resuming from {latest} at iteration {it0}")
-    elif resume:
-        log(f"no {latest} to resume from: starting")
-
-    def resume_state() -> dict[str, Any]:
-        return {"optimizer": opt.state_dict(), "scaler": precision.scaler.state_dict(),
-                "sampler_rng": sampler.rng.bit_generator.state,
-                "torch_rng": torch.get_rng_state(), "best_val": best_val,
-                "best_it": best_it}  # fmt: skip
+    stopped = resume_from(out_dir, opt, precision, sampler.rng, log) if resume else None
+    if stopped is not None:
+        net.load_state_dict(stopped["state_dict"])
+        it0 = int(stopped["iteration"])
+        best_val, best_it = float(stopped["resume"]["best_val"]), int(stopped["resume"]["best_it"])
 
     metrics = (out_dir / "metrics.jsonl").open("a")  # a continued run keeps the earlier lines
     run.restart_clock()
@@ -480,8 +469,9 @@ def train_detector(
                                  output_shape, cfg.kind, scale, pool)  # fmt: skip
         last = out_of_time or it == t.iterations
         if last or (t.checkpoint_every and it % t.checkpoint_every == 0):
+            extra = resume_state(opt, precision, sampler.rng, best_val=best_val, best_it=best_it)
             _save_checkpoint(latest, net, model_cfg, it, input_shape, output_shape, cfg.kind,
-                             scale, pool, resume_state())  # fmt: skip
+                             scale, pool, extra)  # fmt: skip
         if out_of_time:
             log(run.budget_line(it))
             break

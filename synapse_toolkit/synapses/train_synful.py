@@ -34,7 +34,13 @@ from synapse_toolkit.errors import ConfigError, DataError
 from synapse_toolkit.inference.intensity import unit_scale
 from synapse_toolkit.io.cremi import read_cremi
 from synapse_toolkit.nn.exported_weights import load_exported
-from synapse_toolkit.nn.run import MixedPrecision, RunSection, TrainingRun
+from synapse_toolkit.nn.run import (
+    MixedPrecision,
+    RunSection,
+    TrainingRun,
+    resume_from,
+    resume_state,
+)
 from synapse_toolkit.synapses.synful import SynfulTargetSettings, synful_targets
 from synapse_toolkit.synapses.targets import Grid
 from synapse_toolkit.synapses.train_detectors import DataSection, training_files
@@ -239,8 +245,11 @@ def init_from_model(head: Any, model: str) -> int:
     return load_exported(head, "training.init_from_model", model, with_output_layer=True)
 
 
-def train_synful(cfg: SynfulTrainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train, export to ONNX, return a summary (paths, sha256, losses, time)."""
+def train_synful(
+    cfg: SynfulTrainConfig, log: Callable[[str], None] = print, resume: bool = False
+) -> dict[str, Any]:
+    """Train, export to ONNX, return a summary (paths, sha256, losses, time). ``resume``:
+    continue an interrupted run from ``<out_dir>/latest.pt`` exactly (:func:`resume_from`)."""
     if cfg.data.validation:
         raise ConfigError("data.validation: the synful trainer keeps no validation set; choose its "
                           "checkpoints with benchmarks/eval_partners.py --checkpoints")  # fmt: skip
@@ -290,17 +299,20 @@ def train_synful(cfg: SynfulTrainConfig, log: Callable[[str], None] = print) -> 
     log(f"synful: {n_params} parameters, input {input_shape}, {len(files)} volumes, "
         f"{run.describe()}, {precision.describe()}")  # fmt: skip
 
-    def save(path: Path, it: int) -> None:
+    def save(path: Path, it: int, **more: Any) -> None:
         TrainingRun.save({"model_config": model_cfg.to_dict(), "state_dict": head.state_dict(),
                           "iteration": it, "input_shape": list(input_shape), "kind": "synful",
                           "scale": scale, "pool": pool,
-                          "vector_scale_nm": t.vector_scale_nm}, path)  # fmt: skip
+                          "vector_scale_nm": t.vector_scale_nm, **more}, path)  # fmt: skip
 
+    stopped = resume_from(out_dir, opt, precision, sampler.rng, log) if resume else None
+    if stopped is not None:
+        head.load_state_dict(stopped["state_dict"])
     metrics = (out_dir / "metrics.jsonl").open("a")  # a continued run keeps the earlier lines
     run.restart_clock()
     avg: float | None = None
-    it = 0
-    for it in range(1, t.iterations + 1):
+    it = it0 = int(stopped["iteration"]) if stopped is not None else 0
+    for it in range(it0 + 1, t.iterations + 1):
         xs, ts = zip(*(sampler.sample() for _ in range(t.batch_size)), strict=True)
         x = torch.from_numpy(np.stack(xs)[:, None]).to(dev)
         tt = torch.from_numpy(np.stack(ts)).to(dev)
@@ -315,11 +327,13 @@ def train_synful(cfg: SynfulTrainConfig, log: Callable[[str], None] = print) -> 
             metrics.write(json.dumps({"iteration": it, "loss": lv, "avg": avg, **parts,
                                       "time_s": run.elapsed}) + "\n")  # fmt: skip
             metrics.flush()
-        if t.checkpoint_every and it % t.checkpoint_every == 0:
-            save(out_dir / "latest.pt", it)
-            if t.keep_checkpoints:
-                save(out_dir / f"it{it:06d}.pt", it)
-        if run.out_of_time():
+        out_of_time = run.out_of_time()
+        periodic = bool(t.checkpoint_every) and it % t.checkpoint_every == 0
+        if periodic or out_of_time or it == t.iterations:
+            save(out_dir / "latest.pt", it, resume=resume_state(opt, precision, sampler.rng))
+        if periodic and t.keep_checkpoints:
+            save(out_dir / f"it{it:06d}.pt", it)
+        if out_of_time:
             log(run.budget_line(it))
             break
     metrics.close()
