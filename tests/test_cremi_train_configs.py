@@ -151,6 +151,24 @@ def test_cremi_synapse_configs_train_on_stand_ins(
     cfg_p = cfg_p.model_copy(update={"training": cfg_p.training.model_copy(update=updates_p)})
     summary_p = train_pruner(cfg_p, log=lambda _: None)
     assert summary_p["n_validation"] > 0 and (tmp_path / "pruner" / "pruner.onnx").is_file()
+    # resumed from latest.pt up to 5 iterations: the weights of 5 iterations in one go
+    import torch
+
+    from synapse_toolkit.nn.checkpoint import load_state
+
+    five = {"iterations": 5}
+    logged: list[str] = []
+    train_pruner(cfg_p.model_copy(update={"training": cfg_p.training.model_copy(update=five)}),
+                 log=logged.append, resume=True)  # fmt: skip
+    assert any(x.startswith("resuming from") and "iteration 3" in x for x in logged)
+    straight = {**five, "out_dir": str(tmp_path / "pruner5")}
+    train_pruner(cfg_p.model_copy(update={"training": cfg_p.training.model_copy(update=straight)}),
+                 log=lambda _: None)  # fmt: skip
+    a = load_state(tmp_path / "pruner" / "latest.pt")
+    b = load_state(tmp_path / "pruner5" / "latest.pt")
+    assert a["iteration"] == b["iteration"] == 5
+    for key, value in a["state_dict"].items():
+        torch.testing.assert_close(value, b["state_dict"][key], rtol=0, atol=0, msg=key)
 
 
 def test_synful_refuses_a_validation_set_it_would_ignore(tmp_path: Path) -> None:

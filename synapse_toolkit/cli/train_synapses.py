@@ -60,7 +60,10 @@ def polarity(
 
 
 @app.command("pruner")
-def pruner(config: ConfigArg, time_limit: TimeOpt = None, iterations: ItOpt = None) -> None:
+def pruner(
+    config: ConfigArg, time_limit: TimeOpt = None, iterations: ItOpt = None,
+    resume: ResumeOpt = False,
+) -> None:  # fmt: skip
     """Train the EMSynConn pruning CNN on labelled candidates and export it to ONNX."""
     from synapse_toolkit.synapses.train_pruner import load_pruner_config
 
@@ -70,7 +73,7 @@ def pruner(config: ConfigArg, time_limit: TimeOpt = None, iterations: ItOpt = No
     need_torch()
     from synapse_toolkit.synapses.train_pruner import train_pruner
 
-    summary = train_pruner(cfg, log=typer.echo)
+    summary = train_pruner(cfg, log=typer.echo, resume=resume)
     typer.echo(json.dumps(summary))
 
 

@@ -36,7 +36,13 @@ from pydantic import Field
 from synapse_toolkit.config import StrictModel, load_training_config
 from synapse_toolkit.errors import ConfigError, DataError
 from synapse_toolkit.inference.onnx_model import OnnxModel
-from synapse_toolkit.nn.run import MixedPrecision, RunSection, TrainingRun
+from synapse_toolkit.nn.run import (
+    MixedPrecision,
+    RunSection,
+    TrainingRun,
+    resume_from,
+    resume_state,
+)
 from synapse_toolkit.nn.volume_file import volume_path
 from synapse_toolkit.synapses.candidates import CandidateSettings, find_candidates
 from synapse_toolkit.synapses.pruning import PatchSettings, candidate_patches, label_candidates
@@ -223,9 +229,12 @@ def _collect(
     return patches, labels
 
 
-def train_pruner(cfg: PrunerTrainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+def train_pruner(
+    cfg: PrunerTrainConfig, log: Callable[[str], None] = print, resume: bool = False
+) -> dict[str, Any]:
     """Collect labelled candidates, train the CNN with balanced batches, export the best
-    (validation balanced accuracy) network to ONNX."""
+    (validation balanced accuracy) network to ONNX. ``resume``: continue an interrupted run
+    from ``<out_dir>/latest.pt`` (written at every validation) exactly (:func:`resume_from`)."""
     import torch
 
     from synapse_toolkit.nn.export import export_model
@@ -311,10 +320,14 @@ def train_pruner(cfg: PrunerTrainConfig, log: Callable[[str], None] = print) -> 
 
     best = -1.0
     best_state = None
-    it = 0
+    stopped = resume_from(out_dir, opt, precision, rng, log) if resume else None
+    if stopped is not None:
+        net.load_state_dict(stopped["state_dict"])
+        best, best_state = float(stopped["resume"]["best"]), stopped["resume"]["best_state"] or None
+    it = it0 = int(stopped["iteration"]) if stopped is not None else 0
     run.restart_clock()
     half = t.batch_size // 2
-    for it in range(1, t.iterations + 1):
+    for it in range(it0 + 1, t.iterations + 1):
         idx = np.concatenate([rng.choice(pos, half), rng.choice(neg, t.batch_size - half)])
         x = torch.from_numpy(_augment(x_tr[idx], rng).astype(np.float32)).to(dev)
         y = torch.from_numpy(y_tr[idx].astype(np.float32))[:, None].to(dev)
@@ -334,6 +347,9 @@ def train_pruner(cfg: PrunerTrainConfig, log: Callable[[str], None] = print) -> 
             if score >= best:
                 best = score
                 best_state = {k: v.clone() for k, v in net.state_dict().items()}
+            extra = resume_state(opt, precision, rng, best=float(best), best_state=best_state or {})
+            run.save({"config": net.config.to_dict(), "state_dict": net.state_dict(),
+                      "iteration": it, "resume": extra}, out_dir / "latest.pt")  # fmt: skip
         if out_of_time:
             log(run.budget_line(it))
             break
