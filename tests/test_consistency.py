@@ -178,3 +178,38 @@ def test_config_errors(tmp_path) -> None:
         )
     with pytest.raises(ConfigError, match="semi_supervised.volumes"):
         make_consistency({"volumes": []}, net, (14, 28, 28), (1,), [], 0)
+
+
+def test_an_interrupted_semi_supervised_run_resumes_exactly(tmp_path) -> None:
+    """3 iterations, then ``resume`` up to 6, with consistency and a weight average: the weights,
+    the average and the teacher of 6 iterations in one go (the crop samplers', torch's and the
+    teacher's states travel in latest.pt)."""
+    torch = pytest.importorskip("torch")
+    from synapse_toolkit.nn.checkpoint import load_state
+    from synapse_toolkit.nn.training import load_config, train
+
+    cfg = load_config(_config(tmp_path, "start = 1\nrampup_iterations = 2\nema_decay = 0.5"))
+
+    def run(out: str, iterations: int, resume: bool = False) -> list[str]:
+        t = cfg.training.model_copy(update={"iterations": iterations, "ema_decay": 0.9,
+                                            "out_dir": str(tmp_path / out)})  # fmt: skip
+        lines: list[str] = []
+        train(cfg.model_copy(update={"training": t}), log=lines.append, resume=resume)
+        return lines
+
+    run("straight", 6)
+    run("stopped", 3)
+    lines = run("stopped", 6, resume=True)
+    assert any(x.startswith("resuming from") and "iteration 3" in x for x in lines)
+    a = load_state(tmp_path / "straight" / "latest.pt")
+    b = load_state(tmp_path / "stopped" / "latest.pt")
+    assert a["iteration"] == b["iteration"] == 6
+    for part in ("state_dict", "ema_state_dict"):
+        for key, value in a[part].items():
+            torch.testing.assert_close(value, b[part][key], rtol=0, atol=0, msg=f"{part} {key}")
+    teacher_a, teacher_b = (
+        a["resume"]["consistency"]["teacher"],
+        b["resume"]["consistency"]["teacher"],
+    )
+    for key, value in teacher_a.items():
+        torch.testing.assert_close(value, teacher_b[key], rtol=0, atol=0, msg=f"teacher {key}")

@@ -25,6 +25,14 @@ def affinities(
     init_from: Annotated[
         str | None, typer.Option(help="Continue from this checkpoint (training.init_from).")
     ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue an interrupted run from <out_dir>/latest.pt, exactly where "
+            "it stopped, up to training.iterations in all (a fresh time budget).",
+        ),
+    ] = False,
 ) -> None:
     """Train an affinity U-Net (MALA style) from CONFIG; prints a JSON summary at the end."""
     from synapse_toolkit.nn.training import load_config
@@ -40,5 +48,5 @@ def affinities(
     need_torch()
     from synapse_toolkit.nn.training import train
 
-    summary = train(cfg, log=lambda s: typer.echo(s))
+    summary = train(cfg, log=lambda s: typer.echo(s), resume=resume)
     typer.echo(json.dumps(summary))

@@ -309,6 +309,15 @@ class Consistency:
 
         ema_update(self.teacher, net, self.spec.ema_decay)
 
+    def state(self) -> dict[str, Any]:
+        """What a resumed run needs: the teacher's weights and the unlabelled sampler's rng."""
+        return {"teacher": self.teacher.state_dict(), "rng": self.rng.bit_generator.state}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state` (a resumed run)."""
+        self.teacher.load_state_dict(state["teacher"])
+        self.rng.bit_generator.state = state["rng"]
+
 
 def make_consistency(
     section: dict[str, Any] | None,

@@ -377,8 +377,16 @@ def validation_sweep(
 
 
 # -- loop ---------------------------------------------------------------------------------------
-def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run training; returns a summary (paths of the last and best checkpoints, metrics)."""
+def train(
+    cfg: TrainConfig, log: Callable[[str], None] = print, resume: bool = False
+) -> dict[str, Any]:
+    """Run training; returns a summary (paths of the last and best checkpoints, metrics).
+
+    ``training.init_from`` continues from a checkpoint's weights (and optimizer, average,
+    iteration) for ``iterations`` more. ``resume`` instead continues an interrupted run from
+    ``<out_dir>/latest.pt`` exactly (also the crop sampler's, torch's and the consistency
+    teacher's states and the best validation so far) up to ``iterations`` in all.
+    """
     import torch
 
     from synapse_toolkit.nn.malis import malis_loss
@@ -416,7 +424,18 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
     opt = torch.optim.Adam(net.parameters(), lr=t_cfg.lr)
     it0 = 0
     resumed_ema: dict[str, Any] | None = None  # the average a latest.pt carries
-    if t_cfg.init_from:
+    stopped = None
+    if resume:
+        from synapse_toolkit.nn.run import resume_from
+
+        stopped = resume_from(out_dir, opt, precision, sampler.rng, log)
+    if stopped is not None:
+        net.load_state_dict(stopped["state_dict"])
+        resumed_ema = stopped.get("ema_state_dict")
+        it0 = int(stopped["iteration"])
+        for group in opt.param_groups:  # the configured learning rate, as with init_from
+            group["lr"] = t_cfg.lr
+    elif t_cfg.init_from:
         from synapse_toolkit.nn.checkpoint import load_state
 
         if t_cfg.init_from.endswith(".onnx") or not Path(t_cfg.init_from).exists():
@@ -457,6 +476,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
         cfg.semi_supervised, net, input_shape, output_shape, labelled_raw, t_cfg.seed
     )
     del labelled_raw
+    if stopped is not None and consistency is not None:
+        consistency.load_state(stopped["resume"]["consistency"])
     metrics_log = (out_dir / "metrics.jsonl").open("a")
     log(
         f"model: {net.num_parameters()} parameters, input {input_shape} -> output {output_shape}, "
@@ -516,9 +537,13 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
     best_score = np.inf
     best_path = None
     loss_avg = None
-    it = 0
+    it = it0
+    end = t_cfg.iterations if stopped is not None else it0 + t_cfg.iterations
     val = None
-    if it0 and validation:  # continuing: the starting weights compete for best.pt too
+    if stopped is not None:
+        best_score = float(stopped["resume"]["best_score"])
+        best_path = Path(stopped["resume"]["best_path"]) if stopped["resume"]["best_path"] else None
+    elif it0 and validation:  # continuing: the starting weights compete for best.pt too
         val = validate(it0)
         if val is not None:
             b = val["best"]
@@ -527,7 +552,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
             metrics_log.write(json.dumps({"validation": val}) + "\n")
             best_score = b["cremi_score"]
             best_path = checkpoint(it0, "best.pt", {"validation": val}, scored)
-    for it in range(it0 + 1, it0 + t_cfg.iterations + 1):
+    for it in range(it0 + 1, end + 1):
         raws, targets, masks, labels = [], [], [], []
         for _ in range(t_cfg.batch_size):
             r, lab = sampler.sample()
@@ -592,7 +617,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
             metrics_log.write(json.dumps(record) + "\n")
             metrics_log.flush()
         out_of_time = run.out_of_time()
-        last = it == it0 + t_cfg.iterations or out_of_time
+        last = it == end or out_of_time
         validated = None
         if it % t_cfg.validate_every == 0 or last:
             validated = val = validate(it)
@@ -609,7 +634,14 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
                     best_score = b["cremi_score"]
                     best_path = checkpoint(it, "best.pt", {"validation": val}, scored)
         if it % t_cfg.checkpoint_every == 0 or last:
-            checkpoint(it, "latest.pt", {"loss": loss_avg})
+            from synapse_toolkit.nn.run import resume_state
+
+            state = resume_state(
+                opt, precision, sampler.rng, best_score=float(best_score),
+                best_path=str(best_path or ""),
+                consistency=consistency.state() if consistency is not None else {},
+            )  # fmt: skip
+            checkpoint(it, "latest.pt", {"loss": loss_avg, "resume": state})
             if ema is not None:
                 checkpoint(it, "ema.pt", {"loss": loss_avg}, ema)
             if t_cfg.keep_checkpoints:  # with this iteration's validation, if any (export)
