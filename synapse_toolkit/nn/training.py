@@ -38,7 +38,13 @@ from synapse_toolkit.affinities import (
 from synapse_toolkit.config import StrictModel, load_training_config
 from synapse_toolkit.errors import ConfigError, DataError
 from synapse_toolkit.nn.augment import AugmentConfig, sample_augmented
-from synapse_toolkit.nn.run import DeviceOptions, MixedPrecision, TrainingRun
+from synapse_toolkit.nn.run import (
+    DeviceOptions,
+    MixedPrecision,
+    TrainingRun,
+    resume_from,
+    resume_state,
+)
 from synapse_toolkit.nn.volume_file import DatasetFile
 
 
@@ -426,8 +432,6 @@ def train(
     resumed_ema: dict[str, Any] | None = None  # the average a latest.pt carries
     stopped = None
     if resume:
-        from synapse_toolkit.nn.run import resume_from
-
         stopped = resume_from(out_dir, opt, precision, sampler.rng, log)
     if stopped is not None:
         net.load_state_dict(stopped["state_dict"])
@@ -634,8 +638,6 @@ def train(
                     best_score = b["cremi_score"]
                     best_path = checkpoint(it, "best.pt", {"validation": val}, scored)
         if it % t_cfg.checkpoint_every == 0 or last:
-            from synapse_toolkit.nn.run import resume_state
-
             state = resume_state(
                 opt, precision, sampler.rng, best_score=float(best_score),
                 best_path=str(best_path or ""),
