@@ -141,3 +141,11 @@ def test_affinity_stage_records_the_signal_and_warns_once(tmp_path) -> None:
     notes, lines = run({"boundary_fraction": 0.3, "warn_below": 0.1, "warn_above": 0.5}, "far")
     assert len(lines) == 1 and notes["quality_warning"] == lines[0]
     assert notes["quality"]["reference_boundary_fraction"] == 0.3
+
+
+def test_a_value_just_outside_the_band_does_not_print_as_its_edge() -> None:
+    ref = {"boundary_fraction": 0.339, "warn_below": 0.2951, "warn_above": 0.5085}
+    line = quality.warning(0.2949, ref)
+    assert line is not None and "0.2949 is below" in line and "(0.2951..0.5085)" in line
+    assert "0.600 is above" in (quality.warning(0.6, ref) or "")
+    assert quality.warning(0.3, ref) is None

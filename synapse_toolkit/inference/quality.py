@@ -114,10 +114,15 @@ def warning(value: float, ref: Mapping[str, Any], who: str = "affinity-unet") ->
     lo, hi = ref.get("warn_below"), ref.get("warn_above")
     if lo is None or hi is None or lo <= value <= hi:
         return None
+    edge = float(lo) if value < float(lo) else float(hi)
+    digits = 3
+    while digits < 6 and f"{value:.{digits}f}" == f"{edge:.{digits}f}":
+        digits += 1  # a value just outside the band must not print as its edge
     return (
-        f"{who}: boundary fraction {value:.3f} is far from this model's "
-        f"{float(ref['boundary_fraction']):.3f} on its validation data (expected "
-        f"{float(lo):.3f}..{float(hi):.3f}): {ADAPT_HINT}"
+        f"{who}: boundary fraction {value:.{digits}f} is "
+        f"{'below' if value < float(lo) else 'above'} the range expected from this model's "
+        f"{float(ref['boundary_fraction']):.3f} on its validation data "
+        f"({float(lo):.{digits}f}..{float(hi):.{digits}f}): {ADAPT_HINT}"
     )
 
 
