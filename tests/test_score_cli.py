@@ -240,3 +240,26 @@ def test_score_prints_which_direction_is_better() -> None:
     assert res.exit_code == 0
     assert "cremi-neurons: lower is better for" in res.stdout
     assert "n_voxels" in res.stdout and "80000" in res.stdout and "8e+04" not in res.stdout
+
+
+def test_truth_pairs_outside_the_volume_are_one_warning(tmp_path, caplog) -> None:
+    """A crop that kept the whole file's annotations: its outside pairs count as missed, and the
+    scorer says so in one line (the figure itself stays the reference evaluator's)."""
+    import logging
+
+    from synapse_toolkit.api import run_stage
+    from synapse_toolkit.data import PartnerTable, Volume
+    from tests.conftest import make_cremi_data
+
+    data = make_cremi_data(shape=(6, 40, 50))
+    ids = data.neuron_ids
+    crop = Volume(np.asarray(ids.read())[:3], ids.voxel_size_nm, ids.offset_nm)
+    truth = data.annotations
+    inputs = {"prediction": PartnerTable.from_annotations(truth), "truth": truth,
+              "truth_neuron_ids": crop}  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="syntk"):
+        out = run_stage("scorer", "cremi-partners", inputs, scratch_dir=tmp_path)
+    record = out["scores"]
+    lines = [r.getMessage() for r in caplog.records if "outside the neuron_ids" in r.getMessage()]
+    assert record.details["truth_pairs_outside_volume"] == 1 and len(lines) == 1
+    assert "1 of 2 truth partner pairs" in lines[0] and record.values["fn"] == 1

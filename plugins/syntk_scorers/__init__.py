@@ -155,13 +155,20 @@ class CremiPartnerScorer(Scorer["CremiPartnerScorer.Options"]):
                             "partner tables or CREMI annotations")  # fmt: skip
         seg = _labels(self, inputs, "truth_neuron_ids")
         opts = self.options
-        from synapse_toolkit.metrics.cremi_partners import score_partners
+        from synapse_toolkit.metrics.cremi_partners import pairs_outside, score_partners
 
         s = score_partners(
             pred, truth, seg, matching_threshold=opts.matching_threshold_nm,
             rounding=opts.rounding,
         )  # fmt: skip
         details = {**opts.model_dump(), "matches": [list(m) for m in s.matches]}
+        outside = pairs_outside(truth, seg, opts.rounding)
+        if outside:  # e.g. a crop that kept the whole file's annotations
+            self.context.logger.warning(
+                "stage %s: %d of %d truth partner pairs have a site outside the neuron_ids "
+                "volume and count as missed", self.context.stage_name, outside, len(truth.partners)
+            )  # fmt: skip
+            details["truth_pairs_outside_volume"] = outside
         return {"scores": ScoreRecord(self.name, s.as_dict(), details)}
 
 

@@ -96,6 +96,21 @@ def pair_locations(ann: Annotations, seg_offset_nm: np.ndarray) -> tuple[np.ndar
     return loc[rows(ann.partners[:, 0])], loc[rows(ann.partners[:, 1])]
 
 
+def pairs_outside(ann: Annotations, volume: Volume, rounding: Rounding = "half_away") -> int:
+    """How many partner rows of ``ann`` have a site outside ``volume``'s voxels: such a truth pair
+    can never be matched (it counts as missed)."""
+    offset = np.asarray(volume.offset_nm, np.float64)
+    res = np.asarray(volume.voxel_size_nm, np.float64)
+    pre, post = pair_locations(ann, offset)
+    shape = np.asarray(volume.shape[-3:])
+
+    def inside(loc: np.ndarray) -> np.ndarray:
+        idx = round_voxels(loc / res, rounding)
+        return np.all((idx >= 0) & (idx < shape), axis=1)
+
+    return int((~(inside(pre) & inside(post))).sum()) if len(pre) else 0
+
+
 def lookup_labels(
     seg: Any, loc: np.ndarray, voxel_size: np.ndarray, rounding: Rounding
 ) -> tuple[np.ndarray, np.ndarray]:
