@@ -376,3 +376,19 @@ def test_detector_follows_the_models_flat_field_metadata(tmp_path: Path) -> None
     off = cnn_probability(image, tmp_path / "m.onnx", n_threads=1, flat_field_sigma=0.0)
     np.testing.assert_array_equal(default, explicit)
     assert np.abs(default - off).max() > 1e-3
+
+
+def test_truth_regions_past_the_image_are_one_warning(tmp_path: Path, caplog) -> None:
+    import logging
+
+    from synapse_toolkit.api import run_stage
+
+    np.save(tmp_path / "mean.npy", np.ones((3, 4), np.float32))
+    regions = [{"coordinates": [[0, 0], [0, 1]]}, {"coordinates": [[2, 3], [5, 3]]}]
+    (tmp_path / "mean.regions.json").write_text(json.dumps(regions))
+    with caplog.at_level(logging.WARNING, logger="syntk"):
+        out = run_stage("loader", "calcium", {}, {"path": str(tmp_path / "mean.npy")},
+                        scratch_dir=tmp_path / "s")  # fmt: skip
+    lines = [r.getMessage() for r in caplog.records if "reach past" in r.getMessage()]
+    assert len(lines) == 1 and "1 of 2 truth regions reach past the 3 x 4 px image" in lines[0]
+    assert len(out["truth"]) == 2  # scored as they are

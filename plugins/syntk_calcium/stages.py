@@ -147,6 +147,17 @@ class CalciumLoader(Loader["CalciumLoader.Options"]):
         out: dict[str, Any] = {"summary": _summary_volume(img, opts.pixel_size_nm, "summary")}
         truth = src.truth()
         if truth is not None:
+            h, w = src.shape
+            past = sum(
+                1 for c in truth.coordinates
+                if len(c) and not ((c >= 0).all() and (c[:, 0] < h).all() and (c[:, 1] < w).all())
+            )  # fmt: skip
+            if past:  # e.g. cropped frames with the whole recording's regions
+                self.context.logger.warning(
+                    "stage %s: %d of %d truth regions reach past the %d x %d px image; scored "
+                    "as they are", self.context.stage_name, past, len(truth), h, w
+                )  # fmt: skip
+                self.context.record("truth_regions_past_image", past)
             out["truth"] = truth
         return out
 
