@@ -424,7 +424,10 @@ class Detector(Stage[OptionsT]):
     """Predicts dense maps from EM: input ``raw`` (intensity); outputs float volumes with
     channels first (``affinities`` (3, z, y, x), a ``map`` such as cleft probability
     (1, z, y, x)) on the same grid as ``raw``. Must tile: read blocks with context, write blocks
-    into ``context.create_volume``.
+    into ``context.create_volume``. ``raw`` comes in whatever dtype the file holds (uint8,
+    uint16, float): a detector brings it to its network's input range itself, e.g. with
+    :func:`~synapse_toolkit.inference.intensity.model_preprocess` (integer raw over its type's
+    maximum, or matched to a stored grey-value reference) as the built-in detectors do.
     """
 
     kind: ClassVar[str] = "detector"
