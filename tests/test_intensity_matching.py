@@ -182,3 +182,19 @@ def test_raw_far_from_the_models_input_range_is_one_warning(caplog) -> None:
     with caplog.at_level(logging.WARNING, logger="syntk"):  # the user's own scale: no warning
         model_preprocess({}, raw8.astype(np.float32), intensity_scale=1 / 255)
     assert not caplog.records
+
+
+def test_the_pruners_patches_take_an_intensity_scale() -> None:
+    """12-bit values in uint16 with ``intensity_scale`` 1/4080 give the 8-bit patch (EMSynConn's
+    ``intensity_scale`` option reaches the patches through PatchSettings)."""
+    from synapse_toolkit.synapses.pruning import PatchSettings, extract_patch
+
+    raw8 = np.random.default_rng(2).integers(0, 256, (6, 40, 40)).astype(np.uint8)
+    raw12 = raw8.astype(np.uint16) * 16
+    prox, seg = np.zeros(raw8.shape, np.float32), np.ones(raw8.shape, np.uint64)
+    plain = PatchSettings(shape=(3, 20, 20), downsample=1)
+    scaled = PatchSettings(shape=(3, 20, 20), downsample=1, intensity_scale=1 / 4080)
+    want = extract_patch(raw8, prox, seg, (3, 20, 20), 1, 2, plain)
+    np.testing.assert_allclose(extract_patch(raw12, prox, seg, (3, 20, 20), 1, 2, scaled), want,
+                               atol=1e-6)  # fmt: skip
+    assert extract_patch(raw12, prox, seg, (3, 20, 20), 1, 2, plain)[0].max() < 0.1

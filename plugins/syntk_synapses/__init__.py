@@ -384,6 +384,8 @@ class EMSynConn(PartnerAssigner["EMSynConn.Options"]):
         pruner_model_path: Path | None = Field(None, description="A pruning ONNX file instead.")
         pruner_sha256: str | None = Field(None, description="Expected sha256 of the file.")
         prune_threshold: float = Field(0.5, ge=0, le=1)
+        intensity_scale: float | None = Field(None, description="The pruning CNN's input: "
+                                              + INTENSITY_SCALE_HELP)  # fmt: skip
         threshold: float = Field(
             0.3, gt=0, lt=1, description="Proximity threshold (±); 0.4 suits prune = false."
         )
@@ -430,6 +432,7 @@ class EMSynConn(PartnerAssigner["EMSynConn.Options"]):
         table, res = emsynconn_blockwise(
             None if raw is None else raw.data, prox.data, seg.data, seg.voxel_size_nm,
             seg.offset_nm, settings=settings, pruner=pruner, n_threads=1,
+            intensity_scale=o.intensity_scale,
             block_shape=o.block_shape or self.context.block_shape, context=o.context,
             work_dir=self.context.work_dir(), n_workers=n,
             pool=self.context.block_pool(n, o.executor, "emsynconn", count_blocks(

@@ -514,11 +514,14 @@ def emsynconn_blockwise(
     executor: str = "threads",
     max_retries: int = 2,
     progress: Progress | None = None,
+    intensity_scale: float | None = None,
 ) -> tuple[PartnerTable, dict[str, Any]]:
     """EMSynConn partners of ``proximity`` ((1, z, y, x) or (z, y, x)) and ``segmentation``
     (z, y, x) block by block (module docstring). ``pruner``: an ONNX path (any executor) or a
     :class:`~synapse_toolkit.synapses.pruning.PrunerONNX` (threads), None keeps every candidate;
-    ``raw`` is needed by the pruner. Returns the de-duplicated table and counts/timings."""
+    ``raw`` is needed by the pruner (multiplied by ``intensity_scale``, default
+    :func:`~synapse_toolkit.inference.intensity.unit_scale` of its dtype). Returns the
+    de-duplicated table and counts/timings."""
     from synapse_toolkit.synapses.assigners import EMSynConnSettings
     from synapse_toolkit.synapses.partners import deduplicate
 
@@ -541,6 +544,8 @@ def emsynconn_blockwise(
         else:
             pruner_id = f"object:{pruner.path}"
             patch_settings = pruner.patch_settings
+        if intensity_scale is not None:  # (part of every block's fingerprint)
+            patch_settings = replace(patch_settings, intensity_scale=float(intensity_scale))
     bs = tuple(int(b) for b in (block_shape or shape))
     tasks = make_tasks(shape, bs, tuple(int(c) for c in context),
                        voxel_size_nm=voxel_size_nm, offset_nm=offset_nm)  # fmt: skip

@@ -32,10 +32,12 @@ N_CHANNELS = 4
 
 @dataclass(frozen=True)
 class PatchSettings:
-    """Patch shape (after in-plane pooling by ``downsample``), in voxels (z, y, x)."""
+    """Patch shape (after in-plane pooling by ``downsample``), in voxels (z, y, x), and the
+    factor raw is multiplied by (None: :func:`unit_scale` of its dtype)."""
 
     shape: tuple[int, int, int] = (8, 48, 48)
     downsample: int = 2
+    intensity_scale: float | None = None
 
 
 def _crop(arr: np.ndarray, start: np.ndarray, size: np.ndarray) -> np.ndarray:
@@ -71,7 +73,8 @@ def extract_patch(
     f = int(s.downsample)
     full = np.asarray([s.shape[0], s.shape[1] * f, s.shape[2] * f])
     start = np.round(np.asarray(center_vox, np.float64)).astype(int) - full // 2
-    em = _crop(raw, start, full).astype(np.float32) * np.float32(unit_scale(raw.dtype))
+    scale = unit_scale(raw.dtype) if s.intensity_scale is None else s.intensity_scale
+    em = _crop(raw, start, full).astype(np.float32) * np.float32(scale)
     prox = _crop(proximity, start, full).astype(np.float32)
     seg = _crop(segmentation, start, full)
     pre = (seg == np.uint64(pre_segment)).astype(np.float32)
