@@ -1,11 +1,18 @@
-"""What the training commands share: overriding ``[training]`` keys from flags, and the one-line
-error when torch is missing."""
+"""What the training commands share: overriding ``[training]`` keys from flags, the
+``--resume`` flag, and the one-line error when torch is missing."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
+
+import typer
 
 from synapse_toolkit.errors import SyntkError
+
+#: every trainer's ``--resume`` (:func:`synapse_toolkit.nn.run.resume_from`)
+ResumeOpt = Annotated[bool, typer.Option(
+    "--resume", help="Continue an interrupted run from <out_dir>/latest.pt, exactly where it "
+    "stopped, up to training.iterations in all (a fresh time budget).")]  # fmt: skip
 
 
 def need_torch() -> None:

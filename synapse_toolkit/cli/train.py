@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from synapse_toolkit.cli._training import need_torch, with_training_overrides
+from synapse_toolkit.cli._training import ResumeOpt, need_torch, with_training_overrides
 
 app = typer.Typer(no_args_is_help=True, help="Train detector networks (torch).")
 
@@ -25,14 +25,7 @@ def affinities(
     init_from: Annotated[
         str | None, typer.Option(help="Continue from this checkpoint (training.init_from).")
     ] = None,
-    resume: Annotated[
-        bool,
-        typer.Option(
-            "--resume",
-            help="Continue an interrupted run from <out_dir>/latest.pt, exactly where "
-            "it stopped, up to training.iterations in all (a fresh time budget).",
-        ),
-    ] = False,
+    resume: ResumeOpt = False,
 ) -> None:
     """Train an affinity U-Net (MALA style) from CONFIG; prints a JSON summary at the end."""
     from synapse_toolkit.nn.training import load_config

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from synapse_toolkit.cli._training import need_torch, with_training_overrides
+from synapse_toolkit.cli._training import ResumeOpt, need_torch, with_training_overrides
 from synapse_toolkit.errors import ConfigError
 
 app = typer.Typer(no_args_is_help=True, help="Train the synapse models (torch).")
@@ -20,9 +20,6 @@ app = typer.Typer(no_args_is_help=True, help="Train the synapse models (torch)."
 ConfigArg = Annotated[Path, typer.Argument(help="Training config TOML.")]
 TimeOpt = Annotated[float | None, typer.Option(help="Override training.time_limit_minutes.")]
 ItOpt = Annotated[int | None, typer.Option(help="Override training.iterations.")]
-ResumeOpt = Annotated[bool, typer.Option(
-    "--resume", help="Continue an interrupted run from <out_dir>/latest.pt, exactly where it "
-    "stopped, up to training.iterations (a fresh time budget).")]  # fmt: skip
 
 
 def _detector(
