@@ -202,12 +202,11 @@ def resume_state(
 
 
 def resume_from(
-    out_dir: Path, optimizer: Any, precision: MixedPrecision, rng: Any, log: Any
+    out_dir: Path, net: Any, optimizer: Any, precision: MixedPrecision, rng: Any, log: Any
 ) -> dict[str, Any] | None:
-    """Load ``<out_dir>/latest.pt`` for ``--resume``: its optimizer, scaler and random states go
-    into ``optimizer``, ``precision`` and ``rng``; returns the checkpoint (weights in
-    ``state_dict``, ``iteration``, the extras in ``resume``), or None (logged) when there is
-    none."""
+    """Load ``<out_dir>/latest.pt`` for ``--resume``: its weights go into ``net``, its optimizer,
+    scaler and random states into ``optimizer``, ``precision`` and ``rng``; returns the
+    checkpoint (``iteration``, the extras in ``resume``), or None (logged) when there is none."""
     import torch
 
     from synapse_toolkit.nn.checkpoint import load_state
@@ -220,6 +219,7 @@ def resume_from(
     if "resume" not in state:
         raise ConfigError(f"{latest}: a checkpoint without the state to resume from")
     r = state["resume"]
+    net.load_state_dict(state["state_dict"])
     optimizer.load_state_dict(r["optimizer"])
     precision.scaler.load_state_dict(r["scaler"])
     rng.bit_generator.state = r["sampler_rng"]

@@ -432,9 +432,8 @@ def train(
     resumed_ema: dict[str, Any] | None = None  # the average a latest.pt carries
     stopped = None
     if resume:
-        stopped = resume_from(out_dir, opt, precision, sampler.rng, log)
+        stopped = resume_from(out_dir, net, opt, precision, sampler.rng, log)
     if stopped is not None:
-        net.load_state_dict(stopped["state_dict"])
         resumed_ema = stopped.get("ema_state_dict")
         it0 = int(stopped["iteration"])
         for group in opt.param_groups:  # the configured learning rate, as with init_from

@@ -398,9 +398,8 @@ def train_detector(
         f"{len(files)} volumes, {run.describe()}, {precision.describe()}")  # fmt: skip
     best_val, best_it, it0 = float("inf"), 0, 0
     latest = out_dir / "latest.pt"
-    stopped = resume_from(out_dir, opt, precision, sampler.rng, log) if resume else None
+    stopped = resume_from(out_dir, net, opt, precision, sampler.rng, log) if resume else None
     if stopped is not None:
-        net.load_state_dict(stopped["state_dict"])
         it0 = int(stopped["iteration"])
         best_val, best_it = float(stopped["resume"]["best_val"]), int(stopped["resume"]["best_it"])
 

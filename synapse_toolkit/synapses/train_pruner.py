@@ -320,9 +320,8 @@ def train_pruner(
 
     best = -1.0
     best_state = None
-    stopped = resume_from(out_dir, opt, precision, rng, log) if resume else None
+    stopped = resume_from(out_dir, net, opt, precision, rng, log) if resume else None
     if stopped is not None:
-        net.load_state_dict(stopped["state_dict"])
         best, best_state = float(stopped["resume"]["best"]), stopped["resume"]["best_state"] or None
     it = it0 = int(stopped["iteration"]) if stopped is not None else 0
     run.restart_clock()

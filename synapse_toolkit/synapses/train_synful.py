@@ -305,9 +305,7 @@ def train_synful(
                           "scale": scale, "pool": pool,
                           "vector_scale_nm": t.vector_scale_nm, **more}, path)  # fmt: skip
 
-    stopped = resume_from(out_dir, opt, precision, sampler.rng, log) if resume else None
-    if stopped is not None:
-        head.load_state_dict(stopped["state_dict"])
+    stopped = resume_from(out_dir, head, opt, precision, sampler.rng, log) if resume else None
     metrics = (out_dir / "metrics.jsonl").open("a")  # a continued run keeps the earlier lines
     run.restart_clock()
     avg: float | None = None
