@@ -10,9 +10,11 @@ CREMI partner F-score (TP/FP/FN pooled over volumes) of
 
 - ``synful`` (vector head) and its direction head (distance from the predicted clefts),
 - ``emsynconn`` with the pruning CNN, ``geometric-baseline``,
-- three combinations: the union of synful and emsynconn (de-duplicated); emsynconn's rows plus
-  synful's confident rows (its own settings, with a minimum score, tuned as ``union``); and
-  synful rows confirmed by an emsynconn row on the same segment pair;
+- four combinations: the union of synful and emsynconn (de-duplicated); emsynconn's rows plus
+  synful's confident rows (its own settings, with a minimum score, tuned as ``union``);
+  emsynconn's rows plus the synful rows its pruning CNN keeps (the stage's
+  ``combine = "verified"``); and synful rows confirmed by an emsynconn row on the same segment
+  pair;
 
 plus counts of the remaining errors of each (see :func:`error_kinds`).
 
@@ -49,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from syntk_synapses.synful import Synful
 
 from synapse_toolkit.data import PartnerTable, Volume
 from synapse_toolkit.errors import DataError
@@ -65,7 +68,7 @@ from synapse_toolkit.synapses.assigners import (
 )
 from synapse_toolkit.synapses.candidates import CandidateSettings
 from synapse_toolkit.synapses.partners import deduplicate_by, evaluate_partners
-from synapse_toolkit.synapses.pruning import PrunerONNX
+from synapse_toolkit.synapses.pruning import PrunerONNX, row_scores
 from synapse_toolkit.synapses.synful import (
     TUNED_DEFAULTS,
     SynfulSettings,
@@ -79,6 +82,8 @@ from synapse_toolkit.synapses.train_pruner import SegmentationSource, predicted_
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "plugins" / "syntk_synapses" / "models"
 NEURONS = ROOT / "plugins" / "syntk_neurons" / "models" / "phantom_affinities.onnx"
+#: the ``synful`` stage's ``verify_keep`` default (combine = "verified")
+VERIFY_KEEP = float(Synful.Options.model_fields["verify_keep"].default)
 
 
 def _cached(path: Path, make: Any) -> np.ndarray:
@@ -375,6 +380,11 @@ def evaluate_all(
             confident = extract_partners(v["synful"], seg, grid, combined, v["clefts"])
             tables["emsynconn + confident synful rows"] = union(
                 tables["emsynconn + pruning CNN"], confident
+            )
+            # combine = "verified": emsynconn's rows + the synful rows its pruning CNN keeps
+            kept = row_scores(tables["synful"], v["raw"], v["proximity"], seg, grid, pruner)
+            tables["emsynconn + pruner-verified synful rows"] = union(
+                tables["emsynconn + pruning CNN"], tables["synful"].select(kept > VERIFY_KEEP)
             )
             tables["synful confirmed by emsynconn"] = confirmed(
                 tables["synful"], tables["emsynconn + pruning CNN"]

@@ -45,7 +45,7 @@ from synapse_toolkit.data import PartnerTable, Volume
 from synapse_toolkit.evaluation.phantom_seeds import check_selection_seeds
 from synapse_toolkit.synapses.assigners import EMSynConnSettings, assign_emsynconn
 from synapse_toolkit.synapses.partners import deduplicate_by
-from synapse_toolkit.synapses.pruning import PrunerONNX, extract_patch
+from synapse_toolkit.synapses.pruning import PrunerONNX, row_scores
 from synapse_toolkit.synapses.synful import (
     TUNED_DEFAULTS,
     SynfulSettings,
@@ -108,21 +108,6 @@ def more_posts(table: PartnerTable, extra: PartnerTable) -> PartnerTable:
     return union(table, extra.select(keep))
 
 
-def pruner_scores(
-    table: PartnerTable, v: dict[str, Any], seg: np.ndarray, pruner: PrunerONNX
-) -> np.ndarray:
-    """The pruning CNN's keep probability of each row, on the candidate patch centred between
-    its pre and post sites with its two segments."""
-    if len(table) == 0:
-        return np.zeros(0)
-    centres = v["grid"].to_voxel((table.pre_nm + table.post_nm) / 2.0)
-    patches = np.stack([
-        extract_patch(v["raw"], v["proximity"], seg, c, int(a), int(b), pruner.patch_settings)
-        for c, a, b in zip(centres, table.pre_segment, table.post_segment, strict=True)
-    ])  # fmt: skip
-    return pruner.scores(patches)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", required=True)
@@ -150,7 +135,7 @@ def main() -> None:
             unpruned = assign_emsynconn(v["raw"], v["proximity"], seg, v["grid"], pruner,
                                         EMSynConnSettings(prune_threshold=-1.0))  # fmt: skip
             syn = extract_partners(v["synful"], seg, v["grid"], vector, v["clefts"])
-            kept = pruner_scores(syn, v, seg, pruner)
+            kept = row_scores(syn, v["raw"], v["proximity"], seg, v["grid"], pruner)
             dropped = extract_partners(v["synful"], seg, v["grid"], plain, v["clefts"])
             oriented, n = orient(ems, syn)
             flipped[seg_key] += n
@@ -171,7 +156,7 @@ def main() -> None:
                 tables[f"verified t={t}"] = union(ems, syn.select(kept > t))
             if args.veto_keep:
                 main = tables["synful + main-segmentation de-duplication (main job)"]
-                vetoed = pruner_scores(main, v, seg, pruner)
+                vetoed = row_scores(main, v["raw"], v["proximity"], seg, v["grid"], pruner)
                 for t in args.veto_keep:
                     tables[f"main job vetoed t={t}"] = main.select(vetoed > t)
             for name, table in tables.items():

@@ -378,6 +378,81 @@ def test_stage_combined_with_emsynconn_keeps_its_rows(
                   opts, scratch_dir=tmp_path / "m")  # fmt: skip
 
 
+def test_row_scores_are_the_pruners_scores_of_each_rows_patch(tmp_path: Path) -> None:
+    import h5py
+
+    from synapse_toolkit.datasets import model_path
+    from synapse_toolkit.synapses.pruning import PrunerONNX, extract_patch, row_scores
+
+    data = make_cremi_data(shape=(8, 64, 64))
+    grid = Grid.of(data.raw)
+    raw = data.raw.read()
+    seg = np.repeat(np.arange(1, 4, dtype=np.uint64), [22, 21, 21])[None, None].repeat(8, 0)
+    seg = np.ascontiguousarray(np.broadcast_to(seg, raw.shape))
+    prox = np.random.default_rng(1).uniform(-1, 1, seg.shape).astype(np.float32)
+    ids = np.arange(1, 4, dtype=np.uint64)
+    pre = np.array([[120.0, 100.0, 100.0], [200.0, 60.0, 180.0]])
+    post = np.array([[120.0, 140.0, 120.0], [160.0, 120.0, 200.0]])
+    table = PartnerTable(pre, post, ids[[0, 1]], ids[[1, 2]], np.ones(2), np.arange(1, 3))
+    pruner = PrunerONNX(model_path("synapses/pruner"), n_threads=1)
+    want = pruner.scores(np.stack([
+        extract_patch(raw, prox, seg, grid.to_voxel((a + b) / 2)[0], int(i), int(j),
+                      pruner.patch_settings)
+        for a, b, i, j in zip(pre, post, table.pre_segment, table.post_segment, strict=True)
+    ]))  # fmt: skip
+    # read patch by patch from a file, proximity with its channel axis, as a stage gets them
+    with h5py.File(tmp_path / "v.h5", "w") as f:
+        f["raw"], f["prox"], f["seg"] = raw, prox[None], seg
+    with h5py.File(tmp_path / "v.h5", "r") as f:
+        got = row_scores(table, f["raw"], f["prox"], f["seg"], grid, pruner)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    swapped = PartnerTable(pre, post, ids[[1, 2]], ids[[0, 1]], np.ones(2), np.arange(1, 3))
+    assert not np.allclose(row_scores(swapped, raw, prox, seg, grid, pruner), want)
+    assert row_scores(table.select(np.zeros(2, bool)), raw, prox, seg, grid, pruner).shape == (0,)
+
+
+def test_stage_verified_adds_the_synful_rows_the_pruner_keeps(
+    tiny_model: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import synapse_toolkit.synapses.pruning as pruning
+    import synapse_toolkit.synapses.synful_blockwise as blockwise
+    from synapse_toolkit.api import run_stage
+
+    data = make_cremi_data(shape=(8, 64, 64))
+    seg = np.repeat(np.arange(1, 4, dtype=np.uint64), [22, 21, 21])[None, None].repeat(8, 0)
+    seg = np.ascontiguousarray(np.broadcast_to(seg, data.raw.spatial_shape))
+    ids = np.arange(1, 4, dtype=np.uint64)
+    # two synful rows far from each other (and from any emsynconn row: no proximity, none)
+    pre = np.array([[40.0, 20.0, 20.0], [280.0, 230.0, 230.0]])
+    post = np.array([[40.0, 40.0, 20.0], [280.0, 250.0, 230.0]])
+    found = PartnerTable(pre, post, ids[[0, 1]], ids[[1, 2]], np.array([5.0, 9.0]),
+                         np.array([1, 2], np.uint64))  # fmt: skip
+    monkeypatch.setattr(blockwise, "synful_blockwise", lambda *a, **k: (found, {}))
+    seen: dict[str, Any] = {}
+
+    def fake_scores(table: PartnerTable, raw: Any, prox: Any, s: Any, grid: Grid,
+                    pruner: Any) -> np.ndarray:  # fmt: skip
+        seen["rows"], seen["scale"] = len(table), pruner.patch_settings.intensity_scale
+        return np.array([0.7, 0.3])
+
+    monkeypatch.setattr(pruning, "row_scores", fake_scores)
+    proximity = Volume(np.zeros((1, *seg.shape), np.float32), VS, data.raw.offset_nm)
+    segmentation = Volume(seg, VS, data.raw.offset_nm)
+    inputs = {"raw": data.raw, "segmentation": segmentation, "proximity": proximity}
+    opts = {"model_path": str(tiny_model["path"]), "sha256": tiny_model["sha256"],
+            "overlap": (0, 8, 8), "combine": "verified", "intensity_scale": 0.5}  # fmt: skip
+
+    def rows(keep: float) -> list[tuple[int, int]]:
+        out = run_stage("partner-assigner", "synful", inputs, {**opts, "verify_keep": keep},
+                        scratch_dir=tmp_path / str(keep))["partners"]  # fmt: skip
+        return sorted(zip(out.pre_segment.tolist(), out.post_segment.tolist(), strict=True))
+
+    assert rows(0.5) == [(int(ids[0]), int(ids[1]))]
+    assert seen == {"rows": 2, "scale": 0.5}
+    assert rows(0.2) == sorted([(int(ids[0]), int(ids[1])), (int(ids[1]), int(ids[2]))])
+    assert rows(0.8) == []
+
+
 def test_stage_deduplicates_by_a_coarse_segmentation(
     tiny_model: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

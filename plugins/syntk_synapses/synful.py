@@ -5,8 +5,9 @@ model. The library code is :mod:`synapse_toolkit.synapses.synful`."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -16,6 +17,10 @@ from synapse_toolkit.errors import DataError
 from synapse_toolkit.inference.intensity import INTENSITY_SCALE_HELP
 from synapse_toolkit.stages import PartnerAssigner, Port, StageOptions
 from syntk_synapses import COARSE_SEGMENTATION
+
+if TYPE_CHECKING:
+    from synapse_toolkit.data import PartnerTable
+    from synapse_toolkit.synapses.pruning import PrunerONNX
 
 
 class Synful(PartnerAssigner["Synful.Options"]):
@@ -37,7 +42,10 @@ class Synful(PartnerAssigner["Synful.Options"]):
             "labels", "CREMI cleft labels (head = 'direction')", required=False, grid="in"
         ),
         "proximity": Port(
-            "map", "signed proximity (combine = 'emsynconn')", required=False, grid="in"
+            "map",
+            "signed proximity (combine = 'emsynconn' or 'verified')",
+            required=False,
+            grid="in",
         ),
         "coarse_segmentation": COARSE_SEGMENTATION,
     }
@@ -97,9 +105,17 @@ class Synful(PartnerAssigner["Synful.Options"]):
             False, description="Move a pre site left in the post segment along its ray."
         )
         max_reach_nm: float = Field(400.0, gt=0, description="Longest ray (nm).")
-        combine: Literal["none", "emsynconn"] = Field(
-            "none", description="Also run emsynconn (+ pruning CNN) on `proximity`; keep both."
+        combine: Literal["none", "emsynconn", "verified"] = Field(
+            "none",
+            description="Also run emsynconn (+ pruning CNN) on `proximity`: 'emsynconn' keeps "
+            "both tables' rows, 'verified' emsynconn's rows plus the synful rows the pruning "
+            "CNN keeps (see verify_keep).",
         )
+        verify_keep: float = Field(
+            0.5, ge=0, lt=1,
+            description="combine = 'verified': a synful row is added when the pruning CNN "
+            "scores its patch (midway between pre and post, its two segments) above this.",
+        )  # fmt: skip
         block_shape: tuple[int, int, int] | None = Field(
             None, description="Block shape (z, y, x voxels); default: the run's block_shape."
         )
@@ -117,6 +133,7 @@ class Synful(PartnerAssigner["Synful.Options"]):
         from synapse_toolkit.inference.onnx_model import OnnxModel
         from synapse_toolkit.inference.tiled import TileGrid
         from synapse_toolkit.memory import release_free_memory
+        from synapse_toolkit.synapses.pruning import row_scores
         from synapse_toolkit.synapses.synful import (
             N_CHANNELS,
             TUNED_DEFAULTS,
@@ -124,6 +141,7 @@ class Synful(PartnerAssigner["Synful.Options"]):
             union,
         )
         from synapse_toolkit.synapses.synful_blockwise import predict_synful, synful_blockwise
+        from synapse_toolkit.synapses.targets import Grid
         from syntk_synapses import (
             _coarse_input,
             _deduplicated_by_coarse,
@@ -147,7 +165,7 @@ class Synful(PartnerAssigner["Synful.Options"]):
                 f"(kind {model.kind!r}, {model.out_channels} channels)"
             )
         key = "direction" if o.head == "direction" else (
-            "vector+emsynconn" if o.combine == "emsynconn" else "vector")  # fmt: skip
+            f"vector+{o.combine}" if o.combine != "none" else "vector")  # fmt: skip
         tuned = {k: getattr(o, k) if getattr(o, k) is not None else v
                  for k, v in TUNED_DEFAULTS[key].items()}  # fmt: skip
         settings = SynfulSettings(
@@ -178,18 +196,26 @@ class Synful(PartnerAssigner["Synful.Options"]):
             progress=_progress(self.context),
         )  # fmt: skip
         self.context.record("blockwise", res)
-        if o.combine == "emsynconn":
-            table = union(self._emsynconn(inputs, raw, seg, work / "emsynconn"), table,
-                          o.dedup_distance_nm)  # fmt: skip
+        if o.combine != "none":
+            ems, pruner = self._emsynconn(inputs, raw, seg, work / "emsynconn")
+            if o.combine == "verified":
+                keep = row_scores(table, raw.data, inputs["proximity"].data, seg.data,
+                                  Grid.of(seg), pruner)  # fmt: skip
+                table = table.select(keep > o.verify_keep)
+            table = union(ems, table, o.dedup_distance_nm)
         _remove_work(self.context)
         return _partner_outputs(_deduplicated_by_coarse(table, coarse, o.dedup_distance_nm), seg)
 
-    def _emsynconn(self, inputs: Mapping[str, Any], raw: Volume, seg: Volume, work: Path) -> Any:
-        """EMSynConn's rows at its stage defaults (candidates + the bundled pruning CNN), block
-        by block as the ``emsynconn`` stage runs them."""
+    def _emsynconn(
+        self, inputs: Mapping[str, Any], raw: Volume, seg: Volume, work: Path
+    ) -> tuple[PartnerTable, PrunerONNX]:
+        """EMSynConn's rows at its stage defaults (candidates + the bundled pruning CNN, its
+        patches scaled by ``intensity_scale``), block by block as the ``emsynconn`` stage runs
+        them; and that pruning CNN."""
         from synapse_toolkit.models import resolve_model
         from synapse_toolkit.synapses.assigners import EMSynConnSettings
         from synapse_toolkit.synapses.blockwise import emsynconn_blockwise
+        from synapse_toolkit.synapses.pruning import PrunerONNX
         from syntk_synapses import DEFAULT_MODELS, EMSynConn, _progress, count_blocks
 
         prox: Volume | None = inputs.get("proximity")
@@ -206,6 +232,8 @@ class Synful(PartnerAssigner["Synful.Options"]):
             context=EMSynConn.Options().context, work_dir=work, n_workers=n,
             pool=self.context.block_pool(n, o.executor, "emsynconn",
                                          count_blocks(seg.spatial_shape, bs)),
-            progress=_progress(self.context),
+            progress=_progress(self.context), intensity_scale=o.intensity_scale,
         )  # fmt: skip
-        return table
+        pruner = PrunerONNX(model.path, n_threads=self.context.n_threads)
+        pruner.patch_settings = replace(pruner.patch_settings, intensity_scale=o.intensity_scale)
+        return table, pruner

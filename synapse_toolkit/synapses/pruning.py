@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from synapse_toolkit.data import Annotations
+from synapse_toolkit.data import Annotations, PartnerTable
 from synapse_toolkit.errors import DataError
 from synapse_toolkit.inference.intensity import unit_scale
 from synapse_toolkit.synapses.candidates import Candidates
@@ -41,14 +41,16 @@ class PatchSettings:
 
 
 def _crop(arr: np.ndarray, start: np.ndarray, size: np.ndarray) -> np.ndarray:
+    """The (z, y, x) box of ``arr`` ((z, y, x) or one-channel (1, z, y, x); only the box is
+    read), zero outside the volume."""
     out = np.zeros(tuple(int(s) for s in size), arr.dtype)
     lo = np.maximum(start, 0)
-    hi = np.minimum(start + size, arr.shape)
+    hi = np.minimum(start + size, arr.shape[-3:])
     if np.any(hi <= lo):
         return out
     src = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
     dst = tuple(slice(int(a - s), int(b - s)) for a, b, s in zip(lo, hi, start, strict=True))
-    out[dst] = arr[src]
+    out[dst] = arr[(0, *src)] if arr.ndim == 4 else arr[src]
     return out
 
 
@@ -80,6 +82,27 @@ def extract_patch(
     pre = (seg == np.uint64(pre_segment)).astype(np.float32)
     post = (seg == np.uint64(post_segment)).astype(np.float32)
     return np.stack([_pool(c, f) for c in (em, prox, pre, post)]).astype(np.float32)
+
+
+def row_scores(
+    table: PartnerTable,
+    raw: np.ndarray,
+    proximity: np.ndarray,
+    segmentation: np.ndarray,
+    grid: Grid,
+    pruner: PrunerONNX,
+) -> np.ndarray:
+    """The pruning CNN's keep probability of each row of ``table`` (any assigner's), on the
+    candidate patch centred midway between the row's pre and post sites with its two segments.
+    Only the patches are read from the volumes."""
+    if len(table) == 0:
+        return np.zeros(0, np.float64)
+    centres = grid.to_voxel((table.pre_nm + table.post_nm) / 2.0)
+    patches = np.stack([
+        extract_patch(raw, proximity, segmentation, c, int(a), int(b), pruner.patch_settings)
+        for c, a, b in zip(centres, table.pre_segment, table.post_segment, strict=True)
+    ])  # fmt: skip
+    return pruner.scores(patches)
 
 
 def candidate_patches(

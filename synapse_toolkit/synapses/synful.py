@@ -98,6 +98,11 @@ TUNED_DEFAULTS: dict[str, dict[str, Any]] = {
     "vector+emsynconn": {"threshold": 0.9, "min_voxels": 200, "location": "edt-max",
                          "vector_from": "mean", "cleft_width_nm": 20.0,
                          "rejoin_small_pieces": False},
+    # EMSynConn's rows plus the synful rows its pruning CNN keeps (combine = "verified"; the
+    # synful rows as the vector head's, the cut-off chosen on development seeds)
+    "vector+verified": {"threshold": 0.9, "min_voxels": 200, "location": "edt-max",
+                        "vector_from": "mean", "cleft_width_nm": 20.0,
+                        "rejoin_small_pieces": True},
 }  # fmt: skip
 
 
