@@ -62,18 +62,6 @@ def _spatial_read(ref: ArrayRef, channel: bool, roi: tuple[slice, ...]) -> np.nd
     return np.asarray(a[(0, *roi)] if channel else a[roi])
 
 
-class _Spatial:
-    """A (z, y, x) view of channel 0 of a (1, z, y, x) array, read region by region."""
-
-    def __init__(self, arr: Any) -> None:
-        self.arr = arr
-        self.shape = tuple(arr.shape[1:])
-        self.dtype = np.dtype(arr.dtype)
-
-    def __getitem__(self, roi: Any) -> np.ndarray:
-        return np.asarray(self.arr[(0, *roi)])
-
-
 def _phase(
     name: str,
     tasks: list[BlockTask],
@@ -471,8 +459,7 @@ def _partners_block(job: _PartnerJob, task: BlockTask) -> dict[str, Any]:
             _pruner_at(job.pruner, job.n_threads) if isinstance(job.pruner, str) else job.pruner
         )
         raw_full = job.raw.open() if job.raw is not None else None
-        prox_arr = job.proximity.open()
-        prox_full: Any = _Spatial(prox_arr) if job.prox_channel else prox_arr
+        prox_full = job.proximity.open()
         seg_full = job.segmentation.open()
         if raw_full is None:
             raw_full = np.zeros(job.shape, np.uint8)

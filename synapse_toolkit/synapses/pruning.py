@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from synapse_toolkit.data import Annotations, PartnerTable
+from synapse_toolkit.data import Annotations, ArrayLike, PartnerTable
 from synapse_toolkit.errors import DataError
 from synapse_toolkit.inference.intensity import unit_scale
 from synapse_toolkit.synapses.candidates import Candidates
@@ -40,9 +40,8 @@ class PatchSettings:
     intensity_scale: float | None = None
 
 
-def _crop(arr: np.ndarray, start: np.ndarray, size: np.ndarray) -> np.ndarray:
-    """The (z, y, x) box of ``arr`` ((z, y, x) or one-channel (1, z, y, x); only the box is
-    read), zero outside the volume."""
+def _crop(arr: ArrayLike, start: np.ndarray, size: np.ndarray) -> np.ndarray:
+    """The (z, y, x) box of ``arr`` ((z, y, x) or (1, z, y, x)), zero outside the volume."""
     out = np.zeros(tuple(int(s) for s in size), arr.dtype)
     lo = np.maximum(start, 0)
     hi = np.minimum(start + size, arr.shape[-3:])
@@ -50,7 +49,7 @@ def _crop(arr: np.ndarray, start: np.ndarray, size: np.ndarray) -> np.ndarray:
         return out
     src = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
     dst = tuple(slice(int(a - s), int(b - s)) for a, b, s in zip(lo, hi, start, strict=True))
-    out[dst] = arr[(0, *src)] if arr.ndim == 4 else arr[src]
+    out[dst] = arr[(0, *src)] if len(arr.shape) == 4 else arr[src]
     return out
 
 
@@ -62,15 +61,16 @@ def _pool(x: np.ndarray, f: int) -> np.ndarray:
 
 
 def extract_patch(
-    raw: np.ndarray,
-    proximity: np.ndarray,
-    segmentation: np.ndarray,
+    raw: ArrayLike,
+    proximity: ArrayLike,
+    segmentation: ArrayLike,
     center_vox: np.ndarray,
     pre_segment: int,
     post_segment: int,
     settings: PatchSettings | None = None,
 ) -> np.ndarray:
-    """The (4, *shape) float32 patch for one candidate centred at ``center_vox``."""
+    """The (4, *shape) float32 patch for one candidate centred at ``center_vox``; ``proximity``
+    is (z, y, x) or (1, z, y, x). Only the patch's box is read from the arrays."""
     s = settings or PatchSettings()
     f = int(s.downsample)
     full = np.asarray([s.shape[0], s.shape[1] * f, s.shape[2] * f])
@@ -86,9 +86,9 @@ def extract_patch(
 
 def row_scores(
     table: PartnerTable,
-    raw: np.ndarray,
-    proximity: np.ndarray,
-    segmentation: np.ndarray,
+    raw: ArrayLike,
+    proximity: ArrayLike,
+    segmentation: ArrayLike,
     grid: Grid,
     pruner: PrunerONNX,
 ) -> np.ndarray:
