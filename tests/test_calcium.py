@@ -356,6 +356,51 @@ def test_trainer_runs_on_the_shared_training_run(
     assert any(line.startswith("finished at iteration 1 ") for line in log_c)
 
 
+def test_trainer_resumes_a_stopped_run_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """2 iterations, then --resume to 4, end where 4 uninterrupted iterations end: trained and
+    averaged weights, the best checkpoint and the validation lines."""
+    torch = pytest.importorskip("torch")
+    from syntk_calcium import train as tr
+
+    ph = generate_calcium(seed=21, shape=(256, 256), n_cells=40, frames=40)
+    data = tmp_path / "data"
+    data.mkdir()
+    np.save(data / "mean_fullfov_512x512_float32.npy", ph.movie.mean(axis=0).astype(np.float32))
+    (data / "regions_fullfov_left_half.json").write_text(json.dumps(ph.regions.to_neurofinder()))
+    small = generate_calcium(seed=22, shape=(96, 96), n_cells=10, frames=20)
+    monkeypatch.setattr(tr, "PHANTOM_TRAIN", (1,))
+    monkeypatch.setattr(tr, "PHANTOM_VAL", (1,))
+    monkeypatch.setattr(tr, "GRID", {"threshold": (0.3, 0.5), "core_threshold": (0.5,),
+                                     "min_size": (10,)})  # fmt: skip
+
+    def run(out: Path, iterations: int, *extra: str) -> list[str]:
+        (out / "phantoms").mkdir(parents=True, exist_ok=True)
+        np.savez(out / "phantoms" / "phantom_1.npz",
+                 mean=small.movie.mean(axis=0).astype(np.float32),
+                 regions=json.dumps(small.regions.to_neurofinder()))  # fmt: skip
+        tr.main(["--data", str(data), "--out", str(out), "--iterations", str(iterations),
+                 "--eval-every", "2", "--batch", "2", "--width", "4", "--seed", "5",
+                 "--device", "cpu", "--ema", "0.5", *extra])  # fmt: skip
+        return [x for x in (out / "train.log").read_text().splitlines() if "validation comb" in x]
+
+    whole = run(tmp_path / "a", 4)
+    run(tmp_path / "b", 2)
+    resumed = run(tmp_path / "b", 4, "--resume")
+    assert len(whole) == 2 and resumed == whole
+    assert "resuming from" in (tmp_path / "b" / "train.log").read_text()
+    for name in ("latest.pt", "best.pt"):
+        a = torch.load(tmp_path / "a" / name, weights_only=True)
+        b = torch.load(tmp_path / "b" / name, weights_only=True)
+        assert a["iteration"] == b["iteration"]
+        for k, v in a["state_dict"].items():
+            assert torch.equal(v, b["state_dict"][k]), (name, k)
+    ema_a = torch.load(tmp_path / "a" / "latest.pt", weights_only=True)["resume"]["ema"]
+    ema_b = torch.load(tmp_path / "b" / "latest.pt", weights_only=True)["resume"]["ema"]
+    assert all(torch.equal(v, ema_b[k]) for k, v in ema_a.items())
+
+
 def test_detector_follows_the_models_flat_field_metadata(tmp_path: Path) -> None:
     """A model exported with ``flat_field_sigma`` in its metadata gets flat-fielded input by
     default (equal to asking for it explicitly, different from switching it off)."""

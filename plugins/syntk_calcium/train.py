@@ -16,7 +16,8 @@ tiles, with random flips and 90-degree rotations, a random gain/offset and added
 class-balanced BCE on the ROI mask and the ROI core. Every ``--eval-every`` iterations the
 region thresholds are searched on the validation images; the checkpoint and thresholds with the
 best validation combined score (mean of the real and the phantom validation scores) are kept and
-exported.
+exported. ``latest.pt`` (written at every evaluation) holds what ``--resume`` needs to continue a
+stopped run exactly: weights, optimizer, moving average, random states and the best so far.
 
     python -m syntk_calcium.train --out runs/neurofinder-cnn \
         --export plugins/syntk_calcium/models/neurofinder_cnn.onnx
@@ -211,7 +212,7 @@ def search_thresholds(
 def train(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from synapse_toolkit.nn.run import MixedPrecision, TrainingRun
+    from synapse_toolkit.nn.run import MixedPrecision, TrainingRun, resume_from, resume_state
     from syntk_calcium.net import RoiNet
 
     # threads, torch seed, device and the wall-clock budget (which counts data preparation)
@@ -267,8 +268,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(args.ema), use_buffers=True)
     say(f"settings: {json.dumps({k: v for k, v in vars(args).items() if k != 'select_only'})}")
     best: dict[str, Any] = {"score": -1.0}
-    it = 0
-    for it in range(1, args.iterations + 1):
+    it = start = 0
+    if args.resume and (stopped := resume_from(out, net, opt, precision, rng, say)) is not None:
+        start, best = int(stopped["iteration"]), stopped["resume"]["best"]
+        if ema is not None:
+            ema.load_state_dict(stopped["resume"]["ema"])
+    for it in range(start + 1, args.iterations + 1):
         xb, yb, mb = [], [], []
         for b in range(args.batch):
             f = args.real_fraction  # real tiles spread through the batch (b = 0 always real)
@@ -318,6 +323,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 best = {"score": score, "iteration": it, "params": params, "parts": parts}
                 run.save(ckpt, out / "best.pt")
                 say(f"  new best at iteration {it}")
+            extra = resume_state(opt, precision, rng, best=best,
+                                 ema=None if ema is None else ema.state_dict())  # fmt: skip
+            run.save({"state_dict": net.state_dict(), "config": net.hparams, "iteration": it,
+                      "resume": extra}, out / "latest.pt")  # fmt: skip
         if done:
             break
     say(f"finished at iteration {it} after {run.elapsed:.0f} s; best {best}")
@@ -408,6 +417,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--mixed-precision", action="store_true",
                     help="float16 forward passes, loss scaling (CUDA; ignored on CPU)")  # fmt: skip
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--resume", action="store_true",
+                    help="continue a stopped run from <out>/latest.pt (written at every "
+                    "evaluation) exactly, up to --iterations")  # fmt: skip
     ap.add_argument("--export", default=None, help="write the best checkpoint as this ONNX file")
     ap.add_argument("--export-checkpoint", default=None, metavar="PT",
                     help="no training: export this checkpoint (a refit's itNNNNN.pt)")  # fmt: skip
