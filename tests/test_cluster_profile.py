@@ -4,6 +4,7 @@ loop end to end on small synthetic contact patches."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,33 @@ def test_profile_encoder_onnx_equals_torch(tmp_path: Path) -> None:
     np.testing.assert_allclose(enc.encode(patches), encode_torch(ae.encoder, patches), atol=1e-4)
 
 
+def _fake_seed(seed: int, cfg: Any, views: int, rng_seed: int) -> dict[str, np.ndarray]:
+    """Stand-in for ``prepare_seed``: two synapse types of different cleft thickness."""
+    rng = np.random.default_rng(seed)
+    types = rng.integers(0, 2, 24)
+    thick = np.where(types == 0, 2, 7)
+    canon = _patches(thick, rng)
+    jit = np.stack([_patches(thick, rng) for _ in range(views)], 1)
+    return {"canonical": canon.round().astype(np.uint8),
+            "views": jit.round().astype(np.uint8), "types": types,
+            "synapse_id": np.arange(24, dtype=np.uint64)}  # fmt: skip
+
+
+def _profile_config(tmp_path: Path, iterations: int) -> Any:
+    from synapse_toolkit.synapses import train_cluster_encoder as tce
+
+    return tce.ClusterEncoderConfig.model_validate({
+        "data": {"seeds": [1, 2], "validation_seeds": [3, 4], "types": 2},
+        "patch": {"size_nm": [120.0, 64.0, 128.0], "voxel_size_nm": [40.0, 4.0, 4.0],
+                  "align": "contact"},
+        "model": {"arch": "profile", "channels": [4, 8], "latent": 3, "contrastive": 1.0},
+        "augment": {"views": 2},
+        "training": {"iterations": iterations, "batch_size": 8, "eval_every": 3, "seed": 0,
+                     "time_limit_minutes": None, "out_dir": str(tmp_path / "run")},
+        "export": {"path": str(tmp_path / "enc.onnx")},
+    })  # fmt: skip
+
+
 def test_training_loop_profile_contrastive(tmp_path: Path, monkeypatch: Any) -> None:
     """The trainer with the profile encoder and NT-Xent + reconstruction runs, selects by
     per-volume validation ARI and exports an encoder whose codes match its ONNX file."""
@@ -97,27 +125,8 @@ def test_training_loop_profile_contrastive(tmp_path: Path, monkeypatch: Any) -> 
     from synapse_toolkit.synapses import train_cluster_encoder as tce
     from synapse_toolkit.synapses.clustering import PatchEncoder
 
-    def fake(seed: int, cfg: Any, views: int, rng_seed: int) -> dict[str, np.ndarray]:
-        rng = np.random.default_rng(seed)
-        types = rng.integers(0, 2, 24)
-        thick = np.where(types == 0, 2, 7)
-        canon = _patches(thick, rng)
-        jit = np.stack([_patches(thick, rng) for _ in range(views)], 1)
-        return {"canonical": canon.round().astype(np.uint8),
-                "views": jit.round().astype(np.uint8), "types": types,
-                "synapse_id": np.arange(24, dtype=np.uint64)}  # fmt: skip
-
-    monkeypatch.setattr(tce, "prepare_seed", fake)
-    cfg = tce.ClusterEncoderConfig.model_validate({
-        "data": {"seeds": [1, 2], "validation_seeds": [3, 4], "types": 2},
-        "patch": {"size_nm": [120.0, 64.0, 128.0], "voxel_size_nm": [40.0, 4.0, 4.0],
-                  "align": "contact"},
-        "model": {"arch": "profile", "channels": [4, 8], "latent": 3, "contrastive": 1.0},
-        "augment": {"views": 2},
-        "training": {"iterations": 6, "batch_size": 8, "eval_every": 3, "seed": 0,
-                     "time_limit_minutes": None, "out_dir": str(tmp_path / "run")},
-        "export": {"path": str(tmp_path / "enc.onnx")},
-    })  # fmt: skip
+    monkeypatch.setattr(tce, "prepare_seed", _fake_seed)
+    cfg = _profile_config(tmp_path, 6)
     torch.manual_seed(0)
     lines: list[str] = []
     out = tce.train_cluster_encoder(cfg, log=lines.append)
@@ -125,7 +134,35 @@ def test_training_loop_profile_contrastive(tmp_path: Path, monkeypatch: Any) -> 
     assert -1.0 <= out["validation_ari"] <= 1.0 and out["iteration"] in (3, 6)
     assert sum("val ARI" in s for s in lines) == 2
     enc = PatchEncoder(tmp_path / "enc.onnx")
-    assert enc.needs_labels and enc.encode(fake(9, cfg, 1, 9)["canonical"]).shape == (24, 3)
+    assert enc.needs_labels and enc.encode(_fake_seed(9, cfg, 1, 9)["canonical"]).shape == (24, 3)
+
+
+def test_training_resumes_a_stopped_run_exactly(tmp_path: Path, monkeypatch: Any) -> None:
+    """3 iterations, then resume to 6, end where 6 uninterrupted iterations end: weights,
+    validation history and the exported encoder."""
+    pytest.importorskip("onnxscript")
+    from synapse_toolkit.synapses import train_cluster_encoder as tce
+
+    monkeypatch.setattr(tce, "prepare_seed", _fake_seed)
+    whole = tce.train_cluster_encoder(_profile_config(tmp_path / "a", 6), log=lambda s: None)
+    tce.train_cluster_encoder(_profile_config(tmp_path / "b", 3), log=lambda s: None)
+    lines: list[str] = []
+    resumed = tce.train_cluster_encoder(_profile_config(tmp_path / "b", 6), log=lines.append,
+                                        resume=True)  # fmt: skip
+    assert any("resuming from" in s for s in lines)
+    assert sum("val ARI" in s for s in lines) == 1  # iteration 6 only
+    assert resumed["sha256"] == whole["sha256"] and resumed["iterations_run"] == 6
+    history = [
+        [
+            {k: h[k] for k in ("iteration", "loss", "kl", "val_ari")}
+            for h in json.loads((tmp_path / d / "run" / "summary.json").read_text())["history"]
+        ]
+        for d in ("a", "b")
+    ]
+    assert len(history[0]) == 2 and history[0] == history[1]
+    a = torch.load(tmp_path / "a" / "run" / "latest.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "b" / "run" / "latest.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(v, b[k]) for k, v in a.items())
 
 
 def test_profile_arch_needs_contact_patches() -> None:

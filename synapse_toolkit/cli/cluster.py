@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from synapse_toolkit.cli._training import need_torch, with_training_overrides
+from synapse_toolkit.cli._training import ResumeOpt, need_torch, with_training_overrides
 from synapse_toolkit.errors import SyntkError
 
 app = typer.Typer(no_args_is_help=True, help="Synapse clustering (autoencoder + k-means).")
@@ -23,6 +23,7 @@ def cluster_encoder(
         float | None, typer.Option(help="Override training.time_limit_minutes.")
     ] = None,
     iterations: Annotated[int | None, typer.Option(help="Override training.iterations.")] = None,
+    resume: ResumeOpt = False,
 ) -> None:
     """Train the synapse cluster encoder (3D conv AE or VAE) and export it to ONNX."""
     from synapse_toolkit.synapses.train_cluster_encoder import load_cluster_config
@@ -33,7 +34,7 @@ def cluster_encoder(
     need_torch()
     from synapse_toolkit.synapses.train_cluster_encoder import train_cluster_encoder
 
-    typer.echo(json.dumps(train_cluster_encoder(cfg, log=typer.echo)))
+    typer.echo(json.dumps(train_cluster_encoder(cfg, log=typer.echo, resume=resume)))
 
 
 @app.command("run")

@@ -342,9 +342,10 @@ def _concat(items: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 
 def train_cluster_encoder(
-    cfg: ClusterEncoderConfig, log: Callable[[str], Any] = print
+    cfg: ClusterEncoderConfig, log: Callable[[str], Any] = print, resume: bool = False
 ) -> dict[str, Any]:
-    """Prepare data, train, select on validation ARI, export the encoder to ONNX."""
+    """Prepare data, train, select on validation ARI, export the encoder to ONNX. ``latest.pt``
+    (written at every validation) lets ``resume`` continue a stopped run exactly."""
     import torch
 
     from synapse_toolkit.nn.cluster_encoder import (
@@ -354,7 +355,7 @@ def train_cluster_encoder(
         nt_xent,
     )
     from synapse_toolkit.nn.export import export_model
-    from synapse_toolkit.nn.run import MixedPrecision, TrainingRun
+    from synapse_toolkit.nn.run import MixedPrecision, TrainingRun, resume_from, resume_state
 
     if cfg.model.arch == "profile" and cfg.patch.align != "contact":
         raise ConfigError("model.arch = 'profile' needs patch.align = 'contact'")
@@ -387,9 +388,12 @@ def train_cluster_encoder(
     weight = torch.from_numpy(loss_weight(spec, cfg.model.loss_sigma_nm)).to(run.device)
     best = (-np.inf, -1)
     history: list[dict[str, float]] = []
-    it = 0
+    it = start = 0
+    if resume and (stopped := resume_from(out_dir, net, opt, precision, rng, log)) is not None:
+        r = stopped["resume"]
+        start, best, history = int(stopped["iteration"]), tuple(r["best"]), list(r["history"])
     m = cfg.model
-    for it in range(1, tc.iterations + 1):
+    for it in range(start + 1, tc.iterations + 1):
         net.train()
         idx = rng.integers(len(train["canonical"]), size=tc.batch_size)
         xb, tb = make_batch(train, cfg, rng, idx=idx)
@@ -430,6 +434,9 @@ def train_cluster_encoder(
                 best = (ari, it)
                 run.save({"model": net.state_dict(), "iteration": it,
                           "config": cfg.model_dump(mode="json")}, out_dir / "best.pt")  # fmt: skip
+            extra = resume_state(opt, precision, rng, best=list(best), history=history)
+            run.save({"state_dict": net.state_dict(), "iteration": it, "resume": extra},
+                     out_dir / "latest.pt")  # fmt: skip
         if done:
             log(run.budget_line(it))
             break
