@@ -117,6 +117,10 @@ def test_target_filtered_slab_by_slab_as_inference_filters_it(tmp_path) -> None:
     assert got.min() < 0 or got.max() > 255
     np.testing.assert_array_equal(got, want)  # slabs of 3 sections = the whole volume at once
     assert np.abs(got.astype(float) - blurred).mean() > 0.5  # it did filter
+    with h5py.File(tmp_path / "small.h5", "w") as f:
+        f["stack"] = blurred[:, :20, :40]
+    with pytest.raises(SyntkError, match=r"small.h5:stack \(10, 20, 40\).*at least 32 x 32"):
+        filtered_target(str(tmp_path / "small.h5"), "stack", ref, tmp_path)
 
 
 def test_adapt_errors(tiny, tmp_path) -> None:

@@ -158,3 +158,16 @@ def test_affinity_stage_undoes_blur_with_a_spectrum_reference(tmp_path) -> None:
     original = affinities(sharp, "a")
     matched, unmatched = affinities(blurred, "b"), affinities(blurred, "c", match_spectrum=False)
     assert np.abs(matched - original).mean() < 0.9 * np.abs(unmatched - original).mean()
+
+
+def test_a_volume_too_small_for_the_spectrum_is_one_clear_error() -> None:
+    """Sections narrower than the spectrum window: the preprocessing names the shape and the
+    option that skips the matching (it raised a bare ValueError from deep inside)."""
+    from synapse_toolkit.errors import DataError
+
+    meta = {"spectrum_reference": {"radial_power": list(spectrum.radial_spectrum(_membranes()))}}
+    small = _membranes(1, (6, 24, 40))
+    with pytest.raises(DataError, match=r"raw \(6, 24, 40\).*32 x 32 px.*match_spectrum = false"):
+        model_preprocess(meta, small)
+    model_preprocess(meta, small, match_spectrum=False)  # skipping it works
+    assert spectrum.too_small((6, 32, 32)) is None and spectrum.too_small((32, 32)) is not None

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from synapse_toolkit.errors import DataError, SyntkError
+from synapse_toolkit.fsio import sha256_file
 
 if TYPE_CHECKING:
     from synapse_toolkit.inference.resample import ResamplePolicy
@@ -237,7 +238,7 @@ def model_affinities(
 ) -> ModelAffinities:
     """The ``affinity-unet`` stage on ``raw``: the pipeline's inference path.
 
-    ``model`` is a registry name or an ``.onnx`` path (its sha256 is recorded, not required).
+    ``model`` is a registry name or an ``.onnx`` path (pinned to its sha256 as it is now).
     """
     from syntk_neurons.stages import AffinityDetector
 
@@ -247,7 +248,11 @@ def model_affinities(
 
     by_path = names_a_file(model)
     opts = AffinityDetector.Options(
-        **({"model_path": Path(model)} if by_path else {"model": model}),
+        **(
+            {"model_path": Path(model), "sha256": sha256_file(model)}
+            if by_path
+            else {"model": model}
+        ),
         tta=tta,
         match_intensity=match_intensity,
         match_spectrum=match_spectrum,

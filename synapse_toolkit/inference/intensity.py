@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from synapse_toolkit.blockwise import iter_blocks
+from synapse_toolkit.errors import DataError
 
 #: what a stage's ``intensity_scale`` option does (the stages' option docs)
 INTENSITY_SCALE_HELP = (
@@ -153,6 +154,8 @@ def model_preprocess(
     if match_spectrum and meta.get("spectrum_reference"):
         from synapse_toolkit.inference import spectrum
 
+        if (problem := spectrum.too_small(tuple(raw.shape))) is not None:
+            raise DataError(f"raw {problem} (match_spectrum = false skips it)")
         k = spectrum.matching_kernel(raw, meta["spectrum_reference"])
         raw = spectrum.Filtered(raw, k)
 

@@ -33,6 +33,14 @@ def _radius_bins(n: int) -> np.ndarray:
     return np.minimum(np.rint(np.hypot(fy, fx) * n).astype(np.int64), n // 2)
 
 
+def too_small(shape: tuple[int, ...], window: int = WINDOW) -> str | None:
+    """Why the in-plane spectrum of a volume of ``shape`` cannot be measured (None: it can)."""
+    if len(shape) != 3 or shape[1] < window or shape[2] < window:
+        return (f"{tuple(shape)}: matching the model's spectrum needs (z, y, x) sections of at "
+                f"least {window} x {window} px")  # fmt: skip
+    return None
+
+
 def radial_spectrum(volume: Any, window: int = WINDOW) -> np.ndarray:
     """Normalised radial power spectrum of the (y, x) sections of ``volume`` (z, y, x).
 
@@ -42,8 +50,8 @@ def radial_spectrum(volume: Any, window: int = WINDOW) -> np.ndarray:
     window. The result sums to 1 over bins 1.. (bin 0 is set to 0).
     """
     shape = tuple(int(s) for s in volume.shape)
-    if len(shape) != 3 or shape[1] < window or shape[2] < window:
-        raise ValueError(f"spectrum needs (z, y, x) sections of at least {window} px, got {shape}")
+    if (problem := too_small(shape, window)) is not None:
+        raise ValueError(problem)
     zs = np.unique(np.linspace(0, shape[0] - 1, min(MAX_SECTIONS, shape[0])).round().astype(int))
     ny, nx = shape[1] // window, shape[2] // window
     step = max(1, int(np.ceil(np.sqrt(ny * nx / MAX_WINDOWS_PER_SECTION))))

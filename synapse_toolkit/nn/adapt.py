@@ -160,8 +160,8 @@ def filtered_target(
     dst = out_dir / "target_spectrum_matched.h5"
     with h5py.File(path, "r") as f_in, h5py.File(dst, "w") as f_out:
         src = f_in[dataset]
-        if len(src.shape) != 3:
-            raise DataError(f"--unlabelled {path}:{dataset}: expected (z, y, x), got {src.shape}")
+        if (problem := spectrum.too_small(tuple(src.shape))) is not None:
+            raise DataError(f"--unlabelled {path}:{dataset} {problem}")
         view = spectrum.Filtered(src, spectrum.matching_kernel(src, reference))
         out = f_out.create_dataset(
             "raw", shape=src.shape, dtype=view.dtype,
