@@ -288,7 +288,10 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> PipelineConf
     overrides = list(overrides)
     doc = apply_overrides(load_config_document(p), overrides)
     keys = [".".join(parse_override(o)[0]) for o in overrides]
-    return parse_config(doc, base_dir=p.resolve().parent, cli_keys=keys)
+    try:
+        return parse_config(doc, base_dir=p.resolve().parent, cli_keys=keys)
+    except ConfigError as exc:  # the key at fault, in the file at fault
+        raise ConfigError(f"{p}: {exc}") from None
 
 
 def load_training_config(path: str | Path, model: type[M]) -> M:

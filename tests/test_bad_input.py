@@ -276,3 +276,19 @@ def test_nonfinite_replace_runs_and_says_how_many(tmp_path: Path) -> None:
 
 def test_corpus_size() -> None:
     assert len(CASES) >= 20
+
+
+@pytest.mark.parametrize("command", ["run", "validate"])
+def test_a_config_error_names_the_config_file(tmp_path: Path, command: str) -> None:
+    """A missing key and an unknown plugin: one line with the TOML file and the key."""
+    head = 'name = "x"\n[input]\ndataset = "demo/cremi"\n'
+    stage = '[stages.a]\nkind = "detector"\nplugin = "nope"\n'
+    cases = {"missing.toml": (head + stage, "output: required key is missing"),
+             "plugin.toml": (head + '[output]\ndir = "o"\n' + stage,
+                             "stages.a.plugin: no detector plugin 'nope'")}  # fmt: skip
+    for name, (text, why) in cases.items():
+        (tmp_path / name).write_text(text)
+        res = CliRunner().invoke(app, ["pipeline", command, str(tmp_path / name)])
+        assert res.exit_code == 1
+        last = res.output.strip().splitlines()[-1]
+        assert last.startswith(f"error: {tmp_path / name}: {why}"), last

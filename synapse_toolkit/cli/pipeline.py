@@ -22,6 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from synapse_toolkit.config import load_config
+from synapse_toolkit.errors import ConfigError
 from synapse_toolkit.fsio import dumps
 from synapse_toolkit.pipeline import Plan, RunResult, plan_pipeline, run_pipeline
 from synapse_toolkit.stages import ProgressTask
@@ -53,6 +54,15 @@ def _print_plan(plan: Plan, console: Console) -> None:
     console.print(table)
 
 
+def _plan(config: Path, sets: list[str] | None, download: bool) -> Plan:
+    """The config's plan; a config error names the file at fault."""
+    cfg = load_config(config, sets or [])
+    try:
+        return plan_pipeline(cfg, download=download)
+    except ConfigError as exc:
+        raise ConfigError(f"{config}: {exc}") from None
+
+
 @app.command("validate")
 def validate(
     config: ConfigArg,
@@ -60,7 +70,7 @@ def validate(
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
 ) -> None:
     """Validate a config against the installed plugins without running anything."""
-    plan = plan_pipeline(load_config(config, set_ or []), download=False)
+    plan = _plan(config, set_, download=False)
     if as_json:
         doc = {"config": str(config), "valid": True, "input": str(plan.input_path),
                "stages": plan.describe()}  # fmt: skip
@@ -101,8 +111,7 @@ def run(
     ] = False,
 ) -> None:
     """Run a pipeline: stages in dependency order, artifacts and manifest in output.dir."""
-    cfg = load_config(config, set_ or [])
-    plan = plan_pipeline(cfg, download=not dry_run)
+    plan = _plan(config, set_, download=not dry_run)
     console = Console(stderr=True, quiet=quiet or as_json)
     if dry_run:
         if as_json:
