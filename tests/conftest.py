@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -67,3 +68,37 @@ def example_plugin_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> d
     for mod in ("syntk_example_plugin", "syntk_example_broken"):
         sys.modules.pop(mod, None)
     reset_plugins()
+
+
+def calcium_trainer_setup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, frames: int = 40,
+    thresholds: tuple[float, ...] = (0.5,),
+) -> tuple[Path, Callable[[Path], None]]:  # fmt: skip
+    """A phantom field of view in ``tmp_path / "data"``, laid out as the calcium trainer
+    (``syntk_calcium.train``) reads the neurofinder crop; one small phantom as its only training
+    and validation phantom; a small threshold grid. Returns the data folder and a function that
+    puts the small phantom into a run folder's phantom cache."""
+    import json
+
+    from syntk_calcium import train as tr
+
+    from synapse_toolkit.phantom.calcium import generate_calcium
+
+    ph = generate_calcium(seed=21, shape=(256, 256), n_cells=40, frames=frames)
+    data = tmp_path / "data"
+    data.mkdir()
+    np.save(data / "mean_fullfov_512x512_float32.npy", ph.movie.mean(axis=0).astype(np.float32))
+    (data / "regions_fullfov_left_half.json").write_text(json.dumps(ph.regions.to_neurofinder()))
+    small = generate_calcium(seed=22, shape=(96, 96), n_cells=10, frames=20)
+    monkeypatch.setattr(tr, "PHANTOM_TRAIN", (1,))
+    monkeypatch.setattr(tr, "PHANTOM_VAL", (1,))
+    monkeypatch.setattr(tr, "GRID", {"threshold": thresholds, "core_threshold": (0.5,),
+                                     "min_size": (10,)})  # fmt: skip
+
+    def cache_phantom(out: Path) -> None:
+        (out / "phantoms").mkdir(parents=True, exist_ok=True)
+        np.savez(out / "phantoms" / "phantom_1.npz",
+                 mean=small.movie.mean(axis=0).astype(np.float32),
+                 regions=json.dumps(small.regions.to_neurofinder()))  # fmt: skip
+
+    return data, cache_phantom

@@ -28,7 +28,7 @@ from synapse_toolkit.errors import DataError
 from synapse_toolkit.metrics.neurofinder import load_regions, score_neurofinder
 from synapse_toolkit.phantom.calcium import generate_calcium, write_calcium
 
-from .conftest import REPO
+from .conftest import REPO, calcium_trainer_setup
 
 
 @pytest.fixture(scope="module")
@@ -316,25 +316,10 @@ def test_trainer_runs_on_the_shared_training_run(
     torch = pytest.importorskip("torch")
     from syntk_calcium import train as tr
 
-    ph = generate_calcium(seed=21, shape=(256, 256), n_cells=40, frames=40)
-    data = tmp_path / "data"
-    data.mkdir()
-    np.save(data / "mean_fullfov_512x512_float32.npy", ph.movie.mean(axis=0).astype(np.float32))
-    (data / "regions_fullfov_left_half.json").write_text(json.dumps(ph.regions.to_neurofinder()))
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    small = generate_calcium(seed=22, shape=(96, 96), n_cells=10, frames=20)
-    np.savez(cache / "phantom_1.npz", mean=small.movie.mean(axis=0).astype(np.float32),
-             regions=json.dumps(small.regions.to_neurofinder()))  # fmt: skip
-    monkeypatch.setattr(tr, "PHANTOM_TRAIN", (1,))
-    monkeypatch.setattr(tr, "PHANTOM_VAL", (1,))
-    monkeypatch.setattr(tr, "GRID", {"threshold": (0.5,), "core_threshold": (0.5,),
-                                     "min_size": (10,)})  # fmt: skip
+    data, cache_phantom = calcium_trainer_setup(tmp_path, monkeypatch)
 
     def run(out: Path, *extra: str) -> list[str]:
-        (out / "phantoms").mkdir(parents=True)
-        for f in cache.iterdir():
-            (out / "phantoms" / f.name).write_bytes(f.read_bytes())
+        cache_phantom(out)
         args = ["--data", str(data), "--out", str(out), "--iterations", "2", "--eval-every", "2",
                 "--batch", "2", "--width", "4", "--seed", "5", "--device", "cpu"]  # fmt: skip
         args += list(extra)
@@ -364,22 +349,10 @@ def test_trainer_resumes_a_stopped_run_exactly(
     torch = pytest.importorskip("torch")
     from syntk_calcium import train as tr
 
-    ph = generate_calcium(seed=21, shape=(256, 256), n_cells=40, frames=40)
-    data = tmp_path / "data"
-    data.mkdir()
-    np.save(data / "mean_fullfov_512x512_float32.npy", ph.movie.mean(axis=0).astype(np.float32))
-    (data / "regions_fullfov_left_half.json").write_text(json.dumps(ph.regions.to_neurofinder()))
-    small = generate_calcium(seed=22, shape=(96, 96), n_cells=10, frames=20)
-    monkeypatch.setattr(tr, "PHANTOM_TRAIN", (1,))
-    monkeypatch.setattr(tr, "PHANTOM_VAL", (1,))
-    monkeypatch.setattr(tr, "GRID", {"threshold": (0.3, 0.5), "core_threshold": (0.5,),
-                                     "min_size": (10,)})  # fmt: skip
+    data, cache_phantom = calcium_trainer_setup(tmp_path, monkeypatch, thresholds=(0.3, 0.5))
 
     def run(out: Path, iterations: int, *extra: str) -> list[str]:
-        (out / "phantoms").mkdir(parents=True, exist_ok=True)
-        np.savez(out / "phantoms" / "phantom_1.npz",
-                 mean=small.movie.mean(axis=0).astype(np.float32),
-                 regions=json.dumps(small.regions.to_neurofinder()))  # fmt: skip
+        cache_phantom(out)
         tr.main(["--data", str(data), "--out", str(out), "--iterations", str(iterations),
                  "--eval-every", "2", "--batch", "2", "--width", "4", "--seed", "5",
                  "--device", "cpu", "--ema", "0.5", *extra])  # fmt: skip

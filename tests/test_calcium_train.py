@@ -11,6 +11,7 @@ import pytest
 from syntk_calcium.preprocess import clip_standardise
 
 from synapse_toolkit.phantom.calcium import generate_calcium
+from tests.conftest import calcium_trainer_setup
 
 
 @pytest.fixture(scope="module")
@@ -98,22 +99,10 @@ def test_refit_trains_on_all_labelled_rows(tmp_path: Path, monkeypatch: pytest.M
     torch = pytest.importorskip("torch")
     from syntk_calcium import train as tr
 
-    ph = generate_calcium(seed=21, shape=(256, 256), n_cells=40, frames=30)
-    data = tmp_path / "data"
-    data.mkdir()
-    np.save(data / "mean_fullfov_512x512_float32.npy", ph.movie.mean(axis=0).astype(np.float32))
-    (data / "regions_fullfov_left_half.json").write_text(json.dumps(ph.regions.to_neurofinder()))
-    small = generate_calcium(seed=22, shape=(96, 96), n_cells=10, frames=20)
-    monkeypatch.setattr(tr, "PHANTOM_TRAIN", (1,))
-    monkeypatch.setattr(tr, "PHANTOM_VAL", (1,))
-    monkeypatch.setattr(tr, "GRID", {"threshold": (0.5,), "core_threshold": (0.5,),
-                                     "min_size": (10,)})  # fmt: skip
+    data, cache_phantom = calcium_trainer_setup(tmp_path, monkeypatch, frames=30)
 
     def run(out: Path, *extra: str) -> list[str]:
-        (out / "phantoms").mkdir(parents=True)
-        np.savez(out / "phantoms" / "phantom_1.npz",
-                 mean=small.movie.mean(axis=0).astype(np.float32),
-                 regions=json.dumps(small.regions.to_neurofinder()))  # fmt: skip
+        cache_phantom(out)
         args = ["--data", str(data), "--out", str(out), "--iterations", "2", "--eval-every", "1",
                 "--batch", "2", "--width", "4", "--seed", "5", "--device", "cpu",
                 "--ema", "0.9", "--keep-all", "--strong-aug", "--scale", "0.2", *extra]  # fmt: skip
