@@ -410,3 +410,29 @@ def test_truth_regions_past_the_image_are_one_warning(tmp_path: Path, caplog) ->
     lines = [r.getMessage() for r in caplog.records if "reach past" in r.getMessage()]
     assert len(lines) == 1 and "1 of 2 truth regions reach past the 3 x 4 px image" in lines[0]
     assert len(out["truth"]) == 2  # scored as they are
+
+
+def test_a_projection_of_few_frames_is_one_warning(tmp_path: Path, caplog) -> None:
+    """Fewer than MIN_FRAMES frames (the movie's, or max_frames of them): one warning line with
+    the count; enough frames, or a summary image (no frame count): none."""
+    import logging
+
+    from syntk_calcium.stages import MIN_FRAMES
+
+    from synapse_toolkit.api import run_stage
+
+    movie = np.random.default_rng(0).random((MIN_FRAMES + 5, 8, 9)).astype(np.float32)
+    np.save(tmp_path / "movie.npy", movie)
+    np.save(tmp_path / "mean.npy", movie.mean(axis=0))
+
+    def warnings(path: str, **opts: object) -> list[str]:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="syntk"):
+            run_stage("loader", "calcium", {}, {"path": str(tmp_path / path), **opts},
+                      scratch_dir=tmp_path / "s")  # fmt: skip
+        return [r.getMessage() for r in caplog.records if "frames are noisy" in r.getMessage()]
+
+    few = warnings("movie.npy", max_frames=MIN_FRAMES - 1)
+    assert len(few) == 1 and f"only {MIN_FRAMES - 1} frames" in few[0]
+    assert warnings("movie.npy", max_frames=MIN_FRAMES) == []
+    assert warnings("movie.npy") == [] and warnings("mean.npy") == []

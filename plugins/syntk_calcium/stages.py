@@ -29,6 +29,10 @@ DEFAULT_MODEL = "calcium/neurofinder_cnn"
 REGION_DEFAULTS = {"threshold": 0.4, "core_threshold": 0.7, "min_size": 10}
 #: Whether the detector averages over mirrorings by default (chosen on validation, as above).
 DETECTOR_TTA = False
+#: fewest frames whose projections the loader takes without a warning: on the ROI trainer's
+#: validation phantoms the CNN needs this many to reach both the local-maxima bar and 90 % of its
+#: 600-frame score (``benchmarks/calcium_frames.py``)
+MIN_FRAMES = 20
 
 
 def cnn_probability(
@@ -144,6 +148,14 @@ class CalciumLoader(Loader["CalciumLoader.Options"]):
         )
         img = summary_images(src, opts.projections, chunk=opts.chunk_frames,
                              max_frames=opts.max_frames)  # fmt: skip
+        frames = min(src.n_frames, opts.max_frames or src.n_frames)
+        if 0 < frames < MIN_FRAMES:  # a movie (a summary image has no frame count)
+            self.context.logger.warning(
+                "stage %s: projections of only %d frames are noisy; the ROI CNN needs at least "
+                "%d on phantom recordings (benchmarks/calcium_frames.py)",
+                self.context.stage_name, frames, MIN_FRAMES,
+            )  # fmt: skip
+            self.context.record("few_frames", frames)
         out: dict[str, Any] = {"summary": _summary_volume(img, opts.pixel_size_nm, "summary")}
         truth = src.truth()
         if truth is not None:
