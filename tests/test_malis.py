@@ -85,3 +85,24 @@ def test_malis_loss_gradient_pushes_the_right_way() -> None:
     g = pred.grad[0].numpy()
     assert (g[gt == 1] <= 0).all() and (g[gt == 1] < 0).any()  # raise affinities inside objects
     assert (g[gt == 0] >= 0).all() and (g[gt == 0] > 0).any()  # lower affinities across the cut
+
+
+def test_negative_weight_scales_the_merge_part_only() -> None:
+    """``negative_weight`` multiplies the gradient on the edges across objects and leaves the
+    edges inside objects as they are."""
+    torch = pytest.importorskip("torch")
+    from synapse_toolkit.affinities import labels_to_affinities
+    from synapse_toolkit.nn.malis import malis_loss
+
+    labels = np.zeros((1, 2, 4, 4), int)
+    labels[0, :, :, :2] = 1
+    labels[0, :, :, 2:] = 2
+    gt = labels_to_affinities(labels[0])
+    grads = []
+    for w in (1.0, 2.0):
+        pred = torch.full((1, 3, 2, 4, 4), 0.5, requires_grad=True)
+        malis_loss(pred, labels, negative_weight=w).backward()
+        grads.append(pred.grad[0].numpy())
+    np.testing.assert_allclose(grads[1][gt == 0], 2 * grads[0][gt == 0], rtol=1e-6)
+    np.testing.assert_allclose(grads[1][gt == 1], grads[0][gt == 1], rtol=1e-6)
+    assert np.abs(grads[0][gt == 0]).max() > 0

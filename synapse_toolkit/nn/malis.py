@@ -164,11 +164,13 @@ def malis_loss(
     *,
     constrained: bool = True,
     mask: np.ndarray | None = None,
+    negative_weight: float = 1.0,
 ) -> torch.Tensor:
     """MALIS loss of ``prediction`` ``(B, C, z, y, x)`` against labels ``(B, z, y, x)``.
 
     Squared error on the maximin edges, positive and negative parts each normalised by their pair
-    count and summed: ``Σ w⁺(1-a)²/Σw⁺ + Σ w⁻a²/Σw⁻``.
+    count and summed: ``Σ w⁺(1-a)²/Σw⁺ + λ Σ w⁻a²/Σw⁻``; ``λ = negative_weight`` weighs the edges
+    that merge different objects against those that split one.
     """
     import torch
 
@@ -183,4 +185,4 @@ def malis_loss(
     sp, sn = max(float(w_pos.sum()), 1.0), max(float(w_neg.sum()), 1.0)
     wp = torch.from_numpy(w_pos / sp).to(prediction.device)
     wn = torch.from_numpy(w_neg / sn).to(prediction.device)
-    return (wp * (1 - prediction) ** 2).sum() + (wn * prediction**2).sum()
+    return (wp * (1 - prediction) ** 2).sum() + negative_weight * (wn * prediction**2).sum()

@@ -99,6 +99,8 @@ class TrainingSpec(DeviceOptions):
     malis_weight: float = 1.0
     malis_constrained: bool = True
     malis_start: int = 0  # iteration from which the MALIS term is added
+    #: weight of MALIS's negative part (edges that merge objects) against its positive part
+    malis_negative_weight: float = Field(1.0, gt=0)
     balance: bool = True
     input_shape: list[int] = Field(default_factory=lambda: [64, 96, 96])
     seed: int = 0
@@ -600,6 +602,7 @@ def train(
                 NEAREST_NEIGHBOURS,
                 constrained=t_cfg.malis_constrained,
                 mask=None if known is None or known.all() else known,
+                negative_weight=t_cfg.malis_negative_weight,
             )
         if consistency is not None:
             loss = loss + consistency.loss(net, it, device)
