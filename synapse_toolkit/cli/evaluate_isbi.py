@@ -110,7 +110,7 @@ def isbi_export_command(
     out: Annotated[Path, typer.Argument(help="Output .onnx (a .sha256 sidecar is written).")],
 ) -> None:
     """Export CHECKPOINT with the waterz setting chosen on its validation sections and the
-    training config's [domain] in the model's metadata."""
+    training config's domain table in the model's metadata."""
     from synapse_toolkit.evaluation import isbi as ev
 
     info = ev.export(checkpoint, out)
