@@ -118,8 +118,8 @@ inputs = {{ prediction = "a.neuron_ids", truth = "b.neuron_ids" }}
     assert result.exit_code == 1
     lines = [x for x in result.output.splitlines() if x.strip()]
     assert lines == [
-        "error: stages.score.inputs.truth: 'b.neuron_ids' and 'a.neuron_ids' lie on different "
-        "grids (voxel size (nm): (10.0, 10.0, 10.0) vs (40.0, 4.0, 4.0))"
+        f"error: {cfg}: stages.score.inputs.truth: 'b.neuron_ids' and 'a.neuron_ids' lie on "
+        "different grids (voxel size (nm): (10.0, 10.0, 10.0) vs (40.0, 4.0, 4.0))"
     ]
     cfg.write_text(cfg_text.replace("[40, 4, 4]", "[10, 10, 10]"))
     assert CliRunner().invoke(app, ["pipeline", "validate", str(cfg)]).exit_code == 0

@@ -203,7 +203,7 @@ def test_cli_errors_are_one_line(tmp_path: Path, config_file: Path, plugins, mon
     )
     assert res.exit_code == 1
     assert res.stderr.strip().splitlines() == [
-        "error: stages.double.options.factor: Input should be a valid number"
+        f"error: {config_file}: stages.double.options.factor: Input should be a valid number"
     ]
     res = runner.invoke(app, ["pipeline", "validate", str(tmp_path / "missing.toml")])
     assert res.exit_code == 1 and "missing.toml: config file not found" in res.stderr
