@@ -20,7 +20,6 @@ from syntk_synapses import COARSE_SEGMENTATION
 
 if TYPE_CHECKING:
     from synapse_toolkit.data import PartnerTable
-    from synapse_toolkit.synapses.pruning import PrunerONNX
 
 
 class Synful(PartnerAssigner["Synful.Options"]):
@@ -133,7 +132,7 @@ class Synful(PartnerAssigner["Synful.Options"]):
         from synapse_toolkit.inference.onnx_model import OnnxModel
         from synapse_toolkit.inference.tiled import TileGrid
         from synapse_toolkit.memory import release_free_memory
-        from synapse_toolkit.synapses.pruning import row_scores
+        from synapse_toolkit.synapses.pruning import PrunerONNX, row_scores
         from synapse_toolkit.synapses.synful import (
             N_CHANNELS,
             TUNED_DEFAULTS,
@@ -197,8 +196,11 @@ class Synful(PartnerAssigner["Synful.Options"]):
         )  # fmt: skip
         self.context.record("blockwise", res)
         if o.combine != "none":
-            ems, pruner = self._emsynconn(inputs, raw, seg, work / "emsynconn")
-            if o.combine == "verified":
+            ems, pruner_path = self._emsynconn(inputs, raw, seg, work / "emsynconn")
+            if o.combine == "verified":  # the same pruning CNN, its patches scaled alike
+                pruner = PrunerONNX(pruner_path, n_threads=self.context.n_threads)
+                pruner.patch_settings = replace(pruner.patch_settings,
+                                                intensity_scale=o.intensity_scale)  # fmt: skip
                 keep = row_scores(table, raw.data, inputs["proximity"].data, seg.data,
                                   Grid.of(seg), pruner)  # fmt: skip
                 table = table.select(keep > o.verify_keep)
@@ -208,22 +210,21 @@ class Synful(PartnerAssigner["Synful.Options"]):
 
     def _emsynconn(
         self, inputs: Mapping[str, Any], raw: Volume, seg: Volume, work: Path
-    ) -> tuple[PartnerTable, PrunerONNX]:
+    ) -> tuple[PartnerTable, Path]:
         """EMSynConn's rows at its stage defaults (candidates + the bundled pruning CNN, its
         patches scaled by ``intensity_scale``), block by block as the ``emsynconn`` stage runs
-        them; and that pruning CNN."""
+        them; and that pruning CNN's file."""
         from synapse_toolkit.models import resolve_model
         from synapse_toolkit.synapses.assigners import EMSynConnSettings
         from synapse_toolkit.synapses.blockwise import emsynconn_blockwise
-        from synapse_toolkit.synapses.pruning import PrunerONNX
         from syntk_synapses import DEFAULT_MODELS, EMSynConn, _progress, count_blocks
 
         prox: Volume | None = inputs.get("proximity")
+        o = self.options
         if prox is None:
-            raise DataError(f"stage {self.context.stage_name}: combine = 'emsynconn' needs the "
+            raise DataError(f"stage {self.context.stage_name}: combine = {o.combine!r} needs the "
                             "`proximity` input")  # fmt: skip
         model = resolve_model(f"stage {self.context.stage_name}", name=DEFAULT_MODELS["emsynconn"])
-        o = self.options
         bs = o.block_shape or self.context.block_shape
         n = self.context.block_workers(o.n_workers)
         table, _ = emsynconn_blockwise(
@@ -234,6 +235,4 @@ class Synful(PartnerAssigner["Synful.Options"]):
                                          count_blocks(seg.spatial_shape, bs)),
             progress=_progress(self.context), intensity_scale=o.intensity_scale,
         )  # fmt: skip
-        pruner = PrunerONNX(model.path, n_threads=self.context.n_threads)
-        pruner.patch_settings = replace(pruner.patch_settings, intensity_scale=o.intensity_scale)
-        return table, pruner
+        return table, Path(model.path)
