@@ -15,6 +15,9 @@ CREMI partner F-score (TP/FP/FN pooled over volumes) of
   emsynconn's rows plus the synful rows its pruning CNN keeps (the stage's
   ``combine = "verified"``); and synful rows confirmed by an emsynconn row on the same segment
   pair;
+- the main job's assigner: synful on the 8-mirroring average of the network (``tta``, its own
+  threshold) de-duplicated by the main job's coarser ``segment``; and the same without TTA (the
+  main job before),
 
 plus counts of the remaining errors of each (see :func:`error_kinds`).
 
@@ -73,6 +76,7 @@ from synapse_toolkit.synapses.synful import (
     TUNED_DEFAULTS,
     SynfulSettings,
     extract_partners,
+    tta_arguments,
     union,
 )
 from synapse_toolkit.synapses.targets import Grid
@@ -84,6 +88,8 @@ MODELS = ROOT / "plugins" / "syntk_synapses" / "models"
 NEURONS = ROOT / "plugins" / "syntk_neurons" / "models" / "phantom_affinities.onnx"
 #: the ``synful`` stage's ``verify_keep`` default (combine = "verified")
 VERIFY_KEEP = float(Synful.Options.model_fields["verify_keep"].default)
+#: the main job's extraction (the ``synful`` stage's defaults with ``tta``)
+MAIN_TTA = SynfulSettings(**TUNED_DEFAULTS["vector, tta"])
 
 
 def _cached(path: Path, make: Any) -> np.ndarray:
@@ -137,6 +143,9 @@ def predictions(
     if synful:
         out["synful"] = _cached(key("synful", args.synful),
                                 lambda: OnnxModel(args.synful).predict(raw))  # fmt: skip
+        if main_segmentation:  # the main job's synful prediction
+            out["synful_tta"] = _cached(key("synful-tta", args.synful), lambda: OnnxModel(
+                args.synful).predict(raw, **tta_arguments()))  # fmt: skip
     return out
 
 
@@ -389,10 +398,15 @@ def evaluate_all(
             tables["synful confirmed by emsynconn"] = confirmed(
                 tables["synful"], tables["emsynconn + pruning CNN"]
             )
-            # the main job: synful de-duplicated by its coarser `segment` (the truth: itself)
-            coarse = v["main_seg"] if seg_key == "pred_seg" else seg
+            # the main job: synful (TTA) de-duplicated by its coarser `segment` (the truth:
+            # itself); and the same without TTA (the main job before)
+            coarse = Volume(v["main_seg"] if seg_key == "pred_seg" else seg,
+                            grid.voxel_size_nm, grid.offset_nm)  # fmt: skip
             tables["synful + main-segmentation de-duplication"] = deduplicate_by(
-                tables["synful"], Volume(coarse, grid.voxel_size_nm, grid.offset_nm)
+                tables["synful"], coarse
+            )
+            tables["main job: synful (TTA) + main-segmentation de-duplication"] = deduplicate_by(
+                extract_partners(v["synful_tta"], seg, grid, MAIN_TTA, v["clefts"]), coarse
             )
             dropped = dataclasses.replace(vector, rejoin_small_pieces=False)
             tables["synful, small split pieces dropped"] = extract_partners(

@@ -503,6 +503,34 @@ def test_segmentation_on_another_grid_is_refused(tmp_path: Path) -> None:
                   {"model": "synapses/polarity"}, scratch_dir=tmp_path)  # fmt: skip
 
 
+def test_stage_tta_is_on_for_the_main_job_and_equals_the_library_prediction(
+    tiny_model: dict[str, Any], tmp_path: Path
+) -> None:
+    from syntk_synapses.synful import uses_tta
+
+    from synapse_toolkit.inference.onnx_model import OnnxModel
+    from synapse_toolkit.plugin_manager import load_plugins
+    from synapse_toolkit.synapses.synful import tta_arguments
+    from synapse_toolkit.synapses.synful_blockwise import head_channels, predict_synful
+
+    cls = load_plugins().stages.get("partner-assigner", "synful").cls
+    assert uses_tta(cls.Options())  # the vector head alone: the main job
+    assert not uses_tta(cls.Options(combine="verified"))
+    assert not uses_tta(cls.Options(head="direction"))
+    assert uses_tta(cls.Options(head="direction", tta=True))
+    raw = make_cremi_data(shape=(8, 64, 64)).raw.read()
+    model = OnnxModel(tiny_model["path"])
+    keep = head_channels("vector")
+    # the stage's stored prediction is the library's (what the benchmarks score) ...
+    tta = np.asarray(predict_synful(model, raw, tmp_path, overlap=(0, 8, 8), tta=True))
+    want = model.predict(raw, overlap=(0, 8, 8), **tta_arguments())[keep]
+    np.testing.assert_allclose(tta, want, atol=1e-6)
+    # ... and the same work folder without TTA is predicted anew, not reused
+    plain = np.asarray(predict_synful(model, raw, tmp_path, overlap=(0, 8, 8), tta=False))
+    np.testing.assert_allclose(plain, model.predict(raw, overlap=(0, 8, 8))[keep], atol=1e-6)
+    assert not np.allclose(plain, tta, atol=1e-4)
+
+
 def test_unset_stage_options_take_the_tuned_values_of_their_head() -> None:
     import dataclasses
 

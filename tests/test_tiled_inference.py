@@ -161,6 +161,23 @@ def test_flip_tta_is_exact_for_an_equivariant_affinity_model() -> None:
     assert not np.allclose(flip_tta(model, None)(x), plain)
 
 
+def test_flip_tta_negates_vector_components_along_mirrored_axes() -> None:
+    """A model returning its input and the input's gradient (a vector field) is
+    mirror-equivariant once the gradient's component along each mirrored axis is negated, so
+    TTA with that channel triplet returns exactly the plain prediction."""
+    from synapse_toolkit.inference.tiled import flip_tta
+
+    def model(x: np.ndarray) -> np.ndarray:
+        v = x[0, 0].astype(np.float64)
+        return np.stack([v, *np.gradient(v)])[None].astype(np.float32)
+
+    x = np.random.default_rng(1).random((1, 1, 5, 6, 7)).astype(np.float32)
+    plain = model(x)
+    np.testing.assert_allclose(flip_tta(model, vectors=[(1, 2, 3)])(x), plain, atol=1e-5)
+    # without negating, a mirrored variant's vectors point the other way
+    assert not np.allclose(flip_tta(model)(x)[:, 1:], plain[:, 1:], atol=1e-3)
+
+
 def test_dense_model_tta_matches_the_affinity_stage_with_tta(tmp_path) -> None:
     """The library's TTA path (used for predicted segmentations in pruner training and the
     benchmarks) gives the same affinities as the `affinity-unet` stage with ``tta = true``, and

@@ -61,6 +61,12 @@ class Synful(PartnerAssigner["Synful.Options"]):
             None, description="Tile overlap (voxels); default: the model's."
         )
         intensity_scale: float | None = Field(None, description=INTENSITY_SCALE_HELP)
+        tta: bool | None = Field(
+            None,
+            description="Average the 8 mirrorings (vectors negated along mirrored axes); "
+            "none: on for the vector head without `combine` (the main job; chosen on "
+            "development seeds), off otherwise.",
+        )
         head: Literal["vector", "direction"] = Field(
             "vector", description="Regressed vector, or unit direction x cleft-derived distance."
         )
@@ -163,8 +169,11 @@ class Synful(PartnerAssigner["Synful.Options"]):
                 f"stage {self.context.stage_name}: {path} is not a synful model "
                 f"(kind {model.kind!r}, {model.out_channels} channels)"
             )
+        tta = uses_tta(o)
         key = "direction" if o.head == "direction" else (
             f"vector+{o.combine}" if o.combine != "none" else "vector")  # fmt: skip
+        if tta and key == "vector":
+            key = "vector, tta"
         tuned = {k: getattr(o, k) if getattr(o, k) is not None else v
                  for k, v in TUNED_DEFAULTS[key].items()}  # fmt: skip
         settings = SynfulSettings(
@@ -181,8 +190,9 @@ class Synful(PartnerAssigner["Synful.Options"]):
         pred = predict_synful(
             model, raw.data, work, o.head, overlap=overlap, block_shape=bs,
             progress=self.context.progress("tiles", n_tiles).advance,
-            intensity_scale=o.intensity_scale,
+            intensity_scale=o.intensity_scale, tta=tta,
         )  # fmt: skip
+        self.context.record("tta", tta)
         del model  # the session's buffers go before the block workers start
         release_free_memory()
         n = self.context.block_workers(o.n_workers)
@@ -236,3 +246,12 @@ class Synful(PartnerAssigner["Synful.Options"]):
             progress=_progress(self.context), intensity_scale=o.intensity_scale,
         )  # fmt: skip
         return table, Path(model.path)
+
+
+def uses_tta(options: Synful.Options) -> bool:
+    """Whether the stage averages the 8 mirrorings: ``options.tta``, else on for the vector
+    head without ``combine`` (the one setting whose extraction defaults were chosen on TTA
+    output)."""
+    if options.tta is not None:
+        return options.tta
+    return options.head == "vector" and options.combine == "none"

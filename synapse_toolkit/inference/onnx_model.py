@@ -70,6 +70,7 @@ class OnnxModel:
         progress: Callable[[int], None] | None = None,
         tta_offsets: Sequence[Sequence[int]] | None = None,
         *,
+        tta_vectors: Sequence[Sequence[int]] = (),
         match_intensity: bool = True,
         match_spectrum: bool = True,
         intensity_scale: float | None = None,
@@ -85,7 +86,8 @@ class OnnxModel:
         ``intensity_scale`` (default: one over the integer type's maximum, 1 for floats:
         :func:`~synapse_toolkit.inference.intensity.unit_scale`); sections are first filtered to the
         model's spectrum reference when it has one (``match_spectrum``). ``tta_offsets`` (one
-        affinity offset per output channel) averages the 8 mirrorings. ``intensity_source`` is
+        affinity offset per output channel) averages the 8 mirrorings; ``tta_vectors``: channel
+        triplets of vector components, negated along the mirrored axes. ``intensity_source`` is
         the array whose grey values define the matching and default scale when ``source`` is a
         resampled copy.
         ``channels`` keeps only these output channels (``out`` then has that many);
@@ -101,7 +103,7 @@ class OnnxModel:
             out = np.zeros((self.out_channels if keep is None else len(keep), *shape), np.float32)
         predict = predictor(self.session)
         if tta_offsets is not None:
-            predict = flip_tta(predict, tta_offsets)
+            predict = flip_tta(predict, tta_offsets, vectors=tta_vectors)
         if keep is not None:
             full = predict
 

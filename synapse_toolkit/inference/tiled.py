@@ -311,6 +311,7 @@ def flip_tta(
     predict: PredictFn,
     offsets: Sequence[Sequence[int]] | None = None,
     axes: Sequence[int] = (0, 1, 2),
+    vectors: Sequence[Sequence[int]] = (),
 ) -> PredictFn:
     """Test-time augmentation: average ``predict`` over all mirrorings along ``axes``.
 
@@ -318,7 +319,9 @@ def flip_tta(
     the edge ``(v, v + o)`` into ``(v, v - o)``, so a channel with offset component ``o_a != 0``
     is shifted back by ``|o_a|`` voxels after un-mirroring; the voxels that shift leaves without
     a value are averaged over the remaining variants only. Channels of other outputs (e.g. a
-    boundary map, ``offsets=None``) are just un-mirrored.
+    boundary map, ``offsets=None``) are just un-mirrored. ``vectors``: channel triplets holding a
+    vector's (z, y, x) components (e.g. synful's vector to the partner); after un-mirroring,
+    the component along each mirrored axis is negated.
     """
     import itertools as _it
 
@@ -332,6 +335,9 @@ def flip_tta(
             xin = np.ascontiguousarray(np.flip(x, spatial)) if flip else x
             y = np.flip(np.asarray(predict(xin)), spatial) if flip else np.asarray(predict(xin))
             y = y.astype(np.float64)
+            for triplet in vectors:
+                for a in flip:
+                    y[:, int(triplet[a])] *= -1.0
             valid = np.ones(y.shape, dtype=bool)
             if offsets is not None and flip:
                 for c, off in enumerate(offsets):

@@ -59,6 +59,7 @@ from synapse_toolkit.synapses.synful import (
     block_sites,
     complete_component,
     finish_partners,
+    tta_arguments,
 )
 from synapse_toolkit.synapses.targets import Grid
 
@@ -85,11 +86,14 @@ def predict_synful(
     block_shape: Sequence[int] = (32, 256, 256),
     progress: Any = None,
     intensity_scale: float | None = None,
+    tta: bool = False,
 ) -> Any:
     """The (4, z, y, x) float32 zarr array ``<work_dir>/prediction.zarr`` of a synful
     :class:`~synapse_toolkit.inference.onnx_model.OnnxModel` on ``raw`` (z, y, x): the mask and
-    the head's three channels, predicted tile by tile and written block by block. A prediction
-    whose marker records the same model, head, overlap, input scale and raw bytes is reused."""
+    the head's three channels, predicted tile by tile and written block by block; with ``tta``
+    each tile is the average of its 8 mirrorings (vector components negated along the mirrored
+    axes). A prediction whose marker records the same model, head, overlap, input scale, TTA
+    and raw bytes is reused."""
     import zarr
 
     from synapse_toolkit.blockwise import iter_blocks
@@ -105,6 +109,8 @@ def predict_synful(
                      shape)  # fmt: skip
     if intensity_scale is not None:  # (absent: the fingerprints of earlier runs stay valid)
         fp.add_config("intensity_scale", float(intensity_scale))
+    if tta:
+        fp.add_config("tta", True)
     for b in iter_blocks(shape, bs):
         fp.add_array(np.asarray(raw[b.write]))
     digest = fp.hexdigest()
@@ -121,8 +127,10 @@ def predict_synful(
         chunks=(len(channels), *chunks), fill_value=0, overwrite=True,
         config={"write_empty_chunks": True},
     )  # fmt: skip
-    model.predict(raw, out, ov, progress=progress, channels=channels, block_shape=bs,
-                  scratch_dir=work, intensity_scale=intensity_scale)  # fmt: skip
+    model.predict(
+        raw, out, ov, progress=progress, channels=channels, block_shape=bs, scratch_dir=work,
+        intensity_scale=intensity_scale, **(tta_arguments() if tta else {}),
+    )  # fmt: skip
     atomic_write_bytes(marker, json.dumps({"fingerprint": digest}).encode())
     return out
 
