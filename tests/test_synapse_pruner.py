@@ -73,6 +73,17 @@ def test_pruner_config_errors(tmp_path: Path) -> None:
         load_pruner_config(tmp_path / "missing.toml")
 
 
+def test_predicted_segmentation_source_takes_the_configs_tta() -> None:
+    from synapse_toolkit.synapses.train_pruner import PrunerData, segmentation_sources
+
+    both = PrunerData(segmentation_source="both", neuron_model="m.onnx", neuron_tta=True)
+    truth, predicted = segmentation_sources(both)
+    assert truth.model is None and predicted.model == "m.onnx" and predicted.tta
+    assert not segmentation_sources(PrunerData(segmentation_source="predicted",
+                                               neuron_model="m.onnx"))[0].tta  # fmt: skip
+    assert [s.model for s in segmentation_sources(PrunerData())] == [None]
+
+
 def test_candidates_on_a_predicted_segmentation_are_labelled_by_the_truth(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

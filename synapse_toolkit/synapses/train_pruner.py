@@ -71,6 +71,8 @@ class PrunerData(StrictModel):
     neuron_model: str | None = None
     waterz_threshold: float = 0.5
     waterz_scoring: str = "quantile75"
+    #: average ``neuron_model``'s affinities over the 8 mirrorings (as the main job does)
+    neuron_tta: bool = False
     cache_dir: str = "runs/pruner-cache"
 
 
@@ -128,6 +130,17 @@ class SegmentationSource:
         key: list[Any] = [st.st_size, st.st_mtime, self.threshold, self.scoring]
         key = [*key, "tta"] if self.tta else key  # (keeps earlier cache keys valid)
         return [*key, dict(self.fragments)] if self.fragments else key
+
+
+def segmentation_sources(data: PrunerData) -> list[SegmentationSource]:
+    """The segmentations the training candidates are found on (``segmentation_source``)."""
+    out = []
+    if data.segmentation_source in ("truth", "both"):
+        out.append(SegmentationSource())
+    if data.segmentation_source in ("predicted", "both"):
+        out.append(SegmentationSource(data.neuron_model, data.waterz_threshold,
+                                      data.waterz_scoring, tta=data.neuron_tta))  # fmt: skip
+    return out
 
 
 def predicted_segmentation(raw: np.ndarray, source: SegmentationSource) -> np.ndarray:
@@ -269,11 +282,7 @@ def train_pruner(
     d = cfg.data
     if d.segmentation_source != "truth" and not d.neuron_model:
         raise ConfigError("data: segmentation_source = predicted/both needs `neuron_model`")
-    seg_sources = []
-    if d.segmentation_source in ("truth", "both"):
-        seg_sources.append(SegmentationSource())
-    if d.segmentation_source in ("predicted", "both"):
-        seg_sources.append(SegmentationSource(d.neuron_model, d.waterz_threshold, d.waterz_scoring))
+    seg_sources = segmentation_sources(d)
     prox_sources: list[OnnxModel | None] = []
     if d.proximity_source in ("model", "both"):
         prox_sources.append(model)
