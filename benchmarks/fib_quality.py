@@ -11,6 +11,10 @@
     python benchmarks/fib_quality.py slices --model A --model B --raw F.h5:DATASET --crop .. --png P
         raw and each model's weakest affinity (dark = boundary) on three z-sections, side by side;
         the boundary fraction of each model on the crop in the JSON
+    python benchmarks/fib_quality.py ridges --model A --model B --unlabelled F.h5:DATASET
+        label-free: how many of the voxels a classical ridge filter finds (dark thin structures;
+        its threshold chosen on gala train against the truth boundaries) each model marks as
+        boundary, on gala, its perturbed copies and three 50 x 100 x 200 crops of the volume
     python benchmarks/fib_quality.py test --model M [--copy NAME]
         the gala test volume and its perturbed copies (benchmarks/fib_perturbed.py COPIES): CREMI
         at the stored and at the matched threshold (25 nm border mask) -- labels for scoring only
@@ -165,9 +169,97 @@ def slices(models: list[str], raw_spec: str, crop: str | None, png: str, threads
     return {"png": png, "z": zs, "boundary_fraction": out}
 
 
+#: (z, y, x) corners of the 50 x 100 x 200 crops `ridges` reads from an unlabelled volume
+RIDGE_CROPS = ((0, 0, 0), (100, 75, 25), (200, 150, 50))
+RIDGE_SIGMAS = (1.0, 2.0)  # px
+
+
+def ridge_strength(raw: np.ndarray) -> np.ndarray:
+    """Dark-ridge strength per z-section: the largest eigenvalue of the Hessian of the grey
+    values (scaled by their 1st / 99th percentiles), scale-normalised, maximum over
+    :data:`RIDGE_SIGMAS`, positive part."""
+    from scipy import ndimage
+
+    lo, hi = np.percentile(raw, (1, 99))
+    v = np.clip((raw.astype(np.float32) - lo) / max(float(hi - lo), 1e-6), 0, 1)
+    out = np.zeros(v.shape, np.float32)
+    for z in range(v.shape[0]):
+        for s in RIDGE_SIGMAS:
+            d = {o: ndimage.gaussian_filter(v[z], s, order=o) for o in ((2, 0), (0, 2), (1, 1))}
+            half = (d[(2, 0)] + d[(0, 2)]) / 2
+            lam = half + np.sqrt(((d[(2, 0)] - d[(0, 2)]) / 2) ** 2 + d[(1, 1)] ** 2)
+            out[z] = np.maximum(out[z], s * s * lam)
+    return out
+
+
+def truth_boundary(truth: np.ndarray) -> np.ndarray:
+    """Voxels whose label differs from one of their 6 neighbours."""
+    t = np.asarray(truth)
+    b = np.zeros(t.shape, bool)
+    for ax in range(3):
+        d = np.diff(t, axis=ax) != 0
+        b[(slice(None),) * ax + (slice(1, None),)] |= d
+        b[(slice(None),) * ax + (slice(None, -1),)] |= d
+    return b
+
+
+def within_1px(a: np.ndarray, b: np.ndarray) -> float:
+    """Fraction of ``a``'s voxels within one in-plane voxel (4-neighbourhood) of ``b``."""
+    from scipy import ndimage
+
+    cross = np.zeros((3, 3, 3), bool)
+    cross[1] = ndimage.generate_binary_structure(2, 1)
+    return float((a & ndimage.binary_dilation(b, cross)).sum() / max(int(a.sum()), 1))
+
+
+def ridges(models: list[str], unlabelled: str | None, threads: int) -> dict[str, Any]:
+    train = fib.gala_volume("train")
+    strength = ridge_strength(train.raw[:, :, :150])  # the models' training region
+    tb = truth_boundary(train.truth[:, :, :150])
+    best: tuple[float, float] = (-1.0, 0.0)
+    for t in np.quantile(strength, np.linspace(0.5, 0.95, 46)):
+        m = strength > t
+        p, r = within_1px(m, tb), within_1px(tb, m)
+        best = max(best, (2 * p * r / max(p + r, 1e-9), float(t)))
+    f1, thr = best
+    val = fib.gala_validation_crop()
+    vols: list[tuple[str, np.ndarray, np.ndarray | None]] = [("gala validation crop", val.raw,
+                                                              val.truth)]  # fmt: skip
+    vols += [
+        (f"gala test: {c.name}", c.raw, c.truth) for c in copies(fib.gala_volume("test"), COPIES)
+    ]
+    if unlabelled:
+        raw = fib.read_array(unlabelled, "raw")
+        for z, y, x in RIDGE_CROPS:
+            vols.append((f"{unlabelled} crop at {(z, y, x)}",
+                         raw[z : z + 50, y : y + 100, x : x + 200], None))  # fmt: skip
+    rows = []
+    for model in models:
+        for name, raw_v, truth in vols:
+            m = fib.model_affinities(model, raw_v, fib.GALA_VOXEL_SIZE_NM, n_threads=threads)
+            mb = quality.weakest_affinity(m.affinities) < quality.BOUNDARY_AT
+            rg = ridge_strength(raw_v) > thr
+            row: dict[str, Any] = {
+                "model": model,
+                "volume": name,
+                "boundary_fraction": round(float(mb.mean()), 4),
+                "ridge_fraction": round(float(rg.mean()), 4),
+                "ridge_recall_by_model": round(within_1px(rg, mb), 4),
+            }
+            if truth is not None:
+                tbv = truth_boundary(truth)
+                row["truth_recall_by_model"] = round(within_1px(tbv, mb), 4)
+                row["truth_recall_by_ridges"] = round(within_1px(tbv, rg), 4)
+            print(json.dumps(row), file=sys.stderr)
+            rows.append(row)
+    return {"ridge_threshold": thr, "ridge_f1_on_gala_train": round(f1, 4),
+            "chosen_on": "gala train x in [0, 150) (the models' training region), F1 against "
+            "the truth boundary with a 1-voxel in-plane tolerance", "rows": rows}  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["measure", "store", "test", "slices"])
+    ap.add_argument("what", choices=["measure", "store", "test", "slices", "ridges"])
     ap.add_argument("--png")
     ap.add_argument("--model", action="append", required=True)
     ap.add_argument("--unlabelled")
@@ -186,6 +278,8 @@ def main() -> None:
         res = store(a.model[0], (a.band[0], a.band[1]), a.threads)
     elif a.what == "slices":
         res = slices(a.model, a.raw, a.crop, a.png, a.threads)
+    elif a.what == "ridges":
+        res = ridges(a.model, a.unlabelled, a.threads)
     else:
         res = test(a.model, a.copy, a.threads)
     text = json.dumps(res, indent=1, default=str)
