@@ -15,6 +15,9 @@
         label-free: how many of the voxels a classical ridge filter finds (dark thin structures;
         its threshold chosen on gala train against the truth boundaries) each model marks as
         boundary, on gala, its perturbed copies and three 50 x 100 x 200 crops of the volume
+    python benchmarks/fib_quality.py store-ridges --model M.onnx
+        add the ridge filter's threshold and the model's ridge recall on the validation crop to
+        its stored quality reference (the warning line's second opinion)
     python benchmarks/fib_quality.py test --model M [--copy NAME]
         the gala test volume and its perturbed copies (benchmarks/fib_perturbed.py COPIES): CREMI
         at the stored and at the matched threshold (25 nm border mask) -- labels for scoring only
@@ -30,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from synapse_toolkit.evaluation import fib
-from synapse_toolkit.inference import quality
+from synapse_toolkit.inference import quality, ridges
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from fib_perturbed import COPIES, copies
@@ -171,25 +174,10 @@ def slices(models: list[str], raw_spec: str, crop: str | None, png: str, threads
 
 #: (z, y, x) corners of the 50 x 100 x 200 crops `ridges` reads from an unlabelled volume
 RIDGE_CROPS = ((0, 0, 0), (100, 75, 25), (200, 150, 50))
-RIDGE_SIGMAS = (1.0, 2.0)  # px
-
-
-def ridge_strength(raw: np.ndarray) -> np.ndarray:
-    """Dark-ridge strength per z-section: the largest eigenvalue of the Hessian of the grey
-    values (scaled by their 1st / 99th percentiles), scale-normalised, maximum over
-    :data:`RIDGE_SIGMAS`, positive part."""
-    from scipy import ndimage
-
-    lo, hi = np.percentile(raw, (1, 99))
-    v = np.clip((raw.astype(np.float32) - lo) / max(float(hi - lo), 1e-6), 0, 1)
-    out = np.zeros(v.shape, np.float32)
-    for z in range(v.shape[0]):
-        for s in RIDGE_SIGMAS:
-            d = {o: ndimage.gaussian_filter(v[z], s, order=o) for o in ((2, 0), (0, 2), (1, 1))}
-            half = (d[(2, 0)] + d[(0, 2)]) / 2
-            lam = half + np.sqrt(((d[(2, 0)] - d[(0, 2)]) / 2) ** 2 + d[(1, 1)] ** 2)
-            out[z] = np.maximum(out[z], s * s * lam)
-    return out
+RIDGES_CHOSEN_ON = (
+    "gala train x in [0, 150) (the FIB models' training region): F1 of the ridge pixels against "
+    "the truth boundary, 1-pixel in-plane tolerance both ways"
+)
 
 
 def truth_boundary(truth: np.ndarray) -> np.ndarray:
@@ -205,26 +193,56 @@ def truth_boundary(truth: np.ndarray) -> np.ndarray:
 
 def within_1px(a: np.ndarray, b: np.ndarray) -> float:
     """Fraction of ``a``'s voxels within one in-plane voxel (4-neighbourhood) of ``b``."""
-    from scipy import ndimage
-
-    cross = np.zeros((3, 3, 3), bool)
-    cross[1] = ndimage.generate_binary_structure(2, 1)
-    return float((a & ndimage.binary_dilation(b, cross)).sum() / max(int(a.sum()), 1))
+    near = np.stack([ridges.near_in_plane(s) for s in b])
+    return float((a & near).sum() / max(int(a.sum()), 1))
 
 
-def ridges(models: list[str], unlabelled: str | None, threads: int) -> dict[str, Any]:
+def ridge_map(raw: np.ndarray) -> np.ndarray:
+    lo, hi = ridges.grey_range(raw)
+    return np.stack([ridges.ridge_strength(s, lo, hi) for s in raw])
+
+
+def ridge_threshold() -> tuple[float, float]:
+    """The ridge filter's threshold chosen on the FIB models' training region (F1), and the F1."""
     train = fib.gala_volume("train")
-    strength = ridge_strength(train.raw[:, :, :150])  # the models' training region
+    strength = ridge_map(train.raw[:, :, :150])
     tb = truth_boundary(train.truth[:, :, :150])
-    best: tuple[float, float] = (-1.0, 0.0)
+    best = (-1.0, 0.0)
     for t in np.quantile(strength, np.linspace(0.5, 0.95, 46)):
         m = strength > t
         p, r = within_1px(m, tb), within_1px(tb, m)
         best = max(best, (2 * p * r / max(p + r, 1e-9), float(t)))
-    f1, thr = best
+    return best[1], best[0]
+
+
+def store_ridges(model: str, threads: int) -> dict[str, Any]:
+    """Add the ridge filter's threshold and the model's ridge recall on its validation crop
+    (single pass) to the model's stored quality reference."""
+    from synapse_toolkit.nn.adapt import onnx_metadata, resolve_model
+    from synapse_toolkit.nn.export import update_metadata
+
+    ref = dict(onnx_metadata(resolve_model(model)).get(quality.QUALITY_KEY) or {})
+    if not ref:
+        raise SystemExit(f"{model}: no {quality.QUALITY_KEY} to add the ridges to (run `store`)")
+    thr, f1 = ridge_threshold()
     val = fib.gala_validation_crop()
-    vols: list[tuple[str, np.ndarray, np.ndarray | None]] = [("gala validation crop", val.raw,
-                                                              val.truth)]  # fmt: skip
+    m = fib.model_affinities(model, val.raw, val.voxel_size_nm, n_threads=threads)
+    got = ridges.ridge_recall(val.raw, m.affinities, thr)
+    ref["ridges"] = {
+        "threshold": round(thr, 5), "recall": got["ridge_recall"],
+        "ridge_fraction": got["ridge_fraction"], "threshold_f1": round(f1, 4),
+        "threshold_chosen_on": RIDGES_CHOSEN_ON,
+        "measured_on": f"{val.name} (single pass, intensity matched)",
+    }  # fmt: skip
+    return {**ref["ridges"], "written": update_metadata(model, {quality.QUALITY_KEY: ref})}
+
+
+def ridge_rows(models: list[str], unlabelled: str | None, threads: int) -> dict[str, Any]:
+    thr, f1 = ridge_threshold()
+    val = fib.gala_validation_crop()
+    vols: list[tuple[str, np.ndarray, np.ndarray | None]] = [
+        ("gala validation crop", val.raw, val.truth)
+    ]
     vols += [
         (f"gala test: {c.name}", c.raw, c.truth) for c in copies(fib.gala_volume("test"), COPIES)
     ]
@@ -237,29 +255,30 @@ def ridges(models: list[str], unlabelled: str | None, threads: int) -> dict[str,
     for model in models:
         for name, raw_v, truth in vols:
             m = fib.model_affinities(model, raw_v, fib.GALA_VOXEL_SIZE_NM, n_threads=threads)
-            mb = quality.weakest_affinity(m.affinities) < quality.BOUNDARY_AT
-            rg = ridge_strength(raw_v) > thr
+            got = ridges.ridge_recall(raw_v, m.affinities, thr)
             row: dict[str, Any] = {
                 "model": model,
                 "volume": name,
-                "boundary_fraction": round(float(mb.mean()), 4),
-                "ridge_fraction": round(float(rg.mean()), 4),
-                "ridge_recall_by_model": round(within_1px(rg, mb), 4),
+                "boundary_fraction": quality.signals(m.affinities)["boundary_fraction"],
+                "ridge_fraction": got["ridge_fraction"],
+                "ridge_recall_by_model": got["ridge_recall"],
             }
             if truth is not None:
                 tbv = truth_boundary(truth)
+                mb = quality.weakest_affinity(m.affinities) < quality.BOUNDARY_AT
                 row["truth_recall_by_model"] = round(within_1px(tbv, mb), 4)
-                row["truth_recall_by_ridges"] = round(within_1px(tbv, rg), 4)
+                row["truth_recall_by_ridges"] = round(within_1px(tbv, ridge_map(raw_v) > thr), 4)
             print(json.dumps(row), file=sys.stderr)
             rows.append(row)
     return {"ridge_threshold": thr, "ridge_f1_on_gala_train": round(f1, 4),
-            "chosen_on": "gala train x in [0, 150) (the models' training region), F1 against "
-            "the truth boundary with a 1-voxel in-plane tolerance", "rows": rows}  # fmt: skip
+            "chosen_on": RIDGES_CHOSEN_ON, "rows": rows}  # fmt: skip
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["measure", "store", "test", "slices", "ridges"])
+    ap.add_argument(
+        "what", choices=["measure", "store", "test", "slices", "ridges", "store-ridges"]
+    )
     ap.add_argument("--png")
     ap.add_argument("--model", action="append", required=True)
     ap.add_argument("--unlabelled")
@@ -279,7 +298,9 @@ def main() -> None:
     elif a.what == "slices":
         res = slices(a.model, a.raw, a.crop, a.png, a.threads)
     elif a.what == "ridges":
-        res = ridges(a.model, a.unlabelled, a.threads)
+        res = ridge_rows(a.model, a.unlabelled, a.threads)
+    elif a.what == "store-ridges":
+        res = store_ridges(a.model[0], a.threads)
     else:
         res = test(a.model, a.copy, a.threads)
     text = json.dumps(res, indent=1, default=str)

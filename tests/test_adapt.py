@@ -51,13 +51,19 @@ def test_onnx_weights_load_back(tiny) -> None:
 
 def test_adapt_writes_model_with_provenance(tiny, tmp_path) -> None:
     h5py = pytest.importorskip("h5py")
+    import shutil
+
     import onnx
 
     from synapse_toolkit.fsio import sha256_file
     from synapse_toolkit.inference.quality import QUALITY_KEY
     from synapse_toolkit.nn.adapt import THRESHOLD_RULE, adapt_affinities
+    from synapse_toolkit.nn.export import update_metadata
 
-    _, src = tiny
+    src = tmp_path / "source.onnx"  # the tiny model with a ridge reference in its quality entry
+    shutil.copy(tiny[1], src)
+    update_metadata(src, {QUALITY_KEY: {"band_factors": [0.8, 1.5],
+                                        "ridges": {"threshold": 0.1, "recall": 0.9}}})  # fmt: skip
     rng = np.random.default_rng(0)
     with h5py.File(tmp_path / "mine.h5", "w") as f:
         f["raw"] = (rng.random((20, 40, 40)) * 255).astype(np.uint8)
@@ -87,6 +93,10 @@ def test_adapt_writes_model_with_provenance(tiny, tmp_path) -> None:
     assert 0 <= bf <= 1 and lo < 1 < hi  # the band is stored as factors of the reference
     assert q["warn_below"] == pytest.approx(bf * lo, abs=1e-4)
     assert q["warn_above"] == pytest.approx(bf * hi, abs=1e-4)
+    assert lo == 0.8 and hi == 1.5  # the source's band factors carried over
+    # the source's ridge filter threshold, the adapted model's own recall on the selection data
+    assert q["ridges"]["threshold"] == 0.1 and 0 <= q["ridges"]["recall"] <= 1
+    assert q["ridges"]["ridge_fraction"] > 0
     assert 0 <= a["target_signals"]["boundary_fraction"] <= 1
     assert "intensity_reference" in meta
     assert (tmp_path / "adapted.sha256").read_text().split()[0] == sha256_file(out)

@@ -59,6 +59,48 @@ def test_warning_band_and_one_line() -> None:
     assert rec["warning"] is None and "reference_boundary_fraction" not in rec
 
 
+def test_ridge_recall_tells_traced_from_missed_membranes() -> None:
+    """Raw with dark one-voxel membranes: the ridge filter finds them; affinities that mark
+    them as boundary trace nearly all its ridges, affinities that see them as interior none."""
+    from synapse_toolkit.inference import ridges
+
+    raw, lab = small_volume(shape=(4, 48, 48))
+    lo, hi = ridges.grey_range(raw)
+    strength = np.stack([ridges.ridge_strength(s, lo, hi) for s in raw])
+    assert strength[lab == 0].mean() > 5 * strength[lab > 0].mean()
+    traced = ridges.ridge_recall(raw, _affs(lab), 0.1)
+    missed = ridges.ridge_recall(raw, _affs(lab, boundary=0.6), 0.1)
+    assert traced["ridge_fraction"] == missed["ridge_fraction"] > 0.02
+    assert traced["ridge_recall"] > 0.9 and missed["ridge_recall"] == 0.0
+    with pytest.raises(ValueError, match="differ"):
+        ridges.ridge_recall(raw[:2], _affs(lab), 0.1)
+
+
+def test_warning_carries_the_ridge_second_opinion_only_when_it_fires(monkeypatch) -> None:
+    from synapse_toolkit.inference import ridges
+
+    raw, lab = small_volume(shape=(4, 48, 48))
+    good, faint = _affs(lab), _affs(lab, boundary=0.6)
+    ref = quality.reference([good], (0.8, 1.5), "made-up crop", "test")
+    ref["ridges"] = {"threshold": 0.1, "recall": 0.95}
+    meta = {quality.QUALITY_KEY: ref}
+    log = logging.getLogger("test-quality")
+    records: dict = {}
+    rec = quality.check(faint, meta, records.__setitem__, log, ridge_inputs=(raw, faint))
+    assert rec["ridges"]["ridge_recall"] == 0.0 and rec["ridges"]["reference_ridge_recall"] == 0.95
+    assert "second opinion" in rec["warning"] and "0.0% of the dark ridges" in rec["warning"]
+    assert "95.0% on its validation data" in rec["warning"] and "\n" not in rec["warning"]
+    plain = quality.check(faint, meta, records.__setitem__, log)  # no raw given: no opinion
+    assert "ridges" not in plain and "second opinion" not in plain["warning"]
+
+    def fail(*_a, **_k):
+        raise AssertionError("ridge recall computed inside the band")
+
+    monkeypatch.setattr(ridges, "ridge_recall", fail)
+    rec = quality.check(good, meta, records.__setitem__, log, ridge_inputs=(raw, good))
+    assert rec["warning"] is None and "ridges" not in rec
+
+
 def test_matched_threshold_undoes_a_monotone_remapping() -> None:
     src = np.random.default_rng(1).random((3, 12, 40, 40)).astype(np.float32)
     ref = quality.reference([src], (0.5, 2.0), "src", "test")

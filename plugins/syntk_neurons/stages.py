@@ -223,7 +223,8 @@ class AffinityDetector(Detector["AffinityDetector.Options"]):
         from synapse_toolkit.inference.quality import check
 
         # label-free fit signal beside the model's reference; one warning line when far off
-        check(result.data, meta, self.context.record, self.context.logger)
+        check(result.data, meta, self.context.record, self.context.logger,
+              ridge_inputs=(source, target))  # fmt: skip
         return {"affinities": result}
 
 

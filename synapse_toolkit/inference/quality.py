@@ -10,6 +10,11 @@ volume without its labels.
   fraction on its validation data, the band outside which a run gets one warning line, and the
   fraction of voxels below each threshold of :data:`CDF_THRESHOLDS` (the weakest-affinity
   distribution on the validation data).
+- **Ridge recall** (:mod:`synapse_toolkit.inference.ridges`), computed only when the boundary
+  fraction is outside the band and the reference holds ``ridges`` (the filter's threshold and the
+  model's ridge recall on its validation data): the share of a classical dark-ridge filter's
+  pixels the model marks as boundary, appended to the warning line as a second opinion (a model
+  that misses faint membranes also misses ridges; one on tissue with larger profiles does not).
 - :func:`matched_threshold`: the threshold at which a volume's weakest-affinity distribution
   has the same fraction below it as the source validation data has below the source's stored
   threshold. Quantile-based waterz scoring is unchanged by a monotone remapping of the
@@ -68,11 +73,18 @@ def signals(affs: Any, z_block: int = 16, yx_block: int = 256) -> dict[str, Any]
 
 
 def check(
-    affs: Any, meta: Mapping[str, Any], record: Any, logger: Any, who: str = "affinity-unet"
+    affs: Any,
+    meta: Mapping[str, Any],
+    record: Any,
+    logger: Any,
+    who: str = "affinity-unet",
+    ridge_inputs: tuple[Any, Any] | None = None,
 ) -> dict[str, Any]:
     """The run's signals beside the model's reference (``record("quality", ...)`` in the
     manifest) and one warning line (logged, and recorded as ``quality_warning``) when the
-    boundary fraction is outside the stored band."""
+    boundary fraction is outside the stored band; with ``ridge_inputs`` (raw and affinities on
+    the model's grid, where the reference was measured) and a ``ridges`` reference, the line
+    carries the ridge recall as a second opinion."""
     sig = signals(affs)
     ref = meta.get(QUALITY_KEY) or {}
     rec: dict[str, Any] = {"boundary_fraction": sig["boundary_fraction"]}
@@ -82,6 +94,17 @@ def check(
             expected=[ref.get("warn_below"), ref.get("warn_above")],
         )
     line = warning(sig["boundary_fraction"], ref, who) if ref else None
+    if line and ridge_inputs is not None and ref.get("ridges"):
+        from synapse_toolkit.inference.ridges import ridge_recall
+
+        ridges = ref["ridges"]
+        got = ridge_recall(*ridge_inputs, float(ridges["threshold"]))
+        rec["ridges"] = {**got, "reference_ridge_recall": ridges["recall"]}
+        line += (
+            f" (second opinion: it marks {100 * got['ridge_recall']:.1f}% of the dark ridges a "
+            f"classical filter finds as boundary, {100 * float(ridges['recall']):.1f}% on its "
+            "validation data)"
+        )
     rec["warning"] = line
     record("quality", rec)
     if line:  # also under its own key: `syntk report` lists notes named *warn* as warnings

@@ -279,11 +279,14 @@ def adapt_affinities(
     if source_agg.get("scoring"):
         log("choosing the target threshold without target labels")
         target_raw = _read_target(t_path, dataset)
-        band = (meta.get(QUALITY_KEY) or {}).get("band_factors") or list(DEFAULT_BAND)
+        source_ref = meta.get(QUALITY_KEY) or {}
+        band = source_ref.get("band_factors") or list(DEFAULT_BAND)
+        ridges = source_ref.get("ridges") or {}
         agg, ref, sig = target_threshold(
             out, str(source_agg["scoring"]), target_raw, (float(band[0]), float(band[1])),
             num_threads, selection=selection, source_raw=source_raw,
             fragments=source_agg.get("fragments"),
+            ridge_threshold=float(ridges["threshold"]) if "threshold" in ridges else None,
         )  # fmt: skip
         updates["agglomeration"] = agg
         updates[QUALITY_KEY] = ref
@@ -330,6 +333,7 @@ def target_threshold(
     selection: Any = None,
     source_raw: np.ndarray | None = None,
     fragments: dict[str, Any] | None = None,
+    ridge_threshold: float | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """The waterz setting of an adapted ``model`` for its target, chosen without target labels.
 
@@ -360,6 +364,13 @@ def target_threshold(
         f"the source model's band factors {list(band)}",
     )  # fmt: skip
     ref["band_factors"] = list(band)
+    if ridge_threshold is not None:  # the source's ridge filter, this model's recall of it
+        from synapse_toolkit.inference.ridges import ridge_recall
+
+        got = ridge_recall(val.raw, m_val.affinities, ridge_threshold)
+        ref["ridges"] = {"threshold": ridge_threshold, "recall": got["ridge_recall"],
+                         "ridge_fraction": got["ridge_fraction"],
+                         "measured_on": f"{val.name} (single pass, intensity matched)"}  # fmt: skip
     if source_raw is None:
         source_raw = fib.gala_volume("train").raw[:, :, :150]
     m_src = fib.model_affinities(str(model), source_raw, val.voxel_size_nm, n_threads=num_threads)
