@@ -14,6 +14,8 @@ vectors pre -> post coloured by state.
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -191,7 +193,10 @@ def _file_layers(path: Path) -> list[LayerSpec]:
     if path.is_dir() and path.name.endswith(".zarr"):
         import zarr
 
-        node = zarr.open(str(path), mode="r")
+        try:
+            node = zarr.open(str(path), mode="r")
+        except Exception as exc:  # an empty or plain folder named .zarr
+            raise DataError(f"{path}: not a zarr store ({type(exc).__name__})") from None
         arr = node["0"] if isinstance(node, zarr.Group) and "0" in node else node
         if not isinstance(arr, zarr.Array):
             raise DataError(f"{path}: not a zarr array or an OME-Zarr image")
@@ -224,6 +229,19 @@ def add_layers(viewer: Any, specs: list[LayerSpec]) -> list[Any]:
     return layers
 
 
+def no_display(env: Mapping[str, str], platform: str) -> None:
+    """One error line instead of Qt aborting the process when Linux has no display to open a
+    window on (no X11 or Wayland display, no Qt platform chosen)."""
+    if not platform.startswith("linux"):
+        return
+    if any(env.get(k) for k in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")):
+        return
+    raise SyntkError(
+        "syntk view: no display to open a window on (DISPLAY is not set); run it on a desktop, "
+        "under `xvfb-run`, or use `syntk export neuroglancer RUN_DIR --serve` in a browser"
+    )
+
+
 def open_viewer(path: str | os.PathLike[str], *, block: bool = True) -> Any:
     """Open napari on ``path``; with ``block`` wait until the window closes. Returns the
     viewer."""
@@ -238,6 +256,7 @@ def open_viewer(path: str | os.PathLike[str], *, block: bool = True) -> Any:
     import inspect
 
     specs = layer_specs(path)
+    no_display(os.environ, sys.platform)
     # napari >= 0.6: the scale bar reads nm from the layers. Given when a layer is made: set
     # afterwards, points and vectors were sliced at z x 1e-9 (napari 0.9.2) and never drawn.
     if "units" in inspect.signature(napari.layers.Points.__init__).parameters:

@@ -208,6 +208,23 @@ def _checkpoint_missing(tmp: Path) -> list[str]:
     return ["export", "onnx", str(tmp / "nope.pt"), str(tmp / "out.onnx")]
 
 
+def _output_under_a_file(tmp: Path) -> list[str]:
+    (tmp / "notes.txt").write_text("the user's notes\n")
+    return ["phantom", "em", str(tmp / "notes.txt" / "phantom.h5")]
+
+
+def _score_csv_under_a_file(tmp: Path) -> list[str]:
+    t, p = _cremi(tmp, "t.hdf"), _cremi(tmp, "p.hdf")
+    return ["score", "batch", "--truth-glob", str(t), "--pred-glob", str(p),
+            "--metric", "cremi-neurons", "--csv", str(t / "scores.csv")]  # fmt: skip
+
+
+def _plain_folder_as_zarr(tmp: Path) -> list[str]:
+    t = _cremi(tmp, "t.hdf")
+    (tmp / "pred.zarr").mkdir()
+    return ["score", "cremi-neurons", str(tmp / "pred.zarr"), str(t)]
+
+
 CASES = [
     Case("nan-raw", _nan_raw, "voxels are NaN or infinite"),
     Case("negative-ids", _negative_ids, "negative label id -3"),
@@ -230,6 +247,9 @@ CASES = [
     Case("score-json-directory", _score_json_is_directory, "is a directory"),
     Case("score-negative-ids", _score_negative_ids, "negative"),
     Case("checkpoint-missing", _checkpoint_missing, "nope.pt"),
+    Case("output-under-a-file", _output_under_a_file, "notes.txt"),
+    Case("score-csv-under-a-file", _score_csv_under_a_file, "t.hdf"),
+    Case("plain-folder-as-zarr", _plain_folder_as_zarr, "pred.zarr: not a zarr group"),
 ]
 
 

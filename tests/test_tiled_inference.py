@@ -137,6 +137,14 @@ def test_affinity_detector_stage_streams_and_checks_sha(tmp_path) -> None:
         [correlate(padded, w[c, 0], mode="constant")[1:-1, 1:-1, 1:-1] for c in range(3)]
     )
     np.testing.assert_allclose(out.read(), 1 / (1 + np.exp(-ref)), atol=1e-5)
+    # `model = "X.onnx"` (what `syntk adapt` prints) runs the file, as `model_path` does
+    as_name = AffinityDetector.Options(model=str(model), overlap=(1, 2, 2))
+    assert as_name.model_path == model
+    ctx2 = StageContext("detect2", tmp_path / "by-name", block_shape=(4, 8, 8))
+    by_name = AffinityDetector(as_name, ctx2).run({"raw": Volume(raw, (10, 4, 4), (5, 0, 0))})
+    np.testing.assert_array_equal(by_name["affinities"].read(), out.read())
+    with pytest.raises(ValueError, match="not both"):
+        AffinityDetector.Options(model=str(model), model_path=model)
     model.with_suffix(".sha256").write_text("0" * 64 + "  tiny.onnx\n")
     with pytest.raises(DataError, match="does not match its sha256"):
         AffinityDetector(AffinityDetector.Options(model_path=model), ctx).run(

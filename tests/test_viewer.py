@@ -113,3 +113,18 @@ def test_napari_opens_a_run_under_xvfb(tmp_path: Path) -> None:
     for colour in (STATE_COLOURS["fp"], STATE_COLOURS["fn"]):
         want = np.array([int(colour[i : i + 2], 16) for i in (1, 3, 5)])
         assert (np.abs(rgb - want).max(axis=-1) < 20).sum() > 20, colour
+
+
+def test_no_display_is_one_error_line_not_a_qt_abort() -> None:
+    from synapse_toolkit.errors import SyntkError
+    from synapse_toolkit.viewer import no_display
+
+    with pytest.raises(SyntkError, match="no display.*xvfb-run.*neuroglancer"):
+        no_display({}, "linux")
+    for env in (
+        {"DISPLAY": ":99"},
+        {"WAYLAND_DISPLAY": "wayland-0"},
+        {"QT_QPA_PLATFORM": "offscreen"},
+    ):
+        no_display(env, "linux")
+    no_display({}, "darwin")  # macOS and Windows always have a window server

@@ -8,7 +8,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import zarr
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from synapse_toolkit import __version__
 from synapse_toolkit.cremi_ids import NEURON_IGNORE
@@ -51,9 +51,21 @@ class AffinityDetector(Detector["AffinityDetector.Options"]):
             DEFAULT_MODEL,
             description="Registry model name, or 'auto': the registry's affinity model for the "
             "input's domain (phantom, ssTEM if z is >= 2x the in-plane voxel, else FIB-SEM; "
-            "synapse_toolkit.domain).",
+            "synapse_toolkit.domain); a name ending in .onnx is a file (as `model_path`), e.g. "
+            "the output of `syntk adapt affinities`.",
         )
         model_path: Path | None = Field(None, description="An ONNX file instead of `model`.")
+
+        @model_validator(mode="before")
+        @classmethod
+        def _onnx_file_as_model(cls, data: Any) -> Any:
+            """``model = "X.onnx"`` is ``model_path = "X.onnx"``."""
+            if isinstance(data, dict) and str(data.get("model", "")).endswith(".onnx"):
+                if data.get("model_path") is not None:
+                    raise ValueError("give the ONNX file as `model` or `model_path`, not both")
+                data = {**data, "model_path": data["model"]}
+            return data
+
         sha256: str | None = Field(None, description="Expected sha256 of `model_path`.")
         overlap: tuple[int, int, int] = Field((4, 8, 8), description="Tile overlap (z, y, x).")
         match_intensity: bool = Field(

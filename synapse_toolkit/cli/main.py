@@ -31,13 +31,20 @@ COMMAND_GROUPS: list[tuple[str, str, str]] = [
 
 
 class _Group(typer.core.TyperGroup):
-    """Root command group: a SyntkError becomes one line `error: <message>` and exit code 1."""
+    """Root command group: a SyntkError, or an OSError about a path (unwritable output folder,
+    a directory where a file belongs, ...), becomes one line `error: <message>` and exit 1."""
 
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except SyntkError as exc:
             typer.echo("error: " + " ".join(str(exc).split()), err=True)
+            raise typer.Exit(1) from None
+        except OSError as exc:  # a path the user gave cannot be read or written
+            if exc.filename is None:
+                raise
+            where = f"{exc.filename} -> {exc.filename2}" if exc.filename2 else str(exc.filename)
+            typer.echo(f"error: {where}: {exc.strerror or type(exc).__name__}", err=True)
             raise typer.Exit(1) from None
 
 

@@ -84,7 +84,10 @@ def read_zarr_volumes(path: str | os.PathLike[str]) -> dict[str, Volume]:
     root = Path(path)
     if not root.exists():
         raise DataError(f"{root}: zarr store not found")
-    group = zarr.open_group(str(root), mode="r")
+    try:
+        group = zarr.open_group(str(root), mode="r")
+    except Exception as exc:  # a plain folder, a file, or an array where a group belongs
+        raise DataError(f"{root}: not a zarr group ({type(exc).__name__})") from None
     out = {}
     for name, key in VOLUME_KEYS.items():
         try:
