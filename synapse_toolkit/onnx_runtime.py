@@ -55,7 +55,13 @@ def create_session(
         session = ort.InferenceSession(src, sess_options=opts, providers=wanted)
     except Exception as exc:
         if _CUDA in wanted and providers is None:  # CUDA failed outright: CPU only
-            session = ort.InferenceSession(src, sess_options=opts, providers=[_CPU])
+            try:
+                session = ort.InferenceSession(src, sess_options=opts, providers=[_CPU])
+            except Exception as cpu_exc:
+                raise SyntkError(
+                    f"{model if not isinstance(model, bytes) else '<bytes>'}: "
+                    f"cannot load ONNX model: {' '.join(str(cpu_exc).split())}"
+                ) from None
         else:
             raise SyntkError(
                 f"{model if not isinstance(model, bytes) else '<bytes>'}: "

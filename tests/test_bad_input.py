@@ -161,6 +161,26 @@ options = { model_path = "no_such_model.onnx" }
     return ["pipeline", "validate", str(_pipe(tmp, _cremi(tmp), extra))]
 
 
+def _model_file_is_text(tmp: Path) -> list[str]:
+    model = tmp / "mine.onnx"
+    model.write_text("not a model\n")
+    model.with_suffix(".sha256").write_text(hashlib.sha256(model.read_bytes()).hexdigest() + "\n")
+    extra = f"""
+[stages.detect]
+kind = "detector"
+plugin = "affinity-unet"
+inputs = {{ raw = "load.raw" }}
+options = {{ model = "{model}" }}
+"""
+    cfg = _pipe(tmp, _cremi(tmp), extra)
+    return ["pipeline", "run", str(cfg), "-q", "--set", f"output.dir={tmp / 'run'}"]
+
+
+def _checkpoint_is_text(tmp: Path) -> list[str]:
+    (tmp / "best.pt").write_text("not a checkpoint\n")
+    return ["export", "onnx", str(tmp / "best.pt"), str(tmp / "run" / "out.onnx")]
+
+
 def _unknown_plugin(tmp: Path) -> list[str]:
     cfg = _pipe(tmp, _cremi(tmp))
     cfg.write_text(cfg.read_text().replace('"cremi-neurons"', '"cremi-neuronz"'))
@@ -248,6 +268,8 @@ CASES = [
     Case("score-negative-ids", _score_negative_ids, "negative"),
     Case("checkpoint-missing", _checkpoint_missing, "nope.pt"),
     Case("output-under-a-file", _output_under_a_file, "notes.txt"),
+    Case("model-file-is-text", _model_file_is_text, "mine.onnx: cannot load ONNX model"),
+    Case("checkpoint-is-text", _checkpoint_is_text, "best.pt: not a readable torch checkpoint"),
     Case("score-csv-under-a-file", _score_csv_under_a_file, "t.hdf"),
     Case("plain-folder-as-zarr", _plain_folder_as_zarr, "pred.zarr: not a zarr group"),
 ]

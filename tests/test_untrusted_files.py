@@ -46,7 +46,7 @@ def test_init_checkpoint_is_loaded_safely(tmp_path: Path) -> None:
 
     with pytest.raises(SyntkError, match="needs pickle"):
         load_state(_evil_checkpoint(tmp_path / "evil.pt"))
-    with pytest.raises(SyntkError, match="not a plain-weights torch checkpoint"):
+    with pytest.raises(SyntkError, match="not a readable torch checkpoint"):
         (tmp_path / "junk.pt").write_bytes(b"\x00" * 10)
         load_state(tmp_path / "junk.pt")
     with pytest.raises(SyntkError, match="not found"):

@@ -74,20 +74,28 @@ def check_adaptable(model: str, meta: dict[str, Any]) -> None:
         )
 
 
-def onnx_metadata(path: Path) -> dict[str, Any]:
-    """The JSON-decoded ``metadata_props`` of an ONNX file."""
+def _load_onnx(path: Path, external_data: bool = True) -> Any:
     import onnx
 
-    m = onnx.load(str(path), load_external_data=False)
+    try:
+        return onnx.load(str(path), load_external_data=external_data)
+    except OSError:
+        raise
+    except Exception as exc:  # protobuf's DecodeError for a file that is not a model
+        raise DataError(f"{path}: not an ONNX model ({type(exc).__name__})") from None
+
+
+def onnx_metadata(path: Path) -> dict[str, Any]:
+    """The JSON-decoded ``metadata_props`` of an ONNX file."""
+    m = _load_onnx(path, external_data=False)
     return {p.key: json.loads(p.value) for p in m.metadata_props}
 
 
 def onnx_tensors(path: Path) -> dict[str, np.ndarray]:
     """The named weight tensors (graph initializers) of an ONNX file."""
-    import onnx
     from onnx import numpy_helper
 
-    return {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+    return {t.name: numpy_helper.to_array(t) for t in _load_onnx(path).graph.initializer}
 
 
 def load_onnx_unet(path: Path) -> tuple[Any, dict[str, Any]]:
@@ -132,7 +140,15 @@ def _split(spec: str) -> tuple[str, str | None]:
 def _h5_dataset(path: str, key: str | None) -> str:
     import h5py
 
-    with h5py.File(path, "r") as f:
+    if Path(path).is_dir():
+        raise DataError(f"--unlabelled {path}: is a directory, not an HDF5 file")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        if exc.filename is not None:  # not found, no permission: the CLI names it
+            raise
+        raise DataError(f"--unlabelled {path}: not an HDF5 file") from None
+    with f:
         names: list[str] = []
         f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
     if key is not None:

@@ -23,12 +23,18 @@ def load_state(path: str | Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        with path.open("rb") as f:
+            pickled = f.read(1) == b"\x80"  # a pickle stream (protocol >= 2) outside a zip
+        if found is None and not pickled:  # text, a truncated file, ...: no pickle at all
+            raise SyntkError(f"{path}: not a readable torch checkpoint") from None
         why = f"it asks for {found.group(1)}" if found else "not a plain-weights torch checkpoint"
         raise SyntkError(
             f"{path}: refusing to load a checkpoint that needs pickle ({why})"
         ) from None
-    except (RuntimeError, OSError, EOFError, ValueError) as exc:
-        raise SyntkError(f"{path}: not a readable torch checkpoint ({exc})") from None
+    except Exception as exc:  # any other failure: not a torch file (text, truncated, ...)
+        raise SyntkError(
+            f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {exc})"
+        ) from None
     if not isinstance(state, dict):
         raise SyntkError(f"{path}: not a syntk checkpoint (top level is {type(state).__name__})")
     return state
