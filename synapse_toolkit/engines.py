@@ -109,6 +109,12 @@ class DaskEngine(Engine):
             )  # fmt: skip
             self.client = Client(self.cluster)
         elif cfg.cluster == "slurm":
+            import shutil
+
+            if shutil.which("sbatch") is None:  # dask-jobqueue would retry submitting forever
+                raise ConfigError("execution.cluster: 'slurm' submits jobs with sbatch, which "
+                                  "is not on this machine's PATH (run on a Slurm login node, or "
+                                  "use cluster = 'local')")  # fmt: skip
             self.cluster = slurm_cluster(cfg.slurm)
             self.cluster.scale(jobs=cfg.slurm.jobs)
             self.client = Client(self.cluster)

@@ -119,6 +119,21 @@ def check_destination(
         raise DataError(f"{dest}: file exists; pass --overwrite to replace it")
 
 
+def read_run_manifest(run_dir: Path) -> dict[str, Any]:
+    """The ``manifest.json`` of a syntk run directory; one DataError naming the file when it is
+    missing, not JSON, or not a run's manifest (a JSON object with ``stages``)."""
+    path = Path(run_dir) / "manifest.json"
+    if not path.is_file():
+        raise DataError(f"{run_dir}: no manifest.json (not a syntk run directory)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise DataError(f"{path}: not valid JSON ({' '.join(str(exc).split())})") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("stages", {}), dict):
+        raise DataError(f"{path}: not a syntk run manifest (expected a JSON object of stages)")
+    return manifest
+
+
 # -- run-directory lock -------------------------------------------------------------------------
 LOCK_NAME = ".syntk.lock"
 

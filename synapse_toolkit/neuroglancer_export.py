@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from synapse_toolkit.errors import DataError
+from synapse_toolkit.errors import DataError, SyntkError
 from synapse_toolkit.fsio import atomic_write_text
 
 __all__ = ["CLIENT", "neuroglancer_state", "serve", "state_url", "write_state"]
@@ -132,4 +132,9 @@ def serve(
     attrs = {"on_request": None if on_request is None else staticmethod(on_request)}
     handler_class = type("Handler", (_CorsHandler,), attrs)
     handler = functools.partial(handler_class, directory=str(run_dir))
-    return ThreadingHTTPServer((host, port), handler)
+    if not 0 <= port < 65536:
+        raise SyntkError(f"--port {port}: a port number is 1..65535 (0: any free one)")
+    try:
+        return ThreadingHTTPServer((host, port), handler)
+    except OSError as exc:  # the port is taken, or not ours to bind
+        raise SyntkError(f"cannot serve {run_dir} on {host}:{port}: {exc.strerror}") from None

@@ -21,6 +21,7 @@ from synapse_toolkit.artifacts import ArtifactStore, atomic_replace_dir
 from synapse_toolkit.config import PipelineConfig, format_validation_error
 from synapse_toolkit.errors import ConfigError, DataError, PluginError, SyntkError
 from synapse_toolkit.fsio import (
+    LOCK_NAME,
     RunLock,
     atomic_write_text,
     dumps,
@@ -303,13 +304,14 @@ class RunResult:
 
 
 def _read_manifest(run_dir: Path) -> dict[str, Any]:
+    """The manifest of an earlier run in ``run_dir`` ({} when there is none or it is not a syntk
+    manifest: :func:`check_output_dir` has refused a folder holding anything else)."""
     path = run_dir / MANIFEST
-    if not path.exists():
-        return {}
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # missing, unreadable, not UTF-8, not JSON
         return {}
+    return manifest if isinstance(manifest, dict) and "syntk_version" in manifest else {}
 
 
 def _plugin_versions(plan: Plan, plugins: PluginSet) -> dict[str, str]:
@@ -349,7 +351,9 @@ def run_pipeline(
 
 
 def check_output_dir(plan: Plan) -> None:
-    """Refuse an output directory that is a file, is the input, or holds the input."""
+    """Refuse an output directory that is a file, is the input, holds the input, or holds
+    files of the user's (a non-empty folder that is not an earlier syntk run: a run replaces
+    what an earlier run wrote, and nothing else)."""
     run_dir = plan.config.output.dir
     if run_dir.exists() and not run_dir.is_dir():
         raise DataError(f"output.dir: {run_dir} is a file, not a directory")
@@ -369,6 +373,12 @@ def check_output_dir(plan: Plan) -> None:
         ):
             raise DataError(f"stages.{ps.name}.options.filename: {run_dir / filename} is the "
                             "pipeline input; refusing to overwrite it")  # fmt: skip
+    if run_dir.is_dir() and not _read_manifest(run_dir):
+        theirs = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_NAME)
+        if theirs:
+            shown = ", ".join(theirs[:3]) + (", ..." if len(theirs) > 3 else "")
+            raise DataError(f"output.dir: {run_dir} holds files that are not a syntk run's "
+                            f"({shown}); choose a new or empty output directory")  # fmt: skip
 
 
 def _clear_previous_run(run_dir: Path, store: ArtifactStore, previous: dict[str, Any]) -> None:

@@ -178,13 +178,9 @@ class Run:
 
     @classmethod
     def open(cls, run_dir: Path) -> Run:
-        path = run_dir / "manifest.json"
-        if not path.is_file():
-            raise DataError(f"{run_dir}: no manifest.json (not a syntk run directory)")
-        try:
-            manifest = json.loads(path.read_text())
-        except ValueError as exc:
-            raise DataError(f"{path}: not valid JSON ({exc})") from None
+        from synapse_toolkit.fsio import read_run_manifest
+
+        manifest = read_run_manifest(run_dir)
         run = cls(run_dir, manifest, ArtifactStore(run_dir))
         for stage, rec in (manifest.get("stages") or {}).items():
             for port, out in (rec.get("outputs") or {}).items():

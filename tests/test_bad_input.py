@@ -245,6 +245,37 @@ def _plain_folder_as_zarr(tmp: Path) -> list[str]:
     return ["score", "cremi-neurons", str(tmp / "pred.zarr"), str(t)]
 
 
+def _output_dir_holds_user_files(tmp: Path) -> list[str]:
+    (tmp / "mine").mkdir()
+    (tmp / "mine" / "prediction.hdf").write_text("the user's own file\n")
+    cfg = _pipe(tmp, _cremi(tmp))
+    return ["pipeline", "run", str(cfg), "-q", "--set", f"output.dir={tmp / 'mine'}"]
+
+
+def _report_manifest_not_an_object(tmp: Path) -> list[str]:
+    (tmp / "run").mkdir()
+    (tmp / "run" / "manifest.json").write_text("[]\n")
+    return ["report", str(tmp / "run")]
+
+
+def _pairs_manifest_binary(tmp: Path) -> list[str]:
+    (tmp / "pairs.csv").write_bytes(b"\x89HDF\r\n\x1a\n\xff\xfe")
+    return ["score", "batch", "--manifest", str(tmp / "pairs.csv")]
+
+
+def _export_onto_existing(tmp: Path) -> list[str]:
+    (tmp / "best.pt").write_bytes(b"PK")  # never read: the destination is checked first
+    (tmp / "mine.onnx").write_text("the user's model\n")
+    return ["export", "onnx", str(tmp / "best.pt"), str(tmp / "mine.onnx")]
+
+
+def _adapt_out_is_its_model(tmp: Path) -> list[str]:
+    (tmp / "mine.onnx").write_text("the user's model\n")
+    (tmp / "raw.h5").write_bytes(b"")
+    return ["adapt", "affinities", "--model", str(tmp / "mine.onnx"), "--unlabelled",
+            f"{tmp / 'raw.h5'}:raw", "--out", str(tmp / "mine.onnx")]  # fmt: skip
+
+
 CASES = [
     Case("nan-raw", _nan_raw, "voxels are NaN or infinite"),
     Case("negative-ids", _negative_ids, "negative label id -3"),
@@ -268,6 +299,11 @@ CASES = [
     Case("score-negative-ids", _score_negative_ids, "negative"),
     Case("checkpoint-missing", _checkpoint_missing, "nope.pt"),
     Case("output-under-a-file", _output_under_a_file, "notes.txt"),
+    Case("export-onto-existing", _export_onto_existing, "mine.onnx: file exists; pass --overwrite"),
+    Case("adapt-out-is-its-model", _adapt_out_is_its_model, "refusing to overwrite an input"),
+    Case("output-dir-holds-user-files", _output_dir_holds_user_files, "prediction.hdf"),
+    Case("report-manifest-not-an-object", _report_manifest_not_an_object, "not a syntk run"),
+    Case("pairs-manifest-binary", _pairs_manifest_binary, "pairs.csv: cannot read"),
     Case("model-file-is-text", _model_file_is_text, "mine.onnx: cannot load ONNX model"),
     Case("checkpoint-is-text", _checkpoint_is_text, "best.pt: not a readable torch checkpoint"),
     Case("score-csv-under-a-file", _score_csv_under_a_file, "t.hdf"),

@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from synapse_toolkit.cli.main import app
+from synapse_toolkit.errors import SyntkError
 from synapse_toolkit.neuroglancer_export import neuroglancer_state, serve
 from tests.test_report import _em_run
 
@@ -53,9 +54,13 @@ def test_cli_writes_the_state_and_the_server_answers_with_cors(tmp_path: Path) -
         with urllib.request.urlopen(url, timeout=10) as resp:
             assert resp.headers["Access-Control-Allow-Origin"] == "*"
             assert "multiscales" in json.loads(resp.read())["attributes"]["ome"]
+        with pytest.raises(SyntkError, match=f"127.0.0.1:{port}: Address already in use"):
+            serve(run, port=port)  # the port is taken: one line, not an OSError traceback
     finally:
         server.shutdown()
         server.server_close()
+    res = CliRunner().invoke(app, ["export", "neuroglancer", str(run), "--port", "99999"])
+    assert res.exit_code == 2 and "65535" in res.output  # no state with a port that cannot be
 
 
 def test_state_opens_centred_and_neuroglancer_reads_it(tmp_path: Path) -> None:

@@ -135,6 +135,20 @@ def test_slurm_cluster_and_job_script_from_the_example_config(tmp_path, monkeypa
     assert lines.index("module load python/3.11") < lines.index(worker)
 
 
+def test_slurm_without_sbatch_is_one_error_not_endless_retries(tmp_path, monkeypatch):
+    pytest.importorskip("dask_jobqueue")
+    from synapse_toolkit.config import load_config
+    from synapse_toolkit.engines import make_engine
+    from synapse_toolkit.errors import ConfigError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here
+    engine = make_engine(load_config(REPO / "examples/cremi_slurm.toml").execution)
+    with pytest.raises(ConfigError, match="sbatch"):
+        engine.start()
+    assert engine.cluster is None
+
+
 def test_slurm_example_extends_the_main_job(tmp_path):
     from synapse_toolkit.config import load_config, load_config_document
     from synapse_toolkit.errors import ConfigError

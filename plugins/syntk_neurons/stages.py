@@ -8,7 +8,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import zarr
-from pydantic import Field, model_validator
+from pydantic import Field, NonNegativeInt, model_validator
 
 from synapse_toolkit import __version__
 from synapse_toolkit.cremi_ids import NEURON_IGNORE
@@ -67,7 +67,9 @@ class AffinityDetector(Detector["AffinityDetector.Options"]):
             return data
 
         sha256: str | None = Field(None, description="Expected sha256 of `model_path`.")
-        overlap: tuple[int, int, int] = Field((4, 8, 8), description="Tile overlap (z, y, x).")
+        overlap: tuple[NonNegativeInt, NonNegativeInt, NonNegativeInt] = Field(
+            (4, 8, 8), description="Tile overlap (z, y, x)."
+        )
         match_intensity: bool = Field(
             True,
             description="Match raw grey values to the model's training data (quantile map) when "

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, NonNegativeInt
 
 from synapse_toolkit import __version__
 from synapse_toolkit.cremi_ids import CLEFT_BACKGROUND
@@ -163,7 +163,9 @@ class _OnnxDetector(Detector["_OnnxDetector.Options"]):
         model: str = Field("", description="Registry model name (default: the bundled one).")
         model_path: Path | None = Field(None, description="An ONNX file instead of `model`.")
         sha256: str | None = Field(None, description="Expected sha256 of `model_path`.")
-        overlap: tuple[int, int, int] = Field((2, 8, 8), description="Tile overlap (voxels).")
+        overlap: tuple[NonNegativeInt, NonNegativeInt, NonNegativeInt] = Field(
+            (2, 8, 8), description="Tile overlap (voxels)."
+        )
         intensity_scale: float | None = Field(None, description=INTENSITY_SCALE_HELP)
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:

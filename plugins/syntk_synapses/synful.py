@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, NonNegativeInt
 
 from synapse_toolkit import __version__
 from synapse_toolkit.data import Volume
@@ -57,7 +57,7 @@ class Synful(PartnerAssigner["Synful.Options"]):
         model: str = Field("", description="Registry model name (default: the bundled one).")
         model_path: Path | None = Field(None, description="An ONNX file instead of `model`.")
         sha256: str | None = Field(None, description="Expected sha256 of `model_path`.")
-        overlap: tuple[int, int, int] | None = Field(
+        overlap: tuple[NonNegativeInt, NonNegativeInt, NonNegativeInt] | None = Field(
             None, description="Tile overlap (voxels); default: the model's."
         )
         intensity_scale: float | None = Field(None, description=INTENSITY_SCALE_HELP)

@@ -35,10 +35,18 @@ def affinities(
     threads: Annotated[int, typer.Option(min=1)] = 2,
     seed: Annotated[int, typer.Option()] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out file.")] = False,
 ) -> None:
     """Adapt an affinity model to --unlabelled; writes --out with the source's and the volume's
     sha256 and the settings in its metadata (use it as options.model = "MODEL.onnx")."""
+    from pathlib import Path
+
+    from synapse_toolkit.fsio import check_destination
+    from synapse_toolkit.models import names_a_file
     from synapse_toolkit.nn.adapt import adapt_affinities
+
+    inputs = (Path(unlabelled.split(":", 1)[0]), *([Path(model)] if names_a_file(model) else []))
+    check_destination(Path(out), inputs=inputs, overwrite=overwrite, what="adapted model")
 
     def say(msg: str) -> None:
         if not quiet:

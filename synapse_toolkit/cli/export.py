@@ -25,9 +25,13 @@ def onnx(
             "other volumes' intensities to them (reads the training files)."
         ),
     ] = True,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing OUT file.")] = False,
 ) -> None:
     """Export CHECKPOINT to ONNX (opset 20) and check ONNX Runtime against torch (< 1e-4)."""
+    from synapse_toolkit.fsio import check_destination
     from synapse_toolkit.nn.export import export_checkpoint
+
+    check_destination(out, inputs=(checkpoint,), overwrite=overwrite, what="ONNX model")
 
     shape = None
     if input_shape is not None:
@@ -66,7 +70,9 @@ def neuroglancer(
     serve: Annotated[
         bool, typer.Option("--serve", help="Serve the run directory (CORS open) until Ctrl-C.")
     ] = False,
-    port: Annotated[int, typer.Option(help="Port of the local file server.")] = 9015,
+    port: Annotated[
+        int, typer.Option(help="Port of the local file server.", min=1, max=65535)
+    ] = 9015,
     levels: Annotated[
         int, typer.Option(min=0, help="Downsampled pyramid levels of the OME-Zarr views.")
     ] = 0,

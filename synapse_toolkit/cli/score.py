@@ -194,9 +194,9 @@ def list_scorers(
 
 def _pairs_from_manifest(path: Path, default_metric: str | None) -> list[dict[str, str]]:
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read manifest ({exc})") from None
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:  # missing, a folder, a binary file
+        raise DataError(f"{path}: cannot read the pairs manifest ({type(exc).__name__})") from None
     rows = list(csv.DictReader(io.StringIO(text)))
     if not rows or not {"truth", "pred"} <= set(rows[0]):
         raise DataError(f"{path}: manifest needs a header with columns truth,pred[,metric,name]")

@@ -184,11 +184,9 @@ def export_run(run_dir: Path, levels: int = 0) -> list[Path]:
     ``levels`` downsampled levels. Returns them."""
     from synapse_toolkit.artifact_types import VOLUME_TYPES
     from synapse_toolkit.artifacts import ArtifactStore
+    from synapse_toolkit.fsio import read_run_manifest
 
-    manifest_path = run_dir / "manifest.json"
-    if not manifest_path.is_file():
-        raise DataError(f"{run_dir}: no manifest.json (not a syntk run directory)")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = read_run_manifest(run_dir)
     store = ArtifactStore(run_dir)
     out: list[Path] = []
     try:
