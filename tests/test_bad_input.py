@@ -276,6 +276,23 @@ def _adapt_out_is_its_model(tmp: Path) -> list[str]:
             f"{tmp / 'raw.h5'}:raw", "--out", str(tmp / "mine.onnx")]  # fmt: skip
 
 
+def _train_config(tmp: Path, **training: object) -> list[str]:
+    from tests.tiny_training import training_toml, write_small_volume
+
+    h5 = write_small_volume(tmp / "vol.h5")
+    cfg = tmp / "train.toml"
+    cfg.write_text(training_toml(h5, tmp / "run", {"iterations": 1, **training}))
+    return ["train", "affinities", str(cfg)]
+
+
+def _train_negative_lr(tmp: Path) -> list[str]:
+    return _train_config(tmp, lr=-1.0)
+
+
+def _train_crop_larger_than_volume(tmp: Path) -> list[str]:
+    return _train_config(tmp, input_shape=[14, 280, 280])
+
+
 CASES = [
     Case("nan-raw", _nan_raw, "voxels are NaN or infinite"),
     Case("negative-ids", _negative_ids, "negative label id -3"),
@@ -299,6 +316,8 @@ CASES = [
     Case("score-negative-ids", _score_negative_ids, "negative"),
     Case("checkpoint-missing", _checkpoint_missing, "nope.pt"),
     Case("output-under-a-file", _output_under_a_file, "notes.txt"),
+    Case("train-negative-lr", _train_negative_lr, "training.lr"),
+    Case("train-crop-larger-than-volume", _train_crop_larger_than_volume, "does not fit"),
     Case("export-onto-existing", _export_onto_existing, "mine.onnx: file exists; pass --overwrite"),
     Case("adapt-out-is-its-model", _adapt_out_is_its_model, "refusing to overwrite an input"),
     Case("output-dir-holds-user-files", _output_dir_holds_user_files, "prediction.hdf"),

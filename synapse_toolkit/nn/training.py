@@ -26,7 +26,7 @@ from types import EllipsisType
 from typing import Any, Literal, overload
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field, PositiveInt, field_validator
 
 from synapse_toolkit.affinities import (
     NEAREST_NEIGHBOURS,
@@ -88,13 +88,13 @@ class TargetSpec(StrictModel):
 class TrainingSpec(DeviceOptions):
     """The affinity trainer's ``[training]`` section (and ``device``, ``mixed_precision``)."""
 
-    iterations: int = 2000
+    iterations: int = Field(2000, ge=0)
     time_limit_minutes: float | None = None
     #: budget in CPU time of this process (all threads): "N minutes on 2 cores" = 2N here;
     #: unlike wall time it does not shrink when other jobs share the machine
     cpu_time_limit_minutes: float | None = None
-    batch_size: int = 1
-    lr: float = 5e-4
+    batch_size: int = Field(1, ge=1)
+    lr: float = Field(5e-4, gt=0)
     loss: Literal["bce", "mse", "malis", "bce+malis", "mse+malis"] = "bce"
     malis_weight: float = 1.0
     malis_constrained: bool = True
@@ -102,7 +102,9 @@ class TrainingSpec(DeviceOptions):
     #: weight of MALIS's negative part (edges that merge objects) against its positive part
     malis_negative_weight: float = Field(1.0, gt=0)
     balance: bool = True
-    input_shape: list[int] = Field(default_factory=lambda: [64, 96, 96])
+    input_shape: list[PositiveInt] = Field(
+        default_factory=lambda: [64, 96, 96], min_length=3, max_length=3
+    )
     seed: int = 0
     num_threads: int = 2
     out_dir: str = "runs/train"
@@ -325,6 +327,12 @@ class CropSampler:
         self.boxes: list[tuple[list[int], list[int]]] = []
         sizes = []
         for raw, lab in volumes:
+            if any(int(n) < o for n, o in zip(raw.shape[-3:], self.output_shape, strict=True)):
+                raise ConfigError(
+                    f"training.input_shape {list(self.input_shape)}: its output "
+                    f"{list(self.output_shape)} does not fit in a training volume of shape "
+                    f"{list(raw.shape)}; use a smaller input_shape"
+                )
             box = known_box(lab)
             if box is not None and (augment.elastic_sigma > 0 or augment.misalign_prob > 0):
                 raise ConfigError(
@@ -409,8 +417,11 @@ def train(
     offsets = cfg.target.offsets()
     model_dict = dict(cfg.model)
     init = str(model_dict.pop("init", "default"))  # "kaiming": He-normal convolutions
-    model_cfg = UNetConfig.from_dict({"out_channels": len(offsets), **model_dict})
-    net = UNet3D(model_cfg).to(device)
+    try:
+        model_cfg = UNetConfig.from_dict({"out_channels": len(offsets), **model_dict})
+        net = UNet3D(model_cfg).to(device)
+    except (TypeError, ValueError) as exc:  # an unknown key, a wrong shape of a value
+        raise ConfigError(f"[model]: {' '.join(str(exc).split())}") from None
     apply_init(net, init)
     input_shape = tuple(t_cfg.input_shape)
     if not net.is_valid_input_shape(input_shape):

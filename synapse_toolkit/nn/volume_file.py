@@ -40,11 +40,21 @@ class DatasetFile:
         if p.suffix in HDF5_SUFFIXES:
             import h5py
 
-            self._file = h5py.File(p, "r")
+            if p.is_dir():
+                raise DataError(f"{p}: is a directory, not an HDF5 file{at}")
+            try:
+                self._file = h5py.File(p, "r")
+            except OSError as exc:
+                if exc.filename is not None:  # no permission: named by the CLI
+                    raise
+                raise DataError(f"{p}: not an HDF5 file{at}") from None
             if dataset not in self._file:
                 names = list(self._file.keys())
                 self._file.close()
                 raise DataError(f"{p}: no dataset {dataset!r} (has {names}){at}")
+            if not isinstance(self._file[dataset], h5py.Dataset):
+                self._file.close()
+                raise DataError(f"{p}: {dataset!r} is a group, not a dataset{at}")
             self.array: Any = self._file[dataset]
         else:
             import zarr
