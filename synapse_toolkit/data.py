@@ -51,9 +51,9 @@ class ArrayLike(Protocol):
 def _vec3(value: Sequence[float], name: str) -> Vec3:
     arr = np.asarray(value, dtype=np.float64).reshape(-1)
     if arr.shape != (3,):
-        raise DataError(f"{name} must have 3 values (z, y, x) in nm, got {list(arr)}")
+        raise DataError(f"{name} must have 3 values (z, y, x) in nm, got {arr.tolist()}")
     if not np.all(np.isfinite(arr)):
-        raise DataError(f"{name} contains NaN or infinity: {list(arr)}")
+        raise DataError(f"{name} contains NaN or infinity: {arr.tolist()}")
     return (float(arr[0]), float(arr[1]), float(arr[2]))
 
 

@@ -175,7 +175,7 @@ def write_calcium(
     """Write in the neurofinder layout (atomic: a temporary folder renamed into place)."""
     target = Path(path)
     if target.exists() and not overwrite:
-        raise DataError(f"{target}: already exists (refusing to overwrite; pass overwrite)")
+        raise DataError(f"{target}: already exists (pass --overwrite to replace it)")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
     try:

@@ -89,7 +89,7 @@ def _publish(tmp: Path, target: Path, directory: bool) -> None:
 
 def _check_target(target: Path, overwrite: bool) -> None:
     if target.exists() and not overwrite:
-        raise DataError(f"{target}: already exists (refusing to overwrite; pass overwrite)")
+        raise DataError(f"{target}: already exists (pass --overwrite to replace it)")
 
 
 def _create_arrays(root: Path, ph: EMPhantom, chunks: tuple[int, int, int]) -> dict[str, Any]:
