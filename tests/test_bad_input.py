@@ -289,6 +289,13 @@ def _train_negative_lr(tmp: Path) -> list[str]:
     return _train_config(tmp, lr=-1.0)
 
 
+def _train_onto_an_earlier_run(tmp: Path) -> list[str]:
+    args = _train_config(tmp)
+    (tmp / "run").mkdir()
+    (tmp / "run" / "latest.pt").write_bytes(b"an earlier run's checkpoint")
+    return args
+
+
 def _train_crop_larger_than_volume(tmp: Path) -> list[str]:
     return _train_config(tmp, input_shape=[14, 280, 280])
 
@@ -317,6 +324,7 @@ CASES = [
     Case("checkpoint-missing", _checkpoint_missing, "nope.pt"),
     Case("output-under-a-file", _output_under_a_file, "notes.txt"),
     Case("train-negative-lr", _train_negative_lr, "training.lr"),
+    Case("train-onto-an-earlier-run", _train_onto_an_earlier_run, "continue it with --resume"),
     Case("train-crop-larger-than-volume", _train_crop_larger_than_volume, "does not fit"),
     Case("export-onto-existing", _export_onto_existing, "mine.onnx: file exists; pass --overwrite"),
     Case("adapt-out-is-its-model", _adapt_out_is_its_model, "refusing to overwrite an input"),

@@ -212,7 +212,13 @@ def search_thresholds(
 def train(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from synapse_toolkit.nn.run import MixedPrecision, TrainingRun, resume_from, resume_state
+    from synapse_toolkit.nn.run import (
+        MixedPrecision,
+        TrainingRun,
+        resume_from,
+        resume_state,
+        start_out_dir,
+    )
     from syntk_calcium.net import RoiNet
 
     # threads, torch seed, device and the wall-clock budget (which counts data preparation)
@@ -220,8 +226,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                       time_limit_minutes=args.time_limit / 60)  # fmt: skip
     precision = MixedPrecision(args.mixed_precision, run.device)
     rng = np.random.default_rng(args.seed)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = start_out_dir(args.out, args.resume)
     cache = out / "phantoms"
     log = open(out / "train.log", "a", buffering=1)  # noqa: SIM115
 

@@ -188,6 +188,21 @@ def _to_cpu(obj: Any) -> Any:
     return obj
 
 
+def start_out_dir(out_dir: str | Path, resume: bool, init: str | Path | None = None) -> Path:
+    """Create a trainer's output folder. Starting anew where an earlier run left ``latest.pt``
+    (no ``resume``, and ``init``, the checkpoint the weights start from, not one of that run's) is
+    refused in one line: its checkpoints and exported model would be replaced."""
+    out = Path(out_dir)
+    continuing = resume or (init is not None and Path(init).resolve().parent == out.resolve())
+    if not continuing and (out / "latest.pt").exists():
+        raise ConfigError(
+            f"{out}: holds an earlier run (latest.pt); continue it with --resume, or give another "
+            "out_dir (or remove this one) to start anew"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def resume_state(
     optimizer: Any, precision: MixedPrecision, rng: Any, **extra: Any
 ) -> dict[str, Any]:

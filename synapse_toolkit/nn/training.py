@@ -44,6 +44,7 @@ from synapse_toolkit.nn.run import (
     TrainingRun,
     resume_from,
     resume_state,
+    start_out_dir,
 )
 from synapse_toolkit.nn.volume_file import DatasetFile
 
@@ -438,8 +439,7 @@ def train(
     # the sampler keeps padded copies: drop the unpadded labels (the raw may feed consistency)
     labelled_raw = [raw for raw, _ in volumes]
     del volumes
-    out_dir = Path(t_cfg.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = start_out_dir(t_cfg.out_dir, resume, t_cfg.init_from)
     opt = torch.optim.Adam(net.parameters(), lr=t_cfg.lr)
     it0 = 0
     resumed_ema: dict[str, Any] | None = None  # the average a latest.pt carries

@@ -35,7 +35,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from synapse_toolkit.errors import ConfigError
-from synapse_toolkit.nn.run import DeviceOptions
+from synapse_toolkit.nn.run import DeviceOptions, start_out_dir
 from synapse_toolkit.synapses.patches import (
     PatchSpec,
     contact_patches,
@@ -381,8 +381,7 @@ def train_cluster_encoder(
     net = build_autoencoder(ecfg).to(run.device)
     opt = torch.optim.Adam(net.parameters(), lr=tc.lr)
     rng = np.random.default_rng(tc.seed)
-    out_dir = Path(tc.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = start_out_dir(tc.out_dir, resume)
     run.restart_clock()
     k = cfg.data.types
     weight = torch.from_numpy(loss_weight(spec, cfg.model.loss_sigma_nm)).to(run.device)

@@ -43,6 +43,7 @@ from synapse_toolkit.nn.run import (
     TrainingRun,
     resume_from,
     resume_state,
+    start_out_dir,
 )
 from synapse_toolkit.nn.volume_file import volume_path
 from synapse_toolkit.synapses.targets import TargetSettings, targets_from_cremi
@@ -390,8 +391,7 @@ def train_detector(
     sampler = SynapseCropSampler(
         volumes, input_shape, output_shape, aug, t.synapse_fraction, t.seed
     )
-    out_dir = Path(t.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = start_out_dir(t.out_dir, resume, t.init_checkpoint)
     net.to(dev)
     opt = torch.optim.Adam(net.parameters(), lr=t.lr)
     log(f"{cfg.kind}: {net.num_parameters()} parameters, input {input_shape} -> {output_shape}, "

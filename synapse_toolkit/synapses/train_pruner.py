@@ -42,6 +42,7 @@ from synapse_toolkit.nn.run import (
     TrainingRun,
     resume_from,
     resume_state,
+    start_out_dir,
 )
 from synapse_toolkit.nn.volume_file import volume_path
 from synapse_toolkit.synapses.candidates import CandidateSettings, find_candidates
@@ -309,8 +310,7 @@ def train_pruner(
     net = PrunerCNN(PrunerConfig(num_fmaps=t.num_fmaps)).to(dev)
     opt = torch.optim.Adam(net.parameters(), lr=t.lr, weight_decay=1e-4)
     loss_fn = torch.nn.BCEWithLogitsLoss()
-    out_dir = Path(t.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = start_out_dir(t.out_dir, resume)
     metrics = (out_dir / "metrics.jsonl").open("a")  # a continued run keeps the earlier lines
 
     def evaluate() -> dict[str, float]:

@@ -40,6 +40,7 @@ from synapse_toolkit.nn.run import (
     TrainingRun,
     resume_from,
     resume_state,
+    start_out_dir,
 )
 from synapse_toolkit.synapses.synful import SynfulTargetSettings, synful_targets
 from synapse_toolkit.synapses.targets import Grid
@@ -291,8 +292,7 @@ def train_synful(
         volumes.append((data.raw.read(), pack_targets(targets), _post_centres(data.annotations,
                                                                               grid)))  # fmt: skip
     sampler = SynfulCropSampler(volumes, input_shape, aug, t.synapse_fraction, t.seed)
-    out_dir = Path(t.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = start_out_dir(t.out_dir, resume, t.init_checkpoint)
     head.to(dev)
     opt = torch.optim.Adam(head.parameters(), lr=t.lr)
     n_params = sum(p.numel() for p in head.parameters())
