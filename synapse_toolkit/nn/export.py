@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,26 @@ from synapse_toolkit.fsio import sha256_file as sha256_of
 
 OPSET = 20
 TOLERANCE = 1e-4
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """torch's ONNX exporter logs a line per torchvision operator it skips and warns about its
+    own deprecated internals on every export: neither concerns the user, so both are held back
+    (errors still raise)."""
+    import logging
+    import warnings
+
+    exporter = logging.getLogger("torch.onnx")
+    level = exporter.level
+    exporter.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    finally:
+        exporter.setLevel(level)
 
 
 def export_model(
@@ -51,17 +72,18 @@ def export_model(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_path.parent) as tmp:
         raw_path = Path(tmp) / "model.onnx"
-        torch.onnx.export(
-            net,
-            (x,),
-            str(raw_path),
-            input_names=["raw"],
-            output_names=["prediction"],
-            opset_version=OPSET,
-            external_data=False,
-            dynamo=True,
-            verbose=False,
-        )
+        with _quiet_exporter():
+            torch.onnx.export(
+                net,
+                (x,),
+                str(raw_path),
+                input_names=["raw"],
+                output_names=["prediction"],
+                opset_version=OPSET,
+                external_data=False,
+                dynamo=True,
+                verbose=False,
+            )
         model = onnx.load(str(raw_path))
         meta = {
             "input_shape": list(shape),
