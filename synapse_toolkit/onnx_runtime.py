@@ -47,6 +47,10 @@ def create_session(
         wanted = [_CUDA, _CPU] if _CUDA in ort.get_available_providers() else [_CPU]
     else:
         wanted = list(providers)
+        unknown = [p for p in wanted if p not in ort.get_available_providers()]
+        if unknown:
+            raise SyntkError(f"providers {unknown}: not in this ONNX Runtime (it has "
+                             f"{ort.get_available_providers()})")  # fmt: skip
     probing_cuda = _CUDA in wanted
     if probing_cuda:  # a CUDA provider that cannot load logs an ERROR line: silence it too
         ort.set_default_logger_severity(4)

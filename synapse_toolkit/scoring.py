@@ -77,7 +77,11 @@ def _pick(cls: type[Stage[Any]], port: str, role: str, found: Mapping[str, Any],
     fits = [k for k, v in found.items() if spec.problem(v) is None]
     if len(fits) == 1:
         return found[fits[0]]
-    raise DataError(f"{path}: cannot tell which of {', '.join(fits) or 'nothing'} feeds "
+    if not fits:  # e.g. an HDF5 volume where the scorer wants regions or a table
+        have = ", ".join(found) or "nothing it can read"
+        raise DataError(f"{path}: {cls.name} needs {spec.type} for {port!r} ({spec.doc})"
+                        f"; this file holds {have}")  # fmt: skip
+    raise DataError(f"{path}: cannot tell which of {', '.join(fits)} feeds "
                     f"{cls.name} {port!r}; the scorer should declare file_inputs")  # fmt: skip
 
 

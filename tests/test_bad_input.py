@@ -300,6 +300,29 @@ def _train_crop_larger_than_volume(tmp: Path) -> list[str]:
     return _train_config(tmp, input_shape=[14, 280, 280])
 
 
+def _score_json_and_csv_one_file(tmp: Path) -> list[str]:
+    t, p = _cremi(tmp, "t.hdf"), _cremi(tmp, "p.hdf")
+    return ["score", "batch", "--truth-glob", str(t), "--pred-glob", str(p), "--metric",
+            "cremi-neurons", "--json", str(tmp / "r.out"), "--csv", str(tmp / "r.out")]  # fmt: skip
+
+
+def _unknown_provider(tmp: Path) -> list[str]:
+    extra = """
+[stages.detect]
+kind = "detector"
+plugin = "affinity-unet"
+inputs = { raw = "load.raw" }
+options = { providers = ["FooExecutionProvider"] }
+"""
+    cfg = _pipe(tmp, _cremi(tmp), extra)
+    return ["pipeline", "run", str(cfg), "-q", "--set", f"output.dir={tmp / 'run'}"]
+
+
+def _neurofinder_on_hdf5(tmp: Path) -> list[str]:
+    t = _cremi(tmp, "t.hdf")
+    return ["score", "neurofinder", str(t), str(t)]
+
+
 CASES = [
     Case("nan-raw", _nan_raw, "voxels are NaN or infinite"),
     Case("negative-ids", _negative_ids, "negative label id -3"),
@@ -324,6 +347,9 @@ CASES = [
     Case("checkpoint-missing", _checkpoint_missing, "nope.pt"),
     Case("output-under-a-file", _output_under_a_file, "notes.txt"),
     Case("train-negative-lr", _train_negative_lr, "training.lr"),
+    Case("score-json-and-csv-one-file", _score_json_and_csv_one_file, "both name"),
+    Case("unknown-provider", _unknown_provider, "FooExecutionProvider"),
+    Case("neurofinder-on-hdf5", _neurofinder_on_hdf5, "neurofinder needs regions"),
     Case("train-onto-an-earlier-run", _train_onto_an_earlier_run, "continue it with --resume"),
     Case("train-crop-larger-than-volume", _train_crop_larger_than_volume, "does not fit"),
     Case("export-onto-existing", _export_onto_existing, "mine.onnx: file exists; pass --overwrite"),

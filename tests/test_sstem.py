@@ -320,6 +320,7 @@ def test_training_continues_from_a_checkpoint(tmp_path) -> None:
     second = train(cfg.model_copy(update={"training": more}), log=lines.append)
     assert second["iterations"] == 6
     assert any("continuing from" in x and "with its optimizer state" in x for x in lines)
-    other = cfg.model_copy(update={"model": {**cfg.model, "num_fmaps": 3}, "training": more})
+    fresh = more.model_copy(update={"out_dir": str(tmp_path / "c")})
+    other = cfg.model_copy(update={"model": {**cfg.model, "num_fmaps": 3}, "training": fresh})
     with pytest.raises(ConfigError, match="init_from"):
         train(other, log=lambda _: None)

@@ -278,6 +278,10 @@ def batch(
 
     if metric is not None:
         get_scorer(metric)  # unknown name: one line listing the scorers
+    if manifest is not None and (truth_glob or pred_glob):
+        raise SyntkError("give --manifest CSV or --truth-glob/--pred-glob, not both")
+    if json_out is not None and csv_out is not None and json_out.resolve() == csv_out.resolve():
+        raise SyntkError(f"--json and --csv both name {json_out}: one would replace the other")
     if manifest is not None:
         pairs = _pairs_from_manifest(manifest, metric)
     elif truth_glob and pred_glob:
