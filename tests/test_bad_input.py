@@ -150,14 +150,19 @@ def _negative_block(tmp: Path) -> list[str]:
     return ["pipeline", "validate", str(cfg)]
 
 
-def _missing_model_path(tmp: Path) -> list[str]:
-    extra = """
+def _detect_stage(options: str) -> str:
+    """An `affinity-unet` stage on the loaded raw with ``options`` (TOML inline-table body)."""
+    return f"""
 [stages.detect]
 kind = "detector"
 plugin = "affinity-unet"
-inputs = { raw = "load.raw" }
-options = { model_path = "no_such_model.onnx" }
+inputs = {{ raw = "load.raw" }}
+options = {{ {options} }}
 """
+
+
+def _missing_model_path(tmp: Path) -> list[str]:
+    extra = _detect_stage('model_path = "no_such_model.onnx"')
     return ["pipeline", "validate", str(_pipe(tmp, _cremi(tmp), extra))]
 
 
@@ -165,14 +170,7 @@ def _model_file_is_text(tmp: Path) -> list[str]:
     model = tmp / "mine.onnx"
     model.write_text("not a model\n")
     model.with_suffix(".sha256").write_text(hashlib.sha256(model.read_bytes()).hexdigest() + "\n")
-    extra = f"""
-[stages.detect]
-kind = "detector"
-plugin = "affinity-unet"
-inputs = {{ raw = "load.raw" }}
-options = {{ model = "{model}" }}
-"""
-    cfg = _pipe(tmp, _cremi(tmp), extra)
+    cfg = _pipe(tmp, _cremi(tmp), _detect_stage(f'model = "{model}"'))
     return ["pipeline", "run", str(cfg), "-q", "--set", f"output.dir={tmp / 'run'}"]
 
 
@@ -307,14 +305,7 @@ def _score_json_and_csv_one_file(tmp: Path) -> list[str]:
 
 
 def _unknown_provider(tmp: Path) -> list[str]:
-    extra = """
-[stages.detect]
-kind = "detector"
-plugin = "affinity-unet"
-inputs = { raw = "load.raw" }
-options = { providers = ["FooExecutionProvider"] }
-"""
-    cfg = _pipe(tmp, _cremi(tmp), extra)
+    cfg = _pipe(tmp, _cremi(tmp), _detect_stage('providers = ["FooExecutionProvider"]'))
     return ["pipeline", "run", str(cfg), "-q", "--set", f"output.dir={tmp / 'run'}"]
 
 
