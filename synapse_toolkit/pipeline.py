@@ -25,6 +25,7 @@ from synapse_toolkit.fsio import (
     RunLock,
     atomic_write_text,
     dumps,
+    read_run_manifest,
     remove_stale_temporaries,
     sha256_file,
 )
@@ -306,12 +307,11 @@ class RunResult:
 def _read_manifest(run_dir: Path) -> dict[str, Any]:
     """The manifest of an earlier run in ``run_dir`` ({} when there is none or it is not a syntk
     manifest: :func:`check_output_dir` has refused a folder holding anything else)."""
-    path = run_dir / MANIFEST
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):  # missing, unreadable, not UTF-8, not JSON
+        manifest = read_run_manifest(run_dir)
+    except (OSError, DataError):  # missing, unreadable, not JSON, not a run's
         return {}
-    return manifest if isinstance(manifest, dict) and "syntk_version" in manifest else {}
+    return manifest if "syntk_version" in manifest else {}
 
 
 def _plugin_versions(plan: Plan, plugins: PluginSet) -> dict[str, str]:
