@@ -6,7 +6,6 @@ The command functions are plain functions so that ``syntk train`` can also mount
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -34,8 +33,7 @@ def _detector(
     need_torch()
     from synapse_toolkit.synapses.train_detectors import train_detector
 
-    summary = train_detector(cfg, log=typer.echo, resume=resume)
-    typer.echo(json.dumps(summary))
+    train_detector(cfg, log=typer.echo, resume=resume)  # its last log line is the summary (JSON)
 
 
 @app.command("clefts")
@@ -70,8 +68,7 @@ def pruner(
     need_torch()
     from synapse_toolkit.synapses.train_pruner import train_pruner
 
-    summary = train_pruner(cfg, log=typer.echo, resume=resume)
-    typer.echo(json.dumps(summary))
+    train_pruner(cfg, log=typer.echo, resume=resume)  # its last log line is the summary (JSON)
 
 
 @app.command("synful")
@@ -88,5 +85,4 @@ def synful(
     need_torch()
     from synapse_toolkit.synapses.train_synful import train_synful
 
-    summary = train_synful(cfg, log=typer.echo, resume=resume)
-    typer.echo(json.dumps(summary))
+    train_synful(cfg, log=typer.echo, resume=resume)  # its last log line is the summary (JSON)

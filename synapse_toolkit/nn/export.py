@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from synapse_toolkit.errors import SyntkError
+from synapse_toolkit.errors import DataError, SyntkError
 from synapse_toolkit.fsio import sha256_file as sha256_of
 
 OPSET = 20
@@ -175,7 +175,13 @@ def export_checkpoint(
     shape = input_shape or ckpt.get("input_shape")
     if shape is None:
         raise SyntkError(f"{checkpoint}: no input_shape stored; pass one")
-    meta = checkpoint_metadata(ckpt, intensity_reference=intensity_reference)
+    try:
+        meta = checkpoint_metadata(ckpt, intensity_reference=intensity_reference)
+    except DataError as exc:  # the training volumes moved or are not on this machine
+        raise DataError(
+            f"{exc} (a training volume of {checkpoint}, read for the intensity reference; "
+            "--no-intensity-reference exports without it)"
+        ) from None
     return export_model(net, shape, out_path, metadata=meta)
 
 
