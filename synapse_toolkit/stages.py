@@ -64,7 +64,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar, get_args
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from synapse_toolkit import artifact_types
 from synapse_toolkit.data import Volume
@@ -86,6 +86,22 @@ class StageOptions(BaseModel):
     """Base for a stage's options: unknown keys are rejected, values are validated."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelOptions(StageOptions):
+    """Options of a stage that runs an ONNX model given as ``model`` (a registry name) or
+    ``model_path`` (a file; the subclass declares both fields): a ``model`` ending in ``.onnx``
+    is taken as ``model_path``, so the file ``syntk adapt`` or a trainer wrote can be named
+    either way."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _onnx_file_as_model_path(cls, data: Any) -> Any:
+        if isinstance(data, dict) and str(data.get("model", "")).endswith(".onnx"):
+            if data.get("model_path") is not None:
+                raise ValueError("give the ONNX file as `model` or `model_path`, not both")
+            data = {**data, "model_path": data["model"]}
+        return data
 
 
 @dataclass(frozen=True)

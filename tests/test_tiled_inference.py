@@ -309,3 +309,22 @@ def test_blockwise_output_writes_each_block_once() -> None:
     predict_tiled(lambda x: x[:, :, 1:-1, 1:-1, 1:-1], np.ones((9, 20, 20), np.float32),
                   Recorder(), (6, 10, 10), (4, 8, 8), overlap=2)  # fmt: skip
     assert len(writes) == len(set(writes)) == 3 * 3 * 3
+
+
+def test_every_model_stage_takes_an_onnx_file_as_model() -> None:
+    """`model = "X.onnx"` is `model_path` in every stage that runs a model (one validator)."""
+    from pathlib import Path
+
+    from syntk_calcium.stages import NeurofinderCnnDetector
+    from syntk_neurons.stages import AffinityDetector
+    from syntk_synapses import _OnnxDetector
+    from syntk_synapses.clustering import AutoencoderKMeans
+    from syntk_synapses.synful import Synful
+
+    for stage in (AffinityDetector, _OnnxDetector, Synful, AutoencoderKMeans,
+                  NeurofinderCnnDetector):  # fmt: skip
+        opts = stage.Options(model="runs/mine.onnx")
+        assert opts.model_path == Path("runs/mine.onnx"), stage.name
+        assert stage.Options().model_path is None
+        with pytest.raises(ValueError, match="not both"):
+            stage.Options(model="a.onnx", model_path=Path("b.onnx"))

@@ -19,7 +19,16 @@ from synapse_toolkit.artifacts import atomic_write_text
 from synapse_toolkit.data import Regions, Volume, WrittenFile
 from synapse_toolkit.errors import DataError
 from synapse_toolkit.models import resolve_model
-from synapse_toolkit.stages import Detector, Loader, OptionsT, Port, Stage, StageOptions, Writer
+from synapse_toolkit.stages import (
+    Detector,
+    Loader,
+    ModelOptions,
+    OptionsT,
+    Port,
+    Stage,
+    StageOptions,
+    Writer,
+)
 from syntk_calcium.io import PROJECTIONS, open_source, summary_images
 from syntk_calcium.preprocess import clip_standardise, prepare
 
@@ -193,7 +202,7 @@ class NeurofinderCnnDetector(Detector["NeurofinderCnnDetector.Options"]):
         "probability": Port("volume", "(2, 1, H, W) float32: ROI mask, ROI core"),
     }
 
-    class Options(StageOptions):
+    class Options(ModelOptions):
         model: str = Field(DEFAULT_MODEL, description="Registry model name.")
         model_path: Path | None = Field(None, description="An ONNX file instead of `model`.")
         sha256: str | None = Field(None, description="Expected sha256 of `model_path`.")

@@ -8,7 +8,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import zarr
-from pydantic import Field, NonNegativeInt, model_validator
+from pydantic import Field, NonNegativeInt
 
 from synapse_toolkit import __version__
 from synapse_toolkit.cremi_ids import NEURON_IGNORE
@@ -17,7 +17,15 @@ from synapse_toolkit.errors import DataError
 from synapse_toolkit.inference.fragments import BOUNDARY_THRESHOLD, DT_SIGMA, MIN_DISTANCE
 from synapse_toolkit.inference.intensity import INTENSITY_SCALE_HELP
 from synapse_toolkit.models import resolve_model
-from synapse_toolkit.stages import Agglomerator, Detector, Loader, Placement, Port, StageOptions
+from synapse_toolkit.stages import (
+    Agglomerator,
+    Detector,
+    Loader,
+    ModelOptions,
+    Placement,
+    Port,
+    StageOptions,
+)
 
 DEFAULT_MODEL = "neurons/fib_affinities_v2"  # neurons/fib_affinities stays available by name
 
@@ -46,7 +54,7 @@ class AffinityDetector(Detector["AffinityDetector.Options"]):
         "affinities": Port("affinities", "(C, z, y, x) float32 affinities, channel c = offset c"),
     }
 
-    class Options(StageOptions):
+    class Options(ModelOptions):
         model: str = Field(
             DEFAULT_MODEL,
             description="Registry model name, or 'auto': the registry's affinity model for the "
@@ -55,16 +63,6 @@ class AffinityDetector(Detector["AffinityDetector.Options"]):
             "the output of `syntk adapt affinities`.",
         )
         model_path: Path | None = Field(None, description="An ONNX file instead of `model`.")
-
-        @model_validator(mode="before")
-        @classmethod
-        def _onnx_file_as_model(cls, data: Any) -> Any:
-            """``model = "X.onnx"`` is ``model_path = "X.onnx"``."""
-            if isinstance(data, dict) and str(data.get("model", "")).endswith(".onnx"):
-                if data.get("model_path") is not None:
-                    raise ValueError("give the ONNX file as `model` or `model_path`, not both")
-                data = {**data, "model_path": data["model"]}
-            return data
 
         sha256: str | None = Field(None, description="Expected sha256 of `model_path`.")
         overlap: tuple[NonNegativeInt, NonNegativeInt, NonNegativeInt] = Field(

@@ -24,6 +24,7 @@ from synapse_toolkit.inference.intensity import INTENSITY_SCALE_HELP
 from synapse_toolkit.stages import (
     Aligner,
     Detector,
+    ModelOptions,
     PartnerAssigner,
     Port,
     Postprocessor,
@@ -159,7 +160,7 @@ class _OnnxDetector(Detector["_OnnxDetector.Options"]):
     output_port: ClassVar[str] = ""
     inputs: ClassVar[Mapping[str, Port]] = {"raw": Port("intensity", "EM intensities (uint8)")}
 
-    class Options(StageOptions):
+    class Options(ModelOptions):
         model: str = Field("", description="Registry model name (default: the bundled one).")
         model_path: Path | None = Field(None, description="An ONNX file instead of `model`.")
         sha256: str | None = Field(None, description="Expected sha256 of `model_path`.")

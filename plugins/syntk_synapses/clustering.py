@@ -14,7 +14,7 @@ from pydantic import Field
 from synapse_toolkit import __version__
 from synapse_toolkit.data import ClusterAssignments, PartnerTable, Volume
 from synapse_toolkit.errors import DataError
-from synapse_toolkit.stages import Clusterer, Loader, Port, StageOptions
+from synapse_toolkit.stages import Clusterer, Loader, ModelOptions, Port, StageOptions
 
 if TYPE_CHECKING:
     from synapse_toolkit.synapses.clustering import PatchEncoder
@@ -40,7 +40,7 @@ class AutoencoderKMeans(Clusterer["AutoencoderKMeans.Options"]):
         "clusters": Port("clusters", "cluster per synapse id, with the encoder's codes"),
     }
 
-    class Options(StageOptions):
+    class Options(ModelOptions):
         model: str = Field("synapses/cluster_encoder", description="Registry name of the encoder.")
         model_path: Path | None = Field(None, description="An encoder ONNX file instead.")
         sha256: str | None = Field(None, description="Expected sha256 of `model_path`.")

@@ -15,7 +15,7 @@ from synapse_toolkit import __version__
 from synapse_toolkit.data import Volume
 from synapse_toolkit.errors import DataError
 from synapse_toolkit.inference.intensity import INTENSITY_SCALE_HELP
-from synapse_toolkit.stages import PartnerAssigner, Port, StageOptions
+from synapse_toolkit.stages import ModelOptions, PartnerAssigner, Port
 from syntk_synapses import COARSE_SEGMENTATION
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ class Synful(PartnerAssigner["Synful.Options"]):
         "annotations": Port("annotations", "the same in CREMI form"),
     }
 
-    class Options(StageOptions):
+    class Options(ModelOptions):
         model: str = Field("", description="Registry model name (default: the bundled one).")
         model_path: Path | None = Field(None, description="An ONNX file instead of `model`.")
         sha256: str | None = Field(None, description="Expected sha256 of `model_path`.")
