@@ -98,14 +98,15 @@ def _read_annotations(f: h5py.File, path: Path) -> Annotations | None:
         raise DataError(f"{path}: annotations: {exc}") from None
 
 
-def open_hdf5_file(path: Path) -> h5py.File:
+def open_hdf5_file(
+    path: Path, directory_hint: str = 'a zarr store needs the zarr loader, plugin = "zarr"'
+) -> h5py.File:
+    """``path`` opened read-only; one DataError naming it when it is missing, a directory (with
+    ``directory_hint``) or not HDF5."""
     if not path.exists():
         raise DataError(f"{path}: file not found")
     if path.is_dir():
-        raise DataError(
-            f"{path}: a directory, not an HDF5 file (a zarr store needs the zarr loader, "
-            'plugin = "zarr")'
-        )
+        raise DataError(f"{path}: a directory, not an HDF5 file ({directory_hint})")
     try:
         return h5py.File(path, "r")
     except OSError as exc:

@@ -140,14 +140,12 @@ def _split(spec: str) -> tuple[str, str | None]:
 def _h5_dataset(path: str, key: str | None) -> str:
     import h5py
 
-    if Path(path).is_dir():
-        raise DataError(f"--unlabelled {path}: is a directory, not an HDF5 file")
+    from synapse_toolkit.io.cremi import open_hdf5_file
+
     try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        if exc.filename is not None:  # not found, no permission: the CLI names it
-            raise
-        raise DataError(f"--unlabelled {path}: not an HDF5 file") from None
+        f = open_hdf5_file(Path(path), "give an HDF5 file as FILE.h5[:DATASET]")
+    except DataError as exc:
+        raise DataError(f"--unlabelled {exc}") from None
     with f:
         names: list[str] = []
         f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
@@ -223,8 +221,6 @@ def adapt_affinities(
     net, meta = load_onnx_unet(src)
     check_adaptable(model, meta)
     t_path, key = _split(unlabelled)
-    if not Path(t_path).is_file():
-        raise DataError(f"--unlabelled {t_path}: file not found")
     if Path(t_path).suffix not in (".h5", ".hdf", ".hdf5"):
         raise DataError(f"--unlabelled {t_path}: HDF5 (.h5) expected")
     dataset = _h5_dataset(t_path, key)

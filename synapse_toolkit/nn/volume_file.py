@@ -40,14 +40,12 @@ class DatasetFile:
         if p.suffix in HDF5_SUFFIXES:
             import h5py
 
-            if p.is_dir():
-                raise DataError(f"{p}: is a directory, not an HDF5 file{at}")
+            from synapse_toolkit.io.cremi import open_hdf5_file
+
             try:
-                self._file = h5py.File(p, "r")
-            except OSError as exc:
-                if exc.filename is not None:  # no permission: named by the CLI
-                    raise
-                raise DataError(f"{p}: not an HDF5 file{at}") from None
+                self._file = open_hdf5_file(p, "a zarr store's name ends in .zarr")
+            except DataError as exc:
+                raise DataError(f"{exc}{at}") from None
             if dataset not in self._file:
                 names = list(self._file.keys())
                 self._file.close()
