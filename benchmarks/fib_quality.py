@@ -227,12 +227,10 @@ def store_ridges(model: str, threads: int) -> dict[str, Any]:
     thr, f1 = ridge_threshold()
     val = fib.gala_validation_crop()
     m = fib.model_affinities(model, val.raw, val.voxel_size_nm, n_threads=threads)
-    got = ridges.ridge_recall(val.raw, m.affinities, thr)
+    measured_on = f"{val.name} (single pass, intensity matched)"
     ref["ridges"] = {
-        "threshold": round(thr, 5), "recall": got["ridge_recall"],
-        "ridge_fraction": got["ridge_fraction"], "threshold_f1": round(f1, 4),
-        "threshold_chosen_on": RIDGES_CHOSEN_ON,
-        "measured_on": f"{val.name} (single pass, intensity matched)",
+        **ridges.ridge_reference(val.raw, m.affinities, round(thr, 5), measured_on),
+        "threshold_f1": round(f1, 4), "threshold_chosen_on": RIDGES_CHOSEN_ON,
     }  # fmt: skip
     return {**ref["ridges"], "written": update_metadata(model, {quality.QUALITY_KEY: ref})}
 

@@ -2,12 +2,12 @@
 
 A dark-ridge filter (the largest eigenvalue of the Hessian of each z-section's grey values,
 scale-normalised, maximum over :data:`SIGMAS`) finds membranes that are visible as thin dark
-lines. The share of its ridge pixels that a model marks as boundary (weakest affinity below 0.5
-within one in-plane pixel) is the model's *ridge recall*. A model that sees faint membranes as
-interior (the failure mode the boundary fraction of :mod:`synapse_toolkit.inference.quality`
-watches for) misses ridges; a model on tissue with larger profiles does not. Blur removes faint
-membranes from the filter too, so a high ridge recall says the visible membranes are traced, not
-that every membrane is.
+lines. The share of its ridge pixels that a model marks as boundary (weakest affinity below the
+quality module's ``BOUNDARY_AT``, within one in-plane pixel) is the model's *ridge recall*. A
+model that sees faint membranes as interior (the failure mode the boundary fraction of
+:mod:`synapse_toolkit.inference.quality` watches for) misses ridges; a model on tissue with
+larger profiles does not. Blur removes faint membranes from the filter too, so a high ridge
+recall says the visible membranes are traced, not that every membrane is.
 
 Grey values are scaled by their 1st / 99th percentiles, taken from a strided sample of the volume.
 """
@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from synapse_toolkit.inference.quality import BOUNDARY_AT
+
 #: Gaussian scales (pixels) of the Hessian
 SIGMAS: tuple[float, ...] = (1.0, 2.0)
-#: a model's boundary: weakest affinity below this (as the quality module's boundary fraction)
-BOUNDARY_AT = 0.5
 
 
 def grey_range(raw: Any, max_sections: int = 16) -> tuple[float, float]:
@@ -76,3 +76,12 @@ def ridge_recall(raw: Any, affs: Any, threshold: float) -> dict[str, float]:
         "ridge_fraction": round(n_ridge / max(n, 1), 4),
         "ridge_recall": round(n_hit / max(n_ridge, 1), 4),
     }
+
+
+def ridge_reference(raw: Any, affs: Any, threshold: float, measured_on: str) -> dict[str, Any]:
+    """The ``ridges`` entry of a model's quality reference (what
+    :func:`synapse_toolkit.inference.quality.check` compares a run with): the filter's
+    ``threshold`` and the model's ridge recall on its validation data ``raw`` / ``affs``."""
+    got = ridge_recall(raw, affs, threshold)
+    return {"threshold": threshold, "recall": got["ridge_recall"],
+            "ridge_fraction": got["ridge_fraction"], "measured_on": measured_on}  # fmt: skip

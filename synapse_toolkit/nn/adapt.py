@@ -377,12 +377,10 @@ def target_threshold(
     )  # fmt: skip
     ref["band_factors"] = list(band)
     if ridge_threshold is not None:  # the source's ridge filter, this model's recall of it
-        from synapse_toolkit.inference.ridges import ridge_recall
+        from synapse_toolkit.inference.ridges import ridge_reference
 
-        got = ridge_recall(val.raw, m_val.affinities, ridge_threshold)
-        ref["ridges"] = {"threshold": ridge_threshold, "recall": got["ridge_recall"],
-                         "ridge_fraction": got["ridge_fraction"],
-                         "measured_on": f"{val.name} (single pass, intensity matched)"}  # fmt: skip
+        ref["ridges"] = ridge_reference(val.raw, m_val.affinities, ridge_threshold,
+                                        f"{val.name} (single pass, intensity matched)")  # fmt: skip
     if source_raw is None:
         source_raw = fib.gala_volume("train").raw[:, :, :150]
     m_src = fib.model_affinities(str(model), source_raw, val.voxel_size_nm, n_threads=num_threads)
