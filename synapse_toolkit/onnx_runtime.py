@@ -55,22 +55,20 @@ def create_session(
     if probing_cuda:  # a CUDA provider that cannot load logs an ERROR line: silence it too
         ort.set_default_logger_severity(4)
         opts.log_severity_level = 4
+
+    def cannot_load(exc: Exception) -> SyntkError:
+        label = model if not isinstance(model, bytes) else "<bytes>"
+        return SyntkError(f"{label}: cannot load ONNX model: {exc}")
+
     try:
         session = ort.InferenceSession(src, sess_options=opts, providers=wanted)
     except Exception as exc:
-        if _CUDA in wanted and providers is None:  # CUDA failed outright: CPU only
-            try:
-                session = ort.InferenceSession(src, sess_options=opts, providers=[_CPU])
-            except Exception as cpu_exc:
-                raise SyntkError(
-                    f"{model if not isinstance(model, bytes) else '<bytes>'}: "
-                    f"cannot load ONNX model: {' '.join(str(cpu_exc).split())}"
-                ) from None
-        else:
-            raise SyntkError(
-                f"{model if not isinstance(model, bytes) else '<bytes>'}: "
-                f"cannot load ONNX model: {exc}"
-            ) from exc
+        if not (_CUDA in wanted and providers is None):
+            raise cannot_load(exc) from exc
+        try:  # CUDA failed outright: CPU only
+            session = ort.InferenceSession(src, sess_options=opts, providers=[_CPU])
+        except Exception as cpu_exc:
+            raise cannot_load(cpu_exc) from None
     finally:
         if probing_cuda:
             ort.set_default_logger_severity(3)

@@ -63,7 +63,6 @@ class AffinityDetector(Detector["AffinityDetector.Options"]):
             "the output of `syntk adapt affinities`.",
         )
         model_path: Path | None = Field(None, description="An ONNX file instead of `model`.")
-
         sha256: str | None = Field(None, description="Expected sha256 of `model_path`.")
         overlap: tuple[NonNegativeInt, NonNegativeInt, NonNegativeInt] = Field(
             (4, 8, 8), description="Tile overlap (z, y, x)."
