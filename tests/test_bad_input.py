@@ -314,6 +314,38 @@ def _neurofinder_on_hdf5(tmp: Path) -> list[str]:
     return ["score", "neurofinder", str(t), str(t)]
 
 
+H5VOLUMES = """
+name = "bad"
+[input]
+path = "{input}"
+[output]
+dir = "{out}"
+[stages.load]
+kind = "loader"
+plugin = "hdf5-volumes"
+[stages.load.options]
+voxel_size_nm = [10.0, 10.0, 10.0]
+volumes = {{ raw = {{ path = "{raw}", dataset = "{key}" }} }}
+"""
+
+
+def _h5volumes(tmp: Path, raw: Path, key: str = "raw") -> list[str]:
+    cfg = tmp / "v.toml"
+    cfg.write_text(H5VOLUMES.format(input=raw, out=tmp / "run", raw=raw, key=key))
+    return ["pipeline", "run", str(cfg), "-q"]
+
+
+def _h5volumes_wrong_dataset(tmp: Path) -> list[str]:
+    with h5py.File(tmp / "vol.h5", "w") as f:
+        f["volumes/raw"] = np.zeros((4, 16, 16), np.uint8)
+    return _h5volumes(tmp, tmp / "vol.h5", key="raw")
+
+
+def _h5volumes_text_file(tmp: Path) -> list[str]:
+    (tmp / "vol.h5").write_text("not HDF5 at all\n")
+    return _h5volumes(tmp, tmp / "vol.h5")
+
+
 CASES = [
     Case("nan-raw", _nan_raw, "voxels are NaN or infinite"),
     Case("negative-ids", _negative_ids, "negative label id -3"),
@@ -352,6 +384,12 @@ CASES = [
     Case("checkpoint-is-text", _checkpoint_is_text, "best.pt: not a readable torch checkpoint"),
     Case("score-csv-under-a-file", _score_csv_under_a_file, "t.hdf"),
     Case("plain-folder-as-zarr", _plain_folder_as_zarr, "pred.zarr: not a zarr group"),
+    Case(
+        "hdf5-volumes-wrong-dataset",
+        _h5volumes_wrong_dataset,
+        "hdf5-volumes): volume 'raw': {tmp}/vol.h5 has no dataset 'raw' (has ['volumes/raw'])",
+    ),
+    Case("hdf5-volumes-text-file", _h5volumes_text_file, "vol.h5: not a readable HDF5 file"),
 ]
 
 
@@ -373,7 +411,7 @@ def test_bad_input(case: Case, tmp_path: Path) -> None:
     assert result.exit_code == 1, (result.exit_code, result.output, result.exception)
     assert "Traceback" not in result.output + err
     assert len(lines) == 1 and lines[0].startswith("error: "), lines
-    assert case.expect in lines[0], lines[0]
+    assert case.expect.format(tmp=tmp_path) in lines[0], lines[0]
     assert _snapshot(tmp_path) == before  # inputs untouched, nothing new outside the run
     manifest = tmp_path / "run" / "manifest.json"
     assert not manifest.exists() or '"status": "complete"' not in manifest.read_text()

@@ -457,6 +457,28 @@ class _Dataset(StageOptions):
     dataset: str = "stack"
 
 
+def _open_volume_file(path: Path, port: str) -> Any:
+    """The HDF5 file of volume ``port``, opened read-only; one DataError naming loader, volume
+    and file when it is missing, a directory or not HDF5."""
+    from synapse_toolkit.io.cremi import open_hdf5_file
+
+    try:
+        return open_hdf5_file(path, 'a zarr store needs plugin = "zarr"')
+    except DataError as exc:
+        raise DataError(f"volume {port!r}: {exc}") from None
+
+
+def _volume_dataset(f: Any, path: Path, dataset: str, port: str) -> Any:
+    """Dataset ``dataset`` of the open file ``f``; a DataError naming it when absent or a group."""
+    import h5py
+
+    if not isinstance(f.get(dataset), h5py.Dataset):
+        names: list[str] = []
+        f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+        raise DataError(f"volume {port!r}: {path} has no dataset {dataset!r} (has {names[:8]})")
+    return f[dataset]
+
+
 class Hdf5VolumesLoader(Loader["Hdf5VolumesLoader.Options"]):
     """Volumes from plain HDF5 files (one dataset each), e.g. the gala FIB-SEM example data.
 
@@ -489,35 +511,24 @@ class Hdf5VolumesLoader(Loader["Hdf5VolumesLoader.Options"]):
 
     @classmethod
     def probe(cls, options: Any, input_path: Path | None) -> Mapping[str, Placement]:
-        import h5py
-
         base = input_path.parent if input_path else Path.cwd()
         out = {}
         for port, spec in options.volumes.items():
-            with h5py.File(base / spec.path, "r") as f:
-                shape = tuple(f[spec.dataset].shape)
+            with _open_volume_file(base / spec.path, port) as f:
+                shape = tuple(_volume_dataset(f, base / spec.path, spec.dataset, port).shape)
             out[port] = Placement(options.voxel_size_nm, options.offset_nm, shape[-3:])
         return out
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        import h5py
-
         opts: Hdf5VolumesLoader.Options = self.options
         self._files = []
         out: dict[str, Any] = {}
         base = self.context.input_path.parent if self.context.input_path else Path.cwd()
         for port, spec in opts.volumes.items():
-            spec = spec.model_copy(update={"path": base / spec.path})  # absolute paths stay
-            if not spec.path.exists():
-                raise DataError(f"hdf5-volumes: {spec.path} not found (volume {port!r})")
-            try:
-                f = h5py.File(spec.path, "r")
-            except OSError as exc:
-                raise DataError(f"hdf5-volumes: {spec.path} is not readable HDF5: {exc}") from exc
+            path = base / spec.path  # absolute paths stay
+            f = _open_volume_file(path, port)
             self._files.append(f)
-            if spec.dataset not in f:
-                raise DataError(f"hdf5-volumes: {spec.path} has no dataset {spec.dataset!r}")
-            data: Any = f[spec.dataset]
+            data: Any = _volume_dataset(f, path, spec.dataset, port)
             if port in ("neuron_ids", "fragments"):
                 data = np.asarray(data[...]).astype(np.uint64)
                 if port == "neuron_ids" and opts.zero_is_unlabelled:

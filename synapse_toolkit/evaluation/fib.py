@@ -108,10 +108,12 @@ def read_array(spec: str | Path, what: str = "volume") -> np.ndarray:
             raise DataError(f"{what}: {p}: cannot read array {key!r} ({exc})") from exc
     import h5py
 
+    from synapse_toolkit.io.cremi import open_hdf5_file
+
     try:
-        f = h5py.File(p, "r")
-    except OSError as exc:
-        raise DataError(f"{what}: {p}: not a readable HDF5 file ({exc})") from exc
+        f = open_hdf5_file(p)
+    except DataError as exc:
+        raise DataError(f"{what}: {exc}") from None
     with f:
         names: list[str] = []
         f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)

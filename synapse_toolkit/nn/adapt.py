@@ -316,9 +316,9 @@ TARGET_CROP = 160
 
 
 def _read_target(path: str, dataset: str) -> np.ndarray:
-    import h5py
+    from synapse_toolkit.io.cremi import open_hdf5_file
 
-    with h5py.File(path, "r") as f:
+    with open_hdf5_file(Path(path)) as f:
         arr = f[dataset]
         if len(arr.shape) != 3:
             raise DataError(f"--unlabelled {path}:{dataset}: expected (z, y, x), got {arr.shape}")
