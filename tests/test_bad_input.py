@@ -294,6 +294,15 @@ def _train_onto_an_earlier_run(tmp: Path) -> list[str]:
     return args
 
 
+def _train_raw_is_2d(tmp: Path) -> list[str]:
+    args = _train_config(tmp)
+    with h5py.File(tmp / "vol.h5", "a") as f:
+        raw = np.asarray(f["raw"][0])
+        del f["raw"]
+        f["raw"] = raw
+    return args
+
+
 def _train_crop_larger_than_volume(tmp: Path) -> list[str]:
     return _train_config(tmp, input_shape=[14, 280, 280])
 
@@ -374,6 +383,7 @@ CASES = [
     Case("unknown-provider", _unknown_provider, "FooExecutionProvider"),
     Case("neurofinder-on-hdf5", _neurofinder_on_hdf5, "neurofinder needs regions"),
     Case("train-onto-an-earlier-run", _train_onto_an_earlier_run, "continue it with --resume"),
+    Case("train-raw-is-2d", _train_raw_is_2d, "vol.h5:raw: expected a 3D (z, y, x) volume"),
     Case("train-crop-larger-than-volume", _train_crop_larger_than_volume, "does not fit"),
     Case("export-onto-existing", _export_onto_existing, "mine.onnx: file exists; pass --overwrite"),
     Case("adapt-out-is-its-model", _adapt_out_is_its_model, "refusing to overwrite an input"),

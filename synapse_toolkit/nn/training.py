@@ -218,13 +218,18 @@ def load_volume(spec: VolumeSpec, need_labels: bool = True) -> tuple[np.ndarray,
     with DatasetFile(spec.raw, spec.raw_dataset) as rf:
         shape = rf.shape
         where = f"{spec.raw}:{spec.raw_dataset}"
+        if len(shape) != 3:
+            raise DataError(f"{where}: expected a 3D (z, y, x) volume, got shape {shape}")
         box = roi_slices(spec.roi, shape, where) if spec.roi is not None else None
         raw = rf.read(box)
     labels = None
     if spec.labels:
         with DatasetFile(spec.labels, spec.labels_dataset) as lf:
             if lf.shape != shape:
-                raise DataError(f"{spec.labels}: labels shape {lf.shape} != raw shape {shape}")
+                raise DataError(
+                    f"{spec.labels}:{spec.labels_dataset}: labels shape {lf.shape} != raw shape "
+                    f"{shape} of {where}"
+                )
             labels = lf.read(box)
     if need_labels and labels is None:
         raise DataError(f"{spec.raw}: training volume has no labels")
