@@ -12,6 +12,7 @@ import pytest
 from synapse_toolkit.data import ClusterAssignments, PartnerTable, Volume
 from synapse_toolkit.synapses.patches import (
     PatchSpec,
+    centre_rows_on_map,
     contact_patches,
     extract_patches,
     patch_coordinates,
@@ -135,6 +136,44 @@ def test_contact_patches_straighten_a_curved_contact() -> None:
     assert not (flat[0] < 100)[..., 9].all()
 
 
+def test_centre_rows_on_map_puts_the_cleft_centre_at_the_centre() -> None:
+    # 4 rows of width 10 + 2 * 3: a cleft over columns 5-7, over 8-10, none, and one beyond reach
+    cleft = np.zeros((4, 16))
+    cleft[0, 5:8] = 0.9
+    cleft[1, 8:11] = 0.8
+    cleft[3, 13:16] = 0.9
+    cleft[2, 4] = 0.4  # below the threshold: not a cleft
+    raw = np.tile(np.arange(16.0), (4, 1))
+    out, found = centre_rows_on_map(raw, cleft, 10)
+    assert found.tolist() == [True, True, False, False]
+    # the cleft's centre (6, 9) lands at column 10 // 2 = 5; unaligned rows are the centre crop
+    assert out[0, 5] == 6.0 and out[1, 5] == 9.0
+    assert out[2].tolist() == out[3].tolist() == list(range(3, 13))
+
+
+def test_contact_patches_on_a_cleft_map_straighten_a_curved_contact() -> None:
+    """The curved contact of the test above, straightened on a 3-voxel cleft map (1, z, y, x)
+    around the boundary instead of on the labels: the dark band lines up at the same columns,
+    and no segmentation is read."""
+    vs, shape = (40.0, 4.0, 4.0), (5, 120, 120)
+    _, y, x = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
+    boundary = 60 + np.round(6 * np.sin(y / 9.0)).astype(int)
+    raw = np.full(shape, 150.0)
+    raw[(x >= boundary) & (x < boundary + 3)] = 20.0
+    cleft = ((x >= boundary - 1) & (x <= boundary + 1)).astype(np.float32)[None]
+    centre = np.array([2 * 40.0, 60 * 4.0, 60 * 4.0])
+    step = np.array([0.0, 0.0, 60.0])
+    table = PartnerTable((centre - step)[None], (centre + step)[None],
+                         np.ones(1, np.uint64), np.full(1, 2, np.uint64), np.ones(1),
+                         np.asarray([3], np.uint64))  # fmt: skip
+    spec = PatchSpec((120.0, 160.0, 64.0), vs)
+    p = contact_patches(Volume(raw.astype(np.uint8), vs), None, synapse_sites(table), spec,
+                        reach_nm=40.0, cleft=Volume(cleft, vs))  # fmt: skip
+    assert p[0, 1].min() == 1.0
+    dark = p[0, 0] < 100
+    assert dark[..., 9].all() and not dark[..., :7].any() and not dark[..., 12:].any()
+
+
 @pytest.fixture(scope="module")
 def tiny_encoder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
     """A small random-weight encoder exported once (export is the slow part)."""
@@ -204,10 +243,17 @@ def test_contact_encoder_onnx_equals_torch_and_needs_labels(tmp_path: Path) -> N
     partners = PartnerTable(np.zeros((1, 3)), np.ones((1, 3)), np.ones(1, np.uint64),
                             np.ones(1, np.uint64), np.ones(1), np.ones(1, np.uint64))  # fmt: skip
     raw = Volume(np.zeros((4, 32, 32), np.uint8), (40.0, 4.0, 4.0))
-    with pytest.raises(DataError, match="segmentation"):
+    with pytest.raises(DataError, match="cleft probability .* or a segmentation"):
         run_stage("clusterer", "autoencoder-kmeans", {"raw": raw, "partners": partners},
                   {"model_path": str(path), "k": 1, "pictures": False},
                   scratch_dir=tmp_path / "s")  # fmt: skip
+    # a cleft probability (1, z, y, x) alone is enough to straighten on
+    cleft = Volume(np.zeros((1, 4, 32, 32), np.float32), (40.0, 4.0, 4.0))
+    out = run_stage("clusterer", "autoencoder-kmeans",
+                    {"raw": raw, "partners": partners, "clefts": cleft},
+                    {"model_path": str(path), "k": 1, "pictures": False},
+                    scratch_dir=tmp_path / "s2")  # fmt: skip
+    assert out["clusters"].labels.tolist() == [0]
 
 
 def test_clustering_scorer_matches_found_synapses_to_annotated() -> None:

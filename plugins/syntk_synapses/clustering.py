@@ -24,7 +24,9 @@ if TYPE_CHECKING:
 class AutoencoderKMeans(Clusterer["AutoencoderKMeans.Options"]):
     """Oriented synapse patches → ONNX autoencoder codes → k-means. ``k`` given, or chosen in
     ``[k_min, k_max]`` by silhouette among stable values of k. The shipped encoders straighten
-    each patch on the pre/post segment boundary, so they need the segmentation (``labels``).
+    each patch on the contact: on the centre of the cleft when a cleft probability is wired
+    (``clefts``; use it with a predicted segmentation, whose boundaries wander across the cleft),
+    else on the pre/post segment boundary of ``labels`` (a proofread segmentation).
     Writes an embedding scatter and a patch gallery (PNG) into the run directory."""
 
     name: ClassVar[str] = "autoencoder-kmeans"
@@ -33,7 +35,17 @@ class AutoencoderKMeans(Clusterer["AutoencoderKMeans.Options"]):
     inputs: ClassVar[Mapping[str, Port]] = {
         "raw": Port("intensity", "EM intensities"),
         "partners": Port("partners", "synapses (annotated or predicted)"),
-        "labels": Port("labels", "segmentation the patches are straightened on", required=False),
+        "labels": Port(
+            "labels",
+            "segmentation the patches are straightened on (without clefts)",
+            required=False,
+        ),
+        "clefts": Port(
+            "map",
+            "cleft probability the patches are straightened on (used before labels)",
+            required=False,
+            channels=1,
+        ),
         "truth": Port("clusters", "true types, only to colour the pictures", required=False),
     }
     outputs: ClassVar[Mapping[str, Port]] = {
@@ -66,7 +78,7 @@ class AutoencoderKMeans(Clusterer["AutoencoderKMeans.Options"]):
         if len(sites) == 0:  # no synapses found (e.g. none predicted): nothing to cluster
             self.context.record("clustering", {"k": 0, "n_synapses": 0})
             return {"clusters": ClusterAssignments(sites.synapse_id, np.zeros(0, np.int64))}
-        codes = encoder.encode_sites(raw, sites, inputs.get("labels"))
+        codes = encoder.encode_sites(raw, sites, inputs.get("labels"), cleft=inputs.get("clefts"))
         choice = None
         if o.k is not None:
             k = o.k
@@ -94,7 +106,9 @@ class AutoencoderKMeans(Clusterer["AutoencoderKMeans.Options"]):
         base = self.context.run_dir or self.context.scratch_dir
         plot_embedding(codes, labels, base / "clusters_embedding.png", truth=known)
         members = gallery_members(labels)  # only the gallery's synapses are cut again
-        patches = encoder.patches(raw, sites.take(members), inputs.get("labels"))
+        patches = encoder.patches(
+            raw, sites.take(members), inputs.get("labels"), inputs.get("clefts")
+        )
         values, counts = np.unique(labels, return_counts=True)
         plot_gallery(patches[:, 0] if patches.ndim == 5 else patches, labels[members],
                      base / "clusters_gallery.png",

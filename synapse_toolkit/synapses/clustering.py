@@ -2,8 +2,9 @@
 
 The encoder is an ONNX file written by ``syntk train cluster-encoder`` (metadata: patch size and
 voxel size in nm, input shape, how patches are aligned); it runs through
-:mod:`synapse_toolkit.onnx_runtime`. An encoder with ``align = "contact"`` needs a segmentation
-to straighten its patches on (:func:`~synapse_toolkit.synapses.patches.contact_patches`). Codes are
+:mod:`synapse_toolkit.onnx_runtime`. An encoder with ``align = "contact"`` needs a cleft probability
+map or a segmentation to straighten its patches on
+(:func:`~synapse_toolkit.synapses.patches.contact_patches`). Codes are
 z-scored per dimension before k-means (scikit-learn). ``k`` is given, or chosen among a range by
 silhouette among the values of k whose clustering is stable across k-means seeds.
 """
@@ -58,24 +59,38 @@ class PatchEncoder:
         """True when patches are straightened on a segmentation."""
         return self.align == "contact"
 
-    def patches(self, raw: Volume, sites: SynapseSites, labels: Volume | None = None) -> np.ndarray:
-        """The patches this encoder reads, cut from ``raw`` (and ``labels`` if it needs them)."""
+    def patches(
+        self,
+        raw: Volume,
+        sites: SynapseSites,
+        labels: Volume | None = None,
+        cleft: Volume | None = None,
+    ) -> np.ndarray:
+        """The patches this encoder reads, cut from ``raw``; a contact-aligned encoder
+        straightens them on the cleft probability ``cleft`` if given, else on the segment
+        boundary in ``labels``."""
         if self.needs_labels:
-            if labels is None:
+            if labels is None and cleft is None:
                 raise DataError(
-                    f"{self.path.name}: this encoder straightens patches on a segmentation; "
-                    "wire a labels input (e.g. the segmentation) into the clusterer"
+                    f"{self.path.name}: this encoder straightens patches on the contact; "
+                    "wire a cleft probability (clefts) or a segmentation (labels) into the "
+                    "clusterer"
                 )
-            return contact_patches(raw, labels, sites, self.spec, self.reach_nm)
+            return contact_patches(raw, labels, sites, self.spec, self.reach_nm, cleft=cleft)
         return extract_patches(raw, sites, self.spec)
 
     def encode_sites(
-        self, raw: Volume, sites: SynapseSites, labels: Volume | None = None, batch: int = 128
+        self,
+        raw: Volume,
+        sites: SynapseSites,
+        labels: Volume | None = None,
+        batch: int = 128,
+        cleft: Volume | None = None,
     ) -> np.ndarray:
         """Codes (N, D) of every synapse in ``sites``, cut and encoded ``batch`` synapses at a
         time, so memory follows the batch rather than the number of synapses."""
         parts = [self.encode(self.patches(raw, sites.take(np.arange(a, min(a + batch, len(sites)))),
-                                          labels))
+                                          labels, cleft))
                  for a in range(0, len(sites), batch)]  # fmt: skip
         return np.concatenate(parts) if parts else np.zeros((0, 0), np.float64)
 

@@ -15,7 +15,10 @@ the volume, and every patch row (each section, each y) is shifted along x so tha
 between the pre- and the post-synaptic segment falls at column ``x // 2`` (the first
 post-synaptic column). This straightens curved contacts, so that what lies at a given distance
 from the cleft (membranes, the post-synaptic density, docked vesicles) lines up across synapses.
-A second channel marks the rows where that boundary was found (the contact).
+A second channel marks the rows where that boundary was found (the contact). Given a cleft
+probability map instead (:func:`centre_rows_on_map`), each row is shifted so that the centre of
+the cleft (the probability-weighted mean column above :data:`CLEFT_THRESHOLD`) falls there: on a
+predicted segmentation the segment boundary wanders across the cleft, the predicted cleft does not.
 """
 
 from __future__ import annotations
@@ -124,8 +127,12 @@ def patch_coordinates(centre_nm: np.ndarray, angle: float, spec: PatchSpec) -> n
 
 
 def sample_patch(raw: Volume, world: np.ndarray, order: int = 1) -> np.ndarray:
-    """Sample ``raw`` at world points (3, ...) nm, reading only their bounding box (float32)."""
-    if len(raw.shape) != 3:
+    """Sample ``raw`` at world points (3, ...) nm, reading only their bounding box (float32).
+    A one-channel map (1, z, y, x) is sampled as its channel."""
+    lead: tuple[int, ...] = ()
+    if len(raw.shape) == 4 and raw.shape[0] == 1:
+        lead = (0,)
+    elif len(raw.shape) != 3:
         raise DataError(f"patches need a 3D intensity volume, got shape {raw.shape}")
     vs = np.asarray(raw.voxel_size_nm).reshape(3, *([1] * (world.ndim - 1)))
     off = np.asarray(raw.offset_nm).reshape(3, *([1] * (world.ndim - 1)))
@@ -134,7 +141,7 @@ def sample_patch(raw: Volume, world: np.ndarray, order: int = 1) -> np.ndarray:
     lo = np.clip(np.floor(vox.reshape(3, -1).min(axis=1)).astype(int) - 1, 0, shape - 1)
     hi = np.clip(np.ceil(vox.reshape(3, -1).max(axis=1)).astype(int) + 2, lo + 1, shape)
     box = np.asarray(
-        raw.data[tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))],
+        raw.data[(*lead, *(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True)))],
         dtype=np.float32,
     )
     local = vox - lo.reshape(3, *([1] * (world.ndim - 1)))
@@ -213,13 +220,39 @@ def straighten_rows(
     return np.take_along_axis(raw, idx, axis=-1), found
 
 
+#: cleft probability above which a patch row counts as crossing the cleft (not tuned: a
+#: probability's midpoint)
+CLEFT_THRESHOLD = 0.5
+
+
+def centre_rows_on_map(
+    raw: np.ndarray, cleft: np.ndarray, width: int, threshold: float = CLEFT_THRESHOLD
+) -> tuple[np.ndarray, np.ndarray]:
+    """Shift each row (last axis) of ``raw`` (..., width + 2r) so that the centre of mass of
+    ``cleft`` (same shape; values above ``threshold`` within ``r`` columns of the centre) lands
+    at column ``width // 2`` of the ``width`` columns kept; rows without such values are kept
+    unshifted. Returns the (..., width) rows and a boolean mask of the rows that were aligned."""
+    n = raw.shape[-1]
+    r = (n - width) // 2
+    centre = width // 2 + r
+    cols = np.arange(n, dtype=np.float64)
+    w = np.where((np.abs(cols - centre) <= r) & (cleft > threshold), cleft, 0.0)
+    total = w.sum(axis=-1)
+    found = total > 0
+    pos = (w * cols).sum(axis=-1) / np.where(found, total, 1.0)
+    shift = np.where(found, np.round(centre - pos).astype(np.int64), 0)
+    idx = np.arange(width) + r - shift[..., None]
+    return np.take_along_axis(raw, idx, axis=-1), found
+
+
 def contact_patches(
     raw: Volume,
-    labels: Volume,
+    labels: Volume | None,
     sites: SynapseSites,
     spec: PatchSpec,
     reach_nm: float = 64.0,
     *,
+    cleft: Volume | None = None,
     angle_jitter: Sequence[float] | np.ndarray | None = None,
     centre_jitter_nm: np.ndarray | None = None,
 ) -> np.ndarray:
@@ -227,15 +260,20 @@ def contact_patches(
     channel 1 = 1 on the rows whose pre→post segment boundary was found within ``reach_nm`` of
     the patch centre (they are shifted to put it at column x // 2), else 0.
 
-    Segment ids are read from ``labels`` at the pre site and at the first post site."""
+    Segment ids are read from ``labels`` at the pre site and at the first post site. With a
+    cleft probability map ``cleft``, rows are centred on the cleft instead
+    (:func:`centre_rows_on_map`) and ``labels`` is not read."""
+    if cleft is None and labels is None:
+        raise DataError("contact-aligned patches need a segmentation or a cleft probability map")
     nz, ny, nx = spec.shape
     vz, _, vx = spec.voxel_size_nm
     r = max(1, round(reach_nm / vx))
     vy = spec.voxel_size_nm[1]
     wide = PatchSpec((nz * vz, ny * vy, (nx + 2 * r) * vx), spec.voxel_size_nm)
     first = sites.first_post_nm if sites.first_post_nm is not None else sites.post_nm
-    ids_pre = sample_labels(labels, sites.pre_nm.T) if len(sites) else np.zeros(0)
-    ids_post = sample_labels(labels, first.T) if len(sites) else np.zeros(0)
+    ids_pre = ids_post = np.zeros(0)
+    if cleft is None and labels is not None and len(sites):
+        ids_pre, ids_post = sample_labels(labels, sites.pre_nm.T), sample_labels(labels, first.T)
     d = first - sites.pre_nm
     angles = np.arctan2(d[:, 1], d[:, 2])
     rz, oz = float(raw.voxel_size_nm[0]), float(raw.offset_nm[0])
@@ -247,8 +285,12 @@ def contact_patches(
         a = float(angles[i]) + (0.0 if angle_jitter is None else float(angle_jitter[i]))
         world = patch_coordinates(c, a, wide)
         grey = sample_patch(raw, world)
-        seg = sample_labels(labels, world)
-        out[i, 0], found = straighten_rows(grey, seg, int(ids_pre[i]), int(ids_post[i]), nx)
+        if cleft is not None:
+            out[i, 0], found = centre_rows_on_map(grey, sample_patch(cleft, world), nx)
+        else:
+            assert labels is not None
+            seg = sample_labels(labels, world)
+            out[i, 0], found = straighten_rows(grey, seg, int(ids_pre[i]), int(ids_post[i]), nx)
         out[i, 1] = found[..., None]
     return out
 
