@@ -7,10 +7,16 @@ score, VOI and partner F per seed, mean / pooled.
     # waterz from distance-transform seeded section fragments
     python benchmarks/eval_main_job_variant.py --seeds 9091 ... 9098 \
         --name distance_2d --set stages.segment.options.fragments_from=distance_2d
+    # the clusterer straightened on the predicted cleft instead of a segment boundary
+    python benchmarks/eval_main_job_variant.py --seeds 1201 ... 1208 9091 ... 9098 \
+        --name cluster_on_clefts --set stages.cluster.inputs.clefts=clefts.cleft_probability
 
 Each seed is a default phantom (``syntk phantom em --seed N``, 20 x 256 x 256 at 40 x 4 x 4 nm),
 run through ``examples/cremi.toml`` as it is ("main"); the variant resumes a copy of that run, so
 both share every stage before the first one the overrides change (e.g. the affinities).
+Synapse clustering (ARI of the found synapses' clusters against the phantom's true types) is
+reported per seed and as a mean over seeds. Seeds must be development seeds; ``--held-out``
+scores a choice already made on held-out seeds instead.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from synapse_toolkit.evaluation.phantom_seeds import check_selection_seeds
+from synapse_toolkit.evaluation.phantom_seeds import check_report_seeds, check_selection_seeds
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNTK = str(Path(sys.executable).parent / "syntk")
@@ -36,7 +42,10 @@ def _scores(run: Path) -> dict[str, float]:
         return dict(data["values"])
 
     neurons, partners = values("score_neurons"), values("score_partners")
+    clusters = values("score_clusters") if (run / "artifacts" / "score_clusters").exists() else {}
     return {
+        "cluster_ari": clusters.get("ari", float("nan")),
+        "cluster_n": clusters.get("n_items", 0),
         "cremi_score": neurons["cremi_score"],
         "voi_split": neurons["voi_split"],
         "voi_merge": neurons["voi_merge"],
@@ -58,10 +67,18 @@ def main() -> None:
     ap.add_argument("--name", required=True, help="the variant's name (run folders, JSON keys)")
     ap.add_argument("--set", dest="overrides", action="append", required=True,
                     help="a pipeline override of the variant (repeatable)")  # fmt: skip
+    ap.add_argument(
+        "--held-out",
+        action="store_true",
+        help="held-out seeds: report a choice made elsewhere (choose nothing here)",
+    )
     ap.add_argument("--json", type=Path)
     ap.add_argument("--work", type=Path, help="keep the runs here (default: a temporary folder)")
     args = ap.parse_args()
-    check_selection_seeds(args.seeds)  # a variant is compared to choose it
+    if args.held_out:
+        check_report_seeds(args.seeds)
+    else:
+        check_selection_seeds(args.seeds)  # a variant is compared to choose it
     work = args.work or Path(tempfile.mkdtemp(prefix="syntk-variant-"))
     work.mkdir(parents=True, exist_ok=True)
     rows: dict[str, dict[str, dict[str, float]]] = {}
@@ -80,7 +97,9 @@ def main() -> None:
         rows[str(seed)] = {"main": _scores(main), args.name: _scores(var)}
         a, b = rows[str(seed)]["main"], rows[str(seed)][args.name]
         print(f"seed {seed}: CREMI main {a['cremi_score']:.3f} {args.name} {b['cremi_score']:.3f}; "
-              f"partner F {a['partner_f']:.3f} / {b['partner_f']:.3f}", flush=True)  # fmt: skip
+              f"partner F {a['partner_f']:.3f} / {b['partner_f']:.3f}; "
+              f"cluster ARI {a['cluster_ari']:.3f} / {b['cluster_ari']:.3f}",
+              flush=True)  # fmt: skip
     summary: dict[str, dict[str, float]] = {}
     for name in ("main", args.name):
         per = [r[name] for r in rows.values()]
@@ -90,6 +109,10 @@ def main() -> None:
             "mean_voi_split": sum(p["voi_split"] for p in per) / len(per),
             "mean_voi_merge": sum(p["voi_merge"] for p in per) / len(per),
             "pooled_partner_f": 2 * tp / max(2 * tp + fp + fn, 1),
+            "mean_cluster_ari": sum(p["cluster_ari"] for p in per) / len(per),
+            "better_cluster_ari": sum(
+                r[args.name]["cluster_ari"] > r["main"]["cluster_ari"] for r in rows.values()
+            ),
         }
         print(name, {k: round(v, 4) for k, v in summary[name].items()})
     if args.json:
