@@ -7,8 +7,10 @@ score, VOI and partner F per seed, mean / pooled.
     # waterz from distance-transform seeded section fragments
     python benchmarks/eval_main_job_variant.py --seeds 9091 ... 9098 \
         --name distance_2d --set stages.segment.options.fragments_from=distance_2d
-    # the clusterer straightened on the predicted cleft instead of a segment boundary
-    python benchmarks/eval_main_job_variant.py --seeds 1201 ... 1208 9091 ... 9098 \
+    # the clusterer straightened on the predicted cleft instead of a segment boundary (against
+    # the main job before that change: git show 1d3a32c:examples/cremi.toml > examples/c0.toml)
+    python benchmarks/eval_main_job_variant.py --config examples/c0.toml \
+        --seeds 1201 ... 1208 9091 ... 9098 \
         --name cluster_on_clefts --set stages.cluster.inputs.clefts=clefts.cleft_probability
 
 Each seed is a default phantom (``syntk phantom em --seed N``, 20 x 256 x 256 at 40 x 4 x 4 nm),
@@ -72,6 +74,12 @@ def main() -> None:
         action="store_true",
         help="held-out seeds: report a choice made elsewhere (choose nothing here)",
     )
+    ap.add_argument(
+        "--config",
+        type=Path,
+        default=ROOT / "examples" / "cremi.toml",
+        help="the main job's config (e.g. an earlier version from git)",
+    )
     ap.add_argument("--json", type=Path)
     ap.add_argument("--work", type=Path, help="keep the runs here (default: a temporary folder)")
     args = ap.parse_args()
@@ -86,7 +94,7 @@ def main() -> None:
         data = work / f"phantom_{seed}.hdf"
         if not data.exists():
             _run([SYNTK, "phantom", "em", str(data), "--seed", str(seed)])
-        base = [SYNTK, "pipeline", "run", str(ROOT / "examples" / "cremi.toml"),
+        base = [SYNTK, "pipeline", "run", str(args.config),
                 "--set", f"input.path={data}", "--quiet", "--no-report"]  # fmt: skip
         main, var = work / f"run_{seed}_main", work / f"run_{seed}_{args.name}"
         _run([*base, "--set", f"output.dir={main}", "--resume"])

@@ -46,6 +46,10 @@ def test_main_job_runs_on_the_demo(tmp_path: Path) -> None:
     assert manifest["config"]["stages"]["partners"]["inputs"]["coarse_segmentation"] == (
         "segment.segmentation"
     )
+    # synapse patches straightened on the predicted cleft, not on a predicted segment boundary
+    assert manifest["config"]["stages"]["cluster"]["inputs"]["clefts"] == (
+        "clefts.cleft_probability"
+    )
     written = read_cremi(tmp_path / "run" / "prediction.hdf")
     assert written.neuron_ids is not None and written.clefts is not None
     assert written.neuron_ids.spatial_shape == (20, 256, 256)
