@@ -149,6 +149,8 @@ def test_centre_rows_on_map_puts_the_cleft_centre_at_the_centre() -> None:
     # the cleft's centre (6, 9) lands at column 10 // 2 = 5; unaligned rows are the centre crop
     assert out[0, 5] == 6.0 and out[1, 5] == 9.0
     assert out[2].tolist() == out[3].tolist() == list(range(3, 13))
+    _, found_high = centre_rows_on_map(raw, cleft, 10, threshold=0.85)  # row 1's 0.8 is below
+    assert found_high.tolist() == [True, False, False, False]
 
 
 def test_contact_patches_on_a_cleft_map_straighten_a_curved_contact() -> None:

@@ -61,6 +61,13 @@ class AutoencoderKMeans(Clusterer["AutoencoderKMeans.Options"]):
         k_max: int = Field(8, ge=2)
         min_stability: float = Field(0.8, ge=0, le=1, description="Stability floor for k.")
         seed: int = Field(0, description="k-means seed.")
+        cleft_threshold: float = Field(
+            0.5,
+            gt=0,
+            lt=1,
+            description="With `clefts`: the cleft probability above which a "
+            "patch row counts as crossing the cleft (rows are centred on those values).",
+        )
         pictures: bool = Field(True, description="Write clusters_embedding.png and "
                                "clusters_gallery.png into the run directory.")  # fmt: skip
 
@@ -78,7 +85,8 @@ class AutoencoderKMeans(Clusterer["AutoencoderKMeans.Options"]):
         if len(sites) == 0:  # no synapses found (e.g. none predicted): nothing to cluster
             self.context.record("clustering", {"k": 0, "n_synapses": 0})
             return {"clusters": ClusterAssignments(sites.synapse_id, np.zeros(0, np.int64))}
-        codes = encoder.encode_sites(raw, sites, inputs.get("labels"), cleft=inputs.get("clefts"))
+        codes = encoder.encode_sites(raw, sites, inputs.get("labels"), cleft=inputs.get("clefts"),
+                                     cleft_threshold=o.cleft_threshold)  # fmt: skip
         choice = None
         if o.k is not None:
             k = o.k
@@ -106,9 +114,8 @@ class AutoencoderKMeans(Clusterer["AutoencoderKMeans.Options"]):
         base = self.context.run_dir or self.context.scratch_dir
         plot_embedding(codes, labels, base / "clusters_embedding.png", truth=known)
         members = gallery_members(labels)  # only the gallery's synapses are cut again
-        patches = encoder.patches(
-            raw, sites.take(members), inputs.get("labels"), inputs.get("clefts")
-        )
+        patches = encoder.patches(raw, sites.take(members), inputs.get("labels"),
+                                  inputs.get("clefts"), self.options.cleft_threshold)  # fmt: skip
         values, counts = np.unique(labels, return_counts=True)
         plot_gallery(patches[:, 0] if patches.ndim == 5 else patches, labels[members],
                      base / "clusters_gallery.png",

@@ -20,6 +20,7 @@ import numpy as np
 from synapse_toolkit.data import Volume
 from synapse_toolkit.errors import DataError
 from synapse_toolkit.synapses.patches import (
+    CLEFT_THRESHOLD,
     PatchSpec,
     SynapseSites,
     contact_patches,
@@ -65,6 +66,7 @@ class PatchEncoder:
         sites: SynapseSites,
         labels: Volume | None = None,
         cleft: Volume | None = None,
+        cleft_threshold: float = CLEFT_THRESHOLD,
     ) -> np.ndarray:
         """The patches this encoder reads, cut from ``raw``; a contact-aligned encoder
         straightens them on the cleft probability ``cleft`` if given, else on the segment
@@ -76,7 +78,8 @@ class PatchEncoder:
                     "wire a cleft probability (clefts) or a segmentation (labels) into the "
                     "clusterer"
                 )
-            return contact_patches(raw, labels, sites, self.spec, self.reach_nm, cleft=cleft)
+            return contact_patches(raw, labels, sites, self.spec, self.reach_nm, cleft=cleft,
+                                   cleft_threshold=cleft_threshold)  # fmt: skip
         return extract_patches(raw, sites, self.spec)
 
     def encode_sites(
@@ -86,11 +89,12 @@ class PatchEncoder:
         labels: Volume | None = None,
         batch: int = 128,
         cleft: Volume | None = None,
+        cleft_threshold: float = CLEFT_THRESHOLD,
     ) -> np.ndarray:
         """Codes (N, D) of every synapse in ``sites``, cut and encoded ``batch`` synapses at a
         time, so memory follows the batch rather than the number of synapses."""
         parts = [self.encode(self.patches(raw, sites.take(np.arange(a, min(a + batch, len(sites)))),
-                                          labels, cleft))
+                                          labels, cleft, cleft_threshold))
                  for a in range(0, len(sites), batch)]  # fmt: skip
         return np.concatenate(parts) if parts else np.zeros((0, 0), np.float64)
 

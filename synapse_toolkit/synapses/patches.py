@@ -253,6 +253,7 @@ def contact_patches(
     reach_nm: float = 64.0,
     *,
     cleft: Volume | None = None,
+    cleft_threshold: float = CLEFT_THRESHOLD,
     angle_jitter: Sequence[float] | np.ndarray | None = None,
     centre_jitter_nm: np.ndarray | None = None,
 ) -> np.ndarray:
@@ -262,7 +263,7 @@ def contact_patches(
 
     Segment ids are read from ``labels`` at the pre site and at the first post site. With a
     cleft probability map ``cleft``, rows are centred on the cleft instead
-    (:func:`centre_rows_on_map`) and ``labels`` is not read."""
+    (:func:`centre_rows_on_map`, values above ``cleft_threshold``) and ``labels`` is not read."""
     if cleft is None and labels is None:
         raise DataError("contact-aligned patches need a segmentation or a cleft probability map")
     nz, ny, nx = spec.shape
@@ -286,7 +287,8 @@ def contact_patches(
         world = patch_coordinates(c, a, wide)
         grey = sample_patch(raw, world)
         if cleft is not None:
-            out[i, 0], found = centre_rows_on_map(grey, sample_patch(cleft, world), nx)
+            pm = sample_patch(cleft, world)
+            out[i, 0], found = centre_rows_on_map(grey, pm, nx, cleft_threshold)
         else:
             assert labels is not None
             seg = sample_labels(labels, world)
