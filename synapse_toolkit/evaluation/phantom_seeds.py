@@ -58,8 +58,8 @@ ROLES: dict[Family, SeedRoles] = {
         development=_span(1201, 1208) | _span(9091, 9098) | _span(9401, 9408) | _span(9601, 9608),
         # 3001-3099: eval_synapses / eval_phantom_neurons / phantom fragments' held-out figures;
         # 9201-9208, 9301-9308, 9501-9508, 9701-9708, 9801-9808, 9911-9926 and 9927-9942: the
-        # partner tables, scored once each; 9943-9950: the main job's clustering (contact
-        # alignment), scored once
+        # partner tables, scored once each; 9943-9950 and 9951-9958: the main job's clustering
+        # (contact alignment on the predicted cleft; its threshold), scored once each
         held_out=_span(3001, 3099)
         | _span(9201, 9208)
         | _span(9301, 9308)
@@ -68,7 +68,8 @@ ROLES: dict[Family, SeedRoles] = {
         | _span(9801, 9808)
         | _span(9911, 9926)
         | _span(9927, 9942)
-        | _span(9943, 9950),
+        | _span(9943, 9950)
+        | _span(9951, 9958),
     ),
     "clustering": SeedRoles(
         training=_span(2001, 2012),
