@@ -144,7 +144,7 @@ def test_centre_rows_on_map_puts_the_cleft_centre_at_the_centre() -> None:
     cleft[3, 13:16] = 0.9
     cleft[2, 4] = 0.4  # below the threshold: not a cleft
     raw = np.tile(np.arange(16.0), (4, 1))
-    out, found = centre_rows_on_map(raw, cleft, 10)
+    out, found = centre_rows_on_map(raw, cleft, 10, threshold=0.5)
     assert found.tolist() == [True, True, False, False]
     # the cleft's centre (6, 9) lands at column 10 // 2 = 5; unaligned rows are the centre crop
     assert out[0, 5] == 6.0 and out[1, 5] == 9.0

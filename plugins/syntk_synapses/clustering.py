@@ -15,6 +15,7 @@ from synapse_toolkit import __version__
 from synapse_toolkit.data import ClusterAssignments, PartnerTable, Volume
 from synapse_toolkit.errors import DataError
 from synapse_toolkit.stages import Clusterer, Loader, ModelOptions, Port, StageOptions
+from synapse_toolkit.synapses.patches import CLEFT_THRESHOLD
 
 if TYPE_CHECKING:
     from synapse_toolkit.synapses.clustering import PatchEncoder
@@ -62,7 +63,7 @@ class AutoencoderKMeans(Clusterer["AutoencoderKMeans.Options"]):
         min_stability: float = Field(0.8, ge=0, le=1, description="Stability floor for k.")
         seed: int = Field(0, description="k-means seed.")
         cleft_threshold: float = Field(
-            0.5,
+            CLEFT_THRESHOLD,
             gt=0,
             lt=1,
             description="With `clefts`: the cleft probability above which a "
