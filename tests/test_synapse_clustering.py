@@ -399,3 +399,20 @@ def test_encode_sites_in_batches_equals_encoding_all_patches(tmp_path: Path) -> 
     np.testing.assert_array_equal(part, whole[[5, 2]])
     members = gallery_members(np.array([2, 0, 2, 1, 0, 0, 2]), per_cluster=2)
     assert members.tolist() == [0, 1, 2, 3, 4]
+
+
+def test_predicted_cleft_marks_the_demo_clefts() -> None:
+    """The cleft probability a cleft-straightened encoder trains on (the shipped cleft U-Net):
+    high on the bundled demo's true clefts, low elsewhere."""
+    from synapse_toolkit.cremi_ids import CLEFT_BACKGROUND
+    from synapse_toolkit.io.cremi import read_cremi
+    from synapse_toolkit.synapses.train_cluster_encoder import predicted_cleft
+
+    demo = read_cremi(Path(__file__).resolve().parents[1] / "synapse_toolkit/demo/cremi_demo.hdf")
+    assert demo.raw is not None and demo.clefts is not None
+    prob = predicted_cleft(demo.raw, "synapses/clefts")
+    assert prob.shape == (1, *demo.raw.spatial_shape) and prob.voxel_size_nm == (40.0, 4.0, 4.0)
+    cleft = np.asarray(demo.clefts.data) != CLEFT_BACKGROUND
+    p = np.asarray(prob.data)[0]
+    # above the alignment's threshold (0.9): most true cleft voxels, ~1 % of the others
+    assert (p[cleft] > 0.9).mean() > 0.5 and (p[~cleft] > 0.9).mean() < 0.03

@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from synapse_toolkit.errors import ConfigError
 from synapse_toolkit.nn.run import DeviceOptions, start_out_dir
 from synapse_toolkit.synapses.patches import (
+    CLEFT_THRESHOLD,
     PatchSpec,
     contact_patches,
     extract_patches,
@@ -70,6 +71,13 @@ class PatchConfig(_Model):
         "sites", description="Orient by the sites only, or also straighten on the segmentation."
     )
     reach_nm: float = Field(64.0, gt=0, description="Contact search reach either side (nm).")
+    straighten_on: Literal["segmentation", "predicted_cleft"] = Field(
+        "segmentation",
+        description="With align = 'contact': the true segment boundary, or the cleft "
+        "probability of `cleft_model` above `cleft_threshold` (as the main job straightens).",
+    )
+    cleft_model: str = Field("synapses/clefts", description="Registry name of the cleft U-Net.")
+    cleft_threshold: float = Field(CLEFT_THRESHOLD, gt=0, lt=1)
 
 
 class NetConfig(_Model):
@@ -181,14 +189,28 @@ def cut_patches(
     raw: Any,
     labels: Any,
     sites: Any,
+    cleft: Any = None,
     **jitter: Any,
 ) -> np.ndarray:
     """Patches as the encoder of ``cfg`` sees them: (N, z, y, x), or (N, 2, z, y, x) when
-    contact-aligned."""
+    contact-aligned (on ``cleft``, a cleft probability volume, when given)."""
     spec = PatchSpec(cfg.size_nm, cfg.voxel_size_nm)
     if cfg.align == "contact":
-        return contact_patches(raw, labels, sites, spec, cfg.reach_nm, **jitter)
+        return contact_patches(raw, labels, sites, spec, cfg.reach_nm, cleft=cleft,
+                               cleft_threshold=cfg.cleft_threshold, **jitter)  # fmt: skip
     return extract_patches(raw, sites, spec, **jitter)
+
+
+def predicted_cleft(raw: Any, model: str) -> Any:
+    """The cleft probability (1, z, y, x) of the registry's cleft U-Net ``model`` on ``raw``."""
+    from synapse_toolkit.data import Volume
+    from synapse_toolkit.inference.onnx_model import OnnxModel
+    from synapse_toolkit.models import resolve_model
+
+    net = OnnxModel(resolve_model("cluster-encoder training", name=model).path)
+    out = np.zeros((1, *raw.spatial_shape), np.float32)
+    net.predict(raw.data, out, (2, 8, 8))
+    return Volume(out, raw.voxel_size_nm, raw.offset_nm, "cleft_probability")
 
 
 def prepare_seed(
@@ -203,20 +225,25 @@ def prepare_seed(
         tag += f"_a{cfg.augment.angle_jitter_deg:g}_c{cfg.augment.centre_jitter_nm:g}"
         if cfg.patch.align == "contact":
             tag += f"_contact{cfg.patch.reach_nm:g}"
+            if cfg.patch.straighten_on == "predicted_cleft":
+                tag += f"_cleft{cfg.patch.cleft_threshold:g}"
         cache = Path(d.cache_dir) / f"{tag}.npz"
         if cache.exists():
             with np.load(cache) as z:
                 return {k: z[k] for k in z.files}
     raw, partners, truth, labels = phantom_synapses(seed, d.shape, d.types, with_labels=True)
     sites = synapse_sites(partners)
-    canon = cut_patches(cfg.patch, raw, labels, sites)
+    cleft = None
+    if cfg.patch.align == "contact" and cfg.patch.straighten_on == "predicted_cleft":
+        cleft = predicted_cleft(raw, cfg.patch.cleft_model)
+    canon = cut_patches(cfg.patch, raw, labels, sites, cleft)
     rng = np.random.default_rng(rng_seed)
     jit = []
     a = np.deg2rad(cfg.augment.angle_jitter_deg)
     for _ in range(views):
         ang = rng.uniform(-a, a, len(sites))
         cen = rng.normal(0, cfg.augment.centre_jitter_nm, (len(sites), 3)) * [0, 1, 1]
-        jit.append(cut_patches(cfg.patch, raw, labels, sites, angle_jitter=ang,
+        jit.append(cut_patches(cfg.patch, raw, labels, sites, cleft, angle_jitter=ang,
                                centre_jitter_nm=cen))  # fmt: skip
     out = {
         "canonical": np.clip(np.round(canon), 0, 255).astype(np.uint8),
@@ -450,6 +477,7 @@ def train_cluster_encoder(
         "patch_voxel_size_nm": list(cfg.patch.voxel_size_nm),
         "align": cfg.patch.align,
         "reach_nm": cfg.patch.reach_nm,
+        "straighten_on": cfg.patch.straighten_on,
         "contact_pool": contact,
         "arch": cfg.model.arch,
         "profile_norm": cfg.model.profile_norm,
