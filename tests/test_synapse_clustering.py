@@ -110,29 +110,38 @@ def test_straighten_rows_puts_the_boundary_at_the_centre() -> None:
     assert not found0.any() and none[0].tolist() == list(range(3, 13))
 
 
-def test_contact_patches_straighten_a_curved_contact() -> None:
-    """A wavy pre/post boundary with a dark 3-voxel band behind it on the post side: after
-    straightening, the band sits at the same columns in every row of the contact."""
+def _curved_contact() -> tuple[np.ndarray, np.ndarray, Any, PatchSpec]:
+    """A wavy pre/post boundary (x of the first post voxel per y) with a dark 3-voxel band
+    behind it on the post side; raw, boundary, the synapse's sites and a patch spec."""
     vs, shape = (40.0, 4.0, 4.0), (5, 120, 120)
     _, y, x = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
-    boundary = 60 + np.round(6 * np.sin(y / 9.0)).astype(int)  # x of the first post voxel
-    labels = np.where(x < boundary, 1, 2).astype(np.uint64)
+    boundary = 60 + np.round(6 * np.sin(y / 9.0)).astype(int)
     raw = np.full(shape, 150.0)
     raw[(x >= boundary) & (x < boundary + 3)] = 20.0
-    raw_v, lab_v = Volume(raw.astype(np.uint8), vs), Volume(labels, vs)
     centre = np.array([2 * 40.0, 60 * 4.0, 60 * 4.0])
     step = np.array([0.0, 0.0, 60.0])
     table = PartnerTable((centre - step)[None], (centre + step)[None],
                          np.ones(1, np.uint64), np.full(1, 2, np.uint64), np.ones(1),
                          np.asarray([3], np.uint64))  # fmt: skip
-    spec = PatchSpec((120.0, 160.0, 64.0), vs)
-    p = contact_patches(raw_v, lab_v, synapse_sites(table), spec, reach_nm=40.0)
+    return raw.astype(np.uint8), boundary, synapse_sites(table), PatchSpec((120.0, 160.0, 64.0), vs)
+
+
+def _band_lines_up(p: np.ndarray) -> None:
     assert p.shape == (1, 2, 3, 40, 16)
-    assert p[0, 1].min() == 1.0  # every row of the contact found its boundary
+    assert p[0, 1].min() == 1.0  # every row of the contact was aligned
     dark = p[0, 0] < 100  # (samples fall between voxels: the band may blur or move by one)
     assert dark[..., 9].all() and not dark[..., :7].any() and not dark[..., 12:].any()
-    # without straightening the band wanders across rows
-    flat = extract_patches(raw_v, synapse_sites(table), PatchSpec((120.0, 160.0, 64.0), vs))
+
+
+def test_contact_patches_straighten_a_curved_contact() -> None:
+    """Straightened on the labels, the dark band sits at the same columns in every row of the
+    contact; without straightening it wanders."""
+    raw, boundary, sites, spec = _curved_contact()
+    x = np.arange(raw.shape[2])[None, None, :]
+    labels = np.where(x < boundary, 1, 2).astype(np.uint64)
+    vs = spec.voxel_size_nm
+    _band_lines_up(contact_patches(Volume(raw, vs), Volume(labels, vs), sites, spec, 40.0))
+    flat = extract_patches(Volume(raw, vs), sites, spec)
     assert not (flat[0] < 100)[..., 9].all()
 
 
@@ -154,26 +163,14 @@ def test_centre_rows_on_map_puts_the_cleft_centre_at_the_centre() -> None:
 
 
 def test_contact_patches_on_a_cleft_map_straighten_a_curved_contact() -> None:
-    """The curved contact of the test above, straightened on a 3-voxel cleft map (1, z, y, x)
-    around the boundary instead of on the labels: the dark band lines up at the same columns,
-    and no segmentation is read."""
-    vs, shape = (40.0, 4.0, 4.0), (5, 120, 120)
-    _, y, x = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
-    boundary = 60 + np.round(6 * np.sin(y / 9.0)).astype(int)
-    raw = np.full(shape, 150.0)
-    raw[(x >= boundary) & (x < boundary + 3)] = 20.0
+    """The same contact straightened on a 3-voxel cleft map (1, z, y, x) around the boundary
+    instead of on the labels: the band lines up the same way, and no segmentation is read."""
+    raw, boundary, sites, spec = _curved_contact()
+    x = np.arange(raw.shape[2])[None, None, :]
     cleft = ((x >= boundary - 1) & (x <= boundary + 1)).astype(np.float32)[None]
-    centre = np.array([2 * 40.0, 60 * 4.0, 60 * 4.0])
-    step = np.array([0.0, 0.0, 60.0])
-    table = PartnerTable((centre - step)[None], (centre + step)[None],
-                         np.ones(1, np.uint64), np.full(1, 2, np.uint64), np.ones(1),
-                         np.asarray([3], np.uint64))  # fmt: skip
-    spec = PatchSpec((120.0, 160.0, 64.0), vs)
-    p = contact_patches(Volume(raw.astype(np.uint8), vs), None, synapse_sites(table), spec,
-                        reach_nm=40.0, cleft=Volume(cleft, vs))  # fmt: skip
-    assert p[0, 1].min() == 1.0
-    dark = p[0, 0] < 100
-    assert dark[..., 9].all() and not dark[..., :7].any() and not dark[..., 12:].any()
+    vs = spec.voxel_size_nm
+    _band_lines_up(contact_patches(Volume(raw, vs), None, sites, spec, 40.0,
+                                   cleft=Volume(cleft, vs)))  # fmt: skip
 
 
 @pytest.fixture(scope="module")
