@@ -355,6 +355,14 @@ def _h5volumes_text_file(tmp: Path) -> list[str]:
     return _h5volumes(tmp, tmp / "vol.h5")
 
 
+def _cluster_train_onto_shipped_encoder(tmp: Path) -> list[str]:
+    (tmp / "mine.onnx").write_bytes(b"an encoder the user keeps")
+    cfg = tmp / "enc.toml"
+    cfg.write_text(f'kind = "cluster-encoder"\n[training]\nout_dir = "{tmp / "run"}"\n'
+                   f'[export]\npath = "{tmp / "mine.onnx"}"\n')  # fmt: skip
+    return ["train", "cluster-encoder", str(cfg)]
+
+
 CASES = [
     Case("nan-raw", _nan_raw, "voxels are NaN or infinite"),
     Case("negative-ids", _negative_ids, "negative label id -3"),
@@ -383,6 +391,11 @@ CASES = [
     Case("unknown-provider", _unknown_provider, "FooExecutionProvider"),
     Case("neurofinder-on-hdf5", _neurofinder_on_hdf5, "neurofinder needs regions"),
     Case("train-onto-an-earlier-run", _train_onto_an_earlier_run, "continue it with --resume"),
+    Case(
+        "cluster-train-onto-an-encoder",
+        _cluster_train_onto_shipped_encoder,
+        "mine.onnx: file exists; pass --overwrite to replace it",
+    ),
     Case("train-raw-is-2d", _train_raw_is_2d, "vol.h5:raw: expected a 3D (z, y, x) volume"),
     Case("train-crop-larger-than-volume", _train_crop_larger_than_volume, "does not fit"),
     Case("export-onto-existing", _export_onto_existing, "mine.onnx: file exists; pass --overwrite"),

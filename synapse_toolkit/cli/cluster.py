@@ -24,8 +24,11 @@ def cluster_encoder(
     ] = None,
     iterations: Annotated[int | None, typer.Option(help="Override training.iterations.")] = None,
     resume: ResumeOpt = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an existing export.path file (e.g. the shipped encoder).")
+    ] = False,
 ) -> None:
-    """Train the synapse cluster encoder (3D conv AE or VAE) and export it to ONNX."""
+    """Train the synapse cluster encoder and export it to ONNX (export.path)."""
     from synapse_toolkit.synapses.train_cluster_encoder import load_cluster_config
 
     cfg = with_training_overrides(
@@ -34,7 +37,8 @@ def cluster_encoder(
     need_torch()
     from synapse_toolkit.synapses.train_cluster_encoder import train_cluster_encoder
 
-    typer.echo(json.dumps(train_cluster_encoder(cfg, log=typer.echo, resume=resume)))
+    out = train_cluster_encoder(cfg, log=typer.echo, resume=resume, overwrite=overwrite)
+    typer.echo(json.dumps(out))
 
 
 @app.command("run")
