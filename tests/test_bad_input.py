@@ -363,6 +363,16 @@ def _cluster_train_onto_shipped_encoder(tmp: Path) -> list[str]:
     return ["train", "cluster-encoder", str(cfg)]
 
 
+def _synapse_train_onto_a_model(tmp: Path) -> list[str]:
+    data = _cremi(tmp, "s.hdf")
+    (tmp / "polarity.onnx").write_bytes(b"a model the user keeps")
+    cfg = tmp / "pol.toml"
+    cfg.write_text(f'kind = "polarity"\n[data]\nfiles = ["{data}"]\n[training]\n'
+                   f'iterations = 1\nout_dir = "{tmp / "run"}"\n'
+                   f'onnx = "{tmp / "polarity.onnx"}"\n')  # fmt: skip
+    return ["train-synapses", "polarity", str(cfg)]
+
+
 CASES = [
     Case("nan-raw", _nan_raw, "voxels are NaN or infinite"),
     Case("negative-ids", _negative_ids, "negative label id -3"),
@@ -395,6 +405,11 @@ CASES = [
         "cluster-train-onto-an-encoder",
         _cluster_train_onto_shipped_encoder,
         "mine.onnx: file exists; pass --overwrite to replace it",
+    ),
+    Case(
+        "synapse-train-onto-a-model",
+        _synapse_train_onto_a_model,
+        "polarity.onnx: file exists; pass --overwrite to replace it",
     ),
     Case("train-raw-is-2d", _train_raw_is_2d, "vol.h5:raw: expected a 3D (z, y, x) volume"),
     Case("train-crop-larger-than-volume", _train_crop_larger_than_volume, "does not fit"),

@@ -1,8 +1,9 @@
 """What the training commands share: overriding ``[training]`` keys from flags, the
-``--resume`` flag, and the one-line error when torch is missing."""
+``--resume`` and ``--overwrite`` flags, and the one-line error when torch is missing."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -13,6 +14,21 @@ from synapse_toolkit.errors import SyntkError
 ResumeOpt = Annotated[bool, typer.Option(
     "--resume", help="Continue an interrupted run from <out_dir>/latest.pt, exactly where it "
     "stopped, up to training.iterations in all (a fresh time budget).")]  # fmt: skip
+
+
+#: the synapse trainers' and the cluster encoder's ``--overwrite`` (:func:`check_export`)
+OverwriteOpt = Annotated[bool, typer.Option(
+    "--overwrite", help="Let a new run replace the existing file its config exports to (the "
+    "shipped configs export over the shipped models).")]  # fmt: skip
+
+
+def check_export(path: str | Path | None, resume: bool, overwrite: bool) -> None:
+    """Before a new run starts: refuse an export destination that exists (one error line naming
+    it) unless ``overwrite``; a resumed run re-exports its own model."""
+    from synapse_toolkit.fsio import check_destination
+
+    if path is not None and not resume:
+        check_destination(Path(path), overwrite=overwrite, what="exported model")
 
 
 def need_torch() -> None:

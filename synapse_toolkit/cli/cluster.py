@@ -10,7 +10,13 @@ from typing import Annotated
 
 import typer
 
-from synapse_toolkit.cli._training import ResumeOpt, need_torch, with_training_overrides
+from synapse_toolkit.cli._training import (
+    OverwriteOpt,
+    ResumeOpt,
+    check_export,
+    need_torch,
+    with_training_overrides,
+)
 from synapse_toolkit.errors import SyntkError
 
 app = typer.Typer(no_args_is_help=True, help="Synapse clustering (autoencoder + k-means).")
@@ -24,9 +30,7 @@ def cluster_encoder(
     ] = None,
     iterations: Annotated[int | None, typer.Option(help="Override training.iterations.")] = None,
     resume: ResumeOpt = False,
-    overwrite: Annotated[
-        bool, typer.Option(help="Replace an existing export.path file (e.g. the shipped encoder).")
-    ] = False,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Train the synapse cluster encoder and export it to ONNX (export.path)."""
     from synapse_toolkit.synapses.train_cluster_encoder import load_cluster_config
@@ -34,11 +38,11 @@ def cluster_encoder(
     cfg = with_training_overrides(
         load_cluster_config(config), time_limit_minutes=time_limit, iterations=iterations
     )
+    check_export(cfg.export.path, resume, overwrite)
     need_torch()
     from synapse_toolkit.synapses.train_cluster_encoder import train_cluster_encoder
 
-    out = train_cluster_encoder(cfg, log=typer.echo, resume=resume, overwrite=overwrite)
-    typer.echo(json.dumps(out))
+    typer.echo(json.dumps(train_cluster_encoder(cfg, log=typer.echo, resume=resume)))
 
 
 @app.command("run")

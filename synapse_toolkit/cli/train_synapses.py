@@ -11,7 +11,13 @@ from typing import Annotated
 
 import typer
 
-from synapse_toolkit.cli._training import ResumeOpt, need_torch, with_training_overrides
+from synapse_toolkit.cli._training import (
+    OverwriteOpt,
+    ResumeOpt,
+    check_export,
+    need_torch,
+    with_training_overrides,
+)
 from synapse_toolkit.errors import ConfigError
 
 app = typer.Typer(no_args_is_help=True, help="Train the synapse models (torch).")
@@ -22,14 +28,16 @@ ItOpt = Annotated[int | None, typer.Option(help="Override training.iterations.")
 
 
 def _detector(
-    kind: str, config: Path, time_limit: float | None, iterations: int | None, resume: bool
-) -> None:
+    kind: str, config: Path, time_limit: float | None, iterations: int | None, resume: bool,
+    overwrite: bool,
+) -> None:  # fmt: skip
     from synapse_toolkit.synapses.train_detectors import load_detector_config
 
     cfg = load_detector_config(config)
     if cfg.kind != kind:
         raise ConfigError(f"{config}: kind = {cfg.kind!r}, but this command trains {kind!r}")
     cfg = with_training_overrides(cfg, time_limit_minutes=time_limit, iterations=iterations)
+    check_export(cfg.training.onnx, resume, overwrite)
     need_torch()
     from synapse_toolkit.synapses.train_detectors import train_detector
 
@@ -39,25 +47,25 @@ def _detector(
 @app.command("clefts")
 def clefts(
     config: ConfigArg, time_limit: TimeOpt = None, iterations: ItOpt = None,
-    resume: ResumeOpt = False,
+    resume: ResumeOpt = False, overwrite: OverwriteOpt = False,
 ) -> None:  # fmt: skip
     """Train the cleft U-Net (sigmoid, balanced BCE) and export it to ONNX."""
-    _detector("clefts", config, time_limit, iterations, resume)
+    _detector("clefts", config, time_limit, iterations, resume, overwrite)
 
 
 @app.command("polarity")
 def polarity(
     config: ConfigArg, time_limit: TimeOpt = None, iterations: ItOpt = None,
-    resume: ResumeOpt = False,
+    resume: ResumeOpt = False, overwrite: OverwriteOpt = False,
 ) -> None:  # fmt: skip
     """Train the signed-proximity U-Net (tanh, balanced MSE) and export it to ONNX."""
-    _detector("polarity", config, time_limit, iterations, resume)
+    _detector("polarity", config, time_limit, iterations, resume, overwrite)
 
 
 @app.command("pruner")
 def pruner(
     config: ConfigArg, time_limit: TimeOpt = None, iterations: ItOpt = None,
-    resume: ResumeOpt = False,
+    resume: ResumeOpt = False, overwrite: OverwriteOpt = False,
 ) -> None:  # fmt: skip
     """Train the EMSynConn pruning CNN on labelled candidates and export it to ONNX."""
     from synapse_toolkit.synapses.train_pruner import load_pruner_config
@@ -65,6 +73,7 @@ def pruner(
     cfg = with_training_overrides(
         load_pruner_config(config), time_limit_minutes=time_limit, iterations=iterations
     )
+    check_export(cfg.training.onnx, resume, overwrite)
     need_torch()
     from synapse_toolkit.synapses.train_pruner import train_pruner
 
@@ -74,7 +83,7 @@ def pruner(
 @app.command("synful")
 def synful(
     config: ConfigArg, time_limit: TimeOpt = None, iterations: ItOpt = None,
-    resume: ResumeOpt = False,
+    resume: ResumeOpt = False, overwrite: OverwriteOpt = False,
 ) -> None:  # fmt: skip
     """Train the Synful network (post mask + partner vector + direction head), export to ONNX."""
     from synapse_toolkit.synapses.train_synful import load_synful_config
@@ -82,6 +91,7 @@ def synful(
     cfg = with_training_overrides(
         load_synful_config(config), time_limit_minutes=time_limit, iterations=iterations
     )
+    check_export(cfg.training.onnx, resume, overwrite)
     need_torch()
     from synapse_toolkit.synapses.train_synful import train_synful
 

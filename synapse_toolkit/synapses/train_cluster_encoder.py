@@ -372,16 +372,9 @@ def train_cluster_encoder(
     cfg: ClusterEncoderConfig,
     log: Callable[[str], Any] = print,
     resume: bool = False,
-    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Prepare data, train, select on validation ARI, export the encoder to ONNX. ``latest.pt``
-    (written at every validation) lets ``resume`` continue a stopped run exactly (and re-export
-    it). A new run refuses an existing ``export.path`` (e.g. the shipped encoder) before training
-    unless ``overwrite``."""
-    from synapse_toolkit.fsio import check_destination
-
-    if not resume:
-        check_destination(Path(cfg.export.path), overwrite=overwrite, what="encoder")
+    (written at every validation) lets ``resume`` continue a stopped run exactly."""
     import torch
 
     from synapse_toolkit.nn.cluster_encoder import (
