@@ -50,6 +50,7 @@ def test_main_job_runs_on_the_demo(tmp_path: Path) -> None:
     assert manifest["config"]["stages"]["cluster"]["inputs"]["clefts"] == (
         "clefts.cleft_probability"
     )
+    assert notes["cluster"]["notes"]["clustering"]["straightened_on"] == "cleft > 0.9"
     written = read_cremi(tmp_path / "run" / "prediction.hdf")
     assert written.neuron_ids is not None and written.clefts is not None
     assert written.neuron_ids.spatial_shape == (20, 256, 256)

@@ -96,7 +96,11 @@ class AutoencoderKMeans(Clusterer["AutoencoderKMeans.Options"]):
                               seed=o.seed)  # fmt: skip
             k = choice.k
         labels = kmeans(codes, k, seed=o.seed)
+        aligned = ("not straightened" if not encoder.needs_labels
+                   else f"cleft > {o.cleft_threshold:g}" if inputs.get("clefts") is not None
+                   else "segment boundary")  # fmt: skip
         self.context.record("clustering", {"k": int(k), "n_synapses": len(sites),
+                                           "straightened_on": aligned,
                                            **summary(choice)})  # fmt: skip
         if o.pictures and len(sites):
             self._pictures(codes, labels, encoder, raw, sites, inputs)
