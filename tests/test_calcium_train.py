@@ -131,3 +131,16 @@ def test_refit_trains_on_all_labelled_rows(tmp_path: Path, monkeypatch: pytest.M
     assert meta["region_params"] == chosen and meta["iteration"] == 2
     assert "refit" in meta["note"]
     assert onnx_path.with_suffix(".sha256").read_text().split()[1] == "refit.onnx"
+
+
+def test_an_existing_export_is_refused_before_training(tmp_path: Path) -> None:
+    """`--export` onto an existing file (e.g. the shipped model) without `--overwrite` stops at
+    once with exit code 1, before any run folder is made, and leaves the file as it was."""
+    import syntk_calcium.train as tr
+
+    mine = tmp_path / "mine.onnx"
+    mine.write_bytes(b"a model the user keeps")
+    with pytest.raises(SystemExit) as stop:
+        tr.main(["--out", str(tmp_path / "run"), "--export", str(mine)])
+    assert stop.value.code == 1
+    assert mine.read_bytes() == b"a model the user keeps" and not (tmp_path / "run").exists()

@@ -20,7 +20,10 @@ exported. ``latest.pt`` (written at every evaluation) holds what ``--resume`` ne
 stopped run exactly: weights, optimizer, moving average, random states and the best so far.
 
     python -m syntk_calcium.train --out runs/neurofinder-cnn \
-        --export plugins/syntk_calcium/models/neurofinder_cnn.onnx
+        --export plugins/syntk_calcium/models/neurofinder_cnn.onnx --overwrite
+
+An existing ``--export`` file (e.g. the shipped model) is refused before anything runs unless
+``--overwrite``; a resumed run re-exports its own.
 """
 
 from __future__ import annotations
@@ -426,6 +429,11 @@ def main(argv: list[str] | None = None) -> None:
                     help="continue a stopped run from <out>/latest.pt (written at every "
                     "evaluation) exactly, up to --iterations")  # fmt: skip
     ap.add_argument("--export", default=None, help="write the best checkpoint as this ONNX file")
+    ap.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="let --export replace an existing file (e.g. the shipped model)",
+    )
     ap.add_argument("--export-checkpoint", default=None, metavar="PT",
                     help="no training: export this checkpoint (a refit's itNNNNN.pt)")  # fmt: skip
     ap.add_argument("--region-params", default=None, metavar="JSON",
@@ -434,6 +442,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--select-only", default=None, metavar="ONNX",
                     help="no training: choose TTA and thresholds on validation")  # fmt: skip
     args = ap.parse_args(argv)
+    if args.export and not args.resume:
+        from synapse_toolkit.errors import DataError
+        from synapse_toolkit.fsio import check_destination
+
+        try:
+            check_destination(Path(args.export), overwrite=args.overwrite, what="ONNX model")
+        except DataError as exc:
+            ap.exit(1, f"error: {exc}\n")
     if args.select_only:
         select(Path(args.select_only), Path(args.data), Path(args.out) / "phantoms")
         return

@@ -28,7 +28,7 @@ SHIPPED: dict[str, tuple[str, str, str]] = {
         "--eval-every 150 --cosine --strong-aug --scale 0.2 --ema 0.995 --keep-all "
         "--time-limit 2640 --flat-field 24 && python -m syntk_calcium.train --out "
         "runs/nf-refit-ff --refit --export-checkpoint runs/nf-refit-ff/it01050.pt "
-        "--export plugins/syntk_calcium/models/neurofinder_cnn.onnx "
+        "--export plugins/syntk_calcium/models/neurofinder_cnn.onnx --overwrite "
         '--region-params \'{"threshold": 0.4, "core_threshold": 0.7, "min_size": 10}\'',
     ),
 }
