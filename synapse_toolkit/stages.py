@@ -64,7 +64,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar, get_args
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from synapse_toolkit import artifact_types
 from synapse_toolkit.data import Volume
@@ -89,10 +89,14 @@ class StageOptions(BaseModel):
 
 
 class ModelOptions(StageOptions):
-    """Options of a stage that runs an ONNX model given as ``model`` (a registry name) or
-    ``model_path`` (a file; the subclass declares both fields): a ``model`` ending in ``.onnx``
-    is taken as ``model_path``, so the file ``syntk adapt`` or a trainer wrote can be named
-    either way."""
+    """Options of a stage that runs an ONNX model given as ``model`` (a registry name; the
+    subclass sets its default) or ``model_path`` (a file, checked against ``sha256`` when given):
+    a ``model`` ending in ``.onnx`` is taken as ``model_path``, so the file ``syntk adapt`` or a
+    trainer wrote can be named either way."""
+
+    model: str = Field("", description="Registry model name (default: the bundled one).")
+    model_path: Path | None = Field(None, description="An ONNX file instead of `model`.")
+    sha256: str | None = Field(None, description="Expected sha256 of `model_path`.")
 
     @model_validator(mode="before")
     @classmethod

@@ -204,8 +204,6 @@ class NeurofinderCnnDetector(Detector["NeurofinderCnnDetector.Options"]):
 
     class Options(ModelOptions):
         model: str = Field(DEFAULT_MODEL, description="Registry model name.")
-        model_path: Path | None = Field(None, description="An ONNX file instead of `model`.")
-        sha256: str | None = Field(None, description="Expected sha256 of `model_path`.")
         clip_sd: float = Field(3.0, gt=0, description="Clip above mean + clip_sd x SD.")
         flat_field_sigma: float | None = Field(
             None, ge=0,

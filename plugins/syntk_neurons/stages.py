@@ -62,8 +62,6 @@ class AffinityDetector(Detector["AffinityDetector.Options"]):
             "synapse_toolkit.domain); a name ending in .onnx is a file (as `model_path`), e.g. "
             "the output of `syntk adapt affinities`.",
         )
-        model_path: Path | None = Field(None, description="An ONNX file instead of `model`.")
-        sha256: str | None = Field(None, description="Expected sha256 of `model_path`.")
         overlap: tuple[NonNegativeInt, NonNegativeInt, NonNegativeInt] = Field(
             (4, 8, 8), description="Tile overlap (z, y, x)."
         )

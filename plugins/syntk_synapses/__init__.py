@@ -162,8 +162,6 @@ class _OnnxDetector(Detector["_OnnxDetector.Options"]):
 
     class Options(ModelOptions):
         model: str = Field("", description="Registry model name (default: the bundled one).")
-        model_path: Path | None = Field(None, description="An ONNX file instead of `model`.")
-        sha256: str | None = Field(None, description="Expected sha256 of `model_path`.")
         overlap: tuple[NonNegativeInt, NonNegativeInt, NonNegativeInt] = Field(
             (2, 8, 8), description="Tile overlap (voxels)."
         )

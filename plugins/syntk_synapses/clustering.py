@@ -55,8 +55,6 @@ class AutoencoderKMeans(Clusterer["AutoencoderKMeans.Options"]):
 
     class Options(ModelOptions):
         model: str = Field("synapses/cluster_encoder", description="Registry name of the encoder.")
-        model_path: Path | None = Field(None, description="An encoder ONNX file instead.")
-        sha256: str | None = Field(None, description="Expected sha256 of `model_path`.")
         k: int | None = Field(None, ge=1, description="Number of clusters (none: choose).")
         k_min: int = Field(2, ge=2)
         k_max: int = Field(8, ge=2)

@@ -55,8 +55,6 @@ class Synful(PartnerAssigner["Synful.Options"]):
 
     class Options(ModelOptions):
         model: str = Field("", description="Registry model name (default: the bundled one).")
-        model_path: Path | None = Field(None, description="An ONNX file instead of `model`.")
-        sha256: str | None = Field(None, description="Expected sha256 of `model_path`.")
         overlap: tuple[NonNegativeInt, NonNegativeInt, NonNegativeInt] | None = Field(
             None, description="Tile overlap (voxels); default: the model's."
         )
