@@ -470,10 +470,11 @@ def _volume_dataset(f: Any, path: Path, dataset: str, port: str) -> Any:
     """Dataset ``dataset`` of the open file ``f``; a DataError naming it when absent or a group."""
     import h5py
 
+    from synapse_toolkit.io.cremi import hdf5_dataset_names
+
     if not isinstance(f.get(dataset), h5py.Dataset):
-        names: list[str] = []
-        f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
-        raise DataError(f"volume {port!r}: {path} has no dataset {dataset!r} (has {names[:8]})")
+        names = hdf5_dataset_names(f)[:8]
+        raise DataError(f"volume {port!r}: {path} has no dataset {dataset!r} (has {names})")
     return f[dataset]
 
 

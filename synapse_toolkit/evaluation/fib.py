@@ -106,23 +106,13 @@ def read_array(spec: str | Path, what: str = "volume") -> np.ndarray:
             return np.asarray(zarr.open_array(str(p), path=key or "", mode="r")[...])
         except Exception as exc:  # zarr raises several kinds for a missing/damaged array
             raise DataError(f"{what}: {p}: cannot read array {key!r} ({exc})") from exc
-    import h5py
-
-    from synapse_toolkit.io.cremi import open_hdf5_file
+    from synapse_toolkit.io.cremi import choose_hdf5_dataset, open_hdf5_file
 
     try:
-        f = open_hdf5_file(p)
+        with open_hdf5_file(p) as f:
+            return np.asarray(f[choose_hdf5_dataset(f, p, key or None)][...])
     except DataError as exc:
         raise DataError(f"{what}: {exc}") from None
-    with f:
-        names: list[str] = []
-        f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
-        name = key or ("stack" if "stack" in names else names[0] if len(names) == 1 else "")
-        if not name:
-            raise DataError(f"{what}: {p}: name a dataset as {p}:KEY (has {names})")
-        if name not in f or not isinstance(f[name], h5py.Dataset):
-            raise DataError(f"{what}: {p}: no dataset {name!r} (has {names})")
-        return np.asarray(f[name][...])
 
 
 def truth_with_ignore(labels: np.ndarray, ignore_label: int | None = 0) -> np.ndarray:

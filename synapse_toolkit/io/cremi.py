@@ -113,6 +113,26 @@ def open_hdf5_file(
         raise DataError(f"{path}: not a readable HDF5 file ({exc})") from None
 
 
+def hdf5_dataset_names(f: h5py.File) -> list[str]:
+    """Paths of every dataset in the open file ``f`` (groups walked)."""
+    names: list[str] = []
+    f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+    return names
+
+
+def choose_hdf5_dataset(f: h5py.File, path: Path, key: str | None) -> str:
+    """The dataset of the open file ``f`` that ``FILE[:KEY]`` names: ``key``, or without one
+    ``stack`` or the file's only dataset; a DataError naming ``path`` and listing the datasets
+    otherwise."""
+    names = hdf5_dataset_names(f)
+    name = key or ("stack" if "stack" in names else names[0] if len(names) == 1 else "")
+    if not name:
+        raise DataError(f"{path}: name a dataset as {path}:KEY (has {names})")
+    if not isinstance(f.get(name), h5py.Dataset):
+        raise DataError(f"{path}: no dataset {name!r} (has {names})")
+    return name
+
+
 def read_cremi(path: str | os.PathLike[str]) -> CremiData:
     """Read a whole CREMI file into memory."""
     p = Path(path)

@@ -138,26 +138,13 @@ def _split(spec: str) -> tuple[str, str | None]:
 
 
 def _h5_dataset(path: str, key: str | None) -> str:
-    import h5py
-
-    from synapse_toolkit.io.cremi import open_hdf5_file
+    from synapse_toolkit.io.cremi import choose_hdf5_dataset, open_hdf5_file
 
     try:
-        f = open_hdf5_file(Path(path), "give an HDF5 file as FILE.h5[:DATASET]")
+        with open_hdf5_file(Path(path), "give an HDF5 file as FILE.h5[:DATASET]") as f:
+            return choose_hdf5_dataset(f, Path(path), key)
     except DataError as exc:
         raise DataError(f"--unlabelled {exc}") from None
-    with f:
-        names: list[str] = []
-        f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
-    if key is not None:
-        if key not in names:
-            raise DataError(f"--unlabelled {path}: no dataset {key!r} (has {names})")
-        return key
-    if "stack" in names:
-        return "stack"
-    if len(names) == 1:
-        return names[0]
-    raise DataError(f"--unlabelled {path}: name a dataset as {path}:KEY (has {names})")
 
 
 def filtered_target(
