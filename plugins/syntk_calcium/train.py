@@ -442,14 +442,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--select-only", default=None, metavar="ONNX",
                     help="no training: choose TTA and thresholds on validation")  # fmt: skip
     args = ap.parse_args(argv)
-    if args.export and not args.resume:
-        from synapse_toolkit.errors import DataError
-        from synapse_toolkit.fsio import check_destination
+    from synapse_toolkit.errors import DataError
+    from synapse_toolkit.nn.run import check_export
 
-        try:
-            check_destination(Path(args.export), overwrite=args.overwrite, what="ONNX model")
-        except DataError as exc:
-            ap.exit(1, f"error: {exc}\n")
+    try:
+        check_export(args.export, args.resume, args.overwrite)
+    except DataError as exc:
+        ap.exit(1, f"error: {exc}\n")
     if args.select_only:
         select(Path(args.select_only), Path(args.data), Path(args.out) / "phantoms")
         return

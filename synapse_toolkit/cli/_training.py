@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -16,19 +15,11 @@ ResumeOpt = Annotated[bool, typer.Option(
     "stopped, up to training.iterations in all (a fresh time budget).")]  # fmt: skip
 
 
-#: the synapse trainers' and the cluster encoder's ``--overwrite`` (:func:`check_export`)
+#: the synapse trainers' and the cluster encoder's ``--overwrite``
+#: (:func:`synapse_toolkit.nn.run.check_export`)
 OverwriteOpt = Annotated[bool, typer.Option(
     "--overwrite", help="Let a new run replace the existing file its config exports to (the "
     "shipped configs export over the shipped models).")]  # fmt: skip
-
-
-def check_export(path: str | Path | None, resume: bool, overwrite: bool) -> None:
-    """Before a new run starts: refuse an export destination that exists (one error line naming
-    it) unless ``overwrite``; a resumed run re-exports its own model."""
-    from synapse_toolkit.fsio import check_destination
-
-    if path is not None and not resume:
-        check_destination(Path(path), overwrite=overwrite, what="exported model")
 
 
 def need_torch() -> None:

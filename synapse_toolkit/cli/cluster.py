@@ -13,11 +13,11 @@ import typer
 from synapse_toolkit.cli._training import (
     OverwriteOpt,
     ResumeOpt,
-    check_export,
     need_torch,
     with_training_overrides,
 )
 from synapse_toolkit.errors import SyntkError
+from synapse_toolkit.nn.run import check_export
 
 app = typer.Typer(no_args_is_help=True, help="Synapse clustering (autoencoder + k-means).")
 

@@ -203,6 +203,15 @@ def start_out_dir(out_dir: str | Path, resume: bool, init: str | Path | None = N
     return out
 
 
+def check_export(path: str | Path | None, resume: bool, overwrite: bool) -> None:
+    """Before a new run starts: refuse the file it will export to when that exists (one error
+    line naming it) unless ``overwrite``; a resumed run re-exports its own model."""
+    from synapse_toolkit.fsio import check_destination
+
+    if path is not None and not resume:
+        check_destination(Path(path), overwrite=overwrite, what="exported model")
+
+
 def resume_state(
     optimizer: Any, precision: MixedPrecision, rng: Any, **extra: Any
 ) -> dict[str, Any]:
