@@ -15,7 +15,7 @@ from synapse_toolkit import __version__
 from synapse_toolkit.data import ClusterAssignments, PartnerTable, Volume
 from synapse_toolkit.errors import DataError
 from synapse_toolkit.stages import Clusterer, Loader, ModelOptions, Port, StageOptions
-from synapse_toolkit.synapses.patches import CLEFT_THRESHOLD
+from synapse_toolkit.synapses import CLEFT_THRESHOLD
 
 if TYPE_CHECKING:
     from synapse_toolkit.synapses.clustering import PatchEncoder

@@ -19,8 +19,8 @@ import numpy as np
 
 from synapse_toolkit.data import Volume
 from synapse_toolkit.errors import DataError
+from synapse_toolkit.synapses import CLEFT_THRESHOLD
 from synapse_toolkit.synapses.patches import (
-    CLEFT_THRESHOLD,
     PatchSpec,
     SynapseSites,
     contact_patches,

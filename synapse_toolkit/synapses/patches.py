@@ -31,6 +31,7 @@ from scipy import ndimage
 
 from synapse_toolkit.data import PartnerTable, Volume
 from synapse_toolkit.errors import DataError
+from synapse_toolkit.synapses import CLEFT_THRESHOLD
 from synapse_toolkit.synapses.partners import read_points
 
 
@@ -218,12 +219,6 @@ def straighten_rows(
     shift = np.where(found, centre - (best + 1), 0)
     idx = np.arange(width) + r - shift[..., None]
     return np.take_along_axis(raw, idx, axis=-1), found
-
-
-#: cleft probability above which a patch row counts as crossing the cleft (chosen among 0.3,
-#: 0.5, 0.7, 0.9 by the main job's clustering ARI on development phantoms; the cleft-labels
-#: stage's threshold too)
-CLEFT_THRESHOLD = 0.9
 
 
 def centre_rows_on_map(

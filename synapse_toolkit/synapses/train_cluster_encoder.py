@@ -36,8 +36,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from synapse_toolkit.errors import ConfigError
 from synapse_toolkit.nn.run import DeviceOptions, start_out_dir
+from synapse_toolkit.synapses import CLEFT_THRESHOLD
 from synapse_toolkit.synapses.patches import (
-    CLEFT_THRESHOLD,
     PatchSpec,
     contact_patches,
     extract_patches,
