@@ -334,20 +334,21 @@ kind = "loader"
 plugin = "hdf5-volumes"
 [stages.load.options]
 voxel_size_nm = [10.0, 10.0, 10.0]
-volumes = {{ raw = {{ path = "{raw}", dataset = "{key}" }} }}
+volumes = {{ raw = {{ path = "{raw}", dataset = "raw" }} }}
 """
 
 
-def _h5volumes(tmp: Path, raw: Path, key: str = "raw") -> list[str]:
+def _h5volumes(tmp: Path, raw: Path) -> list[str]:
+    """A pipeline whose hdf5-volumes loader reads dataset ``raw`` of the file ``raw``."""
     cfg = tmp / "v.toml"
-    cfg.write_text(H5VOLUMES.format(input=raw, out=tmp / "run", raw=raw, key=key))
+    cfg.write_text(H5VOLUMES.format(input=raw, out=tmp / "run", raw=raw))
     return ["pipeline", "run", str(cfg), "-q"]
 
 
 def _h5volumes_wrong_dataset(tmp: Path) -> list[str]:
     with h5py.File(tmp / "vol.h5", "w") as f:
         f["volumes/raw"] = np.zeros((4, 16, 16), np.uint8)
-    return _h5volumes(tmp, tmp / "vol.h5", key="raw")
+    return _h5volumes(tmp, tmp / "vol.h5")
 
 
 def _h5volumes_text_file(tmp: Path) -> list[str]:
