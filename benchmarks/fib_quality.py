@@ -197,15 +197,10 @@ def within_1px(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & near).sum() / max(int(a.sum()), 1))
 
 
-def ridge_map(raw: np.ndarray) -> np.ndarray:
-    lo, hi = ridges.grey_range(raw)
-    return np.stack([ridges.ridge_strength(s, lo, hi) for s in raw])
-
-
 def ridge_threshold() -> tuple[float, float]:
     """The ridge filter's threshold chosen on the FIB models' training region (F1), and the F1."""
     train = fib.gala_volume("train")
-    strength = ridge_map(train.raw[:, :, :150])
+    strength = ridges.ridge_map(train.raw[:, :, :150])
     tb = truth_boundary(train.truth[:, :, :150])
     best = (-1.0, 0.0)
     for t in np.quantile(strength, np.linspace(0.5, 0.95, 46)):
@@ -249,6 +244,10 @@ def ridge_rows(models: list[str], unlabelled: str | None, threads: int) -> dict[
         for z, y, x in RIDGE_CROPS:
             vols.append((f"{unlabelled} crop at {(z, y, x)}",
                          raw[z : z + 50, y : y + 100, x : x + 200], None))  # fmt: skip
+    # per labelled volume, model-independent: its truth boundary and the ridges' recall of it
+    truth_b = {name: truth_boundary(t) for name, _, t in vols if t is not None}
+    by_ridges = {name: round(within_1px(truth_b[name], ridges.ridge_map(r) > thr), 4)
+                 for name, r, t in vols if t is not None}  # fmt: skip
     rows = []
     for model in models:
         for name, raw_v, truth in vols:
@@ -262,10 +261,9 @@ def ridge_rows(models: list[str], unlabelled: str | None, threads: int) -> dict[
                 "ridge_recall_by_model": got["ridge_recall"],
             }
             if truth is not None:
-                tbv = truth_boundary(truth)
                 mb = quality.weakest_affinity(m.affinities) < quality.BOUNDARY_AT
-                row["truth_recall_by_model"] = round(within_1px(tbv, mb), 4)
-                row["truth_recall_by_ridges"] = round(within_1px(tbv, ridge_map(raw_v) > thr), 4)
+                row["truth_recall_by_model"] = round(within_1px(truth_b[name], mb), 4)
+                row["truth_recall_by_ridges"] = by_ridges[name]
             print(json.dumps(row), file=sys.stderr)
             rows.append(row)
     return {"ridge_threshold": thr, "ridge_f1_on_gala_train": round(f1, 4),

@@ -51,6 +51,13 @@ def ridge_strength(section: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return out
 
 
+def ridge_map(raw: Any) -> np.ndarray:
+    """(z, y, x) float32 ridge strength of every section of ``raw``, its grey values scaled by
+    :func:`grey_range` (the whole volume in memory; :func:`ridge_recall` streams instead)."""
+    lo, hi = grey_range(raw)
+    return np.stack([ridge_strength(np.asarray(s), lo, hi) for s in raw])
+
+
 def near_in_plane(mask: np.ndarray) -> np.ndarray:
     """``mask`` (y, x) dilated by one pixel (4-neighbourhood)."""
     from scipy import ndimage
