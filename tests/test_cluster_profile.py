@@ -134,7 +134,8 @@ def test_training_loop_profile_contrastive(tmp_path: Path, monkeypatch: Any) -> 
     assert -1.0 <= out["validation_ari"] <= 1.0 and out["iteration"] in (3, 6)
     assert sum("val ARI" in s for s in lines) == 2
     enc = PatchEncoder(tmp_path / "enc.onnx")
-    assert enc.needs_labels and enc.encode(_fake_seed(9, cfg, 1, 9)["canonical"]).shape == (24, 3)
+    codes = enc.encode(_fake_seed(9, cfg, 1, 9)["canonical"])
+    assert enc.aligns_on_contact and codes.shape == (24, 3)
 
 
 def test_training_resumes_a_stopped_run_exactly(tmp_path: Path, monkeypatch: Any) -> None:

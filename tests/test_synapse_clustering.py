@@ -206,7 +206,7 @@ def test_onnx_encoder_equals_torch(tiny_encoder: tuple[Any, Path]) -> None:
     assert np.abs(got - got[0]).max() > 1e-3  # different patches, different codes
 
 
-def test_contact_encoder_onnx_equals_torch_and_needs_labels(tmp_path: Path) -> None:
+def test_contact_encoder_onnx_equals_torch_and_needs_a_contact(tmp_path: Path) -> None:
     """A contact-pooling encoder (2 channels: patch, contact mask) exports exactly; the stage
     refuses to run it without a segmentation, in one line."""
     torch = pytest.importorskip("torch")
@@ -233,7 +233,7 @@ def test_contact_encoder_onnx_equals_torch_and_needs_labels(tmp_path: Path) -> N
         "latent": 3, "variational": False, "align": "contact", "reach_nm": 16.0,
     })  # fmt: skip
     enc = PatchEncoder(path)
-    assert enc.needs_labels and enc.in_channels == 2
+    assert enc.aligns_on_contact and enc.in_channels == 2
     rng = np.random.default_rng(2)
     patches = np.concatenate([rng.integers(0, 255, (4, 1, *spec.shape)),
                               rng.integers(0, 2, (4, 1, 3, 16, 1)).repeat(8, 4)],

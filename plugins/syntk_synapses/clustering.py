@@ -94,7 +94,7 @@ class AutoencoderKMeans(Clusterer["AutoencoderKMeans.Options"]):
                               seed=o.seed)  # fmt: skip
             k = choice.k
         labels = kmeans(codes, k, seed=o.seed)
-        aligned = ("not straightened" if not encoder.needs_labels
+        aligned = ("not straightened" if not encoder.aligns_on_contact
                    else f"cleft > {o.cleft_threshold:g}" if inputs.get("clefts") is not None
                    else "segment boundary")  # fmt: skip
         self.context.record("clustering", {"k": int(k), "n_synapses": len(sites),

@@ -56,8 +56,9 @@ class PatchEncoder:
         self._predict = predictor(self.session)
 
     @property
-    def needs_labels(self) -> bool:
-        """True when patches are straightened on a segmentation."""
+    def aligns_on_contact(self) -> bool:
+        """True when patches are straightened on the contact (on a cleft map or a
+        segmentation, one of which the clusterer must be given)."""
         return self.align == "contact"
 
     def patches(
@@ -71,7 +72,7 @@ class PatchEncoder:
         """The patches this encoder reads, cut from ``raw``; a contact-aligned encoder
         straightens them on the cleft probability ``cleft`` if given, else on the segment
         boundary in ``labels``."""
-        if self.needs_labels:
+        if self.aligns_on_contact:
             if labels is None and cleft is None:
                 raise DataError(
                     f"{self.path.name}: this encoder straightens patches on the contact; "
