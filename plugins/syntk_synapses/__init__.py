@@ -31,6 +31,7 @@ from synapse_toolkit.stages import (
     Stage,
     StageOptions,
 )
+from synapse_toolkit.synapses import DETECTOR_OVERLAP
 
 MODELS = Path(__file__).parent / "models"
 
@@ -163,7 +164,7 @@ class _OnnxDetector(Detector["_OnnxDetector.Options"]):
     class Options(ModelOptions):
         model: str = Field("", description="Registry model name (default: the bundled one).")
         overlap: tuple[NonNegativeInt, NonNegativeInt, NonNegativeInt] = Field(
-            (2, 8, 8), description="Tile overlap (voxels)."
+            DETECTOR_OVERLAP, description="Tile overlap (voxels)."
         )
         intensity_scale: float | None = Field(None, description=INTENSITY_SCALE_HELP)
 

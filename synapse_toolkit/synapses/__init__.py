@@ -7,3 +7,7 @@ and the common partner-table API (numpy only; torch lives in the ``train_*`` mod
 #: threshold too). Here, not in ``patches``, so the clusterer plugin can name it as its default
 #: without importing scipy when plugins load.
 CLEFT_THRESHOLD = 0.9
+
+#: tile overlap (z, y, x voxels) of the synapse detectors' tiled inference: the detector stages'
+#: default, and what training-side predictions (e.g. the cluster encoder's cleft maps) use.
+DETECTOR_OVERLAP = (2, 8, 8)

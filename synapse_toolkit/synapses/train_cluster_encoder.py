@@ -206,10 +206,11 @@ def predicted_cleft(raw: Any, model: str) -> Any:
     from synapse_toolkit.data import Volume
     from synapse_toolkit.inference.onnx_model import OnnxModel
     from synapse_toolkit.models import resolve_model
+    from synapse_toolkit.synapses import DETECTOR_OVERLAP
 
     net = OnnxModel(resolve_model("cluster-encoder training", name=model).path)
     out = np.zeros((1, *raw.spatial_shape), np.float32)
-    net.predict(raw.data, out, (2, 8, 8))
+    net.predict(raw.data, out, DETECTOR_OVERLAP)
     return Volume(out, raw.voxel_size_nm, raw.offset_nm, "cleft_probability")
 
 
