@@ -375,6 +375,56 @@ def test_cluster_run_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert not (tmp_path / "clusters").exists()  # no output folder for an input that failed
 
 
+def test_cluster_run_straightens_on_the_files_clefts_without_neuron_ids(tmp_path: Path) -> None:
+    """A CREMI file with cleft labels but no neuron ids (e.g. a user's predictions) clusters on
+    its clefts, as `--straighten-on clefts` does on the full file; asking for the missing
+    neuron ids is one error line naming the file."""
+    import json
+    import shutil
+
+    import h5py
+    from typer.testing import CliRunner
+
+    from synapse_toolkit.cli.main import app
+
+    demo = Path(__file__).resolve().parents[1] / "synapse_toolkit" / "demo" / "cremi_demo.hdf"
+    copy = tmp_path / "no_neuron_ids.hdf"
+    shutil.copy(demo, copy)
+    with h5py.File(copy, "a") as f:
+        del f["volumes/labels/neuron_ids"]
+    runs = {}
+    for name, path, extra in (("copy", copy, []), ("full", demo, ["--straighten-on", "clefts"]),
+                              ("segments", demo, [])):  # fmt: skip
+        out = tmp_path / name
+        res = CliRunner().invoke(app, ["cluster", "run", str(path), "--out", str(out), "--k", "3",
+                                       *extra])  # fmt: skip
+        assert res.exit_code == 0, res.output
+        runs[name] = json.loads((out / "clusters.json").read_text())["embedding"]
+    assert np.allclose(runs["copy"], runs["full"])
+    assert not np.allclose(runs["copy"], runs["segments"])  # the option changes what is encoded
+    bad = CliRunner().invoke(app, ["cluster", "run", str(copy), "--out", str(tmp_path / "x"),
+                                   "--straighten-on", "neuron_ids"])  # fmt: skip
+    assert bad.exit_code == 1
+    assert "no_neuron_ids.hdf" in bad.output and "neuron_ids" in bad.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_cleft_mask_map_reads_blocks_of_the_cleft_labels() -> None:
+    from synapse_toolkit.cremi_ids import CLEFT_BACKGROUND
+    from synapse_toolkit.data import Volume
+    from synapse_toolkit.synapses.patches import cleft_mask_map
+
+    labels = np.full((4, 6, 8), CLEFT_BACKGROUND, np.uint64)
+    labels[1:3, 2:4, 3:7] = 0  # 0 is a valid CREMI cleft id
+    labels[3, 5, 7] = 12
+    m = cleft_mask_map(Volume(labels, (40.0, 4.0, 4.0), (80.0, 0.0, 4.0)))
+    assert m.shape == (1, 4, 6, 8) and m.dtype == np.float32
+    assert m.offset_nm == (80.0, 0.0, 4.0)
+    full = np.asarray(m.data[:, :, :, :])
+    assert np.array_equal(full[0], (labels != CLEFT_BACKGROUND).astype(np.float32))
+    assert np.array_equal(m.data[0, 1:3, 2:5, 6:8], full[0, 1:3, 2:5, 6:8])
+
+
 def test_encode_sites_in_batches_equals_encoding_all_patches(tmp_path: Path) -> None:
     """The clusterer encodes synapses a batch at a time (bounded memory); the codes must not
     depend on the batch size, for the shipped contact-aligned encoder on the demo."""

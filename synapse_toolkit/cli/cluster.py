@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
@@ -18,6 +18,10 @@ from synapse_toolkit.cli._training import (
 )
 from synapse_toolkit.errors import SyntkError
 from synapse_toolkit.nn.run import check_export
+
+if TYPE_CHECKING:
+    from synapse_toolkit.data import Volume
+    from synapse_toolkit.io.cremi import CremiData
 
 app = typer.Typer(no_args_is_help=True, help="Synapse clustering (autoencoder + k-means).")
 
@@ -55,6 +59,14 @@ def run(
     ),
     k: Annotated[int | None, typer.Option("--k", help="Number of clusters (none: choose).")] = None,
     model: Annotated[str | None, typer.Option(help="Registry name of the encoder.")] = None,
+    straighten_on: Annotated[
+        Literal["auto", "neuron_ids", "clefts"],
+        typer.Option(
+            help="What the patches are straightened on: the file's volumes/labels/neuron_ids "
+            "(pre/post boundary) or its volumes/labels/clefts (cleft centre); auto: neuron_ids "
+            "when the file has them, else clefts."
+        ),
+    ] = "auto",
 ) -> None:
     """Cluster the annotated synapses of PATH (autoencoder-kmeans); scores against the true
     types when PATH is a phantom."""
@@ -71,8 +83,7 @@ def run(
         if data.raw is None or data.annotations is None:
             raise SyntkError(f"{path}: needs volumes/raw and annotations")
         inputs = {"raw": data.raw, "partners": PartnerTable.from_annotations(data.annotations)}
-        if data.neuron_ids is not None:  # the shipped encoders straighten patches on it
-            inputs["labels"] = data.neuron_ids
+        inputs.update(_contact_inputs(path, data, straighten_on))
         if truth is not None:
             inputs["truth"] = truth
         out.mkdir(parents=True, exist_ok=True)  # only once the input is known to be usable
@@ -88,6 +99,25 @@ def run(
         v = score["scores"].values
         typer.echo(f"against the true types: ARI {v['ari']:.3f} NMI {v['nmi']:.3f} "
                    f"AMI {v['ami']:.3f}")  # fmt: skip
+
+
+def _contact_inputs(path: Path, data: CremiData, straighten_on: str) -> dict[str, Volume]:
+    """The clusterer input the shipped encoders straighten patches on: ``labels`` (the file's
+    neuron ids) or ``clefts`` (its cleft labels as a cleft map); none if the file has neither
+    (the clusterer then names what is missing)."""
+    from synapse_toolkit.synapses.patches import cleft_mask_map
+
+    if straighten_on == "auto":
+        if data.neuron_ids is not None:
+            return {"labels": data.neuron_ids}
+        return {} if data.clefts is None else {"clefts": cleft_mask_map(data.clefts)}
+    volume = data.neuron_ids if straighten_on == "neuron_ids" else data.clefts
+    if volume is None:
+        raise SyntkError(f"{path}: --straighten-on {straighten_on} needs volumes/labels/"
+                         f"{straighten_on}")  # fmt: skip
+    return (
+        {"labels": volume} if straighten_on == "neuron_ids" else {"clefts": cleft_mask_map(volume)}
+    )
 
 
 def _mount() -> None:

@@ -25,10 +25,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
+from synapse_toolkit.cremi_ids import CLEFT_BACKGROUND
 from synapse_toolkit.data import PartnerTable, Volume
 from synapse_toolkit.errors import DataError
 from synapse_toolkit.synapses import CLEFT_THRESHOLD
@@ -239,6 +241,33 @@ def centre_rows_on_map(
     shift = np.where(found, np.round(centre - pos).astype(np.int64), 0)
     idx = np.arange(width) + r - shift[..., None]
     return np.take_along_axis(raw, idx, axis=-1), found
+
+
+class _CleftMaskArray:
+    """A CREMI cleft-label array read as a one-channel map (1, z, y, x): 1.0 inside a cleft,
+    0.0 in the background; each read touches only the requested block."""
+
+    def __init__(self, labels: Any) -> None:
+        self._labels = labels
+        self.shape = (1, *(int(n) for n in labels.shape))
+        self.dtype = np.dtype(np.float32)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        block = np.asarray(self._labels[key[1:]]) != CLEFT_BACKGROUND
+        return block.astype(np.float32)[np.newaxis][(key[0],)]
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        raise TypeError("a cleft mask map is read-only")
+
+
+def cleft_mask_map(clefts: Volume) -> Volume:
+    """A CREMI cleft-label volume (``volumes/labels/clefts``) as the one-channel cleft map that
+    :func:`contact_patches` straightens on (1 inside a cleft), read lazily."""
+    if len(clefts.shape) != 3:
+        raise DataError(f"cleft labels must be 3D (z, y, x), got shape {clefts.shape}")
+    return Volume(_CleftMaskArray(clefts.data), clefts.voxel_size_nm, clefts.offset_nm,
+                  "cleft_mask")  # fmt: skip
 
 
 def contact_patches(
