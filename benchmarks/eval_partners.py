@@ -104,10 +104,15 @@ def _cached(path: Path, make: Any) -> np.ndarray:
 
 
 def predictions(
-    seed: int, args: argparse.Namespace, synful: bool = True, main_segmentation: bool = True
+    seed: int,
+    args: argparse.Namespace,
+    synful: bool = True,
+    main_segmentation: bool = True,
+    segmentations: bool = True,
 ) -> dict[str, Any]:
     """Truth and the model outputs of one phantom seed (each cached by seed and model sha256);
-    ``main_segmentation``: also the main job's coarser ``segment`` (``main_seg``)."""
+    ``main_segmentation``: also the main job's coarser ``segment`` (``main_seg``);
+    ``segmentations=False``: neither predicted segmentation (ground-truth studies)."""
     path = phantom_file(seed, args.phantom_cache)
     data = read_cremi(path)
     if data.raw is None or data.neuron_ids is None:
@@ -136,14 +141,16 @@ def predictions(
             raw, SegmentationSource(str(args.neuron_model), 0.5, "quantile75", tta=True,
                                     fragments=frags)))  # fmt: skip
 
-    out["pred_seg"] = segmentation(args.fragments)
+    if segmentations:
+        out["pred_seg"] = segmentation(args.fragments)
     # the main job's `segment` (distance-seeded fragments), coarser than its `partner_segment`
-    if main_segmentation:
+    main = main_segmentation and segmentations
+    if main:
         out["main_seg"] = segmentation("distance_2d")
     if synful:
         out["synful"] = _cached(key("synful", args.synful),
                                 lambda: OnnxModel(args.synful).predict(raw))  # fmt: skip
-        if main_segmentation:  # the main job's synful prediction
+        if main:  # the main job's synful prediction
             out["synful_tta"] = _cached(key("synful-tta", args.synful), lambda: OnnxModel(
                 args.synful).predict(raw, **tta_arguments()))  # fmt: skip
     return out

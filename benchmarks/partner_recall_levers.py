@@ -1,0 +1,171 @@
+"""Three ways to recover the true partners that ``combine = "verified"`` misses with the
+ground-truth segmentation (issue 19), on development seeds.
+
+- **clefts verified t=T**: `verified`'s rows plus cleft-seeded candidates: for each predicted
+  cleft component (cleft-labels 0.9 / 200 voxels), every ordered pair of distinct segments each
+  with >= 20 voxels within 80 nm of it (the geometric baseline's neighbourhood), sites at the
+  segment's near-cleft voxel closest to its near-cleft centroid; the pruning CNN scores each
+  direction and the better one is kept if it scores above T;
+- **relaxed t_low=T**: `verified`'s rows plus EMSynConn candidates the pruning CNN scores in
+  (T, 0.5] whose pre component has a candidate kept at 0.5 (more posts of a polyadic synapse);
+- **verified d=D**: `verified` with every de-duplication (EMSynConn's, synful's extraction, the
+  union) at D nm instead of 400 (two true synapses between the same two neurons closer than
+  400 nm are merged into one row at 400).
+
+Pooled CREMI partner F and the error kinds of ``eval_partners.error_kinds``; ground-truth
+segmentation only, so no predicted segmentation is computed. Predictions come from
+``eval_partners.predictions`` (same caches). Development seeds only.
+
+    python benchmarks/partner_recall_levers.py --seeds 1201 ... 1208 9091 ... 9098 --json a.json
+    python benchmarks/partner_recall_levers.py --seeds 9401 ... 9408 9601 ... 9608 \\
+        --clefts-keep --relaxed-keep 0.3 --distances 300 --json b.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import cc3d
+import numpy as np
+from eval_partners import MODELS, _pooled, add_prediction_arguments, predictions, tally
+from scipy import ndimage
+
+from synapse_toolkit.cremi_ids import CLEFT_BACKGROUND
+from synapse_toolkit.data import PartnerTable
+from synapse_toolkit.evaluation.phantom_seeds import check_selection_seeds
+from synapse_toolkit.synapses.assigners import EMSynConnSettings, assign_emsynconn
+from synapse_toolkit.synapses.pruning import PrunerONNX, row_scores
+from synapse_toolkit.synapses.synful import (
+    TUNED_DEFAULTS,
+    SynfulSettings,
+    extract_partners,
+    union,
+)
+from synapse_toolkit.synapses.targets import Grid
+
+
+def cleft_pair_rows(
+    clefts: np.ndarray, seg: np.ndarray, grid: Grid, reach_nm: float = 80.0, min_voxels: int = 20
+) -> PartnerTable:
+    """Every ordered pair of distinct segments near each cleft component (synapse id = the
+    component's number), sites as in the geometric baseline."""
+    reach = np.maximum(np.round(reach_nm / np.asarray(grid.voxel_size_nm)).astype(int), 0)
+    lab = cc3d.connected_components(clefts != CLEFT_BACKGROUND, connectivity=26)
+    rows: dict[str, list[Any]] = {k: [] for k in ("pre", "post", "ps", "qs", "sid")}
+    in_plane = np.zeros((3, 3, 3), bool)
+    in_plane[1] = True
+    for k, box in enumerate(ndimage.find_objects(lab), start=1):
+        if box is None:
+            continue
+        big = tuple(slice(max(0, b.start - int(r)), min(n, b.stop + int(r)))
+                    for b, r, n in zip(box, reach, clefts.shape, strict=True))  # fmt: skip
+        near = ndimage.binary_dilation(lab[big] == k, in_plane, iterations=int(max(1, reach[1])))
+        if reach[0] > 0:
+            near = ndimage.binary_dilation(near, np.ones((3, 1, 1), bool), int(reach[0]))
+        s = seg[big]
+        ids, counts = np.unique(s[near & (s != 0)], return_counts=True)
+        start = np.asarray([b.start for b in big])
+        sites = {}
+        for sid in ids[counts >= min_voxels]:
+            coords = np.argwhere(near & (s == sid))
+            centre = coords.mean(axis=0)
+            sites[int(sid)] = coords[np.argmin(((coords - centre) ** 2).sum(axis=1))] + start
+        for a, b in ((a, b) for a in sites for b in sites if a != b):
+            rows["pre"].append(sites[a])
+            rows["post"].append(sites[b])
+            rows["ps"].append(a)
+            rows["qs"].append(b)
+            rows["sid"].append(k)
+    if not rows["pre"]:
+        return PartnerTable.empty()
+    return PartnerTable(
+        grid.to_world(np.stack(rows["pre"]).astype(float)),
+        grid.to_world(np.stack(rows["post"]).astype(float)),
+        np.asarray(rows["ps"], np.uint64), np.asarray(rows["qs"], np.uint64),
+        np.ones(len(rows["pre"])), np.asarray(rows["sid"], np.uint64),
+    )  # fmt: skip
+
+
+def better_direction(table: PartnerTable, scores: np.ndarray) -> PartnerTable:
+    """Per (cleft, unordered segment pair) the direction with the higher score (the scores set
+    on the rows)."""
+    best: dict[tuple[int, int, int], int] = {}
+    for i in range(len(table)):
+        a, b = int(table.pre_segment[i]), int(table.post_segment[i])
+        key = (int(table.synapse_id[i]), min(a, b), max(a, b))
+        if key not in best or scores[i] > scores[best[key]]:
+            best[key] = i
+    keep = np.zeros(len(table), bool)
+    keep[list(best.values())] = True
+    return dataclasses.replace(table, score=np.asarray(scores, np.float64)).select(keep)
+
+
+def verified(v: dict[str, Any], pruner: PrunerONNX, distance_nm: float = 400.0) -> PartnerTable:
+    """The stage's ``combine = "verified"`` with every de-duplication at ``distance_nm``."""
+    seg, grid = v["gt_seg"], v["grid"]
+    ems = assign_emsynconn(v["raw"], v["proximity"], seg, grid, pruner,
+                           EMSynConnSettings(dedup_distance_nm=distance_nm))  # fmt: skip
+    settings = SynfulSettings(**{**TUNED_DEFAULTS["vector+verified"],
+                                 "dedup_distance_nm": distance_nm})  # fmt: skip
+    syn = extract_partners(v["synful"], seg, grid, settings, v["clefts"])
+    kept = row_scores(syn, v["raw"], v["proximity"], seg, grid, pruner)
+    return union(ems, syn.select(kept > 0.5), distance_nm)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", type=int, nargs="+", required=True)
+    ap.add_argument("--clefts-keep", type=float, nargs="*", default=[0.5, 0.7, 0.9, 0.95])
+    ap.add_argument("--relaxed-keep", type=float, nargs="*", default=[0.1, 0.2, 0.3, 0.4])
+    ap.add_argument("--distances", type=float, nargs="*", default=[100, 150, 200, 250, 300])
+    ap.add_argument("--json", default=None)
+    add_prediction_arguments(ap)
+    args = ap.parse_args()
+    check_selection_seeds(args.seeds)
+    pruner = PrunerONNX(str(MODELS / "pruner.onnx"))
+    rows: dict[str, list[dict[str, Any]]] = {}
+    errors: dict[str, dict[str, int]] = {}
+    for seed in args.seeds:
+        v = predictions(seed, args, segmentations=False)
+        seg, grid = v["gt_seg"], v["grid"]
+        base = verified(v, pruner)
+        tables = {"verified (d=400)": base}
+        if args.clefts_keep:
+            cand = cleft_pair_rows(v["clefts"], seg, grid)
+            if len(cand):
+                cand = better_direction(
+                    cand, row_scores(cand, v["raw"], v["proximity"], seg, grid, pruner)
+                )
+            for t in args.clefts_keep:
+                extra = cand.select(cand.score > t) if len(cand) else cand
+                tables[f"clefts verified t={t:g}"] = union(base, extra)
+        if args.relaxed_keep:
+            every = assign_emsynconn(v["raw"], v["proximity"], seg, grid, pruner,
+                                     EMSynConnSettings(prune_threshold=-1.0))  # fmt: skip
+            kept = every.score > 0.5
+            polyadic = np.isin(every.synapse_id, every.synapse_id[kept])
+            for t in args.relaxed_keep:
+                extra = every.select(polyadic & ~kept & (every.score > t))
+                tables[f"relaxed t_low={t:g}"] = union(base, extra)
+        for d in args.distances:
+            tables[f"verified d={d:g}"] = verified(v, pruner, d)
+        for name, table in tables.items():
+            tally(name, table, v, seg, rows, errors)
+        print(f"seed {seed}", flush=True)
+    out: dict[str, Any] = {"seeds": args.seeds}
+    for key, r in rows.items():
+        p = _pooled(r)
+        out[key] = {k: p[k] for k in ("fscore", "precision", "recall", "tp", "fp", "fn")}
+        out[key]["errors"] = errors[key]
+        print(f"{key:26s} F {p['fscore']:.4f} P {p['precision']:.3f} R {p['recall']:.3f} "
+              f"{p['tp']:.0f}/{p['fp']:.0f}/{p['fn']:.0f} {errors[key]}")  # fmt: skip
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
