@@ -120,6 +120,27 @@ def test_semi_supervised_training_runs_and_teacher_follows(tmp_path) -> None:
     assert ckpt["train_config"]["semi_supervised"]["start"] == 2
 
 
+def test_a_continued_run_says_when_start_skips_the_rampup(tmp_path) -> None:
+    """`start` counts absolute iterations; a run continued with init_from from iteration 6 with
+    start = 2 begins at the full consistency weight and says so; start = 6 ramps up from 0."""
+    pytest.importorskip("torch")
+    from synapse_toolkit.nn.training import load_config, train
+
+    cfg = load_config(_config(tmp_path, "start = 2\nrampup_iterations = 2\nema_decay = 0.5"))
+    first = train(cfg, log=lambda _: None)
+    notes = {}
+    for start in (2, 6):
+        semi = {**(cfg.semi_supervised or {}), "start": start}
+        more = cfg.training.model_copy(update={
+            "init_from": first["latest"], "iterations": 1, "out_dir": str(tmp_path / f"s{start}")
+        })  # fmt: skip
+        lines: list[str] = []
+        train(cfg.model_copy(update={"training": more, "semi_supervised": semi}), log=lines.append)
+        notes[start] = [x for x in lines if "semi_supervised.start" in x]
+    assert len(notes[2]) == 1 and "100%" in notes[2][0] and "start >= 6" in notes[2][0]
+    assert notes[6] == []
+
+
 def test_teacher_is_an_ema_of_the_student(tmp_path) -> None:
     torch = pytest.importorskip("torch")
     from synapse_toolkit.nn.consistency import make_consistency

@@ -18,7 +18,8 @@ Config (TOML)::
 
     [semi_supervised]
     weight = 1.0                # consistency weight after ramp-up
-    start = 500                 # first iteration with the consistency term
+    start = 500                 # first iteration with the consistency term (absolute: a run
+                                # continued with init_from counts on from its iteration)
     rampup_iterations = 1000    # sigmoid ramp-up exp(-5 (1 - t)^2) after `start`
     ema_decay = 0.99
     confidence = 0.8
@@ -84,6 +85,17 @@ def _photometric_config(fields: dict[str, Any], where: str) -> AugmentConfig:
         raise ConfigError(f"semi_supervised.{where}: geometric fields {bad} are not allowed here")
     base = {"flip": False, "transpose_axes": (), "intensity_scale": 0.0, "intensity_shift": 0.0}
     return AugmentConfig.from_table({**base, **fields}, f"semi_supervised.{where}")
+
+
+def consistency_start_note(spec: SemiSupervisedSpec, first_iteration: int) -> str:
+    """The line a new run continued from iteration ``first_iteration`` (``init_from``) prints
+    when ``start`` counts from before it, i.e. the ramp-up is partly or wholly skipped."""
+    w = rampup(first_iteration, spec.start, spec.rampup_iterations)
+    return (
+        f"note: semi_supervised.start = {spec.start} lies before this run's first iteration "
+        f"{first_iteration} (init_from continues the count), so the consistency term starts at "
+        f"{w:.0%} of its weight; set start >= {first_iteration} to ramp it up from zero"
+    )
 
 
 def rampup(it: int, start: int, length: int) -> float:

@@ -484,7 +484,7 @@ def train(
             f"continuing from {t_cfg.init_from} at iteration {it0} "
             f"({'with its' if has_opt else 'new'} optimizer state)"
         )
-    from synapse_toolkit.nn.consistency import make_consistency
+    from synapse_toolkit.nn.consistency import consistency_start_note, make_consistency
     from synapse_toolkit.nn.ema import ema_copy, ema_update
 
     ema = None
@@ -499,6 +499,8 @@ def train(
     del labelled_raw
     if stopped is not None and consistency is not None:
         consistency.load_state(stopped["resume"]["consistency"])
+    elif consistency is not None and consistency.spec.start < it0:
+        log(consistency_start_note(consistency.spec, it0))
     metrics_log = (out_dir / "metrics.jsonl").open("a")
     log(
         f"model: {net.num_parameters()} parameters, input {input_shape} -> output {output_shape}, "
