@@ -290,6 +290,21 @@ def _pooled(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "counts_per_volume": [[x["tp"], x["fp"], x["fn"]] for x in rows]}  # fmt: skip
 
 
+def pooled_summary(
+    rows: dict[str, list[dict[str, Any]]], errors: dict[str, dict[str, int]], width: int = 36
+) -> dict[str, Any]:
+    """Per table name: pooled F, precision, recall, TP / FP / FN and error kinds (of
+    :func:`tally`'s accumulators); each printed as one line."""
+    out: dict[str, Any] = {}
+    for key, r in rows.items():
+        p = _pooled(r)
+        out[key] = {k: p[k] for k in ("fscore", "precision", "recall", "tp", "fp", "fn")}
+        out[key]["errors"] = errors[key]
+        print(f"{key:{width}s} F {p['fscore']:.4f} P {p['precision']:.3f} R {p['recall']:.3f} "
+              f"{p['tp']:.0f}/{p['fp']:.0f}/{p['fn']:.0f} {errors[key]}")  # fmt: skip
+    return out
+
+
 def _score(table: PartnerTable, v: dict[str, Any]) -> dict[str, Any]:
     rec = evaluate_partners(table, v["data"].annotations, v["data"].neuron_ids)
     return {**rec.values, "matches": rec.details["matches"]}

@@ -35,8 +35,8 @@ from typing import Any
 import numpy as np
 from eval_partners import (
     MODELS,
-    _pooled,
     add_prediction_arguments,
+    pooled_summary,
     predictions,
     tally,
 )
@@ -163,12 +163,7 @@ def main() -> None:
                 tally(f"{name} | {seg_key}", table, v, seg, rows, errors)
         print(f"seed {seed}", flush=True)
     out: dict[str, Any] = {"seeds": args.seeds, "fill_nm": args.fill_nm, "flipped": flipped}
-    for key, r in rows.items():
-        p = _pooled(r)
-        out[key] = {k: p[k] for k in ("fscore", "precision", "recall", "tp", "fp", "fn")}
-        out[key]["errors"] = errors[key]
-        print(f"{key:36s} F {p['fscore']:.3f} P {p['precision']:.3f} R {p['recall']:.3f} "
-              f"{p['tp']:.0f}/{p['fp']:.0f}/{p['fn']:.0f} {errors[key]}")  # fmt: skip
+    out.update(pooled_summary(rows, errors))
     print(f"rows flipped: {flipped}")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1) + "\n")

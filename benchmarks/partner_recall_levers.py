@@ -31,7 +31,13 @@ from typing import Any
 
 import cc3d
 import numpy as np
-from eval_partners import MODELS, _pooled, add_prediction_arguments, predictions, tally
+from eval_partners import (
+    MODELS,
+    add_prediction_arguments,
+    pooled_summary,
+    predictions,
+    tally,
+)
 from scipy import ndimage
 
 from synapse_toolkit.cremi_ids import CLEFT_BACKGROUND
@@ -156,13 +162,7 @@ def main() -> None:
         for name, table in tables.items():
             tally(name, table, v, seg, rows, errors)
         print(f"seed {seed}", flush=True)
-    out: dict[str, Any] = {"seeds": args.seeds}
-    for key, r in rows.items():
-        p = _pooled(r)
-        out[key] = {k: p[k] for k in ("fscore", "precision", "recall", "tp", "fp", "fn")}
-        out[key]["errors"] = errors[key]
-        print(f"{key:26s} F {p['fscore']:.4f} P {p['precision']:.3f} R {p['recall']:.3f} "
-              f"{p['tp']:.0f}/{p['fp']:.0f}/{p['fn']:.0f} {errors[key]}")  # fmt: skip
+    out: dict[str, Any] = {"seeds": args.seeds, **pooled_summary(rows, errors, 26)}
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
 
