@@ -201,3 +201,33 @@ def test_update_metadata_keeps_the_weights_and_rewrites_the_sidecar(tmp_path) ->
     assert meta == {"input_shape": [4], "agglomeration": {"scoring": "mean", "threshold": 0.5}}
     with pytest.raises(Exception, match="model not found"):
         update_metadata(tmp_path / "none.onnx", {"a": 1})
+
+
+def test_the_former_benchmark_command_still_runs(tmp_path: Path) -> None:
+    """`python benchmarks/eval_fib.py --raw ... --truth ... --voxel-size 10 10 10` (the command an
+    issue quotes for checking a held-out volume) runs `syntk evaluate fib` and writes its JSON;
+    a wrong dataset is one error line and a non-zero exit."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    with h5py.File(resolve_dataset("gala-fib/test-image")) as f:
+        raw = f["stack"][:24, :48, :48]
+    with h5py.File(resolve_dataset("gala-fib/test-gt")) as f:
+        truth = f["stack"][:24, :48, :48]
+    vol = tmp_path / "vol.h5"
+    with h5py.File(vol, "w") as f:
+        f["raw"], f["labels"] = raw, truth
+    script = str(root / "benchmarks" / "eval_fib.py")
+    common = ["--truth", f"{vol}:labels", "--voxel-size", "10", "10", "10", "--model-only"]
+    out = tmp_path / "res.json"
+    cmd = [sys.executable, script, "--raw", f"{vol}:raw", *common, "--json", str(out)]
+    ok = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    res = json.loads(out.read_text())
+    assert res["model"]["model"] == fib.DEFAULT_MODEL
+    assert res["shape"] == [24, 48, 48]
+    bad = subprocess.run([sys.executable, script, "--raw", f"{vol}:nope", *common],
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert bad.returncode != 0 and "nope" in bad.stderr and "Traceback" not in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
