@@ -423,6 +423,8 @@ def test_cleft_mask_map_reads_blocks_of_the_cleft_labels() -> None:
     full = np.asarray(m.data[:, :, :, :])
     assert np.array_equal(full[0], (labels != CLEFT_BACKGROUND).astype(np.float32))
     assert np.array_equal(m.data[0, 1:3, 2:5, 6:8], full[0, 1:3, 2:5, 6:8])
+    assert np.array_equal(m.data[..., 6:8], full[..., 6:8])
+    assert np.array_equal(m.data[0], full[0]) and np.array_equal(m.data[:, 2], full[:, 2])
 
 
 def test_encode_sites_in_batches_equals_encoding_all_patches(tmp_path: Path) -> None:

@@ -254,6 +254,9 @@ class _CleftMaskArray:
 
     def __getitem__(self, key: Any) -> np.ndarray:
         key = key if isinstance(key, tuple) else (key,)
+        if any(k is Ellipsis or k is None for k in key):  # rare: read all, then index
+            whole = np.asarray(self._labels[...]) != CLEFT_BACKGROUND
+            return whole.astype(np.float32)[np.newaxis][key]
         block = np.asarray(self._labels[key[1:]]) != CLEFT_BACKGROUND
         return block.astype(np.float32)[np.newaxis][(key[0],)]
 
