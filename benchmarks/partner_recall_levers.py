@@ -10,7 +10,11 @@ ground-truth segmentation (issue 19), on development seeds.
   (T, 0.5] whose pre component has a candidate kept at 0.5 (more posts of a polyadic synapse);
 - **verified d=D**: `verified` with every de-duplication (EMSynConn's, synful's extraction, the
   union) at D nm instead of 400 (two true synapses between the same two neurons closer than
-  400 nm are merged into one row at 400).
+  400 nm are merged into one row at 400);
+- **verified, component de-duplication** (``--components``): rows of one segment pair within
+  400 nm are one synapse only if they lie within 200 nm or their post sites share a post-side
+  component (or their pre sites a pre-side one) of the signed proximity beyond +-0.3, split by
+  segment; two synapses between the same two neurons have separate components.
 
 Pooled CREMI partner F and the error kinds of ``eval_partners.error_kinds``; ground-truth
 segmentation only, so no predicted segmentation is computed. Predictions come from
@@ -122,12 +126,61 @@ def verified(v: dict[str, Any], pruner: PrunerONNX, distance_nm: float = 400.0) 
     return union(ems, syn.select(kept > 0.5), distance_nm)
 
 
+def site_components(
+    proximity: np.ndarray, seg: np.ndarray, grid: Grid, table: PartnerTable, threshold: float = 0.3
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the component id (split by segment; 0 = none) of the pre side (proximity >
+    threshold) and of the post side (< -threshold) most common within 3 px in-plane of its
+    pre and post site."""
+    segm = seg.astype(np.uint64)
+    out = []
+    for side, sites in ((proximity > threshold, table.pre_nm), (proximity < -threshold,
+                                                                table.post_nm)):  # fmt: skip
+        lab = cc3d.connected_components(np.where(side, segm, 0), connectivity=26)
+        ids = np.zeros(len(table), np.int64)
+        for i, c in enumerate(np.round(grid.to_voxel(sites)).astype(int)):
+            box = lab[c[0], max(c[1] - 3, 0) : c[1] + 4, max(c[2] - 3, 0) : c[2] + 4]
+            found, n = np.unique(box[box != 0], return_counts=True)
+            ids[i] = int(found[np.argmax(n)]) if len(found) else 0
+        out.append(ids)
+    return out[0], out[1]
+
+
+def component_deduplicate(
+    table: PartnerTable, pre_comp: np.ndarray, post_comp: np.ndarray, floor_nm: float = 200.0
+) -> PartnerTable:
+    """Like :func:`~synapse_toolkit.synapses.partners.deduplicate` at 400 nm (higher score
+    kept), but rows farther apart than ``floor_nm`` are one synapse only if they share a pre-side
+    or post-side component."""
+    kept: list[int] = []
+    for i in np.argsort(-table.score, kind="stable"):
+        dup = False
+        for j in kept:
+            if (table.pre_segment[i] == 0 or table.pre_segment[i] != table.pre_segment[j]
+                    or table.post_segment[i] != table.post_segment[j]):  # fmt: skip
+                continue
+            gap = max(np.linalg.norm(table.pre_nm[i] - table.pre_nm[j]),
+                      np.linalg.norm(table.post_nm[i] - table.post_nm[j]))  # fmt: skip
+            shared = (post_comp[i] != 0 and post_comp[i] == post_comp[j]) or (
+                pre_comp[i] != 0 and pre_comp[i] == pre_comp[j])  # fmt: skip
+            if gap <= floor_nm or (gap <= 400.0 and shared):
+                dup = True
+                break
+        if not dup:
+            kept.append(int(i))
+    keep = np.zeros(len(table), bool)
+    keep[kept] = True
+    return table.select(keep)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", required=True)
     ap.add_argument("--clefts-keep", type=float, nargs="*", default=[0.5, 0.7, 0.9, 0.95])
     ap.add_argument("--relaxed-keep", type=float, nargs="*", default=[0.1, 0.2, 0.3, 0.4])
     ap.add_argument("--distances", type=float, nargs="*", default=[100, 150, 200, 250, 300])
+    ap.add_argument("--components", action="store_true",
+                    help="also the component de-duplication (see above)")  # fmt: skip
     ap.add_argument("--json", default=None)
     add_prediction_arguments(ap)
     args = ap.parse_args()
@@ -159,6 +212,12 @@ def main() -> None:
                 tables[f"relaxed t_low={t:g}"] = union(base, extra)
         for d in args.distances:
             tables[f"verified d={d:g}"] = verified(v, pruner, d)
+        if args.components:
+            every_row = verified(v, pruner, 0.0)
+            pre_comp, post_comp = site_components(v["proximity"], seg, grid, every_row)
+            tables["verified, component de-duplication"] = component_deduplicate(
+                every_row, pre_comp, post_comp
+            )
         for name, table in tables.items():
             tally(name, table, v, seg, rows, errors)
         print(f"seed {seed}", flush=True)

@@ -54,12 +54,18 @@ ROLES: dict[Family, SeedRoles] = {
         training=_span(1001, 1012) | _span(1101, 1130) | _span(2001, 2004),
         # 1201-1208: pruner checkpoint, candidate / cleft / synful settings, phantom fragments;
         # 9091-9098: synful checkpoint and settings, the main job's assigner (held out once
-        # before); 9401-9408: the polarity fine-tune; 9601-9608: emsynconn settings
-        development=_span(1201, 1208) | _span(9091, 9098) | _span(9401, 9408) | _span(9601, 9608),
+        # before); 9401-9408: the polarity fine-tune; 9601-9608: emsynconn settings; 9975-9990:
+        # the partner stage's component de-duplication (a second development check)
+        development=_span(1201, 1208)
+        | _span(9091, 9098)
+        | _span(9401, 9408)
+        | _span(9601, 9608)
+        | _span(9975, 9990),
         # 3001-3099: eval_synapses / eval_phantom_neurons / phantom fragments' held-out figures;
         # 9201-9208, 9301-9308, 9501-9508, 9701-9708, 9801-9808, 9911-9926 and 9927-9942: the
         # partner tables, scored once each; 9943-9950 and 9951-9958: the main job's clustering
-        # (contact alignment on the predicted cleft; its threshold), scored once each
+        # (contact alignment on the predicted cleft; its threshold), scored once each;
+        # 9959-9974: the partner stage's component de-duplication
         held_out=_span(3001, 3099)
         | _span(9201, 9208)
         | _span(9301, 9308)
@@ -69,7 +75,8 @@ ROLES: dict[Family, SeedRoles] = {
         | _span(9911, 9926)
         | _span(9927, 9942)
         | _span(9943, 9950)
-        | _span(9951, 9958),
+        | _span(9951, 9958)
+        | _span(9959, 9974),
     ),
     "clustering": SeedRoles(
         training=_span(2001, 2012),
