@@ -65,7 +65,7 @@ ROLES: dict[Family, SeedRoles] = {
         # 9201-9208, 9301-9308, 9501-9508, 9701-9708, 9801-9808, 9911-9926 and 9927-9942: the
         # partner tables, scored once each; 9943-9950 and 9951-9958: the main job's clustering
         # (contact alignment on the predicted cleft; its threshold), scored once each;
-        # 9959-9974: the partner stage's component de-duplication
+        # 9959-9974: registered for a partner change that was not adopted; not yet read
         held_out=_span(3001, 3099)
         | _span(9201, 9208)
         | _span(9301, 9308)
