@@ -211,22 +211,16 @@ def test_the_former_benchmark_command_still_runs(tmp_path: Path) -> None:
     import sys
 
     root = Path(__file__).resolve().parents[1]
-    with h5py.File(resolve_dataset("gala-fib/test-image")) as f:
-        raw = f["stack"][:24, :48, :48]
-    with h5py.File(resolve_dataset("gala-fib/test-gt")) as f:
-        truth = f["stack"][:24, :48, :48]
-    vol = tmp_path / "vol.h5"
-    with h5py.File(vol, "w") as f:
-        f["raw"], f["labels"] = raw, truth
+    vol = _other_volume(tmp_path)
     script = str(root / "benchmarks" / "eval_fib.py")
-    common = ["--truth", f"{vol}:labels", "--voxel-size", "10", "10", "10", "--model-only"]
+    common = ["--truth", f"{vol}:em/labels", "--voxel-size", "10", "10", "10", "--model-only"]
     out = tmp_path / "res.json"
-    cmd = [sys.executable, script, "--raw", f"{vol}:raw", *common, "--json", str(out)]
+    cmd = [sys.executable, script, "--raw", f"{vol}:em/raw", *common, "--json", str(out)]
     ok = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0, ok.stderr
     res = json.loads(out.read_text())
     assert res["model"]["model"] == fib.DEFAULT_MODEL
-    assert res["shape"] == [24, 48, 48]
+    assert res["shape"] == [24, 48, 96]
     bad = subprocess.run([sys.executable, script, "--raw", f"{vol}:nope", *common],
                          capture_output=True, text=True, timeout=300)  # fmt: skip
     assert bad.returncode != 0 and "nope" in bad.stderr and "Traceback" not in bad.stderr
