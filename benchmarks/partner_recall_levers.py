@@ -42,12 +42,15 @@ from eval_partners import (
     predictions,
     tally,
 )
-from scipy import ndimage
 
-from synapse_toolkit.cremi_ids import CLEFT_BACKGROUND
 from synapse_toolkit.data import PartnerTable
 from synapse_toolkit.evaluation.phantom_seeds import check_selection_seeds
-from synapse_toolkit.synapses.assigners import EMSynConnSettings, assign_emsynconn
+from synapse_toolkit.synapses.assigners import (
+    EMSynConnSettings,
+    anchor_voxel,
+    assign_emsynconn,
+    cleft_neighbourhoods,
+)
 from synapse_toolkit.synapses.pruning import PrunerONNX, row_scores
 from synapse_toolkit.synapses.synful import (
     TUNED_DEFAULTS,
@@ -63,27 +66,10 @@ def cleft_pair_rows(
 ) -> PartnerTable:
     """Every ordered pair of distinct segments near each cleft component (synapse id = the
     component's number), sites as in the geometric baseline."""
-    reach = np.maximum(np.round(reach_nm / np.asarray(grid.voxel_size_nm)).astype(int), 0)
-    lab = cc3d.connected_components(clefts != CLEFT_BACKGROUND, connectivity=26)
     rows: dict[str, list[Any]] = {k: [] for k in ("pre", "post", "ps", "qs", "sid")}
-    in_plane = np.zeros((3, 3, 3), bool)
-    in_plane[1] = True
-    for k, box in enumerate(ndimage.find_objects(lab), start=1):
-        if box is None:
-            continue
-        big = tuple(slice(max(0, b.start - int(r)), min(n, b.stop + int(r)))
-                    for b, r, n in zip(box, reach, clefts.shape, strict=True))  # fmt: skip
-        near = ndimage.binary_dilation(lab[big] == k, in_plane, iterations=int(max(1, reach[1])))
-        if reach[0] > 0:
-            near = ndimage.binary_dilation(near, np.ones((3, 1, 1), bool), int(reach[0]))
-        s = seg[big]
-        ids, counts = np.unique(s[near & (s != 0)], return_counts=True)
+    for k, big, near in cleft_neighbourhoods(clefts, seg, grid, reach_nm, min_voxels):
         start = np.asarray([b.start for b in big])
-        sites = {}
-        for sid in ids[counts >= min_voxels]:
-            coords = np.argwhere(near & (s == sid))
-            centre = coords.mean(axis=0)
-            sites[int(sid)] = coords[np.argmin(((coords - centre) ** 2).sum(axis=1))] + start
+        sites = {sid: anchor_voxel(mask) + start for sid, mask in near}
         for a, b in ((a, b) for a in sites for b in sites if a != b):
             rows["pre"].append(sites[a])
             rows["post"].append(sites[b])

@@ -4,6 +4,7 @@ baseline (clefts + polarity, no learning). Both return a :class:`PartnerTable`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import cc3d
@@ -73,6 +74,46 @@ class BaselineSettings:
     min_overlap_voxels: int = 20
 
 
+def cleft_neighbourhoods(
+    clefts: np.ndarray,
+    segmentation: np.ndarray,
+    grid: Grid,
+    neighbourhood_nm: float,
+    min_overlap_voxels: int,
+) -> Iterator[tuple[int, tuple[slice, ...], list[tuple[int, np.ndarray]]]]:
+    """Per predicted cleft (26-connected components of the CREMI cleft volume's non-background
+    voxels, numbered 1..N): its number, the box around it grown by ``neighbourhood_nm``, and
+    each segment with at least ``min_overlap_voxels`` voxels within ``neighbourhood_nm`` of it
+    (in-plane, then along z) with those voxels as a mask in box coordinates, by segment id."""
+    vs = np.asarray(grid.voxel_size_nm)
+    reach = np.maximum(np.round(neighbourhood_nm / vs).astype(int), 0)
+    cl = np.asarray(clefts)
+    valid = cl != CLEFT_BACKGROUND
+    # cleft ids are arbitrary (0 is a valid CREMI cleft id): renumber to 1..N
+    lab = (cc3d.connected_components(valid, connectivity=26) if valid.any()
+           else np.zeros(cl.shape, np.uint32))  # fmt: skip
+    in_plane = np.zeros((3, 3, 3), bool)
+    in_plane[1] = True
+    for k, box in enumerate(ndimage.find_objects(lab), start=1):
+        if box is None:
+            continue
+        big = tuple(
+            slice(max(0, b.start - int(r)), min(n, b.stop + int(r)))
+            for b, r, n in zip(box, reach, cl.shape, strict=True)
+        )
+        near = ndimage.binary_dilation(lab[big] == k, structure=in_plane,
+                                       iterations=int(max(1, reach[1])))  # fmt: skip
+        if reach[0] > 0:
+            near = ndimage.binary_dilation(
+                near, structure=np.ones((3, 1, 1), bool), iterations=int(reach[0])
+            )
+        seg = segmentation[big]
+        segs, counts = np.unique(seg[near & (seg != 0)], return_counts=True)
+        yield k, big, [(int(sid), near & (seg == sid))
+                       for sid, cnt in zip(segs, counts, strict=True)
+                       if cnt >= min_overlap_voxels]  # fmt: skip
+
+
 def assign_geometric(
     clefts: np.ndarray,
     proximity: np.ndarray,
@@ -85,51 +126,24 @@ def assign_geometric(
     pre-synaptic partner, every segment with mean ≤ ``max_post_polarity`` a post-synaptic one.
     Sites are the segment voxels near the cleft closest to their centroid."""
     s = settings or BaselineSettings()
-    vs = np.asarray(grid.voxel_size_nm)
-    reach = np.maximum(np.round(s.neighbourhood_nm / vs).astype(int), 0)
-    cl = np.asarray(clefts)
-    valid = cl != CLEFT_BACKGROUND
-    ids = np.where(valid, cl, 0).astype(np.uint64)
-    # cleft ids are arbitrary (0 is a valid CREMI cleft id): renumber to 1..N
-    lab = cc3d.connected_components(valid, connectivity=26) if valid.any() else np.zeros_like(ids)
-    del ids
     rows: dict[str, list] = {k: [] for k in ("pre", "post", "ps", "qs", "score", "sid")}
-    for k, box in enumerate(ndimage.find_objects(lab), start=1):
-        if box is None:
-            continue
-        big = tuple(
-            slice(max(0, b.start - int(r)), min(n, b.stop + int(r)))
-            for b, r, n in zip(box, reach, cl.shape, strict=True)
-        )
-        cleft = lab[big] == k
-        struct = np.zeros((3, 3, 3), bool)
-        struct[1] = True
-        near = ndimage.binary_dilation(cleft, structure=struct, iterations=int(max(1, reach[1])))
-        if reach[0] > 0:
-            near = ndimage.binary_dilation(
-                near, structure=np.ones((3, 1, 1), bool), iterations=int(reach[0])
-            )
-        seg = segmentation[big]
+    for k, big, near_segments in cleft_neighbourhoods(
+        clefts, segmentation, grid, s.neighbourhood_nm, s.min_overlap_voxels
+    ):
         prox = proximity[big]
-        segs, counts = np.unique(seg[near & (seg != 0)], return_counts=True)
-        stats = []
-        for sid, cnt in zip(segs, counts, strict=True):
-            if cnt < s.min_overlap_voxels:
-                continue
-            m = near & (seg == sid)
-            stats.append((int(sid), float(prox[m].mean()), m))
+        stats = [(sid, float(prox[m].mean()), m) for sid, m in near_segments]
         if not stats:
             continue
         pre_sid, pre_val, pre_m = max(stats, key=lambda t: t[1])
         if pre_val < s.min_pre_polarity:
             continue
         starts = np.asarray([b.start for b in big])
-        pre_vox = _anchor(pre_m) + starts
+        pre_vox = anchor_voxel(pre_m) + starts
         for sid, val, m in stats:
             if sid == pre_sid or val > s.max_post_polarity:
                 continue
             rows["pre"].append(pre_vox)
-            rows["post"].append(_anchor(m) + starts)
+            rows["post"].append(anchor_voxel(m) + starts)
             rows["ps"].append(pre_sid)
             rows["qs"].append(sid)
             rows["score"].append(min(pre_val, -val))
@@ -143,7 +157,8 @@ def assign_geometric(
     )  # fmt: skip
 
 
-def _anchor(mask: np.ndarray) -> np.ndarray:
+def anchor_voxel(mask: np.ndarray) -> np.ndarray:
+    """The voxel of ``mask`` closest to its centroid (a site that lies inside the mask)."""
     coords = np.argwhere(mask)
     c = coords.mean(axis=0)
     return coords[np.argmin(((coords - c) ** 2).sum(axis=1))]
