@@ -108,16 +108,16 @@ def _contact_inputs(path: Path, data: CremiData, straighten_on: str) -> dict[str
     from synapse_toolkit.synapses.patches import cleft_mask_map
 
     if straighten_on == "auto":
-        if data.neuron_ids is not None:
-            return {"labels": data.neuron_ids}
-        return {} if data.clefts is None else {"clefts": cleft_mask_map(data.clefts)}
+        if data.neuron_ids is None and data.clefts is None:
+            return {}
+        straighten_on = "neuron_ids" if data.neuron_ids is not None else "clefts"
     volume = data.neuron_ids if straighten_on == "neuron_ids" else data.clefts
     if volume is None:
         raise SyntkError(f"{path}: --straighten-on {straighten_on} needs volumes/labels/"
                          f"{straighten_on}")  # fmt: skip
-    return (
-        {"labels": volume} if straighten_on == "neuron_ids" else {"clefts": cleft_mask_map(volume)}
-    )
+    if straighten_on == "neuron_ids":
+        return {"labels": volume}
+    return {"clefts": cleft_mask_map(volume)}
 
 
 def _mount() -> None:
