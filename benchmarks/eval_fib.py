@@ -17,6 +17,8 @@ import io
 import sys
 from pathlib import Path
 
+import typer
+
 
 def syntk_arguments(a: argparse.Namespace) -> list[str]:
     """The ``syntk evaluate fib`` arguments for the old command's options."""
@@ -71,9 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
-def _run(app: object, args: list[str]) -> int:
+def _run(app: typer.Typer, args: list[str]) -> int:
     try:
-        app(args=args, prog_name="syntk")  # type: ignore[operator]
+        app(args=args, prog_name="syntk")
     except SystemExit as exc:  # typer ends with sys.exit(code)
         return int(exc.code or 0) if not isinstance(exc.code, str) else 1
     return 0
