@@ -225,3 +225,20 @@ def test_the_former_benchmark_command_still_runs(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=300)  # fmt: skip
     assert bad.returncode != 0 and "nope" in bad.stderr and "Traceback" not in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_zoomed_copies_keep_the_ignore_label_and_score_a_perfect_segmentation_perfectly() -> None:
+    from synapse_toolkit.cremi_ids import NEURON_IGNORE
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, size=(6, 10, 12)).astype(np.uint64)
+    vol = fib.make_volume(np.full(labels.shape, 100, np.uint8), labels, (10, 10, 10), name="v")
+    zoomed = {name: v for name, v in fib.perturbations(vol) if "voxels" in name}
+    assert set(zoomed) == {"8 nm voxels", "12.5 nm voxels"}
+    for v in zoomed.values():
+        assert v.truth.shape == v.raw.shape
+        assert set(np.unique(v.truth)) == set(np.unique(vol.truth))  # NEURON_IGNORE kept
+        assert NEURON_IGNORE in v.truth
+        perfect = np.where(v.truth == NEURON_IGNORE, 0, v.truth)
+        score = fib.make_scorer(v.voxel_size_nm, 0.0)(perfect, v.truth)
+        assert score["cremi_score"] == pytest.approx(0.0, abs=1e-9)

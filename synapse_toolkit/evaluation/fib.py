@@ -514,6 +514,17 @@ def evaluate(
 # -- robustness ----------------------------------------------------------------------------------
 
 
+def zoom_labels(labels: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """``labels`` re-gridded to ``shape`` by nearest neighbour on ``scipy.ndimage.zoom``'s grid
+    (corners aligned), ids unchanged. ``ndimage.zoom`` itself goes through float64, which turns
+    the uint64 ignore id into 0, a real label."""
+    index = [
+        np.rint(np.arange(m) * ((n - 1) / max(m - 1, 1))).astype(np.intp)
+        for n, m in zip(labels.shape, shape, strict=True)
+    ]
+    return labels[np.ix_(*index)]
+
+
 def perturbations(vol: FibVolume) -> list[tuple[str, FibVolume]]:
     """The volume as another acquisition might show it: grey-value changes, 16-bit counts, noise,
     blur, and finer / coarser voxels (zoom 1.25 and 0.8, voxel size scaled accordingly)."""
@@ -529,8 +540,8 @@ def perturbations(vol: FibVolume) -> list[tuple[str, FibVolume]]:
 
     def zoom(name: str, f: float) -> tuple[str, FibVolume]:
         vs = _zyx_nm([v / f for v in vol.voxel_size_nm])
-        t = ndimage.zoom(vol.truth, f, order=0)
-        return name, FibVolume(name, u8(ndimage.zoom(r, f, order=1)), t, vs)
+        raw = u8(ndimage.zoom(r, f, order=1))
+        return name, FibVolume(name, raw, zoom_labels(vol.truth, raw.shape), vs)
 
     noise = np.random.default_rng(0).normal(0, 10, r.shape)
     return [
