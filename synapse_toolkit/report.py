@@ -456,6 +456,34 @@ class Section:
     figures: list[ReportFigure] = field(default_factory=list)
 
 
+def _shows_synapses(layers: dict[str, Volume | None], *, with_partners: bool) -> bool:
+    return with_partners or any(isinstance(layers[k], Volume) for k in ("clefts", "truth clefts"))
+
+
+def xy_panels(
+    layers: dict[str, Volume | None], grid: Grid, world_z: float, *, with_partners: bool
+) -> list[tuple[str, np.ndarray | None]]:
+    """The titled panels of one xy section after the EM: segmentations, then clefts and
+    partners only when the run has clefts or partners (a neuron-only run shows no empty panel)."""
+    panels: list[tuple[str, np.ndarray | None]] = [("EM", None)]
+    for name in ("segmentation", "truth segmentation"):
+        vol = layers[name]
+        if isinstance(vol, Volume):
+            s = section(vol, grid, "z", world_z)
+            if s is not None:
+                panels.append((name, label_colours(s)))
+    if not _shows_synapses(layers, with_partners=with_partners):
+        return panels
+    cp, ct = (layers["clefts"], layers["truth clefts"])
+    cl = cleft_colours(
+        section(cp, grid, "z", world_z) if isinstance(cp, Volume) else None,
+        section(ct, grid, "z", world_z, fill=NO_LABEL) if isinstance(ct, Volume) else None,
+    )
+    title = "clefts and partners" if isinstance(cp, Volume) else "truth clefts (blue)"
+    panels.append((title, cl))
+    return panels
+
+
 def _em_sections(run: Run, folder: Path) -> list[Section]:
     raw_art = run.pick(("intensity",), loader=True, words=("raw",)) or run.pick(("intensity",))
     raw = run.load(raw_art)
@@ -486,30 +514,21 @@ def _em_sections(run: Run, folder: Path) -> list[Section]:
         notes.append(f"partners {pairs_source}: {counts['tp']} matched, {counts['fp']} false "
                      f"positive, {counts['fn']} missed")  # fmt: skip
     sec.html = "<p>" + "; ".join(notes) + ".</p>"
-    sec.html += (f"<p class='legend'>Clefts and partners: <span style='color:{TP_COLOUR}'>"
-                 "&#9632; found (cleft voxels in the truth; matched pairs)</span> "
-                 f"<span style='color:{FP_COLOUR}'>&#9632; false positive</span> "
-                 f"<span style='color:{FN_COLOUR}'>&#9632; missed (dashed arrows)</span>. "
-                 "Arrows point from the pre- to the post-synaptic site (dot = pre site) and are "
-                 "drawn on sections within one section of either site. Sections are chosen "
-                 "where partners and errors are; segment colours are arbitrary.</p>")  # fmt: skip
+    legend = "Segment colours are arbitrary.</p>"
+    if _shows_synapses(layers, with_partners=pairs is not None):
+        legend = (
+            f"Clefts and partners: <span style='color:{TP_COLOUR}'>&#9632; found (cleft voxels "
+            f"in the truth; matched pairs)</span> <span style='color:{FP_COLOUR}'>&#9632; false "
+            f"positive</span> <span style='color:{FN_COLOUR}'>&#9632; missed (dashed "
+            "arrows)</span>. Arrows point from the pre- to the post-synaptic site (dot = pre "
+            "site) and are drawn on sections within one section of either site. Sections are "
+            "chosen where partners and errors are; segment colours are arbitrary.</p>"
+        )
+    sec.html += "<p class='legend'>" + legend
     for z in zs:
         world_z = grid.offset[0] + z * vs[0]
         em = _spatial(raw, (z,))
-        panels: list[tuple[str, np.ndarray | None]] = [("EM", None)]
-        for name in ("segmentation", "truth segmentation"):
-            vol = layers[name]
-            if isinstance(vol, Volume):
-                s = section(vol, grid, "z", world_z)
-                if s is not None:
-                    panels.append((name, label_colours(s)))
-        cp, ct = (layers["clefts"], layers["truth clefts"])
-        cl = cleft_colours(
-            section(cp, grid, "z", world_z) if isinstance(cp, Volume) else None,
-            section(ct, grid, "z", world_z, fill=NO_LABEL) if isinstance(ct, Volume) else None,
-        )
-        title = "clefts and partners" if isinstance(cp, Volume) else "truth clefts (blue)"
-        panels.append((title, cl))
+        panels = xy_panels(layers, grid, world_z, with_partners=pairs is not None)
         fig = _panel_figure(em, panels, grid.extent_xy(), pairs, grid, z=z)
         fig.suptitle(f"xy section z = {z} ({world_z:g} nm)", fontsize=11)
         sec.figures.append(_save(fig, folder, f"section_z{z}.png",

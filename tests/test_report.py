@@ -276,3 +276,28 @@ def test_pipeline_run_writes_the_report(
     res = runner.invoke(app, ["pipeline", "run", str(_config(tmp_path, cremi_file, "c")), "-q"])
     assert res.exit_code == 0
     assert res.stderr.strip().splitlines() == ["warning: no report (RuntimeError: boom)"]
+
+
+def test_a_neuron_only_run_shows_no_empty_cleft_panel(tmp_path: Path) -> None:
+    from synapse_toolkit.report import Grid, xy_panels
+
+    rng = np.random.default_rng(1)
+    shape = (6, 32, 32)
+    seg = np.zeros(shape, np.uint64)
+    seg[:, :, 16:] = 2
+    run = _make_run(tmp_path / "run", {
+        "load": ("loader", {"raw": (Volume(rng.integers(0, 255, shape, dtype=np.uint8), RES,
+                                           OFF, "raw"), "intensity")}, {}),
+        "segment": ("agglomerator", {"segmentation": (Volume(seg, RES, OFF, "segmentation"),
+                                                      "labels")}, {}),
+    })  # fmt: skip
+    page = write_report(run).read_text()
+    assert "Clefts and partners" not in page and "Segment colours are arbitrary" in page
+    grid = Grid(np.asarray(RES, float), np.asarray(OFF, float), shape)
+    layers = {"segmentation": Volume(seg, RES, OFF, "s"), "truth segmentation": None,
+              "clefts": None, "truth clefts": None}  # fmt: skip
+    assert [t for t, _ in xy_panels(layers, grid, OFF[0], with_partners=False)] == [
+        "EM", "segmentation"
+    ]  # fmt: skip
+    titles = [t for t, _ in xy_panels(layers, grid, OFF[0], with_partners=True)]
+    assert titles == ["EM", "segmentation", "truth clefts (blue)"]
