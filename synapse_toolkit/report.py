@@ -830,10 +830,14 @@ def _number(v: float) -> str:
     return f"{v:.4g}"
 
 
-def _fmt(v: Any) -> str:
+def _plain(v: Any) -> str:
     if isinstance(v, float):
         return _number(v)
-    return html.escape(json.dumps(v) if isinstance(v, dict | list) else str(v))
+    return json.dumps(v) if isinstance(v, dict | list) else str(v)
+
+
+def _fmt(v: Any) -> str:
+    return html.escape(_plain(v))
 
 
 def _notes_html(notes: dict[str, Any]) -> str:
@@ -870,7 +874,7 @@ def _warnings(run: Run) -> list[str]:
                        f"{raw_vs.tolist()} nm (z, y, x): expect weaker predictions")  # fmt: skip
         for k, v in notes.items():
             if "warn" in k or k == "nonfinite_replaced":
-                out.append(f"stage {name}: {k}: {_fmt(v)}")
+                out.append(f"stage {name}: {k}: {_plain(v)}")  # escaped once, when shown
     return out
 
 

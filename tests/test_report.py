@@ -301,3 +301,14 @@ def test_a_neuron_only_run_shows_no_empty_cleft_panel(tmp_path: Path) -> None:
     ]  # fmt: skip
     titles = [t for t, _ in xy_panels(layers, grid, OFF[0], with_partners=True)]
     assert titles == ["EM", "segmentation", "truth clefts (blue)"]
+
+
+def test_stage_warnings_are_escaped_once(tmp_path: Path) -> None:
+    run = _em_run(tmp_path / "run")
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["stages"]["segment"]["notes"] = {"quality_warning": "this model's fit is <poor>"}
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    page = write_report(run).read_text()
+    warn = re.search(r"<div class='warn'>([^<]*quality_warning[^<]*)</div>", page)
+    assert warn is not None
+    assert "model&#x27;s fit is &lt;poor&gt;" in warn.group(1) and "&amp;" not in warn.group(1)
