@@ -460,18 +460,25 @@ def _shows_synapses(layers: dict[str, Volume | None], *, with_partners: bool) ->
     return with_partners or any(isinstance(layers[k], Volume) for k in ("clefts", "truth clefts"))
 
 
+def _segmentation_panels(
+    layers: dict[str, Volume | None], grid: Grid, axis: str, world: float
+) -> list[tuple[str, np.ndarray | None]]:
+    panels: list[tuple[str, np.ndarray | None]] = [("EM", None)]
+    for name in ("segmentation", "truth segmentation"):
+        vol = layers[name]
+        if isinstance(vol, Volume):
+            s = section(vol, grid, axis, world)
+            if s is not None:
+                panels.append((name, label_colours(s)))
+    return panels
+
+
 def xy_panels(
     layers: dict[str, Volume | None], grid: Grid, world_z: float, *, with_partners: bool
 ) -> list[tuple[str, np.ndarray | None]]:
     """The titled panels of one xy section after the EM: segmentations, then clefts and
     partners only when the run has clefts or partners (a neuron-only run shows no empty panel)."""
-    panels: list[tuple[str, np.ndarray | None]] = [("EM", None)]
-    for name in ("segmentation", "truth segmentation"):
-        vol = layers[name]
-        if isinstance(vol, Volume):
-            s = section(vol, grid, "z", world_z)
-            if s is not None:
-                panels.append((name, label_colours(s)))
+    panels = _segmentation_panels(layers, grid, "z", world_z)
     if not _shows_synapses(layers, with_partners=with_partners):
         return panels
     cp, ct = (layers["clefts"], layers["truth clefts"])
@@ -541,13 +548,7 @@ def _em_sections(run: Run, folder: Path) -> list[Section]:
         y = int(np.clip(mid[near][0, 1] if near.any() else mid[0, 1], 0, grid.shape[1] - 1))
     world_y = grid.offset[1] + y * vs[1]
     em = _spatial(raw, (slice(None), y))
-    panels = [("EM", None)]
-    for name in ("segmentation", "truth segmentation"):
-        vol = layers[name]
-        if isinstance(vol, Volume):
-            s = section(vol, grid, "y", world_y)
-            if s is not None:
-                panels.append((name, label_colours(s)))
+    panels = _segmentation_panels(layers, grid, "y", world_y)
     fig = _panel_figure(em, panels, grid.extent_xz(), pairs, grid, y=y, ylabel="z (nm)")
     fig.suptitle(f"xz section y = {y} ({world_y:g} nm)", fontsize=11)
     sec.figures.append(
