@@ -65,8 +65,26 @@ def test_crops_always_overlap_the_labelled_sections() -> None:
         _, crop = s.sample()
         out = crop[4:10, 4:16, 4:16]
         assert (out != UNKNOWN).any()
-    with pytest.raises(ConfigError, match="labelled_sections"):
-        CropSampler([(raw, lab)], (14, 20, 20), (6, 12, 12), AugmentConfig(), seed=0)
+    # elastic warping keeps the unknown label exactly
+    warped = CropSampler([(raw, lab)], (14, 20, 20), (6, 12, 12), AugmentConfig(), seed=0)
+    for _ in range(10):
+        _, crop = warped.sample()
+        assert set(np.unique(crop)) <= set(np.unique(lab))
+        assert (crop[4:10, 4:16, 4:16] != UNKNOWN).any()
+
+
+def test_warped_labels_keep_every_uint64_id() -> None:
+    from synapse_toolkit.nn.augment import sample_augmented
+
+    rng = np.random.default_rng(0)
+    lab = np.full((12, 24, 24), UNKNOWN, np.uint64)
+    lab[:, :12] = 2**60 + 1  # above 2**53: float64 cannot hold it
+    lab[:, 12:, :12] = 7
+    raw = rng.integers(0, 255, lab.shape, dtype=np.uint8)
+    aug = AugmentConfig(elastic_sigma=2.0, margin=(2, 4, 4), misalign_prob=1.0)
+    for _ in range(5):
+        _, crop = sample_augmented(raw, lab, (2, 4, 4), (8, 16, 16), aug, rng)
+        assert set(np.unique(crop)) == {np.uint64(7), np.uint64(2**60 + 1), UNKNOWN}
 
 
 def test_scarce_label_training_validates_on_labelled_voxels_only(tmp_path) -> None:

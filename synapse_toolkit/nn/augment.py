@@ -122,7 +122,9 @@ def sample_augmented(
     if cfg.elastic_sigma > 0 or cfg.misalign_prob > 0:
         coords = _coordinates(shape, margin, cfg, rng)
         r = ndimage.map_coordinates(r, coords, order=1, mode="nearest").astype(np.float32)
-        lab = ndimage.map_coordinates(lab, np.rint(coords), order=0, mode="nearest")
+        # nearest neighbour by integer indexing: exact for every uint64 id (map_coordinates
+        # computes in float64, which turns CREMI's ignore id and ids above 2**53 into others)
+        lab = lab[tuple(np.rint(c).astype(np.intp) for c in coords)]
     else:  # no warp: plain centre crop
         inner = tuple(slice(m, m + n) for m, n in zip(margin, shape, strict=True))
         r, lab = r[inner], lab[inner]

@@ -340,11 +340,6 @@ class CropSampler:
                     f"{list(raw.shape)}; use a smaller input_shape"
                 )
             box = known_box(lab)
-            if box is not None and (augment.elastic_sigma > 0 or augment.misalign_prob > 0):
-                raise ConfigError(
-                    "augment: elastic_sigma / misalign_prob must be 0 with labelled_sections "
-                    "(warped labels cannot keep the unknown label exactly)"
-                )
             self.boxes.append(box or ([0, 0, 0], list(raw.shape)))
             pads = [(p, p) for p in self.pad]
             self.volumes.append(
