@@ -114,3 +114,16 @@ def test_patch_vote_follows_the_majority_not_one_bright_moving_structure() -> No
     voted, _ = phase_correlation(ref, moved, max_shift_px=40, patch_px=64, patch_step_px=32)
     np.testing.assert_allclose(voted, [4, -6], atol=0.5)
     assert np.abs(whole - [4, -6]).max() > 2
+
+
+def test_sub_pixel_shifts_move_labels_by_whole_pixels_keeping_every_uint64_id() -> None:
+    from synapse_toolkit.cremi_ids import NO_LABEL
+
+    lab = np.full((2, 8, 8), 2**60 + 3, np.uint64)
+    lab[:, :, 4:] = 5
+    t = SectionTransform(np.array([[0.0, 0.0], [4.0 * 1.4, -4.0 * 0.6]]))  # nm at 4 nm pixels
+    out = apply_transform(lab, t, (40.0, 4.0, 4.0), labels=True, fill=NO_LABEL)
+    assert set(np.unique(out)) == {np.uint64(5), np.uint64(2**60 + 3), np.uint64(NO_LABEL)}
+    expected = np.full((8, 8), NO_LABEL, np.uint64)
+    expected[1:, :7] = lab[1, :7, 1:]  # rounded: 1 pixel down, 1 pixel left
+    assert np.array_equal(out[1], expected) and np.array_equal(out[0], lab[0])

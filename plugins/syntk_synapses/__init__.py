@@ -88,7 +88,9 @@ class SectionTranslation(Aligner["SectionTranslation.Options"]):
         min_relative_quality: float = Field(
             0.6, ge=0, description="Defective if below this x the median pair quality."
         )
-        integer: bool = Field(True, description="Whole-pixel shifts (exact for labels).")
+        integer: bool = Field(
+            True, description="Whole-pixel shifts (labels are always shifted by whole pixels)."
+        )
         n_references: int = Field(
             1, ge=1, description="Previous good sections each section is registered to (median)."
         )

@@ -229,6 +229,8 @@ def estimate_translations(
 
 
 def _shift_section(sec: np.ndarray, shift_px: np.ndarray, order: int, fill: float) -> np.ndarray:
+    if order == 0:  # nearest neighbour = the rounded whole-pixel shift, exact for uint64 ids
+        shift_px = np.round(shift_px)
     if np.allclose(shift_px, np.round(shift_px)):
         dy, dx = (int(round(v)) for v in shift_px)
         out = np.full_like(sec, fill)
