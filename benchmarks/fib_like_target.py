@@ -59,19 +59,6 @@ def like_target(
     return out, {k: [round(float(v), 6) for v in s] for k, s in spectra.items()}
 
 
-def zoomed(vol: fib.FibVolume, factor: float) -> fib.FibVolume:
-    """``vol`` with its structures ``factor`` times larger on the same voxel grid (raw linear,
-    labels nearest, as :func:`synapse_toolkit.evaluation.fib.zoom_labels`)."""
-    if factor == 1.0:
-        return vol
-    from scipy import ndimage
-
-    raw = ndimage.zoom(vol.raw.astype(np.float32), factor, order=1)
-    raw = np.clip(np.rint(raw), 0, 255).astype(np.uint8)
-    truth = fib.zoom_labels(vol.truth, raw.shape)
-    return fib.FibVolume(f"{vol.name} x{factor:g}", raw, truth, vol.voxel_size_nm)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--target", required=True, help="FILE:DATASET of the volume to look like")
@@ -82,7 +69,9 @@ def main() -> None:
                          "target's profiles and membranes look larger; default 1)")  # fmt: skip
     args = ap.parse_args()
     path, _, dataset = args.target.partition(":")
-    test = zoomed(fib.gala_volume("test"), args.zoom)
+    test = fib.gala_volume("test")
+    if args.zoom != 1.0:
+        test = fib.zoomed(test, args.zoom, f"test x{args.zoom:g}", same_voxel_size=True)
     with h5py.File(path, "r") as f:
         target = f[dataset or "raw"]
         if target.dtype != np.uint8:

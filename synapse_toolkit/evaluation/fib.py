@@ -525,6 +525,18 @@ def zoom_labels(labels: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     return labels[np.ix_(*index)]
 
 
+def zoomed(vol: FibVolume, factor: float, name: str, *, same_voxel_size: bool = False) -> FibVolume:
+    """``vol`` enlarged ``factor`` times (raw linear, 8-bit; truth nearest, ids kept). The voxel
+    size shrinks by ``factor`` (the same tissue on a finer grid), or with ``same_voxel_size``
+    stays (larger structures on the same grid)."""
+    from scipy import ndimage
+
+    raw = ndimage.zoom(vol.raw.astype(np.float32), factor, order=1)
+    raw = np.clip(np.round(raw), 0, 255).astype(np.uint8)
+    vs = vol.voxel_size_nm if same_voxel_size else _zyx_nm([v / factor for v in vol.voxel_size_nm])
+    return FibVolume(name, raw, zoom_labels(vol.truth, raw.shape), vs)
+
+
 def perturbations(vol: FibVolume) -> list[tuple[str, FibVolume]]:
     """The volume as another acquisition might show it: grey-value changes, 16-bit counts, noise,
     blur, and finer / coarser voxels (zoom 1.25 and 0.8, voxel size scaled accordingly)."""
@@ -539,9 +551,7 @@ def perturbations(vol: FibVolume) -> list[tuple[str, FibVolume]]:
         return name, FibVolume(name, raw, vol.truth, vol.voxel_size_nm)
 
     def zoom(name: str, f: float) -> tuple[str, FibVolume]:
-        vs = _zyx_nm([v / f for v in vol.voxel_size_nm])
-        raw = u8(ndimage.zoom(r, f, order=1))
-        return name, FibVolume(name, raw, zoom_labels(vol.truth, raw.shape), vs)
+        return name, zoomed(vol, f, name)
 
     noise = np.random.default_rng(0).normal(0, 10, r.shape)
     return [
