@@ -242,3 +242,28 @@ def test_zoomed_copies_keep_the_ignore_label_and_score_a_perfect_segmentation_pe
         perfect = np.where(v.truth == NEURON_IGNORE, 0, v.truth)
         score = fib.make_scorer(v.voxel_size_nm, 0.0)(perfect, v.truth)
         assert score["cremi_score"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_robustness_rows_agglomerate_from_the_models_stored_fragments(monkeypatch) -> None:
+    """Each model row of the robustness table at the stored setting is the row `syntk evaluate
+    fib` gives that copy: the stored fragments, not waterz's own."""
+    stored = {"scoring": "mean", "threshold": 0.5,
+              "fragments": {"method": "distance_2d", "boundary_threshold": 0.3}}  # fmt: skip
+    seen: list[object] = []
+
+    def fake_affinities(model, raw, voxel_size_nm, **kw):
+        return fib.ModelAffinities(np.full((3, *raw.shape), 0.9, np.float32), stored, {}, 0.0)
+
+    def fake_sweep(affs, truth, score, scorings=fib.SCORINGS, thresholds=fib.THRESHOLDS,
+                   fragments=None):  # fmt: skip
+        seen.append(fragments)
+        return [{"scoring": "mean", "threshold": 0.5, "cremi_score": 0.1, "voi": 0.2}]
+
+    monkeypatch.setattr(fib, "model_affinities", fake_affinities)
+    monkeypatch.setattr(fib, "sweep", fake_sweep)
+    labels = np.ones((4, 8, 8), np.uint64)
+    vol = fib.make_volume(np.full(labels.shape, 100, np.uint8), labels, (10, 10, 10), name="v")
+    rows = fib.robustness(vol, raw_setting=None)
+    assert len(rows) == 12 and all(r["matched"] == 0.1 for r in rows)
+    model_sweeps = [f for f in seen if f is not None]
+    assert len(model_sweeps) == 24 and all(f == stored["fragments"] for f in model_sweeps)

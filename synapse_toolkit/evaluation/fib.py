@@ -334,6 +334,24 @@ def at(
     return {"scoring": scoring, "threshold": float(threshold), **score(seg, truth)}
 
 
+def stored_and_swept(
+    m: ModelAffinities, truth: np.ndarray, score: Score
+) -> tuple[Row | None, list[Row]]:
+    """The model's row at its stored waterz setting (``None`` without one) and the sweep over
+    scorings and thresholds, both from the model's stored fragments, as the ``waterz`` stage
+    agglomerates with ``fragments_from = "auto"``."""
+    agg = m.agglomeration
+    frags = agg.get("fragments") if agg else None
+    rows = sweep(m.affinities, truth, score, fragments=frags)
+    if not agg or not agg.get("scoring") or agg.get("threshold") is None:
+        return None, rows
+    scoring, th = str(agg["scoring"]), float(agg["threshold"])
+    swept = [r for r in rows if r["scoring"] == scoring and abs(r["threshold"] - th) < 1e-9]
+    # the stored setting is usually on the sweep's grid: no second agglomeration
+    main = swept[0] if swept else at(m.affinities, truth, score, scoring, th, fragments=frags)
+    return main, rows
+
+
 def choose_agglomeration(
     model: str,
     selection: FibVolume,
@@ -470,15 +488,7 @@ def evaluate(
     )
     say(f"  {m.seconds:.1f} s; agglomeration sweep")
     agg = m.agglomeration
-    frags = agg.get("fragments") if agg else None  # the model's stored fragments, as the stage
-    rows = sweep(m.affinities, volume.truth, score, fragments=frags)
-    main = None
-    if agg and agg.get("scoring") and agg.get("threshold") is not None:
-        scoring, th = str(agg["scoring"]), float(agg["threshold"])
-        swept = [r for r in rows if r["scoring"] == scoring and abs(r["threshold"] - th) < 1e-9]
-        # the stored setting is usually on the sweep's grid: no second agglomeration
-        main = swept[0] if swept else at(m.affinities, volume.truth, score, scoring, th,
-                                         fragments=frags)  # fmt: skip
+    main, rows = stored_and_swept(m, volume.truth, score)
     report: dict[str, Any] = {
         "volume": volume.name,
         "shape": list(volume.raw.shape),
@@ -598,14 +608,10 @@ def robustness(
                 match_intensity=match,
                 n_threads=n_threads,
             )
-            agg = m.agglomeration or {}
-            if agg.get("scoring"):
-                row[label] = at(m.affinities, vol.truth, score, agg["scoring"], agg["threshold"])[
-                    "cremi_score"
-                ]
-            row[f"{label}_best_on_test"] = best(sweep(m.affinities, vol.truth, score))[
-                "cremi_score"
-            ]
+            main, rows = stored_and_swept(m, vol.truth, score)
+            if main is not None:
+                row[label] = main["cremi_score"]
+            row[f"{label}_best_on_test"] = best(rows)["cremi_score"]
         values = unit_range(vol.raw)
         if raw_setting is not None:
             affs = baseline_affinities(values, raw_setting["variant"])
