@@ -451,8 +451,18 @@ def model_agglomeration(affinities: Volume, opts: WaterzAgglomerator.Options) ->
 
 
 class _Dataset(StageOptions):
-    path: Path
+    path: Path | None = Field(
+        None, description="HDF5 file (relative: to the input file's folder); none: the input file."
+    )
     dataset: str = "stack"
+
+    def file(self, input_path: Path | None) -> Path:
+        """The file to read: ``path`` against the input file's folder, or the input file."""
+        if self.path is None:
+            if input_path is None:
+                raise DataError("hdf5-volumes: a volume without a path needs input.path")
+            return input_path
+        return (input_path.parent if input_path else Path.cwd()) / self.path  # absolute stays
 
 
 def _open_volume_file(path: Path, port: str) -> Any:
@@ -483,8 +493,9 @@ class Hdf5VolumesLoader(Loader["Hdf5VolumesLoader.Options"]):
 
     ``volumes`` maps an output port (``raw``, ``neuron_ids``, ``boundaries``, ``fragments``) to a
     file + dataset; relative paths are resolved against the directory of the pipeline's input
-    file. With ``zero_is_unlabelled``, label 0 of ``neuron_ids`` becomes
-    0xffffffffffffffff (CREMI's "ignore" label) so scorers skip it.
+    file, and a volume without a path is read from the input file itself. With
+    ``zero_is_unlabelled``, label 0 of ``neuron_ids`` becomes 0xffffffffffffffff (CREMI's
+    "ignore" label) so scorers skip it.
     """
 
     name: ClassVar[str] = "hdf5-volumes"
@@ -510,11 +521,11 @@ class Hdf5VolumesLoader(Loader["Hdf5VolumesLoader.Options"]):
 
     @classmethod
     def probe(cls, options: Any, input_path: Path | None) -> Mapping[str, Placement]:
-        base = input_path.parent if input_path else Path.cwd()
         out = {}
         for port, spec in options.volumes.items():
-            with _open_volume_file(base / spec.path, port) as f:
-                shape = tuple(_volume_dataset(f, base / spec.path, spec.dataset, port).shape)
+            path = spec.file(input_path)
+            with _open_volume_file(path, port) as f:
+                shape = tuple(_volume_dataset(f, path, spec.dataset, port).shape)
             out[port] = Placement(options.voxel_size_nm, options.offset_nm, shape[-3:])
         return out
 
@@ -522,9 +533,8 @@ class Hdf5VolumesLoader(Loader["Hdf5VolumesLoader.Options"]):
         opts: Hdf5VolumesLoader.Options = self.options
         self._files = []
         out: dict[str, Any] = {}
-        base = self.context.input_path.parent if self.context.input_path else Path.cwd()
         for port, spec in opts.volumes.items():
-            path = base / spec.path  # absolute paths stay
+            path = spec.file(self.context.input_path)
             f = _open_volume_file(path, port)
             self._files.append(f)
             data: Any = _volume_dataset(f, path, spec.dataset, port)
