@@ -50,8 +50,9 @@ class SeedRoles:
 ROLES: dict[Family, SeedRoles] = {
     "em": SeedRoles(
         # 1001-1012: clefts, polarity and synful U-Nets; 1101-1130: pruner and synful;
-        # 2001-2004: neurons/phantom_affinities (2004 its training-time validation)
-        training=_span(1001, 1012) | _span(1101, 1130) | _span(2001, 2004),
+        # 1131-1190: a further polarity fine-tune (tried); 2001-2004:
+        # neurons/phantom_affinities (2004 its training-time validation)
+        training=_span(1001, 1012) | _span(1101, 1190) | _span(2001, 2004),
         # 1201-1208: pruner checkpoint, candidate / cleft / synful settings, phantom fragments;
         # 9091-9098: synful checkpoint and settings, the main job's assigner (held out once
         # before); 9401-9408: the polarity fine-tune; 9601-9608: emsynconn settings; 9975-9990:
