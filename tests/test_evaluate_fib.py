@@ -242,6 +242,10 @@ def test_zoomed_copies_keep_the_ignore_label_and_score_a_perfect_segmentation_pe
         perfect = np.where(v.truth == NEURON_IGNORE, 0, v.truth)
         score = fib.make_scorer(v.voxel_size_nm, 0.0)(perfect, v.truth)
         assert score["cremi_score"] == pytest.approx(0.0, abs=1e-9)
+    assert zoomed["8 nm voxels"].voxel_size_nm == pytest.approx((8.0, 8.0, 8.0))
+    larger = fib.zoomed(vol, 1.5, "x1.5", same_voxel_size=True)  # the stand-in's --zoom
+    assert larger.raw.shape == (9, 15, 18) and larger.voxel_size_nm == vol.voxel_size_nm
+    assert set(np.unique(larger.truth)) == set(np.unique(vol.truth))
 
 
 def test_robustness_rows_agglomerate_from_the_models_stored_fragments(monkeypatch) -> None:
