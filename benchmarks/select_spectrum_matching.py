@@ -34,7 +34,7 @@ from synapse_toolkit.inference import spectrum
 from synapse_toolkit.nn.export import update_metadata
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from fib_perturbed import COPIES, SELECT_COPIES, copies
+from fib_perturbed import COPIES, copies
 
 TRAIN_ROI = (slice(None), slice(None), slice(0, 150))
 MIN_GAIN, MAX_LOSS = 0.02, 0.01
@@ -81,7 +81,7 @@ def select(model: str, write: bool, threads: int) -> dict[str, Any]:
         # 0.0: no border mask (make_scorer passes a zero border on as None)
         off = _scores(model, vols, 0.0, threads)
         on = _scores(_with_reference(model, ref, Path(tmp)), vols, 0.0, threads)
-    names = [n for n, _ in SELECT_COPIES]
+    names = list(fib.SELECTION_COPIES)
     mean_off = float(np.mean([off[n]["cremi_score"] for n in names]))
     mean_on = float(np.mean([on[n]["cremi_score"] for n in names]))
     loss = on["unchanged"]["cremi_score"] - off["unchanged"]["cremi_score"]

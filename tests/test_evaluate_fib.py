@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from synapse_toolkit.cli.main import app
 from synapse_toolkit.datasets import resolve_dataset
+from synapse_toolkit.errors import SyntkError
 from synapse_toolkit.evaluation import fib
 
 CROP = "0:24,0:48,0:48"  # one 72^3 model tile after padding
@@ -170,6 +171,53 @@ def test_choose_agglomeration_takes_the_best_mean_over_tta_settings(monkeypatch)
     assert float(np.mean(mean[(choice["scoring"], choice["threshold"])])) == best
     assert set(choice["selection_scores"]) == {"tta=false", "tta=true"}
     assert "validation piece" in choice["chosen_on"] and "no border mask" in choice["chosen_on"]
+
+
+def test_choose_agglomeration_over_copies_and_fragments_takes_the_best_mean(monkeypatch) -> None:
+    """Copies x TTA x (own or seeded fragments): the lowest mean over every volume wins, and a
+    stored setting's mean is read back from the same sweeps."""
+    from scipy import ndimage
+
+    vol = fib.gala_volume("train").crop(((0, 12), (0, 40), (150, 190)), "validation piece")
+    copies = fib.blurred_copies(vol, ["unchanged", "blur sigma 1"])
+    assert [c.name for c in copies] == ["unchanged", "blur sigma 1"]
+    same = fib.edge_min((vol.truth != fib.truth_with_ignore(np.zeros(1, np.int32))[0]) * 1.0)
+
+    def fake(model, raw, voxel_size_nm, *, tta=False, **kw):  # type: ignore[no-untyped-def]
+        seed = int(tta) + 2 * int(raw is vol.raw)
+        noise = np.random.default_rng(seed).normal(0, 0.3, same.shape)
+        affs = np.clip(ndimage.gaussian_filter(same, (0, 1, 1, 1)) + noise, 0, 1)
+        return fib.ModelAffinities(affs.astype(np.float32), None, {}, 0.0)
+
+    monkeypatch.setattr(fib, "model_affinities", fake)
+    seeded = {"method": "distance_2d", "boundary_threshold": 0.5, "dt_sigma": 1.0,
+              "min_distance": 3}  # fmt: skip
+    choice = fib.choose_agglomeration(
+        "stand-in", copies, fragment_settings=[{"method": "affinities"}, seeded]
+    )
+    names = {"unchanged, tta=false", "unchanged, tta=true", "blur sigma 1, tta=false",
+             "blur sigma 1, tta=true"}  # fmt: skip
+    assert set(choice["sweeps"]) == names == set(choice["selection_scores"])
+    mean: dict[tuple[str, str, float], list[float]] = {}
+    for rows in choice["sweeps"].values():
+        for r in rows:
+            key = (r["fragments"]["method"], r["scoring"], r["threshold"])
+            mean.setdefault(key, []).append(r["cremi_score"])
+    assert len(mean) == 2 * 3 * len(fib.THRESHOLDS) and all(len(v) == 4 for v in mean.values())
+    best = min(float(np.mean(v)) for v in mean.values())
+    method = choice.get("fragments", {"method": "affinities"})["method"]
+    assert choice.get("fragments", seeded) == seeded
+    chosen = mean[(method, choice["scoring"], choice["threshold"])]
+    assert float(np.mean(chosen)) == best
+    assert choice["selection_mean"] == round(best, 4)
+    own = choice["own_fragments_best"]
+    own_means = [float(np.mean(v)) for k, v in mean.items() if k[0] == "affinities"]
+    assert own["selection_mean"] == round(min(own_means), 4)
+    assert fib.setting_mean(choice, choice) == best
+    assert fib.setting_mean(choice, {"scoring": "mean", "threshold": 0.33}) is None
+    assert "perturbed copies (blur sigma 1)" in choice["chosen_on"]
+    with pytest.raises(SyntkError, match="unknown perturbed copies"):
+        fib.blurred_copies(vol, ["blur sigma 9"])
 
 
 def test_update_metadata_keeps_the_weights_and_rewrites_the_sidecar(tmp_path) -> None:

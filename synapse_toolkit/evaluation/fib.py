@@ -25,6 +25,7 @@ ignored; border mask as given, CREMI's 25 nm by default).
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -352,51 +353,159 @@ def stored_and_swept(
     return main, rows
 
 
+#: perturbed copies of a FIB volume as a less sharp acquisition might show it: (name, spec of
+#: :func:`synapse_toolkit.nn.consistency.perturb_volume`); grey values are not matched back,
+#: since the ``affinity-unet`` stage matches intensities itself
+BLUR_COPIES: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("unchanged", {}),
+    ("blur sigma 1", {"blur_sigma": 1.0}),
+    ("blur sigma 1.5", {"blur_sigma": 1.5}),
+    ("blur sigma 2", {"blur_sigma": 2.0}),
+    ("contrast x0.5", {"contrast": 0.5}),
+    ("blur 1.5, contrast x0.6, noise sd 6", {"blur_sigma": 1.5, "contrast": 0.6, "noise_std": 6}),
+)
+#: the copies a FIB model's waterz setting is chosen on with ``--copies`` (the validation
+#: volumes of ``examples/train/fib_affinities_v2.toml``)
+SELECTION_COPIES: tuple[str, ...] = (
+    "unchanged",
+    "blur sigma 1",
+    "blur 1.5, contrast x0.6, noise sd 6",
+)
+
+
+def blurred_copies(volume: FibVolume, names: Sequence[str] | None = None) -> list[FibVolume]:
+    """``volume``'s :data:`BLUR_COPIES` (all, or those named, in table order), same truth."""
+    from synapse_toolkit.nn.consistency import perturb_volume
+
+    known = [n for n, _ in BLUR_COPIES]
+    unknown = sorted(set(names or ()) - set(known))
+    if unknown:
+        raise SyntkError(f"unknown perturbed copies {unknown} (known: {known})")
+    out = []
+    for name, spec in BLUR_COPIES:
+        if names is not None and name not in names:
+            continue
+        raw = perturb_volume(volume.raw, {**spec, "match": False}, name) if spec else volume.raw
+        out.append(FibVolume(name, raw, volume.truth, volume.voxel_size_nm))
+    return out
+
+
+def _fragments_key(setting: Mapping[str, Any] | None) -> str:
+    return json.dumps(dict(setting or {"method": "affinities"}), sort_keys=True)
+
+
 def choose_agglomeration(
     model: str,
-    selection: FibVolume,
+    selection: FibVolume | Sequence[FibVolume],
     *,
     tta: Sequence[bool] = (False, True),
+    fragment_settings: Sequence[Mapping[str, Any]] | None = None,
     border_threshold_nm: float = 0.0,
     select_by: str = SELECT_BY,
     n_threads: int = 2,
+    log: Log | None = None,
 ) -> dict[str, Any]:
-    """The waterz scoring and threshold for ``model``, chosen on ``selection`` (never test data).
+    """The waterz setting for ``model``, chosen on ``selection`` volumes (never test data).
 
-    The model's affinities come from the ``affinity-unet`` stage, once per ``tta`` setting; the
-    (scoring, threshold) over :data:`SCORINGS` x :data:`THRESHOLDS` with the best ``select_by``
-    averaged over those settings wins, so one stored threshold serves both. No border mask by
-    default: on a small crop a 25 nm mask leaves too few errors to choose by.
+    The model's affinities come from the ``affinity-unet`` stage, once per volume and ``tta``
+    setting. Each (fragments, scoring, threshold) over ``fragment_settings`` (default: waterz's
+    own fragments only; a setting of
+    :func:`synapse_toolkit.inference.fragments.make_fragments`, or ``{"method":
+    "affinities"}`` for waterz's own) x :data:`SCORINGS` x :data:`THRESHOLDS` is scored by
+    ``select_by``; the lowest mean over all volumes and ``tta`` settings wins (ties: the lower
+    threshold), so one stored setting serves them all. No border mask by default: on a small
+    crop a 25 nm mask leaves too few errors to choose by.
+
+    Returns the metadata to store (``scoring``, ``threshold``, ``fragments`` when not waterz's
+    own, ``chosen_on``, per-volume ``selection_scores``, ``selection_mean``), the best setting
+    with waterz's own fragments (``own_fragments_best``) when seeded ones were tried, and every
+    scored row (``sweeps``, keyed like ``selection_scores``).
     """
-    score = make_scorer(selection.voxel_size_nm, border_threshold_nm)
-    per_tta: dict[bool, list[Row]] = {}
-    for t in tta:
-        m = model_affinities(
-            model, selection.raw, selection.voxel_size_nm, tta=t, n_threads=n_threads
-        )
-        per_tta[t] = sweep(m.affinities, selection.truth, score)
-    keys = [(r["scoring"], r["threshold"]) for r in per_tta[tta[0]]]
-    table = {t: {(r["scoring"], r["threshold"]): r for r in rows} for t, rows in per_tta.items()}
-    mean = {k: float(np.mean([table[t][k][select_by] for t in tta])) for k in keys}
-    scoring, threshold = min(keys, key=lambda k: (mean[k], k[1]))
+    say = log or (lambda _m: None)
+    volumes = [selection] if isinstance(selection, FibVolume) else list(selection)
+    if not volumes:
+        raise SyntkError("choose_agglomeration: no selection volume")
+    grid = [dict(f) for f in fragment_settings] if fragment_settings else [{"method": "affinities"}]
+    sweeps: dict[str, list[Row]] = {}
+    for vol in volumes:
+        score = make_scorer(vol.voxel_size_nm, border_threshold_nm)
+        for t in tta:
+            m = model_affinities(model, vol.raw, vol.voxel_size_nm, tta=t, n_threads=n_threads)
+            name = f"tta={str(t).lower()}"
+            name = name if len(volumes) == 1 else f"{vol.name}, {name}"
+            rows = sweeps.setdefault(name, [])
+            for fs in grid:
+                frag = None if fs.get("method") == "affinities" else fs
+                rows += [
+                    {**r, "fragments": fs} if len(grid) > 1 else r
+                    for r in sweep(m.affinities, vol.truth, score, fragments=frag)
+                ]
+            say(f"select: {name} done")
+
+    def key(r: Row) -> tuple[str, str, float]:
+        return (_fragments_key(r.get("fragments")), r["scoring"], r["threshold"])
+
+    table = {name: {key(r): r for r in rows} for name, rows in sweeps.items()}
+    keys = list(next(iter(table.values())))
+    mean = {k: float(np.mean([t[k][select_by] for t in table.values()])) for k in keys}
+    best_key = min(keys, key=lambda k: (mean[k], k[2]))
+    frag_setting = json.loads(best_key[0])
     mask = f"border mask {border_threshold_nm:g} nm" if border_threshold_nm else "no border mask"
     settings = " and ".join(f"tta={str(t).lower()}" for t in tta)
-    return {
-        "scoring": scoring,
-        "threshold": threshold,
-        "chosen_on": f"{selection.name}: best {select_by} ({mask}; mean over affinity-unet "
-        f"{settings}) over scorings {', '.join(SCORINGS)} x thresholds "
+    over = "copies and " if len(volumes) > 1 else ""
+    tried = "waterz's own or seeded fragments x " if len(grid) > 1 else ""
+    names = volumes[0].name + (
+        f" and perturbed copies ({', '.join(v.name for v in volumes[1:])})"
+        if len(volumes) > 1
+        else ""
+    )
+    choice: dict[str, Any] = {
+        "scoring": best_key[1],
+        "threshold": best_key[2],
+        **({"fragments": frag_setting} if frag_setting["method"] != "affinities" else {}),
+        "chosen_on": f"{names}: best {select_by} ({mask}; mean over {over}affinity-unet "
+        f"{settings}) over {tried}scorings {', '.join(SCORINGS)} x thresholds "
         f"{THRESHOLDS[0]}..{THRESHOLDS[-1]} step 0.05",
         "selection_scores": {
-            f"tta={str(t).lower()}": {
+            name: {
                 k: round(v, 4)
-                for k, v in table[t][(scoring, threshold)].items()
-                if k not in ("scoring", "threshold")
+                for k, v in t[best_key].items()
+                if k not in ("scoring", "threshold", "fragments")
             }
-            for t in tta
+            for name, t in table.items()
         },
-        "sweeps": {f"tta={str(t).lower()}": rows for t, rows in per_tta.items()},
+        "selection_mean": round(mean[best_key], 4),
     }
+    if len(grid) > 1:
+        own = [k for k in keys if json.loads(k[0])["method"] == "affinities"]
+        if own:
+            o = min(own, key=lambda k: (mean[k], k[2]))
+            choice["own_fragments_best"] = {
+                "scoring": o[1],
+                "threshold": o[2],
+                "selection_mean": round(mean[o], 4),
+            }
+    return {**choice, "sweeps": sweeps}
+
+
+def setting_mean(
+    choice: Mapping[str, Any], setting: Mapping[str, Any], select_by: str = SELECT_BY
+) -> float | None:
+    """The mean ``select_by`` of a stored ``agglomeration`` setting in ``choice``'s sweeps, or
+    None when that setting was not among those tried."""
+    want = (
+        _fragments_key(setting.get("fragments")),
+        setting.get("scoring"),
+        float(setting.get("threshold", -1)),
+    )
+    values = [
+        r[select_by]
+        for rows in choice["sweeps"].values()
+        for r in rows
+        if (_fragments_key(r.get("fragments")), r["scoring"]) == want[:2]
+        and abs(float(r["threshold"]) - want[2]) < 1e-9
+    ]
+    return float(np.mean(values)) if len(values) == len(choice["sweeps"]) else None
 
 
 # -- the evaluation ------------------------------------------------------------------------------

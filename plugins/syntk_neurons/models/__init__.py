@@ -30,8 +30,9 @@ SHIPPED: dict[str, tuple[str, str, str, tuple[float, float, float]]] = {
         "default FIB-SEM model",
         "syntk train affinities examples/train/fib_affinities_v2.toml --iterations 194 "
         "--time-limit 100000 && syntk export onnx runs/fib_affinities_v2/best.pt "
-        "plugins/syntk_neurons/models/fib_affinities_v2.onnx && python benchmarks/fib_perturbed.py "
-        "select --model plugins/syntk_neurons/models/fib_affinities_v2.onnx --write && "
+        "plugins/syntk_neurons/models/fib_affinities_v2.onnx && syntk evaluate fib-select "
+        "--copies --fragments --model plugins/syntk_neurons/models/fib_affinities_v2.onnx "
+        "--write && "
         "python benchmarks/select_spectrum_matching.py select --model "
         "plugins/syntk_neurons/models/fib_affinities_v2.onnx --write && "
         "python benchmarks/fib_quality.py store --model "
