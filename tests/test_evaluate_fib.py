@@ -193,7 +193,10 @@ def test_choose_agglomeration_over_copies_and_fragments_takes_the_best_mean(monk
     seeded = {"method": "distance_2d", "boundary_threshold": 0.5, "dt_sigma": 1.0,
               "min_distance": 3}  # fmt: skip
     choice = fib.choose_agglomeration(
-        "stand-in", copies, fragment_settings=[{"method": "affinities"}, seeded]
+        "stand-in",
+        copies,
+        fragment_settings=[{"method": "affinities"}, seeded],
+        copies_of="validation piece",
     )
     names = {"unchanged, tta=false", "unchanged, tta=true", "blur sigma 1, tta=false",
              "blur sigma 1, tta=true"}  # fmt: skip
@@ -215,7 +218,9 @@ def test_choose_agglomeration_over_copies_and_fragments_takes_the_best_mean(monk
     assert own["selection_mean"] == round(min(own_means), 4)
     assert fib.setting_mean(choice, choice) == best
     assert fib.setting_mean(choice, {"scoring": "mean", "threshold": 0.33}) is None
-    assert "perturbed copies (blur sigma 1)" in choice["chosen_on"]
+    assert choice["chosen_on"].startswith(
+        "validation piece and perturbed copies of it (blur sigma 1)"
+    )
     with pytest.raises(SyntkError, match="unknown perturbed copies"):
         fib.blurred_copies(vol, ["blur sigma 9"])
 

@@ -260,6 +260,7 @@ def fib_select(
         border_threshold_nm=border_nm,
         n_threads=threads,
         log=lambda m: typer.echo(m, err=True),
+        copies_of=crop.name if copies else None,
     )
     stored = {k: v for k, v in choice.items() if k != "sweeps"}
     previous = onnx_metadata(resolve_model(model)).get("agglomeration")

@@ -404,6 +404,7 @@ def choose_agglomeration(
     select_by: str = SELECT_BY,
     n_threads: int = 2,
     log: Log | None = None,
+    copies_of: str | None = None,
 ) -> dict[str, Any]:
     """The waterz setting for ``model``, chosen on ``selection`` volumes (never test data).
 
@@ -414,7 +415,8 @@ def choose_agglomeration(
     "affinities"}`` for waterz's own) x :data:`SCORINGS` x :data:`THRESHOLDS` is scored by
     ``select_by``; the lowest mean over all volumes and ``tta`` settings wins (ties: the lower
     threshold), so one stored setting serves them all. No border mask by default: on a small
-    crop a 25 nm mask leaves too few errors to choose by.
+    crop a 25 nm mask leaves too few errors to choose by. ``copies_of`` names the volume that
+    the first selection volume is unchanged and the others are copies of (:func:`blurred_copies`).
 
     Returns the metadata to store (``scoring``, ``threshold``, ``fragments`` when not waterz's
     own, ``chosen_on``, per-volume ``selection_scores``, ``selection_mean``), the best setting
@@ -454,8 +456,8 @@ def choose_agglomeration(
     settings = " and ".join(f"tta={str(t).lower()}" for t in tta)
     over = "copies and " if len(volumes) > 1 else ""
     tried = "waterz's own or seeded fragments x " if len(grid) > 1 else ""
-    names = volumes[0].name + (
-        f" and perturbed copies ({', '.join(v.name for v in volumes[1:])})"
+    names = (copies_of or volumes[0].name) + (
+        f" and perturbed copies of it ({', '.join(v.name for v in volumes[1:])})"
         if len(volumes) > 1
         else ""
     )
