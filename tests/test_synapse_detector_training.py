@@ -16,6 +16,8 @@ from synapse_toolkit.synapses.train_detectors import (  # noqa: E402
     DetectorTrainConfig,
     SynapseCropSampler,
     _split_weights,
+    _synapse_centres,
+    site_types,
     train_detector,
 )
 from tests.conftest import make_cremi_data  # noqa: E402
@@ -43,7 +45,7 @@ def test_crop_sampler_returns_target_and_mask_of_the_same_voxels() -> None:
     target = (index / index.size * 2.0 - 1.0).astype(np.float32)  # every voxel its own value
     mask = (index % 3) != 0
     raw = (index % 251).astype(np.uint8)
-    volumes = ((raw, target, mask, np.zeros((0, 3), np.int64)) for _ in range(1))
+    volumes = ((raw, target, mask, np.zeros((0, 3), np.int64), None) for _ in range(1))
     plain = AugmentConfig.from_table(NO_AUGMENTATION)
     before = target.copy()
     sampler = SynapseCropSampler(volumes, (4, 16, 16), (2, 8, 8), plain, 0.0, seed=3)
@@ -58,6 +60,51 @@ def test_crop_sampler_returns_target_and_mask_of_the_same_voxels() -> None:
         np.testing.assert_array_equal(m, mask.reshape(-1)[voxel])
         inside += int(m.any() and (~m).any())
     assert inside > 0  # crops mixed masked and unmasked voxels
+
+
+def test_site_types_and_type_weighted_crop_centres(tmp_path: Path) -> None:
+    """Each annotation site gets its synapse's phantom type (posts through the partner rows);
+    with a weight of 0 for every type but one, synapse-centred crops sit on that type's sites."""
+    from synapse_toolkit.io.cremi import read_cremi
+    from synapse_toolkit.phantom.em import EMPhantom
+    from synapse_toolkit.phantom.params import EMPhantomParams
+    from synapse_toolkit.phantom.store import read_phantom_truth, write_phantom
+
+    params = EMPhantomParams(shape=(8, 96, 96), seed=5, n_synapses=9, n_types=3,
+                             polyadic_fraction=0.5)  # fmt: skip
+    path = write_phantom(EMPhantom(params), tmp_path / "p.h5")
+    data = read_cremi(path)
+    assert data.annotations is not None and data.raw is not None
+    ann = data.annotations
+    types = site_types(path, ann.ids)
+    truth = read_phantom_truth(path)
+    expected = {}
+    for sid, pre, post, _, _ in truth.partners.tolist():
+        t = int(truth.synapses["type"][truth.synapses["synapse_id"] == sid][0])
+        expected[pre], expected[post] = t, t
+    assert types.tolist() == [expected[i] for i in ann.ids.tolist()]
+    assert len(set(types.tolist())) > 1
+    plain_file = tmp_path / "plain.hdf"
+    write_cremi(plain_file, make_cremi_data(shape=(8, 64, 64)))
+    assert (site_types(plain_file, ann.ids) == -1).all()  # no phantom truth: no types
+
+    shape = data.raw.spatial_shape
+    keep = int(types[0])
+    centres, chance = _synapse_centres(data, shape, path, {t: 0.0 for t in range(3) if t != keep})
+    assert chance is not None and np.isclose(chance.sum(), 1.0)
+    inside = np.all((np.asarray(centres) >= 0), axis=1)
+    assert inside.all() and (chance > 0).sum() == (types == keep).sum()
+    uniform, none = _synapse_centres(data, shape, path, {})
+    assert none is None and np.array_equal(uniform, centres)
+
+    raw = data.raw.read()
+    target = np.zeros(shape, np.float32)
+    target[tuple(centres[chance > 0].T)] = 1.0  # marks the kept type's sites
+    plain = AugmentConfig.from_table(NO_AUGMENTATION)
+    sampler = SynapseCropSampler([(raw, target, np.ones(shape, bool), centres, chance)],
+                                 (3, 9, 9), (3, 9, 9), plain, 1.0, seed=0)  # fmt: skip
+    hits = [sampler.sample()[1].max() for _ in range(40)]
+    assert min(hits) == 1.0  # every crop holds a site of the kept type (within +-output/3)
 
 
 @pytest.mark.parametrize(

@@ -74,6 +74,9 @@ class DataSection(StrictModel):
 class TrainingSection(RunSection):
     input_shape: list[int] = Field(default_factory=lambda: [28, 112, 112])
     synapse_fraction: float = 0.7
+    #: phantom synapse type -> how likely a synapse-centred crop is centred on a site of that
+    #: type, relative to others (files without phantom truth, and types not listed: 1)
+    synapse_type_weights: dict[int, float] = Field(default_factory=dict)
     checkpoint_every: int = 500  # also write <out_dir>/latest.pt this often (0 = only at the end)
     validate_every: int = 500  # with data.validation: score the fixed crops this often
     validation_crops: int = 32  # crops drawn once from data.validation (no augmentation)
@@ -160,18 +163,51 @@ def _volume_target(
     return t["cleft_mask"].astype(np.float32), t["cleft_valid"]
 
 
-def _synapse_centres(data: CremiData, shape: tuple[int, ...]) -> np.ndarray:
+def site_types(path: str | Path, site_ids: np.ndarray) -> np.ndarray:
+    """The phantom synapse type of each annotation id (pre or post site) of a phantom file; -1
+    for ids it does not know, and for every id of a file without phantom truth."""
+    from synapse_toolkit.phantom.store import read_phantom_truth
+
+    out = np.full(len(site_ids), -1, np.int64)
+    try:
+        truth = read_phantom_truth(path)
+    except DataError:
+        return out
+    syn = truth.synapses
+    of_pre = dict(zip(syn["pre_site_id"].tolist(), syn["type"].tolist(), strict=True))
+    of_site = dict(of_pre)
+    for _, pre, post, _, _ in truth.partners.tolist():
+        if pre in of_pre:
+            of_site[post] = of_pre[pre]
+    for k, i in enumerate(np.asarray(site_ids, np.uint64).tolist()):
+        out[k] = of_site.get(i, -1)
+    return out
+
+
+def _synapse_centres(
+    data: CremiData,
+    shape: tuple[int, ...],
+    path: str | Path | None = None,
+    type_weights: dict[int, float] | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Annotation sites inside the volume (voxels) and, with ``type_weights``, each one's
+    probability of being chosen as a crop centre (by its phantom synapse type)."""
     from synapse_toolkit.synapses.targets import Grid
 
     assert data.raw is not None and data.annotations is not None
     grid = Grid.of(data.raw)
     idx = grid.nearest_voxel(data.annotations.world_locations())
     inside = np.all((idx >= 0) & (idx < np.asarray(shape)), axis=1)
-    return idx[inside]
+    if not type_weights or path is None or not inside.any():
+        return idx[inside], None
+    types = site_types(path, data.annotations.ids)[inside]
+    w = np.asarray([type_weights.get(int(t), 1.0) for t in types], np.float64)
+    return idx[inside], (w / w.sum() if w.sum() > 0 else None)
 
 
-#: one training volume: raw, target, loss mask, synapse centres (voxels)
-_Prepared = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+#: one training volume: raw, target, loss mask, synapse centres (voxels), their probabilities
+#: of being chosen (None: uniform)
+_Prepared = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]
 
 
 class SynapseCropSampler:
@@ -200,24 +236,26 @@ class SynapseCropSampler:
         shapes = zip(self.input_shape, self.output_shape, augment.margin, strict=True)
         # an input crop centred anywhere in the volume, +- output // 3, with the warp's margin
         self.pad = [(i + 1) // 2 + o // 3 + m + 1 for i, o, m in shapes]
-        self.vols: list[tuple[np.ndarray, np.ndarray, tuple[int, ...], np.ndarray]] = []
-        for raw, target, mask, centres in volumes:
+        self.vols: list[
+            tuple[np.ndarray, np.ndarray, tuple[int, ...], np.ndarray, np.ndarray | None]
+        ] = []
+        for raw, target, mask, centres, chance in volumes:
             pads = [(p, p) for p in self.pad]
             packed = target.astype(np.float32)
             packed[mask.astype(bool)] += 4.0
             self.vols.append((
                 np.pad(raw, pads, mode="symmetric"),
                 np.pad(packed, pads, mode="symmetric"),
-                raw.shape, centres,
+                raw.shape, centres, chance,
             ))  # fmt: skip
             del raw, target, mask, packed
 
     def sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         from synapse_toolkit.nn.augment import sample_augmented
 
-        raw, lab, shape, centres = self.vols[int(self.rng.integers(len(self.vols)))]
+        raw, lab, shape, centres, chance = self.vols[int(self.rng.integers(len(self.vols)))]
         if len(centres) and self.rng.random() < self.frac:
-            c = centres[int(self.rng.integers(len(centres)))]
+            c = centres[int(self.rng.choice(len(centres), p=chance))]
             c = c + self.rng.integers(-np.asarray(self.output_shape) // 3,
                                       np.asarray(self.output_shape) // 3 + 1)  # fmt: skip
         else:
@@ -365,16 +403,17 @@ def train_detector(
     tsettings = TargetSettings(**cfg.targets)
     aug = AugmentConfig.from_table(cfg.augment)
 
-    def prepared(data: CremiData, where: str) -> _Prepared:
+    def prepared(data: CremiData, where: str, path: Path | None = None) -> _Prepared:
         if data.raw is None:
             raise DataError(f"{where}: no volumes/raw")
         target, mask = _volume_target(cfg.kind, data, tsettings, where)
-        return data.raw.read(), target, mask, _synapse_centres(data, target.shape)
+        centres, chance = _synapse_centres(data, target.shape, path, t.synapse_type_weights)
+        return data.raw.read(), target, mask, centres, chance
 
     def read_prepared(path: Path) -> _Prepared:
         """One training file, read lazily: only the volumes the targets need leave the disk."""
         with open_cremi(path) as data:
-            return prepared(data, str(path))
+            return prepared(data, str(path), path)
 
     files = training_files(cfg.data)
     # generators: the sampler packs each volume as it is read, so one unpadded copy lives at a time
