@@ -473,6 +473,12 @@ def main() -> None:
                     help="allow development seeds (selection, not held-out)")  # fmt: skip
     ap.add_argument("--settings", default=None,
                     help="JSON written by --tune (default: the stage defaults)")  # fmt: skip
+    ap.add_argument(
+        "--grow-threshold",
+        type=float,
+        default=None,
+        help="emsynconn's candidates grown by hysteresis down to this |proximity|",
+    )
     ap.add_argument("--emsynconn", type=float, nargs=4, default=None,
                     metavar=("THRESHOLD", "MIN_VOXELS", "MAX_GAP_NM", "PRUNE_THRESHOLD"),
                     help="candidate + pruning settings (default: the stage's)")  # fmt: skip
@@ -519,6 +525,10 @@ def main() -> None:
             candidates = CandidateSettings(threshold=thr, min_voxels=int(min_voxels),
                                            max_gap_nm=gap)  # fmt: skip
             ems = EMSynConnSettings(candidates=candidates, prune_threshold=prune)
+        if args.grow_threshold is not None:
+            base = ems or EMSynConnSettings()
+            ems = dataclasses.replace(base, candidates=dataclasses.replace(
+                base.candidates, grow_threshold=args.grow_threshold))  # fmt: skip
         print(f"emsynconn: {ems or EMSynConnSettings()}")
         results = evaluate_all(volumes, PrunerONNX(args.pruner), vector, direction, combined, ems)
         n_true = sum(len(v["data"].annotations.partners) for v in volumes)

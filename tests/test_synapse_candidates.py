@@ -75,6 +75,30 @@ def test_small_components_and_distant_segments_are_not_paired() -> None:
     assert len(find_candidates(far, seg, GRID, CandidateSettings(min_voxels=10))) == 0
 
 
+def test_hysteresis_grows_seeded_components_and_adds_none() -> None:
+    """grow_threshold: a faint rim joins a component that holds a seed above the threshold (so a
+    component too small at the threshold passes min_voxels); a faint blob without a seed stays
+    out; without grow_threshold nothing changes."""
+    seg = _segments()
+    prox = np.zeros(GRID.shape, np.float32)
+    prox[4:6, 20:40, 50:60] = 0.2  # faint pre rim in segment 1 ...
+    prox[4:6, 28:32, 56:60] = 0.6  # ... around a small seed (32 voxels)
+    prox[4:6, 20:40, 60:70] = -0.2  # faint post rim in segment 2 ...
+    prox[4:6, 28:32, 60:64] = -0.6  # ... around a small seed
+    prox[4:6, 120:140, 50:60] = 0.2  # faint, unseeded pre blob in segment 1
+    prox[4:6, 120:140, 60:70] = -0.2  # and its post, unseeded
+    plain = find_candidates(prox, seg, GRID, CandidateSettings(min_voxels=50))
+    assert len(plain) == 0  # the seeds alone are too small
+    grown = find_candidates(prox, seg, GRID, CandidateSettings(min_voxels=50, grow_threshold=0.1))
+    assert len(grown) == 1
+    table = grown.to_table()
+    assert (int(table.pre_segment[0]), int(table.post_segment[0])) == (1, 2)
+    assert GRID.nearest_voxel(table.pre_nm)[0][1] < 60  # the seeded pair, not the faint one
+    assert [c.size for c in grown.pre.values()] == [400]
+    with pytest.raises(DataError, match="grow_threshold"):
+        find_candidates(prox, seg, GRID, CandidateSettings(grow_threshold=0.5))
+
+
 def test_emsynconn_without_pruning_and_patches() -> None:
     seg, ann = _scene()
     prox = signed_proximity(ann, GRID, 100.0, seg)

@@ -2,7 +2,9 @@
 
 1. Threshold the proximity map: ``> +threshold`` is pre-synaptic, ``< -threshold`` post-synaptic.
 2. Split each side by segment and take 26-connected components (cc3d, one component never spans
-   two segments); keep components of at least ``min_voxels`` voxels.
+   two segments); keep components of at least ``min_voxels`` voxels. With ``grow_threshold``
+   (hysteresis), components are those of ``> +grow_threshold`` (``< -grow_threshold``) that
+   contain a voxel beyond ``threshold``: no new components, larger ones.
 3. Pair every pre component with every post component that lies in a *different*, *touching*
    segment, whose closest approach is at most ``max_gap_nm`` and whose centroids are at most
    ``max_centroid_distance_nm`` apart. One pre component may pair with several post components
@@ -34,6 +36,8 @@ class CandidateSettings:
     clearly better on a predicted segmentation); without pruning, 0.4 is more precise."""
 
     threshold: float = 0.3
+    #: hysteresis: grow components down to this |proximity| (None: no growing)
+    grow_threshold: float | None = None
     min_voxels: int = 50
     max_gap_nm: float = 60.0
     max_centroid_distance_nm: float = 400.0
@@ -90,8 +94,14 @@ class Candidates:
 
 
 def _components(
-    mask: np.ndarray, segmentation: np.ndarray, proximity: np.ndarray, min_voxels: int
+    mask: np.ndarray,
+    segmentation: np.ndarray,
+    proximity: np.ndarray,
+    min_voxels: int,
+    seeds: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict[int, Component]]:
+    """Components of ``mask`` split by segment, of at least ``min_voxels`` voxels (and, with
+    ``seeds``, holding a seed voxel)."""
     seg_in = np.where(mask, segmentation, 0)
     labels, n = cc3d.connected_components(seg_in, connectivity=26, return_N=True)
     labels = labels.astype(np.uint32)
@@ -99,10 +109,14 @@ def _components(
     if n == 0:
         return labels, comps
     sizes = np.bincount(labels.reshape(-1), minlength=n + 1)
+    seeded = np.ones(n + 1, bool)
+    if seeds is not None:
+        seeded[:] = False
+        seeded[labels[seeds & (labels > 0)]] = True
     objects = ndimage.find_objects(labels)
     keep = np.zeros(n + 1, bool)
     for lab in range(1, n + 1):
-        if sizes[lab] < min_voxels or objects[lab - 1] is None:
+        if sizes[lab] < min_voxels or not seeded[lab] or objects[lab - 1] is None:
             continue
         box = objects[lab - 1]
         local = labels[box] == lab
@@ -160,8 +174,18 @@ def find_candidates(
         raise DataError(
             f"proximity {prox.shape}, segmentation {seg.shape} and grid {grid.shape} must match"
         )
-    pre_labels, pre = _components(prox > s.threshold, seg, prox, s.min_voxels)
-    post_labels, post = _components(prox < -s.threshold, seg, prox, s.min_voxels)
+    if s.grow_threshold is None:
+        pre_labels, pre = _components(prox > s.threshold, seg, prox, s.min_voxels)
+        post_labels, post = _components(prox < -s.threshold, seg, prox, s.min_voxels)
+    else:
+        if not 0 <= s.grow_threshold <= s.threshold:
+            raise DataError(
+                f"candidate grow_threshold {s.grow_threshold} must lie in [0, threshold "
+                f"{s.threshold}]"
+            )
+        low = s.grow_threshold
+        pre_labels, pre = _components(prox > low, seg, prox, s.min_voxels, prox > s.threshold)
+        post_labels, post = _components(prox < -low, seg, prox, s.min_voxels, prox < -s.threshold)
     vs = np.asarray(grid.voxel_size_nm)
     margin = np.ceil(s.max_gap_nm / vs).astype(int) + 1
     tol = np.ceil(s.contact_tolerance_nm / vs).astype(int)
