@@ -25,9 +25,10 @@ from partner_recall_levers import verified
 from synapse_toolkit.data import PartnerTable
 from synapse_toolkit.evaluation.phantom_seeds import check_selection_seeds
 from synapse_toolkit.metrics.cremi_partners import lookup_labels, pair_locations
+from synapse_toolkit.phantom.store import site_types
 from synapse_toolkit.synapses.assigners import EMSynConnSettings, assign_emsynconn
 from synapse_toolkit.synapses.pruning import PrunerONNX
-from synapse_toolkit.synapses.train_detectors import phantom_file, site_types
+from synapse_toolkit.synapses.train_detectors import phantom_file
 
 NEAR_NM = 400.0  # CREMI's matching distance
 

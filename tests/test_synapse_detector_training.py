@@ -17,7 +17,6 @@ from synapse_toolkit.synapses.train_detectors import (  # noqa: E402
     SynapseCropSampler,
     _split_weights,
     _synapse_centres,
-    site_types,
     train_detector,
 )
 from tests.conftest import make_cremi_data  # noqa: E402
@@ -68,7 +67,7 @@ def test_site_types_and_type_weighted_crop_centres(tmp_path: Path) -> None:
     from synapse_toolkit.io.cremi import read_cremi
     from synapse_toolkit.phantom.em import EMPhantom
     from synapse_toolkit.phantom.params import EMPhantomParams
-    from synapse_toolkit.phantom.store import read_phantom_truth, write_phantom
+    from synapse_toolkit.phantom.store import read_phantom_truth, site_types, write_phantom
 
     params = EMPhantomParams(shape=(8, 96, 96), seed=5, n_synapses=9, n_types=3,
                              polyadic_fraction=0.5)  # fmt: skip

@@ -220,6 +220,25 @@ def read_phantom_truth(path: str | os.PathLike[str]) -> PhantomTruth:
         raise DataError(f"{p}: no phantom ground truth ({exc})") from None
 
 
+def site_types(path: str | Path, site_ids: np.ndarray) -> np.ndarray:
+    """The phantom synapse type of each annotation id (pre or post site) of a phantom file; -1
+    for ids it does not know, and for every id of a file without phantom truth."""
+    out = np.full(len(site_ids), -1, np.int64)
+    try:
+        truth = read_phantom_truth(path)
+    except DataError:
+        return out
+    syn = truth.synapses
+    of_pre = dict(zip(syn["pre_site_id"].tolist(), syn["type"].tolist(), strict=True))
+    of_site = dict(of_pre)
+    for _, pre, post, _, _ in truth.partners.tolist():
+        if pre in of_pre:
+            of_site[post] = of_pre[pre]
+    for k, i in enumerate(np.asarray(site_ids, np.uint64).tolist()):
+        out[k] = of_site.get(i, -1)
+    return out
+
+
 def _in_memory(v: Volume | None) -> Volume | None:
     return None if v is None else v.with_data(np.asarray(v.data[...]))
 

@@ -163,27 +163,6 @@ def _volume_target(
     return t["cleft_mask"].astype(np.float32), t["cleft_valid"]
 
 
-def site_types(path: str | Path, site_ids: np.ndarray) -> np.ndarray:
-    """The phantom synapse type of each annotation id (pre or post site) of a phantom file; -1
-    for ids it does not know, and for every id of a file without phantom truth."""
-    from synapse_toolkit.phantom.store import read_phantom_truth
-
-    out = np.full(len(site_ids), -1, np.int64)
-    try:
-        truth = read_phantom_truth(path)
-    except DataError:
-        return out
-    syn = truth.synapses
-    of_pre = dict(zip(syn["pre_site_id"].tolist(), syn["type"].tolist(), strict=True))
-    of_site = dict(of_pre)
-    for _, pre, post, _, _ in truth.partners.tolist():
-        if pre in of_pre:
-            of_site[post] = of_pre[pre]
-    for k, i in enumerate(np.asarray(site_ids, np.uint64).tolist()):
-        out[k] = of_site.get(i, -1)
-    return out
-
-
 def _synapse_centres(
     data: CremiData,
     shape: tuple[int, ...],
@@ -200,6 +179,8 @@ def _synapse_centres(
     inside = np.all((idx >= 0) & (idx < np.asarray(shape)), axis=1)
     if not type_weights or path is None or not inside.any():
         return idx[inside], None
+    from synapse_toolkit.phantom.store import site_types
+
     types = site_types(path, data.annotations.ids)[inside]
     w = np.asarray([type_weights.get(int(t), 1.0) for t in types], np.float64)
     return idx[inside], (w / w.sum() if w.sum() > 0 else None)
