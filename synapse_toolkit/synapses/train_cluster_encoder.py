@@ -202,16 +202,16 @@ def cut_patches(
 
 
 def predicted_cleft(raw: Any, model: str) -> Any:
-    """The cleft probability (1, z, y, x) of the registry's cleft U-Net ``model`` on ``raw``."""
-    from synapse_toolkit.data import Volume
-    from synapse_toolkit.inference.onnx_model import OnnxModel
-    from synapse_toolkit.models import resolve_model
-    from synapse_toolkit.synapses import DETECTOR_OVERLAP
+    """The cleft probability (1, z, y, x) of the registry's cleft U-Net ``model`` on ``raw``, as
+    the pipeline's ``synapse-clefts`` detector predicts it (held in memory)."""
+    import tempfile
 
-    net = OnnxModel(resolve_model("cluster-encoder training", name=model).path)
-    out = np.zeros((1, *raw.spatial_shape), np.float32)
-    net.predict(raw.data, out, DETECTOR_OVERLAP)
-    return Volume(out, raw.voxel_size_nm, raw.offset_nm, "cleft_probability")
+    from synapse_toolkit.api import run_stage
+
+    with tempfile.TemporaryDirectory(prefix="syntk-cleft-") as tmp:
+        out = run_stage("detector", "synapse-clefts", {"raw": raw}, {"model": model},
+                        scratch_dir=tmp)["cleft_probability"]  # fmt: skip
+        return out.with_data(np.asarray(out.data[...], np.float32))
 
 
 def prepare_seed(
