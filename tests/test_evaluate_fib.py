@@ -225,6 +225,28 @@ def test_choose_agglomeration_over_copies_and_fragments_takes_the_best_mean(monk
         fib.blurred_copies(vol, ["blur sigma 9"])
 
 
+def test_fib_select_copies_chooses_on_the_crop_and_two_copies(monkeypatch) -> None:
+    """`syntk evaluate fib-select --copies --json`: the validation crop and the two selection
+    copies, each with TTA off and on, and the stored setting's mean in the same sweep."""
+    from scipy import ndimage
+
+    def fake(model, raw, voxel_size_nm, *, tta=False, **kw):  # type: ignore[no-untyped-def]
+        edges = np.stack([ndimage.sobel(raw.astype(np.float32), axis=a) for a in range(3)])
+        affs = 1.0 - np.clip(np.abs(edges) / (np.abs(edges).max() + 1e-6) * 3, 0, 1)
+        return fib.ModelAffinities(affs.astype(np.float32), None, {}, 0.0)
+
+    monkeypatch.setattr(fib, "model_affinities", fake)
+    code, out, err = _run(["evaluate", "fib-select", "--copies", "--json"])
+    assert code == 0, err
+    choice = json.loads(out)
+    names = {f"{c}, tta={t}" for c in fib.SELECTION_COPIES for t in ("false", "true")}
+    assert set(choice["selection_scores"]) == names == set(choice["sweeps"])
+    assert choice["chosen_on"].startswith(fib.gala_validation_crop().name + " and perturbed copies")
+    stored = _model_agglomeration()
+    assert ("previous_setting_mean" in choice) == ("fragments" not in stored)
+    assert "written" not in choice
+
+
 def test_update_metadata_keeps_the_weights_and_rewrites_the_sidecar(tmp_path) -> None:
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper, numpy_helper
