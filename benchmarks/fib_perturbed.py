@@ -28,13 +28,6 @@ import numpy as np
 
 from synapse_toolkit.evaluation import fib
 
-#: (name, perturbation) applied to the raw grey values; the stage then matches intensities
-COPIES: list[tuple[str, dict[str, Any]]] = list(fib.BLUR_COPIES)
-
-
-def copies(vol: fib.FibVolume, which: list[tuple[str, dict[str, Any]]]) -> list[fib.FibVolume]:
-    return fib.blurred_copies(vol, [name for name, _ in which])
-
 
 def store(model: str, checkpoint: str) -> dict[str, Any]:
     from synapse_toolkit.nn.checkpoint import load_state
@@ -68,7 +61,7 @@ def score(models: list[str], threads: int, only: list[str] | None) -> dict[str, 
     test = fib.gala_volume("test")
     sc = fib.make_scorer(test.voxel_size_nm, fib.BORDER_THRESHOLD_NM)
     out: dict[str, Any] = {}
-    for vol in copies(test, [c for c in COPIES if not only or c[0] in only]):
+    for vol in fib.blurred_copies(test, [n for n, _ in fib.BLUR_COPIES if not only or n in only]):
         for model in models:
             t = time.perf_counter()
             m = fib.model_affinities(model, vol.raw, vol.voxel_size_nm, n_threads=threads)

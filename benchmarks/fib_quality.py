@@ -19,7 +19,7 @@
         add the ridge filter's threshold and the model's ridge recall on the validation crop to
         its stored quality reference (the warning line's second opinion)
     python benchmarks/fib_quality.py test --model M [--copy NAME]
-        the gala test volume and its perturbed copies (benchmarks/fib_perturbed.py COPIES): CREMI
+        the gala test volume and its perturbed copies (`fib.BLUR_COPIES`): CREMI
         at the stored and at the matched threshold (25 nm border mask) -- labels for scoring only
 """
 
@@ -34,9 +34,6 @@ import numpy as np
 
 from synapse_toolkit.evaluation import fib
 from synapse_toolkit.inference import quality, ridges
-
-sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from fib_perturbed import COPIES, copies
 
 BAND_CHOSEN_ON = (
     "validation crop and perturbed copies of it (blur, contrast, noise; "
@@ -108,7 +105,7 @@ def _rows(model: str, vols: list[fib.FibVolume], border: float, threads: int) ->
 
 def measure(models: list[str], unlabelled: str | None, crop: str | None, threads: int) -> dict:
     val = fib.gala_validation_crop()
-    vols = copies(val, COPIES)
+    vols = fib.blurred_copies(val)
     res: dict[str, Any] = {"validation": [], "unlabelled": []}
     for model in models:
         res["validation"] += _rows(model, vols, 0.0, threads)
@@ -139,7 +136,7 @@ def store(model: str, band: tuple[float, float], threads: int) -> dict[str, Any]
 
 def test(models: list[str], only: list[str] | None, threads: int) -> list[dict]:
     t = fib.gala_volume("test")
-    vols = copies(t, [c for c in COPIES if not only or c[0] in only])
+    vols = fib.blurred_copies(t, [n for n, _ in fib.BLUR_COPIES if not only or n in only])
     return [r for m in models for r in _rows(m, vols, fib.BORDER_THRESHOLD_NM, threads)]
 
 
@@ -237,7 +234,8 @@ def ridge_rows(models: list[str], unlabelled: str | None, threads: int) -> dict[
         ("gala validation crop", val.raw, val.truth)
     ]
     vols += [
-        (f"gala test: {c.name}", c.raw, c.truth) for c in copies(fib.gala_volume("test"), COPIES)
+        (f"gala test: {c.name}", c.raw, c.truth)
+        for c in fib.blurred_copies(fib.gala_volume("test"))
     ]
     if unlabelled:
         raw = fib.read_array(unlabelled, "raw")

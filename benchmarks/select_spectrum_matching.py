@@ -33,9 +33,6 @@ from synapse_toolkit.evaluation import fib
 from synapse_toolkit.inference import spectrum
 from synapse_toolkit.nn.export import update_metadata
 
-sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from fib_perturbed import COPIES, copies
-
 TRAIN_ROI = (slice(None), slice(None), slice(0, 150))
 MIN_GAIN, MAX_LOSS = 0.02, 0.01
 
@@ -76,7 +73,7 @@ def _scores(model: str, volumes: list[fib.FibVolume], border_nm: float, threads:
 
 def select(model: str, write: bool, threads: int) -> dict[str, Any]:
     ref = reference()
-    vols = copies(fib.gala_validation_crop(), COPIES)
+    vols = fib.blurred_copies(fib.gala_validation_crop())
     with tempfile.TemporaryDirectory() as tmp:
         # 0.0: no border mask (make_scorer passes a zero border on as None)
         off = _scores(model, vols, 0.0, threads)
@@ -99,7 +96,7 @@ def select(model: str, write: bool, threads: int) -> dict[str, Any]:
 
 
 def score(model: str, threads: int) -> dict[str, Any]:
-    vols = copies(fib.gala_volume("test"), COPIES)
+    vols = fib.blurred_copies(fib.gala_volume("test"))
     off = _scores(model, vols, fib.BORDER_THRESHOLD_NM, threads, match_spectrum=False)
     on = _scores(model, vols, fib.BORDER_THRESHOLD_NM, threads)
     return {"model": model, "off": off, "on": on}
