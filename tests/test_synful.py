@@ -108,6 +108,43 @@ def test_flips_and_transposes_keep_vectors_pointing_at_the_partner(
     assert raw2.shape == (6, 40, 40)
 
 
+def test_type_weighted_crops_centre_on_the_kept_types_post_sites(tmp_path: Path) -> None:
+    """With a weight of 0 for every phantom synapse type but one, synful's synapse-centred crops
+    sit on that type's post sites; without weights the centres are drawn as before."""
+    pytest.importorskip("torch")
+    from synapse_toolkit.io.cremi import read_cremi
+    from synapse_toolkit.nn.augment import AugmentConfig
+    from synapse_toolkit.phantom.em import EMPhantom
+    from synapse_toolkit.phantom.params import EMPhantomParams
+    from synapse_toolkit.phantom.store import site_types, write_phantom
+    from synapse_toolkit.synapses.train_synful import SynfulCropSampler, _post_centres
+
+    params = EMPhantomParams(shape=(8, 96, 96), seed=5, n_synapses=9, n_types=3,
+                             polyadic_fraction=0.5)  # fmt: skip
+    path = write_phantom(EMPhantom(params), tmp_path / "p.h5")
+    data = read_cremi(path)
+    assert data.annotations is not None and data.raw is not None
+    ann, grid = data.annotations, Grid.of(data.raw)
+    post = np.asarray(ann.types, dtype=object) == ann.POST
+    types = site_types(path, np.asarray(ann.ids)[post])
+    keep = int(types[0])
+    centres, chance = _post_centres(ann, grid, path, {t: 0.0 for t in range(3) if t != keep})
+    assert chance is not None and np.isclose(chance.sum(), 1.0)
+    assert len(centres) == post.sum() and (chance > 0).sum() == (types == keep).sum() < len(types)
+    uniform, none = _post_centres(ann, grid, path, {})
+    assert none is None and np.array_equal(uniform, centres)
+
+    raw = data.raw.read()
+    packed = np.zeros((8, *raw.shape), np.float32)
+    packed[(0, *centres[chance > 0].T)] = 1.0  # marks the kept type's post sites
+    plain = AugmentConfig.from_table({"intensity_scale": 0.0, "intensity_shift": 0.0})
+    sampler = SynfulCropSampler([(raw, packed, centres, chance)], (3, 9, 9), plain, 1.0, seed=0)
+    assert min(sampler.sample()[1][0].max() for _ in range(40)) == 1.0
+    # the unweighted stream: choice(n) draws what integers(n) drew before weights existed
+    a, b = np.random.default_rng(3), np.random.default_rng(3)
+    assert [int(a.choice(7)) for _ in range(20)] == [int(b.integers(7)) for _ in range(20)]
+
+
 def test_extraction_finds_a_polyadic_synapse() -> None:
     pred, seg, grid = _scene()
     table = extract_partners(pred, seg, grid, SynfulSettings())

@@ -177,13 +177,22 @@ def _synapse_centres(
     grid = Grid.of(data.raw)
     idx = grid.nearest_voxel(data.annotations.world_locations())
     inside = np.all((idx >= 0) & (idx < np.asarray(shape)), axis=1)
-    if not type_weights or path is None or not inside.any():
-        return idx[inside], None
+    return idx[inside], type_chances(path, data.annotations.ids[inside], type_weights)
+
+
+def type_chances(
+    path: str | Path | None, site_ids: np.ndarray, type_weights: dict[int, float] | None
+) -> np.ndarray | None:
+    """Each annotation site's probability of being chosen as a crop centre, in proportion to
+    ``type_weights`` of its phantom synapse type (1 for types not listed and files without
+    phantom truth); None (uniform) without weights, file or sites."""
+    if not type_weights or path is None or not len(site_ids):
+        return None
     from synapse_toolkit.phantom.store import site_types
 
-    types = site_types(path, data.annotations.ids)[inside]
+    types = site_types(path, site_ids)
     w = np.asarray([type_weights.get(int(t), 1.0) for t in types], np.float64)
-    return idx[inside], (w / w.sum() if w.sum() > 0 else None)
+    return w / w.sum() if w.sum() > 0 else None
 
 
 #: one training volume: raw, target, loss mask, synapse centres (voxels), their probabilities

@@ -44,7 +44,7 @@ from synapse_toolkit.nn.run import (
 )
 from synapse_toolkit.synapses.synful import SynfulTargetSettings, synful_targets
 from synapse_toolkit.synapses.targets import Grid
-from synapse_toolkit.synapses.train_detectors import DataSection, training_files
+from synapse_toolkit.synapses.train_detectors import DataSection, training_files, type_chances
 
 if TYPE_CHECKING:
     import torch
@@ -56,6 +56,9 @@ class SynfulTrainingSection(RunSection):
     batch_size: int = 4
     input_shape: list[int] = Field(default_factory=lambda: [12, 128, 128])
     synapse_fraction: float = 0.8
+    #: phantom synapse type -> how likely a synapse-centred crop is centred on a post site of
+    #: that type, relative to others (files without phantom truth, and types not listed: 1)
+    synapse_type_weights: dict[int, float] = Field(default_factory=dict)
     checkpoint_every: int = 500
     #: also keep every periodic checkpoint as ``it<N>.pt`` (to choose one on validation seeds)
     keep_checkpoints: bool = False
@@ -120,13 +123,18 @@ def flip_transpose(
     return np.ascontiguousarray(raw), np.ascontiguousarray(packed)
 
 
+#: one training volume: raw, packed targets, post sites (voxels), their probabilities of being
+#: chosen as crop centre (None: uniform)
+_Prepared = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]
+
+
 class SynfulCropSampler:
     """Crops (raw float32 in ~[0, 1], packed targets) of ``shape``, centred on a post site with
     probability ``synapse_fraction``; random flips, in-plane transposes, photometric changes."""
 
     def __init__(
         self,
-        volumes: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+        volumes: Sequence[_Prepared],
         shape: Sequence[int],
         augment: AugmentConfig,
         synapse_fraction: float,
@@ -139,17 +147,25 @@ class SynfulCropSampler:
         self.pad = [s // 2 + 1 for s in self.shape]
         pads = [(p, p) for p in self.pad]
         self.vols = [
-            (np.pad(raw, pads, mode="symmetric"), np.pad(packed, [(0, 0), *pads]), raw.shape, c)
-            for raw, packed, c in volumes
+            (
+                np.pad(raw, pads, mode="symmetric"),
+                np.pad(packed, [(0, 0), *pads]),
+                raw.shape,
+                c,
+                chance,
+            )
+            for raw, packed, c, chance in volumes
         ]
 
     def sample(self) -> tuple[np.ndarray, np.ndarray]:
         from synapse_toolkit.nn.augment import apply_photometric
 
-        raw, packed, shape, centres = self.vols[int(self.rng.integers(len(self.vols)))]
+        raw, packed, shape, centres, chance = self.vols[int(self.rng.integers(len(self.vols)))]
         half = np.asarray(self.shape) // 3
         if len(centres) and self.rng.random() < self.frac:
-            c = centres[int(self.rng.integers(len(centres)))] + self.rng.integers(-half, half + 1)
+            # without weights, choice(n) draws the same stream as integers(n)
+            c = centres[int(self.rng.choice(len(centres), p=chance))]
+            c = c + self.rng.integers(-half, half + 1)
         else:
             c = np.asarray([self.rng.integers(0, s) for s in shape])
         c = np.clip(c, 0, np.asarray(shape) - 1)
@@ -197,11 +213,18 @@ def synful_loss(
                   "cos": float(dloss.detach())}  # fmt: skip
 
 
-def _post_centres(ann: Any, grid: Grid) -> np.ndarray:
-    types = np.asarray(ann.types, dtype=object)
-    idx = grid.nearest_voxel(ann.world_locations()[types == ann.POST])
+def _post_centres(
+    ann: Any,
+    grid: Grid,
+    path: str | Path | None = None,
+    type_weights: dict[int, float] | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Post sites inside the volume (voxels) and, with ``type_weights``, each one's probability
+    of being chosen as a crop centre (by its phantom synapse type)."""
+    post = np.asarray(ann.types, dtype=object) == ann.POST
+    idx = grid.nearest_voxel(ann.world_locations()[post])
     inside = np.all((idx >= 0) & (idx < np.asarray(grid.shape)), axis=1)
-    return idx[inside]
+    return idx[inside], type_chances(path, np.asarray(ann.ids)[post][inside], type_weights)
 
 
 def build_network(cfg: SynfulTrainConfig) -> Any:
@@ -289,8 +312,8 @@ def train_synful(
             raise DataError(f"{f}: synful training needs raw, neuron_ids and annotations")
         grid = Grid.of(data.raw)
         targets = synful_targets(data.annotations, grid, data.neuron_ids.read(), tsettings)
-        volumes.append((data.raw.read(), pack_targets(targets), _post_centres(data.annotations,
-                                                                              grid)))  # fmt: skip
+        centres, chance = _post_centres(data.annotations, grid, f, t.synapse_type_weights)
+        volumes.append((data.raw.read(), pack_targets(targets), centres, chance))
     sampler = SynfulCropSampler(volumes, input_shape, aug, t.synapse_fraction, t.seed)
     out_dir = start_out_dir(t.out_dir, resume, t.init_checkpoint)
     head.to(dev)
