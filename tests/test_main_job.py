@@ -25,7 +25,7 @@ def test_main_job_runs_on_the_demo(tmp_path: Path) -> None:
     scores = summary["scores"]
     neurons = scores["score_neurons.scores"]["values"]
     # quality guards of the shipped models on the demo (they give neuron CREMI 0.21, cleft 15.1 nm,
-    # partner F 0.80 with synful); a broken model, option or stage wiring falls far outside
+    # partner F 0.86 with synful); a broken model, option or stage wiring falls far outside
     # (waterz's own fragments gave the neurons 0.49)
     assert neurons["n_voxels"] > 0 and 0 < neurons["cremi_score"] < 0.35
     assert scores["score_clefts.scores"]["values"]["cremi_score"] < 30.0

@@ -66,7 +66,7 @@ ROLES: dict[Family, SeedRoles] = {
         # 9201-9208, 9301-9308, 9501-9508, 9701-9708, 9801-9808, 9911-9926 and 9927-9942: the
         # partner tables, scored once each; 9943-9950 and 9951-9958: the main job's clustering
         # (contact alignment on the predicted cleft; its threshold), scored once each;
-        # 9959-9974: registered for a partner change that was not adopted; not yet read
+        # 9959-9974: the type-centred synful + polarity pair (issue 19), scored once
         held_out=_span(3001, 3099)
         | _span(9201, 9208)
         | _span(9301, 9308)
