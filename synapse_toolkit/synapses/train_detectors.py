@@ -35,6 +35,7 @@ import numpy as np
 from pydantic import Field
 
 from synapse_toolkit.config import StrictModel, load_training_config
+from synapse_toolkit.data import Annotations
 from synapse_toolkit.errors import ConfigError, DataError
 from synapse_toolkit.io.cremi import CremiData, open_cremi, read_cremi
 from synapse_toolkit.nn.run import (
@@ -46,7 +47,7 @@ from synapse_toolkit.nn.run import (
     start_out_dir,
 )
 from synapse_toolkit.nn.volume_file import volume_path
-from synapse_toolkit.synapses.targets import TargetSettings, targets_from_cremi
+from synapse_toolkit.synapses.targets import Grid, TargetSettings, targets_from_cremi
 
 if TYPE_CHECKING:
     import torch
@@ -169,30 +170,36 @@ def _synapse_centres(
     path: str | Path | None = None,
     type_weights: dict[int, float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Annotation sites inside the volume (voxels) and, with ``type_weights``, each one's
-    probability of being chosen as a crop centre (by its phantom synapse type)."""
-    from synapse_toolkit.synapses.targets import Grid
-
+    """Every annotation site of ``data`` as a crop centre (see :func:`site_centres`)."""
     assert data.raw is not None and data.annotations is not None
-    grid = Grid.of(data.raw)
-    idx = grid.nearest_voxel(data.annotations.world_locations())
+    return site_centres(data.annotations, Grid.of(data.raw), shape, path, type_weights)
+
+
+def site_centres(
+    annotations: Annotations,
+    grid: Grid,
+    shape: Sequence[int],
+    path: str | Path | None = None,
+    type_weights: dict[int, float] | None = None,
+    select: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Annotation sites (those of the boolean ``select``, else all) inside ``shape`` as voxels of
+    ``grid``, and, with ``type_weights``, each one's probability of being chosen as a crop
+    centre in proportion to the weight of its phantom synapse type (1 for types not listed and
+    files without phantom truth); None (uniform) without weights, file or sites."""
+    ids = np.asarray(annotations.ids)
+    locations = annotations.world_locations()
+    if select is not None:
+        ids, locations = ids[select], locations[select]
+    idx = grid.nearest_voxel(locations)
     inside = np.all((idx >= 0) & (idx < np.asarray(shape)), axis=1)
-    return idx[inside], type_chances(path, data.annotations.ids[inside], type_weights)
-
-
-def type_chances(
-    path: str | Path | None, site_ids: np.ndarray, type_weights: dict[int, float] | None
-) -> np.ndarray | None:
-    """Each annotation site's probability of being chosen as a crop centre, in proportion to
-    ``type_weights`` of its phantom synapse type (1 for types not listed and files without
-    phantom truth); None (uniform) without weights, file or sites."""
-    if not type_weights or path is None or not len(site_ids):
-        return None
+    idx, ids = idx[inside], ids[inside]
+    if not type_weights or path is None or not len(ids):
+        return idx, None
     from synapse_toolkit.phantom.store import site_types
 
-    types = site_types(path, site_ids)
-    w = np.asarray([type_weights.get(int(t), 1.0) for t in types], np.float64)
-    return w / w.sum() if w.sum() > 0 else None
+    w = np.asarray([type_weights.get(int(t), 1.0) for t in site_types(path, ids)], np.float64)
+    return idx, (w / w.sum() if w.sum() > 0 else None)
 
 
 #: one training volume: raw, target, loss mask, synapse centres (voxels), their probabilities

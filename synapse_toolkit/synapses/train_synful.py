@@ -44,7 +44,7 @@ from synapse_toolkit.nn.run import (
 )
 from synapse_toolkit.synapses.synful import SynfulTargetSettings, synful_targets
 from synapse_toolkit.synapses.targets import Grid
-from synapse_toolkit.synapses.train_detectors import DataSection, training_files, type_chances
+from synapse_toolkit.synapses.train_detectors import DataSection, site_centres, training_files
 
 if TYPE_CHECKING:
     import torch
@@ -219,12 +219,9 @@ def _post_centres(
     path: str | Path | None = None,
     type_weights: dict[int, float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Post sites inside the volume (voxels) and, with ``type_weights``, each one's probability
-    of being chosen as a crop centre (by its phantom synapse type)."""
+    """The post sites as crop centres (see :func:`~.train_detectors.site_centres`)."""
     post = np.asarray(ann.types, dtype=object) == ann.POST
-    idx = grid.nearest_voxel(ann.world_locations()[post])
-    inside = np.all((idx >= 0) & (idx < np.asarray(grid.shape)), axis=1)
-    return idx[inside], type_chances(path, np.asarray(ann.ids)[post][inside], type_weights)
+    return site_centres(ann, grid, grid.shape, path, type_weights, select=post)
 
 
 def build_network(cfg: SynfulTrainConfig) -> Any:
