@@ -22,7 +22,10 @@ CREMI partner F-score (TP/FP/FN pooled over volumes) of
 plus counts of the remaining errors of each (see :func:`error_kinds`).
 
 ``--tune`` instead sweeps synful's extraction parameters on the given (development) seeds and
-prints the setting with the best mean of the pooled F on both segmentations.
+prints the setting with the best mean of the pooled F on both segmentations. ``--tune-main``
+sweeps the main job's (threshold x min_voxels of the TTA extraction, its coarser de-duplication)
+and prints the pooled F of its row with the predicted segmentation (what the main job runs) and
+with the ground truth.
 
 ``--checkpoints`` (with ``--train-config``) exports each training checkpoint to ONNX and scores
 it on the given (development) seeds over a small threshold x min_voxels sweep of the vector head
@@ -32,6 +35,9 @@ the best mean pooled F (ground-truth and predicted segmentation) is the one to s
 Usage::
 
     python benchmarks/eval_partners.py --tune --seeds 1201 1202 1203 1204 1205 1206 1207 1208
+    python benchmarks/eval_partners.py --tune-main --json out.json --seeds 1201 1202 1203 1204 \
+        1205 1206 1207 1208 9091 9092 9093 9094 9095 9096 9097 9098 9401 9402 9403 9404 9405 \
+        9406 9407 9408 9601 9602 9603 9604 9605 9606 9607 9608
     python benchmarks/eval_partners.py --seeds 9201 9202 9203 9204 9205 9206 9207 9208 \\
         --json out.json
     python benchmarks/eval_partners.py --seeds 1201 1202 1203 1204 1205 1206 1207 1208 \\
@@ -305,6 +311,35 @@ def pooled_summary(
     return out
 
 
+def main_job_table(v: dict[str, Any], seg_key: str, settings: SynfulSettings) -> PartnerTable:
+    """The main job's rows on volume ``v``: synful on the TTA average with ``settings``,
+    de-duplicated by its coarser ``segment`` (with the truth: the truth itself)."""
+    seg, grid = v[seg_key], v["grid"]
+    coarse = Volume(v["main_seg"] if seg_key == "pred_seg" else seg,
+                    grid.voxel_size_nm, grid.offset_nm)  # fmt: skip
+    return deduplicate_by(extract_partners(v["synful_tta"], seg, grid, settings, v["clefts"]),
+                          coarse)  # fmt: skip
+
+
+def tune_main(volumes: list[dict[str, Any]]) -> dict[str, Any]:
+    """The main job's TTA extraction: threshold x min_voxels, pooled F with both segmentations
+    (the main job runs on the predicted one)."""
+    log: list[dict[str, Any]] = []
+    for thr, mv in itertools.product([0.75, 0.8, 0.85, 0.9, 0.95], [100, 200, 300, 500]):
+        s = dataclasses.replace(MAIN_TTA, threshold=thr, min_voxels=mv)
+        res = {}
+        for name, key in (("predicted", "pred_seg"), ("ground truth", "gt_seg")):
+            p = _pooled([_score(main_job_table(v, key, s), v) for v in volumes])
+            res[name] = {k: p[k] for k in ("fscore", "tp", "fp", "fn")}
+        log.append({"threshold": thr, "min_voxels": mv, **res})
+        print(f"threshold {thr} min_voxels {mv}: predicted F {res['predicted']['fscore']:.4f}, "
+              f"ground truth F {res['ground truth']['fscore']:.4f}", flush=True)  # fmt: skip
+    best = max(log, key=lambda r: r["predicted"]["fscore"])
+    print(f"best (predicted): threshold {best['threshold']} min_voxels {best['min_voxels']}")
+    return {"current": {"threshold": MAIN_TTA.threshold, "min_voxels": MAIN_TTA.min_voxels},
+            "best": {k: best[k] for k in ("threshold", "min_voxels")}, "log": log}  # fmt: skip
+
+
 def _score(table: PartnerTable, v: dict[str, Any]) -> dict[str, Any]:
     rec = evaluate_partners(table, v["data"].annotations, v["data"].neuron_ids)
     return {**rec.values, "matches": rec.details["matches"]}
@@ -427,8 +462,8 @@ def evaluate_all(
             tables["synful + main-segmentation de-duplication"] = deduplicate_by(
                 tables["synful"], coarse
             )
-            tables["main job: synful (TTA) + main-segmentation de-duplication"] = deduplicate_by(
-                extract_partners(v["synful_tta"], seg, grid, MAIN_TTA, v["clefts"]), coarse
+            tables["main job: synful (TTA) + main-segmentation de-duplication"] = main_job_table(
+                v, seg_key, MAIN_TTA
             )
             dropped = dataclasses.replace(vector, rejoin_small_pieces=False)
             tables["synful, small split pieces dropped"] = extract_partners(
@@ -460,6 +495,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", required=True)
     ap.add_argument("--tune", action="store_true", help="sweep synful's extraction settings")
+    ap.add_argument("--tune-main", action="store_true",
+                    help="sweep the main job's TTA extraction")  # fmt: skip
     add_prediction_arguments(ap)
     ap.add_argument("--json", default=None)
     ap.add_argument(
@@ -485,13 +522,14 @@ def main() -> None:
     ap.add_argument("--only-predict", action="store_true",
                     help="fill the caches of the non-synful predictions, then stop")  # fmt: skip
     args = ap.parse_args()
-    if args.tune or args.checkpoints:
+    if args.tune or args.tune_main or args.checkpoints:
         check_selection_seeds(args.seeds)
     else:
         check_report_seeds(args.seeds, allow_development=args.dev)
     t0 = time.time()
     volumes = []
-    scored = not (args.tune or args.checkpoints)  # the table scores the main job's dedup
+    # the table and --tune-main score the main job's de-duplication
+    scored = not (args.tune or args.checkpoints)
     synful = not (args.only_predict or args.checkpoints)
     for seed in args.seeds:
         volumes.append(predictions(seed, args, synful=synful, main_segmentation=scored))
@@ -508,6 +546,8 @@ def main() -> None:
         results = checkpoint_sweep(volumes, onnx, Path(args.cache_dir))
     elif args.tune:
         results = tune(volumes)
+    elif args.tune_main:
+        results = tune_main(volumes)
     else:
         # the stage's defaults (what `syntk pipeline run` uses) unless --settings says otherwise
         vector = SynfulSettings(**TUNED_DEFAULTS["vector"])
