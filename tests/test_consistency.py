@@ -74,6 +74,21 @@ def test_perturbed_copy_is_blurred_but_matched_back() -> None:
         perturb_volume(raw, {"sharpen": 1}, "v.h5")
 
 
+def test_darkened_validation_copy_needs_labels_and_darkens_whole_objects() -> None:
+    """perturb.darken (a validation copy with dark neurites): whole objects move to the grey
+    level before any matching; without labels it is one ConfigError."""
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 6, size=(4, 12, 12)).astype(np.int32)  # 0: boundary
+    raw = np.full(labels.shape, 180, np.uint8)
+    dark = perturb_volume(raw, {"darken": [0.4, 60], "seed": 1, "match": False}, "v", labels)
+    changed = dark != raw
+    chosen = np.unique(labels[changed])
+    assert len(chosen) == 2 and 0 not in chosen  # round(0.4 x 5) objects
+    assert changed[np.isin(labels, chosen)].all() and (dark[changed] == 60).all()
+    with pytest.raises(ConfigError, match="darken needs labels"):
+        perturb_volume(raw, {"darken": [0.4, 60]}, "v.h5")
+
+
 def _files(tmp_path):
     h5py = pytest.importorskip("h5py")
     from tests.tiny_training import small_volume, write_small_volume

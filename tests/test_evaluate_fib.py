@@ -346,3 +346,26 @@ def test_robustness_rows_agglomerate_from_the_models_stored_fragments(monkeypatc
     assert len(rows) == 12 and all(r["matched"] == 0.1 for r in rows)
     model_sweeps = [f for f in seen if f is not None]
     assert len(model_sweeps) == 24 and all(f == stored["fragments"] for f in model_sweeps)
+
+
+def test_darkened_copies_change_only_the_chosen_objects() -> None:
+    """`fib.darkened` (the stand-in's --darken): the seeded share of objects moves to the grey
+    level with half its texture, boundary voxels and the other objects keep their grey values,
+    and the labels are untouched."""
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 11, size=(4, 16, 16)).astype(np.uint64)  # 0: boundary (ignored)
+    raw = rng.integers(150, 220, size=labels.shape).astype(np.uint8)
+    vol = fib.make_volume(raw, labels, (10, 10, 10), name="v")
+    dark = fib.darkened(vol, 0.3, 60.0, "dark")
+    changed = dark.raw != vol.raw
+    chosen = np.unique(labels[changed])
+    assert len(chosen) == 3 and 0 not in chosen  # round(0.3 x 10) objects, never the boundary
+    inside = np.isin(labels, chosen)
+    assert not changed[~inside].any()
+    assert abs(float(dark.raw[inside].mean()) - 60.0) < 1.0
+    assert dark.raw[inside].std() == pytest.approx(vol.raw[inside].std() * 0.5, rel=0.05)
+    assert np.array_equal(dark.truth, vol.truth)
+    assert dark.notes["darkened"]["objects"] == 3
+    assert np.array_equal(fib.darkened(vol, 0.3, 60.0, "again").raw, dark.raw)  # seeded
+    with pytest.raises(SyntkError, match="fraction"):
+        fib.darkened(vol, 0.0, 60.0, "none")

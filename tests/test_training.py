@@ -62,6 +62,40 @@ def test_blur_softens_raw_and_leaves_labels() -> None:
     assert r1.mean() == pytest.approx(r0.mean(), abs=0.02)  # blur moves no intensity around
 
 
+def test_dark_objects_darken_whole_objects_only_and_leave_the_stream_alone_when_off() -> None:
+    """`dark_objects_prob`: darkened voxels are whole labelled objects (never boundary 0 or
+    unknown voxels), moved to the drawn grey; switched off, the crop and random stream are as
+    before the option existed."""
+    raw, lab = small_volume()
+    lab = lab.astype(np.uint64)
+    lab[:, :2] = 0  # boundary
+    lab[:, -2:] = np.uint64(0xFFFFFFFFFFFFFFFF)  # unknown
+    raw = np.full(lab.shape, 200, np.uint8)
+    plain = AugmentConfig(elastic_sigma=0, margin=(0, 0, 0), flip=False, transpose_axes=(),
+                          intensity_scale=0, intensity_shift=0)  # fmt: skip
+    dark = AugmentConfig(**{**plain.__dict__, "dark_objects_prob": 1.0,
+                            "dark_objects_fraction": 1.0,
+                            "dark_objects_level": (0.25, 0.25)})  # fmt: skip
+    shape = lab.shape
+    seen_dark = 0
+    rng = np.random.default_rng(4)
+    for _ in range(6):
+        r, lb = sample_augmented(raw, lab, (0, 0, 0), shape, dark, rng)
+        darkened = ~np.isclose(r, 200 / 255)
+        assert np.isclose(r[darkened], 0.25).all()
+        assert not darkened[(lb == 0) | (lb == np.uint64(0xFFFFFFFFFFFFFFFF))].any()
+        for i in np.unique(lb[darkened]):  # a darkened object is darkened whole
+            assert darkened[lb == i].all()
+        seen_dark += int(darkened.any())
+    assert seen_dark >= 4
+    a, b = np.random.default_rng(3), np.random.default_rng(3)
+    off = AugmentConfig(**{**plain.__dict__, "dark_objects_prob": 0.0})
+    r0, _ = sample_augmented(raw, lab, (0, 0, 0), shape, plain, a)
+    r1, _ = sample_augmented(raw, lab, (0, 0, 0), shape, off, b)
+    np.testing.assert_array_equal(r0, r1)
+    assert a.random() == b.random()
+
+
 def _config(tmp_path, loss="bce+malis") -> object:
     pytest.importorskip("h5py")
     h5 = write_small_volume(tmp_path / "vol.h5")

@@ -360,21 +360,31 @@ def make_consistency(
 
 
 # -- validation copies -------------------------------------------------------------------------
-def perturb_volume(raw: np.ndarray, spec: dict[str, Any], name: str) -> np.ndarray:
+def perturb_volume(
+    raw: np.ndarray, spec: dict[str, Any], name: str, labels: np.ndarray | None = None
+) -> np.ndarray:
     """A validation copy as another acquisition might show it, with grey values matched back to
     the unperturbed volume's quantiles (as inference matches to the training data).
 
-    ``spec`` keys: ``blur_sigma`` (voxels), ``contrast`` (factor about the mean), ``noise_std``
-    (grey values), ``seed``, ``match`` (default true).
+    ``spec`` keys: ``darken`` ([fraction, grey level]: that seeded share of the labelled objects
+    with dark cytoplasm, first; needs ``labels``), ``blur_sigma`` (voxels), ``contrast`` (factor
+    about the mean), ``noise_std`` (grey values), ``seed``, ``match`` (default true).
     """
     from scipy import ndimage
 
     from synapse_toolkit.inference.intensity import match, quantiles
+    from synapse_toolkit.nn.augment import darken_labelled
 
-    allowed = {"blur_sigma", "contrast", "noise_std", "seed", "match"}
+    allowed = {"darken", "blur_sigma", "contrast", "noise_std", "seed", "match"}
     bad = sorted(set(spec) - allowed)
     if bad:
         raise ConfigError(f"{name}: perturb keys {bad} unknown (allowed: {sorted(allowed)})")
+    if spec.get("darken") is not None:
+        dark = spec["darken"]
+        if labels is None or not isinstance(dark, list | tuple) or len(dark) != 2:
+            raise ConfigError(f"{name}: perturb.darken needs labels and [fraction, grey level]")
+        raw = darken_labelled(raw, labels, float(dark[0]), float(dark[1]),
+                              int(spec.get("seed", 0)), name)[0]  # fmt: skip
     r = raw.astype(np.float32)
     mean = float(r.mean())
     if spec.get("blur_sigma"):

@@ -239,7 +239,7 @@ def load_volume(spec: VolumeSpec, need_labels: bool = True) -> tuple[np.ndarray,
     if spec.perturb:
         from synapse_toolkit.nn.consistency import perturb_volume
 
-        raw = perturb_volume(raw, spec.perturb, spec.raw)
+        raw = perturb_volume(raw, spec.perturb, spec.raw, labels)
     return raw, labels
 
 
