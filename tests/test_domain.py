@@ -53,6 +53,18 @@ def test_auto_picks_the_model_for_the_input(
     assert entry.name == expected, why
 
 
+def test_the_default_fib_model_is_the_one_auto_picks_and_the_stage_default(tmp_path: Path) -> None:
+    """One default FIB-SEM model: `syntk evaluate fib` / `syntk adapt`'s, the affinity stage's
+    option default and `model = "auto"`'s choice for isotropic EM are the same model."""
+    from syntk_neurons.stages import AffinityDetector
+
+    from synapse_toolkit.evaluation.fib import DEFAULT_MODEL
+
+    dom = input_domain(_h5_volume(tmp_path / "v.h5", (10.0, 10.0, 10.0)))
+    assert choose_model("affinities", dom)[0].name == DEFAULT_MODEL
+    assert AffinityDetector.Options().model == DEFAULT_MODEL
+
+
 def test_a_phantom_read_into_memory_stays_a_phantom(tmp_path: Path) -> None:
     """read_cremi loads arrays into memory; the file's `generator` attribute goes with them, so
     `model = "auto"` still picks the phantom model (it picked the ssTEM one)."""

@@ -14,6 +14,7 @@ from synapse_toolkit import __version__
 from synapse_toolkit.cremi_ids import NEURON_IGNORE
 from synapse_toolkit.data import ScoreRecord, Volume
 from synapse_toolkit.errors import DataError
+from synapse_toolkit.evaluation.fib import DEFAULT_MODEL  # the default FIB-SEM model
 from synapse_toolkit.inference.fragments import BOUNDARY_THRESHOLD, DT_SIGMA, MIN_DISTANCE
 from synapse_toolkit.inference.intensity import INTENSITY_SCALE_HELP
 from synapse_toolkit.models import resolve_model
@@ -26,8 +27,6 @@ from synapse_toolkit.stages import (
     Port,
     StageOptions,
 )
-
-DEFAULT_MODEL = "neurons/fib_affinities_v2"  # neurons/fib_affinities stays available by name
 
 
 def zarr_array(vol: Volume) -> zarr.Array:
