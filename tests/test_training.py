@@ -94,6 +94,10 @@ def test_dark_objects_darken_whole_objects_only_and_leave_the_stream_alone_when_
     r1, _ = sample_augmented(raw, lab, (0, 0, 0), shape, off, b)
     np.testing.assert_array_equal(r0, r1)
     assert a.random() == b.random()
+    from synapse_toolkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="dark_objects_fraction must be in"):
+        AugmentConfig.from_table({"dark_objects_fraction": 1.5})
 
 
 def _config(tmp_path, loss="bce+malis") -> object:

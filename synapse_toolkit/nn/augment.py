@@ -51,6 +51,18 @@ class AugmentConfig:
     dark_objects_fraction: float = 0.5
     dark_objects_level: tuple[float, float] = (0.2, 0.4)
 
+    def __post_init__(self) -> None:
+        from synapse_toolkit.errors import ConfigError
+
+        lo, hi = self.dark_objects_level
+        if not (0 <= self.dark_objects_prob <= 1 and 0 <= self.dark_objects_fraction <= 1
+                and lo <= hi):  # fmt: skip
+            raise ConfigError(
+                "augment: dark_objects_prob and dark_objects_fraction must be in [0, 1] and "
+                f"dark_objects_level [low, high], got {self.dark_objects_prob}, "
+                f"{self.dark_objects_fraction}, {list(self.dark_objects_level)}"
+            )
+
     @classmethod
     def from_table(cls, table: Mapping[str, Any], where: str = "augment") -> AugmentConfig:
         """From a TOML table (lists become tuples); an unknown key is a ConfigError naming
