@@ -20,6 +20,7 @@ from pydantic import Field
 
 from synapse_toolkit import __version__
 from synapse_toolkit.blockwise import count_blocks
+from synapse_toolkit.cremi_ids import NEURON_IGNORE
 from synapse_toolkit.data import Volume
 from synapse_toolkit.errors import DataError
 from synapse_toolkit.stages import Agglomerator, Port
@@ -30,8 +31,6 @@ from syntk_neurons.stages import (
     model_agglomeration,
     zarr_array,
 )
-
-_IGNORE = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
 class _Slab:
@@ -60,7 +59,7 @@ class _Ignoring:
         raw = np.asarray(self.arr[roi])
         t = raw.astype(np.uint64)
         if self.ignore is not None:
-            t[raw == self.ignore] = _IGNORE
+            t[raw == self.ignore] = NEURON_IGNORE
         return t
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from synapse_toolkit.cremi_ids import NEURON_IGNORE
 from synapse_toolkit.inference.intensity import unit_scale
 
 Triple = tuple[int, int, int]
@@ -183,7 +184,7 @@ def object_ids(lab: np.ndarray) -> np.ndarray:
     ids = np.unique(lab)
     ids = ids[ids != 0]
     if ids.dtype == np.uint64:
-        ids = ids[ids != np.uint64(0xFFFFFFFFFFFFFFFF)]
+        ids = ids[ids != NEURON_IGNORE]
     return ids
 
 

@@ -36,6 +36,7 @@ from synapse_toolkit.affinities import (
     long_range_offsets,
 )
 from synapse_toolkit.config import StrictModel, load_training_config
+from synapse_toolkit.cremi_ids import NEURON_IGNORE
 from synapse_toolkit.errors import ConfigError, DataError
 from synapse_toolkit.nn.augment import AugmentConfig, sample_augmented
 from synapse_toolkit.nn.run import (
@@ -169,7 +170,7 @@ def load_config(path: str | Path) -> TrainConfig:
 
 # -- data ---------------------------------------------------------------------------------------
 #: label of voxels whose label is unknown (CREMI's ignore label: the metrics leave it out)
-UNKNOWN = np.uint64(0xFFFFFFFFFFFFFFFF)
+UNKNOWN = NEURON_IGNORE
 
 
 def _mark_unlabelled(
